@@ -1,0 +1,60 @@
+"""Incremental detokenization and stop-condition checks for one sequence.
+
+Text is produced with a sliding window over the ids (as vLLM does) so each step decodes a few
+tokens, not the whole output. With stop strings, the last ``max_stop_len - 1`` characters are held
+back from streaming until they cannot start a stop string.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+from engine.sampling_params import SamplingParams
+
+FinishReason = Literal["stop", "length", "abort", "error"]
+
+_WINDOW = 6  # tokens of left context used to decode the next piece correctly
+
+
+class Detokenizer:
+    def __init__(self, tokenizer: Any, params: SamplingParams, eos_ids: Sequence[int]) -> None:
+        self.tokenizer = tokenizer
+        self.params = params
+        self.ids: list[int] = []
+        self.text = ""  # full output text (after stop-string truncation once finished)
+        self.emitted = 0  # characters of text already handed out
+        self._prefix = 0  # window start
+        self._read = 0  # tokens already turned into text
+        self._stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_ids))
+        self._hold = max((len(s) for s in params.stop), default=1) - 1
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def append(self, token: int) -> FinishReason | None:
+        """Adds one generated token; returns why the sequence finished, if it did."""
+        self.ids.append(token)
+        if token in self._stop_ids:
+            return "stop"
+        prefix_text = self._decode(self.ids[self._prefix : self._read])
+        new_text = self._decode(self.ids[self._prefix :])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            delta = new_text[len(prefix_text) :]
+            self.text += delta
+            self._prefix = max(self._read - _WINDOW, 0) if self._read - self._prefix > _WINDOW else self._prefix
+            self._read = len(self.ids)
+            if self.params.stop:
+                start = max(len(self.text) - len(delta) - self._hold, 0)
+                hits = [i for s in self.params.stop if (i := self.text.find(s, start)) >= 0]
+                if hits:
+                    self.text = self.text[: min(hits)]
+                    return "stop"
+        if len(self.ids) >= self.params.max_tokens:
+            return "length"
+        return None
+
+    def take_delta(self, finished: bool) -> str:
+        """Text not yet handed out; while running, keeps back what may start a stop string."""
+        end = len(self.text) if finished else max(len(self.text) - self._hold, self.emitted)
+        out = self.text[self.emitted : end]
+        self.emitted = end
+        return out

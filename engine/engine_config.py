@@ -1,0 +1,59 @@
+"""Engine configuration: a frozen dataclass, validated once; CLI flags map onto it in one place."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.paths import default_model_dir
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    model: str = ""  # local HF directory; "" = the bundled SmolLM2
+    dtype: str = "auto"  # "auto" (the model's own), "float32", "bfloat16", "float16"
+    device: str = "cpu"
+    block_size: int = 16
+    kv_cache_gb: float = 1.0  # size of the local KV pool
+    num_kv_blocks: int = 0  # overrides kv_cache_gb when > 0
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    max_model_len: int = 0  # 0 = the model's max_position_embeddings
+    attention_backend: str = "auto"  # "auto", "torch", "triton"
+    num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be >= 1")
+        if self.kv_cache_gb <= 0 and self.num_kv_blocks <= 0:
+            raise ValueError("kv_cache_gb or num_kv_blocks must be positive")
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.model) if self.model else default_model_dir()
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("engine")
+        g.add_argument("--model", default="", help="local Hugging Face model directory (default: bundled SmolLM2)")
+        g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+        g.add_argument("--device", default="cpu")
+        g.add_argument("--block-size", type=int, default=16)
+        g.add_argument("--kv-cache-gb", type=float, default=1.0, help="local KV pool size")
+        g.add_argument("--num-kv-blocks", type=int, default=0, help="local KV pool size in blocks (overrides --kv-cache-gb)")
+        g.add_argument("--max-num-seqs", type=int, default=64)
+        g.add_argument("--max-num-batched-tokens", type=int, default=512)
+        g.add_argument("--max-model-len", type=int, default=0)
+        g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
+        g.add_argument("--num-threads", type=int, default=0)
+
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace) -> "EngineConfig":
+        return cls(
+            model=args.model, dtype=args.dtype, device=args.device, block_size=args.block_size,
+            kv_cache_gb=args.kv_cache_gb, num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+            attention_backend=args.attention_backend, num_threads=args.num_threads,
+        )

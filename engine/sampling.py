@@ -1,0 +1,164 @@
+"""Sampling as pure functions over a batch of logits rows.
+
+Randomness is counter-based: the Gumbel noise for a row is a hash of (request seed, position of the
+token being sampled, vocab index). A token is therefore a pure function of (logits, seed, position):
+the same seed gives the same output, and a lookahead tree node sampled at position p draws exactly
+what plain decoding would draw at p, so verification by equality keeps the model's distribution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import torch
+
+from engine.sampling_params import SamplingParams
+
+_MASK64 = (1 << 64) - 1
+
+
+def _i64(x: int) -> int:
+    """An unsigned 64-bit constant as the signed int64 torch stores."""
+    x &= _MASK64
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+_GOLDEN = _i64(0x9E3779B97F4A7C15)
+_M1 = _i64(0xBF58476D1CE4E5B9)
+_M2 = _i64(0x94D049BB133111EB)
+
+
+def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64 finaliser over int64 tensors (wrapping arithmetic)."""
+    z = z + _GOLDEN
+    z = (z ^ _shr(z, 30)) * _M1
+    z = (z ^ _shr(z, 27)) * _M2
+    return z ^ _shr(z, 31)
+
+
+def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> torch.Tensor:
+    """seeds, positions: [N] int64 -> Gumbel(0, 1) noise [N, vocab] in fp64."""
+    base = _mix(_mix(seeds) ^ (positions * _M2))  # [N]
+    z = _mix(base[:, None] + torch.arange(vocab, dtype=torch.long, device=seeds.device)[None, :] * _GOLDEN)
+    u = (_shr(z, 11).double() + 0.5) * (1.0 / (1 << 53))  # uniform in (0, 1)
+    return -torch.log(-torch.log(u))
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingBatch:
+    """Per-row sampling tensors for one step. A request may own several rows (lookahead tree)."""
+
+    temperature: torch.Tensor  # [N] fp32, 0 for greedy rows
+    top_k: torch.Tensor  # [N] int64, 0 = off
+    top_p: torch.Tensor  # [N] fp32
+    min_p: torch.Tensor  # [N] fp32
+    seeds: torch.Tensor  # [N] int64
+    positions: torch.Tensor  # [N] int64: position of the token each row samples
+    repetition_penalty: torch.Tensor  # [N]
+    presence_penalty: torch.Tensor  # [N]
+    frequency_penalty: torch.Tensor  # [N]
+    prompt_ids: tuple[Sequence[int], ...] | None  # only when some row has penalties
+    output_ids: tuple[Sequence[int], ...] | None
+    max_logprobs: int | None  # largest top-n asked for, None if no row wants logprobs
+    all_greedy: bool
+    any_top_k_p: bool
+
+    @classmethod
+    def build(
+        cls,
+        params: Sequence[SamplingParams],
+        seeds: Sequence[int],
+        positions: Sequence[int],
+        prompt_ids: Sequence[Sequence[int]] | None = None,
+        output_ids: Sequence[Sequence[int]] | None = None,
+    ) -> "SamplingBatch":
+        f32 = torch.float32
+        penalties = any(p.has_penalties for p in params)
+        lps = [p.logprobs for p in params if p.logprobs is not None]
+        top_k = [p.top_k if p.top_k > 0 else 0 for p in params]
+        return cls(
+            temperature=torch.tensor([p.temperature for p in params], dtype=f32),
+            top_k=torch.tensor(top_k, dtype=torch.long),
+            top_p=torch.tensor([p.top_p for p in params], dtype=f32),
+            min_p=torch.tensor([p.min_p for p in params], dtype=f32),
+            seeds=torch.tensor([_i64(s) for s in seeds], dtype=torch.long),
+            positions=torch.tensor(list(positions), dtype=torch.long),
+            repetition_penalty=torch.tensor([p.repetition_penalty for p in params], dtype=f32),
+            presence_penalty=torch.tensor([p.presence_penalty for p in params], dtype=f32),
+            frequency_penalty=torch.tensor([p.frequency_penalty for p in params], dtype=f32),
+            prompt_ids=tuple(prompt_ids) if penalties and prompt_ids is not None else None,
+            output_ids=tuple(output_ids) if penalties and output_ids is not None else None,
+            max_logprobs=max(lps) if lps else None,
+            all_greedy=all(p.greedy for p in params),
+            any_top_k_p=any(k > 0 for k in top_k) or any(p.top_p < 1.0 or p.min_p > 0 for p in params),
+        )
+
+
+class SampleOutput(NamedTuple):
+    tokens: torch.Tensor  # [N] int64
+    logprobs: torch.Tensor | None  # [N] logprob of the chosen token (raw model distribution)
+    top_ids: torch.Tensor | None  # [N, max_logprobs]
+    top_logprobs: torch.Tensor | None  # [N, max_logprobs]
+
+
+def _token_counts(ids: Sequence[Sequence[int]], vocab: int) -> torch.Tensor:
+    counts = torch.zeros(len(ids), vocab, dtype=torch.float32)
+    for i, row in enumerate(ids):
+        if row:
+            counts[i].index_add_(0, torch.tensor(list(row), dtype=torch.long), torch.ones(len(row)))
+    return counts
+
+
+def apply_penalties(logits: torch.Tensor, s: SamplingBatch) -> torch.Tensor:
+    """Repetition (prompt + output, divide/multiply) then presence and frequency (output only)."""
+    if s.output_ids is None or s.prompt_ids is None:
+        return logits
+    vocab = logits.shape[-1]
+    out_counts = _token_counts(s.output_ids, vocab)
+    seen = (out_counts + _token_counts(s.prompt_ids, vocab)) > 0
+    rep = s.repetition_penalty[:, None]
+    logits = torch.where(seen, torch.where(logits > 0, logits / rep, logits * rep), logits)
+    logits = logits - s.frequency_penalty[:, None] * out_counts
+    return logits - s.presence_penalty[:, None] * (out_counts > 0).float()
+
+
+def filter_logits(logits: torch.Tensor, s: SamplingBatch) -> torch.Tensor:
+    """Mask (to -inf) tokens outside top-k, top-p and min-p. logits: [N, V], already tempered."""
+    if not s.any_top_k_p:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    rank = torch.arange(logits.shape[-1])[None, :]
+    drop = (s.top_k[:, None] > 0) & (rank >= s.top_k[:, None])
+    probs = sorted_logits.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # mass strictly before each token
+    drop |= before >= s.top_p[:, None]  # keeps the smallest prefix reaching top_p (at least one)
+    drop |= probs < s.min_p[:, None] * probs[:, :1]
+    drop[:, 0] = False
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+def sample(logits: torch.Tensor, s: SamplingBatch) -> SampleOutput:
+    """logits: [N, V] fp32 -> one token per row."""
+    raw = logits
+    logits = apply_penalties(logits, s)
+    greedy_tokens = logits.argmax(dim=-1)
+    if s.all_greedy:
+        tokens = greedy_tokens
+    else:
+        temp = torch.where(s.temperature > 0, s.temperature, 1.0)[:, None]
+        tempered = filter_logits(logits / temp, s)
+        noise = gumbel_noise(s.seeds, s.positions, logits.shape[-1])
+        sampled = (tempered.double() + noise).argmax(dim=-1)
+        tokens = torch.where(s.temperature > 0, sampled, greedy_tokens)
+    if s.max_logprobs is None:
+        return SampleOutput(tokens, None, None, None)
+    logp = raw.log_softmax(dim=-1)
+    chosen = logp.gather(-1, tokens[:, None])[:, 0]
+    top = logp.topk(s.max_logprobs, dim=-1) if s.max_logprobs > 0 else None
+    return SampleOutput(tokens, chosen, top.indices if top else None, top.values if top else None)

@@ -1,0 +1,126 @@
+"""Continuous batching: which sequences run this step, with how many tokens, in which blocks.
+
+Each step: every decoding sequence gets its next token (plus draft tokens a proposer adds later),
+then prompt chunks fill the rest of the token budget (chunked prefill), so a new request joins the
+batch without stalling the running ones. When blocks run out the newest sequence is preempted
+(its blocks freed, recomputed later).
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+from engine.block_allocator import BlockAllocator
+from engine.sequence import Sequence, SeqStatus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512  # token budget of one step (prefill chunk size)
+    block_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1:
+            raise ValueError(f"invalid scheduler config {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledSeq:
+    seq: Sequence
+    num_tokens: int  # new tokens computed this step: all_ids[num_cached : num_cached + num_tokens]
+    samples: bool  # the step reaches the sequence's last known token, so it samples the next one
+
+    @classmethod
+    def of(cls, seq: Sequence, num_tokens: int) -> "ScheduledSeq":
+        return cls(seq, num_tokens, seq.num_cached + num_tokens >= seq.num_tokens)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, allocator: BlockAllocator) -> None:
+        self.config = config
+        self.allocator = allocator
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
+        bs = self.config.block_size
+        return max(0, -(-(seq.num_cached + num_tokens) // bs) - len(seq.block_table))
+
+    def _grow(self, seq: Sequence, num_tokens: int) -> bool:
+        need = self._blocks_needed(seq, num_tokens)
+        if need > self.allocator.num_free:
+            return False
+        seq.block_table.extend(self.allocator.allocate(need))
+        return True
+
+    def free(self, seq: Sequence) -> None:
+        """Give back the sequence's blocks (finish, abort or preemption)."""
+        if seq.block_table:
+            self.allocator.free(seq.block_table)
+        seq.block_table = []
+        seq.num_cached = 0
+
+    def _preempt(self, seq: Sequence) -> None:
+        logger.info("preempting %s (out of KV blocks)", seq.request_id)
+        self.num_preemptions += 1
+        self.running.remove(seq)
+        self.free(seq)
+        seq.status = SeqStatus.WAITING
+        self.waiting.appendleft(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """Drop a finished or aborted sequence wherever it is and free its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.free(seq)
+
+    def schedule(self, extra_tokens: dict[str, int] | None = None) -> list[ScheduledSeq]:
+        """``extra_tokens``: request id -> draft tokens to verify on top of its next token."""
+        budget = self.config.max_num_batched_tokens
+        out: list[ScheduledSeq] = []
+        # 1. decoding sequences: oldest first; preempt the newest when blocks run out
+        for seq in list(self.running):
+            if seq not in self.running or seq.is_prefilling:
+                continue
+            n = 1 + (extra_tokens or {}).get(seq.request_id, 0)
+            while not self._grow(seq, n):
+                victim = self.running[-1]
+                self._preempt(victim)
+                if victim is seq:
+                    break
+            if seq.status is SeqStatus.RUNNING:
+                out.append(ScheduledSeq.of(seq, n))
+                budget -= n
+        # 2. sequences part-way through their prompt, then new ones, by chunks
+        prefilling = [s for s in self.running if s.is_prefilling]
+        candidates = prefilling + list(self.waiting)
+        for seq in candidates:
+            if budget <= 0:
+                break
+            is_new = seq.status is SeqStatus.WAITING
+            if is_new and len(self.running) >= self.config.max_num_seqs:
+                break
+            n = min(seq.num_tokens - seq.num_cached, budget)
+            if not self._grow(seq, n):
+                break  # wait for blocks; never preempt running work for a newcomer
+            if is_new:
+                self.waiting.remove(seq)
+                seq.status = SeqStatus.RUNNING
+                self.running.append(seq)
+            out.append(ScheduledSeq.of(seq, n))
+            budget -= n
+        return out

@@ -1,0 +1,70 @@
+"""One request's state inside an engine: tokens, KV blocks, progress and finish reason."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from engine.detokenizer import Detokenizer, FinishReason
+from engine.sampling_params import SamplingParams
+
+
+class SeqStatus(Enum):
+    WAITING = "waiting"  # no KV blocks yet (new or preempted)
+    RUNNING = "running"  # holds blocks; prefilling while num_cached < num_prompt
+    FINISHED = "finished"
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    seed: int
+    detok: Detokenizer
+    max_len: int  # context limit: prompt + output never exceed it
+    all_ids: list[int] = field(default_factory=list)  # prompt + output
+    block_table: list[int] = field(default_factory=list)
+    num_cached: int = 0  # leading tokens of all_ids whose K/V are in the cache
+    status: SeqStatus = SeqStatus.WAITING
+    finish_reason: FinishReason | None = None
+    arrival: float = field(default_factory=time.monotonic)
+    first_token_time: float | None = None
+    # filled by the sampler when logprobs are asked for: per output token (logprob, top ids, top logprobs)
+    logprobs: list[tuple[float, list[int], list[float]]] = field(default_factory=list)
+    # lookahead bookkeeping: drafted and accepted token counts
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.all_ids:
+            self.all_ids = list(self.prompt_ids)
+
+    @property
+    def num_prompt(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.all_ids)
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.all_ids[self.num_prompt :]
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.num_cached < self.num_tokens - 1 or self.num_tokens == self.num_prompt
+
+    @property
+    def finished(self) -> bool:
+        return self.status is SeqStatus.FINISHED
+
+    def append_token(self, token: int) -> FinishReason | None:
+        self.all_ids.append(token)
+        reason = self.detok.append(token)
+        if reason is None and self.num_tokens >= self.max_len:
+            reason = "length"
+        return reason

@@ -1,0 +1,69 @@
+"""Shared fixtures: the real bundled model (converted once into the cache), transformers beside it."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+logging.basicConfig(level=logging.INFO)
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    from engine.convert import convert_smollm2
+
+    return convert_smollm2()
+
+
+@pytest.fixture(scope="session")
+def qwen_dir() -> Path:
+    from engine.convert import convert_qwen
+
+    return convert_qwen()
+
+
+@pytest.fixture(scope="session")
+def hf_model(model_dir: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(model_dir: Path) -> Any:
+    from engine.tokenizer import load_tokenizer
+
+    return load_tokenizer(model_dir)
+
+
+@pytest.fixture(scope="session")
+def engine(model_dir: Path) -> Any:
+    """One real engine on the bundled model for the session (tests must leave it idle)."""
+    from engine.engine_config import EngineConfig
+    from engine.llm_engine import LLMEngine
+
+    eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=512))
+    yield eng
+    assert not eng.has_work, "a test left requests running in the shared engine"
+    eng.allocator.check_integrity()
+    assert eng.allocator.num_used == 0, "a test leaked KV blocks"
+
+
+@pytest.fixture(scope="session")
+def hf_reference(hf_model: Any) -> Any:
+    """transformers greedy outputs, computed once per (prompt, length) in the session."""
+    from engine.reference import ReferenceOutput, hf_greedy
+
+    memo: dict[tuple[tuple[int, ...], int], ReferenceOutput] = {}
+
+    def get(prompt_ids: list[int], max_new_tokens: int) -> ReferenceOutput:
+        key = (tuple(prompt_ids), max_new_tokens)
+        if key not in memo:
+            memo[key] = hf_greedy(hf_model, prompt_ids, max_new_tokens)
+        return memo[key]
+
+    return get

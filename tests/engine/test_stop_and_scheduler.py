@@ -1,0 +1,87 @@
+"""Stop conditions, incremental detokenization, block accounting and preemption on the real engine."""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from engine.block_allocator import BlockAllocator
+from engine.detokenizer import Detokenizer
+from engine.engine_config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.sampling_params import SamplingParams
+
+
+def test_incremental_text_equals_full_decode(tokenizer: Any) -> None:
+    text = "naïve café — 東京 🌲 def f(x):\n    return x ** 2  # ok"
+    ids = tokenizer(text)["input_ids"]
+    d = Detokenizer(tokenizer, SamplingParams(max_tokens=10_000), eos_ids=())
+    streamed = ""
+    for t in ids:
+        assert d.append(t) is None
+        streamed += d.take_delta(False)
+    streamed += d.take_delta(True)
+    assert streamed == tokenizer.decode(ids) == d.text
+
+
+def test_stop_string_truncates_and_holds_back(tokenizer: Any) -> None:
+    ids = tokenizer("alpha beta STOP gamma")["input_ids"]
+    d = Detokenizer(tokenizer, SamplingParams(max_tokens=100, stop=("STOP",)), eos_ids=())
+    streamed, reason = "", None
+    for t in ids:
+        reason = d.append(t)
+        streamed += d.take_delta(reason is not None)
+        if reason:
+            break
+    assert reason == "stop"
+    assert streamed == "alpha beta " == d.text
+
+
+def test_finish_reasons(engine: Any) -> None:
+    prompt = engine.tokenizer("Count: 1, 2, 3,")["input_ids"]
+    out = engine.generate([prompt], SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True))[0]
+    assert out.finish_reason == "length" and len(out.output_ids) == 5
+    first = out.output_ids[0]
+    stopped = engine.generate([prompt], SamplingParams(temperature=0.0, max_tokens=5, stop_token_ids=(first,)))[0]
+    assert stopped.finish_reason == "stop" and stopped.output_ids == [first]
+
+
+def test_context_limit_ends_with_length(model_dir: Any) -> None:
+    eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=8, max_model_len=40))
+    out = eng.generate([list(range(100, 130))], SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True))[0]
+    assert out.finish_reason == "length"
+    assert len(out.prompt_ids) + len(out.output_ids) == 40
+    assert eng.allocator.num_used == 0
+
+
+def test_preemption_under_block_pressure_keeps_outputs_exact(model_dir: Any) -> None:
+    """Too few blocks for everyone: the newest is preempted and recomputed; outputs unchanged."""
+    rng = random.Random(5)
+    prompts = [[rng.randrange(100, 40000) for _ in range(20)] for _ in range(4)]
+    params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
+    roomy = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=64))
+    tight = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=9))  # 4 x 50 tokens need 16
+    a = [o.output_ids for o in roomy.generate(prompts, params)]
+    b = [o.output_ids for o in tight.generate(prompts, params)]
+    assert a == b
+    assert tight.scheduler.num_preemptions > 0 and roomy.scheduler.num_preemptions == 0
+    tight.allocator.check_integrity()
+    assert tight.allocator.num_used == 0
+
+
+def test_abort_frees_blocks(engine: Any) -> None:
+    engine.add_request("to-abort", list(range(100, 180)), SamplingParams(max_tokens=50))
+    engine.step()
+    assert engine.allocator.num_used > 0
+    assert engine.abort("to-abort")
+    assert engine.allocator.num_used == 0 and not engine.has_work
+    assert not engine.abort("to-abort")
+
+
+def test_allocator_refcounts() -> None:
+    a = BlockAllocator(4)
+    x = a.allocate(3)
+    a.share(x[:2])
+    assert a.free(x) == [x[2]]
+    assert a.free(x[:2]) == x[:2]
+    a.check_integrity()
+    assert a.num_free == 4
