@@ -99,6 +99,14 @@ class LLMEngine:
         self.scheduler.add(seq)
         return seq
 
+    def add_sequence(self, seq: Seq, running: bool = False) -> None:
+        """Adds a prepared sequence; ``running`` when its KV is already in its block table."""
+        self.seqs[seq.request_id] = seq
+        if running:
+            self.scheduler.add_running(seq)
+        else:
+            self.scheduler.add(seq)
+
     def abort(self, request_id: str) -> bool:
         """Ends a request and frees its blocks; False if it is unknown or already done."""
         seq = self.seqs.pop(request_id, None)
@@ -166,6 +174,10 @@ class LLMEngine:
             reason = seq.append_token(token)
             if reason is not None:
                 self.finish(seq, reason)
+            elif seq.hold_kv:  # prefill-only: stop here, hand the blocks to the caller
+                seq.status = SeqStatus.FINISHED
+                self.scheduler.detach(seq)
+                self.seqs.pop(seq.request_id, None)
             results.append(StepOutput(seq, [token], seq.detok.take_delta(seq.finished), seq.finished))
         return results
 

@@ -80,6 +80,16 @@ class Scheduler:
         seq.status = SeqStatus.WAITING
         self.waiting.appendleft(seq)
 
+    def add_running(self, seq: Sequence) -> None:
+        """Join a sequence whose KV is already in its blocks (a decode handoff)."""
+        seq.status = SeqStatus.RUNNING
+        self.running.append(seq)
+
+    def detach(self, seq: Sequence) -> None:
+        """Stop scheduling a sequence but keep its blocks: the caller now owns them."""
+        if seq in self.running:
+            self.running.remove(seq)
+
     def remove(self, seq: Sequence) -> None:
         """Drop a finished or aborted sequence wherever it is and free its blocks."""
         if seq in self.running:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
 from engine.detokenizer import Detokenizer, FinishReason
 from engine.sampling_params import SamplingParams
@@ -36,7 +35,7 @@ class Sequence:
     # lookahead bookkeeping: drafted and accepted token counts
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    hold_kv: bool = False  # prefill-only: finish after the first token but keep the blocks
 
     def __post_init__(self) -> None:
         if not self.all_ids:

@@ -1,0 +1,1 @@
+"""Decode worker: pulls handed-over KV, runs the continuous batch, streams tokens."""

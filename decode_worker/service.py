@@ -1,0 +1,73 @@
+"""The decode worker's logic: take a handoff, pull its KV, join the batch, stream the output."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from engine.async_engine import AsyncEngine
+from engine.errors import InvalidRequestError, OutOfBlocksError
+from engine.request import GenerationChunk, KVHandle, TokenOut, Usage, WorkRequest
+from engine.sequence import Sequence
+from decode_worker.kv_puller import KVPuller
+
+logger = logging.getLogger(__name__)
+
+
+class DecodeService:
+    def __init__(self, engine: AsyncEngine, puller: KVPuller, max_requests: int) -> None:
+        self.engine = engine
+        self.puller = puller
+        self.max_requests = max_requests
+        self.in_flight = 0
+
+    @property
+    def eng(self):  # noqa: ANN201 - the LLMEngine, touched only through self.engine.call
+        return self.engine.engine
+
+    async def _admit(self, req: WorkRequest, first: TokenOut, first_text: str, kv: KVHandle) -> Sequence:
+        eng = self.eng
+        if kv.compat_key != eng.layout.compat_key():
+            raise InvalidRequestError("kv.compat_key", "KV layout differs from this worker's (model/dtype/block size)")
+        if kv.num_tokens != len(req.prompt_ids):
+            raise InvalidRequestError("kv.num_tokens", f"{kv.num_tokens} != prompt length {len(req.prompt_ids)}")
+        seq: Sequence = await self.engine.call(eng.make_sequence, req.request_id, list(req.prompt_ids), req.params)
+        seq.seed = req.seed
+        blocks: list[int] = await self.engine.call(eng.allocator.allocate, len(kv.block_ids))
+        try:
+            await self.puller.pull(kv, blocks)
+        except BaseException:
+            await self.engine.call(eng.allocator.free, blocks)
+            raise
+        finally:
+            asyncio.create_task(self.puller.release(kv))
+        seq.block_table, seq.num_cached = blocks, len(req.prompt_ids)
+        reason = seq.append_token(first.token_id)  # same detokenizer state as the prefill side
+        assert reason is None, "a request finished by its first token never reaches decode"
+        seq.detok.emitted = len(first_text)  # the gateway already streamed the first token's text
+        return seq
+
+    async def decode(self, req: WorkRequest, first: TokenOut, first_text: str, kv: KVHandle) -> AsyncIterator[GenerationChunk]:
+        if self.in_flight >= self.max_requests:
+            raise OutOfBlocksError(f"decode worker has {self.in_flight} requests (limit {self.max_requests})")
+        self.in_flight += 1
+        try:
+            seq = await self._admit(req, first, first_text, kv)
+            async for out in self.engine.run(seq, running=True):
+                n = len(out.new_tokens)
+                lps = seq.logprobs[-n:] if seq.params.logprobs is not None else []
+                tokens = [
+                    TokenOut(t, *(lps[i][0], tuple(lps[i][1]), tuple(lps[i][2])) if lps else ())
+                    for i, t in enumerate(out.new_tokens)
+                ]
+                usage = Usage(draft_tokens=seq.num_draft_tokens, accepted_tokens=seq.num_accepted_tokens) if out.finished else None
+                yield GenerationChunk(out.delta_text, tokens, seq.finish_reason if out.finished else None, usage)
+        finally:
+            self.in_flight -= 1
+
+    def stats(self) -> dict[str, int]:
+        eng = self.eng
+        return {
+            "num_running": len(eng.scheduler.running), "num_waiting": len(eng.scheduler.waiting),
+            "free_blocks": eng.allocator.num_free, "total_blocks": eng.allocator.num_blocks, "held_leases": 0,
+        }

@@ -1,0 +1,60 @@
+"""Plain values that travel between the pipeline's stages (converted to protobuf in protocol/)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class WorkRequest:
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams
+    seed: int  # resolved once by the gateway: every stage samples the same stream
+
+
+@dataclass(frozen=True, slots=True)
+class TokenOut:
+    token_id: int
+    logprob: float = 0.0
+    top_ids: tuple[int, ...] = ()
+    top_logprobs: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KVHandle:
+    """Where a request's prompt KV is held (on a prefill worker) for a decode worker to pull."""
+
+    worker_address: str
+    lease_id: str
+    block_ids: tuple[int, ...]
+    num_tokens: int
+    compat_key: str
+    block_bytes: int
+    # NIXL addressing of the holder's pool; nixl_agent == "" when NIXL is off
+    nixl_agent: str = ""
+    pool_name: str = ""
+    base_addr: int = 0
+    num_blocks: int = 0
+    mem_type: str = "DRAM"
+    device_id: int = 0
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+
+
+@dataclass(slots=True)
+class GenerationChunk:
+    """A piece of a request's output as it streams back to the client."""
+
+    text: str = ""
+    tokens: list[TokenOut] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage | None = None

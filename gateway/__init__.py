@@ -1,0 +1,1 @@
+"""Gateway: OpenAI-compatible HTTP + the grove.v1 gRPC API; tokenizes and routes to the workers."""

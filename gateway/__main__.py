@@ -1,0 +1,83 @@
+"""``python -m gateway``: the OpenAI-compatible HTTP server and the grove.v1 gRPC API."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import uvicorn
+
+from engine.config import ModelConfig
+from engine.paths import default_model_dir
+from gateway.core import GatewayConfig, GatewayCore
+from gateway.grpc_api import GroveServicer
+from gateway.http_api import build_app
+from gateway.router import Router
+from grove.v1 import api_pb2_grpc as pb_grpc
+from runtime.grpc_server import create_server, set_serving
+from runtime.process import configure_logging, run_service, write_ready_file
+
+logger = logging.getLogger("gateway")
+SERVICE = "grove.v1.Grove"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1", help="bind address for HTTP and gRPC")
+    p.add_argument("--http-port", type=int, default=8000, help="OpenAI-compatible HTTP port (0 picks one)")
+    p.add_argument("--grpc-port", type=int, default=50051, help="grove.v1 gRPC port (0 picks one)")
+    p.add_argument("--prefill", required=True, help="comma-separated prefill worker gRPC addresses")
+    p.add_argument("--decode", required=True, help="comma-separated decode worker gRPC addresses")
+    p.add_argument("--model", default="", help="model directory (tokenizer, config); default: bundled SmolLM2")
+    p.add_argument("--served-model-name", default="", help="model id clients use (default: directory name)")
+    p.add_argument("--max-model-len", type=int, default=0)
+    p.add_argument("--block-size", type=int, default=16, help="KV block size (prefix affinity hashing)")
+    p.add_argument("--max-concurrent", type=int, default=256, help="requests in flight before HTTP 429")
+    p.add_argument("--api-key", default="", help="require 'Authorization: Bearer KEY' on /v1/*")
+    p.add_argument("--ready-file", default="", help="write bound ports here as JSON once serving")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    model_dir = args.model or str(default_model_dir())
+    mc = ModelConfig.from_dir(model_dir)
+    max_len = min(args.max_model_len or mc.max_position, mc.max_position)
+    name = args.served_model_name or model_dir.rstrip("/").rsplit("/", 1)[-1]
+    router = Router([a for a in args.prefill.split(",") if a], [a for a in args.decode.split(",") if a], args.block_size)
+    await router.refresh()
+    router.start()
+    core = GatewayCore(GatewayConfig(model_dir, name, max_len, args.max_concurrent), router)
+    server, grpc_port, health = create_server(f"{args.host}:{args.grpc_port}")
+    pb_grpc.add_GroveServicer_to_server(GroveServicer(core), server)
+    await server.start()
+    await set_serving(health, [SERVICE], True)
+    config = uvicorn.Config(build_app(core, args.api_key), host=args.host, port=args.http_port, loop="none",
+                            log_level="warning", lifespan="off")
+    http = uvicorn.Server(config)
+    http.install_signal_handlers = lambda: None  # type: ignore[method-assign] - we own the signals
+    http_task = asyncio.create_task(http.serve())
+    while not http.started:
+        if http_task.done():
+            await http_task  # raises the bind error
+            return
+        await asyncio.sleep(0.05)
+    http_port = http.servers[0].sockets[0].getsockname()[1]
+    write_ready_file(args.ready_file, {"http_port": http_port, "grpc_port": grpc_port})
+    logger.info("gateway serving HTTP on %s:%d, gRPC on %s:%d (model %s)", args.host, http_port, args.host, grpc_port, name)
+    await stop.wait()
+    logger.info("draining")
+    await set_serving(health, [SERVICE], False)
+    http.should_exit = True
+    await asyncio.gather(http_task, server.stop(grace=10.0), return_exceptions=True)
+    await router.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    configure_logging(args.log_level, "gateway")
+    run_service(lambda stop: serve(args, stop))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The public gRPC API (grove.v1.Grove): the same core as the HTTP API."""
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import grpc
+
+from engine.errors import InvalidRequestError
+from engine.request import GenerationChunk
+from gateway.core import GatewayCore
+from gateway.errors import OverloadedError, UnavailableError, grpc_status
+from grove.v1 import api_pb2 as pb
+from grove.v1 import api_pb2_grpc as pb_grpc
+from protocol import pipeline as convert
+
+
+class GroveServicer(pb_grpc.GroveServicer):
+    def __init__(self, core: GatewayCore) -> None:
+        self.core = core
+
+    def _work(self, request: pb.GenerateRequest):  # noqa: ANN202
+        self.core.check_model(request.model)
+        kind, value = convert.prompt_from_api_pb(request)
+        params = convert.sampling_from_pb(request.sampling)
+        if kind == "chat":
+            ids = self.core.tokenize(messages=value)  # type: ignore[arg-type]
+        elif kind in ("prompt", "ids"):
+            ids = self.core.tokenize(prompt=value)  # type: ignore[arg-type]
+        else:
+            raise InvalidRequestError("input", "one of prompt, prompt_token_ids or chat is required")
+        return self.core.work(ids, params, request.request_id)
+
+    async def GenerateStream(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateStreamResponse]:
+        try:
+            work = self._work(request)
+            async for chunk in self.core.generate(work):
+                yield convert.stream_response_to_pb(work.request_id, chunk, work.params.logprobs is not None)
+        except (InvalidRequestError, OverloadedError, UnavailableError) as e:
+            await context.abort(grpc_status(e), str(e))
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
+        try:
+            work = self._work(request)
+            text, tokens, last = "", [], GenerationChunk()
+            async for chunk in self.core.generate(work):
+                text += chunk.text
+                tokens.extend(chunk.tokens)
+                last = chunk
+        except (InvalidRequestError, OverloadedError, UnavailableError) as e:
+            await context.abort(grpc_status(e), str(e))
+        resp = pb.GenerateResponse(request_id=work.request_id, text=text, token_ids=[t.token_id for t in tokens],
+                                   finish_reason=last.finish_reason or "")
+        if last.usage is not None:
+            resp.usage.CopyFrom(convert.usage_to_pb(last.usage))
+        if work.params.logprobs is not None:
+            resp.logprobs.extend(convert.logprobs_to_pb(tokens))
+        return resp
+
+    async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+        try:
+            self.core.check_model(request.model)
+            if request.WhichOneof("input") == "chat":
+                ids = self.core.tokenize(messages=[{"role": m.role, "content": m.content} for m in request.chat.messages])
+            else:
+                ids = self.core.tokenize(prompt=request.prompt)
+        except InvalidRequestError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return pb.TokenizeResponse(token_ids=ids, max_model_len=self.core.config.max_model_len)
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[pb.Model(id=self.core.config.served_model_name,
+                                                      max_model_len=self.core.config.max_model_len,
+                                                      dtype=self.core.model_config.torch_dtype)])

@@ -1,0 +1,125 @@
+"""OpenAI-compatible HTTP API (FastAPI): /v1/completions, /v1/chat/completions, /v1/models, /health."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from engine.errors import InvalidRequestError
+from engine.request import GenerationChunk, TokenOut, Usage
+from gateway.core import GatewayCore
+from gateway.errors import OverloadedError, UnavailableError, http_status
+from gateway.openai_protocol import (
+    ResponseShaper, chat_messages, completion_prompt, error_json, sampling_from_body,
+)
+
+logger = logging.getLogger(__name__)
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error", 503: "service_unavailable"}
+
+
+def _error(exc: BaseException, status: int | None = None) -> JSONResponse:
+    status = status or http_status(exc)
+    return JSONResponse(error_json(exc, _ERROR_TYPES.get(status, "server_error")), status_code=status)
+
+
+def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
+    app = FastAPI(title="Grove", docs_url=None, redoc_url=None)
+
+    @app.middleware("http")
+    async def auth(request: Request, call_next: Any) -> Response:
+        if api_key and request.url.path.startswith("/v1/"):
+            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+                return _error(InvalidRequestError("authorization", "missing or wrong API key"), 401)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> Response:
+        ok = any(w.healthy for w in core.router.prefill) and any(w.healthy for w in core.router.decode)
+        return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": core.config.served_model_name, "object": "model", "owned_by": "grove",
+                                           "max_model_len": core.config.max_model_len}]}
+
+    async def handle(request: Request, chat: bool) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return _error(InvalidRequestError("body", f"malformed JSON: {e}"))
+        try:
+            if not isinstance(body, dict):
+                raise InvalidRequestError("body", "must be a JSON object")
+            core.check_model(body.get("model"))
+            params = sampling_from_body(body, chat)
+            if chat:
+                ids = core.tokenize(messages=chat_messages(body))
+            else:
+                ids = core.tokenize(prompt=completion_prompt(body))
+            work = core.work(ids, params)
+        except InvalidRequestError as e:
+            return _error(e)
+        shaper = ResponseShaper(work.request_id, core.config.served_model_name, chat, core.tokenizer,
+                                params.logprobs, bool(body.get("return_token_ids")))
+        gen = core.generate(work)
+        # fail fast (4xx/5xx status) on what happens before the first token
+        try:
+            first = await gen.__anext__()
+        except (InvalidRequestError, OverloadedError, UnavailableError) as e:
+            return _error(e)
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(_sse(shaper, first, gen, include_usage), media_type="text/event-stream")
+        return await _whole(shaper, first, gen)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await handle(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await handle(request, chat=True)
+
+    return app
+
+
+async def _whole(shaper: ResponseShaper, first: GenerationChunk, gen: AsyncIterator[GenerationChunk]) -> Response:
+    text, tokens, last = first.text, list(first.tokens), first
+    try:
+        async for c in gen:
+            text += c.text
+            tokens.extend(c.tokens)
+            last = c
+    except (OverloadedError, UnavailableError) as e:
+        return _error(e)
+    return JSONResponse(shaper.whole(text, tokens, last.finish_reason, last.usage or Usage()))
+
+
+async def _sse(shaper: ResponseShaper, first: GenerationChunk, gen: AsyncIterator[GenerationChunk],
+               include_usage: bool) -> AsyncIterator[bytes]:
+    def event(obj: dict[str, Any]) -> bytes:
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+    try:
+        c = first
+        while True:
+            yield event(shaper.chunk(c))
+            if c.finish_reason is not None:
+                if include_usage and c.usage is not None:
+                    yield event(shaper.usage_chunk(c.usage))
+                break
+            c = await gen.__anext__()
+        yield b"data: [DONE]\n\n"
+    except (OverloadedError, UnavailableError, InvalidRequestError) as e:
+        # headers are gone: the error travels as an SSE event, then the stream ends
+        yield event(error_json(e, _ERROR_TYPES.get(http_status(e), "server_error")))
+    finally:
+        await gen.aclose()  # client gone or done: cancels the request in every process

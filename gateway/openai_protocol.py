@@ -1,0 +1,166 @@
+"""OpenAI request parsing and response shaping (completions and chat), independent of the server."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from engine.errors import InvalidRequestError
+from engine.request import GenerationChunk, TokenOut, Usage
+from engine.sampling_params import SamplingParams
+
+_SAMPLING_KEYS = {
+    "temperature": float, "top_p": float, "top_k": int, "min_p": float, "seed": int,
+    "presence_penalty": float, "frequency_penalty": float, "repetition_penalty": float,
+}
+
+
+def _typed(body: dict[str, Any], key: str, kind: type) -> Any:
+    value = body[key]
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is bool and isinstance(value, bool):
+        return value
+    raise InvalidRequestError(key, f"must be {'a number' if kind is float else 'an integer' if kind is int else 'a boolean'}")
+
+
+def sampling_from_body(body: dict[str, Any], chat: bool) -> SamplingParams:
+    if not isinstance(body, dict):
+        raise InvalidRequestError("body", "must be a JSON object")
+    kwargs: dict[str, Any] = {k: _typed(body, k, t) for k, t in _SAMPLING_KEYS.items() if body.get(k) is not None}
+    max_key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    if body.get(max_key) is not None:
+        kwargs["max_tokens"] = _typed(body, max_key, int)
+    elif chat:
+        kwargs["max_tokens"] = 4096  # chat default: until the context limit or a stop
+    n = body.get("n", 1)
+    if n != 1:
+        raise InvalidRequestError("n", "only n=1 is supported")
+    stop = body.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise InvalidRequestError("stop", "must be a string or a list of strings")
+        kwargs["stop"] = tuple(stop)
+    if body.get("stop_token_ids") is not None:
+        ids = body["stop_token_ids"]
+        if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+            raise InvalidRequestError("stop_token_ids", "must be a list of integers")
+        kwargs["stop_token_ids"] = tuple(ids)
+    if body.get("ignore_eos") is not None:
+        kwargs["ignore_eos"] = _typed(body, "ignore_eos", bool)
+    if body.get("lookahead") is not None:
+        kwargs["lookahead"] = _typed(body, "lookahead", bool)
+    if chat:
+        if body.get("logprobs"):
+            kwargs["logprobs"] = _typed(body, "top_logprobs", int) if body.get("top_logprobs") is not None else 0
+    elif body.get("logprobs") is not None:
+        kwargs["logprobs"] = _typed(body, "logprobs", int)
+    return SamplingParams(**kwargs)
+
+
+def completion_prompt(body: dict[str, Any]) -> str | list[int]:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return prompt
+    raise InvalidRequestError("prompt", "must be a string or a list of token ids (one prompt)")
+
+
+def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise InvalidRequestError("messages", "must be a non-empty list of {role, content} objects")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise InvalidRequestError(f"messages[{i}]", "must be an object")
+        content = m.get("content")
+        if isinstance(content, list):  # [{"type": "text", "text": ...}]
+            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+                raise InvalidRequestError(f"messages[{i}].content", "only text parts are supported")
+            content = "".join(p.get("text", "") for p in content)
+        out.append({"role": m.get("role"), "content": content})
+    return out
+
+
+def usage_json(u: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+        "completion_tokens_details": {
+            "accepted_prediction_tokens": u.accepted_tokens,
+            "rejected_prediction_tokens": u.draft_tokens - u.accepted_tokens,
+        },
+    }
+
+
+class ResponseShaper:
+    """Builds the JSON objects of one request's response, streamed or whole."""
+
+    def __init__(self, request_id: str, model: str, chat: bool, tokenizer: Any, logprobs: int | None,
+                 return_token_ids: bool) -> None:
+        self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
+        self.model = model
+        self.chat = chat
+        self.tokenizer = tokenizer
+        self.logprobs = logprobs
+        self.return_token_ids = return_token_ids
+        self.created = int(time.time())
+        self._role_sent = False
+
+    def _logprobs(self, tokens: list[TokenOut]) -> dict[str, Any] | None:
+        if self.logprobs is None:
+            return None
+        tok = self.tokenizer.convert_ids_to_tokens
+        if self.chat:
+            return {"content": [
+                {"token": tok(t.token_id), "logprob": t.logprob,
+                 "top_logprobs": [{"token": tok(i), "logprob": lp} for i, lp in zip(t.top_ids, t.top_logprobs)]}
+                for t in tokens]}
+        return {"tokens": [tok(t.token_id) for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+                "top_logprobs": [{tok(i): lp for i, lp in zip(t.top_ids, t.top_logprobs)} for t in tokens]}
+
+    def _choice(self, text: str, tokens: list[TokenOut], finish: str | None, delta: bool) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "logprobs": self._logprobs(tokens), "finish_reason": finish}
+        if self.chat:
+            if delta:
+                d: dict[str, Any] = {}
+                if not self._role_sent:
+                    d["role"], self._role_sent = "assistant", True
+                if text:
+                    d["content"] = text
+                choice["delta"] = d
+            else:
+                choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        if self.return_token_ids:
+            choice["token_ids"] = [t.token_id for t in tokens]
+        return choice
+
+    def chunk(self, c: GenerationChunk) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "created": self.created, "model": self.model,
+                "choices": [self._choice(c.text, c.tokens, c.finish_reason, delta=True)]}
+
+    def usage_chunk(self, u: Usage) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": [], "usage": usage_json(u)}
+
+    def whole(self, text: str, tokens: list[TokenOut], finish: str | None, usage: Usage) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.model,
+                "choices": [self._choice(text, tokens, finish, delta=False)], "usage": usage_json(usage)}
+
+
+def error_json(exc: BaseException, kind: str) -> dict[str, Any]:
+    param = exc.field if isinstance(exc, InvalidRequestError) else None
+    return {"error": {"message": str(exc), "type": kind, "param": param, "code": None}}

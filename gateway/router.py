@@ -1,0 +1,129 @@
+"""Worker pools and routing: prefill by prefix affinity balanced with load, decode by load.
+
+Affinity: the gateway remembers which prefill worker last computed each block-aligned prefix
+(a hash chain over blocks, bounded LRU); a prompt goes to the worker holding its longest remembered
+prefix unless that worker is much busier than the least-loaded one.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import grpc
+
+from grove.internal.v1 import worker_pb2 as pb
+from grove.internal.v1 import worker_pb2_grpc as pb_grpc
+from runtime.grpc_server import check_health, insecure_channel
+
+logger = logging.getLogger(__name__)
+Role = Literal["prefill", "decode"]
+
+
+@dataclass(slots=True, eq=False)
+class Worker:
+    address: str
+    role: Role
+    channel: grpc.aio.Channel
+    healthy: bool = False
+    in_flight: int = 0
+    stats: pb.WorkerStats = field(default_factory=pb.WorkerStats)
+
+    @property
+    def prefill(self) -> pb_grpc.PrefillWorkerStub:
+        return pb_grpc.PrefillWorkerStub(self.channel)
+
+    @property
+    def decode(self) -> pb_grpc.DecodeWorkerStub:
+        return pb_grpc.DecodeWorkerStub(self.channel)
+
+
+def block_hashes(prompt: Sequence[int], block_size: int, max_blocks: int = 256) -> list[bytes]:
+    """Hash chain over the prompt's full blocks: h_i covers tokens [0, (i+1) * block_size)."""
+    out, h = [], b""
+    for i in range(min(len(prompt) // block_size, max_blocks)):
+        block = prompt[i * block_size : (i + 1) * block_size]
+        h = hashlib.blake2b(h + b"".join(t.to_bytes(4, "little") for t in block), digest_size=16).digest()
+        out.append(h)
+    return out
+
+
+class Router:
+    def __init__(self, prefill: Sequence[str], decode: Sequence[str], block_size: int,
+                 affinity_slack: int = 4, affinity_capacity: int = 200_000) -> None:
+        self.prefill = [Worker(a, "prefill", insecure_channel(a)) for a in prefill]
+        self.decode = [Worker(a, "decode", insecure_channel(a)) for a in decode]
+        self.block_size = block_size
+        self.affinity_slack = affinity_slack
+        self._affinity: OrderedDict[bytes, Worker] = OrderedDict()
+        self._capacity = affinity_capacity
+        self.decisions: dict[str, int] = {"prefix_affinity": 0, "load": 0}
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- health -----------------------------------------------------------------------------
+    async def refresh(self) -> None:
+        async def one(w: Worker) -> None:
+            ok = await check_health(w.channel, timeout_s=1.0)
+            if ok:
+                try:
+                    stub = w.prefill if w.role == "prefill" else w.decode
+                    w.stats = await stub.Stats(pb.WorkerStatsRequest(), timeout=1.0)
+                except grpc.aio.AioRpcError:
+                    ok = False
+            if ok != w.healthy:
+                logger.log(logging.INFO if ok else logging.WARNING, "%s worker %s is %s", w.role, w.address,
+                           "healthy" if ok else "UNHEALTHY")
+            w.healthy = ok
+
+        await asyncio.gather(*(one(w) for w in self.prefill + self.decode))
+
+    def start(self, interval_s: float = 1.0) -> None:
+        async def loop() -> None:
+            while True:
+                await self.refresh()
+                await asyncio.sleep(interval_s)
+
+        self._task = asyncio.create_task(loop(), name="router-health")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+        await asyncio.gather(*(w.channel.close() for w in self.prefill + self.decode), return_exceptions=True)
+
+    def mark_failed(self, w: Worker) -> None:
+        if w.healthy:
+            logger.warning("%s worker %s failed a call: marked unhealthy", w.role, w.address)
+        w.healthy = False
+
+    # ---- choices ----------------------------------------------------------------------------
+    def choose_prefill(self, prompt: Sequence[int], exclude: Sequence[Worker] = ()) -> Worker | None:
+        live = [w for w in self.prefill if w.healthy and w not in exclude]
+        if not live:
+            return None
+        least = min(live, key=lambda w: (w.in_flight, w.stats.num_waiting))
+        hashes = block_hashes(prompt, self.block_size)
+        owner = None
+        for h in hashes:  # the longest remembered prefix wins
+            w = self._affinity.get(h)
+            if w is not None:
+                owner = w
+        if owner is not None and owner in live and owner.in_flight <= least.in_flight + self.affinity_slack:
+            chosen, reason = owner, "prefix_affinity"
+        else:
+            chosen, reason = least, "load"
+        self.decisions[reason] += 1
+        for h in hashes:
+            self._affinity[h] = chosen
+            self._affinity.move_to_end(h)
+        while len(self._affinity) > self._capacity:
+            self._affinity.popitem(last=False)
+        return chosen
+
+    def choose_decode(self, exclude: Sequence[Worker] = ()) -> Worker | None:
+        live = [w for w in self.decode if w.healthy and w not in exclude]
+        if not live:
+            return None
+        return min(live, key=lambda w: (w.in_flight, -w.stats.free_blocks))

@@ -1,0 +1,163 @@
+"""The local stack as processes: start in dependency order, wait until each serves, stop cleanly.
+
+Every service binds port 0 (unless told otherwise) and writes its bound ports to a ready file,
+so stacks never collide on ports; the tests start the same stack the ``make run`` launcher does.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from engine.config import ModelConfig
+from engine.paths import default_model_dir
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StackConfig:
+    model: str = ""
+    num_prefill: int = 1
+    num_decode: int = 1
+    host: str = "127.0.0.1"
+    http_port: int = 0
+    grpc_port: int = 0
+    nixl: bool = True
+    kvstore_capacity: str = "1GiB"
+    worker_kv_gb: float = 0.5
+    dtype: str = "auto"
+    api_key: str = ""
+    lease_ttl: float = 30.0
+    extra_worker_args: tuple[str, ...] = ()
+    extra_decode_args: tuple[str, ...] = ()
+    log_dir: str = ""  # "" = a temp dir; logs go to files there
+    threads_per_worker: int = 0
+
+
+@dataclass(slots=True)
+class Service:
+    name: str
+    proc: subprocess.Popen[bytes]
+    ready_file: Path
+    log: IO[bytes] | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.dir = Path(config.log_dir or tempfile.mkdtemp(prefix="grove-stack-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.services: list[Service] = []
+        self.model_dir = config.model or str(default_model_dir())
+
+    # ---- processes --------------------------------------------------------------------------
+    def _spawn(self, name: str, module: str, args: list[str]) -> Service:
+        ready = self.dir / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        log = open(self.dir / f"{name}.log", "ab")
+        env = dict(os.environ, UCX_NET_DEVICES=os.environ.get("UCX_NET_DEVICES", "lo"), PYTHONUNBUFFERED="1")
+        ready_flag = "--port-file" if module == "kvstore" else "--ready-file"
+        proc = subprocess.Popen([sys.executable, "-m", module, *args, ready_flag, str(ready)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        svc = Service(name, proc, ready, log)
+        self.services.append(svc)
+        return svc
+
+    def _wait_ready(self, svcs: list[Service], timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        for svc in svcs:
+            while not svc.ready_file.exists():
+                if svc.proc.poll() is not None:
+                    raise RuntimeError(f"{svc.name} exited with {svc.proc.returncode}; see {self.dir / svc.name}.log:\n"
+                                       + self.tail(svc.name))
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{svc.name} not ready after {timeout_s:.0f} s; see {self.dir / svc.name}.log")
+                time.sleep(0.05)
+            raw = json.loads(svc.ready_file.read_text())
+            svc.info = raw if isinstance(raw, dict) else {"grpc_port": int(raw)}
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def start(self) -> "Stack":
+        c = self.config
+        mc = ModelConfig.from_dir(self.model_dir)
+        dtype = mc.torch_dtype if c.dtype == "auto" else c.dtype
+        host = c.host
+        kv = self._spawn("kvstore", "kvstore", [
+            "--address", f"{host}:0", "--dtype", dtype, "--block-size", "16", "--num-layers", str(mc.num_layers),
+            "--num-kv-heads", str(mc.num_kv_heads), "--head-dim", str(mc.head_dim),
+            "--cpu-capacity", c.kvstore_capacity, "--nixl" if c.nixl else "--no-nixl",
+        ])
+        self._wait_ready([kv])
+        common = ["--model", self.model_dir, "--dtype", c.dtype, "--kv-cache-gb", str(c.worker_kv_gb),
+                  "--nixl", "on" if c.nixl else "off", *c.extra_worker_args]
+        if c.threads_per_worker:
+            common += ["--num-threads", str(c.threads_per_worker)]
+        workers = [self._spawn(f"prefill-{i}", "prefill_worker", [
+            "--address", f"{host}:0", "--kvstore", f"{host}:{kv.info['grpc_port']}", "--lease-ttl", str(c.lease_ttl),
+            "--worker-id", f"prefill-{i}", *common]) for i in range(c.num_prefill)]
+        workers += [self._spawn(f"decode-{i}", "decode_worker", [
+            "--address", f"{host}:0", "--worker-id", f"decode-{i}", *common, *c.extra_decode_args])
+            for i in range(c.num_decode)]
+        self._wait_ready(workers)
+        gw_args = ["--host", host, "--http-port", str(c.http_port), "--grpc-port", str(c.grpc_port),
+                   "--model", self.model_dir,
+                   "--prefill", ",".join(self.address(w.name) for w in workers if w.name.startswith("prefill")),
+                   "--decode", ",".join(self.address(w.name) for w in workers if w.name.startswith("decode"))]
+        if c.api_key:
+            gw_args += ["--api-key", c.api_key]
+        self._wait_ready([self._spawn("gateway", "gateway", gw_args)])
+        return self
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM everyone (they drain), SIGKILL what is left after ``timeout_s``."""
+        for svc in reversed(self.services):
+            if svc.proc.poll() is None:
+                svc.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for svc in self.services:
+            try:
+                svc.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in time: killing", svc.name)
+                svc.proc.kill()
+                svc.proc.wait()
+            if svc.log:
+                svc.log.close()
+
+    # ---- addresses --------------------------------------------------------------------------
+    def service(self, name: str) -> Service:
+        return next(s for s in self.services if s.name == name)
+
+    def address(self, name: str) -> str:
+        return f"{self.config.host}:{self.service(name).info['grpc_port']}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.config.host}:{self.service('gateway').info['http_port']}"
+
+    @property
+    def grpc_address(self) -> str:
+        return self.address("gateway")
+
+    def __enter__(self) -> "Stack":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""Prefill worker: prompt KV (reusing the kvstore's prefix), first token, KV held for decode."""

@@ -1,0 +1,185 @@
+"""The prefill worker's logic: prefix from the kvstore, compute the rest, first token, hold the KV.
+
+    Prefill: match kvstore -> read hit blocks into local blocks -> engine prefill (chunked) of the
+             remainder -> first token -> write new full blocks back (background) -> lease the KV
+    ReleaseKV / lease expiry: frees the held blocks
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from engine.async_engine import AsyncEngine
+from engine.errors import OutOfBlocksError
+from engine.request import KVHandle, TokenOut, WorkRequest
+from engine.sequence import Sequence
+from kvstore.client import KVStoreClient
+from prefill_worker.kv_leases import KVLeases
+from runtime.kv_transfer import POOL_NAME
+
+logger = logging.getLogger(__name__)
+
+
+class OverloadedError(RuntimeError):
+    """Too many requests waiting (RESOURCE_EXHAUSTED)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillResult:
+    first: TokenOut
+    text: str
+    finish_reason: str | None
+    cached_tokens: int
+    kv: KVHandle | None  # None when the request already finished
+
+
+class PrefillService:
+    def __init__(self, engine: AsyncEngine, address: str, kvstore: KVStoreClient | None, plane: object | None,
+                 lease_ttl_s: float, max_waiting: int) -> None:
+        self.engine = engine
+        self.address = address
+        self.kvstore = kvstore
+        self.plane = plane  # kvstore.nixl_plane.NixlPlane | None
+        self.leases = KVLeases(lease_ttl_s)
+        self.max_waiting = max_waiting
+        self.in_flight = 0
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def eng(self):  # noqa: ANN201 - the LLMEngine, touched only through self.engine.call
+        return self.engine.engine
+
+    async def _fetch_prefix(self, prompt: list[int]) -> tuple[list[int], int]:
+        """Local blocks holding the kvstore's cached prefix of ``prompt`` and its length in tokens."""
+        if self.kvstore is None:
+            return [], 0
+        bs = self.eng.config.block_size
+        hit = await self.kvstore.match(prompt)
+        try:
+            # at least the last prompt token must be computed here to sample the first token
+            usable_blocks = min(len(hit.handles), (len(prompt) - 1) // bs)
+            if usable_blocks == 0:
+                return [], 0
+            blocks = await self.engine.call(self.eng.allocator.allocate, usable_blocks)
+            try:
+                await self.kvstore.read(hit._replace(handles=hit.handles[:usable_blocks]), blocks)
+            except BaseException:
+                await self.engine.call(self.eng.allocator.free, blocks)
+                raise
+            return blocks, usable_blocks * bs
+        finally:
+            if hit.lease_id:
+                await self.kvstore.release(hit.lease_id)
+
+    async def prefill(self, req: WorkRequest) -> PrefillResult:
+        if self.in_flight >= self.max_waiting:
+            raise OverloadedError(f"prefill worker has {self.in_flight} requests in flight (limit {self.max_waiting})")
+        self.in_flight += 1
+        try:
+            return await self._prefill(req)
+        finally:
+            self.in_flight -= 1
+
+    async def _prefill(self, req: WorkRequest) -> PrefillResult:
+        prompt = list(req.prompt_ids)
+        seq: Sequence = await self.engine.call(self.eng.make_sequence, req.request_id, prompt, req.params)
+        seq.seed = req.seed
+        blocks, cached = await self._fetch_prefix(prompt)
+        seq.block_table, seq.num_cached, seq.hold_kv = blocks, cached, True
+        out = None
+        try:
+            async for out in self.engine.run(seq):
+                pass
+        except BaseException:
+            # runs after AsyncEngine.run's abort on the engine thread; frees what abort could not
+            await self.engine.call(self._free_if_detached, seq)
+            raise
+        assert out is not None and out.new_tokens
+        first = TokenOut(out.new_tokens[0], *self._logprob_fields(seq))
+        if seq.finish_reason is not None:  # finished on its first token; the engine freed the blocks
+            return PrefillResult(first, out.delta_text, seq.finish_reason, cached, None)
+        held = list(seq.block_table)
+        self._write_back(prompt, held)
+        lease_id = self.leases.hold(held)
+        return PrefillResult(first, out.delta_text, None, cached, self._handle(lease_id, held, len(prompt)))
+
+    def _free_if_detached(self, seq: Sequence) -> None:
+        if seq.request_id not in self.eng.seqs and seq.block_table:
+            self.eng.scheduler.free(seq)
+
+    @staticmethod
+    def _logprob_fields(seq: Sequence) -> tuple[float, tuple[int, ...], tuple[float, ...]]:
+        if not seq.logprobs:
+            return 0.0, (), ()
+        lp, ids, lps = seq.logprobs[-1]
+        return lp, tuple(ids), tuple(lps)
+
+    def _handle(self, lease_id: str, blocks: list[int], num_tokens: int) -> KVHandle:
+        layout = self.eng.layout
+        h = KVHandle(self.address, lease_id, tuple(blocks), num_tokens, layout.compat_key(), layout.block_bytes)
+        if self.plane is not None:
+            info = self.plane.export(POOL_NAME)
+            h = KVHandle(
+                self.address, lease_id, tuple(blocks), num_tokens, layout.compat_key(), layout.block_bytes,
+                nixl_agent=info.agent, pool_name=info.name, base_addr=info.base_addr, num_blocks=info.num_blocks,
+                mem_type=info.mem_type, device_id=info.device_id,
+            )
+        return h
+
+    def _write_back(self, prompt: list[int], blocks: list[int]) -> None:
+        """Shares the prompt's full blocks with the kvstore in the background (does not delay TTFT)."""
+        if self.kvstore is None:
+            return
+        full = len(prompt) // self.eng.config.block_size
+        if full == 0:
+            return
+        mine = blocks[:full]
+        kvstore = self.kvstore
+
+        async def write() -> None:
+            await self.engine.call(self.eng.allocator.share, mine)  # the write keeps its own reference
+            try:
+                await kvstore.write(prompt[: full * self.eng.config.block_size], mine)
+            except Exception as exc:  # the cache is an optimisation: log, never fail the request
+                logger.warning("kvstore write-back failed: %s", exc)
+            finally:
+                await self.engine.call(self.eng.allocator.free, mine)
+
+        task = asyncio.create_task(write())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def release(self, lease_id: str) -> bool:
+        held = self.leases.pop(lease_id)
+        if held is None:
+            return False
+        await self.engine.call(self.eng.allocator.free, held.blocks)
+        return True
+
+    async def reap_expired(self) -> int:
+        expired = self.leases.pop_expired()
+        for held in expired:
+            logger.warning("KV lease expired unclaimed: freeing %d blocks", len(held.blocks))
+            await self.engine.call(self.eng.allocator.free, held.blocks)
+        return len(expired)
+
+    async def drain_background(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def check_blocks(self, lease_id: str, block_ids: list[int]) -> list[int]:
+        held = self.leases.get(lease_id)
+        if held is None:
+            raise KeyError(f"KV lease {lease_id} is unknown, released or expired")
+        if not set(block_ids) <= set(held.blocks):
+            raise ValueError("requested blocks are not held under this lease")
+        return block_ids
+
+    def stats(self) -> dict[str, int]:
+        eng = self.eng
+        return {
+            "num_running": len(eng.scheduler.running), "num_waiting": len(eng.scheduler.waiting) + self.in_flight,
+            "free_blocks": eng.allocator.num_free, "total_blocks": eng.allocator.num_blocks,
+            "held_leases": len(self.leases),
+        }

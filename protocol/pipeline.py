@@ -1,0 +1,127 @@
+"""Protobuf <-> Grove values for the public API (grove.v1) and the workers (grove.internal.v1).
+
+Nothing else in the pipeline touches *_pb2 types except the servicers that call these functions.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from engine.request import GenerationChunk, KVHandle, TokenOut, Usage, WorkRequest
+from engine.sampling_params import SamplingParams
+from grove.internal.v1 import worker_pb2 as wpb
+from grove.v1 import api_pb2 as apb
+
+_OPTIONAL_SAMPLING = (
+    "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+    "presence_penalty", "frequency_penalty", "seed", "logprobs", "lookahead",
+)
+
+
+def sampling_from_pb(pb: apb.SamplingParams) -> SamplingParams:
+    """Unset fields keep SamplingParams' defaults; validation errors name the field."""
+    kwargs: dict[str, object] = {name: getattr(pb, name) for name in _OPTIONAL_SAMPLING if pb.HasField(name)}
+    for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
+        if name in kwargs:
+            kwargs[name] = round(float(kwargs[name]), 6)  # float32 on the wire
+    kwargs["stop"] = tuple(pb.stop)
+    kwargs["stop_token_ids"] = tuple(pb.stop_token_ids)
+    kwargs["ignore_eos"] = pb.ignore_eos
+    return SamplingParams(**kwargs)  # type: ignore[arg-type]
+
+
+def sampling_to_pb(p: SamplingParams) -> apb.SamplingParams:
+    pb = apb.SamplingParams(
+        max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, min_p=p.min_p,
+        repetition_penalty=p.repetition_penalty, presence_penalty=p.presence_penalty,
+        frequency_penalty=p.frequency_penalty, stop=list(p.stop), stop_token_ids=list(p.stop_token_ids),
+        ignore_eos=p.ignore_eos,
+    )
+    if p.seed is not None:
+        pb.seed = p.seed
+    if p.logprobs is not None:
+        pb.logprobs = p.logprobs
+    if p.lookahead is not None:
+        pb.lookahead = p.lookahead
+    return pb
+
+
+def work_to_pb(w: WorkRequest) -> wpb.WorkRequest:
+    return wpb.WorkRequest(request_id=w.request_id, prompt_token_ids=list(w.prompt_ids),
+                           sampling=sampling_to_pb(w.params), seed=w.seed)
+
+
+def work_from_pb(pb: wpb.WorkRequest) -> WorkRequest:
+    return WorkRequest(pb.request_id, tuple(pb.prompt_token_ids), sampling_from_pb(pb.sampling), pb.seed)
+
+
+def token_to_pb(t: TokenOut) -> wpb.TokenOut:
+    return wpb.TokenOut(token_id=t.token_id, logprob=t.logprob, top_token_ids=list(t.top_ids),
+                        top_logprobs=list(t.top_logprobs))
+
+
+def token_from_pb(pb: wpb.TokenOut) -> TokenOut:
+    return TokenOut(pb.token_id, pb.logprob, tuple(pb.top_token_ids), tuple(pb.top_logprobs))
+
+
+def kv_handle_to_pb(h: KVHandle) -> wpb.KVHandle:
+    return wpb.KVHandle(
+        worker_address=h.worker_address, lease_id=h.lease_id, block_ids=list(h.block_ids), num_tokens=h.num_tokens,
+        compat_key=h.compat_key, nixl_agent=h.nixl_agent, pool_name=h.pool_name, base_addr=h.base_addr,
+        block_bytes=h.block_bytes, num_blocks=h.num_blocks, mem_type=h.mem_type, device_id=h.device_id,
+    )
+
+
+def kv_handle_from_pb(pb: wpb.KVHandle) -> KVHandle:
+    return KVHandle(
+        worker_address=pb.worker_address, lease_id=pb.lease_id, block_ids=tuple(pb.block_ids),
+        num_tokens=pb.num_tokens, compat_key=pb.compat_key, block_bytes=pb.block_bytes, nixl_agent=pb.nixl_agent,
+        pool_name=pb.pool_name, base_addr=pb.base_addr, num_blocks=pb.num_blocks, mem_type=pb.mem_type,
+        device_id=pb.device_id,
+    )
+
+
+def decode_chunk_to_pb(chunk: GenerationChunk) -> wpb.DecodeChunk:
+    pb = wpb.DecodeChunk(tokens=[token_to_pb(t) for t in chunk.tokens], text=chunk.text,
+                         finish_reason=chunk.finish_reason or "")
+    if chunk.usage is not None:
+        pb.draft_tokens = chunk.usage.draft_tokens
+        pb.accepted_tokens = chunk.usage.accepted_tokens
+    return pb
+
+
+def decode_chunk_from_pb(pb: wpb.DecodeChunk) -> GenerationChunk:
+    usage = Usage(draft_tokens=pb.draft_tokens, accepted_tokens=pb.accepted_tokens) if pb.finish_reason else None
+    return GenerationChunk(pb.text, [token_from_pb(t) for t in pb.tokens], pb.finish_reason or None, usage)
+
+
+def usage_to_pb(u: Usage) -> apb.Usage:
+    return apb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                     cached_tokens=u.cached_tokens, draft_tokens=u.draft_tokens, accepted_tokens=u.accepted_tokens)
+
+
+def logprobs_to_pb(tokens: Iterable[TokenOut]) -> list[apb.TokenLogprob]:
+    return [apb.TokenLogprob(token_id=t.token_id, logprob=t.logprob, top_token_ids=list(t.top_ids),
+                             top_logprobs=list(t.top_logprobs)) for t in tokens]
+
+
+def stream_response_to_pb(request_id: str, chunk: GenerationChunk, with_logprobs: bool) -> apb.GenerateStreamResponse:
+    pb = apb.GenerateStreamResponse(request_id=request_id, text=chunk.text,
+                                    token_ids=[t.token_id for t in chunk.tokens],
+                                    finish_reason=chunk.finish_reason or "")
+    if with_logprobs:
+        pb.logprobs.extend(logprobs_to_pb(chunk.tokens))
+    if chunk.usage is not None:
+        pb.usage.CopyFrom(usage_to_pb(chunk.usage))
+    return pb
+
+
+def prompt_from_api_pb(pb: apb.GenerateRequest) -> tuple[str, object]:
+    """Which input the request carries: ("prompt", str) | ("ids", list) | ("chat", messages)."""
+    kind = pb.WhichOneof("input")
+    if kind == "prompt":
+        return "prompt", pb.prompt
+    if kind == "prompt_token_ids":
+        return "ids", list(pb.prompt_token_ids.ids)
+    if kind == "chat":
+        return "chat", [{"role": m.role, "content": m.content} for m in pb.chat.messages]
+    return "none", None

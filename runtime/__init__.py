@@ -1,0 +1,1 @@
+"""Process plumbing every Grove service shares: gRPC server set-up, health, signals, readiness."""
