@@ -58,7 +58,7 @@ class KVPuller:
     async def release(self, kv: KVHandle) -> None:
         """Tells the holder to free the KV; best effort (its lease expires anyway)."""
         try:
-            await self._stub(kv.worker_address).ReleaseKV(pb.ReleaseKVRequest(lease_id=kv.lease_id), timeout=2.0)
+            await self._stub(kv.worker_address).ReleaseKV(pb.ReleaseKVRequest(lease_id=kv.lease_id), timeout=15.0)
         except grpc.aio.AioRpcError as e:
             logger.warning("ReleaseKV to %s failed (%s); its lease will expire", kv.worker_address, e.code())
 

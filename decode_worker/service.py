@@ -20,6 +20,7 @@ class DecodeService:
         self.puller = puller
         self.max_requests = max_requests
         self.in_flight = 0
+        self._releases: set[asyncio.Task[None]] = set()
 
     @property
     def eng(self):  # noqa: ANN201 - the LLMEngine, touched only through self.engine.call
@@ -40,7 +41,9 @@ class DecodeService:
             await self.engine.call(eng.allocator.free, blocks)
             raise
         finally:
-            asyncio.create_task(self.puller.release(kv))
+            task = asyncio.create_task(self.puller.release(kv))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
         seq.block_table, seq.num_cached = blocks, len(req.prompt_ids)
         reason = seq.append_token(first.token_id)  # same detokenizer state as the prefill side
         assert reason is None, "a request finished by its first token never reaches decode"

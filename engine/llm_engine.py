@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,6 +20,8 @@ from engine.detokenizer import Detokenizer, FinishReason
 from engine.engine_config import EngineConfig
 from engine.kv_layout import KVLayout, dtype_from_name
 from engine.kv_pool import KVPool
+from engine.lookahead.speculator import Speculator, compaction_slots, node_positions
+from engine.lookahead.tree import DraftTree
 from engine.model import Model
 from engine.model_loader import load_model, model_fingerprint
 from engine.sampling import SamplingBatch, sample
@@ -75,7 +78,29 @@ class LLMEngine:
         )
         self.eos_ids = tuple(mc.eos_token_ids) or ((self.tokenizer.eos_token_id,) if self.tokenizer.eos_token_id is not None else ())
         self.seqs: dict[str, Seq] = {}
+        self.speculator: Speculator | None = None
+        if config.lookahead:
+            self.speculator = Speculator(config.lookahead_max_depth, config.lookahead_width,
+                                         config.lookahead_max_step_tokens)
+            self._calibrate()
         logger.info("engine ready: %d KV blocks of %d tokens (%.1f MiB)", num_blocks, config.block_size, self.kv.nbytes / 2**20)
+
+    def _calibrate(self) -> None:
+        """Times forwards of 1..64 query tokens over a short context: the step cost model's start."""
+        bs = self.config.block_size
+        n_blocks = (64 + 64) // bs + 1
+        if self.allocator.num_free < n_blocks:
+            return
+        blocks = self.allocator.allocate(n_blocks)
+        try:
+            ids = list(range(100, 164))
+            self.model.run(plan_batch([SeqInput(ids, 0, blocks)], bs, self.config.device), self.kv)  # warm-up
+            for n in (1, 2, 4, 8, 16, 32, 64):
+                t0 = time.perf_counter()
+                self.model.run(plan_batch([SeqInput(ids[:n], 64, blocks, logits="all")], bs, self.config.device), self.kv)
+                self.speculator.cost.observe(n, time.perf_counter() - t0)  # type: ignore[union-attr]
+        finally:
+            self.allocator.free(blocks)
 
     # ---- requests -------------------------------------------------------------------------
     def make_sequence(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> Seq:
@@ -114,6 +139,8 @@ class LLMEngine:
             return False
         self.scheduler.remove(seq)
         seq.status, seq.finish_reason = SeqStatus.FINISHED, "abort"
+        if self.speculator is not None:
+            self.speculator.forget(request_id)
         return True
 
     @property
@@ -122,69 +149,120 @@ class LLMEngine:
 
     # ---- the step -------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
-        scheduled = self.scheduler.schedule()
+        """schedule -> forward -> postprocess, with lookahead drafts verified in the same forward."""
+        drafts = self._propose()
+        scheduled = self.scheduler.schedule({rid: len(t) for rid, t in drafts.items()})
         if not scheduled:
             return []
-        logits = self.forward(scheduled)
-        return self.postprocess(scheduled, logits)
+        # a draft survives only if its sequence was scheduled to decode with it
+        drafts = {s.seq.request_id: drafts[s.seq.request_id] for s in scheduled
+                  if s.seq.request_id in drafts and s.num_tokens == 1 + len(drafts[s.seq.request_id])}
+        t0 = time.perf_counter()
+        logits = self.forward(scheduled, drafts)
+        if self.speculator is not None:
+            self.speculator.cost.observe(sum(s.num_tokens for s in scheduled), time.perf_counter() - t0)
+        return self.postprocess(scheduled, logits, drafts)
 
-    def forward(self, scheduled: list[ScheduledSeq]) -> torch.Tensor:
+    def _propose(self) -> dict[str, DraftTree]:
+        if self.speculator is None:
+            return {}
+        running = self.scheduler.running
+        decoding = [s for s in running if Speculator.eligible(s, True)]
+        base = len(running) + sum(min(s.num_tokens - s.num_cached, self.config.max_num_batched_tokens)
+                                  for s in running if s.is_prefilling)
+        return self.speculator.propose(decoding, base)
+
+    def forward(self, scheduled: list[ScheduledSeq], drafts: dict[str, DraftTree] | None = None) -> torch.Tensor:
         """Runs the model over the scheduled tokens; logits [N, vocab] for the sampling rows."""
-        inputs = [
-            SeqInput(
-                token_ids=s.seq.all_ids[s.seq.num_cached : s.seq.num_cached + s.num_tokens],
-                num_cached=s.seq.num_cached,
-                block_table=s.seq.block_table,
-                logits="last" if s.samples else "none",
-            )
-            for s in scheduled
-        ]
+        inputs = []
+        for s in scheduled:
+            seq = s.seq
+            tree = (drafts or {}).get(seq.request_id)
+            if tree is not None:
+                tokens, parents = tree.step_input(seq.all_ids[-1])
+                inputs.append(SeqInput(tokens, seq.num_cached, seq.block_table, parents=parents, logits="all"))
+            else:
+                inputs.append(SeqInput(seq.all_ids[seq.num_cached : seq.num_cached + s.num_tokens], seq.num_cached,
+                                       seq.block_table, logits="last" if s.samples else "none"))
         batch = plan_batch(inputs, self.config.block_size, self.config.device)
         return self.model.run(batch, self.kv)
 
-    def postprocess(self, scheduled: list[ScheduledSeq], logits: torch.Tensor) -> list[StepOutput]:
-        sampling = [s for s in scheduled if s.samples]
-        tokens: list[int] = []
-        if sampling:
-            seqs = [s.seq for s in sampling]
-            batch = SamplingBatch.build(
-                [q.params for q in seqs],
-                [q.seed for q in seqs],
-                [q.num_tokens for q in seqs],  # position of the token being sampled
-                [q.prompt_ids for q in seqs],
-                [q.output_ids for q in seqs],
-            )
-            out = sample(logits, batch)
-            tokens = out.tokens.tolist()
-            if out.logprobs is not None:
-                for i, q in enumerate(seqs):
-                    if q.params.logprobs is not None:
-                        n = q.params.logprobs
-                        top_ids = out.top_ids[i, :n].tolist() if out.top_ids is not None else []
-                        top_lp = out.top_logprobs[i, :n].tolist() if out.top_logprobs is not None else []
-                        q.logprobs.append((float(out.logprobs[i]), top_ids, top_lp))
-        results: list[StepOutput] = []
-        token_iter = iter(tokens)
+    def _sample(self, scheduled: list[ScheduledSeq], logits: torch.Tensor,
+                drafts: dict[str, DraftTree]) -> tuple[list[int], list[tuple[float, list[int], list[float]] | None]]:
+        """One row per sampling position (a tree has one per node), in logits order."""
+        params, seeds, positions, prompts, outputs = [], [], [], [], []
         for s in scheduled:
-            seq = s.seq
-            seq.num_cached += s.num_tokens
             if not s.samples:
                 continue
-            token = next(token_iter)
-            reason = seq.append_token(token)
+            seq = s.seq
+            tree = drafts.get(seq.request_id)
+            pos = node_positions(tree, seq.num_cached) if tree is not None else [seq.num_tokens]
+            params += [seq.params] * len(pos)
+            seeds += [seq.seed] * len(pos)
+            positions += pos
+            prompts += [seq.prompt_ids] * len(pos)
+            outputs += [seq.output_ids] * len(pos)
+        out = sample(logits, SamplingBatch.build(params, seeds, positions, prompts, outputs))
+        lps: list[tuple[float, list[int], list[float]] | None] = [None] * len(params)
+        if out.logprobs is not None:
+            for i, p in enumerate(params):
+                if p.logprobs is not None:
+                    n = p.logprobs
+                    top_ids = out.top_ids[i, :n].tolist() if out.top_ids is not None else []
+                    top_lp = out.top_logprobs[i, :n].tolist() if out.top_logprobs is not None else []
+                    lps[i] = (float(out.logprobs[i]), top_ids, top_lp)
+        return out.tokens.tolist(), lps
+
+    def postprocess(self, scheduled: list[ScheduledSeq], logits: torch.Tensor,
+                    drafts: dict[str, DraftTree] | None = None) -> list[StepOutput]:
+        drafts = drafts or {}
+        sampled, lps = self._sample(scheduled, logits, drafts) if logits.shape[0] else ([], [])
+        results: list[StepOutput] = []
+        row = 0
+        for s in scheduled:
+            seq = s.seq
+            if not s.samples:
+                seq.num_cached += s.num_tokens
+                continue
+            tree = drafts.get(seq.request_id)
+            if tree is None:
+                rows, path, new = [row], [0], [sampled[row]]
+                seq.num_cached += s.num_tokens
+            else:
+                n = len(tree) + 1
+                v = self.speculator.verify(seq, tree, sampled[row : row + n])  # type: ignore[union-attr]
+                rows, path, new = [row + i for i in v.path], v.path, v.tokens
+                moves = compaction_slots(seq.block_table, self.config.block_size, seq.num_cached, path)
+                if moves is not None:
+                    self.model.backend.copy_slots(self.kv.data, *moves)
+                seq.num_cached += len(path)
+            row += len(tree) + 1 if tree is not None else 1
+            appended: list[int] = []
+            reason = None
+            for r, token in zip(rows, new):
+                if seq.params.logprobs is not None and lps[r] is not None:
+                    seq.logprobs.append(lps[r])  # type: ignore[arg-type]
+                appended.append(token)
+                reason = seq.append_token(token)
+                if reason is not None:
+                    break
             if reason is not None:
                 self.finish(seq, reason)
             elif seq.hold_kv:  # prefill-only: stop here, hand the blocks to the caller
                 seq.status = SeqStatus.FINISHED
                 self.scheduler.detach(seq)
                 self.seqs.pop(seq.request_id, None)
-            results.append(StepOutput(seq, [token], seq.detok.take_delta(seq.finished), seq.finished))
+            elif tree is not None:
+                self.scheduler.trim(seq)  # blocks that only held rejected drafts go back
+            results.append(StepOutput(seq, appended, seq.detok.take_delta(seq.finished), seq.finished))
         return results
 
     def finish(self, seq: Seq, reason: FinishReason) -> None:
         seq.status, seq.finish_reason = SeqStatus.FINISHED, reason
         self.scheduler.remove(seq)
         self.seqs.pop(seq.request_id, None)
+        if self.speculator is not None:
+            self.speculator.forget(seq.request_id)
 
     # ---- offline --------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams]) -> list[RequestOutput]:

@@ -85,6 +85,13 @@ class Scheduler:
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
 
+    def trim(self, seq: Sequence) -> None:
+        """Free trailing blocks beyond what the cached tokens occupy (after rejected drafts)."""
+        keep = -(-seq.num_cached // self.config.block_size)
+        if len(seq.block_table) > keep:
+            self.allocator.free(seq.block_table[keep:])
+            del seq.block_table[keep:]
+
     def detach(self, seq: Sequence) -> None:
         """Stop scheduling a sequence but keep its blocks: the caller now owns them."""
         if seq in self.running:

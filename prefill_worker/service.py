@@ -21,6 +21,9 @@ from runtime.kv_transfer import POOL_NAME
 logger = logging.getLogger(__name__)
 
 
+WRITE_TIMEOUT_S = 10.0
+
+
 class OverloadedError(RuntimeError):
     """Too many requests waiting (RESOURCE_EXHAUSTED)."""
 
@@ -45,6 +48,7 @@ class PrefillService:
         self.max_waiting = max_waiting
         self.in_flight = 0
         self._background: set[asyncio.Task[None]] = set()
+        self._write_lock = asyncio.Lock()  # one write-back at a time keeps the kvstore client's transfers simple
 
     @property
     def eng(self):  # noqa: ANN201 - the LLMEngine, touched only through self.engine.call
@@ -140,7 +144,8 @@ class PrefillService:
         async def write() -> None:
             await self.engine.call(self.eng.allocator.share, mine)  # the write keeps its own reference
             try:
-                await kvstore.write(prompt[: full * self.eng.config.block_size], mine)
+                async with self._write_lock:
+                    await asyncio.wait_for(kvstore.write(prompt[: full * self.eng.config.block_size], mine), WRITE_TIMEOUT_S)
             except Exception as exc:  # the cache is an optimisation: log, never fail the request
                 logger.warning("kvstore write-back failed: %s", exc)
             finally:

@@ -1,0 +1,100 @@
+"""Adaptive draft sizes from measured step costs and each request's acceptance.
+
+The engine times its steps by total token count (calibrated at start, refined online). Each
+request's per-token acceptance rho is estimated from its history (a truncated-geometric estimate:
+accepted / (accepted + misses)). A draft of depth D then gains about rho (1 - rho^D) / (1 - rho)
+tokens. Depths are handed out greedily while they raise the batch's expected tokens per second,
+so a batch whose drafts miss decodes at plain cost and a copy-heavy one drafts deep.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+
+class StepCostModel:
+    """Seconds per step as a function of the step's total query tokens (piecewise linear)."""
+
+    def __init__(self, alpha: float = 0.1) -> None:
+        self.points: dict[int, float] = {}
+        self.alpha = alpha
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        b = 1 << max(0, (tokens - 1).bit_length())  # bucket: next power of two
+        old = self.points.get(b)
+        self.points[b] = seconds if old is None else (1 - self.alpha) * old + self.alpha * seconds
+
+    def cost(self, tokens: int) -> float:
+        if not self.points:
+            return float(tokens)  # uncalibrated: assume linear (drafts then only pay off when accepted)
+        xs = sorted(self.points)
+        if tokens <= xs[0]:
+            return self.points[xs[0]]
+        if tokens >= xs[-1]:
+            return self.points[xs[-1]] * tokens / xs[-1]
+        i = bisect.bisect_left(xs, tokens)
+        x0, x1 = xs[i - 1], xs[i]
+        y0, y1 = self.points[x0], self.points[x1]
+        return y0 + (y1 - y0) * (tokens - x0) / (x1 - x0)
+
+
+@dataclass(slots=True)
+class Acceptance:
+    accepted: float = 1.0  # decayed sums, optimistic prior so new requests probe
+    misses: float = 1.0
+
+    @property
+    def rho(self) -> float:
+        return self.accepted / (self.accepted + self.misses)
+
+    def update(self, accepted: int, depth: int, decay: float = 0.9) -> None:
+        self.accepted = decay * self.accepted + accepted
+        self.misses = decay * self.misses + (1.0 if accepted < depth else 0.0)
+
+    def idle(self, decay: float = 0.98) -> None:
+        """No draft this step: drift back towards the prior so the request is probed again later."""
+        self.misses = max(0.5, self.misses * decay)
+
+
+def expected_accepted(rho: float, depth: int) -> float:
+    if depth <= 0:
+        return 0.0
+    if rho >= 0.999:
+        return float(depth)
+    return rho * (1 - rho**depth) / (1 - rho)
+
+
+DEPTHS = (0, 1, 2, 3, 4, 6, 8)
+
+
+def plan_depths(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: int,
+                width: int, max_step_tokens: int) -> list[int]:
+    """Draft depth per request maximizing expected tokens per second of the whole step.
+
+    base_tokens: the step's tokens without drafts; a depth-D draft adds about D * width nodes.
+    """
+    depths = [0] * len(rhos)
+    levels = [d for d in DEPTHS if d <= max_depth]
+    gain = float(len(rhos))
+    extra = 0
+
+    def rate(g: float, e: int) -> float:
+        return g / cost.cost(base_tokens + e)
+
+    while True:
+        best = None
+        for i, rho in enumerate(rhos):
+            for d in levels:  # any deeper level: a jump can pay off where one step does not
+                if d <= depths[i]:
+                    continue
+                dg = expected_accepted(rho, d) - expected_accepted(rho, depths[i])
+                de = (d - depths[i]) * width
+                if base_tokens + extra + de > max_step_tokens:
+                    break
+                r = rate(gain + dg, extra + de)
+                if best is None or r > best[0]:
+                    best = (r, i, d, dg, de)
+        if best is None or best[0] <= rate(gain, extra):
+            return depths
+        _, i, d, dg, de = best
+        depths[i], gain, extra = d, gain + dg, extra + de

@@ -1,0 +1,118 @@
+"""Lookahead inside the engine step: propose trees before scheduling, verify them after sampling.
+
+Verification is exact: the model's choice is sampled at every tree node (counter-based noise keyed
+by the token's position, so the same draw as plain decoding), and drafts are accepted only while
+they equal those choices. The accepted path's K/V are compacted into consecutive slots.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from engine.lookahead.budget import Acceptance, StepCostModel, plan_depths
+from engine.lookahead.drafter import Drafter
+from engine.lookahead.tree import DraftTree, accept_path
+from engine.sequence import Sequence as Seq
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class SpecStats:
+    """Counters in vLLM's spirit (exported as metrics by the workers)."""
+
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    accepted_per_pos: Counter[int] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    path: list[int]  # step-input node indices from 0 (the last token) along the accepted drafts
+    tokens: list[int]  # tokens to append: accepted drafts + the model's next token
+
+
+class Speculator:
+    def __init__(self, max_depth: int, width: int, max_step_tokens: int) -> None:
+        self.drafter = Drafter()
+        self.cost = StepCostModel()
+        self.max_depth = max_depth
+        self.width = width
+        self.max_step_tokens = max_step_tokens
+        self.acceptance: dict[str, Acceptance] = {}
+        self.stats = SpecStats()
+
+    @staticmethod
+    def eligible(seq: Seq, default_on: bool) -> bool:
+        on = default_on if seq.params.lookahead is None else seq.params.lookahead
+        # penalties depend on the tokens before each node: plain decoding keeps them exact
+        return on and not seq.params.has_penalties and not seq.is_prefilling and not seq.hold_kv
+
+    def propose(self, seqs: Sequence[Seq], base_tokens: int) -> dict[str, DraftTree]:
+        """Draft trees for the decoding sequences, sized by plan_depths."""
+        if not seqs:
+            return {}
+        for s in seqs:
+            self.drafter.observe(s.request_id, s.all_ids, s.num_prompt)
+        accs = [self.acceptance.setdefault(s.request_id, Acceptance()) for s in seqs]
+        depths = plan_depths([a.rho for a in accs], base_tokens, self.cost, self.max_depth, self.width,
+                             self.max_step_tokens)
+        out: dict[str, DraftTree] = {}
+        for s, acc, depth in zip(seqs, accs, depths):
+            # never draft past max_tokens or the context limit
+            room = min(s.params.max_tokens - len(s.output_ids), s.max_len - s.num_tokens) - 1
+            depth = min(depth, room)
+            tree = self.drafter.propose(s.request_id, s.all_ids, depth * self.width, depth) if depth > 0 else DraftTree()
+            if len(tree):
+                out[s.request_id] = tree
+            else:
+                acc.idle()
+        return out
+
+    def verify(self, seq: Seq, tree: DraftTree, sampled: list[int]) -> Verified:
+        tokens, parents = tree.step_input(seq.all_ids[-1])
+        path, new = accept_path(parents, tokens, sampled)
+        accepted = len(path) - 1
+        self.acceptance.setdefault(seq.request_id, Acceptance()).update(accepted, tree.depth)
+        st = self.stats
+        st.num_drafts += 1
+        st.num_draft_tokens += len(tree)
+        st.num_accepted_tokens += accepted
+        for pos in range(accepted):
+            st.accepted_per_pos[pos] += 1
+        seq.num_draft_tokens += len(tree)
+        seq.num_accepted_tokens += accepted
+        return Verified(path, new)
+
+    def forget(self, request_id: str) -> None:
+        self.drafter.forget(request_id)
+        self.acceptance.pop(request_id, None)
+
+
+def node_positions(tree: DraftTree, num_cached: int) -> list[int]:
+    """Position of the token sampled after each step-input node (node 0: the last token)."""
+    tokens, parents = tree.step_input(0)
+    depth = [0] * len(tokens)
+    for i in range(1, len(tokens)):
+        depth[i] = depth[parents[i]] + 1
+    return [num_cached + d + 1 for d in depth]
+
+
+def compaction_slots(block_table: Sequence[int], block_size: int, num_cached: int,
+                     path: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Flat (src, dst) slots moving path node d from logical index num_cached + path[d] to num_cached + d."""
+    moves = [(num_cached + p, num_cached + d) for d, p in enumerate(path) if p != d]
+    if not moves:
+        return None
+
+    def slot(i: int) -> int:
+        return block_table[i // block_size] * block_size + i % block_size
+
+    src = torch.tensor([slot(a) for a, _ in moves], dtype=torch.long)
+    dst = torch.tensor([slot(b) for _, b in moves], dtype=torch.long)
+    return src, dst

@@ -1,0 +1,44 @@
+"""Reads each process's KV accounting from the real stack (workers' Stats, the kvstore's Stats)."""
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from grove.internal.v1 import kvstore_pb2, kvstore_pb2_grpc
+from grove.internal.v1 import worker_pb2 as wpb
+from grove.internal.v1 import worker_pb2_grpc as wpb_grpc
+from launcher.stack import Stack
+
+
+def worker_stats(stack: Stack) -> dict[str, wpb.WorkerStats]:
+    out = {}
+    for svc in stack.services:
+        if svc.name.startswith(("prefill", "decode")) and svc.proc.poll() is None:
+            with grpc.insecure_channel(stack.address(svc.name)) as ch:
+                stub = (wpb_grpc.PrefillWorkerStub if svc.name.startswith("prefill") else wpb_grpc.DecodeWorkerStub)(ch)
+                out[svc.name] = stub.Stats(wpb.WorkerStatsRequest(), timeout=5)
+    return out
+
+
+def kvstore_stats(stack: Stack) -> kvstore_pb2.StatsResponse:
+    with grpc.insecure_channel(stack.address("kvstore")) as ch:
+        return kvstore_pb2_grpc.KVStoreStub(ch).Stats(kvstore_pb2.StatsRequest(), timeout=5)
+
+
+def idle_snapshot(stack: Stack) -> dict[str, tuple[int, int, int]]:
+    """(used blocks, running, held leases) per worker, plus the kvstore's open leases."""
+    snap = {name: (s.total_blocks - s.free_blocks, s.num_running + s.num_waiting, s.held_leases)
+            for name, s in worker_stats(stack).items()}
+    snap["kvstore"] = (0, 0, kvstore_stats(stack).num_leases)
+    return snap
+
+
+def wait_idle(stack: Stack, timeout_s: float = 20.0) -> dict[str, tuple[int, int, int]]:
+    """Polls until every process is back to zero blocks in use, nothing running, no leases."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        snap = idle_snapshot(stack)
+        if all(v == (0, 0, 0) for v in snap.values()) or time.monotonic() > deadline:
+            return snap
+        time.sleep(0.2)

@@ -1,0 +1,62 @@
+"""Dead workers give clear errors within seconds, or the request is served by another worker."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from launcher.stack import Stack, StackConfig
+
+
+@pytest.fixture()
+def fragile_stack(model_dir: Path, tmp_path: Path) -> Iterator[Stack]:
+    """A stack of its own: these tests kill its workers."""
+    config = StackConfig(model=str(model_dir), num_prefill=2, num_decode=1, worker_kv_gb=0.25,
+                         log_dir=str(tmp_path), threads_per_worker=1)
+    with Stack(config) as s:
+        yield s
+
+
+def test_killing_decode_mid_stream_errors_within_5s_then_prefill_failover(fragile_stack: Stack) -> None:
+    s = fragile_stack
+    body = {"prompt": "Count slowly: one, two, three,", "max_tokens": 400, "temperature": 0, "stream": True,
+            "ignore_eos": True}
+    with httpx.Client(base_url=s.http_url, timeout=60) as c:
+        with c.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            seen = 0
+            for line in lines:
+                if line.startswith("data: {"):
+                    seen += 1
+                    if seen == 3:
+                        break
+            os.kill(s.service("decode-0").proc.pid, signal.SIGKILL)
+            t0 = time.monotonic()
+            tail = [line for line in lines if line.startswith("data: ")]
+            elapsed = time.monotonic() - t0
+    assert elapsed < 5.0, f"client waited {elapsed:.1f} s"
+    assert "error" in json.loads(tail[-1][6:]), tail[-3:]
+    # no decode worker left: a new request fails fast with 503 naming the cause
+    t0 = time.monotonic()
+    r = httpx.post(s.http_url + "/v1/completions", json={"prompt": "hi", "max_tokens": 4}, timeout=30)
+    assert r.status_code == 503 and "decode" in r.json()["error"]["message"]
+    assert time.monotonic() - t0 < 5.0
+
+
+def test_killing_a_prefill_worker_reroutes_to_the_other(fragile_stack: Stack) -> None:
+    s = fragile_stack
+    url = s.http_url + "/v1/completions"
+    body = {"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0, "return_token_ids": True}
+    before = httpx.post(url, json=body, timeout=60).json()
+    os.kill(s.service("prefill-0").proc.pid, signal.SIGKILL)
+    for _ in range(4):  # whichever prefill worker the router picks, every request is served
+        r = httpx.post(url, json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["token_ids"] == before["choices"][0]["token_ids"]

@@ -1,0 +1,53 @@
+"""The public gRPC API, from Python stubs and from a Node.js client, gives the HTTP API's text."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from grove.v1 import api_pb2 as pb
+from grove.v1 import api_pb2_grpc as pb_grpc
+from launcher.stack import Stack
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT = "def is_even(n):"
+
+
+def _http_text(stack: Stack) -> str:
+    r = httpx.post(stack.http_url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 24, "temperature": 0}, timeout=60)
+    return r.json()["choices"][0]["text"]
+
+
+def test_python_stubs_unary_and_stream(stack: Stack) -> None:
+    with grpc.insecure_channel(stack.grpc_address) as ch:
+        stub = pb_grpc.GroveStub(ch)
+        req = pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(max_tokens=24, temperature=0.0))
+        unary = stub.Generate(req, timeout=60)
+        streamed = list(stub.GenerateStream(req, timeout=60))
+        models = stub.ListModels(pb.ListModelsRequest(), timeout=10)
+        toks = stub.Tokenize(pb.TokenizeRequest(prompt=PROMPT), timeout=10)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(top_p=2.0)), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_p" in e.value.details()
+    text = _http_text(stack)
+    assert unary.text == text == "".join(m.text for m in streamed)
+    assert streamed[-1].finish_reason == unary.finish_reason and streamed[-1].usage.completion_tokens == len(unary.token_ids)
+    assert models.models[0].id == "SmolLM2-135M-Instruct"
+    assert unary.usage.prompt_tokens == len(toks.token_ids)
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="npm not installed")
+def test_nodejs_client_gets_the_same_text(stack: Stack) -> None:
+    client_dir = ROOT / "tests" / "node_client"
+    if not (client_dir / "node_modules" / "@grpc" / "grpc-js").exists():
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=client_dir, check=True, timeout=300)
+    out = subprocess.run(["node", "client.js", stack.grpc_address, str(ROOT / "protos"), PROMPT, "24"],
+                         cwd=client_dir, capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(out.stdout)
+    assert result["text"] == _http_text(stack)
+    assert result["streamed"] == result["text"]

@@ -1,0 +1,124 @@
+"""The official openai client against the real stack: outputs equal transformers, token for token."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from engine.reference import compare_greedy
+from launcher.stack import Stack
+from tests.prompts import engine_prompts
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.http_url + "/v1", api_key="unused", timeout=120)
+
+
+def test_models_and_health(stack: Stack, client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list().data] == ["SmolLM2-135M-Instruct"]
+    assert httpx.get(stack.http_url + "/health").status_code == 200
+
+
+def test_greedy_through_pipeline_equals_transformers_on_10_prompts(client: openai.OpenAI, tokenizer: Any,
+                                                                    hf_reference: Any) -> None:
+    prompts = engine_prompts(tokenizer)
+    for i, ids in enumerate(prompts):
+        r = client.completions.create(model="SmolLM2-135M-Instruct", prompt=ids, max_tokens=64, temperature=0,
+                                      extra_body={"return_token_ids": True})
+        got = r.choices[0].model_extra["token_ids"]
+        m = compare_greedy(hf_reference(ids, 64), got)
+        if m.near_tie:
+            print(f"prompt {i}: {m.message}")  # noqa: T201
+        assert m.ok, f"prompt {i}: {m.message}"
+        assert r.usage.completion_tokens == len(got)
+        assert r.choices[0].text == tokenizer.decode(got, skip_special_tokens=True)
+
+
+def test_chat_streaming_equals_non_streaming(client: openai.OpenAI) -> None:
+    msgs = [{"role": "user", "content": "List three colours of the rainbow."}]
+    whole = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=msgs, max_tokens=40, temperature=0)
+    stream = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=msgs, max_tokens=40,
+                                            temperature=0, stream=True, stream_options={"include_usage": True})
+    text, usage, finish = "", None, None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    assert text == whole.choices[0].message.content and text
+    assert finish == whole.choices[0].finish_reason
+    assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_completion_stop_string_and_logprobs(client: openai.OpenAI) -> None:
+    base = client.completions.create(model="SmolLM2-135M-Instruct", prompt="1, 2, 3, 4,", max_tokens=12, temperature=0)
+    words = base.choices[0].text
+    stop = words.strip().split(",")[1].strip() if "," in words else words.strip()[:2]
+    r = client.completions.create(model="SmolLM2-135M-Instruct", prompt="1, 2, 3, 4,", max_tokens=12, temperature=0,
+                                  stop=[stop], logprobs=2)
+    assert r.choices[0].finish_reason == "stop"
+    assert stop not in r.choices[0].text and words.startswith(r.choices[0].text)
+    lp = r.choices[0].logprobs
+    assert len(lp.token_logprobs) == r.usage.completion_tokens and all(x <= 0 for x in lp.token_logprobs)
+    assert all(len(t) <= 2 for t in lp.top_logprobs)
+
+
+def test_seeded_sampling_reproducible_through_pipeline(client: openai.OpenAI) -> None:
+    kw = dict(model="SmolLM2-135M-Instruct", prompt="Once upon a time", max_tokens=16, temperature=1.0, seed=7)
+    a = client.completions.create(**kw).choices[0].text
+    b = client.completions.create(**kw).choices[0].text
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"prompt": "hi", "max_tokens": -1}, "max_tokens"),
+        ({"prompt": "hi", "top_p": 0}, "top_p"),
+        ({"prompt": "hi", "temperature": "hot"}, "temperature"),
+        ({"prompt": "hi", "model": "gpt-4"}, "model"),
+        ({"prompt": "hi", "n": 3}, "n"),
+        ({"prompt": [1, 2, 10**6]}, "prompt"),
+        ({"prompt": "x " * 9000}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({}, "prompt"),
+    ],
+)
+def test_invalid_completion_requests_get_400_naming_the_field(stack: Stack, body: dict, field: str) -> None:
+    r = httpx.post(stack.http_url + "/v1/completions", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == field and field in err["message"]
+
+
+def test_malformed_json_and_messages(stack: Stack) -> None:
+    r = httpx.post(stack.http_url + "/v1/chat/completions", content=b"{not json", timeout=30)
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
+    r = httpx.post(stack.http_url + "/v1/chat/completions", json={"messages": [{"role": "wizard", "content": "x"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].role"
+    r = httpx.post(stack.http_url + "/v1/chat/completions", json={"messages": "hello"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    ok = httpx.post(stack.http_url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
+    assert ok.status_code == 200  # still serving
+
+
+def test_32_concurrent_requests_on_two_prefill_two_decode(stack: Stack, tokenizer: Any) -> None:
+    prompts = [f"Question {i}: what is {i} plus {i}? Answer:" for i in range(32)]
+
+    async def run() -> list[dict]:
+        async with httpx.AsyncClient(base_url=stack.http_url, timeout=300) as c:
+            rs = await asyncio.gather(*(c.post("/v1/completions", json={"prompt": p, "max_tokens": 16, "temperature": 0,
+                                                                         "return_token_ids": True}) for p in prompts))
+        return [r.json() for r in rs]
+
+    together = asyncio.run(run())
+    for p, r in list(zip(prompts, together))[:: 8]:  # spot-check against one-at-a-time requests
+        alone = httpx.post(stack.http_url + "/v1/completions", json={"prompt": p, "max_tokens": 16, "temperature": 0,
+                                                                   "return_token_ids": True}, timeout=120).json()
+        assert r["choices"][0]["token_ids"] == alone["choices"][0]["token_ids"]
+    assert all(len(r["choices"][0]["token_ids"]) > 0 for r in together)
