@@ -1,9 +1,10 @@
 """Sampling as pure functions over a batch of logits rows.
 
-Randomness is counter-based: the Gumbel noise for a row is a hash of (request seed, position of the
-token being sampled, vocab index). A token is therefore a pure function of (logits, seed, position):
-the same seed gives the same output, and a lookahead tree node sampled at position p draws exactly
-what plain decoding would draw at p, so verification by equality keeps the model's distribution.
+Randomness is counter-based: each row draws one uniform number that is a hash of (request seed,
+position of the token being sampled), and picks its token by inverting the CDF of the filtered
+distribution. A token is therefore a pure function of (logits, seed, position): the same seed gives
+the same output, and a lookahead tree node sampled at position p draws exactly what plain decoding
+would draw at p, so verification by equality keeps the model's distribution.
 """
 from __future__ import annotations
 
@@ -41,12 +42,10 @@ def _mix(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shr(z, 31)
 
 
-def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> torch.Tensor:
-    """seeds, positions: [N] int64 -> Gumbel(0, 1) noise [N, vocab] in fp64."""
-    base = _mix(_mix(seeds) ^ (positions * _M2))  # [N]
-    z = _mix(base[:, None] + torch.arange(vocab, dtype=torch.long, device=seeds.device)[None, :] * _GOLDEN)
-    u = (_shr(z, 11).double() + 0.5) * (1.0 / (1 << 53))  # uniform in (0, 1)
-    return -torch.log(-torch.log(u))
+def uniform_draws(seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """seeds, positions: [N] int64 -> one Uniform(0, 1) draw per row, fp64."""
+    z = _mix(_mix(seeds) ^ (positions * _M2))
+    return (_shr(z, 11).double() + 0.5) * (1.0 / (1 << 53))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +151,10 @@ def sample(logits: torch.Tensor, s: SamplingBatch) -> SampleOutput:
         tokens = greedy_tokens
     else:
         temp = torch.where(s.temperature > 0, s.temperature, 1.0)[:, None]
-        tempered = filter_logits(logits / temp, s)
-        noise = gumbel_noise(s.seeds, s.positions, logits.shape[-1])
-        sampled = (tempered.double() + noise).argmax(dim=-1)
+        probs = filter_logits(logits / temp, s).softmax(dim=-1)
+        cdf = probs.double().cumsum(dim=-1)  # [N, V]
+        u = uniform_draws(s.seeds, s.positions)[:, None] * cdf[:, -1:]
+        sampled = torch.searchsorted(cdf, u).clamp_(max=logits.shape[-1] - 1)[:, 0]
         tokens = torch.where(s.temperature > 0, sampled, greedy_tokens)
     if s.max_logprobs is None:
         return SampleOutput(tokens, None, None, None)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 
@@ -14,7 +15,7 @@ from kvstore.client import KVStoreClient
 from prefill_worker.service import PrefillService
 from prefill_worker.servicer import PrefillServicer
 from runtime.grpc_server import create_server, set_serving
-from runtime.kv_transfer import make_plane
+from runtime.kv_transfer import POOL_NAME, make_plane
 from runtime.process import configure_logging, run_service, write_ready_file
 
 logger = logging.getLogger("prefill_worker")
@@ -38,12 +39,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     worker_id = args.worker_id or f"prefill-{os.getpid()}"
-    engine = AsyncEngine(LLMEngine(EngineConfig.from_cli(args)))
+    # prefill-only: every request stops after its first token, so lookahead has nothing to do here
+    engine = AsyncEngine(LLMEngine(dataclasses.replace(EngineConfig.from_cli(args), lookahead=False)))
     engine.start()
     plane = make_plane("prefill", engine.engine.kv.data, args.nixl == "on")
     kvstore = None
     if args.kvstore:
-        kvstore = KVStoreClient(args.kvstore, engine.engine.layout, engine.engine.kv.data, use_nixl=args.nixl == "on")
+        # one NIXL agent per process: the kvstore client shares the handoff plane's registration
+        kvstore = KVStoreClient(args.kvstore, engine.engine.layout, engine.engine.kv.data, use_nixl=plane is not None,
+                                plane=plane, plane_pool=POOL_NAME)
         await kvstore.start()
     server, port, health = create_server(args.address)
     host = args.address.rsplit(":", 1)[0]

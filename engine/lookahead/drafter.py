@@ -1,7 +1,7 @@
 """Draft retrieval: each request's own trie (prompt + output) and one global trie (all outputs).
 
-Both update incrementally: a request's prompt is inserted once; every new output token completes
-one window per key length, inserted then (no re-scan of the history).
+Both update incrementally: a request's prompt is indexed once; every new output token extends the
+windows that end at it by one node each (no re-scan of the history).
 """
 from __future__ import annotations
 
@@ -33,16 +33,15 @@ class Drafter:
         self.local: dict[str, RequestCache] = {}
 
     def _feed(self, trie: NGramTrie, tokens: Sequence[int], start: int, end: int) -> None:
-        """Indexes windows whose last token lies in [start, end): key = the k tokens before the window."""
+        """Indexes tokens[start:end] as they arrive: each new token extends every window (of up to
+        ``window`` tokens) that ends at it, under each key = the k tokens before the window."""
         w = self.config.window
         for last in range(start, end):
-            first = last - w + 1  # window tokens[first .. last]
-            if first < 1:
-                continue
-            window = tokens[first : last + 1]
-            for k in self.config.key_lengths:
-                if first - k >= 0:
-                    trie.insert(tuple(tokens[first - k : first]), window)
+            for first in range(max(1, last - w + 1), last + 1):  # window tokens[first .. last]
+                path = tokens[first : last + 1]
+                for k in self.config.key_lengths:
+                    if first - k >= 0:
+                        trie.extend(tuple(tokens[first - k : first]), path)
 
     def observe(self, request_id: str, tokens: Sequence[int], num_prompt: int) -> None:
         """Indexes what is new in the request's tokens (prompt + output so far)."""
@@ -52,7 +51,7 @@ class Drafter:
         if cache.fed < len(tokens):
             self._feed(cache.trie, tokens, cache.fed, len(tokens))
             # outputs (not prompts) also feed the global cache: they are what requests tend to repeat
-            self._feed(self.global_trie, tokens, max(cache.fed, num_prompt + self.config.window - 1), len(tokens))
+            self._feed(self.global_trie, tokens, max(cache.fed, num_prompt), len(tokens))
             cache.fed = len(tokens)
 
     def forget(self, request_id: str) -> None:

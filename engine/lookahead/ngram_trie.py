@@ -1,6 +1,7 @@
 """An n-gram continuation cache: context key (the last k tokens) -> a trie of what followed it.
 
     insert(key, window): counts each prefix of ``window`` as a continuation of ``key``
+    extend(key, path): counts ``path`` once, its proper prefixes already counted (streaming text)
     branches(key, budget, depth): the most frequent continuations, best first, as root-to-leaf paths
 
 Memory is bounded: when the node count passes ``max_nodes`` every count is halved and nodes whose
@@ -41,6 +42,25 @@ class NGramTrie:
                 self.num_nodes += 1
             child.count += weight
             node = child
+        if self.num_nodes > self.max_nodes:
+            self.decay()
+
+    def extend(self, key: Key, path: Sequence[int], weight: float = 1.0) -> None:
+        """Counts one more occurrence of ``path`` after ``key`` whose shorter prefixes were counted
+        when they arrived: a growing window costs one increment per new token, never a re-insert."""
+        node = self.roots.get(key)
+        if node is None:
+            node = self.roots[key] = _Node()
+            self.num_nodes += 1
+        if len(path) == 1:
+            node.count += weight
+        for tok in path:
+            child = node.children.get(tok)
+            if child is None:
+                child = node.children[tok] = _Node()
+                self.num_nodes += 1
+            node = child
+        node.count += weight
         if self.num_nodes > self.max_nodes:
             self.decay()
 

@@ -1,0 +1,13 @@
+"""Triton kernels for Grove's attention backend (TurboAttention: paged, flash-style, tree queries).
+
+Modules (each a private ``@triton.jit`` kernel, a checked host wrapper and a torch reference):
+    launch.py            interpreter detection, sizes, SM count, dot precision
+    attention_tile.py    paged online-softmax attention of one tile of query rows, shared by both kernels
+    paged_attention.py   decode / lookahead-verify attention with split-KV (flash-decoding)
+    prefill_attention.py variable-length causal prefill over a paged, partly cached prefix
+    kv_write.py          writing new K/V by slot mapping; copying slots (lookahead compaction)
+    backend.py           ``TritonAttentionBackend``, the engine's ``AttentionBackend`` on these kernels
+    bench_attention.py   GPU benchmark (not a test)
+
+Nothing here is imported by the engine unless the "triton" backend is selected.
+"""

@@ -1,0 +1,80 @@
+"""``TritonAttentionBackend``: the engine's attention backend on the kernels of this package.
+
+Plan (once per step, from host copies of the lengths: no device sync): route each sequence to the
+decode/verify kernel (at most MAX_VERIFY_QUERY new tokens) or the prefill kernel (longer chunks).
+Per layer: ``write_kv`` stores the step's K/V, then ``attend`` runs one launch per route, each
+filling its sequences' rows of one output.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.attention.base import KVLayerCache
+from engine.batch import AttentionMetadata
+from kernels.kv_write import copy_slots, write_kv
+from kernels.paged_attention import MAX_VERIFY_QUERY, paged_decode_attention
+from kernels.prefill_attention import PrefillTiles, prefill_attention, prefill_tiles
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TritonAttentionPlan:
+    meta: AttentionMetadata
+    decode_seqs: torch.Tensor  # [Bd] int32 sequences for the decode/verify kernel
+    decode_max_query: int  # over decode_seqs (0 if none)
+    decode_max_seq: int
+    prefill_seqs: tuple[int, ...]  # sequences for the prefill kernel
+    # prefill tile tables, built by the first layer for its GQA group size and reused by the rest
+    prefill_tiles: dict[int, PrefillTiles] = field(default_factory=dict)
+
+
+class TritonAttentionBackend:
+    name = "triton"
+
+    def __init__(self, num_kv_splits: int | None = None) -> None:
+        # None: the flash-decoding heuristic chooses per call; a number forces it (tests, benchmarks)
+        self.num_kv_splits = num_kv_splits
+
+    def plan(self, meta: AttentionMetadata) -> TritonAttentionPlan:
+        decode = [b for b, n in enumerate(meta.query_lens_host) if n <= MAX_VERIFY_QUERY]
+        prefill = tuple(b for b, n in enumerate(meta.query_lens_host) if n > MAX_VERIFY_QUERY)
+        device = meta.positions.device
+        logger.debug("plan: %d decode/verify and %d prefill sequences", len(decode), len(prefill))
+        return TritonAttentionPlan(
+            meta=meta,
+            decode_seqs=torch.tensor(decode, dtype=torch.int32).to(device),
+            decode_max_query=max((meta.query_lens_host[b] for b in decode), default=0),
+            decode_max_seq=max((meta.seq_lens_host[b] for b in decode), default=0),
+            prefill_seqs=prefill,
+        )
+
+    def write_kv(self, cache: KVLayerCache, k: torch.Tensor, v: torch.Tensor, plan: TritonAttentionPlan) -> None:
+        write_kv(cache.k, cache.v, k, v, plan.meta.slot_mapping)
+
+    def attend(self, q: torch.Tensor, cache: KVLayerCache, plan: TritonAttentionPlan, scale: float) -> torch.Tensor:
+        meta = plan.meta
+        out = torch.empty_like(q)  # [T, H, D]; every row belongs to exactly one route
+        if plan.decode_max_query:
+            paged_decode_attention(
+                q, cache.k, cache.v, meta.block_tables, meta.query_start, meta.num_cached, scale,
+                max_query_len=plan.decode_max_query, max_seq_len=plan.decode_max_seq, tree_mask=meta.tree_mask,
+                seq_ids=plan.decode_seqs, num_splits=self.num_kv_splits, out=out,
+            )
+        if plan.prefill_seqs:
+            group = q.shape[1] // cache.k.shape[2]
+            tiles = plan.prefill_tiles.get(group)
+            if tiles is None:
+                tiles = prefill_tiles(meta.query_lens_host, plan.prefill_seqs, group, q.device)
+                plan.prefill_tiles[group] = tiles
+            prefill_attention(
+                q, cache.k, cache.v, meta.block_tables, meta.query_start, meta.num_cached, scale,
+                tiles=tiles, tree_mask=meta.tree_mask, out=out,
+            )
+        return out
+
+    def copy_slots(self, pool: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> None:
+        copy_slots(pool, src, dst)

@@ -1,0 +1,119 @@
+"""Frozen configuration of the KV store: block geometry, tiers and server flags."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from engine.kv_layout import KVLayout, dtype_from_name
+
+TIER_NAMES = ("gpu", "cpu")  # top tier first; eviction moves blocks down this list
+
+
+@dataclass(frozen=True, slots=True)
+class BlockGeometry:
+    """What the store's pools hold: one block is [num_layers, 2, block_size, num_kv_heads, head_dim].
+
+    One store serves every model whose layout has this geometry; the trie keeps each model's
+    namespace (KVLayout.compat_key()) apart.
+    """
+
+    dtype: str
+    block_size: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+    def __post_init__(self) -> None:
+        dtype_from_name(self.dtype)
+        if min(self.block_size, self.num_layers, self.num_kv_heads, self.head_dim) <= 0:
+            raise ValueError(f"invalid block geometry {self}")
+
+    @classmethod
+    def of(cls, layout: KVLayout) -> "BlockGeometry":
+        return cls(layout.dtype, layout.block_size, layout.num_layers, layout.num_kv_heads, layout.head_dim)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return dtype_from_name(self.dtype)
+
+    @property
+    def block_shape(self) -> tuple[int, int, int, int, int]:
+        return (self.num_layers, 2, self.block_size, self.num_kv_heads, self.head_dim)
+
+    @property
+    def block_bytes(self) -> int:
+        n = torch.empty((), dtype=self.torch_dtype).element_size()
+        for s in self.block_shape:
+            n *= s
+        return n
+
+    def mismatch(self, layout: KVLayout) -> str | None:
+        """Why blocks of ``layout`` cannot live in this store, or None when they can."""
+        for name in ("dtype", "block_size", "num_layers", "num_kv_heads", "head_dim"):
+            theirs, ours = getattr(layout, name), getattr(self, name)
+            if theirs != ours:
+                return f"{name} {theirs!r} does not match the store's {ours!r}"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class TierConfig:
+    name: str  # "gpu" | "cpu": the role; device says where its memory is
+    device: str  # "cuda", "cuda:1", "cpu"; a "gpu" tier on "cpu" is a stand-in (tests, no CUDA)
+    capacity_blocks: int
+    pin_memory: bool = False  # page-locked host memory (only with CUDA present)
+
+    def __post_init__(self) -> None:
+        if self.name not in TIER_NAMES:
+            raise ValueError(f"tier name {self.name!r} is not one of {TIER_NAMES}")
+        if self.capacity_blocks <= 0:
+            raise ValueError(f"tier {self.name}: capacity must be positive, got {self.capacity_blocks}")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    geometry: BlockGeometry
+    tiers: tuple[TierConfig, ...]  # top first: ("gpu", "cpu") or ("cpu",)
+    lease_ttl_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tiers]
+        if not names or names != [n for n in TIER_NAMES if n in names]:
+            raise ValueError(f"tiers must be a non-empty, ordered subset of {TIER_NAMES}, got {names}")
+        if self.lease_ttl_s <= 0:
+            raise ValueError(f"lease_ttl_s must be positive, got {self.lease_ttl_s}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    address: str = "127.0.0.1:50070"
+    port_file: str | None = None  # written (atomically) with the bound port once serving
+    use_nixl: bool = True
+    metrics_port: int = 0  # 0: no metrics endpoint
+    grace_s: float = 5.0  # in-flight RPCs get this long after SIGTERM
+    max_chunk_bytes: int = 2 << 20  # fallback data chunks, under gRPC's 4 MiB message limit
+    check_integrity_on_exit: bool = False  # tests: prove the store's invariants at shutdown
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_chunk_bytes <= 3 << 20:
+            raise ValueError(f"max_chunk_bytes must be in (0, 3 MiB], got {self.max_chunk_bytes}")
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_CAPACITY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_capacity(text: str, block_bytes: int) -> int:
+    """Capacity flag -> blocks: "4096blocks" counts blocks, "2GiB" / "500MB" / "1048576" are bytes."""
+    m = _CAPACITY_RE.match(text)
+    if not m:
+        raise ValueError(f"capacity {text!r}: expected a number with a unit (e.g. 2GiB, 512MB, 4096blocks)")
+    value, unit = float(m.group(1)), m.group(2).lower()
+    if unit in ("block", "blocks"):
+        return int(value)
+    if unit not in _UNITS:
+        raise ValueError(f"capacity {text!r}: unknown unit {m.group(2)!r} (B, KiB, MiB, GiB, KB, MB, GB, blocks)")
+    return int(value * _UNITS[unit]) // block_bytes

@@ -1,0 +1,52 @@
+"""The outputs-match check: token alignment of server text, EOS handling, near ties."""
+from __future__ import annotations
+
+from bench.greedy_check import align_text, candidate_tokens, check_run
+from bench.records import Job, Prompt, RequestRecord
+from engine.reference import ReferenceOutput
+
+EOS = 2
+
+
+def _record(i: int, text: str = "", ids: list[int] | None = None, finish: str = "length", error: str | None = None) -> RequestRecord:
+    return RequestRecord(job_index=i, prompt_id=f"p{i}", prompt_tokens=1, send_time=0.0, end_time=1.0, text=text,
+                         output_ids=ids, finish_reason=finish, error=error)
+
+
+def test_align_text_keeps_the_generated_split(tokenizer) -> None:
+    canonical = tokenizer.encode("hello", add_special_tokens=False)
+    generated = tokenizer.encode("hel", add_special_tokens=False) + tokenizer.encode("lo", add_special_tokens=False)
+    assert generated != canonical and tokenizer.decode(generated) == "hello"
+    # re-tokenizing the text would report a false mismatch; anchoring on the reference does not
+    assert align_text("hello", generated, tokenizer) == generated
+    ref = tokenizer.encode("héllo 世界 def foo():", add_special_tokens=False)
+    diverged = align_text("héllo 世界 def bar():", ref, tokenizer)
+    assert tokenizer.decode(diverged) == "héllo 世界 def bar():"
+    same = 0
+    while same < min(len(ref), len(diverged)) and ref[same] == diverged[same]:
+        same += 1
+    assert tokenizer.decode(ref[:same]) == "héllo 世界 def"  # the divergence sits where the text differs
+
+
+def test_candidate_tokens_restore_eos(tokenizer) -> None:
+    ref = tokenizer.encode(" yes", add_special_tokens=False) + [EOS]
+    assert candidate_tokens(_record(0, " yes", finish="stop"), ref, tokenizer, {EOS}) == ref
+    assert candidate_tokens(_record(0, " yes", finish="length"), ref, tokenizer, {EOS}) == ref[:-1]
+    assert candidate_tokens(_record(0, "ignored", ids=[9, 9], finish="stop"), ref, tokenizer, {EOS}) == [9, 9, EOS]
+
+
+def test_check_run_identical_mismatch_and_near_tie(tokenizer) -> None:
+    jobs = [Job(index=i, prompt=Prompt(id=f"p{i}", text="x"), prompt_ids=(1,), max_tokens=3) for i in range(4)]
+    base = [_record(i, ids=[10, 11, 12]) for i in range(4)]
+    gaps = {0: [5.0, 5.0, 5.0], 1: [5.0, 5.0, 5.0], 2: [5.0, 1e-4, 5.0], 3: [5.0, 5.0, 5.0]}
+    reference = lambda job: ReferenceOutput(tokens=[10, 11, 12], top2_gaps=gaps[job.index])  # noqa: E731
+    server = [_record(0, ids=[10, 11, 12]),  # identical
+              _record(1, ids=[10, 99, 12]),  # diverges where the reference is sure: mismatch
+              _record(2, ids=[10, 98, 7]),  # diverges at a near tie: accepted
+              _record(3, error="HTTP 500")]  # failed: skipped
+    result = check_run("grove c=1", server, jobs, "hf c=1", base, reference, tokenizer, {EOS})
+    assert (result.checked, result.identical, result.near_tie, result.skipped) == (3, 1, 1, 1)
+    assert not result.ok and [m["prompt_id"] for m in result.mismatches] == ["p1"]
+    assert result.mismatches[0]["diverged_at"] == 1
+    ok = check_run("grove c=1", server[:1] + server[2:], jobs, "hf c=1", base, reference, tokenizer, {EOS})
+    assert ok.ok and ok.to_json()["ok"] is True

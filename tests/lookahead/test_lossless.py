@@ -1,0 +1,117 @@
+"""Lookahead never changes what the model produces: greedy tokens, the sampling distribution, KV."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from scipy.stats import chi2_contingency
+
+import engine.lookahead.speculator as speculator_mod
+from engine.lookahead.budget import StepCostModel
+from engine.engine_config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.sampling_params import SamplingParams
+from tests.prompts import code_edit_ids, engine_prompts
+
+REPEAT_PROMPT = "1, 2, 3, 1, 2, 3, 1, 2,"
+N_SAMPLES = 2000
+
+
+@pytest.fixture(scope="module")
+def la_engine(model_dir: Path) -> LLMEngine:
+    return LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=1024, max_num_seqs=256,
+                                  max_num_batched_tokens=2048))
+
+
+class FreeWideSteps(StepCostModel):
+    """A cost model that calls every step width equally cheap (and learns nothing)."""
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        pass
+
+    def cost(self, tokens: int) -> float:
+        return 1.0
+
+
+@pytest.fixture()
+def drafting_engine(la_engine: LLMEngine) -> Iterator[LLMEngine]:
+    """The same engine told that wide steps are free, so it drafts whatever it can: these tests
+    are about verification, not about the budget (at batch 128 the real cost model drafts little)."""
+    spec = la_engine.speculator
+    saved = spec.cost, spec.max_step_tokens
+    spec.cost, spec.max_step_tokens = FreeWideSteps(), 4096
+    yield la_engine
+    spec.cost, spec.max_step_tokens = saved
+
+
+def _first_three(eng: LLMEngine, lookahead: bool, seed0: int, n: int = N_SAMPLES) -> Counter[tuple[int, ...]]:
+    ids = eng.tokenizer(REPEAT_PROMPT)["input_ids"]
+    params = [SamplingParams(temperature=1.0, max_tokens=3, ignore_eos=True, seed=seed0 + i, lookahead=lookahead)
+              for i in range(n)]
+    outs = eng.generate([ids] * N_SAMPLES, params)
+    return Counter(tuple(o.output_ids) for o in outs)
+
+
+def _chi2_p(a: Counter, b: Counter) -> float:
+    keys = [k for k, _ in (a + b).most_common() if a[k] + b[k] >= 10]
+    table = [[a[k] for k in keys] + [sum(a.values()) - sum(a[k] for k in keys)],
+             [b[k] for k in keys] + [sum(b.values()) - sum(b[k] for k in keys)]]
+    if table[0][-1] + table[1][-1] == 0:
+        table = [row[:-1] for row in table]
+    return float(chi2_contingency(table)[1])
+
+
+def test_sampling_distribution_is_kept(drafting_engine: LLMEngine) -> None:
+    eng = drafting_engine
+    before = eng.speculator.stats.num_accepted_tokens
+    off = _first_three(eng, False, 0)
+    on = _first_three(eng, True, 10**6)  # other seeds: independent samples
+    assert eng.speculator.stats.num_accepted_tokens > before + 400, "lookahead barely drafted: test is void"
+    p = _chi2_p(off, on)
+    assert p > 0.01, f"chi-square p = {p:.4g}: lookahead changed the distribution"
+
+
+def test_a_lossy_verifier_is_caught(drafting_engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Break verification on purpose (accept the first draft branch blindly): the test above must fail."""
+    honest: Callable[..., Any] = speculator_mod.accept_path
+
+    def lossy(parents: list[int], tokens: list[int], sampled: list[int]) -> tuple[list[int], list[int]]:
+        path, out = [0], []
+        node = 0
+        while True:
+            kids = [i for i in range(1, len(tokens)) if parents[i] == node]
+            if not kids:
+                out.append(sampled[node])
+                return path, out
+            node = kids[0]
+            path.append(node)
+            out.append(tokens[node])
+
+    monkeypatch.setattr(speculator_mod, "accept_path", lossy)
+    off = _first_three(drafting_engine, False, 0, 600)
+    on = _first_three(drafting_engine, True, 10**6, 600)
+    monkeypatch.setattr(speculator_mod, "accept_path", honest)
+    assert _chi2_p(off, on) < 0.01
+
+
+def test_greedy_on_equals_off(la_engine: LLMEngine, tokenizer: Any) -> None:
+    prompts = code_edit_ids(tokenizer, 4) + engine_prompts(tokenizer, 4, 4)
+    on = la_engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=48, lookahead=True))
+    off = la_engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=48, lookahead=False))
+    assert [o.output_ids for o in on] == [o.output_ids for o in off]
+
+
+def test_no_block_leak_after_500_requests(drafting_engine: LLMEngine) -> None:
+    eng = drafting_engine
+    before = eng.speculator.stats.num_drafts
+    texts = [f"{i}, {i + 1}, {i + 2}, {i}, {i + 1}, {i + 2}, {i}," for i in range(50)]
+    prompts = [eng.tokenizer(t)["input_ids"] for t in texts] * 10
+    params = [SamplingParams(temperature=0.0 if i % 2 else 0.8, max_tokens=12, lookahead=True, seed=i)
+              for i in range(len(prompts))]
+    eng.generate(prompts, params)
+    assert eng.speculator.stats.num_drafts > before + 500
+    eng.allocator.check_integrity()
+    assert eng.allocator.num_used == 0 and not eng.has_work
+    assert eng.speculator.drafter.local == {} and eng.speculator.acceptance == {}

@@ -1,0 +1,95 @@
+"""Tree packing, the verification walk, the n-gram trie and the adaptive budget on hand-built cases."""
+from __future__ import annotations
+
+from engine.lookahead.budget import Acceptance, StepCostModel, expected_accepted, plan_depths
+from engine.lookahead.drafter import Drafter, DrafterConfig
+from engine.lookahead.ngram_trie import NGramTrie
+from engine.lookahead.speculator import compaction_slots, node_positions
+from engine.lookahead.tree import DraftTree, accept_path
+
+
+def test_branches_share_prefixes() -> None:
+    t = DraftTree()
+    t.add_branch([5, 6, 7], budget=10)
+    t.add_branch([5, 6, 8], budget=10)
+    t.add_branch([9], budget=10)
+    assert t.tokens == [5, 6, 7, 8, 9]
+    assert t.parents == [-1, 0, 1, 1, -1]
+    assert t.depth == 3
+    tokens, parents = t.step_input(42)
+    assert tokens == [42, 5, 6, 7, 8, 9] and parents == [-1, 0, 1, 2, 2, 0]
+
+
+def test_budget_cuts_branches_and_empty_tree() -> None:
+    t = DraftTree()
+    t.add_branch([1, 2, 3, 4], budget=2)
+    t.add_branch([7, 8], budget=2)
+    assert t.tokens == [1, 2] and len(t) == 2
+    empty = DraftTree()
+    assert empty.step_input(3) == ([3], [-1]) and empty.depth == 0
+
+
+def test_accept_path_follows_model_choices() -> None:
+    tokens, parents = [42, 5, 6, 7, 8, 9], [-1, 0, 1, 2, 2, 0]
+    # model after 42 -> 5, after 5 -> 6, after 6 -> 8, after 8 -> 11 (no child): accept 5, 6, 8 + bonus 11
+    sampled = [5, 6, 8, 0, 11, 0]
+    path, new = accept_path(parents, tokens, sampled)
+    assert path == [0, 1, 2, 4] and new == [5, 6, 8, 11]
+    # first choice misses every branch: only the model's own token
+    assert accept_path(parents, tokens, [3, 0, 0, 0, 0, 0]) == ([0], [3])
+
+
+def test_positions_and_compaction_slots() -> None:
+    t = DraftTree()
+    t.add_branch([5, 6, 7], budget=10)
+    t.add_branch([5, 9], budget=10)
+    assert node_positions(t, 20) == [21, 22, 23, 24, 23]
+    # path 0 -> 1 -> 4 (drafts 5, 9): node 4 moves from logical 24 to 22; blocks of 16
+    src, dst = compaction_slots([3, 8], 16, 20, [0, 1, 4])
+    assert src.tolist() == [8 * 16 + 8] and dst.tolist() == [8 * 16 + 6]
+    assert compaction_slots([3, 8], 16, 20, [0, 1, 2]) is None
+
+
+def test_trie_best_first_and_decay() -> None:
+    trie = NGramTrie(max_nodes=1000)
+    for _ in range(3):
+        trie.insert((1,), [2, 3, 4])
+    trie.insert((1,), [2, 5])
+    trie.insert((1,), [6])
+    paths = trie.branches((1,), budget=4, max_depth=3)
+    assert paths[0] == [2, 3, 4]  # the most frequent continuation, whole
+    assert [6] in paths or [2, 5] in paths
+    assert trie.branches((99,), 4, 3) == []
+    trie.decay()
+    assert trie.branches((1,), 4, 3) == [[2, 3]] or trie.branches((1,), 4, 3)[0][:2] == [2, 3]
+    small = NGramTrie(max_nodes=10)
+    for i in range(20):
+        small.insert((i,), [i + 1, i + 2])
+    assert small.num_nodes <= 10 + 3  # bounded: decay pruned the one-off entries
+
+
+def test_drafter_indexes_incrementally_and_proposes_copies() -> None:
+    d = Drafter(DrafterConfig(key_lengths=(2, 1), window=4))
+    prompt = [10, 11, 12, 13, 14, 15, 16, 17]
+    d.observe("r", prompt, len(prompt))
+    tree = d.propose("r", [99, 10, 11], budget=4, max_depth=4)
+    assert tree.tokens[:4] == [12, 13, 14, 15]
+    d.observe("r", prompt + [30, 31], len(prompt))  # only the new windows are added
+    d.forget("r")
+    assert "r" not in d.local
+
+
+def test_plan_depths_follow_acceptance_and_cost() -> None:
+    cost = StepCostModel()
+    for n, t in {1: 0.035, 2: 0.036, 4: 0.055, 8: 0.065, 16: 0.066, 32: 0.094, 64: 0.125}.items():
+        cost.observe(n, t)
+    assert plan_depths([0.02], 1, cost, 8, 2, 256) == [0]  # a request that rarely hits drafts nothing
+    assert plan_depths([0.95], 1, cost, 8, 2, 256)[0] >= 4  # a copying one drafts deep
+    deep_small_batch = plan_depths([0.9], 1, cost, 8, 2, 256)[0]
+    deep_big_batch = plan_depths([0.9] * 32, 32, cost, 8, 2, 256)
+    assert max(deep_big_batch) <= deep_small_batch  # the step's tokens follow the batch size
+    assert expected_accepted(0.5, 0) == 0 and abs(expected_accepted(0.5, 2) - 0.75) < 1e-9
+    acc = Acceptance()
+    for _ in range(20):
+        acc.update(0, 4)
+    assert acc.rho < 0.1
