@@ -13,6 +13,7 @@ from engine.async_engine import AsyncEngine
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
+from runtime.engine_metrics import serve_metrics
 from runtime.grpc_server import create_server, set_serving
 from runtime.kv_transfer import make_plane
 from runtime.process import configure_logging, run_service, write_ready_file
@@ -27,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nixl", choices=["on", "off"], default="on", help="KV data plane: NIXL, else gRPC bytes")
     p.add_argument("--max-requests", type=int, default=256, help="requests in flight before RESOURCE_EXHAUSTED")
     p.add_argument("--worker-id", default="", help="label in metrics and stats (default: decode-<pid>)")
+    p.add_argument("--metrics-port", type=int, default=-1, help="Prometheus /metrics port (0 picks one, -1 off)")
     p.add_argument("--ready-file", default="", help="write bound ports here as JSON once serving")
     p.add_argument("--log-level", default="INFO")
     EngineConfig.add_cli_args(p)
@@ -44,7 +46,10 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     pb_grpc.add_DecodeWorkerServicer_to_server(DecodeServicer(service, worker_id), server)
     await server.start()
     await set_serving(health, [SERVICE], True)
-    write_ready_file(args.ready_file, {"grpc_port": port, "worker_id": worker_id})
+    metrics_port = None
+    if args.metrics_port >= 0:
+        metrics_port = serve_metrics(engine.engine, "decode", worker_id, args.address.rsplit(":", 1)[0], args.metrics_port)
+    write_ready_file(args.ready_file, {"grpc_port": port, "worker_id": worker_id, "metrics_port": metrics_port})
     logger.info("decode worker %s serving on port %d", worker_id, port)
     await stop.wait()
     logger.info("draining")

@@ -105,6 +105,7 @@ class Stack:
                   "--nixl", "on" if c.nixl else "off", *c.extra_worker_args]
         if c.threads_per_worker:
             common += ["--num-threads", str(c.threads_per_worker)]
+        common += ["--metrics-port", "0"]
         workers = [self._spawn(f"prefill-{i}", "prefill_worker", [
             "--address", f"{host}:0", "--kvstore", f"{host}:{kv.info['grpc_port']}", "--lease-ttl", str(c.lease_ttl),
             "--worker-id", f"prefill-{i}", *common]) for i in range(c.num_prefill)]

@@ -14,6 +14,7 @@ from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from kvstore.client import KVStoreClient
 from prefill_worker.service import PrefillService
 from prefill_worker.servicer import PrefillServicer
+from runtime.engine_metrics import serve_metrics
 from runtime.grpc_server import create_server, set_serving
 from runtime.kv_transfer import POOL_NAME, make_plane
 from runtime.process import configure_logging, run_service, write_ready_file
@@ -31,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lease-ttl", type=float, default=30.0, help="seconds a handed-over KV stays held unclaimed")
     p.add_argument("--max-waiting", type=int, default=64, help="requests in flight before RESOURCE_EXHAUSTED")
     p.add_argument("--worker-id", default="", help="label in metrics and stats (default: prefill-<pid>)")
+    p.add_argument("--metrics-port", type=int, default=-1, help="Prometheus /metrics port (0 picks one, -1 off)")
     p.add_argument("--ready-file", default="", help="write bound ports here as JSON once serving")
     p.add_argument("--log-level", default="INFO")
     EngineConfig.add_cli_args(p)
@@ -55,7 +57,10 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     pb_grpc.add_PrefillWorkerServicer_to_server(PrefillServicer(service, worker_id), server)
     await server.start()
     await set_serving(health, [SERVICE], True)
-    write_ready_file(args.ready_file, {"grpc_port": port, "worker_id": worker_id})
+    metrics_port = None
+    if args.metrics_port >= 0:
+        metrics_port = serve_metrics(engine.engine, "prefill", worker_id, args.address.rsplit(":", 1)[0], args.metrics_port)
+    write_ready_file(args.ready_file, {"grpc_port": port, "worker_id": worker_id, "metrics_port": metrics_port})
     logger.info("prefill worker %s serving on %s:%d", worker_id, host, port)
 
     async def reaper() -> None:

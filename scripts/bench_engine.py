@@ -58,7 +58,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
-    engine = LLMEngine(EngineConfig(dtype=args.dtype, num_kv_blocks=256))
+    # plain decoding (lookahead off): the engine itself against transformers' plain generate
+    engine = LLMEngine(EngineConfig(dtype=args.dtype, num_kv_blocks=256, lookahead=False))
     hf = AutoModelForCausalLM.from_pretrained(engine.config.model_dir, dtype=getattr(torch, args.dtype)).eval()
     rng = random.Random(0)
     prompts = [[rng.randrange(100, 40000) for _ in range(args.prompt_len)] for _ in range(8)]

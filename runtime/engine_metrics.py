@@ -1,0 +1,59 @@
+"""Prometheus metrics read from a worker's engine at scrape time (nothing on the hot path).
+
+Names follow vLLM's with a ``grove:`` prefix; every sample carries the worker's role and id.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from engine.llm_engine import LLMEngine
+
+
+class EngineCollector:
+    def __init__(self, engine: LLMEngine, role: str, worker_id: str) -> None:
+        self.engine = engine
+        self.labels = {"role": role, "worker_id": worker_id}
+
+    def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        g = GaugeMetricFamily(name, doc, labels=list(self.labels))
+        g.add_metric(list(self.labels.values()), value)
+        return g
+
+    def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
+        c = CounterMetricFamily(name, doc, labels=list(self.labels))
+        c.add_metric(list(self.labels.values()), value)
+        return c
+
+    def collect(self) -> Iterator[Metric]:
+        eng = self.engine
+        sched, alloc = eng.scheduler, eng.allocator
+        yield self._gauge("grove:num_requests_running", "Requests in the running batch.", len(sched.running))
+        yield self._gauge("grove:num_requests_waiting", "Requests waiting for the batch.", len(sched.waiting))
+        yield self._gauge("grove:kv_cache_usage_perc", "Fraction of local KV blocks in use.",
+                          alloc.num_used / alloc.num_blocks)
+        yield self._counter("grove:num_preemptions", "Sequences preempted for lack of KV blocks.", sched.num_preemptions)
+        spec = eng.speculator
+        if spec is None:
+            return
+        st = spec.stats
+        yield self._counter("grove:spec_decode_num_drafts", "Lookahead drafts verified.", st.num_drafts)
+        yield self._counter("grove:spec_decode_num_draft_tokens", "Lookahead draft tokens verified.", st.num_draft_tokens)
+        yield self._counter("grove:spec_decode_num_accepted_tokens", "Lookahead draft tokens accepted.",
+                            st.num_accepted_tokens)
+        per_pos = CounterMetricFamily("grove:spec_decode_num_accepted_tokens_per_pos",
+                                      "Accepted draft tokens by position in the draft.",
+                                      labels=[*self.labels, "position"])
+        for pos, n in sorted(st.accepted_per_pos.items()):
+            per_pos.add_metric([*self.labels.values(), str(pos)], n)
+        yield per_pos
+
+
+def serve_metrics(engine: LLMEngine, role: str, worker_id: str, host: str, port: int) -> int:
+    """Starts /metrics for this worker on its own registry; returns the bound port (0 picks one)."""
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(engine, role, worker_id))
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    return int(server.server_port)
