@@ -1,7 +1,7 @@
 """Backends: how a job reaches a server. A backend sends one job and returns its measured record.
 
-HTTP (OpenAI-compatible, streaming SSE) is here; a gRPC backend for ``grove.v1`` implements the
-same ``Backend`` protocol and is chosen by URL scheme in ``make_backend``.
+HTTP (OpenAI-compatible, streaming SSE) is here; the gRPC backend for ``grove.v1`` (grpc_client.py)
+implements the same ``Backend`` protocol; ``make_backend`` chooses by URL scheme.
 """
 from __future__ import annotations
 
@@ -121,9 +121,11 @@ class OpenAIHTTPBackend:
 
 
 def make_backend(url: str, **options: Any) -> Backend:
-    """The backend for ``url``: http(s) now; grpc:// once ``grove.v1`` exists."""
+    """The backend for ``url``: OpenAI HTTP for http(s)://, grove.v1 for grpc://host:port."""
     if url.startswith(("http://", "https://")):
         return OpenAIHTTPBackend(url, **options)
     if url.startswith("grpc://"):
-        raise NotImplementedError("the gRPC backend (grove.v1) is not written yet; use the HTTP API")
+        from bench.grpc_client import GroveGRPCBackend  # imports the generated stubs
+
+        return GroveGRPCBackend(url, **options)
     raise ValueError(f"unsupported URL {url!r}: expected http://, https:// or grpc://")

@@ -16,6 +16,7 @@ import torch
 from engine.attention import get_backend
 from engine.batch import SeqInput, plan_batch
 from engine.block_allocator import BlockAllocator
+from engine.config import ModelConfig
 from engine.detokenizer import Detokenizer, FinishReason
 from engine.engine_config import EngineConfig
 from engine.kv_layout import KVLayout, dtype_from_name
@@ -56,7 +57,7 @@ class LLMEngine:
         self.config = config
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
-        backend = get_backend(config.attention_backend, config.device)
+        backend = get_backend(config.attention_backend, config.device, ModelConfig.from_dir(config.model_dir).head_dim)
         dtype = None if config.dtype == "auto" else dtype_from_name(config.dtype)
         self.model: Model = load_model(config.model_dir, backend, dtype=dtype, device=config.device)
         mc = self.model.config

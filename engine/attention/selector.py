@@ -11,10 +11,11 @@ from engine.attention.torch_backend import TorchAttentionBackend
 logger = logging.getLogger(__name__)
 
 
-def get_backend(name: str = "auto", device: torch.device | str = "cpu") -> AttentionBackend:
-    """``name``: "auto" (Triton on CUDA, else torch), "torch" or "triton"."""
+def get_backend(name: str = "auto", device: torch.device | str = "cpu", head_dim: int = 64) -> AttentionBackend:
+    """``name``: "auto" (Triton on CUDA when the kernels support head_dim, else torch), "torch", "triton"."""
     if name == "auto":
-        name = "triton" if torch.device(device).type == "cuda" else "torch"
+        kernel_ok = head_dim >= 16 and head_dim & (head_dim - 1) == 0  # the kernels tile head_dim by powers of 2
+        name = "triton" if torch.device(device).type == "cuda" and kernel_ok else "torch"
     if name == "torch":
         return TorchAttentionBackend()
     if name == "triton":

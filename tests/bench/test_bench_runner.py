@@ -90,7 +90,8 @@ def test_failures_are_recorded_not_raised(echo, tokenizer) -> None:
 
 def test_backend_choice_by_url() -> None:
     assert isinstance(make_backend("http://localhost:1"), OpenAIHTTPBackend)
-    with pytest.raises(NotImplementedError):
-        make_backend("grpc://localhost:1")
+    from bench.grpc_client import GroveGRPCBackend
+
+    assert isinstance(make_backend("grpc://localhost:1"), GroveGRPCBackend)
     with pytest.raises(ValueError):
         make_backend("ftp://localhost:1")

@@ -13,3 +13,9 @@ def test_short_bench_run_against_the_stack(stack: Stack, tmp_path: Path) -> None
     assert {r["label"] for r in doc["runs"]}
     results = list(tmp_path.glob("*.json"))
     assert results and check_result_file(results[0]) == []
+
+
+def test_short_bench_run_over_grpc(stack: Stack, tmp_path: Path) -> None:
+    doc = run_smoke(f"grpc://{stack.grpc_address}", tmp_path, num_prompts=2, max_tokens=8, concurrency=(2,))
+    assert doc["greedy_check"]["ok"]
+    assert doc["runs"][0]["metrics"]["failed"] == 0
