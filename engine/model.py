@@ -58,9 +58,10 @@ class Model:
         for i, lw in enumerate(w.layers):
             x = rms_norm(h, lw.input_norm, cfg.rms_norm_eps)
             qkv = linear(x, lw.qkv, lw.qkv_bias)
-            q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
-            q = apply_rotary(q.view(T, cfg.num_heads, cfg.head_dim), cos, sin)
-            k = apply_rotary(k.view(T, cfg.num_kv_heads, cfg.head_dim), cos, sin)
+            # rotary on q and k together: [T, heads + kv_heads, head_dim]
+            qk = apply_rotary(qkv[:, : cfg.q_size + cfg.kv_size].view(T, -1, cfg.head_dim), cos, sin)
+            q, k = qk.split([cfg.num_heads, cfg.num_kv_heads], dim=1)
+            v = qkv[:, cfg.q_size + cfg.kv_size :]
             cache = kv.layers[i]
             self.backend.write_kv(cache, k, v.view(T, cfg.num_kv_heads, cfg.head_dim), plan)
             attn = self.backend.attend(q, cache, plan, self.scale)  # [T, heads, head_dim]

@@ -22,7 +22,9 @@ class TorchAttentionPlan:
     block_tables: torch.Tensor  # [B, n_blocks] blocks to gather (n_blocks covers max_seq_len)
     q_index: torch.Tensor  # [B, max_q] token row of each padded query (padding -> 0)
     q_valid: torch.Tensor  # [B, max_q] bool
-    mask: torch.Tensor  # [B, 1, max_q, n_blocks * block_size] bool, True = may attend
+    mask: torch.Tensor | None  # [B, 1, max_q, n_blocks * block_size] bool, True = may attend
+    decode_only: bool  # one query per sequence: no query padding to gather or drop
+    kv_len: int  # keys to read per sequence (gathered blocks are cut to this)
 
 
 class TorchAttentionBackend:
@@ -54,6 +56,9 @@ class TorchAttentionBackend:
         mask |= new_vis
         mask[~q_valid] = False
         mask[..., 0] |= ~q_valid  # padded query rows see one key so softmax stays finite
+        decode_only = max_q == 1
+        if decode_only and B == 1:
+            mask, kv_len = None, meta.seq_lens_host[0]  # one decode token sees every cached key: no mask
         return TorchAttentionPlan(
             meta=meta,
             write_block=meta.slot_mapping // bs,
@@ -61,7 +66,9 @@ class TorchAttentionBackend:
             block_tables=meta.block_tables[:, :n_blocks],
             q_index=q_index,
             q_valid=q_valid,
-            mask=mask[:, None],
+            mask=mask[:, None] if mask is not None else None,
+            decode_only=decode_only,
+            kv_len=kv_len,
         )
 
     def write_kv(self, cache: KVLayerCache, k: torch.Tensor, v: torch.Tensor, plan: TorchAttentionPlan) -> None:
@@ -72,10 +79,15 @@ class TorchAttentionBackend:
         B, n_blocks = plan.block_tables.shape
         _, bs, kvh, d = cache.k.shape
         # [B, n_blocks, bs, kvh, d] -> [B, kvh, kv_len, d]
-        k = cache.k[plan.block_tables].reshape(B, n_blocks * bs, kvh, d).transpose(1, 2)
-        v = cache.v[plan.block_tables].reshape(B, n_blocks * bs, kvh, d).transpose(1, 2)
-        qp = q[plan.q_index].transpose(1, 2)  # [B, H, max_q, d]
+        k = cache.k[plan.block_tables].reshape(B, n_blocks * bs, kvh, d)[:, : plan.kv_len].transpose(1, 2)
+        v = cache.v[plan.block_tables].reshape(B, n_blocks * bs, kvh, d)[:, : plan.kv_len].transpose(1, 2)
+        if plan.decode_only:  # T == B: token b is sequence b's only query
+            qp = q[:, None].transpose(1, 2)  # [B, H, 1, d]
+        else:
+            qp = q[plan.q_index].transpose(1, 2)  # [B, H, max_q, d]
         out = F.scaled_dot_product_attention(qp, k, v, attn_mask=plan.mask, scale=scale, enable_gqa=True)
+        if plan.decode_only:
+            return out[:, :, 0]  # [T, H, d]
         return out.transpose(1, 2)[plan.q_valid]  # [T, H, d]
 
     def copy_slots(self, pool: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> None:

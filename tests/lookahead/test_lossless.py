@@ -90,8 +90,8 @@ def test_a_lossy_verifier_is_caught(drafting_engine: LLMEngine, monkeypatch: pyt
             out.append(tokens[node])
 
     monkeypatch.setattr(speculator_mod, "accept_path", lossy)
-    off = _first_three(drafting_engine, False, 0, 600)
-    on = _first_three(drafting_engine, True, 10**6, 600)
+    off = _first_three(drafting_engine, False, 0, 300)
+    on = _first_three(drafting_engine, True, 10**6, 300)
     monkeypatch.setattr(speculator_mod, "accept_path", honest)
     assert _chi2_p(off, on) < 0.01
 
