@@ -48,7 +48,6 @@ class PrefillService:
         self.max_waiting = max_waiting
         self.in_flight = 0
         self._background: set[asyncio.Task[None]] = set()
-        self._write_lock = asyncio.Lock()  # one write-back at a time keeps the kvstore client's transfers simple
 
     @property
     def eng(self):  # noqa: ANN201 - the LLMEngine, touched only through self.engine.call
@@ -144,8 +143,7 @@ class PrefillService:
         async def write() -> None:
             await self.engine.call(self.eng.allocator.share, mine)  # the write keeps its own reference
             try:
-                async with self._write_lock:
-                    await asyncio.wait_for(kvstore.write(prompt[: full * self.eng.config.block_size], mine), WRITE_TIMEOUT_S)
+                await asyncio.wait_for(kvstore.write(prompt[: full * self.eng.config.block_size], mine), WRITE_TIMEOUT_S)
             except Exception as exc:  # the cache is an optimisation: log, never fail the request
                 logger.warning("kvstore write-back failed: %s", exc)
             finally:
