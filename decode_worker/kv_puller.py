@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import grpc
 import torch
@@ -12,7 +13,7 @@ from grove.internal.v1 import worker_pb2 as pb
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from kvstore.nixl_plane import NixlPlane
 from runtime.grpc_server import insecure_channel
-from runtime.kv_transfer import POOL_NAME, TransferTimer, now, remote_pool, write_block_bytes
+from runtime.kv_transfer import POOL_NAME, TransferTimer, remote_pool, write_block_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class KVPuller:
         """Copies the holder's blocks into ``local_blocks`` (same order); returns the data plane used."""
         if len(local_blocks) != len(kv.block_ids):
             raise ValueError("one local block per remote block")
-        t0 = now()
+        t0 = time.perf_counter()
         nbytes = len(local_blocks) * kv.block_bytes
         if self.plane is not None and kv.nixl_agent:
             if kv.nixl_agent not in self._peers:
@@ -45,14 +46,14 @@ class KVPuller:
                 self._peers.add(kv.nixl_agent)
             await self.plane.read(remote_pool(kv), list(kv.block_ids), POOL_NAME, local_blocks,
                                   timeout_s=self.timeout_s)
-            self.nixl.add(nbytes, now() - t0)
+            self.nixl.add(nbytes, time.perf_counter() - t0)
             return "nixl"
         stream = self._stub(kv.worker_address).ReadKV(
             pb.ReadKVRequest(lease_id=kv.lease_id, block_ids=list(kv.block_ids)), timeout=self.timeout_s
         )
         async for chunk in stream:
             write_block_bytes(self.pool, local_blocks[chunk.block_index], chunk.offset, chunk.data)
-        self.grpc.add(nbytes, now() - t0)
+        self.grpc.add(nbytes, time.perf_counter() - t0)
         return "grpc"
 
     async def release(self, kv: KVHandle) -> None:

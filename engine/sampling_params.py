@@ -1,7 +1,7 @@
 """Per-request sampling parameters, validated at the boundary with errors that name the field."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from engine.errors import InvalidRequestError
 

@@ -150,7 +150,8 @@ class GatewayCore:
                     raise InvalidRequestError(*_split_field(e.details())) from None
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not got_any:
                     continue  # another decode worker may have room; the KV is still held
-                self.router.mark_failed(w) if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else None
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    self.router.mark_failed(w)
                 raise UnavailableError(f"decode worker {w.address} failed mid-request: {code.name}: {e.details()}") from None
             finally:
                 call.cancel()  # no-op when finished; frees the request everywhere when we leave early

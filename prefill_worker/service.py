@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass
 
 from engine.async_engine import AsyncEngine
-from engine.errors import OutOfBlocksError
 from engine.request import KVHandle, TokenOut, WorkRequest
 from engine.sequence import Sequence
 from kvstore.client import KVStoreClient

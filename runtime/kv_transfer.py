@@ -6,9 +6,6 @@ and pulls the holder's blocks into freshly allocated local blocks.
 from __future__ import annotations
 
 import logging
-import time
-
-import numpy as np
 import torch
 
 from engine.request import KVHandle
@@ -47,6 +44,8 @@ def read_block_bytes(pool: torch.Tensor, block_id: int) -> memoryview:
 
 
 class TransferTimer:
+    """Bytes moved and seconds spent on one data plane (exported as metrics)."""
+
     def __init__(self) -> None:
         self.bytes = 0
         self.seconds = 0.0
@@ -54,11 +53,3 @@ class TransferTimer:
     def add(self, nbytes: int, seconds: float) -> None:
         self.bytes += nbytes
         self.seconds += seconds
-
-
-def np_ids(ids: tuple[int, ...] | list[int]) -> np.ndarray:
-    return np.asarray(ids, dtype=np.int64)
-
-
-def now() -> float:
-    return time.perf_counter()

@@ -5,7 +5,7 @@ windows that end at it by one node each (no re-scan of the history).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 from engine.lookahead.ngram_trie import NGramTrie
