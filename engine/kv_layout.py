@@ -37,9 +37,14 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class KVLayout:
-    model_id: str  # content hash of the model's config + weights names, see engine.model_loader
-    dtype: str  # "float32" | "bfloat16" | "float16"
+class BlockGeometry:
+    """What the store's pools hold: one block is [num_layers, 2, block_size, num_kv_heads, head_dim].
+
+    One store serves every model whose layout has this geometry; the trie keeps each model's
+    namespace (KVLayout.compat_key()) apart.
+    """
+
+    dtype: str
     block_size: int
     num_layers: int
     num_kv_heads: int
@@ -47,8 +52,12 @@ class KVLayout:
 
     def __post_init__(self) -> None:
         dtype_from_name(self.dtype)
-        if self.block_size <= 0 or self.num_layers <= 0 or self.num_kv_heads <= 0 or self.head_dim <= 0:
-            raise ValueError(f"invalid KV layout {self}")
+        if min(self.block_size, self.num_layers, self.num_kv_heads, self.head_dim) <= 0:
+            raise ValueError(f"invalid block geometry {self}")
+
+    @classmethod
+    def of(cls, layout: "KVLayout") -> "BlockGeometry":
+        return cls(layout.dtype, layout.block_size, layout.num_layers, layout.num_kv_heads, layout.head_dim)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -59,15 +68,48 @@ class KVLayout:
         return (self.num_layers, 2, self.block_size, self.num_kv_heads, self.head_dim)
 
     @property
-    def block_numel(self) -> int:
-        n = 1
+    def block_bytes(self) -> int:
+        n = torch.empty((), dtype=self.torch_dtype).element_size()
         for s in self.block_shape:
             n *= s
         return n
 
+    def mismatch(self, layout: "KVLayout") -> str | None:
+        """Why blocks of ``layout`` cannot live in this store, or None when they can."""
+        for name in ("dtype", "block_size", "num_layers", "num_kv_heads", "head_dim"):
+            theirs, ours = getattr(layout, name), getattr(self, name)
+            if theirs != ours:
+                return f"{name} {theirs!r} does not match the store's {ours!r}"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class KVLayout:
+    model_id: str  # content hash of the model's config + weights names, see engine.model_loader
+    dtype: str  # "float32" | "bfloat16" | "float16"
+    block_size: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+    def __post_init__(self) -> None:
+        self.geometry  # validates dtype and sizes
+
+    @property
+    def geometry(self) -> BlockGeometry:
+        return BlockGeometry.of(self)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return dtype_from_name(self.dtype)
+
+    @property
+    def block_shape(self) -> tuple[int, int, int, int, int]:
+        return self.geometry.block_shape
+
     @property
     def block_bytes(self) -> int:
-        return self.block_numel * torch.empty((), dtype=self.torch_dtype).element_size()
+        return self.geometry.block_bytes
 
     def compat_key(self) -> str:
         """Namespace for cached KV: KV under one key is never served to another."""

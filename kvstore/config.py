@@ -4,58 +4,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import torch
-
-from engine.kv_layout import KVLayout, dtype_from_name
+from engine.kv_layout import BlockGeometry
 
 TIER_NAMES = ("gpu", "cpu")  # top tier first; eviction moves blocks down this list
-
-
-@dataclass(frozen=True, slots=True)
-class BlockGeometry:
-    """What the store's pools hold: one block is [num_layers, 2, block_size, num_kv_heads, head_dim].
-
-    One store serves every model whose layout has this geometry; the trie keeps each model's
-    namespace (KVLayout.compat_key()) apart.
-    """
-
-    dtype: str
-    block_size: int
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-
-    def __post_init__(self) -> None:
-        dtype_from_name(self.dtype)
-        if min(self.block_size, self.num_layers, self.num_kv_heads, self.head_dim) <= 0:
-            raise ValueError(f"invalid block geometry {self}")
-
-    @classmethod
-    def of(cls, layout: KVLayout) -> "BlockGeometry":
-        return cls(layout.dtype, layout.block_size, layout.num_layers, layout.num_kv_heads, layout.head_dim)
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return dtype_from_name(self.dtype)
-
-    @property
-    def block_shape(self) -> tuple[int, int, int, int, int]:
-        return (self.num_layers, 2, self.block_size, self.num_kv_heads, self.head_dim)
-
-    @property
-    def block_bytes(self) -> int:
-        n = torch.empty((), dtype=self.torch_dtype).element_size()
-        for s in self.block_shape:
-            n *= s
-        return n
-
-    def mismatch(self, layout: KVLayout) -> str | None:
-        """Why blocks of ``layout`` cannot live in this store, or None when they can."""
-        for name in ("dtype", "block_size", "num_layers", "num_kv_heads", "head_dim"):
-            theirs, ours = getattr(layout, name), getattr(self, name)
-            if theirs != ours:
-                return f"{name} {theirs!r} does not match the store's {ours!r}"
-        return None
 
 
 @dataclass(frozen=True, slots=True)

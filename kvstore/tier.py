@@ -13,7 +13,8 @@ import logging
 import torch
 
 from engine.block_allocator import BlockAllocator
-from kvstore.config import BlockGeometry, TierConfig
+from engine.kv_layout import BlockGeometry
+from kvstore.config import TierConfig
 
 logger = logging.getLogger(__name__)
 

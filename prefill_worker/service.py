@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -120,14 +121,11 @@ class PrefillService:
     def _handle(self, lease_id: str, blocks: list[int], num_tokens: int) -> KVHandle:
         layout = self.eng.layout
         h = KVHandle(self.address, lease_id, tuple(blocks), num_tokens, layout.compat_key(), layout.block_bytes)
-        if self.plane is not None:
-            info = self.plane.export(POOL_NAME)
-            h = KVHandle(
-                self.address, lease_id, tuple(blocks), num_tokens, layout.compat_key(), layout.block_bytes,
-                nixl_agent=info.agent, pool_name=info.name, base_addr=info.base_addr, num_blocks=info.num_blocks,
-                mem_type=info.mem_type, device_id=info.device_id,
-            )
-        return h
+        if self.plane is None:
+            return h
+        info = self.plane.export(POOL_NAME)
+        return dataclasses.replace(h, nixl_agent=info.agent, pool_name=info.name, base_addr=info.base_addr,
+                                   num_blocks=info.num_blocks, mem_type=info.mem_type, device_id=info.device_id)
 
     def _write_back(self, prompt: list[int], blocks: list[int]) -> None:
         """Shares the prompt's full blocks with the kvstore in the background (does not delay TTFT)."""

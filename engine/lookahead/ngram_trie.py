@@ -29,37 +29,37 @@ class NGramTrie:
         self.roots: dict[Key, _Node] = {}
         self.num_nodes = 0
 
-    def insert(self, key: Key, window: Sequence[int], weight: float = 1.0) -> None:
+    def _root(self, key: Key) -> _Node:
         node = self.roots.get(key)
         if node is None:
             node = self.roots[key] = _Node()
             self.num_nodes += 1
+        return node
+
+    def _child(self, node: _Node, tok: int) -> _Node:
+        child = node.children.get(tok)
+        if child is None:
+            child = node.children[tok] = _Node()
+            self.num_nodes += 1
+        return child
+
+    def insert(self, key: Key, window: Sequence[int], weight: float = 1.0) -> None:
+        node = self._root(key)
         node.count += weight
         for tok in window:
-            child = node.children.get(tok)
-            if child is None:
-                child = node.children[tok] = _Node()
-                self.num_nodes += 1
-            child.count += weight
-            node = child
+            node = self._child(node, tok)
+            node.count += weight
         if self.num_nodes > self.max_nodes:
             self.decay()
 
     def extend(self, key: Key, path: Sequence[int], weight: float = 1.0) -> None:
         """Counts one more occurrence of ``path`` after ``key`` whose shorter prefixes were counted
         when they arrived: a growing window costs one increment per new token, never a re-insert."""
-        node = self.roots.get(key)
-        if node is None:
-            node = self.roots[key] = _Node()
-            self.num_nodes += 1
+        node = self._root(key)
         if len(path) == 1:
             node.count += weight
         for tok in path:
-            child = node.children.get(tok)
-            if child is None:
-                child = node.children[tok] = _Node()
-                self.num_nodes += 1
-            node = child
+            node = self._child(node, tok)
         node.count += weight
         if self.num_nodes > self.max_nodes:
             self.decay()

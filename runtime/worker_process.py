@@ -1,0 +1,47 @@
+"""The serving lifecycle both workers share: bind, serve, report readiness, drain on SIGTERM."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Callable
+
+import grpc
+
+from engine.async_engine import AsyncEngine
+from runtime.engine_metrics import serve_metrics
+from runtime.grpc_server import create_server, set_serving
+from runtime.process import write_ready_file
+
+logger = logging.getLogger(__name__)
+
+
+def add_worker_args(p: argparse.ArgumentParser, role: str) -> None:
+    p.add_argument("--address", default="127.0.0.1:0", help="gRPC bind address (port 0 picks one)")
+    p.add_argument("--nixl", choices=["on", "off"], default="on", help="KV data plane: NIXL, else gRPC bytes")
+    p.add_argument("--worker-id", default="", help=f"label in metrics and stats (default: {role}-<pid>)")
+    p.add_argument("--metrics-port", type=int, default=-1, help="Prometheus /metrics port (0 picks one, -1 off)")
+    p.add_argument("--ready-file", default="", help="write bound ports here as JSON once serving")
+    p.add_argument("--log-level", default="INFO")
+
+
+async def serve_worker(args: argparse.Namespace, role: str, service_name: str, worker_id: str, engine: AsyncEngine,
+                       add_servicer: Callable[[grpc.aio.Server, str], None], stop: asyncio.Event,
+                       grace_s: float) -> None:
+    """Serves until ``stop`` is set, then stops taking requests and lets in-flight ones finish.
+
+    ``add_servicer(server, address)`` registers the role's servicer; ``address`` is where peers
+    reach this worker (the bound port filled in).
+    """
+    server, port, health = create_server(args.address)
+    host = args.address.rsplit(":", 1)[0]
+    add_servicer(server, f"{host}:{port}")
+    await server.start()
+    await set_serving(health, [service_name], True)
+    metrics_port = serve_metrics(engine.engine, role, worker_id, host, args.metrics_port) if args.metrics_port >= 0 else None
+    write_ready_file(args.ready_file, {"grpc_port": port, "worker_id": worker_id, "metrics_port": metrics_port})
+    logger.info("%s worker %s serving on %s:%d", role, worker_id, host, port)
+    await stop.wait()
+    logger.info("draining")
+    await set_serving(health, [service_name], False)
+    await server.stop(grace=grace_s)
