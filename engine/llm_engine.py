@@ -168,7 +168,7 @@ class LLMEngine:
         if self.speculator is None:
             return {}
         running = self.scheduler.running
-        decoding = [s for s in running if Speculator.eligible(s, True)]
+        decoding = [s for s in running if Speculator.eligible(s)]
         base = len(running) + sum(min(s.num_tokens - s.num_cached, self.config.max_num_batched_tokens)
                                   for s in running if s.is_prefilling)
         return self.speculator.propose(decoding, base)

@@ -48,8 +48,9 @@ class Speculator:
         self.stats = SpecStats()
 
     @staticmethod
-    def eligible(seq: Seq, default_on: bool) -> bool:
-        on = default_on if seq.params.lookahead is None else seq.params.lookahead
+    def eligible(seq: Seq) -> bool:
+        """Lookahead is on for a request unless it turned it off (the server switch removes the speculator)."""
+        on = seq.params.lookahead is not False
         # penalties depend on the tokens before each node: plain decoding keeps them exact
         return on and not seq.params.has_penalties and not seq.is_prefilling and not seq.hold_kv
 
