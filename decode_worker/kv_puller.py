@@ -33,10 +33,14 @@ class KVPuller:
             self._channels[address] = insecure_channel(address)
         return pb_grpc.PrefillWorkerStub(self._channels[address])
 
-    async def pull(self, kv: KVHandle, local_blocks: list[int]) -> str:
-        """Copies the holder's blocks into ``local_blocks`` (same order); returns the data plane used."""
-        if len(local_blocks) != len(kv.block_ids):
+    async def pull(self, kv: KVHandle, local_blocks: list[int], first: int = 0) -> str:
+        """Copies the holder's blocks ``kv.block_ids[first:]`` into ``local_blocks`` (same order);
+        returns the data plane used ("" when there was nothing to pull)."""
+        remote = list(kv.block_ids[first:])
+        if len(local_blocks) != len(remote):
             raise ValueError("one local block per remote block")
+        if not remote:
+            return ""
         t0 = time.perf_counter()
         nbytes = len(local_blocks) * kv.block_bytes
         if self.plane is not None and kv.nixl_agent:
@@ -44,16 +48,18 @@ class KVPuller:
                 md = await self._stub(kv.worker_address).NixlMetadata(pb.NixlMetadataRequest(), timeout=self.timeout_s)
                 self.plane.add_peer(md.metadata)
                 self._peers.add(kv.nixl_agent)
-            await self.plane.read(remote_pool(kv), list(kv.block_ids), POOL_NAME, local_blocks,
+            await self.plane.read(remote_pool(kv), remote, POOL_NAME, local_blocks,
                                   timeout_s=self.timeout_s)
             self.nixl.add(nbytes, time.perf_counter() - t0)
+            logger.info("kv pull: %d blocks, %d bytes over nixl in %.6f s", len(local_blocks), nbytes, time.perf_counter() - t0)
             return "nixl"
         stream = self._stub(kv.worker_address).ReadKV(
-            pb.ReadKVRequest(lease_id=kv.lease_id, block_ids=list(kv.block_ids)), timeout=self.timeout_s
+            pb.ReadKVRequest(lease_id=kv.lease_id, block_ids=remote), timeout=self.timeout_s
         )
         async for chunk in stream:
             write_block_bytes(self.pool, local_blocks[chunk.block_index], chunk.offset, chunk.data)
         self.grpc.add(nbytes, time.perf_counter() - t0)
+        logger.info("kv pull: %d blocks, %d bytes over grpc in %.6f s", len(local_blocks), nbytes, time.perf_counter() - t0)
         return "grpc"
 
     async def release(self, kv: KVHandle) -> None:

@@ -20,6 +20,8 @@ class DecodeService:
         self.puller = puller
         self.max_requests = max_requests
         self.in_flight = 0
+        self.local_prefix_blocks = 0
+        self.fetched_blocks = 0
         self._releases: set[asyncio.Task[None]] = set()
 
     @property
@@ -34,17 +36,24 @@ class DecodeService:
             raise InvalidRequestError("kv.num_tokens", f"{kv.num_tokens} != prompt length {len(req.prompt_ids)}")
         seq: Sequence = await self.engine.call(eng.make_sequence, req.request_id, list(req.prompt_ids), req.params)
         seq.seed = req.seed
-        blocks: list[int] = await self.engine.call(eng.allocator.allocate, len(kv.block_ids))
+        # blocks of the prompt this worker still caches from earlier requests are not pulled again
+        await self.engine.call(eng.scheduler.reuse_prefix, seq, kv.num_tokens)
+        have = len(seq.block_table)
+        blocks: list[int] = []
         try:
-            await self.puller.pull(kv, blocks)
+            blocks = await self.engine.call(eng.allocator.allocate, len(kv.block_ids) - have)
+            await self.puller.pull(kv, blocks, first=have)
         except BaseException:
-            await self.engine.call(eng.allocator.free, blocks)
+            seq.block_table += blocks
+            await self.engine.call(eng.scheduler.free, seq)  # gives back reused and new blocks alike
             raise
         finally:
             task = asyncio.create_task(self.puller.release(kv))
             self._releases.add(task)
             task.add_done_callback(self._releases.discard)
-        seq.block_table, seq.num_cached = blocks, len(req.prompt_ids)
+        self.local_prefix_blocks += have
+        self.fetched_blocks += len(blocks)
+        seq.block_table, seq.num_cached = seq.block_table + blocks, len(req.prompt_ids)
         reason = seq.append_token(first.token_id)  # same detokenizer state as the prefill side
         assert reason is None, "a request finished by its first token never reaches decode"
         seq.detok.emitted = len(first_text)  # the gateway already streamed the first token's text
@@ -73,4 +82,5 @@ class DecodeService:
         return {
             "num_running": len(eng.scheduler.running), "num_waiting": len(eng.scheduler.waiting),
             "free_blocks": eng.allocator.num_free, "total_blocks": eng.allocator.num_blocks, "held_leases": 0,
+            "local_prefix_blocks": self.local_prefix_blocks, "fetched_blocks": self.fetched_blocks,
         }

@@ -21,6 +21,7 @@ class EngineConfig:
     max_model_len: int = 0  # 0 = the model's max_position_embeddings
     attention_backend: str = "auto"  # "auto", "torch", "triton"
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    prefix_caching: bool = True  # reuse full KV blocks of earlier requests with the same prefix
     lookahead: bool = True  # batched lookahead decoding (per request: SamplingParams.lookahead)
     lookahead_max_depth: int = 8  # deepest draft
     lookahead_width: int = 2  # branches per draft (tree nodes ~ depth * width)
@@ -52,6 +53,8 @@ class EngineConfig:
         g.add_argument("--max-model-len", type=int, default=0)
         g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
         g.add_argument("--num-threads", type=int, default=0)
+        g.add_argument("--prefix-caching", choices=["on", "off"], default="on",
+                       help="reuse this worker's KV blocks across requests sharing a prefix")
         g.add_argument("--lookahead", choices=["on", "off"], default="on", help="batched lookahead decoding")
         g.add_argument("--lookahead-max-depth", type=int, default=8)
         g.add_argument("--lookahead-width", type=int, default=2)
@@ -64,6 +67,6 @@ class EngineConfig:
             kv_cache_gb=args.kv_cache_gb, num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
             attention_backend=args.attention_backend, num_threads=args.num_threads,
-            lookahead=args.lookahead == "on", lookahead_max_depth=args.lookahead_max_depth,
+            prefix_caching=args.prefix_caching == "on", lookahead=args.lookahead == "on", lookahead_max_depth=args.lookahead_max_depth,
             lookahead_width=args.lookahead_width, lookahead_max_step_tokens=args.lookahead_max_step_tokens,
         )

@@ -25,6 +25,7 @@ from engine.lookahead.speculator import Speculator, compaction_slots, node_posit
 from engine.lookahead.tree import DraftTree
 from engine.model import Model
 from engine.model_loader import load_model, model_fingerprint
+from engine.prefix_cache import PrefixCache
 from engine.sampling import SamplingBatch, sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
@@ -74,8 +75,10 @@ class LLMEngine:
         num_blocks = config.num_kv_blocks or KVPool.blocks_for_bytes(self.layout, int(config.kv_cache_gb * 2**30))
         self.kv = KVPool(self.layout, num_blocks, config.device)
         self.allocator = BlockAllocator(num_blocks)
+        self.prefix_cache = PrefixCache(self.allocator, config.block_size) if config.prefix_caching else None
         self.scheduler = Scheduler(
-            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, config.block_size), self.allocator
+            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, config.block_size), self.allocator,
+            self.prefix_cache,
         )
         self.eos_ids = tuple(mc.eos_token_ids) or ((self.tokenizer.eos_token_id,) if self.tokenizer.eos_token_id is not None else ())
         self.seqs: dict[str, Seq] = {}
@@ -224,6 +227,7 @@ class LLMEngine:
             seq = s.seq
             if not s.samples:
                 seq.num_cached += s.num_tokens
+                self.scheduler.register(seq)
                 continue
             tree = drafts.get(seq.request_id)
             if tree is None:
@@ -237,6 +241,7 @@ class LLMEngine:
                 if moves is not None:
                     self.model.backend.copy_slots(self.kv.data, *moves)
                 seq.num_cached += len(path)
+            self.scheduler.register(seq)
             row += len(tree) + 1 if tree is not None else 1
             appended: list[int] = []
             reason = None

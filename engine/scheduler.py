@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from engine.block_allocator import BlockAllocator
+from engine.prefix_cache import PrefixCache, block_hashes
 from engine.sequence import Sequence, SeqStatus
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,10 @@ class ScheduledSeq:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, allocator: BlockAllocator) -> None:
+    def __init__(self, config: SchedulerConfig, allocator: BlockAllocator, prefix_cache: PrefixCache | None = None) -> None:
         self.config = config
         self.allocator = allocator
+        self.prefix_cache = prefix_cache
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -66,11 +68,43 @@ class Scheduler:
         return True
 
     def free(self, seq: Sequence) -> None:
-        """Give back the sequence's blocks (finish, abort or preemption)."""
+        """Give back the sequence's blocks (finish, abort or preemption); tail first, so cached
+        prefixes outlive their tails."""
         if seq.block_table:
-            self.allocator.free(seq.block_table)
+            self.allocator.free(reversed(seq.block_table))
         seq.block_table = []
         seq.num_cached = 0
+        seq.num_registered = 0
+
+    # ---- prefix cache -----------------------------------------------------------------------
+    def reuse_prefix(self, seq: Sequence, max_tokens: int | None = None) -> int:
+        """Starts a sequence with no blocks on the longest locally cached prefix of its tokens.
+
+        At most ``max_tokens`` (default: all but the last token, which must be computed to sample
+        the next one). Returns the tokens reused; the blocks join ``seq.block_table``.
+        """
+        if self.prefix_cache is None or seq.block_table:
+            return 0
+        bs = self.config.block_size
+        limit = (seq.num_tokens - 1 if max_tokens is None else min(max_tokens, seq.num_tokens)) // bs
+        seq.block_hashes = block_hashes(seq.all_ids, bs, seq.block_hashes, limit=limit)
+        blocks = self.prefix_cache.match(seq.block_hashes[:limit], 0 if seq.prefix_looked_up else seq.num_tokens)
+        seq.prefix_looked_up = True
+        seq.block_table = blocks
+        seq.num_cached, seq.num_registered = len(blocks) * bs, len(blocks)
+        seq.num_cached_prompt = max(seq.num_cached_prompt, min(seq.num_cached, seq.num_prompt))
+        return seq.num_cached
+
+    def register(self, seq: Sequence) -> None:
+        """Offers the sequence's newly completed full blocks to the prefix cache."""
+        if self.prefix_cache is None:
+            return
+        n_full = seq.num_cached // self.config.block_size
+        if n_full <= seq.num_registered:
+            return
+        seq.block_hashes = block_hashes(seq.all_ids, self.config.block_size, seq.block_hashes, limit=n_full)
+        self.prefix_cache.insert(seq.block_hashes[seq.num_registered : n_full], seq.block_table[seq.num_registered : n_full])
+        seq.num_registered = n_full
 
     def _preempt(self, seq: Sequence) -> None:
         logger.info("preempting %s (out of KV blocks)", seq.request_id)
@@ -131,6 +165,8 @@ class Scheduler:
             is_new = seq.status is SeqStatus.WAITING
             if is_new and len(self.running) >= self.config.max_num_seqs:
                 break
+            if is_new and seq.num_cached == 0:
+                self.reuse_prefix(seq)
             n = min(seq.num_tokens - seq.num_cached, budget)
             if not self._grow(seq, n):
                 break  # wait for blocks; never preempt running work for a newcomer

@@ -36,6 +36,12 @@ class Sequence:
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     hold_kv: bool = False  # prefill-only: finish after the first token but keep the blocks
+    # prefix caching: chained hashes of full blocks of all_ids (engine.prefix_cache), how many of
+    # block_table's leading blocks are registered in the local cache, and prompt tokens reused
+    block_hashes: list[bytes] = field(default_factory=list)
+    num_registered: int = 0
+    num_cached_prompt: int = 0
+    prefix_looked_up: bool = False  # counted once in the cache's hit rate, even if preempted
 
     def __post_init__(self) -> None:
         if not self.all_ids:

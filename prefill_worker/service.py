@@ -47,30 +47,41 @@ class PrefillService:
         self.leases = KVLeases(lease_ttl_s)
         self.max_waiting = max_waiting
         self.in_flight = 0
+        self.local_prefix_blocks = 0
+        self.fetched_blocks = 0
         self._background: set[asyncio.Task[None]] = set()
 
     @property
     def eng(self):  # noqa: ANN201 - the LLMEngine, touched only through self.engine.call
         return self.engine.engine
 
-    async def _fetch_prefix(self, prompt: list[int]) -> tuple[list[int], int]:
-        """Local blocks holding the kvstore's cached prefix of ``prompt`` and its length in tokens."""
-        if self.kvstore is None:
-            return [], 0
-        bs = self.eng.config.block_size
+    async def _reuse_prefix(self, seq: Sequence) -> int:
+        """Starts ``seq`` on its longest cached prefix: this worker's own cache first, then the
+        kvstore for the blocks beyond it. Returns the prompt tokens reused."""
+        eng, prompt = self.eng, seq.prompt_ids
+        bs = eng.config.block_size
+        await self.engine.call(eng.scheduler.reuse_prefix, seq)
+        have = len(seq.block_table)
+        self.local_prefix_blocks += have
+        # at least the last prompt token must be computed here to sample the first token
+        usable = (len(prompt) - 1) // bs
+        if self.kvstore is None or have >= usable:
+            return seq.num_cached
         hit = await self.kvstore.match(prompt)
         try:
-            # at least the last prompt token must be computed here to sample the first token
-            usable_blocks = min(len(hit.handles), (len(prompt) - 1) // bs)
-            if usable_blocks == 0:
-                return [], 0
-            blocks = await self.engine.call(self.eng.allocator.allocate, usable_blocks)
+            extra = hit.handles[have:usable]
+            if not extra:
+                return seq.num_cached
+            blocks = await self.engine.call(eng.allocator.allocate, len(extra))
             try:
-                await self.kvstore.read(hit._replace(handles=hit.handles[:usable_blocks]), blocks)
+                await self.kvstore.read(hit._replace(handles=extra), blocks)
             except BaseException:
-                await self.engine.call(self.eng.allocator.free, blocks)
+                await self.engine.call(eng.allocator.free, blocks)
                 raise
-            return blocks, usable_blocks * bs
+            self.fetched_blocks += len(blocks)
+            seq.block_table += blocks
+            seq.num_cached = len(seq.block_table) * bs
+            return seq.num_cached
         finally:
             if hit.lease_id:
                 await self.kvstore.release(hit.lease_id)
@@ -88,10 +99,10 @@ class PrefillService:
         prompt = list(req.prompt_ids)
         seq: Sequence = await self.engine.call(self.eng.make_sequence, req.request_id, prompt, req.params)
         seq.seed = req.seed
-        blocks, cached = await self._fetch_prefix(prompt)
-        seq.block_table, seq.num_cached, seq.hold_kv = blocks, cached, True
+        seq.hold_kv = True
         out = None
         try:
+            cached = await self._reuse_prefix(seq)
             async for out in self.engine.run(seq):
                 pass
         except BaseException:
@@ -182,4 +193,5 @@ class PrefillService:
             "num_running": len(eng.scheduler.running), "num_waiting": len(eng.scheduler.waiting) + self.in_flight,
             "free_blocks": eng.allocator.num_free, "total_blocks": eng.allocator.num_blocks,
             "held_leases": len(self.leases),
+            "local_prefix_blocks": self.local_prefix_blocks, "fetched_blocks": self.fetched_blocks,
         }

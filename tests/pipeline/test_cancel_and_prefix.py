@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any
 
+import grpc
 import httpx
 
+from engine.request import WorkRequest
+from engine.sampling_params import SamplingParams
+from grove.internal.v1 import worker_pb2 as wpb
+from grove.internal.v1 import worker_pb2_grpc as wpb_grpc
 from launcher.stack import Stack
-from tests.pipeline.stack_probe import wait_idle
+from protocol.pipeline import work_to_pb
+from tests.pipeline.stack_probe import kvstore_stats, wait_idle, worker_stats
 
 
 def test_shared_1000_token_prefix_is_reused_and_gives_the_same_text(stack: Stack, tokenizer: Any) -> None:
@@ -34,6 +41,49 @@ def test_shared_1000_token_prefix_is_reused_and_gives_the_same_text(stack: Stack
 
     alone = LLMEngine(EngineConfig(num_kv_blocks=80, num_threads=2)).generate([second], SamplingParams(temperature=0, max_tokens=8))[0]
     assert alone.output_ids == b["choices"][0]["token_ids"]
+
+
+def test_prefix_prefilled_on_one_worker_is_fetched_from_the_kvstore_by_the_other(stack: Stack) -> None:
+    """Disaggregated prefix caching: worker B finds what worker A computed, through the kvstore."""
+    rng = random.Random(12)
+    prefix = [rng.randrange(1000, 30000) for _ in range(320)]  # 20 blocks
+    params = SamplingParams(temperature=0.0, max_tokens=4)
+
+    def prefill(worker: str, ids: list[int]) -> wpb.PrefillResponse:
+        work = WorkRequest(f"direct-{worker}-{rng.random()}", tuple(ids), params, seed=1)
+        with grpc.insecure_channel(stack.address(worker)) as ch:
+            stub = wpb_grpc.PrefillWorkerStub(ch)
+            resp = stub.Prefill(wpb.PrefillRequest(request=work_to_pb(work)), timeout=120)
+            stub.ReleaseKV(wpb.ReleaseKVRequest(lease_id=resp.kv.lease_id), timeout=10)
+        return resp
+
+    cached_before = sum(t.cached_blocks for t in kvstore_stats(stack).tiers)
+    assert prefill("prefill-0", prefix + [7, 8, 9]).cached_tokens == 0
+    deadline = time.monotonic() + 20  # the write-back runs in the background
+    while sum(t.cached_blocks for t in kvstore_stats(stack).tiers) < cached_before + 20:
+        assert time.monotonic() < deadline, "prefill-0 never wrote its blocks to the kvstore"
+        time.sleep(0.1)
+    fetched_before = worker_stats(stack)["prefill-1"].fetched_blocks
+    assert prefill("prefill-1", prefix + [10, 11]).cached_tokens == 320
+    assert worker_stats(stack)["prefill-1"].fetched_blocks - fetched_before == 20
+
+
+def test_decode_worker_pulls_only_the_blocks_it_lacks(stack: Stack) -> None:
+    """The same 200-token prompt three times: two land on one of the two decode workers, whose
+    prefix cache still holds the prompt's 12 full blocks, so it pulls only the partial last one."""
+    rng = random.Random(13)
+    prompt = [rng.randrange(1000, 30000) for _ in range(200)]
+    before = worker_stats(stack)
+    for _ in range(3):
+        r = httpx.post(stack.http_url + "/v1/completions", json={"prompt": prompt, "max_tokens": 3, "temperature": 0},
+                       timeout=300)
+        assert r.status_code == 200, r.text
+    after = worker_stats(stack)
+    decoders = [n for n in after if n.startswith("decode")]
+    reused = sum(after[n].local_prefix_blocks - before[n].local_prefix_blocks for n in decoders)
+    pulled = sum(after[n].fetched_blocks - before[n].fetched_blocks for n in decoders)
+    assert reused >= 12, (reused, pulled)
+    assert reused + pulled == 3 * 13  # every prompt block came from exactly one place
 
 
 def test_cancelling_50_streams_midway_frees_every_block(stack: Stack) -> None:
