@@ -11,12 +11,12 @@ export GROVE_CACHE ?= $(HOME)/.cache/grove
 MODEL_DIR := $(GROVE_CACHE)/models/SmolLM2-135M-Instruct
 RUN_ARGS ?=
 
-.PHONY: run test setup venv model protos bench clean
+.PHONY: run test setup venv model protos tools bench clean
 
 run: setup
 	$(PY) -m launcher $(RUN_ARGS)
 
-test: setup
+test: setup tools
 	bash scripts/test.sh
 
 setup: venv model protos
@@ -42,6 +42,22 @@ protos: $(PROTO_STAMP)
 $(PROTO_STAMP): $(PROTOS) scripts/gen_protos.py $(STAMP)
 	$(PY) scripts/gen_protos.py
 	mkdir -p grove && touch $@
+
+# docker-compose (validates compose/ without an engine) and Prometheus (promtool and the server) for
+# tests/observability: apt-get installs them where it can; never fatal, those tests skip without them
+TOOLS := docker-compose promtool prometheus
+tools:
+	@if (for t in $(TOOLS); do command -v $$t >/dev/null || exit 1; done); then :; \
+	elif ! command -v apt-get >/dev/null; then echo "tools: no apt-get: the compose and Prometheus tests will skip"; \
+	else export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q docker-compose prometheus >/dev/null 2>&1 \
+	  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose prometheus >/dev/null 2>&1; } \
+	  || echo "tools: apt-get could not install docker-compose and prometheus: the compose and Prometheus tests will skip"; fi
+
+# docs/benchmarks.md: starts the stack, runs bench/scenarios/docs.json, rewrites the table (~15 min on 2 cores)
+.PHONY: bench-docs
+bench-docs: setup
+	$(VENV)/bin/grove bench docs $(BENCH_ARGS)
 
 clean:
 	rm -rf grove .pytest_cache .hypothesis

@@ -4,14 +4,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 
 import uvicorn
+from prometheus_client import disable_created_metrics
 
 from engine.config import ModelConfig
 from engine.paths import default_model_dir
 from gateway.core import GatewayConfig, GatewayCore
 from gateway.grpc_api import GroveServicer
 from gateway.http_api import build_app
+from gateway.metrics import GatewayMetrics
 from gateway.router import Router
 from grove.v1 import api_pb2_grpc as pb_grpc
 from runtime.grpc_server import create_server, set_serving
@@ -26,14 +29,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="bind address for HTTP and gRPC")
     p.add_argument("--http-port", type=int, default=8000, help="OpenAI-compatible HTTP port (0 picks one)")
     p.add_argument("--grpc-port", type=int, default=50051, help="grove.v1 gRPC port (0 picks one)")
-    p.add_argument("--prefill", required=True, help="comma-separated prefill worker gRPC addresses")
-    p.add_argument("--decode", required=True, help="comma-separated decode worker gRPC addresses")
+    p.add_argument("--prefill", required=True, help="comma-separated prefill worker gRPC addresses; "
+                   "dns:NAME:PORT stands for every address NAME resolves to (re-resolved every second)")
+    p.add_argument("--decode", required=True, help="comma-separated decode worker gRPC addresses (dns:NAME:PORT too)")
     p.add_argument("--model", default="", help="model directory (tokenizer, config); default: bundled SmolLM2")
     p.add_argument("--served-model-name", default="", help="model id clients use (default: directory name)")
     p.add_argument("--max-model-len", type=int, default=0)
     p.add_argument("--block-size", type=int, default=16, help="KV block size (prefix affinity hashing)")
     p.add_argument("--max-concurrent", type=int, default=256, help="requests in flight before HTTP 429")
     p.add_argument("--api-key", default="", help="require 'Authorization: Bearer KEY' on /v1/*")
+    p.add_argument("--worker-id", default="", help="worker_id label of this gateway's metrics (default: gateway-<pid>)")
     p.add_argument("--ready-file", default="", help="write bound ports here as JSON once serving")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
@@ -47,7 +52,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     router = Router([a for a in args.prefill.split(",") if a], [a for a in args.decode.split(",") if a], args.block_size)
     await router.refresh()
     router.start()
-    core = GatewayCore(GatewayConfig(model_dir, name, max_len, args.max_concurrent), router)
+    metrics = GatewayMetrics(name, args.worker_id or f"gateway-{os.getpid()}", router)
+    core = GatewayCore(GatewayConfig(model_dir, name, max_len, args.max_concurrent), router, metrics)
     server, grpc_port, health = create_server(f"{args.host}:{args.grpc_port}")
     pb_grpc.add_GroveServicer_to_server(GroveServicer(core), server)
     await server.start()
@@ -76,6 +82,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     configure_logging(args.log_level, "gateway")
+    disable_created_metrics()  # no *_created series beside every counter and histogram
     run_service(lambda stop: serve(args, stop))
 
 

@@ -16,6 +16,7 @@ from engine.request import GenerationChunk, TokenOut, Usage, WorkRequest
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import apply_chat_template, load_tokenizer, validate_prompt
 from gateway.errors import OverloadedError, UnavailableError
+from gateway.metrics import GatewayMetrics, RequestTrace
 from gateway.router import Router, Worker
 from grove.internal.v1 import worker_pb2 as pb
 from protocol import pipeline as convert
@@ -33,9 +34,10 @@ class GatewayConfig:
 
 
 class GatewayCore:
-    def __init__(self, config: GatewayConfig, router: Router) -> None:
+    def __init__(self, config: GatewayConfig, router: Router, metrics: GatewayMetrics) -> None:
         self.config = config
         self.router = router
+        self.metrics = metrics
         self.tokenizer = load_tokenizer(config.model_dir)
         self.model_config = ModelConfig.from_dir(config.model_dir)
         self.in_flight = 0
@@ -62,9 +64,10 @@ class GatewayCore:
         return WorkRequest(request_id or f"req-{uuid.uuid4().hex}", tuple(prompt_ids), params, seed)
 
     # ---- the pipeline -----------------------------------------------------------------------
-    async def _prefill(self, work: WorkRequest) -> tuple[Worker, pb.PrefillResponse]:
+    async def _prefill(self, work: WorkRequest, trace: RequestTrace) -> tuple[Worker, pb.PrefillResponse]:
         tried: list[Worker] = []
         busy = False
+        last_failure = ""
         req = pb.PrefillRequest(request=convert.work_to_pb(work))
         while True:
             w = self.router.choose_prefill(work.prompt_ids, exclude=tried)
@@ -72,40 +75,57 @@ class GatewayCore:
                 if busy:
                     raise OverloadedError("every prefill worker is at capacity; retry later")
                 raise UnavailableError("no healthy prefill worker" + (" left after failures" if tried else ""))
+            if tried:
+                self.metrics.retry("prefill", last_failure)
             tried.append(w)
             w.in_flight += 1
+            trace.prefill_sent()
             try:
                 return w, await w.prefill.Prefill(req, timeout=PREFILL_TIMEOUT_S)
             except grpc.aio.AioRpcError as e:
                 code = e.code()
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     raise InvalidRequestError(*_split_field(e.details())) from None
+                if code == grpc.StatusCode.CANCELLED:
+                    raise
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     busy = True
-                elif code == grpc.StatusCode.CANCELLED:
-                    raise
                 else:  # died or stopped answering: nothing streamed yet, so try another worker
                     self.router.mark_failed(w)
                     logger.warning("prefill on %s failed (%s): retrying elsewhere", w.address, code.name)
+                last_failure = code.name
             finally:
                 w.in_flight -= 1
 
-    async def generate(self, work: WorkRequest) -> AsyncIterator[GenerationChunk]:
-        """Streams the request's output; the last chunk has finish_reason and usage."""
+    async def generate(self, work: WorkRequest, arrived: float | None = None) -> AsyncIterator[GenerationChunk]:
+        """Streams the request's output; the last chunk has finish_reason and usage.
+
+        ``arrived``: when the request reached the gateway (``time.perf_counter()``; default: now).
+        """
         if self.in_flight >= self.config.max_concurrent:
-            raise OverloadedError(f"{self.in_flight} requests in flight (limit {self.config.max_concurrent})")
+            exc = OverloadedError(f"{self.in_flight} requests in flight (limit {self.config.max_concurrent})")
+            self.metrics.error(exc)
+            raise exc
         self.in_flight += 1
+        trace = RequestTrace(self.metrics, arrived)
+        error: BaseException | None = None
         try:
-            async for chunk in self._generate(work):
+            async for chunk in self._generate(work, trace):
                 yield chunk
+        except BaseException as e:
+            error = e
+            raise
         finally:
             self.in_flight -= 1
+            trace.ended(error)
 
-    async def _generate(self, work: WorkRequest) -> AsyncIterator[GenerationChunk]:
-        pw, pre = await self._prefill(work)
+    async def _generate(self, work: WorkRequest, trace: RequestTrace) -> AsyncIterator[GenerationChunk]:
+        pw, pre = await self._prefill(work, trace)
+        trace.first_token(len(work.prompt_ids), pre.cached_tokens)
         usage = Usage(prompt_tokens=len(work.prompt_ids), completion_tokens=1, cached_tokens=pre.cached_tokens)
         first = convert.token_from_pb(pre.first_token)
         if pre.finish_reason:
+            trace.finished(pre.finish_reason)
             yield GenerationChunk(pre.text, [first], pre.finish_reason, usage)
             return
         handed = False
@@ -114,7 +134,9 @@ class GatewayCore:
             async for chunk in self._decode(work, pre, first):
                 handed = True
                 usage.completion_tokens += len(chunk.tokens)
+                trace.chunk(len(chunk.tokens))
                 if chunk.finish_reason is not None:
+                    trace.finished(chunk.finish_reason)
                     if chunk.usage is not None:
                         usage.draft_tokens, usage.accepted_tokens = chunk.usage.draft_tokens, chunk.usage.accepted_tokens
                     chunk.usage = usage
@@ -135,6 +157,8 @@ class GatewayCore:
             if w is None:
                 raise UnavailableError("no healthy decode worker") if not tried else OverloadedError(
                     "every decode worker is at capacity; retry later")
+            if tried:  # only RESOURCE_EXHAUSTED before any output is retried
+                self.metrics.retry("decode", grpc.StatusCode.RESOURCE_EXHAUSTED.name)
             tried.append(w)
             w.in_flight += 1
             call = w.decode.Decode(req)

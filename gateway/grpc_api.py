@@ -1,6 +1,7 @@
 """The public gRPC API (grove.v1.Grove): the same core as the HTTP API."""
 from __future__ import annotations
 
+import time
 from typing import AsyncIterator
 
 import grpc
@@ -31,18 +32,20 @@ class GroveServicer(pb_grpc.GroveServicer):
         return self.core.work(ids, params, request.request_id)
 
     async def GenerateStream(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateStreamResponse]:
+        arrived = time.perf_counter()
         try:
             work = self._work(request)
-            async for chunk in self.core.generate(work):
+            async for chunk in self.core.generate(work, arrived):
                 yield convert.stream_response_to_pb(work.request_id, chunk, work.params.logprobs is not None)
         except (InvalidRequestError, OverloadedError, UnavailableError) as e:
             await context.abort(grpc_status(e), str(e))
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
+        arrived = time.perf_counter()
         try:
             work = self._work(request)
             text, tokens, last = "", [], GenerationChunk()
-            async for chunk in self.core.generate(work):
+            async for chunk in self.core.generate(work, arrived):
                 text += chunk.text
                 tokens.extend(chunk.tokens)
                 last = chunk

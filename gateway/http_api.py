@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.errors import InvalidRequestError
 from engine.request import GenerationChunk, Usage
@@ -43,7 +44,7 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(core.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -51,6 +52,7 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
                                            "max_model_len": core.config.max_model_len}]}
 
     async def handle(request: Request, chat: bool) -> Response:
+        arrived = time.perf_counter()
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -69,7 +71,7 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             return _error(e)
         shaper = ResponseShaper(work.request_id, core.config.served_model_name, chat, core.tokenizer,
                                 params.logprobs, bool(body.get("return_token_ids")))
-        gen = core.generate(work)
+        gen = core.generate(work, arrived)
         # fail fast (4xx/5xx status) on what happens before the first token
         try:
             first = await gen.__anext__()

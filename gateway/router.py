@@ -3,12 +3,16 @@
 Affinity: the gateway remembers which prefill worker last computed each block-aligned prefix
 (a hash chain over blocks, bounded LRU); a prompt goes to the worker holding its longest remembered
 prefix unless that worker is much busier than the least-loaded one.
+
+Workers are given as ``host:port`` addresses or as ``dns:NAME:PORT`` targets: every address NAME
+resolves to is a worker, re-resolved with each health round (a scaled compose service's replicas).
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
+import socket
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
@@ -21,6 +25,7 @@ from runtime.grpc_server import check_health, insecure_channel
 
 logger = logging.getLogger(__name__)
 Role = Literal["prefill", "decode"]
+DNS_PREFIX = "dns:"
 
 
 @dataclass(slots=True, eq=False)
@@ -54,8 +59,10 @@ def block_hashes(prompt: Sequence[int], block_size: int, max_blocks: int = 256) 
 class Router:
     def __init__(self, prefill: Sequence[str], decode: Sequence[str], block_size: int,
                  affinity_slack: int = 4, affinity_capacity: int = 200_000) -> None:
-        self.prefill = [Worker(a, "prefill", insecure_channel(a)) for a in prefill]
-        self.decode = [Worker(a, "decode", insecure_channel(a)) for a in decode]
+        self._targets: dict[Role, list[str]] = {"prefill": list(prefill), "decode": list(decode)}
+        self.prefill = [Worker(a, "prefill", insecure_channel(a)) for a in prefill if not a.startswith(DNS_PREFIX)]
+        self.decode = [Worker(a, "decode", insecure_channel(a)) for a in decode if not a.startswith(DNS_PREFIX)]
+        self._retired: list[Worker] = []  # no longer resolved; closed once their calls are done
         self.block_size = block_size
         self.affinity_slack = affinity_slack
         self._affinity: OrderedDict[bytes, Worker] = OrderedDict()
@@ -64,7 +71,34 @@ class Router:
         self._task: asyncio.Task[None] | None = None
 
     # ---- health -----------------------------------------------------------------------------
+    def workers(self) -> list[Worker]:
+        return self.prefill + self.decode
+
+    async def _resolve(self) -> None:
+        for role, targets in self._targets.items():
+            if any(t.startswith(DNS_PREFIX) for t in targets):
+                found = await asyncio.gather(*(resolve(t) for t in targets))
+                if all(a is not None for a in found):  # a failed lookup keeps the pool as it is
+                    self._set_pool(role, list(dict.fromkeys(a for addrs in found for a in addrs)))
+        done = [w for w in self._retired if w.in_flight == 0]
+        self._retired = [w for w in self._retired if w.in_flight > 0]
+        await asyncio.gather(*(w.channel.close() for w in done), return_exceptions=True)
+
+    def _set_pool(self, role: Role, addresses: list[str]) -> None:
+        pool = self.prefill if role == "prefill" else self.decode
+        current = {w.address: w for w in pool}
+        for a in addresses:
+            if a not in current:
+                logger.info("%s worker %s found by DNS", role, a)
+        for w in pool:
+            if w.address not in addresses:
+                logger.info("%s worker %s no longer resolves: removed", role, w.address)
+                self._retired.append(w)
+        pool[:] = [current.get(a) or Worker(a, role, insecure_channel(a)) for a in addresses]
+
     async def refresh(self) -> None:
+        await self._resolve()
+
         async def one(w: Worker) -> None:
             ok = await check_health(w.channel, timeout_s=1.0)
             if ok:
@@ -78,7 +112,7 @@ class Router:
                            "healthy" if ok else "UNHEALTHY")
             w.healthy = ok
 
-        await asyncio.gather(*(one(w) for w in self.prefill + self.decode))
+        await asyncio.gather(*(one(w) for w in self.workers()))
 
     def start(self, interval_s: float = 1.0) -> None:
         async def loop() -> None:
@@ -91,7 +125,7 @@ class Router:
     async def close(self) -> None:
         if self._task:
             self._task.cancel()
-        await asyncio.gather(*(w.channel.close() for w in self.prefill + self.decode), return_exceptions=True)
+        await asyncio.gather(*(w.channel.close() for w in self.workers() + self._retired), return_exceptions=True)
 
     def mark_failed(self, w: Worker) -> None:
         if w.healthy:
@@ -127,3 +161,19 @@ class Router:
         if not live:
             return None
         return min(live, key=lambda w: (w.in_flight, -w.stats.free_blocks))
+
+
+async def resolve(target: str) -> list[str] | None:
+    """``dns:NAME:PORT`` -> the ``ip:port`` of every address NAME has (IPv4 if any, else IPv6); a plain
+    address -> itself; None if the lookup failed."""
+    if not target.startswith(DNS_PREFIX):
+        return [target]
+    name, _, port = target.removeprefix(DNS_PREFIX).rpartition(":")
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(name, int(port), type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        logger.debug("cannot resolve %s: %s", name, e)
+        return None
+    v4 = sorted({i[4][0] for i in infos if i[0] == socket.AF_INET})
+    v6 = sorted({i[4][0] for i in infos if i[0] == socket.AF_INET6})
+    return [f"{ip}:{port}" for ip in v4] if v4 else [f"[{ip}]:{port}" for ip in v6]

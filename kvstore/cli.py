@@ -12,6 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "two-tier (GPU/CPU) prefix cache over gRPC, with NIXL as its data plane.")
     p.add_argument("--address", default="127.0.0.1:50070", help="host:port to serve gRPC on (port 0: any)")
     p.add_argument("--port-file", help="write the bound port here once serving")
+    p.add_argument("--ready-file", help='write {"grpc_port": .., "metrics_port": ..} here as JSON once serving')
     g = p.add_argument_group("block geometry (must match the workers' KV layout)")
     g.add_argument("--dtype", default=DEFAULTS["dtype"], choices=["float32", "bfloat16", "float16"])
     g.add_argument("--block-size", type=int, default=DEFAULTS["block_size"], help="tokens per block")
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-ttl", type=float, default=30.0, help="seconds before an unreleased lease expires")
     p.add_argument("--nixl", action=argparse.BooleanOptionalAction, default=True,
                    help="serve the NIXL data plane (--no-nixl: gRPC streams only)")
-    p.add_argument("--metrics-port", type=int, default=0, help="prometheus /metrics port (0: off)")
+    p.add_argument("--metrics-port", type=int, default=-1, help="prometheus /metrics port (0: any free one, -1: off)")
     p.add_argument("--grace-period", type=float, default=5.0, help="seconds in-flight RPCs get on SIGTERM")
     p.add_argument("--chunk-bytes", type=int, default=2 << 20, help="fallback stream chunk size (<= 3 MiB)")
     p.add_argument("--check-integrity-on-exit", action="store_true",
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         tiers.append(TierConfig("cpu", "cpu", cpu_blocks, pin_memory=torch.cuda.is_available()))
         store_config = StoreConfig(geometry, tuple(tiers), lease_ttl_s=args.lease_ttl)
         server_config = ServerConfig(args.address, args.port_file, args.nixl, args.metrics_port, args.grace_period,
-                                     args.chunk_bytes, args.check_integrity_on_exit)
+                                     args.chunk_bytes, args.check_integrity_on_exit, args.ready_file)
     except ValueError as e:
         parser.error(str(e))  # exits 2 with the usage line
     uvloop.run(serve(store_config, server_config))

@@ -42,10 +42,11 @@ class ServerConfig:
     address: str = "127.0.0.1:50070"
     port_file: str | None = None  # written (atomically) with the bound port once serving
     use_nixl: bool = True
-    metrics_port: int = 0  # 0: no metrics endpoint
+    metrics_port: int = -1  # -1: no metrics endpoint; 0: any free port
     grace_s: float = 5.0  # in-flight RPCs get this long after SIGTERM
     max_chunk_bytes: int = 2 << 20  # fallback data chunks, under gRPC's 4 MiB message limit
     check_integrity_on_exit: bool = False  # tests: prove the store's invariants at shutdown
+    ready_file: str | None = None  # JSON {"grpc_port", "metrics_port"}, like the other services' ready files
 
     def __post_init__(self) -> None:
         if not 0 < self.max_chunk_bytes <= 3 << 20:

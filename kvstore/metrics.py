@@ -51,7 +51,8 @@ class StoreCollector(Collector):
 
 
 def serve_metrics(store: KVStore, port: int, addr: str = "0.0.0.0"):
-    """Start the /metrics endpoint on its own thread; returns the HTTP server (call .shutdown())."""
+    """Start the /metrics endpoint on its own thread (port 0: any free one); returns the HTTP server
+    (``.server_port``; call ``.shutdown()``)."""
     registry = CollectorRegistry()
     registry.register(StoreCollector(store))
     server, _ = start_http_server(port, addr=addr, registry=registry)

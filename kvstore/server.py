@@ -20,6 +20,7 @@ from kvstore.nixl_plane import NixlPlane, nixl_available
 from kvstore.servicer import KVStoreServicer
 from kvstore.store import KVStore
 from kvstore.types import ConnectInfo
+from runtime.process import write_ready_file
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = "grove.internal.v1.KVStore"
@@ -79,7 +80,8 @@ async def serve(store_config: StoreConfig, config: ServerConfig) -> None:
     servicer = KVStoreServicer(store, connect_info(store, plane, config))
     health = health_aio.HealthServicer()
     server, port = await create_server(config.address, servicer, health)
-    metrics = serve_metrics(store, config.metrics_port) if config.metrics_port else None
+    host = config.address.rsplit(":", 1)[0].strip("[]")  # /metrics listens where gRPC does
+    metrics = serve_metrics(store, config.metrics_port, host) if config.metrics_port >= 0 else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -90,6 +92,8 @@ async def serve(store_config: StoreConfig, config: ServerConfig) -> None:
                 "nixl + grpc" if plane else "grpc")
     if config.port_file:
         _write_port_file(config.port_file, port)
+    write_ready_file(config.ready_file, {"grpc_port": port,
+                                         "metrics_port": metrics.server_port if metrics is not None else None})
     await stop.wait()
     logger.info("shutting down: draining for up to %.1f s", config.grace_s)
     await health.enter_graceful_shutdown()

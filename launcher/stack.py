@@ -66,8 +66,7 @@ class Stack:
         ready.unlink(missing_ok=True)
         log = open(self.dir / f"{name}.log", "ab")
         env = dict(os.environ, UCX_NET_DEVICES=os.environ.get("UCX_NET_DEVICES", "lo"), PYTHONUNBUFFERED="1")
-        ready_flag = "--port-file" if module == "kvstore" else "--ready-file"
-        proc = subprocess.Popen([sys.executable, "-m", module, *args, ready_flag, str(ready)],
+        proc = subprocess.Popen([sys.executable, "-m", module, *args, "--ready-file", str(ready)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         svc = Service(name, proc, ready, log)
         self.services.append(svc)
@@ -83,8 +82,7 @@ class Stack:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{svc.name} not ready after {timeout_s:.0f} s; see {self.dir / svc.name}.log")
                 time.sleep(0.05)
-            raw = json.loads(svc.ready_file.read_text())
-            svc.info = raw if isinstance(raw, dict) else {"grpc_port": int(raw)}
+            svc.info = json.loads(svc.ready_file.read_text())
 
     def tail(self, name: str, lines: int = 30) -> str:
         path = self.dir / f"{name}.log"
@@ -98,7 +96,7 @@ class Stack:
         kv = self._spawn("kvstore", "kvstore", [
             "--address", f"{host}:0", "--dtype", dtype, "--block-size", "16", "--num-layers", str(mc.num_layers),
             "--num-kv-heads", str(mc.num_kv_heads), "--head-dim", str(mc.head_dim),
-            "--cpu-capacity", c.kvstore_capacity, "--nixl" if c.nixl else "--no-nixl",
+            "--cpu-capacity", c.kvstore_capacity, "--nixl" if c.nixl else "--no-nixl", "--metrics-port", "0",
         ])
         self._wait_ready([kv])
         common = ["--model", self.model_dir, "--dtype", c.dtype, "--kv-cache-gb", str(c.worker_kv_gb),
@@ -144,6 +142,16 @@ class Stack:
 
     def address(self, name: str) -> str:
         return f"{self.config.host}:{self.service(name).info['grpc_port']}"
+
+    def metrics_targets(self) -> list[tuple[str, dict[str, str], str]]:
+        """(job, labels, host:port) of every service's /metrics (the gateway's is on its HTTP port)."""
+        out = []
+        for svc in self.services:
+            job = svc.name.rsplit("-", 1)[0]  # kvstore, prefill, decode, gateway
+            port = svc.info["http_port"] if job == "gateway" else svc.info.get("metrics_port")
+            if port:
+                out.append((job, {"service": svc.name}, f"{self.config.host}:{port}"))
+        return out
 
     @property
     def http_url(self) -> str:

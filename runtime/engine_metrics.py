@@ -1,6 +1,8 @@
 """Prometheus metrics read from a worker's engine at scrape time (nothing on the hot path).
 
-Names follow vLLM's with a ``grove:`` prefix; every sample carries the worker's role and id.
+Names follow vLLM's with a ``grove:`` prefix; every sample carries the worker's role and id, so the
+metrics of several workers on one host never clash (each also has its own registry and port).
+Counters are CounterMetricFamily: the exposition adds ``_total`` to their names.
 """
 from __future__ import annotations
 
@@ -35,6 +37,12 @@ class EngineCollector:
         yield self._gauge("grove:kv_cache_usage_perc", "Fraction of local KV blocks in use.",
                           alloc.num_used / alloc.num_blocks)
         yield self._counter("grove:num_preemptions", "Sequences preempted for lack of KV blocks.", sched.num_preemptions)
+        cache = getattr(eng, "prefix_cache", None)  # this worker's own prefix cache; None when turned off
+        if cache is not None:
+            yield self._counter("grove:prefix_cache_queries", "Prompt tokens looked up in the worker's prefix cache.",
+                                cache.stats.query_tokens)
+            yield self._counter("grove:prefix_cache_hits", "Prompt tokens found in the worker's prefix cache.",
+                                cache.stats.hit_tokens)
         spec = eng.speculator
         if spec is None:
             return
@@ -46,8 +54,9 @@ class EngineCollector:
         per_pos = CounterMetricFamily("grove:spec_decode_num_accepted_tokens_per_pos",
                                       "Accepted draft tokens by position in the draft.",
                                       labels=[*self.labels, "position"])
-        for pos, n in sorted(st.accepted_per_pos.items()):
-            per_pos.add_metric([*self.labels.values(), str(pos)], n)
+        accepted = dict(st.accepted_per_pos)  # one C-level copy: the engine thread may be adding a position
+        for pos in range(max(spec.max_depth, max(accepted, default=-1) + 1)):  # zeros too: every position has a series
+            per_pos.add_metric([*self.labels.values(), str(pos)], accepted.get(pos, 0))
         yield per_pos
 
 
