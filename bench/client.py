@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Mapping, Protocol
 
 import httpx
 
@@ -53,12 +53,13 @@ class OpenAIHTTPBackend:
 
     def __init__(self, url: str, *, name: str = "grove", model: str | None = None, api: Api = "auto",
                  prompt_format: PromptFormat = "ids", timeout_s: float = 600.0, api_key: str | None = None,
-                 max_connections: int = 1024) -> None:
+                 max_connections: int = 1024, extra_body: Mapping[str, Any] | None = None) -> None:
         self.name = name
         self.root = api_root(url)
         self.model = model
         self.api = api
         self.prompt_format = prompt_format
+        self.extra_body = dict(extra_body or {})  # merged into every request body
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             headers=headers, timeout=httpx.Timeout(timeout_s, connect=30.0),
@@ -66,7 +67,7 @@ class OpenAIHTTPBackend:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "openai-http", "url": self.root, "model": self.model, "api": self.api,
-                "prompt_format": self.prompt_format}
+                "prompt_format": self.prompt_format, "extra_body": self.extra_body}
 
     async def start(self) -> None:
         if self.model is None:
@@ -86,8 +87,8 @@ class OpenAIHTTPBackend:
     def _request(self, job: Job) -> tuple[str, dict[str, Any]]:
         assert self.model is not None, "call start() first"
         if self.api == "auto" and job.prompt.kind == "chat":
-            return f"{self.root}/chat/completions", chat_body(job, self.model)
-        return f"{self.root}/completions", completion_body(job, self.model, self.prompt_format)
+            return f"{self.root}/chat/completions", {**chat_body(job, self.model), **self.extra_body}
+        return f"{self.root}/completions", {**completion_body(job, self.model, self.prompt_format), **self.extra_body}
 
     async def send(self, job: Job) -> RequestRecord:
         url, body = self._request(job)
@@ -125,6 +126,8 @@ def make_backend(url: str, **options: Any) -> Backend:
     if url.startswith(("http://", "https://")):
         return OpenAIHTTPBackend(url, **options)
     if url.startswith("grpc://"):
+        if options.get("extra_body"):
+            raise ValueError("extra request body fields need an HTTP server, not grpc://")
         from bench.grpc_client import GroveGRPCBackend  # imports the generated stubs
 
         return GroveGRPCBackend(url, **options)

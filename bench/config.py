@@ -62,10 +62,12 @@ class SLO:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A server to benchmark."""
+    """A server to benchmark. ``extra_body`` fields go into every request body (HTTP only), e.g.
+    ``{"lookahead": False}``: one server can then be two targets, with and without a feature."""
 
     name: str
     url: str
+    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,7 @@ class BenchConfig:
     max_tokens: int = 128
     max_prompt_tokens: int = 2048
     seed: int | None = 0  # None keeps the dataset's order
+    skip_prompts: int = 0  # sessions dropped from the front of that order (fresh prompts for a later run)
     baselines: tuple[str, ...] = ()
     prompt_lookup_num_tokens: int = 10
     torch_threads: int = 2  # for the in-process baselines
@@ -103,6 +106,8 @@ class BenchConfig:
             raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
         if self.num_prompts < 1 or self.warmup < 0 or self.max_tokens < 1 or self.torch_threads < 1:
             raise ValueError("num_prompts, max_tokens and torch_threads must be positive, warmup non-negative")
+        if self.skip_prompts < 0:
+            raise ValueError("skip_prompts must be non-negative")
         if self.duration_s is not None and not self.duration_s > 0:
             raise ValueError("duration must be positive")
         if not self.loads:

@@ -69,15 +69,18 @@ def _layout(groups: Sequence[list[tuple[Prompt, list[int]]]], max_tokens: int) -
 
 
 def select_jobs(prompts: Sequence[Prompt], tokenizer: Any, *, num: int, warmup: int, max_tokens: int,
-                max_prompt_tokens: int, seed: int | None) -> Selection:
+                max_prompt_tokens: int, seed: int | None, skip: int = 0) -> Selection:
     """``num`` measured jobs and ``warmup`` warm-up jobs from ``prompts``.
 
     With a seed, sessions are shuffled (reproducibly); without, the dataset's order is kept.
+    ``skip`` drops that many sessions (or single prompts) from the front of that order first:
+    runs with the same seed and skips far enough apart get disjoint prompts.
     Only the prompts picked are tokenized, so a small run over a big dataset stays quick.
     """
     groups = _groups(prompts)
     if seed is not None:
         random.Random(seed).shuffle(groups)
+    groups = groups[skip:]
     measured: list[list[tuple[Prompt, list[int]]]] = []
     warm: list[list[tuple[Prompt, list[int]]]] = []
     count = 0

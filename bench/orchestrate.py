@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 def _backend(config: BenchConfig, target: Target) -> Backend:
     return make_backend(target.url, name=target.name, model=config.model, api=config.api,
-                        prompt_format=config.prompt_format, timeout_s=config.request_timeout_s)
+                        prompt_format=config.prompt_format, timeout_s=config.request_timeout_s,
+                        extra_body=target.extra_body)
 
 
 async def _server_runs(config: BenchConfig, target: Target, sel: Selection) -> list[tuple[LoadSpec, RunOutput, dict[str, Any]]]:
@@ -77,7 +78,7 @@ def run_bench(config: BenchConfig, *, baselines: Sequence[HFBaseline] | None = N
     tokenizer = hf.tokenizer if hf is not None else (baselines[0].hf.tokenizer if baselines else load_tokenizer(model_dir))
 
     sel = select_jobs(prompts, tokenizer, num=config.num_prompts, warmup=config.warmup, max_tokens=config.max_tokens,
-                      max_prompt_tokens=config.max_prompt_tokens, seed=config.seed)
+                      max_prompt_tokens=config.max_prompt_tokens, seed=config.seed, skip=config.skip_prompts)
     if not sel.jobs:
         raise ValueError(f"no prompt of {config.dataset!r} fits max_prompt_tokens={config.max_prompt_tokens}")
     logger.info("%s: %d prompts (%d warm-up) of %d", config.dataset, len(sel.jobs), len(sel.warmup), len(prompts))

@@ -252,12 +252,12 @@ class LLMEngine:
                 reason = seq.append_token(token)
                 if reason is not None:
                     break
-            if reason is not None:
-                self.finish(seq, reason)
-            elif seq.hold_kv:  # prefill-only: stop here, hand the blocks to the caller
-                seq.status = SeqStatus.FINISHED
+            if seq.hold_kv:  # prefill-only: stop here (finished or not), hand the blocks to the caller
+                seq.status, seq.finish_reason = SeqStatus.FINISHED, reason
                 self.scheduler.detach(seq)
                 self.seqs.pop(seq.request_id, None)
+            elif reason is not None:
+                self.finish(seq, reason)
             elif tree is not None:
                 self.scheduler.trim(seq)  # blocks that only held rejected drafts go back
             results.append(StepOutput(seq, appended, seq.detok.take_delta(seq.finished), seq.finished))

@@ -35,7 +35,7 @@ class Sequence:
     # lookahead bookkeeping: drafted and accepted token counts
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
-    hold_kv: bool = False  # prefill-only: finish after the first token but keep the blocks
+    hold_kv: bool = False  # prefill-only: stop after the first token (finished or not), keep the blocks
     # prefix caching: chained hashes of full blocks of all_ids (engine.prefix_cache), how many of
     # block_table's leading blocks are registered in the local cache, and prompt tokens reused
     block_hashes: list[bytes] = field(default_factory=list)

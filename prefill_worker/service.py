@@ -111,9 +111,10 @@ class PrefillService:
             raise
         assert out is not None and out.new_tokens
         first = TokenOut(out.new_tokens[0], *self._logprob_fields(seq))
-        if seq.finish_reason is not None:  # finished on its first token; the engine freed the blocks
-            return PrefillResult(first, out.delta_text, seq.finish_reason, cached, None)
         held = list(seq.block_table)
+        if seq.finish_reason is not None:  # finished on its first token: the write-back frees the blocks
+            self._write_back(prompt, held, owned=True)
+            return PrefillResult(first, out.delta_text, seq.finish_reason, cached, None)
         self._write_back(prompt, held)
         lease_id = self.leases.hold(held)
         return PrefillResult(first, out.delta_text, None, cached, self._handle(lease_id, held, len(prompt)))
@@ -138,24 +139,29 @@ class PrefillService:
         return dataclasses.replace(h, nixl_agent=info.agent, pool_name=info.name, base_addr=info.base_addr,
                                    num_blocks=info.num_blocks, mem_type=info.mem_type, device_id=info.device_id)
 
-    def _write_back(self, prompt: list[int], blocks: list[int]) -> None:
-        """Shares the prompt's full blocks with the kvstore in the background (does not delay TTFT)."""
-        if self.kvstore is None:
-            return
+    def _write_back(self, prompt: list[int], blocks: list[int], owned: bool = False) -> None:
+        """Shares the prompt's full blocks with the kvstore in the background (does not delay TTFT).
+
+        ``owned``: the caller hands over its reference on ``blocks``: they are freed once written.
+        """
         full = len(prompt) // self.eng.config.block_size
-        if full == 0:
-            return
         mine = blocks[:full]
         kvstore = self.kvstore
 
         async def write() -> None:
-            await self.engine.call(self.eng.allocator.share, mine)  # the write keeps its own reference
+            if not owned:
+                await self.engine.call(self.eng.allocator.share, mine)  # the write keeps its own reference
             try:
-                await asyncio.wait_for(kvstore.write(prompt[: full * self.eng.config.block_size], mine), WRITE_TIMEOUT_S)
+                if kvstore is not None and mine:
+                    await asyncio.wait_for(kvstore.write(prompt[: full * self.eng.config.block_size], mine),
+                                           WRITE_TIMEOUT_S)
             except Exception as exc:  # the cache is an optimisation: log, never fail the request
                 logger.warning("kvstore write-back failed: %s", exc)
             finally:
-                await self.engine.call(self.eng.allocator.free, mine)
+                await self.engine.call(self.eng.allocator.free, blocks[::-1] if owned else mine)
+
+        if not owned and (kvstore is None or not mine):
+            return
 
         task = asyncio.create_task(write())
         self._background.add(task)

@@ -37,7 +37,7 @@ class EngineCollector:
         yield self._gauge("grove:kv_cache_usage_perc", "Fraction of local KV blocks in use.",
                           alloc.num_used / alloc.num_blocks)
         yield self._counter("grove:num_preemptions", "Sequences preempted for lack of KV blocks.", sched.num_preemptions)
-        cache = getattr(eng, "prefix_cache", None)  # this worker's own prefix cache; None when turned off
+        cache = eng.prefix_cache  # this worker's own prefix cache; None when turned off
         if cache is not None:
             yield self._counter("grove:prefix_cache_queries", "Prompt tokens looked up in the worker's prefix cache.",
                                 cache.stats.query_tokens)

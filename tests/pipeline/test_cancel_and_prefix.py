@@ -44,27 +44,30 @@ def test_shared_1000_token_prefix_is_reused_and_gives_the_same_text(stack: Stack
 
 
 def test_prefix_prefilled_on_one_worker_is_fetched_from_the_kvstore_by_the_other(stack: Stack) -> None:
-    """Disaggregated prefix caching: worker B finds what worker A computed, through the kvstore."""
+    """Disaggregated prefix caching: worker B finds what worker A computed, through the kvstore.
+    Worker A's request ends on its first token (max_tokens=1): its prompt is written back all the same."""
     rng = random.Random(12)
     prefix = [rng.randrange(1000, 30000) for _ in range(320)]  # 20 blocks
-    params = SamplingParams(temperature=0.0, max_tokens=4)
 
-    def prefill(worker: str, ids: list[int]) -> wpb.PrefillResponse:
+    def prefill(worker: str, ids: list[int], max_tokens: int) -> wpb.PrefillResponse:
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
         work = WorkRequest(f"direct-{worker}-{rng.random()}", tuple(ids), params, seed=1)
         with grpc.insecure_channel(stack.address(worker)) as ch:
             stub = wpb_grpc.PrefillWorkerStub(ch)
             resp = stub.Prefill(wpb.PrefillRequest(request=work_to_pb(work)), timeout=120)
-            stub.ReleaseKV(wpb.ReleaseKVRequest(lease_id=resp.kv.lease_id), timeout=10)
+            if resp.kv.lease_id:
+                stub.ReleaseKV(wpb.ReleaseKVRequest(lease_id=resp.kv.lease_id), timeout=10)
         return resp
 
     cached_before = sum(t.cached_blocks for t in kvstore_stats(stack).tiers)
-    assert prefill("prefill-0", prefix + [7, 8, 9]).cached_tokens == 0
+    first = prefill("prefill-0", prefix + [7, 8, 9], max_tokens=1)
+    assert first.cached_tokens == 0 and first.finish_reason == "length" and not first.kv.lease_id
     deadline = time.monotonic() + 20  # the write-back runs in the background
     while sum(t.cached_blocks for t in kvstore_stats(stack).tiers) < cached_before + 20:
         assert time.monotonic() < deadline, "prefill-0 never wrote its blocks to the kvstore"
         time.sleep(0.1)
     fetched_before = worker_stats(stack)["prefill-1"].fetched_blocks
-    assert prefill("prefill-1", prefix + [10, 11]).cached_tokens == 320
+    assert prefill("prefill-1", prefix + [10, 11], max_tokens=4).cached_tokens == 320
     assert worker_stats(stack)["prefill-1"].fetched_blocks - fetched_before == 20
 
 
