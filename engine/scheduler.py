@@ -165,10 +165,11 @@ class Scheduler:
             is_new = seq.status is SeqStatus.WAITING
             if is_new and len(self.running) >= self.config.max_num_seqs:
                 break
-            if is_new and seq.num_cached == 0:
-                self.reuse_prefix(seq)
+            reused = self.reuse_prefix(seq) if is_new and seq.num_cached == 0 else 0
             n = min(seq.num_tokens - seq.num_cached, budget)
             if not self._grow(seq, n):
+                if reused:  # a waiting sequence holds no blocks: they go back (and stay cached)
+                    self.free(seq)
                 break  # wait for blocks; never preempt running work for a newcomer
             if is_new:
                 self.waiting.remove(seq)
