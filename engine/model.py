@@ -14,8 +14,8 @@ from engine.attention.base import AttentionBackend
 from engine.batch import Batch
 from engine.config import ModelConfig
 from engine.kv_pool import KVPool
-from engine.layers import linear, rms_norm, silu_and_mul
-from engine.rope import RotaryEmbedding, apply_rotary
+from engine.layers import linear, linear_residual, rms_norm, silu_and_mul
+from engine.rope import RotaryEmbedding, apply_rotary_
 
 
 @dataclass(slots=True)
@@ -46,29 +46,28 @@ class Model:
         self.device = weights.embed.device
         self.rope = RotaryEmbedding(config.head_dim, config.max_position, config.rope_theta, config.rope_scaling)
         self.scale = config.head_dim**-0.5
+        # transposed views of the projections that add into the residual stream (addmm wants [in, out])
+        self._o_t = [lw.o.t() for lw in weights.layers]
+        self._down_t = [lw.down.t() for lw in weights.layers]
 
     @torch.inference_mode()
     def forward(self, batch: Batch, kv: KVPool) -> torch.Tensor:
         """Runs the decoder over the batch's new tokens, writing their K/V. Returns [T, hidden]."""
-        cfg, w = self.config, self.weights
+        cfg, w, backend, scale = self.config, self.weights, self.backend, self.scale
         T = batch.input_ids.shape[0]
-        plan = self.backend.plan(batch.attn)  # once per step, used by every layer
+        H, KVH, D, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps
+        plan = backend.plan(batch.attn)  # once per step, used by every layer
         cos, sin = self.rope.lookup(batch.attn.positions, self.dtype)  # [T, 1, head_dim]
-        h = w.embed[batch.input_ids]  # [T, hidden]
-        for i, lw in enumerate(w.layers):
-            x = rms_norm(h, lw.input_norm, cfg.rms_norm_eps)
-            qkv = linear(x, lw.qkv, lw.qkv_bias)
-            # rotary on q and k together: [T, heads + kv_heads, head_dim]
-            qk = apply_rotary(qkv[:, : cfg.q_size + cfg.kv_size].view(T, -1, cfg.head_dim), cos, sin)
-            q, k = qk.split([cfg.num_heads, cfg.num_kv_heads], dim=1)
-            v = qkv[:, cfg.q_size + cfg.kv_size :]
-            cache = kv.layers[i]
-            self.backend.write_kv(cache, k, v.view(T, cfg.num_kv_heads, cfg.head_dim), plan)
-            attn = self.backend.attend(q, cache, plan, self.scale)  # [T, heads, head_dim]
-            h = h + linear(attn.reshape(T, cfg.q_size), lw.o)
-            x = rms_norm(h, lw.post_norm, cfg.rms_norm_eps)
-            h = h + linear(silu_and_mul(linear(x, lw.gate_up)), lw.down)
-        return rms_norm(h, w.norm, cfg.rms_norm_eps)
+        h = w.embed.index_select(0, batch.input_ids)  # [T, hidden]: the residual stream, updated in place
+        for lw, o_t, down_t, cache in zip(w.layers, self._o_t, self._down_t, kv.layers):
+            qkv = linear(rms_norm(h, lw.input_norm, eps), lw.qkv, lw.qkv_bias).view(T, H + 2 * KVH, D)
+            apply_rotary_(qkv[:, : H + KVH], cos, sin)  # q and k heads together
+            q, k, v = qkv.split([H, KVH, KVH], dim=1)  # [T, heads | kv_heads, head_dim]
+            backend.write_kv(cache, k, v, plan)
+            attn = backend.attend(q, cache, plan, scale)  # [T, heads, head_dim]
+            h = linear_residual(attn.reshape(T, cfg.q_size), o_t, h)
+            h = linear_residual(silu_and_mul(linear(rms_norm(h, lw.post_norm, eps), lw.gate_up)), down_t, h)
+        return rms_norm(h, w.norm, eps)
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -78,4 +77,6 @@ class Model:
     def run(self, batch: Batch, kv: KVPool) -> torch.Tensor:
         """forward + logits for the rows the batch asks for: [N, vocab]."""
         hidden = self.forward(batch, kv)
-        return self.compute_logits(hidden[batch.logits_indices])
+        if batch.logits_indices.shape[0] != hidden.shape[0]:  # equal counts: every row, in order
+            hidden = hidden.index_select(0, batch.logits_indices)
+        return self.compute_logits(hidden)

@@ -1,6 +1,7 @@
 """Rotary position embeddings with the scalings a config can name (default, linear, llama3, yarn).
 
-HF's non-interleaved convention: x * cos + rotate_half(x) * sin, cos/sin = cat(freqs, freqs).
+HF's non-interleaved convention: x * cos + rotate_half(x) * sin, cos/sin = cat(freqs, freqs), with
+rotate_half(x) = cat(-x2, x1) written as roll(x, half) times a sin whose first half is negated.
 """
 from __future__ import annotations
 
@@ -75,19 +76,25 @@ class RotaryEmbedding:
         freqs = torch.outer(t, inv_freq)  # [max_pos, head_dim/2]
         emb = torch.cat((freqs, freqs), dim=-1)  # [max_pos, head_dim]
         self.cos = emb.cos() * attention_factor
-        self.sin = emb.sin() * attention_factor
+        # sin with its first half negated: rotate_half(x) * sin == roll(x, half) * signed_sin
+        self.signed_sin = emb.sin() * attention_factor
+        self.signed_sin[:, : head_dim // 2].neg_()
         self.max_position = max_position
+        # the tables in each (dtype, device) asked for, made once
+        self._tables: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def lookup(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [T] -> cos, sin [T, 1, head_dim] (broadcast over heads)."""
-        return self.cos[positions].to(dtype)[:, None], self.sin[positions].to(dtype)[:, None]
+        """positions [T] -> cos, signed sin [T, 1, head_dim] (broadcast over heads), for ``apply_rotary_``."""
+        device = positions.device
+        tables = self._tables.get((dtype, device))
+        if tables is None:
+            tables = self._tables[(dtype, device)] = (self.cos.to(device, dtype), self.signed_sin.to(device, dtype))
+        cos, sin = tables
+        return cos.index_select(0, positions)[:, None], sin.index_select(0, positions)[:, None]
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [T, heads, head_dim]."""
-    return x * cos + rotate_half(x) * sin
+def apply_rotary_(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> None:
+    """In place, x: [T, heads, head_dim] (may be a strided view). HF's x * cos + rotate_half(x) * sin,
+    rounded as HF rounds it."""
+    rotated = x.roll(x.shape[-1] // 2, -1).mul_(signed_sin)
+    x.mul_(cos).add_(rotated)

@@ -1,15 +1,18 @@
 """Engine decode speed vs transformers ``generate``, side by side in one run (not a test).
 
-    .venv/bin/python scripts/bench_engine.py [--dtype float32] [--prompt-len 256] [--new 128]
+    .venv/bin/python scripts/bench_engine.py [--dtype float32] [--prompt-len 256] [--new 128] [--rounds 3]
 
 Decodes --new tokens after a --prompt-len token prompt at batch 1 and batch 8 with Grove's engine
-and with transformers, greedy, on the same prompts; prints tokens/s and the ratios.
+and with transformers, greedy, on the same prompts. Each round runs Grove then transformers at one
+batch size, so both see the same machine load; the table gives the median tokens/s over the rounds,
+the ratio of the medians and the range of the per-round ratios.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import random
+import statistics
 import time
 
 import torch
@@ -53,6 +56,7 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=256)
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="Grove/transformers pairs per batch size")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -66,14 +70,19 @@ def main() -> None:
     grove_decode_tps(engine, prompts[:1], 8)  # warm-up
     rows = []
     for bsz in (1, 8):
-        g = grove_decode_tps(engine, prompts[:bsz], args.new)
-        h = hf_decode_tps(hf, prompts[:bsz], args.new)
-        rows.append((bsz, g, h))
+        pairs = [(grove_decode_tps(engine, prompts[:bsz], args.new), hf_decode_tps(hf, prompts[:bsz], args.new))
+                 for _ in range(args.rounds)]
+        g, h = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        rows.append((bsz, g, h, min(a / b for a, b in pairs), max(a / b for a, b in pairs)))
     hf_b1 = rows[0][2]
-    print(f"model {engine.config.model_dir.name}, {args.dtype}, prompt {args.prompt_len}, {args.new} new tokens, {args.threads} threads")  # noqa: T201
-    print(f"{'batch':>5} {'grove tok/s':>12} {'hf tok/s':>10} {'grove/hf':>9} {'grove/hf(b1)':>13}")  # noqa: T201
-    for bsz, g, h in rows:
-        print(f"{bsz:>5} {g:>12.1f} {h:>10.1f} {g / h:>8.2f}x {g / hf_b1:>12.2f}x")  # noqa: T201
+    lines = [f"model {engine.config.model_dir.name}, {args.dtype}, prompt {args.prompt_len}, {args.new} new tokens, "
+             f"{args.threads} threads, median of {args.rounds} rounds",
+             f"{'batch':>5} {'grove tok/s':>12} {'ms/step':>8} {'hf tok/s':>10} {'ms/step':>8} {'grove/hf':>9} "
+             f"{'(rounds)':>12} {'grove/hf(b1)':>13}"]
+    for bsz, g, h, lo, hi in rows:
+        lines.append(f"{bsz:>5} {g:>12.1f} {1e3 * bsz / g:>8.1f} {h:>10.1f} {1e3 * bsz / h:>8.1f} {g / h:>8.2f}x "
+                     f"{f'{lo:.2f}-{hi:.2f}':>12} {g / hf_b1:>12.2f}x")
+    print("\n".join(lines))  # noqa: T201
 
 
 if __name__ == "__main__":

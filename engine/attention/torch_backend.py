@@ -1,11 +1,15 @@
 """Readable torch attention over the paged KV cache: the reference, and the CPU serving path.
 
-Plan (once per step): gather indices and a dense boolean mask. Per layer: gather the sequences'
-blocks, pad queries to [B, max_q], one ``scaled_dot_product_attention`` with GQA, unpad.
+Plan (once per step): the blocks to read, where the new K/V go, and a dense boolean mask (none when
+every query sees every key it is given: decode with equal lengths). Per layer: gather the sequences'
+blocks with one ``index_select`` per K and V into buffers the step reuses (the first layer makes
+them and their [B, kvh, kv_len, d] views), pad queries to [B, max_q], one
+``scaled_dot_product_attention`` with GQA, unpad. A single decode token in fp32 skips SDPA for two
+``bmm`` over the kv heads: on CPU that is the cheaper path for one query row per head.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -15,79 +19,150 @@ from engine.batch import AttentionMetadata
 
 
 @dataclass(frozen=True, slots=True)
+class _StepBuffers:
+    """The gathered blocks of one step and views of them; rewritten by every layer."""
+
+    k_blocks: torch.Tensor  # [B * n_blocks, bs, kvh, d]
+    v_blocks: torch.Tensor
+    k: torch.Tensor  # [B, kvh, kv_len, d] views of the blocks
+    v: torch.Tensor
+    k0_t: torch.Tensor  # [kvh, d, kv_len]: sequence 0's keys, transposed, and values (single decode)
+    v0: torch.Tensor  # [kvh, kv_len, d]
+    no_input: torch.Tensor  # [1, 1, 1]: baddbmm's input, ignored with beta=0
+    group_shape: tuple[int, int, int]  # (kvh, heads per kv head, d): a query row grouped by kv head
+
+
+@dataclass(frozen=True, slots=True)
 class TorchAttentionPlan:
     meta: AttentionMetadata
     write_block: torch.Tensor  # [T] block id of each new token's slot
     write_offset: torch.Tensor  # [T] offset inside the block
-    block_tables: torch.Tensor  # [B, n_blocks] blocks to gather (n_blocks covers max_seq_len)
-    q_index: torch.Tensor  # [B, max_q] token row of each padded query (padding -> 0)
-    q_valid: torch.Tensor  # [B, max_q] bool
-    mask: torch.Tensor | None  # [B, 1, max_q, n_blocks * block_size] bool, True = may attend
-    decode_only: bool  # one query per sequence: no query padding to gather or drop
+    blocks: torch.Tensor  # [B * n_blocks] the block tables, flat, cut to the blocks max_seq_len covers
     kv_len: int  # keys to read per sequence (gathered blocks are cut to this)
+    # small decode steps on a multi-threaded CPU: attention is too little work to pay for OpenMP
+    # fork/joins (and one descheduled worker stalls every join on a shared machine)
+    one_thread: bool
+    # decode (one query per sequence, T == B) needs no query padding: these two are then None
+    q_index: torch.Tensor | None  # [B, max_q] token row of each padded query (padding -> 0)
+    q_valid: torch.Tensor | None  # [B, max_q] bool
+    mask: torch.Tensor | None  # [B, 1, max_q, kv_len] bool, True = may attend; None: all visible
+    buffers: list[_StepBuffers] = field(default_factory=list)  # made by the first layer
+
+    @property
+    def single_decode(self) -> bool:
+        """One sequence, one query token, every key visible."""
+        return self.q_index is None and self.mask is None and self.meta.num_seqs == 1
+
+
+# keys a decode step may gather per layer and still attend on one thread. Measured on 2 cores
+# (SmolLM2, 3 kv heads of 64): batch 1 at 272 keys is as fast on one thread when the machine is idle
+# and 2x faster when it is shared; batch 8 at 272 keys each gathers 13% faster on two when idle.
+_ONE_THREAD_MAX_KEYS = 512
+
+
+def _decode_mask(meta: AttentionMetadata, kv_len: int) -> torch.Tensor | None:
+    """Decode: query b sees keys 0 .. seq_len[b] - 1. None when every sequence has kv_len keys."""
+    if all(n == kv_len for n in meta.seq_lens_host):
+        return None
+    kv = torch.arange(kv_len, device=meta.positions.device)
+    return (kv[None, :] < meta.seq_lens[:, None])[:, None, None]  # [B, 1, 1, kv_len]
+
+
+def _general_mask(meta: AttentionMetadata, kv_len: int, q_valid: torch.Tensor) -> torch.Tensor:
+    """[B, max_q, kv_len]: cached keys, plus the new tokens the chain or tree lets each query see."""
+    device = meta.positions.device
+    B, max_q = meta.num_seqs, meta.max_query_len
+    q_lens = torch.tensor(meta.query_lens_host, device=device)
+    ar_q = torch.arange(max_q, device=device)
+    kv = torch.arange(kv_len, device=device)
+    cached = meta.num_cached[:, None, None]  # [B, 1, 1]
+    # past tokens: everything before num_cached
+    mask = (kv[None, None, :] < cached).expand(B, max_q, kv_len).clone()
+    # new tokens: the tree (or causal) mask, placed at kv index num_cached + j
+    j = kv[None, None, :] - cached  # [B, 1, kv_len] index among new tokens
+    in_new = (j >= 0) & (j < q_lens[:, None, None])
+    if meta.tree_mask is None:
+        new_vis = in_new & (j <= ar_q[None, :, None])
+    else:
+        tm = torch.zeros(B, max_q, max_q + 1, dtype=torch.bool, device=device)
+        tm[:, :, :max_q][q_valid] = meta.tree_mask  # rows in token order
+        new_vis = in_new & torch.gather(tm, 2, j.clamp(0, max_q).expand(B, max_q, kv_len))
+    mask |= new_vis
+    mask[~q_valid] = False
+    mask[..., 0] |= ~q_valid  # padded query rows see one key so softmax stays finite
+    return mask
+
+
+def _step_buffers(cache: KVLayerCache, plan: TorchAttentionPlan, heads: int) -> _StepBuffers:
+    n, bs, kvh, d = plan.blocks.shape[0], *cache.k.shape[1:]
+    B, S = plan.meta.num_seqs, plan.kv_len
+    k_blocks, v_blocks = cache.k.new_empty((n, bs, kvh, d)), cache.v.new_empty((n, bs, kvh, d))
+    # token t of sequence b is row b * (n / B) * bs + t of the gathered blocks
+    size, stride = (B, kvh, S, d), (n // B * bs * kvh * d, d, kvh * d, 1)
+    k, v = k_blocks.as_strided(size, stride), v_blocks.as_strided(size, stride)
+    return _StepBuffers(k_blocks, v_blocks, k, v, k[0].transpose(1, 2), v[0], cache.k.new_empty((1, 1, 1)),
+                        (kvh, heads // kvh, d))
 
 
 class TorchAttentionBackend:
     name = "torch"
 
     def plan(self, meta: AttentionMetadata) -> TorchAttentionPlan:
-        device = meta.positions.device
         bs = meta.block_size
         n_blocks = -(-meta.max_seq_len // bs)
-        kv_len = n_blocks * bs
-        B, max_q = meta.num_seqs, meta.max_query_len
-        q_lens = torch.tensor(meta.query_lens_host, device=device)
-        ar_q = torch.arange(max_q, device=device)
-        q_valid = ar_q[None, :] < q_lens[:, None]  # [B, max_q]
-        q_index = torch.where(q_valid, meta.query_start[:-1, None] + ar_q[None, :], 0)
-        kv = torch.arange(kv_len, device=device)
-        cached = meta.num_cached[:, None, None]  # [B, 1, 1]
-        # past tokens: everything before num_cached
-        mask = (kv[None, None, :] < cached).expand(B, max_q, kv_len).clone()
-        # new tokens: the tree (or causal) mask, placed at kv index num_cached + j
-        j = kv[None, None, :] - cached  # [B, 1, kv_len] index among new tokens
-        in_new = (j >= 0) & (j < q_lens[:, None, None])
-        if meta.tree_mask is None:
-            new_vis = in_new & (j <= ar_q[None, :, None])
-        else:
-            tm = torch.zeros(B, max_q, max_q + 1, dtype=torch.bool, device=device)
-            tm[:, :, :max_q][q_valid] = meta.tree_mask  # rows in token order
-            new_vis = in_new & torch.gather(tm, 2, j.clamp(0, max_q).expand(B, max_q, kv_len))
-        mask |= new_vis
-        mask[~q_valid] = False
-        mask[..., 0] |= ~q_valid  # padded query rows see one key so softmax stays finite
-        decode_only = max_q == 1
-        if decode_only and B == 1:
-            mask, kv_len = None, meta.seq_lens_host[0]  # one decode token sees every cached key: no mask
-        return TorchAttentionPlan(
+        common = dict(
             meta=meta,
             write_block=meta.slot_mapping // bs,
             write_offset=meta.slot_mapping % bs,
-            block_tables=meta.block_tables[:, :n_blocks],
-            q_index=q_index,
-            q_valid=q_valid,
-            mask=mask[:, None] if mask is not None else None,
-            decode_only=decode_only,
-            kv_len=kv_len,
+            blocks=meta.block_tables[:, :n_blocks].reshape(-1),
         )
+        if meta.max_query_len == 1:  # decode: token b is sequence b's only query
+            kv_len = meta.max_seq_len
+            one_thread = (meta.positions.device.type == "cpu" and torch.get_num_threads() > 1
+                          and meta.num_seqs * n_blocks * bs <= _ONE_THREAD_MAX_KEYS)
+            return TorchAttentionPlan(**common, kv_len=kv_len, one_thread=one_thread, q_index=None, q_valid=None,
+                                      mask=_decode_mask(meta, kv_len))
+        kv_len = n_blocks * bs
+        device = meta.positions.device
+        ar_q = torch.arange(meta.max_query_len, device=device)
+        q_valid = ar_q[None, :] < torch.tensor(meta.query_lens_host, device=device)[:, None]  # [B, max_q]
+        q_index = torch.where(q_valid, meta.query_start[:-1, None] + ar_q[None, :], 0)
+        mask = _general_mask(meta, kv_len, q_valid)
+        return TorchAttentionPlan(**common, kv_len=kv_len, one_thread=False, q_index=q_index, q_valid=q_valid,
+                                  mask=mask[:, None])
 
     def write_kv(self, cache: KVLayerCache, k: torch.Tensor, v: torch.Tensor, plan: TorchAttentionPlan) -> None:
-        cache.k[plan.write_block, plan.write_offset] = k
-        cache.v[plan.write_block, plan.write_offset] = v
+        index = (plan.write_block, plan.write_offset)
+        cache.k.index_put_(index, k)
+        cache.v.index_put_(index, v)
 
     def attend(self, q: torch.Tensor, cache: KVLayerCache, plan: TorchAttentionPlan, scale: float) -> torch.Tensor:
-        B, n_blocks = plan.block_tables.shape
-        _, bs, kvh, d = cache.k.shape
-        # [B, n_blocks, bs, kvh, d] -> [B, kvh, kv_len, d]
-        k = cache.k[plan.block_tables].reshape(B, n_blocks * bs, kvh, d)[:, : plan.kv_len].transpose(1, 2)
-        v = cache.v[plan.block_tables].reshape(B, n_blocks * bs, kvh, d)[:, : plan.kv_len].transpose(1, 2)
-        if plan.decode_only:  # T == B: token b is sequence b's only query
-            qp = q[:, None].transpose(1, 2)  # [B, H, 1, d]
-        else:
-            qp = q[plan.q_index].transpose(1, 2)  # [B, H, max_q, d]
-        out = F.scaled_dot_product_attention(qp, k, v, attn_mask=plan.mask, scale=scale, enable_gqa=True)
-        if plan.decode_only:
+        if not plan.one_thread:
+            return self._attend(q, cache, plan, scale)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._attend(q, cache, plan, scale)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _attend(self, q: torch.Tensor, cache: KVLayerCache, plan: TorchAttentionPlan, scale: float) -> torch.Tensor:
+        if not plan.buffers:
+            plan.buffers.append(_step_buffers(cache, plan, q.shape[1]))
+        buf = plan.buffers[0]
+        torch.index_select(cache.k, 0, plan.blocks, out=buf.k_blocks)
+        torch.index_select(cache.v, 0, plan.blocks, out=buf.v_blocks)
+        if plan.single_decode and q.dtype == torch.float32:
+            # [kvh, group, d] @ [kvh, d, S] -> softmax -> @ [kvh, S, d]; fp32 only: in 16-bit types
+            # SDPA's fp32 accumulation is what transformers computes
+            scores = torch.baddbmm(buf.no_input, q.view(buf.group_shape), buf.k0_t, beta=0, alpha=scale)
+            return torch.bmm(scores.softmax(-1), buf.v0).view(q.shape)  # [1, H, d]
+        if plan.q_index is None:  # decode: T == B
+            out = F.scaled_dot_product_attention(q[:, :, None], buf.k, buf.v, attn_mask=plan.mask, scale=scale,
+                                                 enable_gqa=True)
             return out[:, :, 0]  # [T, H, d]
+        qp = q[plan.q_index].transpose(1, 2)  # [B, H, max_q, d]
+        out = F.scaled_dot_product_attention(qp, buf.k, buf.v, attn_mask=plan.mask, scale=scale, enable_gqa=True)
         return out.transpose(1, 2)[plan.q_valid]  # [T, H, d]
 
     def copy_slots(self, pool: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> None:

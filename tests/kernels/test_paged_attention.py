@@ -85,7 +85,10 @@ def test_tree_mask_changes_the_result() -> None:
 
 
 @pytest.mark.parametrize("seqs, group", [([(0, 1, False), (37, 1, False), (3, 20, True)], 3),
-                                         ([(16, 4, True), (70, 1, False)], 1)])
+                                         ([(16, 4, True), (70, 1, False)], 1),
+                                         # the torch backend's decode paths: one token, equal, unequal lengths
+                                         ([(37, 1, False)], 3), ([(37, 1, False)] * 3, 3),
+                                         ([(5, 1, False), (40, 1, False)], 2)])
 def test_reference_matches_torch_backend(seqs: list[tuple[int, int, bool]], group: int) -> None:
     pb = make_paged_batch(seqs, page=16, kv_heads=2, group=group, head_dim=64, dtype=torch.float32, seed=2)
     m = pb.meta
