@@ -42,12 +42,14 @@ class StepCostModel:
 class Acceptance:
     accepted: float = 1.0  # decayed sums, optimistic prior so new requests probe
     misses: float = 1.0
+    verified: int = 0  # drafts of this request verified so far
 
     @property
     def rho(self) -> float:
         return self.accepted / (self.accepted + self.misses)
 
     def update(self, accepted: int, depth: int, decay: float = 0.9) -> None:
+        self.verified += 1
         self.accepted = decay * self.accepted + accepted
         self.misses = decay * self.misses + (1.0 if accepted < depth else 0.0)
 

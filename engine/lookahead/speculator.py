@@ -19,6 +19,7 @@ from engine.lookahead.tree import DraftTree, accept_path
 from engine.sequence import Sequence as Seq
 
 logger = logging.getLogger(__name__)
+PROBE_DEPTH = 2
 
 
 @dataclass(slots=True)
@@ -67,6 +68,10 @@ class Speculator:
         for s, acc, depth in zip(seqs, accs, depths):
             # never draft past max_tokens or the context limit
             room = min(s.params.max_tokens - len(s.output_ids), s.max_len - s.num_tokens) - 1
+            if depth == 0 and acc.verified == 0:
+                # one shallow probe per request: where a plain step is cheaper than a wide one (fp32
+                # on CPU, batch 1) the cost model alone would never learn that the request copies
+                depth = PROBE_DEPTH
             depth = min(depth, room)
             tree = self.drafter.propose(s.request_id, s.all_ids, depth * self.width, depth) if depth > 0 else DraftTree()
             if len(tree):
