@@ -1,14 +1,20 @@
-"""Drives an LLMEngine from asyncio: the engine lives on one dedicated thread.
+"""Drives an LLMEngine from asyncio: the engine lives on one dedicated thread that steps on its own.
 
-Every call that touches the engine (adding, aborting, allocating blocks, the step itself) runs on
-that thread through ``call``, so they are serialised without locks; the event loop stays free for
-RPCs and transfers while a step computes.
+The engine thread runs a busy loop (vLLM's "engine core" shape): apply the calls queued for it,
+step while there is work, hand each step's outputs to the event loop with one
+``call_soon_threadsafe``, and step again at once. The engine never waits for the event loop between
+steps, so gRPC serialisation and streaming of step N overlap the forward of step N+1.
+
+Every call that touches the engine (adding, aborting, allocating blocks) runs on that thread through
+``call`` or ``submit``, between two steps, so they are serialised without locks.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import sys
+import threading
 from typing import AsyncIterator, Callable, TypeVar
 
 from engine.llm_engine import LLMEngine, StepOutput
@@ -17,54 +23,47 @@ from engine.sequence import Sequence
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# The GIL switch interval bounds how long the stepping thread can wait for the GIL when the event
+# loop thread is busy in Python between two torch ops (default 5 ms: a visible share of a ~30 ms step).
+SWITCH_INTERVAL_S = 0.0005
+
+_Job = tuple[Callable[[], object], "asyncio.Future[object] | None"]
+
 
 class AsyncEngine:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._queues: dict[str, asyncio.Queue[StepOutput | BaseException]] = {}
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self.step_count = 0
 
-    async def call(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
+    # ---- event-loop side ------------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="engine-loop")
+        self._loop = asyncio.get_running_loop()
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
+        self._thread = threading.Thread(target=self._run_thread, name="engine", daemon=True)
+        self._thread.start()
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        self._executor.shutdown(wait=True)
+        if self._thread is None:
+            return
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
 
-    async def _loop(self) -> None:
-        while True:
-            if not self.engine.has_work:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            try:
-                outputs = await self.call(self.engine.step)
-            except Exception as exc:  # a broken step must fail its requests, not hang them
-                logger.exception("engine step failed")
-                for q in self._queues.values():
-                    q.put_nowait(exc)
-                await self.call(self._abort_all)
-                continue
-            self.step_count += 1
-            for out in outputs:
-                q = self._queues.get(out.seq.request_id)
-                if q is not None:
-                    q.put_nowait(out)
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        """Runs ``fn(*args)`` on the engine thread between two steps and returns its result."""
+        if self._thread is None:
+            raise RuntimeError("AsyncEngine.call before start()")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((lambda: fn(*args), fut))  # type: ignore[arg-type]
+        return await fut
 
-    def _abort_all(self) -> None:
-        for rid in list(self.engine.seqs):
-            self.engine.abort(rid)
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
+        """Fire and forget on the engine thread (safe from any thread, and from a cancelled task)."""
+        self._jobs.put((lambda: fn(*args), None))
 
     async def run(self, seq: Sequence, running: bool = False) -> AsyncIterator[StepOutput]:
         """Adds ``seq`` and yields its step outputs until it finishes. Leaving early aborts it."""
@@ -73,7 +72,6 @@ class AsyncEngine:
         finished = False
         try:
             await self.call(self.engine.add_sequence, seq, running)
-            self._wakeup.set()
             while not finished:
                 item = await q.get()
                 if isinstance(item, BaseException):
@@ -83,5 +81,70 @@ class AsyncEngine:
         finally:
             self._queues.pop(seq.request_id, None)
             if not finished:
-                # fire and forget on the engine thread: runs before the next step, even if cancelled
-                self._executor.submit(self.engine.abort, seq.request_id)
+                self.submit(self.engine.abort, seq.request_id)  # runs before the next step
+
+    def _deliver(self, outputs: list[StepOutput] | BaseException) -> None:
+        """On the event loop: route one step's outputs (or its failure) to the waiting requests."""
+        if isinstance(outputs, BaseException):
+            for q in self._queues.values():
+                q.put_nowait(outputs)
+            return
+        for out in outputs:
+            q = self._queues.get(out.seq.request_id)
+            if q is not None:
+                q.put_nowait(out)
+
+    # ---- engine-thread side ---------------------------------------------------------------
+    def _run_thread(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        while True:
+            if not self.engine.has_work:  # idle: sleep until a call arrives
+                job = self._jobs.get()
+                if job is None:
+                    return
+                self._apply(loop, job)
+            while not self._jobs.empty():  # between two steps: every call queued so far
+                job = self._jobs.get()
+                if job is None:
+                    return
+                self._apply(loop, job)
+            if not self.engine.has_work:
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:  # a broken step must fail its requests, not hang them
+                logger.exception("engine step failed")
+                loop.call_soon_threadsafe(self._deliver, exc)
+                self._abort_all()
+                continue
+            self.step_count += 1
+            if outputs:
+                loop.call_soon_threadsafe(self._deliver, outputs)
+
+    @staticmethod
+    def _apply(loop: asyncio.AbstractEventLoop, job: _Job) -> None:
+        fn, fut = job
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            if fut is None:
+                logger.exception("engine job failed")
+            else:
+                loop.call_soon_threadsafe(_settle, fut, None, exc)
+            return
+        if fut is not None:
+            loop.call_soon_threadsafe(_settle, fut, result, None)
+
+    def _abort_all(self) -> None:
+        for rid in list(self.engine.seqs):
+            self.engine.abort(rid)
+
+
+def _settle(fut: asyncio.Future[object], result: object, exc: BaseException | None) -> None:
+    if fut.cancelled():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)

@@ -13,6 +13,8 @@ into flat tensors. Tokens of all sequences are laid out one sequence after anoth
     tree_mask:      [T, max_q] or None; row t, column j: new token j of t's sequence is visible to t
                     (ancestor or self). None means every sequence is a plain causal chain.
     logits_indices: [N]            rows of the hidden states whose logits the step needs
+    sliding_window: W or None      a query at position p sees only keys at positions > p - W
+                                   (Mistral); None: full attention
 
 Invariant: the new tokens of a sequence occupy logical KV indices num_cached .. seq_len - 1 of its
 block table in input order, whatever their tree shape; a tree token's *position* is by depth.
@@ -50,6 +52,12 @@ class AttentionMetadata:
     # host copies, so backends can plan without device syncs
     query_lens_host: tuple[int, ...]
     seq_lens_host: tuple[int, ...]
+    sliding_window: int | None = None
+
+    @property
+    def window_applies(self) -> bool:
+        """Whether some query of the step has keys outside its sliding window."""
+        return self.sliding_window is not None and self.max_seq_len > self.sliding_window
 
     @property
     def num_seqs(self) -> int:
@@ -89,9 +97,12 @@ def _ancestor_mask(parents: Sequence[int]) -> list[list[bool]]:
     return rows
 
 
-def plan_batch(seqs: Sequence[SeqInput], block_size: int, device: torch.device | str = "cpu") -> Batch:
+def plan_batch(seqs: Sequence[SeqInput], block_size: int, device: torch.device | str = "cpu",
+               sliding_window: int | None = None) -> Batch:
     if not seqs:
         raise ValueError("empty batch")
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
     ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
@@ -150,5 +161,6 @@ def plan_batch(seqs: Sequence[SeqInput], block_size: int, device: torch.device |
         max_seq_len=max(seq_lens),
         query_lens_host=q_lens,
         seq_lens_host=seq_lens,
+        sliding_window=sliding_window,
     )
     return Batch(input_ids=t(ids), attn=attn, logits_indices=t(logits_idx), logits_start=tuple(logits_start))

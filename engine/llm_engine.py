@@ -58,7 +58,9 @@ class LLMEngine:
         self.config = config
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
-        backend = get_backend(config.attention_backend, config.device, ModelConfig.from_dir(config.model_dir).head_dim)
+        model_config = ModelConfig.from_dir(config.model_dir)
+        backend = get_backend(config.attention_backend, config.device, model_config.head_dim,
+                              model_config.sliding_window)
         dtype = None if config.dtype == "auto" else dtype_from_name(config.dtype)
         self.model: Model = load_model(config.model_dir, backend, dtype=dtype, device=config.device)
         mc = self.model.config
@@ -188,7 +190,7 @@ class LLMEngine:
             else:
                 inputs.append(SeqInput(seq.all_ids[seq.num_cached : seq.num_cached + s.num_tokens], seq.num_cached,
                                        seq.block_table, logits="last" if s.samples else "none"))
-        batch = plan_batch(inputs, self.config.block_size, self.config.device)
+        batch = plan_batch(inputs, self.config.block_size, self.config.device, self.model.config.sliding_window)
         return self.model.run(batch, self.kv)
 
     def _sample(self, scheduled: list[ScheduledSeq], logits: torch.Tensor,

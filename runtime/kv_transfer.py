@@ -21,7 +21,8 @@ def make_plane(role: str, pool: torch.Tensor, enabled: bool) -> NixlPlane | None
     if not enabled:
         return None
     try:
-        plane = NixlPlane(name_prefix=f"grove-{role}")
+        # a decode worker only initiates READs: no progress thread (it would wake every 100 us)
+        plane = NixlPlane(name_prefix=f"grove-{role}", progress_thread=role != "decode")
     except Exception as exc:  # native library missing or UCX failing: degrade to the gRPC path
         logger.warning("NIXL unavailable (%s): KV moves over gRPC", exc)
         return None

@@ -11,11 +11,21 @@ from engine.attention.torch_backend import TorchAttentionBackend
 logger = logging.getLogger(__name__)
 
 
-def get_backend(name: str = "auto", device: torch.device | str = "cpu", head_dim: int = 64) -> AttentionBackend:
-    """``name``: "auto" (Triton on CUDA when the kernels support head_dim, else torch), "torch", "triton"."""
+def get_backend(name: str = "auto", device: torch.device | str = "cpu", head_dim: int = 64,
+                sliding_window: int | None = None) -> AttentionBackend:
+    """``name``: "auto" (Triton on CUDA when the kernels support the model, else torch), "torch", "triton".
+
+    The Triton kernels tile head_dim by powers of 2 and have no sliding-window mask (Mistral): such
+    models run on the torch backend, and asking for "triton" with a window is an error.
+    """
+    if name == "triton" and sliding_window is not None:
+        raise ValueError(f"the triton attention backend has no sliding window (model window {sliding_window}): "
+                         "use --attention-backend torch")
     if name == "auto":
-        kernel_ok = head_dim >= 16 and head_dim & (head_dim - 1) == 0  # the kernels tile head_dim by powers of 2
+        kernel_ok = head_dim >= 16 and head_dim & (head_dim - 1) == 0 and sliding_window is None
         name = "triton" if torch.device(device).type == "cuda" and kernel_ok else "torch"
+        if torch.device(device).type == "cuda" and not kernel_ok:
+            logger.info("attention on the torch backend (head_dim %d, sliding window %s)", head_dim, sliding_window)
     if name == "torch":
         return TorchAttentionBackend()
     if name == "triton":

@@ -1,7 +1,8 @@
 """Readable torch attention over the paged KV cache: the reference, and the CPU serving path.
 
 Plan (once per step): the blocks to read, where the new K/V go, and a dense boolean mask (none when
-every query sees every key it is given: decode with equal lengths). Per layer: gather the sequences'
+every query sees every key it is given: decode with equal lengths); a sliding window (Mistral)
+narrows the mask to the keys inside it. Per layer: gather the sequences'
 blocks with one ``index_select`` per K and V into buffers the step reuses (the first layer makes
 them and their [B, kvh, kv_len, d] views), pad queries to [B, max_q], one
 ``scaled_dot_product_attention`` with GQA, unpad. A single decode token in fp32 skips SDPA for two
@@ -68,6 +69,26 @@ def _decode_mask(meta: AttentionMetadata, kv_len: int) -> torch.Tensor | None:
     return (kv[None, :] < meta.seq_lens[:, None])[:, None, None]  # [B, 1, 1, kv_len]
 
 
+def _window_mask(meta: AttentionMetadata, kv_len: int, q_index: torch.Tensor | None) -> torch.Tensor:
+    """[B, max_q, kv_len] bool: key k is inside the sliding window of query q (position p_q - W < p_k).
+
+    A key's position is its KV index for cached tokens and for the step's chain tokens; a tree
+    token's position is its depth, read from ``meta.positions``. q_index: [B, max_q] token row of
+    each query (None for decode: row b). Keys past a sequence's length are cut by the other mask.
+    """
+    assert meta.sliding_window is not None
+    device = meta.positions.device
+    kv = torch.arange(kv_len, device=device)
+    q_pos = meta.positions[:, None] if q_index is None else meta.positions[q_index]  # [B, max_q]
+    kv_pos = kv.expand(meta.num_seqs, kv_len)
+    if meta.tree_mask is not None:  # new token j sits at KV index num_cached + j, position by depth
+        j = kv[None, :] - meta.num_cached[:, None]  # [B, kv_len]
+        is_new = (j >= 0) & (kv[None, :] < meta.seq_lens[:, None])
+        rows = (meta.query_start[:-1, None] + j).clamp(0, meta.num_tokens - 1)
+        kv_pos = torch.where(is_new, meta.positions[rows], kv_pos)
+    return kv_pos[:, None, :] > q_pos[:, :, None] - meta.sliding_window
+
+
 def _general_mask(meta: AttentionMetadata, kv_len: int, q_valid: torch.Tensor) -> torch.Tensor:
     """[B, max_q, kv_len]: cached keys, plus the new tokens the chain or tree lets each query see."""
     device = meta.positions.device
@@ -120,14 +141,20 @@ class TorchAttentionBackend:
             kv_len = meta.max_seq_len
             one_thread = (meta.positions.device.type == "cpu" and torch.get_num_threads() > 1
                           and meta.num_seqs * n_blocks * bs <= _ONE_THREAD_MAX_KEYS)
+            mask = _decode_mask(meta, kv_len)
+            if meta.window_applies:
+                window = _window_mask(meta, kv_len, None)[:, None]  # [B, 1, 1, kv_len]
+                mask = window if mask is None else mask & window
             return TorchAttentionPlan(**common, kv_len=kv_len, one_thread=one_thread, q_index=None, q_valid=None,
-                                      mask=_decode_mask(meta, kv_len))
+                                      mask=mask)
         kv_len = n_blocks * bs
         device = meta.positions.device
         ar_q = torch.arange(meta.max_query_len, device=device)
         q_valid = ar_q[None, :] < torch.tensor(meta.query_lens_host, device=device)[:, None]  # [B, max_q]
         q_index = torch.where(q_valid, meta.query_start[:-1, None] + ar_q[None, :], 0)
         mask = _general_mask(meta, kv_len, q_valid)
+        if meta.window_applies:
+            mask &= _window_mask(meta, kv_len, q_index) | ~q_valid[:, :, None]  # padded rows keep their key
         return TorchAttentionPlan(**common, kv_len=kv_len, one_thread=False, q_index=q_index, q_valid=q_valid,
                                   mask=mask[:, None])
 
