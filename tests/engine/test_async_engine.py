@@ -1,0 +1,122 @@
+"""AsyncEngine: the engine thread steps on its own; asyncio callers add, stream, abort and call in.
+
+Runs the real bundled model (a small KV pool, lookahead off so outputs compare with plain generate).
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.async_engine import AsyncEngine
+from engine.engine_config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.sampling_params import SamplingParams
+
+PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time, in a small village,"]
+
+
+@pytest.fixture(scope="module")
+def llm(model_dir: Path) -> LLMEngine:
+    return LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=64, lookahead=False))
+
+
+def _params(n: int = 12) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+
+
+async def _collect(ae: AsyncEngine, rid: str, ids: list[int], n: int = 12) -> list[int]:
+    seq = await ae.call(ae.engine.make_sequence, rid, ids, _params(n))
+    tokens: list[int] = []
+    async for out in ae.run(seq):
+        tokens += out.new_tokens
+    return tokens
+
+
+def test_concurrent_requests_equal_plain_generate(llm: LLMEngine) -> None:
+    prompts = [llm.tokenizer.encode(p) for p in PROMPTS]
+    expected = [o.output_ids for o in llm.generate(prompts, _params())]
+
+    async def go() -> list[list[int]]:
+        ae = AsyncEngine(llm)
+        ae.start()
+        try:
+            return await asyncio.gather(*(_collect(ae, f"r{i}", p) for i, p in enumerate(prompts)))
+        finally:
+            await ae.close()
+
+    assert asyncio.run(go()) == expected
+    assert llm.allocator.num_free == llm.allocator.num_blocks
+
+
+def test_leaving_early_aborts_and_frees_blocks(llm: LLMEngine) -> None:
+    ids = llm.tokenizer.encode(PROMPTS[2])
+
+    async def go() -> tuple[int, int]:
+        ae = AsyncEngine(llm)
+        ae.start()
+        try:
+            seq = await ae.call(llm.make_sequence, "early", ids, _params(200))
+            got = 0
+            stream = ae.run(seq)
+            async for out in stream:
+                got += len(out.new_tokens)
+                if got >= 3:
+                    break
+            await stream.aclose()  # what a cancelled RPC does: the abort is queued before the next call
+            return got, await ae.call(lambda: llm.allocator.num_free)
+        finally:
+            await ae.close()
+
+    got, free = asyncio.run(go())
+    assert got >= 3
+    assert free == llm.allocator.num_blocks, "an abandoned request kept KV blocks"
+    assert "early" not in llm.seqs
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(llm: LLMEngine,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    real_step = llm.step
+    failures = {"left": 1}
+
+    def flaky_step() -> Any:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("injected step failure")
+        return real_step()
+
+    monkeypatch.setattr(llm, "step", flaky_step)
+    ids = llm.tokenizer.encode(PROMPTS[0])
+
+    async def go() -> list[int]:
+        ae = AsyncEngine(llm)
+        ae.start()
+        try:
+            with pytest.raises(RuntimeError, match="injected step failure"):
+                await asyncio.wait_for(_collect(ae, "doomed", ids), timeout=30)
+            return await asyncio.wait_for(_collect(ae, "after", ids), timeout=60)
+        finally:
+            await ae.close()
+
+    after = asyncio.run(go())
+    assert after == llm.generate([ids], _params())[0].output_ids
+    assert llm.allocator.num_free == llm.allocator.num_blocks
+
+
+def test_call_returns_results_and_raises_errors(llm: LLMEngine) -> None:
+    async def go() -> None:
+        ae = AsyncEngine(llm)
+        with pytest.raises(RuntimeError, match="before start"):
+            await ae.call(lambda: 1)
+        ae.start()
+        try:
+            assert await ae.call(lambda a, b: a + b, 2, 3) == 5
+            with pytest.raises(ZeroDivisionError):
+                await ae.call(lambda: 1 / 0)
+        finally:
+            await ae.close()
+        assert ae._thread is None
+
+    asyncio.run(go())
