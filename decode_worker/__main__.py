@@ -35,7 +35,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     worker_id = args.worker_id or f"decode-{os.getpid()}"
     engine = AsyncEngine(LLMEngine(EngineConfig.from_cli(args)))
     engine.start()
-    plane = make_plane("decode", engine.engine.kv.data, args.nixl == "on")
+    plane = make_plane("decode", engine.engine.kv.data, args.nixl == "on", passive=False)
     puller = KVPuller(engine.engine.kv.data, plane)
     service = DecodeService(engine, puller, args.max_requests)
 

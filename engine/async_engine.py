@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import sys
 import threading
 from typing import AsyncIterator, Callable, TypeVar
 
@@ -22,10 +21,6 @@ from engine.sequence import Sequence
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# The GIL switch interval bounds how long the stepping thread can wait for the GIL when the event
-# loop thread is busy in Python between two torch ops (default 5 ms: a visible share of a ~30 ms step).
-SWITCH_INTERVAL_S = 0.0005
 
 _Job = tuple[Callable[[], object], "asyncio.Future[object] | None"]
 
@@ -37,12 +32,10 @@ class AsyncEngine:
         self._queues: dict[str, asyncio.Queue[StepOutput | BaseException]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self.step_count = 0
 
     # ---- event-loop side ------------------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._thread = threading.Thread(target=self._run_thread, name="engine", daemon=True)
         self._thread.start()
 
@@ -99,16 +92,14 @@ class AsyncEngine:
         loop = self._loop
         assert loop is not None
         while True:
-            if not self.engine.has_work:  # idle: sleep until a call arrives
+            # between two steps, every call queued so far; with nothing to step, sleep until one comes
+            wait = not self.engine.has_work
+            while wait or not self._jobs.empty():
                 job = self._jobs.get()
                 if job is None:
                     return
                 self._apply(loop, job)
-            while not self._jobs.empty():  # between two steps: every call queued so far
-                job = self._jobs.get()
-                if job is None:
-                    return
-                self._apply(loop, job)
+                wait = False
             if not self.engine.has_work:
                 continue
             try:
@@ -118,7 +109,6 @@ class AsyncEngine:
                 loop.call_soon_threadsafe(self._deliver, exc)
                 self._abort_all()
                 continue
-            self.step_count += 1
             if outputs:
                 loop.call_soon_threadsafe(self._deliver, outputs)
 

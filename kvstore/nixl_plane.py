@@ -77,20 +77,10 @@ def merge_runs(local_ids: np.ndarray, remote_ids: np.ndarray) -> tuple[np.ndarra
     return local_ids[starts], remote_ids[starts], lengths
 
 
-def _quiet_ucx_memory_hooks() -> None:
-    """UCX's memory events patch mmap/munmap/brk in every loaded library to keep its registration
-    cache coherent. With them on, every allocation torch makes in the decode step pays for the hook:
-    measured here, a registered 0.5 GiB KV pool made a fp32 decode step of the bundled model 15%
-    slower. Grove registers only long-lived pools (never unmapped while registered), so it needs no
-    events. Must be set before UCX initialises; an explicit setting by the user wins."""
-    os.environ.setdefault("UCX_MEM_EVENTS", "no")
-
-
 def _make_agent(name: str, progress_thread: bool, progress_delay_us: int) -> Any:
     """A nixl_agent with UCX. nixl's Python wrapper hard-codes the progress thread's delay to 0,
     which busy-polls a core even when idle (about a third of one here); the delay is set on the
     native config while the wrapper builds the agent (single-threaded construction)."""
-    _quiet_ucx_memory_hooks()
     from nixl import _api
 
     native = _api.nixlBind.nixlAgent

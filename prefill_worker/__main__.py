@@ -40,7 +40,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     # prefill-only: every request stops after its first token, so lookahead has nothing to do here
     engine = AsyncEngine(LLMEngine(dataclasses.replace(EngineConfig.from_cli(args), lookahead=False)))
     engine.start()
-    plane = make_plane("prefill", engine.engine.kv.data, args.nixl == "on")
+    plane = make_plane("prefill", engine.engine.kv.data, args.nixl == "on", passive=True)
     kvstore = None
     if args.kvstore:
         # one NIXL agent per process: the kvstore client shares the handoff plane's registration

@@ -147,6 +147,8 @@ class PrefillService:
         full = len(prompt) // self.eng.config.block_size
         mine = blocks[:full]
         kvstore = self.kvstore
+        if not owned and (kvstore is None or not mine):
+            return  # nothing to write and nothing to free
 
         async def write() -> None:
             if not owned:
@@ -159,9 +161,6 @@ class PrefillService:
                 logger.warning("kvstore write-back failed: %s", exc)
             finally:
                 await self.engine.call(self.eng.allocator.free, blocks[::-1] if owned else mine)
-
-        if not owned and (kvstore is None or not mine):
-            return
 
         task = asyncio.create_task(write())
         self._background.add(task)

@@ -16,13 +16,17 @@ logger = logging.getLogger(__name__)
 POOL_NAME = "engine-kv"
 
 
-def make_plane(role: str, pool: torch.Tensor, enabled: bool) -> NixlPlane | None:
-    """A NIXL agent with the engine pool registered, or None when NIXL is off or unavailable."""
+def make_plane(role: str, pool: torch.Tensor, enabled: bool, passive: bool) -> NixlPlane | None:
+    """A NIXL agent with the engine pool registered, or None when NIXL is off or unavailable.
+
+    ``passive``: peers READ from this pool (the holder), which needs UCX's progress thread. A reader
+    that only initiates transfers runs without it: the thread would wake every 100 us and steal the
+    decode step's cores.
+    """
     if not enabled:
         return None
     try:
-        # a decode worker only initiates READs: no progress thread (it would wake every 100 us)
-        plane = NixlPlane(name_prefix=f"grove-{role}", progress_thread=role != "decode")
+        plane = NixlPlane(name_prefix=f"grove-{role}", progress_thread=passive)
     except Exception as exc:  # native library missing or UCX failing: degrade to the gRPC path
         logger.warning("NIXL unavailable (%s): KV moves over gRPC", exc)
         return None
