@@ -33,14 +33,14 @@ class HFModel:
         self._references: dict[tuple[tuple[int, ...], int], ReferenceOutput] = {}
 
     @classmethod
-    def load(cls, model_dir: str | Path, threads: int = 2) -> HFModel:
+    def load(cls, model_dir: str | Path, threads: int = 2, dtype: str = "float32") -> HFModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-        logger.info("loaded %s in %.1f s (%d torch threads)", model_dir, time.perf_counter() - t0, threads)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype)).eval()
+        logger.info("loaded %s (%s) in %.1f s (%d torch threads)", model_dir, dtype, time.perf_counter() - t0, threads)
         return cls(model, tokenizer, str(model_dir))
 
     @property

@@ -20,23 +20,53 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _wx_layout(x: torch.Tensor) -> bool:
-    """In bf16 on CPU the ``W @ X`` layout keeps a T-token step near the cost of a 1-token one (AMX);
-    ``F.linear`` does not (see shared/research/environment.md). fp32 prefers ``F.linear``."""
-    return x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.shape[0] > 1
+    """16-bit on CPU: ``W @ X`` at every T, for two reasons.
+
+    - Speed: in bf16 it keeps a T-token step near the cost of a 1-token one (AMX); ``F.linear`` does
+      not (see shared/research/environment.md).
+    - Row invariance: ``mm(W, X.t())`` gives a row the same bits whatever else is in X (checked
+      for T = 1..200 over the model's shapes in tests/engine/test_batch_invariance.py), and at T = 1
+      the same bits as ``F.linear``. ``F.linear`` at T > 1 and the fused ``addmm`` residual do not.
+      Lookahead verifies T tokens where plain decoding runs one, so this is what makes it exact.
+
+    fp32 prefers ``F.linear`` (and its rounding errors are far below greedy's margins).
+    """
+    return x.dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu"
+
+
+# The W @ X product is row-invariant only up to a width: on 2 threads the [576, 1536] projection of
+# SmolLM2 switches algorithm between 256 and 340 columns (and on 1 thread past 576). Wider inputs
+# are cut into pieces of this many columns, so every row is computed in a product the checks cover.
+WX_MAX_COLUMNS = 128
+
+
+def _wx_mm(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight: [out, in], x: [T, in] -> [T, out] as ``W @ X.t()``, in pieces of <= WX_MAX_COLUMNS.
+
+    One column is computed as two (the row twice): the bf16 product over SmolLM2's layers takes
+    21 ms for one column and 14 ms for two on this CPU, and by row invariance the row's bits are
+    the same either way.
+    """
+    if x.shape[0] == 1:
+        return torch.mm(weight, x.expand(2, -1).t())[:, :1].t()
+    if x.shape[0] <= WX_MAX_COLUMNS:
+        return torch.mm(weight, x.t()).t()
+    return torch.cat([_wx_mm(weight, part) for part in x.split(WX_MAX_COLUMNS)])
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x: [T, in], weight: [out, in] -> [T, out]."""
     if _wx_layout(x):
-        out = torch.mm(weight, x.t()).t()
+        out = _wx_mm(weight, x)
         return out + bias if bias is not None else out
     return F.linear(x, weight, bias)
 
 
 def linear_residual(x: torch.Tensor, weight_t: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """residual += x @ weight_t, in place (one addmm). x: [T, in], weight_t: [in, out] (weight.t())."""
+    """residual += x @ weight_t, in place (one addmm; 16-bit: the product rounded, then added, as HF
+    does). x: [T, in], weight_t: [in, out] (weight.t())."""
     if _wx_layout(x):
-        return residual.add_(torch.mm(weight_t.t(), x.t()).t())
+        return residual.add_(_wx_mm(weight_t.t(), x))
     return residual.addmm_(x, weight_t)
 
 

@@ -92,19 +92,33 @@ class LLMEngine:
         logger.info("engine ready: %d KV blocks of %d tokens (%.1f MiB)", num_blocks, config.block_size, self.kv.nbytes / 2**20)
 
     def _calibrate(self) -> None:
-        """Times forwards of 1..64 query tokens over a short context: the step cost model's start."""
-        bs = self.config.block_size
-        n_blocks = (64 + 64) // bs + 1
-        if self.allocator.num_free < n_blocks:
+        """The step cost model's start: the cost of a key read, then forwards of 1..64 query tokens
+        behind 64. A key read is priced by a double difference (32 vs 1 query tokens, behind a long
+        vs a short context), which leaves out what a longer context costs once per sequence (the
+        gather of its blocks): decoding pays that anyway. Only timings: the KV read is whatever
+        the blocks hold."""
+        bs, cost = self.config.block_size, self.speculator.cost  # type: ignore[union-attr]
+        long_ctx = min(1024, self.max_model_len - 64)
+        n_blocks = -(-(long_ctx + 64) // bs)
+        if long_ctx <= 64 or self.allocator.num_free < n_blocks:
             return
         blocks = self.allocator.allocate(n_blocks)
+        ids = list(range(100, 164))
+
+        def timed(n: int, ctx: int) -> float:
+            t0 = time.perf_counter()
+            self.model.run(plan_batch([SeqInput(ids[:n], ctx, blocks, logits="all")], bs, self.config.device), self.kv)
+            return time.perf_counter() - t0
+
         try:
-            ids = list(range(100, 164))
-            self.model.run(plan_batch([SeqInput(ids, 0, blocks)], bs, self.config.device), self.kv)  # warm-up
+            timed(64, 0)  # warm-up
+            t = {(n, ctx): min(timed(n, ctx) for _ in range(2)) for n in (1, 32) for ctx in (64, long_ctx)}
+            extra = (t[32, long_ctx] - t[1, long_ctx]) - (t[32, 64] - t[1, 64])
+            cost.per_key_read = max(0.0, extra) / (31 * (long_ctx - 64))
             for n in (1, 2, 4, 8, 16, 32, 64):
-                t0 = time.perf_counter()
-                self.model.run(plan_batch([SeqInput(ids[:n], 64, blocks, logits="all")], bs, self.config.device), self.kv)
-                self.speculator.cost.observe(n, time.perf_counter() - t0)  # type: ignore[union-attr]
+                cost.observe(n, timed(n, 64), key_reads=n * (64 + n))
+            logger.info("step cost: %s ms by query tokens, %.3f us per key read",
+                        {n: round(t * 1e3, 1) for n, t in sorted(cost.points.items())}, cost.per_key_read * 1e6)
         finally:
             self.allocator.free(blocks)
 
@@ -166,7 +180,8 @@ class LLMEngine:
         t0 = time.perf_counter()
         logits = self.forward(scheduled, drafts)
         if self.speculator is not None:
-            self.speculator.cost.observe(sum(s.num_tokens for s in scheduled), time.perf_counter() - t0)
+            self.speculator.cost.observe(sum(s.num_tokens for s in scheduled), time.perf_counter() - t0,
+                                         key_reads=sum(s.num_tokens * (s.seq.num_cached + s.num_tokens) for s in scheduled))
         return self.postprocess(scheduled, logits, drafts)
 
     def _propose(self) -> dict[str, DraftTree]:
@@ -174,9 +189,11 @@ class LLMEngine:
             return {}
         running = self.scheduler.running
         decoding = [s for s in running if Speculator.eligible(s)]
-        base = len(running) + sum(min(s.num_tokens - s.num_cached, self.config.max_num_batched_tokens)
-                                  for s in running if s.is_prefilling)
-        return self.speculator.propose(decoding, base)
+        # the step without drafts: one token per decoding sequence, a chunk per prefilling one
+        new = [min(s.num_tokens - s.num_cached, self.config.max_num_batched_tokens) if s.is_prefilling else 1
+               for s in running]
+        base_reads = sum(q * (s.num_cached + q) for q, s in zip(new, running))
+        return self.speculator.propose(decoding, sum(new), base_reads)
 
     def forward(self, scheduled: list[ScheduledSeq], drafts: dict[str, DraftTree] | None = None) -> torch.Tensor:
         """Runs the model over the scheduled tokens; logits [N, vocab] for the sampling rows."""

@@ -6,7 +6,8 @@ narrows the mask to the keys inside it. Per layer: gather the sequences'
 blocks with one ``index_select`` per K and V into buffers the step reuses (the first layer makes
 them and their [B, kvh, kv_len, d] views), pad queries to [B, max_q], one
 ``scaled_dot_product_attention`` with GQA, unpad. A single decode token in fp32 skips SDPA for two
-``bmm`` over the kv heads: on CPU that is the cheaper path for one query row per head.
+``bmm`` over the kv heads: on CPU that is the cheaper path for one query row per head. 16-bit
+models attend in fp64 instead (``_attend_fp64``): row-invariant, so bf16 lookahead is exact.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class _StepBuffers:
     v0: torch.Tensor  # [kvh, kv_len, d]
     no_input: torch.Tensor  # [1, 1, 1]: baddbmm's input, ignored with beta=0
     group_shape: tuple[int, int, int]  # (kvh, heads per kv head, d): a query row grouped by kv head
+    exact: tuple[torch.Tensor, torch.Tensor] | None  # 16-bit models: [B, kvh, kv_len, d] fp64 K and V
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,38 @@ def _general_mask(meta: AttentionMetadata, kv_len: int, q_valid: torch.Tensor) -
     return mask
 
 
+# 16-bit models attend in fp64: see _attend_fp64
+_EXACT_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _attend_fp64(q: torch.Tensor, buf: _StepBuffers, plan: TorchAttentionPlan, scale: float) -> torch.Tensor:
+    """Row-invariant attention for 16-bit models: a query row gets the same bits whatever shares its step.
+
+    Lookahead verifies a tree where plain decoding runs one token, and a batch pads and masks each
+    sequence differently from step to step, so a kernel whose rounding depends on the number of
+    query rows or padded keys (SDPA's does, in bf16) makes lookahead change greedy output. In fp64
+    a score is exact (a product of two 16-bit values has at most 22 significant bits, and 64 of them
+    sum well inside 53) and the softmax and value sums carry errors near 1e-16, which the final
+    rounding to 16 bits swallows except with negligible probability: masked keys (exp = 0) and
+    padding change nothing. q: [T, H, d]; buf.k / buf.v: [B, kvh, S, d] -> [T, H, d].
+    """
+    B, kvh, S, d = buf.k.shape
+    H = q.shape[1]
+    qp = q[:, None] if plan.q_index is None else q[plan.q_index]  # [B, Q, H, d]
+    Q, G = qp.shape[1], H // kvh
+    # query head h reads kv head h // G: group the rows of one kv head as [B, kvh, Q * G, d]
+    qg = qp.reshape(B, Q, kvh, G, d).permute(0, 2, 1, 3, 4).reshape(B, kvh, Q * G, d).double()
+    k64, v64 = buf.exact  # contiguous fp64 copies: matmul then folds [B, kvh] into one bmm without copying
+    k64.copy_(buf.k)
+    v64.copy_(buf.v)
+    scores = torch.matmul(qg, k64.transpose(-1, -2)).mul_(scale)  # [B, kvh, Q * G, S]
+    if plan.mask is not None:  # [B, 1, Q, S] -> every head of the group
+        scores.view(B, kvh, Q, G, S).masked_fill_(~plan.mask[:, :, :, None, :], float("-inf"))
+    out = torch.matmul(scores.softmax(-1), v64)  # [B, kvh, Q * G, d]
+    out = out.view(B, kvh, Q, G, d).permute(0, 2, 1, 3, 4).reshape(B, Q, H, d).to(q.dtype)
+    return out[:, 0] if plan.q_index is None else out[plan.q_valid]
+
+
 def _step_buffers(cache: KVLayerCache, plan: TorchAttentionPlan, heads: int) -> _StepBuffers:
     n, bs, kvh, d = plan.blocks.shape[0], *cache.k.shape[1:]
     B, S = plan.meta.num_seqs, plan.kv_len
@@ -121,8 +155,11 @@ def _step_buffers(cache: KVLayerCache, plan: TorchAttentionPlan, heads: int) -> 
     # token t of sequence b is row b * (n / B) * bs + t of the gathered blocks
     size, stride = (B, kvh, S, d), (n // B * bs * kvh * d, d, kvh * d, 1)
     k, v = k_blocks.as_strided(size, stride), v_blocks.as_strided(size, stride)
+    exact = None
+    if cache.k.dtype in _EXACT_DTYPES:
+        exact = (cache.k.new_empty(size, dtype=torch.float64), cache.k.new_empty(size, dtype=torch.float64))
     return _StepBuffers(k_blocks, v_blocks, k, v, k[0].transpose(1, 2), v[0], cache.k.new_empty((1, 1, 1)),
-                        (kvh, heads // kvh, d))
+                        (kvh, heads // kvh, d), exact)
 
 
 class TorchAttentionBackend:
@@ -184,6 +221,8 @@ class TorchAttentionBackend:
             # SDPA's fp32 accumulation is what transformers computes
             scores = torch.baddbmm(buf.no_input, q.view(buf.group_shape), buf.k0_t, beta=0, alpha=scale)
             return torch.bmm(scores.softmax(-1), buf.v0).view(q.shape)  # [1, H, d]
+        if q.dtype in _EXACT_DTYPES:
+            return _attend_fp64(q, buf, plan, scale)
         if plan.q_index is None:  # decode: T == B
             out = F.scaled_dot_product_attention(q[:, :, None], buf.k, buf.v, attn_mask=plan.mask, scale=scale,
                                                  enable_gqa=True)

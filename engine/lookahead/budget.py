@@ -1,6 +1,9 @@
 """Adaptive draft sizes from measured step costs and each request's acceptance.
 
-The engine times its steps by total token count (calibrated at start, refined online). Each
+The engine times its steps by total token count (calibrated at start, refined online) plus a
+per-key-read term: a draft node attends to its sequence's whole context, so the same draft costs
+more behind 2,000 tokens than behind 200 (in bf16 on CPU, where attention runs in fp64 and the
+matrix products are nearly flat in width, that term dominates wide steps). Each
 request's per-token acceptance rho is estimated from its history (a truncated-geometric estimate:
 accepted / (accepted + misses)). A draft of depth D then gains about rho (1 - rho^D) / (1 - rho)
 tokens. Depths are handed out greedily while they raise the batch's expected tokens per second,
@@ -13,18 +16,26 @@ from dataclasses import dataclass
 
 
 class StepCostModel:
-    """Seconds per step as a function of the step's total query tokens (piecewise linear)."""
+    """Seconds per step: f(query tokens), piecewise linear over power-of-two buckets, plus
+    ``per_key_read`` seconds per key read (a step reads sum over its sequences of query tokens x
+    keys). ``per_key_read`` comes from calibration (engine.llm_engine); f is refined online from
+    each step's time less its key-read term."""
 
     def __init__(self, alpha: float = 0.1) -> None:
         self.points: dict[int, float] = {}
         self.alpha = alpha
+        self.per_key_read = 0.0
 
-    def observe(self, tokens: int, seconds: float) -> None:
+    def observe(self, tokens: int, seconds: float, key_reads: int = 0) -> None:
+        seconds = max(seconds - self.per_key_read * key_reads, 1e-6)
         b = 1 << max(0, (tokens - 1).bit_length())  # bucket: next power of two
         old = self.points.get(b)
         self.points[b] = seconds if old is None else (1 - self.alpha) * old + self.alpha * seconds
 
-    def cost(self, tokens: int) -> float:
+    def cost(self, tokens: int, key_reads: int = 0) -> float:
+        return self._token_cost(tokens) + self.per_key_read * key_reads
+
+    def _token_cost(self, tokens: int) -> float:
         if not self.points:
             return float(tokens)  # uncalibrated: assume linear (drafts then only pay off when accepted)
         xs = sorted(self.points)
@@ -70,18 +81,22 @@ DEPTHS = (0, 1, 2, 3, 4, 6, 8)
 
 
 def plan_depths(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: int,
-                width: int, max_step_tokens: int) -> list[int]:
+                width: int, max_step_tokens: int, kv_lens: list[int] | None = None,
+                base_key_reads: int = 0) -> list[int]:
     """Draft depth per request maximizing expected tokens per second of the whole step.
 
-    base_tokens: the step's tokens without drafts; a depth-D draft adds about D * width nodes.
+    base_tokens / base_key_reads: the step's tokens and key reads without drafts; a depth-D draft
+    adds about D * width nodes, each reading its sequence's kv_lens[i] keys.
     """
+    kv_lens = kv_lens if kv_lens is not None else [0] * len(rhos)
+    reads = 0
     depths = [0] * len(rhos)
     levels = [d for d in DEPTHS if d <= max_depth]
     gain = float(len(rhos))
     extra = 0
 
-    def rate(g: float, e: int) -> float:
-        return g / cost.cost(base_tokens + e)
+    def rate(g: float, e: int, r: int) -> float:
+        return g / cost.cost(base_tokens + e, base_key_reads + r)
 
     while True:
         best = None
@@ -93,10 +108,11 @@ def plan_depths(rhos: list[float], base_tokens: int, cost: StepCostModel, max_de
                 de = (d - depths[i]) * width
                 if base_tokens + extra + de > max_step_tokens:
                     break
-                r = rate(gain + dg, extra + de)
+                dr = de * kv_lens[i]
+                r = rate(gain + dg, extra + de, reads + dr)
                 if best is None or r > best[0]:
-                    best = (r, i, d, dg, de)
-        if best is None or best[0] <= rate(gain, extra):
+                    best = (r, i, d, dg, de, dr)
+        if best is None or best[0] <= rate(gain, extra, reads):
             return depths
-        _, i, d, dg, de = best
-        depths[i], gain, extra = d, gain + dg, extra + de
+        _, i, d, dg, de, dr = best
+        depths[i], gain, extra, reads = d, gain + dg, extra + de, reads + dr

@@ -55,15 +55,15 @@ class Speculator:
         # penalties depend on the tokens before each node: plain decoding keeps them exact
         return on and not seq.params.has_penalties and not seq.is_prefilling and not seq.hold_kv
 
-    def propose(self, seqs: Sequence[Seq], base_tokens: int) -> dict[str, DraftTree]:
-        """Draft trees for the decoding sequences, sized by plan_depths."""
+    def propose(self, seqs: Sequence[Seq], base_tokens: int, base_key_reads: int = 0) -> dict[str, DraftTree]:
+        """Draft trees for the decoding sequences, sized by plan_depths (base_*: the step without drafts)."""
         if not seqs:
             return {}
         for s in seqs:
             self.drafter.observe(s.request_id, s.all_ids, s.num_prompt)
         accs = [self.acceptance.setdefault(s.request_id, Acceptance()) for s in seqs]
         depths = plan_depths([a.rho for a in accs], base_tokens, self.cost, self.max_depth, self.width,
-                             self.max_step_tokens)
+                             self.max_step_tokens, [s.num_tokens for s in seqs], base_key_reads)
         out: dict[str, DraftTree] = {}
         for s, acc, depth in zip(seqs, accs, depths):
             # never draft past max_tokens or the context limit

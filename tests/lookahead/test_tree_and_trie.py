@@ -93,3 +93,22 @@ def test_plan_depths_follow_acceptance_and_cost() -> None:
     for _ in range(20):
         acc.update(0, 4)
     assert acc.rho < 0.1
+
+
+def test_key_reads_price_drafts_behind_long_contexts() -> None:
+    """A draft node attends to its sequence's whole context: with a per-key-read cost (bf16 on CPU
+    attends in fp64: ~1 us per query token and key, measured), the same copying request drafts
+    deep behind 100 tokens and shallower (or not at all) behind 4,000; the step model subtracts
+    the key reads before learning its per-token curve."""
+    cost = StepCostModel()
+    cost.per_key_read = 1e-6
+    for n in (1, 2, 4, 8, 16, 32, 64):
+        cost.observe(n, 0.030 + 1e-6 * n * (64 + n), key_reads=n * (64 + n))
+    assert abs(cost.cost(8) - 0.030) < 1e-9  # flat in tokens once the key reads are taken out
+    assert abs(cost.cost(8, key_reads=1000) - 0.031) < 1e-9
+    short = plan_depths([0.8], 1, cost, 8, 2, 256, kv_lens=[100], base_key_reads=100)[0]
+    long = plan_depths([0.8], 1, cost, 8, 2, 256, kv_lens=[4000], base_key_reads=4000)[0]
+    assert short >= 6 and long < short
+    # without the term (the old model) the long context drafts as deep: the term is what moved it
+    cost.per_key_read = 0.0
+    assert plan_depths([0.8], 1, cost, 8, 2, 256, kv_lens=[4000], base_key_reads=4000)[0] == short

@@ -1,0 +1,174 @@
+"""16-bit serving is row-invariant, which is what makes bf16 lookahead exact.
+
+A lookahead step computes a token inside a tree of drafts, beside other sequences' tokens; plain
+decoding computes the same token alone. In fp32 the two round differently by ~1e-7 and greedy
+never notices; in bf16 one differently rounded element changes the next layer's inputs, and
+greedy output parted ways after 30-50 tokens. So every op on the 16-bit path must give a row the
+same bits whatever else is in its step: ``W @ X`` products in pieces of at most
+``WX_MAX_COLUMNS`` columns (engine.layers) and attention in fp64 (engine.attention.torch_backend).
+
+Checked here bit for bit: the products over the bundled model's shapes, attention for a tree token
+vs the same token decoded alone (in a batch with padding, and alone), and the real model in bf16:
+lookahead on equals off, batched equals alone, a prefix-cache hit equals a cold prefill, and all
+equal transformers in bf16 up to bf16 near ties.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+
+import engine.attention.torch_backend as torch_backend
+from engine.attention.base import KVLayerCache
+from engine.attention.torch_backend import TorchAttentionBackend
+from engine.batch import SeqInput, plan_batch
+from engine.engine_config import EngineConfig
+from engine.layers import WX_MAX_COLUMNS, linear, linear_residual
+from engine.llm_engine import LLMEngine
+from engine.reference import compare_greedy, hf_greedy
+from engine.sampling_params import SamplingParams
+from tests.lookahead.test_lossless import FreeWideSteps
+from tests.prompts import code_edit_ids, engine_prompts
+
+# (out, in) of SmolLM2-135M's products: qkv, o, gate_up, down, lm_head
+SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_products_are_row_invariant(shape: tuple[int, int], dtype: torch.dtype) -> None:
+    """Every row of ``linear`` / ``linear_residual`` over T rows equals that row computed alone,
+    for every T up to the piece width and for wider inputs that are cut into pieces (the widths
+    where the unpieced product on 2 threads changed algorithm: 256-340)."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    out_f, in_f = shape
+    w = (torch.randn(out_f, in_f, generator=gen) * 0.05).to(dtype)
+    x = torch.randn(340, in_f, generator=gen).to(dtype)
+    res = torch.randn(340, out_f, generator=gen).to(dtype)
+    alone = torch.cat([linear(x[i:i + 1], w) for i in range(x.shape[0])])
+    alone_res = torch.cat([linear_residual(x[i:i + 1], w.t(), res[i:i + 1].clone()) for i in range(x.shape[0])])
+    widths = list(range(1, WX_MAX_COLUMNS + 1, 3 if out_f > 10_000 else 1)) + [WX_MAX_COLUMNS + 1, 256, 266, 300, 340]
+    for t in widths:
+        assert torch.equal(linear(x[:t], w), alone[:t]), f"linear: rows differ at T={t}"
+    for t in (1, 2, 7, 64, WX_MAX_COLUMNS, 300):
+        assert torch.equal(linear_residual(x[:t], w.t(), res[:t].clone()), alone_res[:t]), f"residual: T={t}"
+
+
+# --- attention: a tree token vs the same token decoded alone -------------------------------------
+
+BS, KVH, H, D = 16, 3, 9, 64
+TREE = [-1, 0, 1, -1, 3, 4, 1]  # two branches sharing nothing, one fork below node 1
+
+
+def _path(parents: list[int], node: int) -> list[int]:
+    path = []
+    while node >= 0:
+        path.append(node)
+        node = parents[node]
+    return path[::-1]
+
+
+def _tree_vs_decode(ctx: int, other_len: int, dtype: torch.dtype) -> list[tuple[int, int]]:
+    """Attend a verify step (one tree after ``ctx`` cached tokens, beside a decode of a sequence of
+    ``other_len``), then decode every tree node alone with its path compacted behind the context,
+    in a batch of one and beside the other sequence. Returns (node, variant) pairs that differ."""
+    gen = torch.Generator().manual_seed(ctx * 1000 + other_len)
+    n = len(TREE)
+    blocks_per = -(-(max(ctx + n, other_len) + 1) // BS)
+    cache = KVLayerCache(torch.zeros(4 * blocks_per + 2, BS, KVH, D, dtype=dtype),
+                         torch.zeros(4 * blocks_per + 2, BS, KVH, D, dtype=dtype))
+    tree_blocks = list(range(1, 1 + blocks_per))
+    other_blocks = list(range(1 + blocks_per, 1 + 2 * blocks_per))
+    ctx_k, ctx_v = (torch.randn(ctx, KVH, D, generator=gen).to(dtype) for _ in range(2))
+    node_k, node_v, node_q = (torch.randn(n, t, D, generator=gen).to(dtype) for t in (KVH, KVH, H))
+    other_k, other_v = (torch.randn(other_len, KVH, D, generator=gen).to(dtype) for _ in range(2))
+    other_q = torch.randn(1, H, D, generator=gen).to(dtype)
+    backend = TorchAttentionBackend()
+
+    def write(table: list[int], start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        for i in range(k.shape[0]):
+            b, o = table[(start + i) // BS], (start + i) % BS
+            cache.k[b, o], cache.v[b, o] = k[i], v[i]
+
+    def run(seqs: list[SeqInput], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        plan = backend.plan(plan_batch(seqs, BS).attn)
+        backend.write_kv(cache, k, v, plan)
+        return backend.attend(q, cache, plan, D**-0.5)
+
+    write(tree_blocks, 0, ctx_k, ctx_v)
+    write(other_blocks, 0, other_k[:-1], other_v[:-1])
+    other = SeqInput([0], other_len - 1, other_blocks)
+    verify = run([SeqInput([0] * n, ctx, tree_blocks, parents=TREE), other],
+                 torch.cat([node_q, other_q]), torch.cat([node_k, other_k[-1:]]), torch.cat([node_v, other_v[-1:]]))
+    bad = []
+    chain_blocks = list(range(1 + 2 * blocks_per, 1 + 3 * blocks_per))
+    write(chain_blocks, 0, ctx_k, ctx_v)
+    for node in range(n):
+        path = _path(TREE, node)
+        write(chain_blocks, ctx, node_k[path[:-1]], node_v[path[:-1]])  # accepted ancestors, compacted
+        last = (node_q[node:node + 1], node_k[node:node + 1], node_v[node:node + 1])
+        seq = SeqInput([0], ctx + len(path) - 1, chain_blocks)
+        if not torch.equal(run([seq], *last)[0], verify[node]):
+            bad.append((node, 0))
+        both = run([seq, other], *(torch.cat([a, b]) for a, b in zip(last, (other_q, other_k[-1:], other_v[-1:]))))
+        if not torch.equal(both[0], verify[node]):
+            bad.append((node, 1))
+    return bad
+
+
+CASES = [(37, 5), (40, 90), (100, 33), (255, 256), (300, 17)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("ctx,other_len", CASES)
+def test_tree_token_attends_as_when_decoded_alone(ctx: int, other_len: int, dtype: torch.dtype) -> None:
+    assert _tree_vs_decode(ctx, other_len, dtype) == []
+
+
+def test_the_attention_check_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same check with bf16 SDPA (the path before fp64) finds differing rows: it is not vacuous."""
+    monkeypatch.setattr(torch_backend, "_EXACT_DTYPES", ())
+    assert any(_tree_vs_decode(ctx, other, torch.bfloat16) for ctx, other in CASES)
+
+
+# --- the real model in bf16 ----------------------------------------------------------------------
+
+N_TOKENS = 64
+
+
+@pytest.fixture(scope="module")
+def bf16_engine(model_dir: Path) -> Iterator[LLMEngine]:
+    eng = LLMEngine(EngineConfig(model=str(model_dir), dtype="bfloat16", num_kv_blocks=1024, max_num_seqs=16,
+                                 max_num_batched_tokens=1024))
+    eng.speculator.cost, eng.speculator.max_step_tokens = FreeWideSteps(), 4096  # draft whatever it can
+    yield eng
+
+
+def _greedy(eng: LLMEngine, prompts: list[list[int]], lookahead: bool, batched: bool) -> list[list[int]]:
+    params = [SamplingParams(temperature=0.0, max_tokens=N_TOKENS, ignore_eos=True, lookahead=lookahead)
+              for _ in prompts]
+    if batched:
+        return [o.output_ids for o in eng.generate(prompts, params)]
+    return [eng.generate([p], [q])[0].output_ids for p, q in zip(prompts, params)]
+
+
+def test_bf16_lookahead_equals_plain_decoding(bf16_engine: LLMEngine, model_dir: Path) -> None:
+    eng = bf16_engine
+    prompts = code_edit_ids(eng.tokenizer, 3) + engine_prompts(eng.tokenizer, 1, 1)
+    cold = _greedy(eng, prompts, lookahead=False, batched=False)  # first sight of each prompt: cold prefill
+    accepted = eng.speculator.stats.num_accepted_tokens
+    on = _greedy(eng, prompts, lookahead=True, batched=False)  # prefix-cache hits from here on
+    assert eng.speculator.stats.num_accepted_tokens > accepted + 2 * N_TOKENS, "lookahead barely drafted"
+    assert on == cold, "lookahead changed bf16 greedy output"
+    assert _greedy(eng, prompts, lookahead=True, batched=True) == cold, "batched lookahead differs"
+    assert _greedy(eng, prompts, lookahead=False, batched=True) == cold, "batched plain decoding differs"
+    # transformers in bf16 rounds its own way (bf16 SDPA, fused linear): equal up to bf16 near ties
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16).eval()
+    for p, got in zip(prompts, cold):
+        ref = hf_greedy(hf, p, N_TOKENS)
+        match = compare_greedy(ref, got[: len(ref.tokens)] if len(ref.tokens) < N_TOKENS else got)
+        assert match.ok, match.message
