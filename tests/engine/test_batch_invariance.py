@@ -135,7 +135,7 @@ def test_the_attention_check_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --- the real model in bf16 ----------------------------------------------------------------------
 
-N_TOKENS = 64
+N_TOKENS = 48
 
 
 @pytest.fixture(scope="module")
@@ -156,11 +156,11 @@ def _greedy(eng: LLMEngine, prompts: list[list[int]], lookahead: bool, batched: 
 
 def test_bf16_lookahead_equals_plain_decoding(bf16_engine: LLMEngine, model_dir: Path) -> None:
     eng = bf16_engine
-    prompts = code_edit_ids(eng.tokenizer, 3) + engine_prompts(eng.tokenizer, 1, 1)
+    prompts = code_edit_ids(eng.tokenizer, 2) + engine_prompts(eng.tokenizer, 0, 1)
     cold = _greedy(eng, prompts, lookahead=False, batched=False)  # first sight of each prompt: cold prefill
     accepted = eng.speculator.stats.num_accepted_tokens
     on = _greedy(eng, prompts, lookahead=True, batched=False)  # prefix-cache hits from here on
-    assert eng.speculator.stats.num_accepted_tokens > accepted + 2 * N_TOKENS, "lookahead barely drafted"
+    assert eng.speculator.stats.num_accepted_tokens > accepted + N_TOKENS, "lookahead barely drafted"
     assert on == cold, "lookahead changed bf16 greedy output"
     assert _greedy(eng, prompts, lookahead=True, batched=True) == cold, "batched lookahead differs"
     assert _greedy(eng, prompts, lookahead=False, batched=True) == cold, "batched plain decoding differs"

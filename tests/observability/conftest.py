@@ -111,8 +111,10 @@ def prometheus(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         while True:
             assert proc.poll() is None, f"prometheus exited:\n{(tmp / 'prometheus.log').read_text()}"
             try:
-                targets = httpx.get(f"{prom.url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
-                if len(targets) == expected and all(t["health"] == "up" for t in targets):
+                resp = httpx.get(f"{prom.url}/api/v1/targets", timeout=5)
+                # while it starts, Prometheus answers 503 "Service Unavailable" (not JSON): not ready yet
+                targets = resp.json()["data"]["activeTargets"] if resp.status_code == 200 else []
+                if targets and len(targets) == expected and all(t["health"] == "up" for t in targets):
                     break
             except httpx.HTTPError:
                 targets = []
