@@ -112,11 +112,12 @@ class LLMEngine:
 
         try:
             timed(64, 0)  # warm-up
-            t = {(n, ctx): min(timed(n, ctx) for _ in range(2)) for n in (1, 32) for ctx in (64, long_ctx)}
-            extra = (t[32, long_ctx] - t[1, long_ctx]) - (t[32, 64] - t[1, 64])
+            short = {n: timed(n, 64) for n in (1, 2, 4, 8, 16, 32, 64)}
+            long = {n: timed(n, long_ctx) for n in (1, 32)}
+            extra = (long[32] - long[1]) - (short[32] - short[1])
             cost.per_key_read = max(0.0, extra) / (31 * (long_ctx - 64))
-            for n in (1, 2, 4, 8, 16, 32, 64):
-                cost.observe(n, timed(n, 64), key_reads=n * (64 + n))
+            for n, seconds in short.items():
+                cost.observe(n, seconds, key_reads=n * (64 + n))
             logger.info("step cost: %s ms by query tokens, %.3f us per key read",
                         {n: round(t * 1e3, 1) for n, t in sorted(cost.points.items())}, cost.per_key_read * 1e6)
         finally:
