@@ -19,19 +19,25 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * xf.to(x.dtype)
 
 
+# Dtypes whose forward is row-invariant (a row's bits do not depend on what shares its step): the
+# products here and the attention in engine.attention.torch_backend. In fp32 rounding differences
+# are far below greedy's margins, and it keeps its faster paths.
+ROW_INVARIANT_DTYPES = (torch.bfloat16, torch.float16)
+
+
 def _wx_layout(x: torch.Tensor) -> bool:
     """16-bit on CPU: ``W @ X`` at every T, for two reasons.
 
     - Speed: in bf16 it keeps a T-token step near the cost of a 1-token one (AMX); ``F.linear`` does
       not (see shared/research/environment.md).
     - Row invariance: ``mm(W, X.t())`` gives a row the same bits whatever else is in X (checked
-      for T = 1..200 over the model's shapes in tests/engine/test_batch_invariance.py), and at T = 1
+      for T = 1..340 over the model's shapes in tests/engine/test_batch_invariance.py), and at T = 1
       the same bits as ``F.linear``. ``F.linear`` at T > 1 and the fused ``addmm`` residual do not.
       Lookahead verifies T tokens where plain decoding runs one, so this is what makes it exact.
 
-    fp32 prefers ``F.linear`` (and its rounding errors are far below greedy's margins).
+    fp32 prefers ``F.linear``.
     """
-    return x.dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu"
+    return x.dtype in ROW_INVARIANT_DTYPES and x.device.type == "cpu"
 
 
 # The W @ X product is row-invariant only up to a width: on 2 threads the [576, 1536] projection of

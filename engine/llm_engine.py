@@ -96,11 +96,14 @@ class LLMEngine:
         behind 64. A key read is priced by a double difference (32 vs 1 query tokens, behind a long
         vs a short context), which leaves out what a longer context costs once per sequence (the
         gather of its blocks): decoding pays that anyway. Only timings: the KV read is whatever
-        the blocks hold."""
+        the blocks hold. A pool too small for the long context keeps the per-token curve and prices
+        no key reads."""
         bs, cost = self.config.block_size, self.speculator.cost  # type: ignore[union-attr]
-        long_ctx = min(1024, self.max_model_len - 64)
-        n_blocks = -(-(long_ctx + 64) // bs)
-        if long_ctx <= 64 or self.allocator.num_free < n_blocks:
+        long_ctx = min(1024, self.max_model_len - 32)  # behind it: 32 query tokens
+        n_short, n_long = -(-128 // bs), -(-(long_ctx + 32) // bs)
+        price_keys = long_ctx > 64 and self.allocator.num_free >= n_long
+        n_blocks = max(n_short, n_long) if price_keys else n_short
+        if self.allocator.num_free < n_blocks:
             return
         blocks = self.allocator.allocate(n_blocks)
         ids = list(range(100, 164))
@@ -113,9 +116,10 @@ class LLMEngine:
         try:
             timed(64, 0)  # warm-up
             short = {n: timed(n, 64) for n in (1, 2, 4, 8, 16, 32, 64)}
-            long = {n: timed(n, long_ctx) for n in (1, 32)}
-            extra = (long[32] - long[1]) - (short[32] - short[1])
-            cost.per_key_read = max(0.0, extra) / (31 * (long_ctx - 64))
+            if price_keys:
+                long = {n: timed(n, long_ctx) for n in (1, 32)}
+                extra = (long[32] - long[1]) - (short[32] - short[1])
+                cost.per_key_read = max(0.0, extra) / (31 * (long_ctx - 64))
             for n, seconds in short.items():
                 cost.observe(n, seconds, key_reads=n * (64 + n))
             logger.info("step cost: %s ms by query tokens, %.3f us per key read",

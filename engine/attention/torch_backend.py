@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from engine.attention.base import KVLayerCache
 from engine.batch import AttentionMetadata
+from engine.layers import ROW_INVARIANT_DTYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,20 +117,17 @@ def _general_mask(meta: AttentionMetadata, kv_len: int, q_valid: torch.Tensor) -
     return mask
 
 
-# 16-bit models attend in fp64: see _attend_fp64
-_EXACT_DTYPES = (torch.bfloat16, torch.float16)
-
-
 def _attend_fp64(q: torch.Tensor, buf: _StepBuffers, plan: TorchAttentionPlan, scale: float) -> torch.Tensor:
     """Row-invariant attention for 16-bit models: a query row gets the same bits whatever shares its step.
 
     Lookahead verifies a tree where plain decoding runs one token, and a batch pads and masks each
     sequence differently from step to step, so a kernel whose rounding depends on the number of
     query rows or padded keys (SDPA's does, in bf16) makes lookahead change greedy output. In fp64
-    a score is exact (a product of two 16-bit values has at most 22 significant bits, and 64 of them
-    sum well inside 53) and the softmax and value sums carry errors near 1e-16, which the final
-    rounding to 16 bits swallows except with negligible probability: masked keys (exp = 0) and
-    padding change nothing. q: [T, H, d]; buf.k / buf.v: [B, kvh, S, d] -> [T, H, d].
+    a product of two 16-bit values is exact (at most 22 significant bits), a score of 64 of them is
+    exact while their magnitudes span less than 2^31 and otherwise errs near 1e-16, and so do the
+    softmax and value sums: the final rounding to 16 bits swallows that except with negligible
+    probability, so masked keys (exp = 0), padding and the number of rows change nothing.
+    q: [T, H, d]; buf.k / buf.v: [B, kvh, S, d] -> [T, H, d].
     """
     B, kvh, S, d = buf.k.shape
     H = q.shape[1]
@@ -156,7 +154,7 @@ def _step_buffers(cache: KVLayerCache, plan: TorchAttentionPlan, heads: int) -> 
     size, stride = (B, kvh, S, d), (n // B * bs * kvh * d, d, kvh * d, 1)
     k, v = k_blocks.as_strided(size, stride), v_blocks.as_strided(size, stride)
     exact = None
-    if cache.k.dtype in _EXACT_DTYPES:
+    if cache.k.dtype in ROW_INVARIANT_DTYPES:
         exact = (cache.k.new_empty(size, dtype=torch.float64), cache.k.new_empty(size, dtype=torch.float64))
     return _StepBuffers(k_blocks, v_blocks, k, v, k[0].transpose(1, 2), v[0], cache.k.new_empty((1, 1, 1)),
                         (kvh, heads // kvh, d), exact)
@@ -221,7 +219,7 @@ class TorchAttentionBackend:
             # SDPA's fp32 accumulation is what transformers computes
             scores = torch.baddbmm(buf.no_input, q.view(buf.group_shape), buf.k0_t, beta=0, alpha=scale)
             return torch.bmm(scores.softmax(-1), buf.v0).view(q.shape)  # [1, H, d]
-        if q.dtype in _EXACT_DTYPES:
+        if q.dtype in ROW_INVARIANT_DTYPES:
             return _attend_fp64(q, buf, plan, scale)
         if plan.q_index is None:  # decode: T == B
             out = F.scaled_dot_product_attention(q[:, :, None], buf.k, buf.v, attn_mask=plan.mask, scale=scale,

@@ -50,3 +50,17 @@ def test_check_run_identical_mismatch_and_near_tie(tokenizer) -> None:
     assert result.mismatches[0]["diverged_at"] == 1
     ok = check_run("grove c=1", server[:1] + server[2:], jobs, "hf c=1", base, reference, tokenizer, {EOS})
     assert ok.ok and ok.to_json()["ok"] is True
+
+
+def test_near_tie_scales_with_the_reference_dtype() -> None:
+    """A bf16 reference (logits near 20 spaced 0.125) calls a gap of 3 units a near tie, 5 units not;
+    without dtype spacings (fp32 references) the 1e-3 rule stands alone."""
+    from engine.reference import compare_greedy
+
+    def ref(gap: float, ulps: list[float] | None) -> ReferenceOutput:
+        return ReferenceOutput(tokens=[10, 11], top2_gaps=[1.0, gap], top1_ulps=ulps)
+
+    assert compare_greedy(ref(0.375, [0.125, 0.125]), [10, 99]).near_tie
+    assert not compare_greedy(ref(0.625, [0.125, 0.125]), [10, 99]).ok
+    assert not compare_greedy(ref(0.375, None), [10, 99]).ok
+    assert compare_greedy(ref(5e-4, None), [10, 99]).near_tie

@@ -129,7 +129,7 @@ def test_tree_token_attends_as_when_decoded_alone(ctx: int, other_len: int, dtyp
 
 def test_the_attention_check_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same check with bf16 SDPA (the path before fp64) finds differing rows: it is not vacuous."""
-    monkeypatch.setattr(torch_backend, "_EXACT_DTYPES", ())
+    monkeypatch.setattr(torch_backend, "ROW_INVARIANT_DTYPES", ())
     assert any(_tree_vs_decode(ctx, other, torch.bfloat16) for ctx, other in CASES)
 
 

@@ -112,3 +112,15 @@ def test_key_reads_price_drafts_behind_long_contexts() -> None:
     # without the term (the old model) the long context drafts as deep: the term is what moved it
     cost.per_key_read = 0.0
     assert plan_depths([0.8], 1, cost, 8, 2, 256, kv_lens=[4000], base_key_reads=4000)[0] == short
+
+
+def test_calibration_in_a_small_pool_keeps_the_token_curve(model_dir) -> None:
+    """An engine whose pool cannot hold the long calibration context (16 blocks of 16 tokens) still
+    times 1..64 query tokens, and prices no key reads rather than guessing."""
+    from engine.engine_config import EngineConfig
+    from engine.llm_engine import LLMEngine
+
+    eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=16))
+    assert sorted(eng.speculator.cost.points) == [1, 2, 4, 8, 16, 32, 64]
+    assert eng.speculator.cost.per_key_read == 0.0
+    assert eng.allocator.num_free == 16  # calibration gave its blocks back
