@@ -1,6 +1,7 @@
 """OpenAI-compatible HTTP API (FastAPI): /v1/completions, /v1/chat/completions, /v1/models, /health."""
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -9,6 +10,7 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.errors import InvalidRequestError
 from engine.request import GenerationChunk, Usage
@@ -27,15 +29,28 @@ def _error(exc: BaseException, status: int | None = None) -> JSONResponse:
     return JSONResponse(error_json(exc, _ERROR_TYPES.get(status, "server_error")), status_code=status)
 
 
+class ApiKeyMiddleware:
+    """``Authorization: Bearer <key>`` on /v1/. A plain ASGI middleware: Starlette's
+    ``BaseHTTPMiddleware`` would relay every streamed chunk through an extra task and memory stream."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = _error(InvalidRequestError("authorization", "missing or wrong API key"), 401)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
     app = FastAPI(title="Grove", docs_url=None, redoc_url=None)
-
-    @app.middleware("http")
-    async def auth(request: Request, call_next: Any) -> Response:
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                return _error(InvalidRequestError("authorization", "missing or wrong API key"), 401)
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
 
     @app.get("/health")
     async def health() -> Response:
