@@ -123,7 +123,7 @@ class LLMEngine:
             for n, seconds in short.items():
                 cost.observe(n, seconds, key_reads=n * (64 + n))
             logger.info("step cost: %s ms by query tokens, %.3f us per key read",
-                        {n: round(t * 1e3, 1) for n, t in sorted(cost.points.items())}, cost.per_key_read * 1e6)
+                        {round(x): round(t * 1e3, 1) for x, t in sorted(cost.points.values())}, cost.per_key_read * 1e6)
         finally:
             self.allocator.free(blocks)
 

@@ -11,26 +11,34 @@ so a batch whose drafts miss decodes at plain cost and a copy-heavy one drafts d
 """
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 
 
 class StepCostModel:
-    """Seconds per step: f(query tokens), piecewise linear over power-of-two buckets, plus
-    ``per_key_read`` seconds per key read (a step reads sum over its sequences of query tokens x
-    keys). ``per_key_read`` comes from calibration (engine.llm_engine); f is refined online from
-    each step's time less its key-read term."""
+    """Seconds per step: f(query tokens) plus ``per_key_read`` seconds per key read (a step reads,
+    over its sequences, query tokens x keys). ``per_key_read`` comes from calibration
+    (engine.llm_engine); f is refined online from each step's time less its key-read term.
+
+    f is piecewise linear through one point per power-of-two bucket of token counts: the running
+    means of the tokens and the seconds of the steps that fell in it. A bucket's point stays where
+    its steps were (a 17-token step moves the (16, 32] point towards 17 tokens, not to 32), so the
+    curve never prices wide steps at what narrower ones cost.
+    """
 
     def __init__(self, alpha: float = 0.1) -> None:
-        self.points: dict[int, float] = {}
+        self.points: dict[int, tuple[float, float]] = {}  # bucket -> (mean tokens, mean seconds)
         self.alpha = alpha
         self.per_key_read = 0.0
 
     def observe(self, tokens: int, seconds: float, key_reads: int = 0) -> None:
         seconds = max(seconds - self.per_key_read * key_reads, 1e-6)
-        b = 1 << max(0, (tokens - 1).bit_length())  # bucket: next power of two
+        b = 1 << max(0, (tokens - 1).bit_length())  # bucket (b/2, b]: next power of two
         old = self.points.get(b)
-        self.points[b] = seconds if old is None else (1 - self.alpha) * old + self.alpha * seconds
+        if old is None:
+            self.points[b] = (float(tokens), seconds)
+        else:
+            a = self.alpha
+            self.points[b] = ((1 - a) * old[0] + a * tokens, (1 - a) * old[1] + a * seconds)
 
     def cost(self, tokens: int, key_reads: int = 0) -> float:
         return self._token_cost(tokens) + self.per_key_read * key_reads
@@ -38,15 +46,15 @@ class StepCostModel:
     def _token_cost(self, tokens: int) -> float:
         if not self.points:
             return float(tokens)  # uncalibrated: assume linear (drafts then only pay off when accepted)
-        xs = sorted(self.points)
-        if tokens <= xs[0]:
-            return self.points[xs[0]]
-        if tokens >= xs[-1]:
-            return self.points[xs[-1]] * tokens / xs[-1]
-        i = bisect.bisect_left(xs, tokens)
-        x0, x1 = xs[i - 1], xs[i]
-        y0, y1 = self.points[x0], self.points[x1]
-        return y0 + (y1 - y0) * (tokens - x0) / (x1 - x0)
+        pts = [self.points[b] for b in sorted(self.points)]  # buckets are disjoint: x ascends too
+        x0, y0 = pts[0]
+        if tokens <= x0:
+            return y0
+        for x1, y1 in pts[1:]:
+            if tokens <= x1:
+                return y0 + (y1 - y0) * (tokens - x0) / max(x1 - x0, 1e-9)
+            x0, y0 = x1, y1
+        return y0 * tokens / x0  # past the widest step seen: linear from it
 
 
 @dataclass(slots=True)

@@ -1,14 +1,15 @@
 """Draft retrieval: each request's own trie (prompt + output) and one global trie (all outputs).
 
-Both update incrementally: a request's prompt is indexed once; every new output token extends the
-windows that end at it by one node each (no re-scan of the history).
+Both update incrementally: a request's prompt is indexed once; every new output token extends each
+window that ends at it by one step from the node the window had reached (no re-scan of the history,
+no walk from the key).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
-from engine.lookahead.ngram_trie import NGramTrie
+from engine.lookahead.ngram_trie import NGramTrie, TrieNode
 from engine.lookahead.tree import DraftTree
 
 
@@ -21,9 +22,21 @@ class DrafterConfig:
 
 
 @dataclass(slots=True)
-class RequestCache:
+class Windows:
+    """One token stream's open windows in one trie. A window is up to ``window`` tokens stored
+    under a key (the k tokens before it); an open one still grows. For each, the node its tokens so
+    far reach: a new token extends it by one step from there, never by a walk from the key."""
+
     trie: NGramTrie
-    fed: int = 0  # tokens of the sequence already indexed (windows completed up to here)
+    fed: int = 0  # tokens indexed so far: every window ending before this is counted
+    open: list[tuple[int, TrieNode]] = field(default_factory=list)  # (first token, node reached)
+    epoch: int = -1  # the trie's epoch when the nodes were taken (a decay may prune them)
+
+
+@dataclass(slots=True)
+class RequestCache:
+    own: Windows  # the request's trie: prompt and output
+    shared: Windows  # the global trie: output only
 
 
 class Drafter:
@@ -32,27 +45,58 @@ class Drafter:
         self.global_trie = NGramTrie(config.global_max_nodes)
         self.local: dict[str, RequestCache] = {}
 
-    def _feed(self, trie: NGramTrie, tokens: Sequence[int], start: int, end: int) -> None:
-        """Indexes tokens[start:end] as they arrive: each new token extends every window (of up to
-        ``window`` tokens) that ends at it, under each key = the k tokens before the window."""
-        w = self.config.window
-        for last in range(start, end):
-            for first in range(max(1, last - w + 1), last + 1):  # window tokens[first .. last]
-                path = tokens[first : last + 1]
-                for k in self.config.key_lengths:
-                    if first - k >= 0:
-                        trie.extend(tuple(tokens[first - k : first]), path)
+    def _reopen(self, win: Windows, tokens: Sequence[int]) -> None:
+        """Finds the nodes of the windows open at ``win.fed`` (after a decay, or when indexing
+        starts mid-stream): nodes missing are made, nothing is counted (it was, or never is)."""
+        w, trie, end = self.config.window, win.trie, win.fed
+        win.open = []
+        for first in range(max(1, end - w + 1), end):
+            for k in self.config.key_lengths:
+                if first - k >= 0:
+                    node = trie.root(tuple(tokens[first - k : first]))
+                    for tok in tokens[first:end]:
+                        node = trie.child(node, tok)
+                    win.open.append((first, node))
+        win.epoch = trie.epoch
+
+    def _feed(self, win: Windows, tokens: Sequence[int], end: int) -> None:
+        """Indexes tokens[win.fed:end] as they arrive: each new token extends every window (of up
+        to ``window`` tokens) that ends at it, under each key = the k tokens before the window.
+        Counts as NGramTrie.extend would: a path's count is its own occurrences as a window."""
+        w, keys, trie = self.config.window, self.config.key_lengths, win.trie
+        if win.epoch != trie.epoch:
+            self._reopen(win, tokens)
+        child = trie.child
+        for last in range(win.fed, end):
+            tok = tokens[last]
+            grown: list[tuple[int, TrieNode]] = []
+            for first, node in win.open:  # windows tokens[first .. last - 1] grow by tok
+                node = child(node, tok)
+                node.count += 1.0
+                if last - first + 1 < w:
+                    grown.append((first, node))
+            for k in keys:  # a window opens at tok under each key that fits before it
+                if last >= k:
+                    root = trie.root(tuple(tokens[last - k : last]))
+                    root.count += 1.0
+                    node = child(root, tok)
+                    node.count += 1.0
+                    if w > 1:
+                        grown.append((last, node))
+            win.open = grown
+        win.fed = end
+        trie.bound()  # a decay here may prune the open windows' nodes: win.epoch now tells _reopen
 
     def observe(self, request_id: str, tokens: Sequence[int], num_prompt: int) -> None:
         """Indexes what is new in the request's tokens (prompt + output so far)."""
         cache = self.local.get(request_id)
         if cache is None:
-            cache = self.local[request_id] = RequestCache(NGramTrie(self.config.local_max_nodes))
-        if cache.fed < len(tokens):
-            self._feed(cache.trie, tokens, cache.fed, len(tokens))
             # outputs (not prompts) also feed the global cache: they are what requests tend to repeat
-            self._feed(self.global_trie, tokens, max(cache.fed, num_prompt), len(tokens))
-            cache.fed = len(tokens)
+            cache = self.local[request_id] = RequestCache(Windows(NGramTrie(self.config.local_max_nodes)),
+                                                          Windows(self.global_trie, fed=num_prompt))
+        if cache.own.fed < len(tokens):
+            self._feed(cache.own, tokens, len(tokens))
+            self._feed(cache.shared, tokens, len(tokens))
 
     def forget(self, request_id: str) -> None:
         self.local.pop(request_id, None)
@@ -63,7 +107,7 @@ class Drafter:
         if budget <= 0:
             return tree
         cache = self.local.get(request_id)
-        for trie in ([cache.trie] if cache else []) + [self.global_trie]:
+        for trie in ([cache.own.trie] if cache else []) + [self.global_trie]:
             for k in self.config.key_lengths:
                 if len(tokens) < k:
                     continue

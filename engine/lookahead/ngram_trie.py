@@ -2,10 +2,12 @@
 
     insert(key, window): counts each prefix of ``window`` as a continuation of ``key``
     extend(key, path): counts ``path`` once, its proper prefixes already counted (streaming text)
+    root(key), child(node, tok): the nodes themselves, for callers that keep cursors into the trie
     branches(key, budget, depth): the most frequent continuations, best first, as root-to-leaf paths
 
 Memory is bounded: when the node count passes ``max_nodes`` every count is halved and nodes whose
-count falls below 1 are pruned (older text decays, frequent text stays).
+count falls below 1 are pruned (older text decays, frequent text stays). Each decay bumps ``epoch``:
+a node held across one may have been pruned.
 """
 from __future__ import annotations
 
@@ -15,58 +17,63 @@ from typing import Sequence
 Key = tuple[int, ...]
 
 
-class _Node:
+class TrieNode:
     __slots__ = ("count", "children")
 
     def __init__(self) -> None:
         self.count = 0.0
-        self.children: dict[int, _Node] = {}
+        self.children: dict[int, TrieNode] = {}
 
 
 class NGramTrie:
     def __init__(self, max_nodes: int = 1 << 20) -> None:
         self.max_nodes = max_nodes
-        self.roots: dict[Key, _Node] = {}
+        self.roots: dict[Key, TrieNode] = {}
         self.num_nodes = 0
+        self.epoch = 0  # decays so far
 
-    def _root(self, key: Key) -> _Node:
+    def root(self, key: Key) -> TrieNode:
         node = self.roots.get(key)
         if node is None:
-            node = self.roots[key] = _Node()
+            node = self.roots[key] = TrieNode()
             self.num_nodes += 1
         return node
 
-    def _child(self, node: _Node, tok: int) -> _Node:
+    def child(self, node: TrieNode, tok: int) -> TrieNode:
         child = node.children.get(tok)
         if child is None:
-            child = node.children[tok] = _Node()
+            child = node.children[tok] = TrieNode()
             self.num_nodes += 1
         return child
 
     def insert(self, key: Key, window: Sequence[int], weight: float = 1.0) -> None:
-        node = self._root(key)
+        node = self.root(key)
         node.count += weight
         for tok in window:
-            node = self._child(node, tok)
+            node = self.child(node, tok)
             node.count += weight
-        if self.num_nodes > self.max_nodes:
-            self.decay()
+        self.bound()
 
     def extend(self, key: Key, path: Sequence[int], weight: float = 1.0) -> None:
         """Counts one more occurrence of ``path`` after ``key`` whose shorter prefixes were counted
         when they arrived: a growing window costs one increment per new token, never a re-insert."""
-        node = self._root(key)
+        node = self.root(key)
         if len(path) == 1:
             node.count += weight
         for tok in path:
-            node = self._child(node, tok)
+            node = self.child(node, tok)
         node.count += weight
+        self.bound()
+
+    def bound(self) -> None:
+        """Decays once the trie holds more than ``max_nodes`` nodes."""
         if self.num_nodes > self.max_nodes:
             self.decay()
 
     def decay(self) -> None:
         """Halve every count; drop nodes under 1."""
-        def prune(node: _Node) -> int:
+        self.epoch += 1
+        def prune(node: TrieNode) -> int:
             kept = 1
             for tok in list(node.children):
                 child = node.children[tok]
@@ -93,7 +100,7 @@ class NGramTrie:
         if root is None or budget <= 0:
             return []
         # best-first expansion: a node enters the tree only after its parent did
-        heap: list[tuple[float, int, list[int], _Node]] = []
+        heap: list[tuple[float, int, list[int], TrieNode]] = []
         tie = 0
         for tok, child in root.children.items():
             heap.append((-child.count, tie, [tok], child))

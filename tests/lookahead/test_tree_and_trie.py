@@ -1,6 +1,11 @@
 """Tree packing, the verification walk, the n-gram trie and the adaptive budget on hand-built cases."""
 from __future__ import annotations
 
+import random
+from typing import Any, Sequence
+
+import pytest
+
 from engine.lookahead.budget import Acceptance, StepCostModel, expected_accepted, plan_depths
 from engine.lookahead.drafter import Drafter, DrafterConfig
 from engine.lookahead.ngram_trie import NGramTrie
@@ -79,6 +84,60 @@ def test_drafter_indexes_incrementally_and_proposes_copies() -> None:
     assert "r" not in d.local
 
 
+def index_from_scratch(config: DrafterConfig, tokens: Sequence[int], start: int, end: int, trie: NGramTrie) -> None:
+    """The definition the drafter's cursors must match: every window ending in [start, end), under
+    every key that fits, counted once with NGramTrie.extend (walked from the key each time)."""
+    for last in range(start, end):
+        for first in range(max(1, last - config.window + 1), last + 1):
+            for k in config.key_lengths:
+                if first - k >= 0:
+                    trie.extend(tuple(tokens[first - k : first]), tokens[first : last + 1])
+
+
+def counts(trie: NGramTrie) -> dict[Any, Any]:
+    def node(n: Any) -> tuple[float, dict[int, Any]]:
+        return n.count, {tok: node(c) for tok, c in n.children.items()}
+    return {key: node(root) for key, root in trie.roots.items()}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_incremental_index_equals_one_from_scratch(seed: int) -> None:
+    """Requests observed a few tokens at a time, interleaved: each request's trie and the global
+    trie (outputs only) hold exactly the counts of indexing the whole text at once."""
+    rng = random.Random(seed)
+    config = DrafterConfig(key_lengths=rng.choice([(3, 2, 1), (2, 1), (1,)]), window=rng.choice([1, 2, 4, 8]))
+    d = Drafter(config)
+    texts = {rid: [rng.randrange(4) for _ in range(rng.randrange(12))] for rid in "abc"}
+    prompts = {rid: len(t) for rid, t in texts.items()}
+    for _ in range(30):
+        rid = rng.choice("abc")
+        d.observe(rid, texts[rid], prompts[rid])
+        texts[rid] += [rng.randrange(4) for _ in range(rng.randrange(1, 4))]
+    shared = NGramTrie()
+    for rid, cache in d.local.items():
+        own = NGramTrie()
+        index_from_scratch(config, texts[rid], 0, cache.own.fed, own)
+        assert counts(cache.own.trie) == counts(own)
+        index_from_scratch(config, texts[rid], prompts[rid], cache.shared.fed, shared)
+    assert counts(d.global_trie) == counts(shared)
+
+
+def test_windows_survive_a_decay_of_their_trie() -> None:
+    """A decay may prune the nodes open windows hold: they are found again, and what follows is counted."""
+    d = Drafter(DrafterConfig(key_lengths=(1,), window=4, local_max_nodes=30))
+    text = list(range(10))  # all distinct: every count is 1, so a decay prunes everything
+    d.observe("r", text, len(text))
+    trie = d.local["r"].own.trie
+    assert trie.epoch == 1 and trie.num_nodes == 0
+    d.observe("r", text + [7, 8, 9], len(text))
+    # the window 7 8 9 (after key 6) was open across the decay: its fourth token counts in the live trie
+    node = trie.roots[(6,)]
+    for tok in (7, 8, 9, 7):
+        node = node.children[tok]
+    assert node.count == 1.0
+    assert d.propose("r", [6, 7], budget=3, max_depth=3).tokens[:2] == [8, 9]
+
+
 def test_plan_depths_follow_acceptance_and_cost() -> None:
     cost = StepCostModel()
     for n, t in {1: 0.035, 2: 0.036, 4: 0.055, 8: 0.065, 16: 0.066, 32: 0.094, 64: 0.125}.items():
@@ -93,6 +152,18 @@ def test_plan_depths_follow_acceptance_and_cost() -> None:
     for _ in range(20):
         acc.update(0, 4)
     assert acc.rho < 0.1
+
+
+def test_cost_points_stay_where_the_steps_were() -> None:
+    """Steps of 17 tokens land in the (16, 32] bucket: the curve must price 17 tokens at what they
+    cost, and 32 tokens at more (a point at x=32 would have called a 32-token step as cheap as 17)."""
+    cost = StepCostModel(alpha=0.5)
+    cost.observe(16, 0.100)
+    for _ in range(20):
+        cost.observe(17, 0.110)
+    assert abs(cost.cost(17) - 0.110) < 1e-6
+    assert abs(cost.cost(16) - 0.100) < 1e-9 and 0.100 < cost.cost(16.5) < 0.110  # type: ignore[arg-type]
+    assert cost.cost(32) > 0.2  # beyond the widest step seen: linear from it
 
 
 def test_key_reads_price_drafts_behind_long_contexts() -> None:
