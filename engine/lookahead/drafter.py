@@ -1,8 +1,10 @@
-"""Draft retrieval: each request's own trie (prompt + output) and one global trie (all outputs).
+"""Draft retrieval: each request's own cache (prompt + output) and one global trie (all outputs).
 
-Both update incrementally: a request's prompt is indexed once; every new output token extends each
-window that ends at it by one step from the node the window had reached (no re-scan of the history,
-no walk from the key).
+Both update incrementally, with no re-scan of the history. A request's own cache records where
+each key occurred (engine.lookahead.position_index: one append per token and key length, so a
+long prompt is indexed in a few ms). The global trie counts windows: every new output token
+extends each window that ends at it by one step from the node the window had reached (no walk
+from the key).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from engine.lookahead.ngram_trie import NGramTrie, TrieNode
+from engine.lookahead.position_index import PositionIndex
 from engine.lookahead.tree import DraftTree
 
 
@@ -18,7 +21,7 @@ class DrafterConfig:
     key_lengths: tuple[int, ...] = (3, 2, 1)  # context tokens used as the lookup key, longest first
     window: int = 8  # continuation length stored per position (the deepest draft)
     global_max_nodes: int = 1 << 20
-    local_max_nodes: int = 1 << 18
+    local_max_positions: int = 16  # a request's own cache: continuations counted per lookup, latest first
 
 
 @dataclass(slots=True)
@@ -35,8 +38,8 @@ class Windows:
 
 @dataclass(slots=True)
 class RequestCache:
-    own: Windows  # the request's trie: prompt and output
-    shared: Windows  # the global trie: output only
+    own: PositionIndex  # the request's prompt and output
+    shared: Windows  # in the global trie: output only
 
 
 class Drafter:
@@ -92,10 +95,10 @@ class Drafter:
         cache = self.local.get(request_id)
         if cache is None:
             # outputs (not prompts) also feed the global cache: they are what requests tend to repeat
-            cache = self.local[request_id] = RequestCache(Windows(NGramTrie(self.config.local_max_nodes)),
+            cache = self.local[request_id] = RequestCache(PositionIndex(self.config.key_lengths),
                                                           Windows(self.global_trie, fed=num_prompt))
         if cache.own.fed < len(tokens):
-            self._feed(cache.own, tokens, len(tokens))
+            cache.own.feed(tokens, len(tokens))
             self._feed(cache.shared, tokens, len(tokens))
 
     def forget(self, request_id: str) -> None:
@@ -107,14 +110,19 @@ class Drafter:
         if budget <= 0:
             return tree
         cache = self.local.get(request_id)
-        for trie in ([cache.own.trie] if cache else []) + [self.global_trie]:
+        for own in ([True] if cache else []) + [False]:
             for k in self.config.key_lengths:
                 if len(tokens) < k:
                     continue
-                for path in trie.branches(tuple(tokens[-k:]), budget, max_depth):
+                key = tuple(tokens[-k:])
+                if own:
+                    paths = cache.own.branches(key, budget, max_depth, self.config.local_max_positions)  # type: ignore[union-attr]
+                else:
+                    paths = self.global_trie.branches(key, budget, max_depth)
+                for path in paths:
                     tree.add_branch(path, budget)
                 if len(tree) >= budget:
                     return tree
                 if len(tree):
-                    break  # a longer key matched in this trie: shorter keys are noisier
+                    break  # a longer key matched in this cache: shorter keys are noisier
         return tree

@@ -9,6 +9,7 @@ import pytest
 from engine.lookahead.budget import Acceptance, StepCostModel, expected_accepted, plan_depths
 from engine.lookahead.drafter import Drafter, DrafterConfig
 from engine.lookahead.ngram_trie import NGramTrie
+from engine.lookahead.position_index import PositionIndex
 from engine.lookahead.speculator import compaction_slots, node_positions
 from engine.lookahead.tree import DraftTree, accept_path
 
@@ -102,8 +103,9 @@ def counts(trie: NGramTrie) -> dict[Any, Any]:
 
 @pytest.mark.parametrize("seed", range(40))
 def test_incremental_index_equals_one_from_scratch(seed: int) -> None:
-    """Requests observed a few tokens at a time, interleaved: each request's trie and the global
-    trie (outputs only) hold exactly the counts of indexing the whole text at once."""
+    """Requests observed a few tokens at a time, interleaved: the global trie (outputs only) holds
+    exactly the counts of indexing the whole text at once, and a request's own position index
+    counts, for every key, what a window trie over its whole text (prompt and output) holds."""
     rng = random.Random(seed)
     config = DrafterConfig(key_lengths=rng.choice([(3, 2, 1), (2, 1), (1,)]), window=rng.choice([1, 2, 4, 8]))
     d = Drafter(config)
@@ -115,43 +117,41 @@ def test_incremental_index_equals_one_from_scratch(seed: int) -> None:
         texts[rid] += [rng.randrange(4) for _ in range(rng.randrange(1, 4))]
     shared = NGramTrie()
     for rid, cache in d.local.items():
+        text = texts[rid][: cache.own.fed]
         own = NGramTrie()
-        index_from_scratch(config, texts[rid], 0, cache.own.fed, own)
-        assert counts(cache.own.trie) == counts(own)
+        index_from_scratch(config, text, 0, len(text), own)
+        for key in own.roots:
+            found = cache.own.continuations(key, config.window, limit=len(text))
+            assert counts(found) == {key: counts(own)[key]}
+        assert set(cache.own.starts) == set(own.roots)
         index_from_scratch(config, texts[rid], prompts[rid], cache.shared.fed, shared)
     assert counts(d.global_trie) == counts(shared)
 
 
+def test_own_cache_counts_the_latest_occurrences() -> None:
+    idx = PositionIndex((1,))
+    text = [5, 1, 5, 2, 5, 2, 5, 3]
+    idx.feed(text, len(text))
+    assert idx.starts[(5,)] == [1, 3, 5, 7]
+    assert idx.branches((5,), budget=3, max_depth=1, limit=4) == [[2], [1], [3]]  # 2 twice
+    assert idx.branches((5,), budget=3, max_depth=1, limit=2) == [[2], [3]]  # the last two only
+    assert idx.branches((9,), 3, 1, 4) == []
+
+
 def test_windows_survive_a_decay_of_their_trie() -> None:
     """A decay may prune the nodes open windows hold: they are found again, and what follows is counted."""
-    d = Drafter(DrafterConfig(key_lengths=(1,), window=4, local_max_nodes=30))
+    d = Drafter(DrafterConfig(key_lengths=(1,), window=4, global_max_nodes=30))
     text = list(range(10))  # all distinct: every count is 1, so a decay prunes everything
-    d.observe("r", text, len(text))
-    trie = d.local["r"].own.trie
+    d.observe("r", text, 0)  # no prompt: everything is output, indexed in the global trie
+    trie = d.global_trie
     assert trie.epoch == 1 and trie.num_nodes == 0
-    d.observe("r", text + [7, 8, 9], len(text))
+    d.observe("r", text + [7, 8, 9], 0)
     # the window 7 8 9 (after key 6) was open across the decay: its fourth token counts in the live trie
     node = trie.roots[(6,)]
     for tok in (7, 8, 9, 7):
         node = node.children[tok]
     assert node.count == 1.0
-    assert d.propose("r", [6, 7], budget=3, max_depth=3).tokens[:2] == [8, 9]
-
-
-def test_plan_depths_follow_acceptance_and_cost() -> None:
-    cost = StepCostModel()
-    for n, t in {1: 0.035, 2: 0.036, 4: 0.055, 8: 0.065, 16: 0.066, 32: 0.094, 64: 0.125}.items():
-        cost.observe(n, t)
-    assert plan_depths([0.02], 1, cost, 8, 2, 256) == [0]  # a request that rarely hits drafts nothing
-    assert plan_depths([0.95], 1, cost, 8, 2, 256)[0] >= 4  # a copying one drafts deep
-    deep_small_batch = plan_depths([0.9], 1, cost, 8, 2, 256)[0]
-    deep_big_batch = plan_depths([0.9] * 32, 32, cost, 8, 2, 256)
-    assert max(deep_big_batch) <= deep_small_batch  # the step's tokens follow the batch size
-    assert expected_accepted(0.5, 0) == 0 and abs(expected_accepted(0.5, 2) - 0.75) < 1e-9
-    acc = Acceptance()
-    for _ in range(20):
-        acc.update(0, 4)
-    assert acc.rho < 0.1
+    assert d.propose("other", [6, 7], budget=3, max_depth=3).tokens[:2] == [8, 9]
 
 
 def test_cost_points_stay_where_the_steps_were() -> None:
