@@ -21,6 +21,7 @@ from engine.detokenizer import Detokenizer, FinishReason
 from engine.engine_config import EngineConfig
 from engine.kv_layout import KVLayout, dtype_from_name
 from engine.kv_pool import KVPool
+from engine.lookahead.budget import key_reads
 from engine.lookahead.speculator import Speculator, compaction_slots, node_positions
 from engine.lookahead.tree import DraftTree
 from engine.model import Model
@@ -117,13 +118,14 @@ class LLMEngine:
             timed(64, 0)  # warm-up
             short = {n: timed(n, 64) for n in (1, 2, 4, 8, 16, 32, 64)}
             if price_keys:
-                # a difference of differences magnifies noise: each of its four terms is the best of two
-                best = {(n, ctx): min(timed(n, ctx), timed(n, ctx) if ctx != 64 else short[n])
+                # a difference of differences magnifies noise: each of its four terms is the best of
+                # two timings (the short-context ones have one already)
+                best = {(n, ctx): min(timed(n, ctx), short[n] if ctx == 64 else timed(n, ctx))
                         for n in (1, 32) for ctx in (64, long_ctx)}
                 extra = (best[32, long_ctx] - best[1, long_ctx]) - (best[32, 64] - best[1, 64])
                 cost.per_key_read = max(0.0, extra) / (31 * (long_ctx - 64))
             for n, seconds in short.items():
-                cost.observe(n, seconds, key_reads=n * (64 + n))
+                cost.observe(n, seconds, key_reads=key_reads(64, n))
             logger.info("step cost: %s ms by query tokens, %.3f us per key read",
                         {round(x): round(t * 1e3, 1) for x, t in sorted(cost.points.values())}, cost.per_key_read * 1e6)
         finally:
@@ -188,7 +190,7 @@ class LLMEngine:
         logits = self.forward(scheduled, drafts)
         if self.speculator is not None:
             self.speculator.cost.observe(sum(s.num_tokens for s in scheduled), time.perf_counter() - t0,
-                                         key_reads=sum(s.num_tokens * (s.seq.num_cached + s.num_tokens) for s in scheduled))
+                                         key_reads=sum(key_reads(s.seq.num_cached, s.num_tokens) for s in scheduled))
         return self.postprocess(scheduled, logits, drafts)
 
     def _propose(self) -> dict[str, DraftTree]:
@@ -199,7 +201,7 @@ class LLMEngine:
         # the step without drafts: one token per decoding sequence, a chunk per prefilling one
         new = [min(s.num_tokens - s.num_cached, self.config.max_num_batched_tokens) if s.is_prefilling else 1
                for s in running]
-        base_reads = sum(q * (s.num_cached + q) for q, s in zip(new, running))
+        base_reads = sum(key_reads(s.num_cached, q) for q, s in zip(new, running))
         return self.speculator.propose(decoding, sum(new), base_reads)
 
     def forward(self, scheduled: list[ScheduledSeq], drafts: dict[str, DraftTree] | None = None) -> torch.Tensor:

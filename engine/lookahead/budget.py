@@ -29,11 +29,13 @@ class StepCostModel:
         self.points: dict[int, tuple[float, float]] = {}  # bucket -> (mean tokens, mean seconds)
         self.alpha = alpha
         self.per_key_read = 0.0
+        self._curve: list[tuple[float, float]] | None = None  # the points by tokens; None after an observe
 
     def observe(self, tokens: int, seconds: float, key_reads: int = 0) -> None:
         seconds = max(seconds - self.per_key_read * key_reads, 1e-6)
         b = 1 << max(0, (tokens - 1).bit_length())  # bucket (b/2, b]: next power of two
         old = self.points.get(b)
+        self._curve = None
         if old is None:
             self.points[b] = (float(tokens), seconds)
         else:
@@ -46,7 +48,9 @@ class StepCostModel:
     def _token_cost(self, tokens: int) -> float:
         if not self.points:
             return float(tokens)  # uncalibrated: assume linear (drafts then only pay off when accepted)
-        pts = [self.points[b] for b in sorted(self.points)]  # buckets are disjoint: x ascends too
+        if self._curve is None:  # the planner prices many candidate steps between two observes
+            self._curve = [self.points[b] for b in sorted(self.points)]  # buckets are disjoint: x ascends too
+        pts = self._curve
         x0, y0 = pts[0]
         if tokens <= x0:
             return y0
@@ -55,6 +59,12 @@ class StepCostModel:
                 return y0 + (y1 - y0) * (tokens - x0) / max(x1 - x0, 1e-9)
             x0, y0 = x1, y1
         return y0 * tokens / x0  # past the widest step seen: linear from it
+
+
+def key_reads(num_cached: int, query_tokens: int) -> int:
+    """Keys a sequence's query tokens read in one step: each sees the cached ones and (at most)
+    the step's own."""
+    return query_tokens * (num_cached + query_tokens)
 
 
 @dataclass(slots=True)

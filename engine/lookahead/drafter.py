@@ -65,7 +65,8 @@ class Drafter:
     def _feed(self, win: Windows, tokens: Sequence[int], end: int) -> None:
         """Indexes tokens[win.fed:end] as they arrive: each new token extends every window (of up
         to ``window`` tokens) that ends at it, under each key = the k tokens before the window.
-        Counts as NGramTrie.extend would: a path's count is its own occurrences as a window."""
+        A path's count is how often key + path occurred (each window adds one to its last node;
+        its shorter prefixes were counted as it grew)."""
         w, keys, trie = self.config.window, self.config.key_lengths, win.trie
         if win.epoch != trie.epoch:
             self._reopen(win, tokens)
@@ -110,16 +111,16 @@ class Drafter:
         if budget <= 0:
             return tree
         cache = self.local.get(request_id)
-        for own in ([True] if cache else []) + [False]:
+        # the request's own text first, then every request's outputs
+        lookups = [lambda key: self.global_trie.branches(key, budget, max_depth)]
+        if cache is not None:
+            limit = self.config.local_max_positions
+            lookups.insert(0, lambda key: cache.own.branches(key, budget, max_depth, limit))
+        for lookup in lookups:
             for k in self.config.key_lengths:
                 if len(tokens) < k:
                     continue
-                key = tuple(tokens[-k:])
-                if own:
-                    paths = cache.own.branches(key, budget, max_depth, self.config.local_max_positions)  # type: ignore[union-attr]
-                else:
-                    paths = self.global_trie.branches(key, budget, max_depth)
-                for path in paths:
+                for path in lookup(tuple(tokens[-k:])):
                     tree.add_branch(path, budget)
                 if len(tree) >= budget:
                     return tree

@@ -1,8 +1,8 @@
 """An n-gram continuation cache: context key (the last k tokens) -> a trie of what followed it.
 
     insert(key, window): counts each prefix of ``window`` as a continuation of ``key``
-    extend(key, path): counts ``path`` once, its proper prefixes already counted (streaming text)
     root(key), child(node, tok): the nodes themselves, for callers that keep cursors into the trie
+        (streaming text: engine.lookahead.drafter extends each open window by one node per token)
     branches(key, budget, depth): the most frequent continuations, best first, as root-to-leaf paths
 
 Memory is bounded: when the node count passes ``max_nodes`` every count is halved and nodes whose
@@ -52,17 +52,6 @@ class NGramTrie:
         for tok in window:
             node = self.child(node, tok)
             node.count += weight
-        self.bound()
-
-    def extend(self, key: Key, path: Sequence[int], weight: float = 1.0) -> None:
-        """Counts one more occurrence of ``path`` after ``key`` whose shorter prefixes were counted
-        when they arrived: a growing window costs one increment per new token, never a re-insert."""
-        node = self.root(key)
-        if len(path) == 1:
-            node.count += weight
-        for tok in path:
-            node = self.child(node, tok)
-        node.count += weight
         self.bound()
 
     def bound(self) -> None:

@@ -86,13 +86,19 @@ def test_drafter_indexes_incrementally_and_proposes_copies() -> None:
 
 
 def index_from_scratch(config: DrafterConfig, tokens: Sequence[int], start: int, end: int, trie: NGramTrie) -> None:
-    """The definition the drafter's cursors must match: every window ending in [start, end), under
-    every key that fits, counted once with NGramTrie.extend (walked from the key each time)."""
+    """The definition the drafter's cursors must match, walked from the key every time: for every
+    window tokens[first .. last] with last in [start, end), under every key that fits, one count
+    on its last node (and one on the key when the window is one token long)."""
     for last in range(start, end):
         for first in range(max(1, last - config.window + 1), last + 1):
             for k in config.key_lengths:
                 if first - k >= 0:
-                    trie.extend(tuple(tokens[first - k : first]), tokens[first : last + 1])
+                    node = trie.root(tuple(tokens[first - k : first]))
+                    if first == last:
+                        node.count += 1.0
+                    for tok in tokens[first : last + 1]:
+                        node = trie.child(node, tok)
+                    node.count += 1.0
 
 
 def counts(trie: NGramTrie) -> dict[Any, Any]:
