@@ -72,7 +72,9 @@ def linear_residual(x: torch.Tensor, weight_t: torch.Tensor, residual: torch.Ten
     """residual += x @ weight_t, in place (one addmm; 16-bit: the product rounded, then added, as HF
     does). x: [T, in], weight_t: [in, out] (weight.t())."""
     if _wx_layout(x):
-        return residual.add_(_wx_mm(weight_t.t(), x))
+        # the product comes transposed ([out, T] memory): adding it into the residual's [T, out] is
+        # 2x faster from a contiguous copy than from the strided view (17 rows: 12.5 vs 29 us)
+        return residual.add_(_wx_mm(weight_t.t(), x).contiguous())
     return residual.addmm_(x, weight_t)
 
 

@@ -5,9 +5,11 @@
 
 One stack (started here unless --base-url names a running gateway). Every request says whether it
 wants lookahead (the gateway's ``lookahead`` body field), so "on" and "off" run on the same
-workers, prompts and load. For each workload and concurrency, ``grove bench`` runs lookahead on,
-then off; at concurrency 1 also transformers ``generate`` with ``prompt_lookup_num_tokens``
-(in-process, one request at a time). Greedy outputs are checked against it.
+workers, prompts and load. For each workload and concurrency, ``grove bench`` runs lookahead on
+and off in ``--rounds`` rounds on disjoint prompts, on first in odd rounds and off first in even
+ones; at concurrency 1 the first round also runs transformers ``generate`` with
+``prompt_lookup_num_tokens`` (in-process, one request at a time). Greedy outputs are checked
+against it.
 
 Fairness:
 - each concurrency level gets its own prompts (disjoint: ``--skip-prompts``): lookahead's global
@@ -20,6 +22,9 @@ Fairness:
 
 Goals (issue #5): copy-heavy (code-edit, shakespeare-quote) on/off >= 3.0x at c=1 and >= 2.0x at
 c=16, on/prompt-lookup >= 1.3x at c=1; chat (sharegpt) on/off >= 0.97x at every concurrency.
+Ratios are judged on decode speed (1 / mean TPOT), as speculative decoding is: lookahead leaves the
+prefill alone, and at c=1 with short outputs the prefill's share would dilute any decode speed-up.
+The end-to-end tokens/s ratio (prefill included) is printed beside it.
 "Tokens per step" = output tokens per decode step of a request (1 + accepted drafts per step).
 Writes each run's result (JSON + plots) and summary.json to --out-dir; prints the ratio table.
 """
@@ -32,6 +37,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -106,13 +112,15 @@ def cell(doc: dict[str, Any], workload: str, concurrency: int) -> dict[str, Any]
     on, off, hf = runs[ON], runs[OFF], runs.get(HF_PL)
     tps = {name: metric_value(r, "output_throughput") for name, r in runs.items()}
     on_off_goal, on_hf_goal = goals(KIND[workload], concurrency)
-    ratio = tps[ON] / tps[OFF] if tps[ON] and tps[OFF] else None
+    tps_ratio = tps[ON] / tps[OFF] if tps[ON] and tps[OFF] else None
     tpot = {name: metric_value(r, "tpot_ms", "mean") for name, r in runs.items()}
+    ratio = tpot[OFF] / tpot[ON] if tpot[ON] and tpot[OFF] else None  # decode speed: what lookahead changes
     hf_ratio = tpot[HF_PL] / tpot[ON] if hf is not None and tpot[ON] and tpot[HF_PL] else None  # decode speed
     hf_tps_ratio = tps[ON] / tps[HF_PL] if hf is not None and tps[ON] and tps[HF_PL] else None
     return {
         "workload": workload, "kind": KIND[workload], "concurrency": concurrency, "prompts": doc["dataset"]["num_prompts"],
-        "off_tok_s": tps[OFF], "on_tok_s": tps[ON], "on_over_off": ratio, "on_off_goal": on_off_goal,
+        "off_tok_s": tps[OFF], "on_tok_s": tps[ON], "on_over_off_tok_s": tps_ratio,
+        "on_over_off": ratio, "on_off_goal": on_off_goal,
         "on_off_met": None if on_off_goal is None or ratio is None else ratio >= on_off_goal,
         "tokens_per_step": tokens_per_step(on), "acceptance_rate": metric_value(on, "acceptance_rate"),
         "tokens_per_chunk": metric_value(on, "tokens_per_chunk"),
@@ -124,22 +132,54 @@ def cell(doc: dict[str, Any], workload: str, concurrency: int) -> dict[str, Any]
     }
 
 
+def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cell from its rounds: geometric means of the ratios (each round's on and off ran in the
+    same minutes), arithmetic means of the rates; the first round's transformers figures (it alone
+    runs them); lossless only if every round was."""
+    if len(rounds) == 1:
+        return rounds[0] | {"rounds": rounds}
+
+    def mean(key: str, geometric: bool = False) -> float | None:
+        vals = [r[key] for r in rounds if r[key] is not None]
+        if not vals:
+            return None
+        return math.prod(vals) ** (1 / len(vals)) if geometric else sum(vals) / len(vals)
+
+    out = dict(rounds[0])
+    for key in ("off_tok_s", "on_tok_s", "tokens_per_step", "acceptance_rate", "tokens_per_chunk"):
+        out[key] = mean(key)
+    for key in ("on_over_off", "on_over_off_tok_s"):
+        out[key] = mean(key, geometric=True)
+    out["prompts"] = sum(r["prompts"] for r in rounds)
+    out["on_off_met"] = None if out["on_off_goal"] is None or out["on_over_off"] is None else out["on_over_off"] >= out["on_off_goal"]
+    for key in ("greedy_ok", "on_equals_off"):
+        vals = [r[key] for r in rounds if r[key] is not None]
+        out[key] = None if not vals else all(vals)
+    out["rounds"] = rounds
+    return out
+
+
 def table(cells: list[dict[str, Any]]) -> str:
     def f(v: float | None, spec: str) -> str:
         return "-" if v is None else f"{v:{spec}}"
+
+    def spread(c: dict[str, Any]) -> str:  # the rounds' own decode ratios
+        vals = [r["on_over_off"] for r in c.get("rounds", []) if r["on_over_off"] is not None]
+        return f" ({min(vals):.2f}-{max(vals):.2f})" if len(vals) > 1 else ""
 
     def verdict(goal: float | None, met: bool | None) -> str:
         return "-" if goal is None else f">= {goal:g}x {'met' if met else 'NOT met'}"
 
     rows = [[c["workload"], f"c={c['concurrency']}", str(c["prompts"]), f(c["off_tok_s"], ".1f"), f(c["on_tok_s"], ".1f"),
-             f(c["on_over_off"], ".2f") + "x", verdict(c["on_off_goal"], c["on_off_met"]),
+             f(c["on_over_off_tok_s"], ".2f") + "x", f(c["on_over_off"], ".2f") + "x" + spread(c),
+             verdict(c["on_off_goal"], c["on_off_met"]),
              f(c["tokens_per_step"], ".2f"), f(c["acceptance_rate"], ".0%"), f(c["hf_pl_tok_s"], ".1f"),
              f(c["on_over_hf_pl_tok_s"], ".2f") + ("x" if c["on_over_hf_pl_tok_s"] else ""),
              f(c["on_over_hf_pl_decode"], ".2f") + ("x" if c["on_over_hf_pl_decode"] else ""),
              verdict(c["on_hf_goal"], c["on_hf_met"]),
              {True: "yes", False: "NO", None: "-"}[c["on_equals_off"]],
              {True: "yes", False: "NO", None: "-"}[c["greedy_ok"]]] for c in cells]
-    header = ["workload", "load", "prompts", "off tok/s", "on tok/s", "on/off", "goal", "tok/step", "accept",
+    header = ["workload", "load", "prompts", "off tok/s", "on tok/s", "on/off", "on/off decode", "goal", "tok/step", "accept",
               "hf-pl tok/s", "on/hf-pl", "on/hf-pl decode", "goal", "on=off", "greedy=HF"]
     return text_table(header, rows)
 
@@ -158,6 +198,9 @@ def main() -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="of the stack and of transformers (default float32, the bundled model's own). In bf16 "
                         "a wide verify step costs about what a 1-token step does on this CPU (AMX)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds per workload and concurrency, each on its own "
+                   "prompts, alternating which of on and off runs first (default 2): the machine's drift over a "
+                   "minute then falls on both")
     p.add_argument("--base-url", help="a running Grove gateway instead of starting a stack")
     p.add_argument("--out-dir", help="default results/bench-lookahead-TIME")
     args = p.parse_args()
@@ -188,14 +231,21 @@ def main() -> int:
         cells = []
         for workload in workloads:
             for i, c in enumerate(levels):
-                # disjoint prompts per level: the measured ones, the warm-up, and slack for skipped long prompts
-                config = BenchConfig(dataset=workload, targets=targets, loads=(LoadSpec(concurrency=c),),
-                                     num_prompts=args.num_prompts, skip_prompts=i * 2 * (args.num_prompts + 1),
-                                     max_tokens=args.max_tokens, label=f"{workload} c={c}", progress=False)
-                prime(url, config, hf.tokenizer)
-                doc = run_bench(config, baselines=[baseline] if c == 1 else [], hf=hf, out=out_dir / f"{workload}-c{c}.json")
-                cells.append(cell(doc, workload, c))
-                logger.info("%s c=%d: on/off %s", workload, c, cells[-1]["on_over_off"])
+                rounds = []
+                for r in range(args.rounds):
+                    # disjoint prompts per level and round: the measured ones, the warm-up, and slack for
+                    # skipped long prompts
+                    config = BenchConfig(dataset=workload, targets=targets if r % 2 == 0 else targets[::-1],
+                                         loads=(LoadSpec(concurrency=c),), num_prompts=args.num_prompts,
+                                         skip_prompts=(i * args.rounds + r) * 2 * (args.num_prompts + 1),
+                                         max_tokens=args.max_tokens, label=f"{workload} c={c} round {r + 1}",
+                                         progress=False)
+                    prime(url, config, hf.tokenizer)
+                    doc = run_bench(config, baselines=[baseline] if c == 1 and r == 0 else [], hf=hf,
+                                    out=out_dir / f"{workload}-c{c}-r{r + 1}.json")
+                    rounds.append(cell(doc, workload, c))
+                    logger.info("%s c=%d round %d: on/off decode %s", workload, c, r + 1, rounds[-1]["on_over_off"])
+                cells.append(combine(rounds))
     load = (load, os.getloadavg()[0])  # the machine may be shared: anything else running shows here
     print(table(cells))  # noqa: T201
     print(f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end")  # noqa: T201

@@ -8,6 +8,8 @@ them and their [B, kvh, kv_len, d] views), pad queries to [B, max_q], one
 ``scaled_dot_product_attention`` with GQA, unpad. A single decode token in fp32 skips SDPA for two
 ``bmm`` over the kv heads: on CPU that is the cheaper path for one query row per head. 16-bit
 models attend in fp64 instead (``_attend_fp64``): row-invariant, so bf16 lookahead is exact.
+A step with decoding sequences beside wide ones (lookahead trees, prefill chunks) attends in two
+groups (``SplitPlan``), so a decode's one query is not padded to a tree's rows.
 """
 from __future__ import annotations
 
@@ -50,12 +52,28 @@ class TorchAttentionPlan:
     q_index: torch.Tensor | None  # [B, max_q] token row of each padded query (padding -> 0)
     q_valid: torch.Tensor | None  # [B, max_q] bool
     mask: torch.Tensor | None  # [B, 1, max_q, kv_len] bool, True = may attend; None: all visible
+    # keys before mask_from are visible to every real query row (no window; padded rows are dropped):
+    # the fp64 path masks only hidden = ~mask[..., mask_from:], a tree's own columns at batch 1
+    mask_from: int = 0
+    hidden: torch.Tensor | None = None  # [B, 1, max_q, kv_len - mask_from] bool, True = masked
     buffers: list[_StepBuffers] = field(default_factory=list)  # made by the first layer
 
     @property
     def single_decode(self) -> bool:
         """One sequence, one query token, every key visible."""
         return self.q_index is None and self.mask is None and self.meta.num_seqs == 1
+
+
+@dataclass(frozen=True, slots=True)
+class SplitPlan:
+    """A step whose sequences attend in groups: the decoding ones (one query each) apart from those
+    with many (a lookahead tree, a prefill chunk). One padded batch would give every decoding
+    sequence the widest one's query rows (and every sequence the longest one's keys): a 17-node
+    tree beside 15 decodes costs 16 x 17 query rows instead of 15 + 17."""
+
+    write_block: torch.Tensor  # [T] of the whole step
+    write_offset: torch.Tensor
+    parts: tuple[tuple[torch.Tensor, TorchAttentionPlan], ...]  # (the group's token rows [T'], its plan)
 
 
 # keys a decode step may gather per layer and still attend on one thread. Measured on 2 cores
@@ -117,6 +135,13 @@ def _general_mask(meta: AttentionMetadata, kv_len: int, q_valid: torch.Tensor) -
     return mask
 
 
+def _hidden(mask: torch.Tensor | None, visible: int) -> dict[str, object]:
+    """The plan's mask_from and hidden: keys [0, visible) are seen by every real query row."""
+    if mask is None:
+        return {}
+    return {"mask_from": visible, "hidden": ~mask[..., visible:]}
+
+
 def _attend_fp64(q: torch.Tensor, buf: _StepBuffers, plan: TorchAttentionPlan, scale: float) -> torch.Tensor:
     """Row-invariant attention for 16-bit models: a query row gets the same bits whatever shares its step.
 
@@ -134,13 +159,16 @@ def _attend_fp64(q: torch.Tensor, buf: _StepBuffers, plan: TorchAttentionPlan, s
     qp = q[:, None] if plan.q_index is None else q[plan.q_index]  # [B, Q, H, d]
     Q, G = qp.shape[1], H // kvh
     # query head h reads kv head h // G: group the rows of one kv head as [B, kvh, Q * G, d]
-    qg = qp.reshape(B, Q, kvh, G, d).permute(0, 2, 1, 3, 4).reshape(B, kvh, Q * G, d).double()
+    # the scale goes on the queries (Q * G * d products, not Q * G * S): for a power of two
+    # (head_dim 64, 256) the same bits as scaling the scores, and every row the same op anyway
+    qg = qp.reshape(B, Q, kvh, G, d).permute(0, 2, 1, 3, 4).reshape(B, kvh, Q * G, d).double().mul_(scale)
     k64, v64 = buf.exact  # contiguous fp64 copies: matmul then folds [B, kvh] into one bmm without copying
     k64.copy_(buf.k)
     v64.copy_(buf.v)
-    scores = torch.matmul(qg, k64.transpose(-1, -2)).mul_(scale)  # [B, kvh, Q * G, S]
-    if plan.mask is not None:  # [B, 1, Q, S] -> every head of the group
-        scores.view(B, kvh, Q, G, S).masked_fill_(~plan.mask[:, :, :, None, :], float("-inf"))
+    scores = torch.matmul(qg, k64.transpose(-1, -2))  # [B, kvh, Q * G, S]
+    if plan.hidden is not None:  # [B, 1, Q, S - mask_from] -> every head of the group
+        hidden = scores.view(B, kvh, Q, G, S)[..., plan.mask_from :]
+        hidden.masked_fill_(plan.hidden[:, :, :, None, :], float("-inf"))
     out = torch.matmul(scores.softmax(-1), v64)  # [B, kvh, Q * G, d]
     out = out.view(B, kvh, Q, G, d).permute(0, 2, 1, 3, 4).reshape(B, Q, H, d).to(q.dtype)
     return out[:, 0] if plan.q_index is None else out[plan.q_valid]
@@ -163,7 +191,16 @@ def _step_buffers(cache: KVLayerCache, plan: TorchAttentionPlan, heads: int) -> 
 class TorchAttentionBackend:
     name = "torch"
 
-    def plan(self, meta: AttentionMetadata) -> TorchAttentionPlan:
+    def plan(self, meta: AttentionMetadata) -> TorchAttentionPlan | SplitPlan:
+        lens = meta.query_lens_host
+        if 1 in lens and max(lens) > 1:  # decoding sequences beside wide ones: two groups
+            decoding = [b for b, q in enumerate(lens) if q == 1]
+            wide = [b for b, q in enumerate(lens) if q > 1]
+            parts = tuple((rows, self._plan(sub)) for rows, sub in (meta.select(decoding), meta.select(wide)))
+            return SplitPlan(meta.slot_mapping // meta.block_size, meta.slot_mapping % meta.block_size, parts)
+        return self._plan(meta)
+
+    def _plan(self, meta: AttentionMetadata) -> TorchAttentionPlan:
         bs = meta.block_size
         n_blocks = -(-meta.max_seq_len // bs)
         common = dict(
@@ -181,7 +218,7 @@ class TorchAttentionBackend:
                 window = _window_mask(meta, kv_len, None)[:, None]  # [B, 1, 1, kv_len]
                 mask = window if mask is None else mask & window
             return TorchAttentionPlan(**common, kv_len=kv_len, one_thread=one_thread, q_index=None, q_valid=None,
-                                      mask=mask)
+                                      mask=mask, **_hidden(mask, 0 if meta.window_applies else min(meta.seq_lens_host)))
         kv_len = n_blocks * bs
         device = meta.positions.device
         ar_q = torch.arange(meta.max_query_len, device=device)
@@ -190,15 +227,23 @@ class TorchAttentionBackend:
         mask = _general_mask(meta, kv_len, q_valid)
         if meta.window_applies:
             mask &= _window_mask(meta, kv_len, q_index) | ~q_valid[:, :, None]  # padded rows keep their key
+        cached = min(n - q for n, q in zip(meta.seq_lens_host, meta.query_lens_host))
         return TorchAttentionPlan(**common, kv_len=kv_len, one_thread=False, q_index=q_index, q_valid=q_valid,
-                                  mask=mask[:, None])
+                                  mask=mask[:, None], **_hidden(mask[:, None], 0 if meta.window_applies else cached))
 
-    def write_kv(self, cache: KVLayerCache, k: torch.Tensor, v: torch.Tensor, plan: TorchAttentionPlan) -> None:
+    def write_kv(self, cache: KVLayerCache, k: torch.Tensor, v: torch.Tensor,
+                 plan: TorchAttentionPlan | SplitPlan) -> None:
         index = (plan.write_block, plan.write_offset)
         cache.k.index_put_(index, k)
         cache.v.index_put_(index, v)
 
-    def attend(self, q: torch.Tensor, cache: KVLayerCache, plan: TorchAttentionPlan, scale: float) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, cache: KVLayerCache, plan: TorchAttentionPlan | SplitPlan,
+               scale: float) -> torch.Tensor:
+        if isinstance(plan, SplitPlan):
+            out = torch.empty_like(q)
+            for rows, part in plan.parts:
+                out.index_copy_(0, rows, self.attend(q.index_select(0, rows), cache, part, scale))
+            return out
         if not plan.one_thread:
             return self._attend(q, cache, plan, scale)
         threads = torch.get_num_threads()

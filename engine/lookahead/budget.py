@@ -95,7 +95,7 @@ def expected_accepted(rho: float, depth: int) -> float:
     return rho * (1 - rho**depth) / (1 - rho)
 
 
-DEPTHS = (0, 1, 2, 3, 4, 6, 8)
+DEPTHS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # the depths tried (and max_depth)
 
 
 def plan_depths(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: int,
@@ -109,7 +109,7 @@ def plan_depths(rhos: list[float], base_tokens: int, cost: StepCostModel, max_de
     kv_lens = kv_lens if kv_lens is not None else [0] * len(rhos)
     reads = 0
     depths = [0] * len(rhos)
-    levels = [d for d in DEPTHS if d <= max_depth]
+    levels = sorted({d for d in DEPTHS if d < max_depth} | {max_depth})  # max_depth itself always a level
     gain = float(len(rhos))
     extra = 0
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.attention.base import KVLayerCache
-from engine.attention.torch_backend import TorchAttentionBackend
+from engine.attention.torch_backend import SplitPlan, TorchAttentionBackend
 from kernels.paged_attention import (
     MAX_VERIFY_QUERY,
     choose_num_splits,
@@ -88,12 +88,23 @@ def test_tree_mask_changes_the_result() -> None:
                                          ([(16, 4, True), (70, 1, False)], 1),
                                          # the torch backend's decode paths: one token, equal, unequal lengths
                                          ([(37, 1, False)], 3), ([(37, 1, False)] * 3, 3),
-                                         ([(5, 1, False), (40, 1, False)], 2)])
-def test_reference_matches_torch_backend(seqs: list[tuple[int, int, bool]], group: int) -> None:
-    pb = make_paged_batch(seqs, page=16, kv_heads=2, group=group, head_dim=64, dtype=torch.float32, seed=2)
+                                         ([(5, 1, False), (40, 1, False)], 2),
+                                         # decodes, trees and a chain interleaved: attended in two groups
+                                         ([(100, 1, False), (3, 9, True), (50, 1, False), (20, 6, False)], 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reference_matches_torch_backend(seqs: list[tuple[int, int, bool]], group: int, dtype: torch.dtype) -> None:
+    pb = make_paged_batch(seqs, page=16, kv_heads=2, group=group, head_dim=64, dtype=dtype, seed=2)
     m = pb.meta
     backend = TorchAttentionBackend()
-    expected = backend.attend(pb.q, KVLayerCache(pb.k, pb.v), backend.plan(m), 0.125)
+    plan = backend.plan(m)
+    mixed = 1 in m.query_lens_host and max(m.query_lens_host) > 1
+    assert isinstance(plan, SplitPlan) == mixed  # decoding sequences never padded to a tree's rows
+    expected = backend.attend(pb.q, KVLayerCache(pb.k, pb.v), plan, 0.125)
+    if dtype != torch.float32:  # the reference attends in the input dtype: compare in fp32
+        ref = paged_attention_ref(pb.q.float(), pb.k.float(), pb.v.float(), m.block_tables, m.query_start,
+                                  m.num_cached, 0.125, m.tree_mask)
+        torch.testing.assert_close(ref.to(dtype), expected, atol=1e-2, rtol=1e-2)
+        return
     ref = paged_attention_ref(pb.q, pb.k, pb.v, m.block_tables, m.query_start, m.num_cached, 0.125, m.tree_mask)
     torch.testing.assert_close(ref, expected, atol=1e-5, rtol=1e-5)
 

@@ -172,6 +172,17 @@ def test_cost_points_stay_where_the_steps_were() -> None:
     assert cost.cost(32) > 0.2  # beyond the widest step seen: linear from it
 
 
+@pytest.mark.parametrize("max_depth", [5, 8, 16, 20])
+def test_a_sure_copy_drafts_to_max_depth(max_depth: int) -> None:
+    """With flat step costs a request that always copies drafts as deep as --lookahead-max-depth
+    allows: the depth levels tried include max_depth itself (they once stopped at 8 whatever the
+    flag said)."""
+    cost = StepCostModel()
+    for n in (1, 64, 128):
+        cost.observe(n, 0.030)
+    assert plan_depths([0.99], 1, cost, max_depth, 2, 256) == [max_depth]
+
+
 def test_key_reads_price_drafts_behind_long_contexts() -> None:
     """A draft node attends to its sequence's whole context: with a per-key-read cost (bf16 on CPU
     attends in fp64: ~1 us per query token and key, measured), the same copying request drafts
