@@ -22,6 +22,7 @@ block table in input order, whatever their tree shape; a tree token's *position*
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Literal, Sequence
 
 import torch
@@ -69,27 +70,22 @@ class AttentionMetadata:
 
     def token_rows(self, seqs: Sequence[int]) -> torch.Tensor:
         """[T'] the rows of the step's tokens that belong to sequences ``seqs`` (in their order)."""
-        starts = [0]
-        for q in self.query_lens_host:
-            starts.append(starts[-1] + q)
+        starts = list(accumulate(self.query_lens_host, initial=0))
         rows = [r for b in seqs for r in range(starts[b], starts[b + 1])]
         return torch.tensor(rows, dtype=torch.long, device=self.positions.device)
 
     def select(self, seqs: Sequence[int]) -> tuple[torch.Tensor, AttentionMetadata]:
         """The metadata of a sub-batch of sequences ``seqs`` and the rows of its tokens in this one."""
-        rows = self.token_rows(seqs)
-        idx = torch.tensor(list(seqs), dtype=torch.long, device=self.positions.device)
+        rows, device = self.token_rows(seqs), self.positions.device
+        idx = torch.tensor(list(seqs), dtype=torch.long, device=device)
         q_lens = tuple(self.query_lens_host[b] for b in seqs)
         seq_lens = tuple(self.seq_lens_host[b] for b in seqs)
         max_q = max(q_lens)
-        starts = [0]
-        for q in q_lens:
-            starts.append(starts[-1] + q)
         tree = None if self.tree_mask is None or max_q == 1 else self.tree_mask[rows][:, :max_q]
         return rows, AttentionMetadata(
             positions=self.positions[rows],
             slot_mapping=self.slot_mapping[rows],
-            query_start=torch.tensor(starts, dtype=torch.long, device=self.positions.device),
+            query_start=torch.tensor(list(accumulate(q_lens, initial=0)), dtype=torch.long, device=device),
             num_cached=self.num_cached[idx],
             seq_lens=self.seq_lens[idx],
             block_tables=self.block_tables[idx],

@@ -49,7 +49,12 @@ class StepCostModel:
         if not self.points:
             return float(tokens)  # uncalibrated: assume linear (drafts then only pay off when accepted)
         if self._curve is None:  # the planner prices many candidate steps between two observes
-            self._curve = [self.points[b] for b in sorted(self.points)]  # buckets are disjoint: x ascends too
+            pts = [self.points[b] for b in sorted(self.points)]  # buckets are disjoint: x ascends too
+            # a wider step never costs less than a narrower one: a point above a wider one (steps
+            # slowed by another process) is capped at it, so drafts never look cheaper than none
+            for i in range(len(pts) - 2, -1, -1):
+                pts[i] = (pts[i][0], min(pts[i][1], pts[i + 1][1]))
+            self._curve = pts
         pts = self._curve
         x0, y0 = pts[0]
         if tokens <= x0:

@@ -172,6 +172,20 @@ def test_cost_points_stay_where_the_steps_were() -> None:
     assert cost.cost(32) > 0.2  # beyond the widest step seen: linear from it
 
 
+def test_a_slowed_narrow_step_never_prices_wide_steps_below_it() -> None:
+    """Timings from a stack's start (another worker loading beside this one): 2 tokens at 969 ms,
+    8 at 51. Read as they are, a 2-token step priced a 4-token one 17x cheaper, so drafting looked
+    better than free and every request drafted wide. The curve is non-decreasing: narrow points
+    are capped at the wider ones."""
+    cost = StepCostModel()
+    for n, seconds in ((1, 0.2508), (2, 0.9689), (4, 0.0584), (8, 0.0514), (16, 0.0577), (32, 0.0590), (64, 0.0695)):
+        cost.observe(n, seconds)
+    costs = [cost.cost(n) for n in range(1, 129)]
+    assert all(a <= b for a, b in zip(costs, costs[1:]))
+    assert cost.cost(2) == cost.cost(8) == pytest.approx(0.0514)
+    assert cost.cost(64) == pytest.approx(0.0695) and cost.points[2] == (2.0, 0.9689)  # the points stay
+
+
 @pytest.mark.parametrize("max_depth", [5, 8, 16, 20])
 def test_a_sure_copy_drafts_to_max_depth(max_depth: int) -> None:
     """With flat step costs a request that always copies drafts as deep as --lookahead-max-depth
