@@ -68,16 +68,17 @@ class AttentionMetadata:
     def num_tokens(self) -> int:
         return int(self.positions.shape[0])
 
-    def token_rows(self, seqs: Sequence[int]) -> torch.Tensor:
-        """[T'] the rows of the step's tokens that belong to sequences ``seqs`` (in their order)."""
-        starts = list(accumulate(self.query_lens_host, initial=0))
-        rows = [r for b in seqs for r in range(starts[b], starts[b + 1])]
-        return torch.tensor(rows, dtype=torch.long, device=self.positions.device)
-
     def select(self, seqs: Sequence[int]) -> tuple[torch.Tensor, AttentionMetadata]:
-        """The metadata of a sub-batch of sequences ``seqs`` and the rows of its tokens in this one."""
-        rows, device = self.token_rows(seqs), self.positions.device
+        """The metadata of a sub-batch of sequences ``seqs`` (ascending) and the rows [T'] of its
+        tokens in this step."""
+        if list(seqs) != sorted(set(seqs)):
+            raise ValueError(f"select takes distinct sequence indices in ascending order, got {list(seqs)}")
+        device = self.positions.device
         idx = torch.tensor(list(seqs), dtype=torch.long, device=device)
+        keep = torch.zeros(self.num_seqs, dtype=torch.bool, device=device)
+        keep[idx] = True
+        seq_of_token = torch.repeat_interleave(keep, torch.tensor(self.query_lens_host, device=device))  # [T]
+        rows = seq_of_token.nonzero().squeeze(1)  # ascending: sequence by sequence, in seqs' order
         q_lens = tuple(self.query_lens_host[b] for b in seqs)
         seq_lens = tuple(self.seq_lens_host[b] for b in seqs)
         max_q = max(q_lens)

@@ -36,6 +36,7 @@ class _StepBuffers:
     no_input: torch.Tensor  # [1, 1, 1]: baddbmm's input, ignored with beta=0
     group_shape: tuple[int, int, int]  # (kvh, heads per kv head, d): a query row grouped by kv head
     exact: tuple[torch.Tensor, torch.Tensor] | None  # 16-bit models: [B, kvh, kv_len, d] fp64 K and V
+    hidden: torch.Tensor | None  # 16-bit models: [B, 1, max_q, kv_len - mask_from] ~mask, True = masked
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +54,8 @@ class TorchAttentionPlan:
     q_valid: torch.Tensor | None  # [B, max_q] bool
     mask: torch.Tensor | None  # [B, 1, max_q, kv_len] bool, True = may attend; None: all visible
     # keys before mask_from are visible to every real query row (no window; padded rows are dropped):
-    # the fp64 path masks only hidden = ~mask[..., mask_from:], a tree's own columns at batch 1
+    # the fp64 path masks only the columns from there on (a tree's own columns at batch 1)
     mask_from: int = 0
-    hidden: torch.Tensor | None = None  # [B, 1, max_q, kv_len - mask_from] bool, True = masked
     buffers: list[_StepBuffers] = field(default_factory=list)  # made by the first layer
 
     @property
@@ -135,13 +135,6 @@ def _general_mask(meta: AttentionMetadata, kv_len: int, q_valid: torch.Tensor) -
     return mask
 
 
-def _hidden(mask: torch.Tensor | None, visible: int) -> dict[str, object]:
-    """The plan's mask_from and hidden: keys [0, visible) are seen by every real query row."""
-    if mask is None:
-        return {}
-    return {"mask_from": visible, "hidden": ~mask[..., visible:]}
-
-
 def _attend_fp64(q: torch.Tensor, buf: _StepBuffers, plan: TorchAttentionPlan, scale: float) -> torch.Tensor:
     """Row-invariant attention for 16-bit models: a query row gets the same bits whatever shares its step.
 
@@ -166,9 +159,9 @@ def _attend_fp64(q: torch.Tensor, buf: _StepBuffers, plan: TorchAttentionPlan, s
     k64.copy_(buf.k)
     v64.copy_(buf.v)
     scores = torch.matmul(qg, k64.transpose(-1, -2))  # [B, kvh, Q * G, S]
-    if plan.hidden is not None:  # [B, 1, Q, S - mask_from] -> every head of the group
+    if buf.hidden is not None:  # [B, 1, Q, S - mask_from] -> every head of the group
         hidden = scores.view(B, kvh, Q, G, S)[..., plan.mask_from :]
-        hidden.masked_fill_(plan.hidden[:, :, :, None, :], float("-inf"))
+        hidden.masked_fill_(buf.hidden[:, :, :, None, :], float("-inf"))
     out = torch.matmul(scores.softmax(-1), v64)  # [B, kvh, Q * G, d]
     out = out.view(B, kvh, Q, G, d).permute(0, 2, 1, 3, 4).reshape(B, Q, H, d).to(q.dtype)
     return out[:, 0] if plan.q_index is None else out[plan.q_valid]
@@ -181,11 +174,12 @@ def _step_buffers(cache: KVLayerCache, plan: TorchAttentionPlan, heads: int) -> 
     # token t of sequence b is row b * (n / B) * bs + t of the gathered blocks
     size, stride = (B, kvh, S, d), (n // B * bs * kvh * d, d, kvh * d, 1)
     k, v = k_blocks.as_strided(size, stride), v_blocks.as_strided(size, stride)
-    exact = None
+    exact = hidden = None
     if cache.k.dtype in ROW_INVARIANT_DTYPES:
         exact = (cache.k.new_empty(size, dtype=torch.float64), cache.k.new_empty(size, dtype=torch.float64))
+        hidden = None if plan.mask is None else ~plan.mask[..., plan.mask_from :]
     return _StepBuffers(k_blocks, v_blocks, k, v, k[0].transpose(1, 2), v[0], cache.k.new_empty((1, 1, 1)),
-                        (kvh, heads // kvh, d), exact)
+                        (kvh, heads // kvh, d), exact, hidden)
 
 
 class TorchAttentionBackend:
@@ -218,7 +212,7 @@ class TorchAttentionBackend:
                 window = _window_mask(meta, kv_len, None)[:, None]  # [B, 1, 1, kv_len]
                 mask = window if mask is None else mask & window
             return TorchAttentionPlan(**common, kv_len=kv_len, one_thread=one_thread, q_index=None, q_valid=None,
-                                      mask=mask, **_hidden(mask, 0 if meta.window_applies else min(meta.seq_lens_host)))
+                                      mask=mask, mask_from=0 if meta.window_applies else min(meta.seq_lens_host))
         kv_len = n_blocks * bs
         device = meta.positions.device
         ar_q = torch.arange(meta.max_query_len, device=device)
@@ -229,7 +223,7 @@ class TorchAttentionBackend:
             mask &= _window_mask(meta, kv_len, q_index) | ~q_valid[:, :, None]  # padded rows keep their key
         cached = min(n - q for n, q in zip(meta.seq_lens_host, meta.query_lens_host))
         return TorchAttentionPlan(**common, kv_len=kv_len, one_thread=False, q_index=q_index, q_valid=q_valid,
-                                  mask=mask[:, None], **_hidden(mask[:, None], 0 if meta.window_applies else cached))
+                                  mask=mask[:, None], mask_from=0 if meta.window_applies else cached)
 
     def write_kv(self, cache: KVLayerCache, k: torch.Tensor, v: torch.Tensor,
                  plan: TorchAttentionPlan | SplitPlan) -> None:
