@@ -33,13 +33,13 @@ class HFModel:
         self._references: dict[tuple[tuple[int, ...], int], ReferenceOutput] = {}
 
     @classmethod
-    def load(cls, model_dir: str | Path, threads: int = 2, dtype: str = "float32") -> HFModel:
+    def load(cls, model_dir: str | Path, threads: int = 2, dtype: str = "float32", device: str = "cpu") -> HFModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype)).eval()
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype)).to(device).eval()
         logger.info("loaded %s (%s) in %.1f s (%d torch threads)", model_dir, dtype, time.perf_counter() - t0, threads)
         return cls(model, tokenizer, str(model_dir))
 
@@ -84,7 +84,7 @@ class HFBaseline:
                 "prompt_lookup_num_tokens": self.prompt_lookup_num_tokens, "torch_threads": torch.get_num_threads()}
 
     def _generate(self, prompt_ids: Sequence[int], max_tokens: int, streamer: BaseStreamer | None) -> list[int]:
-        ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.hf.model.device)
         extra = {"prompt_lookup_num_tokens": self.prompt_lookup_num_tokens} if self.prompt_lookup_num_tokens else {}
         with torch.inference_mode():
             out = self.hf.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,

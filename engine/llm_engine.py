@@ -113,6 +113,7 @@ class LLMEngine:
         def timed(n: int, ctx: int) -> float:
             t0 = time.perf_counter()
             self.model.run(plan_batch([SeqInput(ids[:n], ctx, blocks, logits="all")], bs, self.config.device), self.kv)
+            self._sync()
             return time.perf_counter() - t0
 
         try:
@@ -138,6 +139,11 @@ class LLMEngine:
                         {round(x): round(t * 1e3, 1) for x, t in sorted(cost.points.values())}, cost.per_key_read * 1e6)
         finally:
             self.allocator.free(blocks)
+
+    def _sync(self) -> None:
+        """Waits for the device's queued work (CUDA runs asynchronously); a no-op on CPU."""
+        if self.kv.data.is_cuda:
+            torch.cuda.synchronize(self.kv.data.device)
 
     # ---- requests -------------------------------------------------------------------------
     def make_sequence(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> Seq:
@@ -197,6 +203,7 @@ class LLMEngine:
         t0 = time.perf_counter()
         logits = self.forward(scheduled, drafts)
         if self.speculator is not None:
+            self._sync()  # the cost model prices the forward, not its launches
             self.speculator.cost.observe(sum(s.num_tokens for s in scheduled), time.perf_counter() - t0,
                                          key_reads=sum(key_reads(s.seq.num_cached, s.num_tokens) for s in scheduled))
         return self.postprocess(scheduled, logits, drafts)
@@ -273,7 +280,8 @@ class LLMEngine:
                 n = len(tree) + 1
                 v = self.speculator.verify(seq, tree, sampled[row : row + n])  # type: ignore[union-attr]
                 rows, path, new = [row + i for i in v.path], v.path, v.tokens
-                moves = compaction_slots(seq.block_table, self.config.block_size, seq.num_cached, path)
+                moves = compaction_slots(seq.block_table, self.config.block_size, seq.num_cached, path,
+                                         self.kv.data.device)
                 if moves is not None:
                     self.model.backend.copy_slots(self.kv.data, *moves)
                 seq.num_cached += len(path)

@@ -42,7 +42,7 @@ class GreedyMatch:
 
 def hf_greedy(model: Any, prompt_ids: Sequence[int], max_new_tokens: int) -> ReferenceOutput:
     """transformers ``generate(do_sample=False)`` on one prompt, with the logit gaps per step."""
-    ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=model.device)
     with torch.inference_mode():
         out = model.generate(
             ids,

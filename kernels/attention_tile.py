@@ -48,14 +48,18 @@ def _attend_paged(
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
-        j = offs_n - num_cached  # index among the new tokens; negative: cached, visible to all
-        if HAS_TREE:
-            new = (j >= 0) & in_range
-            tm = tl.load(mask_row_ptrs[:, None] + j[None, :], mask=row_valid[:, None] & new[None, :], other=0)
-            visible = (j < 0)[None, :] | (tm != 0)
-        else:
-            visible = j[None, :] <= row_tok[:, None]  # causal; true for every cached index
-        s = tl.where(visible & row_valid[:, None] & in_range[None, :], s, float("-inf"))
+        if start + BLOCK_N > num_cached:  # the tile reaches the new tokens: tree or causal visibility
+            j = offs_n - num_cached  # index among the new tokens; negative: cached, visible to all
+            if HAS_TREE:
+                new = (j >= 0) & in_range
+                tm = tl.load(mask_row_ptrs[:, None] + j[None, :], mask=row_valid[:, None] & new[None, :], other=0)
+                visible = (j < 0)[None, :] | (tm != 0)
+            else:
+                visible = j[None, :] <= row_tok[:, None]  # causal; true for every cached index
+            s = tl.where(visible & row_valid[:, None] & in_range[None, :], s, float("-inf"))
+        else:  # cached keys only, visible to every row: no [BLOCK_M, BLOCK_N] mask to build (a padding
+            # row sees them too; its finite result is never stored)
+            s = tl.where(in_range[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # a row that has seen nothing yet keeps m = -inf: subtract 0 instead, so exp2 gives 0, not NaN
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)

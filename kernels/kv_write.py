@@ -9,10 +9,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.launch import check_paged_cache, next_pow2
+from kernels.launch import check_device, check_paged_cache, next_pow2
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tokens"])  # changes every step
 def _kv_write_kernel(
     k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, num_tokens,
     stride_kt, stride_kh, stride_kd, stride_vt, stride_vh, stride_vd,
@@ -36,7 +36,7 @@ def _kv_write_kernel(
     tl.store(v_cache_ptr + dst, v, mask=inside)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_slots"])
 def _copy_slots_kernel(
     pool_ptr, src_ptr, dst_ptr, num_slots,
     stride_b, stride_l, stride_kv, stride_t, stride_h, stride_d,
@@ -75,6 +75,7 @@ def write_kv(
         raise ValueError(f"k/v must be {k_cache.dtype} on {k_cache.device}, got {k.dtype} on {k.device}")
     if slot_mapping.shape != (T,) or slot_mapping.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"slot_mapping must be [T] int, got {slot_mapping.dtype} {tuple(slot_mapping.shape)}")
+    check_device(k_cache.device, slot_mapping=slot_mapping)
     if T == 0:
         return
     h_pad, d_pad = next_pow2(kvh), next_pow2(d)
@@ -96,6 +97,7 @@ def copy_slots(pool: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> None
             or dst.dtype != src.dtype:
         raise ValueError(f"src/dst must be [N] int of one dtype, got {src.dtype} {tuple(src.shape)} and "
                          f"{dst.dtype} {tuple(dst.shape)}")
+    check_device(pool.device, src=src, dst=dst)
     _, layers, _, page_size, kvh, d = pool.shape
     if src.shape[0] == 0:
         return

@@ -43,6 +43,14 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def check_device(device: torch.device, **tensors: torch.Tensor | None) -> None:
+    """Every tensor a kernel reads must be on ``device``: a CUDA kernel handed a host tensor fails
+    with Triton's "cannot be accessed from Triton (cpu tensor?)", which names no argument."""
+    wrong = {name: t.device for name, t in tensors.items() if t is not None and t.device != device}
+    if wrong:
+        raise ValueError(f"tensors must be on {device}: " + ", ".join(f"{n} is on {d}" for n, d in wrong.items()))
+
+
 def check_paged_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     """k_cache, v_cache: [num_blocks, block_size, kv_heads, head_dim] views sharing one set of strides."""
     if k_cache.dim() != 4 or k_cache.shape != v_cache.shape:

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from kernels.attention_tile import _attend_paged, _load_rows, _store_rows
-from kernels.launch import check_paged_cache, dot_precision, next_pow2, sm_count, upcast, use_autotune
+from kernels.launch import check_device, check_paged_cache, dot_precision, next_pow2, sm_count, upcast, use_autotune
 
 MAX_VERIFY_QUERY = 64  # longer queries go to the prefill kernel
 _LOG2E = 1.4426950408889634
@@ -26,16 +26,19 @@ _MIN_SPLIT_LEN = 512  # tokens: below this a split costs more in the reduction t
 _MAX_SPLITS = 32
 
 
-@triton.jit
+# Integer arguments that change from step to step (the block table's and tree mask's widths, the
+# query tiles of the longest sequence) are not specialized: Triton would compile a variant for each
+# value class (== 1, multiple of 16, other) of each, and a serving engine meets them all at run time.
+@triton.jit(do_not_specialize=["q_tiles", "stride_bt", "stride_mt"])
 def _paged_decode_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, part_out_ptr, part_lse_ptr,
     seq_ids_ptr, query_start_ptr, num_cached_ptr, table_ptr, mask_ptr,
-    qk_scale, split_len,
+    qk_scale, split_len, q_tiles,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_bt, stride_mt,
     stride_ps, stride_pp,  # part_out [S, tiles, BLOCK_M, HEAD_DIM], part_lse [S, tiles, BLOCK_M]: split, tile
     stride_ls, stride_lp,
-    GROUP: tl.constexpr, G_PAD: tl.constexpr, Q_TILES: tl.constexpr, HEAD_DIM: tl.constexpr,
+    GROUP: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     PAGE_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_TREE: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -43,10 +46,10 @@ def _paged_decode_kernel(
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and HEAD_DIM >= 16, "tl.dot needs >= 16 on GPUs")
     TOKENS: tl.constexpr = BLOCK_M // G_PAD
     pid_seq = tl.program_id(0)
-    pid_hq = tl.program_id(1)  # kv_head * Q_TILES + query tile
+    pid_hq = tl.program_id(1)  # kv_head * q_tiles + query tile
     split = tl.program_id(2)
-    kv_head = pid_hq // Q_TILES
-    q_tile = pid_hq % Q_TILES
+    kv_head = pid_hq // q_tiles
+    q_tile = pid_hq % q_tiles
     seq = tl.load(seq_ids_ptr + pid_seq)
     q_first = tl.load(query_start_ptr + seq)
     q_len = tl.load(query_start_ptr + seq + 1) - q_first
@@ -84,19 +87,19 @@ def _paged_decode_kernel(
         _store_rows(out_ptr, out, q_first, row_tok, row_head, row_valid, stride_ot, stride_oh, HEAD_DIM)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["q_tiles"])
 def _split_reduce_kernel(
-    out_ptr, part_out_ptr, part_lse_ptr, seq_ids_ptr, query_start_ptr, num_splits,
+    out_ptr, part_out_ptr, part_lse_ptr, seq_ids_ptr, query_start_ptr, num_splits, q_tiles,
     stride_ot, stride_oh, stride_ps, stride_pp, stride_ls, stride_lp,
-    GROUP: tl.constexpr, G_PAD: tl.constexpr, Q_TILES: tl.constexpr, HEAD_DIM: tl.constexpr,
+    GROUP: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
     """Merge the splits of one decode tile: out = sum_s 2^(lse_s - lse) * out_s."""
     TOKENS: tl.constexpr = BLOCK_M // G_PAD
     pid_seq = tl.program_id(0)
     pid_hq = tl.program_id(1)
-    kv_head = pid_hq // Q_TILES
-    q_tile = pid_hq % Q_TILES
+    kv_head = pid_hq // q_tiles
+    q_tile = pid_hq % q_tiles
     seq = tl.load(seq_ids_ptr + pid_seq)
     q_first = tl.load(query_start_ptr + seq)
     q_len = tl.load(query_start_ptr + seq + 1) - q_first
@@ -182,6 +185,8 @@ def paged_decode_attention(
                                   or tree_mask.shape[0] != T or tree_mask.shape[1] < max_query_len):
         raise ValueError(f"tree_mask must be a row-contiguous bool [T, max_q], got {tree_mask.dtype} "
                          f"{tuple(tree_mask.shape)}")
+    check_device(q.device, k_cache=k_cache, block_tables=block_tables, query_start=query_start,
+                 num_cached=num_cached, tree_mask=tree_mask, seq_ids=seq_ids, out=out)
     if seq_ids is None:
         seq_ids = torch.arange(block_tables.shape[0], dtype=torch.int32, device=q.device)
     if out is None:
@@ -210,12 +215,12 @@ def paged_decode_attention(
     mask = tree_mask if tree_mask is not None else q  # never read without a tree
     args = (
         q, k_cache, v_cache, out, part_out, part_lse, seq_ids, query_start, num_cached, block_tables, mask,
-        scale * _LOG2E, split_len,
+        scale * _LOG2E, split_len, q_tiles,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0), mask.stride(0),
         part_out.stride(0), part_out.stride(1), part_lse.stride(0), part_lse.stride(1),
     )
-    meta = dict(GROUP=group, G_PAD=g_pad, Q_TILES=q_tiles, HEAD_DIM=D, PAGE_SIZE=page_size, BLOCK_M=block_m,
+    meta = dict(GROUP=group, G_PAD=g_pad, HEAD_DIM=D, PAGE_SIZE=page_size, BLOCK_M=block_m,
                 HAS_TREE=tree_mask is not None, SPLIT=split, UPCAST=upcast(q.dtype),
                 DOT_PRECISION=dot_precision(q.dtype))
     grid = (num_seqs, kvh * q_tiles, num_splits)
@@ -225,9 +230,9 @@ def paged_decode_attention(
         _paged_decode_kernel[grid](*args, **meta, BLOCK_N=block_n or _INTERPRET_BLOCK_N, num_warps=4)
     if split:
         _split_reduce_kernel[(num_seqs, kvh * q_tiles)](
-            out, part_out, part_lse, seq_ids, query_start, num_splits,
+            out, part_out, part_lse, seq_ids, query_start, num_splits, q_tiles,
             out.stride(0), out.stride(1), part_out.stride(0), part_out.stride(1), part_lse.stride(0),
-            part_lse.stride(1), GROUP=group, G_PAD=g_pad, Q_TILES=q_tiles, HEAD_DIM=D, BLOCK_M=block_m,
+            part_lse.stride(1), GROUP=group, G_PAD=g_pad, HEAD_DIM=D, BLOCK_M=block_m,
         )
     return out
 

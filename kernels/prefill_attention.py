@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from kernels.attention_tile import _attend_paged, _load_rows, _store_rows
-from kernels.launch import check_paged_cache, dot_precision, next_pow2, upcast, use_autotune
+from kernels.launch import check_device, check_paged_cache, dot_precision, next_pow2, upcast, use_autotune
 
 _LOG2E = 1.4426950408889634
 _INTERPRET_BLOCK_N = 128  # the fixed config off CUDA: few, large tiles suit the interpreter
@@ -31,7 +31,7 @@ class PrefillTiles(NamedTuple):
     tokens_per_tile: int
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt", "stride_mt"])  # widths that change every step
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, tiles_ptr, query_start_ptr, num_cached_ptr, table_ptr, mask_ptr,
     qk_scale,
@@ -119,6 +119,8 @@ def prefill_attention(
                                   or tree_mask.shape[0] != T):
         raise ValueError(f"tree_mask must be a row-contiguous bool [T, max_q], got {tree_mask.dtype} "
                          f"{tuple(tree_mask.shape)}")
+    check_device(q.device, k_cache=k_cache, block_tables=block_tables, query_start=query_start,
+                 num_cached=num_cached, tree_mask=tree_mask, tiles=tiles.table, out=out)
     group = H // kvh
     g_pad = next_pow2(group)
     block_m = prefill_block_m(group)

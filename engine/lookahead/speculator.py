@@ -109,9 +109,10 @@ def node_positions(tree: DraftTree, num_cached: int) -> list[int]:
     return [num_cached + d + 1 for d in depth]
 
 
-def compaction_slots(block_table: Sequence[int], block_size: int, num_cached: int,
-                     path: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Flat (src, dst) slots moving path node d from logical index num_cached + path[d] to num_cached + d."""
+def compaction_slots(block_table: Sequence[int], block_size: int, num_cached: int, path: Sequence[int],
+                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Flat (src, dst) slots moving path node d from logical index num_cached + path[d] to num_cached + d,
+    on ``device`` (the KV pool's: a CUDA kernel cannot read host tensors)."""
     moves = [(num_cached + p, num_cached + d) for d, p in enumerate(path) if p != d]
     if not moves:
         return None
@@ -119,6 +120,6 @@ def compaction_slots(block_table: Sequence[int], block_size: int, num_cached: in
     def slot(i: int) -> int:
         return block_table[i // block_size] * block_size + i % block_size
 
-    src = torch.tensor([slot(a) for a, _ in moves], dtype=torch.long)
-    dst = torch.tensor([slot(b) for _, b in moves], dtype=torch.long)
+    src = torch.tensor([slot(a) for a, _ in moves], dtype=torch.long, device=device)
+    dst = torch.tensor([slot(b) for _, b in moves], dtype=torch.long, device=device)
     return src, dst

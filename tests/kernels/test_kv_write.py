@@ -69,3 +69,16 @@ def test_write_kv_rejects_bad_shapes() -> None:
         write_kv(pool[:, 0, 0], pool[:, 0, 1], k, k, torch.zeros(2, dtype=torch.long, device=DEVICE))
     with pytest.raises(ValueError, match="share strides"):
         write_kv(pool[:, 0, 0], pool[:, 0, 1].contiguous(), k, k, torch.zeros(3, dtype=torch.long, device=DEVICE))
+
+
+def test_kernels_reject_tensors_on_another_device() -> None:
+    """A host tensor handed to a CUDA kernel fails inside Triton with a message naming no argument
+    (the lookahead compaction once passed host slot tensors on a GPU): the wrappers name it."""
+    pool = _pool(4, 2, 4, 1, 16, torch.float32, seed=5)
+    elsewhere = torch.tensor([9], device="meta")
+    here = torch.tensor([2], device=DEVICE)
+    with pytest.raises(ValueError, match="src is on meta"):
+        copy_slots(pool, elsewhere, here)
+    k = torch.zeros(1, 1, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="slot_mapping is on meta"):
+        write_kv(pool[:, 0, 0], pool[:, 0, 1], k, k, elsewhere)

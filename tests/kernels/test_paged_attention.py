@@ -63,6 +63,14 @@ def test_decode_fills_only_selected_sequences() -> None:
     assert_close(out[4:], ref[4:])
 
 
+def test_decode_names_a_tensor_on_another_device() -> None:
+    pb = make_paged_batch([(5, 3, True)], page=16, kv_heads=1, group=3, head_dim=64, dtype=torch.float32, seed=1)
+    m = pb.meta
+    with pytest.raises(ValueError, match="block_tables is on meta"):
+        paged_decode_attention(pb.q, pb.k, pb.v, m.block_tables.to("meta"), m.query_start, m.num_cached, 0.125,
+                               max_query_len=3, max_seq_len=8, tree_mask=m.tree_mask)
+
+
 def test_last_split_reads_to_the_end() -> None:
     """An understated max_seq_len (30 for a 44-token sequence) loses nothing: the last split runs on."""
     pb = make_paged_batch([(40, 4, True)], page=16, kv_heads=1, group=3, head_dim=64, dtype=torch.float32, seed=9)

@@ -1,0 +1,145 @@
+"""Lookahead on vs off inside one process, on any device (not a test).
+
+    .venv/bin/python scripts/bench_lookahead_engine.py --dataset code-edit --concurrency 1,16 \\
+        [--device cuda] [--dtype bfloat16] [--num-prompts 16] [--max-tokens 128] [--hf-prompt-lookup]
+
+``scripts/bench_lookahead.py`` measures lookahead through the whole stack (gateway, gRPC, NIXL);
+this one measures the engine alone, which is how it runs on a GPU machine where the stack's
+services are not installed, and without the stack's noise. Two engines load the same model: one
+drafts, one does not, so the drafting engine's global n-gram cache learns only from its own
+outputs, as it would while serving (one engine serving both would learn each prompt's answer from
+its lookahead-off run and draft it whole).
+
+Prompts are cut into batches of c, all of a batch added at once; each batch runs on both engines in
+turn, the order alternating batch by batch. Timed: the decode steps after every sequence of the
+batch has its first token. Reported: decode tokens/s of each engine, their ratio (and the range of
+the per-batch ratios), tokens per step; with --hf-prompt-lookup, transformers ``generate`` with
+``prompt_lookup_num_tokens`` at c=1 on the same prompts and device. The two engines' greedy outputs
+must be equal (lossless), or the run fails.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.baselines import HFModel, make_baseline  # noqa: E402
+from bench.datasets import load_prompts  # noqa: E402
+from bench.jobs import prompt_token_ids  # noqa: E402
+from bench.records import Job, Prompt  # noqa: E402
+from engine.engine_config import EngineConfig  # noqa: E402
+from engine.llm_engine import LLMEngine  # noqa: E402
+from engine.sampling_params import SamplingParams  # noqa: E402
+
+logger = logging.getLogger("bench_lookahead_engine")
+
+
+@dataclass
+class Decode:
+    """One batch's decode phase on one engine."""
+
+    outputs: list[list[int]]
+    tokens: int  # tokens produced after each sequence's first
+    seconds: float
+    steps: int
+
+
+def run_batch(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams, tag: str) -> Decode:
+    seqs = [engine.add_request(f"{tag}-{i}", ids, params) for i, ids in enumerate(prompts)]
+    while engine.has_work and any(not s.output_ids for s in seqs):  # prefill: untimed
+        engine.step()
+    first = sum(len(s.output_ids) for s in seqs)
+    steps, start = 0, time.perf_counter()
+    while engine.has_work:
+        engine.step()
+        steps += 1
+    seconds = time.perf_counter() - start
+    return Decode([list(s.output_ids) for s in seqs], sum(len(s.output_ids) for s in seqs) - first, seconds, steps)
+
+
+def hf_prompt_lookup_tps(hf: HFModel, prompts: list[Prompt], prompt_ids: list[list[int]], max_tokens: int) -> float:
+    """transformers' n-gram speculative decoding, one prompt at a time: decode tokens/s."""
+    baseline = make_baseline("hf-prompt-lookup", hf)
+    baseline.warm_up()
+    tokens, seconds = 0, 0.0
+    for i, (prompt, ids) in enumerate(zip(prompts, prompt_ids)):
+        job = Job(index=i, prompt=prompt, prompt_ids=tuple(ids), max_tokens=max_tokens)
+        record = baseline.send(job)
+        tokens += len(record.output_ids or []) - 1
+        seconds += record.end_time - record.chunk_times[0]
+    return tokens / seconds
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="", help="local HF directory (default: the bundled SmolLM2)")
+    ap.add_argument("--dataset", default="code-edit", help="a bench dataset name or jsonl:PATH")
+    ap.add_argument("--num-prompts", type=int, default=16)
+    ap.add_argument("--skip-prompts", type=int, default=0)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--concurrency", default="1,16", help="comma-separated batch sizes")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
+    ap.add_argument("--hf-prompt-lookup", action="store_true", help="also time transformers prompt lookup at c=1")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+
+    def engine(lookahead: bool) -> LLMEngine:
+        return LLMEngine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, lookahead=lookahead,
+                                      num_kv_blocks=8192, max_num_seqs=256, max_num_batched_tokens=2048))
+
+    off, on = engine(False), engine(True)
+    records = load_prompts(args.dataset)[args.skip_prompts:args.skip_prompts + args.num_prompts]
+    prompts = [prompt_token_ids(on.tokenizer, p) for p in records]
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
+    run_batch(off, prompts[:1], params, "warm-off")  # first-call costs (kernel compiles) out of the timing
+    run_batch(on, prompts[:1], params, "warm-on")
+    print(f"{args.dataset}: {len(prompts)} prompts, {args.max_tokens} tokens, {args.device} "
+          f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else ''} dtype {on.model.dtype}")
+    c1_on = 0.0
+    print(f"{'c':>3} | {'off tok/s':>9} {'on tok/s':>9} {'on/off':>7} {'range':>13} | {'tok/seq-step':>12}")
+    for c in [int(x) for x in args.concurrency.split(",")]:
+        totals = {False: [0, 0.0, 0], True: [0, 0.0, 0]}
+        ratios = []
+        for b, i in enumerate(range(0, len(prompts), c)):
+            batch = prompts[i:i + c]
+            order = (False, True) if b % 2 == 0 else (True, False)
+            got = {la: run_batch(on if la else off, batch, params, f"c{c}-b{b}-{la}") for la in order}
+            if got[True].outputs != got[False].outputs:
+                logger.error("lookahead changed a greedy output (c=%d, batch %d)", c, b)
+                return 1
+            for la, d in got.items():
+                totals[la][0] += d.tokens
+                totals[la][1] += d.seconds
+                totals[la][2] += d.steps
+            ratios.append((got[True].tokens / got[True].seconds) / (got[False].tokens / got[False].seconds))
+        tps = {la: t[0] / t[1] for la, t in totals.items()}
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}x"
+        if c == 1:
+            c1_on = tps[True]
+        print(f"{c:>3} | {tps[False]:>9.1f} {tps[True]:>9.1f} {tps[True] / tps[False]:>6.2f}x "
+              f"{spread:>13} | {totals[True][0] / totals[True][2] / c:>12.2f}",
+              flush=True)
+    st = on.speculator.stats if on.speculator is not None else None
+    if st is not None:
+        print(f"drafts {st.num_drafts}, draft tokens {st.num_draft_tokens}, accepted {st.num_accepted_tokens}")
+    if args.hf_prompt_lookup:
+        hf = HFModel.load(on.config.model_dir, threads=args.threads, dtype=str(on.model.dtype).removeprefix("torch."),
+                          device=args.device)
+        hf_tps = hf_prompt_lookup_tps(hf, records, prompts, args.max_tokens)
+        ratio = f", lookahead on c=1 / it: {c1_on / hf_tps:.2f}x" if c1_on else ""
+        print(f"transformers prompt lookup c=1: {hf_tps:.1f} tok/s (decode){ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
