@@ -10,7 +10,9 @@ drafts, one does not, so the drafting engine's global n-gram cache learns only f
 outputs, as it would while serving (one engine serving both would learn each prompt's answer from
 its lookahead-off run and draft it whole).
 
-Prompts are cut into batches of c, all of a batch added at once; each batch runs on both engines in
+Each concurrency gets its own --num-prompts prompts (the drafting engine's global cache learns every
+output, so a prompt replayed at another concurrency would be drafted whole), cut into batches of c,
+all of a batch added at once; each batch runs on both engines in
 turn, the order alternating batch by batch. Timed: the decode steps after every sequence of the
 batch has its first token. Reported: decode tokens/s of each engine, their ratio (and the range of
 the per-batch ratios), tokens per step; with --hf-prompt-lookup, transformers ``generate`` with
@@ -81,7 +83,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="", help="local HF directory (default: the bundled SmolLM2)")
     ap.add_argument("--dataset", default="code-edit", help="a bench dataset name or jsonl:PATH")
-    ap.add_argument("--num-prompts", type=int, default=16)
+    ap.add_argument("--num-prompts", type=int, default=16, help="prompts per concurrency (disjoint)")
     ap.add_argument("--skip-prompts", type=int, default=0)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--concurrency", default="1,16", help="comma-separated batch sizes")
@@ -98,20 +100,25 @@ def main() -> int:
                                       num_kv_blocks=8192, max_num_seqs=256, max_num_batched_tokens=2048))
 
     off, on = engine(False), engine(True)
-    records = load_prompts(args.dataset)[args.skip_prompts:args.skip_prompts + args.num_prompts]
+    levels = [int(x) for x in args.concurrency.split(",")]
+    records = load_prompts(args.dataset)[args.skip_prompts:args.skip_prompts + args.num_prompts * len(levels)]
+    if len(records) < args.num_prompts * len(levels):
+        raise SystemExit(f"{args.dataset} has too few prompts for {len(levels)} x {args.num_prompts}")
     prompts = [prompt_token_ids(on.tokenizer, p) for p in records]
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
-    run_batch(off, prompts[:1], params, "warm-off")  # first-call costs (kernel compiles) out of the timing
-    run_batch(on, prompts[:1], params, "warm-on")
-    print(f"{args.dataset}: {len(prompts)} prompts, {args.max_tokens} tokens, {args.device} "
+    warm = [prompt_token_ids(on.tokenizer, load_prompts(args.dataset)[-1])]  # a prompt no level uses
+    run_batch(off, warm, params, "warm-off")  # first-call costs (kernel compiles) out of the timing
+    run_batch(on, warm, params, "warm-on")
+    print(f"{args.dataset}: {args.num_prompts} prompts per concurrency, {args.max_tokens} tokens, {args.device} "
           f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else ''} dtype {on.model.dtype}")
     c1_on = 0.0
     print(f"{'c':>3} | {'off tok/s':>9} {'on tok/s':>9} {'on/off':>7} {'range':>13} | {'tok/seq-step':>12}")
-    for c in [int(x) for x in args.concurrency.split(",")]:
+    for k, c in enumerate(levels):
+        level_prompts = prompts[k * args.num_prompts:(k + 1) * args.num_prompts]
         totals = {False: [0, 0.0, 0], True: [0, 0.0, 0]}
         ratios = []
-        for b, i in enumerate(range(0, len(prompts), c)):
-            batch = prompts[i:i + c]
+        for b, i in enumerate(range(0, len(level_prompts), c)):
+            batch = level_prompts[i:i + c]
             order = (False, True) if b % 2 == 0 else (True, False)
             got = {la: run_batch(on if la else off, batch, params, f"c{c}-b{b}-{la}") for la in order}
             if got[True].outputs != got[False].outputs:
@@ -135,7 +142,9 @@ def main() -> int:
     if args.hf_prompt_lookup:
         hf = HFModel.load(on.config.model_dir, threads=args.threads, dtype=str(on.model.dtype).removeprefix("torch."),
                           device=args.device)
-        hf_tps = hf_prompt_lookup_tps(hf, records, prompts, args.max_tokens)
+        c1 = levels.index(1) if 1 in levels else 0  # the c=1 level's prompts, else the first level's
+        span = slice(c1 * args.num_prompts, (c1 + 1) * args.num_prompts)
+        hf_tps = hf_prompt_lookup_tps(hf, records[span], prompts[span], args.max_tokens)
         ratio = f", lookahead on c=1 / it: {c1_on / hf_tps:.2f}x" if c1_on else ""
         print(f"transformers prompt lookup c=1: {hf_tps:.1f} tok/s (decode){ratio}")
     return 0

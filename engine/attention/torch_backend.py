@@ -8,8 +8,10 @@ them and their [B, kvh, kv_len, d] views), pad queries to [B, max_q], one
 ``scaled_dot_product_attention`` with GQA, unpad. A single decode token in fp32 skips SDPA for two
 ``bmm`` over the kv heads: on CPU that is the cheaper path for one query row per head. 16-bit
 models attend in fp64 instead (``_attend_fp64``): row-invariant, so bf16 lookahead is exact.
-A step with decoding sequences beside wide ones (lookahead trees, prefill chunks) attends in two
-groups (``SplitPlan``), so a decode's one query is not padded to a tree's rows.
+A step attends in groups (``SplitPlan``, chosen by ``engine.attention.grouping``): decoding
+sequences apart from wide ones (lookahead trees, prefill chunks), so a decode's one query is not
+padded to a tree's rows, and short sequences apart from long ones, so a short one does not read a
+long one's key count.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.attention.base import KVLayerCache
+from engine.attention.grouping import GROUP_COST_KEY_READS, attention_groups
 from engine.batch import AttentionMetadata
 from engine.layers import ROW_INVARIANT_DTYPES
 
@@ -66,10 +69,8 @@ class TorchAttentionPlan:
 
 @dataclass(frozen=True, slots=True)
 class SplitPlan:
-    """A step whose sequences attend in groups: the decoding ones (one query each) apart from those
-    with many (a lookahead tree, a prefill chunk). One padded batch would give every decoding
-    sequence the widest one's query rows (and every sequence the longest one's keys): a 17-node
-    tree beside 15 decodes costs 16 x 17 query rows instead of 15 + 17."""
+    """A step whose sequences attend in groups (``engine.attention.grouping``): decoding ones apart
+    from wide ones, and each kind split by length where padding would cost more than a group."""
 
     write_block: torch.Tensor  # [T] of the whole step
     write_offset: torch.Tensor
@@ -185,14 +186,15 @@ def _step_buffers(cache: KVLayerCache, plan: TorchAttentionPlan, heads: int) -> 
 class TorchAttentionBackend:
     name = "torch"
 
+    def __init__(self, group_cost: int = GROUP_COST_KEY_READS) -> None:
+        self.group_cost = group_cost  # a group's fixed cost in key reads (grouping.attention_groups)
+
     def plan(self, meta: AttentionMetadata) -> TorchAttentionPlan | SplitPlan:
-        lens = meta.query_lens_host
-        if 1 in lens and max(lens) > 1:  # decoding sequences beside wide ones: two groups
-            decoding = [b for b, q in enumerate(lens) if q == 1]
-            wide = [b for b, q in enumerate(lens) if q > 1]
-            parts = tuple((rows, self._plan(sub)) for rows, sub in (meta.select(decoding), meta.select(wide)))
-            return SplitPlan(meta.slot_mapping // meta.block_size, meta.slot_mapping % meta.block_size, parts)
-        return self._plan(meta)
+        groups = attention_groups(meta.query_lens_host, meta.seq_lens_host, self.group_cost)
+        if len(groups) == 1:
+            return self._plan(meta)
+        parts = tuple((rows, self._plan(sub)) for rows, sub in (meta.select(g) for g in groups))
+        return SplitPlan(meta.slot_mapping // meta.block_size, meta.slot_mapping % meta.block_size, parts)
 
     def _plan(self, meta: AttentionMetadata) -> TorchAttentionPlan:
         bs = meta.block_size

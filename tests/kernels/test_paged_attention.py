@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from engine.attention.base import KVLayerCache
+from engine.attention.grouping import attention_groups
 from engine.attention.torch_backend import SplitPlan, TorchAttentionBackend
 from kernels.paged_attention import (
     MAX_VERIFY_QUERY,
@@ -98,7 +99,10 @@ def test_tree_mask_changes_the_result() -> None:
                                          ([(37, 1, False)], 3), ([(37, 1, False)] * 3, 3),
                                          ([(5, 1, False), (40, 1, False)], 2),
                                          # decodes, trees and a chain interleaved: attended in two groups
-                                         ([(100, 1, False), (3, 9, True), (50, 1, False), (20, 6, False)], 3)])
+                                         ([(100, 1, False), (3, 9, True), (50, 1, False), (20, 6, False)], 3),
+                                         # short decodes apart from long ones, and apart from the tree
+                                         ([(10, 1, False), (900, 1, False), (12, 1, False), (3, 9, True),
+                                           (700, 1, False)], 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_reference_matches_torch_backend(seqs: list[tuple[int, int, bool]], group: int, dtype: torch.dtype) -> None:
     pb = make_paged_batch(seqs, page=16, kv_heads=2, group=group, head_dim=64, dtype=dtype, seed=2)
@@ -106,7 +110,11 @@ def test_reference_matches_torch_backend(seqs: list[tuple[int, int, bool]], grou
     backend = TorchAttentionBackend()
     plan = backend.plan(m)
     mixed = 1 in m.query_lens_host and max(m.query_lens_host) > 1
-    assert isinstance(plan, SplitPlan) == mixed  # decoding sequences never padded to a tree's rows
+    groups = attention_groups(m.query_lens_host, m.seq_lens_host)
+    assert (len(plan.parts) if isinstance(plan, SplitPlan) else 1) == len(groups)
+    assert len(groups) >= 2 if mixed else True  # decoding sequences never padded to a tree's rows
+    if max(m.seq_lens_host) >= 700:
+        assert len(groups) == 3  # nor short decodes to a long one's keys
     expected = backend.attend(pb.q, KVLayerCache(pb.k, pb.v), plan, 0.125)
     if dtype != torch.float32:  # the reference attends in the input dtype: compare in fp32
         ref = paged_attention_ref(pb.q.float(), pb.k.float(), pb.v.float(), m.block_tables, m.query_start,
