@@ -97,14 +97,17 @@ class LLMEngine:
         """The step cost model's start: the cost of a key read, then forwards of 1..64 query tokens
         behind 64. A key read is priced by a double difference (32 vs 1 query tokens, behind a long
         vs a short context), which leaves out what a longer context costs once per sequence (the
-        gather of its blocks): decoding pays that anyway. Only timings: the KV read is whatever
-        the blocks hold. A pool too small for the long context keeps the per-token curve and prices
+        gather of its blocks): decoding pays that anyway. A drafting step's extra attention group
+        is priced by two sequences of 1 + 8 tokens (a decode beside a chain: two groups where the
+        backend groups) against 4 + 5 (one group). Only timings: the KV read is whatever the
+        blocks hold. A pool too small for the long context keeps the per-token curve and prices
         no key reads."""
         bs, cost = self.config.block_size, self.speculator.cost  # type: ignore[union-attr]
         long_ctx = min(1024, self.max_model_len - 32)  # behind it: 32 query tokens
         n_short, n_long = -(-128 // bs), -(-(long_ctx + 32) // bs)
         price_keys = long_ctx > 64 and self.allocator.num_free >= n_long
-        n_blocks = max(n_short, n_long) if price_keys else n_short
+        per_pair = -(-(64 + 8) // bs)  # each sequence of the group pair: 64 cached + up to 8 new
+        n_blocks = max(n_short, n_long if price_keys else 0, 2 * per_pair)
         if self.allocator.num_free < n_blocks:
             return
         blocks = self.allocator.allocate(n_blocks)
@@ -113,6 +116,14 @@ class LLMEngine:
         def timed(n: int, ctx: int) -> float:
             t0 = time.perf_counter()
             self.model.run(plan_batch([SeqInput(ids[:n], ctx, blocks, logits="all")], bs, self.config.device), self.kv)
+            self._sync()
+            return time.perf_counter() - t0
+
+        def timed_pair(a: int, b: int) -> float:
+            pair = [SeqInput(ids[:n], 64, blocks[i * per_pair:(i + 1) * per_pair], logits="all")
+                    for i, n in enumerate((a, b))]
+            t0 = time.perf_counter()
+            self.model.run(plan_batch(pair, bs, self.config.device), self.kv)
             self._sync()
             return time.perf_counter() - t0
 
@@ -125,18 +136,23 @@ class LLMEngine:
             ns = (1, 2, 4, 8, 16, 32, 64)
             runs: dict[tuple[int, int], list[float]] = {}
             points = [(n, 64) for n in ns] + ([(1, long_ctx), (32, long_ctx)] if price_keys else [])
+            pairs = [(1, 8), (4, 5)]
             for r in range(CALIBRATION_ROUNDS):
                 for n, ctx in points if r % 2 == 0 else points[::-1]:
                     runs.setdefault((n, ctx), []).append(timed(n, ctx))
+                for a, b in pairs if r % 2 == 0 else pairs[::-1]:
+                    runs.setdefault((-a, -b), []).append(timed_pair(a, b))
             best = {key: min(times) for key, times in runs.items()}
             short = {n: best[n, 64] for n in ns}
             if price_keys:
                 extra = (best[32, long_ctx] - best[1, long_ctx]) - (best[32, 64] - best[1, 64])
                 cost.per_key_read = max(0.0, extra) / (31 * (long_ctx - 64))
+            cost.group_overhead = max(0.0, best[-1, -8] - best[-4, -5])
             for n, seconds in short.items():
                 cost.observe(n, seconds, key_reads=key_reads(64, n))
-            logger.info("step cost: %s ms by query tokens, %.3f us per key read",
-                        {round(x): round(t * 1e3, 1) for x, t in sorted(cost.points.values())}, cost.per_key_read * 1e6)
+            logger.info("step cost: %s ms by query tokens, %.3f us per key read, %.2f ms per extra attention group",
+                        {round(x): round(t * 1e3, 1) for x, t in sorted(cost.points.values())},
+                        cost.per_key_read * 1e6, cost.group_overhead * 1e3)
         finally:
             self.allocator.free(blocks)
 
@@ -204,8 +220,13 @@ class LLMEngine:
         logits = self.forward(scheduled, drafts)
         if self.speculator is not None:
             self._sync()  # the cost model prices the forward, not its launches
-            self.speculator.cost.observe(sum(s.num_tokens for s in scheduled), time.perf_counter() - t0,
-                                         key_reads=sum(key_reads(s.seq.num_cached, s.num_tokens) for s in scheduled))
+            seconds = time.perf_counter() - t0
+            cost = self.speculator.cost
+            tokens = sum(s.num_tokens for s in scheduled)
+            reads = sum(key_reads(s.seq.num_cached, s.num_tokens) for s in scheduled)
+            if not any(s.seq.is_prefilling for s in scheduled):  # decoding steps: drafts' true price
+                cost.observe_step(bool(drafts), seconds, cost.cost(tokens, reads))
+            cost.observe(tokens, seconds, key_reads=reads)
         return self.postprocess(scheduled, logits, drafts)
 
     def _propose(self) -> dict[str, DraftTree]:

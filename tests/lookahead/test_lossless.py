@@ -31,7 +31,7 @@ class FreeWideSteps(StepCostModel):
     def observe(self, tokens: int, seconds: float, key_reads: int = 0) -> None:
         pass
 
-    def cost(self, tokens: int, key_reads: int = 0) -> float:
+    def cost(self, tokens: int, key_reads: int = 0, extra_group: bool = False) -> float:
         return 1.0
 
 

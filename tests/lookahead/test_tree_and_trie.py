@@ -226,3 +226,45 @@ def test_calibration_in_a_small_pool_keeps_the_token_curve(model_dir) -> None:
     assert sorted(eng.speculator.cost.points) == [1, 2, 4, 8, 16, 32, 64]
     assert eng.speculator.cost.per_key_read == 0.0
     assert eng.allocator.num_free == 16  # calibration gave its blocks back
+
+
+def test_an_extra_attention_group_is_priced_only_beside_plain_decodes() -> None:
+    """Where some decoding sequences draft and others do not, a grouping backend attends the trees
+    apart (one more group per layer, ~2.5 ms in bf16 on 2 cores). A marginal draft at batch 4 that
+    pays for its tokens but not for that group is left out; at batch 1 (no plain decode beside the
+    tree) the group is never paid, and the same draft is made."""
+    cost = StepCostModel()
+    for n in (1, 4, 8, 16, 32):
+        cost.observe(n, 0.010 + 0.0002 * n)
+    marginal = [0.3, 0.0, 0.0, 0.0]
+    assert plan_depths(marginal, 4, cost, 8, 2, 256)[0] > 0
+    cost.group_overhead = 0.003
+    assert cost.cost(6, extra_group=True) == pytest.approx(cost.cost(6) + 0.003)
+    assert plan_depths(marginal, 4, cost, 8, 2, 256) == [0, 0, 0, 0]
+    assert plan_depths([0.3], 1, cost, 8, 2, 256)[0] > 0  # alone: its tree is the only group
+    # every request drafting: the step has no plain decode to attend apart from
+    assert all(d > 0 for d in plan_depths([0.6] * 4, 4, cost, 8, 2, 256))
+
+
+def test_drafts_that_cost_more_than_priced_are_priced_higher_then_retried() -> None:
+    """Steps with drafts running at 2.5x their price while plain ones run at 1.2x (seen at batch 16
+    behind long contexts in bf16): the extra cost of drafting is scaled by ~2.1, and a request
+    that drafted before drafts less. Plain steps after that relax the factor back towards 1."""
+    cost = StepCostModel(alpha=0.5)
+    for n in (1, 16, 32, 64):
+        cost.observe(n, 0.100 + 0.002 * n)
+    before = plan_depths([0.5] * 16, 16, cost, 8, 2, 256)
+    assert sum(before) > 0
+    for _ in range(20):
+        cost.observe_step(False, 1.2 * cost.cost(16), cost.cost(16))
+        cost.observe_step(True, 2.5 * cost.cost(40), cost.cost(40))
+    assert cost.draft_factor == pytest.approx(2.5 / 1.2, rel=0.05)
+    after = plan_depths([0.5] * 16, 16, cost, 8, 2, 256)
+    assert sum(after) < sum(before)
+    for _ in range(200):
+        cost.observe_step(False, 1.2 * cost.cost(16), cost.cost(16))
+    assert cost.draft_factor < 1.05
+    # drafted steps cheaper than plain ones (noise) never price drafting below the curve
+    for _ in range(20):
+        cost.observe_step(True, 0.5 * cost.cost(40), cost.cost(40))
+    assert cost.draft_factor == 1.0
