@@ -225,7 +225,8 @@ class LLMEngine:
             tokens = sum(s.num_tokens for s in scheduled)
             reads = sum(key_reads(s.seq.num_cached, s.num_tokens) for s in scheduled)
             if not any(s.seq.is_prefilling for s in scheduled):  # decoding steps: drafts' true price
-                cost.observe_step(bool(drafts), seconds, cost.cost(tokens, reads))
+                extra_group = 0 < len(drafts) < len(scheduled)  # as the planner priced it
+                cost.observe_step(bool(drafts), seconds, cost.cost(tokens, reads, extra_group=extra_group))
             cost.observe(tokens, seconds, key_reads=reads)
         return self.postprocess(scheduled, logits, drafts)
 
