@@ -113,22 +113,21 @@ class LLMEngine:
         blocks = self.allocator.allocate(n_blocks)
         ids = list(range(100, 164))
 
-        def timed(n: int, ctx: int) -> float:
+        def timed(inputs: list[SeqInput]) -> float:
             t0 = time.perf_counter()
-            self.model.run(plan_batch([SeqInput(ids[:n], ctx, blocks, logits="all")], bs, self.config.device), self.kv)
+            self.model.run(plan_batch(inputs, bs, self.config.device), self.kv)
             self._sync()
             return time.perf_counter() - t0
 
-        def timed_pair(a: int, b: int) -> float:
-            pair = [SeqInput(ids[:n], 64, blocks[i * per_pair:(i + 1) * per_pair], logits="all")
+        def one(n: int, ctx: int) -> list[SeqInput]:  # one sequence: n query tokens behind ctx
+            return [SeqInput(ids[:n], ctx, blocks, logits="all")]
+
+        def pair(a: int, b: int) -> list[SeqInput]:  # two sequences of a and b tokens behind 64 each
+            return [SeqInput(ids[:n], 64, blocks[i * per_pair:(i + 1) * per_pair], logits="all")
                     for i, n in enumerate((a, b))]
-            t0 = time.perf_counter()
-            self.model.run(plan_batch(pair, bs, self.config.device), self.kv)
-            self._sync()
-            return time.perf_counter() - t0
 
         try:
-            timed(64, 0)  # warm-up
+            timed(one(64, 0))  # warm-up
             # each point is the best of CALIBRATION_ROUNDS timings taken in alternating order: a
             # worker starts beside others that load their models, and one slowed timing (a 2-token
             # step at 969 ms beside 8 tokens at 51, seen at a stack's start) made wide steps look
@@ -139,9 +138,9 @@ class LLMEngine:
             pairs = [(1, 8), (4, 5)]
             for r in range(CALIBRATION_ROUNDS):
                 for n, ctx in points if r % 2 == 0 else points[::-1]:
-                    runs.setdefault((n, ctx), []).append(timed(n, ctx))
+                    runs.setdefault((n, ctx), []).append(timed(one(n, ctx)))
                 for a, b in pairs if r % 2 == 0 else pairs[::-1]:
-                    runs.setdefault((-a, -b), []).append(timed_pair(a, b))
+                    runs.setdefault((-a, -b), []).append(timed(pair(a, b)))
             best = {key: min(times) for key, times in runs.items()}
             short = {n: best[n, 64] for n in ns}
             if price_keys:

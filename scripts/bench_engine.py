@@ -17,24 +17,16 @@ import time
 
 import torch
 
+from bench.inprocess import decode_batch
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 
 
 def grove_decode_tps(engine: LLMEngine, prompts: list[list[int]], new: int) -> float:
-    """Decode tokens/s: prefill first (timed apart), then the decode steps."""
+    """Decode tokens/s: prefill first (untimed), then the decode steps."""
     params = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
-    for i, p in enumerate(prompts):
-        engine.add_request(f"bench-{time.monotonic_ns()}-{i}", p, params)
-    engine.step()  # the prefill of every prompt (one chunked step when they fit the budget)
-    while any(s.is_prefilling for s in engine.scheduler.running) or engine.scheduler.waiting:
-        engine.step()
-    start = time.perf_counter()
-    produced = 0
-    while engine.has_work:
-        produced += sum(len(o.new_tokens) for o in engine.step())
-    return produced / (time.perf_counter() - start)
+    return decode_batch(engine, prompts, params, "bench").tokens_per_second
 
 
 def hf_decode_tps(model: torch.nn.Module, prompts: list[list[int]], new: int) -> float:

@@ -24,46 +24,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.baselines import HFModel, make_baseline  # noqa: E402
-from bench.datasets import load_prompts  # noqa: E402
-from bench.jobs import prompt_token_ids  # noqa: E402
-from bench.records import Job, Prompt  # noqa: E402
-from engine.engine_config import EngineConfig  # noqa: E402
-from engine.llm_engine import LLMEngine  # noqa: E402
-from engine.sampling_params import SamplingParams  # noqa: E402
+from bench.baselines import HFModel, make_baseline
+from bench.datasets import load_prompts
+from bench.inprocess import decode_batch
+from bench.jobs import prompt_token_ids
+from bench.records import Job, Prompt
+from engine.engine_config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.sampling_params import SamplingParams
 
 logger = logging.getLogger("bench_lookahead_engine")
-
-
-@dataclass
-class Decode:
-    """One batch's decode phase on one engine."""
-
-    outputs: list[list[int]]
-    tokens: int  # tokens produced after each sequence's first
-    seconds: float
-    steps: int
-
-
-def run_batch(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams, tag: str) -> Decode:
-    seqs = [engine.add_request(f"{tag}-{i}", ids, params) for i, ids in enumerate(prompts)]
-    while engine.has_work and any(not s.output_ids for s in seqs):  # prefill: untimed
-        engine.step()
-    first = sum(len(s.output_ids) for s in seqs)
-    steps, start = 0, time.perf_counter()
-    while engine.has_work:
-        engine.step()
-        steps += 1
-    seconds = time.perf_counter() - start
-    return Decode([list(s.output_ids) for s in seqs], sum(len(s.output_ids) for s in seqs) - first, seconds, steps)
 
 
 def hf_prompt_lookup_tps(hf: HFModel, prompts: list[Prompt], prompt_ids: list[list[int]], max_tokens: int) -> float:
@@ -107,8 +80,8 @@ def main() -> int:
     prompts = [prompt_token_ids(on.tokenizer, p) for p in records]
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     warm = [prompt_token_ids(on.tokenizer, load_prompts(args.dataset)[-1])]  # a prompt no level uses
-    run_batch(off, warm, params, "warm-off")  # first-call costs (kernel compiles) out of the timing
-    run_batch(on, warm, params, "warm-on")
+    decode_batch(off, warm, params, "warm-off")  # first-call costs (kernel compiles) out of the timing
+    decode_batch(on, warm, params, "warm-on")
     print(f"{args.dataset}: {args.num_prompts} prompts per concurrency, {args.max_tokens} tokens, {args.device} "
           f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else ''} dtype {on.model.dtype}")
     c1_on = 0.0
@@ -120,7 +93,7 @@ def main() -> int:
         for b, i in enumerate(range(0, len(level_prompts), c)):
             batch = level_prompts[i:i + c]
             order = (False, True) if b % 2 == 0 else (True, False)
-            got = {la: run_batch(on if la else off, batch, params, f"c{c}-b{b}-{la}") for la in order}
+            got = {la: decode_batch(on if la else off, batch, params, f"c{c}-b{b}-{la}") for la in order}
             if got[True].outputs != got[False].outputs:
                 logger.error("lookahead changed a greedy output (c=%d, batch %d)", c, b)
                 return 1
@@ -128,7 +101,7 @@ def main() -> int:
                 totals[la][0] += d.tokens
                 totals[la][1] += d.seconds
                 totals[la][2] += d.steps
-            ratios.append((got[True].tokens / got[True].seconds) / (got[False].tokens / got[False].seconds))
+            ratios.append(got[True].tokens_per_second / got[False].tokens_per_second)
         tps = {la: t[0] / t[1] for la, t in totals.items()}
         spread = f"{min(ratios):.2f}-{max(ratios):.2f}x"
         if c == 1:
