@@ -19,11 +19,11 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     max_model_len: int = 0  # 0 = the model's max_position_embeddings
-    attention_backend: str = "auto"  # "auto", "torch", "triton"
+    attention_backend: str = "auto"  # "auto", "torch", "triton", "cpu"
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     prefix_caching: bool = True  # reuse full KV blocks of earlier requests with the same prefix
     lookahead: bool = True  # batched lookahead decoding (per request: SamplingParams.lookahead)
-    lookahead_max_depth: int = 8  # deepest draft
+    lookahead_max_depth: int = 16  # deepest draft (copy-heavy text at batch 1 gains ~20% tokens per step over 8)
     lookahead_width: int = 2  # branches per draft (tree nodes ~ depth * width)
     lookahead_max_step_tokens: int = 256  # cap on a step's tokens with drafts
 
@@ -51,12 +51,12 @@ class EngineConfig:
         g.add_argument("--max-num-seqs", type=int, default=64)
         g.add_argument("--max-num-batched-tokens", type=int, default=512)
         g.add_argument("--max-model-len", type=int, default=0)
-        g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
+        g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton", "cpu"])
         g.add_argument("--num-threads", type=int, default=0)
         g.add_argument("--prefix-caching", choices=["on", "off"], default="on",
                        help="reuse this worker's KV blocks across requests sharing a prefix")
         g.add_argument("--lookahead", choices=["on", "off"], default="on", help="batched lookahead decoding")
-        g.add_argument("--lookahead-max-depth", type=int, default=8)
+        g.add_argument("--lookahead-max-depth", type=int, default=16)
         g.add_argument("--lookahead-width", type=int, default=2)
         g.add_argument("--lookahead-max-step-tokens", type=int, default=256)
 

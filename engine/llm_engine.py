@@ -99,7 +99,7 @@ class LLMEngine:
         vs a short context), which leaves out what a longer context costs once per sequence (the
         gather of its blocks): decoding pays that anyway. A drafting step's extra attention group
         is priced by two sequences of 1 + 8 tokens (a decode beside a chain: two groups where the
-        backend groups) against 4 + 5 (one group). Only timings: the KV read is whatever the
+        backend groups) against 4 + 5 (one group), for a backend that pads groups. Only timings: the KV read is whatever the
         blocks hold. A pool too small for the long context keeps the per-token curve and prices
         no key reads."""
         bs, cost = self.config.block_size, self.speculator.cost  # type: ignore[union-attr]
@@ -135,7 +135,7 @@ class LLMEngine:
             ns = (1, 2, 4, 8, 16, 32, 64)
             runs: dict[tuple[int, int], list[float]] = {}
             points = [(n, 64) for n in ns] + ([(1, long_ctx), (32, long_ctx)] if price_keys else [])
-            pairs = [(1, 8), (4, 5)]
+            pairs = [(1, 8), (4, 5)] if self.model.backend.pads_groups else []
             for r in range(CALIBRATION_ROUNDS):
                 for n, ctx in points if r % 2 == 0 else points[::-1]:
                     runs.setdefault((n, ctx), []).append(timed(one(n, ctx)))
@@ -146,7 +146,7 @@ class LLMEngine:
             if price_keys:
                 extra = (best[32, long_ctx] - best[1, long_ctx]) - (best[32, 64] - best[1, 64])
                 cost.per_key_read = max(0.0, extra) / (31 * (long_ctx - 64))
-            cost.group_overhead = max(0.0, best[-1, -8] - best[-4, -5])
+            cost.group_overhead = max(0.0, best[-1, -8] - best[-4, -5]) if pairs else 0.0
             for n, seconds in short.items():
                 cost.observe(n, seconds, key_reads=key_reads(64, n))
             logger.info("step cost: %s ms by query tokens, %.3f us per key read, %.2f ms per extra attention group",

@@ -64,13 +64,17 @@ def main() -> int:
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
     ap.add_argument("--hf-prompt-lookup", action="store_true", help="also time transformers prompt lookup at c=1")
+    ap.add_argument("--lookahead-max-depth", type=int, default=EngineConfig().lookahead_max_depth)
+    ap.add_argument("--lookahead-width", type=int, default=EngineConfig().lookahead_width)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
 
     def engine(lookahead: bool) -> LLMEngine:
         return LLMEngine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, lookahead=lookahead,
-                                      num_kv_blocks=8192, max_num_seqs=256, max_num_batched_tokens=2048))
+                                      num_kv_blocks=8192, max_num_seqs=256, max_num_batched_tokens=2048,
+                                      lookahead_max_depth=args.lookahead_max_depth,
+                                      lookahead_width=args.lookahead_width))
 
     off, on = engine(False), engine(True)
     levels = [int(x) for x in args.concurrency.split(",")]

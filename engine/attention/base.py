@@ -20,6 +20,9 @@ class KVLayerCache(NamedTuple):
 
 class AttentionBackend(Protocol):
     name: str
+    # attends a step's sequences in padded groups (engine.attention.grouping), so a step where some
+    # decodes draft and others do not pays for one more group: the lookahead planner prices it
+    pads_groups: bool
 
     def plan(self, meta: AttentionMetadata) -> Any:
         """Build whatever the backend needs for this step, once; every layer reuses it."""

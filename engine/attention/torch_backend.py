@@ -185,6 +185,7 @@ def _step_buffers(cache: KVLayerCache, plan: TorchAttentionPlan, heads: int) -> 
 
 class TorchAttentionBackend:
     name = "torch"
+    pads_groups = True
 
     def __init__(self, group_cost: int = GROUP_COST_KEY_READS) -> None:
         self.group_cost = group_cost  # a group's fixed cost in key reads (grouping.attention_groups)

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from engine.lookahead.budget import Acceptance, StepCostModel, plan_depths
-from engine.lookahead.drafter import Drafter
+from engine.lookahead.drafter import Drafter, DrafterConfig
 from engine.lookahead.tree import DraftTree, accept_path
 from engine.sequence import Sequence as Seq
 
@@ -40,7 +40,7 @@ class Verified:
 
 class Speculator:
     def __init__(self, max_depth: int, width: int, max_step_tokens: int) -> None:
-        self.drafter = Drafter()
+        self.drafter = Drafter(DrafterConfig(window=max_depth))  # the global trie stores drafts' depth
         self.cost = StepCostModel()
         self.max_depth = max_depth
         self.width = width

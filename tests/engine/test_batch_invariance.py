@@ -5,7 +5,8 @@ decoding computes the same token alone. In fp32 the two round differently by ~1e
 greedy test has noticed; in bf16 one differently rounded element changes the next layer's
 inputs, and greedy output parted ways after 27-52 tokens on 7 of 14 prompts. So every op on the
 16-bit path must give a row the same bits whatever else is in its step: ``W @ X`` products in pieces of at most
-``WX_MAX_COLUMNS`` columns (engine.layers) and attention in fp64 (engine.attention.torch_backend).
+``WX_MAX_COLUMNS`` columns (engine.layers) and attention in fp64 (engine.attention.torch_backend)
+or in the C++ kernel, row-invariant by construction (kernels/cpu_attention.cpp, the CPU default).
 
 Checked here bit for bit: the products over the bundled model's shapes, attention for a tree token
 vs the same token decoded alone (in a batch with padding, and alone), and the real model in bf16:
@@ -22,6 +23,7 @@ import torch
 
 import engine.attention.torch_backend as torch_backend
 from engine.attention.base import KVLayerCache
+from engine.attention.cpu_backend import CpuAttentionBackend
 from engine.attention.torch_backend import TorchAttentionBackend
 from engine.batch import SeqInput, plan_batch
 from engine.engine_config import EngineConfig
@@ -70,7 +72,8 @@ def _path(parents: list[int], node: int) -> list[int]:
     return path[::-1]
 
 
-def _tree_vs_decode(ctx: int, other_len: int, dtype: torch.dtype) -> list[tuple[int, int]]:
+def _tree_vs_decode(ctx: int, other_len: int, dtype: torch.dtype,
+                    backend: TorchAttentionBackend | None = None) -> list[tuple[int, int]]:
     """Attend a verify step (one tree after ``ctx`` cached tokens, beside a decode of a sequence of
     ``other_len``), then decode every tree node alone with its path compacted behind the context,
     in a batch of one and beside the other sequence. Returns (node, variant) pairs that differ."""
@@ -85,7 +88,7 @@ def _tree_vs_decode(ctx: int, other_len: int, dtype: torch.dtype) -> list[tuple[
     node_k, node_v, node_q = (torch.randn(n, t, D, generator=gen).to(dtype) for t in (KVH, KVH, H))
     other_k, other_v = (torch.randn(other_len, KVH, D, generator=gen).to(dtype) for _ in range(2))
     other_q = torch.randn(1, H, D, generator=gen).to(dtype)
-    backend = TorchAttentionBackend()
+    backend = backend or TorchAttentionBackend()
 
     def write(table: list[int], start: int, k: torch.Tensor, v: torch.Tensor) -> None:
         for i in range(k.shape[0]):
@@ -125,6 +128,14 @@ CASES = [(37, 5), (40, 90), (100, 33), (255, 256), (300, 17)]
 @pytest.mark.parametrize("ctx,other_len", CASES)
 def test_tree_token_attends_as_when_decoded_alone(ctx: int, other_len: int, dtype: torch.dtype) -> None:
     assert _tree_vs_decode(ctx, other_len, dtype) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("ctx,other_len", CASES)
+def test_cpu_kernel_tree_token_attends_as_when_decoded_alone(ctx: int, other_len: int, dtype: torch.dtype) -> None:
+    """The C++ kernel (the CPU serving path) is row-invariant in every dtype, fp32 included."""
+    assert CpuAttentionBackend.available(), "the CPU attention kernel did not build (g++ missing?)"
+    assert _tree_vs_decode(ctx, other_len, dtype, CpuAttentionBackend()) == []
 
 
 def test_the_attention_check_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:

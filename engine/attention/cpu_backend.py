@@ -1,0 +1,56 @@
+"""The CPU serving path: attention by Grove's C++ kernel (``kernels.cpu_attention``).
+
+The kernel reads the paged pool in place and attends every sequence of the step in one call, with
+no padding and so no grouping, in fp32 and row-invariant by construction: the exactness that the
+torch backend buys for 16-bit models with an fp64 pass. Writing K/V and compacting slots are the
+torch backend's. A step whose sliding window (Mistral) cuts keys goes to the torch backend, which
+has the window mask.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.attention.base import KVLayerCache
+from engine.attention.torch_backend import SplitPlan, TorchAttentionBackend, TorchAttentionPlan
+from engine.batch import AttentionMetadata
+from kernels import cpu_attention
+
+
+@dataclass(frozen=True, slots=True)
+class CpuKernelPlan:
+    write_block: torch.Tensor  # [T] block id of each new token's slot
+    write_offset: torch.Tensor  # [T] offset inside the block
+    query: cpu_attention.PagedQuery
+
+
+class CpuAttentionBackend(TorchAttentionBackend):
+    name = "cpu"
+    pads_groups = False  # one kernel call attends every sequence of the step, unpadded
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._checked: set[tuple[int, torch.dtype]] = set()  # caches whose layout was checked
+
+    @staticmethod
+    def available() -> bool:
+        return cpu_attention.available()
+
+    def plan(self, meta: AttentionMetadata) -> CpuKernelPlan | TorchAttentionPlan | SplitPlan:
+        if meta.window_applies:
+            return super().plan(meta)
+        bs = meta.block_size
+        return CpuKernelPlan(meta.slot_mapping // bs, meta.slot_mapping % bs,
+                             cpu_attention.PagedQuery.build(meta.block_tables, meta.query_start, meta.num_cached,
+                                                            meta.tree_mask))
+
+    def attend(self, q: torch.Tensor, cache: KVLayerCache, plan: CpuKernelPlan | TorchAttentionPlan | SplitPlan,
+               scale: float) -> torch.Tensor:
+        if not isinstance(plan, CpuKernelPlan):
+            return super().attend(q, cache, plan, scale)
+        key = (cache.k.data_ptr(), q.dtype)
+        if key not in self._checked:  # the pool's layers keep their layout: checked once each
+            cpu_attention.check_cache(q, cache.k, cache.v)
+            self._checked.add(key)
+        return cpu_attention.run(q, cache.k, cache.v, plan.query, scale)

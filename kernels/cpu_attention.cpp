@@ -1,0 +1,316 @@
+// Paged attention on the CPU for decode, lookahead trees and prefill chunks: Grove's CPU kernel.
+//
+// Reads K/V straight from the paged pool through the block tables (no gather), attends each
+// (sequence, kv head, chunk of query tokens) on one thread, in fp32 whatever the cache dtype.
+//
+// Row invariance is the contract: a query row gets the same bits whatever else is in its step
+// (how many query tokens, which other sequences, how far the keys are padded). Lookahead
+// verifies a token inside a tree where plain decoding computes it alone, and greedy output must
+// not change. So every arithmetic sequence below depends only on the row's own query and the keys
+// it sees, in ascending key order:
+//   - a score is one FMA chain over head_dim (vectorised across 16 keys, never across head_dim);
+//   - exp is a fixed polynomial (no library call that could differ between vector and scalar);
+//   - the weighted value sum and the softmax denominator add keys in ascending order, one at a
+//     time; a key the row may not see adds an exact zero (its weight is 0), which changes nothing,
+//     so a tree node sees the same sums as the same token decoded with its path compacted;
+//   - every loop over keys runs whole 16-key tiles (the tail of a tile is masked, not a separate
+//     scalar loop), so no key goes through different code depending on the key count.
+// Built with -O3 -march=native and without -ffast-math: the compiler may not reassociate.
+#include <cstdint>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+namespace {
+
+constexpr int TILE = 16;         // keys per tile (one AVX-512 register of fp32)
+constexpr int CHUNK_TOKENS = 8;  // query tokens per work item (x group rows)
+typedef float v16f __attribute__((vector_size(TILE * sizeof(float))));  // 16 keys side by side
+typedef float v16fu __attribute__((vector_size(TILE * sizeof(float)), aligned(4), may_alias));  // unaligned view
+typedef uint16_t v16u16 __attribute__((vector_size(TILE * sizeof(uint16_t))));
+typedef uint32_t v16u32 __attribute__((vector_size(TILE * sizeof(uint32_t))));
+typedef _Float16 v16h __attribute__((vector_size(TILE * sizeof(_Float16))));
+
+// 16 consecutive elements as fp32
+inline v16f load16(const float* p) { return *reinterpret_cast<const v16fu*>(p); }
+inline void store16(float* p, v16f x) { *reinterpret_cast<v16fu*>(p) = x; }
+inline v16f load16(const uint16_t* p) {
+  v16u16 h;
+  std::memcpy(&h, p, sizeof h);
+  return reinterpret_cast<v16f>(__builtin_convertvector(h, v16u32) << 16);
+}
+inline v16f load16(const _Float16* p) { v16h h; std::memcpy(&h, p, sizeof h); return __builtin_convertvector(h, v16f); }
+
+// One butterfly stage of a 16x16 transpose: rows i and i + B (i & B == 0) swap their off-diagonal
+// B-wide blocks. After the stages B = 8, 4, 2, 1, row c holds what column c held.
+template <int B, size_t... I>
+inline v16f upper(v16f x, v16f y, std::index_sequence<I...>) {
+  return __builtin_shufflevector(x, y, ((I & B) ? 16 + I - B : I)...);
+}
+template <int B, size_t... I>
+inline v16f lower(v16f x, v16f y, std::index_sequence<I...>) {
+  return __builtin_shufflevector(x, y, ((I & B) ? 16 + I : I + B)...);
+}
+template <int B>
+inline void stage(v16f* m) {
+  constexpr auto idx = std::make_index_sequence<16>{};
+  for (int i = 0; i < 16; ++i) {
+    if (i & B) continue;
+    const v16f x = m[i], y = m[i + B];
+    m[i] = upper<B>(x, y, idx);
+    m[i + B] = lower<B>(x, y, idx);
+  }
+}
+inline void transpose16(v16f* m) { stage<8>(m); stage<4>(m); stage<2>(m); stage<1>(m); }
+
+inline float load(const float* p, int64_t i) { return p[i]; }
+inline float load(const uint16_t* p, int64_t i) {  // bf16: the upper half of an fp32
+  uint32_t bits = static_cast<uint32_t>(p[i]) << 16;
+  return __builtin_bit_cast(float, bits);
+}
+inline float load(const _Float16* p, int64_t i) { return static_cast<float>(p[i]); }
+
+// exp(x) for x <= 0 (scores minus their max): range reduction by ln 2, degree-6 polynomial,
+// scale by 2^n through the exponent bits. ~2 ulp; pure arithmetic, so it vectorises identically.
+inline float exp_neg(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  float r = __builtin_fmaf(n, -0.693359375f, x);
+  r = __builtin_fmaf(n, 2.12194440e-4f, r);
+  float p = 1.38888889e-3f;
+  p = __builtin_fmaf(p, r, 8.33333333e-3f);
+  p = __builtin_fmaf(p, r, 4.16666667e-2f);
+  p = __builtin_fmaf(p, r, 1.66666667e-1f);
+  p = __builtin_fmaf(p, r, 0.5f);
+  p = __builtin_fmaf(p, r, 1.0f);
+  p = __builtin_fmaf(p, r, 1.0f);
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  return p * __builtin_bit_cast(float, bits);
+}
+
+struct Args {
+  const float* q;  // [T, H, D], fp32, contiguous
+  const void* k;   // [num_blocks, ...]: block b's [block_size, kvh, D] start at b * block_stride
+  const void* v;
+  int64_t block_stride, block_size, kvh, group, head_dim;
+  const int64_t* block_tables;  // [B, max_blocks]
+  int64_t max_blocks;
+  const int64_t* query_start;  // [B + 1]
+  const int64_t* num_cached;   // [B]
+  const uint8_t* tree_mask;    // [T, mask_stride] or null (causal chains)
+  int64_t mask_stride;
+  float scale;
+  float* out;  // [T, H, D], fp32
+};
+
+struct Scratch {
+  std::vector<float> q, scores, acc, den, vrow;
+  std::vector<v16f> kt;
+  std::vector<int64_t> offset;
+};
+
+// Scores of RB rows against one transposed tile: per row one FMA chain over head_dim, 16 keys
+// side by side. The same arithmetic for a row whatever RB is (rows never mix).
+template <int RB>
+inline void score_rows(const float* qs, const v16f* kt, int64_t D, float scale, float* s, int64_t width) {
+  v16f acc[RB] = {};
+  for (int64_t d = 0; d < D; ++d) {
+    const v16f k = kt[d];
+    for (int r = 0; r < RB; ++r) acc[r] = qs[r * D + d] * k + acc[r];  // contracted: one FMA
+  }
+  for (int r = 0; r < RB; ++r) store16(s + r * width, acc[r] * scale);
+}
+
+// Weighted values of RB rows over keys 0..L-1 in ascending order, D = 16 * DV: per element one FMA
+// chain over the keys, and the denominator one sum over the keys (a zero weight adds nothing).
+template <int RB, int DV>
+inline void value_rows(const float* p, int64_t width, const float* vbuf, int64_t L, float* out, float* den) {
+  v16f acc[RB][DV] = {};
+  float sum[RB] = {};
+  for (int64_t j = 0; j < L; ++j) {
+    v16f v[DV];
+    for (int c = 0; c < DV; ++c) v[c] = load16(vbuf + j * DV * TILE + c * TILE);
+    for (int r = 0; r < RB; ++r) {
+      const float w = p[r * width + j];
+      for (int c = 0; c < DV; ++c) acc[r][c] = w * v[c] + acc[r][c];
+      sum[r] += w;
+    }
+  }
+  for (int r = 0; r < RB; ++r) {
+    for (int c = 0; c < DV; ++c) store16(out + r * DV * TILE + c * TILE, acc[r][c]);
+    den[r] = sum[r];
+  }
+}
+
+template <int DV>
+inline void values(const float* p, int64_t width, const float* vbuf, int64_t L, int64_t R, float* out, float* den) {
+  int64_t r = 0;
+  for (; r + 4 <= R; r += 4) value_rows<4, DV>(p + r * width, width, vbuf, L, out + r * DV * TILE, den + r);
+  for (; r < R; ++r) value_rows<1, DV>(p + r * width, width, vbuf, L, out + r * DV * TILE, den + r);
+}
+
+template <typename T>
+void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratch& w) {
+  const int64_t D = a.head_dim, G = a.group, H = a.kvh * G;
+  const int64_t q_first = a.query_start[seq], n_new = a.query_start[seq + 1] - q_first;
+  const int64_t cached = a.num_cached[seq];
+  const int64_t tok0 = chunk * CHUNK_TOKENS;
+  const int64_t ntok = n_new - tok0 < CHUNK_TOKENS ? n_new - tok0 : CHUNK_TOKENS;
+  // keys this chunk may see: a token sees none of the step's tokens after it (a tree node's
+  // ancestors come before it), so later keys would only add exact zeros; they are not read
+  const int64_t L = cached + tok0 + ntok;
+  const int64_t R = ntok * G, tiles = (L + TILE - 1) / TILE, width = tiles * TILE;
+  const T* kc = static_cast<const T*>(a.k);
+  const T* vc = static_cast<const T*>(a.v);
+  const int64_t* table = a.block_tables + seq * a.max_blocks;
+  w.offset.resize(L);
+  int64_t* __restrict__ offset = w.offset.data();  // element offset of key/value j of this kv head
+  for (int64_t j = 0, blk = 0, slot = 0; j < L; ++j) {  // walks the block table (no division per key)
+    offset[j] = table[blk] * a.block_stride + (slot * a.kvh + head) * D;
+    if (++slot == a.block_size) slot = 0, ++blk;
+  }
+  auto key_at = [&](const T* cache, int64_t j) { return cache + offset[j]; };
+
+  w.q.resize(R * D);
+  w.scores.resize(R * width);
+  w.kt.resize(D);
+  w.acc.resize(R * D);
+  w.den.resize(R);
+  w.vrow.resize(L * D);
+  float* __restrict__ qs = w.q.data();
+  float* __restrict__ s = w.scores.data();
+  v16f* __restrict__ kt = w.kt.data();
+  for (int64_t r = 0; r < R; ++r) {  // row r: query token tok0 + r / G, head head * G + r % G
+    const float* src = a.q + ((q_first + tok0 + r / G) * H + head * G + r % G) * D;
+    for (int64_t d = 0; d < D; ++d) qs[r * D + d] = src[d];
+  }
+
+  // scores, one 16-key tile at a time, the tile transposed to [D][16 keys]
+  for (int64_t t = 0; t < tiles; ++t) {
+    if (D % TILE == 0) {  // 16 x 16 blocks, transposed in registers
+      for (int64_t d0 = 0; d0 < D; d0 += TILE) {
+        v16f m[TILE];
+        for (int jj = 0; jj < TILE; ++jj) {
+          const int64_t j = t * TILE + jj;
+          m[jj] = j < L ? load16(key_at(kc, j) + d0) : v16f{};
+        }
+        transpose16(m);
+        for (int c = 0; c < TILE; ++c) kt[d0 + c] = m[c];
+      }
+    } else {
+      for (int jj = 0; jj < TILE; ++jj) {
+        const int64_t j = t * TILE + jj;
+        const T* kp = j < L ? key_at(kc, j) : nullptr;
+        for (int64_t d = 0; d < D; ++d) kt[d][jj] = kp ? load(kp, d) : 0.0f;
+      }
+    }
+    float* st = s + t * TILE;
+    int64_t r = 0;
+    for (; r + 4 <= R; r += 4) score_rows<4>(qs + r * D, kt, D, a.scale, st + r * width, width);
+    for (; r < R; ++r) score_rows<1>(qs + r * D, kt, D, a.scale, st + r * width, width);
+  }
+
+  // softmax weights: keys before `cached` are visible to every row; the step's own tokens by the
+  // tree mask (or causally); keys past L never. Tiles wholly before `cached` take the vector path.
+  const int64_t open_tiles = cached / TILE;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t i = tok0 + r / G;  // the row's index among the new tokens
+    const uint8_t* mrow = a.tree_mask ? a.tree_mask + (q_first + i) * a.mask_stride : nullptr;
+    float* sr = s + r * width;
+    auto visible = [&](int64_t j) -> bool {
+      if (j < cached) return true;
+      if (j >= L) return false;
+      return mrow ? mrow[j - cached] != 0 : j - cached <= i;
+    };
+    v16f mv;
+    for (int jj = 0; jj < TILE; ++jj) mv[jj] = -__builtin_inff();
+    for (int64_t t = 0; t < open_tiles; ++t) {
+      const v16f x = load16(sr + t * TILE);
+      mv = x > mv ? x : mv;
+    }
+    float m = -__builtin_inff();
+    for (int jj = 0; jj < TILE; ++jj) m = mv[jj] > m ? mv[jj] : m;
+    for (int64_t j = open_tiles * TILE; j < L; ++j)
+      if (visible(j) && sr[j] > m) m = sr[j];
+    for (int64_t t = 0; t < tiles; ++t) {
+      float e[TILE];
+      for (int jj = 0; jj < TILE; ++jj) e[jj] = exp_neg(sr[t * TILE + jj] - m);
+      if (t < open_tiles) {
+        for (int jj = 0; jj < TILE; ++jj) sr[t * TILE + jj] = e[jj];
+      } else {
+        for (int jj = 0; jj < TILE; ++jj) sr[t * TILE + jj] = visible(t * TILE + jj) ? e[jj] : 0.0f;
+      }
+    }
+  }
+
+  // values as fp32 rows, then the weighted sums and denominators, keys in ascending order
+  float* __restrict__ vbuf = w.vrow.data();
+  for (int64_t j = 0; j < L; ++j) {
+    const T* vp = key_at(vc, j);
+    if (D % TILE == 0) {
+      for (int64_t d0 = 0; d0 < D; d0 += TILE) {
+        store16(vbuf + j * D + d0, load16(vp + d0));
+      }
+    } else {
+      for (int64_t d = 0; d < D; ++d) vbuf[j * D + d] = load(vp, d);
+    }
+  }
+  float* __restrict__ acc = w.acc.data();
+  float* __restrict__ den = w.den.data();
+  switch (D) {  // head_dim in registers for the common sizes
+    case 64: values<4>(s, width, vbuf, L, R, acc, den); break;
+    case 128: values<8>(s, width, vbuf, L, R, acc, den); break;
+    default:
+      std::memset(acc, 0, sizeof(float) * R * D);
+      std::memset(den, 0, sizeof(float) * R);
+      for (int64_t j = 0; j < L; ++j)
+        for (int64_t r = 0; r < R; ++r) {
+          const float p = s[r * width + j];
+          for (int64_t d = 0; d < D; ++d) acc[r * D + d] = __builtin_fmaf(p, vbuf[j * D + d], acc[r * D + d]);
+          den[r] += p;
+        }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    float* dst = a.out + ((q_first + tok0 + r / G) * H + head * G + r % G) * D;
+    const float inv = 1.0f / den[r];
+    for (int64_t d = 0; d < D; ++d) dst[d] = acc[r * D + d] * inv;
+  }
+}
+
+template <typename T>
+void attend_all(const Args& a, int64_t num_seqs) {
+  // work items: (sequence, kv head, chunk of CHUNK_TOKENS query tokens), longest sequences first
+  std::vector<int64_t> items;  // seq << 32 | head << 16 | chunk
+  for (int64_t b = 0; b < num_seqs; ++b) {
+    const int64_t n = a.query_start[b + 1] - a.query_start[b];
+    for (int64_t c = 0; c * CHUNK_TOKENS < n; ++c)
+      for (int64_t h = 0; h < a.kvh; ++h) items.push_back(b << 32 | h << 16 | c);
+  }
+  const int64_t count = static_cast<int64_t>(items.size());
+#pragma omp parallel
+  {
+    Scratch w;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t it = items[i];
+      attend_item<T>(a, it >> 32, (it >> 16) & 0xffff, it & 0xffff, w);
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" int grove_paged_attention(
+    const float* q, const void* k, const void* v, int32_t kv_dtype, int64_t block_stride,
+    int64_t block_size, int64_t kvh, int64_t group, int64_t head_dim, const int64_t* block_tables,
+    int64_t max_blocks, const int64_t* query_start, const int64_t* num_cached, int64_t num_seqs,
+    const uint8_t* tree_mask, int64_t mask_stride, float scale, float* out) {
+  const Args a{q, k, v, block_stride, block_size, kvh, group, head_dim, block_tables, max_blocks,
+               query_start, num_cached, tree_mask, mask_stride, scale, out};
+  switch (kv_dtype) {
+    case 0: attend_all<float>(a, num_seqs); return 0;
+    case 1: attend_all<uint16_t>(a, num_seqs); return 0;
+    case 2: attend_all<_Float16>(a, num_seqs); return 0;
+    default: return 1;
+  }
+}

@@ -1,0 +1,178 @@
+"""Paged attention on the CPU (``cpu_attention.cpp``): built once with the system C++ compiler,
+called through ctypes on the tensors' memory.
+
+    cpu_paged_attention(q, k_cache, v_cache, block_tables, query_start, num_cached, scale, tree_mask)
+    PagedQuery.build(...) once per step, then run(q, k_cache, v_cache, paged_query, scale) per layer
+
+Semantics are ``kernels.paged_attention.paged_attention_ref``'s (decode, lookahead trees and
+causal chunks; every query sees its sequence's cached keys). The kernel reads the pool through the
+block tables in place, computes in fp32 for every cache dtype, and is row-invariant by
+construction (see the .cpp): a query row gets the same bits whatever else is in the step, which is
+what keeps 16-bit lookahead exact, and without the fp64 pass of the torch backend.
+
+The library is compiled for this machine (``-march=native``) into Grove's cache, keyed by the
+source and the CPU's flags; without a compiler ``available()`` is False and the engine attends
+with the torch backend. Threads: the kernel runs in the OpenMP pool torch already loaded
+(``torch.set_num_threads`` applies), so no second pool competes for the cores.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.paths import cache_dir
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_suffix(".cpp")
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++20", "-fno-fast-math", "-ffp-contract=fast"]
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def library_path() -> Path:
+    """Where the built library lives: one per source, compiler flags and CPU."""
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(_FLAGS).encode() + _cpu_flags().encode()).hexdigest()[:16]
+    return cache_dir() / "build" / f"grove_cpu_attention-{platform.machine()}-{key}.so"
+
+
+def build() -> Path:
+    """Compiles the library if it is not built yet; raises RuntimeError with the compiler's output."""
+    path = library_path()
+    if path.exists():
+        return path
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (g++) on PATH")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # build aside, then rename: atomic
+        out = Path(tmp) / path.name
+        proc = subprocess.run([cxx, *_FLAGS, str(SOURCE), "-o", str(out)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cxx} failed to build {SOURCE.name}:\n{proc.stderr[-2000:]}")
+        os.replace(out, path)
+    logger.info("built %s", path)
+    return path
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    try:
+        lib = ctypes.CDLL(str(build()))  # after torch: binds to the libgomp torch loaded
+    except (RuntimeError, OSError) as exc:
+        logger.warning("CPU attention kernel unavailable, attending with the torch backend: %s", exc)
+        return None
+    fn = lib.grove_paged_attention
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    fn.argtypes = [p, p, p, ctypes.c_int32, i64, i64, i64, i64, i64, p, i64, p, p, i64, p, i64, ctypes.c_float, p]
+    fn.restype = ctypes.c_int
+    return lib
+
+
+def available() -> bool:
+    """True when the kernel is built (or builds now) and loads."""
+    return _library() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PagedQuery:
+    """A step's metadata, checked and laid out for the kernel once; every layer reuses it."""
+
+    block_tables: torch.Tensor  # [B, max_blocks] int64, contiguous
+    query_start: torch.Tensor  # [B + 1] int64
+    num_cached: torch.Tensor  # [B] int64
+    tree_mask: torch.Tensor | None  # [T, max_q] uint8, None: causal chains
+    num_tokens: int
+
+    @classmethod
+    def build(cls, block_tables: torch.Tensor, query_start: torch.Tensor, num_cached: torch.Tensor,
+              tree_mask: torch.Tensor | None = None) -> "PagedQuery":
+        tensors = dict(block_tables=block_tables, query_start=query_start, num_cached=num_cached, tree_mask=tree_mask)
+        off_cpu = {n: t.device for n, t in tensors.items() if t is not None and t.device.type != "cpu"}
+        if off_cpu:
+            raise ValueError("the CPU attention kernel takes CPU tensors: " + ", ".join(f"{n} is on {d}" for n, d in off_cpu.items()))
+        B = num_cached.shape[0]
+        if query_start.shape != (B + 1,) or block_tables.dim() != 2 or block_tables.shape[0] != B:
+            raise ValueError(f"query_start must be [B + 1] and block_tables [B, max_blocks] for B = {B}")
+        if any(t.dtype != torch.long for t in (block_tables, query_start, num_cached)):
+            raise ValueError("block_tables, query_start and num_cached must be int64")
+        T = int(query_start[-1])
+        if tree_mask is not None and (tree_mask.dim() != 2 or tree_mask.shape[0] != T):
+            raise ValueError(f"tree_mask must be [T={T}, max_q], got {tuple(tree_mask.shape)}")
+        mask = tree_mask.to(torch.uint8).contiguous() if tree_mask is not None else None
+        return cls(block_tables.contiguous(), query_start.contiguous(), num_cached.contiguous(), mask, T)
+
+
+def check_cache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """q: [T, H, D]; k/v: [num_blocks, block_size, KVH, D] views with contiguous blocks, equal strides."""
+    if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape or k_cache.stride() != v_cache.stride():
+        raise ValueError(f"q must be [T, H, D] and k/v caches [num_blocks, block_size, kv_heads, head_dim] views "
+                         f"with equal strides, got {tuple(q.shape)}, {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+    _, _, kvh, d = k_cache.shape
+    if d != q.shape[2] or q.shape[1] % kvh:
+        raise ValueError(f"q {tuple(q.shape)} does not fit {kvh} kv heads of dim {d}")
+    if k_cache.stride()[1:] != (kvh * d, d, 1):
+        raise ValueError(f"each cache block must be a contiguous [block_size, kv_heads, head_dim], strides {k_cache.stride()}")
+    if k_cache.dtype not in _DTYPES or v_cache.dtype != k_cache.dtype:
+        raise ValueError(f"cache dtype {k_cache.dtype} not supported (float32, bfloat16, float16)")
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.device.type != "cpu":
+            raise ValueError(f"the CPU attention kernel takes CPU tensors: {name} is on {t.device}")
+
+
+def run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pq: PagedQuery, scale: float) -> torch.Tensor:
+    """The kernel on checked inputs (``check_cache`` once per pool, ``PagedQuery.build`` once per
+    step): [T, H, D] in q's dtype."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the CPU attention kernel is not available (see the log for why)")
+    T, H, D = q.shape
+    if T != pq.num_tokens:
+        raise ValueError(f"q has {T} tokens, the step {pq.num_tokens}")
+    _, bs, kvh, _ = k_cache.shape
+    qf = q.to(torch.float32).contiguous()
+    out = torch.empty(T, H, D, dtype=torch.float32)
+    mask = pq.tree_mask
+    rc = lib.grove_paged_attention(
+        qf.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), _DTYPES[k_cache.dtype], k_cache.stride(0), bs, kvh,
+        H // kvh, D, pq.block_tables.data_ptr(), pq.block_tables.shape[1], pq.query_start.data_ptr(),
+        pq.num_cached.data_ptr(), pq.num_cached.shape[0], mask.data_ptr() if mask is not None else None,
+        mask.shape[1] if mask is not None else 0, scale, out.data_ptr())
+    if rc != 0:
+        raise RuntimeError(f"grove_paged_attention returned {rc}")
+    return out if q.dtype == torch.float32 else out.to(q.dtype)
+
+
+def cpu_paged_attention(
+    q: torch.Tensor,  # [T, H, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, KVH, D]: strided views of the pool are fine
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,  # [B, max_blocks] int64
+    query_start: torch.Tensor,  # [B + 1] int64
+    num_cached: torch.Tensor,  # [B] int64
+    scale: float,
+    tree_mask: torch.Tensor | None = None,  # [T, max_q] bool; None: causal chains
+) -> torch.Tensor:
+    """Attention of the step's query tokens over their sequences' paged K/V: [T, H, D] in q's dtype."""
+    check_cache(q, k_cache, v_cache)
+    return run(q, k_cache, v_cache, PagedQuery.build(block_tables, query_start, num_cached, tree_mask), scale)

@@ -1,0 +1,105 @@
+"""The C++ CPU attention kernel against its torch reference, over parametrized shapes.
+
+Row invariance (a tree token attends as when decoded alone, bit for bit) is checked beside the
+torch backend's in tests/engine/test_batch_invariance.py; the engine runs it by default on CPU.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from engine.attention.cpu_backend import CpuAttentionBackend, CpuKernelPlan
+from engine.attention.selector import get_backend
+from engine.batch import SeqInput, plan_batch
+from kernels import cpu_attention
+from kernels.cpu_attention import PagedQuery, cpu_paged_attention
+from kernels.paged_attention import paged_attention_ref
+from tests.kernels.paged_data import assert_close, make_paged_batch
+
+CASES = [
+    # seqs (num_cached, num_new, is_tree), page, kv_heads, group, head_dim
+    pytest.param([(0, 1, False), (37, 1, False), (3, 20, True)], 16, 2, 3, 64, id="decode-and-tree"),
+    pytest.param([(16, 16, True), (0, 33, True), (47, 4, False)], 16, 1, 3, 128, id="trees-d128"),
+    pytest.param([(9, 4, False), (1, 16, False), (7, 1, False)], 8, 1, 7, 64, id="chains-page8-g7"),
+    pytest.param([(63, 1, False), (65, 4, True), (100, 33, True)], 5, 2, 1, 64, id="page5-g1"),  # blocks not tiles
+    pytest.param([(0, 40, False), (200, 1, False)], 32, 3, 3, 64, id="prefill-chunks"),  # several 8-token chunks
+    pytest.param([(30, 9, True), (5, 1, False)], 16, 2, 2, 80, id="d80-generic-paths"),  # head_dim not 16k
+    pytest.param([(70, 3, True)], 16, 2, 2, 96, id="d96"),
+    pytest.param([(1500, 1, False), (2100, 17, True)], 16, 3, 3, 64, id="long"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("seqs, page, kv_heads, group, head_dim", CASES)
+def test_matches_reference(seqs: list[tuple[int, int, bool]], page: int, kv_heads: int, group: int, head_dim: int,
+                           dtype: torch.dtype) -> None:
+    pb = make_paged_batch(seqs, page=page, kv_heads=kv_heads, group=group, head_dim=head_dim, dtype=dtype, seed=7)
+    m = pb.meta
+    scale = 1 / math.sqrt(head_dim)
+    out = cpu_paged_attention(pb.q, pb.k, pb.v, m.block_tables, m.query_start, m.num_cached, scale, m.tree_mask)
+    # the reference attends in fp32 from the same 16-bit inputs, so both round once, at the end
+    ref = paged_attention_ref(pb.q.float(), pb.k.float(), pb.v.float(), m.block_tables, m.query_start, m.num_cached,
+                              scale, m.tree_mask).to(dtype)
+    assert_close(out, ref)
+
+
+def test_tree_mask_and_chunking_change_nothing_they_should_not() -> None:
+    """A sequence's output does not depend on the other sequences of the call (each is computed
+    alone here), bit for bit, and a tree mask that hides a key changes its rows."""
+    seqs = [(40, 1, False), (33, 12, True), (0, 19, False), (90, 5, True)]
+    pb = make_paged_batch(seqs, page=16, kv_heads=2, group=3, head_dim=64, dtype=torch.bfloat16, seed=3)
+    m = pb.meta
+    whole = cpu_paged_attention(pb.q, pb.k, pb.v, m.block_tables, m.query_start, m.num_cached, 0.125, m.tree_mask)
+    for b in range(len(seqs)):
+        rows, sub = m.select([b])
+        alone = cpu_paged_attention(pb.q[rows], pb.k, pb.v, sub.block_tables, sub.query_start, sub.num_cached, 0.125,
+                                    sub.tree_mask)
+        assert torch.equal(alone, whole[rows]), f"sequence {b} differs when attended alone"
+    hidden = m.tree_mask.clone()
+    row = int(m.query_start[1]) + 5  # sequence 1's sixth token: hide its parent chain's first node
+    first_visible = int(hidden[row].nonzero()[0])
+    hidden[row, first_visible] = False
+    changed = cpu_paged_attention(pb.q, pb.k, pb.v, m.block_tables, m.query_start, m.num_cached, 0.125, hidden)
+    assert not torch.equal(changed[row], whole[row])
+    others = torch.ones(whole.shape[0], dtype=torch.bool)
+    others[row] = False
+    assert torch.equal(changed[others], whole[others])
+
+
+def test_rejects_bad_inputs() -> None:
+    pb = make_paged_batch([(20, 3, True)], page=16, kv_heads=2, group=2, head_dim=64, dtype=torch.float32)
+    m = pb.meta
+    args = (m.block_tables, m.query_start, m.num_cached, 0.125, m.tree_mask)
+    with pytest.raises(ValueError, match="kv heads"):
+        cpu_paged_attention(pb.q[:, :3], pb.k, pb.v, *args)
+    with pytest.raises(ValueError, match="equal strides"):
+        cpu_paged_attention(pb.q, pb.k, pb.v[:, :8], *args)
+    with pytest.raises(ValueError, match="not supported"):
+        cpu_paged_attention(pb.q.double(), pb.k.double(), pb.v.double(), *args)
+    with pytest.raises(ValueError, match="int64"):
+        cpu_paged_attention(pb.q, pb.k, pb.v, m.block_tables.int(), *args[1:])
+    with pytest.raises(ValueError, match="tree_mask"):
+        cpu_paged_attention(pb.q, pb.k, pb.v, *args[:-1], m.tree_mask[:-1])
+    with pytest.raises(ValueError, match="block_tables is on meta"):
+        PagedQuery.build(m.block_tables.to("meta"), m.query_start, m.num_cached)
+    with pytest.raises(ValueError, match="q is on meta"):
+        cpu_paged_attention(pb.q.to("meta"), pb.k, pb.v, *args)
+    with pytest.raises(ValueError, match="tokens"):
+        cpu_attention.run(pb.q[:2], pb.k, pb.v, PagedQuery.build(*args[:3], m.tree_mask), 0.125)
+
+
+def test_builds_here_and_is_the_cpu_default() -> None:
+    """The machine has a C++ compiler, so the CPU default is the kernel, not the fp64 torch path."""
+    assert cpu_attention.available(), "the CPU attention kernel did not build (see the log)"
+    assert cpu_attention.library_path().exists()
+    assert isinstance(get_backend("auto", "cpu"), CpuAttentionBackend)
+    windowed = get_backend("auto", "cpu", sliding_window=8)  # the window is checked per step
+    assert windowed.name == "cpu"
+    near = plan_batch([SeqInput([1, 2], 5, [0])], 16, sliding_window=8).attn
+    far = plan_batch([SeqInput([1, 2], 20, [0, 1])], 16, sliding_window=8).attn
+    assert isinstance(windowed.plan(near), CpuKernelPlan)
+    assert not isinstance(windowed.plan(far), CpuKernelPlan)  # the torch backend has the window mask
+    with pytest.raises(ValueError, match="CPU"):
+        get_backend("cpu", "cuda")
