@@ -34,6 +34,7 @@ class TritonAttentionPlan:
 
 class TritonAttentionBackend:
     name = "triton"
+    pads_groups = False
 
     def __init__(self, num_kv_splits: int | None = None) -> None:
         # None: the flash-decoding heuristic chooses per call; a number forces it (tests, benchmarks)
