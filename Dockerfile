@@ -9,6 +9,8 @@ ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
     PYTHONPATH=/app GROVE_CACHE=/home/grove/.cache/grove
 WORKDIR /app
 
+# g++ builds the CPU attention kernel (kernels/cpu_attention.cpp) for the host it runs on, at first use
+RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
 # torch first and pinned exactly, from its own index (PyPI's Linux wheel is the CUDA build)
 RUN pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" torch==2.13.0
 COPY requirements.txt ./

@@ -19,7 +19,7 @@ run: setup
 test: setup tools
 	bash scripts/test.sh
 
-setup: venv model protos
+setup: venv model protos cpu-kernel
 
 venv: $(STAMP)
 
@@ -38,6 +38,12 @@ $(MODEL_DIR)/config.json: $(STAMP)
 	$(PY) -m engine.convert
 
 protos: $(PROTO_STAMP)
+
+# the CPU attention kernel, built for this machine into $(GROVE_CACHE)/build (~1 s; also built on
+# first use). Never fatal: without a C++ compiler the engine attends with the torch backend
+.PHONY: cpu-kernel
+cpu-kernel: $(STAMP)
+	@$(PY) -m kernels.cpu_attention || echo "cpu-kernel: not built, the engine will attend with the torch backend"
 
 $(PROTO_STAMP): $(PROTOS) scripts/gen_protos.py $(STAMP)
 	$(PY) scripts/gen_protos.py

@@ -33,8 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     worker_id = args.worker_id or f"decode-{os.getpid()}"
-    engine = AsyncEngine(LLMEngine(EngineConfig.from_cli(args)))
-    engine.start()
+    config = EngineConfig.from_cli(args)
+    engine = await AsyncEngine.create(lambda: LLMEngine(config))
     plane = make_plane("decode", engine.engine.kv.data, args.nixl == "on", passive=False)
     puller = KVPuller(engine.engine.kv.data, plane)
     service = DecodeService(engine, puller, args.max_requests)

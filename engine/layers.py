@@ -20,7 +20,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 # Dtypes whose forward is row-invariant (a row's bits do not depend on what shares its step): the
-# products here and the attention in engine.attention.torch_backend. In fp32 rounding differences
+# products here and the attention in engine.attention.torch_backend (fp64) and cpu_backend (the
+# C++ kernel is row-invariant in every dtype). In fp32 rounding differences
 # are far below greedy's margins, and it keeps its faster paths.
 ROW_INVARIANT_DTYPES = (torch.bfloat16, torch.float16)
 

@@ -8,6 +8,9 @@ Modules (each a private ``@triton.jit`` kernel, a checked host wrapper and a tor
     kv_write.py          writing new K/V by slot mapping; copying slots (lookahead compaction)
     backend.py           ``TritonAttentionBackend``, the engine's ``AttentionBackend`` on these kernels
     bench_attention.py   GPU benchmark (not a test)
+    cpu_attention.cpp/.py  the CPU kernel (C++, built on first use) and its checked wrapper; same
+                         reference (``paged_attention_ref``); the engine's default on CPU
 
-Nothing here is imported by the engine unless the "triton" backend is selected.
+The Triton modules are imported by the engine only when the "triton" backend is selected;
+``cpu_attention`` imports no Triton.
 """

@@ -278,7 +278,7 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
 }
 
 template <typename T>
-void attend_all(const Args& a, int64_t num_seqs) {
+void attend_all(const Args& a, int64_t num_seqs, int num_threads) {
   // work items: (sequence, kv head, chunk of CHUNK_TOKENS query tokens), longest sequences first
   std::vector<int64_t> items;  // seq << 32 | head << 16 | chunk
   for (int64_t b = 0; b < num_seqs; ++b) {
@@ -287,7 +287,7 @@ void attend_all(const Args& a, int64_t num_seqs) {
       for (int64_t h = 0; h < a.kvh; ++h) items.push_back(b << 32 | h << 16 | c);
   }
   const int64_t count = static_cast<int64_t>(items.size());
-#pragma omp parallel
+#pragma omp parallel num_threads(num_threads)
   {
     Scratch w;
 #pragma omp for schedule(dynamic, 1)
@@ -304,13 +304,13 @@ extern "C" int grove_paged_attention(
     const float* q, const void* k, const void* v, int32_t kv_dtype, int64_t block_stride,
     int64_t block_size, int64_t kvh, int64_t group, int64_t head_dim, const int64_t* block_tables,
     int64_t max_blocks, const int64_t* query_start, const int64_t* num_cached, int64_t num_seqs,
-    const uint8_t* tree_mask, int64_t mask_stride, float scale, float* out) {
+    const uint8_t* tree_mask, int64_t mask_stride, float scale, float* out, int32_t num_threads) {
   const Args a{q, k, v, block_stride, block_size, kvh, group, head_dim, block_tables, max_blocks,
                query_start, num_cached, tree_mask, mask_stride, scale, out};
   switch (kv_dtype) {
-    case 0: attend_all<float>(a, num_seqs); return 0;
-    case 1: attend_all<uint16_t>(a, num_seqs); return 0;
-    case 2: attend_all<_Float16>(a, num_seqs); return 0;
+    case 0: attend_all<float>(a, num_seqs, num_threads); return 0;
+    case 1: attend_all<uint16_t>(a, num_seqs, num_threads); return 0;
+    case 2: attend_all<_Float16>(a, num_seqs, num_threads); return 0;
     default: return 1;
   }
 }

@@ -12,8 +12,8 @@ what keeps 16-bit lookahead exact, and without the fp64 pass of the torch backen
 
 The library is compiled for this machine (``-march=native``) into Grove's cache, keyed by the
 source and the CPU's flags; without a compiler ``available()`` is False and the engine attends
-with the torch backend. Threads: the kernel runs in the OpenMP pool torch already loaded
-(``torch.set_num_threads`` applies), so no second pool competes for the cores.
+with the torch backend. Threads: the kernel runs in the OpenMP pool torch already loaded, with
+``torch.get_num_threads()`` threads of the calling thread, so no second pool competes for the cores.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def _library() -> ctypes.CDLL | None:
         return None
     fn = lib.grove_paged_attention
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    fn.argtypes = [p, p, p, ctypes.c_int32, i64, i64, i64, i64, i64, p, i64, p, p, i64, p, i64, ctypes.c_float, p]
+    fn.argtypes = [p, p, p, ctypes.c_int32, i64, i64, i64, i64, i64, p, i64, p, p, i64, p, i64, ctypes.c_float, p, ctypes.c_int32]
     fn.restype = ctypes.c_int
     return lib
 
@@ -157,7 +157,7 @@ def run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pq: Paged
         qf.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), _DTYPES[k_cache.dtype], k_cache.stride(0), bs, kvh,
         H // kvh, D, pq.block_tables.data_ptr(), pq.block_tables.shape[1], pq.query_start.data_ptr(),
         pq.num_cached.data_ptr(), pq.num_cached.shape[0], mask.data_ptr() if mask is not None else None,
-        mask.shape[1] if mask is not None else 0, scale, out.data_ptr())
+        mask.shape[1] if mask is not None else 0, scale, out.data_ptr(), max(1, torch.get_num_threads()))
     if rc != 0:
         raise RuntimeError(f"grove_paged_attention returned {rc}")
     return out if q.dtype == torch.float32 else out.to(q.dtype)
@@ -176,3 +176,10 @@ def cpu_paged_attention(
     """Attention of the step's query tokens over their sequences' paged K/V: [T, H, D] in q's dtype."""
     check_cache(q, k_cache, v_cache)
     return run(q, k_cache, v_cache, PagedQuery.build(block_tables, query_start, num_cached, tree_mask), scale)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ok = available()
+    logger.info("CPU attention kernel: %s", library_path() if ok else "not built")
+    raise SystemExit(0 if ok else 1)

@@ -38,8 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     worker_id = args.worker_id or f"prefill-{os.getpid()}"
     # prefill-only: every request stops after its first token, so lookahead has nothing to do here
-    engine = AsyncEngine(LLMEngine(dataclasses.replace(EngineConfig.from_cli(args), lookahead=False)))
-    engine.start()
+    config = dataclasses.replace(EngineConfig.from_cli(args), lookahead=False)
+    engine = await AsyncEngine.create(lambda: LLMEngine(config))
     plane = make_plane("prefill", engine.engine.kv.data, args.nixl == "on", passive=True)
     kvstore = None
     if args.kvstore:

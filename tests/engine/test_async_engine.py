@@ -5,6 +5,7 @@ Runs the real bundled model (a small KV pool, lookahead off so outputs compare w
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,50 @@ def test_call_returns_results_and_raises_errors(llm: LLMEngine) -> None:
         assert ae._thread is None
 
     asyncio.run(go())
+
+
+def test_create_builds_the_engine_on_the_thread_that_steps_it(llm: LLMEngine, model_dir: Path) -> None:
+    """Workers build with ``create``: one thread loads, calibrates and steps (one OpenMP pool in the
+    process), the event loop's own parallel regions then run on one thread, and outputs equal
+    plain generate."""
+    prompt = llm.tokenizer.encode(PROMPTS[1])
+    expected = llm.generate([prompt], _params())[0].output_ids
+    built_on: list[threading.Thread] = []
+
+    def build() -> LLMEngine:
+        built_on.append(threading.current_thread())
+        return LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=64, lookahead=False))
+
+    async def go() -> tuple[threading.Thread, list[int], int]:
+        ae = await AsyncEngine.create(build)
+        try:
+            loop_threads = _gomp().omp_get_max_threads()  # on the event loop's thread, after create
+            return await ae.call(threading.current_thread), await _collect(ae, "c0", prompt), loop_threads
+        finally:
+            await ae.close()
+
+    before = _gomp().omp_get_max_threads()
+    try:
+        stepped_on, tokens, loop_threads = asyncio.run(go())
+    finally:
+        _gomp().omp_set_num_threads(before)  # this test's event loop ran on the session's main thread
+    assert built_on == [stepped_on] and stepped_on is not threading.main_thread()
+    assert tokens == expected
+    assert loop_threads == 1
+
+
+def test_create_raises_what_the_build_raised() -> None:
+    def build() -> LLMEngine:
+        raise ValueError("no such model")
+
+    async def go() -> None:
+        await AsyncEngine.create(build)
+
+    with pytest.raises(ValueError, match="no such model"):
+        asyncio.run(go())
+
+
+def _gomp() -> Any:
+    import ctypes
+
+    return ctypes.CDLL("libgomp.so.1")  # torch's, already loaded
