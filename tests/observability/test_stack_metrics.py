@@ -9,6 +9,7 @@ import sys
 import torch
 
 from engine.config import ModelConfig
+from engine.engine_config import EngineConfig
 from gateway.router import Router
 from launcher.stack import Stack
 from tests.observability.conftest import ROOT, Traffic, free_port, scrape, total
@@ -52,7 +53,8 @@ def test_workers_are_labelled_by_role_and_id(stack: Stack, traffic: Traffic) -> 
     assert total(m, "grove:prefix_cache_queries_total") >= traffic.usage("prompt_tokens") - 6
     m = scrape(f"127.0.0.1:{stack.service('decode-0').info['metrics_port']}")
     positions = sorted(int(lab["position"]) for lab, _ in m["grove:spec_decode_num_accepted_tokens_per_pos_total"])
-    assert positions == list(range(8))  # every draft position has a series, accepted or not
+    # every draft position has a series, accepted or not (the decode worker runs the default depth)
+    assert positions == list(range(EngineConfig().lookahead_max_depth))
     per_pos = total(m, "grove:spec_decode_num_accepted_tokens_per_pos_total")
     assert per_pos == total(m, "grove:spec_decode_num_accepted_tokens_total")
 
