@@ -50,15 +50,17 @@ $(PROTO_STAMP): $(PROTOS) scripts/gen_protos.py $(STAMP)
 	mkdir -p grove && touch $@
 
 # docker-compose (validates compose/ without an engine) and Prometheus (promtool and the server) for
-# tests/observability: apt-get installs them where it can; never fatal, those tests skip without them
-TOOLS := docker-compose promtool prometheus
+# tests/observability, g++ for the CPU attention kernel: apt-get installs them where it can; never
+# fatal (the compose and Prometheus tests skip without them; without g++ the engine uses the torch
+# backend and the kernel's own tests fail)
+TOOLS := docker-compose promtool prometheus g++
 tools:
 	@if (for t in $(TOOLS); do command -v $$t >/dev/null || exit 1; done); then :; \
 	elif ! command -v apt-get >/dev/null; then echo "tools: no apt-get: the compose and Prometheus tests will skip"; \
 	else export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -q docker-compose prometheus >/dev/null 2>&1 \
-	  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose prometheus >/dev/null 2>&1; } \
-	  || echo "tools: apt-get could not install docker-compose and prometheus: the compose and Prometheus tests will skip"; fi
+	  apt-get install -y -q docker-compose prometheus g++ >/dev/null 2>&1 \
+	  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose prometheus g++ >/dev/null 2>&1; } \
+	  || echo "tools: apt-get could not install docker-compose, prometheus and g++: the compose and Prometheus tests will skip"; fi
 
 # docs/benchmarks.md: starts the stack, runs bench/scenarios/docs.json, rewrites the table (~15 min on 2 cores)
 .PHONY: bench-docs
