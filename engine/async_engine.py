@@ -35,8 +35,8 @@ _Job = tuple[Callable[[], object], "asyncio.Future[object] | None"]
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine) -> None:
-        self.engine = engine
+    def __init__(self, engine: LLMEngine | None = None) -> None:
+        self.engine: LLMEngine = engine  # type: ignore[assignment]  # None only until create() built it
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._queues: dict[str, asyncio.Queue[StepOutput | BaseException]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -46,8 +46,7 @@ class AsyncEngine:
     async def create(cls, build: Callable[[], LLMEngine]) -> "AsyncEngine":
         """Builds the engine on the thread that will step it (see the module doc), starts it, and
         returns once it is ready; ``build``'s exception, if it raises."""
-        self = cls.__new__(cls)
-        self._jobs, self._queues, self._thread = queue.SimpleQueue(), {}, None
+        self = cls()
         loop = self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
 

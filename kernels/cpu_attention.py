@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_suffix(".cpp")
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_MAX_TOKENS = 8 * 0xFFFF  # CHUNK_TOKENS x the 16-bit chunk field of a work item (cpu_attention.cpp)
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++20", "-fno-fast-math", "-ffp-contract=fast"]
 
 
@@ -117,6 +118,8 @@ class PagedQuery:
         if any(t.dtype != torch.long for t in (block_tables, query_start, num_cached)):
             raise ValueError("block_tables, query_start and num_cached must be int64")
         T = int(query_start[-1])
+        if T > _MAX_TOKENS:  # the kernel packs a work item's chunk index into 16 bits
+            raise ValueError(f"{T} query tokens in one step; the kernel takes at most {_MAX_TOKENS}")
         if tree_mask is not None and (tree_mask.dim() != 2 or tree_mask.shape[0] != T):
             raise ValueError(f"tree_mask must be [T={T}, max_q], got {tuple(tree_mask.shape)}")
         mask = tree_mask.to(torch.uint8).contiguous() if tree_mask is not None else None

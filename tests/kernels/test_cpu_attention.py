@@ -45,7 +45,7 @@ def test_matches_reference(seqs: list[tuple[int, int, bool]], page: int, kv_head
     assert_close(out, ref)
 
 
-def test_tree_mask_and_chunking_change_nothing_they_should_not() -> None:
+def test_a_sequence_alone_equals_it_in_a_batch_and_a_hidden_key_changes_only_its_row() -> None:
     """A sequence's output does not depend on the other sequences of the call (each is computed
     alone here), bit for bit, and a tree mask that hides a key changes its rows."""
     seqs = [(40, 1, False), (33, 12, True), (0, 19, False), (90, 5, True)]
@@ -86,6 +86,8 @@ def test_rejects_bad_inputs() -> None:
         PagedQuery.build(m.block_tables.to("meta"), m.query_start, m.num_cached)
     with pytest.raises(ValueError, match="q is on meta"):
         cpu_paged_attention(pb.q.to("meta"), pb.k, pb.v, *args)
+    with pytest.raises(ValueError, match="at most"):  # more chunks than a work item can name
+        PagedQuery.build(torch.zeros(1, 1, dtype=torch.long), torch.tensor([0, 8 * 0xFFFF + 1]), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="tokens"):
         cpu_attention.run(pb.q[:2], pb.k, pb.v, PagedQuery.build(*args[:3], m.tree_mask), 0.125)
 
