@@ -77,6 +77,15 @@ class PrefixCache:
             self.stats.hit_tokens += len(blocks) * self.block_size
         return blocks
 
+    def num_cached(self, hashes: Sequence[bytes]) -> int:
+        """How many leading blocks of ``hashes`` ``match`` would return now (no reference, no stats)."""
+        n = 0
+        for h in hashes:
+            if h not in self._block_of:
+                break
+            n += 1
+        return n
+
     def insert(self, hashes: Sequence[bytes], blocks: Sequence[int]) -> None:
         """Registers ``blocks[i]`` (full, written, owned by the caller) as holding ``hashes[i]``.
 

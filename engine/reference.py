@@ -42,25 +42,49 @@ class GreedyMatch:
 
 def hf_greedy(model: Any, prompt_ids: Sequence[int], max_new_tokens: int) -> ReferenceOutput:
     """transformers ``generate(do_sample=False)`` on one prompt, with the logit gaps per step."""
-    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=model.device)
+    return hf_greedy_batch(model, [prompt_ids], max_new_tokens)[0]
+
+
+def hf_greedy_batch(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[ReferenceOutput]:
+    """transformers ``generate(do_sample=False)`` on several prompts in one left-padded batch.
+
+    Padding changes only the shapes of the matrix products, so logits move by float rounding
+    (~1e-6 in fp32): a flip that causes is a near tie, which the comparison accepts. A row that
+    ends (an EOS token) keeps its tokens up to and including that EOS.
+    """
+    pad = model.config.eos_token_id if model.config.pad_token_id is None else model.config.pad_token_id
+    pad = pad[0] if isinstance(pad, (list, tuple)) else pad
+    eos = model.generation_config.eos_token_id
+    stops = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):  # left padding: every row's last prompt token in the last column
+        ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[i, width - len(p):] = 1
     with torch.inference_mode():
         out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
+            ids.to(model.device),
+            attention_mask=mask.to(model.device),
             do_sample=False,
             max_new_tokens=max_new_tokens,
             output_logits=True,
             return_dict_in_generate=True,
-            pad_token_id=model.config.eos_token_id if model.config.pad_token_id is None else model.config.pad_token_id,
+            pad_token_id=pad,
         )
-    tokens = out.sequences[0, ids.shape[1]:].tolist()
-    gaps, ulps = [], []
     eps = torch.finfo(model.dtype).eps  # spacing at 1.0 in the model's dtype
-    for logits in out.logits:
-        top = torch.topk(logits[0].float(), 2).values
-        gaps.append(float(top[0] - top[1]))
-        ulps.append(eps * 2.0 ** math.floor(math.log2(abs(float(top[0])) or 1.0)))
-    return ReferenceOutput(tokens=tokens, top2_gaps=gaps[: len(tokens)], top1_ulps=ulps[: len(tokens)])
+    refs = []
+    for row in range(len(prompts)):
+        tokens = out.sequences[row, width:].tolist()
+        ends = [i for i, t in enumerate(tokens) if t in stops]
+        tokens = tokens[: ends[0] + 1] if ends else tokens
+        gaps, ulps = [], []
+        for logits in out.logits[: len(tokens)]:
+            top = torch.topk(logits[row].float(), 2).values
+            gaps.append(float(top[0] - top[1]))
+            ulps.append(eps * 2.0 ** math.floor(math.log2(abs(float(top[0])) or 1.0)))
+        refs.append(ReferenceOutput(tokens=tokens, top2_gaps=gaps, top1_ulps=ulps))
+    return refs
 
 
 def compare_greedy(ref: ReferenceOutput, candidate: Sequence[int], tie_tol: float = 1e-3) -> GreedyMatch:

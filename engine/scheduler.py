@@ -106,6 +106,35 @@ class Scheduler:
         self.prefix_cache.insert(seq.block_hashes[seq.num_registered : n_full], seq.block_table[seq.num_registered : n_full])
         seq.num_registered = n_full
 
+    # ---- in-batch prefix sharing -------------------------------------------------------------
+    def _mostly_computed_by_others(self, seq: Sequence, computing: set[bytes]) -> bool:
+        """True when at least half of what the new sequence has left to compute is full prompt
+        blocks another sequence computes in this very step: it waits one step and reuses them
+        (many requests with one system prompt arriving together compute it once)."""
+        if self.prefix_cache is None or not computing:
+            return False
+        bs = self.config.block_size
+        limit = (seq.num_tokens - 1) // bs  # as in reuse_prefix: the last token is always computed
+        seq.block_hashes = block_hashes(seq.all_ids, bs, seq.block_hashes, limit=limit)
+        # blocks it holds (fetched for it) or would reuse from the cache now
+        first = seq.num_cached // bs if seq.block_table else self.prefix_cache.num_cached(seq.block_hashes[:limit])
+        shared = 0
+        for h in seq.block_hashes[first:limit]:
+            if h not in computing:
+                break
+            shared += 1
+        return shared > 0 and 2 * shared * bs >= seq.num_tokens - first * bs
+
+    def _note_computing(self, seq: Sequence, num_tokens: int, computing: set[bytes]) -> None:
+        """Adds the hashes of the full blocks a prompt chunk of ``num_tokens`` completes."""
+        if self.prefix_cache is None:
+            return
+        bs = self.config.block_size
+        first, end = seq.num_cached // bs, min(seq.num_cached + num_tokens, seq.num_prompt) // bs
+        if end > first:
+            seq.block_hashes = block_hashes(seq.all_ids, bs, seq.block_hashes, limit=end)
+            computing.update(seq.block_hashes[first:end])
+
     def _preempt(self, seq: Sequence) -> None:
         logger.info("preempting %s (out of KV blocks)", seq.request_id)
         self.num_preemptions += 1
@@ -159,18 +188,22 @@ class Scheduler:
         # 2. sequences part-way through their prompt, then new ones, by chunks
         prefilling = [s for s in self.running if s.is_prefilling]
         candidates = prefilling + list(self.waiting)
+        computing: set[bytes] = set()  # hashes of the full blocks this step's prompt chunks complete
         for seq in candidates:
             if budget <= 0:
                 break
             is_new = seq.status is SeqStatus.WAITING
             if is_new and len(self.running) >= self.config.max_num_seqs:
                 break
+            if is_new and self._mostly_computed_by_others(seq, computing):
+                continue  # next step its prefix is cached: compute it once, not once per request
             reused = self.reuse_prefix(seq) if is_new and seq.num_cached == 0 else 0
             n = min(seq.num_tokens - seq.num_cached, budget)
             if not self._grow(seq, n):
                 if reused:  # a waiting sequence holds no blocks: they go back (and stay cached)
                     self.free(seq)
                 break  # wait for blocks; never preempt running work for a newcomer
+            self._note_computing(seq, n, computing)
             if is_new:
                 self.waiting.remove(seq)
                 seq.status = SeqStatus.RUNNING

@@ -53,17 +53,29 @@ def engine(model_dir: Path) -> Any:
     assert eng.allocator.num_used == 0, "a test leaked KV blocks"
 
 
+class HFReference:
+    """transformers greedy outputs, computed once per (prompt, length) in the session; ``many``
+    computes the missing ones of a list in left-padded batches (engine.reference.hf_greedy_batch)."""
+
+    def __init__(self, model: Any, batch_size: int = 10) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.memo: dict[tuple[tuple[int, ...], int], Any] = {}
+
+    def __call__(self, prompt_ids: list[int], max_new_tokens: int) -> Any:
+        return self.many([prompt_ids], max_new_tokens)[0]
+
+    def many(self, prompts: list[list[int]], max_new_tokens: int) -> list[Any]:
+        from engine.reference import hf_greedy_batch
+
+        missing = sorted({tuple(p) for p in prompts if (tuple(p), max_new_tokens) not in self.memo}, key=len)
+        for i in range(0, len(missing), self.batch_size):  # similar lengths together: little padding
+            chunk = missing[i : i + self.batch_size]
+            for p, ref in zip(chunk, hf_greedy_batch(self.model, chunk, max_new_tokens)):
+                self.memo[(p, max_new_tokens)] = ref
+        return [self.memo[(tuple(p), max_new_tokens)] for p in prompts]
+
+
 @pytest.fixture(scope="session")
-def hf_reference(hf_model: Any) -> Any:
-    """transformers greedy outputs, computed once per (prompt, length) in the session."""
-    from engine.reference import ReferenceOutput, hf_greedy
-
-    memo: dict[tuple[tuple[int, ...], int], ReferenceOutput] = {}
-
-    def get(prompt_ids: list[int], max_new_tokens: int) -> ReferenceOutput:
-        key = (tuple(prompt_ids), max_new_tokens)
-        if key not in memo:
-            memo[key] = hf_greedy(hf_model, prompt_ids, max_new_tokens)
-        return memo[key]
-
-    return get
+def hf_reference(hf_model: Any) -> HFReference:
+    return HFReference(hf_model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from engine.reference import compare_greedy
+from engine.reference import compare_greedy, hf_greedy, hf_greedy_batch
 from engine.sampling_params import SamplingParams
 from tests.prompts import engine_prompts
 
@@ -16,11 +16,23 @@ def test_greedy_128_tokens_on_10_prompts_matches_transformers(engine: Any, token
     assert len(prompts) == 10
     outs = engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=128))
     compared = 0
-    for i, (p, out) in enumerate(zip(prompts, outs)):
-        ref = hf_reference(p, 128)
+    for i, (ref, out) in enumerate(zip(hf_reference.many(prompts, 128), outs)):
         m = compare_greedy(ref, out.output_ids)
         if m.near_tie:
             print(f"prompt {i}: {m.message}")  # noqa: T201 - the rule says the test prints it
         assert m.ok, f"prompt {i}: {m.message}"
         compared += m.compared
     assert compared >= 10 * 100, f"only {compared} tokens compared"
+
+
+def test_batched_reference_equals_one_prompt_at_a_time(hf_model: Any, tokenizer: Any) -> None:
+    """The left-padded batch the tests take their references from gives transformers' one-prompt
+    tokens, and a row that ends on EOS stops there (prompt 2 ends after 46 tokens)."""
+    prompts = [engine_prompts(tokenizer)[i] for i in (2, 5, 6)]
+    batched = hf_greedy_batch(hf_model, prompts, 48)
+    alone = [hf_greedy(hf_model, p, 48) for p in prompts]
+    assert [r.tokens for r in batched] == [r.tokens for r in alone]
+    assert [len(r.tokens) for r in batched] == [46, 48, 48] and batched[0].tokens[-1] == tokenizer.eos_token_id
+    for b, a in zip(batched, alone):
+        assert len(b.top2_gaps) == len(b.tokens)
+        assert max(abs(x - y) for x, y in zip(a.top2_gaps, b.top2_gaps)) < 1e-3

@@ -104,3 +104,28 @@ def test_cache_under_block_pressure_stays_exact(model_dir: Path) -> None:
     assert tight.allocator.num_used == 0
     tight.allocator.check_integrity()
     tight.prefix_cache.check_integrity()
+
+
+def test_requests_arriving_together_compute_a_shared_prefix_once(cached_engine: LLMEngine, model_dir: Path) -> None:
+    """Six requests with one 64-token system prompt submitted at once: the first computes it, the
+    others wait one step and reuse its blocks; a request that shares too little is not held back."""
+    eng = cached_engine
+    rng = random.Random(3)
+    system = [rng.randrange(100, 40000) for _ in range(64)]
+    prompts = [system + [rng.randrange(100, 40000) for _ in range(rng.randrange(3, 12))] for _ in range(6)]
+    lonely = system[:16] + [rng.randrange(100, 40000) for _ in range(60)]  # 16 shared of 76: no wait
+    seqs = [eng.add_request(f"sys{i}", p, GREEDY) for i, p in enumerate(prompts + [lonely])]
+    hits_before = eng.prefix_cache.stats.hit_tokens
+    eng.step()
+    assert [len(s.output_ids) for s in seqs] == [1, 0, 0, 0, 0, 0, 1]  # sys0 and the lonely one ran
+    eng.step()
+    assert all(len(s.output_ids) >= 1 for s in seqs)  # the rest joined one step later
+    while eng.has_work:
+        eng.step()
+    assert [s.num_cached_prompt for s in seqs[1:6]] == [64] * 5  # reused, not recomputed
+    assert eng.prefix_cache.stats.hit_tokens - hits_before == 5 * 64
+    off = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=64, lookahead=False, prefix_caching=False))
+    assert [o.output_ids for o in off.generate(prompts + [lonely], GREEDY)] == [s.output_ids for s in seqs]
+    assert eng.allocator.num_used == 0
+    eng.allocator.check_integrity()
+    eng.prefix_cache.check_integrity()

@@ -15,7 +15,7 @@ from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from tests.prompts import code_edit_ids, engine_prompts
 
-REPEAT_PROMPT = "1, 2, 3, 1, 2, 3, 1, 2,"
+REPEAT_PROMPT = "1, 2, 3, 1, 2, 3,"
 N_SAMPLES = 2000
 
 
@@ -41,7 +41,7 @@ def drafting_engine(la_engine: LLMEngine) -> Iterator[LLMEngine]:
     are about verification, not about the budget (at batch 128 the real cost model drafts little)."""
     spec = la_engine.speculator
     saved = spec.cost, spec.max_step_tokens
-    spec.cost, spec.max_step_tokens = FreeWideSteps(), 4096
+    spec.cost, spec.max_step_tokens = FreeWideSteps(), 1024
     yield la_engine
     spec.cost, spec.max_step_tokens = saved
 

@@ -37,12 +37,12 @@ def test_30_prompts_lookahead_on_off_and_transformers_agree(stack: Stack, tokeni
     base = engine_prompts(tokenizer)
     edits = code_edit_ids(tokenizer, 20)
     prompts = base + edits
-    refs = [_prefix(hf_reference(p, 128), MAX_TOKENS) for p in base] + [hf_reference(p, MAX_TOKENS) for p in edits]
-    runs = {
-        ("on", 1): _run(stack, prompts, True, 1),
-        ("on", 8): _run(stack, prompts, True, 8),
-        ("off", 8): _run(stack, prompts, False, 8),
-    }
+    refs = [_prefix(r, MAX_TOKENS) for r in hf_reference.many(base, 128)] + hf_reference.many(edits, MAX_TOKENS)
+    runs: dict[tuple[str, int], list[dict]] = {}  # concurrency 8 first: it computes the prompts on both prefill workers at once, and
+    # the runs after it take their prompts' KV from the prefix caches (reuse must not change a token)
+    runs[("on", 8)] = _run(stack, prompts, True, 8)
+    runs[("on", 1)] = _run(stack, prompts, True, 1)
+    runs[("off", 8)] = _run(stack, prompts, False, 8)
     for (mode, conc), outs in runs.items():
         for i, (ref, out) in enumerate(zip(refs, outs)):
             m = compare_greedy(ref, out["choices"][0]["token_ids"])

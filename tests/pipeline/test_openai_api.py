@@ -26,11 +26,11 @@ def test_models_and_health(stack: Stack, client: openai.OpenAI) -> None:
 def test_greedy_through_pipeline_equals_transformers_on_10_prompts(client: openai.OpenAI, tokenizer: Any,
                                                                     hf_reference: Any) -> None:
     prompts = engine_prompts(tokenizer)
-    for i, ids in enumerate(prompts):
+    refs = hf_reference.many(prompts, 128)  # shared with the engine test; greedy is prefix-consistent
+    for i, (ids, full) in enumerate(zip(prompts, refs)):
         r = client.completions.create(model="SmolLM2-135M-Instruct", prompt=ids, max_tokens=64, temperature=0,
                                       extra_body={"return_token_ids": True})
         got = r.choices[0].model_extra["token_ids"]
-        full = hf_reference(ids, 128)  # shared with the engine test; greedy is prefix-consistent
         m = compare_greedy(ReferenceOutput(full.tokens[:64], full.top2_gaps[:64]), got)
         if m.near_tie:
             print(f"prompt {i}: {m.message}")  # noqa: T201
