@@ -14,7 +14,9 @@
 //     time; a key the row may not see adds an exact zero (its weight is 0), which changes nothing,
 //     so a tree node sees the same sums as the same token decoded with its path compacted;
 //   - every loop over keys runs whole 16-key tiles (the tail of a tile is masked, not a separate
-//     scalar loop), so no key goes through different code depending on the key count.
+//     scalar loop), so no key goes through different code depending on the key count;
+//   - a sliding window hides keys the same way (zero weights), and the tiles before the first key
+//     any row of a work item can see are not read at all: for every row they are exact zeros.
 // Built with -O3 -march=native and without -ffast-math: the compiler may not reassociate.
 #include <cstdint>
 #include <cstring>
@@ -99,6 +101,8 @@ struct Args {
   const int64_t* num_cached;   // [B]
   const uint8_t* tree_mask;    // [T, mask_stride] or null (causal chains)
   int64_t mask_stride;
+  const int64_t* positions;    // [T]: each query token's position (a tree node's by depth); read with a window
+  int64_t window;              // sliding window W: a query at position p sees keys at positions > p - W; 0: none
   float scale;
   float* out;  // [T, H, D], fp32
 };
@@ -124,10 +128,10 @@ inline void score_rows(const float* qs, const v16f* kt, int64_t D, float scale, 
 // Weighted values of RB rows over keys 0..L-1 in ascending order, D = 16 * DV: per element one FMA
 // chain over the keys, and the denominator one sum over the keys (a zero weight adds nothing).
 template <int RB, int DV>
-inline void value_rows(const float* p, int64_t width, const float* vbuf, int64_t L, float* out, float* den) {
+inline void value_rows(const float* p, int64_t width, const float* vbuf, int64_t j0, int64_t L, float* out, float* den) {
   v16f acc[RB][DV] = {};
   float sum[RB] = {};
-  for (int64_t j = 0; j < L; ++j) {
+  for (int64_t j = j0; j < L; ++j) {
     v16f v[DV];
     for (int c = 0; c < DV; ++c) v[c] = load16(vbuf + j * DV * TILE + c * TILE);
     for (int r = 0; r < RB; ++r) {
@@ -143,10 +147,11 @@ inline void value_rows(const float* p, int64_t width, const float* vbuf, int64_t
 }
 
 template <int DV>
-inline void values(const float* p, int64_t width, const float* vbuf, int64_t L, int64_t R, float* out, float* den) {
+inline void values(const float* p, int64_t width, const float* vbuf, int64_t j0, int64_t L, int64_t R, float* out,
+                   float* den) {
   int64_t r = 0;
-  for (; r + 4 <= R; r += 4) value_rows<4, DV>(p + r * width, width, vbuf, L, out + r * DV * TILE, den + r);
-  for (; r < R; ++r) value_rows<1, DV>(p + r * width, width, vbuf, L, out + r * DV * TILE, den + r);
+  for (; r + 4 <= R; r += 4) value_rows<4, DV>(p + r * width, width, vbuf, j0, L, out + r * DV * TILE, den + r);
+  for (; r < R; ++r) value_rows<1, DV>(p + r * width, width, vbuf, j0, L, out + r * DV * TILE, den + r);
 }
 
 template <typename T>
@@ -160,12 +165,26 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
   // ancestors come before it), so later keys would only add exact zeros; they are not read
   const int64_t L = cached + tok0 + ntok;
   const int64_t R = ntok * G, tiles = (L + TILE - 1) / TILE, width = tiles * TILE;
+  // a sliding window hides the keys at positions <= p - W from a row at position p; a cached key's
+  // position is its index, a new token's is a.positions (by depth in a tree)
+  auto pos_of_new = [&](int64_t i) { return a.positions ? a.positions[q_first + i] : cached + i; };
+  // keys before the first tile any row of the chunk sees are not read: for every row they would
+  // only add exact zeros (so a row's bits do not depend on its chunk mates' windows either)
+  int64_t first_key = 0;
+  if (a.window > 0) {
+    first_key = cached;  // the step's own tokens are always read (the mask decides)
+    for (int64_t i = tok0; i < tok0 + ntok; ++i) {
+      const int64_t lo = pos_of_new(i) - a.window + 1;
+      first_key = lo < first_key ? (lo > 0 ? lo : 0) : first_key;
+    }
+  }
+  const int64_t t_first = first_key / TILE, j0 = t_first * TILE;
   const T* kc = static_cast<const T*>(a.k);
   const T* vc = static_cast<const T*>(a.v);
   const int64_t* table = a.block_tables + seq * a.max_blocks;
   w.offset.resize(L);
   int64_t* __restrict__ offset = w.offset.data();  // element offset of key/value j of this kv head
-  for (int64_t j = 0, blk = 0, slot = 0; j < L; ++j) {  // walks the block table (no division per key)
+  for (int64_t j = j0, blk = j0 / a.block_size, slot = j0 % a.block_size; j < L; ++j) {  // no division per key
     offset[j] = table[blk] * a.block_stride + (slot * a.kvh + head) * D;
     if (++slot == a.block_size) slot = 0, ++blk;
   }
@@ -186,7 +205,7 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
   }
 
   // scores, one 16-key tile at a time, the tile transposed to [D][16 keys]
-  for (int64_t t = 0; t < tiles; ++t) {
+  for (int64_t t = t_first; t < tiles; ++t) {
     if (D % TILE == 0) {  // 16 x 16 blocks, transposed in registers
       for (int64_t d0 = 0; d0 < D; d0 += TILE) {
         v16f m[TILE];
@@ -210,32 +229,38 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
     for (; r < R; ++r) score_rows<1>(qs + r * D, kt, D, a.scale, st + r * width, width);
   }
 
-  // softmax weights: keys before `cached` are visible to every row; the step's own tokens by the
-  // tree mask (or causally); keys past L never. Tiles wholly before `cached` take the vector path.
-  const int64_t open_tiles = cached / TILE;
+  // softmax weights: cached keys from the row's window start (0 without a window) are visible;
+  // the step's own tokens by the tree mask (or causally) and the window; keys past L never.
+  // Tiles wholly inside [window start, cached) take the vector path.
   for (int64_t r = 0; r < R; ++r) {
     const int64_t i = tok0 + r / G;  // the row's index among the new tokens
     const uint8_t* mrow = a.tree_mask ? a.tree_mask + (q_first + i) * a.mask_stride : nullptr;
+    const int64_t lo = a.window > 0 ? pos_of_new(i) - a.window + 1 : 0;  // first position the row sees
     float* sr = s + r * width;
     auto visible = [&](int64_t j) -> bool {
-      if (j < cached) return true;
+      if (j < cached) return j >= lo;
       if (j >= L) return false;
-      return mrow ? mrow[j - cached] != 0 : j - cached <= i;
+      return (mrow ? mrow[j - cached] != 0 : j - cached <= i) && pos_of_new(j - cached) >= lo;
     };
+    const int64_t open_hi = cached / TILE;  // tiles [open_lo, open_hi) are wholly visible
+    int64_t open_lo = lo <= 0 ? 0 : (lo + TILE - 1) / TILE;
+    if (open_lo > open_hi) open_lo = open_hi;  // none: every key goes through visible()
     v16f mv;
     for (int jj = 0; jj < TILE; ++jj) mv[jj] = -__builtin_inff();
-    for (int64_t t = 0; t < open_tiles; ++t) {
+    for (int64_t t = open_lo; t < open_hi; ++t) {
       const v16f x = load16(sr + t * TILE);
       mv = x > mv ? x : mv;
     }
     float m = -__builtin_inff();
     for (int jj = 0; jj < TILE; ++jj) m = mv[jj] > m ? mv[jj] : m;
-    for (int64_t j = open_tiles * TILE; j < L; ++j)
+    for (int64_t j = j0; j < open_lo * TILE; ++j)
       if (visible(j) && sr[j] > m) m = sr[j];
-    for (int64_t t = 0; t < tiles; ++t) {
+    for (int64_t j = open_hi * TILE; j < L; ++j)
+      if (visible(j) && sr[j] > m) m = sr[j];
+    for (int64_t t = t_first; t < tiles; ++t) {
       float e[TILE];
       for (int jj = 0; jj < TILE; ++jj) e[jj] = exp_neg(sr[t * TILE + jj] - m);
-      if (t < open_tiles) {
+      if (t >= open_lo && t < open_hi) {
         for (int jj = 0; jj < TILE; ++jj) sr[t * TILE + jj] = e[jj];
       } else {
         for (int jj = 0; jj < TILE; ++jj) sr[t * TILE + jj] = visible(t * TILE + jj) ? e[jj] : 0.0f;
@@ -245,7 +270,7 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
 
   // values as fp32 rows, then the weighted sums and denominators, keys in ascending order
   float* __restrict__ vbuf = w.vrow.data();
-  for (int64_t j = 0; j < L; ++j) {
+  for (int64_t j = j0; j < L; ++j) {
     const T* vp = key_at(vc, j);
     if (D % TILE == 0) {
       for (int64_t d0 = 0; d0 < D; d0 += TILE) {
@@ -258,12 +283,12 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
   float* __restrict__ acc = w.acc.data();
   float* __restrict__ den = w.den.data();
   switch (D) {  // head_dim in registers for the common sizes
-    case 64: values<4>(s, width, vbuf, L, R, acc, den); break;
-    case 128: values<8>(s, width, vbuf, L, R, acc, den); break;
+    case 64: values<4>(s, width, vbuf, j0, L, R, acc, den); break;
+    case 128: values<8>(s, width, vbuf, j0, L, R, acc, den); break;
     default:
       std::memset(acc, 0, sizeof(float) * R * D);
       std::memset(den, 0, sizeof(float) * R);
-      for (int64_t j = 0; j < L; ++j)
+      for (int64_t j = j0; j < L; ++j)
         for (int64_t r = 0; r < R; ++r) {
           const float p = s[r * width + j];
           for (int64_t d = 0; d < D; ++d) acc[r * D + d] = __builtin_fmaf(p, vbuf[j * D + d], acc[r * D + d]);
@@ -304,9 +329,10 @@ extern "C" int grove_paged_attention(
     const float* q, const void* k, const void* v, int32_t kv_dtype, int64_t block_stride,
     int64_t block_size, int64_t kvh, int64_t group, int64_t head_dim, const int64_t* block_tables,
     int64_t max_blocks, const int64_t* query_start, const int64_t* num_cached, int64_t num_seqs,
-    const uint8_t* tree_mask, int64_t mask_stride, float scale, float* out, int32_t num_threads) {
+    const uint8_t* tree_mask, int64_t mask_stride, const int64_t* positions, int64_t window, float scale, float* out,
+    int32_t num_threads) {
   const Args a{q, k, v, block_stride, block_size, kvh, group, head_dim, block_tables, max_blocks,
-               query_start, num_cached, tree_mask, mask_stride, scale, out};
+               query_start, num_cached, tree_mask, mask_stride, positions, window, scale, out};
   switch (kv_dtype) {
     case 0: attend_all<float>(a, num_seqs, num_threads); return 0;
     case 1: attend_all<uint16_t>(a, num_seqs, num_threads); return 0;

@@ -1,11 +1,13 @@
 """Paged attention on the CPU (``cpu_attention.cpp``): built once with the system C++ compiler,
 called through ctypes on the tensors' memory.
 
-    cpu_paged_attention(q, k_cache, v_cache, block_tables, query_start, num_cached, scale, tree_mask)
+    cpu_paged_attention(q, k_cache, v_cache, block_tables, query_start, num_cached, scale, tree_mask,
+                        positions, sliding_window)
     PagedQuery.build(...) once per step, then run(q, k_cache, v_cache, paged_query, scale) per layer
 
 Semantics are ``kernels.paged_attention.paged_attention_ref``'s (decode, lookahead trees and
-causal chunks; every query sees its sequence's cached keys). The kernel reads the pool through the
+causal chunks; every query sees its sequence's cached keys, or with a sliding window W those at
+positions > p - W). The kernel reads the pool through the
 block tables in place, computes in fp32 for every cache dtype, and is row-invariant by
 construction (see the .cpp): a query row gets the same bits whatever else is in the step, which is
 what keeps 16-bit lookahead exact, and without the fp64 pass of the torch backend.
@@ -85,7 +87,8 @@ def _library() -> ctypes.CDLL | None:
         return None
     fn = lib.grove_paged_attention
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    fn.argtypes = [p, p, p, ctypes.c_int32, i64, i64, i64, i64, i64, p, i64, p, p, i64, p, i64, ctypes.c_float, p, ctypes.c_int32]
+    fn.argtypes = [p, p, p, ctypes.c_int32, i64, i64, i64, i64, i64, p, i64, p, p, i64, p, i64, p, i64, ctypes.c_float, p,
+                   ctypes.c_int32]
     fn.restype = ctypes.c_int
     return lib
 
@@ -104,11 +107,17 @@ class PagedQuery:
     num_cached: torch.Tensor  # [B] int64
     tree_mask: torch.Tensor | None  # [T, max_q] uint8, None: causal chains
     num_tokens: int
+    positions: torch.Tensor | None = None  # [T] int64, with a window: each query token's position
+    window: int = 0  # sliding window; 0: none
 
     @classmethod
     def build(cls, block_tables: torch.Tensor, query_start: torch.Tensor, num_cached: torch.Tensor,
-              tree_mask: torch.Tensor | None = None) -> "PagedQuery":
-        tensors = dict(block_tables=block_tables, query_start=query_start, num_cached=num_cached, tree_mask=tree_mask)
+              tree_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+              sliding_window: int | None = None) -> "PagedQuery":
+        """``positions`` (a tree token's by depth) is needed with ``sliding_window``; a query at
+        position p then sees only keys at positions > p - sliding_window."""
+        tensors = dict(block_tables=block_tables, query_start=query_start, num_cached=num_cached, tree_mask=tree_mask,
+                       positions=positions)
         off_cpu = {n: t.device for n, t in tensors.items() if t is not None and t.device.type != "cpu"}
         if off_cpu:
             raise ValueError("the CPU attention kernel takes CPU tensors: " + ", ".join(f"{n} is on {d}" for n, d in off_cpu.items()))
@@ -123,7 +132,14 @@ class PagedQuery:
         if tree_mask is not None and (tree_mask.dim() != 2 or tree_mask.shape[0] != T):
             raise ValueError(f"tree_mask must be [T={T}, max_q], got {tuple(tree_mask.shape)}")
         mask = tree_mask.to(torch.uint8).contiguous() if tree_mask is not None else None
-        return cls(block_tables.contiguous(), query_start.contiguous(), num_cached.contiguous(), mask, T)
+        if sliding_window is None:
+            return cls(block_tables.contiguous(), query_start.contiguous(), num_cached.contiguous(), mask, T)
+        if sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
+        if positions is None or positions.shape != (T,) or positions.dtype != torch.long:
+            raise ValueError(f"a sliding window needs positions: [T={T}] int64")
+        return cls(block_tables.contiguous(), query_start.contiguous(), num_cached.contiguous(), mask, T,
+                   positions.contiguous(), sliding_window)
 
 
 def check_cache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
@@ -160,7 +176,8 @@ def run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pq: Paged
         qf.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), _DTYPES[k_cache.dtype], k_cache.stride(0), bs, kvh,
         H // kvh, D, pq.block_tables.data_ptr(), pq.block_tables.shape[1], pq.query_start.data_ptr(),
         pq.num_cached.data_ptr(), pq.num_cached.shape[0], mask.data_ptr() if mask is not None else None,
-        mask.shape[1] if mask is not None else 0, scale, out.data_ptr(), max(1, torch.get_num_threads()))
+        mask.shape[1] if mask is not None else 0, pq.positions.data_ptr() if pq.positions is not None else None,
+        pq.window, scale, out.data_ptr(), max(1, torch.get_num_threads()))
     if rc != 0:
         raise RuntimeError(f"grove_paged_attention returned {rc}")
     return out if q.dtype == torch.float32 else out.to(q.dtype)
@@ -175,10 +192,13 @@ def cpu_paged_attention(
     num_cached: torch.Tensor,  # [B] int64
     scale: float,
     tree_mask: torch.Tensor | None = None,  # [T, max_q] bool; None: causal chains
+    positions: torch.Tensor | None = None,  # [T] int64, needed with a sliding window
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Attention of the step's query tokens over their sequences' paged K/V: [T, H, D] in q's dtype."""
     check_cache(q, k_cache, v_cache)
-    return run(q, k_cache, v_cache, PagedQuery.build(block_tables, query_start, num_cached, tree_mask), scale)
+    pq = PagedQuery.build(block_tables, query_start, num_cached, tree_mask, positions, sliding_window)
+    return run(q, k_cache, v_cache, pq, scale)
 
 
 if __name__ == "__main__":

@@ -246,6 +246,8 @@ def paged_attention_ref(
     num_cached: torch.Tensor,  # [B]
     scale: float,
     tree_mask: torch.Tensor | None = None,  # [T, max_q] bool, None: causal chains
+    positions: torch.Tensor | None = None,  # [T]: query positions (a tree token's by depth), with a window
+    sliding_window: int | None = None,  # a query at position p sees only keys at positions > p - W
 ) -> torch.Tensor:
     """Plain torch, one sequence at a time, in fp32: the semantics the kernel must match."""
     T, H, D = q.shape
@@ -264,6 +266,10 @@ def paged_attention_ref(
         else:
             new_visible = tree_mask[first:last, :n]
         visible = torch.cat([torch.ones(n, cached, dtype=torch.bool, device=q.device), new_visible], dim=1)
+        if sliding_window is not None:  # a cached key's position is its index, a new token's its own
+            q_pos = positions[first:last] if positions is not None else pos[cached:]
+            k_pos = torch.cat([pos[:cached], q_pos])
+            visible &= k_pos[None, :] > q_pos[:, None] - sliding_window
         s = torch.einsum("qhd,khd->hqk", q[first:last].float(), k) * scale  # [H, n, L]
         p = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)
         out[first:last] = torch.einsum("hqk,khd->qhd", p, v)

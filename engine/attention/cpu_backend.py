@@ -3,8 +3,8 @@
 The kernel reads the paged pool in place and attends every sequence of the step in one call, with
 no padding and so no grouping, in fp32 and row-invariant by construction: the exactness that the
 torch backend buys for 16-bit models with an fp64 pass. Writing K/V and compacting slots are the
-torch backend's. A step whose sliding window (Mistral) cuts keys goes to the torch backend, which
-has the window mask.
+torch backend's. A sliding window (Mistral) is the kernel's too: a step it cuts passes the
+positions and the window.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.attention.base import KVLayerCache
-from engine.attention.torch_backend import SplitPlan, TorchAttentionBackend, TorchAttentionPlan
+from engine.attention.torch_backend import TorchAttentionBackend
 from engine.batch import AttentionMetadata
 from kernels import cpu_attention
 
@@ -37,18 +37,14 @@ class CpuAttentionBackend(TorchAttentionBackend):
     def available() -> bool:
         return cpu_attention.available()
 
-    def plan(self, meta: AttentionMetadata) -> CpuKernelPlan | TorchAttentionPlan | SplitPlan:
-        if meta.window_applies:
-            return super().plan(meta)
+    def plan(self, meta: AttentionMetadata) -> CpuKernelPlan:
         bs = meta.block_size
+        window = meta.sliding_window if meta.window_applies else None
         return CpuKernelPlan(meta.slot_mapping // bs, meta.slot_mapping % bs,
                              cpu_attention.PagedQuery.build(meta.block_tables, meta.query_start, meta.num_cached,
-                                                            meta.tree_mask))
+                                                            meta.tree_mask, meta.positions, window))
 
-    def attend(self, q: torch.Tensor, cache: KVLayerCache, plan: CpuKernelPlan | TorchAttentionPlan | SplitPlan,
-               scale: float) -> torch.Tensor:
-        if not isinstance(plan, CpuKernelPlan):
-            return super().attend(q, cache, plan, scale)
+    def attend(self, q: torch.Tensor, cache: KVLayerCache, plan: CpuKernelPlan, scale: float) -> torch.Tensor:  # type: ignore[override]
         key = (cache.k.data_ptr(), q.dtype)
         if key not in self._checked:  # the pool's layers keep their layout: checked once each
             cpu_attention.check_cache(q, cache.k, cache.v)

@@ -1,7 +1,7 @@
 """Readable torch attention over the paged KV cache: the reference, and the CPU fallback.
 
 The CPU serving path is ``engine.attention.cpu_backend`` (a C++ kernel) wherever a compiler built
-it; this backend serves where none did and for steps a sliding window cuts.
+it; this backend serves where none did (and on CUDA for a model the Triton kernels do not take).
 
 Plan (once per step): the blocks to read, where the new K/V go, and a dense boolean mask (none when
 every query sees every key it is given: decode with equal lengths); a sliding window (Mistral)

@@ -72,8 +72,8 @@ def _path(parents: list[int], node: int) -> list[int]:
     return path[::-1]
 
 
-def _tree_vs_decode(ctx: int, other_len: int, dtype: torch.dtype,
-                    backend: TorchAttentionBackend | None = None) -> list[tuple[int, int]]:
+def _tree_vs_decode(ctx: int, other_len: int, dtype: torch.dtype, backend: TorchAttentionBackend | None = None,
+                    window: int | None = None) -> list[tuple[int, int]]:
     """Attend a verify step (one tree after ``ctx`` cached tokens, beside a decode of a sequence of
     ``other_len``), then decode every tree node alone with its path compacted behind the context,
     in a batch of one and beside the other sequence. Returns (node, variant) pairs that differ."""
@@ -96,7 +96,7 @@ def _tree_vs_decode(ctx: int, other_len: int, dtype: torch.dtype,
             cache.k[b, o], cache.v[b, o] = k[i], v[i]
 
     def run(seqs: list[SeqInput], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        plan = backend.plan(plan_batch(seqs, BS).attn)
+        plan = backend.plan(plan_batch(seqs, BS, sliding_window=window).attn)
         backend.write_kv(cache, k, v, plan)
         return backend.attend(q, cache, plan, D**-0.5)
 
@@ -136,6 +136,13 @@ def test_cpu_kernel_tree_token_attends_as_when_decoded_alone(ctx: int, other_len
     """The C++ kernel (the CPU serving path) is row-invariant in every dtype, fp32 included."""
     assert CpuAttentionBackend.available(), "the CPU attention kernel did not build (g++ missing?)"
     assert _tree_vs_decode(ctx, other_len, dtype, CpuAttentionBackend()) == []
+
+
+@pytest.mark.parametrize("ctx,other_len,window", [(100, 33, 64), (255, 256, 40), (300, 17, 5), (40, 90, 2)])
+def test_cpu_kernel_tree_token_attends_as_when_decoded_alone_with_a_window(ctx: int, other_len: int,
+                                                                          window: int) -> None:
+    """The same with a sliding window cutting the context (window 2: the tree's own ancestors too)."""
+    assert _tree_vs_decode(ctx, other_len, torch.bfloat16, CpuAttentionBackend(), window) == []
 
 
 def test_the_attention_check_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,8 +1,9 @@
 """Mistral's sliding window: a query at position p sees only keys at positions > p - W.
 
 A small random-weight Mistral (window 16, far shorter than the sequences) is saved in the Hugging Face
-format and loaded by Grove's loader; its logits must equal transformers' for a whole prefill, for
-decode steps past the window and for a lookahead tree placed past the window.
+format and loaded by Grove's loader with the torch backend and with the C++ kernel; its logits must
+equal transformers' for a whole prefill, for decode steps past the window and for a lookahead tree
+placed past the window.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ WINDOW = 16
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def mistral(tmp_path_factory: pytest.TempPathFactory) -> tuple[Model, torch.nn.Module]:
+@pytest.fixture(scope="module", params=["torch", "cpu"])
+def mistral(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Model, torch.nn.Module]:
+    """The model on each CPU backend: the torch reference path and the C++ kernel (the default)."""
     from transformers import MistralConfig, MistralForCausalLM
 
     torch.manual_seed(0)
@@ -33,7 +35,8 @@ def mistral(tmp_path_factory: pytest.TempPathFactory) -> tuple[Model, torch.nn.M
     hf = MistralForCausalLM(cfg).eval()
     d: Path = tmp_path_factory.mktemp("mistral")
     hf.save_pretrained(d, safe_serialization=True)
-    model = load_model(d, get_backend("torch"))
+    model = load_model(d, get_backend(request.param, "cpu", cfg.head_dim, WINDOW))
+    assert model.backend.name == request.param
     assert model.config.sliding_window == WINDOW
     return model, hf
 

@@ -45,6 +45,32 @@ def test_matches_reference(seqs: list[tuple[int, int, bool]], page: int, kv_head
     assert_close(out, ref)
 
 
+WINDOW_CASES = [
+    # seqs, page, kv_heads, group, head_dim, sliding window
+    pytest.param([(40, 1, False), (70, 9, True), (5, 3, False)], 16, 2, 2, 64, 24, id="decode-tree-w24"),
+    pytest.param([(0, 40, False), (100, 17, True)], 16, 1, 3, 128, 20, id="prefill-chunks-w20"),
+    pytest.param([(33, 1, False), (90, 12, True)], 5, 2, 1, 80, 7, id="page5-d80-w7"),
+    pytest.param([(60, 20, True), (16, 1, False)], 16, 2, 2, 64, 3, id="window-inside-the-tree"),
+    pytest.param([(20, 3, True)], 16, 2, 2, 64, 500, id="window-cuts-nothing"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("seqs, page, kv_heads, group, head_dim, window", WINDOW_CASES)
+def test_sliding_window_matches_reference(seqs: list[tuple[int, int, bool]], page: int, kv_heads: int, group: int,
+                                          head_dim: int, window: int, dtype: torch.dtype) -> None:
+    """A query at position p (a tree node's by depth) sees only keys at positions > p - window."""
+    pb = make_paged_batch(seqs, page=page, kv_heads=kv_heads, group=group, head_dim=head_dim, dtype=dtype, seed=11)
+    m = pb.meta
+    scale = 1 / math.sqrt(head_dim)
+    args = (m.block_tables, m.query_start, m.num_cached, scale, m.tree_mask)
+    out = cpu_paged_attention(pb.q, pb.k, pb.v, *args, m.positions, window)
+    ref = paged_attention_ref(pb.q.float(), pb.k.float(), pb.v.float(), *args, m.positions, window).to(dtype)
+    assert_close(out, ref)
+    unwindowed = cpu_paged_attention(pb.q, pb.k, pb.v, *args)
+    assert torch.equal(out, unwindowed) == (window >= 500)  # the window is applied, and only where it cuts
+
+
 def test_a_sequence_alone_equals_it_in_a_batch_and_a_hidden_key_changes_only_its_row() -> None:
     """A sequence's output does not depend on the other sequences of the call (each is computed
     alone here), bit for bit, and a tree mask that hides a key changes its rows."""
@@ -90,6 +116,10 @@ def test_rejects_bad_inputs() -> None:
         PagedQuery.build(torch.zeros(1, 1, dtype=torch.long), torch.tensor([0, 8 * 0xFFFF + 1]), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="tokens"):
         cpu_attention.run(pb.q[:2], pb.k, pb.v, PagedQuery.build(*args[:3], m.tree_mask), 0.125)
+    with pytest.raises(ValueError, match="needs positions"):
+        cpu_paged_attention(pb.q, pb.k, pb.v, *args, None, 8)
+    with pytest.raises(ValueError, match="sliding_window must be"):
+        cpu_paged_attention(pb.q, pb.k, pb.v, *args, m.positions, 0)
 
 
 def test_builds_here_and_is_the_cpu_default() -> None:
@@ -97,11 +127,11 @@ def test_builds_here_and_is_the_cpu_default() -> None:
     assert cpu_attention.available(), "the CPU attention kernel did not build (see the log)"
     assert cpu_attention.library_path().exists()
     assert isinstance(get_backend("auto", "cpu"), CpuAttentionBackend)
-    windowed = get_backend("auto", "cpu", sliding_window=8)  # the window is checked per step
+    windowed = get_backend("auto", "cpu", sliding_window=8)  # the kernel has the window mask
     assert windowed.name == "cpu"
-    near = plan_batch([SeqInput([1, 2], 5, [0])], 16, sliding_window=8).attn
-    far = plan_batch([SeqInput([1, 2], 20, [0, 1])], 16, sliding_window=8).attn
-    assert isinstance(windowed.plan(near), CpuKernelPlan)
-    assert not isinstance(windowed.plan(far), CpuKernelPlan)  # the torch backend has the window mask
+    near = windowed.plan(plan_batch([SeqInput([1, 2], 5, [0])], 16, sliding_window=8).attn)
+    far = windowed.plan(plan_batch([SeqInput([1, 2], 20, [0, 1])], 16, sliding_window=8).attn)
+    assert isinstance(near, CpuKernelPlan) and isinstance(far, CpuKernelPlan)
+    assert near.query.window == 0 and far.query.window == 8  # passed only to a step it cuts
     with pytest.raises(ValueError, match="CPU"):
         get_backend("cpu", "cuda")
