@@ -72,6 +72,14 @@ inline float load(const uint16_t* p, int64_t i) {  // bf16: the upper half of an
 }
 inline float load(const _Float16* p, int64_t i) { return static_cast<float>(p[i]); }
 
+// fp32 -> the output's dtype, rounded to nearest even as torch's .to() does (NaN -> quiet NaN)
+inline void store(float* p, int64_t i, float x) { p[i] = x; }
+inline void store(uint16_t* p, int64_t i, float x) {
+  const uint32_t u = __builtin_bit_cast(uint32_t, x);
+  p[i] = (u & 0x7fffffffu) > 0x7f800000u ? uint16_t{0x7fc0} : static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+inline void store(_Float16* p, int64_t i, float x) { p[i] = static_cast<_Float16>(x); }
+
 // exp(x) for x <= 0 (scores minus their max): range reduction by ln 2, degree-6 polynomial,
 // scale by 2^n through the exponent bits. ~2 ulp; pure arithmetic, so it vectorises identically.
 inline float exp_neg(float x) {
@@ -91,7 +99,7 @@ inline float exp_neg(float x) {
 }
 
 struct Args {
-  const float* q;  // [T, H, D], fp32, contiguous
+  const void* q;   // [T, H, D], contiguous: fp32, or the cache's dtype (then so is out)
   const void* k;   // [num_blocks, ...]: block b's [block_size, kvh, D] start at b * block_stride
   const void* v;
   int64_t block_stride, block_size, kvh, group, head_dim;
@@ -104,7 +112,7 @@ struct Args {
   const int64_t* positions;    // [T]: each query token's position (a tree node's by depth); read with a window
   int64_t window;              // sliding window W: a query at position p sees keys at positions > p - W; 0: none
   float scale;
-  float* out;  // [T, H, D], fp32
+  void* out;  // [T, H, D], q's dtype
 };
 
 struct Scratch {
@@ -154,7 +162,7 @@ inline void values(const float* p, int64_t width, const float* vbuf, int64_t j0,
   for (; r < R; ++r) value_rows<1, DV>(p + r * width, width, vbuf, j0, L, out + r * DV * TILE, den + r);
 }
 
-template <typename T>
+template <typename T, typename TQ>  // T: the cache's element type, TQ: q's and out's
 void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratch& w) {
   const int64_t D = a.head_dim, G = a.group, H = a.kvh * G;
   const int64_t q_first = a.query_start[seq], n_new = a.query_start[seq + 1] - q_first;
@@ -200,8 +208,8 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
   float* __restrict__ s = w.scores.data();
   v16f* __restrict__ kt = w.kt.data();
   for (int64_t r = 0; r < R; ++r) {  // row r: query token tok0 + r / G, head head * G + r % G
-    const float* src = a.q + ((q_first + tok0 + r / G) * H + head * G + r % G) * D;
-    for (int64_t d = 0; d < D; ++d) qs[r * D + d] = src[d];
+    const TQ* src = static_cast<const TQ*>(a.q) + ((q_first + tok0 + r / G) * H + head * G + r % G) * D;
+    for (int64_t d = 0; d < D; ++d) qs[r * D + d] = load(src, d);
   }
 
   // scores, one 16-key tile at a time, the tile transposed to [D][16 keys]
@@ -225,6 +233,7 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
     }
     float* st = s + t * TILE;
     int64_t r = 0;
+    for (; r + 8 <= R; r += 8) score_rows<8>(qs + r * D, kt, D, a.scale, st + r * width, width);
     for (; r + 4 <= R; r += 4) score_rows<4>(qs + r * D, kt, D, a.scale, st + r * width, width);
     for (; r < R; ++r) score_rows<1>(qs + r * D, kt, D, a.scale, st + r * width, width);
   }
@@ -296,13 +305,13 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
         }
   }
   for (int64_t r = 0; r < R; ++r) {
-    float* dst = a.out + ((q_first + tok0 + r / G) * H + head * G + r % G) * D;
+    TQ* dst = static_cast<TQ*>(a.out) + ((q_first + tok0 + r / G) * H + head * G + r % G) * D;
     const float inv = 1.0f / den[r];
-    for (int64_t d = 0; d < D; ++d) dst[d] = acc[r * D + d] * inv;
+    for (int64_t d = 0; d < D; ++d) store(dst, d, acc[r * D + d] * inv);
   }
 }
 
-template <typename T>
+template <typename T, typename TQ>
 void attend_all(const Args& a, int64_t num_seqs, int num_threads) {
   // work items: (sequence, kv head, chunk of CHUNK_TOKENS query tokens), longest sequences first
   std::vector<int64_t> items;  // seq << 32 | head << 16 | chunk
@@ -318,25 +327,28 @@ void attend_all(const Args& a, int64_t num_seqs, int num_threads) {
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < count; ++i) {
       const int64_t it = items[i];
-      attend_item<T>(a, it >> 32, (it >> 16) & 0xffff, it & 0xffff, w);
+      attend_item<T, TQ>(a, it >> 32, (it >> 16) & 0xffff, it & 0xffff, w);
     }
   }
 }
 
 }  // namespace
 
+// kv_dtype: 0 fp32, 1 bf16, 2 fp16; q_f32: q and out are fp32 (else the cache's dtype). 0 = done.
 extern "C" int grove_paged_attention(
-    const float* q, const void* k, const void* v, int32_t kv_dtype, int64_t block_stride,
+    const void* q, const void* k, const void* v, int32_t kv_dtype, int32_t q_f32, int64_t block_stride,
     int64_t block_size, int64_t kvh, int64_t group, int64_t head_dim, const int64_t* block_tables,
     int64_t max_blocks, const int64_t* query_start, const int64_t* num_cached, int64_t num_seqs,
-    const uint8_t* tree_mask, int64_t mask_stride, const int64_t* positions, int64_t window, float scale, float* out,
+    const uint8_t* tree_mask, int64_t mask_stride, const int64_t* positions, int64_t window, float scale, void* out,
     int32_t num_threads) {
   const Args a{q, k, v, block_stride, block_size, kvh, group, head_dim, block_tables, max_blocks,
                query_start, num_cached, tree_mask, mask_stride, positions, window, scale, out};
-  switch (kv_dtype) {
-    case 0: attend_all<float>(a, num_seqs, num_threads); return 0;
-    case 1: attend_all<uint16_t>(a, num_seqs, num_threads); return 0;
-    case 2: attend_all<_Float16>(a, num_seqs, num_threads); return 0;
+  switch (kv_dtype * 2 + (q_f32 ? 1 : 0)) {
+    case 0: case 1: attend_all<float, float>(a, num_seqs, num_threads); return 0;
+    case 2: attend_all<uint16_t, uint16_t>(a, num_seqs, num_threads); return 0;
+    case 3: attend_all<uint16_t, float>(a, num_seqs, num_threads); return 0;
+    case 4: attend_all<_Float16, _Float16>(a, num_seqs, num_threads); return 0;
+    case 5: attend_all<_Float16, float>(a, num_seqs, num_threads); return 0;
     default: return 1;
   }
 }

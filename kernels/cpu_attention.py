@@ -87,8 +87,8 @@ def _library() -> ctypes.CDLL | None:
         return None
     fn = lib.grove_paged_attention
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    fn.argtypes = [p, p, p, ctypes.c_int32, i64, i64, i64, i64, i64, p, i64, p, p, i64, p, i64, p, i64, ctypes.c_float, p,
-                   ctypes.c_int32]
+    fn.argtypes = [p, p, p, ctypes.c_int32, ctypes.c_int32, i64, i64, i64, i64, i64, p, i64, p, p, i64, p, i64, p, i64,
+                   ctypes.c_float, p, ctypes.c_int32]
     fn.restype = ctypes.c_int
     return lib
 
@@ -154,6 +154,8 @@ def check_cache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -
         raise ValueError(f"each cache block must be a contiguous [block_size, kv_heads, head_dim], strides {k_cache.stride()}")
     if k_cache.dtype not in _DTYPES or v_cache.dtype != k_cache.dtype:
         raise ValueError(f"cache dtype {k_cache.dtype} not supported (float32, bfloat16, float16)")
+    if q.dtype not in (torch.float32, k_cache.dtype):
+        raise ValueError(f"q must be float32 or the cache's dtype {k_cache.dtype}, got {q.dtype}")
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         if t.device.type != "cpu":
             raise ValueError(f"the CPU attention kernel takes CPU tensors: {name} is on {t.device}")
@@ -161,7 +163,8 @@ def check_cache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -
 
 def run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pq: PagedQuery, scale: float) -> torch.Tensor:
     """The kernel on checked inputs (``check_cache`` once per pool, ``PagedQuery.build`` once per
-    step): [T, H, D] in q's dtype."""
+    step): [T, H, D] in q's dtype. The kernel reads q and writes the output in their own dtype
+    (fp32 inside; the output rounded to nearest even, as ``.to()`` would)."""
     lib = _library()
     if lib is None:
         raise RuntimeError("the CPU attention kernel is not available (see the log for why)")
@@ -169,18 +172,19 @@ def run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pq: Paged
     if T != pq.num_tokens:
         raise ValueError(f"q has {T} tokens, the step {pq.num_tokens}")
     _, bs, kvh, _ = k_cache.shape
-    qf = q.to(torch.float32).contiguous()
-    out = torch.empty(T, H, D, dtype=torch.float32)
+    qc = q.contiguous()
+    out = torch.empty(T, H, D, dtype=q.dtype)
     mask = pq.tree_mask
     rc = lib.grove_paged_attention(
-        qf.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), _DTYPES[k_cache.dtype], k_cache.stride(0), bs, kvh,
+        qc.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), _DTYPES[k_cache.dtype], int(q.dtype == torch.float32),
+        k_cache.stride(0), bs, kvh,
         H // kvh, D, pq.block_tables.data_ptr(), pq.block_tables.shape[1], pq.query_start.data_ptr(),
         pq.num_cached.data_ptr(), pq.num_cached.shape[0], mask.data_ptr() if mask is not None else None,
         mask.shape[1] if mask is not None else 0, pq.positions.data_ptr() if pq.positions is not None else None,
         pq.window, scale, out.data_ptr(), max(1, torch.get_num_threads()))
     if rc != 0:
         raise RuntimeError(f"grove_paged_attention returned {rc}")
-    return out if q.dtype == torch.float32 else out.to(q.dtype)
+    return out
 
 
 def cpu_paged_attention(

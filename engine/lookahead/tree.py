@@ -39,6 +39,13 @@ class DraftTree:
                 self._index[(parent, tok)] = node
             parent = node
 
+    def truncate(self, n: int) -> None:
+        """Keeps the first ``n`` draft nodes: the strongest branches were merged first, and a parent
+        always comes before its children, so what is left is still a tree."""
+        for i in range(n, len(self.tokens)):
+            del self._index[(self.parents[i], self.tokens[i])]
+        del self.tokens[n:], self.parents[n:]
+
     def step_input(self, last_token: int) -> tuple[list[int], list[int]]:
         """(tokens, parents) for the step: the last token as node 0, the drafts under it."""
         return [last_token, *self.tokens], [-1, *[p + 1 if p >= 0 else 0 for p in self.parents]]

@@ -62,6 +62,9 @@ def test_products_are_row_invariant(shape: tuple[int, int], dtype: torch.dtype) 
 
 BS, KVH, H, D = 16, 3, 9, 64
 TREE = [-1, 0, 1, -1, 3, 4, 1]  # two branches sharing nothing, one fork below node 1
+# 20 nodes (3 chunks of the C++ kernel, where a node decoded alone is one):
+# a 16-deep chain with forks at depths 2 and 9, and a second root
+BIG_TREE = [-1, *range(0, 15), 1, 8, 17, -1]
 
 
 def _path(parents: list[int], node: int) -> list[int]:
@@ -73,12 +76,12 @@ def _path(parents: list[int], node: int) -> list[int]:
 
 
 def _tree_vs_decode(ctx: int, other_len: int, dtype: torch.dtype, backend: TorchAttentionBackend | None = None,
-                    window: int | None = None) -> list[tuple[int, int]]:
+                    window: int | None = None, tree: list[int] = TREE) -> list[tuple[int, int]]:
     """Attend a verify step (one tree after ``ctx`` cached tokens, beside a decode of a sequence of
     ``other_len``), then decode every tree node alone with its path compacted behind the context,
     in a batch of one and beside the other sequence. Returns (node, variant) pairs that differ."""
     gen = torch.Generator().manual_seed(ctx * 1000 + other_len)
-    n = len(TREE)
+    n = len(tree)
     blocks_per = -(-(max(ctx + n, other_len) + 1) // BS)
     cache = KVLayerCache(torch.zeros(4 * blocks_per + 2, BS, KVH, D, dtype=dtype),
                          torch.zeros(4 * blocks_per + 2, BS, KVH, D, dtype=dtype))
@@ -103,13 +106,13 @@ def _tree_vs_decode(ctx: int, other_len: int, dtype: torch.dtype, backend: Torch
     write(tree_blocks, 0, ctx_k, ctx_v)
     write(other_blocks, 0, other_k[:-1], other_v[:-1])
     other = SeqInput([0], other_len - 1, other_blocks)
-    verify = run([SeqInput([0] * n, ctx, tree_blocks, parents=TREE), other],
+    verify = run([SeqInput([0] * n, ctx, tree_blocks, parents=tree), other],
                  torch.cat([node_q, other_q]), torch.cat([node_k, other_k[-1:]]), torch.cat([node_v, other_v[-1:]]))
     bad = []
     chain_blocks = list(range(1 + 2 * blocks_per, 1 + 3 * blocks_per))
     write(chain_blocks, 0, ctx_k, ctx_v)
     for node in range(n):
-        path = _path(TREE, node)
+        path = _path(tree, node)
         write(chain_blocks, ctx, node_k[path[:-1]], node_v[path[:-1]])  # accepted ancestors, compacted
         last = (node_q[node:node + 1], node_k[node:node + 1], node_v[node:node + 1])
         seq = SeqInput([0], ctx + len(path) - 1, chain_blocks)
@@ -143,6 +146,13 @@ def test_cpu_kernel_tree_token_attends_as_when_decoded_alone_with_a_window(ctx: 
                                                                           window: int) -> None:
     """The same with a sliding window cutting the context (window 2: the tree's own ancestors too)."""
     assert _tree_vs_decode(ctx, other_len, torch.bfloat16, CpuAttentionBackend(), window) == []
+
+
+@pytest.mark.parametrize("ctx,other_len,window", [(37, 5, None), (300, 17, None), (700, 40, None), (300, 17, 100)])
+def test_cpu_kernel_big_tree_token_attends_as_when_decoded_alone(ctx: int, other_len: int,
+                                                                 window: int | None) -> None:
+    """A tree over several of the kernel's chunks of query tokens against each node decoded alone."""
+    assert _tree_vs_decode(ctx, other_len, torch.bfloat16, CpuAttentionBackend(), window, BIG_TREE) == []
 
 
 def test_the_attention_check_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:

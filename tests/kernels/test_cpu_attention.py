@@ -43,6 +43,10 @@ def test_matches_reference(seqs: list[tuple[int, int, bool]], page: int, kv_head
     ref = paged_attention_ref(pb.q.float(), pb.k.float(), pb.v.float(), m.block_tables, m.query_start, m.num_cached,
                               scale, m.tree_mask).to(dtype)
     assert_close(out, ref)
+    # a 16-bit q is read and the output written in its own dtype: the same bits as an fp32 q (exact)
+    # and an fp32 output rounded by torch
+    wide = cpu_paged_attention(pb.q.float(), pb.k, pb.v, m.block_tables, m.query_start, m.num_cached, scale, m.tree_mask)
+    assert wide.dtype == torch.float32 and torch.equal(out, wide.to(dtype))
 
 
 WINDOW_CASES = [
@@ -116,6 +120,8 @@ def test_rejects_bad_inputs() -> None:
         PagedQuery.build(torch.zeros(1, 1, dtype=torch.long), torch.tensor([0, 8 * 0xFFFF + 1]), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="tokens"):
         cpu_attention.run(pb.q[:2], pb.k, pb.v, PagedQuery.build(*args[:3], m.tree_mask), 0.125)
+    with pytest.raises(ValueError, match="q must be float32 or the cache's dtype"):
+        cpu_paged_attention(pb.q.half(), pb.k.bfloat16(), pb.v.bfloat16(), *args)
     with pytest.raises(ValueError, match="needs positions"):
         cpu_paged_attention(pb.q, pb.k, pb.v, *args, None, 8)
     with pytest.raises(ValueError, match="sliding_window must be"):

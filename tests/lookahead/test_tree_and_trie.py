@@ -10,7 +10,7 @@ from engine.lookahead.budget import Acceptance, StepCostModel, expected_accepted
 from engine.lookahead.drafter import Drafter, DrafterConfig
 from engine.lookahead.ngram_trie import NGramTrie
 from engine.lookahead.position_index import PositionIndex
-from engine.lookahead.speculator import compaction_slots, node_positions
+from engine.lookahead.speculator import align, compaction_slots, node_positions
 from engine.lookahead.tree import DraftTree, accept_path
 
 
@@ -33,6 +33,42 @@ def test_budget_cuts_branches_and_empty_tree() -> None:
     assert t.tokens == [1, 2] and len(t) == 2
     empty = DraftTree()
     assert empty.step_input(3) == ([3], [-1]) and empty.depth == 0
+
+
+def test_truncate_keeps_the_first_branches_as_a_tree() -> None:
+    t = DraftTree()
+    t.add_branch([5, 6, 7], budget=10)
+    t.add_branch([5, 8, 9], budget=10)
+    t.truncate(4)  # node 4 (9) goes; 8 stays under 5
+    assert t.tokens == [5, 6, 7, 8] and t.parents == [-1, 0, 1, 0]
+    t.add_branch([5, 8, 10], budget=10)  # the index forgot node 4: a new child can take its place
+    assert t.tokens == [5, 6, 7, 8, 10] and t.parents == [-1, 0, 1, 0, 3]
+
+
+def _chain(n: int, first: int = 1) -> DraftTree:
+    t = DraftTree()
+    t.add_branch(list(range(first, first + n)), budget=n)
+    return t
+
+
+def test_align_trims_a_step_just_past_a_multiple_of_16() -> None:
+    # one sequence: 1 + 32 drafts = 33 tokens -> 32; 1 + 16 -> 16
+    for n, want in ((32, 31), (16, 15)):
+        t = _chain(n)
+        align(1, [t], 16)
+        assert len(t) == want
+    # 20 decodes + 13 drafts = 33: the largest tree loses one node; 4-node trees are never cut
+    big, small = _chain(9), _chain(4, 50)
+    align(20, [big, small], 16)
+    assert (len(big), len(small)) == (8, 4)
+    # too far past (5 of 16), or nothing but short trees to cut: left alone
+    t = _chain(20)
+    align(1, [t], 16)
+    assert len(t) == 20
+    probes = [_chain(2), _chain(3)]
+    align(12, probes, 16)  # 17 tokens
+    assert [len(p) for p in probes] == [2, 3]
+    align(16, [], 16)
 
 
 def test_accept_path_follows_model_choices() -> None:
