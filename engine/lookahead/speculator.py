@@ -24,7 +24,7 @@ PROBE_DEPTH = 2
 # jumps just past a multiple of 16 tokens: one sequence behind 300 tokens, bf16, 2 threads, 40
 # alternations: 16 tokens 42.7 ms, 17 46.1; 32 tokens 52.8, 33 57.7 (fp32 +3-4%). A width-2 tree
 # of depth 8 or 16 is 17 or 33 step tokens. A step that passes a multiple by at most STEP_ALIGN // 4
-# tokens drops that many draft nodes (Speculator.align).
+# tokens drops that many draft nodes (``align`` below).
 STEP_ALIGN = 16
 
 
