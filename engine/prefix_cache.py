@@ -65,12 +65,7 @@ class PrefixCache:
         ``num_query_tokens`` is what the caller asked for, counted in the hit-rate stats with the
         hit (0: a repeated lookup for the same request, not counted).
         """
-        blocks: list[int] = []
-        for h in hashes:
-            b = self._block_of.get(h)
-            if b is None:
-                break
-            blocks.append(b)
+        blocks = [self._block_of[h] for h in hashes[: self.num_cached(hashes)]]
         self.allocator.revive(blocks)
         if num_query_tokens:
             self.stats.query_tokens += num_query_tokens

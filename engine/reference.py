@@ -73,17 +73,17 @@ def hf_greedy_batch(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
             pad_token_id=pad,
         )
     eps = torch.finfo(model.dtype).eps  # spacing at 1.0 in the model's dtype
+    top = torch.stack(out.logits).float().topk(2, dim=-1).values.tolist()  # [steps][rows][2]
     refs = []
     for row in range(len(prompts)):
         tokens = out.sequences[row, width:].tolist()
-        ends = [i for i, t in enumerate(tokens) if t in stops]
-        tokens = tokens[: ends[0] + 1] if ends else tokens
-        gaps, ulps = [], []
-        for logits in out.logits[: len(tokens)]:
-            top = torch.topk(logits[row].float(), 2).values
-            gaps.append(float(top[0] - top[1]))
-            ulps.append(eps * 2.0 ** math.floor(math.log2(abs(float(top[0])) or 1.0)))
-        refs.append(ReferenceOutput(tokens=tokens, top2_gaps=gaps, top1_ulps=ulps))
+        end = next((i + 1 for i, t in enumerate(tokens) if t in stops), len(tokens))
+        tops = [step[row] for step in top[:end]]
+        refs.append(ReferenceOutput(
+            tokens=tokens[:end],
+            top2_gaps=[t1 - t2 for t1, t2 in tops],
+            top1_ulps=[eps * 2.0 ** math.floor(math.log2(abs(t1) or 1.0)) for t1, _ in tops],
+        ))
     return refs
 
 

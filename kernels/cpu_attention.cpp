@@ -313,7 +313,7 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
 
 template <typename T, typename TQ>
 void attend_all(const Args& a, int64_t num_seqs, int num_threads) {
-  // work items: (sequence, kv head, chunk of CHUNK_TOKENS query tokens), longest sequences first
+  // work items: (sequence, kv head, chunk of CHUNK_TOKENS query tokens), handed out dynamically
   std::vector<int64_t> items;  // seq << 32 | head << 16 | chunk
   for (int64_t b = 0; b < num_seqs; ++b) {
     const int64_t n = a.query_start[b + 1] - a.query_start[b];

@@ -51,7 +51,6 @@ class Speculator:
         self.max_depth = max_depth
         self.width = width
         self.max_step_tokens = max_step_tokens
-        self.step_align = STEP_ALIGN  # 0: steps are not trimmed
         self.acceptance: dict[str, Acceptance] = {}
         self.stats = SpecStats()
 
@@ -85,8 +84,7 @@ class Speculator:
                 out[s.request_id] = tree
             else:
                 acc.idle()
-        if self.step_align:
-            align(base_tokens, list(out.values()), self.step_align)  # trims, never empties a tree
+        align(base_tokens, list(out.values()), STEP_ALIGN)  # trims, never empties a tree
         return out
 
     def verify(self, seq: Seq, tree: DraftTree, sampled: list[int]) -> Verified:
