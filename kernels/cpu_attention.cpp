@@ -18,6 +18,13 @@
 //   - a sliding window hides keys the same way (zero weights), and the tiles before the first key
 //     any row of a work item can see are not read at all: for every row they are exact zeros.
 // Built with -O3 -march=native and without -ffast-math: the compiler may not reassociate.
+//
+// Decode reads every key and value of the batch once per layer, so it is bound by memory: values
+// are read from the pool in place and converted on load (no fp32 copy of them), keys and values
+// are prefetched two tiles ahead (blocks are scattered, so the hardware prefetchers restart at
+// each one), a decode step's group of rows reads the values in one pass, and each thread keeps its
+// scratch across calls. bf16, 2 threads, one layer, 30 layers' pools cycled: 16 sequences behind
+// 1,500 tokens 2.39 -> 1.07 ms, 16 trees of 9 behind 500 1.45 -> 1.01 ms (same bits).
 #include <cstdint>
 #include <cstring>
 #include <utility>
@@ -133,15 +140,28 @@ inline void score_rows(const float* qs, const v16f* kt, int64_t D, float scale, 
   for (int r = 0; r < RB; ++r) store16(s + r * width, acc[r] * scale);
 }
 
-// Weighted values of RB rows over keys 0..L-1 in ascending order, D = 16 * DV: per element one FMA
-// chain over the keys, and the denominator one sum over the keys (a zero weight adds nothing).
-template <int RB, int DV>
-inline void value_rows(const float* p, int64_t width, const float* vbuf, int64_t j0, int64_t L, float* out, float* den) {
+// Cache lines ahead of the key being read: a tile's keys sit in one block and blocks are scattered
+// in the pool, so the hardware prefetchers start over at every block. No arithmetic depends on it.
+constexpr int64_t AHEAD = 2 * TILE;
+
+template <typename T>
+inline void prefetch_row(const T* p, int64_t D) {
+  for (int64_t d = 0; d < D; d += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(p + d);
+}
+
+// Weighted values of RB rows over keys j0..L-1 in ascending order, D = 16 * DV, read straight from
+// the cache (converted on load: exact): per element one FMA chain over the keys, and the
+// denominator one sum over the keys (a zero weight adds nothing).
+template <typename T, int RB, int DV>
+inline void value_rows(const float* p, int64_t width, const T* vc, const int64_t* offset, int64_t j0, int64_t L,
+                       float* out, float* den) {
   v16f acc[RB][DV] = {};
   float sum[RB] = {};
   for (int64_t j = j0; j < L; ++j) {
+    if (j + AHEAD < L) prefetch_row(vc + offset[j + AHEAD], DV * TILE);
     v16f v[DV];
-    for (int c = 0; c < DV; ++c) v[c] = load16(vbuf + j * DV * TILE + c * TILE);
+    const T* vp = vc + offset[j];
+    for (int c = 0; c < DV; ++c) v[c] = load16(vp + c * TILE);
     for (int r = 0; r < RB; ++r) {
       const float w = p[r * width + j];
       for (int c = 0; c < DV; ++c) acc[r][c] = w * v[c] + acc[r][c];
@@ -154,12 +174,21 @@ inline void value_rows(const float* p, int64_t width, const float* vbuf, int64_t
   }
 }
 
-template <int DV>
-inline void values(const float* p, int64_t width, const float* vbuf, int64_t j0, int64_t L, int64_t R, float* out,
-                   float* den) {
+// All R rows, four per pass over the values and the rest in one more (a decode step's group of
+// three rows reads the values once). A row's arithmetic is the same in any pass.
+template <typename T, int DV>
+inline void values(const float* p, int64_t width, const T* vc, const int64_t* offset, int64_t j0, int64_t L,
+                   int64_t R, float* out, float* den) {
   int64_t r = 0;
-  for (; r + 4 <= R; r += 4) value_rows<4, DV>(p + r * width, width, vbuf, j0, L, out + r * DV * TILE, den + r);
-  for (; r < R; ++r) value_rows<1, DV>(p + r * width, width, vbuf, j0, L, out + r * DV * TILE, den + r);
+  for (; r + 4 <= R; r += 4) value_rows<T, 4, DV>(p + r * width, width, vc, offset, j0, L, out + r * DV * TILE, den + r);
+  const float* pr = p + r * width;
+  float* o = out + r * DV * TILE;
+  switch (R - r) {
+    case 3: value_rows<T, 3, DV>(pr, width, vc, offset, j0, L, o, den + r); break;
+    case 2: value_rows<T, 2, DV>(pr, width, vc, offset, j0, L, o, den + r); break;
+    case 1: value_rows<T, 1, DV>(pr, width, vc, offset, j0, L, o, den + r); break;
+    default: break;
+  }
 }
 
 template <typename T, typename TQ>  // T: the cache's element type, TQ: q's and out's
@@ -203,7 +232,7 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
   w.kt.resize(D);
   w.acc.resize(R * D);
   w.den.resize(R);
-  w.vrow.resize(L * D);
+  if (D != 64 && D != 128) w.vrow.resize(L * D);
   float* __restrict__ qs = w.q.data();
   float* __restrict__ s = w.scores.data();
   v16f* __restrict__ kt = w.kt.data();
@@ -213,7 +242,9 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
   }
 
   // scores, one 16-key tile at a time, the tile transposed to [D][16 keys]
+  for (int64_t j = j0; j < j0 + AHEAD && j < L; ++j) prefetch_row(key_at(kc, j), D);
   for (int64_t t = t_first; t < tiles; ++t) {
+    for (int64_t j = t * TILE + AHEAD; j < t * TILE + AHEAD + TILE && j < L; ++j) prefetch_row(key_at(kc, j), D);
     if (D % TILE == 0) {  // 16 x 16 blocks, transposed in registers
       for (int64_t d0 = 0; d0 < D; d0 += TILE) {
         v16f m[TILE];
@@ -277,24 +308,16 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
     }
   }
 
-  // values as fp32 rows, then the weighted sums and denominators, keys in ascending order
-  float* __restrict__ vbuf = w.vrow.data();
-  for (int64_t j = j0; j < L; ++j) {
-    const T* vp = key_at(vc, j);
-    if (D % TILE == 0) {
-      for (int64_t d0 = 0; d0 < D; d0 += TILE) {
-        store16(vbuf + j * D + d0, load16(vp + d0));
-      }
-    } else {
-      for (int64_t d = 0; d < D; ++d) vbuf[j * D + d] = load(vp, d);
-    }
-  }
+  // the weighted sums of the values and the denominators, keys in ascending order
   float* __restrict__ acc = w.acc.data();
   float* __restrict__ den = w.den.data();
-  switch (D) {  // head_dim in registers for the common sizes
-    case 64: values<4>(s, width, vbuf, j0, L, R, acc, den); break;
-    case 128: values<8>(s, width, vbuf, j0, L, R, acc, den); break;
-    default:
+  switch (D) {  // head_dim in registers for the common sizes, the values read from the cache
+    case 64: values<T, 4>(s, width, vc, offset, j0, L, R, acc, den); break;
+    case 128: values<T, 8>(s, width, vc, offset, j0, L, R, acc, den); break;
+    default: {
+      float* __restrict__ vbuf = w.vrow.data();  // values as fp32 rows first
+      for (int64_t j = j0; j < L; ++j)
+        for (int64_t d = 0; d < D; ++d) vbuf[j * D + d] = load(key_at(vc, j), d);
       std::memset(acc, 0, sizeof(float) * R * D);
       std::memset(den, 0, sizeof(float) * R);
       for (int64_t j = j0; j < L; ++j)
@@ -303,6 +326,7 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
           for (int64_t d = 0; d < D; ++d) acc[r * D + d] = __builtin_fmaf(p, vbuf[j * D + d], acc[r * D + d]);
           den[r] += p;
         }
+    }
   }
   for (int64_t r = 0; r < R; ++r) {
     TQ* dst = static_cast<TQ*>(a.out) + ((q_first + tok0 + r / G) * H + head * G + r % G) * D;
@@ -323,7 +347,7 @@ void attend_all(const Args& a, int64_t num_seqs, int num_threads) {
   const int64_t count = static_cast<int64_t>(items.size());
 #pragma omp parallel num_threads(num_threads)
   {
-    Scratch w;
+    static thread_local Scratch w;  // kept across calls: no allocation (and page faults) per layer
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < count; ++i) {
       const int64_t it = items[i];
