@@ -2,16 +2,13 @@
 
 The engine times its steps by total token count (calibrated at start, refined online) plus a
 per-key-read term: a draft node attends to its sequence's whole context, so the same draft costs
-more behind 2,000 tokens than behind 200 (in bf16 on CPU, where attention runs in fp64 and the
-matrix products are nearly flat in width, that term dominates wide steps). Each
-request's per-token acceptance rho is estimated from its history (a truncated-geometric estimate:
-accepted / (accepted + misses)). A draft of depth D then gains about rho (1 - rho^D) / (1 - rho)
-tokens. Depths are handed out greedily while they raise the batch's expected tokens per second,
-so a batch whose drafts miss decodes at plain cost and a copy-heavy one drafts deep.
+more behind 2,000 tokens than behind 200. Each request's per-token acceptance rho comes from
+engine.lookahead.acceptance (by the kind of match its draft would come from). A draft of depth D
+then gains about rho (1 - rho^D) / (1 - rho) tokens. Depths are handed out greedily while they
+raise the batch's expected tokens per second, so a batch whose drafts miss decodes at plain cost
+and a copy-heavy one drafts deep.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 
 class StepCostModel:
@@ -97,26 +94,6 @@ def key_reads(num_cached: int, query_tokens: int) -> int:
     """Keys a sequence's query tokens read in one step: each sees the cached ones and (at most)
     the step's own."""
     return query_tokens * (num_cached + query_tokens)
-
-
-@dataclass(slots=True)
-class Acceptance:
-    accepted: float = 1.0  # decayed sums, optimistic prior so new requests probe
-    misses: float = 1.0
-    verified: int = 0  # drafts of this request verified so far
-
-    @property
-    def rho(self) -> float:
-        return self.accepted / (self.accepted + self.misses)
-
-    def update(self, accepted: int, depth: int, decay: float = 0.9) -> None:
-        self.verified += 1
-        self.accepted = decay * self.accepted + accepted
-        self.misses = decay * self.misses + (1.0 if accepted < depth else 0.0)
-
-    def idle(self, decay: float = 0.98) -> None:
-        """No draft this step: drift back towards the prior so the request is probed again later."""
-        self.misses = max(0.5, self.misses * decay)
 
 
 def expected_accepted(rho: float, depth: int) -> float:

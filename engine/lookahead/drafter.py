@@ -19,6 +19,9 @@ from engine.lookahead.tree import DraftTree
 @dataclass(frozen=True, slots=True)
 class DrafterConfig:
     key_lengths: tuple[int, ...] = (3, 2, 1)  # context tokens used as the lookup key, longest first
+    # the global trie's keys: drafts from 1-token keys in every request's outputs were 84% rejected
+    # outright in chat (engine.lookahead.acceptance), and indexing them was a third of its work
+    global_key_lengths: tuple[int, ...] = (3, 2)
     window: int = 8  # continuation length stored per position (the deepest draft)
     global_max_nodes: int = 1 << 20
     local_max_positions: int = 16  # a request's own cache: continuations counted per lookup, latest first
@@ -34,6 +37,14 @@ class Windows:
     fed: int = 0  # tokens indexed so far: every window ending before this is counted
     open: list[tuple[int, TrieNode]] = field(default_factory=list)  # (first token, node reached)
     epoch: int = -1  # the trie's epoch when the nodes were taken (a decay may prune them)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Where a draft would come from: the first cache and longest key with a continuation."""
+
+    source: str  # "own": the request's prompt and output; "global": every request's outputs
+    key_length: int
 
 
 @dataclass(slots=True)
@@ -54,7 +65,7 @@ class Drafter:
         w, trie, end = self.config.window, win.trie, win.fed
         win.open = []
         for first in range(max(1, end - w + 1), end):
-            for k in self.config.key_lengths:
+            for k in self.config.global_key_lengths:
                 if first - k >= 0:
                     node = trie.root(tuple(tokens[first - k : first]))
                     for tok in tokens[first:end]:
@@ -67,7 +78,7 @@ class Drafter:
         to ``window`` tokens) that ends at it, under each key = the k tokens before the window.
         A path's count is how often key + path occurred (each window adds one to its last node;
         its shorter prefixes were counted as it grew)."""
-        w, keys, trie = self.config.window, self.config.key_lengths, win.trie
+        w, keys, trie = self.config.window, self.config.global_key_lengths, win.trie
         if win.epoch != trie.epoch:
             self._reopen(win, tokens)
         child = trie.child
@@ -105,6 +116,22 @@ class Drafter:
     def forget(self, request_id: str) -> None:
         self.local.pop(request_id, None)
 
+    def match(self, request_id: str, tokens: Sequence[int]) -> Match | None:
+        """The match ``propose`` would start its tree from (its first branch's), or None when no
+        cache continues the text: a few dict lookups, no branches built."""
+        cache = self.local.get(request_id)
+        if cache is not None:
+            for k in self.config.key_lengths:
+                # every recorded position of a key has a continuation (the text's last key is not
+                # recorded until the next token comes)
+                if len(tokens) >= k and tuple(tokens[-k:]) in cache.own.starts:
+                    return Match("own", k)
+        for k in self.config.global_key_lengths:
+            root = self.global_trie.roots.get(tuple(tokens[-k:])) if len(tokens) >= k else None
+            if root is not None and root.children:
+                return Match("global", k)
+        return None
+
     def propose(self, request_id: str, tokens: Sequence[int], budget: int, max_depth: int) -> DraftTree:
         """A tree of up to ``budget`` draft tokens continuing ``tokens``: own trie first, then global."""
         tree = DraftTree()
@@ -112,12 +139,12 @@ class Drafter:
             return tree
         cache = self.local.get(request_id)
         # the request's own text first, then every request's outputs
-        lookups = [lambda key: self.global_trie.branches(key, budget, max_depth)]
+        lookups = [(lambda key: self.global_trie.branches(key, budget, max_depth), self.config.global_key_lengths)]
         if cache is not None:
             limit = self.config.local_max_positions
-            lookups.insert(0, lambda key: cache.own.branches(key, budget, max_depth, limit))
-        for lookup in lookups:
-            for k in self.config.key_lengths:
+            lookups.insert(0, (lambda key: cache.own.branches(key, budget, max_depth, limit), self.config.key_lengths))
+        for lookup, key_lengths in lookups:
+            for k in key_lengths:
                 if len(tokens) < k:
                     continue
                 for path in lookup(tuple(tokens[-k:])):

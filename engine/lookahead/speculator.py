@@ -13,7 +13,8 @@ from typing import Sequence
 
 import torch
 
-from engine.lookahead.budget import Acceptance, StepCostModel, plan_depths
+from engine.lookahead.acceptance import AcceptanceModel
+from engine.lookahead.budget import StepCostModel, plan_depths
 from engine.lookahead.drafter import Drafter, DrafterConfig
 from engine.lookahead.tree import DraftTree, accept_path
 from engine.sequence import Sequence as Seq
@@ -51,7 +52,7 @@ class Speculator:
         self.max_depth = max_depth
         self.width = width
         self.max_step_tokens = max_step_tokens
-        self.acceptance: dict[str, Acceptance] = {}
+        self.acceptance = AcceptanceModel()
         self.stats = SpecStats()
 
     @staticmethod
@@ -65,16 +66,23 @@ class Speculator:
         """Draft trees for the decoding sequences, sized by plan_depths (base_*: the step without drafts)."""
         if not seqs:
             return {}
+        acc = self.acceptance
+        classes = []
         for s in seqs:
             self.drafter.observe(s.request_id, s.all_ids, s.num_prompt)
-        accs = [self.acceptance.setdefault(s.request_id, Acceptance()) for s in seqs]
-        depths = plan_depths([a.rho for a in accs], base_tokens, self.cost, self.max_depth, self.width,
+            m = self.drafter.match(s.request_id, s.all_ids)
+            classes.append(acc.draft_class(s.request_id, m.source, m.key_length) if m is not None else None)
+        # a request no cache continues expects nothing from a draft: the step's budget goes to others
+        rhos = [acc.rho(s.request_id, c) if c is not None else 0.0 for s, c in zip(seqs, classes)]
+        depths = plan_depths(rhos, base_tokens, self.cost, self.max_depth, self.width,
                              self.max_step_tokens, [s.num_tokens for s in seqs], base_key_reads)
         out: dict[str, DraftTree] = {}
-        for s, acc, depth in zip(seqs, accs, depths):
+        for s, cls, depth in zip(seqs, classes, depths):
+            if cls is None:
+                continue
             # never draft past max_tokens or the context limit
             room = min(s.params.max_tokens - len(s.output_ids), s.max_len - s.num_tokens) - 1
-            if depth == 0 and acc.verified == 0:
+            if depth == 0 and acc.verified(s.request_id) == 0:
                 # one shallow probe per request: where a plain step is cheaper than a wide one (fp32
                 # on CPU, batch 1) the cost model alone would never learn that the request copies
                 depth = PROBE_DEPTH
@@ -82,8 +90,9 @@ class Speculator:
             tree = self.drafter.propose(s.request_id, s.all_ids, depth * self.width, depth) if depth > 0 else DraftTree()
             if len(tree):
                 out[s.request_id] = tree
+                acc.drafted(s.request_id, cls)
             else:
-                acc.idle()
+                acc.idle(s.request_id, cls)
         align(base_tokens, list(out.values()), STEP_ALIGN)  # trims, never empties a tree
         return out
 
@@ -91,7 +100,7 @@ class Speculator:
         tokens, parents = tree.step_input(seq.all_ids[-1])
         path, new = accept_path(parents, tokens, sampled)
         accepted = len(path) - 1
-        self.acceptance.setdefault(seq.request_id, Acceptance()).update(accepted, tree.depth)
+        self.acceptance.update(seq.request_id, accepted, tree.depth)
         st = self.stats
         st.num_drafts += 1
         st.num_draft_tokens += len(tree)
@@ -104,7 +113,7 @@ class Speculator:
 
     def forget(self, request_id: str) -> None:
         self.drafter.forget(request_id)
-        self.acceptance.pop(request_id, None)
+        self.acceptance.forget(request_id)
 
 
 def align(base_tokens: int, trees: list[DraftTree], multiple: int) -> None:

@@ -114,4 +114,4 @@ def test_no_block_leak_after_500_requests(drafting_engine: LLMEngine) -> None:
     assert eng.speculator.stats.num_drafts > before + 500
     eng.allocator.check_integrity()
     assert eng.allocator.num_used == 0 and not eng.has_work
-    assert eng.speculator.drafter.local == {} and eng.speculator.acceptance == {}
+    assert eng.speculator.drafter.local == {} and eng.speculator.acceptance.requests == {}

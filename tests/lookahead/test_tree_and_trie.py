@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import pytest
 
-from engine.lookahead.budget import Acceptance, StepCostModel, expected_accepted, plan_depths
+from engine.lookahead.budget import StepCostModel, expected_accepted, plan_depths
 from engine.lookahead.drafter import Drafter, DrafterConfig
 from engine.lookahead.ngram_trie import NGramTrie
 from engine.lookahead.position_index import PositionIndex
@@ -121,13 +121,14 @@ def test_drafter_indexes_incrementally_and_proposes_copies() -> None:
     assert "r" not in d.local
 
 
-def index_from_scratch(config: DrafterConfig, tokens: Sequence[int], start: int, end: int, trie: NGramTrie) -> None:
+def index_from_scratch(config: DrafterConfig, keys: Sequence[int], tokens: Sequence[int], start: int, end: int,
+                       trie: NGramTrie) -> None:
     """The definition the drafter's cursors must match, walked from the key every time: for every
     window tokens[first .. last] with last in [start, end), under every key that fits, one count
     on its last node (and one on the key when the window is one token long)."""
     for last in range(start, end):
         for first in range(max(1, last - config.window + 1), last + 1):
-            for k in config.key_lengths:
+            for k in keys:
                 if first - k >= 0:
                     node = trie.root(tuple(tokens[first - k : first]))
                     if first == last:
@@ -149,7 +150,8 @@ def test_incremental_index_equals_one_from_scratch(seed: int) -> None:
     exactly the counts of indexing the whole text at once, and a request's own position index
     counts, for every key, what a window trie over its whole text (prompt and output) holds."""
     rng = random.Random(seed)
-    config = DrafterConfig(key_lengths=rng.choice([(3, 2, 1), (2, 1), (1,)]), window=rng.choice([1, 2, 4, 8]))
+    config = DrafterConfig(key_lengths=rng.choice([(3, 2, 1), (2, 1), (1,)]), window=rng.choice([1, 2, 4, 8]),
+                           global_key_lengths=rng.choice([(3, 2, 1), (3, 2), (1,)]))
     d = Drafter(config)
     texts = {rid: [rng.randrange(4) for _ in range(rng.randrange(12))] for rid in "abc"}
     prompts = {rid: len(t) for rid, t in texts.items()}
@@ -161,12 +163,12 @@ def test_incremental_index_equals_one_from_scratch(seed: int) -> None:
     for rid, cache in d.local.items():
         text = texts[rid][: cache.own.fed]
         own = NGramTrie()
-        index_from_scratch(config, text, 0, len(text), own)
+        index_from_scratch(config, config.key_lengths, text, 0, len(text), own)
         for key in own.roots:
             found = cache.own.continuations(key, config.window, limit=len(text))
             assert counts(found) == {key: counts(own)[key]}
         assert set(cache.own.starts) == set(own.roots)
-        index_from_scratch(config, texts[rid], prompts[rid], cache.shared.fed, shared)
+        index_from_scratch(config, config.global_key_lengths, texts[rid], prompts[rid], cache.shared.fed, shared)
     assert counts(d.global_trie) == counts(shared)
 
 
@@ -182,7 +184,7 @@ def test_own_cache_counts_the_latest_occurrences() -> None:
 
 def test_windows_survive_a_decay_of_their_trie() -> None:
     """A decay may prune the nodes open windows hold: they are found again, and what follows is counted."""
-    d = Drafter(DrafterConfig(key_lengths=(1,), window=4, global_max_nodes=30))
+    d = Drafter(DrafterConfig(key_lengths=(1,), global_key_lengths=(1,), window=4, global_max_nodes=30))
     text = list(range(10))  # all distinct: every count is 1, so a decay prunes everything
     d.observe("r", text, 0)  # no prompt: everything is output, indexed in the global trie
     trie = d.global_trie
