@@ -5,6 +5,8 @@ torch calls as its arithmetic allows (in-place where the intermediate is private
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -20,9 +22,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 # Dtypes whose forward is row-invariant (a row's bits do not depend on what shares its step): the
-# products here and the attention in engine.attention.torch_backend (fp64) and cpu_backend (the
-# C++ kernel is row-invariant in every dtype). In fp32 rounding differences
-# are far below greedy's margins, and it keeps its faster paths.
+# products here where the math library's are (the engine checks at start: products_row_invariant)
+# and the attention in engine.attention.torch_backend (fp64) and cpu_backend (the C++ kernel is
+# row-invariant in every dtype). In fp32 rounding differences are far below greedy's margins, and
+# it keeps its faster paths.
 ROW_INVARIANT_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -59,6 +62,23 @@ def _wx_mm(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if x.shape[0] <= WX_MAX_COLUMNS:
         return torch.mm(weight, x.t()).t()
     return torch.cat([_wx_mm(weight, part) for part in x.split(WX_MAX_COLUMNS)])
+
+
+def products_row_invariant(weights: Sequence[torch.Tensor], rows: Sequence[int] = (0, 1, 2, 16, WX_MAX_COLUMNS - 1),
+                           widths: Sequence[int] = (2, 3, 17, 64, WX_MAX_COLUMNS)) -> bool:
+    """Whether ``linear`` gives a row the same bits at these step widths as alone, on these weights
+    and this machine. The math library picks its kernels by CPU: on an AMD EPYC (avx512_bf16, no
+    AMX, no avx512_fp16) bf16 products keep every row's bits while fp16 ones differ at 2 columns
+    from 1. A few products per weight (lm_head included: ~50 ms in all for SmolLM2)."""
+    gen = torch.Generator().manual_seed(0)
+    for w in weights:
+        x = torch.randn(max(widths), w.shape[1], generator=gen).to(w.dtype)
+        alone = {i: linear(x[i:i + 1], w) for i in rows}
+        for t in widths:
+            out = linear(x[:t], w)
+            if any(not torch.equal(out[i:i + 1], row) for i, row in alone.items() if i < t):
+                return False
+    return True
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

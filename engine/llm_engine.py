@@ -21,6 +21,7 @@ from engine.detokenizer import Detokenizer, FinishReason
 from engine.engine_config import EngineConfig
 from engine.kv_layout import KVLayout, dtype_from_name
 from engine.kv_pool import KVPool
+from engine.layers import ROW_INVARIANT_DTYPES, products_row_invariant
 from engine.lookahead.budget import key_reads
 from engine.lookahead.speculator import Speculator, compaction_slots, node_positions
 from engine.lookahead.tree import DraftTree
@@ -87,11 +88,24 @@ class LLMEngine:
         self.eos_ids = tuple(mc.eos_token_ids) or ((self.tokenizer.eos_token_id,) if self.tokenizer.eos_token_id is not None else ())
         self.seqs: dict[str, Seq] = {}
         self.speculator: Speculator | None = None
-        if config.lookahead:
+        if config.lookahead and not self._products_exact():
+            logger.warning("lookahead off: %s products on this CPU give a row different bits beside other rows, "
+                           "so a verified draft could differ from plain decoding (serve bfloat16 or float32 for "
+                           "lookahead)", self.model.dtype)
+        elif config.lookahead:
             self.speculator = Speculator(config.lookahead_max_depth, config.lookahead_width,
                                          config.lookahead_max_step_tokens)
             self._calibrate()
         logger.info("engine ready: %d KV blocks of %d tokens (%.1f MiB)", num_blocks, config.block_size, self.kv.nbytes / 2**20)
+
+    def _products_exact(self) -> bool:
+        """Lookahead is exact in 16 bits only where the matrix products are row-invariant, which
+        depends on the CPU's math kernels: checked on one layer's weights and the LM head."""
+        if self.model.dtype not in ROW_INVARIANT_DTYPES or self.model.device.type != "cpu":
+            return True
+        w = self.model.weights
+        layer = w.layers[0]
+        return products_row_invariant([layer.qkv, layer.o, layer.gate_up, layer.down, w.lm_head])
 
     def _calibrate(self) -> None:
         """The step cost model's start: the cost of a key read, then forwards of 1..64 query tokens
