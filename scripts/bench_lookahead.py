@@ -7,9 +7,9 @@ One stack (started here unless --base-url names a running gateway). Every reques
 wants lookahead (the gateway's ``lookahead`` body field), so "on" and "off" run on the same
 workers, prompts and load. For each workload and concurrency, ``grove bench`` runs lookahead on
 and off in ``--rounds`` rounds on disjoint prompts, on first in odd rounds and off first in even
-ones; at concurrency 1 the first round also runs transformers ``generate`` with
-``prompt_lookup_num_tokens`` (in-process, one request at a time). Greedy outputs are checked
-against it.
+ones; at concurrency 1 every round also runs transformers ``generate`` with
+``prompt_lookup_num_tokens`` (in-process, one request at a time, after on and off), so on/prompt
+lookup is a mean over rounds like on/off. Greedy outputs are checked against it.
 
 Fairness:
 - each concurrency level gets its own prompts (disjoint: ``--skip-prompts``): lookahead's global
@@ -133,9 +133,9 @@ def cell(doc: dict[str, Any], workload: str, concurrency: int) -> dict[str, Any]
 
 
 def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """One cell from its rounds: geometric means of the ratios (each round's on and off ran in the
-    same minutes), arithmetic means of the rates; the first round's transformers figures (it alone
-    runs them); lossless only if every round was."""
+    """One cell from its rounds: geometric means of the ratios (each round's on, off and, at c=1,
+    transformers ran in the same minutes), arithmetic means of the rates; lossless only if every
+    round was."""
     if len(rounds) == 1:
         return rounds[0] | {"rounds": rounds}
 
@@ -146,12 +146,14 @@ def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         return math.prod(vals) ** (1 / len(vals)) if geometric else sum(vals) / len(vals)
 
     out = dict(rounds[0])
-    for key in ("off_tok_s", "on_tok_s", "tokens_per_step", "acceptance_rate", "tokens_per_chunk"):
+    for key in ("off_tok_s", "on_tok_s", "tokens_per_step", "acceptance_rate", "tokens_per_chunk", "hf_pl_tok_s"):
         out[key] = mean(key)
-    for key in ("on_over_off", "on_over_off_tok_s"):
+    for key in ("on_over_off", "on_over_off_tok_s", "on_over_hf_pl_decode", "on_over_hf_pl_tok_s"):
         out[key] = mean(key, geometric=True)
     out["prompts"] = sum(r["prompts"] for r in rounds)
     out["on_off_met"] = None if out["on_off_goal"] is None or out["on_over_off"] is None else out["on_over_off"] >= out["on_off_goal"]
+    hf = out["on_over_hf_pl_decode"]
+    out["on_hf_met"] = None if out["on_hf_goal"] is None or hf is None else hf >= out["on_hf_goal"]
     for key in ("greedy_ok", "on_equals_off"):
         vals = [r[key] for r in rounds if r[key] is not None]
         out[key] = None if not vals else all(vals)
@@ -163,8 +165,8 @@ def table(cells: list[dict[str, Any]]) -> str:
     def f(v: float | None, spec: str) -> str:
         return "-" if v is None else f"{v:{spec}}"
 
-    def spread(c: dict[str, Any]) -> str:  # the rounds' own decode ratios
-        vals = [r["on_over_off"] for r in c.get("rounds", []) if r["on_over_off"] is not None]
+    def spread(c: dict[str, Any], key: str = "on_over_off") -> str:  # the rounds' own decode ratios
+        vals = [r[key] for r in c.get("rounds", []) if r[key] is not None]
         return f" ({min(vals):.2f}-{max(vals):.2f})" if len(vals) > 1 else ""
 
     def verdict(goal: float | None, met: bool | None) -> str:
@@ -175,7 +177,7 @@ def table(cells: list[dict[str, Any]]) -> str:
              verdict(c["on_off_goal"], c["on_off_met"]),
              f(c["tokens_per_step"], ".2f"), f(c["acceptance_rate"], ".0%"), f(c["hf_pl_tok_s"], ".1f"),
              f(c["on_over_hf_pl_tok_s"], ".2f") + ("x" if c["on_over_hf_pl_tok_s"] else ""),
-             f(c["on_over_hf_pl_decode"], ".2f") + ("x" if c["on_over_hf_pl_decode"] else ""),
+             f(c["on_over_hf_pl_decode"], ".2f") + ("x" + spread(c, "on_over_hf_pl_decode") if c["on_over_hf_pl_decode"] else ""),
              verdict(c["on_hf_goal"], c["on_hf_met"]),
              {True: "yes", False: "NO", None: "-"}[c["on_equals_off"]],
              {True: "yes", False: "NO", None: "-"}[c["greedy_ok"]]] for c in cells]
@@ -241,7 +243,7 @@ def main() -> int:
                                          max_tokens=args.max_tokens, label=f"{workload} c={c} round {r + 1}",
                                          progress=False)
                     prime(url, config, hf.tokenizer)
-                    doc = run_bench(config, baselines=[baseline] if c == 1 and r == 0 else [], hf=hf,
+                    doc = run_bench(config, baselines=[baseline] if c == 1 else [], hf=hf,
                                     out=out_dir / f"{workload}-c{c}-r{r + 1}.json")
                     rounds.append(cell(doc, workload, c))
                     logger.info("%s c=%d round %d: on/off decode %s", workload, c, r + 1, rounds[-1]["on_over_off"])
