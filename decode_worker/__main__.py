@@ -17,7 +17,7 @@ from engine.llm_engine import LLMEngine
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from runtime.worker_process import add_worker_args, serve_worker
 from runtime.kv_transfer import make_plane
-from runtime.process import configure_logging, run_service
+from runtime.process import configure_logging, run_service, tune_gc
 
 logger = logging.getLogger("decode_worker")
 SERVICE = "grove.internal.v1.DecodeWorker"
@@ -35,6 +35,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     worker_id = args.worker_id or f"decode-{os.getpid()}"
     config = EngineConfig.from_cli(args)
     engine = await AsyncEngine.create(lambda: LLMEngine(config))
+    tune_gc()  # the model is loaded: its objects are frozen
     plane = make_plane("decode", engine.engine.kv.data, args.nixl == "on", passive=False)
     puller = KVPuller(engine.engine.kv.data, plane)
     service = DecodeService(engine, puller, args.max_requests)

@@ -18,7 +18,7 @@ from prefill_worker.service import PrefillService
 from prefill_worker.servicer import PrefillServicer
 from runtime.worker_process import add_worker_args, serve_worker
 from runtime.kv_transfer import POOL_NAME, make_plane
-from runtime.process import configure_logging, run_service
+from runtime.process import configure_logging, run_service, tune_gc
 
 logger = logging.getLogger("prefill_worker")
 SERVICE = "grove.internal.v1.PrefillWorker"
@@ -40,6 +40,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     # prefill-only: every request stops after its first token, so lookahead has nothing to do here
     config = dataclasses.replace(EngineConfig.from_cli(args), lookahead=False)
     engine = await AsyncEngine.create(lambda: LLMEngine(config))
+    tune_gc()  # the model is loaded: its objects are frozen
     plane = make_plane("prefill", engine.engine.kv.data, args.nixl == "on", passive=True)
     kvstore = None
     if args.kvstore:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -15,6 +16,17 @@ logger = logging.getLogger(__name__)
 def configure_logging(level: str = "INFO", role: str = "") -> None:
     fmt = f"%(asctime)s %(levelname)s {role + ' ' if role else ''}%(name)s: %(message)s"
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt)
+
+
+def tune_gc() -> None:
+    """For a worker that has loaded its model: freeze what exists (never scanned again; still freed
+    by reference counting), and collect young objects every 50,000 allocations instead of 700.
+    The lookahead tries are up to a million small tracked objects, and with the defaults the
+    collections that walk them cost ~1.3 ms of every decode step at chat c=16 in bf16 (in-process:
+    51.1 -> 47.8 ms a step with this; 46.3 with no collector at all)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def write_ready_file(path: str | None, info: dict[str, Any]) -> None:

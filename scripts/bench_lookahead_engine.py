@@ -35,6 +35,7 @@ from bench.records import Job, Prompt
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
+from runtime.process import tune_gc
 
 logger = logging.getLogger("bench_lookahead_engine")
 
@@ -77,6 +78,7 @@ def main() -> int:
                                       lookahead_width=args.lookahead_width))
 
     off, on = engine(False), engine(True)
+    tune_gc()  # as the workers do once their model is loaded
     levels = [int(x) for x in args.concurrency.split(",")]
     records = load_prompts(args.dataset)[args.skip_prompts:args.skip_prompts + args.num_prompts * len(levels)]
     if len(records) < args.num_prompts * len(levels):
