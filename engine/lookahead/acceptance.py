@@ -83,8 +83,7 @@ class AcceptanceModel:
 
     def drafted(self, request_id: str, cls: DraftClass) -> None:
         """A draft of class ``cls`` goes into this step (``update`` learns from it after the step)."""
-        self._estimate(request_id, cls)
-        self.requests[request_id].pending = cls
+        self.requests.setdefault(request_id, RequestAcceptance()).pending = cls
 
     def idle(self, request_id: str, cls: DraftClass) -> None:
         """The request had a match of ``cls`` but drafts nothing this step."""

@@ -21,9 +21,11 @@ from engine.sequence import Sequence as Seq
 
 logger = logging.getLogger(__name__)
 PROBE_DEPTH = 2
-# Matrix products run on tiles of 16 columns (AMX here; tensor cores on a GPU), so a step's cost
-# jumps just past a multiple of 16 tokens: one sequence behind 300 tokens, bf16, 2 threads, 40
-# alternations: 16 tokens 42.7 ms, 17 46.1; 32 tokens 52.8, 33 57.7 (fp32 +3-4%). A width-2 tree
+# Matrix products run on tiles of 16 columns (AMX or avx512_bf16 on a CPU, tensor cores on a GPU),
+# so a step's cost jumps just past a multiple of 16 tokens. Intel with AMX, one sequence behind 300
+# tokens, bf16, 2 threads, 40 alternations: 16 tokens 42.7 ms, 17 46.1; 32 tokens 52.8, 33 57.7
+# (fp32 +3-4%). AMD EPYC (avx512_bf16), the model's products alone: 16 columns 17.9 ms, 17 28.2;
+# 32 19.7, 33 30.6. A width-2 tree
 # of depth 8 or 16 is 17 or 33 step tokens. A step that passes a multiple by at most STEP_ALIGN // 4
 # tokens drops that many draft nodes (``align`` below).
 STEP_ALIGN = 16
