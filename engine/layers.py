@@ -10,6 +10,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from kernels import cpu_linear
+from kernels.cpu_linear import PackedLinear
+
+# A projection's weight as the products take it: [out, in], or packed for Grove's CPU kernel
+Weight = torch.Tensor | PackedLinear
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """HF's RMSNorm: normalise in fp32, cast back, then scale. x: [T, hidden]."""
@@ -22,15 +28,36 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 # Dtypes whose forward is row-invariant (a row's bits do not depend on what shares its step): the
-# products here where the math library's are (the engine checks at start: products_row_invariant)
+# products here (bf16 through Grove's CPU kernel by construction, else where the math library's
+# are: the engine checks at start, products_row_invariant)
 # and the attention in engine.attention.torch_backend (fp64) and cpu_backend (the C++ kernel is
 # row-invariant in every dtype). In fp32 rounding differences are far below greedy's margins, and
 # it keeps its faster paths.
 ROW_INVARIANT_DTYPES = (torch.bfloat16, torch.float16)
 
 
+def pack_weight(weight: torch.Tensor) -> Weight:
+    """The weight laid out for the products at load time: packed for Grove's CPU kernel
+    (kernels.cpu_linear) where it runs (bf16 on a CPU with AVX512-BF16), else as it is.
+
+    The kernel streams the weights once per step (SmolLM2's products at 1 token: 5 ms against
+    26-32 for torch's bf16 matmul on an AMD EPYC without AMX) and is row-invariant by construction.
+    """
+    if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and weight.shape[1] % 2 == 0 \
+            and cpu_linear.available():
+        return cpu_linear.pack(weight)
+    return weight
+
+
+def step_tile(weight: Weight) -> int:
+    """Tokens the products take in one pass over the weights: a step's cost jumps just past each
+    multiple (the speculator aligns its steps to it). Grove's kernel: its tile; torch's products run
+    on 16 columns (AMX, avx512_bf16, tensor cores on a GPU)."""
+    return cpu_linear.TILE_TOKENS if isinstance(weight, PackedLinear) else 16
+
+
 def _wx_layout(x: torch.Tensor) -> bool:
-    """16-bit on CPU: ``W @ X`` at every T, for two reasons.
+    """16-bit on CPU without the kernel: ``W @ X`` at every T, for two reasons.
 
     - Speed: in bf16 it keeps a T-token step near the cost of a 1-token one (AMX); ``F.linear`` does
       not (see shared/research/environment.md).
@@ -64,7 +91,7 @@ def _wx_mm(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([_wx_mm(weight, part) for part in x.split(WX_MAX_COLUMNS)])
 
 
-def products_row_invariant(weights: Sequence[torch.Tensor], rows: Sequence[int] = (0, 1, 2, 16, WX_MAX_COLUMNS - 1),
+def products_row_invariant(weights: Sequence[Weight], rows: Sequence[int] = (0, 1, 2, 16, WX_MAX_COLUMNS - 1),
                            widths: Sequence[int] = (2, 3, 17, 64, WX_MAX_COLUMNS)) -> bool:
     """Whether ``linear`` gives a row the same bits at these step widths as alone, on these weights
     and this machine. The math library picks its kernels by CPU: on an AMD EPYC (avx512_bf16, no
@@ -81,22 +108,27 @@ def products_row_invariant(weights: Sequence[torch.Tensor], rows: Sequence[int] 
     return True
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x: [T, in], weight: [out, in] -> [T, out]."""
+    if isinstance(weight, PackedLinear):
+        out = cpu_linear.linear(x, weight)
+        return out.add_(bias) if bias is not None else out
     if _wx_layout(x):
         out = _wx_mm(weight, x)
         return out + bias if bias is not None else out
     return F.linear(x, weight, bias)
 
 
-def linear_residual(x: torch.Tensor, weight_t: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """residual += x @ weight_t, in place (one addmm; 16-bit: the product rounded, then added, as HF
-    does). x: [T, in], weight_t: [in, out] (weight.t())."""
+def linear_residual(x: torch.Tensor, weight: Weight, residual: torch.Tensor) -> torch.Tensor:
+    """residual += x @ weight.t(), in place (16-bit: the product rounded, then added, as HF does).
+    x: [T, in], weight: [out, in], residual: [T, out] contiguous."""
+    if isinstance(weight, PackedLinear):
+        return cpu_linear.linear(x, weight, residual=residual)
     if _wx_layout(x):
         # the product comes transposed ([out, T] memory): adding it into the residual's [T, out] is
         # 2x faster from a contiguous copy than from the strided view (17 rows: 12.5 vs 29 us)
-        return residual.add_(_wx_mm(weight_t.t(), x).contiguous())
-    return residual.addmm_(x, weight_t)
+        return residual.add_(_wx_mm(weight, x).contiguous())
+    return residual.addmm_(x, weight.t())
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:

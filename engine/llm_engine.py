@@ -21,7 +21,7 @@ from engine.detokenizer import Detokenizer, FinishReason
 from engine.engine_config import EngineConfig
 from engine.kv_layout import KVLayout, dtype_from_name
 from engine.kv_pool import KVPool
-from engine.layers import ROW_INVARIANT_DTYPES, products_row_invariant
+from engine.layers import ROW_INVARIANT_DTYPES, products_row_invariant, step_tile
 from engine.lookahead.budget import key_reads
 from engine.lookahead.speculator import Speculator, compaction_slots, node_positions
 from engine.lookahead.tree import DraftTree
@@ -94,7 +94,8 @@ class LLMEngine:
                            "lookahead)", self.model.dtype)
         elif config.lookahead:
             self.speculator = Speculator(config.lookahead_max_depth, config.lookahead_width,
-                                         config.lookahead_max_step_tokens)
+                                         config.lookahead_max_step_tokens,
+                                         step_align=step_tile(self.model.weights.layers[0].qkv))
             self._calibrate()
         logger.info("engine ready: %d KV blocks of %d tokens (%.1f MiB)", num_blocks, config.block_size, self.kv.nbytes / 2**20)
 

@@ -14,19 +14,19 @@ from engine.attention.base import AttentionBackend
 from engine.batch import Batch
 from engine.config import ModelConfig
 from engine.kv_pool import KVPool
-from engine.layers import linear, linear_residual, rms_norm, silu_and_mul
+from engine.layers import Weight, linear, linear_residual, rms_norm, silu_and_mul
 from engine.rope import RotaryEmbedding, apply_rotary_
 
 
 @dataclass(slots=True)
 class LayerWeights:
     input_norm: torch.Tensor  # [hidden]
-    qkv: torch.Tensor  # [q_size + 2 * kv_size, hidden]
+    qkv: Weight  # [q_size + 2 * kv_size, hidden]
     qkv_bias: torch.Tensor | None  # [q_size + 2 * kv_size] (qwen2)
-    o: torch.Tensor  # [hidden, q_size]
+    o: Weight  # [hidden, q_size]
     post_norm: torch.Tensor  # [hidden]
-    gate_up: torch.Tensor  # [2 * intermediate, hidden]
-    down: torch.Tensor  # [hidden, intermediate]
+    gate_up: Weight  # [2 * intermediate, hidden]
+    down: Weight  # [hidden, intermediate]
 
 
 @dataclass(slots=True)
@@ -34,7 +34,7 @@ class ModelWeights:
     embed: torch.Tensor  # [vocab, hidden]
     layers: list[LayerWeights]
     norm: torch.Tensor  # [hidden]
-    lm_head: torch.Tensor  # [vocab, hidden] (the embedding itself when tied)
+    lm_head: Weight  # [vocab, hidden] (the embedding itself when tied, unless packed)
 
 
 class Model:
@@ -46,9 +46,6 @@ class Model:
         self.device = weights.embed.device
         self.rope = RotaryEmbedding(config.head_dim, config.max_position, config.rope_theta, config.rope_scaling)
         self.scale = config.head_dim**-0.5
-        # transposed views of the projections that add into the residual stream (addmm wants [in, out])
-        self._o_t = [lw.o.t() for lw in weights.layers]
-        self._down_t = [lw.down.t() for lw in weights.layers]
 
     @torch.inference_mode()
     def forward(self, batch: Batch, kv: KVPool) -> torch.Tensor:
@@ -59,14 +56,14 @@ class Model:
         plan = backend.plan(batch.attn)  # once per step, used by every layer
         cos, sin = self.rope.lookup(batch.attn.positions, self.dtype)  # [T, 1, head_dim]
         h = w.embed.index_select(0, batch.input_ids)  # [T, hidden]: the residual stream, updated in place
-        for lw, o_t, down_t, cache in zip(w.layers, self._o_t, self._down_t, kv.layers):
+        for lw, cache in zip(w.layers, kv.layers):
             qkv = linear(rms_norm(h, lw.input_norm, eps), lw.qkv, lw.qkv_bias).view(T, H + 2 * KVH, D)
             apply_rotary_(qkv[:, : H + KVH], cos, sin)  # q and k heads together
             q, k, v = qkv.split([H, KVH, KVH], dim=1)  # [T, heads | kv_heads, head_dim]
             backend.write_kv(cache, k, v, plan)
             attn = backend.attend(q, cache, plan, scale)  # [T, heads, head_dim]
-            h = linear_residual(attn.reshape(T, cfg.q_size), o_t, h)
-            h = linear_residual(silu_and_mul(linear(rms_norm(h, lw.post_norm, eps), lw.gate_up)), down_t, h)
+            h = linear_residual(attn.reshape(T, cfg.q_size), lw.o, h)
+            h = linear_residual(silu_and_mul(linear(rms_norm(h, lw.post_norm, eps), lw.gate_up)), lw.down, h)
         return rms_norm(h, w.norm, eps)
 
     @torch.inference_mode()

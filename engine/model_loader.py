@@ -11,6 +11,7 @@ from safetensors import safe_open
 from engine.attention.base import AttentionBackend
 from engine.config import ModelConfig
 from engine.errors import ModelLoadError
+from engine.layers import pack_weight
 from engine.model import LayerWeights, Model, ModelWeights
 
 logger = logging.getLogger(__name__)
@@ -74,12 +75,12 @@ def load_model(
         layers.append(
             LayerWeights(
                 input_norm=take(p + "input_layernorm.weight"),
-                qkv=qkv.contiguous(),
+                qkv=pack_weight(qkv.contiguous()),
                 qkv_bias=bias,
-                o=take(p + "self_attn.o_proj.weight"),
+                o=pack_weight(take(p + "self_attn.o_proj.weight")),
                 post_norm=take(p + "post_attention_layernorm.weight"),
-                gate_up=torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]).contiguous(),
-                down=take(p + "mlp.down_proj.weight"),
+                gate_up=pack_weight(torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])),
+                down=pack_weight(take(p + "mlp.down_proj.weight")),
             )
         )
     embed = take("model.embed_tokens.weight")
@@ -88,7 +89,8 @@ def load_model(
         if lm_head is None and not config.tie_word_embeddings:
             raise ModelLoadError("lm_head.weight missing and embeddings are not tied")
         lm_head = embed
-    weights = ModelWeights(embed=embed, layers=layers, norm=take("model.norm.weight"), lm_head=lm_head)
+    # a packed LM head is a copy even when tied: the embedding keeps its rows for lookups
+    weights = ModelWeights(embed=embed, layers=layers, norm=take("model.norm.weight"), lm_head=pack_weight(lm_head))
     leftover = [k for k in raw if "rotary_emb" not in k]
     if leftover:
         logger.warning("ignored %d unexpected weights, e.g. %s", len(leftover), leftover[:3])

@@ -21,61 +21,29 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from engine.paths import cache_dir
+from kernels import cpu_build
 
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_suffix(".cpp")
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _MAX_TOKENS = 8 * 0xFFFF  # CHUNK_TOKENS x the 16-bit chunk field of a work item (cpu_attention.cpp)
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++20", "-fno-fast-math", "-ffp-contract=fast"]
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def library_path() -> Path:
     """Where the built library lives: one per source, compiler flags and CPU."""
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(_FLAGS).encode() + _cpu_flags().encode()).hexdigest()[:16]
-    return cache_dir() / "build" / f"grove_cpu_attention-{platform.machine()}-{key}.so"
+    return cpu_build.library_path(SOURCE)
 
 
 def build() -> Path:
     """Compiles the library if it is not built yet; raises RuntimeError with the compiler's output."""
-    path = library_path()
-    if path.exists():
-        return path
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        raise RuntimeError("no C++ compiler (g++) on PATH")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # build aside, then rename: atomic
-        out = Path(tmp) / path.name
-        proc = subprocess.run([cxx, *_FLAGS, str(SOURCE), "-o", str(out)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cxx} failed to build {SOURCE.name}:\n{proc.stderr[-2000:]}")
-        os.replace(out, path)
-    logger.info("built %s", path)
-    return path
+    return cpu_build.build(SOURCE)
 
 
 @functools.cache

@@ -21,13 +21,13 @@ from engine.sequence import Sequence as Seq
 
 logger = logging.getLogger(__name__)
 PROBE_DEPTH = 2
-# Matrix products run on tiles of 16 columns (AMX or avx512_bf16 on a CPU, tensor cores on a GPU),
-# so a step's cost jumps just past a multiple of 16 tokens. Intel with AMX, one sequence behind 300
-# tokens, bf16, 2 threads, 40 alternations: 16 tokens 42.7 ms, 17 46.1; 32 tokens 52.8, 33 57.7
-# (fp32 +3-4%). AMD EPYC (avx512_bf16), the model's products alone: 16 columns 17.9 ms, 17 28.2;
-# 32 19.7, 33 30.6. A width-2 tree
-# of depth 8 or 16 is 17 or 33 step tokens. A step that passes a multiple by at most STEP_ALIGN // 4
-# tokens drops that many draft nodes (``align`` below).
+# Matrix products run on tiles of 16 columns (AMX or avx512_bf16 on a CPU, tensor cores on a GPU;
+# Grove's bf16 CPU kernel: 14, engine.layers.step_tile), so a step's cost jumps just past a
+# multiple. Intel with AMX, one sequence behind 300 tokens, bf16, 2 threads, 40 alternations: 16
+# tokens 42.7 ms, 17 46.1; 32 tokens 52.8, 33 57.7 (fp32 +3-4%). AMD EPYC (avx512_bf16), torch's
+# products alone: 16 columns 17.9 ms, 17 28.2; 32 19.7, 33 30.6. A width-2 tree of depth 8 or 16
+# is 17 or 33 step tokens. A step that passes a multiple by at most STEP_ALIGN // 4 tokens drops
+# that many draft nodes (``align`` below). The default; the engine passes its model's.
 STEP_ALIGN = 16
 
 
@@ -48,12 +48,13 @@ class Verified:
 
 
 class Speculator:
-    def __init__(self, max_depth: int, width: int, max_step_tokens: int) -> None:
+    def __init__(self, max_depth: int, width: int, max_step_tokens: int, step_align: int = STEP_ALIGN) -> None:
         self.drafter = Drafter(DrafterConfig(window=max_depth))  # the global trie stores drafts' depth
         self.cost = StepCostModel()
         self.max_depth = max_depth
         self.width = width
         self.max_step_tokens = max_step_tokens
+        self.step_align = step_align
         self.acceptance = AcceptanceModel()
         self.stats = SpecStats()
 
@@ -95,7 +96,7 @@ class Speculator:
                 acc.drafted(s.request_id, cls)
             else:
                 acc.idle(s.request_id, cls)
-        align(base_tokens, list(out.values()), STEP_ALIGN)  # trims, never empties a tree
+        align(base_tokens, list(out.values()), self.step_align)  # trims, never empties a tree
         return out
 
     def verify(self, seq: Seq, tree: DraftTree, sampled: list[int]) -> Verified:

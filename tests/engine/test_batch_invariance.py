@@ -27,7 +27,7 @@ from engine.attention.cpu_backend import CpuAttentionBackend
 from engine.attention.torch_backend import TorchAttentionBackend
 from engine.batch import SeqInput, plan_batch
 from engine.engine_config import EngineConfig
-from engine.layers import WX_MAX_COLUMNS, linear, linear_residual, products_row_invariant
+from engine.layers import WX_MAX_COLUMNS, linear, linear_residual, pack_weight, products_row_invariant
 from engine.llm_engine import LLMEngine
 from engine.reference import compare_greedy, hf_greedy
 from engine.sampling_params import SamplingParams
@@ -38,9 +38,10 @@ from tests.prompts import code_edit_ids, engine_prompts
 SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576)]
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["torch", "packed"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_products_are_row_invariant(shape: tuple[int, int], dtype: torch.dtype) -> None:
+def test_products_are_row_invariant(shape: tuple[int, int], dtype: torch.dtype, packed: bool) -> None:
     """Every row of ``linear`` / ``linear_residual`` over T rows equals that row computed alone,
     for every T up to the piece width and for wider inputs that are cut into pieces (the widths
     where the unpieced product on 2 threads changed algorithm: 256-340).
@@ -48,18 +49,23 @@ def test_products_are_row_invariant(shape: tuple[int, int], dtype: torch.dtype) 
     bf16, the CPU serving dtype, must hold. fp16 depends on the CPU's math kernels (it held on an
     Intel CPU with AMX and avx512_fp16, and differs at T=2 on an AMD EPYC): where it does not, the
     probe the engine runs at start (``products_row_invariant``) must say so, which turns lookahead
-    off for that engine (next test)."""
+    off for that engine (next test).
+
+    packed: the weight as the engine loads it (``pack_weight``: Grove's bf16 kernel where the CPU
+    has AVX512-BF16, else unchanged), the path a bf16 engine serves on."""
     gen = torch.Generator().manual_seed(sum(shape))
     out_f, in_f = shape
     w = (torch.randn(out_f, in_f, generator=gen) * 0.05).to(dtype)
+    if packed:
+        w = pack_weight(w)
     x = torch.randn(340, in_f, generator=gen).to(dtype)
     res = torch.randn(340, out_f, generator=gen).to(dtype)
     alone = torch.cat([linear(x[i:i + 1], w) for i in range(x.shape[0])])
-    alone_res = torch.cat([linear_residual(x[i:i + 1], w.t(), res[i:i + 1].clone()) for i in range(x.shape[0])])
+    alone_res = torch.cat([linear_residual(x[i:i + 1], w, res[i:i + 1].clone()) for i in range(x.shape[0])])
     widths = list(range(1, WX_MAX_COLUMNS + 1, 3 if out_f > 10_000 else 1)) + [WX_MAX_COLUMNS + 1, 256, 266, 300, 340]
     differ = [f"linear at T={t}" for t in widths if not torch.equal(linear(x[:t], w), alone[:t])]
     differ += [f"residual at T={t}" for t in (1, 2, 7, 64, WX_MAX_COLUMNS, 300)
-               if not torch.equal(linear_residual(x[:t], w.t(), res[:t].clone()), alone_res[:t])]
+               if not torch.equal(linear_residual(x[:t], w, res[:t].clone()), alone_res[:t])]
     if dtype == torch.bfloat16:
         assert differ == []
     assert products_row_invariant([w]) == (differ == []), differ

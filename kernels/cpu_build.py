@@ -1,0 +1,59 @@
+"""Builds Grove's C++ CPU kernels (``cpu_attention.cpp``, ``cpu_linear.cpp``) with the system compiler.
+
+Each library is compiled once for this machine (``-march=native``) into Grove's cache, keyed by its
+source, the flags and the CPU's feature flags, and loaded with ctypes after torch, so its OpenMP
+regions run in the pool torch already loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from engine.paths import cache_dir
+
+logger = logging.getLogger(__name__)
+
+# No -ffast-math: the kernels' row invariance rests on the compiler keeping their summation order.
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++20", "-fno-fast-math", "-ffp-contract=fast"]
+
+
+def cpu_flags() -> str:
+    """The CPU's feature flags (/proc/cpuinfo), which decide what -march=native compiles for."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def library_path(source: Path) -> Path:
+    """Where ``source``'s library lives: one per source, compiler flags and CPU."""
+    key = hashlib.sha256(source.read_bytes() + " ".join(FLAGS).encode() + cpu_flags().encode()).hexdigest()[:16]
+    return cache_dir() / "build" / f"grove_{source.stem}-{platform.machine()}-{key}.so"
+
+
+def build(source: Path) -> Path:
+    """Compiles ``source`` if its library is not built yet; raises RuntimeError with the compiler's output."""
+    path = library_path(source)
+    if path.exists():
+        return path
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (g++) on PATH")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # build aside, then rename: atomic
+        out = Path(tmp) / path.name
+        proc = subprocess.run([cxx, *FLAGS, str(source), "-o", str(out)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cxx} failed to build {source.name}:\n{proc.stderr[-2000:]}")
+        os.replace(out, path)
+    logger.info("built %s", path)
+    return path

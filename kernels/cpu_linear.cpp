@@ -1,0 +1,127 @@
+// bf16 products on the CPU (AVX512-BF16): Grove's replacement for torch's bf16 matmul in decode.
+//
+//   y[t, o] = bf16( sum_i x[t, i] * W[o, i] )            (optionally y = bf16(residual + that))
+//
+// Weights are packed once at load time, 32 output rows side by side per pair of inputs (the layout
+// VDPBF16PS multiplies): packed[p][i / 2][r][i % 2] = W[32 p + r][i], rows past `out` zero. One
+// register then holds 16 output rows of one token and the sum over inputs runs along the register
+// lanes, so no horizontal reduction is ever needed.
+//
+// Row invariance is the contract, as for cpu_attention.cpp: an output element (t, o) is one lane
+// of one accumulator that starts at zero and takes VDPBF16PS over input pairs 0, 1, 2, ... in
+// order, whatever the number of tokens, the tile it falls in or the thread that runs it. So a
+// token gets the same bits alone as inside a lookahead tree or a batch of 16. (torch's bf16
+// products do not promise that: F.linear's bits change with the number of rows.)
+//
+// Why: decoding reads every weight once per step and computes little with it. torch's bf16 matmul
+// takes 26-32 ms for SmolLM2's products at 1 token on an AMD EPYC without AMX (F.linear 16-24);
+// this kernel 5 ms (the weights streamed at ~50 GB/s), 8-10 ms at 16 tokens, and stays ahead up to
+// 512 tokens (95 vs 123 ms at 256) where it is bound by the multiply rate.
+//
+// Tiles: a thread takes whole panels (32 rows); within one it runs tiles of up to 14 tokens,
+// re-reading the panel from L1/L2 for each. A step's cost therefore jumps past each multiple of 14
+// tokens (with tiles of 12, the model's products: 12 tokens 6.4 ms, 13 7.8; 24 9.1, 25 10.9), which
+// the speculator aligns its steps to (engine.layers.step_tile).
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#include <immintrin.h>
+
+namespace {
+
+constexpr int PANEL = 32;  // output rows per panel: two registers of 16 fp32
+constexpr int MAX_C = 14;  // tokens per tile (2 x 14 accumulators + 2 weights + 1 broadcast of 32 registers)
+constexpr int PREFETCH = 48;  // input pairs ahead (6 KiB of the panel; 16 and 96 measured alike, 48 best by ~1 ms at 16-24 tokens)
+
+// fp32 -> bf16, rounded to nearest even as torch's .to(torch.bfloat16) does (denormals kept)
+inline __m256i to_bf16(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7FC0));
+  return _mm512_cvtepi32_epi16(rounded);
+}
+
+inline __m512 from_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+
+// 16 output rows of one token: rounded (+ the residual's 16, rounded again) and stored; `rows` < 16
+// stores only the first rows (the panel past `out`)
+inline void store(__m512 acc, uint16_t* y, int rows, bool add_residual) {
+  const __mmask16 m = rows >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (rows > 0 ? rows : 0)) - 1);
+  __m256i h = to_bf16(acc);
+  if (add_residual) h = to_bf16(_mm512_add_ps(from_bf16(h), from_bf16(_mm256_maskz_loadu_epi16(m, y))));
+  _mm256_mask_storeu_epi16(y, m, h);
+}
+
+// C tokens x one panel. x32: the tile's first token as input pairs (row stride xs pairs);
+// w: the panel ([kp_n][32] pairs); y: the tile's first token's output at the panel's first row.
+template <int C>
+void tile(const uint32_t* __restrict w, const uint32_t* __restrict x32, int64_t xs, int64_t kp_n, uint16_t* y,
+          int64_t ys, int rows, bool add_residual) {
+  __m512 lo[C], hi[C];
+  for (int c = 0; c < C; ++c) lo[c] = hi[c] = _mm512_setzero_ps();
+  for (int64_t kp = 0; kp < kp_n; ++kp) {
+    const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + kp * PANEL);
+    const __m512bh w1 = (__m512bh)_mm512_loadu_si512(w + kp * PANEL + 16);
+    _mm_prefetch(reinterpret_cast<const char*>(w + (kp + PREFETCH) * PANEL), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w + (kp + PREFETCH) * PANEL + 16), _MM_HINT_T0);
+#pragma GCC unroll 14
+    for (int c = 0; c < C; ++c) {
+      const __m512bh b = (__m512bh)_mm512_set1_epi32(static_cast<int>(x32[c * xs + kp]));
+      lo[c] = _mm512_dpbf16_ps(lo[c], w0, b);
+      hi[c] = _mm512_dpbf16_ps(hi[c], w1, b);
+    }
+  }
+  for (int c = 0; c < C; ++c) {
+    store(lo[c], y + c * ys, rows, add_residual);
+    store(hi[c], y + c * ys + 16, rows - 16, add_residual);
+  }
+}
+
+void run_tile(int c, const uint32_t* w, const uint32_t* x32, int64_t xs, int64_t kp_n, uint16_t* y, int64_t ys,
+              int rows, bool add_residual) {
+  switch (c) {
+#define TILE_CASE(n) \
+  case n: tile<n>(w, x32, xs, kp_n, y, ys, rows, add_residual); break;
+    TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6)
+    TILE_CASE(7) TILE_CASE(8) TILE_CASE(9) TILE_CASE(10) TILE_CASE(11) TILE_CASE(12) TILE_CASE(13) TILE_CASE(14)
+#undef TILE_CASE
+  }
+}
+
+}  // namespace
+
+extern "C" int grove_linear_supported() { return 1; }
+
+// x: [T, in] bf16 (row stride xs elements, even); packed: [ceil(out / 32)][in / 2][32][2] bf16;
+// y: [T, out] bf16 (row stride ys). add_residual: y holds the residual and receives residual + x W^T.
+// Returns 0, or 1 for an odd in / xs.
+extern "C" int grove_linear_bf16(const uint16_t* x, int64_t T, int64_t in, int64_t xs, const uint16_t* packed,
+                                 int64_t out, uint16_t* y, int64_t ys, int add_residual, int num_threads) {
+  if (in % 2 || xs % 2) return 1;
+  const int64_t kp_n = in / 2, panels = (out + PANEL - 1) / PANEL;
+  const uint32_t* w32 = reinterpret_cast<const uint32_t*>(packed);
+  const uint32_t* x32 = reinterpret_cast<const uint32_t*>(x);
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+  for (int64_t p = 0; p < panels; ++p) {
+    const int rows = static_cast<int>(out - p * PANEL < PANEL ? out - p * PANEL : PANEL);
+    for (int64_t t0 = 0; t0 < T; t0 += MAX_C) {
+      const int c = static_cast<int>(T - t0 < MAX_C ? T - t0 : MAX_C);
+      run_tile(c, w32 + p * kp_n * PANEL, x32 + t0 * (xs / 2), xs / 2, kp_n, y + t0 * ys + p * PANEL, ys, rows,
+               add_residual != 0);
+    }
+  }
+  return 0;
+}
+
+#else  // no AVX512-BF16: the engine keeps torch's products
+
+extern "C" int grove_linear_supported() { return 0; }
+extern "C" int grove_linear_bf16(const uint16_t*, int64_t, int64_t, int64_t, const uint16_t*, int64_t, uint16_t*,
+                                 int64_t, int, int) {
+  return 2;
+}
+
+#endif

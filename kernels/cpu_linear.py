@@ -1,0 +1,131 @@
+"""bf16 products on the CPU (``cpu_linear.cpp``, AVX512-BF16): built once with the system C++
+compiler, called through ctypes on the tensors' memory.
+
+    packed = pack(weight)                 # once, at load: [out, in] -> PackedLinear
+    y = linear(x, packed)                 # [T, in] -> [T, out], bf16
+    linear(x, packed, residual=h)         # h += x W^T in place (the product rounded, then added)
+
+The kernel is row-invariant by construction (see the .cpp): a token's output has the same bits
+whatever else shares the step, which is what lookahead needs to be exact. ``linear_ref`` is the
+readable reference (fp32 sums, rounded once): the kernel agrees with it to bf16 rounding, not bit
+for bit, since the order of the sums differs.
+
+Without AVX512-BF16 (or without a compiler) ``available()`` is False and the engine keeps torch's
+products. Threads: the kernel runs in torch's OpenMP pool with ``torch.get_num_threads()`` threads.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kernels import cpu_build
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_suffix(".cpp")
+PANEL = 32  # output rows per packed panel (cpu_linear.cpp)
+TILE_TOKENS = 14  # tokens per pass over a panel (MAX_C in cpu_linear.cpp): a step's cost jumps past each multiple
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    try:
+        lib = ctypes.CDLL(str(cpu_build.build(SOURCE)))  # after torch: binds to the libgomp torch loaded
+    except (RuntimeError, OSError) as exc:
+        logger.warning("CPU linear kernel unavailable, torch computes the products: %s", exc)
+        return None
+    if not lib.grove_linear_supported():
+        logger.info("CPU linear kernel: this CPU has no AVX512-BF16, torch computes the products")
+        return None
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.grove_linear_bf16.argtypes = [p, i64, i64, i64, p, i64, p, i64, ctypes.c_int, ctypes.c_int]
+    lib.grove_linear_bf16.restype = ctypes.c_int
+    return lib
+
+
+def available() -> bool:
+    """True when the kernel builds, loads and this CPU runs it (AVX512-BF16)."""
+    return _library() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PackedLinear:
+    """A bf16 weight [out, in] in the kernel's layout: data[p, i // 2, r, i % 2] = W[32 p + r, i]."""
+
+    data: torch.Tensor  # [ceil(out / 32), in / 2, 32, 2] bf16, contiguous; rows past out are zero
+    out_features: int
+    in_features: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.out_features, self.in_features
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.data.dtype
+
+    def unpack(self) -> torch.Tensor:
+        """The weight back as [out, in] (for checks)."""
+        panels = self.data.shape[0]
+        return self.data.permute(0, 2, 1, 3).reshape(panels * PANEL, self.in_features)[: self.out_features]
+
+
+def pack(weight: torch.Tensor) -> PackedLinear:
+    """weight: [out, in] bf16 on the CPU, in even."""
+    if weight.dim() != 2 or weight.dtype != torch.bfloat16 or weight.device.type != "cpu":
+        raise ValueError(f"pack takes a 2-d bf16 CPU weight, got {tuple(weight.shape)} {weight.dtype} on {weight.device}")
+    out, inp = weight.shape
+    if inp % 2:
+        raise ValueError(f"the kernel takes inputs in pairs: in_features {inp} is odd")
+    panels = -(-out // PANEL)
+    padded = torch.zeros(panels * PANEL, inp, dtype=weight.dtype)
+    padded[:out] = weight
+    data = padded.view(panels, PANEL, inp // 2, 2).permute(0, 2, 1, 3).contiguous()
+    return PackedLinear(data, out, inp)
+
+
+def linear(x: torch.Tensor, weight: PackedLinear, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x: [T, in] bf16 -> [T, out] bf16. With ``residual`` ([T, out] bf16, contiguous): adds the
+    product (rounded to bf16) into it in place and returns it, as ``residual += x @ W.t()`` does."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the CPU linear kernel is not available (see the log for why)")
+    T = x.shape[0]
+    if x.dim() != 2 or x.shape[1] != weight.in_features or x.dtype != torch.bfloat16 or x.device.type != "cpu":
+        raise ValueError(f"x must be [T, {weight.in_features}] bf16 on the CPU, got {tuple(x.shape)} {x.dtype} on {x.device}")
+    if x.stride(1) != 1 or x.stride(0) % 2:
+        x = x.contiguous()
+    if residual is None:
+        y = torch.empty(T, weight.out_features, dtype=torch.bfloat16)
+    else:
+        if residual.shape != (T, weight.out_features) or residual.dtype != torch.bfloat16 or not residual.is_contiguous():
+            raise ValueError(f"residual must be a contiguous [{T}, {weight.out_features}] bf16 tensor, "
+                             f"got {tuple(residual.shape)} {residual.dtype}")
+        y = residual
+    if T == 0:
+        return y
+    rc = lib.grove_linear_bf16(x.data_ptr(), T, weight.in_features, x.stride(0), weight.data.data_ptr(),
+                               weight.out_features, y.data_ptr(), y.stride(0), int(residual is not None),
+                               max(1, torch.get_num_threads()))
+    if rc != 0:
+        raise RuntimeError(f"grove_linear_bf16 returned {rc}")
+    return y
+
+
+def linear_ref(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """The readable reference: fp32 sums of bf16 products, rounded to bf16 once (then added to the
+    residual and rounded again). x: [T, in], weight: [out, in]."""
+    y = (x.float() @ weight.float().t()).to(torch.bfloat16)
+    return y if residual is None else residual.add_(y)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ok = available()
+    logger.info("CPU linear kernel: %s", cpu_build.library_path(SOURCE) if ok else "not available on this machine")
+    raise SystemExit(0 if ok else 1)
