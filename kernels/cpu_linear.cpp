@@ -18,15 +18,18 @@
 // this kernel 5 ms (the weights streamed at ~50 GB/s), 8-10 ms at 16 tokens, and stays ahead up to
 // 512 tokens (95 vs 123 ms at 256) where it is bound by the multiply rate.
 //
-// Tiles: a thread takes whole panels (32 rows); within one it runs tiles of up to 14 tokens,
-// re-reading the panel from L1/L2 for each. A step's cost therefore jumps past each multiple of 14
-// tokens (with tiles of 12, the model's products: 12 tokens 6.4 ms, 13 7.8; 24 9.1, 25 10.9), which
-// the speculator aligns its steps to (engine.layers.step_tile).
+// Tiles: a thread takes a contiguous range of panels (32 rows each), in groups of 6 that stay in L2
+// while every tile of up to 14 tokens passes over them, so the weights come from memory once per
+// step. A tail tile of few tokens (T = 15: 14 + 1) runs over several panels at once, which hides
+// the multiply's latency (its accumulators alone are too few). Still, a step's cost jumps past
+// each multiple of 14 tokens (with tiles of 12, the model's products: 12 tokens 6.4 ms, 13 7.8; 24
+// 9.1, 25 10.9), which the speculator aligns its steps to (engine.layers.step_tile).
 #include <cstdint>
 #include <cstring>
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
 #include <immintrin.h>
+#include <omp.h>
 
 namespace {
 
@@ -55,38 +58,67 @@ inline void store(__m512 acc, uint16_t* y, int rows, bool add_residual) {
   _mm256_mask_storeu_epi16(y, m, h);
 }
 
-// C tokens x one panel. x32: the tile's first token as input pairs (row stride xs pairs);
-// w: the panel ([kp_n][32] pairs); y: the tile's first token's output at the panel's first row.
-template <int C>
+// C tokens x P panels (P > 1 only for small C: a tile needs ~12 independent accumulators to hide
+// VDPBF16PS's latency, and interleaving panels changes no element's order of sums).
+// x32: the tile's first token as input pairs (row stride xs pairs); w: the first panel ([kp_n][32]
+// pairs, the next panels follow at kp_n * 32); y: the tile's first token's output at the first
+// panel's first row; rows: output rows left from there (the last panel may be cut short).
+template <int C, int P>
 void tile(const uint32_t* __restrict w, const uint32_t* __restrict x32, int64_t xs, int64_t kp_n, uint16_t* y,
-          int64_t ys, int rows, bool add_residual) {
-  __m512 lo[C], hi[C];
-  for (int c = 0; c < C; ++c) lo[c] = hi[c] = _mm512_setzero_ps();
+          int64_t ys, int64_t rows, bool add_residual) {
+  __m512 acc[P][2][C];
+  for (int p = 0; p < P; ++p)
+    for (int c = 0; c < C; ++c) acc[p][0][c] = acc[p][1][c] = _mm512_setzero_ps();
+  const int64_t panel_pairs = kp_n * PANEL;
   for (int64_t kp = 0; kp < kp_n; ++kp) {
-    const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + kp * PANEL);
-    const __m512bh w1 = (__m512bh)_mm512_loadu_si512(w + kp * PANEL + 16);
-    _mm_prefetch(reinterpret_cast<const char*>(w + (kp + PREFETCH) * PANEL), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w + (kp + PREFETCH) * PANEL + 16), _MM_HINT_T0);
+    __m512bh wv[P][2];
+#pragma GCC unroll 6
+    for (int p = 0; p < P; ++p) {
+      const uint32_t* wp = w + p * panel_pairs + kp * PANEL;
+      wv[p][0] = (__m512bh)_mm512_loadu_si512(wp);
+      wv[p][1] = (__m512bh)_mm512_loadu_si512(wp + 16);
+      _mm_prefetch(reinterpret_cast<const char*>(wp + PREFETCH * PANEL), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(wp + PREFETCH * PANEL + 16), _MM_HINT_T0);
+    }
 #pragma GCC unroll 14
     for (int c = 0; c < C; ++c) {
       const __m512bh b = (__m512bh)_mm512_set1_epi32(static_cast<int>(x32[c * xs + kp]));
-      lo[c] = _mm512_dpbf16_ps(lo[c], w0, b);
-      hi[c] = _mm512_dpbf16_ps(hi[c], w1, b);
+#pragma GCC unroll 6
+      for (int p = 0; p < P; ++p) {
+        acc[p][0][c] = _mm512_dpbf16_ps(acc[p][0][c], wv[p][0], b);
+        acc[p][1][c] = _mm512_dpbf16_ps(acc[p][1][c], wv[p][1], b);
+      }
     }
   }
-  for (int c = 0; c < C; ++c) {
-    store(lo[c], y + c * ys, rows, add_residual);
-    store(hi[c], y + c * ys + 16, rows - 16, add_residual);
-  }
+  for (int p = 0; p < P; ++p)
+    for (int c = 0; c < C; ++c) {
+      const int64_t left = rows - p * PANEL;
+      store(acc[p][0][c], y + c * ys + p * PANEL, static_cast<int>(left < 16 ? left : 16), add_residual);
+      store(acc[p][1][c], y + c * ys + p * PANEL + 16, static_cast<int>(left < 32 ? left - 16 : 16), add_residual);
+    }
 }
 
-void run_tile(int c, const uint32_t* w, const uint32_t* x32, int64_t xs, int64_t kp_n, uint16_t* y, int64_t ys,
-              int rows, bool add_residual) {
+// Panels side by side for a tile of c tokens: enough for 12 accumulators, within the registers
+constexpr int panels_for(int c) { return c >= 6 ? 1 : c >= 3 ? 2 : c == 2 ? 3 : 6; }
+constexpr int MAX_P = 6;
+
+template <int C, int P>
+void tile_panels(int np, const uint32_t* w, const uint32_t* x32, int64_t xs, int64_t kp_n, uint16_t* y, int64_t ys,
+                 int64_t rows, bool add_residual) {
+  if constexpr (P > 1) {
+    if (np < P) return tile_panels<C, P - 1>(np, w, x32, xs, kp_n, y, ys, rows, add_residual);
+  }
+  tile<C, P>(w, x32, xs, kp_n, y, ys, rows, add_residual);
+}
+
+// A tile of c tokens over np <= panels_for(c) consecutive panels
+void run_tile(int c, int np, const uint32_t* w, const uint32_t* x32, int64_t xs, int64_t kp_n, uint16_t* y,
+              int64_t ys, int64_t rows, bool add_residual) {
   switch (c) {
 #define TILE_CASE(n) \
-  case n: tile<n>(w, x32, xs, kp_n, y, ys, rows, add_residual); break;
-    TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6)
-    TILE_CASE(7) TILE_CASE(8) TILE_CASE(9) TILE_CASE(10) TILE_CASE(11) TILE_CASE(12) TILE_CASE(13) TILE_CASE(14)
+  case n: tile_panels<n, panels_for(n)>(np, w, x32, xs, kp_n, y, ys, rows, add_residual); break;
+    TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6) TILE_CASE(7)
+    TILE_CASE(8) TILE_CASE(9) TILE_CASE(10) TILE_CASE(11) TILE_CASE(12) TILE_CASE(13) TILE_CASE(14)
 #undef TILE_CASE
   }
 }
@@ -104,13 +136,26 @@ extern "C" int grove_linear_bf16(const uint16_t* x, int64_t T, int64_t in, int64
   const int64_t kp_n = in / 2, panels = (out + PANEL - 1) / PANEL;
   const uint32_t* w32 = reinterpret_cast<const uint32_t*>(packed);
   const uint32_t* x32 = reinterpret_cast<const uint32_t*>(x);
-#pragma omp parallel for schedule(static) num_threads(num_threads)
-  for (int64_t p = 0; p < panels; ++p) {
-    const int rows = static_cast<int>(out - p * PANEL < PANEL ? out - p * PANEL : PANEL);
-    for (int64_t t0 = 0; t0 < T; t0 += MAX_C) {
-      const int c = static_cast<int>(T - t0 < MAX_C ? T - t0 : MAX_C);
-      run_tile(c, w32 + p * kp_n * PANEL, x32 + t0 * (xs / 2), xs / 2, kp_n, y + t0 * ys + p * PANEL, ys, rows,
-               add_residual != 0);
+  const int64_t tile_c = MAX_C;
+#pragma omp parallel num_threads(num_threads)
+  {
+    // each thread a contiguous range of panels, in groups of MAX_P: a group's panels stay in L2
+    // while every token tile passes over them (weights are read from memory once per step)
+    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t p_end = panels * (tid + 1) / nt;
+    for (int64_t g = panels * tid / nt; g < p_end; g += MAX_P) {
+      const int64_t g_end = g + MAX_P < p_end ? g + MAX_P : p_end;
+      for (int64_t t0 = 0; t0 < T; t0 += tile_c) {
+        const int c = static_cast<int>(T - t0 < tile_c ? T - t0 : tile_c);
+        // a single tile streams the weights from memory, which hides the latency anyway (and one
+        // stream per thread measured faster at 1 token); a tail tile re-reads them from L2
+        const int step = T > MAX_C ? panels_for(c) : 1;
+        for (int64_t p = g; p < g_end; p += step) {
+          const int np = static_cast<int>(g_end - p < step ? g_end - p : step);
+          run_tile(c, np, w32 + p * kp_n * PANEL, x32 + t0 * (xs / 2), xs / 2, kp_n, y + t0 * ys + p * PANEL, ys,
+                   out - p * PANEL, add_residual != 0);
+        }
+      }
     }
   }
   return 0;
