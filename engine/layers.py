@@ -119,6 +119,16 @@ def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) ->
     return F.linear(x, weight, bias)
 
 
+def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: Weight,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``linear(rms_norm(x, norm_weight, eps), weight, bias)``; one kernel call where the weight is
+    packed (the norm's eight torch ops cost ~1 ms of a 9 ms bf16 decode step over 60 norms)."""
+    if isinstance(weight, PackedLinear):
+        out = cpu_linear.linear(x, weight, norm=(norm_weight, eps))
+        return out.add_(bias) if bias is not None else out
+    return linear(rms_norm(x, norm_weight, eps), weight, bias)
+
+
 def linear_residual(x: torch.Tensor, weight: Weight, residual: torch.Tensor) -> torch.Tensor:
     """residual += x @ weight.t(), in place (16-bit: the product rounded, then added, as HF does).
     x: [T, in], weight: [out, in], residual: [T, out] contiguous."""

@@ -24,8 +24,10 @@
 // the multiply's latency (its accumulators alone are too few). Still, a step's cost jumps past
 // each multiple of 14 tokens (with tiles of 12, the model's products: 12 tokens 6.4 ms, 13 7.8; 24
 // 9.1, 25 10.9), which the speculator aligns its steps to (engine.layers.step_tile).
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
 #include <immintrin.h>
@@ -123,22 +125,62 @@ void run_tile(int c, int np, const uint32_t* w, const uint32_t* x32, int64_t xs,
   }
 }
 
+// HF's RMSNorm of one row, in its arithmetic: r = 1 / sqrt(mean(x^2) + eps) in fp32, n = bf16(x r),
+// out = bf16(w n). The sum of squares runs over 16-lane partial sums in input order, then their
+// lanes in a fixed order: the row's own arithmetic only (torch's mean sums in another order, so a
+// rare element differs from the unfused path by one bf16 rounding).
+void rms_norm_row(const uint16_t* x, const uint16_t* w, int64_t n, float eps, uint16_t* out) {
+  __m512 sq = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = from_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
+    sq = _mm512_fmadd_ps(v, v, sq);
+  }
+  if (i < n) {
+    const __mmask16 m = __mmask16((1u << (n - i)) - 1);
+    const __m512 v = from_bf16(_mm256_maskz_loadu_epi16(m, x + i));
+    sq = _mm512_fmadd_ps(v, v, sq);
+  }
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, sq);
+  float sum = 0.0f;
+  for (float l : lanes) sum += l;
+  const __m512 r = _mm512_set1_ps(1.0f / std::sqrt(sum / static_cast<float>(n) + eps));
+  for (i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    const __m512 normed = from_bf16(to_bf16(_mm512_mul_ps(from_bf16(_mm256_maskz_loadu_epi16(m, x + i)), r)));
+    const __m512 scaled = _mm512_mul_ps(from_bf16(_mm256_maskz_loadu_epi16(m, w + i)), normed);
+    _mm256_mask_storeu_epi16(out + i, m, to_bf16(scaled));
+  }
+}
+
 }  // namespace
 
 extern "C" int grove_linear_supported() { return 1; }
 
 // x: [T, in] bf16 (row stride xs elements, even); packed: [ceil(out / 32)][in / 2][32][2] bf16;
 // y: [T, out] bf16 (row stride ys). add_residual: y holds the residual and receives residual + x W^T.
-// Returns 0, or 1 for an odd in / xs.
+// norm_w: null, or an RMSNorm weight [in] applied to x's rows first (y = rms_norm(x) W^T, one call
+// where torch runs eight ops). Returns 0, or 1 for an odd in / xs.
 extern "C" int grove_linear_bf16(const uint16_t* x, int64_t T, int64_t in, int64_t xs, const uint16_t* packed,
-                                 int64_t out, uint16_t* y, int64_t ys, int add_residual, int num_threads) {
+                                 int64_t out, uint16_t* y, int64_t ys, int add_residual, const uint16_t* norm_w,
+                                 float eps, int num_threads) {
   if (in % 2 || xs % 2) return 1;
   const int64_t kp_n = in / 2, panels = (out + PANEL - 1) / PANEL;
   const uint32_t* w32 = reinterpret_cast<const uint32_t*>(packed);
-  const uint32_t* x32 = reinterpret_cast<const uint32_t*>(x);
+  thread_local std::vector<uint16_t> normed;  // the caller's thread's scratch, shared with its team
+  if (norm_w != nullptr) normed.resize(static_cast<size_t>(T * in));
+  uint16_t* const scratch = normed.data();  // inside the team `normed` names each thread's own
+  // the products' input: x, or its normalized rows (stride in)
+  const uint32_t* x32 = reinterpret_cast<const uint32_t*>(norm_w != nullptr ? scratch : x);
+  const int64_t x32s = (norm_w != nullptr ? in : xs) / 2;
   const int64_t tile_c = MAX_C;
 #pragma omp parallel num_threads(num_threads)
   {
+    if (norm_w != nullptr) {
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < T; ++t) rms_norm_row(x + t * xs, norm_w, in, eps, scratch + t * in);
+    }
     // each thread a contiguous range of panels, in groups of MAX_P: a group's panels stay in L2
     // while every token tile passes over them (weights are read from memory once per step)
     const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
@@ -152,7 +194,7 @@ extern "C" int grove_linear_bf16(const uint16_t* x, int64_t T, int64_t in, int64
         const int step = T > MAX_C ? panels_for(c) : 1;
         for (int64_t p = g; p < g_end; p += step) {
           const int np = static_cast<int>(g_end - p < step ? g_end - p : step);
-          run_tile(c, np, w32 + p * kp_n * PANEL, x32 + t0 * (xs / 2), xs / 2, kp_n, y + t0 * ys + p * PANEL, ys,
+          run_tile(c, np, w32 + p * kp_n * PANEL, x32 + t0 * x32s, x32s, kp_n, y + t0 * ys + p * PANEL, ys,
                    out - p * PANEL, add_residual != 0);
         }
       }
@@ -165,7 +207,7 @@ extern "C" int grove_linear_bf16(const uint16_t* x, int64_t T, int64_t in, int64
 
 extern "C" int grove_linear_supported() { return 0; }
 extern "C" int grove_linear_bf16(const uint16_t*, int64_t, int64_t, int64_t, const uint16_t*, int64_t, uint16_t*,
-                                 int64_t, int, int) {
+                                 int64_t, int, const uint16_t*, float, int) {
   return 2;
 }
 

@@ -43,7 +43,7 @@ def _library() -> ctypes.CDLL | None:
         logger.info("CPU linear kernel: this CPU has no AVX512-BF16, torch computes the products")
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.grove_linear_bf16.argtypes = [p, i64, i64, i64, p, i64, p, i64, ctypes.c_int, ctypes.c_int]
+    lib.grove_linear_bf16.argtypes = [p, i64, i64, i64, p, i64, p, i64, ctypes.c_int, p, ctypes.c_float, ctypes.c_int]
     lib.grove_linear_bf16.restype = ctypes.c_int
     return lib
 
@@ -89,9 +89,12 @@ def pack(weight: torch.Tensor) -> PackedLinear:
     return PackedLinear(data, out, inp)
 
 
-def linear(x: torch.Tensor, weight: PackedLinear, residual: torch.Tensor | None = None) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: PackedLinear, residual: torch.Tensor | None = None,
+           norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """x: [T, in] bf16 -> [T, out] bf16. With ``residual`` ([T, out] bf16, contiguous): adds the
-    product (rounded to bf16) into it in place and returns it, as ``residual += x @ W.t()`` does."""
+    product (rounded to bf16) into it in place and returns it, as ``residual += x @ W.t()`` does.
+    With ``norm`` = (weight [in] bf16, eps): the product of HF's RMSNorm of x's rows, normalized in
+    the same call (``linear_ref``'s arithmetic; the sum of squares in the kernel's order)."""
     lib = _library()
     if lib is None:
         raise RuntimeError("the CPU linear kernel is not available (see the log for why)")
@@ -107,19 +110,32 @@ def linear(x: torch.Tensor, weight: PackedLinear, residual: torch.Tensor | None 
             raise ValueError(f"residual must be a contiguous [{T}, {weight.out_features}] bf16 tensor, "
                              f"got {tuple(residual.shape)} {residual.dtype}")
         y = residual
+    norm_ptr, eps = None, 0.0
+    if norm is not None:
+        norm_w, eps = norm
+        if norm_w.shape != (weight.in_features,) or norm_w.dtype != torch.bfloat16 or not norm_w.is_contiguous():
+            raise ValueError(f"the norm weight must be a contiguous [{weight.in_features}] bf16 tensor, "
+                             f"got {tuple(norm_w.shape)} {norm_w.dtype}")
+        norm_ptr = norm_w.data_ptr()
     if T == 0:
         return y
     rc = lib.grove_linear_bf16(x.data_ptr(), T, weight.in_features, x.stride(0), weight.data.data_ptr(),
-                               weight.out_features, y.data_ptr(), y.stride(0), int(residual is not None),
-                               max(1, torch.get_num_threads()))
+                               weight.out_features, y.data_ptr(), y.stride(0), int(residual is not None), norm_ptr,
+                               eps, max(1, torch.get_num_threads()))
     if rc != 0:
         raise RuntimeError(f"grove_linear_bf16 returned {rc}")
     return y
 
 
-def linear_ref(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+def linear_ref(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None,
+               norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """The readable reference: fp32 sums of bf16 products, rounded to bf16 once (then added to the
-    residual and rounded again). x: [T, in], weight: [out, in]."""
+    residual and rounded again). x: [T, in], weight: [out, in]. ``norm``: HF's RMSNorm first
+    (fp32 statistics, the normalized row rounded, then scaled by the weight in bf16)."""
+    if norm is not None:
+        norm_w, eps = norm
+        xf = x.float()
+        x = norm_w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(torch.bfloat16)
     y = (x.float() @ weight.float().t()).to(torch.bfloat16)
     return y if residual is None else residual.add_(y)
 

@@ -95,3 +95,27 @@ def test_pack_round_trips_and_checks_inputs() -> None:
     # a strided input (a view of every other column pair) is made contiguous first
     wide = torch.randn(3, 16).bfloat16()
     assert torch.equal(linear(wide[:, ::2], p), linear(wide[:, ::2].contiguous(), p))
+
+
+@pytest.mark.parametrize("shape", [(33, 576), (960, 576), (100, 34)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("T", [1, 15])
+def test_fused_norm(shape: tuple[int, int], T: int) -> None:
+    """norm= gives the product of HF's RMSNorm of the rows: within one bf16 rounding of the
+    reference on the normalized inputs, mostly equal, and row-invariant."""
+    out_f, in_f = shape
+    w, x = _data(out_f, in_f, T, seed=8)
+    x = x * 3 + 1  # rows whose scale the norm changes
+    norm_w = (1 + 0.1 * torch.randn(in_f, generator=torch.Generator().manual_seed(9))).bfloat16()
+    p = pack(w)
+    y = linear(x, p, norm=(norm_w, 1e-5))
+    ref = linear_ref(x, w, norm=(norm_w, 1e-5))
+    xn = norm_w * (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5)).bfloat16()
+    exact = xn.double() @ w.double().t()
+    # the normalized row itself may differ in a rare element by one rounding: 2 ulps of slack
+    tol = exact.abs() * 2.0**-6 + (xn.double().abs() @ w.double().abs().t()) * 2.0**-8
+    assert ((y.double() - exact).abs() <= tol).all()
+    assert (y == ref).float().mean() > 0.9
+    alone = torch.cat([linear(x[i:i + 1], p, norm=(norm_w, 1e-5)) for i in range(T)])
+    assert torch.equal(y, alone)
+    with pytest.raises(ValueError, match="norm weight"):
+        linear(x, p, norm=(norm_w[:-2], 1e-5))
