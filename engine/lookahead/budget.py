@@ -44,12 +44,14 @@ class StepCostModel:
         self.draft_factor = 1.0
         self._ratio: dict[bool, float] = {}  # drafted? -> running mean of actual / priced seconds
         self._curve: list[tuple[float, float]] | None = None  # the points by tokens; None after an observe
+        self._memo: dict[int, float] = {}  # tokens -> f(tokens) on the current curve
 
     def observe(self, tokens: int, seconds: float, key_reads: int = 0) -> None:
         seconds = max(seconds - self.per_key_read * key_reads, 1e-6)
         b = 1 << max(0, (tokens - 1).bit_length())  # bucket (b/2, b]: next power of two
         old = self.points.get(b)
         self._curve = None
+        self._memo.clear()
         if old is None:
             self.points[b] = (float(tokens), seconds)
         else:
@@ -70,6 +72,12 @@ class StepCostModel:
         return self._token_cost(tokens) + self.per_key_read * key_reads + (self.group_overhead if extra_group else 0.0)
 
     def _token_cost(self, tokens: int) -> float:
+        cached = self._memo.get(tokens)
+        if cached is None:
+            cached = self._memo[tokens] = self._interpolate(tokens)
+        return cached
+
+    def _interpolate(self, tokens: int) -> float:
         if not self.points:
             return float(tokens)  # uncalibrated: assume linear (drafts then only pay off when accepted)
         if self._curve is None:  # the planner prices many candidate steps between two observes
@@ -133,6 +141,8 @@ def plan_depths(rhos: list[float], base_tokens: int, cost: StepCostModel, max_de
         while True:
             best = None
             for i, rho in enumerate(rhos):
+                if rho <= 0.0:  # nothing to expect (no cache continues it): no depth can pay
+                    continue
                 for d in levels:  # any deeper level: a jump can pay off where one step does not
                     if d <= depths[i]:
                         continue

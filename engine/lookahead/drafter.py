@@ -86,10 +86,13 @@ class Drafter:
             tok = tokens[last]
             grown: list[tuple[int, TrieNode]] = []
             for first, node in win.open:  # windows tokens[first .. last - 1] grow by tok
-                node = child(node, tok)
-                node.count += 1.0
+                # trie.child inlined: this loop is most of a decoding step's drafting work
+                nxt = node.children.get(tok)
+                if nxt is None:
+                    nxt = child(node, tok)
+                nxt.count += 1.0
                 if last - first + 1 < w:
-                    grown.append((first, node))
+                    grown.append((first, nxt))
             for k in keys:  # a window opens at tok under each key that fits before it
                 if last >= k:
                     root = trie.root(tuple(tokens[last - k : last]))
