@@ -28,7 +28,7 @@ from engine.lookahead.tree import DraftTree
 from engine.model import Model
 from engine.model_loader import load_model, model_fingerprint
 from engine.prefix_cache import PrefixCache
-from engine.sampling import SamplingBatch, sample
+from engine.sampling import SamplingBatch, greedy_pick, sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from engine.sequence import Sequence as Seq
@@ -273,6 +273,10 @@ class LLMEngine:
     def _sample(self, scheduled: list[ScheduledSeq], logits: torch.Tensor,
                 drafts: dict[str, DraftTree]) -> tuple[list[int], list[tuple[float, list[int], list[float]] | None]]:
         """One row per sampling position (a tree has one per node), in logits order."""
+        if all(s.seq.params.greedy and s.seq.params.logprobs is None and not s.seq.params.has_penalties
+               for s in scheduled if s.samples):
+            # greedy rows need only their argmax (sample()'s rule): no per-row tensors to build
+            return greedy_pick(logits).tolist(), [None] * logits.shape[0]
         params, seeds, positions, prompts, outputs = [], [], [], [], []
         for s in scheduled:
             if not s.samples:

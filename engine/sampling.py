@@ -14,6 +14,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from engine.sampling_params import SamplingParams
+from kernels import cpu_greedy
 
 _MASK64 = (1 << 64) - 1
 
@@ -142,11 +143,20 @@ def filter_logits(logits: torch.Tensor, s: SamplingBatch) -> torch.Tensor:
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 
+def greedy_pick(logits: torch.Tensor) -> torch.Tensor:
+    """[N, V] -> each row's argmax, the first among equals (``max(dim=-1).indices``: 2-3x faster
+    than argmax on CPU); fp32 CPU rows by Grove's kernel where it builds (another 10x at 14 rows)."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2 \
+            and logits.stride(1) == 1 and cpu_greedy.available():
+        return cpu_greedy.argmax_rows(logits)
+    return logits.max(dim=-1).indices
+
+
 def sample(logits: torch.Tensor, s: SamplingBatch) -> SampleOutput:
     """logits: [N, V] fp32 -> one token per row."""
     raw = logits
     logits = apply_penalties(logits, s)
-    greedy_tokens = logits.max(dim=-1).indices  # argmax's first-max tie rule, 2-3x faster on CPU
+    greedy_tokens = greedy_pick(logits)
     if s.all_greedy:
         tokens = greedy_tokens
     else:
