@@ -4,9 +4,11 @@ A lookahead step computes a token inside a tree of drafts, beside other sequence
 decoding computes the same token alone. In fp32 the two round differently by ~1e-7, which no
 greedy test has noticed; in bf16 one differently rounded element changes the next layer's
 inputs, and greedy output parted ways after 27-52 tokens on 7 of 14 prompts. So every op on the
-16-bit path must give a row the same bits whatever else is in its step: ``W @ X`` products in pieces of at most
-``WX_MAX_COLUMNS`` columns (engine.layers) and attention in fp64 (engine.attention.torch_backend)
-or in the C++ kernel, row-invariant by construction (kernels/cpu_attention.cpp, the CPU default).
+16-bit path must give a row the same bits whatever else is in its step: bf16 products by Grove's
+packed kernel where the CPU has AVX512-BF16 (kernels/cpu_linear.cpp), else ``W @ X`` in pieces of
+at most ``WX_MAX_COLUMNS`` columns (engine.layers), and attention in fp64
+(engine.attention.torch_backend) or in the C++ kernel (kernels/cpu_attention.cpp, the CPU
+default); the kernels are row-invariant by construction.
 
 Checked here bit for bit: the products over the bundled model's shapes, attention for a tree token
 vs the same token decoded alone (in a batch with padding, and alone), and the real model in bf16:
