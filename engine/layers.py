@@ -108,11 +108,16 @@ def products_row_invariant(weights: Sequence[Weight], rows: Sequence[int] = (0, 
     return True
 
 
+def _packed_linear(x: torch.Tensor, weight: PackedLinear, bias: torch.Tensor | None,
+                   norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+    out = cpu_linear.linear(x, weight, norm=norm)
+    return out.add_(bias) if bias is not None else out
+
+
 def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x: [T, in], weight: [out, in] -> [T, out]."""
     if isinstance(weight, PackedLinear):
-        out = cpu_linear.linear(x, weight)
-        return out.add_(bias) if bias is not None else out
+        return _packed_linear(x, weight, bias)
     if _wx_layout(x):
         out = _wx_mm(weight, x)
         return out + bias if bias is not None else out
@@ -124,8 +129,7 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: 
     """``linear(rms_norm(x, norm_weight, eps), weight, bias)``; one kernel call where the weight is
     packed (the norm's eight torch ops cost ~1 ms of a 9 ms bf16 decode step over 60 norms)."""
     if isinstance(weight, PackedLinear):
-        out = cpu_linear.linear(x, weight, norm=(norm_weight, eps))
-        return out.add_(bias) if bias is not None else out
+        return _packed_linear(x, weight, bias, norm=(norm_weight, eps))
     return linear(rms_norm(x, norm_weight, eps), weight, bias)
 
 

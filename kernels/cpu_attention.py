@@ -48,10 +48,8 @@ def build() -> Path:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    try:
-        lib = ctypes.CDLL(str(build()))  # after torch: binds to the libgomp torch loaded
-    except (RuntimeError, OSError) as exc:
-        logger.warning("CPU attention kernel unavailable, attending with the torch backend: %s", exc)
+    lib = cpu_build.load(SOURCE, "attending with the torch backend")
+    if lib is None:
         return None
     fn = lib.grove_paged_attention
     p, i64 = ctypes.c_void_p, ctypes.c_int64

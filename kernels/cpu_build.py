@@ -6,6 +6,7 @@ regions run in the pool torch already loaded.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
@@ -57,3 +58,14 @@ def build(source: Path) -> Path:
         os.replace(out, path)
     logger.info("built %s", path)
     return path
+
+
+def load(source: Path, fallback: str) -> ctypes.CDLL | None:
+    """``source``'s library, built if needed and loaded after torch (so it binds to the libgomp
+    torch loaded); None, with a warning naming ``fallback`` (what the engine does instead), when it
+    cannot be built or loaded."""
+    try:
+        return ctypes.CDLL(str(build(source)))
+    except (RuntimeError, OSError) as exc:
+        logger.warning("%s unavailable, %s: %s", source.name, fallback, exc)
+        return None

@@ -24,10 +24,8 @@ SOURCE = Path(__file__).with_suffix(".cpp")
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    try:
-        lib = ctypes.CDLL(str(cpu_build.build(SOURCE)))  # after torch: binds to the libgomp torch loaded
-    except (RuntimeError, OSError) as exc:
-        logger.warning("CPU greedy kernel unavailable, torch picks greedy tokens: %s", exc)
+    lib = cpu_build.load(SOURCE, "torch picks greedy tokens")
+    if lib is None:
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.grove_argmax_rows.argtypes = [p, i64, i64, i64, p, ctypes.c_int]

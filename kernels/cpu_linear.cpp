@@ -20,8 +20,9 @@
 //
 // Tiles: a thread takes a contiguous range of panels (32 rows each), in groups of 6 that stay in L2
 // while every tile of up to 14 tokens passes over them, so the weights come from memory once per
-// step. A tail tile of few tokens (T = 15: 14 + 1) runs over several panels at once, which hides
-// the multiply's latency (its accumulators alone are too few). Still, a step's cost jumps past
+// step. A tail tile of few tokens (T = 15: 14 + 1) runs over several panels at once, so it has
+// ~12 independent accumulators to cover the multiply's latency (measured 0.3-0.5 ms off the
+// model's products at 15-16 tokens in some runs, within the noise in others). A step's cost jumps past
 // each multiple of 14 tokens (with tiles of 12, the model's products: 12 tokens 6.4 ms, 13 7.8; 24
 // 9.1, 25 10.9), which the speculator aligns its steps to (engine.layers.step_tile).
 #include <cmath>
@@ -37,7 +38,7 @@ namespace {
 
 constexpr int PANEL = 32;  // output rows per panel: two registers of 16 fp32
 constexpr int MAX_C = 14;  // tokens per tile (2 x 14 accumulators + 2 weights + 1 broadcast of 32 registers)
-constexpr int PREFETCH = 48;  // input pairs ahead (6 KiB of the panel; 16 and 96 measured alike, 48 best by ~1 ms at 16-24 tokens)
+constexpr int PREFETCH = 48;  // input pairs ahead (6 KiB of the panel). The model's products at 16 and 24 tokens: 16 pairs 8.3 / 10.1 ms, 48 7.4 / 8.9, 96 7.3 / 8.7; alike at 1-12
 
 // fp32 -> bf16, rounded to nearest even as torch's .to(torch.bfloat16) does (denormals kept)
 inline __m256i to_bf16(__m512 v) {

@@ -34,10 +34,8 @@ TILE_TOKENS = 14  # tokens per pass over a panel (MAX_C in cpu_linear.cpp): a st
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    try:
-        lib = ctypes.CDLL(str(cpu_build.build(SOURCE)))  # after torch: binds to the libgomp torch loaded
-    except (RuntimeError, OSError) as exc:
-        logger.warning("CPU linear kernel unavailable, torch computes the products: %s", exc)
+    lib = cpu_build.load(SOURCE, "torch computes the products")
+    if lib is None:
         return None
     if not lib.grove_linear_supported():
         logger.info("CPU linear kernel: this CPU has no AVX512-BF16, torch computes the products")
@@ -60,7 +58,7 @@ class PackedLinear:
     data: torch.Tensor  # [ceil(out / 32), in / 2, 32, 2] bf16, contiguous; rows past out are zero
     out_features: int
     in_features: int
-    ptr: int = 0  # data's address (taken once: a decode step makes ~120 calls)
+    ptr: int  # data.data_ptr(), taken once at packing (a decode step makes ~120 calls)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -121,7 +119,7 @@ def linear(x: torch.Tensor, weight: PackedLinear, residual: torch.Tensor | None 
         norm_ptr = norm_w.data_ptr()
     if T == 0:
         return y
-    rc = lib.grove_linear_bf16(x.data_ptr(), T, weight.in_features, weight.in_features, weight.ptr or weight.data.data_ptr(),
+    rc = lib.grove_linear_bf16(x.data_ptr(), T, weight.in_features, weight.in_features, weight.ptr,
                                weight.out_features, y.data_ptr(), weight.out_features, residual is not None, norm_ptr,
                                eps, torch.get_num_threads())
     if rc != 0:

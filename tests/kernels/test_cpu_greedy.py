@@ -44,8 +44,9 @@ def test_ties_special_rows_and_strides() -> None:
         cpu_greedy.argmax_rows(x.double())
 
 
-def test_sampler_uses_it_for_greedy_rows() -> None:
-    """sample() picks greedy rows with it, mixed with sampled rows, as torch would."""
+def test_sampler_picks_greedy_rows_as_torch() -> None:
+    """sample() and greedy_pick (the kernel on CPU fp32) pick greedy rows, mixed with sampled
+    rows, as torch's max does."""
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(6, 1000, generator=gen)
     params = [SamplingParams(temperature=0.0), SamplingParams(temperature=1.0, seed=1)] * 3
