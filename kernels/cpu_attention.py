@@ -56,7 +56,17 @@ def _library() -> ctypes.CDLL | None:
     fn.argtypes = [p, p, p, ctypes.c_int32, ctypes.c_int32, i64, i64, i64, i64, i64, p, i64, p, p, i64, p, i64, p, i64,
                    ctypes.c_float, p, ctypes.c_int32]
     fn.restype = ctypes.c_int
+    lib.grove_attention_bf16_dot.argtypes = []
+    lib.grove_attention_bf16_dot.restype = ctypes.c_int
     return lib
+
+
+def bf16_dot() -> bool:
+    """True when the kernel scores bf16 queries against a bf16 cache with VDPBF16PS (two dims per
+    multiply-add, products exact in fp32): then a bf16 q and the same q in fp32 get close results,
+    not the same bits (an fp32 q takes the fp32 FMA chain)."""
+    lib = _library()
+    return lib is not None and bool(lib.grove_attention_bf16_dot())
 
 
 def available() -> bool:
