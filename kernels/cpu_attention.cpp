@@ -193,11 +193,11 @@ inline void score_rows_bf16(const uint32_t* qp, const v16f* kt, int64_t P, int64
     default: break;
   }
 }
-constexpr int SIDE_TILES = 4;  // tiles scored side by side (the bf16 path)
 constexpr bool BF16_DOT = true;
 #else
 constexpr bool BF16_DOT = false;
 #endif
+constexpr int SIDE_TILES = 4;  // tiles scored side by side (the bf16 path)
 
 // Cache lines ahead of the key being read: a tile's keys sit in one block and blocks are scattered
 // in the pool, so the hardware prefetchers start over at every block. No arithmetic depends on it.

@@ -16,7 +16,19 @@
 // Why: decoding reads every weight once per step and computes little with it. torch's bf16 matmul
 // takes 26-32 ms for SmolLM2's products at 1 token on an AMD EPYC without AMX (F.linear 16-24);
 // this kernel 5 ms (the weights streamed at ~50 GB/s), 8-10 ms at 16 tokens, and stays ahead up to
-// 512 tokens (95 vs 123 ms at 256) where it is bound by the multiply rate.
+// 512 tokens (95 vs 123 ms at 256) where it is bound by the multiply rate. (On CPUs with AMX, the AMX path below.)
+//
+// Two paths over the same packed weights, chosen per weight at packing (so a weight's rows always
+// take the same one, and row invariance holds within it):
+// - AMX (CPUs with amx_bf16, inputs a multiple of 32): TDPBF16PS on 16-token x 16-row tiles. The
+//   packed panel already is the B tile's layout (16 input pairs x 16 rows x 2, at a row stride of
+//   the panel's 32 rows), so no second copy of the weights. Every token runs in a 16-row A tile
+//   (a step's tail rows padded with zeros, one token alone included), and an output element is one
+//   element of one C tile that starts at zero and takes TDPBF16PS over input chunks 0, 1, 2, ... in
+//   order: row-invariant by construction, as below. On an Intel Xeon (Sapphire Rapids), SmolLM2's
+//   products: VDPBF16PS 7.5 ms at 1 token but 28 ms at 14 and 236 at 128; torch's AMX matmul 23 ms
+//   at 1, 41 at 128.
+// - VDPBF16PS (AVX512-BF16, below): the path on CPUs without AMX.
 //
 // Tiles: a thread takes a contiguous range of panels (32 rows each), in groups of 6 that stay in L2
 // while every tile of up to 14 tokens passes over them, so the weights come from memory once per
@@ -204,11 +216,164 @@ extern "C" int grove_linear_bf16(const uint16_t* x, int64_t T, int64_t in, int64
   return 0;
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// AMX path
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#include <sys/syscall.h>
+#include <unistd.h>
+
+namespace {
+
+constexpr int AMX_ROWS = 16;    // tokens per A tile (and per C tile)
+constexpr int AMX_K = 32;       // inputs per A tile row (64 bytes of bf16): 16 pairs, one B tile's rows
+// input chunks ahead (4 x 2 KiB of the panel), prefetched into L1. SmolLM2's products, 30 distinct
+// layers: into L2 (T1) 16 ms at 1 token, 52-59 at 128; into L1 12-15 and 26-45 (the machine's noise)
+constexpr int AMX_PREFETCH = 4;
+
+// Linux hands AMX's tile state to a process only on request (arch_prctl, once per process)
+bool amx_permitted() {
+  static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+  return ok;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Every tile 16 rows x 64 bytes. Tiles 0-3: C (token tile m, output half h) at 2 m + h; 4, 5: A
+// (token tiles 0, 1); 6, 7: B (the panel's halves). Loaded in every thread at every call: the
+// tile configuration is per thread, and torch's oneDNN kernels load their own in the same threads.
+void load_tile_config() {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = AMX_ROWS;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// MT (1 or 2) token tiles x one panel (32 rows): c[MT * 16][32] fp32 receives the sums.
+// w: the panel ([kp_n][32][2] bf16); x: the tile's first token (row stride xs elements, 16 * MT
+// readable rows).
+template <int MT>
+void amx_panel(const uint16_t* __restrict w, int64_t kp_n, const uint16_t* __restrict x, int64_t xs, float* c) {
+  _tile_zero(0);
+  _tile_zero(1);
+  if constexpr (MT == 2) {
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  const int64_t chunks = kp_n * 2 / AMX_K;
+  for (int64_t kc = 0; kc < chunks; ++kc) {
+    const uint16_t* wk = w + kc * (AMX_K / 2) * PANEL * 2;  // 16 pairs x 32 rows x 2
+    const char* ahead = reinterpret_cast<const char*>(wk + AMX_PREFETCH * (AMX_K / 2) * PANEL * 2);
+    for (int line = 0; line < 2048; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+    _tile_loadd(6, wk, PANEL * 4);       // rows: input pairs; columns: the panel's rows 0-15 x 2
+    _tile_loadd(7, wk + 32, PANEL * 4);  // rows 16-31
+    _tile_loadd(4, x + kc * AMX_K, xs * 2);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    if constexpr (MT == 2) {
+      _tile_loadd(5, x + AMX_ROWS * xs + kc * AMX_K, xs * 2);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, c, PANEL * 4);
+  _tile_stored(1, c + 16, PANEL * 4);
+  if constexpr (MT == 2) {
+    _tile_stored(2, c + AMX_ROWS * PANEL, PANEL * 4);
+    _tile_stored(3, c + AMX_ROWS * PANEL + 16, PANEL * 4);
+  }
+}
+
+}  // namespace
+
+extern "C" int grove_linear_amx_supported() { return amx_permitted() ? 1 : 0; }
+
+// As grove_linear_bf16 (same packed weights), on AMX tiles; in must be a multiple of 32.
+// Returns 0, 1 for an `in` that is not, 2 when the kernel holds no AMX permission.
+extern "C" int grove_linear_amx(const uint16_t* x, int64_t T, int64_t in, int64_t xs, const uint16_t* packed,
+                                int64_t out, uint16_t* y, int64_t ys, int add_residual, const uint16_t* norm_w,
+                                float eps, int num_threads) {
+  if (in % AMX_K) return 1;
+  if (!amx_permitted()) return 2;
+  const int64_t kp_n = in / 2, panels = (out + PANEL - 1) / PANEL;
+  const int64_t T16 = (T + AMX_ROWS - 1) / AMX_ROWS * AMX_ROWS;
+  // tiles read 16 rows: a step's tail (and normalized rows) come from a scratch of T16 rows whose
+  // rows past T are zero, so no tile reads past the caller's x (the caller's thread's scratch)
+  thread_local std::vector<uint16_t> padded;
+  const bool copy = norm_w != nullptr || T % AMX_ROWS != 0;
+  if (copy) {
+    padded.resize(static_cast<size_t>(T16 * in));
+    std::memset(padded.data() + T * in, 0, static_cast<size_t>((T16 - T) * in) * 2);
+  }
+  uint16_t* const scratch = padded.data();
+  const uint16_t* const xa = copy ? scratch : x;
+  const int64_t xas = copy ? in : xs;
+#pragma omp parallel num_threads(num_threads)
+  {
+    if (copy) {
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < T; ++t) {
+        if (norm_w != nullptr) rms_norm_row(x + t * xs, norm_w, in, eps, scratch + t * in);
+        else std::memcpy(scratch + t * in, x + t * xs, static_cast<size_t>(in) * 2);
+      }
+    }
+    load_tile_config();
+    alignas(64) float c[2 * AMX_ROWS * PANEL];
+    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t p_end = panels * (tid + 1) / nt;
+    // a group of panels stays in L2 while every token tile passes over it
+    for (int64_t g = panels * tid / nt; g < p_end; g += MAX_P) {
+      const int64_t g_end = g + MAX_P < p_end ? g + MAX_P : p_end;
+      for (int64_t t0 = 0; t0 < T16; t0 += 2 * AMX_ROWS) {
+        const bool two = T16 - t0 > AMX_ROWS;
+        const int64_t tokens = (T - t0 < 2 * AMX_ROWS ? T - t0 : 2 * AMX_ROWS);
+        for (int64_t p = g; p < g_end; ++p) {
+          const uint16_t* wp = packed + p * kp_n * PANEL * 2;
+          if (two) amx_panel<2>(wp, kp_n, xa + t0 * xas, xas, c);
+          else amx_panel<1>(wp, kp_n, xa + t0 * xas, xas, c);
+          const int64_t rows = out - p * PANEL;
+          for (int64_t t = 0; t < tokens; ++t) {
+            uint16_t* yt = y + (t0 + t) * ys + p * PANEL;
+            store(_mm512_load_ps(c + t * PANEL), yt, static_cast<int>(rows < 16 ? rows : 16), add_residual != 0);
+            store(_mm512_load_ps(c + t * PANEL + 16), yt + 16, static_cast<int>(rows < 32 ? rows - 16 : 16),
+                  add_residual != 0);
+          }
+        }
+      }
+    }
+    _tile_release();
+  }
+  return 0;
+}
+
+#else
+
+extern "C" int grove_linear_amx_supported() { return 0; }
+extern "C" int grove_linear_amx(const uint16_t*, int64_t, int64_t, int64_t, const uint16_t*, int64_t, uint16_t*,
+                                int64_t, int, const uint16_t*, float, int) {
+  return 2;
+}
+
+#endif
+
 #else  // no AVX512-BF16: the engine keeps torch's products
 
 extern "C" int grove_linear_supported() { return 0; }
 extern "C" int grove_linear_bf16(const uint16_t*, int64_t, int64_t, int64_t, const uint16_t*, int64_t, uint16_t*,
                                  int64_t, int, const uint16_t*, float, int) {
+  return 2;
+}
+extern "C" int grove_linear_amx_supported() { return 0; }
+extern "C" int grove_linear_amx(const uint16_t*, int64_t, int64_t, int64_t, const uint16_t*, int64_t, uint16_t*,
+                                int64_t, int, const uint16_t*, float, int) {
   return 2;
 }
 

@@ -1,11 +1,12 @@
-"""bf16 products on the CPU (``cpu_linear.cpp``, AVX512-BF16): built once with the system C++
-compiler, called through ctypes on the tensors' memory.
+"""bf16 products on the CPU (``cpu_linear.cpp``: AMX tiles, else AVX512-BF16): built once with the
+system C++ compiler, called through ctypes on the tensors' memory.
 
     packed = pack(weight)                 # once, at load: [out, in] -> PackedLinear
     y = linear(x, packed)                 # [T, in] -> [T, out], bf16
     linear(x, packed, residual=h)         # h += x W^T in place (the product rounded, then added)
 
-The kernel is row-invariant by construction (see the .cpp): a token's output has the same bits
+Each packed weight takes one of two paths, fixed at packing: AMX tiles where the CPU has them and
+``in`` is a multiple of 32, else VDPBF16PS. Each is row-invariant by construction (see the .cpp): a token's output has the same bits
 whatever else shares the step, which is what lookahead needs to be exact. ``linear_ref`` is the
 readable reference (fp32 sums, rounded once): the kernel agrees with it to bf16 rounding, not bit
 for bit, since the order of the sums differs.
@@ -29,7 +30,9 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_suffix(".cpp")
 PANEL = 32  # output rows per packed panel (cpu_linear.cpp)
-TILE_TOKENS = 14  # tokens per pass over a panel (MAX_C in cpu_linear.cpp): a step's cost jumps past each multiple
+TILE_TOKENS = 14  # VDPBF16PS path: tokens per pass over a panel (MAX_C): a step's cost jumps past each multiple
+AMX_TILE_TOKENS = 16  # AMX path: tokens per A tile (AMX_ROWS)
+AMX_K = 32  # AMX path: the inputs must be a multiple of this (one A tile row)
 
 
 @functools.cache
@@ -43,6 +46,8 @@ def _library() -> ctypes.CDLL | None:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.grove_linear_bf16.argtypes = [p, i64, i64, i64, p, i64, p, i64, ctypes.c_int, p, ctypes.c_float, ctypes.c_int]
     lib.grove_linear_bf16.restype = ctypes.c_int
+    lib.grove_linear_amx.argtypes = lib.grove_linear_bf16.argtypes
+    lib.grove_linear_amx.restype = ctypes.c_int
     return lib
 
 
@@ -51,14 +56,28 @@ def available() -> bool:
     return _library() is not None
 
 
+@functools.cache
+def amx_available() -> bool:
+    """True when the kernel was built with AMX (the CPU has amx_bf16) and Linux granted the tiles."""
+    lib = _library()
+    return lib is not None and bool(lib.grove_linear_amx_supported())
+
+
 @dataclass(frozen=True, slots=True)
 class PackedLinear:
-    """A bf16 weight [out, in] in the kernel's layout: data[p, i // 2, r, i % 2] = W[32 p + r, i]."""
+    """A bf16 weight [out, in] in the kernel's layout: data[p, i // 2, r, i % 2] = W[32 p + r, i].
+    Both paths read this layout (for AMX it is the B tiles' own, at a row stride of 32 rows)."""
 
     data: torch.Tensor  # [ceil(out / 32), in / 2, 32, 2] bf16, contiguous; rows past out are zero
     out_features: int
     in_features: int
     ptr: int  # data.data_ptr(), taken once at packing (a decode step makes ~120 calls)
+    amx: bool  # the path, fixed for the weight so that its rows always take the same one
+
+    @property
+    def tile_tokens(self) -> int:
+        """Tokens the path takes in one pass over the weights: a step's cost jumps just past each multiple."""
+        return AMX_TILE_TOKENS if self.amx else TILE_TOKENS
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -74,18 +93,22 @@ class PackedLinear:
         return self.data.permute(0, 2, 1, 3).reshape(panels * PANEL, self.in_features)[: self.out_features]
 
 
-def pack(weight: torch.Tensor) -> PackedLinear:
-    """weight: [out, in] bf16 on the CPU, in even."""
+def pack(weight: torch.Tensor, amx: bool | None = None) -> PackedLinear:
+    """weight: [out, in] bf16 on the CPU, in even. ``amx``: the path; by default AMX where the CPU
+    has it and ``in`` is a multiple of AMX_K (True where it cannot run is an error)."""
     if weight.dim() != 2 or weight.dtype != torch.bfloat16 or weight.device.type != "cpu":
         raise ValueError(f"pack takes a 2-d bf16 CPU weight, got {tuple(weight.shape)} {weight.dtype} on {weight.device}")
     out, inp = weight.shape
     if inp % 2:
         raise ValueError(f"the kernel takes inputs in pairs: in_features {inp} is odd")
+    can_amx = amx_available() and inp % AMX_K == 0
+    if amx and not can_amx:
+        raise ValueError(f"the AMX path needs AMX and in_features a multiple of {AMX_K} (got {inp})")
     panels = -(-out // PANEL)
     padded = torch.zeros(panels * PANEL, inp, dtype=weight.dtype)
     padded[:out] = weight
     data = padded.view(panels, PANEL, inp // 2, 2).permute(0, 2, 1, 3).contiguous()
-    return PackedLinear(data, out, inp, data.data_ptr())
+    return PackedLinear(data, out, inp, data.data_ptr(), can_amx if amx is None else amx)
 
 
 def linear(x: torch.Tensor, weight: PackedLinear, residual: torch.Tensor | None = None,
@@ -119,11 +142,12 @@ def linear(x: torch.Tensor, weight: PackedLinear, residual: torch.Tensor | None 
         norm_ptr = norm_w.data_ptr()
     if T == 0:
         return y
-    rc = lib.grove_linear_bf16(x.data_ptr(), T, weight.in_features, weight.in_features, weight.ptr,
+    call = lib.grove_linear_amx if weight.amx else lib.grove_linear_bf16
+    rc = call(x.data_ptr(), T, weight.in_features, weight.in_features, weight.ptr,
                                weight.out_features, y.data_ptr(), weight.out_features, residual is not None, norm_ptr,
                                eps, torch.get_num_threads())
     if rc != 0:
-        raise RuntimeError(f"grove_linear_bf16 returned {rc}")
+        raise RuntimeError(f"the CPU linear kernel ({'AMX' if weight.amx else 'VDPBF16PS'}) returned {rc}")
     return y
 
 
@@ -143,5 +167,6 @@ def linear_ref(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | N
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ok = available()
-    logger.info("CPU linear kernel: %s", cpu_build.library_path(SOURCE) if ok else "not available on this machine")
+    logger.info("CPU linear kernel: %s%s", cpu_build.library_path(SOURCE) if ok else "not available on this machine",
+                " (AMX tiles)" if ok and amx_available() else "")
     raise SystemExit(0 if ok else 1)
