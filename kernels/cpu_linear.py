@@ -6,10 +6,10 @@ system C++ compiler, called through ctypes on the tensors' memory.
     linear(x, packed, residual=h)         # h += x W^T in place (the product rounded, then added)
 
 Each packed weight takes one of two paths, fixed at packing: AMX tiles where the CPU has them and
-``in`` is a multiple of 32, else VDPBF16PS. Each is row-invariant by construction (see the .cpp): a token's output has the same bits
-whatever else shares the step, which is what lookahead needs to be exact. ``linear_ref`` is the
-readable reference (fp32 sums, rounded once): the kernel agrees with it to bf16 rounding, not bit
-for bit, since the order of the sums differs.
+``in`` is a multiple of 32, else VDPBF16PS. Each is row-invariant by construction (see the .cpp): a
+token's output has the same bits whatever else shares the step, which is what lookahead needs to
+be exact. ``linear_ref`` is the readable reference (fp32 sums, rounded once): the kernel agrees
+with it to bf16 rounding, not bit for bit, since the order of the sums differs.
 
 Without AVX512-BF16 (or without a compiler) ``available()`` is False and the engine keeps torch's
 products. Threads: the kernel runs in torch's OpenMP pool with ``torch.get_num_threads()`` threads.
@@ -143,9 +143,8 @@ def linear(x: torch.Tensor, weight: PackedLinear, residual: torch.Tensor | None 
     if T == 0:
         return y
     call = lib.grove_linear_amx if weight.amx else lib.grove_linear_bf16
-    rc = call(x.data_ptr(), T, weight.in_features, weight.in_features, weight.ptr,
-                               weight.out_features, y.data_ptr(), weight.out_features, residual is not None, norm_ptr,
-                               eps, torch.get_num_threads())
+    rc = call(x.data_ptr(), T, weight.in_features, weight.in_features, weight.ptr, weight.out_features, y.data_ptr(),
+              weight.out_features, residual is not None, norm_ptr, eps, torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"the CPU linear kernel ({'AMX' if weight.amx else 'VDPBF16PS'}) returned {rc}")
     return y
