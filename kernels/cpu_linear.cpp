@@ -16,7 +16,7 @@
 // Why: decoding reads every weight once per step and computes little with it. torch's bf16 matmul
 // takes 26-32 ms for SmolLM2's products at 1 token on an AMD EPYC without AMX (F.linear 16-24);
 // this kernel 5 ms (the weights streamed at ~50 GB/s), 8-10 ms at 16 tokens, and stays ahead up to
-// 512 tokens (95 vs 123 ms at 256) where it is bound by the multiply rate. (On CPUs with AMX, the AMX path below.)
+// 512 tokens (95 vs 123 ms at 256) where it is bound by the multiply rate.
 //
 // Two paths over the same packed weights, chosen per weight at packing (so a weight's rows always
 // take the same one, and row invariance holds within it):
@@ -26,8 +26,10 @@
 //   (a step's tail rows padded with zeros, one token alone included), and an output element is one
 //   element of one C tile that starts at zero and takes TDPBF16PS over input chunks 0, 1, 2, ... in
 //   order: row-invariant by construction, as below. On an Intel Xeon (Sapphire Rapids), SmolLM2's
-//   products: VDPBF16PS 7.5 ms at 1 token but 28 ms at 14 and 236 at 128; torch's AMX matmul 23 ms
-//   at 1, 41 at 128.
+//   products over 30 distinct layers (scripts/bench_cpu_linear.py): AMX 14.6 ms at 1 token, 13.8 at
+//   16, 18.1 at 32, 58.5 at 128; VDPBF16PS 11.9, 32.6, 64.7, 247; torch's AMX matmul 24.2, 23.8,
+//   37.2, 43.9. A lone token pays ~20% for its padded tile (memory-bound either way; two panels
+//   per pass for more independent tiles measured slower).
 // - VDPBF16PS (AVX512-BF16, below): the path on CPUs without AMX.
 //
 // Tiles: a thread takes a contiguous range of panels (32 rows each), in groups of 6 that stay in L2
@@ -215,7 +217,6 @@ extern "C" int grove_linear_bf16(const uint16_t* x, int64_t T, int64_t in, int64
   }
   return 0;
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // AMX path

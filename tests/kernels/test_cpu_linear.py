@@ -22,14 +22,19 @@ pytestmark = pytest.mark.skipif(not cpu_linear.available(), reason="the CPU has 
 SHAPES = [(1, 2), (31, 64), (33, 576), (100, 34), (960, 576), (576, 1536), (4864, 896)]
 # tiles of 14 tokens (VDPBF16PS) and of 16 tokens in pairs (AMX): below, at and past their edges
 TOKENS = [1, 2, 13, 14, 15, 16, 17, 29, 33, 40]
-PATHS = [pytest.param(False, id="vdpbf16ps"),
-         pytest.param(True, id="amx", marks=pytest.mark.skipif(not cpu_linear.amx_available(), reason="no AMX"))]
+AMX_ONLY = pytest.mark.skipif(not cpu_linear.amx_available(), reason="no AMX on this CPU")
+PATHS = [pytest.param(False, id="vdpbf16ps"), pytest.param(True, id="amx", marks=AMX_ONLY)]
 
 
-def _pack(w: torch.Tensor, amx: bool) -> cpu_linear.PackedLinear:
-    if amx and w.shape[1] % cpu_linear.AMX_K:
-        pytest.skip("the AMX path takes inputs in multiples of 32 (such weights take VDPBF16PS)")
-    return pack(w, amx=amx)
+def _shapes_and_paths(shapes: list[tuple[int, int]]) -> list:
+    """(shape, amx): VDPBF16PS for every shape, AMX for those it takes (inputs a multiple of 32;
+    the others take VDPBF16PS in the engine too)."""
+    out = []
+    for o, i in shapes:
+        out.append(pytest.param((o, i), False, id=f"{o}x{i}-vdpbf16ps"))
+        if i % cpu_linear.AMX_K == 0:
+            out.append(pytest.param((o, i), True, id=f"{o}x{i}-amx", marks=AMX_ONLY))
+    return out
 
 
 def _data(out_f: int, in_f: int, T: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,14 +44,13 @@ def _data(out_f: int, in_f: int, T: int, seed: int) -> tuple[torch.Tensor, torch
     return w, x
 
 
-@pytest.mark.parametrize("amx", PATHS)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(("shape", "amx"), _shapes_and_paths(SHAPES))
 @pytest.mark.parametrize("T", TOKENS)
 def test_matches_reference(shape: tuple[int, int], T: int, amx: bool) -> None:
     """Within one bf16 rounding of the fp32 reference (the sums run in another order), and equal
     to it on most elements."""
     w, x = _data(*shape, T, seed=T + shape[0])
-    y, ref = linear(x, _pack(w, amx)), linear_ref(x, w)
+    y, ref = linear(x, pack(w, amx=amx)), linear_ref(x, w)
     assert y.shape == ref.shape == (T, shape[0]) and y.dtype == torch.bfloat16
     exact = (x.double() @ w.double().t())
     # one bf16 ulp of the exact value, plus what fp32 sums of `in` terms may lose
@@ -60,7 +64,7 @@ def test_matches_reference(shape: tuple[int, int], T: int, amx: bool) -> None:
 def test_rows_are_invariant(shape: tuple[int, int], amx: bool) -> None:
     """A token's output has the same bits alone, in any tile position and at any step width."""
     w, x = _data(*shape, 40, seed=1)
-    p = _pack(w, amx)
+    p = pack(w, amx=amx)
     alone = torch.cat([linear(x[i:i + 1], p) for i in range(40)])
     for t in range(1, 41):
         assert torch.equal(linear(x[:t], p), alone[:t]), f"T={t}"
@@ -73,7 +77,7 @@ def test_residual_add_is_torchs(T: int, amx: bool) -> None:
     """residual= adds the rounded product into the residual in place, bit for bit as torch's bf16
     ``residual + product`` does (fp32 sum, rounded to nearest even)."""
     w, x = _data(576, 1536, T, seed=3)
-    p = _pack(w, amx)
+    p = pack(w, amx=amx)
     res = torch.randn(T, 576, generator=torch.Generator().manual_seed(4)).bfloat16()
     expected = res + linear(x, p)
     out = linear(x, p, residual=res)
@@ -91,7 +95,7 @@ def test_rounds_to_nearest_even_as_torch(amx: bool) -> None:
     w[:64, 0] = torch.arange(64) * 2.0**-7 + 1
     x = torch.ones(1, 32, dtype=torch.bfloat16)
     expected = (w.float()[:, 0] + w.float()[:, 1]).to(torch.bfloat16)
-    assert torch.equal(linear(x, _pack(w, amx))[0], expected)
+    assert torch.equal(linear(x, pack(w, amx=amx))[0], expected)
 
 
 def test_pack_round_trips_and_checks_inputs() -> None:
@@ -117,8 +121,7 @@ def test_pack_round_trips_and_checks_inputs() -> None:
     assert torch.equal(linear(wide[:, ::2], p), linear(wide[:, ::2].contiguous(), p))
 
 
-@pytest.mark.parametrize("amx", PATHS)
-@pytest.mark.parametrize("shape", [(33, 576), (960, 576), (100, 34)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(("shape", "amx"), _shapes_and_paths([(33, 576), (960, 576), (100, 34)]))
 @pytest.mark.parametrize("T", [1, 15, 33])
 def test_fused_norm(shape: tuple[int, int], T: int, amx: bool) -> None:
     """norm= gives the product of HF's RMSNorm of the rows: within one bf16 rounding of the
@@ -127,7 +130,7 @@ def test_fused_norm(shape: tuple[int, int], T: int, amx: bool) -> None:
     w, x = _data(out_f, in_f, T, seed=8)
     x = x * 3 + 1  # rows whose scale the norm changes
     norm_w = (1 + 0.1 * torch.randn(in_f, generator=torch.Generator().manual_seed(9))).bfloat16()
-    p = _pack(w, amx)
+    p = pack(w, amx=amx)
     y = linear(x, p, norm=(norm_w, 1e-5))
     ref = linear_ref(x, w, norm=(norm_w, 1e-5))
     xn = norm_w * (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5)).bfloat16()
