@@ -42,8 +42,8 @@ def pack_weight(weight: torch.Tensor) -> Weight:
 
     The kernel streams the weights once per step (SmolLM2's products at 1 token: 5 ms against
     26-32 for torch's bf16 matmul on an AMD EPYC without AMX) and is row-invariant by construction.
-    On a CPU with AMX it multiplies on AMX tiles (an Intel Xeon: 15-17 ms from 1 to 16 tokens, 21
-    at 32, where its VDPBF16PS path takes 14, 50 and 94).
+    On a CPU with AMX it multiplies on AMX tiles (an Intel Xeon: 14-15 ms from 1 to 16 tokens, 18
+    at 32, where its VDPBF16PS path takes 12, 33 and 65: scripts/bench_cpu_linear.py).
     """
     if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and weight.shape[1] % 2 == 0 \
             and cpu_linear.available():
