@@ -355,15 +355,8 @@ extern "C" int grove_linear_amx(const uint16_t* x, int64_t T, int64_t in, int64_
   return 0;
 }
 
-#else
-
-extern "C" int grove_linear_amx_supported() { return 0; }
-extern "C" int grove_linear_amx(const uint16_t*, int64_t, int64_t, int64_t, const uint16_t*, int64_t, uint16_t*,
-                                int64_t, int, const uint16_t*, float, int) {
-  return 2;
-}
-
-#endif
+#define GROVE_AMX_PATH 1
+#endif  // AMX
 
 #else  // no AVX512-BF16: the engine keeps torch's products
 
@@ -372,10 +365,13 @@ extern "C" int grove_linear_bf16(const uint16_t*, int64_t, int64_t, int64_t, con
                                  int64_t, int, const uint16_t*, float, int) {
   return 2;
 }
+
+#endif
+
+#ifndef GROVE_AMX_PATH  // no AMX: the VDPBF16PS path takes every weight
 extern "C" int grove_linear_amx_supported() { return 0; }
 extern "C" int grove_linear_amx(const uint16_t*, int64_t, int64_t, int64_t, const uint16_t*, int64_t, uint16_t*,
                                 int64_t, int, const uint16_t*, float, int) {
   return 2;
 }
-
 #endif
