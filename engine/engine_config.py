@@ -7,6 +7,10 @@ from pathlib import Path
 
 from engine.paths import default_model_dir
 
+# Deepest lookahead draft: the CPU attention kernel's AMX path keeps a row's last AMX_TAIL keys out
+# of its tiles so that a tree node sums its keys as plain decoding does (kernels/cpu_attention.cpp)
+MAX_DRAFT_DEPTH = 32
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
@@ -32,6 +36,8 @@ class EngineConfig:
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be >= 1")
+        if not 1 <= self.lookahead_max_depth <= MAX_DRAFT_DEPTH:
+            raise ValueError(f"lookahead_max_depth must be between 1 and {MAX_DRAFT_DEPTH}, got {self.lookahead_max_depth}")
         if self.kv_cache_gb <= 0 and self.num_kv_blocks <= 0:
             raise ValueError("kv_cache_gb or num_kv_blocks must be positive")
 

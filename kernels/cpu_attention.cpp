@@ -18,6 +18,8 @@
 //   - a sliding window hides keys the same way (zero weights), and the tiles before the first key
 //     any row of a work item can see are not read at all: for every row they are exact zeros.
 // Built with -O3 -march=native and without -ffast-math: the compiler may not reassociate.
+// On CPUs with AMX a bf16 model takes the AMX path below instead (scores and most of the value sums
+// on tiles, P in bf16; a row's last AMX_TAIL keys one at a time, which keeps tree rows exact).
 //
 // Decode reads every key and value of the batch once per layer, so it is bound by memory: values
 // are read from the pool in place and converted on load (no fp32 copy of them), keys and values
@@ -34,6 +36,8 @@
 // 93-102 us; 16 sequences behind 1,500 1.19 -> 0.67-0.68 ms; 16 trees of 9 behind 500 1.05 ->
 // 0.61-0.62 ms. Decode then reads ~27 GB/s: the loads of K and V stall (prefetching further
 // ahead, into L2, or on huge pages changed nothing).
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -41,6 +45,10 @@
 #include <vector>
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
+#endif
+#if defined(__AMX_TILE__)
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace {
@@ -275,6 +283,53 @@ inline void values(const float* p, int64_t width, const T* vc, const int64_t* of
   }
 }
 
+// Softmax weights of R rows (row r: new token tok0 + r / group) over keys t_first * 16 .. L - 1:
+// scores s[r * width + j] become exp(score - the row's max), or 0 where the row may not see the key.
+// Cached keys from the row's window start (0 without a window) are visible; the step's own tokens
+// by the tree mask (or causally) and the window; keys past L never. Tiles wholly inside
+// [window start, cached) take the vector path.
+template <typename PosFn>
+void softmax_rows(const Args& a, float* s, int64_t width, int64_t R, int64_t tok0, int64_t q_first, int64_t cached,
+                  int64_t L, int64_t t_first, PosFn pos_of_new) {
+  const int64_t G = a.group, j0 = t_first * TILE, tiles = (L + TILE - 1) / TILE;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t i = tok0 + r / G;  // the row's index among the new tokens
+    const uint8_t* mrow = a.tree_mask ? a.tree_mask + (q_first + i) * a.mask_stride : nullptr;
+    const int64_t lo = a.window > 0 ? pos_of_new(i) - a.window + 1 : 0;  // first position the row sees
+    float* sr = s + r * width;
+    auto visible = [&](int64_t j) -> bool {
+      if (j < cached) return j >= lo;
+      if (j >= L) return false;
+      return (mrow ? mrow[j - cached] != 0 : j - cached <= i) && pos_of_new(j - cached) >= lo;
+    };
+    const int64_t open_hi = cached / TILE;  // tiles [open_lo, open_hi) are wholly visible
+    int64_t open_lo = lo <= 0 ? 0 : (lo + TILE - 1) / TILE;
+    if (open_lo > open_hi) open_lo = open_hi;  // none: every key goes through visible()
+    v16f mv;
+    for (int jj = 0; jj < TILE; ++jj) mv[jj] = -__builtin_inff();
+    for (int64_t t = open_lo; t < open_hi; ++t) {
+      const v16f x = load16(sr + t * TILE);
+      mv = x > mv ? x : mv;
+    }
+    float m = -__builtin_inff();
+    for (int jj = 0; jj < TILE; ++jj) m = mv[jj] > m ? mv[jj] : m;
+    for (int64_t j = j0; j < open_lo * TILE; ++j)
+      if (visible(j) && sr[j] > m) m = sr[j];
+    for (int64_t j = open_hi * TILE; j < L; ++j)
+      if (visible(j) && sr[j] > m) m = sr[j];
+    for (int64_t t = t_first; t < tiles; ++t) {
+      float e[TILE];
+      for (int jj = 0; jj < TILE; ++jj) e[jj] = exp_neg(sr[t * TILE + jj] - m);
+      if (t >= open_lo && t < open_hi) {
+        for (int jj = 0; jj < TILE; ++jj) sr[t * TILE + jj] = e[jj];
+      } else {
+        for (int jj = 0; jj < TILE; ++jj) sr[t * TILE + jj] = visible(t * TILE + jj) ? e[jj] : 0.0f;
+      }
+    }
+  }
+
+}
+
 template <typename T, typename TQ>  // T: the cache's element type, TQ: q's and out's
 void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratch& w) {
   const int64_t D = a.head_dim, G = a.group, H = a.kvh * G;
@@ -391,44 +446,7 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
     for (; r < R; ++r) score_rows<1>(qs + r * D, kt, D, a.scale, st + r * width, width);
   }
 
-  // softmax weights: cached keys from the row's window start (0 without a window) are visible;
-  // the step's own tokens by the tree mask (or causally) and the window; keys past L never.
-  // Tiles wholly inside [window start, cached) take the vector path.
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t i = tok0 + r / G;  // the row's index among the new tokens
-    const uint8_t* mrow = a.tree_mask ? a.tree_mask + (q_first + i) * a.mask_stride : nullptr;
-    const int64_t lo = a.window > 0 ? pos_of_new(i) - a.window + 1 : 0;  // first position the row sees
-    float* sr = s + r * width;
-    auto visible = [&](int64_t j) -> bool {
-      if (j < cached) return j >= lo;
-      if (j >= L) return false;
-      return (mrow ? mrow[j - cached] != 0 : j - cached <= i) && pos_of_new(j - cached) >= lo;
-    };
-    const int64_t open_hi = cached / TILE;  // tiles [open_lo, open_hi) are wholly visible
-    int64_t open_lo = lo <= 0 ? 0 : (lo + TILE - 1) / TILE;
-    if (open_lo > open_hi) open_lo = open_hi;  // none: every key goes through visible()
-    v16f mv;
-    for (int jj = 0; jj < TILE; ++jj) mv[jj] = -__builtin_inff();
-    for (int64_t t = open_lo; t < open_hi; ++t) {
-      const v16f x = load16(sr + t * TILE);
-      mv = x > mv ? x : mv;
-    }
-    float m = -__builtin_inff();
-    for (int jj = 0; jj < TILE; ++jj) m = mv[jj] > m ? mv[jj] : m;
-    for (int64_t j = j0; j < open_lo * TILE; ++j)
-      if (visible(j) && sr[j] > m) m = sr[j];
-    for (int64_t j = open_hi * TILE; j < L; ++j)
-      if (visible(j) && sr[j] > m) m = sr[j];
-    for (int64_t t = t_first; t < tiles; ++t) {
-      float e[TILE];
-      for (int jj = 0; jj < TILE; ++jj) e[jj] = exp_neg(sr[t * TILE + jj] - m);
-      if (t >= open_lo && t < open_hi) {
-        for (int jj = 0; jj < TILE; ++jj) sr[t * TILE + jj] = e[jj];
-      } else {
-        for (int jj = 0; jj < TILE; ++jj) sr[t * TILE + jj] = visible(t * TILE + jj) ? e[jj] : 0.0f;
-      }
-    }
-  }
+  softmax_rows(a, s, width, R, tok0, q_first, cached, L, t_first, pos_of_new);
 
   // the weighted sums of the values and the denominators, keys in ascending order
   float* __restrict__ acc = w.acc.data();
@@ -457,31 +475,494 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
   }
 }
 
-template <typename T, typename TQ>
-void attend_all(const Args& a, int64_t num_seqs, int num_threads) {
-  // work items: (sequence, kv head, chunk of CHUNK_TOKENS query tokens), handed out dynamically
-  std::vector<int64_t> items;  // seq << 32 | head << 16 | chunk
+// work items: (sequence, kv head, chunk of `chunk_tokens` query tokens), handed out dynamically
+struct Item {
+  int64_t seq;
+  int32_t head, chunk;
+};
+
+std::vector<Item> work_items(const Args& a, int64_t num_seqs, int64_t chunk_tokens) {
+  std::vector<Item> items;
   for (int64_t b = 0; b < num_seqs; ++b) {
     const int64_t n = a.query_start[b + 1] - a.query_start[b];
-    for (int64_t c = 0; c * CHUNK_TOKENS < n; ++c)
-      for (int64_t h = 0; h < a.kvh; ++h) items.push_back(b << 32 | h << 16 | c);
+    for (int64_t c = 0; c * chunk_tokens < n; ++c)
+      for (int64_t h = 0; h < a.kvh; ++h) items.push_back(Item{b, static_cast<int32_t>(h), static_cast<int32_t>(c)});
   }
+  return items;
+}
+
+// ---------------------------------------------------------------------------------------------
+// AMX path (CPUs with amx_bf16, bf16 q and cache, head_dim a multiple of 32): TDPBF16PS tiles.
+// Every call of such a process takes it (decode, trees and prefill alike), so rows keep agreeing.
+//
+// Scores: the work item's query rows are the A tiles (16 rows x 32 dims), each 16-key tile is
+// transposed into dim pairs x keys (the B tile, as the VDPBF16PS path transposes it), C is a
+// [16 rows x 16 keys] fp32 tile. A score is one C element: the hardware's fixed sum over head_dim
+// of its own q row and key, whatever else shares the tile. Softmax as on the other paths.
+//
+// Values as O = P V: P rounded to bf16 (as flash attention does) in [16 rows x 32 keys] A tiles,
+// V re-laid into key pairs (B tiles). The hardware's sum over keys has its own grouping (pairs of
+// keys, 32 a tile), so a tree node whose ancestors sit at other key indices than its path would
+// have in plain decoding could round differently there. Hence the split, by the row's position p
+// alone: keys [0, amx_end(p)) take the tiles; keys [amx_end(p), p] are added one at a time, in
+// ascending order, in fp32 (a key the row may not see adds nothing). amx_end(p) <= p - AMX_TAIL,
+// so for a tree node at depth <= AMX_TAIL the tiles see only its sequence's cached keys, exactly
+// the keys (and key indices) they see when the same token is decoded alone: the same bits. Rows
+// of a work item with a lower amx_end have zero weights in the tiles past it (exact zeros).
+// A tree row deeper than AMX_TAIL is refused (the engine caps draft depth at it) unless its tiled
+// keys past the cache are all its ancestors (a causal chunk's rows in a batch with trees).
+//
+// Measured on an Intel Xeon (Sapphire Rapids, 2 threads, bf16, SmolLM2's 3 kv heads x 3, one
+// layer, 30 layers' pools cycled, against the VDPBF16PS path in the same process, alternating):
+// 16 trees of 8 behind 600 2.77 -> 2.09-2.17 ms, 16 trees of 14 4.21 -> 3.25-3.38, one tree of 14
+// behind 900 0.416 -> 0.33; plain decoding is memory-bound and slower: 16 sequences behind 600
+// 1.05 -> 1.15 ms, behind 1,500 2.46 -> 2.62, one behind 900 0.116 -> 0.121.
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#define GROVE_AMX_ATTENTION 1
+
+constexpr int64_t AMX_TAIL = 32;   // keys at most this close before a row's position stay out of the tiles
+constexpr int64_t AMX_KEYS = 32;   // keys per P tile row (32 bf16 = 64 bytes)
+constexpr int64_t MAX_ROW_TILES = 4;  // rows per work item <= 64 (chunk tokens = 64 / group, at most 8)
+constexpr int64_t K_AHEAD = 2 * TILE;  // keys prefetched ahead (32 to 128 measured alike)
+constexpr int64_t V_AHEAD = 4 * TILE;
+constexpr int64_t SCORE_TILES = 4;     // key tiles transposed (vector units) before their products (AMX)
+
+// first key past a row's tiled range: a multiple of AMX_KEYS, at most p - AMX_TAIL
+inline int64_t amx_end(int64_t p) { return p <= AMX_TAIL ? 0 : (p - AMX_TAIL) / AMX_KEYS * AMX_KEYS; }
+
+// Linux hands AMX's tile state to a process only on request (arch_prctl, once per process)
+bool amx_permitted() {
+  static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+  return ok;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Every tile 16 rows x 64 bytes: 0-3 C (scores of row tiles 0-3; then output dims), 4 A, 5-7 B.
+// Loaded per thread per call: torch's oneDNN and the product kernel load their own in these threads.
+void load_tile_config() {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// Scores of RT row tiles against one 16-key tile: kb the key tile's B tiles [chunks][16 pairs][16
+// keys], qa the rows [RT * 16][D] (row stride ld bytes); c[rt * 256 + row * 16 + key] the sums
+// (a small buffer that stays in L1: a decode's three rows are copied out, not 16 rows stored).
+template <int RT>
+inline void amx_scores(const uint32_t* kb, const uint16_t* qa, int64_t ld, int64_t chunks, float* c) {
+  _tile_zero(0);
+  if constexpr (RT > 1) _tile_zero(1);
+  if constexpr (RT > 2) _tile_zero(2);
+  if constexpr (RT > 3) _tile_zero(3);
+  const int64_t rt_rows = 16 * ld / 2;  // elements from one row tile to the next
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    _tile_loadd(4, kb + ch * 256, 64);
+    _tile_loadd(5, qa + 32 * ch, ld);
+    _tile_dpbf16ps(0, 5, 4);
+    if constexpr (RT > 1) { _tile_loadd(6, qa + rt_rows + 32 * ch, ld); _tile_dpbf16ps(1, 6, 4); }
+    if constexpr (RT > 2) { _tile_loadd(7, qa + 2 * rt_rows + 32 * ch, ld); _tile_dpbf16ps(2, 7, 4); }
+    if constexpr (RT > 3) { _tile_loadd(5, qa + 3 * rt_rows + 32 * ch, ld); _tile_dpbf16ps(3, 5, 4); }
+  }
+  _tile_stored(0, c, 64);
+  if constexpr (RT > 1) _tile_stored(1, c + 256, 64);
+  if constexpr (RT > 2) _tile_stored(2, c + 512, 64);
+  if constexpr (RT > 3) _tile_stored(3, c + 768, 64);
+}
+
+// amx_scores<1> for head_dim 64 with the rows' two A tiles already in tiles 5 and 6 (a decode's
+// rows are the same for every key tile): the same products in the same order.
+inline void amx_scores_held(const uint32_t* kb, float* c) {
+  _tile_zero(0);
+  _tile_loadd(4, kb, 64);
+  _tile_dpbf16ps(0, 5, 4);
+  _tile_loadd(7, kb + 256, 64);
+  _tile_dpbf16ps(0, 6, 7);
+  _tile_stored(0, c, 64);
+}
+
+// O of one row tile over `chunks` 32-key chunks for NT output tiles (16 dims each, permuted as
+// vb is built): pa [chunks][16 rows][16 key pairs], vb [chunks][ntiles][16 key pairs][16 dims],
+// c [NT][16 rows][16] fp32.
+template <int NT>
+inline void amx_values(const uint32_t* pa, const uint32_t* vb, int64_t chunks, int64_t ntiles, float* c) {
+  _tile_zero(0);
+  if constexpr (NT > 1) _tile_zero(1);
+  if constexpr (NT > 2) _tile_zero(2);
+  if constexpr (NT > 3) _tile_zero(3);
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const uint32_t* b = vb + ch * ntiles * 256;
+    _tile_loadd(4, pa + ch * 256, 64);
+    _tile_loadd(5, b, 64);
+    _tile_dpbf16ps(0, 4, 5);
+    if constexpr (NT > 1) { _tile_loadd(6, b + 256, 64); _tile_dpbf16ps(1, 4, 6); }
+    if constexpr (NT > 2) { _tile_loadd(7, b + 512, 64); _tile_dpbf16ps(2, 4, 7); }
+    if constexpr (NT > 3) { _tile_loadd(5, b + 768, 64); _tile_dpbf16ps(3, 4, 5); }
+  }
+  _tile_stored(0, c, 64);
+  if constexpr (NT > 1) _tile_stored(1, c + 256, 64);
+  if constexpr (NT > 2) _tile_stored(2, c + 512, 64);
+  if constexpr (NT > 3) _tile_stored(3, c + 768, 64);
+}
+
+// V's B tiles of the 32 keys from j (all < L): [D / 16][16 key pairs][16 dims], keys 2 p, 2 p + 1
+// interleaved by unpacklo / unpackhi of each 32-dim half (see value_dim)
+inline void value_tiles(const uint16_t* vc, const int64_t* offset, int64_t j, int64_t L, int64_t C, uint32_t* dst) {
+  for (int64_t pr = 0; pr < 16; ++pr, j += 2) {
+    if (j + V_AHEAD + 1 < L) prefetch_row(vc + offset[j + V_AHEAD], 32 * C), prefetch_row(vc + offset[j + V_AHEAD + 1], 32 * C);
+    const uint16_t* x = vc + offset[j];
+    const uint16_t* y = vc + offset[j + 1];
+    for (int64_t h = 0; h < C; ++h) {
+      const __m512i xv = _mm512_loadu_si512(x + 32 * h), yv = _mm512_loadu_si512(y + 32 * h);
+      _mm512_storeu_si512(dst + (2 * h * 16 + pr) * 16, _mm512_unpacklo_epi16(xv, yv));
+      _mm512_storeu_si512(dst + ((2 * h + 1) * 16 + pr) * 16, _mm512_unpackhi_epi16(xv, yv));
+    }
+  }
+}
+
+// amx_values<4> for head_dim 64 with V's B tiles built chunk by chunk into a two-chunk ring
+// (the same products in the same order): no scratch of the whole range to write and read back.
+inline void amx_values_stream(const uint32_t* pa, const uint16_t* vc, const int64_t* offset, int64_t c0, int64_t chunks,
+                              int64_t L, uint32_t* ring, float* c) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    uint32_t* b = ring + (ch & 1) * 4 * 256;
+    value_tiles(vc, offset, c0 + ch * AMX_KEYS, L, 2, b);
+    _tile_loadd(4, pa + ch * 256, 64);
+    _tile_loadd(5, b, 64);
+    _tile_dpbf16ps(0, 4, 5);
+    _tile_loadd(6, b + 256, 64);
+    _tile_dpbf16ps(1, 4, 6);
+    _tile_loadd(7, b + 512, 64);
+    _tile_dpbf16ps(2, 4, 7);
+    _tile_loadd(5, b + 768, 64);
+    _tile_dpbf16ps(3, 4, 5);
+  }
+  _tile_stored(0, c, 64);
+  _tile_stored(1, c + 256, 64);
+  _tile_stored(2, c + 512, 64);
+  _tile_stored(3, c + 768, 64);
+}
+
+// The dim of output column col of value tile n: vb's tiles come from unpacklo / unpackhi of two
+// keys' 32-dim halves, which interleave 4-dim groups of each 128-bit lane.
+inline int64_t value_dim(int64_t n, int64_t col) { return 32 * (n / 2) + 8 * (col / 4) + 4 * (n % 2) + col % 4; }
+
+// RB rows' remaining keys added one at a time in ascending order to their tiled sums (fp32
+// weights s[r * width + j], values converted on load: per element one FMA chain) and to their
+// denominators. Row r starts at from[r]; before it (and where a row may not see a key) its weight
+// is an exact zero, which changes nothing (a sum here is never -0). DV = D / 16 in registers.
+template <int RB, int DV>
+inline void tail_rows(const float* s, int64_t width, const uint16_t* vc, const int64_t* offset, const int64_t* from,
+                      int64_t L, float* acc, float* den) {
+  v16f sum[RB][DV];
+  int64_t j0 = L;
+  for (int r = 0; r < RB; ++r) {
+    for (int c = 0; c < DV; ++c) sum[r][c] = load16(acc + r * DV * TILE + c * TILE);
+    j0 = from[r] < j0 ? from[r] : j0;
+  }
+  for (int64_t j = j0; j < L; ++j) {
+    float wt[RB];
+    bool any = false;
+    for (int r = 0; r < RB; ++r) {
+      wt[r] = j >= from[r] ? s[r * width + j] : 0.0f;
+      any |= wt[r] != 0.0f;
+    }
+    if (!any) continue;
+    const uint16_t* vp = vc + offset[j];
+    v16f v[DV];
+    for (int c = 0; c < DV; ++c) v[c] = load16(vp + c * TILE);
+    for (int r = 0; r < RB; ++r) {
+      for (int c = 0; c < DV; ++c) sum[r][c] = wt[r] * v[c] + sum[r][c];
+      den[r] += wt[r];
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < DV; ++c) store16(acc + r * DV * TILE + c * TILE, sum[r][c]);
+}
+
+// All R rows, RB at a time (D = 16 * DV), then the rest; generic D one row at a time through memory.
+template <int DV>
+void tail(const float* s, int64_t width, const uint16_t* vc, const int64_t* offset, const int64_t* from, int64_t L,
+          int64_t R, float* acc, float* den) {
+  constexpr int RB = DV <= 4 ? 4 : 2;
+  int64_t r = 0;
+  for (; r + RB <= R; r += RB) tail_rows<RB, DV>(s + r * width, width, vc, offset, from + r, L, acc + r * DV * TILE, den + r);
+  for (; r < R; ++r) tail_rows<1, DV>(s + r * width, width, vc, offset, from + r, L, acc + r * DV * TILE, den + r);
+}
+
+void tail_any_d(const float* s, int64_t width, const uint16_t* vc, const int64_t* offset, const int64_t* from,
+                int64_t L, int64_t R, int64_t D, float* acc, float* den) {
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = from[r]; j < L; ++j) {
+      const float wt = s[r * width + j];
+      if (wt == 0.0f) continue;
+      const uint16_t* vp = vc + offset[j];
+      for (int64_t d = 0; d < D; d += TILE) store16(acc + r * D + d, wt * load16(vp + d) + load16(acc + r * D + d));
+      den[r] += wt;
+    }
+}
+
+struct AmxScratch {
+  std::vector<uint16_t> qa;  // [RT * 16][D]: the rows (A tiles of the scores), padding rows zero
+  std::vector<uint32_t> kb;  // [D / 32][16 pairs][16 keys]: one key tile's B tiles
+  std::vector<float> s;      // [R][width]: scores, then weights
+  std::vector<uint32_t> pa;  // [RT][chunks][16 rows][16 key pairs]: P's A tiles
+  std::vector<uint32_t> vb;  // [chunks][D / 16][16 key pairs][16 dims]: V's B tiles
+  std::vector<float> acc;    // [rows][D]
+  std::vector<int64_t> offset;
+  alignas(64) float c[4 * 256];
+};
+
+// One work item (sequence, kv head, chunk of tokens) on AMX tiles: bf16 q, cache and out. Returns
+// false for a tree row deeper than AMX_TAIL (its tiled keys would include tree keys).
+bool attend_item_amx(const Args& a, int64_t seq, int64_t head, int64_t chunk, int64_t chunk_tokens, AmxScratch& w) {
+  const int64_t D = a.head_dim, G = a.group, H = a.kvh * G, C = D / 32, NV = D / 16;
+  const int64_t q_first = a.query_start[seq], n_new = a.query_start[seq + 1] - q_first;
+  const int64_t cached = a.num_cached[seq];
+  const int64_t tok0 = chunk * chunk_tokens;
+  const int64_t ntok = n_new - tok0 < chunk_tokens ? n_new - tok0 : chunk_tokens;
+  const int64_t L = cached + tok0 + ntok;  // keys the chunk may see (later ones would add exact zeros)
+  const int64_t R = ntok * G, RT = (R + 15) / 16;
+  const uint16_t* q = static_cast<const uint16_t*>(a.q);
+  const uint16_t* kc = static_cast<const uint16_t*>(a.k);
+  const uint16_t* vc = static_cast<const uint16_t*>(a.v);
+
+  // each row's position (a tree node's by depth), first visible position, and tiled range
+  auto pos_of_new = [&](int64_t i) -> int64_t {
+    if (a.positions) return a.positions[q_first + i];
+    if (!a.tree_mask) return cached + i;
+    const uint8_t* m = a.tree_mask + (q_first + i) * a.mask_stride;
+    int64_t depth = -1;  // the row sees itself and its ancestors
+    for (int64_t j = 0; j < n_new; ++j) depth += m[j] != 0;
+    return cached + depth;
+  };
+  int64_t ae[16 * MAX_ROW_TILES] = {}, end_max[MAX_ROW_TILES] = {}, first_key = cached;
+  for (int64_t i = tok0; i < tok0 + ntok; ++i) {
+    const int64_t p = pos_of_new(i);
+    const int64_t e = amx_end(p);
+    if (a.tree_mask && e > cached) {  // tiled keys past the cache must be the row's ancestors, as a chain's are
+      const uint8_t* m = a.tree_mask + (q_first + i) * a.mask_stride;
+      for (int64_t n = 0; n < e - cached; ++n)
+        if (!m[n]) return false;
+    }
+    if (a.window > 0) {
+      const int64_t lo = p - a.window + 1;
+      first_key = lo < first_key ? (lo > 0 ? lo : 0) : first_key;
+    }
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t r = (i - tok0) * G + g;
+      ae[r] = e;
+      end_max[r / 16] = e > end_max[r / 16] ? e : end_max[r / 16];
+    }
+  }
+  if (a.window <= 0) first_key = 0;
+  const int64_t t_first = first_key / TILE, j0 = t_first * TILE;  // keys before j0: zero weight for every row
+  const int64_t c0 = first_key / AMX_KEYS * AMX_KEYS;  // first key of the tiled value chunks
+  const int64_t tiles = (L + TILE - 1) / TILE, width = (L + AMX_KEYS - 1) / AMX_KEYS * AMX_KEYS;
+  int64_t tiled_end = c0;
+  for (int64_t t = 0; t < RT; ++t) tiled_end = end_max[t] > tiled_end ? end_max[t] : tiled_end;
+
+  const int64_t* table = a.block_tables + seq * a.max_blocks;
+  w.offset.resize(L - c0);
+  int64_t* __restrict__ offset = w.offset.data() - c0;  // element offset of key/value j of this kv head
+  for (int64_t j = c0, blk = c0 / a.block_size, slot = c0 % a.block_size; j < L; ++j) {
+    offset[j] = table[blk] * a.block_stride + (slot * a.kvh + head) * D;
+    if (++slot == a.block_size) slot = 0, ++blk;
+  }
+
+  // scores: the rows as A tiles, each 16-key tile transposed into dim pairs x keys (B tiles)
+  w.qa.assign(RT * 16 * D, 0);
+  for (int64_t r = 0; r < R; ++r)
+    std::memcpy(w.qa.data() + r * D, q + ((q_first + tok0 + r / G) * H + head * G + r % G) * D, D * 2);
+  w.kb.resize(SCORE_TILES * C * 256);
+  w.s.resize(R * width);
+  float* __restrict__ s = w.s.data();
+  for (int64_t j = j0; j < j0 + K_AHEAD && j < L; ++j) prefetch_row(kc + offset[j], D);
+  const bool held = RT == 1 && C == 2;
+  if (held) {
+    _tile_loadd(5, w.qa.data(), D * 2);
+    _tile_loadd(6, w.qa.data() + 32, D * 2);
+  }
+  for (int64_t t0 = t_first; t0 < tiles; t0 += SCORE_TILES) {
+    const int64_t t1 = t0 + SCORE_TILES < tiles ? t0 + SCORE_TILES : tiles;
+    for (int64_t t = t0; t < t1; ++t) {  // B tiles of SCORE_TILES key tiles, then their products
+      for (int64_t j = t * TILE + K_AHEAD; j < t * TILE + K_AHEAD + TILE && j < L; ++j) prefetch_row(kc + offset[j], D);
+      for (int64_t ch = 0; ch < C; ++ch) {
+        v16f m[TILE];
+        for (int jj = 0; jj < TILE; ++jj) {
+          const int64_t j = t * TILE + jj;
+          if (j < L) std::memcpy(&m[jj], kc + offset[j] + 32 * ch, sizeof m[jj]);
+          else m[jj] = v16f{};
+        }
+        transpose16(m);
+        std::memcpy(w.kb.data() + ((t - t0) * C + ch) * 256, m, sizeof m);
+      }
+    }
+    for (int64_t t = t0; t < t1; ++t) {
+      const uint32_t* kb = w.kb.data() + (t - t0) * C * 256;
+      switch (held ? 0 : RT) {
+        case 0: amx_scores_held(kb, w.c); break;
+        case 1: amx_scores<1>(kb, w.qa.data(), D * 2, C, w.c); break;
+        case 2: amx_scores<2>(kb, w.qa.data(), D * 2, C, w.c); break;
+        case 3: amx_scores<3>(kb, w.qa.data(), D * 2, C, w.c); break;
+        default: amx_scores<4>(kb, w.qa.data(), D * 2, C, w.c); break;
+      }
+      for (int64_t r = 0; r < R; ++r) store16(s + r * width + t * TILE, load16(w.c + r * 16) * a.scale);
+    }
+  }
+  // (without a window the positions of the step's tokens do not matter to the softmax)
+  softmax_rows(a, s, width, R, tok0, q_first, cached, L, t_first,
+               [&](int64_t i) { return a.positions ? a.positions[q_first + i] : cached + i; });
+
+  // P: the tiled keys' weights rounded to bf16 (A tiles), their sum the tiled denominator;
+  // past the row's amx_end the fp32 weights stay in s for the one-at-a-time sums
+  const int64_t chunks = (tiled_end - c0) / AMX_KEYS;
+  w.pa.assign(RT * (chunks > 0 ? chunks : 0) * 256, 0u);
+  alignas(64) float dens[16 * MAX_ROW_TILES];
+  const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  for (int64_t r = 0; r < R; ++r) {
+    const float* sr = s + r * width;
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t ch = 0; ch < (ae[r] - c0) / AMX_KEYS; ++ch) {  // keys below j0 were not scored: weight 0
+      const int64_t j = c0 + ch * AMX_KEYS;
+      const __mmask16 m0 = _mm512_cmpge_epi32_mask(_mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(j))),
+                                                    _mm512_set1_epi32(static_cast<int32_t>(j0)));
+      const __mmask16 m1 = _mm512_cmpge_epi32_mask(
+          _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(j + TILE))), _mm512_set1_epi32(static_cast<int32_t>(j0)));
+      const __m512 x0 = _mm512_maskz_loadu_ps(m0, sr + j), x1 = _mm512_maskz_loadu_ps(m1, sr + j + TILE);
+      const __m512bh pb = _mm512_cvtne2ps_pbh(x1, x0);  // keys j .. j + 31 in order: dword p = keys 2 p, 2 p + 1
+      _mm512_storeu_si512(w.pa.data() + ((r / 16) * chunks + ch) * 256 + (r % 16) * 16, (__m512i)pb);
+      const __m512i bits = (__m512i)pb;
+      sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16)));  // even keys' rounded weights
+      sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_and_si512(bits, _mm512_set1_epi32(static_cast<int32_t>(0xffff0000u)))));
+    }
+    dens[r] = _mm512_reduce_add_ps(sum);
+  }
+
+  // tiled sums (V's B tiles built chunk by chunk), then each row's remaining keys one at a time
+  w.acc.resize(RT * 16 * D);
+  float* __restrict__ acc = w.acc.data();
+  auto to_acc = [&](int64_t rt, int64_t n0, int64_t nt) {  // C tiles (dims permuted as built) -> acc rows
+    for (int64_t l = 0; l < 16; ++l)
+      for (int64_t n = 0; n < nt; ++n)
+        for (int64_t col = 0; col < 16; ++col) acc[(rt * 16 + l) * D + value_dim(n0 + n, col)] = w.c[(n * 16 + l) * 16 + col];
+  };
+  if (RT == 1 && NV == 4) {  // a decode's rows, head_dim 64: the four C tiles stay live, V streams through a ring
+    w.vb.resize(2 * 4 * 256);
+    if (chunks > 0) {
+      amx_values_stream(w.pa.data(), vc, offset, c0, chunks, L, w.vb.data(), w.c);
+      to_acc(0, 0, 4);
+    } else {
+      std::memset(acc, 0, sizeof(float) * 16 * D);
+    }
+  } else {
+    w.vb.resize((chunks > 0 ? chunks : 0) * NV * 256);
+    for (int64_t ch = 0; ch < chunks; ++ch) value_tiles(vc, offset, c0 + ch * AMX_KEYS, L, C, w.vb.data() + ch * NV * 256);
+    for (int64_t rt = 0; rt < RT; ++rt) {
+      const int64_t nch = (end_max[rt] > c0 ? end_max[rt] - c0 : 0) / AMX_KEYS;
+      if (nch == 0) {
+        std::memset(acc + rt * 16 * D, 0, sizeof(float) * 16 * D);
+        continue;
+      }
+      for (int64_t n0 = 0; n0 < NV; n0 += 4) {
+        const int64_t nt = NV - n0 < 4 ? NV - n0 : 4;
+        const uint32_t* pa = w.pa.data() + rt * chunks * 256;
+        const uint32_t* vb = w.vb.data() + n0 * 256;
+        switch (nt) {  // vb's chunk stride is NV tiles
+          case 4: amx_values<4>(pa, vb, nch, NV, w.c); break;
+          case 3: amx_values<3>(pa, vb, nch, NV, w.c); break;
+          case 2: amx_values<2>(pa, vb, nch, NV, w.c); break;
+          default: amx_values<1>(pa, vb, nch, NV, w.c); break;
+        }
+        to_acc(rt, n0, nt);
+      }
+    }
+  }
+  int64_t from[16 * MAX_ROW_TILES];
+  for (int64_t r = 0; r < R; ++r) from[r] = ae[r] > j0 ? ae[r] : j0;
+  switch (D) {  // head_dim in registers for the common sizes
+    case 64: tail<4>(s, width, vc, offset, from, L, R, acc, dens); break;
+    case 128: tail<8>(s, width, vc, offset, from, L, R, acc, dens); break;
+    default: tail_any_d(s, width, vc, offset, from, L, R, D, acc, dens); break;
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    uint16_t* dst = static_cast<uint16_t*>(a.out) + ((q_first + tok0 + r / G) * H + head * G + r % G) * D;
+    const float inv = 1.0f / dens[r];
+    for (int64_t d = 0; d < D; ++d) store(dst, d, acc[r * D + d] * inv);
+  }
+  return true;
+}
+#endif  // AMX
+
+// 0 = done, 3 = a tree row deeper than AMX_TAIL whose tiled keys would include tree keys
+template <typename T, typename TQ>
+int attend_all(const Args& a, int64_t num_seqs, int num_threads) {
+#ifdef GROVE_AMX_ATTENTION
+  if constexpr (std::is_same_v<T, uint16_t> && std::is_same_v<TQ, uint16_t>) {
+    if (a.head_dim % 32 == 0 && a.group <= 16 * MAX_ROW_TILES && amx_permitted()) {
+      const int64_t chunk_tokens = std::min<int64_t>(CHUNK_TOKENS, 16 * MAX_ROW_TILES / a.group);
+      const std::vector<Item> items = work_items(a, num_seqs, chunk_tokens);
+      const int64_t count = static_cast<int64_t>(items.size());
+      std::atomic<int> refused{0};
+#pragma omp parallel num_threads(num_threads)
+      {
+        static thread_local AmxScratch w;
+        load_tile_config();
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < count; ++i)
+          if (!attend_item_amx(a, items[i].seq, items[i].head, items[i].chunk, chunk_tokens, w)) refused = 1;
+        _tile_release();
+      }
+      return refused ? 3 : 0;
+    }
+  }
+#endif
+  const std::vector<Item> items = work_items(a, num_seqs, CHUNK_TOKENS);
   const int64_t count = static_cast<int64_t>(items.size());
 #pragma omp parallel num_threads(num_threads)
   {
     static thread_local Scratch w;  // kept across calls: no allocation (and page faults) per layer
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t it = items[i];
-      attend_item<T, TQ>(a, it >> 32, (it >> 16) & 0xffff, it & 0xffff, w);
-    }
+    for (int64_t i = 0; i < count; ++i) attend_item<T, TQ>(a, items[i].seq, items[i].head, items[i].chunk, w);
   }
+  return 0;
 }
 
 }  // namespace
 
 // 1 when bf16 q against a bf16 cache is scored by VDPBF16PS (score_rows_bf16), else 0.
 extern "C" int grove_attention_bf16_dot() { return BF16_DOT ? 1 : 0; }
+
+// The keys before a row's position summed one at a time on the AMX path: the deepest tree it takes.
+extern "C" int grove_attention_amx_tail() {
+#ifdef GROVE_AMX_ATTENTION
+  return static_cast<int>(AMX_TAIL);
+#else
+  return 0;
+#endif
+}
+
+// 1 when bf16 q against a bf16 cache (head_dim a multiple of 32) runs on AMX tiles, else 0.
+extern "C" int grove_attention_amx() {
+#ifdef GROVE_AMX_ATTENTION
+  return amx_permitted() ? 1 : 0;
+#else
+  return 0;
+#endif
+}
 
 // kv_dtype: 0 fp32, 1 bf16, 2 fp16; q_f32: q and out are fp32 (else the cache's dtype). 0 = done.
 extern "C" int grove_paged_attention(
@@ -493,11 +974,11 @@ extern "C" int grove_paged_attention(
   const Args a{q, k, v, block_stride, block_size, kvh, group, head_dim, block_tables, max_blocks,
                query_start, num_cached, tree_mask, mask_stride, positions, window, scale, out};
   switch (kv_dtype * 2 + (q_f32 ? 1 : 0)) {
-    case 0: case 1: attend_all<float, float>(a, num_seqs, num_threads); return 0;
-    case 2: attend_all<uint16_t, uint16_t>(a, num_seqs, num_threads); return 0;
-    case 3: attend_all<uint16_t, float>(a, num_seqs, num_threads); return 0;
-    case 4: attend_all<_Float16, _Float16>(a, num_seqs, num_threads); return 0;
-    case 5: attend_all<_Float16, float>(a, num_seqs, num_threads); return 0;
+    case 0: case 1: return attend_all<float, float>(a, num_seqs, num_threads);
+    case 2: return attend_all<uint16_t, uint16_t>(a, num_seqs, num_threads);
+    case 3: return attend_all<uint16_t, float>(a, num_seqs, num_threads);
+    case 4: return attend_all<_Float16, _Float16>(a, num_seqs, num_threads);
+    case 5: return attend_all<_Float16, float>(a, num_seqs, num_threads);
     default: return 1;
   }
 }

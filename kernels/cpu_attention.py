@@ -12,6 +12,10 @@ block tables in place, computes in fp32 for every cache dtype, and is row-invari
 construction (see the .cpp): a query row gets the same bits whatever else is in the step, which is
 what keeps 16-bit lookahead exact, and without the fp64 pass of the torch backend.
 
+On CPUs with AMX, bf16 queries against a bf16 cache take the kernel's AMX path (``amx()``): the
+scores and most of each row's weighted value sum on TDPBF16PS tiles with the weights in bf16, the
+row's last ``AMX_TAIL`` keys one at a time, so lookahead trees up to that deep stay bit-exact.
+
 The library is compiled for this machine (``-march=native``) into Grove's cache, keyed by the
 source and the CPU's flags; without a compiler ``available()`` is False and the engine attends
 with the torch backend. Threads: the kernel runs in the OpenMP pool torch already loaded, with
@@ -33,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_suffix(".cpp")
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-_MAX_TOKENS = 8 * 0xFFFF  # CHUNK_TOKENS x the 16-bit chunk field of a work item (cpu_attention.cpp)
 
 
 def library_path() -> Path:
@@ -56,8 +59,9 @@ def _library() -> ctypes.CDLL | None:
     fn.argtypes = [p, p, p, ctypes.c_int32, ctypes.c_int32, i64, i64, i64, i64, i64, p, i64, p, p, i64, p, i64, p, i64,
                    ctypes.c_float, p, ctypes.c_int32]
     fn.restype = ctypes.c_int
-    lib.grove_attention_bf16_dot.argtypes = []
-    lib.grove_attention_bf16_dot.restype = ctypes.c_int
+    for name in ("grove_attention_bf16_dot", "grove_attention_amx", "grove_attention_amx_tail"):
+        getattr(lib, name).argtypes = []
+        getattr(lib, name).restype = ctypes.c_int
     return lib
 
 
@@ -67,6 +71,17 @@ def bf16_dot() -> bool:
     not the same bits (an fp32 q takes the fp32 FMA chain)."""
     lib = _library()
     return lib is not None and bool(lib.grove_attention_bf16_dot())
+
+
+def amx() -> bool:
+    """True when bf16 queries against a bf16 cache (head_dim a multiple of 32) run on AMX tiles:
+    P is rounded to bf16 for the tiled keys, so results are close to the other paths', not equal;
+    a lookahead tree deeper than ``AMX_TAIL`` is refused (see the .cpp)."""
+    lib = _library()
+    return lib is not None and bool(lib.grove_attention_amx())
+
+
+AMX_TAIL = 32  # cpu_attention.cpp: the keys this close before a row's position are summed one at a time
 
 
 def available() -> bool:
@@ -103,8 +118,6 @@ class PagedQuery:
         if any(t.dtype != torch.long for t in (block_tables, query_start, num_cached)):
             raise ValueError("block_tables, query_start and num_cached must be int64")
         T = int(query_start[-1])
-        if T > _MAX_TOKENS:  # the kernel packs a work item's chunk index into 16 bits
-            raise ValueError(f"{T} query tokens in one step; the kernel takes at most {_MAX_TOKENS}")
         if tree_mask is not None and (tree_mask.dim() != 2 or tree_mask.shape[0] != T):
             raise ValueError(f"tree_mask must be [T={T}, max_q], got {tuple(tree_mask.shape)}")
         mask = tree_mask.to(torch.uint8).contiguous() if tree_mask is not None else None
@@ -158,6 +171,8 @@ def run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pq: Paged
         pq.num_cached.data_ptr(), pq.num_cached.shape[0], mask.data_ptr() if mask is not None else None,
         mask.shape[1] if mask is not None else 0, pq.positions.data_ptr() if pq.positions is not None else None,
         pq.window, scale, out.data_ptr(), max(1, torch.get_num_threads()))
+    if rc == 3:
+        raise ValueError(f"a lookahead tree deeper than {AMX_TAIL} tokens: the AMX path would lose exactness")
     if rc != 0:
         raise RuntimeError(f"grove_paged_attention returned {rc}")
     return out

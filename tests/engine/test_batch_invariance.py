@@ -182,6 +182,17 @@ def test_cpu_kernel_big_tree_token_attends_as_when_decoded_alone(ctx: int, other
     assert _tree_vs_decode(ctx, other_len, torch.bfloat16, CpuAttentionBackend(), window, BIG_TREE) == []
 
 
+DEEP_TREE = [-1, *range(0, 32), 5, 20, -1]  # a 32-deep chain (the engine's deepest draft), two forks, a lone root
+
+
+@pytest.mark.parametrize("ctx,other_len", [(64, 3), (95, 200), (96, 33), (127, 9), (161, 64)])
+def test_cpu_kernel_deepest_tree_token_attends_as_when_decoded_alone(ctx: int, other_len: int) -> None:
+    """On AMX the kernel tiles a row's keys up to amx_end(position), the rest one at a time: with
+    trees as deep as the engine drafts and contexts around the tiles' 32-key edges, every node's
+    tiled keys are the context's, the same as when decoded alone."""
+    assert _tree_vs_decode(ctx, other_len, torch.bfloat16, CpuAttentionBackend(), None, DEEP_TREE) == []
+
+
 def test_the_attention_check_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same check with bf16 SDPA (the path before fp64) finds differing rows: it is not vacuous."""
     monkeypatch.setattr(torch_backend, "ROW_INVARIANT_DTYPES", ())

@@ -13,6 +13,7 @@ import torch
 from engine.attention.cpu_backend import CpuAttentionBackend, CpuKernelPlan
 from engine.attention.selector import get_backend
 from engine.batch import SeqInput, plan_batch
+from engine.engine_config import MAX_DRAFT_DEPTH
 from kernels import cpu_attention
 from kernels.cpu_attention import PagedQuery, cpu_paged_attention
 from kernels.paged_attention import paged_attention_ref
@@ -121,8 +122,6 @@ def test_rejects_bad_inputs() -> None:
         PagedQuery.build(m.block_tables.to("meta"), m.query_start, m.num_cached)
     with pytest.raises(ValueError, match="q is on meta"):
         cpu_paged_attention(pb.q.to("meta"), pb.k, pb.v, *args)
-    with pytest.raises(ValueError, match="at most"):  # more chunks than a work item can name
-        PagedQuery.build(torch.zeros(1, 1, dtype=torch.long), torch.tensor([0, 8 * 0xFFFF + 1]), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="tokens"):
         cpu_attention.run(pb.q[:2], pb.k, pb.v, PagedQuery.build(*args[:3], m.tree_mask), 0.125)
     with pytest.raises(ValueError, match="q must be float32 or the cache's dtype"):
@@ -131,6 +130,26 @@ def test_rejects_bad_inputs() -> None:
         cpu_paged_attention(pb.q, pb.k, pb.v, *args, None, 8)
     with pytest.raises(ValueError, match="sliding_window must be"):
         cpu_paged_attention(pb.q, pb.k, pb.v, *args, m.positions, 0)
+
+
+@pytest.mark.skipif(not cpu_attention.amx(), reason="the AMX path refuses trees deeper than AMX_TAIL; others take any")
+def test_amx_refuses_a_tree_deeper_than_its_exact_tail() -> None:
+    """A node 39 deep behind 30 cached keys: its tiled keys (up to 32) would include the step's
+    first two tokens, one not its ancestor, where plain decoding tiles its compacted path: refused
+    with a clear error, not a silently different row. The same tree 32 deep is attended."""
+    def batch(depth: int) -> tuple[torch.Tensor, PagedQuery]:
+        parents = [-1, -1, *range(1, depth)]  # a lone root, then a chain of `depth` nodes
+        seqs = [SeqInput(token_ids=[0] * len(parents), num_cached=30, block_table=list(range(8)), parents=parents)]
+        m = plan_batch(seqs, 16).attn
+        return torch.randn(len(parents), 9, 64).bfloat16(), PagedQuery.build(m.block_tables, m.query_start,
+                                                                              m.num_cached, m.tree_mask)
+    assert cpu_attention._library().grove_attention_amx_tail() == cpu_attention.AMX_TAIL >= MAX_DRAFT_DEPTH
+    pool = torch.randn(8, 16, 3, 64).bfloat16()
+    q, pq = batch(cpu_attention.AMX_TAIL)
+    assert cpu_attention.run(q, pool, pool, pq, 0.125).isfinite().all()
+    q, pq = batch(39)
+    with pytest.raises(ValueError, match="deeper than 32"):
+        cpu_attention.run(q, pool, pool, pq, 0.125)
 
 
 def test_builds_here_and_is_the_cpu_default() -> None:

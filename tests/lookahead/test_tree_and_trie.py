@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import pytest
 
+from engine.engine_config import MAX_DRAFT_DEPTH, EngineConfig
 from engine.lookahead import budget
 from engine.lookahead.budget import StepCostModel, expected_accepted, plan_depths
 from engine.lookahead.drafter import Drafter, DrafterConfig
@@ -258,7 +259,6 @@ def test_key_reads_price_drafts_behind_long_contexts() -> None:
 def test_calibration_in_a_small_pool_keeps_the_token_curve(model_dir) -> None:
     """An engine whose pool cannot hold the long calibration context (16 blocks of 16 tokens) still
     times 1..64 query tokens, and prices no key reads rather than guessing."""
-    from engine.engine_config import EngineConfig
     from engine.llm_engine import LLMEngine
 
     eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=16))
@@ -320,3 +320,11 @@ def test_a_plan_drafts_only_if_it_pays_more_than_the_margin(monkeypatch: pytest.
     assert sum(plan_depths([0.6] * 16, 16, cost, 8, 2, 256)) > 0
     monkeypatch.setattr(budget, "MIN_GAIN", 0.0)
     assert sum(plan_depths([0.5] * 16, 16, cost, 8, 2, 256)) > 0
+
+
+@pytest.mark.parametrize("depth", [0, MAX_DRAFT_DEPTH + 1])
+def test_draft_depth_outside_what_exact_attention_takes_is_refused(depth: int) -> None:
+    """The CPU kernel's AMX path keeps a node's sums exact for trees up to MAX_DRAFT_DEPTH deep."""
+    with pytest.raises(ValueError, match=f"lookahead_max_depth must be between 1 and {MAX_DRAFT_DEPTH}"):
+        EngineConfig(lookahead_max_depth=depth)
+    assert EngineConfig(lookahead_max_depth=MAX_DRAFT_DEPTH).lookahead_max_depth == MAX_DRAFT_DEPTH
