@@ -37,6 +37,7 @@ from engine.tokenizer import load_tokenizer, validate_prompt
 
 logger = logging.getLogger(__name__)
 CALIBRATION_ROUNDS = 3  # timings per step-cost point at engine start (the best is kept)
+CONTEXT_SEQS = 8  # sequences behind the long context that price a context key (8 x 1,024 tokens: ~190 MB of bf16 KV for SmolLM2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,9 @@ class LLMEngine:
         """The step cost model's start: the cost of a key read, then forwards of 1..64 query tokens
         behind 64. A key read is priced by a double difference (32 vs 1 query tokens, behind a long
         vs a short context), which leaves out what a longer context costs once per sequence (the
-        gather of its blocks): decoding pays that anyway. A drafting step's extra attention group
+        stream of its keys and values): that is priced apart, by CONTEXT_SEQS sequences of one
+        token behind the long context against the short one (their KV more than a cache holds,
+        as in decoding), per cached key (``per_context_key``). A drafting step's extra attention group
         is priced by two sequences of 1 + 8 tokens (a decode beside a chain: two groups where the
         backend groups) against 4 + 5 (one group), for a backend that pads groups. Only timings: the KV read is whatever the
         blocks hold. A pool too small for the long context keeps the per-token curve and prices
@@ -122,7 +125,9 @@ class LLMEngine:
         n_short, n_long = -(-128 // bs), -(-(long_ctx + 32) // bs)
         price_keys = long_ctx > 64 and self.allocator.num_free >= n_long
         per_pair = -(-(64 + 8) // bs)  # each sequence of the group pair: 64 cached + up to 8 new
-        n_blocks = max(n_short, n_long if price_keys else 0, 2 * per_pair)
+        # the context stream: each sequence its own blocks (shared ones would stay in the cache)
+        price_stream = price_keys and self.allocator.num_free >= CONTEXT_SEQS * n_long
+        n_blocks = max(n_short, n_long if price_keys else 0, 2 * per_pair, CONTEXT_SEQS * n_long if price_stream else 0)
         if self.allocator.num_free < n_blocks:
             return
         blocks = self.allocator.allocate(n_blocks)
@@ -141,6 +146,10 @@ class LLMEngine:
             return [SeqInput(ids[:n], 64, blocks[i * per_pair:(i + 1) * per_pair], logits="all")
                     for i, n in enumerate((a, b))]
 
+        def many(ctx: int) -> list[SeqInput]:  # CONTEXT_SEQS sequences of one token behind ctx each
+            return [SeqInput(ids[:1], ctx, blocks[i * n_long:(i + 1) * n_long], logits="all")
+                    for i in range(CONTEXT_SEQS)]
+
         try:
             timed(one(64, 0))  # warm-up
             # each point is the best of CALIBRATION_ROUNDS timings taken in alternating order: a
@@ -151,22 +160,29 @@ class LLMEngine:
             runs: dict[tuple[int, int], list[float]] = {}
             points = [(n, 64) for n in ns] + ([(1, long_ctx), (32, long_ctx)] if price_keys else [])
             pairs = [(1, 8), (4, 5)] if self.model.backend.pads_groups else []
+            streams = [64, long_ctx] if price_stream else []
             for r in range(CALIBRATION_ROUNDS):
                 for n, ctx in points if r % 2 == 0 else points[::-1]:
                     runs.setdefault((n, ctx), []).append(timed(one(n, ctx)))
                 for a, b in pairs if r % 2 == 0 else pairs[::-1]:
                     runs.setdefault((-a, -b), []).append(timed(pair(a, b)))
+                for ctx in streams if r % 2 == 0 else streams[::-1]:
+                    runs.setdefault((0, ctx), []).append(timed(many(ctx)))
             best = {key: min(times) for key, times in runs.items()}
             short = {n: best[n, 64] for n in ns}
             if price_keys:
                 extra = (best[32, long_ctx] - best[1, long_ctx]) - (best[32, 64] - best[1, 64])
                 cost.per_key_read = max(0.0, extra) / (31 * (long_ctx - 64))
+            if price_stream:  # a sequence's first row reads each key: per_key_read of it is priced already
+                stream = (best[0, long_ctx] - best[0, 64]) / (CONTEXT_SEQS * (long_ctx - 64))
+                cost.per_context_key = max(0.0, stream - cost.per_key_read)
             cost.group_overhead = max(0.0, best[-1, -8] - best[-4, -5]) if pairs else 0.0
             for n, seconds in short.items():
                 cost.observe(n, seconds, key_reads=key_reads(64, n))
-            logger.info("step cost: %s ms by query tokens, %.3f us per key read, %.2f ms per extra attention group",
+            logger.info("step cost: %s ms by query tokens, %.3f us per key read, %.3f us per context key, "
+                        "%.2f ms per extra attention group",
                         {round(x): round(t * 1e3, 1) for x, t in sorted(cost.points.values())},
-                        cost.per_key_read * 1e6, cost.group_overhead * 1e3)
+                        cost.per_key_read * 1e6, cost.per_context_key * 1e6, cost.group_overhead * 1e3)
         finally:
             self.allocator.free(blocks)
 
@@ -238,10 +254,12 @@ class LLMEngine:
             cost = self.speculator.cost
             tokens = sum(s.num_tokens for s in scheduled)
             reads = sum(key_reads(s.seq.num_cached, s.num_tokens) for s in scheduled)
+            context = sum(s.seq.num_cached for s in scheduled)
             if not any(s.seq.is_prefilling for s in scheduled):  # decoding steps: drafts' true price
                 extra_group = 0 < len(drafts) < len(scheduled)  # as the planner priced it
-                cost.observe_step(bool(drafts), seconds, cost.cost(tokens, reads, extra_group=extra_group))
-            cost.observe(tokens, seconds, key_reads=reads)
+                cost.observe_step(bool(drafts), seconds,
+                                  cost.cost(tokens, reads, extra_group=extra_group, context_keys=context))
+            cost.observe(tokens, seconds, key_reads=reads, context_keys=context)
         return self.postprocess(scheduled, logits, drafts)
 
     def _propose(self) -> dict[str, DraftTree]:
@@ -253,7 +271,7 @@ class LLMEngine:
         new = [min(s.num_tokens - s.num_cached, self.config.max_num_batched_tokens) if s.is_prefilling else 1
                for s in running]
         base_reads = sum(key_reads(s.num_cached, q) for q, s in zip(new, running))
-        return self.speculator.propose(decoding, sum(new), base_reads)
+        return self.speculator.propose(decoding, sum(new), base_reads, sum(s.num_cached for s in running))
 
     def forward(self, scheduled: list[ScheduledSeq], drafts: dict[str, DraftTree] | None = None) -> torch.Tensor:
         """Runs the model over the scheduled tokens; logits [N, vocab] for the sampling rows."""

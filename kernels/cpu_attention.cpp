@@ -46,9 +46,8 @@
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
 #endif
-#if defined(__AMX_TILE__)
-#include <sys/syscall.h>
-#include <unistd.h>
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#include "cpu_amx.h"
 #endif
 
 namespace {
@@ -530,30 +529,9 @@ constexpr int64_t SCORE_TILES = 4;     // key tiles transposed (vector units) be
 // first key past a row's tiled range: a multiple of AMX_KEYS, at most p - AMX_TAIL
 inline int64_t amx_end(int64_t p) { return p <= AMX_TAIL ? 0 : (p - AMX_TAIL) / AMX_KEYS * AMX_KEYS; }
 
-// Linux hands AMX's tile state to a process only on request (arch_prctl, once per process)
-bool amx_permitted() {
-  static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
-  return ok;
-}
-
-struct alignas(64) TileConfig {
-  uint8_t palette_id = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-// Every tile 16 rows x 64 bytes: 0-3 C (scores of row tiles 0-3; then output dims), 4 A, 5-7 B.
-// Loaded per thread per call: torch's oneDNN and the product kernel load their own in these threads.
-void load_tile_config() {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
-  _tile_loadconfig(&cfg);
-}
+// tiles 0-3: C (scores of row tiles 0-3; then output dims), 4: A, 5-7: B
+using grove_amx::load_tile_config;
+using grove_amx::permitted;
 
 // Scores of RT row tiles against one 16-key tile: kb the key tile's B tiles [chunks][16 pairs][16
 // keys], qa the rows [RT * 16][D] (row stride ld bytes); c[rt * 256 + row * 16 + key] the sums
@@ -907,12 +885,14 @@ bool attend_item_amx(const Args& a, int64_t seq, int64_t head, int64_t chunk, in
 }
 #endif  // AMX
 
-// 0 = done, 3 = a tree row deeper than AMX_TAIL whose tiled keys would include tree keys
+// 0 = done, 3 = a tree row deeper than AMX_TAIL whose tiled keys would include tree keys.
+// use_amx = 0 keeps a bf16 call off the AMX path (for side-by-side measurements only: a process
+// must attend every call on one path, or rows stop agreeing).
 template <typename T, typename TQ>
-int attend_all(const Args& a, int64_t num_seqs, int num_threads) {
+int attend_all(const Args& a, int64_t num_seqs, int num_threads, bool use_amx) {
 #ifdef GROVE_AMX_ATTENTION
   if constexpr (std::is_same_v<T, uint16_t> && std::is_same_v<TQ, uint16_t>) {
-    if (a.head_dim % 32 == 0 && a.group <= 16 * MAX_ROW_TILES && amx_permitted()) {
+    if (use_amx && a.head_dim % 32 == 0 && a.group <= 16 * MAX_ROW_TILES && permitted()) {
       const int64_t chunk_tokens = std::min<int64_t>(CHUNK_TOKENS, 16 * MAX_ROW_TILES / a.group);
       const std::vector<Item> items = work_items(a, num_seqs, chunk_tokens);
       const int64_t count = static_cast<int64_t>(items.size());
@@ -930,6 +910,7 @@ int attend_all(const Args& a, int64_t num_seqs, int num_threads) {
     }
   }
 #endif
+  (void)use_amx;
   const std::vector<Item> items = work_items(a, num_seqs, CHUNK_TOKENS);
   const int64_t count = static_cast<int64_t>(items.size());
 #pragma omp parallel num_threads(num_threads)
@@ -958,27 +939,28 @@ extern "C" int grove_attention_amx_tail() {
 // 1 when bf16 q against a bf16 cache (head_dim a multiple of 32) runs on AMX tiles, else 0.
 extern "C" int grove_attention_amx() {
 #ifdef GROVE_AMX_ATTENTION
-  return amx_permitted() ? 1 : 0;
+  return permitted() ? 1 : 0;
 #else
   return 0;
 #endif
 }
 
-// kv_dtype: 0 fp32, 1 bf16, 2 fp16; q_f32: q and out are fp32 (else the cache's dtype). 0 = done.
+// kv_dtype: 0 fp32, 1 bf16, 2 fp16; q_f32: q and out are fp32 (else the cache's dtype); use_amx: 1
+// where the serving path is meant (see attend_all). 0 = done, 3 = a tree too deep for the AMX path.
 extern "C" int grove_paged_attention(
     const void* q, const void* k, const void* v, int32_t kv_dtype, int32_t q_f32, int64_t block_stride,
     int64_t block_size, int64_t kvh, int64_t group, int64_t head_dim, const int64_t* block_tables,
     int64_t max_blocks, const int64_t* query_start, const int64_t* num_cached, int64_t num_seqs,
     const uint8_t* tree_mask, int64_t mask_stride, const int64_t* positions, int64_t window, float scale, void* out,
-    int32_t num_threads) {
+    int32_t num_threads, int32_t use_amx) {
   const Args a{q, k, v, block_stride, block_size, kvh, group, head_dim, block_tables, max_blocks,
                query_start, num_cached, tree_mask, mask_stride, positions, window, scale, out};
   switch (kv_dtype * 2 + (q_f32 ? 1 : 0)) {
-    case 0: case 1: return attend_all<float, float>(a, num_seqs, num_threads);
-    case 2: return attend_all<uint16_t, uint16_t>(a, num_seqs, num_threads);
-    case 3: return attend_all<uint16_t, float>(a, num_seqs, num_threads);
-    case 4: return attend_all<_Float16, _Float16>(a, num_seqs, num_threads);
-    case 5: return attend_all<_Float16, float>(a, num_seqs, num_threads);
+    case 0: case 1: return attend_all<float, float>(a, num_seqs, num_threads, use_amx != 0);
+    case 2: return attend_all<uint16_t, uint16_t>(a, num_seqs, num_threads, use_amx != 0);
+    case 3: return attend_all<uint16_t, float>(a, num_seqs, num_threads, use_amx != 0);
+    case 4: return attend_all<_Float16, _Float16>(a, num_seqs, num_threads, use_amx != 0);
+    case 5: return attend_all<_Float16, float>(a, num_seqs, num_threads, use_amx != 0);
     default: return 1;
   }
 }

@@ -57,7 +57,7 @@ def _library() -> ctypes.CDLL | None:
     fn = lib.grove_paged_attention
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     fn.argtypes = [p, p, p, ctypes.c_int32, ctypes.c_int32, i64, i64, i64, i64, i64, p, i64, p, p, i64, p, i64, p, i64,
-                   ctypes.c_float, p, ctypes.c_int32]
+                   ctypes.c_float, p, ctypes.c_int32, ctypes.c_int32]
     fn.restype = ctypes.c_int
     for name in ("grove_attention_bf16_dot", "grove_attention_amx", "grove_attention_amx_tail"):
         getattr(lib, name).argtypes = []
@@ -150,10 +150,13 @@ def check_cache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -
             raise ValueError(f"the CPU attention kernel takes CPU tensors: {name} is on {t.device}")
 
 
-def run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pq: PagedQuery, scale: float) -> torch.Tensor:
+def run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pq: PagedQuery, scale: float,
+        use_amx: bool = True) -> torch.Tensor:
     """The kernel on checked inputs (``check_cache`` once per pool, ``PagedQuery.build`` once per
     step): [T, H, D] in q's dtype. The kernel reads q and writes the output in their own dtype
-    (fp32 inside; the output rounded to nearest even, as ``.to()`` would)."""
+    (fp32 inside; the output rounded to nearest even, as ``.to()`` would). ``use_amx=False`` keeps
+    a bf16 call off the AMX path: for side-by-side measurements, never in serving (every call of
+    a process must take one path, or tree rows stop agreeing with plain decoding)."""
     lib = _library()
     if lib is None:
         raise RuntimeError("the CPU attention kernel is not available (see the log for why)")
@@ -170,7 +173,7 @@ def run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pq: Paged
         H // kvh, D, pq.block_tables.data_ptr(), pq.block_tables.shape[1], pq.query_start.data_ptr(),
         pq.num_cached.data_ptr(), pq.num_cached.shape[0], mask.data_ptr() if mask is not None else None,
         mask.shape[1] if mask is not None else 0, pq.positions.data_ptr() if pq.positions is not None else None,
-        pq.window, scale, out.data_ptr(), max(1, torch.get_num_threads()))
+        pq.window, scale, out.data_ptr(), max(1, torch.get_num_threads()), int(use_amx))
     if rc == 3:
         raise ValueError(f"a lookahead tree deeper than {AMX_TAIL} tokens: the AMX path would lose exactness")
     if rc != 0:

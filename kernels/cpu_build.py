@@ -36,8 +36,9 @@ def cpu_flags() -> str:
 
 
 def library_path(source: Path) -> Path:
-    """Where ``source``'s library lives: one per source, compiler flags and CPU."""
-    key = hashlib.sha256(source.read_bytes() + " ".join(FLAGS).encode() + cpu_flags().encode()).hexdigest()[:16]
+    """Where ``source``'s library lives: one per source (and the headers beside it), compiler flags and CPU."""
+    headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))  # what the sources include
+    key = hashlib.sha256(source.read_bytes() + headers + " ".join(FLAGS).encode() + cpu_flags().encode()).hexdigest()[:16]
     return cache_dir() / "build" / f"grove_{source.stem}-{platform.machine()}-{key}.so"
 
 

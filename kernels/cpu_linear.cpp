@@ -221,8 +221,7 @@ extern "C" int grove_linear_bf16(const uint16_t* x, int64_t T, int64_t in, int64
 // ---------------------------------------------------------------------------------------------
 // AMX path
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
-#include <sys/syscall.h>
-#include <unistd.h>
+#include "cpu_amx.h"
 
 namespace {
 
@@ -231,32 +230,14 @@ constexpr int AMX_K = 32;       // inputs per A tile row (64 bytes of bf16): 16 
 // input chunks ahead (4 x 2 KiB of the panel), prefetched into L1. SmolLM2's products, 30 distinct
 // layers: into L2 (T1) 16 ms at 1 token, 52-59 at 128; into L1 12-15 and 26-45 (the machine's noise)
 constexpr int AMX_PREFETCH = 4;
+// the A tiles' rows (one line per token, at the row stride) come from L2 without it: SmolLM2's
+// products at 128 tokens 72 -> 64 ms, at 16 16.4 -> 15.2 (the two libraries alternating in one
+// process; 1 chunk ahead alike, 4 less)
+constexpr int AMX_X_PREFETCH = 2;
 
-// Linux hands AMX's tile state to a process only on request (arch_prctl, once per process)
-bool amx_permitted() {
-  static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
-  return ok;
-}
-
-struct alignas(64) TileConfig {
-  uint8_t palette_id = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-// Every tile 16 rows x 64 bytes. Tiles 0-3: C (token tile m, output half h) at 2 m + h; 4, 5: A
-// (token tiles 0, 1); 6, 7: B (the panel's halves). Loaded in every thread at every call: the
-// tile configuration is per thread, and torch's oneDNN kernels load their own in the same threads.
-void load_tile_config() {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = AMX_ROWS;
-  }
-  _tile_loadconfig(&cfg);
-}
+using grove_amx::load_tile_config;  // tiles 0-3: C (token tile m, output half h) at 2 m + h; 4, 5: A
+                                   // (token tiles 0, 1); 6, 7: B (the panel's halves)
+using grove_amx::permitted;
 
 // MT (1 or 2) token tiles x one panel (32 rows): c[MT * 16][32] fp32 receives the sums.
 // w: the panel ([kp_n][32][2] bf16); x: the tile's first token (row stride xs elements, 16 * MT
@@ -276,6 +257,10 @@ void amx_panel(const uint16_t* __restrict w, int64_t kp_n, const uint16_t* __res
     for (int line = 0; line < 2048; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
     _tile_loadd(6, wk, PANEL * 4);       // rows: input pairs; columns: the panel's rows 0-15 x 2
     _tile_loadd(7, wk + 32, PANEL * 4);  // rows 16-31
+    if (kc + AMX_X_PREFETCH < chunks) {  // the token rows' inputs a few chunks ahead, into L1 as the panel's
+      const uint16_t* xk = x + (kc + AMX_X_PREFETCH) * AMX_K;
+      for (int r = 0; r < MT * AMX_ROWS; ++r) _mm_prefetch(reinterpret_cast<const char*>(xk + r * xs), _MM_HINT_T0);
+    }
     _tile_loadd(4, x + kc * AMX_K, xs * 2);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
@@ -295,7 +280,7 @@ void amx_panel(const uint16_t* __restrict w, int64_t kp_n, const uint16_t* __res
 
 }  // namespace
 
-extern "C" int grove_linear_amx_supported() { return amx_permitted() ? 1 : 0; }
+extern "C" int grove_linear_amx_supported() { return permitted() ? 1 : 0; }
 
 // As grove_linear_bf16 (same packed weights), on AMX tiles; in must be a multiple of 32.
 // Returns 0, 1 for an `in` that is not, 2 when the kernel holds no AMX permission.
@@ -303,7 +288,7 @@ extern "C" int grove_linear_amx(const uint16_t* x, int64_t T, int64_t in, int64_
                                 int64_t out, uint16_t* y, int64_t ys, int add_residual, const uint16_t* norm_w,
                                 float eps, int num_threads) {
   if (in % AMX_K) return 1;
-  if (!amx_permitted()) return 2;
+  if (!permitted()) return 2;
   const int64_t kp_n = in / 2, panels = (out + PANEL - 1) / PANEL;
   const int64_t T16 = (T + AMX_ROWS - 1) / AMX_ROWS * AMX_ROWS;
   // tiles read 16 rows: a step's tail (and normalized rows) come from a scratch of T16 rows whose

@@ -21,6 +21,14 @@ class StepCostModel:
     its steps were (a 17-token step moves the (16, 32] point towards 17 tokens, not to 32), so the
     curve never prices wide steps at what narrower ones cost.
 
+    ``per_context_key``: seconds per cached key of each sequence in the step, paid once per
+    sequence whatever its query rows (its keys and values streamed from memory for the first row;
+    more rows are ``per_key_read``). Calibrated with several sequences behind a long context
+    against a short one (engine.llm_engine). Without it the stream lands in f: on an Intel Xeon
+    in bf16, 16 code-edit decodes behind ~600 tokens spent ~30 ms a step in attention, the
+    16-token point rose to 65 ms and a 6-token step's to 45, so f looked 3-4 ms a token steep and
+    the last requests of a batch (5-9 left, acceptance 0.6-0.9) drafted nothing.
+
     ``group_overhead``: what a step pays when some of its decoding sequences draft and others do
     not, beyond its tokens and key reads: a backend that pads groups attends trees apart from the
     plain decodes (engine.attention.grouping), one more group in every layer. Calibrated at start
@@ -40,14 +48,15 @@ class StepCostModel:
         self.points: dict[int, tuple[float, float]] = {}  # bucket -> (mean tokens, mean seconds)
         self.alpha = alpha
         self.per_key_read = 0.0
+        self.per_context_key = 0.0
         self.group_overhead = 0.0
         self.draft_factor = 1.0
         self._ratio: dict[bool, float] = {}  # drafted? -> running mean of actual / priced seconds
         self._curve: list[tuple[float, float]] | None = None  # the points by tokens; None after an observe
         self._memo: dict[int, float] = {}  # tokens -> f(tokens) on the current curve
 
-    def observe(self, tokens: int, seconds: float, key_reads: int = 0) -> None:
-        seconds = max(seconds - self.per_key_read * key_reads, 1e-6)
+    def observe(self, tokens: int, seconds: float, key_reads: int = 0, context_keys: int = 0) -> None:
+        seconds = max(seconds - self.per_key_read * key_reads - self.per_context_key * context_keys, 1e-6)
         b = 1 << max(0, (tokens - 1).bit_length())  # bucket (b/2, b]: next power of two
         old = self.points.get(b)
         self._curve = None
@@ -68,8 +77,9 @@ class StepCostModel:
         if len(self._ratio) == 2:
             self.draft_factor = max(1.0, self._ratio[True] / self._ratio[False])
 
-    def cost(self, tokens: int, key_reads: int = 0, extra_group: bool = False) -> float:
-        return self._token_cost(tokens) + self.per_key_read * key_reads + (self.group_overhead if extra_group else 0.0)
+    def cost(self, tokens: int, key_reads: int = 0, extra_group: bool = False, context_keys: int = 0) -> float:
+        return (self._token_cost(tokens) + self.per_key_read * key_reads + self.per_context_key * context_keys
+                + (self.group_overhead if extra_group else 0.0))
 
     def _token_cost(self, tokens: int) -> float:
         cached = self._memo.get(tokens)
@@ -122,20 +132,22 @@ MIN_GAIN = 0.03
 
 def plan_depths(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: int,
                 width: int, max_step_tokens: int, kv_lens: list[int] | None = None,
-                base_key_reads: int = 0) -> list[int]:
+                base_key_reads: int = 0, context_keys: int = 0) -> list[int]:
     """Draft depth per request maximizing expected tokens per second of the whole step.
 
     base_tokens / base_key_reads: the step's tokens and key reads without drafts; a depth-D draft
-    adds about D * width nodes, each reading its sequence's kv_lens[i] keys.
+    adds about D * width nodes, each reading its sequence's kv_lens[i] keys. context_keys: the
+    step's sequences' cached keys (each streamed once, drafts or not): part of every plan's price.
     """
     kv_lens = kv_lens if kv_lens is not None else [0] * len(rhos)
     n = len(rhos)
     levels = sorted({d for d in DEPTHS if d < max_depth} | {max_depth})  # max_depth itself always a level
 
-    plain = cost.cost(base_tokens, base_key_reads)
+    plain = cost.cost(base_tokens, base_key_reads, context_keys=context_keys)
 
     def rate(g: float, e: int, r: int, drafting: int, group: bool) -> float:
-        drafted = cost.cost(base_tokens + e, base_key_reads + r, extra_group=group and 0 < drafting < n)
+        drafted = cost.cost(base_tokens + e, base_key_reads + r, extra_group=group and 0 < drafting < n,
+                            context_keys=context_keys)
         return g / (plain + cost.draft_factor * (drafted - plain))
 
     def greedy(group: bool) -> tuple[float, list[int]]:

@@ -71,8 +71,10 @@ class Speculator:
         # penalties depend on the tokens before each node: plain decoding keeps them exact
         return on and not seq.params.has_penalties and not seq.is_prefilling and not seq.hold_kv
 
-    def propose(self, seqs: Sequence[Seq], base_tokens: int, base_key_reads: int = 0) -> dict[str, DraftTree]:
-        """Draft trees for the decoding sequences, sized by plan_depths (base_*: the step without drafts)."""
+    def propose(self, seqs: Sequence[Seq], base_tokens: int, base_key_reads: int = 0,
+                context_keys: int = 0) -> dict[str, DraftTree]:
+        """Draft trees for the decoding sequences, sized by plan_depths (base_*: the step without
+        drafts; context_keys: the step's sequences' cached keys)."""
         if not seqs:
             return {}
         acc = self.acceptance
@@ -84,7 +86,7 @@ class Speculator:
         # a request no cache continues expects nothing from a draft: the step's budget goes to others
         rhos = [acc.rho(s.request_id, c) if c is not None else 0.0 for s, c in zip(seqs, classes)]
         depths = plan_depths(rhos, base_tokens, self.cost, self.max_depth, self.width,
-                             self.max_step_tokens, [s.num_tokens for s in seqs], base_key_reads)
+                             self.max_step_tokens, [s.num_tokens for s in seqs], base_key_reads, context_keys)
         out: dict[str, DraftTree] = {}
         for s, cls, depth in zip(seqs, classes, depths):
             if cls is None:

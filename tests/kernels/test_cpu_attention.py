@@ -44,6 +44,9 @@ def test_matches_reference(seqs: list[tuple[int, int, bool]], page: int, kv_head
     ref = paged_attention_ref(pb.q.float(), pb.k.float(), pb.v.float(), m.block_tables, m.query_start, m.num_cached,
                               scale, m.tree_mask).to(dtype)
     assert_close(out, ref)
+    if dtype == torch.bfloat16 and cpu_attention.amx() and head_dim % 32 == 0:  # the served path took AMX tiles:
+        pq = PagedQuery.build(m.block_tables, m.query_start, m.num_cached, m.tree_mask)  # the other is close too
+        assert_close(cpu_attention.run(pb.q, pb.k, pb.v, pq, scale, use_amx=False), ref)
     # a 16-bit q is read and the output written in its own dtype: the same bits as an fp32 q (exact)
     # and an fp32 output rounded by torch; a bf16 q scored by VDPBF16PS rounds its scores' sums
     # otherwise than the fp32 FMA chain an fp32 q takes

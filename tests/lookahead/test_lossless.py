@@ -34,10 +34,10 @@ def la_engine(model_dir: Path) -> LLMEngine:
 class FreeWideSteps(StepCostModel):
     """A cost model that calls every step width equally cheap (and learns nothing)."""
 
-    def observe(self, tokens: int, seconds: float, key_reads: int = 0) -> None:
+    def observe(self, tokens: int, seconds: float, key_reads: int = 0, context_keys: int = 0) -> None:
         pass
 
-    def cost(self, tokens: int, key_reads: int = 0, extra_group: bool = False) -> float:
+    def cost(self, tokens: int, key_reads: int = 0, extra_group: bool = False, context_keys: int = 0) -> float:
         return 1.0
 
 

@@ -256,6 +256,31 @@ def test_key_reads_price_drafts_behind_long_contexts() -> None:
     assert plan_depths([0.8], 1, cost, 8, 2, 256, kv_lens=[4000], base_key_reads=4000)[0] == short
 
 
+def test_a_context_stream_stays_out_of_the_token_curve() -> None:
+    """Each sequence's cached keys are streamed once a step, drafts or not (per_context_key). A
+    step of n decodes behind 600 tokens each then costs 0.2 ms a token plus 1.8 ms a sequence
+    for its stream: observed with the stream's term, the curve stays 0.2 ms a token; learnt as
+    tokens alone (the old model) it looks 2 ms a token and the same five copying requests draft
+    about half as deep."""
+    def learn(per_context_key: float) -> StepCostModel:
+        cost = StepCostModel()
+        cost.per_context_key = per_context_key
+        for _ in range(3):
+            for n in (1, 2, 4, 8, 16):
+                cost.observe(n, 0.028 + 0.0002 * n + 3e-6 * 600 * n, context_keys=600 * n)
+        return cost
+
+    def plan(cost: StepCostModel) -> list[int]:
+        return plan_depths([0.9] * 5, 5, cost, 8, 2, 256, kv_lens=[600] * 5, context_keys=5 * 600)
+
+    cost = learn(3e-6)
+    assert abs(cost.cost(6) - (0.028 + 0.0002 * 6)) < 1e-6
+    assert abs(cost.cost(6, context_keys=3000) - (0.028 + 0.0012 + 0.009)) < 1e-6
+    old = learn(0.0)
+    assert old.cost(16) - old.cost(8) > 0.015
+    assert sum(plan(cost)) >= 1.5 * sum(plan(old)) and max(plan(cost)) > max(plan(old))
+
+
 def test_calibration_in_a_small_pool_keeps_the_token_curve(model_dir) -> None:
     """An engine whose pool cannot hold the long calibration context (16 blocks of 16 tokens) still
     times 1..64 query tokens, and prices no key reads rather than guessing."""
@@ -264,6 +289,7 @@ def test_calibration_in_a_small_pool_keeps_the_token_curve(model_dir) -> None:
     eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=16))
     assert sorted(eng.speculator.cost.points) == [1, 2, 4, 8, 16, 32, 64]
     assert eng.speculator.cost.per_key_read == 0.0
+    assert eng.speculator.cost.per_context_key == 0.0
     assert eng.allocator.num_free == 16  # calibration gave its blocks back
 
 
