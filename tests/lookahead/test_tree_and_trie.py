@@ -293,6 +293,18 @@ def test_calibration_in_a_small_pool_keeps_the_token_curve(model_dir) -> None:
     assert eng.allocator.num_free == 16  # calibration gave its blocks back
 
 
+def test_calibration_prices_the_context_stream_where_the_pool_holds_it(model_dir) -> None:
+    """With room for CONTEXT_SEQS sequences behind the long context, the engine times them against
+    the short one and prices a cached key (8 x 1,024 keys against 8 x 64: tens of ms apart), then
+    gives the blocks back."""
+    from engine.llm_engine import CONTEXT_SEQS, LLMEngine
+
+    blocks = CONTEXT_SEQS * -(-(1024 + 32) // 16) + 8
+    eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=blocks))
+    assert eng.speculator.cost.per_context_key > 0.0
+    assert eng.allocator.num_free == blocks
+
+
 def test_an_extra_attention_group_is_priced_only_beside_plain_decodes() -> None:
     """Where some decoding sequences draft and others do not, a grouping backend attends the trees
     apart (one more group per layer, ~2.5 ms in bf16 on 2 cores). A marginal draft at batch 4 that
