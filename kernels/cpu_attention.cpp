@@ -480,6 +480,19 @@ struct Item {
   int32_t head, chunk;
 };
 
+// Items handed to a thread at a time: a (sequence, chunk)'s kv heads together once there are at
+// least two such groups a thread. A block holds its tokens' heads interleaved ([slot][kv head][dim]),
+// so one head's rows are a third of the lines the hardware prefetchers pull in; the thread that
+// reads the other heads next finds them in its own L2. Measured on an Intel Xeon (2 threads, bf16,
+// SmolLM2's heads, AMX path, the two schedules alternating in one process:
+// scripts/ab_cpu_attention.py): 16 decodes behind 600 1.22 -> 1.04 ms a layer, behind 1,500 3.23
+// -> 2.70, 4 behind 600 0.33 -> 0.28, 16 trees of 8 2.05 -> 1.84; one sequence (three items)
+// keeps one head an item (its heads on one thread: 0.13 -> 0.17 ms). Scheduling
+// only: every row's arithmetic is the same.
+int64_t items_per_grab(const Args& a, int64_t count, int num_threads) {
+  return count >= 2 * a.kvh * num_threads ? a.kvh : 1;
+}
+
 std::vector<Item> work_items(const Args& a, int64_t num_seqs, int64_t chunk_tokens) {
   std::vector<Item> items;
   for (int64_t b = 0; b < num_seqs; ++b) {
@@ -896,12 +909,13 @@ int attend_all(const Args& a, int64_t num_seqs, int num_threads, bool use_amx) {
       const int64_t chunk_tokens = std::min<int64_t>(CHUNK_TOKENS, 16 * MAX_ROW_TILES / a.group);
       const std::vector<Item> items = work_items(a, num_seqs, chunk_tokens);
       const int64_t count = static_cast<int64_t>(items.size());
+      const int64_t grab = items_per_grab(a, count, num_threads);
       std::atomic<int> refused{0};
 #pragma omp parallel num_threads(num_threads)
       {
         static thread_local AmxScratch w;
         load_tile_config();
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, grab)
         for (int64_t i = 0; i < count; ++i)
           if (!attend_item_amx(a, items[i].seq, items[i].head, items[i].chunk, chunk_tokens, w)) refused = 1;
         _tile_release();
@@ -913,10 +927,11 @@ int attend_all(const Args& a, int64_t num_seqs, int num_threads, bool use_amx) {
   (void)use_amx;
   const std::vector<Item> items = work_items(a, num_seqs, CHUNK_TOKENS);
   const int64_t count = static_cast<int64_t>(items.size());
+  const int64_t grab = items_per_grab(a, count, num_threads);
 #pragma omp parallel num_threads(num_threads)
   {
     static thread_local Scratch w;  // kept across calls: no allocation (and page faults) per layer
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, grab)
     for (int64_t i = 0; i < count; ++i) attend_item<T, TQ>(a, items[i].seq, items[i].head, items[i].chunk, w);
   }
   return 0;

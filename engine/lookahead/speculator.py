@@ -13,8 +13,8 @@ from typing import Sequence
 
 import torch
 
-from engine.lookahead.acceptance import AcceptanceModel
-from engine.lookahead.budget import StepCostModel, plan_depths
+from engine.lookahead.acceptance import AcceptanceModel, BranchYield
+from engine.lookahead.budget import StepCostModel, plan_drafts
 from engine.lookahead.drafter import Drafter, DrafterConfig
 from engine.lookahead.tree import DraftTree, accept_path
 from engine.sequence import Sequence as Seq
@@ -62,6 +62,7 @@ class Speculator:
         self.max_step_tokens = max_step_tokens
         self.step_align = step_align
         self.acceptance = AcceptanceModel()
+        self.branches = BranchYield()  # what a tree's other branches win over its first
         self.stats = SpecStats()
 
     @staticmethod
@@ -85,8 +86,9 @@ class Speculator:
             classes.append(acc.draft_class(s.request_id, m.source, m.key_length) if m is not None else None)
         # a request no cache continues expects nothing from a draft: the step's budget goes to others
         rhos = [acc.rho(s.request_id, c) if c is not None else 0.0 for s, c in zip(seqs, classes)]
-        depths = plan_depths(rhos, base_tokens, self.cost, self.max_depth, self.width,
-                             self.max_step_tokens, [s.num_tokens for s in seqs], base_key_reads, context_keys)
+        depths, width = plan_drafts(rhos, base_tokens, self.cost, self.max_depth, self.width, self.max_step_tokens,
+                                    [s.num_tokens for s in seqs], base_key_reads, context_keys,
+                                    self.branches.per_node)
         out: dict[str, DraftTree] = {}
         for s, cls, depth in zip(seqs, classes, depths):
             if cls is None:
@@ -98,7 +100,7 @@ class Speculator:
                 # on CPU, batch 1) the cost model alone would never learn that the request copies
                 depth = PROBE_DEPTH
             depth = min(depth, room)
-            tree = self.drafter.propose(s.request_id, s.all_ids, depth * self.width, depth) if depth > 0 else DraftTree()
+            tree = self.drafter.propose(s.request_id, s.all_ids, depth * width, depth) if depth > 0 else DraftTree()
             if len(tree):
                 out[s.request_id] = tree
                 acc.drafted(s.request_id, cls)
@@ -111,7 +113,12 @@ class Speculator:
         tokens, parents = tree.step_input(seq.all_ids[-1])
         path, new = accept_path(parents, tokens, sampled)
         accepted = len(path) - 1
-        self.acceptance.update(seq.request_id, accepted, tree.depth)
+        # the first branch is the chain the request's rate describes (nodes 1..first in the step
+        # input); what the other branches took beyond it is their yield
+        first = tree.first_branch()
+        on_first = next((d for d in range(1, len(path)) if path[d] != d or d > first), len(path)) - 1
+        self.acceptance.update(seq.request_id, on_first, first, whole=accepted >= tree.depth)
+        self.branches.update(accepted - on_first, len(tree) - first)
         st = self.stats
         st.num_drafts += 1
         st.num_draft_tokens += len(tree)

@@ -25,6 +25,13 @@ class DraftTree:
             depth[i] = 1 + (depth[p] if p >= 0 else 0)
         return max(depth, default=0)
 
+    def first_branch(self) -> int:
+        """Nodes of the first branch merged (nodes 0, 1, .. each the child of the one before)."""
+        n = 0
+        while n < len(self.parents) and self.parents[n] == n - 1:
+            n += 1
+        return n
+
     def add_branch(self, path: Sequence[int], budget: int) -> None:
         """Merges ``path`` (tokens after the last token) into the tree, within ``budget`` nodes."""
         parent = -1

@@ -1,0 +1,97 @@
+"""Two builds of the CPU attention kernel alternating in one process (not a test).
+
+    PYTHONPATH=. .venv/bin/python scripts/ab_cpu_attention.py OLD.cpp NEW.cpp [--reps 9]
+
+For a change to kernels/cpu_attention.cpp: copy the old source aside (with cpu_amx.h beside it),
+edit, and run this with both. A shared 2-core machine's speed drifts by 10-40% within minutes, so
+two runs of scripts/bench_cpu_attention.py minutes apart cannot tell a 10% change; here the builds
+alternate pass by pass over 30 layers' pools (SmolLM2's heads, bf16, 16-token blocks scattered in
+the pool), on each path the CPU has (VDPBF16PS; AMX where present). Reported: medians in ms per
+layer, NEW / OLD, and whether the two builds' outputs are bit-equal (a scheduling or prefetching
+change must keep them so).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from kernels import cpu_attention
+from kernels.cpu_attention import PagedQuery
+from tests.kernels.paged_data import make_paged_batch
+
+logger = logging.getLogger("ab_cpu_attention")
+LAYERS = 30
+CASES = {  # name: (num_cached, num_new, is_tree) per sequence
+    "16 decodes behind 600": [(600, 1, False)] * 16,
+    "16 trees of 8 behind 600": [(600, 8, True)] * 16,
+    "16 decodes behind 1,500": [(1500, 1, False)] * 16,
+    "4 decodes behind 600": [(600, 1, False)] * 4,
+    "1 decode behind 900": [(900, 1, False)],
+    "1 tree of 14 behind 900": [(900, 14, True)],
+    "16 mixed (300-1,500, trees 1-10)": [(300 + 80 * i, 1 + (i * 7) % 10, True) for i in range(16)],
+}
+
+
+def library(source: Path) -> ctypes.CDLL:
+    """``source`` built and loaded as the kernel module loads its own."""
+    saved = cpu_attention.SOURCE
+    cpu_attention.SOURCE = source
+    cpu_attention._library.cache_clear()
+    try:
+        lib = cpu_attention._library()
+    finally:
+        cpu_attention.SOURCE = saved
+        cpu_attention._library.cache_clear()
+    if lib is None:
+        raise SystemExit(f"{source} did not build (see the log)")
+    return lib
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("old", type=Path)
+    ap.add_argument("new", type=Path)
+    ap.add_argument("--reps", type=int, default=9, help="passes over the 30 layers per build and path")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    libs = [library(args.old), library(args.new)]
+    paths = [False, True] if cpu_attention.amx() else [False]
+    original = cpu_attention._library
+    logger.info(f"{'case':<34} {'path':>5} {'old ms':>8} {'new ms':>8} {'new/old':>8}  same bits")
+    try:
+        for name, seqs in CASES.items():
+            pb = make_paged_batch(seqs, page=16, kv_heads=3, group=3, head_dim=64, dtype=torch.bfloat16, seed=1,
+                                  num_layers=LAYERS)
+            m = pb.meta
+            pq = PagedQuery.build(m.block_tables, m.query_start, m.num_cached, m.tree_mask)
+            layers = [(pb.pool[:, layer, 0], pb.pool[:, layer, 1]) for layer in range(LAYERS)]
+            for amx in paths:
+                times: list[list[float]] = [[], []]
+                outs: list[torch.Tensor] = []
+                for rep in range(args.reps + 1):
+                    for which, lib in enumerate(libs):
+                        cpu_attention._library = lambda lib=lib: lib  # type: ignore[assignment]
+                        t0 = time.perf_counter()
+                        for k, v in layers:
+                            out = cpu_attention.run(pb.q, k, v, pq, 0.125, use_amx=amx)
+                        if rep:  # the first pass warms up
+                            times[which].append((time.perf_counter() - t0) / LAYERS * 1e3)
+                        else:
+                            outs.append(out)
+                old, new = statistics.median(times[0]), statistics.median(times[1])
+                same = torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
+                logger.info(f"{name:<34} {'amx' if amx else 'vdp':>5} {old:>8.3f} {new:>8.3f} {new / old:>7.2f}x  {same}")
+    finally:
+        cpu_attention._library = original
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
