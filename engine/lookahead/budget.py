@@ -137,52 +137,62 @@ def plan_depths(rhos: list[float], base_tokens: int, cost: StepCostModel, max_de
                 base_key_reads: int = 0, context_keys: int = 0) -> list[int]:
     """Draft depth per request maximizing expected tokens per second of the whole step, each draft
     priced as a tree of depth x width nodes whose gain is its first branch's (``plan``)."""
-    return plan(rhos, base_tokens, cost, max_depth, width, max_step_tokens, kv_lens, base_key_reads,
+    n = len(rhos)
+    return plan(rhos, base_tokens, cost, max_depth, [[width]] * n, max_step_tokens, kv_lens, base_key_reads,
                 context_keys)[1]
 
 
 def plan_drafts(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: int,
                 width: int, max_step_tokens: int, kv_lens: list[int] | None = None,
                 base_key_reads: int = 0, context_keys: int = 0,
-                branch_yield: float = 0.0) -> tuple[list[int], int]:
-    """(depths, width): drafts as chains (width 1) or as trees of up to ``width`` branches,
-    whichever plan is faster. A tree's other branches add (width - 1) x depth nodes and gain
-    ``branch_yield`` tokens a node (measured: ``Speculator``). Where width is nearly free (batch 1
-    on a CPU, a GPU) the branches ride along; at batch 16 on a CPU each node is ~1.5% of a step
-    and a chain wins (code-edit c=16, bf16: chains 1.54x over off, trees of width 2 1.34x)."""
-    chains = plan(rhos, base_tokens, cost, max_depth, 1, max_step_tokens, kv_lens, base_key_reads, context_keys)
-    if width <= 1 or branch_yield <= 0.0:
-        return chains[1], 1
+                branch_yields: list[float] | None = None) -> tuple[list[int], list[int]]:
+    """(depths, widths) per request: each draft a chain (width 1) or a tree of up to ``width``
+    branches, whichever makes the step faster. A tree's other branches add (width - 1) x depth
+    nodes and gain ``branch_yields[i]`` tokens a node (measured per request: AcceptanceModel).
+    Where width is nearly free (batch 1 on a CPU, a GPU) the branches ride along; at batch 16 on
+    a CPU each node is ~1.5% of a step and chains win (code-edit c=16, bf16: chains 1.54x over
+    off, trees of width 2 1.34x)."""
+    n = len(rhos)
+    yields = branch_yields if branch_yields is not None else [0.0] * n
+    if width <= 1 or max(yields, default=0.0) <= 0.0:
+        return plan(rhos, base_tokens, cost, max_depth, [[1]] * n, max_step_tokens, kv_lens, base_key_reads,
+                    context_keys)[1], [1] * n
     # a branch node pays only if it wins more than the step's rate times its price: where a node
-    # at the chains' width costs more than that (batch 16 on a CPU: ~1 ms against 0.05-0.1 tokens
-    # at ~400 tokens/s), trees cannot win and are not planned (the planner is a few ms a step there)
-    tokens = base_tokens + sum(d for d in chains[1])
-    reads = base_key_reads + sum(d * k for d, k in zip(chains[1], kv_lens or [0] * len(rhos)))
-    mean_kv = sum(kv_lens) // len(kv_lens) if kv_lens else 0
+    # costs more than that for every request (batch 16 on a CPU: ~1 ms against ~0.1 tokens at
+    # ~400 tokens/s), trees cannot win and are not tried (the planner is a few ms a step there)
+    chains = plan(rhos, base_tokens, cost, max_depth, [[1]] * n, max_step_tokens, kv_lens, base_key_reads,
+                  context_keys)
+    tokens = base_tokens + sum(chains[1])
+    lens = kv_lens if kv_lens is not None else [0] * n
+    reads = base_key_reads + sum(d * k for d, k in zip(chains[1], lens))
+    mean_kv = sum(lens) // max(n, 1)
     node = (cost.cost(tokens + width, reads + width * mean_kv, context_keys=context_keys)
             - cost.cost(tokens, reads, context_keys=context_keys)) / width * cost.draft_factor
-    if branch_yield < node * chains[0]:
-        return chains[1], 1
-    trees = plan(rhos, base_tokens, cost, max_depth, width, max_step_tokens, kv_lens, base_key_reads,
-                 context_keys, branch_yield)
-    return (trees[1], width) if trees[0] > chains[0] else (chains[1], 1)
+    if max(yields) < node * chains[0]:
+        return chains[1], [1] * n
+    options = [[1, width] if y >= node * chains[0] else [1] for y in yields]
+    rate, depths, widths = plan(rhos, base_tokens, cost, max_depth, options, max_step_tokens, kv_lens,
+                                base_key_reads, context_keys, yields, with_widths=True)
+    return (depths, widths) if rate > chains[0] else (chains[1], [1] * n)
 
 
 def plan(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: int,
-         width: int, max_step_tokens: int, kv_lens: list[int] | None = None,
-         base_key_reads: int = 0, context_keys: int = 0, branch_yield: float = 0.0) -> tuple[float, list[int]]:
-    """(expected tokens per second, draft depth per request) of the fastest plan found.
+         widths: list[list[int]], max_step_tokens: int, kv_lens: list[int] | None = None,
+         base_key_reads: int = 0, context_keys: int = 0, branch_yields: list[float] | None = None,
+         with_widths: bool = False) -> tuple:
+    """(expected tokens per second, depth per request[, width per request]) of the fastest plan found.
 
-    base_tokens / base_key_reads: the step's tokens and key reads without drafts; a depth-D draft
-    adds D * width nodes, each reading its sequence's kv_lens[i] keys, and gains its first branch's
-    expected accepted tokens plus ``branch_yield`` for each of the (width - 1) * D other nodes.
-    context_keys: the step's sequences' cached keys (each streamed once, drafts or not): part of
-    every plan's price. A plan that does not beat no drafts by MIN_GAIN is no drafts.
+    widths[i]: the widths request i may draft at. base_tokens / base_key_reads: the step's tokens
+    and key reads without drafts; a draft of depth D and width W adds D * W nodes, each reading its
+    sequence's kv_lens[i] keys, and gains its first branch's expected accepted tokens plus
+    ``branch_yields[i]`` for each of the (W - 1) * D other nodes. context_keys: the step's
+    sequences' cached keys (each streamed once, drafts or not): part of every plan's price. A plan
+    that does not beat no drafts by MIN_GAIN is no drafts.
     """
     kv_lens = kv_lens if kv_lens is not None else [0] * len(rhos)
+    yields = branch_yields if branch_yields is not None else [0.0] * len(rhos)
     n = len(rhos)
     levels = sorted({d for d in DEPTHS if d < max_depth} | {max_depth})  # 0 first; max_depth always a level
-    per_level = branch_yield * (width - 1)  # the other branches' tokens per level of depth
 
     plain = cost.cost(base_tokens, base_key_reads, context_keys=context_keys)
 
@@ -191,31 +201,37 @@ def plan(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: in
                             context_keys=context_keys)
         return g / (plain + cost.draft_factor * (drafted - plain))
 
-    # gains[i][k]: request i's expected tokens at levels[k] (its depth starts at level 0 = depth 0)
-    gains = [[expected_accepted(rho, d) + per_level * d for d in levels] if rho > 0.0 else [] for rho in rhos]
+    # each request's options (nodes, expected tokens, depth, width), by nodes: option 0 drafts nothing
+    options: list[list[tuple[int, float, int, int]]] = []
+    for rho, ws, y in zip(rhos, widths, yields):
+        opts = [(0, 0.0, 0, 1)]
+        if rho > 0.0:  # else nothing to expect (no cache continues it): no depth can pay
+            opts += sorted((d * w, expected_accepted(rho, d) + y * (w - 1) * d, d, w) for d in levels[1:] for w in ws)
+        options.append(opts)
 
     def greedy(group: bool) -> tuple[float, list[int]]:
-        """Depths handed out one raise at a time while the step's rate rises; ``group``: price the
+        """Options handed out one raise at a time while the step's rate rises; ``group``: price the
         extra attention group of a step where some decodes draft and others do not."""
-        at = [0] * n  # each request's level index
+        at = [0] * n  # each request's option
         gain, extra, reads, drafting = float(n), 0, 0, 0
         while True:
             best = None
-            for i, g in enumerate(gains):
-                if not g:  # nothing to expect (no cache continues it): no depth can pay
-                    continue
+            for i, opts in enumerate(options):
                 k0 = at[i]
-                d0, g0 = levels[k0], g[k0]
-                for k in range(k0 + 1, len(levels)):  # any deeper level: a jump can pay off where one step does not
-                    de = (levels[k] - d0) * width
+                e0, g0 = opts[k0][0], opts[k0][1]
+                for k in range(k0 + 1, len(opts)):  # any bigger option: a jump can pay off where one step does not
+                    de = opts[k][0] - e0
                     if base_tokens + extra + de > max_step_tokens:
                         break
-                    dg, dr = g[k] - g0, de * kv_lens[i]
+                    dg = opts[k][1] - g0
+                    if dg <= 0.0:  # as many nodes or more for no more tokens
+                        continue
+                    dr = de * kv_lens[i]
                     r = rate(gain + dg, extra + de, reads + dr, drafting + (k0 == 0), group)
                     if best is None or r > best[0]:
                         best = (r, i, k, dg, de, dr)
             if best is None or best[0] <= rate(gain, extra, reads, drafting, group):
-                return rate(gain, extra, reads, drafting, True), [levels[k] for k in at]
+                return rate(gain, extra, reads, drafting, True), at
             _, i, k, dg, de, dr = best
             drafting += at[i] == 0
             at[i], gain, extra, reads = k, gain + dg, extra + de, reads + dr
@@ -226,4 +242,8 @@ def plan(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: in
         # plan as if groups were free, and keep whichever plan is faster at the true price
         free = greedy(False)
         best = free if free[0] > best[0] else best
-    return best if best[0] > (1 + MIN_GAIN) * n / plain else (n / plain, [0] * n)
+    r, at = best if best[0] > (1 + MIN_GAIN) * n / plain else (n / plain, [0] * n)
+    depths = [opts[k][2] for opts, k in zip(options, at)]
+    if with_widths:
+        return r, depths, [opts[k][3] for opts, k in zip(options, at)]
+    return r, depths

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from engine.lookahead.acceptance import AcceptanceModel, BranchYield
+from engine.lookahead.acceptance import AcceptanceModel
 from engine.lookahead.budget import StepCostModel, plan_drafts
 from engine.lookahead.drafter import Drafter, DrafterConfig
 from engine.lookahead.tree import DraftTree, accept_path
@@ -62,7 +62,6 @@ class Speculator:
         self.max_step_tokens = max_step_tokens
         self.step_align = step_align
         self.acceptance = AcceptanceModel()
-        self.branches = BranchYield()  # what a tree's other branches win over its first
         self.stats = SpecStats()
 
     @staticmethod
@@ -86,11 +85,11 @@ class Speculator:
             classes.append(acc.draft_class(s.request_id, m.source, m.key_length) if m is not None else None)
         # a request no cache continues expects nothing from a draft: the step's budget goes to others
         rhos = [acc.rho(s.request_id, c) if c is not None else 0.0 for s, c in zip(seqs, classes)]
-        depths, width = plan_drafts(rhos, base_tokens, self.cost, self.max_depth, self.width, self.max_step_tokens,
-                                    [s.num_tokens for s in seqs], base_key_reads, context_keys,
-                                    self.branches.per_node)
+        yields = [acc.branch_yield(s.request_id) for s in seqs]
+        depths, widths = plan_drafts(rhos, base_tokens, self.cost, self.max_depth, self.width, self.max_step_tokens,
+                                     [s.num_tokens for s in seqs], base_key_reads, context_keys, yields)
         out: dict[str, DraftTree] = {}
-        for s, cls, depth in zip(seqs, classes, depths):
+        for s, cls, depth, width in zip(seqs, classes, depths, widths):
             if cls is None:
                 continue
             # never draft past max_tokens or the context limit
@@ -118,7 +117,7 @@ class Speculator:
         first = tree.first_branch()
         on_first = next((d for d in range(1, len(path)) if path[d] != d or d > first), len(path)) - 1
         self.acceptance.update(seq.request_id, on_first, first, whole=accepted >= tree.depth)
-        self.branches.update(accepted - on_first, len(tree) - first)
+        self.acceptance.branches_verified(seq.request_id, accepted - on_first, len(tree) - first)
         st = self.stats
         st.num_drafts += 1
         st.num_draft_tokens += len(tree)

@@ -93,53 +93,62 @@ def test_drafts_are_sized_by_the_match_they_come_from() -> None:
 
 def test_a_verified_tree_teaches_its_first_branch_rate_and_the_other_branches_yield() -> None:
     """The request's rate describes the chain a width-1 draft would be (the tree's first branch);
-    what the other branches took beyond it is the server's branch yield. A tree [5, 6, 7] + [5, 8]
-    whose model chose 5 then 8: the first branch matched 1 of its 3 tokens, the second branch's one
-    node won one more token."""
+    what the other branches took beyond it is the request's branch yield (and the server's). A tree
+    [5, 6, 7] + [5, 8] whose model chose 5 then 8: the first branch matched 1 of its 3 tokens, the
+    second branch's one node won one more token."""
     spec = Speculator(max_depth=8, width=2, max_step_tokens=256)
+    acc = spec.acceptance
     s = seq("r", [1, 2, 3, 4], [])
     tree = DraftTree()
     tree.add_branch([5, 6, 7], 8)
     tree.add_branch([5, 8], 8)
     assert tree.first_branch() == 3 and len(tree) == 4
-    spec.acceptance.drafted("r", ("own", 3, FIRST))
-    before = (spec.branches.accepted, spec.branches.nodes)
+    acc.drafted("r", ("own", 3, FIRST))
+    server = acc.server_branches.per_node
+    assert acc.branch_yield("r") == server  # no tree verified yet: the server's
     # step input: 0 = last token, 1..3 = 5, 6, 7, 4 = 8; the model's choice after each node
     v = spec.verify(s, tree, sampled=[5, 8, 0, 0, 9])
     assert v.path == [0, 1, 4] and v.tokens == [5, 8, 9]
-    est = spec.acceptance.requests["r"].by_class[("own", 3, FIRST)]
+    est = acc.requests["r"].by_class[("own", 3, FIRST)]
     prior = Acceptance()  # the server's prior, worth prior_weight drafts
-    w = spec.acceptance.prior_weight
+    w = acc.prior_weight
     assert est.accepted == pytest.approx(0.9 * w * prior.rho + 1)  # one token on the first branch
     assert est.misses == pytest.approx(0.9 * w * (1 - prior.rho) + 1)  # cut short of its 3
-    assert spec.branches.accepted == pytest.approx(0.99 * before[0] + 1)
-    assert spec.branches.nodes == pytest.approx(0.99 * before[1] + 1)
-    assert spec.acceptance.requests["r"].previous == CUT  # 2 tokens of a tree 3 deep: cut short
+    nodes = acc.branch_prior_nodes
+    assert acc.branch_yield("r") == pytest.approx((0.9 * server * nodes + 1) / (0.9 * nodes + 1))
+    assert acc.branch_yield("r") > server and acc.branch_yield("other") > server  # the server learnt too
+    assert acc.requests["r"].previous == CUT  # 2 tokens of a tree 3 deep: cut short
     # a chain (width 1) teaches no branch yield
+    before = acc.branch_yield("r")
     chain = DraftTree()
     chain.add_branch([10, 11], 2)
-    spec.acceptance.drafted("r", ("own", 3, WHOLE))
+    acc.drafted("r", ("own", 3, CUT))
     spec.verify(s, chain, sampled=[10, 3, 0])
-    assert spec.branches.nodes == pytest.approx(0.99 * before[1] + 1)
+    assert acc.branch_yield("r") == before
+    # branches that never win: the request's yield falls fast, the server's (every request's) slowly
+    for _ in range(10):
+        acc.branches_verified("r", 0, 8)
+    assert acc.branch_yield("r") < 0.6 * acc.branch_yield("other")
 
 
 def test_trees_ride_along_where_width_is_free_and_chains_win_where_it_is_not() -> None:
-    """plan_drafts prices a width-2 tree's second branch at its nodes' cost and their measured
+    """plan_drafts prices a width-2 tree's other branch at its nodes' cost and their measured
     yield. Flat step costs (batch 1 on a CPU, a GPU): the tree, whose extra nodes win something
-    for nothing. At batch 16 with each token ~2% of a step (bf16 on 2 cores) and a yield of 0.05
-    a node: chains, and every request drafts, where trees of width 2 would not pay at all (the old
+    for nothing, for the request whose branches win; a request whose branches never win drafts a
+    chain. At batch 16 with each token ~2% of a step (bf16 on 2 cores) and a yield of 0.1 a node:
+    chains, and every request drafts, where trees of width 2 would not pay at all (the old
     planner: nothing drafted)."""
     flat = StepCostModel()
     for n in (1, 16, 64):
         flat.observe(n, 0.030)
-    depths, width = plan_drafts([0.8], 1, flat, 8, 2, 256, branch_yield=0.1)
-    assert width == 2 and depths[0] > 0
-    assert plan_drafts([0.8], 1, flat, 8, 2, 256, branch_yield=0.0)[1] == 1  # no yield: no reason for width
+    depths, widths = plan_drafts([0.8, 0.8], 2, flat, 8, 2, 256, branch_yields=[0.1, 0.0])
+    assert widths == [2, 1] and depths[0] > 0 and depths[1] > 0
+    assert plan_drafts([0.8], 1, flat, 8, 2, 256, branch_yields=[0.0])[1] == [1]  # no yield: no reason for width
     steep = StepCostModel()
     for n in (1, 16, 32, 64):
         steep.observe(n, 0.040 + 0.001 * n)
     rhos = [0.6] * 16
-    chains, width = plan_drafts(rhos, 16, steep, 8, 2, 256, branch_yield=0.05)
-    assert width == 1 and all(d > 0 for d in chains)
+    chains, widths = plan_drafts(rhos, 16, steep, 8, 2, 256, branch_yields=[0.1] * 16)
+    assert widths == [1] * 16 and all(d > 0 for d in chains)
     assert plan_depths(rhos, 16, steep, 8, 2, 256) == [0] * 16
-    assert plan_drafts(rhos, 16, steep, 8, 1, 256, branch_yield=0.5) == (chains, 1)  # --lookahead-width 1
+    assert plan_drafts(rhos, 16, steep, 8, 1, 256, branch_yields=[0.5] * 16) == (chains, [1] * 16)  # --lookahead-width 1
