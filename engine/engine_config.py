@@ -28,7 +28,7 @@ class EngineConfig:
     prefix_caching: bool = True  # reuse full KV blocks of earlier requests with the same prefix
     lookahead: bool = True  # batched lookahead decoding (per request: SamplingParams.lookahead)
     lookahead_max_depth: int = 16  # deepest draft (copy-heavy text at batch 1 gains ~20% tokens per step over 8)
-    lookahead_width: int = 2  # branches per draft (tree nodes ~ depth * width)
+    lookahead_width: int = 2  # most branches per draft: each request drafts a chain or a tree of this width, whichever pays
     lookahead_max_step_tokens: int = 256  # cap on a step's tokens with drafts
 
     def __post_init__(self) -> None:
@@ -63,7 +63,8 @@ class EngineConfig:
                        help="reuse this worker's KV blocks across requests sharing a prefix")
         g.add_argument("--lookahead", choices=["on", "off"], default="on", help="batched lookahead decoding")
         g.add_argument("--lookahead-max-depth", type=int, default=16)
-        g.add_argument("--lookahead-width", type=int, default=2)
+        g.add_argument("--lookahead-width", type=int, default=2,
+                       help="most branches per draft (the planner picks a chain or a tree per request)")
         g.add_argument("--lookahead-max-step-tokens", type=int, default=256)
 
     @classmethod
