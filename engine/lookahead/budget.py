@@ -172,15 +172,15 @@ def plan_drafts(rhos: list[float], base_tokens: int, cost: StepCostModel, max_de
         return chains[1], [1] * n
     options = [[1, width] if y >= node * chains[0] else [1] for y in yields]
     rate, depths, widths = plan(rhos, base_tokens, cost, max_depth, options, max_step_tokens, kv_lens,
-                                base_key_reads, context_keys, yields, with_widths=True)
+                                base_key_reads, context_keys, yields)
     return (depths, widths) if rate > chains[0] else (chains[1], [1] * n)
 
 
 def plan(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: int,
          widths: list[list[int]], max_step_tokens: int, kv_lens: list[int] | None = None,
-         base_key_reads: int = 0, context_keys: int = 0, branch_yields: list[float] | None = None,
-         with_widths: bool = False) -> tuple:
-    """(expected tokens per second, depth per request[, width per request]) of the fastest plan found.
+         base_key_reads: int = 0, context_keys: int = 0,
+         branch_yields: list[float] | None = None) -> tuple[float, list[int], list[int]]:
+    """(expected tokens per second, depth per request, width per request) of the fastest plan found.
 
     widths[i]: the widths request i may draft at. base_tokens / base_key_reads: the step's tokens
     and key reads without drafts; a draft of depth D and width W adds D * W nodes, each reading its
@@ -243,7 +243,4 @@ def plan(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: in
         free = greedy(False)
         best = free if free[0] > best[0] else best
     r, at = best if best[0] > (1 + MIN_GAIN) * n / plain else (n / plain, [0] * n)
-    depths = [opts[k][2] for opts, k in zip(options, at)]
-    if with_widths:
-        return r, depths, [opts[k][3] for opts, k in zip(options, at)]
-    return r, depths
+    return r, [opts[k][2] for opts, k in zip(options, at)], [opts[k][3] for opts, k in zip(options, at)]
