@@ -22,19 +22,15 @@ from pathlib import Path
 
 import torch
 
+from bench_cpu_attention import CASES as PATH_CASES, LAYERS  # this directory (run as a script)
 from kernels import cpu_attention
 from kernels.cpu_attention import PagedQuery
 from tests.kernels.paged_data import make_paged_batch
 
 logger = logging.getLogger("ab_cpu_attention")
-LAYERS = 30
-CASES = {  # name: (num_cached, num_new, is_tree) per sequence
-    "16 decodes behind 600": [(600, 1, False)] * 16,
-    "16 trees of 8 behind 600": [(600, 8, True)] * 16,
-    "16 decodes behind 1,500": [(1500, 1, False)] * 16,
+CASES = {  # the path comparison's cases, and two more: (num_cached, num_new, is_tree) per sequence
+    **PATH_CASES,
     "4 decodes behind 600": [(600, 1, False)] * 4,
-    "1 decode behind 900": [(900, 1, False)],
-    "1 tree of 14 behind 900": [(900, 14, True)],
     "16 mixed (300-1,500, trees 1-10)": [(300 + 80 * i, 1 + (i * 7) % 10, True) for i in range(16)],
 }
 
