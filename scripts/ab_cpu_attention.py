@@ -22,10 +22,8 @@ from pathlib import Path
 
 import torch
 
-from bench_cpu_attention import CASES as PATH_CASES, LAYERS  # this directory (run as a script)
+from bench_cpu_attention import CASES as PATH_CASES, LAYERS, case_inputs  # this directory (run as a script)
 from kernels import cpu_attention
-from kernels.cpu_attention import PagedQuery
-from tests.kernels.paged_data import make_paged_batch
 
 logger = logging.getLogger("ab_cpu_attention")
 CASES = {  # the path comparison's cases, and two more: (num_cached, num_new, is_tree) per sequence
@@ -63,11 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info(f"{'case':<34} {'path':>5} {'old ms':>8} {'new ms':>8} {'new/old':>8}  same bits")
     try:
         for name, seqs in CASES.items():
-            pb = make_paged_batch(seqs, page=16, kv_heads=3, group=3, head_dim=64, dtype=torch.bfloat16, seed=1,
-                                  num_layers=LAYERS)
-            m = pb.meta
-            pq = PagedQuery.build(m.block_tables, m.query_start, m.num_cached, m.tree_mask)
-            layers = [(pb.pool[:, layer, 0], pb.pool[:, layer, 1]) for layer in range(LAYERS)]
+            q, pq, layers = case_inputs(seqs)
             for amx in paths:
                 times: list[list[float]] = [[], []]
                 outs: list[torch.Tensor] = []
@@ -76,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                         cpu_attention._library = lambda lib=lib: lib  # type: ignore[assignment]
                         t0 = time.perf_counter()
                         for k, v in layers:
-                            out = cpu_attention.run(pb.q, k, v, pq, 0.125, use_amx=amx)
+                            out = cpu_attention.run(q, k, v, pq, 0.125, use_amx=amx)
                         if rep:  # the first pass warms up
                             times[which].append((time.perf_counter() - t0) / LAYERS * 1e3)
                         else:

@@ -34,6 +34,15 @@ CASES = {  # name: (num_cached, num_new, is_tree) per sequence
 }
 
 
+def case_inputs(seqs: list[tuple[int, int, bool]]) -> tuple[torch.Tensor, PagedQuery, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """q, the paged query and the 30 layers' (k, v) pools of one case (SmolLM2's heads, bf16)."""
+    pb = make_paged_batch(seqs, page=16, kv_heads=3, group=3, head_dim=64, dtype=torch.bfloat16, seed=1,
+                          num_layers=LAYERS)
+    m = pb.meta
+    pq = PagedQuery.build(m.block_tables, m.query_start, m.num_cached, m.tree_mask)
+    return pb.q, pq, [(pb.pool[:, layer, 0], pb.pool[:, layer, 1]) for layer in range(LAYERS)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=15, help="passes over the 30 layers per path")
@@ -44,17 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logger.info(f"{'case':<28} {'VDPBF16PS ms':>12} {'AMX ms':>8} {'AMX / VDPBF16PS':>16}")
     for name, seqs in CASES.items():
-        pb = make_paged_batch(seqs, page=16, kv_heads=3, group=3, head_dim=64, dtype=torch.bfloat16, seed=1,
-                              num_layers=LAYERS)
-        m = pb.meta
-        pq = PagedQuery.build(m.block_tables, m.query_start, m.num_cached, m.tree_mask)
-        layers = [(pb.pool[:, layer, 0], pb.pool[:, layer, 1]) for layer in range(LAYERS)]
+        q, pq, layers = case_inputs(seqs)
         times: dict[bool, list[float]] = {True: [], False: []}
         for rep in range(args.reps + 1):
             for amx in (True, False):
                 t0 = time.perf_counter()
                 for k, v in layers:
-                    cpu_attention.run(pb.q, k, v, pq, 0.125, use_amx=amx)
+                    cpu_attention.run(q, k, v, pq, 0.125, use_amx=amx)
                 if rep:  # the first pass warms up
                     times[amx].append((time.perf_counter() - t0) / LAYERS * 1e3)
         plain, amx = statistics.median(times[False]), statistics.median(times[True])
