@@ -154,14 +154,13 @@ def plan_drafts(rhos: list[float], base_tokens: int, cost: StepCostModel, max_de
     off, trees of width 2 1.34x)."""
     n = len(rhos)
     yields = branch_yields if branch_yields is not None else [0.0] * n
+    chains = plan(rhos, base_tokens, cost, max_depth, [[1]] * n, max_step_tokens, kv_lens, base_key_reads,
+                  context_keys)
     if width <= 1 or max(yields, default=0.0) <= 0.0:
-        return plan(rhos, base_tokens, cost, max_depth, [[1]] * n, max_step_tokens, kv_lens, base_key_reads,
-                    context_keys)[1], [1] * n
+        return chains[1], [1] * n
     # a branch node pays only if it wins more than the step's rate times its price: where a node
     # costs more than that for every request (batch 16 on a CPU: ~1 ms against ~0.1 tokens at
     # ~400 tokens/s), trees cannot win and are not tried (the planner is a few ms a step there)
-    chains = plan(rhos, base_tokens, cost, max_depth, [[1]] * n, max_step_tokens, kv_lens, base_key_reads,
-                  context_keys)
     tokens = base_tokens + sum(chains[1])
     lens = kv_lens if kv_lens is not None else [0] * n
     reads = base_key_reads + sum(d * k for d, k in zip(chains[1], lens))

@@ -16,7 +16,7 @@ import torch
 from engine.lookahead.acceptance import AcceptanceModel
 from engine.lookahead.budget import StepCostModel, plan_drafts
 from engine.lookahead.drafter import Drafter, DrafterConfig
-from engine.lookahead.tree import DraftTree, accept_path
+from engine.lookahead.tree import DraftTree, accept_path, accepted_on_first_branch
 from engine.sequence import Sequence as Seq
 
 logger = logging.getLogger(__name__)
@@ -73,8 +73,8 @@ class Speculator:
 
     def propose(self, seqs: Sequence[Seq], base_tokens: int, base_key_reads: int = 0,
                 context_keys: int = 0) -> dict[str, DraftTree]:
-        """Draft trees for the decoding sequences, sized by plan_depths (base_*: the step without
-        drafts; context_keys: the step's sequences' cached keys)."""
+        """Draft chains or trees for the decoding sequences, sized by plan_drafts (base_*: the step
+        without drafts; context_keys: the step's sequences' cached keys)."""
         if not seqs:
             return {}
         acc = self.acceptance
@@ -112,10 +112,10 @@ class Speculator:
         tokens, parents = tree.step_input(seq.all_ids[-1])
         path, new = accept_path(parents, tokens, sampled)
         accepted = len(path) - 1
-        # the first branch is the chain the request's rate describes (nodes 1..first in the step
-        # input); what the other branches took beyond it is their yield
+        # the first branch is the chain the request's rate describes; what the other branches
+        # took beyond it is their yield
         first = tree.first_branch()
-        on_first = next((d for d in range(1, len(path)) if path[d] != d or d > first), len(path)) - 1
+        on_first = accepted_on_first_branch(path, first)
         self.acceptance.update(seq.request_id, on_first, first, whole=accepted >= tree.depth)
         self.acceptance.branches_verified(seq.request_id, accepted - on_first, len(tree) - first)
         st = self.stats

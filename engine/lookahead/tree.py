@@ -77,3 +77,12 @@ def accept_path(parents: Sequence[int], tokens: Sequence[int], sampled: Sequence
             return path, out
         path.append(nxt)
         node = nxt
+
+
+def accepted_on_first_branch(path: Sequence[int], first: int) -> int:
+    """Drafts of ``path`` (step-input node indices from 0, as accept_path returns) that lie on the
+    tree's first branch of ``first`` nodes (step-input nodes 1..first): what a chain would have had."""
+    d = 1
+    while d < len(path) and d <= first and path[d] == d:
+        d += 1
+    return d - 1

@@ -13,7 +13,7 @@ from engine.lookahead.drafter import Drafter, DrafterConfig
 from engine.lookahead.ngram_trie import NGramTrie
 from engine.lookahead.position_index import PositionIndex
 from engine.lookahead.speculator import align, compaction_slots, node_positions
-from engine.lookahead.tree import DraftTree, accept_path
+from engine.lookahead.tree import DraftTree, accept_path, accepted_on_first_branch
 
 
 def test_branches_share_prefixes() -> None:
@@ -366,3 +366,16 @@ def test_draft_depth_outside_what_exact_attention_takes_is_refused(depth: int) -
     with pytest.raises(ValueError, match=f"lookahead_max_depth must be between 1 and {MAX_DRAFT_DEPTH}"):
         EngineConfig(lookahead_max_depth=depth)
     assert EngineConfig(lookahead_max_depth=MAX_DRAFT_DEPTH).lookahead_max_depth == MAX_DRAFT_DEPTH
+
+
+@pytest.mark.parametrize("path, first, expected", [
+    ([0], 3, 0),              # nothing accepted
+    ([0, 1, 2, 3], 3, 3),     # the whole first branch
+    ([0, 1, 4], 3, 1),        # left it after one node for another branch
+    ([0, 4, 5], 3, 0),        # another branch from the root
+    ([0, 1, 2, 3], 2, 2),     # node 3 continues node 2 but is not on the 2-node first branch
+])
+def test_accepted_on_first_branch(path: list[int], first: int, expected: int) -> None:
+    """The drafts a chain (the tree's first branch) would have had accepted: the request's rate
+    learns from these, the branch yield from the rest."""
+    assert accepted_on_first_branch(path, first) == expected
