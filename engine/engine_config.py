@@ -30,6 +30,7 @@ class EngineConfig:
     lookahead_max_depth: int = 16  # deepest draft (copy-heavy text at batch 1 gains ~20% tokens per step over 8)
     lookahead_width: int = 2  # most branches per draft: each request drafts a chain or a tree of this width, whichever pays
     lookahead_max_step_tokens: int = 256  # cap on a step's tokens with drafts
+    calibration_cache: bool = True  # reuse the step-cost calibration of an earlier start with the same setup
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -66,6 +67,9 @@ class EngineConfig:
         g.add_argument("--lookahead-width", type=int, default=2,
                        help="most branches per draft (the planner picks a chain or a tree per request)")
         g.add_argument("--lookahead-max-step-tokens", type=int, default=256)
+        g.add_argument("--calibration-cache", choices=["on", "off"], default="on",
+                       help="reuse the lookahead step-cost calibration of an earlier start on this machine and "
+                            "setup (kept under $GROVE_CACHE/step-cost); off: time the steps at every start")
 
     @classmethod
     def from_cli(cls, args: argparse.Namespace) -> "EngineConfig":
@@ -76,4 +80,5 @@ class EngineConfig:
             attention_backend=args.attention_backend, num_threads=args.num_threads,
             prefix_caching=args.prefix_caching == "on", lookahead=args.lookahead == "on", lookahead_max_depth=args.lookahead_max_depth,
             lookahead_width=args.lookahead_width, lookahead_max_step_tokens=args.lookahead_max_step_tokens,
+            calibration_cache=args.calibration_cache == "on",
         )

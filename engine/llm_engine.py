@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from engine import step_cost_cache
 from engine.attention import get_backend
 from engine.batch import SeqInput, plan_batch
 from engine.block_allocator import BlockAllocator
@@ -130,6 +131,14 @@ class LLMEngine:
         n_blocks = max(n_short, n_long if price_keys else 0, 2 * per_pair, CONTEXT_SEQS * n_long if price_stream else 0)
         if self.allocator.num_free < n_blocks:
             return
+        setup = {"model": self.layout.model_id, "dtype": self.layout.dtype, "device": step_cost_cache.device_name(
+                 self.config.device), "threads": torch.get_num_threads(), "backend": type(self.model.backend).__name__,
+                 "block_size": bs, "long_context": long_ctx, "price_keys": price_keys, "price_stream": price_stream,
+                 "cpu_linear": type(self.model.weights.layers[0].qkv).__name__}
+        key = step_cost_cache.cache_key(setup)
+        if self.config.calibration_cache and step_cost_cache.load(key, cost):
+            self._log_step_cost("kept from an earlier start")
+            return
         blocks = self.allocator.allocate(n_blocks)
         ids = list(range(100, 164))
 
@@ -179,12 +188,18 @@ class LLMEngine:
             cost.group_overhead = max(0.0, best[-1, -8] - best[-4, -5]) if pairs else 0.0
             for n, seconds in short.items():
                 cost.observe(n, seconds, key_reads=key_reads(64, n))
-            logger.info("step cost: %s ms by query tokens, %.3f us per key read, %.3f us per context key, "
-                        "%.2f ms per extra attention group",
-                        {round(x): round(t * 1e3, 1) for x, t in sorted(cost.points.values())},
-                        cost.per_key_read * 1e6, cost.per_context_key * 1e6, cost.group_overhead * 1e3)
+            self._log_step_cost("measured")
+            if self.config.calibration_cache:
+                step_cost_cache.store(key, cost, setup)
         finally:
             self.allocator.free(blocks)
+
+    def _log_step_cost(self, how: str) -> None:
+        cost = self.speculator.cost  # type: ignore[union-attr]
+        logger.info("step cost (%s): %s ms by query tokens, %.3f us per key read, %.3f us per context key, "
+                    "%.2f ms per extra attention group", how,
+                    {round(x): round(t * 1e3, 1) for x, t in sorted(cost.points.values())},
+                    cost.per_key_read * 1e6, cost.per_context_key * 1e6, cost.group_overhead * 1e3)
 
     def _sync(self) -> None:
         """Waits for the device's queued work (CUDA runs asynchronously); a no-op on CPU."""

@@ -2,14 +2,54 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# `make test` runs two pytest workers (pytest-xdist, scripts/test.sh) on this 2-core machine: one
+# torch thread each keeps both cores busy without oversubscribing them
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 logging.basicConfig(level=logging.INFO)
+
+# Packages whose tests start whole stacks as processes (kvstore, workers, gateway: ~6 GB each in fp32)
+STACK_PACKAGES = ("pipeline", "observability")
+
+
+def _group(nodeid: str) -> str:
+    """The worker group of a test under pytest-xdist: "stacks" for every test that starts a stack
+    (one worker runs them all, so two stacks never hold memory at once and each package-scoped
+    stack starts once), else its file (its module fixtures are built once)."""
+    path = nodeid.split("::", 1)[0]
+    return "stacks" if Path(path).parent.name in STACK_PACKAGES else path
+
+
+class _GroupScheduling:
+    """pytest-xdist plugin: schedules by ``_group``. (xdist's own ``--dist loadgroup`` renames node
+    ids, which pytest 9 no longer lets a plugin do.)"""
+
+    @pytest.hookimpl
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        from xdist.scheduler import LoadScopeScheduling
+
+        class GroupScheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return _group(nodeid)
+
+        return GroupScheduling(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_GroupScheduling(), "grove-group-scheduling")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The stack tests first (stable otherwise): they are the longest group, and under pytest-xdist
+    (scripts/test.sh, ``--no-loadscope-reorder``) the other worker works through the rest meanwhile."""
+    items.sort(key=lambda item: _group(item.nodeid) != "stacks")
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +119,4 @@ class HFReference:
 @pytest.fixture(scope="session")
 def hf_reference(hf_model: Any) -> HFReference:
     return HFReference(hf_model)
+

@@ -69,6 +69,11 @@ class StepCostModel:
             a = self.alpha
             self.points[b] = ((1 - a) * old[0] + a * tokens, (1 - a) * old[1] + a * seconds)
 
+    def invalidate(self) -> None:
+        """Forget the curve built from the points (after they were set from outside)."""
+        self._curve = None
+        self._memo.clear()
+
     def observe_step(self, drafted: bool, seconds: float, price: float, relax: float = 0.98) -> None:
         """A decoding step's forward took ``seconds`` where it was priced at ``price``."""
         ratio = seconds / max(price, 1e-9)

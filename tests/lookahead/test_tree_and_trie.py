@@ -1,6 +1,8 @@
 """Tree packing, the verification walk, the n-gram trie and the adaptive budget on hand-built cases."""
 from __future__ import annotations
 
+import logging
+
 import random
 from typing import Any, Sequence
 
@@ -286,11 +288,38 @@ def test_calibration_in_a_small_pool_keeps_the_token_curve(model_dir) -> None:
     times 1..64 query tokens, and prices no key reads rather than guessing."""
     from engine.llm_engine import LLMEngine
 
-    eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=16))
+    eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=16, calibration_cache=False))
     assert sorted(eng.speculator.cost.points) == [1, 2, 4, 8, 16, 32, 64]
     assert eng.speculator.cost.per_key_read == 0.0
     assert eng.speculator.cost.per_context_key == 0.0
     assert eng.allocator.num_free == 16  # calibration gave its blocks back
+
+
+def test_a_second_start_with_the_same_setup_takes_the_kept_calibration(model_dir, tmp_path, monkeypatch,
+                                                                         caplog) -> None:
+    """The first engine times its steps and keeps them under $GROVE_CACHE/step-cost; a second one
+    with the same setup takes them without timing; another block size (another setup) times again;
+    --calibration-cache off always times."""
+    from engine.llm_engine import LLMEngine
+
+    monkeypatch.setenv("GROVE_CACHE", str(tmp_path))
+
+    def start(**kw: object) -> tuple[str, dict]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="engine.llm_engine"):
+            eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=16, **kw))
+        how = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("step cost"))
+        return how, dict(eng.speculator.cost.points)
+
+    how, first = start()
+    assert how.startswith("step cost (measured)")
+    assert len(list((tmp_path / "step-cost").glob("*.json"))) == 1
+    how, second = start()
+    assert how.startswith("step cost (kept from an earlier start)")
+    assert second == first
+    assert start(block_size=32)[0].startswith("step cost (measured)")
+    assert start(calibration_cache=False)[0].startswith("step cost (measured)")
+    assert len(list((tmp_path / "step-cost").glob("*.json"))) == 2
 
 
 def test_calibration_prices_the_context_stream_where_the_pool_holds_it(model_dir) -> None:
@@ -300,7 +329,7 @@ def test_calibration_prices_the_context_stream_where_the_pool_holds_it(model_dir
     from engine.llm_engine import CONTEXT_SEQS, LLMEngine
 
     blocks = CONTEXT_SEQS * -(-(1024 + 32) // 16) + 8
-    eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=blocks))
+    eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=blocks, calibration_cache=False))
     assert eng.speculator.cost.per_context_key > 0.0
     assert eng.allocator.num_free == blocks
 

@@ -14,13 +14,27 @@ import pytest
 from launcher.stack import Stack, StackConfig
 
 
-@pytest.fixture()
-def fragile_stack(model_dir: Path, tmp_path: Path) -> Iterator[Stack]:
-    """A stack of its own: these tests kill its workers."""
+@pytest.fixture(scope="module")
+def fragile_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of this module's own: its tests kill its workers, in file order (a stack starts in
+    ~30-50 s on 2 cores, so they share one): prefill-0 first, which leaves prefill-1 serving, then
+    decode-0, the only decode worker. Each test also passes alone on a fresh stack."""
     config = StackConfig(model=str(model_dir), num_prefill=2, num_decode=1, worker_kv_gb=0.25,
-                         log_dir=str(tmp_path), threads_per_worker=1)
+                         log_dir=str(tmp_path_factory.mktemp("fragile-stack")), threads_per_worker=1)
     with Stack(config) as s:
         yield s
+
+
+def test_killing_a_prefill_worker_reroutes_to_the_other(fragile_stack: Stack) -> None:
+    s = fragile_stack
+    url = s.http_url + "/v1/completions"
+    body = {"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0, "return_token_ids": True}
+    before = httpx.post(url, json=body, timeout=60).json()
+    os.kill(s.service("prefill-0").proc.pid, signal.SIGKILL)
+    for _ in range(4):  # whichever prefill worker the router picks, every request is served
+        r = httpx.post(url, json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["token_ids"] == before["choices"][0]["token_ids"]
 
 
 def test_killing_decode_mid_stream_errors_within_5s_then_prefill_failover(fragile_stack: Stack) -> None:
@@ -48,15 +62,3 @@ def test_killing_decode_mid_stream_errors_within_5s_then_prefill_failover(fragil
     r = httpx.post(s.http_url + "/v1/completions", json={"prompt": "hi", "max_tokens": 4}, timeout=30)
     assert r.status_code == 503 and "decode" in r.json()["error"]["message"]
     assert time.monotonic() - t0 < 5.0
-
-
-def test_killing_a_prefill_worker_reroutes_to_the_other(fragile_stack: Stack) -> None:
-    s = fragile_stack
-    url = s.http_url + "/v1/completions"
-    body = {"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0, "return_token_ids": True}
-    before = httpx.post(url, json=body, timeout=60).json()
-    os.kill(s.service("prefill-0").proc.pid, signal.SIGKILL)
-    for _ in range(4):  # whichever prefill worker the router picks, every request is served
-        r = httpx.post(url, json=body, timeout=60)
-        assert r.status_code == 200, r.text
-        assert r.json()["choices"][0]["token_ids"] == before["choices"][0]["token_ids"]

@@ -1,0 +1,79 @@
+"""Step-cost calibrations kept on disk, so an engine that starts as an earlier one did skips the timing.
+
+Calibration (``LLMEngine._calibrate``) times ~40 forwards at start: 5-15 s on 2 CPU cores, paid by
+every decode worker at every start. The timings depend on the machine, the model and how it runs
+(dtype, device, threads, attention backend, block size, which terms the pool could price), so the
+key holds all of those; anything else that changes the costs is refined online from every step
+(engine.lookahead.budget.StepCostModel). Like Triton's autotuning cache: measured once per setup,
+kept under ``$GROVE_CACHE/step-cost/``; ``--calibration-cache off`` measures at every start.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.lookahead.budget import StepCostModel
+from engine.paths import cache_dir
+
+logger = logging.getLogger(__name__)
+VERSION = 1  # bump when what calibration measures changes
+
+
+def device_name(device: str) -> str:
+    """What runs the forwards: the GPU's name, or the CPU's model and core count."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def cache_key(setup: dict[str, Any]) -> str:
+    """setup: JSON-able facts the timings depend on -> a file name."""
+    blob = json.dumps({"version": VERSION, "torch": torch.__version__, **setup}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _path(key: str) -> Path:
+    return cache_dir() / "step-cost" / f"{key}.json"
+
+
+def load(key: str, cost: StepCostModel) -> bool:
+    """Fills ``cost`` from the calibration kept under ``key``; False when there is none (or it is unreadable)."""
+    try:
+        doc = json.loads(_path(key).read_text())
+        points = {int(b): (float(t), float(s)) for b, (t, s) in doc["points"].items()}
+        terms = {name: float(doc[name]) for name in ("per_key_read", "per_context_key", "group_overhead")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    cost.points.update(points)
+    cost.per_key_read, cost.per_context_key, cost.group_overhead = (
+        terms["per_key_read"], terms["per_context_key"], terms["group_overhead"])
+    cost.invalidate()
+    return True
+
+
+def store(key: str, cost: StepCostModel, setup: dict[str, Any]) -> None:
+    """Keeps ``cost``'s calibrated state under ``key`` (atomically: engines may start side by side)."""
+    path = _path(key)
+    doc = {"setup": setup, "points": {str(b): list(p) for b, p in cost.points.items()},
+           "per_key_read": cost.per_key_read, "per_context_key": cost.per_context_key,
+           "group_overhead": cost.group_overhead}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.replace(path)
+    except OSError as e:  # a read-only cache costs the next start its calibration, nothing else
+        logger.warning("could not keep the step-cost calibration in %s: %s", path, e)
