@@ -120,7 +120,8 @@ class LLMEngine:
         is priced by two sequences of 1 + 8 tokens (a decode beside a chain: two groups where the
         backend groups) against 4 + 5 (one group), for a backend that pads groups. Only timings: the KV read is whatever the
         blocks hold. A pool too small for the long context keeps the per-token curve and prices
-        no key reads (nor context keys: those need CONTEXT_SEQS long contexts)."""
+        no key reads (nor context keys: those need CONTEXT_SEQS long contexts). The result is kept
+        on disk by setup (engine.step_cost_cache): a later start with the same setup takes it."""
         bs, cost = self.config.block_size, self.speculator.cost  # type: ignore[union-attr]
         long_ctx = min(1024, self.max_model_len - 32)  # behind it: 32 query tokens
         n_short, n_long = -(-128 // bs), -(-(long_ctx + 32) // bs)

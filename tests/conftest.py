@@ -119,4 +119,3 @@ class HFReference:
 @pytest.fixture(scope="session")
 def hf_reference(hf_model: Any) -> HFReference:
     return HFReference(hf_model)
-
