@@ -5,7 +5,8 @@ every decode worker at every start. The timings depend on the machine, the model
 (dtype, device, threads, attention backend, block size, which terms the pool could price), so the
 key holds all of those; anything else that changes the costs is refined online from every step
 (engine.lookahead.budget.StepCostModel). Like Triton's autotuning cache: measured once per setup,
-kept under ``$GROVE_CACHE/step-cost/``; ``--calibration-cache off`` measures at every start.
+kept under ``$GROVE_CACHE/step-cost/`` (or ``$GROVE_STEP_COST_CACHE``: the tests keep theirs apart,
+as their timings are taken beside other tests); ``--calibration-cache off`` measures at every start.
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def cache_key(setup: dict[str, Any]) -> str:
 
 
 def _path(key: str) -> Path:
-    return cache_dir() / "step-cost" / f"{key}.json"
+    root = os.environ.get("GROVE_STEP_COST_CACHE") or cache_dir() / "step-cost"
+    return Path(root) / f"{key}.json"
 
 
 def load(key: str, cost: StepCostModel) -> bool:

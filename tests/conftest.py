@@ -1,8 +1,11 @@
 """Shared fixtures: the real bundled model (converted once into the cache), transformers beside it."""
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,12 @@ import torch
 # torch thread each keeps both cores busy without oversubscribing them
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 logging.basicConfig(level=logging.INFO)
+# step-cost calibrations the tests take (beside other tests: slowed) stay out of the user's cache;
+# one directory per run, shared by the pytest workers and the stacks they start (set here, before
+# pytest-xdist starts the workers, which inherit it)
+if "GROVE_STEP_COST_CACHE" not in os.environ:
+    os.environ["GROVE_STEP_COST_CACHE"] = _step_costs = tempfile.mkdtemp(prefix="grove-test-step-cost-")
+    atexit.register(shutil.rmtree, _step_costs, True)
 
 # Packages whose tests start whole stacks as processes (kvstore, workers, gateway: ~6 GB each in fp32)
 STACK_PACKAGES = ("pipeline", "observability")

@@ -296,12 +296,12 @@ def test_calibration_in_a_small_pool_keeps_the_token_curve(model_dir) -> None:
 
 def test_a_second_start_with_the_same_setup_takes_the_kept_calibration(model_dir, tmp_path, monkeypatch,
                                                                          caplog) -> None:
-    """The first engine times its steps and keeps them under $GROVE_CACHE/step-cost; a second one
+    """The first engine times its steps and keeps them under $GROVE_STEP_COST_CACHE; a second one
     with the same setup takes them without timing; another block size (another setup) times again;
     --calibration-cache off always times."""
     from engine.llm_engine import LLMEngine
 
-    monkeypatch.setenv("GROVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("GROVE_STEP_COST_CACHE", str(tmp_path / "step-cost"))
 
     def start(**kw: object) -> tuple[str, dict]:
         caplog.clear()
