@@ -301,7 +301,12 @@ def test_a_second_start_with_the_same_setup_takes_the_kept_calibration(model_dir
     --calibration-cache off always times."""
     from engine.llm_engine import LLMEngine
 
+    from engine import step_cost_cache
+
     monkeypatch.setenv("GROVE_STEP_COST_CACHE", str(tmp_path / "step-cost"))
+    # timed beside the other pytest worker, a calibration may look disturbed and not be kept: that
+    # guard has its own test (test_a_disturbed_calibration_is_not_kept); this one is about reuse
+    monkeypatch.setattr(step_cost_cache, "disturbed", lambda cost: False)
 
     def start(**kw: object) -> tuple[str, dict]:
         caplog.clear()
@@ -319,6 +324,24 @@ def test_a_second_start_with_the_same_setup_takes_the_kept_calibration(model_dir
     assert start(block_size=32)[0].startswith("step cost (measured)")
     assert start(calibration_cache=False)[0].startswith("step cost (measured)")
     assert len(list((tmp_path / "step-cost").glob("*.json"))) == 2
+
+
+def test_a_disturbed_calibration_is_not_kept(tmp_path, monkeypatch) -> None:
+    """A calibration whose narrow steps timed slower than wide ones (something ran beside it) is
+    not kept for later starts; a steady one is."""
+    from engine import step_cost_cache
+
+    monkeypatch.setenv("GROVE_STEP_COST_CACHE", str(tmp_path))
+    for name, ms in (("disturbed", {1: 78.3, 4: 55.9, 16: 143.3, 32: 95.1, 64: 141.3}),
+                     ("steady", {1: 28.2, 2: 29.5, 4: 28.0, 8: 29.1, 16: 28.6, 32: 38.1, 64: 64.5})):
+        cost = StepCostModel()
+        for n, t in ms.items():
+            cost.observe(n, t / 1e3)
+        step_cost_cache.store(name, cost, {})
+        kept = StepCostModel()
+        assert step_cost_cache.load(name, kept) == (name == "steady")
+        if name == "steady":
+            assert kept.points == cost.points
 
 
 def test_calibration_prices_the_context_stream_where_the_pool_holds_it(model_dir) -> None:
