@@ -36,3 +36,57 @@ def decode_batch(engine: LLMEngine, prompts: Sequence[Sequence[int]], params: Sa
         steps += 1
     seconds = time.perf_counter() - start
     return Decode([list(s.output_ids) for s in seqs], sum(len(s.output_ids) for s in seqs) - first, seconds, steps)
+
+
+def decode_interleaved(engines: Sequence[LLMEngine], prompts: Sequence[Sequence[int]], params: SamplingParams,
+                       tag: str) -> list[Decode]:
+    """``decode_batch`` on several engines at once, their steps taken in turn (one step of each,
+    then again), each engine's own steps timed: a slow spell of the machine (seen here: 2-3x for
+    seconds at a time) then falls on all of them alike, where runs one after the other would give
+    it to whichever ran then. Each engine's weights and KV (hundreds of MB) are streamed from
+    memory every step either way, so taking turns leaves no engine's caches warmer."""
+    seqs = [[e.add_request(f"{tag}-{k}-{time.monotonic_ns()}-{i}", ids, params) for i, ids in enumerate(prompts)]
+            for k, e in enumerate(engines)]
+
+    def live(k: int) -> bool:
+        return engines[k].has_work
+
+    while any(live(k) and any(not s.output_ids for s in seqs[k]) for k in range(len(engines))):
+        for k, e in enumerate(engines):  # the prefills, untimed
+            if live(k) and any(not s.output_ids for s in seqs[k]):
+                e.step()
+    first = [sum(len(s.output_ids) for s in ss) for ss in seqs]
+    seconds, steps = [0.0] * len(engines), [0] * len(engines)
+    while any(live(k) for k in range(len(engines))):
+        for k, e in enumerate(engines):
+            if live(k):
+                start = time.perf_counter()
+                e.step()
+                seconds[k] += time.perf_counter() - start
+                steps[k] += 1
+    return [Decode([list(s.output_ids) for s in ss], sum(len(s.output_ids) for s in ss) - f, sec, n)
+            for ss, f, sec, n in zip(seqs, first, seconds, steps)]
+
+
+def decode_stream(engine: LLMEngine, prompts: Sequence[Sequence[int]], params: SamplingParams, concurrency: int,
+                  tag: str) -> Decode:
+    """Keeps ``concurrency`` requests in flight, adding the next prompt as one finishes (vLLM's
+    ``--max-concurrency``), so the batch holds its size but for the last ``concurrency - 1``
+    finishes. Times everything from the first add to the last finish, prefills included (they
+    share steps with the decodes); ``tokens`` counts every output token after each one's first."""
+    pending = list(enumerate(prompts))
+    running: list = []
+    done: dict[int, list[int]] = {}
+    steps, start = 0, time.perf_counter()
+    while pending or running:
+        while pending and len(running) < concurrency:
+            i, ids = pending.pop(0)
+            running.append((i, engine.add_request(f"{tag}-{time.monotonic_ns()}-{i}", ids, params)))
+        engine.step()
+        steps += 1
+        for i, seq in [r for r in running if r[1].finished]:
+            done[i] = list(seq.output_ids)
+        running = [r for r in running if not r[1].finished]
+    seconds = time.perf_counter() - start
+    outputs = [done[i] for i in range(len(prompts))]
+    return Decode(outputs, sum(len(o) - 1 for o in outputs), seconds, steps)

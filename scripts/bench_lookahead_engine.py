@@ -12,8 +12,9 @@ its lookahead-off run and draft it whole).
 
 Each concurrency gets its own --num-prompts prompts (the drafting engine's global cache learns every
 output, so a prompt replayed at another concurrency would be drafted whole), cut into batches of c,
-all of a batch added at once; each batch runs on both engines in
-turn, the order alternating batch by batch. Timed: the decode steps after every sequence of the
+all of a batch added at once; each batch runs on both engines at once, their steps taken in turn
+(so a slow spell of this noisy machine falls on both; ``--sequential``: one engine after the
+other, the order alternating batch by batch). Timed: the decode steps after every sequence of the
 batch has its first token. Reported: decode tokens/s of each engine, their ratio (and the range of
 the per-batch ratios), tokens per step; with --hf-prompt-lookup, transformers ``generate`` with
 ``prompt_lookup_num_tokens`` at c=1 on the same prompts and device. The two engines' greedy outputs
@@ -29,7 +30,7 @@ import torch
 
 from bench.baselines import HFModel, make_baseline
 from bench.datasets import load_prompts
-from bench.inprocess import decode_batch
+from bench.inprocess import Decode, decode_batch, decode_interleaved, decode_stream
 from bench.jobs import prompt_token_ids
 from bench.records import Job, Prompt
 from engine.engine_config import EngineConfig
@@ -64,6 +65,11 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
+    ap.add_argument("--steady", action="store_true",
+                    help="keep c requests in flight over all of a level's prompts (refilled as they finish), "
+                         "prefills included in the timing, instead of batches of c added at once")
+    ap.add_argument("--sequential", action="store_true",
+                    help="run each batch on one engine, then the other (default: both at once, their steps in turn)")
     ap.add_argument("--hf-prompt-lookup", action="store_true", help="also time transformers prompt lookup at c=1")
     ap.add_argument("--lookahead-max-depth", type=int, default=EngineConfig().lookahead_max_depth)
     ap.add_argument("--lookahead-width", type=int, default=EngineConfig().lookahead_width)
@@ -96,10 +102,19 @@ def main() -> int:
         level_prompts = prompts[k * args.num_prompts:(k + 1) * args.num_prompts]
         totals = {False: [0, 0.0, 0], True: [0, 0.0, 0]}
         ratios = []
-        for b, i in enumerate(range(0, len(level_prompts), c)):
-            batch = level_prompts[i:i + c]
+        batches = [level_prompts] if args.steady else [level_prompts[i:i + c] for i in range(0, len(level_prompts), c)]
+        for b, batch in enumerate(batches):
             order = (False, True) if b % 2 == 0 else (True, False)
-            got = {la: decode_batch(on if la else off, batch, params, f"c{c}-b{b}-{la}") for la in order}
+
+            def run(la: bool) -> Decode:
+                engine, tag = (on if la else off), f"c{c}-b{b}-{la}"
+                return decode_stream(engine, batch, params, c, tag) if args.steady else decode_batch(engine, batch, params, tag)
+
+            if args.steady or args.sequential:
+                got = {la: run(la) for la in order}
+            else:
+                got = dict(zip(order, decode_interleaved([on if la else off for la in order], batch, params,
+                                                         f"c{c}-b{b}")))
             if got[True].outputs != got[False].outputs:
                 logger.error("lookahead changed a greedy output (c=%d, batch %d)", c, b)
                 return 1

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import atexit
+import fcntl
+import hashlib
+import json
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -22,6 +25,10 @@ logging.basicConfig(level=logging.INFO)
 if "GROVE_STEP_COST_CACHE" not in os.environ:
     os.environ["GROVE_STEP_COST_CACHE"] = _step_costs = tempfile.mkdtemp(prefix="grove-test-step-cost-")
     atexit.register(shutil.rmtree, _step_costs, True)
+# the same for transformers' reference outputs (HFReference), which the workers share
+if "GROVE_TEST_HF_REFERENCES" not in os.environ:
+    os.environ["GROVE_TEST_HF_REFERENCES"] = _references = tempfile.mkdtemp(prefix="grove-test-hf-reference-")
+    atexit.register(shutil.rmtree, _references, True)
 
 # Packages whose tests start whole stacks as processes (kvstore, workers, gateway: ~6 GB each in fp32)
 STACK_PACKAGES = ("pipeline", "observability")
@@ -103,11 +110,17 @@ def engine(model_dir: Path) -> Any:
 
 
 class HFReference:
-    """transformers greedy outputs, computed once per (prompt, length) in the session; ``many``
-    computes the missing ones of a list in left-padded batches (engine.reference.hf_greedy_batch)."""
+    """transformers greedy outputs, computed once per (prompt, length) in the run; ``many`` computes
+    the missing ones of a list in left-padded batches (engine.reference.hf_greedy_batch). Under
+    pytest-xdist the workers share them through files in ``cache_dir`` (one per batch, made under a
+    lock: a worker that needs a batch another is computing waits for it), so the pipeline tests and
+    the engine tests, on different workers, take the same references without computing them twice."""
 
-    def __init__(self, model: Any, batch_size: int = 10) -> None:
-        self.model = model
+    def __init__(self, load_model: Callable[[], Any], model_dir: Path, cache_dir: Path | None,
+                 batch_size: int = 10) -> None:
+        self.load_model = load_model
+        self.model_dir = model_dir
+        self.cache_dir = cache_dir
         self.batch_size = batch_size
         self.memo: dict[tuple[tuple[int, ...], int], Any] = {}
 
@@ -115,16 +128,32 @@ class HFReference:
         return self.many([prompt_ids], max_new_tokens)[0]
 
     def many(self, prompts: list[list[int]], max_new_tokens: int) -> list[Any]:
-        from engine.reference import hf_greedy_batch
-
         missing = sorted({tuple(p) for p in prompts if (tuple(p), max_new_tokens) not in self.memo}, key=len)
         for i in range(0, len(missing), self.batch_size):  # similar lengths together: little padding
             chunk = missing[i : i + self.batch_size]
-            for p, ref in zip(chunk, hf_greedy_batch(self.model, chunk, max_new_tokens)):
+            for p, ref in zip(chunk, self._batch(chunk, max_new_tokens)):
                 self.memo[(p, max_new_tokens)] = ref
         return [self.memo[(tuple(p), max_new_tokens)] for p in prompts]
 
+    def _batch(self, chunk: list[tuple[int, ...]], max_new_tokens: int) -> list[Any]:
+        from engine.reference import ReferenceOutput, hf_greedy_batch
+
+        if self.cache_dir is None:
+            return hf_greedy_batch(self.load_model(), chunk, max_new_tokens)
+        key = hashlib.sha256(repr((str(self.model_dir), chunk, max_new_tokens)).encode()).hexdigest()[:32]
+        path = self.cache_dir / f"{key}.json"
+        with open(self.cache_dir / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not path.exists():
+                refs = hf_greedy_batch(self.load_model(), chunk, max_new_tokens)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps([[r.tokens, r.top2_gaps, r.top1_ulps] for r in refs]))
+                tmp.replace(path)
+            return [ReferenceOutput(*r) for r in json.loads(path.read_text())]
+
 
 @pytest.fixture(scope="session")
-def hf_reference(hf_model: Any) -> HFReference:
-    return HFReference(hf_model)
+def hf_reference(request: pytest.FixtureRequest, model_dir: Path) -> HFReference:
+    """transformers loads only where a reference is not yet in this run's files."""
+    return HFReference(lambda: request.getfixturevalue("hf_model"), model_dir,
+                       Path(os.environ["GROVE_TEST_HF_REFERENCES"]))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any
 
 import httpx
@@ -11,6 +13,7 @@ from launcher.stack import Stack
 from tests.prompts import code_edit_ids, engine_prompts
 
 MAX_TOKENS = 32
+logger = logging.getLogger(__name__)
 
 
 def _prefix(ref: ReferenceOutput, n: int) -> ReferenceOutput:
@@ -18,6 +21,15 @@ def _prefix(ref: ReferenceOutput, n: int) -> ReferenceOutput:
 
 
 def _run(stack: Stack, prompts: list[list[int]], lookahead: bool, concurrency: int) -> list[dict]:
+    start = time.monotonic()
+    try:
+        return _send(stack, prompts, lookahead, concurrency)
+    finally:
+        logger.info("lookahead %s at concurrency %d: %d prompts in %.1f s", "on" if lookahead else "off",
+                    concurrency, len(prompts), time.monotonic() - start)
+
+
+def _send(stack: Stack, prompts: list[list[int]], lookahead: bool, concurrency: int) -> list[dict]:
     async def go() -> list[dict]:
         sem = asyncio.Semaphore(concurrency)
         async with httpx.AsyncClient(base_url=stack.http_url, timeout=300) as c:
@@ -37,7 +49,9 @@ def test_30_prompts_lookahead_on_off_and_transformers_agree(stack: Stack, tokeni
     base = engine_prompts(tokenizer)
     edits = code_edit_ids(tokenizer, 20)
     prompts = base + edits
+    start = time.monotonic()
     refs = [_prefix(r, MAX_TOKENS) for r in hf_reference.many(base, 128)] + hf_reference.many(edits, MAX_TOKENS)
+    logger.info("transformers references in %.1f s", time.monotonic() - start)
     runs: dict[tuple[str, int], list[dict]] = {}  # concurrency 8 first: it computes the prompts on both prefill workers at once, and
     # the runs after it take their prompts' KV from the prefix caches (reuse must not change a token)
     runs[("on", 8)] = _run(stack, prompts, True, 8)
