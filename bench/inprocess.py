@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
+from engine.sequence import Sequence as Seq
 
 
 @dataclass
@@ -26,16 +27,7 @@ class Decode:
 def decode_batch(engine: LLMEngine, prompts: Sequence[Sequence[int]], params: SamplingParams, tag: str) -> Decode:
     """Adds every prompt at once, steps untimed until each has its first token (the prefill), then
     times the steps until all finish."""
-    seqs = [engine.add_request(f"{tag}-{time.monotonic_ns()}-{i}", ids, params) for i, ids in enumerate(prompts)]
-    while engine.has_work and any(not s.output_ids for s in seqs):
-        engine.step()
-    first = sum(len(s.output_ids) for s in seqs)
-    steps, start = 0, time.perf_counter()
-    while engine.has_work:
-        engine.step()
-        steps += 1
-    seconds = time.perf_counter() - start
-    return Decode([list(s.output_ids) for s in seqs], sum(len(s.output_ids) for s in seqs) - first, seconds, steps)
+    return decode_interleaved([engine], prompts, params, tag)[0]
 
 
 def decode_interleaved(engines: Sequence[LLMEngine], prompts: Sequence[Sequence[int]], params: SamplingParams,
@@ -48,18 +40,18 @@ def decode_interleaved(engines: Sequence[LLMEngine], prompts: Sequence[Sequence[
     seqs = [[e.add_request(f"{tag}-{k}-{time.monotonic_ns()}-{i}", ids, params) for i, ids in enumerate(prompts)]
             for k, e in enumerate(engines)]
 
-    def live(k: int) -> bool:
-        return engines[k].has_work
+    def prefilling(k: int) -> bool:
+        return engines[k].has_work and any(not s.output_ids for s in seqs[k])
 
-    while any(live(k) and any(not s.output_ids for s in seqs[k]) for k in range(len(engines))):
+    while any(prefilling(k) for k in range(len(engines))):
         for k, e in enumerate(engines):  # the prefills, untimed
-            if live(k) and any(not s.output_ids for s in seqs[k]):
+            if prefilling(k):
                 e.step()
     first = [sum(len(s.output_ids) for s in ss) for ss in seqs]
     seconds, steps = [0.0] * len(engines), [0] * len(engines)
-    while any(live(k) for k in range(len(engines))):
+    while any(e.has_work for e in engines):
         for k, e in enumerate(engines):
-            if live(k):
+            if e.has_work:
                 start = time.perf_counter()
                 e.step()
                 seconds[k] += time.perf_counter() - start
@@ -75,7 +67,7 @@ def decode_stream(engine: LLMEngine, prompts: Sequence[Sequence[int]], params: S
     finishes. Times everything from the first add to the last finish, prefills included (they
     share steps with the decodes); ``tokens`` counts every output token after each one's first."""
     pending = list(enumerate(prompts))
-    running: list = []
+    running: list[tuple[int, Seq]] = []
     done: dict[int, list[int]] = {}
     steps, start = 0, time.perf_counter()
     while pending or running:
