@@ -16,7 +16,9 @@ RUN_ARGS ?=
 run: setup
 	$(PY) -m launcher $(RUN_ARGS)
 
-test: setup tools
+# set-up and the apt tools side by side (pip and apt-get each wait on downloads and disk)
+test:
+	@$(MAKE) --no-print-directory -j2 setup tools
 	bash scripts/test.sh
 
 setup: venv model protos cpu-kernel
