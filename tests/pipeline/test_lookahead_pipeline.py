@@ -21,15 +21,6 @@ def _prefix(ref: ReferenceOutput, n: int) -> ReferenceOutput:
 
 
 def _run(stack: Stack, prompts: list[list[int]], lookahead: bool, concurrency: int) -> list[dict]:
-    start = time.monotonic()
-    try:
-        return _send(stack, prompts, lookahead, concurrency)
-    finally:
-        logger.info("lookahead %s at concurrency %d: %d prompts in %.1f s", "on" if lookahead else "off",
-                    concurrency, len(prompts), time.monotonic() - start)
-
-
-def _send(stack: Stack, prompts: list[list[int]], lookahead: bool, concurrency: int) -> list[dict]:
     async def go() -> list[dict]:
         sem = asyncio.Semaphore(concurrency)
         async with httpx.AsyncClient(base_url=stack.http_url, timeout=300) as c:
@@ -40,7 +31,11 @@ def _send(stack: Stack, prompts: list[list[int]], lookahead: bool, concurrency: 
                     assert r.status_code == 200, r.text
                     return r.json()
             return await asyncio.gather(*(one(p) for p in prompts))
-    return asyncio.run(go())
+    start = time.monotonic()
+    outs = asyncio.run(go())
+    logger.info("lookahead %s at concurrency %d: %d prompts in %.1f s", "on" if lookahead else "off",
+                concurrency, len(prompts), time.monotonic() - start)
+    return outs
 
 
 def test_30_prompts_lookahead_on_off_and_transformers_agree(stack: Stack, tokenizer: Any, hf_reference: Any) -> None:
