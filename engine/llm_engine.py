@@ -24,6 +24,7 @@ from engine.kv_layout import KVLayout, dtype_from_name
 from engine.kv_pool import KVPool
 from engine.layers import ROW_INVARIANT_DTYPES, products_row_invariant, step_tile
 from engine.lookahead.budget import key_reads
+from engine.lookahead.numbering import DigitVocab
 from engine.lookahead.speculator import Speculator, compaction_slots, node_positions
 from engine.lookahead.tree import DraftTree
 from engine.model import Model
@@ -97,7 +98,8 @@ class LLMEngine:
         elif config.lookahead:
             self.speculator = Speculator(config.lookahead_max_depth, config.lookahead_width,
                                          config.lookahead_max_step_tokens,
-                                         step_align=step_tile(self.model.weights.layers[0].qkv))
+                                         step_align=step_tile(self.model.weights.layers[0].qkv),
+                                         digits=DigitVocab.from_tokenizer(self.tokenizer))
             self._calibrate()
         logger.info("engine ready: %d KV blocks of %d tokens (%.1f MiB)", num_blocks, config.block_size, self.kv.nbytes / 2**20)
 

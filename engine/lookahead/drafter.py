@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from engine.lookahead.ngram_trie import NGramTrie, TrieNode
+from engine.lookahead.numbering import DigitVocab, NumberRuns
 from engine.lookahead.position_index import PositionIndex
 from engine.lookahead.tree import DraftTree
 
@@ -43,7 +44,7 @@ class Windows:
 class Match:
     """Where a draft would come from: the first cache and longest key with a continuation."""
 
-    source: str  # "own": the request's prompt and output; "global": every request's outputs
+    source: str  # "own": the request's prompt and output; "global": every request's outputs; "number": the next number
     key_length: int
 
 
@@ -51,11 +52,13 @@ class Match:
 class RequestCache:
     own: PositionIndex  # the request's prompt and output
     shared: Windows  # in the global trie: output only
+    numbers: NumberRuns | None  # its last numbers (None: the tokenizer's digits are not tokens of their own)
 
 
 class Drafter:
-    def __init__(self, config: DrafterConfig = DrafterConfig()) -> None:
+    def __init__(self, config: DrafterConfig = DrafterConfig(), digits: DigitVocab | None = None) -> None:
         self.config = config
+        self.digits = digits
         self.global_trie = NGramTrie(config.global_max_nodes)
         self.local: dict[str, RequestCache] = {}
 
@@ -110,11 +113,14 @@ class Drafter:
         cache = self.local.get(request_id)
         if cache is None:
             # outputs (not prompts) also feed the global cache: they are what requests tend to repeat
+            numbers = NumberRuns(self.digits) if self.digits is not None else None
             cache = self.local[request_id] = RequestCache(PositionIndex(self.config.key_lengths),
-                                                          Windows(self.global_trie, fed=num_prompt))
+                                                          Windows(self.global_trie, fed=num_prompt), numbers)
         if cache.own.fed < len(tokens):
             cache.own.feed(tokens, len(tokens))
             self._feed(cache.shared, tokens, len(tokens))
+            if cache.numbers is not None:
+                cache.numbers.feed(tokens, len(tokens))
 
     def forget(self, request_id: str) -> None:
         self.local.pop(request_id, None)
@@ -123,6 +129,8 @@ class Drafter:
         """The match ``propose`` would start its tree from (its first branch's), or None when no
         cache continues the text: a few dict lookups, no branches built."""
         cache = self.local.get(request_id)
+        if cache is not None and cache.numbers is not None and cache.numbers.counting():
+            return Match("number", 0)
         if cache is not None:
             for k in self.config.key_lengths:
                 # every recorded position of a key has a continuation (the text's last key is not
@@ -133,14 +141,45 @@ class Drafter:
             root = self.global_trie.roots.get(tuple(tokens[-k:])) if len(tokens) >= k else None
             if root is not None and root.children:
                 return Match("global", k)
+        if cache is not None and cache.numbers is not None and cache.numbers.next_tokens(1):
+            return Match("number", 0)
         return None
 
     def propose(self, request_id: str, tokens: Sequence[int], budget: int, max_depth: int) -> DraftTree:
-        """A tree of up to ``budget`` draft tokens continuing ``tokens``: own trie first, then global."""
+        """A tree of up to ``budget`` draft tokens continuing ``tokens``: the own cache's branches,
+        else the global trie's, their line numbers as the text numbers its lines. Where the text
+        counts, the numbers come first; where it is at a numbered line no cache continues, the next
+        line's number (continued from the tries)."""
         tree = DraftTree()
         if budget <= 0:
             return tree
         cache = self.local.get(request_id)
+        numbers = cache.numbers if cache is not None else None
+        if numbers is not None and numbers.counting():
+            self._add_number(tree, cache, numbers, tokens, budget, max_depth)
+        for path in self._branches(cache, tokens, budget, max_depth):
+            tree.add_branch(numbers.renumber(path) if numbers is not None else path, budget)
+            if len(tree) >= budget:
+                return tree
+        if numbers is not None and not len(tree):
+            self._add_number(tree, cache, numbers, tokens, budget, max_depth)
+        return tree
+
+    def _add_number(self, tree: DraftTree, cache: RequestCache, numbers: NumberRuns, tokens: Sequence[int],
+                    budget: int, max_depth: int) -> None:
+        """The next number, continued by the tries' best branch after it."""
+        number = numbers.next_tokens(max_depth)
+        if number:
+            rest = max_depth - len(number)
+            after = self._branches(cache, [*tokens, *number], rest, rest)[:1] if rest > 0 else []
+            tree.add_branch(numbers.renumber(number + (after[0] if after else [])), budget)
+
+    def _branches(self, cache: RequestCache | None, tokens: Sequence[int], budget: int,
+                  max_depth: int) -> list[list[int]]:
+        """Continuations of ``tokens`` from the first cache and longest key that has any: the own
+        cache first, then the global trie; up to ``budget`` tokens once merged, best first."""
+        tree = DraftTree()
+        found: list[list[int]] = []
         # the request's own text first, then every request's outputs
         lookups = [(lambda key: self.global_trie.branches(key, budget, max_depth), self.config.global_key_lengths)]
         if cache is not None:
@@ -152,8 +191,9 @@ class Drafter:
                     continue
                 for path in lookup(tuple(tokens[-k:])):
                     tree.add_branch(path, budget)
+                    found.append(path)
                 if len(tree) >= budget:
-                    return tree
+                    return found
                 if len(tree):
                     break  # a longer key matched in this cache: shorter keys are noisier
-        return tree
+        return found

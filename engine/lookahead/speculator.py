@@ -16,6 +16,7 @@ import torch
 from engine.lookahead.acceptance import AcceptanceModel
 from engine.lookahead.budget import StepCostModel, plan_drafts
 from engine.lookahead.drafter import Drafter, DrafterConfig
+from engine.lookahead.numbering import DigitVocab
 from engine.lookahead.tree import DraftTree, accept_path, accepted_on_first_branch
 from engine.sequence import Sequence as Seq
 
@@ -53,9 +54,11 @@ class Verified:
 
 
 class Speculator:
-    def __init__(self, max_depth: int, width: int, max_step_tokens: int, step_align: int = STEP_ALIGN) -> None:
-        # the global trie stores windows of up to GLOBAL_WINDOW tokens (the own cache drafts max_depth)
-        self.drafter = Drafter(DrafterConfig(window=min(max_depth, GLOBAL_WINDOW)))
+    def __init__(self, max_depth: int, width: int, max_step_tokens: int, step_align: int = STEP_ALIGN,
+                 digits: DigitVocab | None = None) -> None:
+        # the global trie stores windows of up to GLOBAL_WINDOW tokens (the own cache drafts max_depth);
+        # digits: the tokenizer's, for drafting the next number (engine.lookahead.numbering)
+        self.drafter = Drafter(DrafterConfig(window=min(max_depth, GLOBAL_WINDOW)), digits)
         self.cost = StepCostModel()
         self.max_depth = max_depth
         self.width = width
