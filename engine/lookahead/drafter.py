@@ -131,18 +131,29 @@ class Drafter:
         cache = self.local.get(request_id)
         if cache is not None and cache.numbers is not None and cache.numbers.counting():
             return Match("number", 0)
+        found = [m for m in (self._own_key(cache, tokens), self._global_key(tokens)) if m is not None]
+        if found:
+            return max(found, key=lambda m: m.key_length)  # the own text's where they tie (max keeps the first)
+        if cache is not None and cache.numbers is not None and cache.numbers.next_tokens(1):
+            return Match("number", 0)
+        return None
+
+    def _own_key(self, cache: RequestCache | None, tokens: Sequence[int]) -> Match | None:
+        """The longest key the request's own text continues."""
         if cache is not None:
             for k in self.config.key_lengths:
                 # every recorded position of a key has a continuation (the text's last key is not
                 # recorded until the next token comes)
                 if len(tokens) >= k and tuple(tokens[-k:]) in cache.own.starts:
                     return Match("own", k)
+        return None
+
+    def _global_key(self, tokens: Sequence[int]) -> Match | None:
+        """The longest key every request's outputs continue."""
         for k in self.config.global_key_lengths:
             root = self.global_trie.roots.get(tuple(tokens[-k:])) if len(tokens) >= k else None
             if root is not None and root.children:
                 return Match("global", k)
-        if cache is not None and cache.numbers is not None and cache.numbers.next_tokens(1):
-            return Match("number", 0)
         return None
 
     def propose(self, request_id: str, tokens: Sequence[int], budget: int, max_depth: int) -> DraftTree:
@@ -180,12 +191,18 @@ class Drafter:
         cache first, then the global trie; up to ``budget`` tokens once merged, best first."""
         tree = DraftTree()
         found: list[list[int]] = []
-        # the request's own text first, then every request's outputs
         lookups = [(lambda key: self.global_trie.branches(key, budget, max_depth), self.config.global_key_lengths)]
         if cache is not None:
             limit = self.config.local_max_positions
-            lookups.insert(0, (lambda key: cache.own.branches(key, budget, max_depth, limit), self.config.key_lengths))
+            own = (lambda key: cache.own.branches(key, budget, max_depth, limit), self.config.key_lengths)
+            # the request's own text first, unless all it has is a shorter key than every request's
+            # outputs: in chat a 1-token key of the own text drafted a word the prompt used ("in" ->
+            # " heaven") where an answer before had '" in' -> " the original text"
+            own_key, global_key = self._own_key(cache, tokens), self._global_key(tokens)
+            first = own_key is not None and (global_key is None or own_key.key_length >= global_key.key_length)
+            lookups.insert(0 if first else 1, own)
         for lookup, key_lengths in lookups:
+            had = len(found)
             for k in key_lengths:
                 if len(tokens) < k:
                     continue
@@ -194,6 +211,6 @@ class Drafter:
                     found.append(path)
                 if len(tree) >= budget:
                     return found
-                if len(tree):
+                if len(found) > had:
                     break  # a longer key matched in this cache: shorter keys are noisier
         return found

@@ -124,6 +124,23 @@ def test_drafter_indexes_incrementally_and_proposes_copies() -> None:
     assert "r" not in d.local
 
 
+def test_a_longer_key_in_every_requests_outputs_beats_a_one_token_key_of_the_own_text() -> None:
+    d = Drafter(DrafterConfig())
+    d.observe("old", [1, 2, 5, 6, 7, 8, 9], 2)  # an answer: 5 6 -> 7 8 9 in the global trie
+    text = [6, 50, 60, 40, 5, 6]  # the own text continues only the 1-token key (6,): 50 60
+    d.observe("new", text, 3)
+    m = d.match("new", text)
+    assert (m.source, m.key_length) == ("global", 2)
+    tree = d.propose("new", text, budget=8, max_depth=4)
+    assert tree.tokens[:tree.first_branch()] == [7, 8, 9]
+    assert 50 in tree.tokens  # the own text's branch still fills the budget after it
+    text2 = [*text, 7, 5, 6]  # once the own text has the 2-token key too, it comes first again
+    d.observe("new", text2, 3)
+    assert d.match("new", text2).source == "own"
+    tree = d.propose("new", text2, budget=8, max_depth=4)
+    assert tree.tokens[:2] == [7, 5]
+
+
 def index_from_scratch(config: DrafterConfig, keys: Sequence[int], tokens: Sequence[int], start: int, end: int,
                        trie: NGramTrie) -> None:
     """The definition the drafter's cursors must match, walked from the key every time: for every
