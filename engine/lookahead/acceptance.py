@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 # previous draft of the request: none verified yet, taken whole, cut short
 FIRST, WHOLE, CUT = 0, 1, 2
-DraftClass = tuple[str, int, int]  # (source: "own" | "global", key length, previous draft)
+DraftClass = tuple[str, int, int]  # (source: "own" | "global" | "number", key length, previous draft)
 
 
 @dataclass(slots=True)

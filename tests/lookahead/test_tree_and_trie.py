@@ -133,7 +133,10 @@ def test_a_longer_key_in_every_requests_outputs_beats_a_one_token_key_of_the_own
     assert (m.source, m.key_length) == ("global", 2)
     tree = d.propose("new", text, budget=8, max_depth=4)
     assert tree.tokens[:tree.first_branch()] == [7, 8, 9]
-    assert 50 in tree.tokens  # the own text's branch still fills the budget after it
+    assert 50 not in tree.tokens  # after a cache that drafted, another adds only its longest key's
+    d.observe("new2", [40, 5, 6, 70, 71, 72, 3, 40, 5, 6], 7)  # the own text continues the 3-token key
+    tree = d.propose("new2", [40, 5, 6, 70, 71, 72, 3, 40, 5, 6], budget=8, max_depth=4)
+    assert tree.tokens == [70, 71, 72, 3]  # own first; the global trie continues only the 2-token key: nothing
     text2 = [*text, 7, 5, 6]  # once the own text has the 2-token key too, it comes first again
     d.observe("new", text2, 3)
     assert d.match("new", text2).source == "own"
