@@ -185,6 +185,8 @@ class NumberRuns:
         a copy of rows of data, "1,2\\n4,5", keeps its own): a copy of numbered lines whose numbers
         the model writes anew ("1| ..." where the prompt said "27| ...") then breaks at no line."""
         digit, newline = self.vocab.digit, self.vocab.newline
+        if digit.keys().isdisjoint(path):  # most drafts hold no digit: no copy of the state
+            return list(path)
         runs, out, i = self._copy(), [], 0
         while i < len(path):
             if path[i] in digit and runs.open is None and runs.prev in newline and runs.lines_numbered():
