@@ -43,12 +43,13 @@ protos: $(PROTO_STAMP)
 
 # the CPU kernels (attention; bf16 products on CPUs with AVX512-BF16; greedy picks), built for
 # this machine into $(GROVE_CACHE)/build (~1 s each; also built on first use). Never fatal:
-# without a C++ compiler the engine attends, multiplies and picks with torch
+# without a C++ compiler the engine attends, multiplies, rotates and picks with torch
 .PHONY: cpu-kernel
 cpu-kernel: $(STAMP)
 	@$(PY) -m kernels.cpu_attention || echo "cpu-kernel: not built, the engine will attend with the torch backend"
 	@$(PY) -m kernels.cpu_linear || echo "cpu-kernel: bf16 products by torch (no AVX512-BF16 or no compiler)"
 	@$(PY) -m kernels.cpu_greedy || echo "cpu-kernel: greedy picks by torch"
+	@$(PY) -m kernels.cpu_rope || echo "cpu-kernel: rotary embedding and K/V writes by torch"
 
 $(PROTO_STAMP): $(PROTOS) scripts/gen_protos.py $(STAMP)
 	$(PY) scripts/gen_protos.py

@@ -15,7 +15,7 @@ from engine.batch import Batch
 from engine.config import ModelConfig
 from engine.kv_pool import KVPool
 from engine.layers import Weight, linear, linear_residual, norm_linear, rms_norm, silu_and_mul
-from engine.rope import RotaryEmbedding, apply_rotary_
+from engine.rope import RotaryEmbedding
 
 
 @dataclass(slots=True)
@@ -58,9 +58,7 @@ class Model:
         h = w.embed.index_select(0, batch.input_ids)  # [T, hidden]: the residual stream, updated in place
         for lw, cache in zip(w.layers, kv.layers):
             qkv = norm_linear(h, lw.input_norm, eps, lw.qkv, lw.qkv_bias).view(T, H + 2 * KVH, D)
-            apply_rotary_(qkv[:, : H + KVH], cos, sin)  # q and k heads together
-            q, k, v = qkv.split([H, KVH, KVH], dim=1)  # [T, heads | kv_heads, head_dim]
-            backend.write_kv(cache, k, v, plan)
+            q = backend.rope_write_kv(qkv, cos, sin, cache, plan, H)  # [T, heads, head_dim]; K/V stored
             attn = backend.attend(q, cache, plan, scale)  # [T, heads, head_dim]
             h = linear_residual(attn.reshape(T, cfg.q_size), lw.o, h)
             h = linear_residual(silu_and_mul(norm_linear(h, lw.post_norm, eps, lw.gate_up)), lw.down, h)

@@ -24,7 +24,7 @@ from engine.lookahead.budget import StepCostModel
 from engine.paths import cache_dir
 
 logger = logging.getLogger(__name__)
-VERSION = 1  # bump when what calibration measures changes
+VERSION = 2  # bump when what calibration measures changes (2: rope and K/V writes in one kernel call)
 
 
 def device_name(device: str) -> str:

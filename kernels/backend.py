@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.attention.base import KVLayerCache
+from engine.attention.base import KVLayerCache, rope_then_write_kv
 from engine.batch import AttentionMetadata
 from kernels.kv_write import copy_slots, write_kv
 from kernels.paged_attention import MAX_VERIFY_QUERY, paged_decode_attention
@@ -55,6 +55,10 @@ class TritonAttentionBackend:
 
     def write_kv(self, cache: KVLayerCache, k: torch.Tensor, v: torch.Tensor, plan: TritonAttentionPlan) -> None:
         write_kv(cache.k, cache.v, k, v, plan.meta.slot_mapping)
+
+    def rope_write_kv(self, qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, cache: KVLayerCache,
+                      plan: TritonAttentionPlan, num_heads: int) -> torch.Tensor:
+        return rope_then_write_kv(self, qkv, cos, signed_sin, cache, plan, num_heads)
 
     def attend(self, q: torch.Tensor, cache: KVLayerCache, plan: TritonAttentionPlan, scale: float) -> torch.Tensor:
         meta = plan.meta

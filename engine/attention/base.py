@@ -6,6 +6,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 
 from engine.batch import AttentionMetadata
+from engine.rope import apply_rotary_
 
 
 class KVLayerCache(NamedTuple):
@@ -32,6 +33,13 @@ class AttentionBackend(Protocol):
         """Store the step's new K/V ([T, num_kv_heads, head_dim]) at ``meta.slot_mapping``."""
         ...
 
+    def rope_write_kv(self, qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, cache: KVLayerCache,
+                      plan: Any, num_heads: int) -> torch.Tensor:
+        """Rotate the q and k heads of ``qkv`` ([T, num_heads + 2 kv_heads, head_dim]) in place, store
+        its k and v heads as ``write_kv`` does; returns q, [T, num_heads, head_dim] (a view of qkv).
+        ``rope_then_write_kv`` is the way every backend without a fused kernel does it."""
+        ...
+
     def attend(self, q: torch.Tensor, cache: KVLayerCache, plan: Any, scale: float) -> torch.Tensor:
         """q: [T, num_heads, head_dim] -> [T, num_heads, head_dim].
 
@@ -48,3 +56,14 @@ class AttentionBackend(Protocol):
         every dst[i] <= src[i] and both are increasing (the compaction case): copy in order.
         """
         ...
+
+
+def rope_then_write_kv(backend: AttentionBackend, qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor,
+                       cache: KVLayerCache, plan: Any, num_heads: int) -> torch.Tensor:
+    """``AttentionBackend.rope_write_kv`` in torch ops: the rotary embedding (engine.rope), then
+    the backend's ``write_kv``."""
+    kvh = cache.k.shape[2]
+    apply_rotary_(qkv[:, : num_heads + kvh], cos, signed_sin)  # q and k heads together
+    q, k, v = qkv.split([num_heads, kvh, kvh], dim=1)
+    backend.write_kv(cache, k, v, plan)
+    return q

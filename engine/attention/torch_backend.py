@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from engine.attention.base import KVLayerCache
+from engine.attention.base import KVLayerCache, rope_then_write_kv
 from engine.attention.grouping import GROUP_COST_KEY_READS, attention_groups
 from engine.batch import AttentionMetadata
 from engine.layers import ROW_INVARIANT_DTYPES
@@ -236,6 +236,10 @@ class TorchAttentionBackend:
         index = (plan.write_block, plan.write_offset)
         cache.k.index_put_(index, k)
         cache.v.index_put_(index, v)
+
+    def rope_write_kv(self, qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, cache: KVLayerCache,
+                      plan: TorchAttentionPlan | SplitPlan, num_heads: int) -> torch.Tensor:
+        return rope_then_write_kv(self, qkv, cos, signed_sin, cache, plan, num_heads)
 
     def attend(self, q: torch.Tensor, cache: KVLayerCache, plan: TorchAttentionPlan | SplitPlan,
                scale: float) -> torch.Tensor:
