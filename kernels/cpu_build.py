@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from engine.paths import cache_dir
 
@@ -70,3 +71,19 @@ def load(source: Path, fallback: str) -> ctypes.CDLL | None:
     except (RuntimeError, OSError) as exc:
         logger.warning("%s unavailable, %s: %s", source.name, fallback, exc)
         return None
+
+
+# ctypes argument types of the kernels' entry points: pointers, sizes, and ints (thread counts, flags)
+PTR, I64, INT, FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+
+
+def load_functions(source: Path, fallback: str, signatures: dict[str, list[Any]]) -> ctypes.CDLL | None:
+    """``load``, then each named entry point typed: its argument types as given, an int returned
+    (every kernel returns 0 or an error code)."""
+    lib = load(source, fallback)
+    if lib is not None:
+        for name, argtypes in signatures.items():
+            fn = getattr(lib, name)
+            fn.argtypes = argtypes
+            fn.restype = ctypes.c_int
+    return lib

@@ -24,13 +24,9 @@ SOURCE = Path(__file__).with_suffix(".cpp")
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    lib = cpu_build.load(SOURCE, "torch picks greedy tokens")
-    if lib is None:
-        return None
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.grove_argmax_rows.argtypes = [p, i64, i64, i64, p, ctypes.c_int]
-    lib.grove_argmax_rows.restype = ctypes.c_int
-    return lib
+    p, i64 = cpu_build.PTR, cpu_build.I64
+    return cpu_build.load_functions(SOURCE, "torch picks greedy tokens",
+                                    {"grove_argmax_rows": [p, i64, i64, i64, p, cpu_build.INT]})
 
 
 def available() -> bool:

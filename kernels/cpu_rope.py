@@ -28,13 +28,9 @@ MAX_HEAD_DIM = 512  # cpu_rope.cpp's scratch per head
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    lib = cpu_build.load(SOURCE, "torch applies the rotary embedding and writes K/V")
-    if lib is None:
-        return None
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.grove_rope_write_kv.argtypes = [p, i64, i64, i64, i64, i64, p, p, p, p, i64, i64, i64, p, p, ctypes.c_int]
-    lib.grove_rope_write_kv.restype = ctypes.c_int
-    return lib
+    p, i64 = cpu_build.PTR, cpu_build.I64
+    return cpu_build.load_functions(SOURCE, "torch applies the rotary embedding and writes K/V", {
+        "grove_rope_write_kv": [p, i64, i64, i64, i64, i64, p, p, p, p, i64, i64, i64, p, p, cpu_build.INT]})
 
 
 def available() -> bool:
