@@ -41,8 +41,9 @@ $(MODEL_DIR)/config.json: $(STAMP)
 
 protos: $(PROTO_STAMP)
 
-# the CPU kernels (attention; bf16 products on CPUs with AVX512-BF16; greedy picks), built for
-# this machine into $(GROVE_CACHE)/build (~1 s each; also built on first use). Never fatal:
+# the CPU kernels (attention; bf16 products on CPUs with AVX512-BF16; greedy picks; bf16 rotary
+# embedding + K/V writes), built for this machine into $(GROVE_CACHE)/build (~1 s each; also built
+# on first use). Never fatal:
 # without a C++ compiler the engine attends, multiplies, rotates and picks with torch
 .PHONY: cpu-kernel
 cpu-kernel: $(STAMP)
