@@ -74,7 +74,7 @@ def load(source: Path, fallback: str) -> ctypes.CDLL | None:
 
 
 # ctypes argument types of the kernels' entry points: pointers, sizes, and ints (thread counts, flags)
-PTR, I64, INT, FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+PTR, I64, INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
 def load_functions(source: Path, fallback: str, signatures: dict[str, list[Any]]) -> ctypes.CDLL | None:

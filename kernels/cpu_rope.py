@@ -47,7 +47,7 @@ def supports(qkv: torch.Tensor, k_cache: torch.Tensor) -> bool:
 def check_layout(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, num_heads: int) -> None:
     """What the kernel assumes of a layer's tensors, checked once per cache by the caller (a step's
     layers all share one layout): ValueError if not."""
-    T, heads, D = qkv.shape
+    _, heads, D = qkv.shape
     kvh = k_cache.shape[2]
     if heads != num_heads + 2 * kvh or k_cache.shape[3] != D or v_cache.shape != k_cache.shape:
         raise ValueError(f"qkv {tuple(qkv.shape)} does not match {num_heads} q heads and a cache of "
