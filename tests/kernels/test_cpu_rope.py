@@ -72,10 +72,18 @@ def test_bad_tables_are_refused() -> None:
     assert not cpu_rope.supports(qkv.float(), pool[:, 0, 0].float())  # fp32 keeps the torch ops
 
 
+def _hf_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """transformers' ``x * cos + rotate_half(x) * sin``, written out (not engine.rope's roll)."""
+    half = x.shape[-1] // 2
+    sin = torch.cat([-signed_sin[..., :half], signed_sin[..., half:]], dim=-1)
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_the_cpu_backend_equals_the_torch_path(dtype: torch.dtype) -> None:
-    """Through CpuAttentionBackend.rope_write_kv (the kernel in bf16, the torch ops in fp32): q, the
-    cache and the attention output equal the torch ops' path."""
+    """Through CpuAttentionBackend.rope_write_kv (the kernel in bf16, the torch ops in fp32): q and
+    the cached k are transformers' rotary embedding, v is stored as it came, and q, the cache and
+    the attention output equal the torch ops' path."""
     heads, kv_heads, head_dim = 9, 3, 64
     pool, qkv, cos, sin, _, _ = _case(6, heads, kv_heads, head_dim, seed=11)
     pool, qkv, cos, sin = pool.to(dtype), qkv.to(dtype), cos.to(dtype), sin.to(dtype)
@@ -84,8 +92,13 @@ def test_the_cpu_backend_equals_the_torch_path(dtype: torch.dtype) -> None:
     meta = plan_batch(inputs, BLOCK, "cpu").attn
     backend = CpuAttentionBackend()
     plan = backend.plan(meta)
-    ref_pool, ref_qkv = pool.clone(), qkv.clone()
+    ref_pool, ref_qkv, before = pool.clone(), qkv.clone(), qkv.clone()
     q = backend.rope_write_kv(qkv, cos, sin, KVLayerCache(pool[:, 2, 0], pool[:, 2, 1]), plan, heads)
+    assert list(backend._rope_kernel.values()) == [dtype is torch.bfloat16]  # the kernel in bf16 only
+    slots = meta.slot_mapping
+    assert torch.equal(q, _hf_rope(before[:, :heads], cos, sin))
+    assert torch.equal(pool[slots // BLOCK, 2, 0, slots % BLOCK], _hf_rope(before[:, heads:heads + kv_heads], cos, sin))
+    assert torch.equal(pool[slots // BLOCK, 2, 1, slots % BLOCK], before[:, heads + kv_heads:])
     ref_q = rope_then_write_kv(backend, ref_qkv, cos, sin, KVLayerCache(ref_pool[:, 2, 0], ref_pool[:, 2, 1]), plan,
                                heads)
     assert torch.equal(q, ref_q) and torch.equal(pool, ref_pool)
