@@ -25,6 +25,16 @@ from engine.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 VERSION = 2  # bump when what calibration measures changes (2: rope and K/V writes in one kernel call)
+KERNEL_SOURCES = Path(__file__).resolve().parents[1] / "kernels"
+
+
+def kernel_digest() -> str:
+    """A digest of the CPU kernels' C++ sources: a step's cost changes with them, so a calibration
+    kept from before a kernel changed is not taken (as cpu_build keys each built library)."""
+    h = hashlib.sha256()
+    for src in sorted([*KERNEL_SOURCES.glob("*.cpp"), *KERNEL_SOURCES.glob("*.h")]):
+        h.update(src.name.encode() + src.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def device_name(device: str) -> str:
@@ -42,7 +52,8 @@ def device_name(device: str) -> str:
 
 def cache_key(setup: dict[str, Any]) -> str:
     """setup: JSON-able facts the timings depend on -> a file name."""
-    blob = json.dumps({"version": VERSION, "torch": torch.__version__, **setup}, sort_keys=True)
+    blob = json.dumps({"version": VERSION, "torch": torch.__version__, "kernels": kernel_digest(), **setup},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

@@ -318,7 +318,7 @@ def test_a_second_start_with_the_same_setup_takes_the_kept_calibration(model_dir
                                                                          caplog) -> None:
     """The first engine times its steps and keeps them under $GROVE_STEP_COST_CACHE; a second one
     with the same setup takes them without timing; another block size (another setup) times again;
-    --calibration-cache off always times."""
+    --calibration-cache off always times; so does a start after a CPU kernel's source changed."""
     from engine.llm_engine import LLMEngine
 
     from engine import step_cost_cache
@@ -344,6 +344,16 @@ def test_a_second_start_with_the_same_setup_takes_the_kept_calibration(model_dir
     assert start(block_size=32)[0].startswith("step cost (measured)")
     assert start(calibration_cache=False)[0].startswith("step cost (measured)")
     assert len(list((tmp_path / "step-cost").glob("*.json"))) == 2
+    # a changed kernel source changes the step's cost: the kept calibration is not taken
+    kernels = tmp_path / "kernels"
+    kernels.mkdir()
+    for src in [*step_cost_cache.KERNEL_SOURCES.glob("*.cpp"), *step_cost_cache.KERNEL_SOURCES.glob("*.h")]:
+        (kernels / src.name).write_bytes(src.read_bytes())
+    monkeypatch.setattr(step_cost_cache, "KERNEL_SOURCES", kernels)
+    assert start()[0].startswith("step cost (kept from an earlier start)")  # the same sources
+    with (kernels / "cpu_linear.cpp").open("a") as f:
+        f.write("// changed\n")
+    assert start()[0].startswith("step cost (measured)")
 
 
 def test_a_disturbed_calibration_is_not_kept(tmp_path, monkeypatch) -> None:
