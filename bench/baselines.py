@@ -6,6 +6,7 @@ produce the same records as a server run, so the same metrics and plots apply.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from bench.records import Job, RequestRecord, Usage
 from bench.runner import RunOutput
-from engine.reference import ReferenceOutput, hf_greedy
+from engine.reference import ReferenceOutput, exact_gaps, hf_greedy
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class HFModel:
         self.model_dir = model_dir
         self.warm = False
         self._references: dict[tuple[tuple[int, ...], int], ReferenceOutput] = {}
+        self._exact: Any = None  # the same weights in fp32, loaded at the first 16-bit reference
 
     @classmethod
     def load(cls, model_dir: str | Path, threads: int = 2, dtype: str = "float32", device: str = "cpu") -> HFModel:
@@ -52,8 +54,20 @@ class HFModel:
         """Greedy tokens with top-2 logit gaps (engine.reference.hf_greedy), computed once per prompt."""
         key = (tuple(prompt_ids), max_tokens)
         if key not in self._references:
-            self._references[key] = hf_greedy(self.model, prompt_ids, max_tokens)
+            ref = hf_greedy(self.model, prompt_ids, max_tokens)
+            if self.model.dtype in (torch.bfloat16, torch.float16):  # an fp32 arbiter for its near ties
+                ref = dataclasses.replace(ref, exact_gap=exact_gaps(self._exact_model(), prompt_ids, ref.tokens))
+            self._references[key] = ref
         return self._references[key]
+
+    def _exact_model(self) -> Any:
+        """The same checkpoint in fp32 (engine.reference.exact_gaps), loaded once, when first needed."""
+        if self._exact is None:
+            from transformers import AutoModelForCausalLM
+
+            self._exact = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+            self._exact = self._exact.to(self.model.device).eval()
+        return self._exact
 
 
 class _TimingStreamer(BaseStreamer):

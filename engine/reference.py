@@ -5,13 +5,17 @@ reference's top-2 logits at that step are within ``tie_tol`` or within ``TIE_ULP
 last place of the reference's own dtype. In fp32 that is ~1e-5 and ``tie_tol`` decides. In bf16,
 whose logits near 20 are spaced 0.125 apart, rounding differences carried through 30 layers move a
 logit by a few units: Grove's bf16 (row-invariant, fp64 attention) and transformers' bf16 (SDPA)
-parted ways at gaps of 0, 1 and 3 units on the bundled model. The comparison stops there.
+parted ways at gaps of 0, 1 and 3 units on the bundled model. The reference's own bf16 gap is
+itself off by a few units, so a 16-bit reference may carry an arbiter (``exact_gap``, built by
+``exact_gaps``): the model in its own dtype (fp32) at the reference's prefix, where the two tokens'
+logits within the same tolerance also make a near tie (once seen: transformers' bf16 gap 5 units,
+0.31, where fp32's was 0.10). The comparison stops there.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -24,6 +28,11 @@ class ReferenceOutput:
     tokens: list[int]  # greedy continuation (without the prompt)
     top2_gaps: list[float]  # top-1 minus top-2 logit at each generated step
     top1_ulps: list[float] | None = None  # spacing of the model's dtype at the top-1 logit, per step
+    # A 16-bit reference's arbiter: (step, token) -> logit of tokens[step] minus logit of token,
+    # after prompt + tokens[:step], in the model's own dtype (fp32). A 16-bit reference's own gap is
+    # off by a few units of its rounding, as is the candidate's: where the exact model puts the two
+    # tokens within the tie tolerance, a flip is a near tie whatever the reference's own gap says.
+    exact_gap: Callable[[int, int], float] | None = field(default=None, compare=False)
 
     def tie_tol(self, step: int, tie_tol: float) -> float:
         """The gap under which step ``step`` is a near tie."""
@@ -87,13 +96,29 @@ def hf_greedy_batch(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
     return refs
 
 
+def exact_gaps(model: Any, prompt_ids: Sequence[int], tokens: Sequence[int]) -> Callable[[int, int], float]:
+    """An arbiter for ``ReferenceOutput.exact_gap``: ``model`` (the same weights in their own dtype)
+    run on prompt + tokens[:step]; returns logit(tokens[step]) - logit(token) there."""
+    def gap(step: int, token: int) -> float:
+        ids = torch.tensor([[*prompt_ids, *tokens[:step]]], dtype=torch.long, device=model.device)
+        with torch.inference_mode():
+            logits = model(ids).logits[0, -1].float()
+        return (logits[tokens[step]] - logits[token]).item()
+    return gap
+
+
 def compare_greedy(ref: ReferenceOutput, candidate: Sequence[int], tie_tol: float = 1e-3) -> GreedyMatch:
     cand = list(candidate)
     for i, (a, b) in enumerate(zip(ref.tokens, cand)):
         if a != b:
-            tie = i < len(ref.top2_gaps) and ref.top2_gaps[i] <= ref.tie_tol(i, tie_tol)
+            tol = ref.tie_tol(i, tie_tol)
+            tie = i < len(ref.top2_gaps) and ref.top2_gaps[i] <= tol
             msg = (f"diverged at step {i}: reference {a}, got {b}; reference top-2 gap "
                    f"{ref.top2_gaps[i] if i < len(ref.top2_gaps) else float('nan'):.2e}")
+            if not tie and ref.exact_gap is not None and i < len(ref.top2_gaps):
+                exact = ref.exact_gap(i, b)
+                tie = exact <= tol  # below zero: the exact model prefers the candidate's token
+                msg += f", in the model's own dtype {exact:.2e} (tolerance {tol:.2e})"
             return GreedyMatch(ok=tie, compared=i, diverged_at=i, near_tie=tie,
                                message=msg + (" (near tie: accepted)" if tie else ""))
     if len(ref.tokens) != len(cand):

@@ -64,3 +64,45 @@ def test_near_tie_scales_with_the_reference_dtype() -> None:
     assert not compare_greedy(ref(0.625, [0.125, 0.125]), [10, 99]).ok
     assert not compare_greedy(ref(0.375, None), [10, 99]).ok
     assert compare_greedy(ref(5e-4, None), [10, 99]).near_tie
+
+
+def test_a_16_bit_near_tie_is_judged_in_fp32_too() -> None:
+    """A bf16 reference whose own gap is 5 units (0.625 at spacing 0.125) is not a near tie by
+    itself; its fp32 arbiter decides: the two tokens within 4 units there (or the candidate's ahead)
+    make it one, 4.5 units apart they do not."""
+    from engine.reference import compare_greedy
+
+    asked: list[tuple[int, int]] = []
+
+    def ref(exact: float) -> ReferenceOutput:
+        def gap(step: int, token: int) -> float:
+            asked.append((step, token))
+            return exact
+        return ReferenceOutput(tokens=[10, 11], top2_gaps=[1.0, 0.625], top1_ulps=[0.125, 0.125], exact_gap=gap)
+
+    assert compare_greedy(ref(0.1), [10, 99]).near_tie
+    assert asked == [(1, 99)]
+    assert compare_greedy(ref(-2.0), [10, 99]).near_tie
+    bad = compare_greedy(ref(0.5625), [10, 99])
+    assert not bad.ok and "own dtype 5.62e-01" in bad.message
+    assert compare_greedy(ref(0.5), [10, 11]).ok and len(asked) == 3  # identical: the arbiter is not asked
+
+
+def test_exact_gaps_reads_the_logits_after_the_reference_prefix(model_dir) -> None:
+    """On the bundled model in fp32, the arbiter at step s, asked about the runner-up, gives
+    generate's own top-2 gap at s (a full forward against generate's KV cache: float noise)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from engine.reference import exact_gaps, hf_greedy
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    prompt = [1, 504, 3458, 282, 4649, 314]
+    ref = hf_greedy(model, prompt, 6)
+    gap = exact_gaps(model, prompt, ref.tokens)
+    for step in (0, 3, 5):
+        ids = torch.tensor([[*prompt, *ref.tokens[:step]]])
+        with torch.inference_mode():
+            second = model(ids).logits[0, -1].topk(2).indices[1].item()
+        assert abs(gap(step, second) - ref.top2_gaps[step]) < 1e-3
+        assert gap(step, ref.tokens[step]) == 0.0
