@@ -1,0 +1,82 @@
+"""Two builds of the CPU product kernel alternating in one process (not a test).
+
+    .venv/bin/python scripts/ab_cpu_linear.py OLD.cpp NEW.cpp [--tokens 1,8,14,16,28,48,64] [--reps 13]
+
+For a change to kernels/cpu_linear.cpp: copy the old source aside (with cpu_amx.h beside it), edit,
+and run this with both. A shared 2-core machine's speed drifts by 10-40% within minutes, so two runs
+of scripts/bench_cpu_linear.py minutes apart cannot tell a 10% change; here the builds alternate
+pass by pass over SmolLM2's four products in 30 distinct layers of random bf16 weights (212 MB, more
+than the L3 holds, as in decoding), on the path this CPU takes (AMX where it has it, else
+VDPBF16PS). Reported: medians in ms per pass over the 30 layers, NEW / OLD, and whether the two
+builds' outputs are bit-equal (a prefetching or scheduling change must keep them so).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench_cpu_linear import LAYERS, SHAPES  # this directory (run as a script)
+from kernels import cpu_build, cpu_linear
+
+logger = logging.getLogger("ab_cpu_linear")
+
+
+def library(source: Path) -> ctypes.CDLL:
+    """``source`` built (cached like the kernel's own library) and its entry points typed."""
+    lib = ctypes.CDLL(str(cpu_build.build(source)))
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    for fn in (lib.grove_linear_bf16, lib.grove_linear_amx):
+        fn.argtypes = [p, i64, i64, i64, p, i64, p, i64, ctypes.c_int, p, ctypes.c_float, ctypes.c_int]
+        fn.restype = ctypes.c_int
+    return lib
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("old", type=Path)
+    ap.add_argument("new", type=Path)
+    ap.add_argument("--tokens", default="1,8,14,16,28,48,64")
+    ap.add_argument("--reps", type=int, default=13, help="passes over the 30 layers per build")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    if not cpu_linear.available():
+        raise SystemExit("the CPU linear kernel is not available on this machine (no AVX512-BF16 or no compiler)")
+    libs = [library(args.old), library(args.new)]
+    gen = torch.Generator().manual_seed(0)
+    layers = [[cpu_linear.pack(torch.randn(o, i, generator=gen).bfloat16()) for o, i in SHAPES] for _ in range(LAYERS)]
+    path = "AMX" if layers[0][0].amx else "VDPBF16PS"
+    logger.info(f"SmolLM2's products over {LAYERS} distinct layers, {path}, {args.threads} threads, ms a pass")
+    logger.info(f"{'tokens':>6} {'old':>8} {'new':>8} {'new/old':>8}  same bits")
+    for T in (int(t) for t in args.tokens.split(",")):
+        xs = [torch.randn(T, i, generator=gen).bfloat16() for _, i in SHAPES]
+        outs = [[torch.empty(T, o, dtype=torch.bfloat16) for o, _ in SHAPES] for _ in libs]
+        times: list[list[float]] = [[], []]
+        for rep in range(args.reps + 1):
+            for which, lib in enumerate(libs):
+                t0 = time.perf_counter()
+                for layer in layers:
+                    for x, w, y in zip(xs, layer, outs[which]):
+                        call = lib.grove_linear_amx if w.amx else lib.grove_linear_bf16
+                        rc = call(x.data_ptr(), T, w.in_features, w.in_features, w.ptr, w.out_features, y.data_ptr(),
+                                  w.out_features, 0, None, 0.0, args.threads)
+                        if rc != 0:
+                            raise SystemExit(f"{[args.old, args.new][which]} returned {rc}")
+                if rep:  # the first pass warms up
+                    times[which].append((time.perf_counter() - t0) * 1e3)
+        old, new = statistics.median(times[0]), statistics.median(times[1])
+        same = all(torch.equal(a.view(torch.int16), b.view(torch.int16)) for a, b in zip(*outs))
+        logger.info(f"{T:>6} {old:>8.2f} {new:>8.2f} {new / old:>7.2f}x  {same}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
