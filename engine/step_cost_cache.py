@@ -22,6 +22,7 @@ import torch
 
 from engine.lookahead.budget import StepCostModel
 from engine.paths import cache_dir
+from kernels import cpu_build
 
 logger = logging.getLogger(__name__)
 VERSION = 2  # bump when what calibration measures changes (2: rope and K/V writes in one kernel call)
@@ -29,12 +30,10 @@ KERNEL_SOURCES = Path(__file__).resolve().parents[1] / "kernels"
 
 
 def kernel_digest() -> str:
-    """A digest of the CPU kernels' C++ sources: a step's cost changes with them, so a calibration
-    kept from before a kernel changed is not taken (as cpu_build keys each built library)."""
-    h = hashlib.sha256()
-    for src in sorted([*KERNEL_SOURCES.glob("*.cpp"), *KERNEL_SOURCES.glob("*.h")]):
-        h.update(src.name.encode() + src.read_bytes())
-    return h.hexdigest()[:16]
+    """The CPU kernels' builds, as cpu_build keys them (each source, its headers, the compiler flags
+    and the CPU): a step's cost changes with them, so a calibration kept from before a kernel
+    changed is not taken."""
+    return "+".join(cpu_build.library_path(src).stem for src in sorted(KERNEL_SOURCES.glob("*.cpp")))
 
 
 def device_name(device: str) -> str:
