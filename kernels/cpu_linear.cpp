@@ -56,8 +56,9 @@ constexpr int PREFETCH = 48;  // input pairs ahead (6 KiB of the panel). The mod
 // input pairs ahead (24 KiB) that a tile streaming its panels from memory also asks into L2, when it
 // has more than one token: the weights' reads then overlap the tile's multiplies, where with the L1
 // prefetch alone the two costs add up. SmolLM2's products on an AMD EPYC (Zen 4), 30 distinct
-// layers: 8 tokens 9.3 -> 6.8 ms, 14 11.7 -> 9.4, 16 13.6 -> 11.0, 28 18.7 -> 16.1, 48 29.0 -> 26.7;
-// 1 token alike (6.4 / 6.6), as were 96 and 384 pairs ahead (768 a little slower)
+// layers, the builds alternating in one process (scripts/ab_cpu_linear.py): 8 tokens 9.3 -> 6.8 ms,
+// 14 11.7 -> 9.4, 16 13.6 -> 11.0, 28 18.7 -> 16.1, 48 29.0 -> 26.7; 1 token alike (6.4 / 6.6), as
+// were 96 and 384 pairs ahead (768 a little slower)
 constexpr int PREFETCH_L2 = 192;
 
 // fp32 -> bf16, rounded to nearest even as torch's .to(torch.bfloat16) does (denormals kept)

@@ -23,18 +23,23 @@ from pathlib import Path
 import torch
 
 from bench_cpu_linear import LAYERS, SHAPES  # this directory (run as a script)
-from kernels import cpu_build, cpu_linear
+from kernels import cpu_linear
 
 logger = logging.getLogger("ab_cpu_linear")
 
 
 def library(source: Path) -> ctypes.CDLL:
-    """``source`` built (cached like the kernel's own library) and its entry points typed."""
-    lib = ctypes.CDLL(str(cpu_build.build(source)))
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    for fn in (lib.grove_linear_bf16, lib.grove_linear_amx):
-        fn.argtypes = [p, i64, i64, i64, p, i64, p, i64, ctypes.c_int, p, ctypes.c_float, ctypes.c_int]
-        fn.restype = ctypes.c_int
+    """``source`` built and loaded as the kernel module loads its own (its entry points typed there)."""
+    saved = cpu_linear.SOURCE
+    cpu_linear.SOURCE = source
+    cpu_linear._library.cache_clear()
+    try:
+        lib = cpu_linear._library()
+    finally:
+        cpu_linear.SOURCE = saved
+        cpu_linear._library.cache_clear()
+    if lib is None:
+        raise SystemExit(f"{source} did not build (see the log)")
     return lib
 
 
