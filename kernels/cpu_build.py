@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from engine.paths import cache_dir
@@ -86,4 +87,21 @@ def load_functions(source: Path, fallback: str, signatures: dict[str, list[Any]]
             fn = getattr(lib, name)
             fn.argtypes = argtypes
             fn.restype = ctypes.c_int
+    return lib
+
+
+def load_aside(module: ModuleType, source: Path) -> ctypes.CDLL:
+    """``source`` (another version of a kernel module's C++ source) built and loaded by that module's
+    own loader (``module._library``, entry points typed there), for A/B scripts that time two builds
+    in one process; the module's own library is left as it was. SystemExit if it does not build."""
+    saved = module.SOURCE
+    module.SOURCE = source
+    module._library.cache_clear()
+    try:
+        lib = module._library()
+    finally:
+        module.SOURCE = saved
+        module._library.cache_clear()
+    if lib is None:
+        raise SystemExit(f"{source} did not build (see the log)")
     return lib

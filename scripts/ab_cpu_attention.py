@@ -13,7 +13,6 @@ change must keep them so).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import statistics
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 from bench_cpu_attention import CASES as PATH_CASES, LAYERS, case_inputs  # this directory (run as a script)
-from kernels import cpu_attention
+from kernels import cpu_attention, cpu_build
 
 logger = logging.getLogger("ab_cpu_attention")
 CASES = {  # the path comparison's cases, and two more: (num_cached, num_new, is_tree) per sequence
@@ -33,21 +32,6 @@ CASES = {  # the path comparison's cases, and two more: (num_cached, num_new, is
 }
 
 
-def library(source: Path) -> ctypes.CDLL:
-    """``source`` built and loaded as the kernel module loads its own."""
-    saved = cpu_attention.SOURCE
-    cpu_attention.SOURCE = source
-    cpu_attention._library.cache_clear()
-    try:
-        lib = cpu_attention._library()
-    finally:
-        cpu_attention.SOURCE = saved
-        cpu_attention._library.cache_clear()
-    if lib is None:
-        raise SystemExit(f"{source} did not build (see the log)")
-    return lib
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("old", type=Path)
@@ -55,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=9, help="passes over the 30 layers per build and path")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    libs = [library(args.old), library(args.new)]
+    libs = [cpu_build.load_aside(cpu_attention, args.old), cpu_build.load_aside(cpu_attention, args.new)]
     paths = [False, True] if cpu_attention.amx() else [False]
     original = cpu_attention._library
     logger.info(f"{'case':<34} {'path':>5} {'old ms':>8} {'new ms':>8} {'new/old':>8}  same bits")

@@ -13,7 +13,6 @@ builds' outputs are bit-equal (a prefetching or scheduling change must keep them
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import statistics
 import sys
@@ -23,24 +22,9 @@ from pathlib import Path
 import torch
 
 from bench_cpu_linear import LAYERS, SHAPES  # this directory (run as a script)
-from kernels import cpu_linear
+from kernels import cpu_build, cpu_linear
 
 logger = logging.getLogger("ab_cpu_linear")
-
-
-def library(source: Path) -> ctypes.CDLL:
-    """``source`` built and loaded as the kernel module loads its own (its entry points typed there)."""
-    saved = cpu_linear.SOURCE
-    cpu_linear.SOURCE = source
-    cpu_linear._library.cache_clear()
-    try:
-        lib = cpu_linear._library()
-    finally:
-        cpu_linear.SOURCE = saved
-        cpu_linear._library.cache_clear()
-    if lib is None:
-        raise SystemExit(f"{source} did not build (see the log)")
-    return lib
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if not cpu_linear.available():
         raise SystemExit("the CPU linear kernel is not available on this machine (no AVX512-BF16 or no compiler)")
-    libs = [library(args.old), library(args.new)]
+    libs = [cpu_build.load_aside(cpu_linear, args.old), cpu_build.load_aside(cpu_linear, args.new)]
     gen = torch.Generator().manual_seed(0)
     layers = [[cpu_linear.pack(torch.randn(o, i, generator=gen).bfloat16()) for o, i in SHAPES] for _ in range(LAYERS)]
     path = "AMX" if layers[0][0].amx else "VDPBF16PS"

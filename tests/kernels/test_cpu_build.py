@@ -32,3 +32,26 @@ def test_kernels_build_for_other_cpus(extra: list[str], tmp_path: Path) -> None:
     assert linear.grove_linear_supported() == (0 if "-mno-avx512bf16" in extra else 1)
     attention = _build(cpu_attention.SOURCE, extra, tmp_path)
     assert attention.grove_attention_bf16_dot() == (0 if "-mno-avx512bf16" in extra else 1)
+
+
+def test_load_aside_builds_another_source_and_leaves_the_module_as_it_was(tmp_path: Path, monkeypatch) -> None:
+    """The A/B scripts' loader: another version of a kernel's source, built into the cache and typed
+    by the module's own loader (a call gives the kernel's answer), while the module keeps its own."""
+    import torch
+
+    from kernels import cpu_greedy
+
+    monkeypatch.setenv("GROVE_CACHE", str(tmp_path / "cache"))
+    own = cpu_greedy._library()
+    aside = tmp_path / "cpu_greedy.cpp"
+    aside.write_text(cpu_greedy.SOURCE.read_text() + "\n// another version\n")
+    lib = cpu_build.load_aside(cpu_greedy, aside)
+    assert lib._name != own._name and cpu_greedy._library()._name == own._name and cpu_greedy.SOURCE != aside
+    assert cpu_build.library_path(aside).exists()
+    x = torch.tensor([[0.5, 3.0, -1.0], [7.0, 7.0, 2.0]])
+    out = torch.empty(2, dtype=torch.int64)
+    assert lib.grove_argmax_rows(x.data_ptr(), 2, 3, 3, out.data_ptr(), 1) == 0
+    assert out.tolist() == [1, 0]
+    with pytest.raises(SystemExit):
+        (tmp_path / "broken.cpp").write_text("not C++")
+        cpu_build.load_aside(cpu_greedy, tmp_path / "broken.cpp")
