@@ -23,10 +23,11 @@
 //
 // Decode reads every key and value of the batch once per layer, so it is bound by memory: values
 // are read from the pool in place and converted on load (no fp32 copy of them), keys and values
-// are prefetched two tiles ahead (blocks are scattered, so the hardware prefetchers restart at
-// each one), a decode step's group of rows reads the values in one pass, and each thread keeps its
-// scratch across calls. bf16, 2 threads, one layer, 30 layers' pools cycled: 16 sequences behind
-// 1,500 tokens 2.39 -> 1.07 ms, 16 trees of 9 behind 500 1.45 -> 1.01 ms (same bits).
+// are prefetched into L2 four tiles ahead (blocks are scattered, so the hardware prefetchers
+// restart at each one; AHEAD says why L2), a decode step's group of rows reads the values in one
+// pass, and each thread keeps its scratch across calls. bf16, 2 threads, one layer, 30 layers'
+// pools cycled (before the L2 prefetch): 16 sequences behind 1,500 tokens 2.39 -> 1.07 ms, 16
+// trees of 9 behind 500 1.45 -> 1.01 ms (same bits).
 //
 // With AVX512-BF16 and a bf16 q and cache (bf16 serving), scores take VDPBF16PS on raw dim pairs
 // (score_tiles_bf16: no conversion, half the multiply-adds, four tiles' chains side by side) and
@@ -34,8 +35,9 @@
 // (split_bf16; the value sums keep their bits). Measured on an AMD EPYC, 2 threads, same harness
 // (session 12): one sequence behind 900 decoding 45 -> 26-30 us a layer, its 14-node tree 146 ->
 // 93-102 us; 16 sequences behind 1,500 1.19 -> 0.67-0.68 ms; 16 trees of 9 behind 500 1.05 ->
-// 0.61-0.62 ms. Decode then reads ~27 GB/s: the loads of K and V stall (prefetching further
-// ahead, into L2, or on huge pages changed nothing).
+// 0.61-0.62 ms. Decode then read ~27 GB/s there: prefetching further ahead, into L2, or on huge
+// pages changed nothing on that machine. On another Zen 4 (session 22) the same code read ~10 GB/s
+// and prefetching into L2 took it to ~18 (AHEAD); huge pages changed nothing there either.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -206,13 +208,25 @@ constexpr bool BF16_DOT = false;
 #endif
 constexpr int SIDE_TILES = 4;  // tiles scored side by side (the bf16 path)
 
-// Cache lines ahead of the key being read: a tile's keys sit in one block and blocks are scattered
-// in the pool, so the hardware prefetchers start over at every block. No arithmetic depends on it.
-constexpr int64_t AHEAD = 2 * TILE;
+template <typename T>
+inline void prefetch_row(const T* p, int64_t D) {  // into L1 (the AMX path's)
+  for (int64_t d = 0; d < D; d += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(p + d);
+}
+
+// Keys ahead of the one being read whose K / V rows are prefetched (prefetch_l2): a tile's keys
+// sit in one block and blocks are scattered in the pool, so the hardware prefetchers start over at
+// every block. Into L2, not L1: a prefetch into L1 holds one of the core's few L1 miss buffers
+// until its line comes, so a thread had ~10 lines in flight; into L2 it has several times that.
+// AMD EPYC (Zen 4), 2 threads, bf16, SmolLM2's heads, 30 layers' pools
+// (scripts/ab_cpu_attention.py), ms a layer, 2 tiles ahead into L1 -> 4 tiles ahead into L2:
+// 16 decodes behind 1,500 1.72 -> ~1.0, behind 600 0.76 -> ~0.45, one decode behind 900
+// 0.049 -> ~0.035, 16 trees of 8 behind 600 1.58 -> ~1.05 (same bits). 8 tiles ahead measured
+// alike; 8 tiles ahead into L1 as slow as 2. No arithmetic depends on it.
+constexpr int64_t AHEAD = 4 * TILE;
 
 template <typename T>
-inline void prefetch_row(const T* p, int64_t D) {
-  for (int64_t d = 0; d < D; d += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(p + d);
+inline void prefetch_l2(const T* p, int64_t D) {
+  for (int64_t d = 0; d < D; d += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(p + d, 0, 2);
 }
 
 // 32 bf16 values as two fp32 vectors without shuffles: the even dims (0, 2, .., 30) and the odd ones.
@@ -235,7 +249,7 @@ inline void value_rows(const float* p, int64_t width, const T* vc, const int64_t
   v16f acc[RB][DV] = {};
   float sum[RB] = {};
   for (int64_t j = j0; j < L; ++j) {
-    if (j + AHEAD < L) prefetch_row(vc + offset[j + AHEAD], DV * TILE);
+    if (j + AHEAD < L) prefetch_l2(vc + offset[j + AHEAD], DV * TILE);
     v16f v[DV];
     const T* vp = vc + offset[j];
     if constexpr (split) {
@@ -389,9 +403,9 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
       std::memcpy(w.qp.data() + r * P, static_cast<const TQ*>(a.q) + ((q_first + tok0 + r / G) * H + head * G + r % G) * D,
                   D * sizeof(TQ));
   }
-  for (int64_t j = j0; j < j0 + AHEAD && j < L; ++j) prefetch_row(key_at(kc, j), D);
+  for (int64_t j = j0; j < j0 + AHEAD && j < L; ++j) prefetch_l2(key_at(kc, j), D);
   for (int64_t t = t_first; t < tiles; ++t) {
-    for (int64_t j = t * TILE + AHEAD; j < t * TILE + AHEAD + TILE && j < L; ++j) prefetch_row(key_at(kc, j), D);
+    for (int64_t j = t * TILE + AHEAD; j < t * TILE + AHEAD + TILE && j < L; ++j) prefetch_l2(key_at(kc, j), D);
     float* st = s + t * TILE;
 #if defined(__AVX512BF16__)
     if (pairs) {  // 16 keys x 16 pairs blocks, the raw bits transposed in registers
@@ -399,7 +413,7 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
       for (int64_t n = 0; n < nt; ++n) {
         if (n > 0)
           for (int64_t j = (t + n) * TILE + AHEAD; j < (t + n) * TILE + AHEAD + TILE && j < L; ++j)
-            prefetch_row(key_at(kc, j), D);
+            prefetch_l2(key_at(kc, j), D);
         for (int64_t p0 = 0; p0 < P; p0 += TILE) {
           v16f m[TILE];
           for (int jj = 0; jj < TILE; ++jj) {
