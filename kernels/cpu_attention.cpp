@@ -219,9 +219,9 @@ inline void prefetch_row(const T* p, int64_t D) {  // into L1 (the AMX path's)
 // until its line comes, so a thread had ~10 lines in flight; into L2 it has several times that.
 // AMD EPYC (Zen 4), 2 threads, bf16, SmolLM2's heads, 30 layers' pools
 // (scripts/ab_cpu_attention.py), ms a layer, 2 tiles ahead into L1 -> 4 tiles ahead into L2:
-// 16 decodes behind 1,500 1.72 -> ~1.0, behind 600 0.76 -> ~0.45, one decode behind 900
-// 0.049 -> ~0.035, 16 trees of 8 behind 600 1.58 -> ~1.05 (same bits). 8 tiles ahead measured
-// alike; 8 tiles ahead into L1 as slow as 2. No arithmetic depends on it.
+// 16 decodes behind 1,500 1.72-1.90 -> 1.03-1.21, behind 600 0.63-0.76 -> 0.40-0.45, one decode
+// behind 900 0.049-0.052 -> 0.034-0.036, 16 trees of 8 behind 600 1.40-1.58 -> 1.03-1.16 (same
+// bits). 8 tiles ahead measured alike; 8 tiles ahead into L1 as slow as 2. No arithmetic depends on it.
 constexpr int64_t AHEAD = 4 * TILE;
 
 template <typename T>
