@@ -1,12 +1,13 @@
 """Two builds of the CPU attention kernel alternating in one process (not a test).
 
-    PYTHONPATH=. .venv/bin/python scripts/ab_cpu_attention.py OLD.cpp NEW.cpp [--reps 9]
+    PYTHONPATH=. .venv/bin/python scripts/ab_cpu_attention.py OLD.cpp NEW.cpp [--reps 9] [--dtype float32]
 
 For a change to kernels/cpu_attention.cpp: copy the old source aside (with cpu_amx.h beside it),
 edit, and run this with both. A shared 2-core machine's speed drifts by 10-40% within minutes, so
 two runs of scripts/bench_cpu_attention.py minutes apart cannot tell a 10% change; here the builds
-alternate pass by pass over 30 layers' pools (SmolLM2's heads, bf16, 16-token blocks scattered in
-the pool), on each path the CPU has (VDPBF16PS; AMX where present). Reported: medians in ms per
+alternate pass by pass over 30 layers' pools (SmolLM2's heads, bf16 unless --dtype says otherwise,
+16-token blocks scattered in the pool), on each path the CPU has for the dtype (bf16: VDPBF16PS, and
+AMX where present). Reported: medians in ms per
 layer, NEW / OLD, and whether the two builds' outputs are bit-equal (a scheduling or prefetching
 change must keep them so).
 """
@@ -37,15 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("old", type=Path)
     ap.add_argument("new", type=Path)
     ap.add_argument("--reps", type=int, default=9, help="passes over the 30 layers per build and path")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                    help="q, cache and output dtype")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     libs = [cpu_build.load_aside(cpu_attention, args.old), cpu_build.load_aside(cpu_attention, args.new)]
-    paths = [False, True] if cpu_attention.amx() else [False]
+    dtype = getattr(torch, args.dtype)
+    paths = [False, True] if cpu_attention.amx() and dtype == torch.bfloat16 else [False]
+    plain = "vdp" if dtype == torch.bfloat16 else args.dtype  # the path without AMX
     original = cpu_attention._library
-    logger.info(f"{'case':<34} {'path':>5} {'old ms':>8} {'new ms':>8} {'new/old':>8}  same bits")
+    logger.info(f"{'case':<34} {'path':>7} {'old ms':>8} {'new ms':>8} {'new/old':>8}  same bits")
     try:
         for name, seqs in CASES.items():
-            q, pq, layers = case_inputs(seqs)
+            q, pq, layers = case_inputs(seqs, dtype)
             for amx in paths:
                 times: list[list[float]] = [[], []]
                 outs: list[torch.Tensor] = []
@@ -60,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                         else:
                             outs.append(out)
                 old, new = statistics.median(times[0]), statistics.median(times[1])
-                same = torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
-                logger.info(f"{name:<34} {'amx' if amx else 'vdp':>5} {old:>8.3f} {new:>8.3f} {new / old:>7.2f}x  {same}")
+                same = torch.equal(outs[0].view(torch.uint8), outs[1].view(torch.uint8))  # bits (NaN too)
+                logger.info(f"{name:<34} {'amx' if amx else plain:>7} {old:>8.3f} {new:>8.3f} {new / old:>7.2f}x  {same}")
     finally:
         cpu_attention._library = original
     return 0

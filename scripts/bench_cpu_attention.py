@@ -34,9 +34,10 @@ CASES = {  # name: (num_cached, num_new, is_tree) per sequence
 }
 
 
-def case_inputs(seqs: list[tuple[int, int, bool]]) -> tuple[torch.Tensor, PagedQuery, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """q, the paged query and the 30 layers' (k, v) pools of one case (SmolLM2's heads, bf16)."""
-    pb = make_paged_batch(seqs, page=16, kv_heads=3, group=3, head_dim=64, dtype=torch.bfloat16, seed=1,
+def case_inputs(seqs: list[tuple[int, int, bool]], dtype: torch.dtype = torch.bfloat16
+                ) -> tuple[torch.Tensor, PagedQuery, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """q, the paged query and the 30 layers' (k, v) pools of one case (SmolLM2's heads, in ``dtype``)."""
+    pb = make_paged_batch(seqs, page=16, kv_heads=3, group=3, head_dim=64, dtype=dtype, seed=1,
                           num_layers=LAYERS)
     m = pb.meta
     pq = PagedQuery.build(m.block_tables, m.query_start, m.num_cached, m.tree_mask)
