@@ -7,9 +7,8 @@ edit, and run this with both. A shared 2-core machine's speed drifts by 10-40% w
 two runs of scripts/bench_cpu_attention.py minutes apart cannot tell a 10% change; here the builds
 alternate pass by pass over 30 layers' pools (SmolLM2's heads, bf16 unless --dtype says otherwise,
 16-token blocks scattered in the pool), on each path the CPU has for the dtype (bf16: VDPBF16PS, and
-AMX where present). Reported: medians in ms per
-layer, NEW / OLD, and whether the two builds' outputs are bit-equal (a scheduling or prefetching
-change must keep them so).
+AMX where present). Reported: medians in ms per layer, NEW / OLD, and whether the two builds'
+outputs are bit-equal (a scheduling or prefetching change must keep them so).
 """
 from __future__ import annotations
 
