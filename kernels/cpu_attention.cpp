@@ -300,8 +300,8 @@ inline void values(const float* p, int64_t width, const T* vc, const int64_t* of
 // Softmax weights of R rows (row r: new token tok0 + r / group) over keys t_first * 16 .. L - 1:
 // scores s[r * width + j] become exp(score - the row's max), or 0 where the row may not see the key.
 // Cached keys from the row's window start (0 without a window) are visible; the step's own tokens
-// by the tree mask (or causally) and the window; keys past L never. Tiles wholly inside
-// [window start, cached) take the vector path.
+// by the tree mask (or causally) and the window; keys past L never. Tiles wholly visible take the
+// vector path (the same values: a max is a max, and a visible key's weight is its exp either way).
 template <typename PosFn>
 void softmax_rows(const Args& a, float* s, int64_t width, int64_t R, int64_t tok0, int64_t q_first, int64_t cached,
                   int64_t L, int64_t t_first, PosFn pos_of_new) {
@@ -316,7 +316,10 @@ void softmax_rows(const Args& a, float* s, int64_t width, int64_t R, int64_t tok
       if (j >= L) return false;
       return (mrow ? mrow[j - cached] != 0 : j - cached <= i) && pos_of_new(j - cached) >= lo;
     };
-    const int64_t open_hi = cached / TILE;  // tiles [open_lo, open_hi) are wholly visible
+    // tiles [open_lo, open_hi) are wholly visible: cached keys from the window start, and in a
+    // causal chain without a window (a prefill chunk) the step's own tokens up to the row's too,
+    // where visible(j) is j <= cached + i (the vector path then takes a prefill row's keys)
+    const int64_t open_hi = (!mrow && a.window <= 0 ? cached + i + 1 : cached) / TILE;
     int64_t open_lo = lo <= 0 ? 0 : (lo + TILE - 1) / TILE;
     if (open_lo > open_hi) open_lo = open_hi;  // none: every key goes through visible()
     v16f mv;

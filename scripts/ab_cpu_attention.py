@@ -28,6 +28,7 @@ logger = logging.getLogger("ab_cpu_attention")
 CASES = {  # the path comparison's cases, and two more: (num_cached, num_new, is_tree) per sequence
     **PATH_CASES,
     "4 decodes behind 600": [(600, 1, False)] * 4,
+    "1 prefill of 1,024": [(0, 1024, False)],
     "16 mixed (300-1,500, trees 1-10)": [(300 + 80 * i, 1 + (i * 7) % 10, True) for i in range(16)],
 }
 

@@ -26,6 +26,8 @@ CASES = [
     pytest.param([(9, 4, False), (1, 16, False), (7, 1, False)], 8, 1, 7, 64, id="chains-page8-g7"),
     pytest.param([(63, 1, False), (65, 4, True), (100, 33, True)], 5, 2, 1, 64, id="page5-g1"),  # blocks not tiles
     pytest.param([(0, 40, False), (200, 1, False)], 32, 3, 3, 64, id="prefill-chunks"),  # several 8-token chunks
+    # a prefill after a prefix hit: causal rows whose visible keys end mid-tile, past unaligned cached keys
+    pytest.param([(21, 45, False), (48, 20, False)], 16, 2, 3, 64, id="prefix-hit-chunks"),
     pytest.param([(30, 9, True), (5, 1, False)], 16, 2, 2, 80, id="d80-generic-paths"),  # head_dim not 16k
     pytest.param([(70, 3, True)], 16, 2, 2, 96, id="d96"),
     pytest.param([(1500, 1, False), (2100, 17, True)], 16, 3, 3, 64, id="long"),
