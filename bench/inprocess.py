@@ -18,6 +18,7 @@ class Decode:
     tokens: int  # tokens produced after each sequence's first
     seconds: float
     steps: int
+    seq_steps: int = 0  # over the timed steps, the sequences each one decoded (tokens / seq_steps: tokens a step)
 
     @property
     def tokens_per_second(self) -> float:
@@ -48,16 +49,17 @@ def decode_interleaved(engines: Sequence[LLMEngine], prompts: Sequence[Sequence[
             if prefilling(k):
                 e.step()
     first = [sum(len(s.output_ids) for s in ss) for ss in seqs]
-    seconds, steps = [0.0] * len(engines), [0] * len(engines)
+    seconds, steps, seq_steps = [0.0] * len(engines), [0] * len(engines), [0] * len(engines)
     while any(e.has_work for e in engines):
         for k, e in enumerate(engines):
             if e.has_work:
+                seq_steps[k] += sum(not s.finished for s in seqs[k])
                 start = time.perf_counter()
                 e.step()
                 seconds[k] += time.perf_counter() - start
                 steps[k] += 1
-    return [Decode([list(s.output_ids) for s in ss], sum(len(s.output_ids) for s in ss) - f, sec, n)
-            for ss, f, sec, n in zip(seqs, first, seconds, steps)]
+    return [Decode([list(s.output_ids) for s in ss], sum(len(s.output_ids) for s in ss) - f, sec, n, m)
+            for ss, f, sec, n, m in zip(seqs, first, seconds, steps, seq_steps)]
 
 
 def decode_stream(engine: LLMEngine, prompts: Sequence[Sequence[int]], params: SamplingParams, concurrency: int,

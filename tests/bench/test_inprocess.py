@@ -35,6 +35,7 @@ def test_two_engines_taking_turns_each_time_their_own_steps(engine: Any, tokeniz
     assert got_on.outputs == got_off.outputs == alone_off.outputs  # lossless, and taking turns changes nothing
     assert got_on.tokens == got_off.tokens == 3 * 11
     assert got_off.steps == alone_off.steps == 11 and 1 <= got_on.steps <= 11
+    assert got_off.seq_steps == 3 * 11 and 3 <= got_on.seq_steps <= 3 * got_on.steps  # a token a sequence-step off
     assert got_on.seconds > 0 and got_off.seconds > 0
     assert not engine.has_work and not off.has_work and off.allocator.num_used == 0
 
