@@ -17,6 +17,8 @@ Plain decoding first gives each prompt's greedy output. Then, measured, bounds n
   and known which one. A step appends that run plus the model's next token. ``--retrieval`` prints the tokens a
   step with drafts free, as 1 / mean over requests of (steps / tokens): a bench cell's speed is 1 /
   mean time per output token. ``rN`` drafts exactly that run (at most N tokens) in the engine.
+  ``--replay`` gives the engine's own drafter the same outputs, in order (its global cache learns
+  each answer as it goes, as at c=1), with drafts free: how close it comes.
 """
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ from bench.jobs import prompt_token_ids
 from bench.retrieval_bound import retrieval_runs, retrieval_steps
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
-from engine.lookahead.speculator import Speculator
-from engine.lookahead.tree import DraftTree
+from engine.lookahead.drafter import Drafter, DrafterConfig
+from engine.lookahead.numbering import DigitVocab
+from engine.lookahead.speculator import GLOBAL_WINDOW, Speculator
+from engine.lookahead.tree import DraftTree, accept_path
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence as Seq
 from runtime.process import tune_gc
@@ -72,6 +76,29 @@ class OracleSpeculator(Speculator):
         return out
 
 
+def drafter_steps(drafter: Drafter, request_id: str, prompt: Sequence[int], output: Sequence[int],
+                  depth: int, width: int) -> int:
+    """Steps the engine's drafter would take over ``output`` (after its first token) with drafts free:
+    each step its tree of ``depth`` x ``width`` tokens, walked along the known output as
+    verification walks it along the model's choices (engine.lookahead.tree.accept_path)."""
+    tokens, n, steps = [*prompt, output[0]], 1, 0
+    while n < len(output):
+        drafter.observe(request_id, tokens, len(prompt))
+        tree = drafter.propose(request_id, tokens, depth * width, depth)
+        ids, parents = tree.step_input(tokens[-1])
+        depths = [0] * len(ids)
+        for i in range(1, len(ids)):
+            depths[i] = depths[parents[i]] + 1
+        choices = [output[n + d] if n + d < len(output) else -1 for d in depths]  # -1: past the end
+        _, new = accept_path(parents, ids, choices)
+        new = [t for t in new if t != -1]
+        tokens += new
+        n += len(new)
+        steps += 1
+    drafter.forget(request_id)
+    return steps
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="code-edit")
@@ -81,6 +108,9 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=16, help="batch size of the machine's bound")
     ap.add_argument("--depths", default="", help="comma-separated: d (chains of d tokens), rN (retrieval's runs, <= N)")
     ap.add_argument("--retrieval", action="store_true", help="print retrieval's tokens a step from the outputs")
+    ap.add_argument("--replay", action="store_true",
+                    help="also the engine's drafter replayed over the outputs in order, drafts free (depth and "
+                         "width: the engine's defaults), its tokens a step beside retrieval's")
     ap.add_argument("--others", default="all", choices=["all", "earlier", "none"],
                     help="other requests' outputs retrieval may draft from: all of them (a bound at any batch "
                          "size), those of the prompts before (c=1: what the global cache has seen), none")
@@ -118,6 +148,15 @@ def main() -> int:
         per = [retrieval_steps(answers[tuple(p)], runs[tuple(p)]) / max(1, len(answers[tuple(p)]) - 1) for p in prompts]
         print(f"retrieval bound (others' outputs: {args.others}; drafts free): tokens a step "
               f"{1 / statistics.mean(per):.2f} (1 / mean steps a token); per request "
+              f"{', '.join(f'{1 / x:.1f}' for x in per)}")
+    if args.replay:
+        cfg = EngineConfig()
+        drafter = Drafter(DrafterConfig(window=min(cfg.lookahead_max_depth, GLOBAL_WINDOW)),
+                          DigitVocab.from_tokenizer(off.tokenizer))
+        per = [drafter_steps(drafter, f"replay-{i}", p, answers[tuple(p)], cfg.lookahead_max_depth, cfg.lookahead_width)
+               / max(1, len(answers[tuple(p)]) - 1) for i, p in enumerate(prompts)]
+        print(f"the drafter replayed (prompts in order, depth {cfg.lookahead_max_depth} x width {cfg.lookahead_width}, "
+              f"drafts free): tokens a step {1 / statistics.mean(per):.2f}; per request "
               f"{', '.join(f'{1 / x:.1f}' for x in per)}")
     if oracle is not None:
         assert oracle.speculator is not None
