@@ -145,9 +145,13 @@ def main() -> int:
             key = tuple(p)
             before = {"all": prompts[:i] + prompts[i + 1:], "earlier": prompts[:i], "none": []}[args.others]
             runs[key] = retrieval_runs(p, answers[key], [answers[tuple(q)] for q in before])
+        cap = EngineConfig().lookahead_max_depth
         per = [retrieval_steps(answers[tuple(p)], runs[tuple(p)]) / max(1, len(answers[tuple(p)]) - 1) for p in prompts]
+        capped = [retrieval_steps(answers[tuple(p)], runs[tuple(p)], cap) / max(1, len(answers[tuple(p)]) - 1)
+                  for p in prompts]
         print(f"retrieval bound (others' outputs: {args.others}; drafts free): tokens a step "
-              f"{1 / statistics.mean(per):.2f} (1 / mean steps a token); per request "
+              f"{1 / statistics.mean(per):.2f} (1 / mean steps a token), {1 / statistics.mean(capped):.2f} with "
+              f"runs of at most {cap} (the engine's deepest draft); per request "
               f"{', '.join(f'{1 / x:.1f}' for x in per)}")
     if args.replay:
         cfg = EngineConfig()
