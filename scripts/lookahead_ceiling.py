@@ -33,70 +33,17 @@ import torch
 from bench.datasets import load_prompts
 from bench.inprocess import decode_batch, decode_interleaved
 from bench.jobs import prompt_token_ids
+from bench.oracle_drafts import OracleSpeculator, drafter_steps
 from bench.retrieval_bound import retrieval_runs, retrieval_steps
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.lookahead.drafter import Drafter, DrafterConfig
 from engine.lookahead.numbering import DigitVocab
-from engine.lookahead.speculator import GLOBAL_WINDOW, Speculator
-from engine.lookahead.tree import DraftTree, accept_path
+from engine.lookahead.speculator import GLOBAL_WINDOW
 from engine.sampling_params import SamplingParams
-from engine.sequence import Sequence as Seq
 from runtime.process import tune_gc
 
 logger = logging.getLogger("lookahead_ceiling")
-
-
-class OracleSpeculator(Speculator):
-    """Drafts each sequence's known greedy output ahead: its next ``depth`` tokens (a chain), or with
-    ``runs``, as many as retrieval could have found there (``runs[prompt][n]``: after n output tokens)."""
-
-    def __init__(self, base: Speculator, answers: dict[tuple[int, ...], list[int]], depth: int,
-                 runs: dict[tuple[int, ...], list[int]] | None = None) -> None:
-        super().__init__(base.max_depth, base.width, base.max_step_tokens, base.step_align)
-        self.cost = base.cost
-        self.answers = answers
-        self.depth = depth
-        self.runs = runs
-
-    def propose(self, seqs: Sequence[Seq], base_tokens: int, base_key_reads: int = 0,
-                context_keys: int = 0) -> dict[str, DraftTree]:
-        out: dict[str, DraftTree] = {}
-        for s in seqs:
-            key = tuple(s.prompt_ids)
-            answer = self.answers[key]
-            room = min(s.params.max_tokens - len(s.output_ids), s.max_len - s.num_tokens) - 1
-            n = len(s.output_ids)
-            depth = self.depth if self.runs is None else min(self.depth, self.runs[key][n])
-            chain = answer[n : n + min(depth, room)]
-            if chain:
-                tree = DraftTree()
-                tree.add_branch(chain, len(chain))
-                out[s.request_id] = tree
-        return out
-
-
-def drafter_steps(drafter: Drafter, request_id: str, prompt: Sequence[int], output: Sequence[int],
-                  depth: int, width: int) -> int:
-    """Steps the engine's drafter would take over ``output`` (after its first token) with drafts free:
-    each step its tree of ``depth`` x ``width`` tokens, walked along the known output as
-    verification walks it along the model's choices (engine.lookahead.tree.accept_path)."""
-    tokens, n, steps = [*prompt, output[0]], 1, 0
-    while n < len(output):
-        drafter.observe(request_id, tokens, len(prompt))
-        tree = drafter.propose(request_id, tokens, depth * width, depth)
-        ids, parents = tree.step_input(tokens[-1])
-        depths = [0] * len(ids)
-        for i in range(1, len(ids)):
-            depths[i] = depths[parents[i]] + 1
-        choices = [output[n + d] if n + d < len(output) else -1 for d in depths]  # -1: past the end
-        _, new = accept_path(parents, ids, choices)
-        new = [t for t in new if t != -1]
-        tokens += new
-        n += len(new)
-        steps += 1
-    drafter.forget(request_id)
-    return steps
 
 
 def main() -> int:
