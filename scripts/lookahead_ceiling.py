@@ -1,7 +1,7 @@
 """How fast lookahead could be at best, on this machine and on a workload's outputs (not a test).
 
     .venv/bin/python scripts/lookahead_ceiling.py --dataset code-edit --concurrency 16 --depths 0,4,16,r16 \
-        [--retrieval] [--others all|earlier|none] [--dtype bfloat16] [--num-prompts 16] [--max-tokens 128]
+        [--retrieval] [--replay] [--others all|earlier|none] [--rounds 3] [--dtype bfloat16] [--num-prompts 16] [--max-tokens 128]
 
 Plain decoding first gives each prompt's greedy output. Then, measured, bounds no drafter can pass:
 
