@@ -18,7 +18,7 @@ class Decode:
     tokens: int  # tokens produced after each sequence's first
     seconds: float
     steps: int
-    seq_steps: int = 0  # over the timed steps, the sequences each one decoded (tokens / seq_steps: tokens a step)
+    seq_steps: int = 0  # over the timed steps, the sequences each decoded (tokens / seq_steps: tokens a step); decode_interleaved only
 
     @property
     def tokens_per_second(self) -> float:
