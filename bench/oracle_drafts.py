@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from engine.batch import tree_depths
 from engine.lookahead.drafter import Drafter
-from engine.lookahead.speculator import Speculator
+from engine.lookahead.speculator import Speculator, draft_room
 from engine.lookahead.tree import DraftTree, accept_path
 from engine.sequence import Sequence as Seq
 
@@ -33,7 +34,7 @@ class OracleSpeculator(Speculator):
         for s in seqs:
             key = tuple(s.prompt_ids)
             answer = self.answers[key]
-            room = min(s.params.max_tokens - len(s.output_ids), s.max_len - s.num_tokens) - 1
+            room = draft_room(s)
             n = len(s.output_ids)
             depth = self.depth if self.runs is None else min(self.depth, self.runs[key][n])
             chain = answer[n : n + min(depth, room)]
@@ -54,10 +55,8 @@ def drafter_steps(drafter: Drafter, request_id: str, prompt: Sequence[int], outp
         drafter.observe(request_id, tokens, len(prompt))
         tree = drafter.propose(request_id, tokens, depth * width, depth)
         ids, parents = tree.step_input(tokens[-1])
-        depths = [0] * len(ids)
-        for i in range(1, len(ids)):
-            depths[i] = depths[parents[i]] + 1
-        choices = [output[n + d] if n + d < len(output) else -1 for d in depths]  # -1: past the end
+        # the model's choice after each node: the output's token at its depth (-1: past the end)
+        choices = [output[n + d] if n + d < len(output) else -1 for d in tree_depths(parents)]
         _, new = accept_path(parents, ids, choices)
         new = [t for t in new if t != -1]
         tokens += new

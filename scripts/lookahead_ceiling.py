@@ -46,6 +46,16 @@ from runtime.process import tune_gc
 logger = logging.getLogger("lookahead_ceiling")
 
 
+def tokens_a_step(prompts: list[list[int]], answers: dict[tuple[int, ...], list[int]], steps: list[int]) -> float:
+    """1 / mean over requests of steps a decoded token (the first comes with the prefill): a bench
+    cell's measure, whose speed is 1 / mean time per output token."""
+    return 1 / statistics.mean(s / max(1, len(answers[tuple(p)]) - 1) for p, s in zip(prompts, steps))
+
+
+def per_request(prompts: list[list[int]], answers: dict[tuple[int, ...], list[int]], steps: list[int]) -> str:
+    return ", ".join(f"{(len(answers[tuple(p)]) - 1) / max(1, s):.1f}" for p, s in zip(prompts, steps))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="code-edit")
@@ -93,22 +103,21 @@ def main() -> int:
             before = {"all": prompts[:i] + prompts[i + 1:], "earlier": prompts[:i], "none": []}[args.others]
             runs[key] = retrieval_runs(p, answers[key], [answers[tuple(q)] for q in before])
         cap = EngineConfig().lookahead_max_depth
-        per = [retrieval_steps(answers[tuple(p)], runs[tuple(p)]) / max(1, len(answers[tuple(p)]) - 1) for p in prompts]
-        capped = [retrieval_steps(answers[tuple(p)], runs[tuple(p)], cap) / max(1, len(answers[tuple(p)]) - 1)
-                  for p in prompts]
+        per = [retrieval_steps(answers[tuple(p)], runs[tuple(p)]) for p in prompts]
+        capped = [retrieval_steps(answers[tuple(p)], runs[tuple(p)], cap) for p in prompts]
         print(f"retrieval bound (others' outputs: {args.others}; drafts free): tokens a step "
-              f"{1 / statistics.mean(per):.2f} (1 / mean steps a token), {1 / statistics.mean(capped):.2f} with "
-              f"runs of at most {cap} (the engine's deepest draft); per request "
-              f"{', '.join(f'{1 / x:.1f}' for x in per)}")
+              f"{tokens_a_step(prompts, answers, per):.2f} (1 / mean steps a token), "
+              f"{tokens_a_step(prompts, answers, capped):.2f} with runs of at most {cap} (the engine's deepest "
+              f"draft); per request {per_request(prompts, answers, per)}")
     if args.replay:
         cfg = EngineConfig()
         drafter = Drafter(DrafterConfig(window=min(cfg.lookahead_max_depth, GLOBAL_WINDOW)),
                           DigitVocab.from_tokenizer(off.tokenizer))
-        per = [drafter_steps(drafter, f"replay-{i}", p, answers[tuple(p)], cfg.lookahead_max_depth, cfg.lookahead_width)
-               / max(1, len(answers[tuple(p)]) - 1) for i, p in enumerate(prompts)]
+        steps = [drafter_steps(drafter, f"replay-{i}", p, answers[tuple(p)], cfg.lookahead_max_depth, cfg.lookahead_width)
+                 for i, p in enumerate(prompts)]
         print(f"the drafter replayed (prompts in order, depth {cfg.lookahead_max_depth} x width {cfg.lookahead_width}, "
-              f"drafts free): tokens a step {1 / statistics.mean(per):.2f}; per request "
-              f"{', '.join(f'{1 / x:.1f}' for x in per)}")
+              f"drafts free): tokens a step {tokens_a_step(prompts, answers, steps):.2f}; per request "
+              f"{per_request(prompts, answers, steps)}")
     if oracle is not None:
         assert oracle.speculator is not None
         base = oracle.speculator

@@ -95,8 +95,7 @@ class Speculator:
         for s, cls, depth, width in zip(seqs, classes, depths, widths):
             if cls is None:
                 continue
-            # never draft past max_tokens or the context limit
-            room = min(s.params.max_tokens - len(s.output_ids), s.max_len - s.num_tokens) - 1
+            room = draft_room(s)
             if depth == 0 and acc.verified(s.request_id) == 0:
                 # one shallow probe per request: where a plain step is cheaper than a wide one (fp32
                 # on CPU, batch 1) the cost model alone would never learn that the request copies
@@ -134,6 +133,12 @@ class Speculator:
     def forget(self, request_id: str) -> None:
         self.drafter.forget(request_id)
         self.acceptance.forget(request_id)
+
+
+def draft_room(seq: Seq) -> int:
+    """Draft tokens the sequence can still take: never past max_tokens or the context limit (the
+    step adds the model's own token after the drafts)."""
+    return min(seq.params.max_tokens - len(seq.output_ids), seq.max_len - seq.num_tokens) - 1
 
 
 def align(base_tokens: int, trees: list[DraftTree], multiple: int) -> None:
