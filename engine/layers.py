@@ -19,6 +19,10 @@ Weight = torch.Tensor | PackedLinear
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """HF's RMSNorm: normalise in fp32, cast back, then scale. x: [T, hidden]."""
+    if _gpu_invariant(x):
+        from kernels.invariant_rms_norm import invariant_rms_norm  # Triton: imported on GPUs only
+
+        return invariant_rms_norm(x.contiguous(), weight, eps)
     if x.dtype == torch.float32:  # HF's arithmetic, bit for bit, in 6 ops (F.rms_norm runs ~10 on CPU)
         inv = x.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
         return (x * inv).mul_(weight)
@@ -28,12 +32,20 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 # Dtypes whose forward is row-invariant (a row's bits do not depend on what shares its step): the
-# products here (bf16 through Grove's CPU kernel by construction, else where the math library's
-# are: the engine checks at start, products_row_invariant)
+# products here (bf16 through Grove's CPU kernel by construction, on a GPU through its Triton
+# kernels, else where the math library's are: the engine checks at start, products_row_invariant
+# and engine.invariance)
 # and the attention in engine.attention.torch_backend (fp64) and cpu_backend (the C++ kernel is
 # row-invariant in every dtype). In fp32 rounding differences are far below greedy's margins, and
 # it keeps its faster paths.
 ROW_INVARIANT_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _gpu_invariant(x: torch.Tensor) -> bool:
+    """16-bit on a GPU: products and norms by Grove's Triton kernels, one fixed tile configuration
+    for every row count (kernels/invariant_matmul.py), since cuBLAS's are not row-invariant (an
+    H200 changed bf16 greedy output with lookahead on). fp32 keeps cuBLAS."""
+    return x.is_cuda and x.dtype in ROW_INVARIANT_DTYPES
 
 
 def pack_weight(weight: torch.Tensor) -> Weight:
@@ -96,12 +108,14 @@ def _wx_mm(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def products_row_invariant(weights: Sequence[Weight], rows: Sequence[int] = (0, 1, 2, 16, WX_MAX_COLUMNS - 1),
                            widths: Sequence[int] = (2, 3, 17, 64, WX_MAX_COLUMNS)) -> bool:
     """Whether ``linear`` gives a row the same bits at these step widths as alone, on these weights
-    and this machine. The math library picks its kernels by CPU: on an AMD EPYC (avx512_bf16, no
+    and this machine. The math library picks its kernels by device: on an AMD EPYC (avx512_bf16, no
     AMX, no avx512_fp16) bf16 products keep every row's bits while fp16 ones differ at 2 columns
-    from 1. A few products per weight (lm_head included: ~50 ms in all for SmolLM2)."""
+    from 1; a GPU's BLAS picks its kernel by the row count. A few products per weight (lm_head
+    included: ~50 ms in all for SmolLM2 on a CPU)."""
     gen = torch.Generator().manual_seed(0)
     for w in weights:
-        x = torch.randn(max(widths), w.shape[1], generator=gen).to(w.dtype)
+        device = "cpu" if isinstance(w, PackedLinear) else w.device
+        x = torch.randn(max(widths), w.shape[1], generator=gen).to(device=device, dtype=w.dtype)
         alone = {i: linear(x[i:i + 1], w) for i in rows}
         for t in widths:
             out = linear(x[:t], w)
@@ -120,6 +134,11 @@ def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) ->
     """x: [T, in], weight: [out, in] -> [T, out]."""
     if isinstance(weight, PackedLinear):
         return _packed_linear(x, weight, bias)
+    if _gpu_invariant(x):
+        from kernels.invariant_matmul import invariant_linear
+
+        out = invariant_linear(x.contiguous(), weight)
+        return out.add_(bias) if bias is not None else out
     if _wx_layout(x):
         out = _wx_mm(weight, x)
         return out + bias if bias is not None else out
@@ -140,6 +159,10 @@ def linear_residual(x: torch.Tensor, weight: Weight, residual: torch.Tensor) -> 
     x: [T, in], weight: [out, in], residual: [T, out] contiguous."""
     if isinstance(weight, PackedLinear):
         return cpu_linear.linear(x, weight, residual=residual)
+    if _gpu_invariant(x):
+        from kernels.invariant_matmul import invariant_linear
+
+        return invariant_linear(x.contiguous(), weight, residual=residual)
     if _wx_layout(x):
         # the product comes transposed ([out, T] memory): adding it into the residual's [T, out] is
         # 2x faster from a contiguous copy than from the strided view (17 rows: 12.5 vs 29 us)

@@ -22,6 +22,7 @@ from engine.detokenizer import Detokenizer, FinishReason
 from engine.engine_config import EngineConfig
 from engine.kv_layout import KVLayout, dtype_from_name
 from engine.kv_pool import KVPool
+from engine.invariance import forward_row_invariant
 from engine.layers import ROW_INVARIANT_DTYPES, products_row_invariant, step_tile
 from engine.lookahead.budget import key_reads
 from engine.lookahead.numbering import DigitVocab
@@ -91,10 +92,11 @@ class LLMEngine:
         self.eos_ids = tuple(mc.eos_token_ids) or ((self.tokenizer.eos_token_id,) if self.tokenizer.eos_token_id is not None else ())
         self.seqs: dict[str, Seq] = {}
         self.speculator: Speculator | None = None
-        if config.lookahead and not self._products_exact():
-            logger.warning("lookahead off: %s products on this CPU give a row different bits beside other rows, "
-                           "so a verified draft could differ from plain decoding (serve bfloat16 or float32 for "
-                           "lookahead)", self.model.dtype)
+        if config.lookahead and not self._steps_exact():
+            logger.warning("lookahead off: in %s on %s a row's logits change with what else shares the step "
+                           "(the products' or attention's kernels), so a verified draft could differ from plain "
+                           "decoding (serve float32 for lookahead; on a CPU, bfloat16 with Grove's kernels)",
+                           self.model.dtype, config.device)
         elif config.lookahead:
             self.speculator = Speculator(config.lookahead_max_depth, config.lookahead_width,
                                          config.lookahead_max_step_tokens,
@@ -103,14 +105,17 @@ class LLMEngine:
             self._calibrate()
         logger.info("engine ready: %d KV blocks of %d tokens (%.1f MiB)", num_blocks, config.block_size, self.kv.nbytes / 2**20)
 
-    def _products_exact(self) -> bool:
-        """Lookahead is exact in 16 bits only where the matrix products are row-invariant, which
-        depends on the CPU's math kernels: checked on one layer's weights and the LM head."""
-        if self.model.dtype not in ROW_INVARIANT_DTYPES or self.model.device.type != "cpu":
+    def _steps_exact(self) -> bool:
+        """Lookahead is exact in 16 bits only where a row's bits do not depend on what shares its
+        step, which depends on the device's math kernels: the products checked on one layer's
+        weights and the LM head over many widths, then the whole forward (engine.invariance). fp32
+        is taken as it is (its rounding differences are far below greedy's margins)."""
+        if self.model.dtype not in ROW_INVARIANT_DTYPES:
             return True
         w = self.model.weights
         layer = w.layers[0]
-        return products_row_invariant([layer.qkv, layer.o, layer.gate_up, layer.down, w.lm_head])
+        return products_row_invariant([layer.qkv, layer.o, layer.gate_up, layer.down, w.lm_head]) \
+            and forward_row_invariant(self.model, self.kv, self.allocator, self.config.block_size, self.config.device)
 
     def _calibrate(self) -> None:
         """The step cost model's start: the cost of a key read, then forwards of 1..64 query tokens

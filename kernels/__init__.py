@@ -6,11 +6,13 @@ Modules (each a private ``@triton.jit`` kernel, a checked host wrapper and a tor
     paged_attention.py   decode / lookahead-verify attention with split-KV (flash-decoding)
     prefill_attention.py variable-length causal prefill over a paged, partly cached prefix
     kv_write.py          writing new K/V by slot mapping; copying slots (lookahead compaction)
+    invariant_matmul.py  row-invariant products (one tile configuration for every row count): 16-bit on a GPU
+    invariant_rms_norm.py  row-invariant RMSNorm, one program per row: 16-bit on a GPU
     backend.py           ``TritonAttentionBackend``, the engine's ``AttentionBackend`` on these kernels
     bench_attention.py   GPU benchmark (not a test)
     cpu_attention.cpp/.py  the CPU kernel (C++, built on first use) and its checked wrapper; same
                          reference (``paged_attention_ref``); the engine's default on CPU
 
-The Triton modules are imported by the engine only when the "triton" backend is selected;
-``cpu_attention`` imports no Triton.
+The Triton modules are imported by the engine only when the "triton" backend is selected, and the
+invariant ones only for 16-bit models on a GPU (engine.layers); ``cpu_attention`` imports no Triton.
 """

@@ -24,6 +24,15 @@ _LOG2E = 1.4426950408889634
 _INTERPRET_BLOCK_N = 128  # the fixed config off CUDA: few, large tiles suit the interpreter
 _MIN_SPLIT_LEN = 512  # tokens: below this a split costs more in the reduction than it wins
 _MAX_SPLITS = 32
+# Row-invariant mode (16-bit on a GPU, where lookahead's exactness needs a row's bits not to depend
+# on the step): one tile shape and warp count for every call, and a sequence's context split at
+# multiples of a fixed length, so its splits follow its own length, not the batch's. A single
+# split merged by _split_reduce_kernel keeps its bits (weights 2^0 = 1 and 0), so a sequence whose
+# context fits one split gets the same bits whether or not others in the launch are split.
+_INVARIANT_BLOCK_M = 64
+_INVARIANT_BLOCK_N = 64
+_INVARIANT_SPLIT_LEN = 1024
+_INVARIANT_WARPS = 4
 
 
 # Integer arguments that change from step to step (the block table's and tree mask's widths, the
@@ -167,9 +176,10 @@ def paged_decode_attention(
     max_seq_len: int,
     tree_mask: torch.Tensor | None = None,  # [T, >= max_query_len] bool, None: causal chains
     seq_ids: torch.Tensor | None = None,  # [Bd] int32 sequences to attend; None: all
-    num_splits: int | None = None,  # None: choose_num_splits
+    num_splits: int | None = None,  # None: choose_num_splits; row-invariant calls split by _INVARIANT_SPLIT_LEN
     out: torch.Tensor | None = None,  # [T, H, D]; rows of other sequences are left untouched
     block_n: int | None = None,  # KV tile off CUDA (tests); CUDA autotunes it
+    row_invariant: bool | None = None,  # None: 16-bit on CUDA (see _INVARIANT_BLOCK_M)
 ) -> torch.Tensor:
     T, H, D = q.shape
     _, page_size, kvh, d_cache = k_cache.shape
@@ -198,12 +208,17 @@ def paged_decode_attention(
         return out
     group = H // kvh
     g_pad = next_pow2(group)
-    block_m = decode_block_m(max_query_len, group)
+    if row_invariant is None:
+        row_invariant = q.device.type == "cuda" and q.dtype != torch.float32
+    block_m = max(_INVARIANT_BLOCK_M, g_pad) if row_invariant else decode_block_m(max_query_len, group)
     q_tiles = -(-max_query_len * g_pad // block_m)
-    if num_splits is None:
-        num_splits = choose_num_splits(num_seqs * kvh * q_tiles, max_seq_len, sm_count(q.device))
-    split_len = -(-max_seq_len // max(1, num_splits))
-    split_len = -(-split_len // 16) * 16  # whole 16-token tiles
+    if row_invariant:
+        split_len = _INVARIANT_SPLIT_LEN
+    else:
+        if num_splits is None:
+            num_splits = choose_num_splits(num_seqs * kvh * q_tiles, max_seq_len, sm_count(q.device))
+        split_len = -(-max_seq_len // max(1, num_splits))
+        split_len = -(-split_len // 16) * 16  # whole 16-token tiles
     num_splits = -(-max_seq_len // split_len)
     split = num_splits > 1
     tiles = num_seqs * kvh * q_tiles
@@ -224,7 +239,9 @@ def paged_decode_attention(
                 HAS_TREE=tree_mask is not None, SPLIT=split, UPCAST=upcast(q.dtype),
                 DOT_PRECISION=dot_precision(q.dtype))
     grid = (num_seqs, kvh * q_tiles, num_splits)
-    if use_autotune(q.device) and block_n is None:
+    if row_invariant:
+        _paged_decode_kernel[grid](*args, **meta, BLOCK_N=block_n or _INVARIANT_BLOCK_N, num_warps=_INVARIANT_WARPS)
+    elif use_autotune(q.device) and block_n is None:
         _tuned_decode_kernel()[grid](*args, **meta)
     else:
         _paged_decode_kernel[grid](*args, **meta, BLOCK_N=block_n or _INTERPRET_BLOCK_N, num_warps=4)

@@ -65,6 +65,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
+    ap.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton", "cpu"],
+                    help="as the engine's flag (auto: Triton on CUDA, the C++ kernel on CPU)")
     ap.add_argument("--steady", action="store_true",
                     help="keep c requests in flight over all of a level's prompts (refilled as they finish), "
                          "prefills included in the timing, instead of batches of c added at once")
@@ -79,6 +81,7 @@ def main() -> int:
 
     def engine(lookahead: bool) -> LLMEngine:
         return LLMEngine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, lookahead=lookahead,
+                                      attention_backend=args.attention_backend,
                                       num_kv_blocks=8192, max_num_seqs=256, max_num_batched_tokens=2048,
                                       lookahead_max_depth=args.lookahead_max_depth,
                                       lookahead_width=args.lookahead_width))

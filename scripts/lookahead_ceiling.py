@@ -73,14 +73,16 @@ def main() -> int:
                          "size), those of the prompts before (c=1: what the global cache has seen), none")
     ap.add_argument("--dtype", default="bfloat16", choices=["auto", "float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default="", help="local HF directory (default: the bundled SmolLM2)")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=3, help="times each depth runs its batches (the ratio's range)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
 
     def engine(lookahead: bool) -> LLMEngine:
-        return LLMEngine(EngineConfig(dtype=args.dtype, lookahead=lookahead, num_kv_blocks=8192, max_num_seqs=256,
-                                      max_num_batched_tokens=2048))
+        return LLMEngine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, lookahead=lookahead,
+                                      num_kv_blocks=8192, max_num_seqs=256, max_num_batched_tokens=2048))
 
     depths = [x.strip() for x in args.depths.split(",") if x.strip()]
     off = engine(False)

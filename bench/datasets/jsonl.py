@@ -3,9 +3,13 @@
 Each line holds ``prompt`` (a string: a completion request) or ``messages`` (OpenAI chat
 messages), and optionally ``id``, ``max_tokens``, ``session`` and ``turn`` (turns of a session
 are sent in order, each after the previous one finished).
+
+``python -m bench.datasets.jsonl DATASET COUNT OUT`` writes a dataset's first COUNT prompts in this
+form, for a machine without the dataset packages (a lent GPU: scripts/gpu_lookahead.sh).
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -48,3 +52,38 @@ def jsonl_prompts(path: str | Path) -> list[Prompt]:
                     raise ValueError(f"{where}: not JSON ({e})") from e
                 prompts.append(_parse(obj, where))
     return prompts
+
+
+def prompt_record(prompt: Prompt) -> dict[str, object]:
+    """The JSON object ``_parse`` reads back as ``prompt``."""
+    obj: dict[str, object] = {"id": prompt.id}
+    if prompt.text is not None:
+        obj["prompt"] = prompt.text
+    else:
+        obj["messages"] = prompt.openai_messages()
+    if prompt.session is not None:
+        obj["session"], obj["turn"] = prompt.session, prompt.turn
+    if prompt.max_tokens is not None:
+        obj["max_tokens"] = prompt.max_tokens
+    return obj
+
+
+def write_prompts(path: str | Path, prompts: list[Prompt]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for p in prompts:
+            f.write(json.dumps(prompt_record(p)) + "\n")
+
+
+def main() -> None:
+    from bench.datasets import load_prompts  # the package imports this module
+
+    ap = argparse.ArgumentParser(description="write a dataset's first prompts as jsonl")
+    ap.add_argument("dataset")
+    ap.add_argument("count", type=int)
+    ap.add_argument("out")
+    args = ap.parse_args()
+    write_prompts(args.out, load_prompts(args.dataset)[:args.count])
+
+
+if __name__ == "__main__":
+    main()

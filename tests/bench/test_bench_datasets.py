@@ -10,6 +10,7 @@ import pytest
 from bench.datasets import DATASETS, load_prompts
 from bench.datasets.code_edit import EDITS
 from bench.datasets.files import sharegpt_path, shakespeare_path
+from bench.datasets.jsonl import write_prompts
 from bench.datasets.multiturn import SYSTEM_PROMPT, multiturn_prompts
 from bench.datasets.shakespeare import LINES_PER_PASSAGE, quote_prompts
 from bench.datasets.sharegpt import first_turn_prompts, iter_records
@@ -128,6 +129,14 @@ def test_jsonl_prompts(tmp_path) -> None:
     path.write_text('{"messages": [{"role": "robot", "content": "x"}]}\n')
     with pytest.raises(ValueError, match="mine.jsonl:1"):
         load_prompts(f"jsonl:{path}")
+
+
+@pytest.mark.parametrize("name", ["code-edit", "shakespeare-quote", "sharegpt", "multiturn"])
+def test_datasets_written_as_jsonl_read_back_equal(tmp_path, name: str) -> None:
+    """What a machine without the dataset packages runs on (a lent GPU): the same prompts."""
+    prompts = load_prompts(name)[:12]
+    write_prompts(tmp_path / "p.jsonl", prompts)
+    assert load_prompts(f"jsonl:{tmp_path / 'p.jsonl'}") == prompts
 
 
 def test_unknown_dataset_is_an_error() -> None:

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Lookahead on a GPU machine, in one go (not a test): what a lent GPU session runs.
+#
+#   scripts/gpu_lookahead.sh MODEL_DIR PROMPTS_DIR OUT_DIR
+#
+# MODEL_DIR: the bundled SmolLM2 converted (engine.convert); PROMPTS_DIR: code-edit.jsonl,
+# shakespeare-quote.jsonl and sharegpt.jsonl (49 prompts each, written from bench.datasets where the
+# dataset packages are installed); OUT_DIR: one log per step. Each step has its own time limit, so a
+# stuck one leaves the others their time; a step stopped at its limit prints every thread's Python
+# stack (faulthandler on SIGABRT), which is how a hang is located without a debugger.
+#
+# Steps: the row-invariant kernels' tests compiled; the engine's start-up probe in bf16 (is lookahead
+# exact on this GPU?); the in-process lookahead A/B (scripts/bench_lookahead_engine.py) on the three
+# datasets at c = 1, 4, 16 in bf16, with transformers' prompt lookup at c=1 on the copy-heavy ones.
+set -u
+MODEL=$1 PROMPTS=$2 OUT=$3
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
+step() {  # step NAME SECONDS CMD...: run with a limit, keep the log, print its result lines
+    local name=$1 limit=$2; shift 2
+    timeout -s ABRT "$limit" "$@" >"$OUT/$name.log" 2>&1
+    echo "== $name: rc $?"
+    grep -v -e ' INFO ' -e 'Loading weights' -e 'clean_up_tokenization' "$OUT/$name.log" | tail -14
+}
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+step kernels 90 python3 -m pytest -q -x -p no:cacheprovider tests/kernels/test_invariant_kernels.py
+step probe 60 python3 -c "
+import logging; logging.basicConfig(level=logging.INFO)
+from engine.engine_config import EngineConfig
+from engine.llm_engine import LLMEngine
+e = LLMEngine(EngineConfig(model='$MODEL', device='cuda', dtype='bfloat16', num_kv_blocks=512, lookahead=True))
+print('lookahead on (row-invariant):', e.speculator is not None)"
+B="python3 scripts/bench_lookahead_engine.py --device cuda --dtype bfloat16 --model $MODEL --threads 8 --concurrency 1,4,16 --num-prompts 16"
+step code-edit 150 $B --dataset "jsonl:$PROMPTS/code-edit.jsonl" --hf-prompt-lookup
+step shakespeare 150 $B --dataset "jsonl:$PROMPTS/shakespeare-quote.jsonl" --hf-prompt-lookup
+step sharegpt 120 $B --dataset "jsonl:$PROMPTS/sharegpt.jsonl"

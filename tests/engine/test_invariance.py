@@ -1,0 +1,48 @@
+"""The start-up probe of row invariance (engine.invariance) on the real model.
+
+On an H200 the bundled model in bf16 gave different greedy outputs with lookahead on and off (cuBLAS
+chooses a product's kernel by its row count): the engine had assumed any GPU exact. The probe runs
+the model itself, so it holds on any device; here it must pass where Grove's CPU kernels serve bf16,
+and fail, turning lookahead off with a warning, where a product's rows depend on the step.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine.model as model_module
+from engine.engine_config import EngineConfig
+from engine.invariance import forward_row_invariant
+from engine.llm_engine import LLMEngine
+
+
+def _probe(eng: LLMEngine) -> bool:
+    return forward_row_invariant(eng.model, eng.kv, eng.allocator, eng.config.block_size, eng.config.device)
+
+
+def test_probe_passes_in_bf16_and_returns_the_blocks(model_dir: Path) -> None:
+    eng = LLMEngine(EngineConfig(model=str(model_dir), dtype="bfloat16", num_kv_blocks=64, lookahead=False))
+    free = eng.allocator.num_free
+    assert _probe(eng)
+    assert eng.allocator.num_free == free
+
+
+def test_probe_fails_where_rows_depend_on_the_step(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """fp32 products (torch's, not row-invariant on a CPU) and a bf16 norm whose output depends on
+    the step's row count are both caught; the latter turns lookahead off at start, with a warning."""
+    fp32 = LLMEngine(EngineConfig(model=str(model_dir), dtype="float32", num_kv_blocks=64, lookahead=False))
+    assert not _probe(fp32)
+    norm_linear = model_module.norm_linear
+
+    def step_dependent(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        out = norm_linear(x, *args, **kwargs)  # type: ignore[arg-type]
+        return out if x.shape[0] == 1 else out * (1 + 2 ** -6)  # a wide step rounds differently
+    monkeypatch.setattr(model_module, "norm_linear", step_dependent)
+    with caplog.at_level(logging.WARNING, logger="engine.llm_engine"):
+        eng = LLMEngine(EngineConfig(model=str(model_dir), dtype="bfloat16", num_kv_blocks=64))
+    assert eng.speculator is None
+    assert "lookahead off" in caplog.text and "share" in caplog.text
