@@ -8,6 +8,7 @@ Modules (each a private ``@triton.jit`` kernel, a checked host wrapper and a tor
     kv_write.py          writing new K/V by slot mapping; copying slots (lookahead compaction)
     invariant_matmul.py  row-invariant products (one tile configuration for every row count): 16-bit on a GPU
     invariant_rms_norm.py  row-invariant RMSNorm, one program per row: 16-bit on a GPU
+    aot_check.py         compiles the row-invariant kernels for Hopper without a GPU (Triton's ptxas)
     backend.py           ``TritonAttentionBackend``, the engine's ``AttentionBackend`` on these kernels
     bench_attention.py   GPU benchmark (not a test)
     cpu_attention.cpp/.py  the CPU kernel (C++, built on first use) and its checked wrapper; same
