@@ -36,9 +36,11 @@ class TritonAttentionBackend:
     name = "triton"
     pads_groups = False
 
-    def __init__(self, num_kv_splits: int | None = None) -> None:
+    def __init__(self, num_kv_splits: int | None = None, row_invariant: bool | None = None) -> None:
         # None: the flash-decoding heuristic chooses per call; a number forces it (tests, benchmarks)
         self.num_kv_splits = num_kv_splits
+        # the decode attention's row-invariant mode; None: 16-bit on CUDA (kernels.paged_attention)
+        self.row_invariant = row_invariant
 
     def plan(self, meta: AttentionMetadata) -> TritonAttentionPlan:
         decode = [b for b, n in enumerate(meta.query_lens_host) if n <= MAX_VERIFY_QUERY]
@@ -67,7 +69,7 @@ class TritonAttentionBackend:
             paged_decode_attention(
                 q, cache.k, cache.v, meta.block_tables, meta.query_start, meta.num_cached, scale,
                 max_query_len=plan.decode_max_query, max_seq_len=plan.decode_max_seq, tree_mask=meta.tree_mask,
-                seq_ids=plan.decode_seqs, num_splits=self.num_kv_splits, out=out,
+                seq_ids=plan.decode_seqs, num_splits=self.num_kv_splits, out=out, row_invariant=self.row_invariant,
             )
         if plan.prefill_seqs:
             group = q.shape[1] // cache.k.shape[2]

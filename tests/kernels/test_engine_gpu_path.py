@@ -1,0 +1,68 @@
+"""The engine on the path a 16-bit model takes on a GPU, run here under the Triton interpreter.
+
+On a GPU, 16-bit products and norms go through the row-invariant Triton kernels and the decode
+attention runs its row-invariant mode (engine.layers._gpu_invariant, kernels.paged_attention). No
+GPU here, so the test sends the engine down that path on the CPU: the start-up probe
+(engine.invariance) must pass on it where it fails on torch's products, and lookahead on must equal
+off token for token while drafts are accepted.
+
+In fp32 (the interpreter converts bf16 tiles in Python, ~10x slower; the kernels' code is the same
+for both), on the bundled model cut to its first 2 layers and its LM head to the first 4,096 tokens,
+with larger product tiles than a GPU's: the interpreter still takes about a second a step.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import engine.layers as layers
+import kernels.invariant_matmul as invariant_matmul
+import kernels.paged_attention as paged_attention
+from engine.engine_config import EngineConfig
+from engine.invariance import forward_row_invariant
+from engine.llm_engine import LLMEngine
+from engine.sampling_params import SamplingParams
+from kernels.backend import TritonAttentionBackend
+from tests.kernels.paged_data import DEVICE
+
+_PROMPT = "the cat sat on the mat. the cat sat on the mat. the cat sat on the mat. the cat"
+
+
+def _cut(eng: LLMEngine, row_invariant: bool) -> None:
+    eng.model.backend = TritonAttentionBackend(row_invariant=row_invariant)
+    eng.model.weights.layers = eng.model.weights.layers[:2]  # the forward zips layers with the pool's
+    eng.model.weights.lm_head = eng.model.weights.lm_head[:4096]
+
+
+def _probe(eng: LLMEngine) -> bool:
+    return forward_row_invariant(eng.model, eng.kv, eng.allocator, eng.config.block_size, eng.config.device)
+
+
+def test_gpu_path_is_row_invariant_and_lookahead_lossless(model_dir: Path, tokenizer: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # built on the torch backend (its calibration at torch speed), then cut and sent down the path
+    engines = {la: LLMEngine(EngineConfig(model=str(model_dir), device=str(DEVICE), dtype="float32", num_kv_blocks=64,
+                                          attention_backend="torch", lookahead=la)) for la in (False, True)}
+    off, on = engines[False], engines[True]
+    _cut(off, row_invariant=False)
+    assert not _probe(off)  # torch's fp32 products: a row's bits change with the step
+    monkeypatch.setattr(layers, "_gpu_invariant", lambda x: True)
+    monkeypatch.setattr(invariant_matmul, "BLOCK_N", 256)
+    monkeypatch.setattr(invariant_matmul, "BLOCK_K", 256)
+    monkeypatch.setattr(paged_attention, "_INVARIANT_BLOCK_N", 128)
+    _cut(off, row_invariant=True)
+    _cut(on, row_invariant=True)
+    assert _probe(on)
+
+    ids = tokenizer(_PROMPT)["input_ids"]
+    outputs = {}
+    for la, eng in engines.items():
+        seq = eng.add_request(f"gpu-path-{la}", ids, SamplingParams(temperature=0.0, max_tokens=10))
+        while eng.has_work:
+            eng.step()
+        outputs[la] = list(seq.output_ids)
+        assert eng.allocator.num_used == 0
+    assert len(outputs[True]) == 10 and outputs[True] == outputs[False]
+    assert on.speculator is not None and on.speculator.stats.num_accepted_tokens > 0
