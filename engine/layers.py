@@ -65,9 +65,16 @@ def pack_weight(weight: torch.Tensor) -> Weight:
 
 def step_tile(weight: Weight) -> int:
     """Tokens the products take in one pass over the weights: a step's cost jumps just past each
-    multiple (the speculator aligns its steps to it). Grove's kernel: its tile; torch's products run
-    on 16 columns (AMX, avx512_bf16, tensor cores on a GPU)."""
-    return weight.tile_tokens if isinstance(weight, PackedLinear) else 16
+    multiple (the speculator aligns its steps to it). Grove's CPU kernel: its tile; on a GPU in 16
+    bits, the row-invariant kernel's row tile; torch's products run on 16 columns (AMX,
+    avx512_bf16, tensor cores on a GPU)."""
+    if isinstance(weight, PackedLinear):
+        return weight.tile_tokens
+    if _gpu_invariant(weight):
+        from kernels.invariant_matmul import BLOCK_M
+
+        return BLOCK_M
+    return 16
 
 
 def _wx_layout(x: torch.Tensor) -> bool:

@@ -143,6 +143,8 @@ class LLMEngine:
                  self.config.device), "threads": torch.get_num_threads(), "backend": type(self.model.backend).__name__,
                  "block_size": bs, "long_context": long_ctx, "price_keys": price_keys, "price_stream": price_stream,
                  "cpu_linear": type(self.model.weights.layers[0].qkv).__name__}
+        if self.kv.data.is_cuda:
+            setup["triton"] = step_cost_cache.triton_digest()
         key = step_cost_cache.cache_key(setup)
         if self.config.calibration_cache and step_cost_cache.load(key, cost):
             self._log_step_cost("kept from an earlier start")

@@ -36,6 +36,16 @@ def kernel_digest() -> str:
     return "+".join(cpu_build.library_path(src).stem for src in sorted(KERNEL_SOURCES.glob("*.cpp")))
 
 
+def triton_digest() -> str:
+    """The Triton kernels' sources (what a GPU's steps run on, products included for 16-bit
+    models): part of a GPU calibration's key, as kernel_digest is of every one's."""
+    digest = hashlib.sha256()
+    for src in sorted(KERNEL_SOURCES.glob("*.py")):
+        if not src.name.startswith("cpu_"):
+            digest.update(src.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def device_name(device: str) -> str:
     """What runs the forwards: the GPU's name, or the CPU's model and core count."""
     if device.startswith("cuda") and torch.cuda.is_available():

@@ -9,9 +9,10 @@
 # stuck one leaves the others their time; a step stopped at its limit prints every thread's Python
 # stack (faulthandler on SIGABRT), which is how a hang is located without a debugger.
 #
-# Steps: the row-invariant kernels' tests compiled; the engine's start-up probe in bf16 (is lookahead
-# exact on this GPU?); the in-process lookahead A/B (scripts/bench_lookahead_engine.py) on the three
-# datasets at c = 1, 4, 16 in bf16, with transformers' prompt lookup at c=1 on the copy-heavy ones.
+# Steps, the most telling first (9.5 minutes at most in all): the engine's start-up probe in bf16 (is
+# lookahead exact on this GPU?); the in-process lookahead A/B (scripts/bench_lookahead_engine.py) in
+# bf16 on the copy-heavy datasets at c=1 (with transformers' prompt lookup) and c=16; the
+# row-invariant kernels' tests compiled; ShareGPT at c=16.
 set -u
 MODEL=$1 PROMPTS=$2 OUT=$3
 mkdir -p "$OUT"
@@ -23,14 +24,18 @@ step() {  # step NAME SECONDS CMD...: run with a limit, keep the log, print its 
     grep -v -e ' INFO ' -e 'Loading weights' -e 'clean_up_tokenization' "$OUT/$name.log" | tail -14
 }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-step kernels 90 python3 -m pytest -q -x -p no:cacheprovider tests/kernels/test_invariant_kernels.py
-step probe 60 python3 -c "
+step probe 90 python3 -c "
 import logging; logging.basicConfig(level=logging.INFO)
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 e = LLMEngine(EngineConfig(model='$MODEL', device='cuda', dtype='bfloat16', num_kv_blocks=512, lookahead=True))
 print('lookahead on (row-invariant):', e.speculator is not None)"
-B="python3 scripts/bench_lookahead_engine.py --device cuda --dtype bfloat16 --model $MODEL --threads 8 --concurrency 1,4,16 --num-prompts 16"
-step code-edit 150 $B --dataset "jsonl:$PROMPTS/code-edit.jsonl" --hf-prompt-lookup
-step shakespeare 150 $B --dataset "jsonl:$PROMPTS/shakespeare-quote.jsonl" --hf-prompt-lookup
-step sharegpt 120 $B --dataset "jsonl:$PROMPTS/sharegpt.jsonl"
+# c=1 on 8 prompts (a step costs ~31 ms at any width on an H200, so 16 would take ~90 s), c=16 on
+# the next 16; the warm-up prompt is the file's last
+B="python3 scripts/bench_lookahead_engine.py --device cuda --dtype bfloat16 --model $MODEL --threads 8"
+for d in code-edit shakespeare-quote; do
+    step $d-c1 100 $B --dataset "jsonl:$PROMPTS/$d.jsonl" --concurrency 1 --num-prompts 8 --hf-prompt-lookup
+    step $d-c16 70 $B --dataset "jsonl:$PROMPTS/$d.jsonl" --concurrency 16 --num-prompts 16 --skip-prompts 8
+done
+step kernels 60 python3 -m pytest -q -x -p no:cacheprovider tests/kernels/test_invariant_kernels.py
+step sharegpt-c16 70 $B --dataset "jsonl:$PROMPTS/sharegpt.jsonl" --concurrency 16 --num-prompts 16 --skip-prompts 8
