@@ -39,7 +39,7 @@ class TritonAttentionBackend:
     def __init__(self, num_kv_splits: int | None = None, row_invariant: bool | None = None) -> None:
         # None: the flash-decoding heuristic chooses per call; a number forces it (tests, benchmarks)
         self.num_kv_splits = num_kv_splits
-        # the decode attention's row-invariant mode; None: 16-bit on CUDA (kernels.paged_attention)
+        # the decode attention's row-invariant mode; None: on CUDA (kernels.paged_attention)
         self.row_invariant = row_invariant
 
     def plan(self, meta: AttentionMetadata) -> TritonAttentionPlan:

@@ -24,11 +24,14 @@ _LOG2E = 1.4426950408889634
 _INTERPRET_BLOCK_N = 128  # the fixed config off CUDA: few, large tiles suit the interpreter
 _MIN_SPLIT_LEN = 512  # tokens: below this a split costs more in the reduction than it wins
 _MAX_SPLITS = 32
-# Row-invariant mode (16-bit on a GPU, where lookahead's exactness needs a row's bits not to depend
+# Row-invariant mode (every call on a GPU: lookahead's exactness needs a row's bits not to depend
 # on the step): one tile shape and warp count for every call, and a sequence's context split at
 # multiples of a fixed length, so its splits follow its own length, not the batch's. A single
 # split merged by _split_reduce_kernel keeps its bits (weights 2^0 = 1 and 0), so a sequence whose
-# context fits one split gets the same bits whether or not others in the launch are split.
+# context fits one split gets the same bits whether or not others in the launch are split. It also
+# compiles 4 variants (tree or not, split or not) where autotuning compiled 7 configs for each query
+# tile height too: in fp32, whose exact dots compile 5-10x slower, an H200's first decode spent
+# minutes compiling.
 _INVARIANT_BLOCK_M = 64
 _INVARIANT_BLOCK_N = 64
 _INVARIANT_SPLIT_LEN = 1024
@@ -179,7 +182,7 @@ def paged_decode_attention(
     num_splits: int | None = None,  # None: choose_num_splits; row-invariant calls split by _INVARIANT_SPLIT_LEN
     out: torch.Tensor | None = None,  # [T, H, D]; rows of other sequences are left untouched
     block_n: int | None = None,  # KV tile off CUDA (tests); CUDA autotunes it
-    row_invariant: bool | None = None,  # None: 16-bit on CUDA (see _INVARIANT_BLOCK_M)
+    row_invariant: bool | None = None,  # None: on CUDA (see _INVARIANT_BLOCK_M)
 ) -> torch.Tensor:
     T, H, D = q.shape
     _, page_size, kvh, d_cache = k_cache.shape
@@ -209,7 +212,7 @@ def paged_decode_attention(
     group = H // kvh
     g_pad = next_pow2(group)
     if row_invariant is None:
-        row_invariant = q.device.type == "cuda" and q.dtype != torch.float32
+        row_invariant = q.device.type == "cuda"
     block_m = max(_INVARIANT_BLOCK_M, g_pad) if row_invariant else decode_block_m(max_query_len, group)
     q_tiles = -(-max_query_len * g_pad // block_m)
     if row_invariant:

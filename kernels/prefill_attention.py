@@ -20,10 +20,14 @@ import triton
 import triton.language as tl
 
 from kernels.attention_tile import _attend_paged, _load_rows, _store_rows
-from kernels.launch import check_device, check_paged_cache, dot_precision, next_pow2, upcast, use_autotune
+from kernels.launch import check_device, check_paged_cache, dot_precision, interpreting, next_pow2, upcast, use_autotune
 
 _LOG2E = 1.4426950408889634
 _INTERPRET_BLOCK_N = 128  # the fixed config off CUDA: few, large tiles suit the interpreter
+# fp32 on CUDA: one fixed config, not autotuned. Exact fp32 dots ("ieee") compile without tensor
+# cores, 5-10x slower than 16-bit ones (2-22 s a config for sm_90 on a 2-core CPU): an H200's first
+# fp32 decode spent minutes compiling autotuning configs.
+_FP32_BLOCK_N = 64
 
 
 class PrefillTiles(NamedTuple):
@@ -142,10 +146,11 @@ def prefill_attention(
     meta = dict(GROUP=group, G_PAD=g_pad, HEAD_DIM=D, PAGE_SIZE=page_size, BLOCK_M=block_m,
                 HAS_TREE=tree_mask is not None, UPCAST=upcast(q.dtype), DOT_PRECISION=dot_precision(q.dtype))
     grid = (tiles.table.shape[0], kvh)
-    if use_autotune(q.device) and block_n is None:
+    if use_autotune(q.device) and block_n is None and q.dtype != torch.float32:
         _tuned_prefill_kernel()[grid](*args, **meta)
     else:
-        _prefill_kernel[grid](*args, **meta, BLOCK_N=block_n or _INTERPRET_BLOCK_N, num_warps=4)
+        fixed = _INTERPRET_BLOCK_N if interpreting() else _FP32_BLOCK_N
+        _prefill_kernel[grid](*args, **meta, BLOCK_N=block_n or fixed, num_warps=4)
     return out
 
 
