@@ -20,9 +20,9 @@ from engine.block_allocator import BlockAllocator
 from engine.config import ModelConfig
 from engine.detokenizer import Detokenizer, FinishReason
 from engine.engine_config import EngineConfig
+from engine.invariance import forward_row_invariant
 from engine.kv_layout import KVLayout, dtype_from_name
 from engine.kv_pool import KVPool
-from engine.invariance import forward_row_invariant
 from engine.layers import ROW_INVARIANT_DTYPES, products_row_invariant, step_tile
 from engine.lookahead.budget import key_reads
 from engine.lookahead.numbering import DigitVocab

@@ -181,7 +181,7 @@ def paged_decode_attention(
     seq_ids: torch.Tensor | None = None,  # [Bd] int32 sequences to attend; None: all
     num_splits: int | None = None,  # None: choose_num_splits; row-invariant calls split by _INVARIANT_SPLIT_LEN
     out: torch.Tensor | None = None,  # [T, H, D]; rows of other sequences are left untouched
-    block_n: int | None = None,  # KV tile off CUDA (tests); CUDA autotunes it
+    block_n: int | None = None,  # KV tile (tests); else the row-invariant one, or autotuned on CUDA
     row_invariant: bool | None = None,  # None: on CUDA (see _INVARIANT_BLOCK_M)
 ) -> torch.Tensor:
     T, H, D = q.shape
