@@ -1,12 +1,15 @@
 """Benchmark: decode (n=1) vs lookahead verify (n=8) attention on the paged cache, on a GPU.
 
-    python -m kernels.bench_attention [--contexts 1024 8192 32768] [--batches 1 8 64] [--peak-gbps N]
+    python -m kernels.bench_attention [--contexts 1024 8192 32768] [--batches 1 8 64] [--peak-gbps N] [--autotuned]
 
 Llama-8B-like shapes (32 query heads, 8 KV heads, head_dim 128, bf16, 16-token blocks scattered at
 random in the pool). For each (context, batch) it prints the Triton backend's time for n=1 and n=8
 (a random tree), their ratio (goal <= 1.3x), the KV-read bandwidth as a fraction of the device's
 peak (goal >= 70% at 8k+), and torch's scaled_dot_product_attention on the same data laid out
-contiguously, as a reference speed. Without CUDA it says so and exits 0.
+contiguously, as a reference speed. Without CUDA it says so and exits 0. The kernel runs as the
+engine runs it, in its row-invariant configuration; ``--autotuned`` times the autotuned one with
+batch-chosen KV splits instead (what the 2026-11-22 H100 table measured), so the two give the cost
+of row invariance.
 
 Times are GPU times of the launches replayed from a CUDA graph (``do_bench_cudagraph``), so a small
 case measures the kernels, not Python's launch path; the "eager" columns time the same calls
@@ -32,7 +35,7 @@ def peak_gbps(name: str) -> float | None:
     return next((gbps for key, gbps in _PEAK_GBPS if key in name), None)
 
 
-def _case(batch: int, context: int, n: int, seed: int):  # -> (backend, q, cache, plan, sdpa closure)
+def _case(batch: int, context: int, n: int, seed: int, row_invariant: bool):  # -> (backend, q, cache, plan, sdpa)
     from engine.attention.base import KVLayerCache
     from engine.batch import SeqInput, plan_batch
     from kernels.backend import TritonAttentionBackend
@@ -48,7 +51,7 @@ def _case(batch: int, context: int, n: int, seed: int):  # -> (backend, q, cache
     pool = torch.randn(batch * per_seq, 1, 2, PAGE, KV_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE)
     cache = KVLayerCache(pool[:, 0, 0], pool[:, 0, 1])
     q = torch.randn(batch * n, HEADS, HEAD_DIM, device="cuda", dtype=DTYPE)
-    backend = TritonAttentionBackend()
+    backend = TritonAttentionBackend(row_invariant=row_invariant)
     plan = backend.plan(meta)
 
     # the same K/V, contiguous: [B, KVH, L, D]; queries [B, H, n, D]
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 8192, 32768])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--peak-gbps", type=float, default=None, help="device HBM peak (default: by device name)")
+    ap.add_argument("--autotuned", action="store_true",
+                    help="the autotuned kernel with batch-chosen splits, not the engine's row-invariant one")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs CUDA: no GPU here, nothing to benchmark")
@@ -91,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batches:
             row: dict[str, float] = {}
             for n in (1, 8):
-                backend, q, cache, plan, sdpa = _case(batch, context, n, seed=context + batch)
-                backend.attend(q, cache, plan, scale)  # autotune outside the timing (and the graph)
+                backend, q, cache, plan, sdpa = _case(batch, context, n, seed=context + batch, row_invariant=not args.autotuned)
+                backend.attend(q, cache, plan, scale)  # compile (and autotune) outside the timing and the graph
                 torch.cuda.synchronize()
                 row[f"t{n}"] = triton.testing.do_bench_cudagraph(lambda: backend.attend(q, cache, plan, scale))
                 row[f"e{n}"] = triton.testing.do_bench(lambda: backend.attend(q, cache, plan, scale))

@@ -30,8 +30,8 @@ _MAX_SPLITS = 32
 # split merged by _split_reduce_kernel keeps its bits (weights 2^0 = 1 and 0), so a sequence whose
 # context fits one split gets the same bits whether or not others in the launch are split. It also
 # compiles 4 variants (tree or not, split or not) where autotuning compiled 7 configs for each query
-# tile height too: in fp32, whose exact dots compile 5-10x slower, an H200's first decode spent
-# minutes compiling.
+# tile height too: in fp32, whose exact dots compile 5-10x slower, that is most likely why an H200's
+# first decode did not finish in 200 s (not confirmed there).
 _INVARIANT_BLOCK_M = 64
 _INVARIANT_BLOCK_N = 64
 _INVARIANT_SPLIT_LEN = 1024

@@ -25,8 +25,8 @@ from kernels.launch import check_device, check_paged_cache, dot_precision, inter
 _LOG2E = 1.4426950408889634
 _INTERPRET_BLOCK_N = 128  # the fixed config off CUDA: few, large tiles suit the interpreter
 # fp32 on CUDA: one fixed config, not autotuned. Exact fp32 dots ("ieee") compile without tensor
-# cores, 5-10x slower than 16-bit ones (2-22 s a config for sm_90 on a 2-core CPU): an H200's first
-# fp32 decode spent minutes compiling autotuning configs.
+# cores, 5-10x slower than 16-bit ones (2-22 s a config for sm_90 on a 2-core CPU): most likely why an
+# H200's first fp32 decode did not finish in 200 s (not confirmed there).
 _FP32_BLOCK_N = 64
 
 

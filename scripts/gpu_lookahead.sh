@@ -30,7 +30,8 @@ from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 e = LLMEngine(EngineConfig(model='$MODEL', device='cuda', dtype='bfloat16', num_kv_blocks=512, lookahead=True))
 print('lookahead on (row-invariant):', e.speculator is not None)"
-# c=1 on 8 prompts (a step costs ~31 ms at any width on an H200, so 16 would take ~90 s), c=16 on
+# c=1 on 8 prompts (a step cost ~31 ms at any width on an H200 with cuBLAS's products, so 16 prompts
+# would take ~90 s by that figure), c=16 on
 # the next 16; the warm-up prompt is the file's last
 B="python3 scripts/bench_lookahead_engine.py --device cuda --dtype bfloat16 --model $MODEL --threads 8"
 for d in code-edit shakespeare-quote; do
