@@ -40,7 +40,8 @@ def forward_row_invariant(model: Model, kv: KVPool, allocator: BlockAllocator, b
 
     - a decode alone vs the same decode beside a 7-node tree and a decode behind a long context;
     - the tree's root and its child vs those tokens decoded alone, one step each (the child behind
-      the root's K/V as the plain step wrote it), which is what a verified draft must equal.
+      the root's K/V as the plain step wrote it), which is what a verified draft must equal; and
+      likewise the two nodes of the second branch, which in the tree sit after the first branch's.
 
     The sequences' contexts are prefilled first; they and their blocks are freed after. Contexts
     the pool cannot hold are left out (the probe then covers less). Returns True when every
@@ -73,9 +74,14 @@ def forward_row_invariant(model: Model, kv: KVPool, allocator: BlockAllocator, b
         a_alone = run([decode_a])[0]
         root_alone = run([SeqInput(tree_ids[:1], ctx_b, table_b)])[0]  # writes the root's K/V alone
         child_alone = run([SeqInput(tree_ids[1:2], ctx_b + 1, table_b)])[0]  # node 1: the root's child
+        # the second branch, 0 -> 3 -> 4, decoded plainly over the first one's slots: in the tree its
+        # nodes sit after nodes of the other branch, in plain decoding right after the root
+        branch = [run([SeqInput([tree_ids[n]], ctx_b + depth, table_b)])[0] for depth, n in ((1, 3), (2, 4))]
         checks = {"a decode beside a tree": (together[0], a_alone),
                   "a tree's root": (together[1], root_alone),
-                  "a tree's node at depth 1": (together[2], child_alone)}
+                  "a tree's node at depth 1": (together[2], child_alone),
+                  "a second branch's node at depth 1": (together[1 + 3], branch[0]),
+                  "a second branch's node at depth 2": (together[1 + 4], branch[1])}
         differ = [name for name, (x, y) in checks.items() if not torch.equal(x, y)]
         if differ:
             logger.info("row-invariance probe: %s differ from plain decoding", ", ".join(differ))

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 # pointer arguments by name; other non-constexpr arguments are i32 except the fp32 scalars
 _POINTERS = {"part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "seq_ids_ptr": "*i32", "query_start_ptr": "*i64",
-             "num_cached_ptr": "*i64", "table_ptr": "*i64", "mask_ptr": "*i1"}
+             "num_cached_ptr": "*i64", "table_ptr": "*i64", "mask_ptr": "*i1", "path_ptr": "*i32",
+             "depth_ptr": "*i32"}
 _FLOATS = {"qk_scale", "eps"}
 
 
@@ -58,13 +59,14 @@ def check(arch: int) -> dict[str, str]:
     """The row-invariant kernels as the engine launches them in bf16 (SmolLM2's attention shape:
     3 query heads per KV head, head_dim 64): kernel -> matrix instruction."""
     attention = dict(GROUP=3, G_PAD=4, HEAD_DIM=64, PAGE_SIZE=16, BLOCK_M=_INVARIANT_BLOCK_M,
-                     BLOCK_N=_INVARIANT_BLOCK_N, UPCAST=False, DOT_PRECISION="tf32")
+                     BLOCK_N=_INVARIANT_BLOCK_N, UPCAST=False, DOT_PRECISION="tf32", HAS_TREE=False, TOKENS=1,
+                     PATHS=True)
     kernels = {
         "matmul": (_matmul_kernel, dict(HAS_RESIDUAL=True, UPCAST=False, DOT_PRECISION="tf32", BLOCK_M=BLOCK_M,
                                          BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K), NUM_WARPS),
         "rms_norm": (_rms_norm_kernel, dict(HIDDEN=576, BLOCK=1024), NORM_WARPS),
-        "decode": (_paged_decode_kernel, dict(attention, HAS_TREE=False, SPLIT=False), _INVARIANT_WARPS),
-        "verify+split": (_paged_decode_kernel, dict(attention, HAS_TREE=True, SPLIT=True), _INVARIANT_WARPS),
+        "decode": (_paged_decode_kernel, dict(attention, SPLIT=False), _INVARIANT_WARPS),
+        "decode+split": (_paged_decode_kernel, dict(attention, SPLIT=True), _INVARIANT_WARPS),
     }
     return {name: matrix_instruction(compile_kernel(fn, consts, warps, arch)) for name, (fn, consts, warps)
             in kernels.items()}

@@ -15,7 +15,7 @@ import torch
 from engine.attention.base import KVLayerCache, rope_then_write_kv
 from engine.batch import AttentionMetadata
 from kernels.kv_write import copy_slots, write_kv
-from kernels.paged_attention import MAX_VERIFY_QUERY, paged_decode_attention
+from kernels.paged_attention import MAX_VERIFY_QUERY, paged_decode_attention, token_paths
 from kernels.prefill_attention import PrefillTiles, prefill_attention, prefill_tiles
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,8 @@ class TritonAttentionPlan:
     decode_max_query: int  # over decode_seqs (0 if none)
     decode_max_seq: int
     prefill_seqs: tuple[int, ...]  # sequences for the prefill kernel
+    # row-invariant decode: each new token's path (paged_attention.token_paths), once per step
+    decode_paths: tuple[torch.Tensor, torch.Tensor] | None
     # prefill tile tables, built by the first layer for its GQA group size and reused by the rest
     prefill_tiles: dict[int, PrefillTiles] = field(default_factory=dict)
 
@@ -47,12 +49,16 @@ class TritonAttentionBackend:
         prefill = tuple(b for b, n in enumerate(meta.query_lens_host) if n > MAX_VERIFY_QUERY)
         device = meta.positions.device
         logger.debug("plan: %d decode/verify and %d prefill sequences", len(decode), len(prefill))
+        max_query = max((meta.query_lens_host[b] for b in decode), default=0)
+        invariant = self.row_invariant if self.row_invariant is not None else device.type == "cuda"
         return TritonAttentionPlan(
             meta=meta,
             decode_seqs=torch.tensor(decode, dtype=torch.int32).to(device),
-            decode_max_query=max((meta.query_lens_host[b] for b in decode), default=0),
+            decode_max_query=max_query,
             decode_max_seq=max((meta.seq_lens_host[b] for b in decode), default=0),
             prefill_seqs=prefill,
+            decode_paths=token_paths(meta.query_start, meta.tree_mask, meta.positions.shape[0], max_query)
+            if invariant and max_query else None,
         )
 
     def write_kv(self, cache: KVLayerCache, k: torch.Tensor, v: torch.Tensor, plan: TritonAttentionPlan) -> None:
@@ -70,6 +76,7 @@ class TritonAttentionBackend:
                 q, cache.k, cache.v, meta.block_tables, meta.query_start, meta.num_cached, scale,
                 max_query_len=plan.decode_max_query, max_seq_len=plan.decode_max_seq, tree_mask=meta.tree_mask,
                 seq_ids=plan.decode_seqs, num_splits=self.num_kv_splits, out=out, row_invariant=self.row_invariant,
+                paths=plan.decode_paths,
             )
         if plan.prefill_seqs:
             group = q.shape[1] // cache.k.shape[2]

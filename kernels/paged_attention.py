@@ -25,14 +25,19 @@ _INTERPRET_BLOCK_N = 128  # the fixed config off CUDA: few, large tiles suit the
 _MIN_SPLIT_LEN = 512  # tokens: below this a split costs more in the reduction than it wins
 _MAX_SPLITS = 32
 # Row-invariant mode (every call on a GPU: lookahead's exactness needs a row's bits not to depend
-# on the step): one tile shape and warp count for every call, and a sequence's context split at
-# multiples of a fixed length, so its splits follow its own length, not the batch's. A single
-# split merged by _split_reduce_kernel keeps its bits (weights 2^0 = 1 and 0), so a sequence whose
-# context fits one split gets the same bits whether or not others in the launch are split. It also
-# compiles 4 variants (tree or not, split or not) where autotuning compiled 7 configs for each query
-# tile height too: in fp32, whose exact dots compile 5-10x slower, that is most likely why an H200's
-# first decode did not finish in 200 s (not confirmed there).
-_INVARIANT_BLOCK_M = 64
+# on the step): one program per query token, which attends its path (the cache, then its ancestors
+# and itself, in plain decoding's order: kernels.attention_tile), so a tree's node computes what the
+# same token decoded alone computes, on the same data at the same tile columns, in the same rows of
+# one compiled kernel (chain or tree alike). One tile shape and warp count for every call, and a
+# context split at multiples of a fixed length, so its splits follow its own path's length, not the
+# batch's. A single split merged by _split_reduce_kernel keeps its bits (weights 2^0 = 1 and 0), so a
+# sequence whose context fits one split gets the same bits whether or not others in the launch are
+# split. On an H200 (2026-12-04) the earlier form of this mode, a tree's tokens as rows of one
+# 64-row tile under the tree mask, gave a depth-1 node an output 1 ulp off plain decoding in one
+# element of one layer, enough to change greedy output. It compiles 2 variants (split or not) where
+# autotuning compiled 7 configs for each query tile height and tree or not: in fp32, whose exact dots
+# compile 5-10x slower, that is most likely why an H200's first decode did not finish in 200 s.
+_INVARIANT_BLOCK_M = 16  # rows: one token's query heads (more where a KV head has more than 16)
 _INVARIANT_BLOCK_N = 64
 _INVARIANT_SPLIT_LEN = 1024
 _INVARIANT_WARPS = 4
@@ -41,22 +46,24 @@ _INVARIANT_WARPS = 4
 # Integer arguments that change from step to step (the block table's and tree mask's widths, the
 # query tiles of the longest sequence) are not specialized: Triton would compile a variant for each
 # value class (== 1, multiple of 16, other) of each, and a serving engine meets them all at run time.
-@triton.jit(do_not_specialize=["q_tiles", "stride_bt", "stride_mt"])
+@triton.jit(do_not_specialize=["q_tiles", "stride_bt", "stride_mt", "stride_pt"])
 def _paged_decode_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, part_out_ptr, part_lse_ptr,
-    seq_ids_ptr, query_start_ptr, num_cached_ptr, table_ptr, mask_ptr,
+    seq_ids_ptr, query_start_ptr, num_cached_ptr, table_ptr, mask_ptr, path_ptr, depth_ptr,
     qk_scale, split_len, q_tiles,
     stride_qt, stride_qh, stride_ot, stride_oh,
-    stride_kb, stride_kt, stride_kh, stride_bt, stride_mt,
+    stride_kb, stride_kt, stride_kh, stride_bt, stride_mt, stride_pt,
     stride_ps, stride_pp,  # part_out [S, tiles, BLOCK_M, HEAD_DIM], part_lse [S, tiles, BLOCK_M]: split, tile
     stride_ls, stride_lp,
     GROUP: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     PAGE_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_TREE: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    TOKENS: tl.constexpr, PATHS: tl.constexpr,
 ):
-    tl.static_assert(BLOCK_M % G_PAD == 0, "a tile holds whole query tokens")
+    """TOKENS query tokens per program (BLOCK_M // G_PAD, or 1 with PATHS: each token attends its
+    path, see kernels.attention_tile; path_ptr [T, >= depth + 1] and depth_ptr [T] then say it)."""
+    tl.static_assert(BLOCK_M % G_PAD == 0 and TOKENS * G_PAD <= BLOCK_M, "a tile holds whole query tokens")
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and HEAD_DIM >= 16, "tl.dot needs >= 16 on GPUs")
-    TOKENS: tl.constexpr = BLOCK_M // G_PAD
     pid_seq = tl.program_id(0)
     pid_hq = tl.program_id(1)  # kv_head * q_tiles + query tile
     split = tl.program_id(2)
@@ -72,20 +79,23 @@ def _paged_decode_kernel(
     rows = tl.arange(0, BLOCK_M)
     row_tok = q_tile * TOKENS + rows // G_PAD  # [BLOCK_M]
     row_in_group = rows % G_PAD
-    row_valid = (row_tok < q_len) & (row_in_group < GROUP)
+    row_valid = (rows // G_PAD < TOKENS) & (row_tok < q_len) & (row_in_group < GROUP)
     row_head = kv_head * GROUP + row_in_group
     q = _load_rows(q_ptr, q_first, row_tok, row_head, row_valid, stride_qt, stride_qh, HEAD_DIM, UPCAST)
 
-    # causal bound: no token of this tile sees a new token after the tile's last one
-    kv_hi = num_cached + tl.minimum(q_len, (q_tile + 1) * TOKENS)
+    if PATHS:  # the token's path: the cache, then its ancestors and itself, depth + 1 of them
+        kv_hi = num_cached + tl.load(depth_ptr + q_first + q_tile) + 1
+    else:  # causal bound: no token of this tile sees a new token after the tile's last one
+        kv_hi = num_cached + tl.minimum(q_len, (q_tile + 1) * TOKENS)
     kv_lo = split * split_len
     # every split but the last stops at its end; the last runs on, whatever max_seq_len said
     kv_hi = tl.where(split < tl.num_programs(2) - 1, tl.minimum(kv_hi, kv_lo + split_len), kv_hi)
     acc, m_i, l_i = _attend_paged(
         q, k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_kh, table_ptr + seq.to(tl.int64) * stride_bt,
-        mask_ptr + (q_first + row_tok).to(tl.int64) * stride_mt, row_tok, row_valid,
+        mask_ptr + (q_first + row_tok).to(tl.int64) * stride_mt,
+        path_ptr + (q_first + q_tile).to(tl.int64) * stride_pt, row_tok, row_valid,
         kv_lo, kv_hi, num_cached, qk_scale, stride_kb, stride_kt,
-        BLOCK_M, HEAD_DIM, PAGE_SIZE, BLOCK_N, HAS_TREE, UPCAST, DOT_PRECISION,
+        BLOCK_M, HEAD_DIM, PAGE_SIZE, BLOCK_N, HAS_TREE, UPCAST, DOT_PRECISION, PATHS,
     )
     seen = l_i > 0.0  # a split may hold nothing a row can see
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -104,10 +114,9 @@ def _split_reduce_kernel(
     out_ptr, part_out_ptr, part_lse_ptr, seq_ids_ptr, query_start_ptr, num_splits, q_tiles,
     stride_ot, stride_oh, stride_ps, stride_pp, stride_ls, stride_lp,
     GROUP: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, TOKENS: tl.constexpr,
 ):
     """Merge the splits of one decode tile: out = sum_s 2^(lse_s - lse) * out_s."""
-    TOKENS: tl.constexpr = BLOCK_M // G_PAD
     pid_seq = tl.program_id(0)
     pid_hq = tl.program_id(1)
     kv_head = pid_hq // q_tiles
@@ -120,7 +129,7 @@ def _split_reduce_kernel(
     rows = tl.arange(0, BLOCK_M)
     row_tok = q_tile * TOKENS + rows // G_PAD
     row_in_group = rows % G_PAD
-    row_valid = (row_tok < q_len) & (row_in_group < GROUP)
+    row_valid = (rows // G_PAD < TOKENS) & (row_tok < q_len) & (row_in_group < GROUP)
     tile = pid_seq * tl.num_programs(1) + pid_hq
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -166,6 +175,27 @@ def decode_block_m(max_query_len: int, group: int) -> int:
     return max(16, g_pad, min(64, next_pow2(max_query_len * g_pad)))
 
 
+def token_paths(query_start: torch.Tensor, tree_mask: torch.Tensor | None, num_tokens: int,
+                width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each new token's path for the row-invariant mode, from the step's metadata (device ops, no
+    sync): ([T, width] int32, a token's ancestors and itself as new-token indices by depth; [T]
+    int32 depths). A chain's token t has path 0..t (one arange row, broadcast); a tree's node its
+    mask row's set indices in order, which is depth order since a parent precedes its child
+    (engine.batch.tree_depths). Rows of sequences longer than ``width`` are not meaningful."""
+    device = query_start.device
+    steps = torch.arange(width, dtype=torch.int32, device=device)
+    if tree_mask is None:
+        q_lens = query_start[1:] - query_start[:-1]
+        seq = torch.repeat_interleave(torch.arange(q_lens.shape[0], device=device), q_lens, output_size=num_tokens)
+        depth = (torch.arange(num_tokens, device=device) - query_start[seq]).to(torch.int32)
+        return steps.expand(num_tokens, width), depth
+    on_path = tree_mask[:, :width]
+    depth_of = torch.where(on_path, on_path.cumsum(1) - 1, width)  # off the path: a spare column
+    path = torch.zeros(num_tokens, width + 1, dtype=torch.int32, device=device)
+    path.scatter_(1, depth_of, steps.expand(num_tokens, width))
+    return path[:, :width], (on_path.sum(1) - 1).to(torch.int32)
+
+
 def paged_decode_attention(
     q: torch.Tensor,  # [T, H, D]
     k_cache: torch.Tensor,  # [num_blocks, block_size, KVH, D], strided
@@ -183,6 +213,7 @@ def paged_decode_attention(
     out: torch.Tensor | None = None,  # [T, H, D]; rows of other sequences are left untouched
     block_n: int | None = None,  # KV tile (tests); else the row-invariant one, or autotuned on CUDA
     row_invariant: bool | None = None,  # None: on CUDA (see _INVARIANT_BLOCK_M)
+    paths: tuple[torch.Tensor, torch.Tensor] | None = None,  # row-invariant: token_paths(...); None: made here
 ) -> torch.Tensor:
     T, H, D = q.shape
     _, page_size, kvh, d_cache = k_cache.shape
@@ -214,7 +245,17 @@ def paged_decode_attention(
     if row_invariant is None:
         row_invariant = q.device.type == "cuda"
     block_m = max(_INVARIANT_BLOCK_M, g_pad) if row_invariant else decode_block_m(max_query_len, group)
-    q_tiles = -(-max_query_len * g_pad // block_m)
+    tokens = 1 if row_invariant else block_m // g_pad
+    q_tiles = -(-max_query_len // tokens)
+    if row_invariant:
+        path, depth = paths if paths is not None else token_paths(query_start, tree_mask, T, max_query_len)
+        if path.shape[0] != T or path.shape[1] < max_query_len or path.stride(1) != 1 or depth.shape != (T,) \
+                or path.dtype != torch.int32 or depth.dtype != torch.int32:
+            raise ValueError(f"paths must be int32 [T, >= max_q] with unit column stride and [T], got "
+                             f"{path.dtype} {tuple(path.shape)} {path.stride()} / {depth.dtype} {tuple(depth.shape)}")
+        check_device(q.device, path=path, depth=depth)
+    else:
+        path = depth = query_start  # never read
     if row_invariant:
         split_len = _INVARIANT_SPLIT_LEN
     else:
@@ -230,17 +271,18 @@ def paged_decode_attention(
                            device=q.device)
     part_lse = torch.empty((num_splits, tiles, block_m) if split else (1, 1, 1), dtype=torch.float32,
                            device=q.device)
-    mask = tree_mask if tree_mask is not None else q  # never read without a tree
+    has_tree = tree_mask is not None and not row_invariant  # paths replace the mask
+    mask = tree_mask if has_tree else q  # never read without a tree
     args = (
         q, k_cache, v_cache, out, part_out, part_lse, seq_ids, query_start, num_cached, block_tables, mask,
-        scale * _LOG2E, split_len, q_tiles,
+        path, depth, scale * _LOG2E, split_len, q_tiles,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0), mask.stride(0),
-        part_out.stride(0), part_out.stride(1), part_lse.stride(0), part_lse.stride(1),
+        path.stride(0), part_out.stride(0), part_out.stride(1), part_lse.stride(0), part_lse.stride(1),
     )
     meta = dict(GROUP=group, G_PAD=g_pad, HEAD_DIM=D, PAGE_SIZE=page_size, BLOCK_M=block_m,
-                HAS_TREE=tree_mask is not None, SPLIT=split, UPCAST=upcast(q.dtype),
-                DOT_PRECISION=dot_precision(q.dtype))
+                HAS_TREE=has_tree, SPLIT=split, UPCAST=upcast(q.dtype),
+                DOT_PRECISION=dot_precision(q.dtype), TOKENS=tokens, PATHS=row_invariant)
     grid = (num_seqs, kvh * q_tiles, num_splits)
     if row_invariant:
         _paged_decode_kernel[grid](*args, **meta, BLOCK_N=block_n or _INVARIANT_BLOCK_N, num_warps=_INVARIANT_WARPS)
@@ -252,7 +294,7 @@ def paged_decode_attention(
         _split_reduce_kernel[(num_seqs, kvh * q_tiles)](
             out, part_out, part_lse, seq_ids, query_start, num_splits, q_tiles,
             out.stride(0), out.stride(1), part_out.stride(0), part_out.stride(1), part_lse.stride(0),
-            part_lse.stride(1), GROUP=group, G_PAD=g_pad, HEAD_DIM=D, BLOCK_M=block_m,
+            part_lse.stride(1), GROUP=group, G_PAD=g_pad, HEAD_DIM=D, BLOCK_M=block_m, TOKENS=tokens,
         )
     return out
 

@@ -66,9 +66,9 @@ def _prefill_kernel(
     kv_hi = num_cached + tl.minimum(q_len, first_tok + TOKENS)  # causal early exit
     acc, m_i, l_i = _attend_paged(
         q, k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_kh, table_ptr + seq.to(tl.int64) * stride_bt,
-        mask_ptr + (q_first + row_tok).to(tl.int64) * stride_mt, row_tok, row_valid,
+        mask_ptr + (q_first + row_tok).to(tl.int64) * stride_mt, mask_ptr, row_tok, row_valid,
         0, kv_hi, num_cached, qk_scale, stride_kb, stride_kt,
-        BLOCK_M, HEAD_DIM, PAGE_SIZE, BLOCK_N, HAS_TREE, UPCAST, DOT_PRECISION,
+        BLOCK_M, HEAD_DIM, PAGE_SIZE, BLOCK_N, HAS_TREE, UPCAST, DOT_PRECISION, False,
     )
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # every valid row sees at least itself
     _store_rows(out_ptr, out, q_first, row_tok, row_head, row_valid, stride_ot, stride_oh, HEAD_DIM)

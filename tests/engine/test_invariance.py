@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+import engine.invariance as invariance
 import engine.model as model_module
+from engine.batch import Batch, plan_batch
 from engine.engine_config import EngineConfig
 from engine.invariance import forward_row_invariant
 from engine.layers import products_row_invariant
@@ -51,3 +54,36 @@ def test_probe_fails_where_rows_depend_on_the_step(model_dir: Path, monkeypatch:
         eng = LLMEngine(EngineConfig(model=str(model_dir), dtype="bfloat16", num_kv_blocks=64))
     assert eng.speculator is None
     assert "lookahead off" in caplog.text and "share" in caplog.text
+
+
+def test_probe_compares_a_second_branch(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    """In a tree, a node of the second branch sits after the first branch's nodes, not right after
+    its ancestors as in plain decoding (the case an H200's tiled tree attention could round apart).
+    An attention that rounds only such nodes differently fails the probe by the second-branch checks
+    alone."""
+    eng = LLMEngine(EngineConfig(model=str(model_dir), dtype="bfloat16", num_kv_blocks=64, lookahead=False))
+    masks: list[torch.Tensor | None] = []
+
+    def recording_plan(*args: Any, **kwargs: Any) -> Batch:
+        batch = plan_batch(*args, **kwargs)
+        masks.append(batch.attn.tree_mask)
+        return batch
+    monkeypatch.setattr(invariance, "plan_batch", recording_plan)
+    attend = eng.model.backend.attend
+
+    def gapped_rows_apart(q: torch.Tensor, cache: Any, plan: Any, scale: float) -> torch.Tensor:
+        out = attend(q, cache, plan, scale)
+        mask = masks[-1]
+        if mask is not None:  # a row whose visible new tokens are not one run ending at itself
+            idx = torch.arange(mask.shape[1])
+            first = torch.where(mask, idx, mask.shape[1]).min(1).values
+            last = torch.where(mask, idx, -1).max(1).values
+            gapped = mask.sum(1) < last - first + 1
+            out[gapped] *= 1 + 2 ** -6
+        return out
+    monkeypatch.setattr(eng.model.backend, "attend", gapped_rows_apart)
+    with caplog.at_level(logging.INFO, logger="engine.invariance"):
+        assert not _probe(eng)
+    differ = caplog.text.split("row-invariance probe: ")[1].split(" differ")[0]
+    assert differ == "a second branch's node at depth 1, a second branch's node at depth 2"
