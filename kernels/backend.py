@@ -1,7 +1,9 @@
 """``TritonAttentionBackend``: the engine's attention backend on the kernels of this package.
 
 Plan (once per step, from host copies of the lengths: no device sync): route each sequence to the
-decode/verify kernel (at most MAX_VERIFY_QUERY new tokens) or the prefill kernel (longer chunks).
+decode/verify kernel (at most MAX_VERIFY_QUERY new tokens) or the prefill kernel (longer chunks);
+in the row-invariant mode (on a GPU) every sequence to the decode kernel, whose one-token programs
+give a token the same bits however its step or its prompt's chunks were made up.
 Per layer: ``write_kv`` stores the step's K/V, then ``attend`` runs one launch per route, each
 filling its sequences' rows of one output.
 """
@@ -45,12 +47,15 @@ class TritonAttentionBackend:
         self.row_invariant = row_invariant
 
     def plan(self, meta: AttentionMetadata) -> TritonAttentionPlan:
-        decode = [b for b, n in enumerate(meta.query_lens_host) if n <= MAX_VERIFY_QUERY]
-        prefill = tuple(b for b, n in enumerate(meta.query_lens_host) if n > MAX_VERIFY_QUERY)
         device = meta.positions.device
+        invariant = self.row_invariant if self.row_invariant is not None else device.type == "cuda"
+        # row-invariant: every token by the decode kernel's paths, prompt chunks too, so a token's bits
+        # do not depend on how its prompt was chunked (which lookahead's steps change) nor on its route
+        longest = len(meta.positions) if invariant else MAX_VERIFY_QUERY
+        decode = [b for b, n in enumerate(meta.query_lens_host) if n <= longest]
+        prefill = tuple(b for b, n in enumerate(meta.query_lens_host) if n > longest)
         logger.debug("plan: %d decode/verify and %d prefill sequences", len(decode), len(prefill))
         max_query = max((meta.query_lens_host[b] for b in decode), default=0)
-        invariant = self.row_invariant if self.row_invariant is not None else device.type == "cuda"
         return TritonAttentionPlan(
             meta=meta,
             decode_seqs=torch.tensor(decode, dtype=torch.int32).to(device),

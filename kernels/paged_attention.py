@@ -19,7 +19,7 @@ import triton.language as tl
 from kernels.attention_tile import _attend_paged, _load_rows, _store_rows
 from kernels.launch import check_device, check_paged_cache, dot_precision, next_pow2, sm_count, upcast, use_autotune
 
-MAX_VERIFY_QUERY = 64  # longer queries go to the prefill kernel
+MAX_VERIFY_QUERY = 64  # longer queries go to the prefill kernel (except in the row-invariant mode)
 _LOG2E = 1.4426950408889634
 _INTERPRET_BLOCK_N = 128  # the fixed config off CUDA: few, large tiles suit the interpreter
 _MIN_SPLIT_LEN = 512  # tokens: below this a split costs more in the reduction than it wins
@@ -64,8 +64,8 @@ def _paged_decode_kernel(
     path, see kernels.attention_tile; path_ptr [T, >= depth + 1] and depth_ptr [T] then say it)."""
     tl.static_assert(BLOCK_M % G_PAD == 0 and TOKENS * G_PAD <= BLOCK_M, "a tile holds whole query tokens")
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and HEAD_DIM >= 16, "tl.dot needs >= 16 on GPUs")
-    pid_seq = tl.program_id(0)
-    pid_hq = tl.program_id(1)  # kv_head * q_tiles + query tile
+    pid_hq = tl.program_id(0)  # kv_head * q_tiles + query tile (axis 0: a long chunk has many tiles)
+    pid_seq = tl.program_id(1)
     split = tl.program_id(2)
     kv_head = pid_hq // q_tiles
     q_tile = pid_hq % q_tiles
@@ -100,7 +100,7 @@ def _paged_decode_kernel(
     seen = l_i > 0.0  # a split may hold nothing a row can see
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     if SPLIT:
-        tile = pid_seq * tl.num_programs(1) + pid_hq
+        tile = pid_seq * tl.num_programs(0) + pid_hq
         lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
         part = part_out_ptr + split.to(tl.int64) * stride_ps + tile.to(tl.int64) * stride_pp
         tl.store(part + rows[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :], out, mask=row_valid[:, None])
@@ -117,8 +117,8 @@ def _split_reduce_kernel(
     BLOCK_M: tl.constexpr, TOKENS: tl.constexpr,
 ):
     """Merge the splits of one decode tile: out = sum_s 2^(lse_s - lse) * out_s."""
-    pid_seq = tl.program_id(0)
-    pid_hq = tl.program_id(1)
+    pid_hq = tl.program_id(0)
+    pid_seq = tl.program_id(1)
     kv_head = pid_hq // q_tiles
     q_tile = pid_hq % q_tiles
     seq = tl.load(seq_ids_ptr + pid_seq)
@@ -130,7 +130,7 @@ def _split_reduce_kernel(
     row_tok = q_tile * TOKENS + rows // G_PAD
     row_in_group = rows % G_PAD
     row_valid = (rows // G_PAD < TOKENS) & (row_tok < q_len) & (row_in_group < GROUP)
-    tile = pid_seq * tl.num_programs(1) + pid_hq
+    tile = pid_seq * tl.num_programs(0) + pid_hq
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     w_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -223,8 +223,11 @@ def paged_decode_attention(
                          f">= 16 and heads a multiple of kv heads")
     if q.dtype != k_cache.dtype or q.stride(2) != 1:
         raise ValueError(f"q must be {k_cache.dtype} with a contiguous head_dim, got {q.dtype} {q.stride()}")
-    if not 1 <= max_query_len <= MAX_VERIFY_QUERY:
-        raise ValueError(f"decode/verify takes 1..{MAX_VERIFY_QUERY} query tokens per sequence, got {max_query_len}")
+    if row_invariant is None:
+        row_invariant = q.device.type == "cuda"
+    if not 1 <= max_query_len <= (T if row_invariant else MAX_VERIFY_QUERY):
+        raise ValueError(f"decode/verify takes 1..{MAX_VERIFY_QUERY} query tokens per sequence (any number "
+                         f"in the row-invariant mode), got {max_query_len}")
     if tree_mask is not None and (tree_mask.dtype != torch.bool or tree_mask.stride(1) != 1
                                   or tree_mask.shape[0] != T or tree_mask.shape[1] < max_query_len):
         raise ValueError(f"tree_mask must be a row-contiguous bool [T, max_q], got {tree_mask.dtype} "
@@ -242,8 +245,6 @@ def paged_decode_attention(
         return out
     group = H // kvh
     g_pad = next_pow2(group)
-    if row_invariant is None:
-        row_invariant = q.device.type == "cuda"
     block_m = max(_INVARIANT_BLOCK_M, g_pad) if row_invariant else decode_block_m(max_query_len, group)
     tokens = 1 if row_invariant else block_m // g_pad
     q_tiles = -(-max_query_len // tokens)
@@ -266,10 +267,11 @@ def paged_decode_attention(
     num_splits = -(-max_seq_len // split_len)
     split = num_splits > 1
     tiles = num_seqs * kvh * q_tiles
-    # split workspace: one partial [BLOCK_M, D] output and log-sum-exp per (split, program tile)
-    part_out = torch.empty((num_splits, tiles, block_m, D) if split else (1, 1, 1, 1), dtype=torch.float32,
+    # split workspace: one partial [rows, D] output and log-sum-exp per (split, program tile)
+    rows = tokens * g_pad  # the rows a tile can store (fewer than block_m in the row-invariant mode)
+    part_out = torch.empty((num_splits, tiles, rows, D) if split else (1, 1, 1, 1), dtype=torch.float32,
                            device=q.device)
-    part_lse = torch.empty((num_splits, tiles, block_m) if split else (1, 1, 1), dtype=torch.float32,
+    part_lse = torch.empty((num_splits, tiles, rows) if split else (1, 1, 1), dtype=torch.float32,
                            device=q.device)
     has_tree = tree_mask is not None and not row_invariant  # paths replace the mask
     mask = tree_mask if has_tree else q  # never read without a tree
@@ -283,7 +285,7 @@ def paged_decode_attention(
     meta = dict(GROUP=group, G_PAD=g_pad, HEAD_DIM=D, PAGE_SIZE=page_size, BLOCK_M=block_m,
                 HAS_TREE=has_tree, SPLIT=split, UPCAST=upcast(q.dtype),
                 DOT_PRECISION=dot_precision(q.dtype), TOKENS=tokens, PATHS=row_invariant)
-    grid = (num_seqs, kvh * q_tiles, num_splits)
+    grid = (kvh * q_tiles, num_seqs, num_splits)
     if row_invariant:
         _paged_decode_kernel[grid](*args, **meta, BLOCK_N=block_n or _INVARIANT_BLOCK_N, num_warps=_INVARIANT_WARPS)
     elif use_autotune(q.device) and block_n is None:
@@ -291,7 +293,7 @@ def paged_decode_attention(
     else:
         _paged_decode_kernel[grid](*args, **meta, BLOCK_N=block_n or _INTERPRET_BLOCK_N, num_warps=4)
     if split:
-        _split_reduce_kernel[(num_seqs, kvh * q_tiles)](
+        _split_reduce_kernel[(kvh * q_tiles, num_seqs)](
             out, part_out, part_lse, seq_ids, query_start, num_splits, q_tiles,
             out.stride(0), out.stride(1), part_out.stride(0), part_out.stride(1), part_lse.stride(0),
             part_lse.stride(1), GROUP=group, G_PAD=g_pad, HEAD_DIM=D, BLOCK_M=block_m, TOKENS=tokens,
