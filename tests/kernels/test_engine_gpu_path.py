@@ -81,12 +81,13 @@ def test_gpu_path_is_row_invariant_and_lookahead_lossless(model_dir: Path, token
 
 def test_gpu_path_prefill_bits_do_not_depend_on_chunks(model_dir: Path, tokenizer: Any,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """With lookahead on, the scheduler splits prompts into other chunks than with it off (a tree
-    takes part of a step's token budget). On an H200 that changed bf16 greedy output at 16
-    concurrent requests while 1 request stayed exact: a chunk of more than 64 tokens went to the
-    prefill kernel and a shorter one to the decode kernel, each rounding its own way. On the GPU
-    path a prompt's last logits must have the same bits whether it is prefilled in one chunk, in
-    chunks on either side of 64 tokens, or with a decode beside it."""
+    """On an H200, bf16 lookahead stayed exact for 1 request but changed greedy output at 16, where
+    prompt chunks share steps with other requests' decodes and, with lookahead on, their trees. A
+    chunk of more than 64 tokens went to the prefill kernel, in its tree variant when the step held
+    a tree, and a shorter one to the decode kernel, each rounding its own way (the likely cause, not
+    yet confirmed there). On the GPU path every chunk takes the decode kernel's paths, so a
+    prompt's last logits must have the same bits whether it is prefilled in one chunk, in chunks on
+    either side of 64 tokens, beside a decode or beside a tree."""
     eng = LLMEngine(EngineConfig(model=str(model_dir), device=str(DEVICE), dtype="float32", num_kv_blocks=64,
                                  attention_backend="torch", lookahead=False))
     monkeypatch.setattr(layers, "_gpu_invariant", lambda x: True)
@@ -101,17 +102,20 @@ def test_gpu_path_prefill_bits_do_not_depend_on_chunks(model_dir: Path, tokenize
     bs = eng.config.block_size
     table, other = eng.allocator.allocate(-(-len(ids) // bs)), eng.allocator.allocate(2)
 
-    def prefill(chunks: list[int], beside: bool = False) -> torch.Tensor:
+    def prefill(chunks: list[int], beside: tuple[int, ...] | None = None) -> torch.Tensor:
         start, logits = 0, None
         for n in chunks:
             seqs = [SeqInput(ids[start:start + n], start, table)]
-            if beside:  # a one-token decode of another sequence shares the step
-                seqs.append(SeqInput(ids[:1], 0, other))
+            if beside is not None:  # another sequence's decode (one token) or lookahead tree shares the step
+                seqs.append(SeqInput(ids[:len(beside)], 0, other, parents=beside if len(beside) > 1 else None))
             logits = eng.model.run(plan_batch(seqs, bs, eng.config.device), eng.kv)[0]
             start += n
         return logits
 
     whole = prefill([100])
     assert torch.equal(prefill([40, 60]), whole)
-    assert torch.equal(prefill([70, 30], beside=True), whole)
     assert torch.equal(prefill([64, 36]), whole)
+    assert torch.equal(prefill([70, 30], beside=(-1,)), whole)
+    # the case an H200 failed at 16 requests: a prompt chunk beside a tree, where the step's tree
+    # mask sent the chunk to the prefill kernel's tree variant and alone to its causal one
+    assert torch.equal(prefill([30, 70], beside=(-1, 0, 1, 0)), whole)
