@@ -143,7 +143,8 @@ def plan_batch(seqs: Sequence[SeqInput], block_size: int, device: torch.device |
     logits_start: list[int] = []
     has_tree = any(s.parents is not None for s in seqs)
     max_q = max(len(s.token_ids) for s in seqs)
-    mask_rows: list[list[bool]] = []
+    # [T, max_q]: built in torch, not lists: a prompt chunk of 2,048 tokens beside a tree is 4M entries
+    mask = torch.zeros(sum(len(s.token_ids) for s in seqs), max_q, dtype=torch.bool) if has_tree else None
     for s in seqs:
         n = len(s.token_ids)
         if n == 0:
@@ -164,12 +165,9 @@ def plan_batch(seqs: Sequence[SeqInput], block_size: int, device: torch.device |
             logits_idx.append(base + n - 1)
         elif s.logits == "all":
             logits_idx.extend(range(base, base + n))
-        if has_tree:
-            if s.parents is None:
-                rows = [[j <= i for j in range(n)] for i in range(n)]
-            else:
-                rows = _ancestor_mask(s.parents)
-            mask_rows.extend(r + [False] * (max_q - n) for r in rows)
+        if mask is not None:
+            mask[base:base + n, :n] = torch.ones(n, n, dtype=torch.bool).tril_() if s.parents is None \
+                else torch.tensor(_ancestor_mask(s.parents), dtype=torch.bool)
         query_start.append(base + n)
     max_blocks = max(len(s.block_table) for s in seqs)
     tables = [list(s.block_table) + [0] * (max_blocks - len(s.block_table)) for s in seqs]
@@ -187,7 +185,7 @@ def plan_batch(seqs: Sequence[SeqInput], block_size: int, device: torch.device |
         num_cached=t(num_cached),
         seq_lens=t(list(seq_lens)),
         block_tables=torch.tensor(tables, dtype=torch.long, device=device),
-        tree_mask=torch.tensor(mask_rows, dtype=torch.bool, device=device) if has_tree else None,
+        tree_mask=mask.to(device) if mask is not None else None,
         block_size=block_size,
         max_query_len=max_q,
         max_seq_len=max(seq_lens),
