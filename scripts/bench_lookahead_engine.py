@@ -119,7 +119,10 @@ def main() -> int:
                 got = dict(zip(order, decode_interleaved([on if la else off for la in order], batch, params,
                                                          f"c{c}-b{b}")))
             if got[True].outputs != got[False].outputs:
-                logger.error("lookahead changed a greedy output (c=%d, batch %d)", c, b)
+                k, (a, z) = next((k, o) for k, o in enumerate(zip(got[False].outputs, got[True].outputs)) if o[0] != o[1])
+                at = next((i for i, (x, y) in enumerate(zip(a, z)) if x != y), min(len(a), len(z)))
+                logger.error("lookahead changed a greedy output (c=%d, batch %d): prompt %d of the batch (%d tokens), "
+                             "from output token %d of %d/%d (off/on)", c, b, k, len(batch[k]), at, len(a), len(z))
                 return 1
             for la, d in got.items():
                 totals[la][0] += d.tokens
