@@ -3,7 +3,8 @@
 Modules (each a private ``@triton.jit`` kernel, a checked host wrapper and a torch reference):
     launch.py            interpreter detection, sizes, SM count, dot precision
     attention_tile.py    paged online-softmax attention of one tile of query rows, shared by both kernels
-    paged_attention.py   decode / lookahead-verify attention with split-KV (flash-decoding)
+    paged_attention.py   decode / lookahead-verify attention with split-KV (flash-decoding); on a GPU its
+                         row-invariant mode (one program per token, attending its path) takes every chunk
     prefill_attention.py variable-length causal prefill over a paged, partly cached prefix
     kv_write.py          writing new K/V by slot mapping; copying slots (lookahead compaction)
     invariant_matmul.py  row-invariant products (one tile configuration for every row count): 16-bit on a GPU
