@@ -118,8 +118,9 @@ class LLMEngine:
             and forward_row_invariant(self.model, self.kv, self.allocator, self.config.block_size, self.config.device)
 
     def _calibrate(self) -> None:
-        """The step cost model's start: the cost of a key read, then forwards of 1..64 query tokens
-        behind 64. A key read is priced by a double difference (32 vs 1 query tokens, behind a long
+        """The step cost model's start: the cost of a key read, then forwards of 1..W query tokens
+        behind 64 (W: the widest step a plan may take, ``lookahead_max_step_tokens``, at least 64).
+        A key read is priced by a double difference (32 vs 1 query tokens, behind a long
         vs a short context), which leaves out what a longer context costs once per sequence (the
         stream of its keys and values): that is priced apart, by CONTEXT_SEQS sequences of one
         token behind the long context against the short one (their KV more than a cache holds,
@@ -131,7 +132,13 @@ class LLMEngine:
         on disk by setup (engine.step_cost_cache): a later start with the same setup takes it."""
         bs, cost = self.config.block_size, self.speculator.cost  # type: ignore[union-attr]
         long_ctx = min(1024, self.max_model_len - 32)  # behind it: 32 query tokens
-        n_short, n_long = -(-128 // bs), -(-(long_ctx + 32) // bs)
+        # the per-token curve, to the widest step a plan may take: past its last point the curve is
+        # extrapolated in proportion (engine.lookahead.budget), which on an H200 (a step of 1 or 64
+        # tokens: 10-13 ms) priced a 256-token step at 53 ms, so 16 requests drafted little
+        widest = max(64, min(1 << (self.speculator.max_step_tokens - 1).bit_length(),  # type: ignore[union-attr]
+                             self.max_model_len - 64, self.allocator.num_free * bs - 64))
+        ns = tuple(1 << i for i in range(widest.bit_length()) if 1 << i <= widest)
+        n_short, n_long = -(-(64 + ns[-1]) // bs), -(-(long_ctx + 32) // bs)
         price_keys = long_ctx > 64 and self.allocator.num_free >= n_long
         per_pair = -(-(64 + 8) // bs)  # each sequence of the group pair: 64 cached + up to 8 new
         # the context stream: each sequence its own blocks (shared ones would stay in the cache)
@@ -142,7 +149,7 @@ class LLMEngine:
         setup = {"model": self.layout.model_id, "dtype": self.layout.dtype, "device": step_cost_cache.device_name(
                  self.config.device), "threads": torch.get_num_threads(), "backend": type(self.model.backend).__name__,
                  "block_size": bs, "long_context": long_ctx, "price_keys": price_keys, "price_stream": price_stream,
-                 "cpu_linear": type(self.model.weights.layers[0].qkv).__name__}
+                 "cpu_linear": type(self.model.weights.layers[0].qkv).__name__, "widths": ns}
         if self.kv.data.is_cuda:
             setup["triton"] = step_cost_cache.triton_digest()
         key = step_cost_cache.cache_key(setup)
@@ -150,7 +157,7 @@ class LLMEngine:
             self._log_step_cost("kept from an earlier start")
             return
         blocks = self.allocator.allocate(n_blocks)
-        ids = list(range(100, 164))
+        ids = list(range(100, 100 + ns[-1]))
 
         def timed(inputs: list[SeqInput]) -> float:
             t0 = time.perf_counter()
@@ -175,7 +182,6 @@ class LLMEngine:
             # worker starts beside others that load their models, and one slowed timing (a 2-token
             # step at 969 ms beside 8 tokens at 51, seen at a stack's start) made wide steps look
             # cheaper than narrow ones, so every request drafted as wide as it could
-            ns = (1, 2, 4, 8, 16, 32, 64)
             runs: dict[tuple[int, int], list[float]] = {}
             points = [(n, 64) for n in ns] + ([(1, long_ctx), (32, long_ctx)] if price_keys else [])
             pairs = [(1, 8), (4, 5)] if self.model.backend.pads_groups else []

@@ -53,7 +53,7 @@ def _paged_decode_kernel(
     qk_scale, split_len, q_tiles,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_bt, stride_mt, stride_pt,
-    stride_ps, stride_pp,  # part_out [S, tiles, BLOCK_M, HEAD_DIM], part_lse [S, tiles, BLOCK_M]: split, tile
+    stride_ps, stride_pp,  # part_out [S, tiles, TOKENS * G_PAD, HEAD_DIM], part_lse [S, tiles, TOKENS * G_PAD]
     stride_ls, stride_lp,
     GROUP: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     PAGE_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,

@@ -304,11 +304,13 @@ def test_a_context_stream_stays_out_of_the_token_curve() -> None:
 
 def test_calibration_in_a_small_pool_keeps_the_token_curve(model_dir) -> None:
     """An engine whose pool cannot hold the long calibration context (16 blocks of 16 tokens) still
-    times 1..64 query tokens, and prices no key reads rather than guessing."""
+    times query tokens behind 64, as wide as the pool holds (128 of the 256 a plan may take), and
+    prices no key reads rather than guessing."""
     from engine.llm_engine import LLMEngine
 
     eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=16, calibration_cache=False))
-    assert sorted(eng.speculator.cost.points) == [1, 2, 4, 8, 16, 32, 64]
+    assert eng.speculator.max_step_tokens == 256
+    assert sorted(eng.speculator.cost.points) == [1, 2, 4, 8, 16, 32, 64, 128]
     assert eng.speculator.cost.per_key_read == 0.0
     assert eng.speculator.cost.per_context_key == 0.0
     assert eng.allocator.num_free == 16  # calibration gave its blocks back
@@ -394,6 +396,8 @@ def test_calibration_prices_the_context_stream_where_the_pool_holds_it(model_dir
         eng._calibrate()
     assert eng.speculator.cost.per_context_key > 0.0
     assert eng.allocator.num_free == blocks
+    # the token curve reaches the widest step a plan may take: past it, steps would be extrapolated
+    assert max(eng.speculator.cost.points) == eng.speculator.max_step_tokens == 256
 
 
 def test_an_extra_attention_group_is_priced_only_beside_plain_decodes() -> None:
