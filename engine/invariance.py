@@ -27,6 +27,10 @@ PROBE_TREE = (-1, 0, 1, 0, 3, 1, 5)
 # few sequences share the step (on this CPU it took the bf16 probe from 0.16 s to 1.0 s).
 PROBE_CONTEXTS = (40, 150)
 LONG_CONTEXT = 1100
+# A prompt prefilled beside the tree in one chunk, and alone in two (past 64 tokens, where a GPU's
+# prefill once took a kernel of its own: on an H200 bf16 lookahead changed greedy output at 16
+# requests, whose prompt chunks share steps with trees, while 1 request stayed exact)
+PROBE_CHUNKS = (60, 40)
 
 
 def _tokens(n: int, seed: int, vocab: int) -> list[int]:
@@ -41,7 +45,8 @@ def forward_row_invariant(model: Model, kv: KVPool, allocator: BlockAllocator, b
     - a decode alone vs the same decode beside a 7-node tree and a decode behind a long context;
     - the tree's root and its child vs those tokens decoded alone, one step each (the child behind
       the root's K/V as the plain step wrote it), which is what a verified draft must equal; and
-      likewise the two nodes of the second branch, which in the tree sit after the first branch's.
+      likewise the two nodes of the second branch, which in the tree sit after the first branch's;
+    - a prompt's last row prefilled in one chunk beside the tree vs in two chunks alone.
 
     The sequences' contexts are prefilled first; they and their blocks are freed after. Contexts
     the pool cannot hold are left out (the probe then covers less). Returns True when every
@@ -56,12 +61,14 @@ def forward_row_invariant(model: Model, kv: KVPool, allocator: BlockAllocator, b
     if len(contexts) < 2:
         logger.info("row-invariance probe skipped: the KV pool holds too few free blocks")
         return True
-    tables = [allocator.allocate(n) for n in need]
+    chunk_blocks = -(-sum(PROBE_CHUNKS) // block_size)
+    with_chunk = allocator.num_free >= sum(need) + chunk_blocks
+    tables = [allocator.allocate(n) for n in need] + ([allocator.allocate(chunk_blocks)] if with_chunk else [])
     try:
         def run(seqs: list[SeqInput]) -> torch.Tensor:
             return model.run(plan_batch(seqs, block_size, device), kv)
 
-        for i, (ctx, table) in enumerate(zip(contexts, tables)):
+        for i, (ctx, table) in enumerate(zip(contexts, tables[:len(contexts)])):
             run([SeqInput(_tokens(ctx, i, vocab), 0, table, logits="none")])
         (ctx_a, ctx_b), (table_a, table_b) = contexts[:2], tables[:2]
         decode_a = SeqInput(_tokens(1, 10, vocab), ctx_a, table_a)
@@ -70,7 +77,10 @@ def forward_row_invariant(model: Model, kv: KVPool, allocator: BlockAllocator, b
         batch = [decode_a, tree_b]
         if len(contexts) > 2:
             batch.append(SeqInput(_tokens(1, 12, vocab), contexts[2], tables[2]))
-        together = run(batch)  # rows: a's decode, the tree's nodes, the long decode
+        chunk_ids = _tokens(sum(PROBE_CHUNKS), 13, vocab)
+        if with_chunk:
+            batch.append(SeqInput(chunk_ids, 0, tables[-1]))
+        together = run(batch)  # rows: a's decode, the tree's nodes, the long decode, the chunk's last
         a_alone = run([decode_a])[0]
         root_alone = run([SeqInput(tree_ids[:1], ctx_b, table_b)])[0]  # writes the root's K/V alone
         child_alone = run([SeqInput(tree_ids[1:2], ctx_b + 1, table_b)])[0]  # node 1: the root's child
@@ -82,6 +92,10 @@ def forward_row_invariant(model: Model, kv: KVPool, allocator: BlockAllocator, b
                   "a tree's node at depth 1": (together[2], child_alone),
                   "a second branch's node at depth 1": (together[1 + 3], branch[0]),
                   "a second branch's node at depth 2": (together[1 + 4], branch[1])}
+        if with_chunk:
+            run([SeqInput(chunk_ids[:PROBE_CHUNKS[0]], 0, tables[-1], logits="none")])
+            checks["a prompt chunk beside a tree"] = (
+                together[-1], run([SeqInput(chunk_ids[PROBE_CHUNKS[0]:], PROBE_CHUNKS[0], tables[-1])])[0])
         differ = [name for name, (x, y) in checks.items() if not torch.equal(x, y)]
         if differ:
             logger.info("row-invariance probe: %s differ from plain decoding", ", ".join(differ))

@@ -12,6 +12,7 @@ with larger product tiles than a GPU's: the interpreter still takes about a seco
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,8 @@ def test_gpu_path_is_row_invariant_and_lookahead_lossless(model_dir: Path, token
     assert on.speculator.stats.num_accepted_tokens > 0
 
 
-def test_gpu_path_prefill_bits_do_not_depend_on_chunks(model_dir: Path, tokenizer: Any,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpu_path_prefill_bits_do_not_depend_on_chunks(model_dir: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
     """On an H200, bf16 lookahead stayed exact for 1 request but changed greedy output at 16, where
     prompt chunks share steps with other requests' decodes and, with lookahead on, their trees. A
     chunk of more than 64 tokens went to the prefill kernel, in its tree variant when the step held
@@ -119,3 +120,11 @@ def test_gpu_path_prefill_bits_do_not_depend_on_chunks(model_dir: Path, tokenize
     # the case an H200 failed at 16 requests: a prompt chunk beside a tree, where the step's tree
     # mask sent the chunk to the prefill kernel's tree variant and alone to its causal one
     assert torch.equal(prefill([30, 70], beside=(-1, 0, 1, 0)), whole)
+    eng.allocator.free(table)
+    eng.allocator.free(other)
+    # the start-up probe checks it too (it passes on the paths: the test above): it names the chunk
+    # where chunks over 64 tokens take the prefill kernel (the multi-token mode)
+    eng.model.backend = TritonAttentionBackend(row_invariant=False)
+    with caplog.at_level(logging.INFO, logger="engine.invariance"):
+        assert not _probe(eng)
+    assert "a prompt chunk beside a tree" in caplog.text
