@@ -30,7 +30,7 @@ LONG_CONTEXT = 1100
 # A prompt prefilled beside the tree in one chunk, and alone in two (past 64 tokens, where a GPU's
 # prefill once took a kernel of its own: on an H200 bf16 lookahead changed greedy output at 16
 # requests, whose prompt chunks share steps with trees, while 1 request stayed exact)
-PROBE_CHUNKS = (60, 40)
+PROBE_CHUNKS = (40, 30)
 
 
 def _tokens(n: int, seed: int, vocab: int) -> list[int]:
