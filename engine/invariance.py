@@ -10,6 +10,7 @@ of the device, checked at start by running the model (``forward_row_invariant``)
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -38,8 +39,13 @@ def _tokens(n: int, seed: int, vocab: int) -> list[int]:
     return [(seed * 7919 + i * 104729) % vocab for i in range(n)]
 
 
+# runner(seqs, step) -> logits: how the probe runs each of its steps, named ("context", "together",
+# "a", "root", "child", "branch", "chunk"); a diagnostic may wrap it (scripts/invariance_diag.py)
+StepRunner = Callable[[list[SeqInput], str], torch.Tensor]
+
+
 def forward_row_invariant(model: Model, kv: KVPool, allocator: BlockAllocator, block_size: int,
-                          device: torch.device | str) -> bool:
+                          device: torch.device | str, runner: StepRunner | None = None) -> bool:
     """Runs the model over a few hand-built steps and compares logits bit for bit:
 
     - a decode alone vs the same decode beside a 7-node tree and a decode behind a long context;
@@ -65,11 +71,12 @@ def forward_row_invariant(model: Model, kv: KVPool, allocator: BlockAllocator, b
     with_chunk = allocator.num_free >= sum(need) + chunk_blocks
     tables = [allocator.allocate(n) for n in need] + ([allocator.allocate(chunk_blocks)] if with_chunk else [])
     try:
-        def run(seqs: list[SeqInput]) -> torch.Tensor:
+        def plain(seqs: list[SeqInput], step: str) -> torch.Tensor:
             return model.run(plan_batch(seqs, block_size, device), kv)
+        run = runner or plain
 
         for i, (ctx, table) in enumerate(zip(contexts, tables[:len(contexts)])):
-            run([SeqInput(_tokens(ctx, i, vocab), 0, table, logits="none")])
+            run([SeqInput(_tokens(ctx, i, vocab), 0, table, logits="none")], "context")
         (ctx_a, ctx_b), (table_a, table_b) = contexts[:2], tables[:2]
         decode_a = SeqInput(_tokens(1, 10, vocab), ctx_a, table_a)
         tree_ids = _tokens(len(PROBE_TREE), 11, vocab)
@@ -80,22 +87,22 @@ def forward_row_invariant(model: Model, kv: KVPool, allocator: BlockAllocator, b
         chunk_ids = _tokens(sum(PROBE_CHUNKS), 13, vocab)
         if with_chunk:
             batch.append(SeqInput(chunk_ids, 0, tables[-1]))
-        together = run(batch)  # rows: a's decode, the tree's nodes, the long decode, the chunk's last
-        a_alone = run([decode_a])[0]
-        root_alone = run([SeqInput(tree_ids[:1], ctx_b, table_b)])[0]  # writes the root's K/V alone
-        child_alone = run([SeqInput(tree_ids[1:2], ctx_b + 1, table_b)])[0]  # node 1: the root's child
+        together = run(batch, "together")  # rows: a's decode, the tree's nodes, the long decode, the chunk's last
+        a_alone = run([decode_a], "a")[0]
+        root_alone = run([SeqInput(tree_ids[:1], ctx_b, table_b)], "root")[0]  # writes the root's K/V alone
+        child_alone = run([SeqInput(tree_ids[1:2], ctx_b + 1, table_b)], "child")[0]  # node 1: the root's child
         # the second branch, 0 -> 3 -> 4, decoded plainly over the first one's slots: in the tree its
         # nodes sit after nodes of the other branch, in plain decoding right after the root
-        branch = [run([SeqInput([tree_ids[n]], ctx_b + depth, table_b)])[0] for depth, n in ((1, 3), (2, 4))]
+        branch = [run([SeqInput([tree_ids[n]], ctx_b + depth, table_b)], "branch")[0] for depth, n in ((1, 3), (2, 4))]
         checks = {"a decode beside a tree": (together[0], a_alone),
                   "a tree's root": (together[1], root_alone),
                   "a tree's node at depth 1": (together[2], child_alone),
                   "a second branch's node at depth 1": (together[1 + 3], branch[0]),
                   "a second branch's node at depth 2": (together[1 + 4], branch[1])}
         if with_chunk:
-            run([SeqInput(chunk_ids[:PROBE_CHUNKS[0]], 0, tables[-1], logits="none")])
+            run([SeqInput(chunk_ids[:PROBE_CHUNKS[0]], 0, tables[-1], logits="none")], "chunk")
             checks["a prompt chunk beside a tree"] = (
-                together[-1], run([SeqInput(chunk_ids[PROBE_CHUNKS[0]:], PROBE_CHUNKS[0], tables[-1])])[0])
+                together[-1], run([SeqInput(chunk_ids[PROBE_CHUNKS[0]:], PROBE_CHUNKS[0], tables[-1])], "chunk")[0])
         differ = [name for name, (x, y) in checks.items() if not torch.equal(x, y)]
         if differ:
             logger.info("row-invariance probe: %s differ from plain decoding", ", ".join(differ))

@@ -134,7 +134,7 @@ class LLMEngine:
         long_ctx = min(1024, self.max_model_len - 32)  # behind it: 32 query tokens
         # the per-token curve, to the widest step a plan may take: past its last point the curve is
         # extrapolated in proportion (engine.lookahead.budget), which on an H200 (a step of 1 or 64
-        # tokens: 10-13 ms) priced a 256-token step at 53 ms, so 16 requests drafted little
+        # tokens: 10-13 ms) priced a 256-token step at 53 ms, most likely why 16 requests drafted little
         widest = max(64, min(1 << (self.speculator.max_step_tokens - 1).bit_length(),  # type: ignore[union-attr]
                              self.max_model_len - 64, self.allocator.num_free * bs - 64))
         ns = tuple(1 << i for i in range(widest.bit_length()) if 1 << i <= widest)

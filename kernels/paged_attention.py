@@ -255,11 +255,9 @@ def paged_decode_attention(
             raise ValueError(f"paths must be int32 [T, >= max_q] with unit column stride and [T], got "
                              f"{path.dtype} {tuple(path.shape)} {path.stride()} / {depth.dtype} {tuple(depth.shape)}")
         check_device(q.device, path=path, depth=depth)
-    else:
-        path = depth = query_start  # never read
-    if row_invariant:
         split_len = _INVARIANT_SPLIT_LEN
     else:
+        path = depth = query_start  # never read
         if num_splits is None:
             num_splits = choose_num_splits(num_seqs * kvh * q_tiles, max_seq_len, sm_count(q.device))
         split_len = -(-max_seq_len // max(1, num_splits))

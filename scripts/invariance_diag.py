@@ -3,11 +3,10 @@
     python scripts/invariance_diag.py --model DIR [--device cuda] [--dtype bfloat16] [--repeats 5]
 
 engine.invariance's probe says *whether* a tree's node gets plain decoding's bits; this says
-*where* it does not. It runs the probe's steps (contexts prefilled; a decode, a 7-node tree and a
-long decode in one step; then the tree's root and its child decoded alone) with every op of the
-forward traced, and prints the first op whose output row differs between the child in the tree
-and the child alone, with the KV slots each left behind. It also runs the probe several times
-(is the answer stable?) and the whole tree step twice (is a step deterministic?).
+*where* it does not. It runs the probe itself (its ``runner`` wrapped) with every op of the forward
+traced, and prints the first op whose output row differs between the tree's depth-1 node in the
+tree step and the same token decoded alone, with the K/V slots each left behind. It also runs the
+probe several times (is the answer stable?) and the tree step twice (is a step deterministic?).
 """
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ import torch
 import engine.model as model_module
 from engine.batch import SeqInput, plan_batch
 from engine.engine_config import EngineConfig
-from engine.invariance import LONG_CONTEXT, PROBE_CONTEXTS, PROBE_TREE, _tokens, forward_row_invariant
+from engine.invariance import forward_row_invariant
 from engine.llm_engine import LLMEngine
 
 logger = logging.getLogger("invariance_diag")
@@ -88,62 +87,59 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
     eng = LLMEngine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, num_kv_blocks=512,
                                  lookahead=False))
-    bs, vocab = eng.config.block_size, eng.model.config.vocab_size
+    bs = eng.config.block_size
     probes = [forward_row_invariant(eng.model, eng.kv, eng.allocator, bs, args.device) for _ in range(args.repeats)]
     logger.info("probe x%d: %s", args.repeats, probes)
 
-    contexts = list(PROBE_CONTEXTS) + ([LONG_CONTEXT] if args.device != "cpu" else [])
-    tables = [eng.allocator.allocate(-(-(c + len(PROBE_TREE)) // bs)) for c in contexts]
+    # the probe once more, its steps traced: the depth-1 node's row in the tree step (row 2: a's
+    # decode, the root, the child) and alone (row 0), the K/V each leaves behind the root
+    traces: dict[str, list[tuple[str, torch.Tensor]]] = {}
+    kv_after: dict[str, torch.Tensor] = {}
+    logits: dict[str, torch.Tensor] = {}
     with torch.inference_mode(), Tracer(eng.model) as tr:
-        for i, (ctx, table) in enumerate(zip(contexts, tables)):
-            tr.run(eng, [SeqInput(_tokens(ctx, i, vocab), 0, table, logits="none")], None)
-        (ctx_a, ctx_b), (table_a, table_b) = contexts[:2], tables[:2]
-        decode_a = SeqInput(_tokens(1, 10, vocab), ctx_a, table_a)
-        tree_ids = _tokens(len(PROBE_TREE), 11, vocab)
-        tree_b = SeqInput(tree_ids, ctx_b, table_b, parents=PROBE_TREE, logits="all")
-        batch = [decode_a, tree_b] + ([SeqInput(_tokens(1, 12, vocab), contexts[2], tables[2])] if len(contexts) > 2 else [])
-        child_row = 2  # a's decode, the tree's root, its child
-        together, trace_tree = tr.run(eng, batch, child_row)
-        again, _ = tr.run(eng, batch, None)
-        logger.info("the tree step run twice: %s", "equal" if torch.equal(together, again) else
-                    f"DIFFERENT (max |d| {(together - again).abs().max().item():.3g})")
-        kv_tree = slots(eng, table_b, ctx_b + 2)
-        for attempt in (1, 2):
-            root, _ = tr.run(eng, [SeqInput(tree_ids[:1], ctx_b, table_b)], None)
-            child, trace_alone = tr.run(eng, [SeqInput(tree_ids[1:2], ctx_b + 1, table_b)], 0)
-            logger.info("alone vs in the tree: root %s, child %s (attempt %d)", torch.equal(together[1], root[0]),
-                        torch.equal(together[2], child[0]), attempt)
-        kv_alone = slots(eng, table_b, ctx_b + 2)
-        for layer in range(kv_tree.shape[0]):
-            for kv in (0, 1):
-                d = (kv_tree[layer, kv] != kv_alone[layer, kv]).flatten(1).any(1).nonzero().flatten().tolist()
-                if d:
-                    logger.info("layer %d %s: slots %s differ (ctx %d: root at %d, child at %d)", layer, "KV"[kv],
-                                d[:8], ctx_b, ctx_b, ctx_b + 1)
-                    break
-            else:
-                continue
-            break
-        else:
-            logger.info("the root's and child's K/V: equal in every layer")
-        first = None
-        for i, ((name, a), (name_b, b)) in enumerate(zip(trace_tree, trace_alone)):
-            assert name == name_b, (name, name_b)
-            if not torch.equal(a, b):
-                first = i
-                break
-        if first is None:
-            logger.info("every traced op's child row equal (%d ops)", len(trace_tree))
-        else:
-            per_layer = len(trace_tree) // eng.model.config.num_layers
-            for j in range(max(0, first - 2), min(len(trace_tree), first + 3)):
-                (name, a), (_, b) = trace_tree[j], trace_alone[j]
-                logger.info("op %d (%s, layer ~%d): %s, max |d| %.3g, %d of %d elements differ", j, name,
-                            j // max(1, per_layer), "equal" if torch.equal(a, b) else "DIFFER",
-                            (a - b).abs().max().item(), int((a != b).sum()), a.numel())
-    for table in tables:
-        eng.allocator.free(table)
+        def runner(seqs: list[SeqInput], step: str) -> torch.Tensor:
+            row = {"together": 2, "child": 0}.get(step)
+            out, trace = tr.run(eng, seqs, row)
+            if row is None:
+                return out
+            traces[step], logits[step] = trace, out[row]
+            tree = seqs[1] if step == "together" else seqs[0]
+            cached = tree.num_cached - (step == "child")  # the root's slot
+            kv_after[step] = slots(eng, list(tree.block_table), cached + 2)
+            if step == "together":
+                again, _ = tr.run(eng, seqs, None)
+                logger.info("the tree step run twice: %s", "equal" if torch.equal(out, again) else
+                            f"DIFFERENT (max |d| {(out - again).abs().max().item():.3g})")
+            return out
 
+        logger.info("traced probe: %s", forward_row_invariant(eng.model, eng.kv, eng.allocator, bs, args.device,
+                                                              runner=runner))
+    logger.info("the child alone vs in the tree: %s", torch.equal(logits["together"], logits["child"]))
+    kv_tree, kv_alone = kv_after["together"], kv_after["child"]
+    for layer in range(kv_tree.shape[0]):
+        for kv in (0, 1):
+            d = (kv_tree[layer, kv] != kv_alone[layer, kv]).flatten(1).any(1).nonzero().flatten().tolist()
+            if d:
+                logger.info("layer %d %s: slots %s of the tree's differ (the root is the second last, the child "
+                            "the last)", layer, "KV"[kv], d[:8])
+                break
+        else:
+            continue
+        break
+    else:
+        logger.info("the root's and child's K/V: equal in every layer")
+    trace_tree, trace_alone = traces["together"], traces["child"]
+    first = next((i for i, ((name, a), (name_b, b)) in enumerate(zip(trace_tree, trace_alone))
+                  if not torch.equal(a, b)), None)
+    if first is None:
+        logger.info("every traced op's child row equal (%d ops)", len(trace_tree))
+        return
+    per_layer = len(trace_tree) // eng.model.config.num_layers
+    for j in range(max(0, first - 2), min(len(trace_tree), first + 3)):
+        (name, a), (_, b) = trace_tree[j], trace_alone[j]
+        logger.info("op %d (%s, layer ~%d): %s, max |d| %.3g, %d of %d elements differ", j, name,
+                    j // max(1, per_layer), "equal" if torch.equal(a, b) else "DIFFER",
+                    (a - b).abs().max().item(), int((a != b).sum()), a.numel())
 
 if __name__ == "__main__":
     main()
