@@ -11,8 +11,8 @@
 #
 # Steps, the most telling first (9 minutes at most in all): the engine's start-up probe in bf16 (is
 # lookahead exact on this GPU?); the in-process lookahead A/B (scripts/bench_lookahead_engine.py) in
-# bf16 at c=16 on code-edit and ShareGPT, at c=1 on the copy-heavy datasets (with transformers'
-# prompt lookup), Shakespeare at c=16; the row-invariant kernels' tests compiled. Where a tree's row
+# bf16 at c=16, 4 and 1 on code-edit, ShareGPT and Shakespeare (transformers' prompt lookup beside
+# c=1 on the copy-heavy two); the row-invariant kernels' tests compiled. Where a tree's row
 # departs from plain decoding, scripts/invariance_diag.py says at which op.
 set -u
 MODEL=$1 PROMPTS=$2 OUT=$3
@@ -31,14 +31,12 @@ from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 e = LLMEngine(EngineConfig(model='$MODEL', device='cuda', dtype='bfloat16', num_kv_blocks=512, lookahead=True))
 print('lookahead on (row-invariant):', e.speculator is not None)"
-# c=16 first (on an H200 it changed bf16 greedy output while c=1 held: mended, not yet re-run), then
-# c=1 on 8 prompts with transformers' prompt lookup beside (a step cost ~15 ms at any width there);
-# the warm-up prompt is each file's last
-B="python3 scripts/bench_lookahead_engine.py --device cuda --dtype bfloat16 --model $MODEL --threads 8"
-step code-edit-c16 70 $B --dataset "jsonl:$PROMPTS/code-edit.jsonl" --concurrency 16 --num-prompts 16 --skip-prompts 8
-step sharegpt-c16 70 $B --dataset "jsonl:$PROMPTS/sharegpt.jsonl" --concurrency 16 --num-prompts 16 --skip-prompts 8
-for d in shakespeare-quote code-edit; do
-    step $d-c1 100 $B --dataset "jsonl:$PROMPTS/$d.jsonl" --concurrency 1 --num-prompts 8 --hf-prompt-lookup
-done
-step shakespeare-quote-c16 70 $B --dataset "jsonl:$PROMPTS/shakespeare-quote.jsonl" --concurrency 16 --num-prompts 16 --skip-prompts 8
+# one run a dataset, its engines loaded (and its kernels compiled) once: c=16 first (on an H200 it
+# changed bf16 greedy output while c=1 held: mended, not yet re-run), then c=4 and c=1 (8 prompts,
+# a step ~15 ms at any width there), transformers' prompt lookup beside c=1 on the copy-heavy ones;
+# 40 prompts each, the warm-up prompt each file's last
+B="python3 scripts/bench_lookahead_engine.py --device cuda --dtype bfloat16 --model $MODEL --threads 8 --concurrency 16,4,1 --num-prompts 16,16,8"
+step code-edit 150 $B --dataset "jsonl:$PROMPTS/code-edit.jsonl" --hf-prompt-lookup
+step sharegpt 110 $B --dataset "jsonl:$PROMPTS/sharegpt.jsonl"
+step shakespeare-quote 170 $B --dataset "jsonl:$PROMPTS/shakespeare-quote.jsonl" --hf-prompt-lookup
 step kernels 60 python3 -m pytest -q -x -p no:cacheprovider tests/kernels/test_invariant_kernels.py
