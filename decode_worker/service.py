@@ -28,6 +28,17 @@ class DecodeService:
     def eng(self):  # noqa: ANN201 - the LLMEngine, touched only through self.engine.call
         return self.engine.engine
 
+    def _reserve(self, seq: Sequence, kv: KVHandle) -> tuple[int, list[int]]:
+        """On the engine thread: the prompt's blocks this worker still caches from earlier requests
+        (not pulled again), then new blocks for the rest, all in ``seq.block_table`` at once, so
+        freeing the sequence gives back both. Returns (blocks reused, the new blocks)."""
+        eng = self.eng
+        eng.scheduler.reuse_prefix(seq, kv.num_tokens)
+        have = len(seq.block_table)
+        blocks = eng.allocator.allocate(len(kv.block_ids) - have)
+        seq.block_table = seq.block_table + blocks
+        return have, blocks
+
     async def _admit(self, req: WorkRequest, first: TokenOut, first_text: str, kv: KVHandle) -> Sequence:
         eng = self.eng
         if kv.compat_key != eng.layout.compat_key():
@@ -36,16 +47,13 @@ class DecodeService:
             raise InvalidRequestError("kv.num_tokens", f"{kv.num_tokens} != prompt length {len(req.prompt_ids)}")
         seq: Sequence = await self.engine.call(eng.make_sequence, req.request_id, list(req.prompt_ids), req.params)
         seq.seed = req.seed
-        # blocks of the prompt this worker still caches from earlier requests are not pulled again
-        await self.engine.call(eng.scheduler.reuse_prefix, seq, kv.num_tokens)
-        have = len(seq.block_table)
-        blocks: list[int] = []
         try:
-            blocks = await self.engine.call(eng.allocator.allocate, len(kv.block_ids) - have)
+            have, blocks = await self.engine.call(self._reserve, seq, kv)
             await self.puller.pull(kv, blocks, first=have)
         except BaseException:
-            seq.block_table += blocks
-            await self.engine.call(eng.scheduler.free, seq)  # gives back reused and new blocks alike
+            # queued after _reserve, so it frees whatever _reserve took even when the request was
+            # cancelled while waiting for it; submit, not call: an await in a cancelled task may not run
+            self.engine.submit(eng.scheduler.free, seq)
             raise
         finally:
             task = asyncio.create_task(self.puller.release(kv))
@@ -53,7 +61,7 @@ class DecodeService:
             task.add_done_callback(self._releases.discard)
         self.local_prefix_blocks += have
         self.fetched_blocks += len(blocks)
-        seq.block_table, seq.num_cached = seq.block_table + blocks, len(req.prompt_ids)
+        seq.num_cached = len(req.prompt_ids)
         reason = seq.append_token(first.token_id)  # same detokenizer state as the prefill side
         assert reason is None, "a request finished by its first token never reaches decode"
         seq.detok.emitted = len(first_text)  # the gateway already streamed the first token's text

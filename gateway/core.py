@@ -2,6 +2,7 @@
 streamed), hand the KV to a decode worker, relay its stream. Both APIs (HTTP, gRPC) call this."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import uuid
@@ -59,9 +60,13 @@ class GatewayCore:
         validate_prompt(ids, self.model_config.vocab_size, self.config.max_model_len)
         return ids
 
+    @staticmethod
+    def new_request_id() -> str:
+        return f"req-{uuid.uuid4().hex}"
+
     def work(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "") -> WorkRequest:
         seed = params.seed if params.seed is not None else secrets.randbits(63)
-        return WorkRequest(request_id or f"req-{uuid.uuid4().hex}", tuple(prompt_ids), params, seed)
+        return WorkRequest(request_id or self.new_request_id(), tuple(prompt_ids), params, seed)
 
     # ---- the pipeline -----------------------------------------------------------------------
     async def _prefill(self, work: WorkRequest, trace: RequestTrace) -> tuple[Worker, pb.PrefillResponse]:
@@ -142,11 +147,14 @@ class GatewayCore:
                     chunk.usage = usage
                 yield chunk
         finally:
-            if not handed:  # the decode worker never took the KV: free it on the prefill worker now
-                try:
-                    await pw.prefill.ReleaseKV(pb.ReleaseKVRequest(lease_id=pre.kv.lease_id), timeout=2.0)
-                except grpc.aio.AioRpcError:
-                    pass  # the lease expires anyway
+            if not handed:  # the decode worker may never have taken the KV: free it on the prefill worker now
+                # in a task of its own: when the client leaves, Starlette cancels every await of the
+                # request's task (anyio's cancel scope), which would drop the release and leave the
+                # KV held until its lease expires
+                release = asyncio.ensure_future(_release_kv(pw, pre.kv.lease_id))
+                _BACKGROUND.add(release)
+                release.add_done_callback(_BACKGROUND.discard)
+                await asyncio.shield(release)
 
     async def _decode(self, work: WorkRequest, pre: pb.PrefillResponse, first: TokenOut) -> AsyncIterator[GenerationChunk]:
         req = pb.DecodeRequest(request=convert.work_to_pb(work), first_token=pre.first_token, kv=pre.kv,
@@ -180,6 +188,16 @@ class GatewayCore:
             finally:
                 call.cancel()  # no-op when finished; frees the request everywhere when we leave early
                 w.in_flight -= 1
+
+
+_BACKGROUND: set[asyncio.Future[None]] = set()  # releases under way (a task needs a strong reference)
+
+
+async def _release_kv(worker: Worker, lease_id: str) -> None:
+    try:
+        await worker.prefill.ReleaseKV(pb.ReleaseKVRequest(lease_id=lease_id), timeout=2.0)
+    except grpc.aio.AioRpcError:
+        pass  # released already (the decode worker took it), or the lease expires anyway
 
 
 def _split_field(details: str | None) -> tuple[str, str]:

@@ -13,11 +13,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.errors import InvalidRequestError
-from engine.request import GenerationChunk, Usage
+from engine.request import GenerationChunk, TokenOut, Usage
+from gateway.choices import Choice, merged, plan_choices, total_usage
 from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
-    ResponseShaper, chat_messages, completion_prompt, error_json, sampling_from_body,
+    ResponseShaper, chat_messages, choices_per_prompt, completion_prompts, error_json, sampling_from_body,
 )
 
 logger = logging.getLogger(__name__)
@@ -78,15 +79,18 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             core.check_model(body.get("model"))
             params = sampling_from_body(body, chat)
             if chat:
-                ids = core.tokenize(messages=chat_messages(body))
+                prompts = [core.tokenize(messages=chat_messages(body))]
             else:
-                ids = core.tokenize(prompt=completion_prompt(body))
-            work = core.work(ids, params)
+                prompts = [core.tokenize(prompt=p) for p in completion_prompts(body, core.config.max_concurrent)]
+            # every choice is a request in flight: no more than the gateway takes at once
+            n = choices_per_prompt(body, core.config.max_concurrent // len(prompts))
+            request_id = core.new_request_id()
+            choices = plan_choices(core, prompts, params, n, request_id)
         except InvalidRequestError as e:
             return _error(e)
-        shaper = ResponseShaper(work.request_id, core.config.served_model_name, chat, core.tokenizer,
+        shaper = ResponseShaper(request_id, core.config.served_model_name, chat, core.tokenizer,
                                 params.logprobs, bool(body.get("return_token_ids")))
-        gen = core.generate(work, arrived)
+        gen = merged(core, choices, arrived)
         # fail fast (4xx/5xx status) on what happens before the first token
         try:
             first = await gen.__anext__()
@@ -94,8 +98,8 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             return _error(e)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(_sse(shaper, first, gen, include_usage), media_type="text/event-stream")
-        return await _whole(shaper, first, gen)
+            return StreamingResponse(_sse(shaper, choices, first, gen, include_usage), media_type="text/event-stream")
+        return await _whole(shaper, choices, first, gen)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -108,32 +112,48 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
     return app
 
 
-async def _whole(shaper: ResponseShaper, first: GenerationChunk, gen: AsyncIterator[GenerationChunk]) -> Response:
-    text, tokens, last = first.text, list(first.tokens), first
+async def _whole(shaper: ResponseShaper, choices: list[Choice], first: tuple[int, GenerationChunk],
+                 gen: AsyncIterator[tuple[int, GenerationChunk]]) -> Response:
+    texts = [""] * len(choices)
+    tokens: list[list[TokenOut]] = [[] for _ in choices]
+    finish: list[str | None] = [None] * len(choices)
+    usages: dict[int, Usage] = {}
+
+    def add(i: int, c: GenerationChunk) -> None:
+        texts[i] += c.text
+        tokens[i].extend(c.tokens)
+        if c.finish_reason is not None:
+            finish[i], usages[i] = c.finish_reason, c.usage or Usage()
+
+    add(*first)
     try:
-        async for c in gen:
-            text += c.text
-            tokens.extend(c.tokens)
-            last = c
-    except (OverloadedError, UnavailableError) as e:
+        async for i, c in gen:
+            add(i, c)
+    except (OverloadedError, UnavailableError, InvalidRequestError) as e:
         return _error(e)
-    return JSONResponse(shaper.whole(text, tokens, last.finish_reason, last.usage or Usage()))
+    finally:
+        await gen.aclose()  # the client gone mid-way: every choice's request is cancelled
+    return JSONResponse(shaper.whole(list(zip(texts, tokens, finish)), total_usage(choices, usages)))
 
 
-async def _sse(shaper: ResponseShaper, first: GenerationChunk, gen: AsyncIterator[GenerationChunk],
-               include_usage: bool) -> AsyncIterator[bytes]:
+async def _sse(shaper: ResponseShaper, choices: list[Choice], first: tuple[int, GenerationChunk],
+               gen: AsyncIterator[tuple[int, GenerationChunk]], include_usage: bool) -> AsyncIterator[bytes]:
     def event(obj: dict[str, Any]) -> bytes:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
+    usages: dict[int, Usage] = {}
     try:
-        c = first
+        i, c = first
         while True:
-            yield event(shaper.chunk(c))
+            yield event(shaper.chunk(i, c))
             if c.finish_reason is not None:
-                if include_usage and c.usage is not None:
-                    yield event(shaper.usage_chunk(c.usage))
+                usages[i] = c.usage or Usage()
+            try:
+                i, c = await gen.__anext__()
+            except StopAsyncIteration:
                 break
-            c = await gen.__anext__()
+        if include_usage:
+            yield event(shaper.usage_chunk(total_usage(choices, usages)))
         yield b"data: [DONE]\n\n"
     except (OverloadedError, UnavailableError, InvalidRequestError) as e:
         # headers are gone: the error travels as an SSE event, then the stream ends

@@ -34,9 +34,6 @@ def sampling_from_body(body: dict[str, Any], chat: bool) -> SamplingParams:
         kwargs["max_tokens"] = _typed(body, max_key, int)
     elif chat:
         kwargs["max_tokens"] = 4096  # chat default: until the context limit or a stop
-    n = body.get("n", 1)
-    if n != 1:
-        raise InvalidRequestError("n", "only n=1 is supported")
     stop = body.get("stop")
     if stop is not None:
         if isinstance(stop, str):
@@ -61,15 +58,32 @@ def sampling_from_body(body: dict[str, Any], chat: bool) -> SamplingParams:
     return SamplingParams(**kwargs)
 
 
-def completion_prompt(body: dict[str, Any]) -> str | list[int]:
+def choices_per_prompt(body: dict[str, Any], limit: int) -> int:
+    """``n``: samples of each prompt (each its own request; with a seed, sample j takes seed + j).
+    ``limit``: the most choices one request may ask for, prompts x n."""
+    n = body.get("n")
+    if n is None:
+        return 1
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= limit:
+        raise InvalidRequestError("n", f"must be an integer from 1 to {limit}")
+    return n
+
+
+def _token_ids(prompt: Any) -> bool:
+    return isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+
+
+def completion_prompts(body: dict[str, Any], limit: int) -> list[str | list[int]]:
+    """The prompts of a completion request: a string, a list of token ids, or a list of up to
+    ``limit`` of either (a batch: one choice or ``n`` per prompt, in order)."""
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]  # a batch of one
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        return prompt
-    raise InvalidRequestError("prompt", "must be a string or a list of token ids (one prompt)")
+    if isinstance(prompt, str) or (_token_ids(prompt) and prompt):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) or _token_ids(p) for p in prompt):
+        if len(prompt) > limit:
+            raise InvalidRequestError("prompt", f"{len(prompt)} prompts: at most {limit} in one request")
+        return list(prompt)
+    raise InvalidRequestError("prompt", "must be a string, a list of token ids, or a non-empty list of either")
 
 
 def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -103,7 +117,8 @@ def usage_json(u: Usage) -> dict[str, Any]:
 
 
 class ResponseShaper:
-    """Builds the JSON objects of one request's response, streamed or whole."""
+    """Builds the JSON objects of one request's response, streamed or whole; its choices are
+    numbered from 0 (prompt i's sample j of n: i * n + j)."""
 
     def __init__(self, request_id: str, model: str, chat: bool, tokenizer: Any, logprobs: int | None,
                  return_token_ids: bool) -> None:
@@ -114,7 +129,7 @@ class ResponseShaper:
         self.logprobs = logprobs
         self.return_token_ids = return_token_ids
         self.created = int(time.time())
-        self._role_sent = False
+        self._role_sent: set[int] = set()  # choices whose first delta (with the role) went out
 
     def _logprobs(self, tokens: list[TokenOut]) -> dict[str, Any] | None:
         if self.logprobs is None:
@@ -128,13 +143,15 @@ class ResponseShaper:
         return {"tokens": [tok(t.token_id) for t in tokens], "token_logprobs": [t.logprob for t in tokens],
                 "top_logprobs": [{tok(i): lp for i, lp in zip(t.top_ids, t.top_logprobs)} for t in tokens]}
 
-    def _choice(self, text: str, tokens: list[TokenOut], finish: str | None, delta: bool) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "logprobs": self._logprobs(tokens), "finish_reason": finish}
+    def _choice(self, index: int, text: str, tokens: list[TokenOut], finish: str | None,
+                delta: bool) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": index, "logprobs": self._logprobs(tokens), "finish_reason": finish}
         if self.chat:
             if delta:
                 d: dict[str, Any] = {}
-                if not self._role_sent:
-                    d["role"], self._role_sent = "assistant", True
+                if index not in self._role_sent:
+                    d["role"] = "assistant"
+                    self._role_sent.add(index)
                 if text:
                     d["content"] = text
                 choice["delta"] = d
@@ -146,19 +163,21 @@ class ResponseShaper:
             choice["token_ids"] = [t.token_id for t in tokens]
         return choice
 
-    def chunk(self, c: GenerationChunk) -> dict[str, Any]:
+    def chunk(self, index: int, c: GenerationChunk) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
                 "created": self.created, "model": self.model,
-                "choices": [self._choice(c.text, c.tokens, c.finish_reason, delta=True)]}
+                "choices": [self._choice(index, c.text, c.tokens, c.finish_reason, delta=True)]}
 
     def usage_chunk(self, u: Usage) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": [], "usage": usage_json(u)}
 
-    def whole(self, text: str, tokens: list[TokenOut], finish: str | None, usage: Usage) -> dict[str, Any]:
+    def whole(self, choices: list[tuple[str, list[TokenOut], str | None]], usage: Usage) -> dict[str, Any]:
+        """``choices``: (text, tokens, finish reason) of each, by index."""
         return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.model,
-                "choices": [self._choice(text, tokens, finish, delta=False)], "usage": usage_json(usage)}
+                "choices": [self._choice(i, *c, delta=False) for i, c in enumerate(choices)],
+                "usage": usage_json(usage)}
 
 
 def error_json(exc: BaseException, kind: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from typing import Any
@@ -112,4 +113,55 @@ def test_cancelling_50_streams_midway_frees_every_block(stack: Stack) -> None:
     counts = asyncio.run(run())
     assert all(n >= 3 for n in counts)
     snap = wait_idle(stack, timeout_s=30)
+    assert all(v == (0, 0, 0) for v in snap.values()), snap
+
+
+def test_cancelling_streams_of_several_choices_frees_every_block(stack: Stack) -> None:
+    """A stream of n=4 choices left after a few chunks: all four requests end everywhere, the
+    ones started after the first choice's first token too."""
+    wait_idle(stack)
+
+    async def one(client: httpx.AsyncClient, i: int) -> set[int]:
+        seen: set[int] = set()
+        async with client.stream("POST", "/v1/completions", json={
+            "prompt": f"Tale {i}: long ago", "max_tokens": 300, "temperature": 1.0, "n": 4, "stream": True,
+            "ignore_eos": True}) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    seen.add(json.loads(line[6:])["choices"][0]["index"])
+                    if len(seen) == 4:
+                        break  # every choice is streaming: leaving cancels them all
+        return seen
+
+    async def run() -> list[set[int]]:
+        async with httpx.AsyncClient(base_url=stack.http_url, timeout=300) as c:
+            return await asyncio.gather(*(one(c, i) for i in range(6)))
+
+    assert all(seen == {0, 1, 2, 3} for seen in asyncio.run(run()))
+    snap = wait_idle(stack, timeout_s=30)
+    assert all(v == (0, 0, 0) for v in snap.values()), snap
+
+
+def test_streams_left_at_their_first_token_free_their_kv_at_once(stack: Stack) -> None:
+    """A client gone after the first token (the prefill's), before the decode worker streamed:
+    the prefill worker's KV is released then, not when its lease expires (30 s): Starlette cancels
+    every await of the request, and the release runs in a task of its own."""
+    wait_idle(stack)
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        async with client.stream("POST", "/v1/completions", json={
+            "prompt": f"Fable {i}: in a far land", "max_tokens": 300, "temperature": 0, "stream": True,
+            "ignore_eos": True}) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    break
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=stack.http_url, timeout=300) as c:
+            await asyncio.gather(*(one(c, i) for i in range(12)))
+
+    asyncio.run(run())
+    snap = wait_idle(stack, timeout_s=10)
     assert all(v == (0, 0, 0) for v in snap.values()), snap

@@ -76,6 +76,50 @@ def test_seeded_sampling_reproducible_through_pipeline(client: openai.OpenAI) ->
     assert a == b
 
 
+def test_n_choices_and_a_list_of_prompts(client: openai.OpenAI) -> None:
+    """n samples of a prompt, each its own request: greedy ones equal the n=1 answer; seeded ones
+    take seed + j (the first equals n=1 with the seed, a repeat gives the same choices); a list of
+    prompts is answered in order, prompt i's sample j at index i * n + j; the prompt counts once."""
+    kw: dict[str, Any] = dict(model="SmolLM2-135M-Instruct", max_tokens=12)
+    one = client.completions.create(prompt="The capital of France is", temperature=0, **kw)
+    three = client.completions.create(prompt="The capital of France is", temperature=0, n=3, **kw)
+    assert [c.index for c in three.choices] == [0, 1, 2]
+    assert [c.text for c in three.choices] == [one.choices[0].text] * 3
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens
+    assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
+
+    story = dict(prompt="Once upon a time", temperature=1.0, seed=11, **kw)
+    alone = client.completions.create(**story).choices[0].text
+    sampled = [c.text for c in client.completions.create(n=3, **story).choices]
+    assert sampled[0] == alone
+    assert [c.text for c in client.completions.create(n=3, **story).choices] == sampled
+    assert len(set(sampled)) > 1, sampled  # three seeds, three draws
+
+    prompts = ["1, 2, 3,", "The capital of France is"]
+    singles = [client.completions.create(prompt=p, temperature=0, **kw).choices[0].text for p in prompts]
+    assert [c.text for c in client.completions.create(prompt=prompts, temperature=0, **kw).choices] == singles
+    both = client.completions.create(prompt=prompts, temperature=0, n=2, **kw)
+    assert [(c.index, c.text) for c in both.choices] == list(enumerate([singles[0]] * 2 + [singles[1]] * 2))
+
+
+def test_n_chat_choices_streamed_equal_whole(client: openai.OpenAI) -> None:
+    kw: dict[str, Any] = dict(model="SmolLM2-135M-Instruct", messages=[{"role": "user", "content": "Name a fruit."}],
+                              max_tokens=20, temperature=1.0, seed=5, n=2)
+    whole = client.chat.completions.create(**kw)
+    texts, roles, finish, usage = {0: "", 1: ""}, {0: 0, 1: 0}, {}, None
+    for chunk in client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw):
+        for ch in chunk.choices:
+            texts[ch.index] += ch.delta.content or ""
+            roles[ch.index] += ch.delta.role == "assistant"
+            if ch.finish_reason:
+                finish[ch.index] = ch.finish_reason
+        usage = chunk.usage or usage
+    assert texts == {c.index: c.message.content for c in whole.choices}
+    assert roles == {0: 1, 1: 1}  # each choice's first delta names the role, once
+    assert finish == {c.index: c.finish_reason for c in whole.choices}
+    assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens
+
+
 @pytest.mark.parametrize(
     "body, field",
     [
@@ -83,7 +127,12 @@ def test_seeded_sampling_reproducible_through_pipeline(client: openai.OpenAI) ->
         ({"prompt": "hi", "top_p": 0}, "top_p"),
         ({"prompt": "hi", "temperature": "hot"}, "temperature"),
         ({"prompt": "hi", "model": "gpt-4"}, "model"),
-        ({"prompt": "hi", "n": 3}, "n"),
+        ({"prompt": "hi", "n": 0}, "n"),
+        ({"prompt": "hi", "n": "2"}, "n"),
+        ({"prompt": "hi", "n": 10**6}, "n"),
+        ({"prompt": ["hi", 5]}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": ["hi"] * 1000}, "prompt"),
         ({"prompt": [1, 2, 10**6]}, "prompt"),
         ({"prompt": "x " * 9000}, "prompt"),
         ({"prompt": ""}, "prompt"),

@@ -1,0 +1,114 @@
+"""Several choices in one OpenAI request (``n`` samples of each prompt, a list of prompts): one
+pipeline request per choice, their streams merged into one.
+
+A prompt's first sample goes alone; its other samples start once it has its first token, so their
+prefills find the prompt's KV in the prefix caches (vLLM prefills a prompt once for its n samples)
+rather than computing it n times side by side.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass
+from typing import AsyncIterator, Sequence
+
+from engine.request import GenerationChunk, Usage, WorkRequest
+from engine.sampling_params import SamplingParams
+from gateway.core import GatewayCore
+
+_SEED_MASK = (1 << 63) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    index: int  # in the response: prompt i's sample j of n is i * n + j
+    prompt: int  # i
+    first: bool  # j == 0: started at once; its prompt's other samples after its first token
+    work: WorkRequest
+
+
+def plan_choices(core: GatewayCore, prompts: Sequence[list[int]], params: SamplingParams, n: int,
+                 request_id: str) -> list[Choice]:
+    """One request per sample; with a seed, sample j samples with seed + j (as vLLM's n does), so
+    the first equals the same request with n = 1. Request ids: ``request_id`` for the only choice,
+    with ``-index`` appended where there are several."""
+    choices = []
+    for i, ids in enumerate(prompts):
+        for j in range(n):
+            index = i * n + j
+            p = params if params.seed is None or j == 0 else dataclasses.replace(params, seed=(params.seed + j) & _SEED_MASK)
+            rid = request_id if len(prompts) * n == 1 else f"{request_id}-{index}"
+            choices.append(Choice(index, i, j == 0, core.work(ids, p, rid)))
+    return choices
+
+
+def total_usage(choices: Sequence[Choice], usages: dict[int, Usage]) -> Usage:
+    """Each prompt's tokens once (as its first sample read them; the others hit its cache), every
+    choice's output."""
+    total = Usage()
+    for c in choices:
+        u = usages.get(c.index)
+        if u is None:
+            continue
+        if c.first:
+            total.prompt_tokens += u.prompt_tokens
+            total.cached_tokens += u.cached_tokens
+        total.completion_tokens += u.completion_tokens
+        total.draft_tokens += u.draft_tokens
+        total.accepted_tokens += u.accepted_tokens
+    return total
+
+
+async def merged(core: GatewayCore, choices: Sequence[Choice], arrived: float | None = None,
+                 ) -> AsyncIterator[tuple[int, GenerationChunk]]:
+    """(choice index, chunk) as the choices stream; each choice's last chunk carries its finish
+    reason and usage. The first error of any choice is raised; an error or leaving early cancels
+    every choice still running (their pipeline requests free their KV)."""
+    if len(choices) == 1:  # the common case streams straight through, no task between
+        gen = core.generate(choices[0].work, arrived)
+        try:
+            async for c in gen:
+                yield choices[0].index, c
+        finally:
+            await gen.aclose()
+        return
+    queue: asyncio.Queue[tuple[Choice, GenerationChunk | None, Exception | None]] = asyncio.Queue()
+
+    async def pump(choice: Choice) -> None:
+        try:
+            async for c in core.generate(choice.work, arrived):
+                await queue.put((choice, c, None))
+        except Exception as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            await queue.put((choice, None, e))
+            return
+        await queue.put((choice, None, None))  # finished
+
+    waiting: dict[int, list[Choice]] = {}  # prompt -> its samples after the first, until it has a token
+    for c in choices:
+        if not c.first:
+            waiting.setdefault(c.prompt, []).append(c)
+    tasks = [asyncio.create_task(pump(c)) for c in choices if c.first]
+    running = len(tasks)
+    try:
+        while running:
+            choice, chunk, error = await queue.get()
+            if error is not None:
+                raise error
+            if chunk is None:
+                running -= 1
+                continue
+            for c in waiting.pop(choice.prompt, []):
+                tasks.append(asyncio.create_task(pump(c)))
+                running += 1
+            yield choice.index, chunk
+    finally:
+        # cancelled once each, not awaited: the client's cancel scope would cancel an await here
+        # again, and the choices' clean-up (their KV's release) with it
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+                _ENDING.add(t)
+                t.add_done_callback(_ENDING.discard)
+
+
+_ENDING: set[asyncio.Task[None]] = set()  # choices cancelled, still ending (a task needs a strong reference)
