@@ -14,7 +14,7 @@ from typing import AsyncIterator, Sequence
 
 from engine.request import GenerationChunk, Usage, WorkRequest
 from engine.sampling_params import SamplingParams
-from gateway.core import GatewayCore
+from gateway.core import GatewayCore, detach
 
 _SEED_MASK = (1 << 63) - 1
 
@@ -107,8 +107,4 @@ async def merged(core: GatewayCore, choices: Sequence[Choice], arrived: float | 
         for t in tasks:
             if not t.done():
                 t.cancel()
-                _ENDING.add(t)
-                t.add_done_callback(_ENDING.discard)
-
-
-_ENDING: set[asyncio.Task[None]] = set()  # choices cancelled, still ending (a task needs a strong reference)
+                detach(t)

@@ -7,7 +7,7 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Sequence, TypeVar
 
 import grpc
 
@@ -24,6 +24,7 @@ from protocol import pipeline as convert
 
 logger = logging.getLogger(__name__)
 PREFILL_TIMEOUT_S = 120.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +152,7 @@ class GatewayCore:
                 # in a task of its own: when the client leaves, Starlette cancels every await of the
                 # request's task (anyio's cancel scope), which would drop the release and leave the
                 # KV held until its lease expires
-                release = asyncio.ensure_future(_release_kv(pw, pre.kv.lease_id))
-                _BACKGROUND.add(release)
-                release.add_done_callback(_BACKGROUND.discard)
-                await asyncio.shield(release)
+                await asyncio.shield(detach(asyncio.ensure_future(_release_kv(pw, pre.kv.lease_id))))
 
     async def _decode(self, work: WorkRequest, pre: pb.PrefillResponse, first: TokenOut) -> AsyncIterator[GenerationChunk]:
         req = pb.DecodeRequest(request=convert.work_to_pb(work), first_token=pre.first_token, kv=pre.kv,
@@ -190,7 +188,15 @@ class GatewayCore:
                 w.in_flight -= 1
 
 
-_BACKGROUND: set[asyncio.Future[None]] = set()  # releases under way (a task needs a strong reference)
+_DETACHED: set[asyncio.Future[Any]] = set()
+
+
+def detach(task: asyncio.Future[T]) -> asyncio.Future[T]:
+    """Holds ``task`` until it is done, whoever awaits it: asyncio keeps tasks only weakly, and a
+    request's clean-up (a KV release, a cancelled choice ending) outlives the request's task."""
+    _DETACHED.add(task)
+    task.add_done_callback(_DETACHED.discard)
+    return task
 
 
 async def _release_kv(worker: Worker, lease_id: str) -> None:
