@@ -5,7 +5,7 @@ import asyncio
 import json
 import random
 import time
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 import httpx
@@ -90,55 +90,46 @@ def test_decode_worker_pulls_only_the_blocks_it_lacks(stack: Stack) -> None:
     assert reused + pulled == 3 * 13  # every prompt block came from exactly one place
 
 
-def test_cancelling_50_streams_midway_frees_every_block(stack: Stack) -> None:
-    wait_idle(stack)
-
-    async def one(client: httpx.AsyncClient, i: int) -> int:
-        got = 0
-        async with client.stream("POST", "/v1/completions", json={
-            "prompt": f"Story number {i}: once upon a time", "max_tokens": 200, "temperature": 0, "stream": True,
-            "ignore_eos": True}) as r:
+def _leave_streams(stack: Stack, bodies: list[dict], enough: Callable[[list[dict]], bool]) -> list[list[dict]]:
+    """Streams every body at once, each read until ``enough`` of its chunks so far, then left
+    (leaving closes the connection: a client cancel). Returns each stream's chunks."""
+    async def one(client: httpx.AsyncClient, body: dict) -> list[dict]:
+        chunks: list[dict] = []
+        async with client.stream("POST", "/v1/completions", json={**body, "stream": True, "ignore_eos": True}) as r:
             assert r.status_code == 200
             async for line in r.aiter_lines():
                 if line.startswith("data: {"):
-                    got += 1
-                    if got >= 3:
-                        break  # leaving the block closes the connection: a client cancel
-        return got
+                    chunks.append(json.loads(line[6:]))
+                    if enough(chunks):
+                        break
+        return chunks
 
-    async def run() -> list[int]:
+    async def run() -> list[list[dict]]:
         async with httpx.AsyncClient(base_url=stack.http_url, timeout=300) as c:
-            return await asyncio.gather(*(one(c, i) for i in range(50)))
+            return await asyncio.gather(*(one(c, b) for b in bodies))
 
-    counts = asyncio.run(run())
-    assert all(n >= 3 for n in counts)
+    return asyncio.run(run())
+
+
+def test_cancelling_50_streams_midway_frees_every_block(stack: Stack) -> None:
+    wait_idle(stack)
+    bodies = [{"prompt": f"Story number {i}: once upon a time", "max_tokens": 200, "temperature": 0} for i in range(50)]
+    assert all(len(chunks) >= 3 for chunks in _leave_streams(stack, bodies, lambda chunks: len(chunks) >= 3))
     snap = wait_idle(stack, timeout_s=30)
     assert all(v == (0, 0, 0) for v in snap.values()), snap
 
 
 def test_cancelling_streams_of_several_choices_frees_every_block(stack: Stack) -> None:
-    """A stream of n=4 choices left after a few chunks: all four requests end everywhere, the
-    ones started after the first choice's first token too."""
+    """A stream of n=4 choices left once every choice streams: all four requests end everywhere,
+    the ones started after the first choice's first token too."""
     wait_idle(stack)
 
-    async def one(client: httpx.AsyncClient, i: int) -> set[int]:
-        seen: set[int] = set()
-        async with client.stream("POST", "/v1/completions", json={
-            "prompt": f"Tale {i}: long ago", "max_tokens": 300, "temperature": 1.0, "n": 4, "stream": True,
-            "ignore_eos": True}) as r:
-            assert r.status_code == 200
-            async for line in r.aiter_lines():
-                if line.startswith("data: {"):
-                    seen.add(json.loads(line[6:])["choices"][0]["index"])
-                    if len(seen) == 4:
-                        break  # every choice is streaming: leaving cancels them all
-        return seen
+    def indices(chunks: list[dict]) -> set[int]:
+        return {c["choices"][0]["index"] for c in chunks}
 
-    async def run() -> list[set[int]]:
-        async with httpx.AsyncClient(base_url=stack.http_url, timeout=300) as c:
-            return await asyncio.gather(*(one(c, i) for i in range(6)))
-
-    assert all(seen == {0, 1, 2, 3} for seen in asyncio.run(run()))
+    bodies = [{"prompt": f"Tale {i}: long ago", "max_tokens": 300, "temperature": 1.0, "n": 4} for i in range(6)]
+    streams = _leave_streams(stack, bodies, lambda chunks: len(indices(chunks)) == 4)
+    assert all(indices(chunks) == {0, 1, 2, 3} for chunks in streams)
     snap = wait_idle(stack, timeout_s=30)
     assert all(v == (0, 0, 0) for v in snap.values()), snap
 
@@ -148,20 +139,7 @@ def test_streams_left_at_their_first_token_free_their_kv_at_once(stack: Stack) -
     the prefill worker's KV is released then, not when its lease expires (30 s): Starlette cancels
     every await of the request, and the release runs in a task of its own."""
     wait_idle(stack)
-
-    async def one(client: httpx.AsyncClient, i: int) -> None:
-        async with client.stream("POST", "/v1/completions", json={
-            "prompt": f"Fable {i}: in a far land", "max_tokens": 300, "temperature": 0, "stream": True,
-            "ignore_eos": True}) as r:
-            assert r.status_code == 200
-            async for line in r.aiter_lines():
-                if line.startswith("data: {"):
-                    break
-
-    async def run() -> None:
-        async with httpx.AsyncClient(base_url=stack.http_url, timeout=300) as c:
-            await asyncio.gather(*(one(c, i) for i in range(12)))
-
-    asyncio.run(run())
+    bodies = [{"prompt": f"Fable {i}: in a far land", "max_tokens": 300, "temperature": 0} for i in range(12)]
+    _leave_streams(stack, bodies, lambda chunks: True)
     snap = wait_idle(stack, timeout_s=10)
     assert all(v == (0, 0, 0) for v in snap.values()), snap
