@@ -1,11 +1,12 @@
 """OpenAI-compatible HTTP API (FastAPI): /v1/completions, /v1/chat/completions, /v1/models, /health."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -99,7 +100,7 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(_sse(shaper, choices, first, gen, include_usage), media_type="text/event-stream")
-        return await _whole(shaper, choices, first, gen)
+        return await _unless_gone(request, _whole(shaper, choices, first, gen))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -110,6 +111,28 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
         return await handle(request, chat=True)
 
     return app
+
+
+async def _unless_gone(request: Request, whole: Awaitable[Response]) -> Response:
+    """``whole``, unless the client leaves first: then it is cancelled, and with it every choice's
+    request (as vLLM aborts a request whose client is gone). A stream learns it from Starlette;
+    a whole response would otherwise run to its last token for nobody."""
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    work, watch = asyncio.ensure_future(whole), asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.wait({work})  # its clean-up: closing the choices' requests
+    if work.cancelled():
+        logger.info("client gone before its response: request cancelled")
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+    return work.result()
 
 
 async def _whole(shaper: ResponseShaper, choices: list[Choice], first: tuple[int, GenerationChunk],

@@ -143,3 +143,18 @@ def test_streams_left_at_their_first_token_free_their_kv_at_once(stack: Stack) -
     _leave_streams(stack, bodies, lambda chunks: True)
     snap = wait_idle(stack, timeout_s=10)
     assert all(v == (0, 0, 0) for v in snap.values()), snap
+
+
+def test_a_whole_response_whose_client_left_is_cancelled(stack: Stack) -> None:
+    """A client that stops waiting for a whole (not streamed) response: its requests end at once
+    (as vLLM aborts them), not after the 2,000 tokens nobody will read."""
+    wait_idle(stack)
+    body = {"prompt": "Count with me: one, two,", "max_tokens": 2000, "temperature": 0, "ignore_eos": True,
+            "n": 2}
+    try:
+        httpx.post(stack.http_url + "/v1/completions", json=body, timeout=httpx.Timeout(300, read=3.0))
+        raise AssertionError("2,000 tokens came back within 3 s: the client never left")
+    except httpx.ReadTimeout:
+        pass  # the client leaves
+    snap = wait_idle(stack, timeout_s=10)
+    assert all(v == (0, 0, 0) for v in snap.values()), snap
