@@ -49,17 +49,28 @@ class GatewayCore:
         if model and model != self.config.served_model_name:
             raise InvalidRequestError("model", f"model {model!r} is not served here (try {self.config.served_model_name!r})")
 
-    def tokenize(self, prompt: str | Sequence[int] | None = None, messages: list[dict[str, Any]] | None = None) -> list[int]:
+    def token_ids(self, prompt: str | Sequence[int] | None = None,
+                  messages: list[dict[str, Any]] | None = None) -> list[int]:
+        """The prompt's token ids as a request would have them (chat template applied), unchecked."""
         if messages is not None:
-            ids = apply_chat_template(self.tokenizer, messages)
-        elif isinstance(prompt, str):
-            ids = self.tokenizer(prompt)["input_ids"]
-        elif prompt is not None:
-            ids = list(prompt)
-        else:
-            raise InvalidRequestError("prompt", "is required")
+            return apply_chat_template(self.tokenizer, messages)
+        if isinstance(prompt, str):
+            return list(self.tokenizer(prompt)["input_ids"])
+        if prompt is not None:
+            return list(prompt)
+        raise InvalidRequestError("prompt", "is required")
+
+    def tokenize(self, prompt: str | Sequence[int] | None = None, messages: list[dict[str, Any]] | None = None) -> list[int]:
+        ids = self.token_ids(prompt, messages)
         validate_prompt(ids, self.model_config.vocab_size, self.config.max_model_len)
         return ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        vocab = self.model_config.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequestError("tokens", f"token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        return self.tokenizer.decode(list(ids))
 
     @staticmethod
     def new_request_id() -> str:

@@ -1,4 +1,5 @@
-"""OpenAI-compatible HTTP API (FastAPI): /v1/completions, /v1/chat/completions, /v1/models, /health."""
+"""OpenAI-compatible HTTP API (FastAPI): /v1/completions, /v1/chat/completions, /v1/models, /health,
+and vLLM's /tokenize and /detokenize."""
 from __future__ import annotations
 
 import asyncio
@@ -68,15 +69,40 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
         return {"object": "list", "data": [{"id": core.config.served_model_name, "object": "model", "owned_by": "grove",
                                            "max_model_len": core.config.max_model_len}]}
 
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Response:
+        """vLLM's: the token ids a completion (``prompt``) or chat (``messages``) request would
+        have, their count and the context length."""
+        try:
+            body = await _json_object(request)
+            core.check_model(body.get("model"))
+            if body.get("messages") is not None:
+                ids = core.token_ids(messages=chat_messages(body))
+            elif isinstance(body.get("prompt"), str):
+                ids = core.token_ids(prompt=body["prompt"])
+            else:
+                raise InvalidRequestError("prompt", "must be a string (or give messages)")
+        except InvalidRequestError as e:
+            return _error(e)
+        return JSONResponse({"count": len(ids), "max_model_len": core.config.max_model_len, "tokens": ids})
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Response:
+        try:
+            body = await _json_object(request)
+            core.check_model(body.get("model"))
+            tokens = body.get("tokens")
+            if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+                raise InvalidRequestError("tokens", "must be a list of token ids")
+            text = core.detokenize(tokens)
+        except InvalidRequestError as e:
+            return _error(e)
+        return JSONResponse({"prompt": text})
+
     async def handle(request: Request, chat: bool) -> Response:
         arrived = time.perf_counter()
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return _error(InvalidRequestError("body", f"malformed JSON: {e}"))
-        try:
-            if not isinstance(body, dict):
-                raise InvalidRequestError("body", "must be a JSON object")
+            body = await _json_object(request)
             core.check_model(body.get("model"))
             params = sampling_from_body(body, chat)
             if chat:
@@ -111,6 +137,16 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
         return await handle(request, chat=True)
 
     return app
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidRequestError("body", f"malformed JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("body", "must be a JSON object")
+    return body
 
 
 async def _unless_gone(request: Request, whole: Awaitable[Response]) -> Response:

@@ -120,6 +120,25 @@ def test_n_chat_choices_streamed_equal_whole(client: openai.OpenAI) -> None:
     assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens
 
 
+def test_tokenize_counts_what_a_request_uses_and_detokenize_inverts_it(stack: Stack, client: openai.OpenAI) -> None:
+    """vLLM's /tokenize: the count is the usage's prompt tokens of the same completion or chat."""
+    url = stack.http_url
+    text = "The quick brown fox jumps over the lazy dog."
+    tok = httpx.post(url + "/tokenize", json={"prompt": text}, timeout=30).json()
+    assert tok["count"] == len(tok["tokens"]) > 0 and tok["max_model_len"] > tok["count"]
+    done = client.completions.create(model="SmolLM2-135M-Instruct", prompt=text, max_tokens=1, temperature=0)
+    assert done.usage.prompt_tokens == tok["count"]
+    msgs = [{"role": "user", "content": text}]
+    chat_tok = httpx.post(url + "/tokenize", json={"messages": msgs}, timeout=30).json()
+    chat = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=msgs, max_tokens=1, temperature=0)
+    assert chat.usage.prompt_tokens == chat_tok["count"] > tok["count"]  # the template's tokens too
+    assert httpx.post(url + "/detokenize", json={"tokens": tok["tokens"]}, timeout=30).json()["prompt"] == text
+    for path, body, field in [("/tokenize", {"prompt": 5}, "prompt"), ("/detokenize", {"tokens": "abc"}, "tokens"),
+                              ("/detokenize", {"tokens": [1, 10**7]}, "tokens"), ("/tokenize", {"messages": "hi"}, "messages")]:
+        r = httpx.post(url + path, json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, (path, body, r.text)
+
+
 @pytest.mark.parametrize(
     "body, field",
     [
