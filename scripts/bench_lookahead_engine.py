@@ -140,9 +140,8 @@ def main() -> int:
                 totals[la][0] += d.tokens
                 totals[la][1] += d.seconds
                 totals[la][2] += d.steps
-            ratios.append(got[True].tokens_per_second / got[False].tokens_per_second)
-            for la, d in got.items():
                 tpots[la].append(1 / d.tokens_per_second)
+            ratios.append(got[True].tokens_per_second / got[False].tokens_per_second)
         if c in lossy:
             print(f"{c:>3} | lookahead changed a greedy output: not timed", flush=True)
             continue
