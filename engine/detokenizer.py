@@ -24,16 +24,18 @@ class Detokenizer:
         self.emitted = 0  # characters of text already handed out
         self._prefix = 0  # window start
         self._read = 0  # tokens already turned into text
-        self._stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_ids))
+        # the tokens that end the sequence (the sampler bans them within min_tokens)
+        self.stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else frozenset(eos_ids))
         self._hold = max((len(s) for s in params.stop), default=1) - 1
 
     def _decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return self.tokenizer.decode(ids, skip_special_tokens=self.params.skip_special_tokens,
+                                     clean_up_tokenization_spaces=False)
 
     def append(self, token: int) -> FinishReason | None:
         """Adds one generated token; returns why the sequence finished, if it did."""
         self.ids.append(token)
-        if token in self._stop_ids:
+        if token in self.stop_ids and len(self.ids) > self.params.min_tokens:
             return "stop"
         prefix_text = self._decode(self.ids[self._prefix : self._read])
         new_text = self._decode(self.ids[self._prefix :])
@@ -42,11 +44,13 @@ class Detokenizer:
             self.text += delta
             self._prefix = max(self._read - _WINDOW, 0) if self._read - self._prefix > _WINDOW else self._prefix
             self._read = len(self.ids)
-            if self.params.stop:
+            if self.params.stop and len(self.ids) >= self.params.min_tokens:  # vLLM's rule for strings
                 start = max(len(self.text) - len(delta) - self._hold, 0)
-                hits = [i for s in self.params.stop if (i := self.text.find(s, start)) >= 0]
+                # (where it starts, where it ends) of each stop string found; the first to start wins
+                hits = [(i, i + len(s)) for s in self.params.stop if (i := self.text.find(s, start)) >= 0]
                 if hits:
-                    self.text = self.text[: min(hits)]
+                    begin, end = min(hits)
+                    self.text = self.text[: end if self.params.include_stop_str_in_output else begin]
                     return "stop"
         if len(self.ids) >= self.params.max_tokens:
             return "length"

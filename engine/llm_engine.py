@@ -226,6 +226,7 @@ class LLMEngine:
     def make_sequence(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> Seq:
         """Validates and builds a sequence (not yet scheduled)."""
         validate_prompt(prompt_ids, self.model.config.vocab_size, self.max_model_len)
+        params.check_vocab(self.model.config.vocab_size)
         if request_id in self.seqs:
             raise ValueError(f"duplicate request id {request_id!r}")
         seed = params.seed if params.seed is not None else secrets.randbits(63)
@@ -322,11 +323,11 @@ class LLMEngine:
     def _sample(self, scheduled: list[ScheduledSeq], logits: torch.Tensor,
                 drafts: dict[str, DraftTree]) -> tuple[list[int], list[tuple[float, list[int], list[float]] | None]]:
         """One row per sampling position (a tree has one per node), in logits order."""
-        if all(s.seq.params.greedy and s.seq.params.logprobs is None and not s.seq.params.has_penalties
+        if all(s.seq.params.greedy and s.seq.params.logprobs is None and not s.seq.params.shapes_logits
                for s in scheduled if s.samples):
             # greedy rows need only their argmax (sample()'s rule): no per-row tensors to build
             return greedy_pick(logits).tolist(), [None] * logits.shape[0]
-        params, seeds, positions, prompts, outputs = [], [], [], [], []
+        params, seeds, positions, prompts, outputs, stops = [], [], [], [], [], []
         for s in scheduled:
             if not s.samples:
                 continue
@@ -338,7 +339,8 @@ class LLMEngine:
             positions += pos
             prompts += [seq.prompt_ids] * len(pos)
             outputs += [seq.output_ids] * len(pos)
-        out = sample(logits, SamplingBatch.build(params, seeds, positions, prompts, outputs))
+            stops += [seq.detok.stop_ids] * len(pos)
+        out = sample(logits, SamplingBatch.build(params, seeds, positions, prompts, outputs, stops))
         lps: list[tuple[float, list[int], list[float]] | None] = [None] * len(params)
         if out.logprobs is not None:
             for i, p in enumerate(params):

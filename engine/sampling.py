@@ -9,7 +9,7 @@ would draw at p, so verification by equality keeps the model's distribution.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Collection, NamedTuple, Sequence
 
 import torch
 
@@ -64,6 +64,8 @@ class SamplingBatch:
     frequency_penalty: torch.Tensor  # [N]
     prompt_ids: tuple[Sequence[int], ...] | None  # only when some row has penalties
     output_ids: tuple[Sequence[int], ...] | None
+    # logit_bias and min_tokens' bans as one sparse add (rows, token ids, amounts; -inf bans), None if none
+    adjust: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
     max_logprobs: int | None  # largest top-n asked for, None if no row wants logprobs
     all_greedy: bool
     any_top_k_p: bool
@@ -76,7 +78,10 @@ class SamplingBatch:
         positions: Sequence[int],
         prompt_ids: Sequence[Sequence[int]] | None = None,
         output_ids: Sequence[Sequence[int]] | None = None,
+        stop_ids: Sequence[Collection[int]] | None = None,
     ) -> "SamplingBatch":
+        """One entry of each per row. ``stop_ids``: the row's EOS and stop tokens, banned while its
+        position is within min_tokens of the prompt's end (needs ``prompt_ids``)."""
         f32 = torch.float32
         penalties = any(p.has_penalties for p in params)
         lps = [p.logprobs for p in params if p.logprobs is not None]
@@ -93,10 +98,35 @@ class SamplingBatch:
             frequency_penalty=torch.tensor([p.frequency_penalty for p in params], dtype=f32),
             prompt_ids=tuple(prompt_ids) if penalties and prompt_ids is not None else None,
             output_ids=tuple(output_ids) if penalties and output_ids is not None else None,
+            adjust=_adjustments(params, positions, prompt_ids, stop_ids),
             max_logprobs=max(lps) if lps else None,
             all_greedy=all(p.greedy for p in params),
             any_top_k_p=any(k > 0 for k in top_k) or any(p.top_p < 1.0 or p.min_p > 0 for p in params),
         )
+
+
+def _adjustments(params: Sequence[SamplingParams], positions: Sequence[int],
+                 prompt_ids: Sequence[Sequence[int]] | None,
+                 stop_ids: Sequence[Collection[int]] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    rows: list[int] = []
+    cols: list[int] = []
+    amounts: list[float] = []
+    for r, (p, pos) in enumerate(zip(params, positions)):
+        for token, bias in p.logit_bias:
+            rows.append(r)
+            cols.append(token)
+            amounts.append(bias)
+        # the token at position pos has pos - len(prompt) output tokens before it
+        if p.min_tokens and prompt_ids is not None and stop_ids is not None \
+                and pos - len(prompt_ids[r]) < p.min_tokens:
+            for token in stop_ids[r]:
+                rows.append(r)
+                cols.append(token)
+                amounts.append(float("-inf"))
+    if not rows:
+        return None
+    return (torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long),
+            torch.tensor(amounts, dtype=torch.float32))
 
 
 class SampleOutput(NamedTuple):
@@ -112,6 +142,14 @@ def _token_counts(ids: Sequence[Sequence[int]], vocab: int) -> torch.Tensor:
         if row:
             counts[i].index_add_(0, torch.tensor(list(row), dtype=torch.long), torch.ones(len(row)))
     return counts
+
+
+def apply_adjustments(logits: torch.Tensor, s: SamplingBatch) -> torch.Tensor:
+    """logit_bias added, min_tokens' bans set to -inf (a new tensor; ``logits`` is left alone)."""
+    if s.adjust is None:
+        return logits
+    rows, cols, amounts = s.adjust
+    return logits.index_put((rows, cols), amounts.to(logits.dtype), accumulate=True)
 
 
 def apply_penalties(logits: torch.Tensor, s: SamplingBatch) -> torch.Tensor:
@@ -155,7 +193,7 @@ def greedy_pick(logits: torch.Tensor) -> torch.Tensor:
 def sample(logits: torch.Tensor, s: SamplingBatch) -> SampleOutput:
     """logits: [N, V] fp32 -> one token per row."""
     raw = logits
-    logits = apply_penalties(logits, s)
+    logits = apply_penalties(apply_adjustments(logits, s), s)
     greedy_tokens = greedy_pick(logits)
     if s.all_greedy:
         tokens = greedy_tokens

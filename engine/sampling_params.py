@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from engine.errors import InvalidRequestError
 
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range for one token's bias
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,10 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # top-n logprobs per token (0: only the chosen token's)
     lookahead: bool | None = None  # per-request switch; None: the server's default
+    min_tokens: int = 0  # vLLM's: no EOS, stop token or stop string before this many output tokens
+    logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's: (token id, added to its logit), by id
+    include_stop_str_in_output: bool = False  # vLLM's: the text keeps the stop string that ended it
+    skip_special_tokens: bool = True  # vLLM's: special tokens (EOS, chat markers) left out of the text
 
     def __post_init__(self) -> None:
         def bad(name: str, msg: str) -> None:
@@ -53,6 +58,19 @@ class SamplingParams:
             bad("stop", "stop strings must be non-empty")
         if any(t < 0 for t in self.stop_token_ids):
             bad("stop_token_ids", "token ids must be >= 0")
+        if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
+            bad("min_tokens", f"must be an integer from 0 to max_tokens ({self.max_tokens}), got {self.min_tokens!r}")
+        for token, bias in self.logit_bias:
+            if token < 0:
+                bad("logit_bias", f"token ids must be >= 0, got {token}")
+            if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+                bad("logit_bias", f"biases must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], got {bias} for token {token}")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Token ids that index the logits must lie in the model's vocabulary."""
+        bad = [t for t, _ in self.logit_bias if t >= vocab_size]
+        if bad:
+            raise InvalidRequestError("logit_bias", f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
 
     @property
     def greedy(self) -> bool:
@@ -61,6 +79,12 @@ class SamplingParams:
     @property
     def has_penalties(self) -> bool:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+    @property
+    def shapes_logits(self) -> bool:
+        """Something changes the logits before the pick (penalties, bias, min_tokens): the
+        sampler's argmax-only shortcut does not apply."""
+        return self.has_penalties or bool(self.logit_bias) or self.min_tokens > 0
 
 
 GREEDY = SamplingParams(temperature=0.0)

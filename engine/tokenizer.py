@@ -30,8 +30,15 @@ def _tokenizer_class(model_dir: Path) -> str | None:
     return name if isinstance(name, str) and name.isidentifier() else None
 
 
-def apply_chat_template(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> list[int]:
-    """OpenAI-style messages -> prompt token ids, with the generation prompt appended."""
+def apply_chat_template(tokenizer: Any, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
+                        continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None) -> list[int]:
+    """OpenAI-style messages -> prompt token ids, with the generation prompt appended (vLLM's
+    options: ``continue_final_message`` leaves the last (assistant) message open for the model to
+    go on with; ``template_kwargs`` are handed to the template, e.g. a model's thinking switch)."""
+    if add_generation_prompt and continue_final_message:
+        raise InvalidRequestError("continue_final_message", "cannot be combined with add_generation_prompt")
+    if continue_final_message and messages and messages[-1].get("role") != "assistant":
+        raise InvalidRequestError("continue_final_message", "the last message must be the assistant's")
     if not messages:
         raise InvalidRequestError("messages", "must contain at least one message")
     for i, m in enumerate(messages):
@@ -39,7 +46,9 @@ def apply_chat_template(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> l
             raise InvalidRequestError(f"messages[{i}].role", "must be one of system, user, assistant, tool")
         if not isinstance(m.get("content"), str):
             raise InvalidRequestError(f"messages[{i}].content", "must be a string")
-    out = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+    out = tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt,
+                                        continue_final_message=continue_final_message, tokenize=True,
+                                        **(template_kwargs or {}))
     if isinstance(out, dict) or hasattr(out, "input_ids"):
         out = out["input_ids"]
     return list(out)

@@ -49,19 +49,21 @@ class GatewayCore:
         if model and model != self.config.served_model_name:
             raise InvalidRequestError("model", f"model {model!r} is not served here (try {self.config.served_model_name!r})")
 
-    def token_ids(self, prompt: str | Sequence[int] | None = None,
-                  messages: list[dict[str, Any]] | None = None) -> list[int]:
-        """The prompt's token ids as a request would have them (chat template applied), unchecked."""
+    def token_ids(self, prompt: str | Sequence[int] | None = None, messages: list[dict[str, Any]] | None = None,
+                  template: dict[str, Any] | None = None) -> list[int]:
+        """The prompt's token ids as a request would have them (chat template applied, with
+        ``template``'s options), unchecked."""
         if messages is not None:
-            return apply_chat_template(self.tokenizer, messages)
+            return apply_chat_template(self.tokenizer, messages, **(template or {}))
         if isinstance(prompt, str):
             return list(self.tokenizer(prompt)["input_ids"])
         if prompt is not None:
             return list(prompt)
         raise InvalidRequestError("prompt", "is required")
 
-    def tokenize(self, prompt: str | Sequence[int] | None = None, messages: list[dict[str, Any]] | None = None) -> list[int]:
-        ids = self.token_ids(prompt, messages)
+    def tokenize(self, prompt: str | Sequence[int] | None = None, messages: list[dict[str, Any]] | None = None,
+                 template: dict[str, Any] | None = None) -> list[int]:
+        ids = self.token_ids(prompt, messages, template)
         validate_prompt(ids, self.model_config.vocab_size, self.config.max_model_len)
         return ids
 

@@ -20,7 +20,8 @@ from gateway.choices import Choice, merged, plan_choices, total_usage
 from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
-    ResponseShaper, chat_messages, choices_per_prompt, completion_prompts, error_json, sampling_from_body,
+    ResponseShaper, chat_messages, chat_template_options, choices_per_prompt, completion_prompts, error_json,
+    reject_unsupported, sampling_from_body, wants_echo,
 )
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             body = await _json_object(request)
             core.check_model(body.get("model"))
             if body.get("messages") is not None:
-                ids = core.token_ids(messages=chat_messages(body))
+                ids = core.token_ids(messages=chat_messages(body), template=chat_template_options(body))
             elif isinstance(body.get("prompt"), str):
                 ids = core.token_ids(prompt=body["prompt"])
             else:
@@ -104,11 +105,16 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
         try:
             body = await _json_object(request)
             core.check_model(body.get("model"))
+            reject_unsupported(body, chat)
             params = sampling_from_body(body, chat)
+            echo: list[str] = []
             if chat:
-                prompts = [core.tokenize(messages=chat_messages(body))]
+                prompts = [core.tokenize(messages=chat_messages(body), template=chat_template_options(body))]
             else:
-                prompts = [core.tokenize(prompt=p) for p in completion_prompts(body, core.config.max_concurrent)]
+                given = completion_prompts(body, core.config.max_concurrent)
+                prompts = [core.tokenize(prompt=p) for p in given]
+                if wants_echo(body):
+                    echo = [p if isinstance(p, str) else core.detokenize(p) for p in given]
             # every choice is a request in flight: no more than the gateway takes at once
             n = choices_per_prompt(body, core.config.max_concurrent // len(prompts))
             request_id = core.new_request_id()
@@ -116,7 +122,8 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
         except InvalidRequestError as e:
             return _error(e)
         shaper = ResponseShaper(request_id, core.config.served_model_name, chat, core.tokenizer,
-                                params.logprobs, bool(body.get("return_token_ids")))
+                                params.logprobs, bool(body.get("return_token_ids")),
+                                {c.index: echo[c.prompt] for c in choices} if echo else None)
         gen = merged(core, choices, arrived)
         # fail fast (4xx/5xx status) on what happens before the first token
         try:

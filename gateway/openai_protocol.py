@@ -46,8 +46,13 @@ def sampling_from_body(body: dict[str, Any], chat: bool) -> SamplingParams:
         if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
             raise InvalidRequestError("stop_token_ids", "must be a list of integers")
         kwargs["stop_token_ids"] = tuple(ids)
-    if body.get("ignore_eos") is not None:
-        kwargs["ignore_eos"] = _typed(body, "ignore_eos", bool)
+    for key in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
+        if body.get(key) is not None:
+            kwargs[key] = _typed(body, key, bool)
+    if body.get("min_tokens") is not None:
+        kwargs["min_tokens"] = _typed(body, "min_tokens", int)
+    if body.get("logit_bias") is not None:
+        kwargs["logit_bias"] = _logit_bias(body["logit_bias"])
     if body.get("lookahead") is not None:
         kwargs["lookahead"] = _typed(body, "lookahead", bool)
     if chat:
@@ -56,6 +61,58 @@ def sampling_from_body(body: dict[str, Any], chat: bool) -> SamplingParams:
     elif body.get("logprobs") is not None:
         kwargs["logprobs"] = _typed(body, "logprobs", int)
     return SamplingParams(**kwargs)
+
+
+# fields of OpenAI's or vLLM's API that Grove does not implement: a request that sets one gets a
+# 400 naming it, not an answer that quietly ignored it (unknown fields are ignored, as vLLM does)
+_UNSUPPORTED = {
+    "tools": "tool calling", "functions": "function calling", "response_format": "structured output",
+    "guided_json": "structured output", "guided_regex": "structured output", "guided_choice": "structured output",
+    "guided_grammar": "structured output", "structured_outputs": "structured output",
+    "prompt_logprobs": "prompt logprobs", "suffix": "suffix (insertion)",
+}
+
+
+def reject_unsupported(body: dict[str, Any], chat: bool) -> None:
+    """A 400 for each field set to something Grove would otherwise ignore (its neutral values pass:
+    no tools, ``tool_choice: "none"``, ``response_format: {"type": "text"}``, ``best_of`` = n)."""
+    for key, what in _UNSUPPORTED.items():
+        value = body.get(key)
+        neutral = value in (None, [], "") or (key == "response_format" and value == {"type": "text"})
+        if not neutral:
+            raise InvalidRequestError(key, f"{what} is not supported by this server")
+    if body.get("tool_choice") not in (None, "none"):
+        raise InvalidRequestError("tool_choice", "tool calling is not supported by this server")
+    if body.get("function_call") not in (None, "none"):
+        raise InvalidRequestError("function_call", "function calling is not supported by this server")
+    best_of = body.get("best_of")
+    if best_of is not None and best_of != (body.get("n") or 1):
+        raise InvalidRequestError("best_of", "must equal n if given (ranking samples by likelihood is not supported)")
+    if not chat and body.get("echo") and body.get("logprobs") is not None:
+        raise InvalidRequestError("echo", "echo with logprobs (the prompt's logprobs) is not supported")
+    if body.get("stream_options") is not None and not body.get("stream"):
+        raise InvalidRequestError("stream_options", "only allowed with stream: true")
+
+
+def wants_echo(body: dict[str, Any]) -> bool:
+    """Completions' ``echo``: the prompt's text goes before each of its choices' text."""
+    return body.get("echo") is not None and _typed(body, "echo", bool)
+
+
+def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``{"token id": bias}`` (JSON keys are strings) as (id, bias) pairs by id."""
+    if not isinstance(value, dict):
+        raise InvalidRequestError("logit_bias", 'must be an object of {"token id": bias}')
+    pairs = []
+    for key, bias in value.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise InvalidRequestError("logit_bias", f"key {key!r} is not a token id") from None
+        if not isinstance(bias, (int, float)) or isinstance(bias, bool):
+            raise InvalidRequestError("logit_bias", f"the bias of token {key} must be a number")
+        pairs.append((token, float(bias)))
+    return tuple(sorted(pairs))
 
 
 def choices_per_prompt(body: dict[str, Any], limit: int) -> int:
@@ -103,6 +160,27 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def chat_template_options(body: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's chat-template fields: apply_chat_template's keyword arguments."""
+    options: dict[str, Any] = {}
+    for key in ("add_generation_prompt", "continue_final_message"):
+        if body.get(key) is not None:
+            options[key] = _typed(body, key, bool)
+    if options.get("continue_final_message") and "add_generation_prompt" not in options:
+        options["add_generation_prompt"] = False  # vLLM's clients set only the one
+    extra = body.get("chat_template_kwargs")
+    if extra is not None:
+        if not isinstance(extra, dict) or not all(isinstance(k, str) and k.isidentifier() for k in extra):
+            raise InvalidRequestError("chat_template_kwargs", "must be an object of template variables")
+        reserved = {"conversation", "messages", "tokenize", "add_generation_prompt", "continue_final_message",
+                    "chat_template", "tools", "documents", "return_dict", "return_tensors", "tokenizer_kwargs"}
+        clash = sorted(reserved & set(extra))
+        if clash:
+            raise InvalidRequestError("chat_template_kwargs", f"{clash[0]!r} is set by the server")
+        options["template_kwargs"] = extra
+    return options
+
+
 def usage_json(u: Usage) -> dict[str, Any]:
     return {
         "prompt_tokens": u.prompt_tokens,
@@ -121,15 +199,17 @@ class ResponseShaper:
     numbered from 0 (prompt i's sample j of n: i * n + j)."""
 
     def __init__(self, request_id: str, model: str, chat: bool, tokenizer: Any, logprobs: int | None,
-                 return_token_ids: bool) -> None:
+                 return_token_ids: bool, echo: dict[int, str] | None = None) -> None:
+        """``echo``: text that goes before a choice's own (its prompt, for completions' ``echo``)."""
         self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
         self.model = model
         self.chat = chat
         self.tokenizer = tokenizer
         self.logprobs = logprobs
         self.return_token_ids = return_token_ids
+        self.echo = echo or {}
         self.created = int(time.time())
-        self._role_sent: set[int] = set()  # choices whose first delta (with the role) went out
+        self._started: set[int] = set()  # choices whose first delta (with the role, the echo) went out
 
     def _logprobs(self, tokens: list[TokenOut]) -> dict[str, Any] | None:
         if self.logprobs is None:
@@ -146,12 +226,15 @@ class ResponseShaper:
     def _choice(self, index: int, text: str, tokens: list[TokenOut], finish: str | None,
                 delta: bool) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": index, "logprobs": self._logprobs(tokens), "finish_reason": finish}
+        first = index not in self._started
+        self._started.add(index)
+        if first:
+            text = self.echo.get(index, "") + text
         if self.chat:
             if delta:
                 d: dict[str, Any] = {}
-                if index not in self._role_sent:
+                if first:
                     d["role"] = "assistant"
-                    self._role_sent.add(index)
                 if text:
                     d["content"] = text
                 choice["delta"] = d

@@ -13,7 +13,7 @@ from grove.v1 import api_pb2 as apb
 
 _OPTIONAL_SAMPLING = (
     "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-    "presence_penalty", "frequency_penalty", "seed", "logprobs", "lookahead",
+    "presence_penalty", "frequency_penalty", "seed", "logprobs", "lookahead", "skip_special_tokens",
 )
 
 
@@ -26,6 +26,9 @@ def sampling_from_pb(pb: apb.SamplingParams) -> SamplingParams:
     kwargs["stop"] = tuple(pb.stop)
     kwargs["stop_token_ids"] = tuple(pb.stop_token_ids)
     kwargs["ignore_eos"] = pb.ignore_eos
+    kwargs["min_tokens"] = pb.min_tokens
+    kwargs["include_stop_str_in_output"] = pb.include_stop_str_in_output
+    kwargs["logit_bias"] = tuple(sorted((t, round(float(b), 6)) for t, b in pb.logit_bias.items()))
     return SamplingParams(**kwargs)  # type: ignore[arg-type]
 
 
@@ -34,7 +37,8 @@ def sampling_to_pb(p: SamplingParams) -> apb.SamplingParams:
         max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, min_p=p.min_p,
         repetition_penalty=p.repetition_penalty, presence_penalty=p.presence_penalty,
         frequency_penalty=p.frequency_penalty, stop=list(p.stop), stop_token_ids=list(p.stop_token_ids),
-        ignore_eos=p.ignore_eos,
+        ignore_eos=p.ignore_eos, min_tokens=p.min_tokens, logit_bias=dict(p.logit_bias),
+        include_stop_str_in_output=p.include_stop_str_in_output, skip_special_tokens=p.skip_special_tokens,
     )
     if p.seed is not None:
         pb.seed = p.seed

@@ -1,12 +1,15 @@
 """Sampling: pure functions over logits; seeds reproduce; filters never leak tokens."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.errors import InvalidRequestError
 from engine.sampling import SamplingBatch, sample, uniform_draws
 from engine.sampling_params import SamplingParams
 
@@ -103,3 +106,43 @@ def test_engine_seeded_sampling_is_reproducible(engine: Any) -> None:
     c = engine.generate([prompt], SamplingParams(temperature=1.0, top_p=0.9, seed=99, max_tokens=12, ignore_eos=True))[0]
     assert a == b
     assert c.output_ids != a
+
+
+def test_logit_bias_moves_the_pick_and_bans_with_minus_100() -> None:
+    logits = torch.randn(2, 300, generator=torch.Generator().manual_seed(3))
+    top = int(logits[0].argmax())
+    params = [SamplingParams(temperature=0.0, logit_bias=((7, 100.0),)),
+              SamplingParams(temperature=0.0, logit_bias=((top, -100.0),))]
+    out = sample(logits, _batch(params, [0, 0], [5, 5])).tokens.tolist()
+    assert out[0] == 7
+    assert out[1] != top and out[1] == int(logits[1].clone().index_fill_(0, torch.tensor([top]), -1e9).argmax())
+    # a sampled row never draws a banned token
+    banned = SamplingParams(temperature=1.0, logit_bias=tuple((t, -100.0) for t in range(299)))
+    draws = sample(logits[:1].repeat(200, 1), _batch([banned] * 200, list(range(200)), [5] * 200)).tokens
+    assert set(draws.tolist()) == {299}
+
+
+def test_min_tokens_bans_stop_tokens_only_before_the_minimum() -> None:
+    """Row positions 3, 4, 5 behind a 3-token prompt have 0, 1, 2 output tokens before them: with
+    min_tokens=2 the stop tokens are banned at the first two only (as a lookahead tree's rows are)."""
+    logits = torch.zeros(3, 50)
+    logits[:, 9] = 5.0  # the stop token is everyone's favourite
+    logits[:, 4] = 4.0
+    p = SamplingParams(temperature=0.0, min_tokens=2)
+    batch = SamplingBatch.build([p] * 3, [0] * 3, [3, 4, 5], [[1, 2, 3]] * 3, [[]] * 3, [{9, 11}] * 3)
+    assert sample(logits, batch).tokens.tolist() == [4, 4, 9]
+    # the raw distribution's logprobs are reported, as without min_tokens
+    lp = sample(logits, SamplingBatch.build([dataclasses.replace(p, logprobs=1)] * 3, [0] * 3, [3, 4, 5],
+                                            [[1, 2, 3]] * 3, [[]] * 3, [{9}] * 3))
+    assert lp.top_ids is not None and lp.top_ids[:, 0].tolist() == [9, 9, 9]
+
+
+def test_logit_bias_and_min_tokens_are_validated() -> None:
+    with pytest.raises(InvalidRequestError, match="min_tokens"):
+        SamplingParams(max_tokens=4, min_tokens=5)
+    with pytest.raises(InvalidRequestError, match="logit_bias"):
+        SamplingParams(logit_bias=((3, 101.0),))
+    with pytest.raises(InvalidRequestError, match="logit_bias"):
+        SamplingParams(logit_bias=((-1, 1.0),))
+    with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
+        SamplingParams(logit_bias=((5000, 1.0),)).check_vocab(5000)

@@ -91,3 +91,41 @@ def test_allocator_refcounts() -> None:
     assert a.free(x[:2]) == x[:2]
     a.check_integrity()
     assert a.num_free == 4
+
+
+def _run(d: Detokenizer, ids: list[int]) -> tuple[str, str | None]:
+    streamed, reason = "", None
+    for t in ids:
+        reason = d.append(t)
+        streamed += d.take_delta(reason is not None)
+        if reason:
+            break
+    return streamed, reason
+
+
+def test_stop_string_kept_with_include_stop_str_in_output(tokenizer: Any) -> None:
+    ids = tokenizer("alpha beta STOP gamma")["input_ids"]
+    d = Detokenizer(tokenizer, SamplingParams(max_tokens=100, stop=("STOP",), include_stop_str_in_output=True), eos_ids=())
+    assert _run(d, ids) == ("alpha beta STOP", "stop") and d.text == "alpha beta STOP"
+
+
+def test_stops_wait_for_min_tokens(tokenizer: Any) -> None:
+    """A stop string completed within the first min_tokens tokens and a stop token there do not
+    end the sequence (vLLM's rule); after min_tokens they do."""
+    ids = tokenizer("STOP alpha beta STOP gamma")["input_ids"]
+    assert tokenizer.decode(ids[:1]) == "STOP"  # the first token completes a stop string
+    d = Detokenizer(tokenizer, SamplingParams(max_tokens=100, stop=("STOP",), min_tokens=2), eos_ids=())
+    assert _run(d, ids) == ("STOP alpha beta ", "stop")
+    d = Detokenizer(tokenizer, SamplingParams(max_tokens=100, stop=("STOP",)), eos_ids=())
+    assert _run(d, ids) == ("", "stop")
+    eos = tokenizer.eos_token_id
+    d = Detokenizer(tokenizer, SamplingParams(max_tokens=100, min_tokens=2), eos_ids=(eos,))
+    assert d.append(eos) is None and d.append(ids[0]) is None and d.append(eos) == "stop"
+
+
+def test_special_tokens_in_text_unless_skipped(tokenizer: Any) -> None:
+    ids = tokenizer("<|im_start|>user")["input_ids"]
+    kept = Detokenizer(tokenizer, SamplingParams(max_tokens=100, skip_special_tokens=False), eos_ids=())
+    skipped = Detokenizer(tokenizer, SamplingParams(max_tokens=100), eos_ids=())
+    assert _run(kept, ids)[0] == "<|im_start|>user"
+    assert _run(skipped, ids)[0] == "user"

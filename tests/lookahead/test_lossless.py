@@ -1,6 +1,7 @@
 """Lookahead never changes what the model produces: greedy tokens, the sampling distribution, KV."""
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -13,6 +14,7 @@ from engine.lookahead.budget import StepCostModel
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
+from engine.tokenizer import apply_chat_template
 from kernels import cpu_linear
 from tests.prompts import code_edit_ids, engine_prompts
 
@@ -145,3 +147,31 @@ def test_counting_is_drafted_by_numbering_and_changes_no_token(la_engine: LLMEng
         drafter.digits = digits
     # measured: 51-59 of 64 tokens with numbering, 26-28 without
     assert accepted[True] >= 40 and accepted[True] >= 1.5 * accepted[False], accepted
+
+
+def test_logit_bias_and_min_tokens_keep_on_equal_off(drafting_engine: LLMEngine, tokenizer: Any) -> None:
+    """Rows of a drafted tree get the request's bias, and min_tokens' bans by their own position:
+    greedy output with drafts equals plain decoding's, and both options change the output."""
+    eng = drafting_engine
+    prompts = code_edit_ids(tokenizer, 3)
+    plain = [o.output_ids for o in eng.generate(prompts, SamplingParams(temperature=0.0, max_tokens=40))]
+    common = Counter(t for out in plain for t in out).most_common(1)[0][0]
+    biased = SamplingParams(temperature=0.0, max_tokens=40, logit_bias=((common, -4.0),))
+    before = eng.speculator.stats.num_accepted_tokens
+    on = [o.output_ids for o in eng.generate(prompts, biased)]
+    assert eng.speculator.stats.num_accepted_tokens > before  # drafts were verified under the bias
+    off = [o.output_ids for o in eng.generate(prompts, dataclasses.replace(biased, lookahead=False))]
+    assert on == off and on != plain
+    assert sum(out.count(common) for out in on) < sum(out.count(common) for out in plain)
+
+    # a short chat answer ends with EOS; min_tokens keeps it going past it, drafts or not
+    chat = apply_chat_template(tokenizer, [{"role": "user", "content": "Say hi."}])
+    short = eng.generate([chat], SamplingParams(temperature=0.0, max_tokens=64))[0]
+    assert short.finish_reason == "stop" and len(short.output_ids) < 30
+    eos = set(eng.eos_ids)
+    longer = SamplingParams(temperature=0.0, max_tokens=64, min_tokens=30)
+    on1 = eng.generate([chat], longer)[0]
+    off1 = eng.generate([chat], dataclasses.replace(longer, lookahead=False))[0]
+    assert on1.output_ids == off1.output_ids and len(on1.output_ids) >= 30
+    assert not eos & set(on1.output_ids[:30])
+    assert on1.output_ids[: len(short.output_ids) - 1] == short.output_ids[:-1]  # the same text up to its EOS

@@ -31,6 +31,9 @@ def test_python_stubs_unary_and_stream(stack: Stack) -> None:
         streamed = list(stub.GenerateStream(req, timeout=60))
         models = stub.ListModels(pb.ListModelsRequest(), timeout=10)
         toks = stub.Tokenize(pb.TokenizeRequest(prompt=PROMPT), timeout=10)
+        forced = stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(
+            max_tokens=5, temperature=0.0, logit_bias={28: 100.0}, min_tokens=5)), timeout=60)
+        assert list(forced.token_ids) == [28] * 5
         with pytest.raises(grpc.RpcError) as e:
             stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(top_p=2.0)), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_p" in e.value.details()

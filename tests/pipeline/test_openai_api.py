@@ -69,6 +69,69 @@ def test_completion_stop_string_and_logprobs(client: openai.OpenAI) -> None:
     assert all(len(t) <= 2 for t in lp.top_logprobs)
 
 
+def test_logit_bias_min_tokens_echo_and_stop_string_options(client: openai.OpenAI, tokenizer: Any) -> None:
+    """OpenAI's logit_bias and echo, vLLM's min_tokens, include_stop_str_in_output and
+    skip_special_tokens, each through the stack (the workers sample and detokenize)."""
+    kw: dict[str, Any] = dict(model="SmolLM2-135M-Instruct", temperature=0)
+    base = client.completions.create(prompt="1, 2, 3, 4,", max_tokens=8, extra_body={"return_token_ids": True}, **kw)
+    ids = base.choices[0].model_extra["token_ids"]
+    # the first token banned: another comes first; a token pushed to +100 is taken at every step
+    banned = client.completions.create(prompt="1, 2, 3, 4,", max_tokens=8, logit_bias={str(ids[0]): -100},
+                                       extra_body={"return_token_ids": True}, **kw)
+    assert banned.choices[0].model_extra["token_ids"][0] != ids[0]
+    forced = client.completions.create(prompt="1, 2, 3, 4,", max_tokens=6, logit_bias={"28": 100},
+                                       extra_body={"return_token_ids": True}, **kw)
+    assert forced.choices[0].model_extra["token_ids"] == [28] * 6
+
+    msgs = [{"role": "user", "content": "Say hi."}]
+    short = client.chat.completions.create(messages=msgs, max_tokens=64, **kw)
+    assert short.choices[0].finish_reason == "stop" and short.usage.completion_tokens < 30
+    longer = client.chat.completions.create(messages=msgs, max_tokens=64, extra_body={"min_tokens": 30}, **kw)
+    assert longer.usage.completion_tokens >= 30
+    assert longer.choices[0].message.content.startswith(short.choices[0].message.content)
+
+    echoed = client.completions.create(prompt="1, 2, 3, 4,", max_tokens=8, echo=True, **kw)
+    assert echoed.choices[0].text == "1, 2, 3, 4," + base.choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        prompt=tokenizer("1, 2, 3, 4,")["input_ids"], max_tokens=8, echo=True, stream=True, **kw) if c.choices)
+    assert streamed == echoed.choices[0].text
+
+    stop = base.choices[0].text.strip().split(",")[1].strip()
+    kept = client.completions.create(prompt="1, 2, 3, 4,", max_tokens=8, stop=[stop],
+                                     extra_body={"include_stop_str_in_output": True}, **kw)
+    assert kept.choices[0].finish_reason == "stop" and kept.choices[0].text.endswith(stop)
+    assert base.choices[0].text.startswith(kept.choices[0].text)
+    special = client.chat.completions.create(messages=msgs, max_tokens=64, extra_body={"skip_special_tokens": False,
+                                             "ignore_eos": True, "stop": ["<|im_start|>"]}, **kw)
+    assert "<|im_end|>" in special.choices[0].message.content
+
+
+def test_chat_template_options_continue_an_answer(stack: Stack, client: openai.OpenAI) -> None:
+    """vLLM's continue_final_message: the model goes on with the assistant's started message, the
+    prompt /tokenize gives for the same options; add_generation_prompt and chat_template_kwargs."""
+    msgs = [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "A yellow fruit is the"}]
+    options = {"continue_final_message": True}
+    ids = httpx.post(stack.http_url + "/tokenize", json={"messages": msgs, **options}, timeout=30).json()["tokens"]
+    kw: dict[str, Any] = dict(model="SmolLM2-135M-Instruct", max_tokens=12, temperature=0)
+    chat = client.chat.completions.create(messages=msgs, extra_body=options, **kw)
+    plain = client.completions.create(prompt=ids, **kw)
+    assert chat.choices[0].message.content == plain.choices[0].text and chat.usage.prompt_tokens == len(ids)
+    # the open message ends the prompt: no end-of-turn marker and no new assistant turn after it
+    text = httpx.post(stack.http_url + "/detokenize", json={"tokens": ids}, timeout=30).json()["prompt"]
+    assert text.endswith("A yellow fruit is the")
+    closed = httpx.post(stack.http_url + "/tokenize", timeout=30,
+                        json={"messages": msgs, "add_generation_prompt": False}).json()["tokens"]
+    assert closed[: len(ids)] == ids and len(closed) > len(ids)
+    for body, field in (({**options, "add_generation_prompt": True}, "continue_final_message"),
+                        ({"chat_template_kwargs": {"tokenize": False}}, "chat_template_kwargs"),
+                        ({"chat_template_kwargs": [1]}, "chat_template_kwargs")):
+        r = httpx.post(stack.http_url + "/v1/chat/completions", json={"messages": msgs, **body}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+    r = httpx.post(stack.http_url + "/v1/chat/completions", timeout=60,
+                   json={"messages": msgs[:1], "max_tokens": 2, "chat_template_kwargs": {"enable_thinking": False}})
+    assert r.status_code == 200, r.text
+
+
 def test_seeded_sampling_reproducible_through_pipeline(client: openai.OpenAI) -> None:
     kw = dict(model="SmolLM2-135M-Instruct", prompt="Once upon a time", max_tokens=16, temperature=1.0, seed=7)
     a = client.completions.create(**kw).choices[0].text
@@ -156,6 +219,17 @@ def test_tokenize_counts_what_a_request_uses_and_detokenize_inverts_it(stack: St
         ({"prompt": "x " * 9000}, "prompt"),
         ({"prompt": ""}, "prompt"),
         ({}, "prompt"),
+        ({"prompt": "hi", "logit_bias": {"x": 1}}, "logit_bias"),
+        ({"prompt": "hi", "logit_bias": {"5": 200}}, "logit_bias"),
+        ({"prompt": "hi", "logit_bias": {"99999999": 1}}, "logit_bias"),
+        ({"prompt": "hi", "max_tokens": 4, "min_tokens": 5}, "min_tokens"),
+        ({"prompt": "hi", "echo": True, "logprobs": 1}, "echo"),
+        ({"prompt": "hi", "echo": "yes"}, "echo"),
+        ({"prompt": "hi", "suffix": "end"}, "suffix"),
+        ({"prompt": "hi", "best_of": 3}, "best_of"),
+        ({"prompt": "hi", "response_format": {"type": "json_object"}}, "response_format"),
+        ({"prompt": "hi", "guided_json": {"type": "object"}}, "guided_json"),
+        ({"prompt": "hi", "stream_options": {"include_usage": True}}, "stream_options"),
     ],
 )
 def test_invalid_completion_requests_get_400_naming_the_field(stack: Stack, body: dict, field: str) -> None:
@@ -172,6 +246,16 @@ def test_malformed_json_and_messages(stack: Stack) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].role"
     r = httpx.post(stack.http_url + "/v1/chat/completions", json={"messages": "hello"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    msgs = [{"role": "user", "content": "x"}]
+    r = httpx.post(stack.http_url + "/v1/chat/completions", json={"messages": msgs, "tools": [tool]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools" and "not supported" in r.text
+    r = httpx.post(stack.http_url + "/v1/chat/completions", json={"messages": msgs, "tool_choice": "auto"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
+    # the neutral values of those fields are served
+    r = httpx.post(stack.http_url + "/v1/chat/completions", timeout=60, json={
+        "messages": msgs, "max_tokens": 2, "tools": [], "tool_choice": "none", "response_format": {"type": "text"}})
+    assert r.status_code == 200, r.text
     ok = httpx.post(stack.http_url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
     assert ok.status_code == 200  # still serving
 

@@ -1,0 +1,20 @@
+"""Protobuf conversion (protocol.pipeline): every sampling field survives the wire."""
+from __future__ import annotations
+
+import dataclasses
+
+from engine.sampling_params import SamplingParams
+from protocol.pipeline import sampling_from_pb, sampling_to_pb
+
+
+def test_every_sampling_field_round_trips() -> None:
+    p = SamplingParams(max_tokens=50, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1,
+                       presence_penalty=0.5, frequency_penalty=-0.5, seed=-3, stop=("a", "bc"),
+                       stop_token_ids=(7, 9), ignore_eos=True, logprobs=3, lookahead=False, min_tokens=4,
+                       logit_bias=((5, -100.0), (12, 2.5)), include_stop_str_in_output=True,
+                       skip_special_tokens=False)
+    # each field differs from its default, so a field the conversion dropped would show
+    defaults = SamplingParams()
+    assert all(getattr(p, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(p))
+    assert sampling_from_pb(sampling_to_pb(p)) == p
+    assert sampling_from_pb(sampling_to_pb(defaults)) == defaults
