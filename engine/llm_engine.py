@@ -36,6 +36,7 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from engine.sequence import Sequence as Seq
 from engine.sequence import SeqStatus
+from engine.structured import Grammars, all_allowed
 from engine.tokenizer import load_tokenizer, validate_prompt
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class LLMEngine:
             self.prefix_cache,
         )
         self.eos_ids = tuple(mc.eos_token_ids) or ((self.tokenizer.eos_token_id,) if self.tokenizer.eos_token_id is not None else ())
+        self.grammars = Grammars(self.tokenizer, self.model.config.vocab_size)  # structured output
         self.seqs: dict[str, Seq] = {}
         self.speculator: Speculator | None = None
         if config.lookahead and not self._steps_exact():
@@ -237,6 +239,7 @@ class LLMEngine:
             seed=seed,
             detok=Detokenizer(self.tokenizer, params, self.eos_ids),
             max_len=self.max_model_len,
+            grammar=self.grammars.grammar(params.structured) if params.structured is not None else None,
         )
 
     def add_request(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> Seq:
@@ -328,19 +331,30 @@ class LLMEngine:
             # greedy rows need only their argmax (sample()'s rule): no per-row tensors to build
             return greedy_pick(logits).tolist(), [None] * logits.shape[0]
         params, seeds, positions, prompts, outputs, stops = [], [], [], [], [], []
+        grammar_rows: list[int] = []  # rows under a grammar, in order; their masks in ``masks``
+        masks: list[torch.Tensor] = []
         for s in scheduled:
             if not s.samples:
                 continue
             seq = s.seq
             tree = drafts.get(seq.request_id)
             pos = node_positions(tree, seq.num_cached) if tree is not None else [seq.num_tokens]
+            if seq.grammar is not None:
+                mask = all_allowed(len(pos), self.model.config.vocab_size)
+                if tree is not None:
+                    seq.grammar.fill_tree(mask, 0, *tree.step_input(seq.all_ids[-1]))
+                else:
+                    seq.grammar.fill(mask, 0)
+                grammar_rows += range(len(params), len(params) + len(pos))
+                masks.append(mask)
             params += [seq.params] * len(pos)
             seeds += [seq.seed] * len(pos)
             positions += pos
             prompts += [seq.prompt_ids] * len(pos)
             outputs += [seq.output_ids] * len(pos)
             stops += [seq.detok.stop_ids] * len(pos)
-        out = sample(logits, SamplingBatch.build(params, seeds, positions, prompts, outputs, stops))
+        allowed = (torch.tensor(grammar_rows, dtype=torch.long), torch.cat(masks)) if masks else None
+        out = sample(logits, SamplingBatch.build(params, seeds, positions, prompts, outputs, stops, allowed))
         lps: list[tuple[float, list[int], list[float]] | None] = [None] * len(params)
         if out.logprobs is not None:
             for i, p in enumerate(params):

@@ -14,6 +14,7 @@ from typing import Collection, NamedTuple, Sequence
 import torch
 
 from engine.sampling_params import SamplingParams
+from engine.structured import apply_bitmask
 from kernels import cpu_greedy
 
 _MASK64 = (1 << 64) - 1
@@ -66,6 +67,8 @@ class SamplingBatch:
     output_ids: tuple[Sequence[int], ...] | None
     # logit_bias and min_tokens' bans as one sparse add (rows, token ids, amounts; -inf bans), None if none
     adjust: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    # structured output: (rows [R], bitmask [R, ceil(V / 32)] int32 of the tokens each may take), None if none
+    allowed: tuple[torch.Tensor, torch.Tensor] | None
     max_logprobs: int | None  # largest top-n asked for, None if no row wants logprobs
     all_greedy: bool
     any_top_k_p: bool
@@ -79,9 +82,11 @@ class SamplingBatch:
         prompt_ids: Sequence[Sequence[int]] | None = None,
         output_ids: Sequence[Sequence[int]] | None = None,
         stop_ids: Sequence[Collection[int]] | None = None,
+        allowed: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> "SamplingBatch":
         """One entry of each per row. ``stop_ids``: the row's EOS and stop tokens, banned while its
-        position is within min_tokens of the prompt's end (needs ``prompt_ids``)."""
+        position is within min_tokens of the prompt's end (needs ``prompt_ids``). ``allowed``: the
+        grammar rows' masks (engine.structured)."""
         f32 = torch.float32
         penalties = any(p.has_penalties for p in params)
         lps = [p.logprobs for p in params if p.logprobs is not None]
@@ -99,6 +104,7 @@ class SamplingBatch:
             prompt_ids=tuple(prompt_ids) if penalties and prompt_ids is not None else None,
             output_ids=tuple(output_ids) if penalties and output_ids is not None else None,
             adjust=_adjustments(params, positions, prompt_ids, stop_ids),
+            allowed=allowed,
             max_logprobs=max(lps) if lps else None,
             all_greedy=all(p.greedy for p in params),
             any_top_k_p=any(k > 0 for k in top_k) or any(p.top_p < 1.0 or p.min_p > 0 for p in params),
@@ -145,11 +151,15 @@ def _token_counts(ids: Sequence[Sequence[int]], vocab: int) -> torch.Tensor:
 
 
 def apply_adjustments(logits: torch.Tensor, s: SamplingBatch) -> torch.Tensor:
-    """logit_bias added, min_tokens' bans set to -inf (a new tensor; ``logits`` is left alone)."""
-    if s.adjust is None:
-        return logits
-    rows, cols, amounts = s.adjust
-    return logits.index_put((rows, cols), amounts.to(logits.dtype), accumulate=True)
+    """logit_bias added, min_tokens' bans and what a grammar forbids set to -inf (a new tensor;
+    ``logits`` is left alone)."""
+    if s.adjust is not None:
+        rows, cols, amounts = s.adjust
+        logits = logits.index_put((rows.to(logits.device), cols.to(logits.device)), amounts.to(logits),
+                                  accumulate=True)
+    if s.allowed is not None:
+        logits = apply_bitmask(logits, s.allowed[1], s.allowed[0])
+    return logits
 
 
 def apply_penalties(logits: torch.Tensor, s: SamplingBatch) -> torch.Tensor:

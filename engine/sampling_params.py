@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.errors import InvalidRequestError
+from engine.structured import StructuredSpec
 
 MAX_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for one token's bias
@@ -29,6 +30,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's: (token id, added to its logit), by id
     include_stop_str_in_output: bool = False  # vLLM's: the text keeps the stop string that ended it
     skip_special_tokens: bool = True  # vLLM's: special tokens (EOS, chat markers) left out of the text
+    structured: StructuredSpec | None = None  # a grammar every output token must follow (engine.structured)
 
     def __post_init__(self) -> None:
         def bad(name: str, msg: str) -> None:
@@ -60,6 +62,8 @@ class SamplingParams:
             bad("stop_token_ids", "token ids must be >= 0")
         if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
             bad("min_tokens", f"must be an integer from 0 to max_tokens ({self.max_tokens}), got {self.min_tokens!r}")
+        if self.structured is not None and self.min_tokens:
+            bad("min_tokens", "cannot be combined with structured output (the grammar decides where the output ends)")
         for token, bias in self.logit_bias:
             if token < 0:
                 bad("logit_bias", f"token ids must be >= 0, got {token}")
@@ -82,9 +86,9 @@ class SamplingParams:
 
     @property
     def shapes_logits(self) -> bool:
-        """Something changes the logits before the pick (penalties, bias, min_tokens): the
+        """Something changes the logits before the pick (penalties, bias, min_tokens, a grammar): the
         sampler's argmax-only shortcut does not apply."""
-        return self.has_penalties or bool(self.logit_bias) or self.min_tokens > 0
+        return self.has_penalties or bool(self.logit_bias) or self.min_tokens > 0 or self.structured is not None
 
 
 GREEDY = SamplingParams(temperature=0.0)

@@ -7,6 +7,7 @@ from enum import Enum
 
 from engine.detokenizer import Detokenizer, FinishReason
 from engine.sampling_params import SamplingParams
+from engine.structured import Grammar
 
 
 class SeqStatus(Enum):
@@ -42,6 +43,7 @@ class Sequence:
     num_registered: int = 0
     num_cached_prompt: int = 0
     prefix_looked_up: bool = False  # counted once in the cache's hit rate, even if preempted
+    grammar: Grammar | None = None  # structured output: where the output stands in its grammar
 
     def __post_init__(self) -> None:
         if not self.all_ids:
@@ -69,7 +71,12 @@ class Sequence:
 
     def append_token(self, token: int) -> FinishReason | None:
         self.all_ids.append(token)
+        if self.grammar is not None and not self.grammar.accept(token):
+            # every token was sampled under the grammar's mask: a refusal is Grove's bug, reported
+            return "error"
         reason = self.detok.append(token)
+        if reason is None and self.grammar is not None and self.grammar.terminated:
+            reason = "stop"  # the grammar took its stop token (kept even with ignore_eos)
         if reason is None and self.num_tokens >= self.max_len:
             reason = "length"
         return reason

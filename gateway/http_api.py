@@ -21,7 +21,7 @@ from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
     ResponseShaper, chat_messages, chat_template_options, choices_per_prompt, completion_prompts, error_json,
-    reject_unsupported, sampling_from_body, wants_echo,
+    name_structured_error, reject_unsupported, sampling_from_body, wants_echo,
 )
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
 
     async def handle(request: Request, chat: bool) -> Response:
         arrived = time.perf_counter()
+        body: dict[str, Any] = {}
         try:
             body = await _json_object(request)
             core.check_model(body.get("model"))
@@ -120,7 +121,7 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             request_id = core.new_request_id()
             choices = plan_choices(core, prompts, params, n, request_id)
         except InvalidRequestError as e:
-            return _error(e)
+            return _error(name_structured_error(e, body))
         shaper = ResponseShaper(request_id, core.config.served_model_name, chat, core.tokenizer,
                                 params.logprobs, bool(body.get("return_token_ids")),
                                 {c.index: echo[c.prompt] for c in choices} if echo else None)
@@ -128,7 +129,9 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
         # fail fast (4xx/5xx status) on what happens before the first token
         try:
             first = await gen.__anext__()
-        except (InvalidRequestError, OverloadedError, UnavailableError) as e:
+        except InvalidRequestError as e:
+            return _error(name_structured_error(e, body))
+        except (OverloadedError, UnavailableError) as e:
             return _error(e)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))

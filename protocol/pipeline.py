@@ -8,6 +8,7 @@ from typing import Iterable
 
 from engine.request import GenerationChunk, KVHandle, TokenOut, Usage, WorkRequest
 from engine.sampling_params import SamplingParams
+from engine.structured import StructuredSpec
 from grove.internal.v1 import worker_pb2 as wpb
 from grove.v1 import api_pb2 as apb
 
@@ -28,6 +29,8 @@ def sampling_from_pb(pb: apb.SamplingParams) -> SamplingParams:
     kwargs["ignore_eos"] = pb.ignore_eos
     kwargs["min_tokens"] = pb.min_tokens
     kwargs["include_stop_str_in_output"] = pb.include_stop_str_in_output
+    if pb.HasField("structured"):
+        kwargs["structured"] = StructuredSpec(pb.structured.kind, pb.structured.spec)  # type: ignore[arg-type]
     kwargs["logit_bias"] = tuple(sorted((t, round(float(b), 6)) for t, b in pb.logit_bias.items()))
     return SamplingParams(**kwargs)  # type: ignore[arg-type]
 
@@ -46,6 +49,8 @@ def sampling_to_pb(p: SamplingParams) -> apb.SamplingParams:
         pb.logprobs = p.logprobs
     if p.lookahead is not None:
         pb.lookahead = p.lookahead
+    if p.structured is not None:
+        pb.structured.kind, pb.structured.spec = p.structured.kind, p.structured.spec
     return pb
 
 

@@ -24,6 +24,7 @@ others still run).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -31,12 +32,14 @@ import torch
 
 from bench.baselines import HFModel, make_baseline
 from bench.datasets import load_prompts
+from bench.datasets.json_extract import SCHEMA
 from bench.inprocess import Decode, decode_batch, decode_interleaved, decode_stream
 from bench.jobs import prompt_token_ids
 from bench.records import Job, Prompt
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
+from engine.structured import StructuredSpec
 from runtime.process import tune_gc
 
 logger = logging.getLogger("bench_lookahead_engine")
@@ -75,6 +78,8 @@ def main() -> int:
     ap.add_argument("--sequential", action="store_true",
                     help="run each batch on one engine, then the other (default: both at once, their steps in turn)")
     ap.add_argument("--hf-prompt-lookup", action="store_true", help="also time transformers prompt lookup at c=1")
+    ap.add_argument("--json-schema", action="store_true",
+                    help="structured output: every request under json-extract's schema (both engines)")
     ap.add_argument("--lookahead-max-depth", type=int, default=EngineConfig().lookahead_max_depth)
     ap.add_argument("--lookahead-width", type=int, default=EngineConfig().lookahead_width)
     args = ap.parse_args()
@@ -101,7 +106,8 @@ def main() -> int:
     if len(records) < firsts[-1]:
         raise SystemExit(f"{args.dataset} has too few prompts for {firsts[-1]} after {args.skip_prompts}")
     prompts = [prompt_token_ids(on.tokenizer, p) for p in records]
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens,
+                            structured=StructuredSpec("json_schema", json.dumps(SCHEMA)) if args.json_schema else None)
     warm = [prompt_token_ids(on.tokenizer, load_prompts(args.dataset)[-1])]  # a prompt no level uses
     decode_batch(off, warm, params, "warm-off")  # first-call costs (kernel compiles) out of the timing
     decode_batch(on, warm, params, "warm-on")

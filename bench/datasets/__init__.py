@@ -5,6 +5,7 @@ from typing import Callable
 
 from bench.datasets.code_edit import code_edit_prompts
 from bench.datasets.humaneval import completion_prompts
+from bench.datasets.json_extract import extract_prompts
 from bench.datasets.jsonl import jsonl_prompts
 from bench.datasets.multiturn import multiturn_prompts
 from bench.datasets.sharegpt import first_turn_prompts
@@ -18,6 +19,8 @@ DATASETS: dict[str, tuple[Callable[[], list[Prompt]], str]] = {
     "code-edit": (code_edit_prompts, "rewrite a HumanEval solution: rename / type hints / docstring (chat, copy-heavy)"),
     "shakespeare-quote": (quote_prompts, "quote lines from a 64-line Shakespeare passage (chat, long prompts, copy-heavy)"),
     "multiturn": (multiturn_prompts, "ShareGPT conversations replayed turn by turn (chat, shared prefixes)"),
+    "json-extract": (extract_prompts, "a HumanEval function's name, parameters and docstring as JSON (chat, copy-heavy; "
+                                      "for structured output)"),
 }
 JSONL_PREFIX = "jsonl:"
 

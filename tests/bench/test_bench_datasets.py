@@ -9,6 +9,7 @@ import pytest
 
 from bench.datasets import DATASETS, load_prompts
 from bench.datasets.code_edit import EDITS
+from bench.datasets.json_extract import SCHEMA
 from bench.datasets.files import sharegpt_path, shakespeare_path
 from bench.datasets.jsonl import write_prompts
 from bench.datasets.multiturn import SYSTEM_PROMPT, multiturn_prompts
@@ -131,7 +132,7 @@ def test_jsonl_prompts(tmp_path) -> None:
         load_prompts(f"jsonl:{path}")
 
 
-@pytest.mark.parametrize("name", ["code-edit", "shakespeare-quote", "sharegpt", "multiturn"])
+@pytest.mark.parametrize("name", ["code-edit", "shakespeare-quote", "sharegpt", "multiturn", "json-extract"])
 def test_datasets_written_as_jsonl_read_back_equal(tmp_path, name: str) -> None:
     """What a machine without the dataset packages runs on (a lent GPU): the same prompts."""
     prompts = load_prompts(name)[:12]
@@ -142,4 +143,12 @@ def test_datasets_written_as_jsonl_read_back_equal(tmp_path, name: str) -> None:
 def test_unknown_dataset_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown dataset"):
         load_prompts("imagenet")
-    assert set(DATASETS) == {"sharegpt", "humaneval", "code-edit", "shakespeare-quote", "multiturn"}
+    assert set(DATASETS) == {"sharegpt", "humaneval", "code-edit", "shakespeare-quote", "multiturn", "json-extract"}
+
+
+def test_json_extract_asks_for_what_its_schema_holds() -> None:
+    """Each prompt quotes a HumanEval function and the schema its answer runs under."""
+    prompts = load_prompts("json-extract")
+    assert len(prompts) == 164 and len({p.id for p in prompts}) == 164
+    text = prompts[0].messages[0][1]
+    assert json.dumps(SCHEMA) in text and "def has_close_elements(" in text

@@ -4,17 +4,20 @@ from __future__ import annotations
 import dataclasses
 
 from engine.sampling_params import SamplingParams
+from engine.structured import StructuredSpec
 from protocol.pipeline import sampling_from_pb, sampling_to_pb
 
 
 def test_every_sampling_field_round_trips() -> None:
     p = SamplingParams(max_tokens=50, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1,
                        presence_penalty=0.5, frequency_penalty=-0.5, seed=-3, stop=("a", "bc"),
-                       stop_token_ids=(7, 9), ignore_eos=True, logprobs=3, lookahead=False, min_tokens=4,
+                       stop_token_ids=(7, 9), ignore_eos=True, logprobs=3, lookahead=False, min_tokens=0,
                        logit_bias=((5, -100.0), (12, 2.5)), include_stop_str_in_output=True,
-                       skip_special_tokens=False)
-    # each field differs from its default, so a field the conversion dropped would show
+                       skip_special_tokens=False, structured=StructuredSpec("regex", "[a-z]+"))
+    # each field but min_tokens (q has it) differs from its default: a field the conversion dropped would show
     defaults = SamplingParams()
-    assert all(getattr(p, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(p))
+    assert [f.name for f in dataclasses.fields(p) if getattr(p, f.name) == getattr(defaults, f.name)] == ["min_tokens"]
     assert sampling_from_pb(sampling_to_pb(p)) == p
+    q = dataclasses.replace(p, structured=None, min_tokens=4)  # min_tokens is refused with a grammar
+    assert sampling_from_pb(sampling_to_pb(q)) == q
     assert sampling_from_pb(sampling_to_pb(defaults)) == defaults

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -14,6 +16,7 @@ from engine.lookahead.budget import StepCostModel
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
+from engine.structured import StructuredSpec
 from engine.tokenizer import apply_chat_template
 from kernels import cpu_linear
 from tests.prompts import code_edit_ids, engine_prompts
@@ -175,3 +178,35 @@ def test_logit_bias_and_min_tokens_keep_on_equal_off(drafting_engine: LLMEngine,
     assert on1.output_ids == off1.output_ids and len(on1.output_ids) >= 30
     assert not eos & set(on1.output_ids[:30])
     assert on1.output_ids[: len(short.output_ids) - 1] == short.output_ids[:-1]  # the same text up to its EOS
+
+
+def test_structured_output_keeps_on_equal_off(drafting_engine: LLMEngine, tokenizer: Any) -> None:
+    """Tree rows masked by their own path: greedy output under a JSON schema, a regex and a choice
+    equals plain decoding's, drafts are taken, and the output follows the grammar."""
+    eng = drafting_engine
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                                               "hobbies": {"type": "array", "items": {"type": "string"}}},
+              "required": ["name", "age", "hobbies"]}
+    ask = "Describe a person named Alice who is 30 and likes chess and tennis, as JSON with name, age, hobbies."
+    prompt = apply_chat_template(tokenizer, [{"role": "user", "content": ask}])
+    cases = [(StructuredSpec("json_schema", json.dumps(schema)), 100), (StructuredSpec("json"), 100),
+             (StructuredSpec("regex", r"[0-9]{3}-[0-9]{4}"), 20), (StructuredSpec("choice", '["yes", "no"]'), 20)]
+    before = eng.speculator.stats.num_accepted_tokens
+    texts = []
+    for spec, max_tokens in cases:
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, structured=spec)
+        on = eng.generate([prompt], params)[0]
+        off = eng.generate([prompt], dataclasses.replace(params, lookahead=False))[0]
+        assert on.output_ids == off.output_ids and on.finish_reason == "stop", spec
+        texts.append(on.text)
+    assert eng.speculator.stats.num_accepted_tokens > before + 10
+    person = json.loads(texts[0])
+    assert set(person) == {"name", "age", "hobbies"} and isinstance(person["age"], int)
+    json.loads(texts[1])
+    assert re.fullmatch(r"[0-9]{3}-[0-9]{4}", texts[2]) and texts[3] in ("yes", "no")
+    # sampled, the grammar holds too
+    sampled = eng.generate([prompt] * 4, [SamplingParams(temperature=1.0, max_tokens=100, seed=i,
+                                                         structured=cases[0][0]) for i in range(4)])
+    for o in sampled:
+        if o.finish_reason == "stop":
+            assert set(json.loads(o.text)) == {"name", "age", "hobbies"}

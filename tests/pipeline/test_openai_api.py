@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from typing import Any
 
 import httpx
@@ -132,6 +134,33 @@ def test_chat_template_options_continue_an_answer(stack: Stack, client: openai.O
     assert r.status_code == 200, r.text
 
 
+def test_structured_output_through_the_stack(client: openai.OpenAI) -> None:
+    """OpenAI's response_format (json_schema, json_object) and vLLM's guided_choice / guided_regex /
+    structured_outputs: the answer follows the grammar, streamed or whole, lookahead on (the default)."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+              "required": ["city", "population"], "additionalProperties": False}
+    msgs = [{"role": "user", "content": "Give the largest city of France and its population as JSON."}]
+    kw: dict[str, Any] = dict(model="SmolLM2-135M-Instruct", max_tokens=60, temperature=0)
+    r = client.chat.completions.create(messages=msgs, **kw, response_format={
+        "type": "json_schema", "json_schema": {"name": "city", "schema": schema}})
+    assert r.choices[0].finish_reason == "stop"
+    city = json.loads(r.choices[0].message.content)
+    assert set(city) == {"city", "population"} and isinstance(city["population"], int)
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        messages=msgs, stream=True, response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+        **kw) if c.choices)
+    assert streamed == r.choices[0].message.content
+    assert isinstance(json.loads(client.chat.completions.create(
+        messages=msgs, response_format={"type": "json_object"}, **kw).choices[0].message.content), (dict, list))
+    yes_no = client.completions.create(prompt="Is Paris in France? Answer:", extra_body={"guided_choice": ["yes", "no"]}, **kw)
+    assert yes_no.choices[0].text in ("yes", "no")
+    phone = client.completions.create(prompt="A phone number:", extra_body={"guided_regex": "[0-9]{3}-[0-9]{4}"}, **kw)
+    assert re.fullmatch("[0-9]{3}-[0-9]{4}", phone.choices[0].text)
+    same = client.completions.create(prompt="A phone number:",
+                                     extra_body={"structured_outputs": {"regex": "[0-9]{3}-[0-9]{4}"}}, **kw)
+    assert same.choices[0].text == phone.choices[0].text
+
+
 def test_seeded_sampling_reproducible_through_pipeline(client: openai.OpenAI) -> None:
     kw = dict(model="SmolLM2-135M-Instruct", prompt="Once upon a time", max_tokens=16, temperature=1.0, seed=7)
     a = client.completions.create(**kw).choices[0].text
@@ -227,8 +256,14 @@ def test_tokenize_counts_what_a_request_uses_and_detokenize_inverts_it(stack: St
         ({"prompt": "hi", "echo": "yes"}, "echo"),
         ({"prompt": "hi", "suffix": "end"}, "suffix"),
         ({"prompt": "hi", "best_of": 3}, "best_of"),
-        ({"prompt": "hi", "response_format": {"type": "json_object"}}, "response_format"),
-        ({"prompt": "hi", "guided_json": {"type": "object"}}, "guided_json"),
+        ({"prompt": "hi", "response_format": {"type": "yaml"}}, "response_format"),
+        ({"prompt": "hi", "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+        ({"prompt": "hi", "guided_json": "{not json"}, "guided_json"),
+        ({"prompt": "hi", "guided_regex": "(unclosed"}, "guided_regex"),  # found by the prefill worker's compiler
+        ({"prompt": "hi", "guided_choice": []}, "guided_choice"),
+        ({"prompt": "hi", "guided_regex": "a", "guided_choice": ["b"]}, "guided_choice"),
+        ({"prompt": "hi", "structured_outputs": {"yaml": "x"}}, "structured_outputs"),
+        ({"prompt": "hi", "guided_regex": "a+", "min_tokens": 2}, "min_tokens"),
         ({"prompt": "hi", "stream_options": {"include_usage": True}}, "stream_options"),
     ],
 )
