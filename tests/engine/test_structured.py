@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine.errors import InvalidRequestError
-from engine.structured import Grammars, StructuredSpec, all_allowed, apply_bitmask
+from engine.structured import Grammars, StructuredSpec, all_allowed, apply_bitmask, apply_bitmask_reference, words
 from engine.sampling_params import SamplingParams
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
@@ -79,3 +79,18 @@ def test_bad_specs_are_invalid_requests(grammars: Grammars) -> None:
         StructuredSpec("yaml", "x")  # type: ignore[arg-type]
     with pytest.raises(InvalidRequestError, match="min_tokens"):
         SamplingParams(min_tokens=2, structured=StructuredSpec("json"))
+
+
+@pytest.mark.parametrize("n, rows", [(1, [0]), (5, [1, 3]), (7, list(range(7))), (3, [])])
+def test_apply_bitmask_equals_the_torch_reference(n: int, rows: list[int]) -> None:
+    vocab = 1000  # not a multiple of 32: the last word's high bits lie past the vocabulary
+    gen = torch.Generator().manual_seed(n)
+    logits = torch.randn(n, vocab, generator=gen)
+    bitmask = torch.randint(-(2**31), 2**31 - 1, (len(rows), words(vocab)), generator=gen, dtype=torch.int64).int()
+    idx = torch.tensor(rows, dtype=torch.long)
+    got, want = apply_bitmask(logits, bitmask, idx), apply_bitmask_reference(logits, bitmask, idx)
+    assert torch.equal(got, want) and torch.equal(logits.isinf(), torch.zeros(n, vocab, dtype=torch.bool))
+    others = [r for r in range(n) if r not in rows]
+    assert torch.equal(got[others], logits[others])
+    if rows:  # about half of each masked row is banned
+        assert 0.4 < got[rows].isinf().float().mean().item() < 0.6
