@@ -54,7 +54,8 @@ def run_parser(prog: str = "grove bench run") -> argparse.ArgumentParser:
                    help="torch threads for the baselines (default 2; use 1 on cores other processes keep busy)")
     g.add_argument("--no-greedy-check", action="store_true", help="skip checking server outputs against the baselines'")
     g = p.add_argument_group("prompts")
-    g.add_argument("--dataset", default="sharegpt", help="sharegpt, humaneval, code-edit, shakespeare-quote, multiturn or jsonl:PATH")
+    g.add_argument("--dataset", default="sharegpt",
+                   help="sharegpt, humaneval, code-edit, shakespeare-quote, multiturn, json-extract or jsonl:PATH")
     g.add_argument("--num-prompts", type=int, default=16, help="measured prompts (with --duration: the pool cycled through)")
     g.add_argument("--duration", type=float, metavar="S", help="send for this many seconds instead of each prompt once")
     g.add_argument("--warmup", type=int, default=1, help="warm-up requests before measuring (other prompts; default 1)")

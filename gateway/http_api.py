@@ -3,6 +3,7 @@ and vLLM's /tokenize and /detokenize."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -23,6 +24,7 @@ from gateway.openai_protocol import (
     ResponseShaper, chat_messages, chat_template_options, choices_per_prompt, completion_prompts, error_json,
     name_structured_error, reject_unsupported, sampling_from_body, wants_echo,
 )
+from gateway.tools import tool_plan
 
 logger = logging.getLogger(__name__)
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error", 503: "service_unavailable"}
@@ -108,6 +110,12 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             core.check_model(body.get("model"))
             reject_unsupported(body, chat)
             params = sampling_from_body(body, chat)
+            tools = tool_plan(body) if chat else None
+            if tools is not None:
+                if params.structured is not None:
+                    raise InvalidRequestError("tool_choice", "a tool call is structured output already: "
+                                                             "drop response_format / guided_*")
+                params = dataclasses.replace(params, structured=tools.structured)
             echo: list[str] = []
             if chat:
                 prompts = [core.tokenize(messages=chat_messages(body), template=chat_template_options(body))]
@@ -124,7 +132,7 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             return _error(name_structured_error(e, body))
         shaper = ResponseShaper(request_id, core.config.served_model_name, chat, core.tokenizer,
                                 params.logprobs, bool(body.get("return_token_ids")),
-                                {c.index: echo[c.prompt] for c in choices} if echo else None)
+                                {c.index: echo[c.prompt] for c in choices} if echo else None, tools)
         gen = merged(core, choices, arrived)
         # fail fast (4xx/5xx status) on what happens before the first token
         try:

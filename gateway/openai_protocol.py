@@ -9,6 +9,7 @@ from engine.errors import InvalidRequestError
 from engine.request import GenerationChunk, TokenOut, Usage
 from engine.sampling_params import SamplingParams
 from engine.structured import StructuredSpec
+from gateway.tools import ToolPlan, template_tools
 
 _SAMPLING_KEYS = {
     "temperature": float, "top_p": float, "top_k": int, "min_p": float, "seed": int,
@@ -71,19 +72,19 @@ def sampling_from_body(body: dict[str, Any], chat: bool) -> SamplingParams:
 # fields of OpenAI's or vLLM's API that Grove does not implement: a request that sets one gets a
 # 400 naming it, not an answer that quietly ignored it (unknown fields are ignored, as vLLM does)
 _UNSUPPORTED = {
-    "tools": "tool calling", "functions": "function calling",
-    "prompt_logprobs": "prompt logprobs", "suffix": "suffix (insertion)",
+    "functions": "legacy function calling (use tools)", "prompt_logprobs": "prompt logprobs",
+    "suffix": "suffix (insertion)",
 }
 
 
 def reject_unsupported(body: dict[str, Any], chat: bool) -> None:
     """A 400 for each field set to something Grove would otherwise ignore (its neutral values pass:
-    no tools, ``tool_choice: "none"``, ``best_of`` = n)."""
+    no functions, ``best_of`` = n; tools are chat's, gateway.tools)."""
     for key, what in _UNSUPPORTED.items():
         if body.get(key) not in (None, [], ""):
             raise InvalidRequestError(key, f"{what} is not supported by this server")
-    if body.get("tool_choice") not in (None, "none"):
-        raise InvalidRequestError("tool_choice", "tool calling is not supported by this server")
+    if not chat and (body.get("tools") not in (None, []) or body.get("tool_choice") not in (None, "none")):
+        raise InvalidRequestError("tools", "tools are for chat completions")
     if body.get("function_call") not in (None, "none"):
         raise InvalidRequestError("function_call", "function calling is not supported by this server")
     best_of = body.get("best_of")
@@ -162,10 +163,11 @@ def structured_from_body(body: dict[str, Any]) -> StructuredSpec | None:
 
 def name_structured_error(exc: InvalidRequestError, body: dict[str, Any]) -> InvalidRequestError:
     """A grammar that does not compile is found by a worker, which names the field "structured":
-    the client hears the name of its own field."""
+    the client hears the name of its own field (a tool call's grammar: its tools' schemas)."""
     if exc.field != "structured":
         return exc
-    return InvalidRequestError(_structured_source(body) or exc.field, exc.message)
+    tools = "tools" if body.get("tool_choice") not in (None, "none") else None
+    return InvalidRequestError(_structured_source(body) or tools or exc.field, exc.message)
 
 
 def wants_echo(body: dict[str, Any]) -> bool:
@@ -230,7 +232,12 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
                 raise InvalidRequestError(f"messages[{i}].content", "only text parts are supported")
             content = "".join(p.get("text", "") for p in content)
-        out.append({"role": m.get("role"), "content": content})
+        if content is None and m.get("tool_calls"):
+            content = ""  # an assistant turn that only called tools
+        msg = {"role": m.get("role"), "content": content}
+        # a tool-calling turn and a tool's answer keep what the chat template may render
+        msg.update({k: m[k] for k in ("tool_calls", "tool_call_id", "name") if m.get(k) is not None})
+        out.append(msg)
     return out
 
 
@@ -252,6 +259,9 @@ def chat_template_options(body: dict[str, Any]) -> dict[str, Any]:
         if clash:
             raise InvalidRequestError("chat_template_kwargs", f"{clash[0]!r} is set by the server")
         options["template_kwargs"] = extra
+    tools = template_tools(body)
+    if tools is not None:
+        options["tools"] = tools
     return options
 
 
@@ -273,8 +283,10 @@ class ResponseShaper:
     numbered from 0 (prompt i's sample j of n: i * n + j)."""
 
     def __init__(self, request_id: str, model: str, chat: bool, tokenizer: Any, logprobs: int | None,
-                 return_token_ids: bool, echo: dict[int, str] | None = None) -> None:
-        """``echo``: text that goes before a choice's own (its prompt, for completions' ``echo``)."""
+                 return_token_ids: bool, echo: dict[int, str] | None = None, tools: ToolPlan | None = None) -> None:
+        """``echo``: text that goes before a choice's own (its prompt, for completions' ``echo``).
+        ``tools``: the answer is a tool call (gateway.tools); streamed, it goes out whole with the
+        last chunk (its arguments are JSON only once complete)."""
         self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
         self.model = model
         self.chat = chat
@@ -282,6 +294,8 @@ class ResponseShaper:
         self.logprobs = logprobs
         self.return_token_ids = return_token_ids
         self.echo = echo or {}
+        self.tools = tools
+        self._held: dict[int, str] = {}  # tool-call choices: their text until they finish
         self.created = int(time.time())
         self._started: set[int] = set()  # choices whose first delta (with the role, the echo) went out
 
@@ -305,13 +319,25 @@ class ResponseShaper:
         if first:
             text = self.echo.get(index, "") + text
         if self.chat:
+            calls = None
+            if self.tools is not None:
+                if delta:  # held back until the arguments are whole
+                    text = self._held[index] = self._held.get(index, "") + text
+                    if finish is None:
+                        text = ""
+                if finish is not None and (calls := self.tools.calls(text)) is not None:
+                    choice["finish_reason"] = self.tools.finish_reason
             if delta:
                 d: dict[str, Any] = {}
                 if first:
                     d["role"] = "assistant"
-                if text:
+                if calls is not None:
+                    d["tool_calls"] = [{"index": k, **c} for k, c in enumerate(calls)]
+                elif text:
                     d["content"] = text
                 choice["delta"] = d
+            elif calls is not None:
+                choice["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
             else:
                 choice["message"] = {"role": "assistant", "content": text}
         else:

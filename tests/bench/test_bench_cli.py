@@ -62,4 +62,7 @@ def test_docs_scenarios_are_valid_runs() -> None:
     for s in scenarios:
         c = _config(*s["args"], "--base-url", "http://grove:8000")
         used.add(c.dataset)
-    assert used == set(DATASETS)  # every dataset appears in the docs table
+    # every dataset appears in the docs table but json-extract: it runs under a JSON schema, which
+    # transformers' generate (the table's baseline) does not follow; scripts/bench_lookahead_engine.py
+    # --json-schema measures it (README, "Structured output with lookahead")
+    assert used == set(DATASETS) - {"json-extract"}

@@ -161,6 +161,54 @@ def test_structured_output_through_the_stack(client: openai.OpenAI) -> None:
     assert same.choices[0].text == phone.choices[0].text
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"]}}}
+CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"timezone": {"type": "string"}}, "required": ["timezone"]}}}
+
+
+def test_tool_calls_named_and_required(stack: Stack, client: openai.OpenAI) -> None:
+    """A named tool_choice or "required": the answer is a call, its arguments JSON that follows the
+    tool's schema (structured output), whole or streamed; the call and the tool's answer go back in
+    the next turn; "auto" (a parser of the model's own format) and wrong choices get 400."""
+    msgs: list[dict[str, Any]] = [{"role": "user", "content": "What is the weather in Paris, in celsius?"}]
+    kw: dict[str, Any] = dict(model="SmolLM2-135M-Instruct", max_tokens=80, temperature=0, tools=[WEATHER, CLOCK])
+    named = client.chat.completions.create(messages=msgs, tool_choice={"type": "function", "function": {"name": "get_weather"}}, **kw)
+    call = named.choices[0].message.tool_calls[0]
+    args = json.loads(call.function.arguments)
+    assert call.function.name == "get_weather" and set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit")
+    assert named.choices[0].finish_reason == "stop" and named.choices[0].message.content is None
+    required = client.chat.completions.create(messages=msgs, tool_choice="required", **kw)
+    calls = required.choices[0].message.tool_calls
+    assert required.choices[0].finish_reason == "tool_calls" and calls
+    assert all(c.function.name in ("get_weather", "get_time") and isinstance(json.loads(c.function.arguments), dict)
+               for c in calls)
+    deltas = [c.choices[0].delta for c in client.chat.completions.create(
+        messages=msgs, tool_choice={"type": "function", "function": {"name": "get_weather"}}, stream=True, **kw) if c.choices]
+    streamed = [tc for d in deltas for tc in (d.tool_calls or [])]
+    assert len(streamed) == 1 and streamed[0].function.arguments == call.function.arguments
+    assert not any(d.content for d in deltas)
+
+    turn2 = msgs + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                    {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 18}'}]
+    answer = client.chat.completions.create(messages=turn2, **kw)  # tool_choice "none" (vLLM's default): text
+    assert answer.choices[0].message.content and not answer.choices[0].message.tool_calls
+
+    url = stack.http_url + "/v1/chat/completions"
+    for extra, field in (({"tool_choice": "auto"}, "tool_choice"),
+                         ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+                         ({"tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
+                         ({"tools": [{"type": "function", "function": {}}], "tool_choice": "required"}, "tools[0]")):
+        body = {"messages": msgs, "tools": [WEATHER], **extra}
+        r = httpx.post(url, json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+    r = httpx.post(url, json={"messages": msgs, "tool_choice": "required"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
+    r = httpx.post(stack.http_url + "/v1/completions", json={"prompt": "x", "tools": [WEATHER]}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+
+
 def test_seeded_sampling_reproducible_through_pipeline(client: openai.OpenAI) -> None:
     kw = dict(model="SmolLM2-135M-Instruct", prompt="Once upon a time", max_tokens=16, temperature=1.0, seed=7)
     a = client.completions.create(**kw).choices[0].text
@@ -281,13 +329,10 @@ def test_malformed_json_and_messages(stack: Stack) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].role"
     r = httpx.post(stack.http_url + "/v1/chat/completions", json={"messages": "hello"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     msgs = [{"role": "user", "content": "x"}]
-    r = httpx.post(stack.http_url + "/v1/chat/completions", json={"messages": msgs, "tools": [tool]})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "tools" and "not supported" in r.text
-    r = httpx.post(stack.http_url + "/v1/chat/completions", json={"messages": msgs, "tool_choice": "auto"})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
-    # the neutral values of those fields are served
+    r = httpx.post(stack.http_url + "/v1/chat/completions", json={"messages": msgs, "functions": [{"name": "f"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "functions" and "not supported" in r.text
+    # the neutral values of such fields are served
     r = httpx.post(stack.http_url + "/v1/chat/completions", timeout=60, json={
         "messages": msgs, "max_tokens": 2, "tools": [], "tool_choice": "none", "response_format": {"type": "text"}})
     assert r.status_code == 200, r.text

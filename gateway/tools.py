@@ -1,0 +1,94 @@
+"""OpenAI tool calling without a model-specific parser, as vLLM does it by structured output.
+
+``tool_choice`` naming a function constrains the answer to that function's parameters schema; the
+answer becomes the call's arguments. ``"required"`` constrains it to a JSON list of
+``{"name", "parameters"}`` objects, one schema per tool, which becomes one call each. ``"auto"``
+would need a parser of the model's own tool-call format (vLLM's ``--tool-call-parser``): it gets a
+400, as vLLM gives without ``--enable-auto-tool-choice``. ``"none"`` (the default, as in vLLM)
+answers in text; the tools still reach the chat template either way.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from engine.errors import InvalidRequestError
+from engine.structured import StructuredSpec
+
+_NO_PARAMETERS = {"type": "object", "properties": {}}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPlan:
+    mode: Literal["named", "required"]
+    name: str | None  # the named function; None for "required"
+    structured: StructuredSpec  # what the answer must follow
+
+    def calls(self, text: str) -> list[dict[str, Any]] | None:
+        """The answer as OpenAI tool calls; None if it is not complete JSON (cut by max_tokens)."""
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        if self.mode == "named":
+            return [_call(self.name or "", text)]
+        return [_call(item["name"], json.dumps(item["parameters"], ensure_ascii=False)) for item in value]
+
+    @property
+    def finish_reason(self) -> str:
+        """vLLM's: "tool_calls" for required, "stop" for a named function (as OpenAI's forced call)."""
+        return "tool_calls" if self.mode == "required" else "stop"
+
+
+def _call(name: str, arguments: str) -> dict[str, Any]:
+    return {"id": f"chatcmpl-tool-{uuid.uuid4().hex}", "type": "function",
+            "function": {"name": name, "arguments": arguments}}
+
+
+def template_tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The request's tools, checked (OpenAI's ``{"type": "function", "function": {...}}``)."""
+    tools = body.get("tools")
+    if tools is None or tools == []:
+        return None
+    if not isinstance(tools, list):
+        raise InvalidRequestError("tools", "must be a list of {type: function, function: {...}}")
+    names = set()
+    for i, t in enumerate(tools):
+        fn = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise InvalidRequestError(f"tools[{i}]", 'must be {"type": "function", "function": {"name": ...}}')
+        if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+            raise InvalidRequestError(f"tools[{i}].function.parameters", "must be a JSON schema object")
+        if fn["name"] in names:
+            raise InvalidRequestError(f"tools[{i}]", f"two tools are named {fn['name']!r}")
+        names.add(fn["name"])
+    return tools
+
+
+def tool_plan(body: dict[str, Any]) -> ToolPlan | None:
+    """What ``tool_choice`` asks of the answer; None for a text answer."""
+    tools = template_tools(body) or []
+    choice = body.get("tool_choice")
+    if choice is None or choice == "none":
+        return None
+    if choice == "auto":
+        raise InvalidRequestError("tool_choice", '"auto" needs a parser of the model\'s tool-call format, which '
+                                                 'this server does not have: name the function, or use "required"')
+    if not tools:
+        raise InvalidRequestError("tool_choice", "needs tools")
+    params = {t["function"]["name"]: t["function"].get("parameters") or _NO_PARAMETERS for t in tools}
+    if choice == "required":
+        items = [{"type": "object", "properties": {"name": {"const": name}, "parameters": schema},
+                  "required": ["name", "parameters"], "additionalProperties": False}
+                 for name, schema in params.items()]
+        schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": items}}
+        return ToolPlan("required", None, StructuredSpec("json_schema", json.dumps(schema)))
+    name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) and choice.get("type") == "function" \
+        else None
+    if not isinstance(name, str):
+        raise InvalidRequestError("tool_choice", 'must be "none", "required" or {"type": "function", "function": {"name": ...}}')
+    if name not in params:
+        raise InvalidRequestError("tool_choice", f"no tool is named {name!r}")
+    return ToolPlan("named", name, StructuredSpec("json_schema", json.dumps(params[name])))
