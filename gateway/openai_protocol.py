@@ -9,7 +9,7 @@ from engine.errors import InvalidRequestError
 from engine.request import GenerationChunk, TokenOut, Usage
 from engine.sampling_params import SamplingParams
 from engine.structured import StructuredSpec
-from gateway.tools import ToolPlan, template_tools
+from gateway.tools import ToolPlan, template_tools, tool_call
 
 _SAMPLING_KEYS = {
     "temperature": float, "top_p": float, "top_k": int, "min_p": float, "seed": int,
@@ -285,8 +285,7 @@ class ResponseShaper:
     def __init__(self, request_id: str, model: str, chat: bool, tokenizer: Any, logprobs: int | None,
                  return_token_ids: bool, echo: dict[int, str] | None = None, tools: ToolPlan | None = None) -> None:
         """``echo``: text that goes before a choice's own (its prompt, for completions' ``echo``).
-        ``tools``: the answer is a tool call (gateway.tools); streamed, it goes out whole with the
-        last chunk (its arguments are JSON only once complete)."""
+        ``tools``: the answer is a tool call (gateway.tools)."""
         self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
         self.model = model
         self.chat = chat
@@ -295,7 +294,8 @@ class ResponseShaper:
         self.return_token_ids = return_token_ids
         self.echo = echo or {}
         self.tools = tools
-        self._held: dict[int, str] = {}  # tool-call choices: their text until they finish
+        self._held: dict[int, str] = {}  # "required" tool-call choices: their text until they finish
+        self._calls: dict[int, dict[str, Any]] = {}  # named tool-call choices: their call, once announced
         self.created = int(time.time())
         self._started: set[int] = set()  # choices whose first delta (with the role, the echo) went out
 
@@ -319,32 +319,44 @@ class ResponseShaper:
         if first:
             text = self.echo.get(index, "") + text
         if self.chat:
-            calls = None
-            if self.tools is not None:
-                if delta:  # held back until the arguments are whole
-                    text = self._held[index] = self._held.get(index, "") + text
-                    if finish is None:
-                        text = ""
-                if finish is not None and (calls := self.tools.calls(text)) is not None:
-                    choice["finish_reason"] = self.tools.finish_reason
             if delta:
-                d: dict[str, Any] = {}
-                if first:
-                    d["role"] = "assistant"
-                if calls is not None:
-                    d["tool_calls"] = [{"index": k, **c} for k, c in enumerate(calls)]
+                d: dict[str, Any] = {"role": "assistant"} if first else {}
+                if self.tools is not None:
+                    d.update(self._tool_delta(index, text, finish, choice))
                 elif text:
                     d["content"] = text
                 choice["delta"] = d
-            elif calls is not None:
-                choice["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
             else:
-                choice["message"] = {"role": "assistant", "content": text}
+                calls = self.tools.calls(text) if self.tools is not None else None
+                if calls is not None:
+                    choice["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
+                    choice["finish_reason"] = self.tools.finish_reason(finish)
+                else:
+                    choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
         if self.return_token_ids:
             choice["token_ids"] = [t.token_id for t in tokens]
         return choice
+
+    def _tool_delta(self, index: int, text: str, finish: str | None, choice: dict[str, Any]) -> dict[str, Any]:
+        """A streamed tool call: a named function's call (id, name) first, then its arguments as
+        they come, as vLLM streams them; "required"'s list whole with the last chunk (which calls
+        it holds is known once its JSON is)."""
+        tools = self.tools
+        assert tools is not None
+        if tools.mode == "named":
+            choice["finish_reason"] = tools.finish_reason(finish)
+            if index in self._calls:
+                return {"tool_calls": [{"index": 0, "function": {"arguments": text}}]} if text else {}
+            call = self._calls[index] = tool_call(tools.name or "", text)
+            return {"tool_calls": [{"index": 0, **call}]}
+        held = self._held[index] = self._held.get(index, "") + text
+        calls = tools.calls(held) if finish is not None else None
+        if calls is None:
+            return {"content": held} if finish is not None and held else {}
+        choice["finish_reason"] = tools.finish_reason(finish)
+        return {"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]}
 
     def chunk(self, index: int, c: GenerationChunk) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",

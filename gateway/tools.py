@@ -33,16 +33,16 @@ class ToolPlan:
         except json.JSONDecodeError:
             return None
         if self.mode == "named":
-            return [_call(self.name or "", text)]
-        return [_call(item["name"], json.dumps(item["parameters"], ensure_ascii=False)) for item in value]
+            return [tool_call(self.name or "", text)]
+        return [tool_call(item["name"], json.dumps(item["parameters"], ensure_ascii=False)) for item in value]
 
-    @property
-    def finish_reason(self) -> str:
-        """vLLM's: "tool_calls" for required, "stop" for a named function (as OpenAI's forced call)."""
-        return "tool_calls" if self.mode == "required" else "stop"
+    def finish_reason(self, finish: str | None) -> str | None:
+        """vLLM's: a call that ended by its grammar finishes with "tool_calls" for required and
+        "stop" for a named function (as OpenAI's forced call); "length" stays."""
+        return "tool_calls" if finish == "stop" and self.mode == "required" else finish
 
 
-def _call(name: str, arguments: str) -> dict[str, Any]:
+def tool_call(name: str, arguments: str) -> dict[str, Any]:
     return {"id": f"chatcmpl-tool-{uuid.uuid4().hex}", "type": "function",
             "function": {"name": name, "arguments": arguments}}
 

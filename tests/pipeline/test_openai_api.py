@@ -184,11 +184,19 @@ def test_tool_calls_named_and_required(stack: Stack, client: openai.OpenAI) -> N
     assert required.choices[0].finish_reason == "tool_calls" and calls
     assert all(c.function.name in ("get_weather", "get_time") and isinstance(json.loads(c.function.arguments), dict)
                for c in calls)
-    deltas = [c.choices[0].delta for c in client.chat.completions.create(
+    # streamed: a named call's id and name first, then its arguments as they come (as vLLM streams
+    # them); "required"'s calls whole in the last chunk
+    chunks = [c.choices[0] for c in client.chat.completions.create(
         messages=msgs, tool_choice={"type": "function", "function": {"name": "get_weather"}}, stream=True, **kw) if c.choices]
-    streamed = [tc for d in deltas for tc in (d.tool_calls or [])]
-    assert len(streamed) == 1 and streamed[0].function.arguments == call.function.arguments
-    assert not any(d.content for d in deltas)
+    streamed = [tc for c in chunks for tc in (c.delta.tool_calls or [])]
+    assert streamed[0].id and streamed[0].function.name == "get_weather" and len(streamed) > 3
+    assert all(tc.index == 0 and tc.id is None and tc.function.name is None for tc in streamed[1:])
+    assert "".join(tc.function.arguments for tc in streamed) == call.function.arguments
+    assert not any(c.delta.content for c in chunks) and chunks[-1].finish_reason == "stop"
+    chunks = [c.choices[0] for c in client.chat.completions.create(
+        messages=msgs, tool_choice="required", stream=True, **kw) if c.choices]
+    assert [tc.function.name for c in chunks for tc in (c.delta.tool_calls or [])] == [c.function.name for c in calls]
+    assert chunks[-1].delta.tool_calls and chunks[-1].finish_reason == "tool_calls"
 
     turn2 = msgs + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
                     {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 18}'}]
