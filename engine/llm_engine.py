@@ -283,7 +283,8 @@ class LLMEngine:
                   if s.seq.request_id in drafts and s.num_tokens == 1 + len(drafts[s.seq.request_id])}
         t0 = time.perf_counter()
         logits = self.forward(scheduled, drafts)
-        if self.speculator is not None:
+        # (a chunk scoring its prompt computes every row's logits: not a step's usual price)
+        if self.speculator is not None and not any(_prompt_rows(s) for s in scheduled):
             self._sync()  # the cost model prices the forward, not its launches
             seconds = time.perf_counter() - t0
             cost = self.speculator.cost
@@ -295,7 +296,7 @@ class LLMEngine:
                 cost.observe_step(bool(drafts), seconds,
                                   cost.cost(tokens, reads, extra_group=extra_group, context_keys=context))
             cost.observe(tokens, seconds, key_reads=reads, context_keys=context)
-        return self.postprocess(scheduled, logits, drafts)
+        return self.postprocess(scheduled, self._take_prompt_logprobs(scheduled, drafts, logits), drafts)
 
     def _propose(self) -> dict[str, DraftTree]:
         if self.speculator is None:
@@ -318,10 +319,30 @@ class LLMEngine:
                 tokens, parents = tree.step_input(seq.all_ids[-1])
                 inputs.append(SeqInput(tokens, seq.num_cached, seq.block_table, parents=parents, logits="all"))
             else:
+                mode = "all" if _prompt_rows(s) else "last" if s.samples else "none"
                 inputs.append(SeqInput(seq.all_ids[seq.num_cached : seq.num_cached + s.num_tokens], seq.num_cached,
-                                       seq.block_table, logits="last" if s.samples else "none"))
+                                       seq.block_table, logits=mode))
         batch = plan_batch(inputs, self.config.block_size, self.config.device, self.model.config.sliding_window)
         return self.model.run(batch, self.kv)
+
+    def _take_prompt_logprobs(self, scheduled: list[ScheduledSeq], drafts: dict[str, DraftTree],
+                              logits: torch.Tensor) -> torch.Tensor:
+        """Records prompt logprobs from the rows of chunks that asked for all of theirs
+        (``_prompt_rows``) and returns the sampling rows alone, as the step would have them."""
+        if not any(_prompt_rows(s) for s in scheduled if s.seq.request_id not in drafts):
+            return logits
+        keep: list[int] = []
+        row = 0
+        for s in scheduled:
+            tree = drafts.get(s.seq.request_id)
+            n = len(tree) + 1 if tree is not None else s.num_tokens if _prompt_rows(s) else int(s.samples)
+            if tree is None and _prompt_rows(s):
+                _record_prompt_logprobs(s.seq, logits[row : row + n])
+                keep += [row + n - 1] if s.samples else []
+            else:
+                keep += range(row, row + n)
+            row += n
+        return logits[keep]
 
     def _sample(self, scheduled: list[ScheduledSeq], logits: torch.Tensor,
                 drafts: dict[str, DraftTree]) -> tuple[list[int], list[tuple[float, list[int], list[float]] | None]]:
@@ -429,3 +450,29 @@ class LLMEngine:
         return [
             RequestOutput(s.request_id, s.prompt_ids, s.output_ids, s.detok.text, s.finish_reason) for s in seqs
         ]
+
+
+def _prompt_rows(s: ScheduledSeq) -> bool:
+    """The chunk computes prompt tokens whose next token's logprob the request asked for: every row's
+    logits are needed (the chunk's rows sit at positions num_cached, num_cached + 1, ...)."""
+    seq = s.seq
+    return seq.params.prompt_logprobs is not None and seq.num_cached < seq.num_prompt - 1
+
+
+def _record_prompt_logprobs(seq: Seq, logits: torch.Tensor) -> None:
+    """logits [n, V]: rows at positions num_cached ... num_cached + n - 1. The row at position p
+    gives prompt token p + 1's entry; entries already recorded (a recompute after preemption) are
+    not added again."""
+    first = len(seq.prompt_logprobs) - seq.num_cached  # the first row whose entry is new
+    assert first >= 0, "prompt logprobs need every prompt position computed (no prefix reuse)"
+    last = min(logits.shape[0], seq.num_prompt - 1 - seq.num_cached)  # rows past it predict outputs
+    if first >= last:
+        return
+    logp = logits[first:last].float().log_softmax(dim=-1)
+    start = seq.num_cached + first
+    targets = torch.tensor(seq.prompt_ids[start + 1 : seq.num_cached + last + 1], device=logp.device)
+    chosen = logp.gather(-1, targets[:, None])[:, 0].tolist()
+    k = seq.params.prompt_logprobs or 0
+    top = logp.topk(k, dim=-1) if k else None
+    for i, lp in enumerate(chosen):
+        seq.prompt_logprobs.append((lp, top.indices[i].tolist() if top else [], top.values[i].tolist() if top else []))

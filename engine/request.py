@@ -58,3 +58,4 @@ class GenerationChunk:
     tokens: list[TokenOut] = field(default_factory=list)
     finish_reason: str | None = None
     usage: Usage | None = None
+    prompt_logprobs: list[TokenOut] | None = None  # the first chunk's, when asked: prompt tokens 1..

@@ -31,6 +31,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False  # vLLM's: the text keeps the stop string that ended it
     skip_special_tokens: bool = True  # vLLM's: special tokens (EOS, chat markers) left out of the text
     structured: StructuredSpec | None = None  # a grammar every output token must follow (engine.structured)
+    prompt_logprobs: int | None = None  # top-n logprobs of each prompt token (0: only its own); no prefix reuse
 
     def __post_init__(self) -> None:
         def bad(name: str, msg: str) -> None:
@@ -54,6 +55,8 @@ class SamplingParams:
             bad("frequency_penalty", f"must be in [-2, 2], got {self.frequency_penalty}")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             bad("logprobs", f"must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= MAX_LOGPROBS:
+            bad("prompt_logprobs", f"must be in [0, {MAX_LOGPROBS}], got {self.prompt_logprobs}")
         if self.seed is not None and not -(2**63) <= self.seed < 2**63:
             bad("seed", "must fit in 64 bits")
         if any(not s for s in self.stop):

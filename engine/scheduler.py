@@ -83,8 +83,8 @@ class Scheduler:
         At most ``max_tokens`` (default: all but the last token, which must be computed to sample
         the next one). Returns the tokens reused; the blocks join ``seq.block_table``.
         """
-        if self.prefix_cache is None or seq.block_table:
-            return 0
+        if self.prefix_cache is None or seq.block_table or seq.params.prompt_logprobs is not None:
+            return 0  # (prompt logprobs need every prompt token's logits: computed, not reused)
         bs = self.config.block_size
         limit = (seq.num_tokens - 1 if max_tokens is None else min(max_tokens, seq.num_tokens)) // bs
         seq.block_hashes = block_hashes(seq.all_ids, bs, seq.block_hashes, limit=limit)

@@ -143,13 +143,15 @@ class GatewayCore:
         trace.first_token(len(work.prompt_ids), pre.cached_tokens)
         usage = Usage(prompt_tokens=len(work.prompt_ids), completion_tokens=1, cached_tokens=pre.cached_tokens)
         first = convert.token_from_pb(pre.first_token)
+        prompt_lps = [convert.token_from_pb(t) for t in pre.prompt_logprobs] if work.params.prompt_logprobs is not None \
+            else None
         if pre.finish_reason:
             trace.finished(pre.finish_reason)
-            yield GenerationChunk(pre.text, [first], pre.finish_reason, usage)
+            yield GenerationChunk(pre.text, [first], pre.finish_reason, usage, prompt_lps)
             return
         handed = False
         try:
-            yield GenerationChunk(pre.text, [first])
+            yield GenerationChunk(pre.text, [first], prompt_logprobs=prompt_lps)
             async for chunk in self._decode(work, pre, first):
                 handed = True
                 usage.completion_tokens += len(chunk.tokens)

@@ -44,11 +44,12 @@ class GroveServicer(pb_grpc.GroveServicer):
         arrived = time.perf_counter()
         try:
             work = self._work(request)
-            text, tokens, last = "", [], GenerationChunk()
+            text, tokens, last, prompt_lps = "", [], GenerationChunk(), None
             async for chunk in self.core.generate(work, arrived):
                 text += chunk.text
                 tokens.extend(chunk.tokens)
                 last = chunk
+                prompt_lps = chunk.prompt_logprobs if chunk.prompt_logprobs is not None else prompt_lps
         except (InvalidRequestError, OverloadedError, UnavailableError) as e:
             await context.abort(grpc_status(e), str(e))
         resp = pb.GenerateResponse(request_id=work.request_id, text=text, token_ids=[t.token_id for t in tokens],
@@ -57,6 +58,8 @@ class GroveServicer(pb_grpc.GroveServicer):
             resp.usage.CopyFrom(convert.usage_to_pb(last.usage))
         if work.params.logprobs is not None:
             resp.logprobs.extend(convert.logprobs_to_pb(tokens))
+        if prompt_lps is not None:
+            resp.prompt_logprobs.extend(convert.logprobs_to_pb(prompt_lps))
         return resp
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:

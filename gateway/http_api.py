@@ -21,7 +21,7 @@ from gateway.choices import Choice, merged, plan_choices, total_usage
 from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
-    ResponseShaper, chat_messages, chat_template_options, choices_per_prompt, completion_prompts, error_json,
+    Echo, ResponseShaper, chat_messages, chat_template_options, choices_per_prompt, completion_prompts, error_json,
     name_structured_error, reject_unsupported, sampling_from_body, wants_echo,
 )
 from gateway.tools import tool_plan
@@ -116,14 +116,16 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
                     raise InvalidRequestError("tool_choice", "a tool call is structured output already: "
                                                              "drop response_format / guided_*")
                 params = dataclasses.replace(params, structured=tools.structured)
-            echo: list[str] = []
+            echo: list[Echo] = []
             if chat:
                 prompts = [core.tokenize(messages=chat_messages(body), template=chat_template_options(body))]
             else:
                 given = completion_prompts(body, core.config.max_concurrent)
                 prompts = [core.tokenize(prompt=p) for p in given]
                 if wants_echo(body):
-                    echo = [p if isinstance(p, str) else core.detokenize(p) for p in given]
+                    echo = [Echo(p if isinstance(p, str) else core.detokenize(p), ids) for p, ids in zip(given, prompts)]
+                    if params.logprobs is not None:  # the prompt tokens' logprobs go first
+                        params = dataclasses.replace(params, prompt_logprobs=params.logprobs)
             # every choice is a request in flight: no more than the gateway takes at once
             n = choices_per_prompt(body, core.config.max_concurrent // len(prompts))
             request_id = core.new_request_id()
@@ -194,11 +196,14 @@ async def _whole(shaper: ResponseShaper, choices: list[Choice], first: tuple[int
     texts = [""] * len(choices)
     tokens: list[list[TokenOut]] = [[] for _ in choices]
     finish: list[str | None] = [None] * len(choices)
+    prompt_lps: list[list[TokenOut] | None] = [None] * len(choices)
     usages: dict[int, Usage] = {}
 
     def add(i: int, c: GenerationChunk) -> None:
         texts[i] += c.text
         tokens[i].extend(c.tokens)
+        if c.prompt_logprobs is not None:
+            prompt_lps[i] = c.prompt_logprobs
         if c.finish_reason is not None:
             finish[i], usages[i] = c.finish_reason, c.usage or Usage()
 
@@ -210,7 +215,7 @@ async def _whole(shaper: ResponseShaper, choices: list[Choice], first: tuple[int
         return _error(e)
     finally:
         await gen.aclose()  # the client gone mid-way: every choice's request is cancelled
-    return JSONResponse(shaper.whole(list(zip(texts, tokens, finish)), total_usage(choices, usages)))
+    return JSONResponse(shaper.whole(list(zip(texts, tokens, finish, prompt_lps)), total_usage(choices, usages)))
 
 
 async def _sse(shaper: ResponseShaper, choices: list[Choice], first: tuple[int, GenerationChunk],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
 from engine.errors import InvalidRequestError
 from engine.request import GenerationChunk, TokenOut, Usage
@@ -72,7 +72,8 @@ def sampling_from_body(body: dict[str, Any], chat: bool) -> SamplingParams:
 # fields of OpenAI's or vLLM's API that Grove does not implement: a request that sets one gets a
 # 400 naming it, not an answer that quietly ignored it (unknown fields are ignored, as vLLM does)
 _UNSUPPORTED = {
-    "functions": "legacy function calling (use tools)", "prompt_logprobs": "prompt logprobs",
+    "functions": "legacy function calling (use tools)",
+    "prompt_logprobs": "vLLM's prompt_logprobs field (echo with logprobs gives the prompt's logprobs)",
     "suffix": "suffix (insertion)",
 }
 
@@ -90,8 +91,6 @@ def reject_unsupported(body: dict[str, Any], chat: bool) -> None:
     best_of = body.get("best_of")
     if best_of is not None and best_of != (body.get("n") or 1):
         raise InvalidRequestError("best_of", "must equal n if given (ranking samples by likelihood is not supported)")
-    if not chat and body.get("echo") and body.get("logprobs") is not None:
-        raise InvalidRequestError("echo", "echo with logprobs (the prompt's logprobs) is not supported")
     if body.get("stream_options") is not None and not body.get("stream"):
         raise InvalidRequestError("stream_options", "only allowed with stream: true")
 
@@ -171,8 +170,16 @@ def name_structured_error(exc: InvalidRequestError, body: dict[str, Any]) -> Inv
 
 
 def wants_echo(body: dict[str, Any]) -> bool:
-    """Completions' ``echo``: the prompt's text goes before each of its choices' text."""
+    """Completions' ``echo``: the prompt's text goes before each of its choices' text (and with
+    ``logprobs``, the prompt tokens' logprobs before the output's: what evaluation harnesses read)."""
     return body.get("echo") is not None and _typed(body, "echo", bool)
+
+
+class Echo(NamedTuple):
+    """A choice's prompt, as ``echo`` returns it."""
+
+    text: str
+    prompt_ids: Sequence[int]
 
 
 def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
@@ -283,8 +290,8 @@ class ResponseShaper:
     numbered from 0 (prompt i's sample j of n: i * n + j)."""
 
     def __init__(self, request_id: str, model: str, chat: bool, tokenizer: Any, logprobs: int | None,
-                 return_token_ids: bool, echo: dict[int, str] | None = None, tools: ToolPlan | None = None) -> None:
-        """``echo``: text that goes before a choice's own (its prompt, for completions' ``echo``).
+                 return_token_ids: bool, echo: dict[int, Echo] | None = None, tools: ToolPlan | None = None) -> None:
+        """``echo``: the prompt that goes before a choice's own text (completions' ``echo``).
         ``tools``: the answer is a tool call (gateway.tools)."""
         self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
         self.model = model
@@ -299,7 +306,9 @@ class ResponseShaper:
         self.created = int(time.time())
         self._started: set[int] = set()  # choices whose first delta (with the role, the echo) went out
 
-    def _logprobs(self, tokens: list[TokenOut]) -> dict[str, Any] | None:
+    def _logprobs(self, tokens: list[TokenOut], echo: tuple[int, list[TokenOut]] | None = None) -> dict[str, Any] | None:
+        """``echo``: the prompt's first token and the others' logprobs, before the output's (the
+        first has none: null, as OpenAI gives it)."""
         if self.logprobs is None:
             return None
         tok = self.tokenizer.convert_ids_to_tokens
@@ -308,16 +317,25 @@ class ResponseShaper:
                 {"token": tok(t.token_id), "logprob": t.logprob,
                  "top_logprobs": [{"token": tok(i), "logprob": lp} for i, lp in zip(t.top_ids, t.top_logprobs)]}
                 for t in tokens]}
-        return {"tokens": [tok(t.token_id) for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-                "top_logprobs": [{tok(i): lp for i, lp in zip(t.top_ids, t.top_logprobs)} for t in tokens]}
+        names: list[str] = []
+        lps: list[float | None] = []
+        tops: list[dict[str, float] | None] = []
+        if echo is not None:
+            names, lps, tops = [tok(echo[0])], [None], [None]
+            tokens = [*echo[1], *tokens]
+        return {"tokens": names + [tok(t.token_id) for t in tokens],
+                "token_logprobs": lps + [t.logprob for t in tokens],
+                "top_logprobs": tops + [{tok(i): lp for i, lp in zip(t.top_ids, t.top_logprobs)} for t in tokens]}
 
     def _choice(self, index: int, text: str, tokens: list[TokenOut], finish: str | None,
-                delta: bool) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": index, "logprobs": self._logprobs(tokens), "finish_reason": finish}
+                delta: bool, prompt_logprobs: list[TokenOut] | None = None) -> dict[str, Any]:
         first = index not in self._started
         self._started.add(index)
-        if first:
-            text = self.echo.get(index, "") + text
+        echo = self.echo.get(index) if first else None
+        echo_lps = (echo.prompt_ids[0], prompt_logprobs) if echo is not None and prompt_logprobs is not None else None
+        choice: dict[str, Any] = {"index": index, "logprobs": self._logprobs(tokens, echo_lps), "finish_reason": finish}
+        if echo is not None:
+            text = echo.text + text
         if self.chat:
             if delta:
                 d: dict[str, Any] = {"role": "assistant"} if first else {}
@@ -361,17 +379,20 @@ class ResponseShaper:
     def chunk(self, index: int, c: GenerationChunk) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
                 "created": self.created, "model": self.model,
-                "choices": [self._choice(index, c.text, c.tokens, c.finish_reason, delta=True)]}
+                "choices": [self._choice(index, c.text, c.tokens, c.finish_reason, delta=True,
+                                         prompt_logprobs=c.prompt_logprobs)]}
 
     def usage_chunk(self, u: Usage) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": [], "usage": usage_json(u)}
 
-    def whole(self, choices: list[tuple[str, list[TokenOut], str | None]], usage: Usage) -> dict[str, Any]:
-        """``choices``: (text, tokens, finish reason) of each, by index."""
+    def whole(self, choices: list[tuple[str, list[TokenOut], str | None, list[TokenOut] | None]],
+              usage: Usage) -> dict[str, Any]:
+        """``choices``: (text, tokens, finish reason, prompt logprobs or None) of each, by index."""
         return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.model,
-                "choices": [self._choice(i, *c, delta=False) for i, c in enumerate(choices)],
+                "choices": [self._choice(i, text, tokens, finish, delta=False, prompt_logprobs=plp)
+                            for i, (text, tokens, finish, plp) in enumerate(choices)],
                 "usage": usage_json(usage)}
 
 

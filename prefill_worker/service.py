@@ -35,6 +35,7 @@ class PrefillResult:
     finish_reason: str | None
     cached_tokens: int
     kv: KVHandle | None  # None when the request already finished
+    prompt_logprobs: tuple[TokenOut, ...] = ()  # prompt tokens 1.., when the request asked
 
 
 class PrefillService:
@@ -65,8 +66,8 @@ class PrefillService:
         self.local_prefix_blocks += have
         # at least the last prompt token must be computed here to sample the first token
         usable = (len(prompt) - 1) // bs
-        if self.kvstore is None or have >= usable:
-            return seq.num_cached
+        if self.kvstore is None or have >= usable or seq.params.prompt_logprobs is not None:
+            return seq.num_cached  # (prompt logprobs: every prompt token is computed here)
         hit = await self.kvstore.match(prompt)
         try:
             extra = hit.handles[have:usable]
@@ -111,13 +112,15 @@ class PrefillService:
             raise
         assert out is not None and out.new_tokens
         first = TokenOut(out.new_tokens[0], *self._logprob_fields(seq))
+        prompt_lps = tuple(TokenOut(t, lp, tuple(ids), tuple(lps))
+                           for t, (lp, ids, lps) in zip(prompt[1:], seq.prompt_logprobs))
         held = list(seq.block_table)
         if seq.finish_reason is not None:  # finished on its first token: the write-back frees the blocks
             self._write_back(prompt, held, owned=True)
-            return PrefillResult(first, out.delta_text, seq.finish_reason, cached, None)
+            return PrefillResult(first, out.delta_text, seq.finish_reason, cached, None, prompt_lps)
         self._write_back(prompt, held)
         lease_id = self.leases.hold(held)
-        return PrefillResult(first, out.delta_text, None, cached, self._handle(lease_id, held, len(prompt)))
+        return PrefillResult(first, out.delta_text, None, cached, self._handle(lease_id, held, len(prompt)), prompt_lps)
 
     def _free_if_detached(self, seq: Sequence) -> None:
         if seq.request_id not in self.eng.seqs and seq.block_table:

@@ -34,6 +34,7 @@ class PrefillServicer(pb_grpc.PrefillWorkerServicer):
                                   finish_reason=res.finish_reason or "", text=res.text)
         if res.kv is not None:
             resp.kv.CopyFrom(convert.kv_handle_to_pb(res.kv))
+        resp.prompt_logprobs.extend(convert.token_to_pb(t) for t in res.prompt_logprobs)
         return resp
 
     async def ReleaseKV(self, request: pb.ReleaseKVRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseKVResponse:

@@ -14,7 +14,7 @@ from grove.v1 import api_pb2 as apb
 
 _OPTIONAL_SAMPLING = (
     "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-    "presence_penalty", "frequency_penalty", "seed", "logprobs", "lookahead", "skip_special_tokens",
+    "presence_penalty", "frequency_penalty", "seed", "logprobs", "lookahead", "skip_special_tokens", "prompt_logprobs",
 )
 
 
@@ -51,6 +51,8 @@ def sampling_to_pb(p: SamplingParams) -> apb.SamplingParams:
         pb.lookahead = p.lookahead
     if p.structured is not None:
         pb.structured.kind, pb.structured.spec = p.structured.kind, p.structured.spec
+    if p.prompt_logprobs is not None:
+        pb.prompt_logprobs = p.prompt_logprobs
     return pb
 
 
@@ -119,6 +121,8 @@ def stream_response_to_pb(request_id: str, chunk: GenerationChunk, with_logprobs
                                     finish_reason=chunk.finish_reason or "")
     if with_logprobs:
         pb.logprobs.extend(logprobs_to_pb(chunk.tokens))
+    if chunk.prompt_logprobs is not None:
+        pb.prompt_logprobs.extend(logprobs_to_pb(chunk.prompt_logprobs))
     if chunk.usage is not None:
         pb.usage.CopyFrom(usage_to_pb(chunk.usage))
     return pb

@@ -34,6 +34,10 @@ def test_python_stubs_unary_and_stream(stack: Stack) -> None:
         forced = stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(
             max_tokens=5, temperature=0.0, logit_bias={28: 100.0}, min_tokens=5)), timeout=60)
         assert list(forced.token_ids) == [28] * 5
+        scored = stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(
+            max_tokens=1, temperature=0.0, prompt_logprobs=2)), timeout=60)
+        assert len(scored.prompt_logprobs) == scored.usage.prompt_tokens - 1
+        assert all(len(t.top_token_ids) == 2 and t.logprob <= 0 for t in scored.prompt_logprobs)
         with pytest.raises(grpc.RpcError) as e:
             stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(top_p=2.0)), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_p" in e.value.details()

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import torch
 
 from engine.reference import ReferenceOutput, compare_greedy
 from launcher.stack import Stack
@@ -217,6 +218,33 @@ def test_tool_calls_named_and_required(stack: Stack, client: openai.OpenAI) -> N
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
 
 
+def test_echo_with_logprobs_scores_the_prompt(client: openai.OpenAI, tokenizer: Any, hf_model: Any) -> None:
+    """What evaluation harnesses send (lm-eval's loglikelihood: echo, logprobs=1, max_tokens=1):
+    the prompt tokens' logprobs, as transformers computes them, before the output's; the first
+    prompt token has none. Computed on every request, its prefix cached or not."""
+    text = "The capital of France is Paris. The capital of Italy is"
+    ids = tokenizer(text)["input_ids"]
+    with torch.no_grad():
+        ref = hf_model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    for _ in range(2):  # the second finds the prompt in the prefix caches and still scores it
+        r = client.completions.create(model="SmolLM2-135M-Instruct", prompt=text, max_tokens=1, temperature=0,
+                                      logprobs=1, echo=True)
+        lp = r.choices[0].logprobs
+        assert r.choices[0].text.startswith(text) and len(lp.tokens) == len(ids) + 1
+        assert lp.tokens[: len(ids)] == tokenizer.convert_ids_to_tokens(ids)
+        assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+        for j in range(1, len(ids)):
+            assert abs(lp.token_logprobs[j] - ref[j - 1, ids[j]].item()) < 1e-3, j
+            best = tokenizer.convert_ids_to_tokens(int(ref[j - 1].argmax()))
+            assert list(lp.top_logprobs[j]) == [best], j
+        assert r.usage.prompt_tokens_details.cached_tokens == 0
+    streamed = list(client.completions.create(model="SmolLM2-135M-Instruct", prompt=text, max_tokens=4, temperature=0,
+                                              logprobs=0, echo=True, stream=True))
+    first = streamed[0].choices[0].logprobs
+    assert first.token_logprobs[: len(ids)] == lp.token_logprobs[: len(ids)]
+    assert "".join(c.choices[0].text for c in streamed if c.choices).startswith(text)
+
+
 def test_seeded_sampling_reproducible_through_pipeline(client: openai.OpenAI) -> None:
     kw = dict(model="SmolLM2-135M-Instruct", prompt="Once upon a time", max_tokens=16, temperature=1.0, seed=7)
     a = client.completions.create(**kw).choices[0].text
@@ -308,7 +336,7 @@ def test_tokenize_counts_what_a_request_uses_and_detokenize_inverts_it(stack: St
         ({"prompt": "hi", "logit_bias": {"5": 200}}, "logit_bias"),
         ({"prompt": "hi", "logit_bias": {"99999999": 1}}, "logit_bias"),
         ({"prompt": "hi", "max_tokens": 4, "min_tokens": 5}, "min_tokens"),
-        ({"prompt": "hi", "echo": True, "logprobs": 1}, "echo"),
+        ({"prompt": "hi", "prompt_logprobs": 1}, "prompt_logprobs"),
         ({"prompt": "hi", "echo": "yes"}, "echo"),
         ({"prompt": "hi", "suffix": "end"}, "suffix"),
         ({"prompt": "hi", "best_of": 3}, "best_of"),
