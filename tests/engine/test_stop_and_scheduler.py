@@ -23,17 +23,21 @@ def test_incremental_text_equals_full_decode(tokenizer: Any) -> None:
     assert streamed == tokenizer.decode(ids) == d.text
 
 
-def test_stop_string_truncates_and_holds_back(tokenizer: Any) -> None:
-    ids = tokenizer("alpha beta STOP gamma")["input_ids"]
-    d = Detokenizer(tokenizer, SamplingParams(max_tokens=100, stop=("STOP",)), eos_ids=())
+def _run(d: Detokenizer, ids: list[int]) -> tuple[str, str | None]:
+    """Streams ``ids`` through ``d`` until one ends it: (text handed out, finish reason)."""
     streamed, reason = "", None
     for t in ids:
         reason = d.append(t)
         streamed += d.take_delta(reason is not None)
         if reason:
             break
-    assert reason == "stop"
-    assert streamed == "alpha beta " == d.text
+    return streamed, reason
+
+
+def test_stop_string_truncates_and_holds_back(tokenizer: Any) -> None:
+    ids = tokenizer("alpha beta STOP gamma")["input_ids"]
+    d = Detokenizer(tokenizer, SamplingParams(max_tokens=100, stop=("STOP",)), eos_ids=())
+    assert _run(d, ids) == ("alpha beta ", "stop") and d.text == "alpha beta "
 
 
 def test_finish_reasons(engine: Any) -> None:
@@ -91,16 +95,6 @@ def test_allocator_refcounts() -> None:
     assert a.free(x[:2]) == x[:2]
     a.check_integrity()
     assert a.num_free == 4
-
-
-def _run(d: Detokenizer, ids: list[int]) -> tuple[str, str | None]:
-    streamed, reason = "", None
-    for t in ids:
-        reason = d.append(t)
-        streamed += d.take_delta(reason is not None)
-        if reason:
-            break
-    return streamed, reason
 
 
 def test_stop_string_kept_with_include_stop_str_in_output(tokenizer: Any) -> None:
