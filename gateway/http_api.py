@@ -22,8 +22,9 @@ from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
     Echo, ResponseShaper, chat_messages, chat_template_options, choices_per_prompt, completion_prompts, error_json,
-    name_structured_error, reject_unsupported, sampling_from_body, wants_echo,
+    reject_unsupported, sampling_from_body, wants_echo,
 )
+from gateway.structured_request import name_structured_error
 from gateway.tools import tool_plan
 
 logger = logging.getLogger(__name__)
