@@ -4,8 +4,8 @@
 #   scripts/gpu_lookahead.sh MODEL_DIR PROMPTS_DIR OUT_DIR
 #
 # MODEL_DIR: the bundled SmolLM2 converted (engine.convert); PROMPTS_DIR: code-edit.jsonl,
-# shakespeare-quote.jsonl and sharegpt.jsonl (49 prompts each, written from bench.datasets where the
-# dataset packages are installed); OUT_DIR: one log per step. Each step has its own time limit, so a
+# shakespeare-quote.jsonl, sharegpt.jsonl and json-extract.jsonl (49 prompts each; scripts/stage_gpu.sh
+# writes them and the rest a GPU machine needs); OUT_DIR: one log per step. Each step has its own time limit, so a
 # stuck one leaves the others their time; a step stopped at its limit prints every thread's Python
 # stack (faulthandler on SIGABRT), which is how a hang is located without a debugger.
 #
@@ -40,3 +40,8 @@ step code-edit 150 $B --dataset "jsonl:$PROMPTS/code-edit.jsonl" --hf-prompt-loo
 step sharegpt 110 $B --dataset "jsonl:$PROMPTS/sharegpt.jsonl"
 step shakespeare-quote 170 $B --dataset "jsonl:$PROMPTS/shakespeare-quote.jsonl" --hf-prompt-lookup
 step kernels 60 python3 -m pytest -q -x -p no:cacheprovider tests/kernels/test_invariant_kernels.py
+# last, and only where xgrammar was staged (scripts/stage_gpu.sh, call 0): structured output's mask
+# on CUDA logits, lookahead on/off under json-extract's schema (greedy outputs compared)
+if [ -f "$PROMPTS/json-extract.jsonl" ] && python3 -c "import xgrammar" 2>/dev/null; then
+    step structured 50 $B --dataset "jsonl:$PROMPTS/json-extract.jsonl" --json-schema --concurrency 16,1 --num-prompts 16,8
+fi
