@@ -190,7 +190,8 @@ def test_tool_calls_named_and_required(stack: Stack, client: openai.OpenAI) -> N
     chunks = [c.choices[0] for c in client.chat.completions.create(
         messages=msgs, tool_choice={"type": "function", "function": {"name": "get_weather"}}, stream=True, **kw) if c.choices]
     streamed = [tc for c in chunks for tc in (c.delta.tool_calls or [])]
-    assert streamed[0].id and streamed[0].function.name == "get_weather" and len(streamed) > 3
+    # (the prefill's first token streams alone; how the rest is cut depends on lookahead's steps)
+    assert streamed[0].id and streamed[0].function.name == "get_weather" and len(streamed) >= 2
     assert all(tc.index == 0 and tc.id is None and tc.function.name is None for tc in streamed[1:])
     assert "".join(tc.function.arguments for tc in streamed) == call.function.arguments
     assert not any(c.delta.content for c in chunks) and chunks[-1].finish_reason == "stop"
