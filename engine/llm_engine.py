@@ -471,8 +471,10 @@ def _record_prompt_logprobs(seq: Seq, logits: torch.Tensor) -> None:
     logp = logits[first:last].float().log_softmax(dim=-1)
     start = seq.num_cached + first
     targets = torch.tensor(seq.prompt_ids[start + 1 : seq.num_cached + last + 1], device=logp.device)
-    chosen = logp.gather(-1, targets[:, None])[:, 0].tolist()
+    chosen = logp.gather(-1, targets[:, None])  # [m, 1]
+    ranks = ((logp > chosen).sum(dim=-1) + 1).tolist()  # 1 + the tokens more likely than the prompt's
     k = seq.params.prompt_logprobs or 0
     top = logp.topk(k, dim=-1) if k else None
-    for i, lp in enumerate(chosen):
-        seq.prompt_logprobs.append((lp, top.indices[i].tolist() if top else [], top.values[i].tolist() if top else []))
+    for i, lp in enumerate(chosen[:, 0].tolist()):
+        seq.prompt_logprobs.append((lp, ranks[i], top.indices[i].tolist() if top else [],
+                                    top.values[i].tolist() if top else []))

@@ -20,6 +20,7 @@ class TokenOut:
     logprob: float = 0.0
     top_ids: tuple[int, ...] = ()
     top_logprobs: tuple[float, ...] = ()
+    rank: int = 0  # the token's place in the vocabulary by probability (1: the likeliest); 0: not computed
 
 
 @dataclass(frozen=True, slots=True)

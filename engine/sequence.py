@@ -33,8 +33,9 @@ class Sequence:
     first_token_time: float | None = None
     # filled by the sampler when logprobs are asked for: per output token (logprob, top ids, top logprobs)
     logprobs: list[tuple[float, list[int], list[float]]] = field(default_factory=list)
-    # prompt_logprobs: entry j is prompt token j + 1's (logprob, top ids, top logprobs) given the tokens before it
-    prompt_logprobs: list[tuple[float, list[int], list[float]]] = field(default_factory=list)
+    # prompt_logprobs: entry j is prompt token j + 1's (logprob, rank, top ids, top logprobs) given the
+    # tokens before it; rank 1 is the most likely token
+    prompt_logprobs: list[tuple[float, int, list[int], list[float]]] = field(default_factory=list)
     # lookahead bookkeeping: drafted and accepted token counts
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0

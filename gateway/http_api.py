@@ -22,7 +22,7 @@ from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
     Echo, ResponseShaper, chat_messages, chat_template_options, choices_per_prompt, completion_prompts, error_json,
-    reject_unsupported, sampling_from_body, wants_echo,
+    prompt_logprobs_from_body, reject_unsupported, sampling_from_body, wants_echo,
 )
 from gateway.structured_request import name_structured_error
 from gateway.tools import tool_plan
@@ -127,6 +127,9 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
                     echo = [Echo(p if isinstance(p, str) else core.detokenize(p), ids) for p, ids in zip(given, prompts)]
                     if params.logprobs is not None:  # the prompt tokens' logprobs go first
                         params = dataclasses.replace(params, prompt_logprobs=params.logprobs)
+            asked = prompt_logprobs_from_body(body)  # vLLM's field: beside the choices
+            if asked is not None:
+                params = dataclasses.replace(params, prompt_logprobs=max(asked, params.prompt_logprobs or 0))
             # every choice is a request in flight: no more than the gateway takes at once
             n = choices_per_prompt(body, core.config.max_concurrent // len(prompts))
             request_id = core.new_request_id()
@@ -135,7 +138,7 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             return _error(name_structured_error(e, body))
         shaper = ResponseShaper(request_id, core.config.served_model_name, chat, core.tokenizer,
                                 params.logprobs, bool(body.get("return_token_ids")),
-                                {c.index: echo[c.prompt] for c in choices} if echo else None, tools)
+                                {c.index: echo[c.prompt] for c in choices} if echo else None, tools, asked)
         gen = merged(core, choices, arrived)
         # fail fast (4xx/5xx status) on what happens before the first token
         try:

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple, Sequence
 
 from engine.errors import InvalidRequestError
 from engine.request import GenerationChunk, TokenOut, Usage
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from gateway.structured_request import structured_from_body
 from gateway.tools import ToolPlan, template_tools, tool_call
 
@@ -72,7 +72,6 @@ def sampling_from_body(body: dict[str, Any], chat: bool) -> SamplingParams:
 # 400 naming it, not an answer that quietly ignored it (unknown fields are ignored, as vLLM does)
 _UNSUPPORTED = {
     "functions": "legacy function calling (use tools)",
-    "prompt_logprobs": "vLLM's prompt_logprobs field (echo with logprobs gives the prompt's logprobs)",
     "suffix": "suffix (insertion)",
 }
 
@@ -92,6 +91,20 @@ def reject_unsupported(body: dict[str, Any], chat: bool) -> None:
         raise InvalidRequestError("best_of", "must equal n if given (ranking samples by likelihood is not supported)")
     if body.get("stream_options") is not None and not body.get("stream"):
         raise InvalidRequestError("stream_options", "only allowed with stream: true")
+
+
+def prompt_logprobs_from_body(body: dict[str, Any]) -> int | None:
+    """vLLM's ``prompt_logprobs``: each prompt token's logprob, rank and top-k, returned beside the
+    choices (not streamed, as in vLLM). The request then computes its whole prompt (a cached prefix
+    has no logits)."""
+    if body.get("prompt_logprobs") is None:
+        return None
+    k = _typed(body, "prompt_logprobs", int)
+    if not 0 <= k <= MAX_LOGPROBS:
+        raise InvalidRequestError("prompt_logprobs", f"must be in [0, {MAX_LOGPROBS}], got {k}")
+    if body.get("stream"):
+        raise InvalidRequestError("prompt_logprobs", "not available with stream: true")
+    return k
 
 
 def wants_echo(body: dict[str, Any]) -> bool:
@@ -215,9 +228,11 @@ class ResponseShaper:
     numbered from 0 (prompt i's sample j of n: i * n + j)."""
 
     def __init__(self, request_id: str, model: str, chat: bool, tokenizer: Any, logprobs: int | None,
-                 return_token_ids: bool, echo: dict[int, Echo] | None = None, tools: ToolPlan | None = None) -> None:
+                 return_token_ids: bool, echo: dict[int, Echo] | None = None, tools: ToolPlan | None = None,
+                 prompt_logprobs: int | None = None) -> None:
         """``echo``: the prompt that goes before a choice's own text (completions' ``echo``).
-        ``tools``: the answer is a tool call (gateway.tools)."""
+        ``tools``: the answer is a tool call (gateway.tools). ``prompt_logprobs``: vLLM's field, its
+        top-k (a whole response's only: vLLM does not stream them)."""
         self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
         self.model = model
         self.chat = chat
@@ -226,6 +241,8 @@ class ResponseShaper:
         self.return_token_ids = return_token_ids
         self.echo = echo or {}
         self.tools = tools
+        self.prompt_logprobs = prompt_logprobs
+        self._decoded: dict[int, str] = {}  # token id -> its text alone (prompt_logprobs' decoded_token)
         self._held: dict[int, str] = {}  # "required" tool-call choices: their text until they finish
         self._calls: dict[int, dict[str, Any]] = {}  # named tool-call choices: their call, once announced
         self.created = int(time.time())
@@ -248,9 +265,31 @@ class ResponseShaper:
         if echo is not None:
             names, lps, tops = [tok(echo[0])], [None], [None]
             tokens = [*echo[1], *tokens]
+        k = self.logprobs  # a prompt token's top list may be longer (prompt_logprobs asked for more)
         return {"tokens": names + [tok(t.token_id) for t in tokens],
                 "token_logprobs": lps + [t.logprob for t in tokens],
-                "top_logprobs": tops + [{tok(i): lp for i, lp in zip(t.top_ids, t.top_logprobs)} for t in tokens]}
+                "top_logprobs": tops + [{tok(i): lp for i, lp in zip(t.top_ids[:k], t.top_logprobs[:k])}
+                                        for t in tokens]}
+
+    def _prompt_logprobs(self, prompt: list[TokenOut] | None) -> list[dict[str, Any] | None] | None:
+        """vLLM's shape: null for the first prompt token, then for each other one its own entry and
+        its top-k, by token id: {"logprob", "rank", "decoded_token"}."""
+        if prompt is None:
+            return None
+        k = self.prompt_logprobs
+        out: list[dict[str, Any] | None] = [None]
+        for t in prompt:
+            entry = {str(t.token_id): self._ranked(t.token_id, t.logprob, t.rank)}
+            for rank, (i, lp) in enumerate(zip(t.top_ids[:k], t.top_logprobs[:k]), start=1):
+                entry.setdefault(str(i), self._ranked(i, lp, rank))
+            out.append(entry)
+        return out
+
+    def _ranked(self, token_id: int, logprob: float, rank: int) -> dict[str, Any]:
+        text = self._decoded.get(token_id)
+        if text is None:
+            text = self._decoded[token_id] = self.tokenizer.decode([token_id])
+        return {"logprob": logprob, "rank": rank, "decoded_token": text}
 
     def _choice(self, index: int, text: str, tokens: list[TokenOut], finish: str | None,
                 delta: bool, prompt_logprobs: list[TokenOut] | None = None) -> dict[str, Any]:
@@ -278,6 +317,8 @@ class ResponseShaper:
                     choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
+            if self.prompt_logprobs is not None and not delta:
+                choice["prompt_logprobs"] = self._prompt_logprobs(prompt_logprobs)
         if self.return_token_ids:
             choice["token_ids"] = [t.token_id for t in tokens]
         return choice
@@ -313,12 +354,17 @@ class ResponseShaper:
 
     def whole(self, choices: list[tuple[str, list[TokenOut], str | None, list[TokenOut] | None]],
               usage: Usage) -> dict[str, Any]:
-        """``choices``: (text, tokens, finish reason, prompt logprobs or None) of each, by index."""
-        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
-                "created": self.created, "model": self.model,
-                "choices": [self._choice(i, text, tokens, finish, delta=False, prompt_logprobs=plp)
-                            for i, (text, tokens, finish, plp) in enumerate(choices)],
-                "usage": usage_json(usage)}
+        """``choices``: (text, tokens, finish reason, prompt logprobs or None) of each, by index.
+        A chat response's prompt logprobs (vLLM's field) are the conversation's: one list beside the
+        choices, as vLLM gives them."""
+        out = {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+               "created": self.created, "model": self.model,
+               "choices": [self._choice(i, text, tokens, finish, delta=False, prompt_logprobs=plp)
+                           for i, (text, tokens, finish, plp) in enumerate(choices)],
+               "usage": usage_json(usage)}
+        if self.chat and self.prompt_logprobs is not None:
+            out["prompt_logprobs"] = self._prompt_logprobs(choices[0][3] if choices else None)
+        return out
 
 
 def error_json(exc: BaseException, kind: str) -> dict[str, Any]:

@@ -112,8 +112,8 @@ class PrefillService:
             raise
         assert out is not None and out.new_tokens
         first = TokenOut(out.new_tokens[0], *self._logprob_fields(seq))
-        prompt_lps = tuple(TokenOut(t, lp, tuple(ids), tuple(lps))
-                           for t, (lp, ids, lps) in zip(prompt[1:], seq.prompt_logprobs))
+        prompt_lps = tuple(TokenOut(t, lp, tuple(ids), tuple(lps), rank)
+                           for t, (lp, rank, ids, lps) in zip(prompt[1:], seq.prompt_logprobs))
         held = list(seq.block_table)
         if seq.finish_reason is not None:  # finished on its first token: the write-back frees the blocks
             self._write_back(prompt, held, owned=True)

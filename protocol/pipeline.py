@@ -67,11 +67,11 @@ def work_from_pb(pb: wpb.WorkRequest) -> WorkRequest:
 
 def token_to_pb(t: TokenOut) -> wpb.TokenOut:
     return wpb.TokenOut(token_id=t.token_id, logprob=t.logprob, top_token_ids=list(t.top_ids),
-                        top_logprobs=list(t.top_logprobs))
+                        top_logprobs=list(t.top_logprobs), rank=t.rank)
 
 
 def token_from_pb(pb: wpb.TokenOut) -> TokenOut:
-    return TokenOut(pb.token_id, pb.logprob, tuple(pb.top_token_ids), tuple(pb.top_logprobs))
+    return TokenOut(pb.token_id, pb.logprob, tuple(pb.top_token_ids), tuple(pb.top_logprobs), pb.rank)
 
 
 def kv_handle_to_pb(h: KVHandle) -> wpb.KVHandle:
@@ -112,7 +112,7 @@ def usage_to_pb(u: Usage) -> apb.Usage:
 
 def logprobs_to_pb(tokens: Iterable[TokenOut]) -> list[apb.TokenLogprob]:
     return [apb.TokenLogprob(token_id=t.token_id, logprob=t.logprob, top_token_ids=list(t.top_ids),
-                             top_logprobs=list(t.top_logprobs)) for t in tokens]
+                             top_logprobs=list(t.top_logprobs), rank=t.rank) for t in tokens]
 
 
 def stream_response_to_pb(request_id: str, chunk: GenerationChunk, with_logprobs: bool) -> apb.GenerateStreamResponse:

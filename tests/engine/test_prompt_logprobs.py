@@ -1,4 +1,4 @@
-"""Prompt logprobs (completions' echo + logprobs): every prompt token's logprob and top-n, as
+"""Prompt logprobs (completions' echo + logprobs): every prompt token's logprob, rank and top-n, as
 transformers gives them, computed in chunks, never from a cached prefix, and not repeated after a
 preemption's recompute."""
 from __future__ import annotations
@@ -29,13 +29,20 @@ def test_prompt_logprobs_equal_transformers_in_chunks_behind_a_cached_prefix(mod
     with torch.no_grad():
         ref = hf_model(torch.tensor([ids])).logits[0].log_softmax(-1)
     assert len(seq.prompt_logprobs) == len(ids) - 1
-    for j, (lp, top_ids, top_lps) in enumerate(seq.prompt_logprobs):  # entry j: token j + 1 given ids[: j + 1]
+    ranked = 0
+    for j, (lp, rank, top_ids, top_lps) in enumerate(seq.prompt_logprobs):  # entry j: token j + 1 given ids[: j + 1]
         assert abs(lp - ref[j, ids[j + 1]].item()) < 1e-3, j
+        # rank: 1 + the tokens likelier than the prompt's, as transformers' logits order them
+        # (within 1e-3 of it either way: a near tie may fall either side)
+        likelier = int((ref[j] > ref[j, ids[j + 1]] + 1e-3).sum())
+        assert likelier + 1 <= rank <= int((ref[j] > ref[j, ids[j + 1]] - 1e-3).sum()) + 1, (j, rank, likelier)
+        ranked += rank > 1
         want = ref[j].topk(3)
         assert torch.allclose(torch.tensor(top_lps), want.values, atol=1e-3), j
         gaps = want.values[:-1] - want.values[1:]
         if bool((gaps > 1e-3).all()):  # order is defined where the top-3 are not near ties
             assert top_ids == want.indices.tolist(), j
+    assert ranked > 5  # most prompt tokens are not the model's first guess: ranks are really counted
 
 
 def test_preempted_prompt_logprobs_are_not_repeated(model_dir: Path) -> None:

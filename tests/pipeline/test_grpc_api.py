@@ -38,6 +38,9 @@ def test_python_stubs_unary_and_stream(stack: Stack) -> None:
             max_tokens=1, temperature=0.0, prompt_logprobs=2)), timeout=60)
         assert len(scored.prompt_logprobs) == scored.usage.prompt_tokens - 1
         assert all(len(t.top_token_ids) == 2 and t.logprob <= 0 for t in scored.prompt_logprobs)
+        assert all(t.rank == 1 for t in scored.prompt_logprobs if t.token_id == t.top_token_ids[0])
+        assert all(t.rank > 2 for t in scored.prompt_logprobs if t.token_id not in t.top_token_ids)
+        assert any(t.rank > 2 for t in scored.prompt_logprobs)
         with pytest.raises(grpc.RpcError) as e:
             stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(top_p=2.0)), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_p" in e.value.details()

@@ -246,6 +246,50 @@ def test_echo_with_logprobs_scores_the_prompt(client: openai.OpenAI, tokenizer: 
     assert "".join(c.choices[0].text for c in streamed if c.choices).startswith(text)
 
 
+def test_vllm_prompt_logprobs_field(stack: Stack, tokenizer: Any, hf_model: Any) -> None:
+    """vLLM's ``prompt_logprobs: k``: beside a completion's choice (a chat response's, beside its
+    choices), null for the first prompt token, then each prompt token's logprob, rank and text and
+    the k likeliest tokens', by token id, as transformers scores them. With echo and logprobs too,
+    each keeps its own k."""
+    text = "My favourite colour is seventeen, said the walrus. The capital of Italy is"
+    ids = tokenizer(text)["input_ids"]
+    with torch.no_grad():
+        ref = hf_model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    url = stack.http_url + "/v1/completions"
+    body = {"prompt": text, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 2}
+    r = httpx.post(url, json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    plp = r.json()["choices"][0]["prompt_logprobs"]
+    assert len(plp) == len(ids) and plp[0] is None
+    ranked = 0
+    for j in range(1, len(ids)):
+        entry, want = plp[j], ref[j - 1]
+        own = entry[str(ids[j])]
+        assert abs(own["logprob"] - want[ids[j]].item()) < 1e-3, j
+        assert own["decoded_token"] == tokenizer.decode([ids[j]])
+        likelier = int((want > want[ids[j]] + 1e-3).sum())
+        assert likelier + 1 <= own["rank"] <= int((want > want[ids[j]] - 1e-3).sum()) + 1, (j, own)
+        ranked += own["rank"] > 2
+        top = want.topk(2)
+        assert len(entry) == 2 + (own["rank"] > 2), entry  # the prompt's token and the top 2
+        for rank, (i, lp) in enumerate(zip(top.indices.tolist(), top.values.tolist()), start=1):
+            if str(i) in entry and i != ids[j]:
+                assert entry[str(i)]["rank"] == rank and abs(entry[str(i)]["logprob"] - lp) < 1e-3, (j, entry)
+    assert ranked > 3  # prompt tokens the model did not expect: ranks are counted, not assumed
+
+    both = httpx.post(url, json={**body, "prompt_logprobs": 3, "echo": True, "logprobs": 1}, timeout=60).json()
+    choice = both["choices"][0]
+    assert all(t is None or len(t) == 1 for t in choice["logprobs"]["top_logprobs"])  # echo's own k
+    assert all(len(e) >= 3 for e in choice["prompt_logprobs"][1:])
+    assert choice["logprobs"]["token_logprobs"][1 : len(ids)] == [e[str(t)]["logprob"] for e, t in
+                                                                   zip(choice["prompt_logprobs"][1:], ids[1:])]
+
+    chat = httpx.post(stack.http_url + "/v1/chat/completions", timeout=60, json={
+        "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "n": 2, "prompt_logprobs": 0}).json()
+    assert len(chat["prompt_logprobs"]) == chat["usage"]["prompt_tokens"] and chat["prompt_logprobs"][0] is None
+    assert all(len(e) == 1 for e in chat["prompt_logprobs"][1:]) and "prompt_logprobs" not in chat["choices"][0]
+
+
 def test_seeded_sampling_reproducible_through_pipeline(client: openai.OpenAI) -> None:
     kw = dict(model="SmolLM2-135M-Instruct", prompt="Once upon a time", max_tokens=16, temperature=1.0, seed=7)
     a = client.completions.create(**kw).choices[0].text
@@ -337,7 +381,10 @@ def test_tokenize_counts_what_a_request_uses_and_detokenize_inverts_it(stack: St
         ({"prompt": "hi", "logit_bias": {"5": 200}}, "logit_bias"),
         ({"prompt": "hi", "logit_bias": {"99999999": 1}}, "logit_bias"),
         ({"prompt": "hi", "max_tokens": 4, "min_tokens": 5}, "min_tokens"),
-        ({"prompt": "hi", "prompt_logprobs": 1}, "prompt_logprobs"),
+        ({"prompt": "hi", "prompt_logprobs": 1, "stream": True}, "prompt_logprobs"),
+        ({"prompt": "hi", "prompt_logprobs": -1}, "prompt_logprobs"),
+        ({"prompt": "hi", "prompt_logprobs": 21}, "prompt_logprobs"),
+        ({"prompt": "hi", "prompt_logprobs": True}, "prompt_logprobs"),
         ({"prompt": "hi", "echo": "yes"}, "echo"),
         ({"prompt": "hi", "suffix": "end"}, "suffix"),
         ({"prompt": "hi", "best_of": 3}, "best_of"),
