@@ -62,8 +62,16 @@ class GatewayCore:
         raise InvalidRequestError("prompt", "is required")
 
     def tokenize(self, prompt: str | Sequence[int] | None = None, messages: list[dict[str, Any]] | None = None,
-                 template: dict[str, Any] | None = None) -> list[int]:
+                 template: dict[str, Any] | None = None, truncate: int | None = None) -> list[int]:
+        """The prompt's checked token ids; ``truncate``: keep only its last so many (vLLM's
+        ``truncate_prompt_tokens``; -1: as many as the context takes beside one output token)."""
         ids = self.token_ids(prompt, messages, template)
+        if truncate is not None:
+            limit = self.config.max_model_len - 1
+            if not (truncate == -1 or 1 <= truncate <= limit):
+                raise InvalidRequestError("truncate_prompt_tokens",
+                                          f"must be -1 or in [1, {limit}] (the context length less one), got {truncate}")
+            ids = ids[-(limit if truncate == -1 else truncate):]
         validate_prompt(ids, self.model_config.vocab_size, self.config.max_model_len)
         return ids
 

@@ -23,10 +23,11 @@ class GroveServicer(pb_grpc.GroveServicer):
         self.core.check_model(request.model)
         kind, value = convert.prompt_from_api_pb(request)
         params = convert.sampling_from_pb(request.sampling)
+        truncate = request.truncate_prompt_tokens if request.HasField("truncate_prompt_tokens") else None
         if kind == "chat":
-            ids = self.core.tokenize(messages=value)  # type: ignore[arg-type]
+            ids = self.core.tokenize(messages=value, truncate=truncate)  # type: ignore[arg-type]
         elif kind in ("prompt", "ids"):
-            ids = self.core.tokenize(prompt=value)  # type: ignore[arg-type]
+            ids = self.core.tokenize(prompt=value, truncate=truncate)  # type: ignore[arg-type]
         else:
             raise InvalidRequestError("input", "one of prompt, prompt_token_ids or chat is required")
         return self.core.work(ids, params, request.request_id)

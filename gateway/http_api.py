@@ -21,8 +21,9 @@ from gateway.choices import Choice, merged, plan_choices, total_usage
 from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
-    Echo, ResponseShaper, chat_messages, chat_template_options, choices_per_prompt, completion_prompts, error_json,
-    prompt_logprobs_from_body, reject_unsupported, sampling_from_body, wants_echo,
+    Echo, ResponseShaper, StreamUsage, chat_messages, chat_template_options, choices_per_prompt, completion_prompts,
+    error_json, prompt_logprobs_from_body, reject_unsupported, sampling_from_body, stream_usage_from_body,
+    truncation_from_body, wants_echo,
 )
 from gateway.structured_request import name_structured_error
 from gateway.tools import tool_plan
@@ -110,6 +111,8 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             body = await _json_object(request)
             core.check_model(body.get("model"))
             reject_unsupported(body, chat)
+            stream_usage = stream_usage_from_body(body)
+            truncate = truncation_from_body(body)
             params = sampling_from_body(body, chat)
             tools = tool_plan(body) if chat else None
             if tools is not None:
@@ -119,12 +122,14 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
                 params = dataclasses.replace(params, structured=tools.structured)
             echo: list[Echo] = []
             if chat:
-                prompts = [core.tokenize(messages=chat_messages(body), template=chat_template_options(body))]
+                prompts = [core.tokenize(messages=chat_messages(body), template=chat_template_options(body),
+                                         truncate=truncate)]
             else:
                 given = completion_prompts(body, core.config.max_concurrent)
-                prompts = [core.tokenize(prompt=p) for p in given]
-                if wants_echo(body):
-                    echo = [Echo(p if isinstance(p, str) else core.detokenize(p), ids) for p, ids in zip(given, prompts)]
+                prompts = [core.tokenize(prompt=p, truncate=truncate) for p in given]
+                if wants_echo(body):  # the prompt as the model read it (truncated: its text again)
+                    echo = [Echo(p if isinstance(p, str) and truncate is None else core.detokenize(ids), ids)
+                            for p, ids in zip(given, prompts)]
                     if params.logprobs is not None:  # the prompt tokens' logprobs go first
                         params = dataclasses.replace(params, prompt_logprobs=params.logprobs)
             asked = prompt_logprobs_from_body(body)  # vLLM's field: beside the choices
@@ -148,8 +153,7 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
         except (OverloadedError, UnavailableError) as e:
             return _error(e)
         if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(_sse(shaper, choices, first, gen, include_usage), media_type="text/event-stream")
+            return StreamingResponse(_sse(shaper, choices, first, gen, stream_usage), media_type="text/event-stream")
         return await _unless_gone(request, _whole(shaper, choices, first, gen))
 
     @app.post("/v1/completions")
@@ -223,22 +227,27 @@ async def _whole(shaper: ResponseShaper, choices: list[Choice], first: tuple[int
 
 
 async def _sse(shaper: ResponseShaper, choices: list[Choice], first: tuple[int, GenerationChunk],
-               gen: AsyncIterator[tuple[int, GenerationChunk]], include_usage: bool) -> AsyncIterator[bytes]:
+               gen: AsyncIterator[tuple[int, GenerationChunk]], usage: StreamUsage) -> AsyncIterator[bytes]:
     def event(obj: dict[str, Any]) -> bytes:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
     usages: dict[int, Usage] = {}
+    produced = [0] * len(choices)  # each choice's tokens so far (continuous usage)
     try:
         i, c = first
         while True:
-            yield event(shaper.chunk(i, c))
+            chunk = shaper.chunk(i, c)
+            if usage.continuous:
+                produced[i] += len(c.tokens)
+                chunk["usage"] = shaper.running_usage(len(choices[i].work.prompt_ids), produced[i])
+            yield event(chunk)
             if c.finish_reason is not None:
                 usages[i] = c.usage or Usage()
             try:
                 i, c = await gen.__anext__()
             except StopAsyncIteration:
                 break
-        if include_usage:
+        if usage.last:
             yield event(shaper.usage_chunk(total_usage(choices, usages)))
         yield b"data: [DONE]\n\n"
     except (OverloadedError, UnavailableError, InvalidRequestError) as e:

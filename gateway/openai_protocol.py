@@ -89,8 +89,6 @@ def reject_unsupported(body: dict[str, Any], chat: bool) -> None:
     best_of = body.get("best_of")
     if best_of is not None and best_of != (body.get("n") or 1):
         raise InvalidRequestError("best_of", "must equal n if given (ranking samples by likelihood is not supported)")
-    if body.get("stream_options") is not None and not body.get("stream"):
-        raise InvalidRequestError("stream_options", "only allowed with stream: true")
 
 
 def prompt_logprobs_from_body(body: dict[str, Any]) -> int | None:
@@ -105,6 +103,37 @@ def prompt_logprobs_from_body(body: dict[str, Any]) -> int | None:
     if body.get("stream"):
         raise InvalidRequestError("prompt_logprobs", "not available with stream: true")
     return k
+
+
+def truncation_from_body(body: dict[str, Any]) -> int | None:
+    """vLLM's ``truncate_prompt_tokens``: the prompt's last k tokens only (checked by the core)."""
+    return None if body.get("truncate_prompt_tokens") is None else _typed(body, "truncate_prompt_tokens", int)
+
+
+class StreamUsage(NamedTuple):
+    """``stream_options``: a last chunk with the request's usage (``include_usage``), and with
+    vLLM's ``continuous_usage_stats`` each chunk with its choice's usage so far too."""
+
+    last: bool
+    continuous: bool
+
+
+def stream_usage_from_body(body: dict[str, Any]) -> StreamUsage:
+    opts = body.get("stream_options")
+    if opts is None:
+        return StreamUsage(False, False)
+    if not body.get("stream"):
+        raise InvalidRequestError("stream_options", "only allowed with stream: true")
+    if not isinstance(opts, dict):
+        raise InvalidRequestError("stream_options", "must be an object")
+    flags = {}
+    for key in ("include_usage", "continuous_usage_stats"):
+        value = opts.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise InvalidRequestError("stream_options", f"{key} must be a boolean")
+        flags[key] = bool(value)
+    # as in vLLM: the chunks' usage comes with the last chunk's
+    return StreamUsage(flags["include_usage"], flags["include_usage"] and flags["continuous_usage_stats"])
 
 
 def wants_echo(body: dict[str, Any]) -> bool:
@@ -347,6 +376,12 @@ class ResponseShaper:
                 "created": self.created, "model": self.model,
                 "choices": [self._choice(index, c.text, c.tokens, c.finish_reason, delta=True,
                                          prompt_logprobs=c.prompt_logprobs)]}
+
+    @staticmethod
+    def running_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+        """A streamed chunk's usage (vLLM's ``continuous_usage_stats``): its choice's so far."""
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens}
 
     def usage_chunk(self, u: Usage) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",

@@ -341,6 +341,50 @@ def test_n_chat_choices_streamed_equal_whole(client: openai.OpenAI) -> None:
     assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens
 
 
+def test_continuous_usage_stats_count_each_choice_so_far(client: openai.OpenAI) -> None:
+    """vLLM's ``stream_options.continuous_usage_stats``: every chunk carries its choice's usage so
+    far (the prompt's tokens and the choice's own), the last chunk the request's; without
+    include_usage no chunk has usage, as in vLLM."""
+    kw: dict[str, Any] = dict(model="SmolLM2-135M-Instruct", prompt="Once upon a time", max_tokens=16,
+                              temperature=1.0, seed=3, n=2, stream=True)
+    chunks = list(client.completions.create(stream_options={"include_usage": True, "continuous_usage_stats": True},
+                                            **kw))
+    *parts, last = chunks
+    counts: dict[int, list[int]] = {0: [], 1: []}
+    for chunk in parts:
+        (ch,) = chunk.choices
+        assert chunk.usage.prompt_tokens == last.usage.prompt_tokens  # n samples of one prompt: it counts once
+        assert chunk.usage.total_tokens == chunk.usage.prompt_tokens + chunk.usage.completion_tokens
+        counts[ch.index].append(chunk.usage.completion_tokens)
+    for seen in counts.values():
+        assert seen == sorted(seen) and seen[0] >= 1 and len(set(seen)) > 1
+    assert counts[0][-1] + counts[1][-1] == last.usage.completion_tokens and not last.choices
+    plain = list(client.completions.create(stream_options={"continuous_usage_stats": True}, **kw))
+    assert all(c.usage is None for c in plain)
+
+
+def test_truncate_prompt_tokens_keeps_the_prompts_end(stack: Stack, client: openai.OpenAI, tokenizer: Any) -> None:
+    """vLLM's ``truncate_prompt_tokens: k``: the prompt's last k tokens only, as if they were the
+    prompt (echo returns them); -1 keeps what the context takes, so a short prompt stays whole and
+    a prompt longer than the context is served."""
+    text = "The quick brown fox jumps over the lazy dog. " * 4 + "Count with me: one, two, three,"
+    ids = tokenizer(text)["input_ids"]
+    kw: dict[str, Any] = dict(model="SmolLM2-135M-Instruct", max_tokens=8, temperature=0)
+    cut = client.completions.create(prompt=text, echo=True, extra_body={"truncate_prompt_tokens": 12}, **kw)
+    tail = client.completions.create(prompt=ids[-12:], **kw)
+    assert cut.usage.prompt_tokens == 12
+    assert cut.choices[0].text == tokenizer.decode(ids[-12:]) + tail.choices[0].text
+    whole = client.completions.create(prompt=text, extra_body={"truncate_prompt_tokens": -1}, **kw)
+    assert whole.usage.prompt_tokens == len(ids)
+    chat = client.chat.completions.create(messages=[{"role": "user", "content": text}],
+                                          extra_body={"truncate_prompt_tokens": 10}, **kw)
+    assert chat.usage.prompt_tokens == 10
+    context = client.models.list().data[0].model_extra["max_model_len"]
+    long = [ids[i % len(ids)] for i in range(context + 50)]
+    r = client.completions.create(prompt=long, extra_body={"truncate_prompt_tokens": 64}, **kw)
+    assert r.usage.prompt_tokens == 64 and r.usage.completion_tokens > 0
+
+
 def test_tokenize_counts_what_a_request_uses_and_detokenize_inverts_it(stack: Stack, client: openai.OpenAI) -> None:
     """vLLM's /tokenize: the count is the usage's prompt tokens of the same completion or chat."""
     url = stack.http_url
@@ -397,6 +441,12 @@ def test_tokenize_counts_what_a_request_uses_and_detokenize_inverts_it(stack: St
         ({"prompt": "hi", "structured_outputs": {"yaml": "x"}}, "structured_outputs"),
         ({"prompt": "hi", "guided_regex": "a+", "min_tokens": 2}, "min_tokens"),
         ({"prompt": "hi", "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"prompt": "hi", "stream": True, "stream_options": "usage"}, "stream_options"),
+        ({"prompt": "hi", "stream": True, "stream_options": {"continuous_usage_stats": 1}}, "stream_options"),
+        ({"prompt": "hi", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+        ({"prompt": "hi", "truncate_prompt_tokens": -2}, "truncate_prompt_tokens"),
+        ({"prompt": "hi", "truncate_prompt_tokens": "5"}, "truncate_prompt_tokens"),
+        ({"prompt": "hi", "truncate_prompt_tokens": 10**6}, "truncate_prompt_tokens"),
     ],
 )
 def test_invalid_completion_requests_get_400_naming_the_field(stack: Stack, body: dict, field: str) -> None:
