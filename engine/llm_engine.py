@@ -20,6 +20,7 @@ from engine.block_allocator import BlockAllocator
 from engine.config import ModelConfig
 from engine.detokenizer import Detokenizer, FinishReason
 from engine.engine_config import EngineConfig
+from engine.errors import InvalidRequestError
 from engine.invariance import forward_row_invariant
 from engine.kv_layout import KVLayout, dtype_from_name
 from engine.kv_pool import KVPool
@@ -37,6 +38,7 @@ from engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from engine.sequence import Sequence as Seq
 from engine.sequence import SeqStatus
 from engine.structured import Grammars, all_allowed
+from engine.token_rules import TokenRules
 from engine.tokenizer import load_tokenizer, validate_prompt
 
 logger = logging.getLogger(__name__)
@@ -232,7 +234,7 @@ class LLMEngine:
         if request_id in self.seqs:
             raise ValueError(f"duplicate request id {request_id!r}")
         seed = params.seed if params.seed is not None else secrets.randbits(63)
-        return Seq(
+        seq = Seq(
             request_id=request_id,
             prompt_ids=list(prompt_ids),
             params=params,
@@ -240,7 +242,12 @@ class LLMEngine:
             detok=Detokenizer(self.tokenizer, params, self.eos_ids),
             max_len=self.max_model_len,
             grammar=self.grammars.grammar(params.structured) if params.structured is not None else None,
+            rules=TokenRules.build(params, self.tokenizer, self.model.config.vocab_size),
         )
+        if params.min_tokens and params.allowed_token_ids and set(params.allowed_token_ids) <= set(seq.detok.stop_ids):
+            raise InvalidRequestError("allowed_token_ids", "every allowed token ends the output, which min_tokens "
+                                                           "forbids at first: nothing could be sampled")
+        return seq
 
     def add_request(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> Seq:
         seq = self.make_sequence(request_id, prompt_ids, params)
@@ -352,30 +359,38 @@ class LLMEngine:
             # greedy rows need only their argmax (sample()'s rule): no per-row tensors to build
             return greedy_pick(logits).tolist(), [None] * logits.shape[0]
         params, seeds, positions, prompts, outputs, stops = [], [], [], [], [], []
-        grammar_rows: list[int] = []  # rows under a grammar, in order; their masks in ``masks``
+        masked_rows: list[int] = []  # rows under a grammar or allowed tokens, in order; their masks in ``masks``
         masks: list[torch.Tensor] = []
+        bans: list[list[int]] = []  # each row's bad words' last tokens it may not take
         for s in scheduled:
             if not s.samples:
                 continue
             seq = s.seq
             tree = drafts.get(seq.request_id)
             pos = node_positions(tree, seq.num_cached) if tree is not None else [seq.num_tokens]
-            if seq.grammar is not None:
-                mask = all_allowed(len(pos), self.model.config.vocab_size)
-                if tree is not None:
-                    seq.grammar.fill_tree(mask, 0, *tree.step_input(seq.all_ids[-1]))
-                else:
-                    seq.grammar.fill(mask, 0)
-                grammar_rows += range(len(params), len(params) + len(pos))
+            step = tree.step_input(seq.all_ids[-1]) if tree is not None else None
+            rules = seq.rules
+            if seq.grammar is not None or (rules is not None and rules.allowed is not None):
+                if seq.grammar is not None:
+                    mask = all_allowed(len(pos), self.model.config.vocab_size)
+                    if step is not None:
+                        seq.grammar.fill_tree(mask, 0, *step)
+                    else:
+                        seq.grammar.fill(mask, 0)
+                else:  # allowed tokens (never beside a grammar: SamplingParams refuses both)
+                    mask = rules.allowed.expand(len(pos), -1)  # type: ignore[union-attr]
+                masked_rows += range(len(params), len(params) + len(pos))
                 masks.append(mask)
+            bans += _bad_word_bans(seq, step) if rules is not None and rules.bad_words else [[]] * len(pos)
             params += [seq.params] * len(pos)
             seeds += [seq.seed] * len(pos)
             positions += pos
             prompts += [seq.prompt_ids] * len(pos)
             outputs += [seq.output_ids] * len(pos)
             stops += [seq.detok.stop_ids] * len(pos)
-        allowed = (torch.tensor(grammar_rows, dtype=torch.long), torch.cat(masks)) if masks else None
-        out = sample(logits, SamplingBatch.build(params, seeds, positions, prompts, outputs, stops, allowed))
+        allowed = (torch.tensor(masked_rows, dtype=torch.long), torch.cat(masks)) if masks else None
+        out = sample(logits, SamplingBatch.build(params, seeds, positions, prompts, outputs, stops, allowed,
+                                                 bans if any(bans) else None))
         lps: list[tuple[float, list[int], list[float]] | None] = [None] * len(params)
         if out.logprobs is not None:
             for i, p in enumerate(params):
@@ -457,6 +472,21 @@ def _prompt_rows(s: ScheduledSeq) -> bool:
     logits are needed (the chunk's rows sit at positions num_cached, num_cached + 1, ...)."""
     seq = s.seq
     return seq.params.prompt_logprobs is not None and seq.num_cached < seq.num_prompt - 1
+
+
+def _bad_word_bans(seq: Seq, step: tuple[list[int], list[int]] | None) -> list[list[int]]:
+    """Each sampling row's banned tokens: a plain decode's one row reads the output; a tree's row i
+    the output, then the drafts on the path to node i (node 0: the last token, no draft)."""
+    rules = seq.rules
+    assert rules is not None
+    tail = seq.output_ids[len(seq.output_ids) - rules.longest + 1:] if rules.longest > 1 else []
+    if step is None:
+        return [rules.banned(tail)]
+    tokens, parents = step
+    paths: list[list[int]] = [[]]
+    for i in range(1, len(tokens)):  # parents come before their children
+        paths.append(paths[parents[i]] + [tokens[i]])
+    return [rules.banned(tail + path) for path in paths]
 
 
 def _record_prompt_logprobs(seq: Seq, logits: torch.Tensor) -> None:

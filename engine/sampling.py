@@ -65,9 +65,11 @@ class SamplingBatch:
     frequency_penalty: torch.Tensor  # [N]
     prompt_ids: tuple[Sequence[int], ...] | None  # only when some row has penalties
     output_ids: tuple[Sequence[int], ...] | None
-    # logit_bias and min_tokens' bans as one sparse add (rows, token ids, amounts; -inf bans), None if none
+    # logit_bias, min_tokens' and bad words' bans as one sparse add (rows, token ids, amounts; -inf
+    # bans), None if none
     adjust: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
-    # structured output: (rows [R], bitmask [R, ceil(V / 32)] int32 of the tokens each may take), None if none
+    # structured output and allowed tokens: (rows [R], bitmask [R, ceil(V / 32)] int32 of the tokens
+    # each may take), None if none
     allowed: tuple[torch.Tensor, torch.Tensor] | None
     max_logprobs: int | None  # largest top-n asked for, None if no row wants logprobs
     all_greedy: bool
@@ -83,10 +85,12 @@ class SamplingBatch:
         output_ids: Sequence[Sequence[int]] | None = None,
         stop_ids: Sequence[Collection[int]] | None = None,
         allowed: tuple[torch.Tensor, torch.Tensor] | None = None,
+        bans: Sequence[Sequence[int]] | None = None,
     ) -> "SamplingBatch":
         """One entry of each per row. ``stop_ids``: the row's EOS and stop tokens, banned while its
         position is within min_tokens of the prompt's end (needs ``prompt_ids``). ``allowed``: the
-        grammar rows' masks (engine.structured)."""
+        masked rows' masks (engine.structured, engine.token_rules). ``bans``: tokens each row may
+        not take (bad words')."""
         f32 = torch.float32
         penalties = any(p.has_penalties for p in params)
         lps = [p.logprobs for p in params if p.logprobs is not None]
@@ -103,7 +107,7 @@ class SamplingBatch:
             frequency_penalty=torch.tensor([p.frequency_penalty for p in params], dtype=f32),
             prompt_ids=tuple(prompt_ids) if penalties and prompt_ids is not None else None,
             output_ids=tuple(output_ids) if penalties and output_ids is not None else None,
-            adjust=_adjustments(params, positions, prompt_ids, stop_ids),
+            adjust=_adjustments(params, positions, prompt_ids, stop_ids, bans),
             allowed=allowed,
             max_logprobs=max(lps) if lps else None,
             all_greedy=all(p.greedy for p in params),
@@ -113,7 +117,8 @@ class SamplingBatch:
 
 def _adjustments(params: Sequence[SamplingParams], positions: Sequence[int],
                  prompt_ids: Sequence[Sequence[int]] | None,
-                 stop_ids: Sequence[Collection[int]] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+                 stop_ids: Sequence[Collection[int]] | None,
+                 bans: Sequence[Sequence[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     rows: list[int] = []
     cols: list[int] = []
     amounts: list[float] = []
@@ -129,6 +134,10 @@ def _adjustments(params: Sequence[SamplingParams], positions: Sequence[int],
                 rows.append(r)
                 cols.append(token)
                 amounts.append(float("-inf"))
+        for token in bans[r] if bans is not None else ():
+            rows.append(r)
+            cols.append(token)
+            amounts.append(float("-inf"))
     if not rows:
         return None
     return (torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long),
@@ -151,8 +160,8 @@ def _token_counts(ids: Sequence[Sequence[int]], vocab: int) -> torch.Tensor:
 
 
 def apply_adjustments(logits: torch.Tensor, s: SamplingBatch) -> torch.Tensor:
-    """logit_bias added, min_tokens' bans and what a grammar forbids set to -inf (a new tensor;
-    ``logits`` is left alone)."""
+    """logit_bias added; min_tokens' and bad words' bans, what a grammar forbids and tokens not
+    allowed set to -inf (a new tensor; ``logits`` is left alone)."""
     if s.adjust is not None:
         rows, cols, amounts = s.adjust
         logits = logits.index_put((rows.to(logits.device), cols.to(logits.device)), amounts.to(logits),

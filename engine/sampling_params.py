@@ -32,6 +32,8 @@ class SamplingParams:
     skip_special_tokens: bool = True  # vLLM's: special tokens (EOS, chat markers) left out of the text
     structured: StructuredSpec | None = None  # a grammar every output token must follow (engine.structured)
     prompt_logprobs: int | None = None  # top-n logprobs of each prompt token (0: only its own); no prefix reuse
+    allowed_token_ids: tuple[int, ...] = ()  # vLLM's: only these tokens may be sampled (empty: any)
+    bad_words: tuple[str, ...] = ()  # vLLM's: words the output never ends with (engine.tokenizer.bad_word_ids)
 
     def __post_init__(self) -> None:
         def bad(name: str, msg: str) -> None:
@@ -67,6 +69,12 @@ class SamplingParams:
             bad("min_tokens", f"must be an integer from 0 to max_tokens ({self.max_tokens}), got {self.min_tokens!r}")
         if self.structured is not None and self.min_tokens:
             bad("min_tokens", "cannot be combined with structured output (the grammar decides where the output ends)")
+        if any(t < 0 for t in self.allowed_token_ids):
+            bad("allowed_token_ids", "token ids must be >= 0")
+        if self.allowed_token_ids and self.structured is not None:
+            bad("allowed_token_ids", "cannot be combined with structured output (the grammar decides the tokens)")
+        if any(not w.strip() for w in self.bad_words):
+            bad("bad_words", "words must have a character other than a space")
         for token, bias in self.logit_bias:
             if token < 0:
                 bad("logit_bias", f"token ids must be >= 0, got {token}")
@@ -75,9 +83,10 @@ class SamplingParams:
 
     def check_vocab(self, vocab_size: int) -> None:
         """Token ids that index the logits must lie in the model's vocabulary."""
-        bad = [t for t, _ in self.logit_bias if t >= vocab_size]
-        if bad:
-            raise InvalidRequestError("logit_bias", f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+        for name, ids in (("logit_bias", [t for t, _ in self.logit_bias]), ("allowed_token_ids", self.allowed_token_ids)):
+            bad = [t for t in ids if t >= vocab_size]
+            if bad:
+                raise InvalidRequestError(name, f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
 
     @property
     def greedy(self) -> bool:
@@ -89,9 +98,10 @@ class SamplingParams:
 
     @property
     def shapes_logits(self) -> bool:
-        """Something changes the logits before the pick (penalties, bias, min_tokens, a grammar): the
-        sampler's argmax-only shortcut does not apply."""
-        return self.has_penalties or bool(self.logit_bias) or self.min_tokens > 0 or self.structured is not None
+        """Something changes the logits before the pick (penalties, bias, min_tokens, a grammar,
+        allowed tokens, bad words): the sampler's argmax-only shortcut does not apply."""
+        return (self.has_penalties or bool(self.logit_bias) or self.min_tokens > 0 or self.structured is not None
+                or bool(self.allowed_token_ids) or bool(self.bad_words))
 
 
 GREEDY = SamplingParams(temperature=0.0)

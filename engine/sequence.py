@@ -8,6 +8,7 @@ from enum import Enum
 from engine.detokenizer import Detokenizer, FinishReason
 from engine.sampling_params import SamplingParams
 from engine.structured import Grammar
+from engine.token_rules import TokenRules
 
 
 class SeqStatus(Enum):
@@ -47,6 +48,7 @@ class Sequence:
     num_cached_prompt: int = 0
     prefix_looked_up: bool = False  # counted once in the cache's hit rate, even if preempted
     grammar: Grammar | None = None  # structured output: where the output stands in its grammar
+    rules: TokenRules | None = None  # allowed tokens and bad words (engine.token_rules)
 
     def __post_init__(self) -> None:
         if not self.all_ids:

@@ -56,6 +56,19 @@ def apply_chat_template(tokenizer: Any, messages: Sequence[dict[str, Any]], add_
     return list(out)
 
 
+def bad_word_ids(tokenizer: Any, words: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """vLLM's ``bad_words`` as token sequences: each word as it reads at the start of the text and,
+    where it is another sequence of as many tokens, after a space (" word"), as vLLM tokenizes them."""
+    out: list[tuple[int, ...]] = []
+    for word in words:
+        bare = tuple(tokenizer.encode(word.lstrip(), add_special_tokens=False))
+        spaced = tuple(tokenizer.encode(" " + word.lstrip(), add_special_tokens=False))
+        out.append(bare)
+        if len(spaced) == len(bare) and spaced[0] != bare[0]:
+            out.append(spaced)
+    return tuple(out)
+
+
 def validate_prompt(prompt_ids: Sequence[int], vocab_size: int, max_model_len: int) -> None:
     if len(prompt_ids) == 0:
         raise InvalidRequestError("prompt", "must not be empty")

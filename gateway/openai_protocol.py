@@ -51,6 +51,16 @@ def sampling_from_body(body: dict[str, Any], chat: bool) -> SamplingParams:
     for key in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
         if body.get(key) is not None:
             kwargs[key] = _typed(body, key, bool)
+    if body.get("allowed_token_ids") is not None:
+        ids = body["allowed_token_ids"]
+        if not isinstance(ids, list) or not ids or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise InvalidRequestError("allowed_token_ids", "must be a non-empty list of token ids")
+        kwargs["allowed_token_ids"] = tuple(ids)
+    if body.get("bad_words") is not None:
+        words = body["bad_words"]
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise InvalidRequestError("bad_words", "must be a list of strings")
+        kwargs["bad_words"] = tuple(words)
     if body.get("min_tokens") is not None:
         kwargs["min_tokens"] = _typed(body, "min_tokens", int)
     if body.get("logit_bias") is not None:

@@ -17,7 +17,7 @@ from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from engine.structured import StructuredSpec
-from engine.tokenizer import apply_chat_template
+from engine.tokenizer import apply_chat_template, bad_word_ids
 from kernels import cpu_linear
 from tests.prompts import code_edit_ids, engine_prompts
 
@@ -178,6 +178,41 @@ def test_logit_bias_and_min_tokens_keep_on_equal_off(drafting_engine: LLMEngine,
     assert on1.output_ids == off1.output_ids and len(on1.output_ids) >= 30
     assert not eos & set(on1.output_ids[:30])
     assert on1.output_ids[: len(short.output_ids) - 1] == short.output_ids[:-1]  # the same text up to its EOS
+
+
+def _occurs(seq: list[int], word: tuple[int, ...]) -> bool:
+    return any(tuple(seq[i : i + len(word)]) == word for i in range(len(seq) - len(word) + 1))
+
+
+def test_bad_words_and_allowed_tokens_keep_on_equal_off(drafting_engine: LLMEngine, tokenizer: Any) -> None:
+    """vLLM's bad_words ban a word's last token in a row whose path ends with the rest of it (a
+    draft path included), allowed_token_ids mask every row alike: greedy output with drafts equals
+    plain decoding's, drafts are taken, and each option changes the output as it says."""
+    eng = drafting_engine
+    prompts = code_edit_ids(tokenizer, 3)
+    plain = [o.output_ids for o in eng.generate(prompts, SamplingParams(temperature=0.0, max_tokens=40))]
+    # a word of several tokens that the answers copy from their prompts (drafts will hold it)
+    text = " ".join(tokenizer.decode(out) for out in plain)
+    word, seqs = next((w, ids) for w in re.findall(r"[A-Za-z_]{6,}", text)
+                      for ids in [bad_word_ids(tokenizer, [w])]
+                      if any(len(q) > 1 and any(_occurs(out, q) for out in plain) for q in ids))
+    banned = SamplingParams(temperature=0.0, max_tokens=40, bad_words=(word,))
+    before = eng.speculator.stats.num_accepted_tokens
+    on = [o.output_ids for o in eng.generate(prompts, banned)]
+    assert eng.speculator.stats.num_accepted_tokens > before + 10
+    off = [o.output_ids for o in eng.generate(prompts, dataclasses.replace(banned, lookahead=False))]
+    assert on == off and on != plain, word
+    assert not any(_occurs(out, q) for out in on for q in seqs)
+
+    common = Counter(t for out in plain for t in out).most_common(1)[0][0]
+    allowed = tuple(sorted({t for p in prompts for t in p} - {common}))
+    only = SamplingParams(temperature=0.0, max_tokens=40, allowed_token_ids=allowed)
+    before = eng.speculator.stats.num_accepted_tokens
+    on = [o.output_ids for o in eng.generate(prompts, only)]
+    assert eng.speculator.stats.num_accepted_tokens > before + 10
+    off = [o.output_ids for o in eng.generate(prompts, dataclasses.replace(only, lookahead=False))]
+    assert on == off and on != plain
+    assert set(t for out in on for t in out) <= set(allowed)
 
 
 def test_structured_output_keeps_on_equal_off(drafting_engine: LLMEngine, tokenizer: Any) -> None:

@@ -34,6 +34,9 @@ def test_python_stubs_unary_and_stream(stack: Stack) -> None:
         forced = stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(
             max_tokens=5, temperature=0.0, logit_bias={28: 100.0}, min_tokens=5)), timeout=60)
         assert list(forced.token_ids) == [28] * 5
+        only = stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(
+            max_tokens=4, temperature=0.0, allowed_token_ids=[28, 29], bad_words=["-"])), timeout=60)
+        assert list(only.token_ids) == [28] * 4  # "-" (29) is a bad word
         scored = stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(
             max_tokens=1, temperature=0.0, prompt_logprobs=2)), timeout=60)
         assert len(scored.prompt_logprobs) == scored.usage.prompt_tokens - 1

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from engine.reference import ReferenceOutput, compare_greedy
+from engine.tokenizer import bad_word_ids
 from launcher.stack import Stack
 from tests.prompts import engine_prompts
 
@@ -107,6 +108,27 @@ def test_logit_bias_min_tokens_echo_and_stop_string_options(client: openai.OpenA
     special = client.chat.completions.create(messages=msgs, max_tokens=64, extra_body={"skip_special_tokens": False,
                                              "ignore_eos": True, "stop": ["<|im_start|>"]}, **kw)
     assert "<|im_end|>" in special.choices[0].message.content
+
+
+def test_allowed_token_ids_and_bad_words(client: openai.OpenAI, tokenizer: Any) -> None:
+    """vLLM's allowed_token_ids: every output token is one of them; bad_words: the answer's own
+    words, banned, are gone from its tokens, and the rest of the answer goes on."""
+    kw: dict[str, Any] = dict(model="SmolLM2-135M-Instruct", prompt="The capital of France is", max_tokens=12,
+                              temperature=0)
+    plain = client.completions.create(extra_body={"return_token_ids": True}, **kw).choices[0]
+    ids = plain.model_extra["token_ids"]
+    allowed = sorted((set(ids) | set(tokenizer(" London, Rome")["input_ids"])) - {ids[0]})  # not its first token
+    only = client.completions.create(extra_body={"return_token_ids": True, "allowed_token_ids": allowed}, **kw)
+    got = only.choices[0].model_extra["token_ids"]
+    assert got and set(got) <= set(allowed) and got != ids
+
+    words = re.findall(r"[A-Za-z]{4,}", plain.text)[:2]
+    assert words, plain.text
+    banned = client.completions.create(extra_body={"return_token_ids": True, "bad_words": words}, **kw).choices[0]
+    out = banned.model_extra["token_ids"]
+    for seq in bad_word_ids(tokenizer, words):
+        assert not any(tuple(out[i : i + len(seq)]) == seq for i in range(len(out))), (seq, banned.text)
+    assert out != ids and len(out) == len(ids)
 
 
 def test_chat_template_options_continue_an_answer(stack: Stack, client: openai.OpenAI) -> None:
@@ -441,6 +463,13 @@ def test_tokenize_counts_what_a_request_uses_and_detokenize_inverts_it(stack: St
         ({"prompt": "hi", "structured_outputs": {"yaml": "x"}}, "structured_outputs"),
         ({"prompt": "hi", "guided_regex": "a+", "min_tokens": 2}, "min_tokens"),
         ({"prompt": "hi", "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"prompt": "hi", "allowed_token_ids": []}, "allowed_token_ids"),
+        ({"prompt": "hi", "allowed_token_ids": [5, "6"]}, "allowed_token_ids"),
+        ({"prompt": "hi", "allowed_token_ids": [10**6]}, "allowed_token_ids"),
+        ({"prompt": "hi", "allowed_token_ids": [5], "guided_regex": "a+"}, "allowed_token_ids"),
+        ({"prompt": "hi", "allowed_token_ids": [2], "min_tokens": 2}, "allowed_token_ids"),  # 2: EOS
+        ({"prompt": "hi", "bad_words": "word"}, "bad_words"),
+        ({"prompt": "hi", "bad_words": [" "]}, "bad_words"),
         ({"prompt": "hi", "stream": True, "stream_options": "usage"}, "stream_options"),
         ({"prompt": "hi", "stream": True, "stream_options": {"continuous_usage_stats": 1}}, "stream_options"),
         ({"prompt": "hi", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
