@@ -1,5 +1,5 @@
-"""OpenAI-compatible HTTP API (FastAPI): /v1/completions, /v1/chat/completions, /v1/models, /health,
-and vLLM's /tokenize and /detokenize."""
+"""OpenAI-compatible HTTP API (FastAPI): /v1/completions, /v1/chat/completions, /v1/responses,
+/v1/models, /health, and vLLM's /tokenize and /detokenize."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +8,7 @@ import hmac
 import json
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -25,6 +25,7 @@ from gateway.openai_protocol import (
     error_json, prompt_logprobs_from_body, reject_unsupported, sampling_from_body, stream_usage_from_body,
     truncation_from_body, wants_echo,
 )
+from gateway.responses_api import ResponseObject, as_chat_body, name_responses_error
 from gateway.structured_request import name_structured_error
 from gateway.tools import tool_plan
 
@@ -145,16 +146,37 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
                                 params.logprobs, bool(body.get("return_token_ids")),
                                 {c.index: echo[c.prompt] for c in choices} if echo else None, tools, asked)
         gen = merged(core, choices, arrived)
-        # fail fast (4xx/5xx status) on what happens before the first token
-        try:
-            first = await gen.__anext__()
-        except InvalidRequestError as e:
-            return _error(name_structured_error(e, body))
-        except (OverloadedError, UnavailableError) as e:
-            return _error(e)
+        first = await _first(gen, lambda e: name_structured_error(e, body))
+        if isinstance(first, Response):
+            return first
         if body.get("stream"):
             return StreamingResponse(_sse(shaper, choices, first, gen, stream_usage), media_type="text/event-stream")
         return await _unless_gone(request, _whole(shaper, choices, first, gen))
+
+    @app.post("/v1/responses")
+    async def responses(request: Request) -> Response:
+        """OpenAI's Responses API: the chat request it amounts to (gateway.responses_api)."""
+        arrived = time.perf_counter()
+        chat: dict[str, Any] = {}
+        try:
+            body = await _json_object(request)
+            chat = as_chat_body(body)
+            core.check_model(chat.get("model"))
+            params = sampling_from_body(chat, chat=True)
+            prompt = core.tokenize(messages=chat_messages(chat), template=chat_template_options(chat),
+                                   truncate=truncation_from_body(chat))
+            request_id = core.new_request_id()
+            choices = plan_choices(core, [prompt], params, 1, request_id)
+        except InvalidRequestError as e:
+            return _error(name_responses_error(name_structured_error(e, chat)))
+        gen = merged(core, choices, arrived)
+        first = await _first(gen, lambda e: name_responses_error(name_structured_error(e, chat)))
+        if isinstance(first, Response):
+            return first
+        obj = ResponseObject(request_id, core.config.served_model_name, body)
+        if body.get("stream"):
+            return StreamingResponse(_response_events(obj, first, gen), media_type="text/event-stream")
+        return await _unless_gone(request, _whole_response(obj, first, gen))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -165,6 +187,19 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
         return await handle(request, chat=True)
 
     return app
+
+
+async def _first(gen: AsyncIterator[tuple[int, GenerationChunk]],
+                 rename: Callable[[InvalidRequestError], InvalidRequestError]) -> tuple[int, GenerationChunk] | Response:
+    """The first chunk, or the error response for what went wrong before it: a request fails fast
+    (a 4xx/5xx status) on what happens before its first token. ``rename``: a worker's field name
+    (its grammar's "structured") as the client's request names it."""
+    try:
+        return await gen.__anext__()
+    except InvalidRequestError as e:
+        return _error(rename(e))
+    except (OverloadedError, UnavailableError) as e:
+        return _error(e)
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -224,6 +259,46 @@ async def _whole(shaper: ResponseShaper, choices: list[Choice], first: tuple[int
     finally:
         await gen.aclose()  # the client gone mid-way: every choice's request is cancelled
     return JSONResponse(shaper.whole(list(zip(texts, tokens, finish, prompt_lps)), total_usage(choices, usages)))
+
+
+async def _whole_response(obj: ResponseObject, first: tuple[int, GenerationChunk],
+                          gen: AsyncIterator[tuple[int, GenerationChunk]]) -> Response:
+    obj.add(first[1].text, first[1].finish_reason, first[1].usage)
+    try:
+        async for _, c in gen:
+            obj.add(c.text, c.finish_reason, c.usage)
+    except (OverloadedError, UnavailableError, InvalidRequestError) as e:
+        return _error(e)
+    finally:
+        await gen.aclose()
+    return JSONResponse(obj.json())
+
+
+async def _response_events(obj: ResponseObject, first: tuple[int, GenerationChunk],
+                           gen: AsyncIterator[tuple[int, GenerationChunk]]) -> AsyncIterator[bytes]:
+    """Responses events as SSE (``event:`` names each, as OpenAI sends them); an error mid-way is
+    an ``error`` event, then the stream ends."""
+    def event(obj: dict[str, Any]) -> bytes:
+        return f"event: {obj['type']}\ndata: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+    try:
+        for e in obj.opening():
+            yield event(e)
+        c = first[1]
+        while True:
+            if c.text:
+                yield event(obj.delta(c.text))
+            obj.add(c.text, c.finish_reason, c.usage)
+            try:
+                _, c = await gen.__anext__()
+            except StopAsyncIteration:
+                break
+        for e in obj.closing():
+            yield event(e)
+    except (OverloadedError, UnavailableError, InvalidRequestError) as e:
+        yield event(obj.error(e))
+    finally:
+        await gen.aclose()
 
 
 async def _sse(shaper: ResponseShaper, choices: list[Choice], first: tuple[int, GenerationChunk],

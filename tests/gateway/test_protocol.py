@@ -13,11 +13,15 @@ def test_every_sampling_field_round_trips() -> None:
                        presence_penalty=0.5, frequency_penalty=-0.5, seed=-3, stop=("a", "bc"),
                        stop_token_ids=(7, 9), ignore_eos=True, logprobs=3, lookahead=False, min_tokens=0,
                        logit_bias=((5, -100.0), (12, 2.5)), include_stop_str_in_output=True,
-                       skip_special_tokens=False, structured=StructuredSpec("regex", "[a-z]+"), prompt_logprobs=2)
-    # each field but min_tokens (q has it) differs from its default: a field the conversion dropped would show
+                       skip_special_tokens=False, structured=StructuredSpec("regex", "[a-z]+"), prompt_logprobs=2,
+                       bad_words=("no", " never"))
+    # each field but min_tokens and allowed_token_ids (q has them) differs from its default: a field
+    # the conversion dropped would show
     defaults = SamplingParams()
-    assert [f.name for f in dataclasses.fields(p) if getattr(p, f.name) == getattr(defaults, f.name)] == ["min_tokens"]
+    assert [f.name for f in dataclasses.fields(p) if getattr(p, f.name) == getattr(defaults, f.name)] == \
+        ["min_tokens", "allowed_token_ids"]
     assert sampling_from_pb(sampling_to_pb(p)) == p
-    q = dataclasses.replace(p, structured=None, min_tokens=4)  # min_tokens is refused with a grammar
+    # min_tokens and allowed tokens are refused with a grammar
+    q = dataclasses.replace(p, structured=None, min_tokens=4, allowed_token_ids=(3, 1, 2))
     assert sampling_from_pb(sampling_to_pb(q)) == q
     assert sampling_from_pb(sampling_to_pb(defaults)) == defaults

@@ -1,0 +1,100 @@
+"""OpenAI's Responses API through the stack, read by the openai SDK: the same answer as the chat
+completion it amounts to, whole and streamed as Responses events; its errors as 400s naming the
+field."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from launcher.stack import Stack
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.http_url + "/v1", api_key="unused", timeout=120)
+
+
+def test_a_response_is_the_chat_answer(client: openai.OpenAI) -> None:
+    """``instructions`` are the system message, ``input`` the conversation (a string, or messages
+    with text parts, "developer" as system), ``max_output_tokens`` the limit: greedy, the output
+    text equals chat's, and running out of tokens makes the response incomplete."""
+    chat = client.chat.completions.create(model=MODEL, max_tokens=24, temperature=0, messages=[
+        {"role": "system", "content": "Answer in one short sentence."},
+        {"role": "user", "content": "What colour is the sky?"}])
+    r = client.responses.create(model=MODEL, instructions="Answer in one short sentence.",
+                                input="What colour is the sky?", max_output_tokens=24, temperature=0)
+    assert r.object == "response" and r.output_text == chat.choices[0].message.content and r.output_text
+    assert r.usage.input_tokens == chat.usage.prompt_tokens
+    assert r.usage.output_tokens == chat.usage.completion_tokens
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    (item,) = r.output
+    assert item.type == "message" and item.role == "assistant" and item.content[0].type == "output_text"
+    if chat.choices[0].finish_reason == "length":
+        assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    else:
+        assert r.status == "completed" and r.incomplete_details is None
+
+    parts = client.responses.create(model=MODEL, max_output_tokens=24, temperature=0, input=[
+        {"role": "developer", "content": "Answer in one short sentence."},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "What colour is the sky?"}]}])
+    assert parts.output_text == r.output_text
+
+    short = client.responses.create(model=MODEL, input="Tell me a long story.", max_output_tokens=3, temperature=0)
+    assert short.status == "incomplete" and short.incomplete_details.reason == "max_output_tokens"
+    assert short.usage.output_tokens == 3
+
+
+def test_streamed_events_build_the_same_response(client: openai.OpenAI) -> None:
+    """Responses events in order, numbered from 0: created, in progress, the item and its part
+    added, text deltas, then the text, part and item done and the response completed; the deltas
+    join to the whole response's text."""
+    kw: dict[str, Any] = dict(model=MODEL, input="Name three fruits.", max_output_tokens=20, temperature=0)
+    whole = client.responses.create(**kw)
+    events = list(client.responses.create(stream=True, **kw))
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    last = "response.incomplete" if whole.status == "incomplete" else "response.completed"
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                          last]
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) > 1 and set(kinds[4:-4]) == {"response.output_text.delta"}
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert "".join(deltas) == events[-4].text == whole.output_text
+    final = events[-1].response
+    assert final.output_text == whole.output_text and final.usage.output_tokens == whole.usage.output_tokens
+    with client.responses.stream(**kw) as stream:  # the SDK's own accumulator takes the events
+        assert stream.get_final_response().output_text == whole.output_text
+
+
+def test_text_format_json_schema(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    r = client.responses.create(model=MODEL, input="Make up a person.", max_output_tokens=60, temperature=0,
+                                text={"format": {"type": "json_schema", "name": "person", "schema": schema}})
+    person = json.loads(r.output_text)
+    assert set(person) == {"name", "age"} and isinstance(person["age"], int)
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"input": "hi", "tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+    ({"input": "hi", "background": True}, "background"),
+    ({"input": []}, "input"),
+    ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0]"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input[0].content"),
+    ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+    ({"input": "hi", "text": {"format": {"type": "yaml"}}}, "text"),
+    ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "nope"}}}}, "text"),
+    ({"input": "hi", "model": "gpt-4"}, "model"),
+])
+def test_bad_requests_get_400_naming_the_field(stack: Stack, body: dict, field: str) -> None:
+    r = httpx.post(stack.http_url + "/v1/responses", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == field, r.text
