@@ -227,8 +227,9 @@ class LLMEngine:
             torch.cuda.synchronize(self.kv.data.device)
 
     # ---- requests -------------------------------------------------------------------------
-    def make_sequence(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> Seq:
-        """Validates and builds a sequence (not yet scheduled)."""
+    def make_sequence(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
+                      priority: int = 0) -> Seq:
+        """Validates and builds a sequence (not yet scheduled). ``priority``: vLLM's, lower first."""
         validate_prompt(prompt_ids, self.model.config.vocab_size, self.max_model_len)
         params.check_vocab(self.model.config.vocab_size)
         if request_id in self.seqs:
@@ -243,14 +244,16 @@ class LLMEngine:
             max_len=self.max_model_len,
             grammar=self.grammars.grammar(params.structured) if params.structured is not None else None,
             rules=TokenRules.build(params, self.tokenizer, self.model.config.vocab_size),
+            priority=priority,
         )
         if params.min_tokens and params.allowed_token_ids and set(params.allowed_token_ids) <= set(seq.detok.stop_ids):
             raise InvalidRequestError("allowed_token_ids", "every allowed token ends the output, which min_tokens "
                                                            "forbids at first: nothing could be sampled")
         return seq
 
-    def add_request(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> Seq:
-        seq = self.make_sequence(request_id, prompt_ids, params)
+    def add_request(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
+                    priority: int = 0) -> Seq:
+        seq = self.make_sequence(request_id, prompt_ids, params, priority)
         self.seqs[request_id] = seq
         self.scheduler.add(seq)
         return seq

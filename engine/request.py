@@ -12,6 +12,7 @@ class WorkRequest:
     prompt_ids: tuple[int, ...]
     params: SamplingParams
     seed: int  # resolved once by the gateway: every stage samples the same stream
+    priority: int = 0  # vLLM's: lower is scheduled first and preempted last (engine.scheduler)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,13 +2,15 @@
 
 Each step: every decoding sequence gets its next token (plus draft tokens a proposer adds later),
 then prompt chunks fill the rest of the token budget (chunked prefill), so a new request joins the
-batch without stalling the running ones. When blocks run out the newest sequence is preempted
-(its blocks freed, recomputed later).
+batch without stalling the running ones. When blocks run out the newest sequence of the lowest
+priority is preempted (its blocks freed, recomputed later). Waiting sequences go in by priority
+(vLLM's: lower first), then by arrival; with every priority equal that is first come, first served.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
-from collections import deque
 from dataclasses import dataclass
 
 from engine.block_allocator import BlockAllocator
@@ -45,12 +47,21 @@ class Scheduler:
         self.config = config
         self.allocator = allocator
         self.prefix_cache = prefix_cache
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
+        self.waiting: list[Sequence] = []  # by (priority, arrival)
+        self.running: list[Sequence] = []  # by admission
         self.num_preemptions = 0
+        self._arrivals = itertools.count()
 
     def add(self, seq: Sequence) -> None:
-        self.waiting.append(seq)
+        if seq.arrival < 0:
+            seq.arrival = next(self._arrivals)
+        self._enqueue(seq)
+
+    def _enqueue(self, seq: Sequence) -> None:
+        """Into the waiting list at its place: after every sequence of a lower priority value or of
+        the same one that arrived earlier (a preempted sequence keeps its arrival, so it goes back
+        ahead of those that came after it)."""
+        bisect.insort(self.waiting, seq, key=lambda s: (s.priority, s.arrival))
 
     @property
     def has_work(self) -> bool:
@@ -141,10 +152,17 @@ class Scheduler:
         self.running.remove(seq)
         self.free(seq)
         seq.status = SeqStatus.WAITING
-        self.waiting.appendleft(seq)
+        self._enqueue(seq)
+
+    def _victim(self) -> Sequence:
+        """The running sequence to preempt: of the lowest priority (the highest value), the last
+        admitted (with every priority equal: the newest)."""
+        return max(reversed(self.running), key=lambda s: s.priority)
 
     def add_running(self, seq: Sequence) -> None:
         """Join a sequence whose KV is already in its blocks (a decode handoff)."""
+        if seq.arrival < 0:
+            seq.arrival = next(self._arrivals)
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
 
@@ -172,13 +190,13 @@ class Scheduler:
         """``extra_tokens``: request id -> draft tokens to verify on top of its next token."""
         budget = self.config.max_num_batched_tokens
         out: list[ScheduledSeq] = []
-        # 1. decoding sequences: oldest first; preempt the newest when blocks run out
+        # 1. decoding sequences: oldest first; preempt the newest of the lowest priority when blocks run out
         for seq in list(self.running):
             if seq not in self.running or seq.is_prefilling:
                 continue
             n = 1 + (extra_tokens or {}).get(seq.request_id, 0)
             while not self._grow(seq, n):
-                victim = self.running[-1]
+                victim = self._victim()
                 self._preempt(victim)
                 if victim is seq:
                     break

@@ -49,6 +49,8 @@ class Sequence:
     prefix_looked_up: bool = False  # counted once in the cache's hit rate, even if preempted
     grammar: Grammar | None = None  # structured output: where the output stands in its grammar
     rules: TokenRules | None = None  # allowed tokens and bad words (engine.token_rules)
+    priority: int = 0  # vLLM's: lower goes first (waiting order) and is preempted last; ties by arrival
+    arrival: int = -1  # the scheduler's count when it first took the sequence (set by Scheduler.add)
 
     def __post_init__(self) -> None:
         if not self.all_ids:

@@ -86,9 +86,9 @@ class GatewayCore:
     def new_request_id() -> str:
         return f"req-{uuid.uuid4().hex}"
 
-    def work(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "") -> WorkRequest:
+    def work(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "", priority: int = 0) -> WorkRequest:
         seed = params.seed if params.seed is not None else secrets.randbits(63)
-        return WorkRequest(request_id or self.new_request_id(), tuple(prompt_ids), params, seed)
+        return WorkRequest(request_id or self.new_request_id(), tuple(prompt_ids), params, seed, priority)
 
     # ---- the pipeline -----------------------------------------------------------------------
     async def _prefill(self, work: WorkRequest, trace: RequestTrace) -> tuple[Worker, pb.PrefillResponse]:

@@ -115,6 +115,16 @@ def prompt_logprobs_from_body(body: dict[str, Any]) -> int | None:
     return k
 
 
+def priority_from_body(body: dict[str, Any]) -> int:
+    """vLLM's ``priority``: lower is scheduled first and preempted last (engine.scheduler)."""
+    if body.get("priority") is None:
+        return 0
+    priority = _typed(body, "priority", int)
+    if not -(2**31) <= priority < 2**31:
+        raise InvalidRequestError("priority", "must fit in 32 bits")
+    return priority
+
+
 def truncation_from_body(body: dict[str, Any]) -> int | None:
     """vLLM's ``truncate_prompt_tokens``: the prompt's last k tokens only (checked by the core)."""
     return None if body.get("truncate_prompt_tokens") is None else _typed(body, "truncate_prompt_tokens", int)

@@ -98,7 +98,8 @@ class PrefillService:
 
     async def _prefill(self, req: WorkRequest) -> PrefillResult:
         prompt = list(req.prompt_ids)
-        seq: Sequence = await self.engine.call(self.eng.make_sequence, req.request_id, prompt, req.params)
+        seq: Sequence = await self.engine.call(self.eng.make_sequence, req.request_id, prompt, req.params,
+                                               req.priority)
         seq.seed = req.seed
         seq.hold_kv = True
         out = None

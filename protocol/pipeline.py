@@ -61,11 +61,11 @@ def sampling_to_pb(p: SamplingParams) -> apb.SamplingParams:
 
 def work_to_pb(w: WorkRequest) -> wpb.WorkRequest:
     return wpb.WorkRequest(request_id=w.request_id, prompt_token_ids=list(w.prompt_ids),
-                           sampling=sampling_to_pb(w.params), seed=w.seed)
+                           sampling=sampling_to_pb(w.params), seed=w.seed, priority=w.priority)
 
 
 def work_from_pb(pb: wpb.WorkRequest) -> WorkRequest:
-    return WorkRequest(pb.request_id, tuple(pb.prompt_token_ids), sampling_from_pb(pb.sampling), pb.seed)
+    return WorkRequest(pb.request_id, tuple(pb.prompt_token_ids), sampling_from_pb(pb.sampling), pb.seed, pb.priority)
 
 
 def token_to_pb(t: TokenOut) -> wpb.TokenOut:

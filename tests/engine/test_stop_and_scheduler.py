@@ -78,6 +78,39 @@ def test_preemption_under_block_pressure_keeps_outputs_exact(model_dir: Any) -> 
     assert tight.allocator.num_used == 0
 
 
+def test_priority_orders_admission_and_ties_keep_arrival(model_dir: Any) -> None:
+    """vLLM's priority: with room for one sequence at a time, the waiting ones start lowest value
+    first, equal ones in the order they came."""
+    eng = LLMEngine(EngineConfig(model=str(model_dir), dtype="bfloat16", num_kv_blocks=64, max_num_seqs=1,
+                                 lookahead=False))
+    params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+    seqs = [eng.add_request(f"r{i}", [100 + i] * 8, params, priority=p) for i, p in enumerate((2, 0, 1, 0))]
+    started: list[str] = []
+    while eng.has_work:
+        eng.step()
+        started += [s.request_id for s in seqs if s.output_ids and s.request_id not in started]
+    assert started == ["r1", "r3", "r2", "r0"]
+
+
+def test_preemption_takes_the_lowest_priority_first(model_dir: Any, monkeypatch: Any) -> None:
+    """Out of blocks, the sequence preempted is the newest of the lowest priority (the highest
+    value), not simply the newest; outputs stay those of a roomy run."""
+    rng = random.Random(5)
+    prompts = [[rng.randrange(100, 40000) for _ in range(20)] for _ in range(4)]
+    params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
+    roomy = LLMEngine(EngineConfig(model=str(model_dir), dtype="bfloat16", num_kv_blocks=64))
+    tight = LLMEngine(EngineConfig(model=str(model_dir), dtype="bfloat16", num_kv_blocks=9))
+    victims: list[str] = []
+    preempt = tight.scheduler._preempt
+    monkeypatch.setattr(tight.scheduler, "_preempt", lambda seq: (victims.append(seq.request_id), preempt(seq)))
+    seqs = [tight.add_request(f"r{i}", p, params, priority=1 if i == 0 else 0) for i, p in enumerate(prompts)]
+    while tight.has_work:
+        tight.step()
+    assert victims and victims[0] == "r0", victims  # FCFS would take r3, the newest
+    assert [s.output_ids for s in seqs] == [o.output_ids for o in roomy.generate(prompts, params)]
+    assert tight.allocator.num_used == 0
+
+
 def test_abort_frees_blocks(engine: Any) -> None:
     engine.add_request("to-abort", list(range(100, 180)), SamplingParams(max_tokens=50))
     engine.step()

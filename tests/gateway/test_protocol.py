@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from engine.request import WorkRequest
 from engine.sampling_params import SamplingParams
 from engine.structured import StructuredSpec
-from protocol.pipeline import sampling_from_pb, sampling_to_pb
+from protocol.pipeline import sampling_from_pb, sampling_to_pb, work_from_pb, work_to_pb
 
 
 def test_every_sampling_field_round_trips() -> None:
@@ -25,3 +26,9 @@ def test_every_sampling_field_round_trips() -> None:
     q = dataclasses.replace(p, structured=None, min_tokens=4, allowed_token_ids=(3, 1, 2))
     assert sampling_from_pb(sampling_to_pb(q)) == q
     assert sampling_from_pb(sampling_to_pb(defaults)) == defaults
+
+
+def test_a_work_request_round_trips_with_its_priority() -> None:
+    w = WorkRequest("req-1", (5, 6, 7), SamplingParams(temperature=0.0, bad_words=("x",)), seed=-9, priority=-3)
+    assert work_from_pb(work_to_pb(w)) == w
+    assert work_from_pb(work_to_pb(dataclasses.replace(w, priority=7))).priority == 7

@@ -44,6 +44,10 @@ def test_python_stubs_unary_and_stream(stack: Stack) -> None:
         assert all(t.rank == 1 for t in scored.prompt_logprobs if t.token_id == t.top_token_ids[0])
         assert all(t.rank > 2 for t in scored.prompt_logprobs if t.token_id not in t.top_token_ids)
         assert any(t.rank > 2 for t in scored.prompt_logprobs)
+        urgent = stub.Generate(pb.GenerateRequest(prompt=PROMPT, priority=-5, sampling=pb.SamplingParams(
+            max_tokens=5, temperature=0.0)), timeout=60)
+        assert urgent.text == stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(
+            max_tokens=5, temperature=0.0)), timeout=60).text
         cut = stub.Generate(pb.GenerateRequest(prompt=PROMPT, truncate_prompt_tokens=2, sampling=pb.SamplingParams(
             max_tokens=1, temperature=0.0)), timeout=60)
         assert cut.usage.prompt_tokens == 2 < scored.usage.prompt_tokens
