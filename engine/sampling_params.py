@@ -8,6 +8,7 @@ from engine.structured import StructuredSpec
 
 MAX_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for one token's bias
+INT32 = 2**31  # counts and token ids travel as int32 (protos/grove/v1/api.proto)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +40,14 @@ class SamplingParams:
         def bad(name: str, msg: str) -> None:
             raise InvalidRequestError(name, msg)
 
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            bad("max_tokens", f"must be an integer >= 1, got {self.max_tokens!r}")
+        if not isinstance(self.max_tokens, int) or not 1 <= self.max_tokens < INT32:
+            bad("max_tokens", f"must be an integer from 1 to {INT32 - 1}, got {self.max_tokens!r}")
         if not 0.0 <= self.temperature <= 100.0:
             bad("temperature", f"must be in [0, 100], got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             bad("top_p", f"must be in (0, 1], got {self.top_p}")
-        if self.top_k < -1:
-            bad("top_k", f"must be -1, 0 (disabled) or positive, got {self.top_k}")
+        if not -1 <= self.top_k < INT32:
+            bad("top_k", f"must be -1, 0 (disabled) or a positive 32-bit integer, got {self.top_k}")
         if not 0.0 <= self.min_p <= 1.0:
             bad("min_p", f"must be in [0, 1], got {self.min_p}")
         if self.repetition_penalty <= 0.0:
@@ -63,21 +64,19 @@ class SamplingParams:
             bad("seed", "must fit in 64 bits")
         if any(not s for s in self.stop):
             bad("stop", "stop strings must be non-empty")
-        if any(t < 0 for t in self.stop_token_ids):
-            bad("stop_token_ids", "token ids must be >= 0")
+        for name, ids in (("stop_token_ids", self.stop_token_ids), ("logit_bias", [t for t, _ in self.logit_bias]),
+                          ("allowed_token_ids", self.allowed_token_ids)):
+            if any(not 0 <= t < INT32 for t in ids):
+                bad(name, f"token ids must be in [0, {INT32})")
         if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
             bad("min_tokens", f"must be an integer from 0 to max_tokens ({self.max_tokens}), got {self.min_tokens!r}")
         if self.structured is not None and self.min_tokens:
             bad("min_tokens", "cannot be combined with structured output (the grammar decides where the output ends)")
-        if any(t < 0 for t in self.allowed_token_ids):
-            bad("allowed_token_ids", "token ids must be >= 0")
         if self.allowed_token_ids and self.structured is not None:
             bad("allowed_token_ids", "cannot be combined with structured output (the grammar decides the tokens)")
         if any(not w.strip() for w in self.bad_words):
             bad("bad_words", "words must have a character other than a space")
         for token, bias in self.logit_bias:
-            if token < 0:
-                bad("logit_bias", f"token ids must be >= 0, got {token}")
             if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
                 bad("logit_bias", f"biases must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], got {bias} for token {token}")
 

@@ -202,10 +202,14 @@ async def _first(gen: AsyncIterator[tuple[int, GenerationChunk]],
         return _error(e)
 
 
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
 async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    try:  # NaN and Infinity are Python's extension, not JSON: refused (they cannot go back out either)
+        body = json.loads(await request.body(), parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError) as e:
         raise InvalidRequestError("body", f"malformed JSON: {e}") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("body", "must be a JSON object")

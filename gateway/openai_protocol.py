@@ -223,9 +223,11 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             raise InvalidRequestError(f"messages[{i}]", "must be an object")
         content = m.get("content")
         if isinstance(content, list):  # [{"type": "text", "text": ...}]
-            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                raise InvalidRequestError(f"messages[{i}].content", "only text parts are supported")
-            content = "".join(p.get("text", "") for p in content)
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise InvalidRequestError(f"messages[{i}].content", "only text parts ({type: text, text: string}) "
+                                                                    "are supported")
+            content = "".join(p["text"] for p in content)
         if content is None and m.get("tool_calls"):
             content = ""  # an assistant turn that only called tools
         msg = {"role": m.get("role"), "content": content}

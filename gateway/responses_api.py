@@ -39,6 +39,10 @@ def as_chat_body(body: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequestError("background", "background responses are not supported by this server")
     if body.get("tool_choice") not in (None, "none", "auto"):
         raise InvalidRequestError("tool_choice", "tools are not supported in the Responses API here")
+    metadata = body.get("metadata")
+    if metadata is not None and not (isinstance(metadata, dict)
+                                     and all(isinstance(v, str) for v in metadata.values())):
+        raise InvalidRequestError("metadata", "must be an object of strings")
     if body.get("stream_options") is not None and not body.get("stream"):
         raise InvalidRequestError("stream_options", "only allowed with stream: true")
     chat: dict[str, Any] = {k: body[k] for k in _PASSED if body.get(k) is not None}
