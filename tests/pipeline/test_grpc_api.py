@@ -74,3 +74,31 @@ def test_nodejs_client_gets_the_same_text(stack: Stack) -> None:
     result = json.loads(out.stdout)
     assert result["text"] == _http_text(stack)
     assert result["streamed"] == result["text"]
+
+
+@pytest.mark.parametrize("request_kw, field", [
+    ({}, "input"),
+    ({"prompt": PROMPT, "model": "gpt-4"}, "model"),
+    ({"prompt_token_ids": pb.TokenIds(ids=[10**8])}, "prompt"),
+    ({"prompt": PROMPT, "truncate_prompt_tokens": -5}, "truncate_prompt_tokens"),
+    ({"prompt": PROMPT, "sampling": pb.SamplingParams(max_tokens=0)}, "max_tokens"),
+    ({"prompt": PROMPT, "sampling": pb.SamplingParams(top_k=-5)}, "top_k"),
+    ({"prompt": PROMPT, "sampling": pb.SamplingParams(logit_bias={10**8: 1.0})}, "logit_bias"),
+    ({"prompt": PROMPT, "sampling": pb.SamplingParams(allowed_token_ids=[-3])}, "allowed_token_ids"),
+    ({"prompt": PROMPT, "sampling": pb.SamplingParams(allowed_token_ids=[10**8])}, "allowed_token_ids"),
+    ({"prompt": PROMPT, "sampling": pb.SamplingParams(bad_words=[" "])}, "bad_words"),
+    ({"prompt": PROMPT, "sampling": pb.SamplingParams(stop_token_ids=[-1])}, "stop_token_ids"),
+    ({"prompt": PROMPT, "sampling": pb.SamplingParams(prompt_logprobs=99)}, "prompt_logprobs"),
+    ({"prompt": PROMPT, "sampling": pb.SamplingParams(structured=pb.StructuredOutput(kind="yaml"))}, "structured"),
+    ({"prompt": PROMPT, "sampling": pb.SamplingParams(structured=pb.StructuredOutput(kind="regex", spec="("))},
+     "structured"),
+])
+def test_invalid_grpc_requests_are_invalid_argument_naming_the_field(stack: Stack, request_kw: dict,
+                                                                     field: str) -> None:
+    with grpc.insecure_channel(stack.grpc_address) as ch:
+        stub = pb_grpc.GroveStub(ch)
+        for call in (stub.Generate, lambda r, timeout: list(stub.GenerateStream(r, timeout=timeout))):
+            with pytest.raises(grpc.RpcError) as e:
+                call(pb.GenerateRequest(**request_kw), timeout=30)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+            assert field in e.value.details(), e.value.details()
