@@ -30,7 +30,8 @@ from gateway.structured_request import name_structured_error
 from gateway.tools import tool_plan
 
 logger = logging.getLogger(__name__)
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error", 503: "service_unavailable"}
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                429: "rate_limit_error", 503: "service_unavailable"}
 
 
 def _error(exc: BaseException, status: int | None = None) -> JSONResponse:
@@ -177,6 +178,12 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
         if body.get("stream"):
             return StreamingResponse(_response_events(obj, first, gen), media_type="text/event-stream")
         return await _unless_gone(request, _whole_response(obj, first, gen))
+
+    @app.api_route("/v1/responses/{response_id}", methods=["GET", "DELETE"])
+    async def stored_response(response_id: str) -> Response:
+        """Retrieving or deleting a response: none is kept (a 404 that says so, not FastAPI's bare one)."""
+        return _error(InvalidRequestError("response_id", f"no response {response_id!r}: this server does not "
+                                                         "store responses"), 404)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:

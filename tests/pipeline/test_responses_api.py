@@ -82,6 +82,14 @@ def test_text_format_json_schema(client: openai.OpenAI) -> None:
     assert set(person) == {"name", "age"} and isinstance(person["age"], int)
 
 
+def test_responses_are_not_stored(client: openai.OpenAI) -> None:
+    r = client.responses.create(model=MODEL, input="Hi", max_output_tokens=2)
+    with pytest.raises(openai.NotFoundError, match="does not store responses"):
+        client.responses.retrieve(r.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.delete(r.id)
+
+
 @pytest.mark.parametrize("body, field", [
     ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
     ({"input": "hi", "tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
