@@ -289,8 +289,8 @@ async def _response_events(obj: ResponseObject, first: tuple[int, GenerationChun
                            gen: AsyncIterator[tuple[int, GenerationChunk]]) -> AsyncIterator[bytes]:
     """Responses events as SSE (``event:`` names each, as OpenAI sends them); an error mid-way is
     an ``error`` event, then the stream ends."""
-    def event(obj: dict[str, Any]) -> bytes:
-        return f"event: {obj['type']}\ndata: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+    def event(payload: dict[str, Any]) -> bytes:
+        return f"event: {payload['type']}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
     try:
         for e in obj.opening():

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple, Sequence
 
 from engine.errors import InvalidRequestError
 from engine.request import GenerationChunk, TokenOut, Usage
-from engine.sampling_params import MAX_LOGPROBS, SamplingParams
+from engine.sampling_params import INT32, MAX_LOGPROBS, SamplingParams
 from gateway.structured_request import structured_from_body
 from gateway.tools import ToolPlan, template_tools, tool_call
 
@@ -120,7 +120,7 @@ def priority_from_body(body: dict[str, Any]) -> int:
     if body.get("priority") is None:
         return 0
     priority = _typed(body, "priority", int)
-    if not -(2**31) <= priority < 2**31:
+    if not -INT32 <= priority < INT32:
         raise InvalidRequestError("priority", "must fit in 32 bits")
     return priority
 
