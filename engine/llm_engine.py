@@ -384,7 +384,7 @@ class LLMEngine:
                     mask = rules.allowed.expand(len(pos), -1)  # type: ignore[union-attr]
                 masked_rows += range(len(params), len(params) + len(pos))
                 masks.append(mask)
-            bans += _bad_word_bans(seq, step) if rules is not None and rules.bad_words else [[]] * len(pos)
+            bans += rules.row_bans(seq.output_ids, step) if rules is not None and rules.bad_words else [[]] * len(pos)
             params += [seq.params] * len(pos)
             seeds += [seq.seed] * len(pos)
             positions += pos
@@ -475,21 +475,6 @@ def _prompt_rows(s: ScheduledSeq) -> bool:
     logits are needed (the chunk's rows sit at positions num_cached, num_cached + 1, ...)."""
     seq = s.seq
     return seq.params.prompt_logprobs is not None and seq.num_cached < seq.num_prompt - 1
-
-
-def _bad_word_bans(seq: Seq, step: tuple[list[int], list[int]] | None) -> list[list[int]]:
-    """Each sampling row's banned tokens: a plain decode's one row reads the output; a tree's row i
-    the output, then the drafts on the path to node i (node 0: the last token, no draft)."""
-    rules = seq.rules
-    assert rules is not None
-    tail = seq.output_ids[len(seq.output_ids) - rules.longest + 1:] if rules.longest > 1 else []
-    if step is None:
-        return [rules.banned(tail)]
-    tokens, parents = step
-    paths: list[list[int]] = [[]]
-    for i in range(1, len(tokens)):  # parents come before their children
-        paths.append(paths[parents[i]] + [tokens[i]])
-    return [rules.banned(tail + path) for path in paths]
 
 
 def _record_prompt_logprobs(seq: Seq, logits: torch.Tensor) -> None:

@@ -42,6 +42,19 @@ class TokenRules:
                 out.append(w[-1])
         return out
 
+    def row_bans(self, output_ids: Sequence[int], step: tuple[list[int], list[int]] | None) -> list[list[int]]:
+        """Each sampling row's banned tokens: a plain decode's one row reads the output; a tree's
+        row i (``step``: its (tokens, parents), node 0 the last token) the output, then the drafts on
+        the path to node i."""
+        tail = list(output_ids[max(0, len(output_ids) - self.longest + 1):]) if self.longest > 1 else []
+        if step is None:
+            return [self.banned(tail)]
+        tokens, parents = step
+        paths: list[list[int]] = [[]]
+        for i in range(1, len(tokens)):  # parents come before their children
+            paths.append(paths[parents[i]] + [tokens[i]])
+        return [self.banned(tail + path) for path in paths]
+
 
 def token_bitmask(ids: Sequence[int], vocab_size: int) -> torch.Tensor:
     """[1, ceil(V / 32)] int32: bit (t % 32) of word t // 32 set for each token t in ``ids``

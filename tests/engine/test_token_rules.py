@@ -64,3 +64,15 @@ def test_options_are_checked() -> None:
         SamplingParams(bad_words=("  ",))
     with pytest.raises(InvalidRequestError, match="allowed_token_ids"):
         SamplingParams(allowed_token_ids=(5, 100)).check_vocab(100)
+
+
+def test_a_tree_row_reads_the_drafts_on_its_own_path() -> None:
+    """Row i of a tree: the output, then the drafts from the root to node i (not a sibling's)."""
+    rules = TokenRules(None, ((5, 6, 7),), 3)
+    # node 0: the output's last token; 1: 5 and 2: 8 under it; 3: 6 under node 1
+    tokens, parents = [2, 5, 8, 6], [-1, 0, 0, 1]
+    assert rules.row_bans([1, 2], (tokens, parents)) == [[], [], [], [7]]
+    tokens, parents = [5, 6, 8], [-1, 0, 0]  # the output ends with 5: its child 6 completes 5, 6
+    assert rules.row_bans([4, 5], (tokens, parents)) == [[], [7], []]
+    assert rules.row_bans([5, 6], None) == [[7]]
+    assert rules.row_bans([6], None) == [[]]

@@ -38,6 +38,8 @@ def test_every_field_with_every_kind_of_value(stack: Stack, path: str) -> None:
     with httpx.Client(timeout=60) as client:
         for field in fields:
             for value in VALUES:
+                if value is None and field.startswith("max_"):
+                    continue  # the default length: an answer as long as the model likes, not bad input
                 body = {**base, field: value}
                 try:
                     with client.stream("POST", stack.http_url + path, json=body) as r:

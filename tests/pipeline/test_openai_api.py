@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from engine.reference import ReferenceOutput, compare_greedy
-from engine.tokenizer import bad_word_ids
 from launcher.stack import Stack
 from tests.prompts import engine_prompts
 
@@ -108,27 +107,6 @@ def test_logit_bias_min_tokens_echo_and_stop_string_options(client: openai.OpenA
     special = client.chat.completions.create(messages=msgs, max_tokens=64, extra_body={"skip_special_tokens": False,
                                              "ignore_eos": True, "stop": ["<|im_start|>"]}, **kw)
     assert "<|im_end|>" in special.choices[0].message.content
-
-
-def test_allowed_token_ids_and_bad_words(client: openai.OpenAI, tokenizer: Any) -> None:
-    """vLLM's allowed_token_ids: every output token is one of them; bad_words: the answer's own
-    words, banned, are gone from its tokens, and the rest of the answer goes on."""
-    kw: dict[str, Any] = dict(model="SmolLM2-135M-Instruct", prompt="The capital of France is", max_tokens=12,
-                              temperature=0)
-    plain = client.completions.create(extra_body={"return_token_ids": True}, **kw).choices[0]
-    ids = plain.model_extra["token_ids"]
-    allowed = sorted((set(ids) | set(tokenizer(" London, Rome")["input_ids"])) - {ids[0]})  # not its first token
-    only = client.completions.create(extra_body={"return_token_ids": True, "allowed_token_ids": allowed}, **kw)
-    got = only.choices[0].model_extra["token_ids"]
-    assert got and set(got) <= set(allowed) and got != ids
-
-    words = re.findall(r"[A-Za-z]{4,}", plain.text)[:2]
-    assert words, plain.text
-    banned = client.completions.create(extra_body={"return_token_ids": True, "bad_words": words}, **kw).choices[0]
-    out = banned.model_extra["token_ids"]
-    for seq in bad_word_ids(tokenizer, words):
-        assert not any(tuple(out[i : i + len(seq)]) == seq for i in range(len(out))), (seq, banned.text)
-    assert out != ids and len(out) == len(ids)
 
 
 def test_chat_template_options_continue_an_answer(stack: Stack, client: openai.OpenAI) -> None:
@@ -268,50 +246,6 @@ def test_echo_with_logprobs_scores_the_prompt(client: openai.OpenAI, tokenizer: 
     assert "".join(c.choices[0].text for c in streamed if c.choices).startswith(text)
 
 
-def test_vllm_prompt_logprobs_field(stack: Stack, tokenizer: Any, hf_model: Any) -> None:
-    """vLLM's ``prompt_logprobs: k``: beside a completion's choice (a chat response's, beside its
-    choices), null for the first prompt token, then each prompt token's logprob, rank and text and
-    the k likeliest tokens', by token id, as transformers scores them. With echo and logprobs too,
-    each keeps its own k."""
-    text = "My favourite colour is seventeen, said the walrus. The capital of Italy is"
-    ids = tokenizer(text)["input_ids"]
-    with torch.no_grad():
-        ref = hf_model(torch.tensor([ids])).logits[0].log_softmax(-1)
-    url = stack.http_url + "/v1/completions"
-    body = {"prompt": text, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 2}
-    r = httpx.post(url, json=body, timeout=60)
-    assert r.status_code == 200, r.text
-    plp = r.json()["choices"][0]["prompt_logprobs"]
-    assert len(plp) == len(ids) and plp[0] is None
-    ranked = 0
-    for j in range(1, len(ids)):
-        entry, want = plp[j], ref[j - 1]
-        own = entry[str(ids[j])]
-        assert abs(own["logprob"] - want[ids[j]].item()) < 1e-3, j
-        assert own["decoded_token"] == tokenizer.decode([ids[j]])
-        likelier = int((want > want[ids[j]] + 1e-3).sum())
-        assert likelier + 1 <= own["rank"] <= int((want > want[ids[j]] - 1e-3).sum()) + 1, (j, own)
-        ranked += own["rank"] > 2
-        top = want.topk(2)
-        assert len(entry) == 2 + (own["rank"] > 2), entry  # the prompt's token and the top 2
-        for rank, (i, lp) in enumerate(zip(top.indices.tolist(), top.values.tolist()), start=1):
-            if str(i) in entry and i != ids[j]:
-                assert entry[str(i)]["rank"] == rank and abs(entry[str(i)]["logprob"] - lp) < 1e-3, (j, entry)
-    assert ranked > 3  # prompt tokens the model did not expect: ranks are counted, not assumed
-
-    both = httpx.post(url, json={**body, "prompt_logprobs": 3, "echo": True, "logprobs": 1}, timeout=60).json()
-    choice = both["choices"][0]
-    assert all(t is None or len(t) == 1 for t in choice["logprobs"]["top_logprobs"])  # echo's own k
-    assert all(len(e) >= 3 for e in choice["prompt_logprobs"][1:])
-    assert choice["logprobs"]["token_logprobs"][1 : len(ids)] == [e[str(t)]["logprob"] for e, t in
-                                                                   zip(choice["prompt_logprobs"][1:], ids[1:])]
-
-    chat = httpx.post(stack.http_url + "/v1/chat/completions", timeout=60, json={
-        "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "n": 2, "prompt_logprobs": 0}).json()
-    assert len(chat["prompt_logprobs"]) == chat["usage"]["prompt_tokens"] and chat["prompt_logprobs"][0] is None
-    assert all(len(e) == 1 for e in chat["prompt_logprobs"][1:]) and "prompt_logprobs" not in chat["choices"][0]
-
-
 def test_seeded_sampling_reproducible_through_pipeline(client: openai.OpenAI) -> None:
     kw = dict(model="SmolLM2-135M-Instruct", prompt="Once upon a time", max_tokens=16, temperature=1.0, seed=7)
     a = client.completions.create(**kw).choices[0].text
@@ -361,50 +295,6 @@ def test_n_chat_choices_streamed_equal_whole(client: openai.OpenAI) -> None:
     assert roles == {0: 1, 1: 1}  # each choice's first delta names the role, once
     assert finish == {c.index: c.finish_reason for c in whole.choices}
     assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens
-
-
-def test_continuous_usage_stats_count_each_choice_so_far(client: openai.OpenAI) -> None:
-    """vLLM's ``stream_options.continuous_usage_stats``: every chunk carries its choice's usage so
-    far (the prompt's tokens and the choice's own), the last chunk the request's; without
-    include_usage no chunk has usage, as in vLLM."""
-    kw: dict[str, Any] = dict(model="SmolLM2-135M-Instruct", prompt="Once upon a time", max_tokens=16,
-                              temperature=1.0, seed=3, n=2, stream=True)
-    chunks = list(client.completions.create(stream_options={"include_usage": True, "continuous_usage_stats": True},
-                                            **kw))
-    *parts, last = chunks
-    counts: dict[int, list[int]] = {0: [], 1: []}
-    for chunk in parts:
-        (ch,) = chunk.choices
-        assert chunk.usage.prompt_tokens == last.usage.prompt_tokens  # n samples of one prompt: it counts once
-        assert chunk.usage.total_tokens == chunk.usage.prompt_tokens + chunk.usage.completion_tokens
-        counts[ch.index].append(chunk.usage.completion_tokens)
-    for seen in counts.values():
-        assert seen == sorted(seen) and seen[0] >= 1 and len(set(seen)) > 1
-    assert counts[0][-1] + counts[1][-1] == last.usage.completion_tokens and not last.choices
-    plain = list(client.completions.create(stream_options={"continuous_usage_stats": True}, **kw))
-    assert all(c.usage is None for c in plain)
-
-
-def test_truncate_prompt_tokens_keeps_the_prompts_end(stack: Stack, client: openai.OpenAI, tokenizer: Any) -> None:
-    """vLLM's ``truncate_prompt_tokens: k``: the prompt's last k tokens only, as if they were the
-    prompt (echo returns them); -1 keeps what the context takes, so a short prompt stays whole and
-    a prompt longer than the context is served."""
-    text = "The quick brown fox jumps over the lazy dog. " * 4 + "Count with me: one, two, three,"
-    ids = tokenizer(text)["input_ids"]
-    kw: dict[str, Any] = dict(model="SmolLM2-135M-Instruct", max_tokens=8, temperature=0)
-    cut = client.completions.create(prompt=text, echo=True, extra_body={"truncate_prompt_tokens": 12}, **kw)
-    tail = client.completions.create(prompt=ids[-12:], **kw)
-    assert cut.usage.prompt_tokens == 12
-    assert cut.choices[0].text == tokenizer.decode(ids[-12:]) + tail.choices[0].text
-    whole = client.completions.create(prompt=text, extra_body={"truncate_prompt_tokens": -1}, **kw)
-    assert whole.usage.prompt_tokens == len(ids)
-    chat = client.chat.completions.create(messages=[{"role": "user", "content": text}],
-                                          extra_body={"truncate_prompt_tokens": 10}, **kw)
-    assert chat.usage.prompt_tokens == 10
-    context = client.models.list().data[0].model_extra["max_model_len"]
-    long = [ids[i % len(ids)] for i in range(context + 50)]
-    r = client.completions.create(prompt=long, extra_body={"truncate_prompt_tokens": 64}, **kw)
-    assert r.usage.prompt_tokens == 64 and r.usage.completion_tokens > 0
 
 
 def test_tokenize_counts_what_a_request_uses_and_detokenize_inverts_it(stack: Stack, client: openai.OpenAI) -> None:
