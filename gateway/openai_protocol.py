@@ -27,6 +27,15 @@ def _typed(body: dict[str, Any], key: str, kind: type) -> Any:
     raise InvalidRequestError(key, f"must be {'a number' if kind is float else 'an integer' if kind is int else 'a boolean'}")
 
 
+def _list_of(body: dict[str, Any], key: str, kind: type, what: str, non_empty: bool = False) -> tuple[Any, ...]:
+    """``body[key]`` as a tuple, if it is a list of ``kind`` (booleans are not integers here)."""
+    value = body[key]
+    if not isinstance(value, list) or (non_empty and not value) \
+            or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise InvalidRequestError(key, f"must be {what}")
+    return tuple(value)
+
+
 def sampling_from_body(body: dict[str, Any], chat: bool) -> SamplingParams:
     if not isinstance(body, dict):
         raise InvalidRequestError("body", "must be a JSON object")
@@ -38,29 +47,14 @@ def sampling_from_body(body: dict[str, Any], chat: bool) -> SamplingParams:
         kwargs["max_tokens"] = 4096  # chat default: until the context limit or a stop
     stop = body.get("stop")
     if stop is not None:
-        if isinstance(stop, str):
-            stop = [stop]
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise InvalidRequestError("stop", "must be a string or a list of strings")
-        kwargs["stop"] = tuple(stop)
-    if body.get("stop_token_ids") is not None:
-        ids = body["stop_token_ids"]
-        if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
-            raise InvalidRequestError("stop_token_ids", "must be a list of integers")
-        kwargs["stop_token_ids"] = tuple(ids)
+        kwargs["stop"] = (stop,) if isinstance(stop, str) else _list_of(body, "stop", str, "a string or a list of strings")
+    for key, kind, what in (("stop_token_ids", int, "a list of integers"), ("bad_words", str, "a list of strings"),
+                            ("allowed_token_ids", int, "a non-empty list of token ids")):
+        if body.get(key) is not None:
+            kwargs[key] = _list_of(body, key, kind, what, non_empty=key == "allowed_token_ids")
     for key in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
         if body.get(key) is not None:
             kwargs[key] = _typed(body, key, bool)
-    if body.get("allowed_token_ids") is not None:
-        ids = body["allowed_token_ids"]
-        if not isinstance(ids, list) or not ids or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-            raise InvalidRequestError("allowed_token_ids", "must be a non-empty list of token ids")
-        kwargs["allowed_token_ids"] = tuple(ids)
-    if body.get("bad_words") is not None:
-        words = body["bad_words"]
-        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-            raise InvalidRequestError("bad_words", "must be a list of strings")
-        kwargs["bad_words"] = tuple(words)
     if body.get("min_tokens") is not None:
         kwargs["min_tokens"] = _typed(body, "min_tokens", int)
     if body.get("logit_bias") is not None:

@@ -361,6 +361,7 @@ def test_tokenize_counts_what_a_request_uses_and_detokenize_inverts_it(stack: St
         ({"prompt": "hi", "allowed_token_ids": [5], "guided_regex": "a+"}, "allowed_token_ids"),
         ({"prompt": "hi", "allowed_token_ids": [2], "min_tokens": 2}, "allowed_token_ids"),  # 2: EOS
         ({"prompt": "hi", "bad_words": "word"}, "bad_words"),
+        ({"prompt": "hi", "stop_token_ids": [True]}, "stop_token_ids"),
         ({"prompt": "hi", "bad_words": [" "]}, "bad_words"),
         ({"prompt": "hi", "stream": True, "stream_options": "usage"}, "stream_options"),
         ({"prompt": "hi", "stream": True, "stream_options": {"continuous_usage_stats": 1}}, "stream_options"),
