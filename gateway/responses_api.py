@@ -122,6 +122,7 @@ class ResponseObject:
         self.text = ""
         self.finish: str | None = None
         self.usage: Usage | None = None
+        self.completed: float | None = None  # when the last chunk came
         self._seq = 0
 
     @property
@@ -144,7 +145,7 @@ class ResponseObject:
             "id": self.id, "object": "response", "created_at": int(self.created), "model": self.model,
             "status": self.status, "error": None,
             "incomplete_details": {"reason": "max_output_tokens"} if self.status == "incomplete" else None,
-            "completed_at": int(time.time()) if self.finish is not None else None,
+            "completed_at": int(self.completed) if self.completed is not None else None,
             "instructions": b.get("instructions"), "max_output_tokens": b.get("max_output_tokens"),
             "metadata": b.get("metadata"), "output": [self._message()] if self.finish is not None else [],
             "parallel_tool_calls": True, "temperature": b.get("temperature"), "top_p": b.get("top_p"),
@@ -156,7 +157,7 @@ class ResponseObject:
     def add(self, text: str, finish: str | None, usage: Usage | None) -> None:
         self.text += text
         if finish is not None:
-            self.finish, self.usage = finish, usage or Usage()
+            self.finish, self.usage, self.completed = finish, usage or Usage(), time.time()
 
     # ---- streamed: Responses events, numbered ------------------------------------------
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
