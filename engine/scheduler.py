@@ -53,9 +53,13 @@ class Scheduler:
         self._arrivals = itertools.count()
 
     def add(self, seq: Sequence) -> None:
+        self._arrive(seq)
+        self._enqueue(seq)
+
+    def _arrive(self, seq: Sequence) -> None:
+        """Numbers a sequence on its first arrival (kept through preemptions: its place among equals)."""
         if seq.arrival < 0:
             seq.arrival = next(self._arrivals)
-        self._enqueue(seq)
 
     def _enqueue(self, seq: Sequence) -> None:
         """Into the waiting list at its place: after every sequence of a lower priority value or of
@@ -161,8 +165,7 @@ class Scheduler:
 
     def add_running(self, seq: Sequence) -> None:
         """Join a sequence whose KV is already in its blocks (a decode handoff)."""
-        if seq.arrival < 0:
-            seq.arrival = next(self._arrivals)
+        self._arrive(seq)
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
 
