@@ -1,7 +1,6 @@
 """One request's state inside an engine: tokens, KV blocks, progress and finish reason."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -30,8 +29,6 @@ class Sequence:
     num_cached: int = 0  # leading tokens of all_ids whose K/V are in the cache
     status: SeqStatus = SeqStatus.WAITING
     finish_reason: FinishReason | None = None
-    arrival: float = field(default_factory=time.monotonic)
-    first_token_time: float | None = None
     # filled by the sampler when logprobs are asked for: per output token (logprob, top ids, top logprobs)
     logprobs: list[tuple[float, list[int], list[float]]] = field(default_factory=list)
     # prompt_logprobs: entry j is prompt token j + 1's (logprob, rank, top ids, top logprobs) given the
