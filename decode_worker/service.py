@@ -46,7 +46,7 @@ class DecodeService:
         if kv.num_tokens != len(req.prompt_ids):
             raise InvalidRequestError("kv.num_tokens", f"{kv.num_tokens} != prompt length {len(req.prompt_ids)}")
         seq: Sequence = await self.engine.call(eng.make_sequence, req.request_id, list(req.prompt_ids), req.params,
-                                               req.priority)
+                                               req.priority, req.cache_salt)
         seq.seed = req.seed
         try:
             have, blocks = await self.engine.call(self._reserve, seq, kv)

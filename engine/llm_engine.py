@@ -228,8 +228,9 @@ class LLMEngine:
 
     # ---- requests -------------------------------------------------------------------------
     def make_sequence(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
-                      priority: int = 0) -> Seq:
-        """Validates and builds a sequence (not yet scheduled). ``priority``: vLLM's, lower first."""
+                      priority: int = 0, cache_salt: str = "") -> Seq:
+        """Validates and builds a sequence (not yet scheduled). ``priority``: vLLM's, lower first;
+        ``cache_salt``: vLLM's, the request shares cached KV and drafts only with its salt."""
         validate_prompt(prompt_ids, self.model.config.vocab_size, self.max_model_len)
         params.check_vocab(self.model.config.vocab_size)
         if request_id in self.seqs:
@@ -245,6 +246,7 @@ class LLMEngine:
             grammar=self.grammars.grammar(params.structured) if params.structured is not None else None,
             rules=TokenRules.build(params, self.tokenizer, self.model.config.vocab_size),
             priority=priority,
+            cache_salt=cache_salt,
         )
         if params.min_tokens and params.allowed_token_ids and set(params.allowed_token_ids) <= set(seq.detok.stop_ids):
             raise InvalidRequestError("allowed_token_ids", "every allowed token ends the output, which min_tokens "
@@ -252,8 +254,8 @@ class LLMEngine:
         return seq
 
     def add_request(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
-                    priority: int = 0) -> Seq:
-        seq = self.make_sequence(request_id, prompt_ids, params, priority)
+                    priority: int = 0, cache_salt: str = "") -> Seq:
+        seq = self.make_sequence(request_id, prompt_ids, params, priority, cache_salt)
         self.seqs[request_id] = seq
         self.scheduler.add(seq)
         return seq

@@ -2,7 +2,8 @@
 
 A full block is named by a chained hash: ``h_i = blake2b(h_{i-1} || tokens of block i)``, so equal
 hashes mean equal token prefixes (128-bit digests; a collision is not a practical concern), and a
-block's hash never depends on where its KV lives. The cache maps hashes to block ids and takes no
+block's hash never depends on where its KV lives. The chain starts from ``hash_root(cache_salt)``:
+requests with a salt (vLLM's ``cache_salt``) share blocks only with requests of the same salt. The cache maps hashes to block ids and takes no
 reference of its own: a cached block stays in the allocator's free list, in least-recently-freed
 order, and keeps its KV until ``allocate`` recycles it, which tells the cache to forget it. A hit
 ``revive``s the blocks, so they are shared by every sequence that matched them.
@@ -22,12 +23,21 @@ from engine.block_allocator import BlockAllocator
 _ROOT = b"grove-prefix-v1"
 
 
+def hash_root(cache_salt: str = "") -> bytes:
+    """Where a request's chain starts: one shared root, or its salt's own (no prefix of a salted
+    request is found by a request without that salt, so cache hits tell nothing across tenants)."""
+    if not cache_salt:
+        return _ROOT
+    return hashlib.blake2b(_ROOT + b"/salt/" + cache_salt.encode(), digest_size=16).digest()
+
+
 def block_hashes(tokens: Sequence[int], block_size: int, start: list[bytes] | None = None,
-                 limit: int | None = None) -> list[bytes]:
-    """Chained hashes of the full blocks of ``tokens``, extending ``start`` (hashes already known)."""
+                 limit: int | None = None, cache_salt: str = "") -> list[bytes]:
+    """Chained hashes of the full blocks of ``tokens``, extending ``start`` (hashes already known,
+    under the same salt)."""
     out = list(start or [])
     n_full = len(tokens) // block_size if limit is None else min(limit, len(tokens) // block_size)
-    prev = out[-1] if out else _ROOT
+    prev = out[-1] if out else hash_root(cache_salt)
     for i in range(len(out), n_full):
         chunk = array("q", tokens[i * block_size : (i + 1) * block_size]).tobytes()
         prev = hashlib.blake2b(prev + chunk, digest_size=16).digest()

@@ -13,6 +13,7 @@ class WorkRequest:
     params: SamplingParams
     seed: int  # resolved once by the gateway: every stage samples the same stream
     priority: int = 0  # vLLM's: lower is scheduled first and preempted last (engine.scheduler)
+    cache_salt: str = ""  # vLLM's: cached prefixes and drafts are shared only among requests of one salt
 
 
 @dataclass(frozen=True, slots=True)

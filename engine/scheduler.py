@@ -102,13 +102,18 @@ class Scheduler:
             return 0  # (prompt logprobs need every prompt token's logits: computed, not reused)
         bs = self.config.block_size
         limit = (seq.num_tokens - 1 if max_tokens is None else min(max_tokens, seq.num_tokens)) // bs
-        seq.block_hashes = block_hashes(seq.all_ids, bs, seq.block_hashes, limit=limit)
+        self._hash_blocks(seq, limit)
         blocks = self.prefix_cache.match(seq.block_hashes[:limit], 0 if seq.prefix_looked_up else seq.num_tokens)
         seq.prefix_looked_up = True
         seq.block_table = blocks
         seq.num_cached, seq.num_registered = len(blocks) * bs, len(blocks)
         seq.num_cached_prompt = max(seq.num_cached_prompt, min(seq.num_cached, seq.num_prompt))
         return seq.num_cached
+
+    def _hash_blocks(self, seq: Sequence, limit: int) -> None:
+        """Extends ``seq.block_hashes`` over its first ``limit`` full blocks (its salt's chain)."""
+        seq.block_hashes = block_hashes(seq.all_ids, self.config.block_size, seq.block_hashes, limit=limit,
+                                        cache_salt=seq.cache_salt)
 
     def register(self, seq: Sequence) -> None:
         """Offers the sequence's newly completed full blocks to the prefix cache."""
@@ -117,7 +122,7 @@ class Scheduler:
         n_full = seq.num_cached // self.config.block_size
         if n_full <= seq.num_registered:
             return
-        seq.block_hashes = block_hashes(seq.all_ids, self.config.block_size, seq.block_hashes, limit=n_full)
+        self._hash_blocks(seq, n_full)
         self.prefix_cache.insert(seq.block_hashes[seq.num_registered : n_full], seq.block_table[seq.num_registered : n_full])
         seq.num_registered = n_full
 
@@ -130,7 +135,7 @@ class Scheduler:
             return False
         bs = self.config.block_size
         limit = (seq.num_tokens - 1) // bs  # as in reuse_prefix: the last token is always computed
-        seq.block_hashes = block_hashes(seq.all_ids, bs, seq.block_hashes, limit=limit)
+        self._hash_blocks(seq, limit)
         # blocks it holds (fetched for it) or would reuse from the cache now
         first = seq.num_cached // bs if seq.block_table else self.prefix_cache.num_cached(seq.block_hashes[:limit])
         shared = 0
@@ -147,7 +152,7 @@ class Scheduler:
         bs = self.config.block_size
         first, end = seq.num_cached // bs, min(seq.num_cached + num_tokens, seq.num_prompt) // bs
         if end > first:
-            seq.block_hashes = block_hashes(seq.all_ids, bs, seq.block_hashes, limit=end)
+            self._hash_blocks(seq, end)
             computing.update(seq.block_hashes[first:end])
 
     def _preempt(self, seq: Sequence) -> None:

@@ -44,6 +44,7 @@ class Sequence:
     num_registered: int = 0
     num_cached_prompt: int = 0
     prefix_looked_up: bool = False  # counted once in the cache's hit rate, even if preempted
+    cache_salt: str = ""  # vLLM's: salted requests share cached blocks and drafts only with their salt
     grammar: Grammar | None = None  # structured output: where the output stands in its grammar
     rules: TokenRules | None = None  # allowed tokens and bad words (engine.token_rules)
     priority: int = 0  # vLLM's: lower goes first (waiting order) and is preempted last; ties by arrival

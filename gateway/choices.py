@@ -28,17 +28,18 @@ class Choice:
 
 
 def plan_choices(core: GatewayCore, prompts: Sequence[list[int]], params: SamplingParams, n: int,
-                 request_id: str, priority: int = 0) -> list[Choice]:
+                 request_id: str, priority: int = 0, cache_salt: str = "") -> list[Choice]:
     """One request per sample; with a seed, sample j samples with seed + j (as vLLM's n does), so
     the first equals the same request with n = 1. Request ids: ``request_id`` for the only choice,
-    with ``-index`` appended where there are several. Every choice has the request's priority."""
+    with ``-index`` appended where there are several. Every choice has the request's priority and
+    cache salt."""
     choices = []
     for i, ids in enumerate(prompts):
         for j in range(n):
             index = i * n + j
             p = params if params.seed is None or j == 0 else dataclasses.replace(params, seed=(params.seed + j) & _SEED_MASK)
             rid = request_id if len(prompts) * n == 1 else f"{request_id}-{index}"
-            choices.append(Choice(index, i, j == 0, core.work(ids, p, rid, priority)))
+            choices.append(Choice(index, i, j == 0, core.work(ids, p, rid, priority, cache_salt)))
     return choices
 
 

@@ -86,9 +86,10 @@ class GatewayCore:
     def new_request_id() -> str:
         return f"req-{uuid.uuid4().hex}"
 
-    def work(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "", priority: int = 0) -> WorkRequest:
+    def work(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "", priority: int = 0,
+             cache_salt: str = "") -> WorkRequest:
         seed = params.seed if params.seed is not None else secrets.randbits(63)
-        return WorkRequest(request_id or self.new_request_id(), tuple(prompt_ids), params, seed, priority)
+        return WorkRequest(request_id or self.new_request_id(), tuple(prompt_ids), params, seed, priority, cache_salt)
 
     # ---- the pipeline -----------------------------------------------------------------------
     async def _prefill(self, work: WorkRequest, trace: RequestTrace) -> tuple[Worker, pb.PrefillResponse]:
@@ -97,7 +98,7 @@ class GatewayCore:
         last_failure = ""
         req = pb.PrefillRequest(request=convert.work_to_pb(work))
         while True:
-            w = self.router.choose_prefill(work.prompt_ids, exclude=tried)
+            w = self.router.choose_prefill(work.prompt_ids, exclude=tried, cache_salt=work.cache_salt)
             if w is None:
                 if busy:
                     raise OverloadedError("every prefill worker is at capacity; retry later")

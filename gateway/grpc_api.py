@@ -30,7 +30,7 @@ class GroveServicer(pb_grpc.GroveServicer):
             ids = self.core.tokenize(prompt=value, truncate=truncate)  # type: ignore[arg-type]
         else:
             raise InvalidRequestError("input", "one of prompt, prompt_token_ids or chat is required")
-        return self.core.work(ids, params, request.request_id, request.priority)
+        return self.core.work(ids, params, request.request_id, request.priority, request.cache_salt)
 
     async def GenerateStream(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateStreamResponse]:
         arrived = time.perf_counter()

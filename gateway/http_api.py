@@ -22,7 +22,7 @@ from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
     Echo, ResponseShaper, StreamUsage, chat_messages, chat_template_options, choices_per_prompt, completion_prompts,
-    error_json, priority_from_body, prompt_logprobs_from_body, reject_unsupported, sampling_from_body,
+    cache_salt_from_body, error_json, priority_from_body, prompt_logprobs_from_body, reject_unsupported, sampling_from_body,
     stream_usage_from_body, truncation_from_body, wants_echo,
 )
 from gateway.responses_api import ResponseObject, as_chat_body, name_responses_error
@@ -140,7 +140,8 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             # every choice is a request in flight: no more than the gateway takes at once
             n = choices_per_prompt(body, core.config.max_concurrent // len(prompts))
             request_id = core.new_request_id()
-            choices = plan_choices(core, prompts, params, n, request_id, priority_from_body(body))
+            choices = plan_choices(core, prompts, params, n, request_id, priority_from_body(body),
+                                   cache_salt_from_body(body))
         except InvalidRequestError as e:
             return _error(name_structured_error(e, body))
         shaper = ResponseShaper(request_id, core.config.served_model_name, chat, core.tokenizer,
@@ -167,7 +168,8 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             prompt = core.tokenize(messages=chat_messages(chat), template=chat_template_options(chat),
                                    truncate=truncation_from_body(chat))
             request_id = core.new_request_id()
-            choices = plan_choices(core, [prompt], params, 1, request_id, priority_from_body(chat))
+            choices = plan_choices(core, [prompt], params, 1, request_id, priority_from_body(chat),
+                                   cache_salt_from_body(chat))
         except InvalidRequestError as e:
             return _error(name_responses_error(name_structured_error(e, chat)))
         gen = merged(core, choices, arrived)

@@ -22,9 +22,9 @@ def _typed(body: dict[str, Any], key: str, kind: type) -> Any:
         return float(value)
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if kind is bool and isinstance(value, bool):
+    if kind in (bool, str) and isinstance(value, kind):
         return value
-    raise InvalidRequestError(key, f"must be {'a number' if kind is float else 'an integer' if kind is int else 'a boolean'}")
+    raise InvalidRequestError(key, "must be " + {float: "a number", int: "an integer", bool: "a boolean", str: "a string"}[kind])
 
 
 def _list_of(body: dict[str, Any], key: str, kind: type, what: str, non_empty: bool = False) -> tuple[Any, ...]:
@@ -117,6 +117,17 @@ def priority_from_body(body: dict[str, Any]) -> int:
     if not -INT32 <= priority < INT32:
         raise InvalidRequestError("priority", "must fit in 32 bits")
     return priority
+
+
+def cache_salt_from_body(body: dict[str, Any]) -> str:
+    """vLLM's ``cache_salt``: the request shares cached prefixes (and lookahead drafts) only with
+    requests of the same salt, so cache hits and timings tell nothing about other tenants' prompts."""
+    if body.get("cache_salt") is None:
+        return ""
+    salt = _typed(body, "cache_salt", str)
+    if not salt:
+        raise InvalidRequestError("cache_salt", "must be a non-empty string if given")
+    return salt
 
 
 def truncation_from_body(body: dict[str, Any]) -> int | None:

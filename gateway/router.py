@@ -10,7 +10,6 @@ resolves to is a worker, re-resolved with each health round (a scaled compose se
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import socket
 from collections import OrderedDict
@@ -19,6 +18,7 @@ from typing import Literal, Sequence
 
 import grpc
 
+from engine.prefix_cache import block_hashes
 from grove.internal.v1 import worker_pb2 as pb
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from runtime.grpc_server import check_health, insecure_channel
@@ -26,6 +26,7 @@ from runtime.grpc_server import check_health, insecure_channel
 logger = logging.getLogger(__name__)
 Role = Literal["prefill", "decode"]
 DNS_PREFIX = "dns:"
+AFFINITY_BLOCKS = 256  # a prompt's first blocks remembered for prefix affinity
 
 
 @dataclass(slots=True, eq=False)
@@ -44,16 +45,6 @@ class Worker:
     @property
     def decode(self) -> pb_grpc.DecodeWorkerStub:
         return pb_grpc.DecodeWorkerStub(self.channel)
-
-
-def block_hashes(prompt: Sequence[int], block_size: int, max_blocks: int = 256) -> list[bytes]:
-    """Hash chain over the prompt's full blocks: h_i covers tokens [0, (i+1) * block_size)."""
-    out, h = [], b""
-    for i in range(min(len(prompt) // block_size, max_blocks)):
-        block = prompt[i * block_size : (i + 1) * block_size]
-        h = hashlib.blake2b(h + b"".join(t.to_bytes(4, "little") for t in block), digest_size=16).digest()
-        out.append(h)
-    return out
 
 
 class Router:
@@ -133,12 +124,14 @@ class Router:
         w.healthy = False
 
     # ---- choices ----------------------------------------------------------------------------
-    def choose_prefill(self, prompt: Sequence[int], exclude: Sequence[Worker] = ()) -> Worker | None:
+    def choose_prefill(self, prompt: Sequence[int], exclude: Sequence[Worker] = (),
+                       cache_salt: str = "") -> Worker | None:
         live = [w for w in self.prefill if w.healthy and w not in exclude]
         if not live:
             return None
         least = min(live, key=lambda w: (w.in_flight, w.stats.num_waiting))
-        hashes = block_hashes(prompt, self.block_size)
+        # the workers' own chain (engine.prefix_cache): a salted prompt follows only its salt's
+        hashes = block_hashes(prompt, self.block_size, limit=AFFINITY_BLOCKS, cache_salt=cache_salt)
         owner = None
         for h in hashes:  # the longest remembered prefix wins
             w = self._affinity.get(h)

@@ -133,9 +133,13 @@ class KVStoreClient:
         await self.close()
 
     # ---- cache operations -------------------------------------------------------------------
-    async def match(self, tokens: Sequence[int], lease: bool = True) -> MatchResult:
-        """Longest cached prefix (full blocks). With ``lease``, its blocks stay put until release."""
-        req = pb.MatchRequest(ns=self._ns, tokens=tokens, peek=not lease)
+    def _namespace(self, cache_salt: str) -> pb.Namespace:
+        return self._ns if not cache_salt else convert.namespace_to_pb(self.layout, cache_salt)
+
+    async def match(self, tokens: Sequence[int], lease: bool = True, cache_salt: str = "") -> MatchResult:
+        """Longest cached prefix (full blocks). With ``lease``, its blocks stay put until release.
+        ``cache_salt``: only blocks written under the same salt match."""
+        req = pb.MatchRequest(ns=self._namespace(cache_salt), tokens=tokens, peek=not lease)
         return convert.match_from_pb(await self._call(self._stub.Match, req))
 
     async def read(self, match: MatchResult, local_block_ids: Sequence[int]) -> int:
@@ -167,14 +171,15 @@ class KVStoreClient:
         req = pb.ReleaseRequest(lease_id=lease_id, transfer=convert.report_to_pb(report))
         await self._call(self._stub.Release, req)
 
-    async def write(self, tokens: Sequence[int], local_block_ids: Sequence[int]) -> int:
+    async def write(self, tokens: Sequence[int], local_block_ids: Sequence[int], cache_salt: str = "") -> int:
         """Store the full blocks of ``tokens`` from local blocks (one id per full block, in order;
-        extra ids are ignored). Only blocks the store lacks move. Returns how many blocks were new."""
+        extra ids are ignored), under ``cache_salt``'s namespace. Only blocks the store lacks move.
+        Returns how many blocks were new."""
         n = len(tokens) // self.layout.block_size
         if len(local_block_ids) < n:
             raise ValueError(f"{n} full blocks of tokens but {len(local_block_ids)} local blocks")
         alloc = convert.allocate_from_pb(
-            await self._call(self._stub.Allocate, pb.AllocateRequest(ns=self._ns, tokens=tokens)))
+            await self._call(self._stub.Allocate, pb.AllocateRequest(ns=self._namespace(cache_salt), tokens=tokens)))
         if not alloc.lease_id:
             return 0
         src = local_block_ids[alloc.num_cached_blocks:alloc.num_cached_blocks + len(alloc.handles)]

@@ -50,8 +50,7 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
         self.info = connect_info
 
     def _namespace(self, msg: pb.Namespace) -> str:
-        layout, key = convert.namespace_from_pb(msg)
-        return self.store.namespace(layout, key)
+        return self.store.namespace(*convert.namespace_from_pb(msg))
 
     @_unary
     async def Connect(self, request: pb.ConnectRequest, context: grpc.aio.ServicerContext) -> pb.ConnectResponse:

@@ -11,6 +11,7 @@ Eviction considers only unpinned nodes (refcount 1) and works tier by tier, leas
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -55,8 +56,9 @@ class KVStore:
             (p, d, w): 0 for p in ("nixl", "grpc") for d in ("read", "write") for w in ("bytes", "seconds")}
 
     # ---- namespaces -------------------------------------------------------------------------
-    def namespace(self, layout: KVLayout, compat_key: str) -> str:
-        """The namespace of ``layout`` after checking that it fits the store and the caller's key."""
+    def namespace(self, layout: KVLayout, compat_key: str, cache_salt: str = "") -> str:
+        """The namespace of ``layout`` after checking that it fits the store and the caller's key:
+        the layout's own, or with a ``cache_salt`` one of that salt's (named by the salt's digest)."""
         why = self.geometry.mismatch(layout)
         if why is not None:
             raise InvalidRequestError("ns.layout", why)
@@ -65,6 +67,8 @@ class KVStore:
             raise InvalidRequestError(
                 "ns.compat_key", f"{compat_key!r} is not this layout's key under Grove {GROVE_VERSION} "
                 f"({key!r}): the client runs another Grove version or sent another layout")
+        if cache_salt:
+            key += "/salt/" + hashlib.blake2b(cache_salt.encode(), digest_size=16).hexdigest()
         return key
 
     # ---- read path --------------------------------------------------------------------------

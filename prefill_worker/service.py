@@ -68,7 +68,7 @@ class PrefillService:
         usable = (len(prompt) - 1) // bs
         if self.kvstore is None or have >= usable or seq.params.prompt_logprobs is not None:
             return seq.num_cached  # (prompt logprobs: every prompt token is computed here)
-        hit = await self.kvstore.match(prompt)
+        hit = await self.kvstore.match(prompt, cache_salt=seq.cache_salt)
         try:
             extra = hit.handles[have:usable]
             if not extra:
@@ -99,7 +99,7 @@ class PrefillService:
     async def _prefill(self, req: WorkRequest) -> PrefillResult:
         prompt = list(req.prompt_ids)
         seq: Sequence = await self.engine.call(self.eng.make_sequence, req.request_id, prompt, req.params,
-                                               req.priority)
+                                               req.priority, req.cache_salt)
         seq.seed = req.seed
         seq.hold_kv = True
         out = None
@@ -117,9 +117,9 @@ class PrefillService:
                            for t, (lp, rank, ids, lps) in zip(prompt[1:], seq.prompt_logprobs))
         held = list(seq.block_table)
         if seq.finish_reason is not None:  # finished on its first token: the write-back frees the blocks
-            self._write_back(prompt, held, owned=True)
+            self._write_back(prompt, held, req.cache_salt, owned=True)
             return PrefillResult(first, out.delta_text, seq.finish_reason, cached, None, prompt_lps)
-        self._write_back(prompt, held)
+        self._write_back(prompt, held, req.cache_salt)
         lease_id = self.leases.hold(held)
         return PrefillResult(first, out.delta_text, None, cached, self._handle(lease_id, held, len(prompt)), prompt_lps)
 
@@ -143,8 +143,9 @@ class PrefillService:
         return dataclasses.replace(h, nixl_agent=info.agent, pool_name=info.name, base_addr=info.base_addr,
                                    num_blocks=info.num_blocks, mem_type=info.mem_type, device_id=info.device_id)
 
-    def _write_back(self, prompt: list[int], blocks: list[int], owned: bool = False) -> None:
-        """Shares the prompt's full blocks with the kvstore in the background (does not delay TTFT).
+    def _write_back(self, prompt: list[int], blocks: list[int], cache_salt: str, owned: bool = False) -> None:
+        """Shares the prompt's full blocks with the kvstore, under the request's salt, in the
+        background (does not delay TTFT).
 
         ``owned``: the caller hands over its reference on ``blocks``: they are freed once written.
         """
@@ -159,7 +160,7 @@ class PrefillService:
                 await self.engine.call(self.eng.allocator.share, mine)  # the write keeps its own reference
             try:
                 if kvstore is not None and mine:
-                    await asyncio.wait_for(kvstore.write(prompt[: full * self.eng.config.block_size], mine),
+                    await asyncio.wait_for(kvstore.write(prompt[: full * self.eng.config.block_size], mine, cache_salt),
                                            WRITE_TIMEOUT_S)
             except Exception as exc:  # the cache is an optimisation: log, never fail the request
                 logger.warning("kvstore write-back failed: %s", exc)

@@ -16,14 +16,15 @@ from kvstore.types import (AllocateResult, BlockHandle, CommitResult, ConnectInf
 
 
 # ---- namespace ------------------------------------------------------------------------------
-def namespace_to_pb(layout: KVLayout) -> pb.Namespace:
+def namespace_to_pb(layout: KVLayout, cache_salt: str = "") -> pb.Namespace:
     return pb.Namespace(
         layout=pb.KVLayout(model_id=layout.model_id, dtype=layout.dtype, block_size=layout.block_size,
                            num_layers=layout.num_layers, num_kv_heads=layout.num_kv_heads, head_dim=layout.head_dim),
-        compat_key=layout.compat_key())
+        compat_key=layout.compat_key(), cache_salt=cache_salt)
 
 
-def namespace_from_pb(msg: pb.Namespace) -> tuple[KVLayout, str]:
+def namespace_from_pb(msg: pb.Namespace) -> tuple[KVLayout, str, str]:
+    """(layout, compat key, cache salt) of a request's namespace."""
     if not msg.HasField("layout"):
         raise InvalidRequestError("ns.layout", "missing: every request names its KV layout")
     m = msg.layout
@@ -33,7 +34,7 @@ def namespace_from_pb(msg: pb.Namespace) -> tuple[KVLayout, str]:
         layout = KVLayout(m.model_id, m.dtype, m.block_size, m.num_layers, m.num_kv_heads, m.head_dim)
     except ValueError as e:
         raise InvalidRequestError("ns.layout", str(e)) from None
-    return layout, msg.compat_key
+    return layout, msg.compat_key, msg.cache_salt
 
 
 # ---- handles --------------------------------------------------------------------------------

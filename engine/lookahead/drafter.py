@@ -5,9 +5,14 @@ each key occurred (engine.lookahead.position_index: one append per token and key
 long prompt is indexed in a few ms). The global trie counts windows: every new output token
 extends each window that ends at it by one step from the node the window had reached (no walk
 from the key).
+
+A request with a ``cache_salt`` (vLLM's) reads and feeds its salt's own global trie instead: what
+other tenants' requests wrote is never drafted for it (accepted-token counts and step times would
+tell whether a guess at their text was right), nor what it writes for them.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -26,6 +31,10 @@ class DrafterConfig:
     window: int = 8  # continuation length stored per position (the deepest draft)
     global_max_nodes: int = 1 << 20
     local_max_positions: int = 16  # a request's own cache: continuations counted per lookup, latest first
+    # salted requests' global tries: the salts kept (least recently started dropped), each bounded
+    # so that together they hold no more nodes than the shared one
+    salted_tries: int = 64
+    salted_max_nodes: int = (1 << 20) // 64
 
 
 @dataclass(slots=True)
@@ -60,7 +69,22 @@ class Drafter:
         self.config = config
         self.digits = digits
         self.global_trie = NGramTrie(config.global_max_nodes)
+        self.salted: OrderedDict[str, NGramTrie] = OrderedDict()  # cache_salt -> its global trie
         self.local: dict[str, RequestCache] = {}
+
+    def shared_trie(self, cache_salt: str = "") -> NGramTrie:
+        """The global trie a request reads and feeds: the one of every unsalted request, or its
+        salt's own (made on first use; the least recently used salt's is dropped past the limit,
+        though requests still running keep feeding theirs)."""
+        if not cache_salt:
+            return self.global_trie
+        trie = self.salted.pop(cache_salt, None)
+        if trie is None:
+            trie = NGramTrie(self.config.salted_max_nodes)
+        self.salted[cache_salt] = trie
+        while len(self.salted) > self.config.salted_tries:
+            self.salted.popitem(last=False)
+        return trie
 
     def _reopen(self, win: Windows, tokens: Sequence[int]) -> None:
         """Finds the nodes of the windows open at ``win.fed`` (after a decay, or when indexing
@@ -108,14 +132,16 @@ class Drafter:
         win.fed = end
         trie.bound()  # a decay here may prune the open windows' nodes: win.epoch now tells _reopen
 
-    def observe(self, request_id: str, tokens: Sequence[int], num_prompt: int) -> None:
-        """Indexes what is new in the request's tokens (prompt + output so far)."""
+    def observe(self, request_id: str, tokens: Sequence[int], num_prompt: int, cache_salt: str = "") -> None:
+        """Indexes what is new in the request's tokens (prompt + output so far); the output also
+        goes to the global trie of its ``cache_salt`` (see ``shared_trie``)."""
         cache = self.local.get(request_id)
         if cache is None:
             # outputs (not prompts) also feed the global cache: they are what requests tend to repeat
             numbers = NumberRuns(self.digits) if self.digits is not None else None
             cache = self.local[request_id] = RequestCache(PositionIndex(self.config.key_lengths),
-                                                          Windows(self.global_trie, fed=num_prompt), numbers)
+                                                          Windows(self.shared_trie(cache_salt), fed=num_prompt),
+                                                          numbers)
         if cache.own.fed < len(tokens):
             cache.own.feed(tokens, len(tokens))
             self._feed(cache.shared, tokens, len(tokens))
@@ -131,7 +157,7 @@ class Drafter:
         cache = self.local.get(request_id)
         if cache is not None and cache.numbers is not None and cache.numbers.counting():
             return Match("number", 0)
-        found = [m for m in (self._own_key(cache, tokens), self._global_key(tokens)) if m is not None]
+        found = [m for m in (self._own_key(cache, tokens), self._global_key(cache, tokens)) if m is not None]
         if found:
             return max(found, key=lambda m: m.key_length)  # the own text's where they tie (max keeps the first)
         if cache is not None and cache.numbers is not None and cache.numbers.next_tokens(1):
@@ -148,10 +174,15 @@ class Drafter:
                     return Match("own", k)
         return None
 
-    def _global_key(self, tokens: Sequence[int]) -> Match | None:
-        """The longest key every request's outputs continue."""
+    def _global(self, cache: RequestCache | None) -> NGramTrie:
+        """The global trie of the request's salt (the shared one for a request never observed)."""
+        return cache.shared.trie if cache is not None else self.global_trie
+
+    def _global_key(self, cache: RequestCache | None, tokens: Sequence[int]) -> Match | None:
+        """The longest key every request's outputs (of the request's salt) continue."""
+        trie = self._global(cache)
         for k in self.config.global_key_lengths:
-            root = self.global_trie.roots.get(tuple(tokens[-k:])) if len(tokens) >= k else None
+            root = trie.roots.get(tuple(tokens[-k:])) if len(tokens) >= k else None
             if root is not None and root.children:
                 return Match("global", k)
         return None
@@ -192,14 +223,15 @@ class Drafter:
         ``budget`` tokens once merged, best first."""
         tree = DraftTree()
         found: list[list[int]] = []
-        lookups = [(lambda key: self.global_trie.branches(key, budget, max_depth), self.config.global_key_lengths)]
+        trie = self._global(cache)
+        lookups = [(lambda key: trie.branches(key, budget, max_depth), self.config.global_key_lengths)]
         if cache is not None:
             limit = self.config.local_max_positions
             own = (lambda key: cache.own.branches(key, budget, max_depth, limit), self.config.key_lengths)
             # the request's own text first, unless all it has is a shorter key than every request's
             # outputs: in the Shakespeare answers a 1-token key of the own text drafted words the
             # prompt had after "in" (" heaven") where an answer before had '" in' -> " the original text"
-            own_key, global_key = self._own_key(cache, tokens), self._global_key(tokens)
+            own_key, global_key = self._own_key(cache, tokens), self._global_key(cache, tokens)
             first = own_key is not None and (global_key is None or own_key.key_length >= global_key.key_length)
             lookups.insert(0 if first else 1, own)
         for lookup, key_lengths in lookups:

@@ -9,7 +9,7 @@ import pytest
 from engine.block_allocator import BlockAllocator
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
-from engine.prefix_cache import PrefixCache, block_hashes
+from engine.prefix_cache import PrefixCache, block_hashes, hash_root
 from engine.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
@@ -22,6 +22,16 @@ def test_block_hashes_chain_and_extend() -> None:
     b = block_hashes([99] + list(range(1, 40)), 16)
     assert b[0] != a[0] and b[1] != a[1]  # a change in block 0 renames every later block
     assert block_hashes(list(range(40)), 16, limit=1) == a[:1]
+
+
+def test_a_salt_starts_a_chain_of_its_own() -> None:
+    tokens = list(range(48))
+    plain, salted = block_hashes(tokens, 16), block_hashes(tokens, 16, cache_salt="tenant-a")
+    assert hash_root("") == hash_root() and hash_root("tenant-a") != hash_root()
+    assert not set(plain) & set(salted)  # no block of one chain names a block of the other
+    assert not set(salted) & set(block_hashes(tokens, 16, cache_salt="tenant-b"))
+    assert block_hashes(tokens, 16, cache_salt="tenant-a") == salted
+    assert block_hashes(tokens, 16, start=salted[:1]) == salted  # extending follows the start's chain
 
 
 def test_match_revives_and_recycling_forgets() -> None:
@@ -85,6 +95,29 @@ def test_second_request_reuses_prefix_and_output_is_identical(cached_engine: LLM
     assert off.generate([branch], GREEDY)[0].output_ids == seq.output_ids
     assert eng.allocator.num_used == 0
     eng.allocator.check_integrity()
+    eng.prefix_cache.check_integrity()
+
+
+def test_a_salted_request_reuses_only_its_salts_prefix(cached_engine: LLMEngine) -> None:
+    """vLLM's cache_salt: the same prompt under another salt (or none) finds nothing cached; under
+    its own salt, the whole prefix; the output is the same text every time."""
+    eng = cached_engine
+    rng = random.Random(4)
+    prompt = [rng.randrange(100, 40000) for _ in range(100)]
+
+    def run(name: str, salt: str) -> tuple[int, list[int]]:
+        seq = eng.add_request(name, prompt, GREEDY, cache_salt=salt)
+        while eng.has_work:
+            eng.step()
+        return seq.num_cached_prompt, seq.output_ids
+
+    cached, first = run("salt-a", "a")
+    assert cached == 0
+    assert run("salt-b", "b") == (0, first)
+    assert run("no-salt", "") == (0, first)
+    assert run("salt-a-again", "a") == (96, first)
+    assert run("no-salt-again", "") == (96, first)
+    assert eng.allocator.num_used == 0
     eng.prefix_cache.check_integrity()
 
 

@@ -78,6 +78,27 @@ def test_health_connect_and_round_trip(make_store: MakeStore) -> None:
     serve(store, body)
 
 
+def test_the_client_reads_and_writes_under_a_cache_salt(make_store: MakeStore) -> None:
+    store = make_store(cpu=16)
+
+    async def body(stub: pb_grpc.KVStoreStub, address: str) -> None:
+        pool = torch.randn(8, *LAYOUT.block_shape)
+        async with KVStoreClient(address, LAYOUT, pool, use_nixl=False) as kv:
+            tokens = list(range(4 * 3))
+            assert await kv.write(tokens, [0, 1, 2], cache_salt="tenant-a") == 3
+            assert (await kv.match(tokens, lease=False)).num_tokens == 0
+            assert (await kv.match(tokens, lease=False, cache_salt="tenant-b")).num_tokens == 0
+            hit = await kv.match(tokens, cache_salt="tenant-a")
+            assert hit.num_tokens == 12
+            assert await kv.read(hit, [5, 6, 7]) == 3 * 256
+            await kv.release(hit.lease_id)
+            assert all(pool[5 + i].equal(pool[i]) for i in range(3))
+            assert await kv.write(tokens, [0, 1, 2]) == 3  # unsalted: written again, apart
+            assert (await kv.stats()).num_namespaces == 2
+
+    serve(store, body)
+
+
 def test_bad_namespace_and_tokens_are_invalid_argument(make_store: MakeStore) -> None:
     store = make_store()
 

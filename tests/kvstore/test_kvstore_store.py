@@ -65,6 +65,23 @@ def test_namespace_checks_geometry_and_compat_key(make_store: MakeStore) -> None
         store.namespace(good, "0" * 32)
 
 
+def test_a_cache_salt_is_a_namespace_of_its_own(make_store: MakeStore) -> None:
+    """vLLM's cache_salt: a salted request's blocks are matched by its salt only, and never by an
+    unsalted request (nor it by theirs); the name holds a digest, not the salt."""
+    store = make_store(cpu=8)
+    layout = KVLayout("m", "float32", 4, 2, 1, 4)
+    key = layout.compat_key()
+    plain, a, b = (store.namespace(layout, key, salt) for salt in ("", "secret-a", "secret-b"))
+    assert plain == key and len({plain, a, b}) == 3 and "secret" not in a + b
+    assert store.namespace(layout, key, "secret-a") == a
+    insert(store, list(range(8)), ns=a)
+    assert store.match(b, list(range(8)), lease=False).num_tokens == 0
+    assert store.match(plain, list(range(8)), lease=False).num_tokens == 0
+    assert store.match(a, list(range(8)), lease=False).num_tokens == 8
+    insert(store, list(range(8)), ns=plain)  # the same tokens unsalted: blocks of its own
+    assert store.stats().tiers[0].cached_blocks == 4
+
+
 def test_leases_pin_and_expire(make_store: MakeStore, clock: Any) -> None:
     store = make_store(cpu=4, ttl=10.0)
     insert(store, list(range(8)))

@@ -13,6 +13,27 @@ from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 
 
+def test_a_salted_request_drafts_only_from_its_salts_outputs() -> None:
+    """vLLM's cache_salt: another tenant's outputs are never drafted for a salted request (its
+    accepted-token counts would tell whether a guess at them was right), nor its outputs for
+    others; a request of the same salt drafts from them as from the shared trie."""
+    d = Drafter(DrafterConfig(key_lengths=(3, 2, 1), global_key_lengths=(3, 2), window=4, salted_tries=2))
+    d.observe("plain", [1, 2, 3, 4, 5, 6, 7], 2)  # output [3 .. 7] feeds the shared trie
+    d.observe("a-1", [11, 12, 13, 14, 15, 16, 17], 2, cache_salt="a")  # output [13 .. 17]: salt a's
+    text = [99, 98]
+    for rid, salt in (("plain-2", ""), ("a-2", "a"), ("b-1", "b")):
+        d.observe(rid, text, len(text), cache_salt=salt)
+    assert d.propose("plain-2", [99, 4, 5], 4, 4).tokens == [6, 7]
+    assert d.match("plain-2", [99, 14, 15]) is None
+    assert d.propose("a-2", [99, 14, 15], 4, 4).tokens == [16, 17]
+    assert d.match("a-2", [99, 4, 5]) is None
+    assert d.match("b-1", [99, 4, 5]) is None and d.match("b-1", [99, 14, 15]) is None
+    assert d.global_trie.roots.keys().isdisjoint(d.salted["a"].roots.keys())
+    d.observe("c-1", text, len(text), cache_salt="c")  # a third salt: the least recent (a) goes
+    assert list(d.salted) == ["b", "c"]
+    assert d.propose("a-2", [99, 14, 15], 4, 4).tokens == [16, 17]  # a running request keeps its trie
+
+
 def test_match_is_where_the_tree_starts() -> None:
     """The request's own text before every request's outputs, longest key first; None when no
     cache continues the text. ``propose`` builds its first branch from that same match."""

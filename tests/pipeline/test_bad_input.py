@@ -18,7 +18,7 @@ SAMPLING = ["model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "se
             "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "allowed_token_ids", "bad_words",
             "priority", "truncate_prompt_tokens", "prompt_logprobs", "include_stop_str_in_output",
             "skip_special_tokens", "return_token_ids", "best_of", "suffix", "functions", "function_call", "tools",
-            "tool_choice"]
+            "tool_choice", "cache_salt"]
 ENDPOINTS = {
     "/v1/completions": ({"prompt": "Hi", "max_tokens": 2}, [*SAMPLING, "prompt", "echo"]),
     "/v1/chat/completions": ({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
@@ -27,7 +27,7 @@ ENDPOINTS = {
     "/v1/responses": ({"input": "Hi", "max_output_tokens": 2},
                       ["input", "instructions", "max_output_tokens", "text", "temperature", "top_p", "stream", "tools",
                        "tool_choice", "previous_response_id", "background", "priority", "bad_words", "model",
-                       "metadata", "include"]),
+                       "metadata", "include", "cache_salt"]),
 }
 
 

@@ -15,6 +15,8 @@ from engine.request import WorkRequest
 from engine.sampling_params import SamplingParams
 from grove.internal.v1 import worker_pb2 as wpb
 from grove.internal.v1 import worker_pb2_grpc as wpb_grpc
+from grove.v1 import api_pb2 as api
+from grove.v1 import api_pb2_grpc as api_grpc
 from launcher.stack import Stack
 from protocol.pipeline import work_to_pb
 from tests.pipeline.stack_probe import kvstore_stats, wait_idle, worker_stats
@@ -71,6 +73,58 @@ def test_prefix_prefilled_on_one_worker_is_fetched_from_the_kvstore_by_the_other
     fetched_before = worker_stats(stack)["prefill-1"].fetched_blocks
     assert prefill("prefill-1", prefix + [10, 11], max_tokens=4).cached_tokens == 320
     assert worker_stats(stack)["prefill-1"].fetched_blocks - fetched_before == 20
+
+
+def test_a_cache_salt_keeps_a_prefix_apart_in_every_cache(stack: Stack) -> None:
+    """vLLM's cache_salt: a prefix computed under one salt is found, by either prefill worker (its
+    own cache, or the kvstore), only under that salt; the HTTP and gRPC APIs carry the salt."""
+    rng = random.Random(14)
+    prefix = [rng.randrange(1000, 30000) for _ in range(320)]  # 20 blocks
+
+    def cached(worker: str, salt: str, tail: list[int]) -> int:
+        work = WorkRequest(f"salted-{worker}-{rng.random()}", tuple(prefix + tail),
+                           SamplingParams(temperature=0.0, max_tokens=1), seed=1, cache_salt=salt)
+        with grpc.insecure_channel(stack.address(worker)) as ch:
+            return wpb_grpc.PrefillWorkerStub(ch).Prefill(wpb.PrefillRequest(request=work_to_pb(work)),
+                                                         timeout=120).cached_tokens
+
+    def written(blocks: int) -> None:
+        deadline = time.monotonic() + 20  # the write-back runs in the background
+        while sum(t.cached_blocks for t in kvstore_stats(stack).tiers) < blocks:
+            assert time.monotonic() < deadline, "the prefill worker never wrote its blocks to the kvstore"
+            time.sleep(0.1)
+
+    before = sum(t.cached_blocks for t in kvstore_stats(stack).tiers)
+    assert cached("prefill-0", "tenant-a", [7, 8, 9]) == 0
+    written(before + 20)
+    assert cached("prefill-0", "tenant-b", [7, 8, 9]) == 0  # not from its own cache
+    assert cached("prefill-0", "", [7, 8, 9]) == 0
+    assert cached("prefill-1", "tenant-c", [10, 11]) == 0  # nor from the kvstore
+    assert cached("prefill-1", "tenant-a", [10, 11]) == 320  # the kvstore's, under its salt
+    assert cached("prefill-0", "tenant-a", [12]) == 320  # its own
+    written(before + 4 * 20)  # a, b, unsalted, c: each a namespace of its own
+
+    # through the APIs: the same prompt, its salt's prefix cached, another salt's not, one text
+    prompt = [rng.randrange(1000, 30000) for _ in range(330)]
+
+    def http(salt: str) -> tuple[int, list[int]]:
+        r = httpx.post(stack.http_url + "/v1/completions", json={
+            "prompt": prompt, "max_tokens": 6, "temperature": 0, "return_token_ids": True, "cache_salt": salt},
+            timeout=300)
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["prompt_tokens_details"]["cached_tokens"], r.json()["choices"][0]["token_ids"]
+
+    first, text = http("tenant-d")
+    assert first == 0
+    assert http("tenant-d") == (320, text)
+    assert http("tenant-e") == (0, text)
+    with grpc.insecure_channel(stack.grpc_address) as ch:
+        stub = api_grpc.GroveStub(ch)
+        for salt, want in (("tenant-d", 320), ("tenant-f", 0)):
+            reply = stub.Generate(api.GenerateRequest(prompt_token_ids=api.TokenIds(ids=prompt), cache_salt=salt,
+                                                      sampling=api.SamplingParams(max_tokens=6, temperature=0.0)),
+                                  timeout=300)
+            assert (reply.usage.cached_tokens, list(reply.token_ids)) == (want, text)
 
 
 def test_decode_worker_pulls_only_the_blocks_it_lacks(stack: Stack) -> None:

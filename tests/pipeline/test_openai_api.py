@@ -355,6 +355,8 @@ def test_tokenize_counts_what_a_request_uses_and_detokenize_inverts_it(stack: St
         ({"prompt": "hi", "stream_options": {"include_usage": True}}, "stream_options"),
         ({"prompt": "hi", "priority": "high"}, "priority"),
         ({"prompt": "hi", "priority": 2**40}, "priority"),
+        ({"prompt": "hi", "cache_salt": ""}, "cache_salt"),
+        ({"prompt": "hi", "cache_salt": 7}, "cache_salt"),
         ({"prompt": "hi", "allowed_token_ids": []}, "allowed_token_ids"),
         ({"prompt": "hi", "allowed_token_ids": [5, "6"]}, "allowed_token_ids"),
         ({"prompt": "hi", "allowed_token_ids": [10**6]}, "allowed_token_ids"),
