@@ -27,7 +27,7 @@ from engine.kv_layout import KVLayout
 from grove.internal.v1 import kvstore_pb2 as pb
 from grove.internal.v1 import kvstore_pb2_grpc as pb_grpc
 from kvstore.byte_stream import BlockSink, iter_chunks
-from kvstore.errors import InvalidRequestError, LeaseNotFoundError, StoreFullError
+from kvstore.errors import InvalidRequestError, LeaseNotFoundError, StoreFullError, StoreRestartedError
 from kvstore.nixl_plane import NixlPlane, RemotePool, nixl_available
 from kvstore.types import BlockHandle, ConnectInfo, MatchResult, StoreStats, TransferReport
 from protocol import kvstore as convert
@@ -140,7 +140,9 @@ class KVStoreClient:
         """Longest cached prefix (full blocks). With ``lease``, its blocks stay put until release.
         ``cache_salt``: only blocks written under the same salt match."""
         req = pb.MatchRequest(ns=self._namespace(cache_salt), tokens=tokens, peek=not lease)
-        return convert.match_from_pb(await self._call(self._stub.Match, req))
+        resp = await self._call(self._stub.Match, req)
+        await self._same_store(resp.store_id, resp.lease_id)
+        return convert.match_from_pb(resp)
 
     async def read(self, match: MatchResult, local_block_ids: Sequence[int]) -> int:
         """Copy the first len(local_block_ids) matched blocks into those local blocks; returns bytes."""
@@ -178,8 +180,9 @@ class KVStoreClient:
         n = len(tokens) // self.layout.block_size
         if len(local_block_ids) < n:
             raise ValueError(f"{n} full blocks of tokens but {len(local_block_ids)} local blocks")
-        alloc = convert.allocate_from_pb(
-            await self._call(self._stub.Allocate, pb.AllocateRequest(ns=self._namespace(cache_salt), tokens=tokens)))
+        resp = await self._call(self._stub.Allocate, pb.AllocateRequest(ns=self._namespace(cache_salt), tokens=tokens))
+        await self._same_store(resp.store_id, resp.lease_id)
+        alloc = convert.allocate_from_pb(resp)
         if not alloc.lease_id:
             return 0
         src = local_block_ids[alloc.num_cached_blocks:alloc.num_cached_blocks + len(alloc.handles)]
@@ -227,11 +230,20 @@ class KVStoreClient:
 
         await self._call(self._stub.Write, requests())
 
+    async def _same_store(self, store_id: int, lease_id: int) -> None:
+        """Raises StoreRestartedError (after giving back the lease it took) when the store answering
+        is not the one Connect described: NIXL would address pools that are gone."""
+        if store_id != self.info.store_id:
+            if lease_id:
+                await self._release_quietly(lease_id)
+            raise StoreRestartedError(f"kvstore {self.address} restarted (store id {store_id}, connected to "
+                                      f"{self.info.store_id}): reconnect")
+
     async def _release_quietly(self, lease_id: int) -> None:
         try:
             await self._call(self._stub.Release, pb.ReleaseRequest(lease_id=lease_id))
         except Exception:  # the lease will expire anyway
-            logger.warning("could not release lease %d after a failed write", lease_id, exc_info=True)
+            logger.warning("could not release lease %d", lease_id, exc_info=True)
 
     async def _call(self, method: Callable[..., Awaitable[Any]], request: Any) -> Any:
         if self._stub is None:

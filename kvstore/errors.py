@@ -3,12 +3,14 @@
     InvalidRequestError -> INVALID_ARGUMENT   (wrong dtype, shape, namespace, tokens, byte count)
     LeaseNotFoundError  -> NOT_FOUND          (unknown or expired lease, handle not held by it)
     StoreFullError      -> RESOURCE_EXHAUSTED (no free block and nothing evictable)
+
+StoreRestartedError is the client's own: the store answering is not the one it connected to.
 """
 from __future__ import annotations
 
 from engine.errors import GroveError, InvalidRequestError, OutOfBlocksError
 
-__all__ = ["InvalidRequestError", "LeaseNotFoundError", "StoreFullError", "NixlTransferError"]
+__all__ = ["InvalidRequestError", "LeaseNotFoundError", "StoreFullError", "NixlTransferError", "StoreRestartedError"]
 
 
 class LeaseNotFoundError(GroveError, LookupError):
@@ -21,3 +23,7 @@ class StoreFullError(OutOfBlocksError):
 
 class NixlTransferError(GroveError, RuntimeError):
     """A NIXL transfer failed or timed out."""
+
+
+class StoreRestartedError(GroveError, RuntimeError):
+    """The store restarted since Connect: its pools are not the ones the client knows (reconnect)."""

@@ -57,7 +57,8 @@ def open_nixl(store: KVStore) -> NixlPlane | None:
 def connect_info(store: KVStore, plane: NixlPlane | None, config: ServerConfig) -> ConnectInfo:
     pools = tuple(plane.export(t.name) for t in store.tiers) if plane else ()
     return ConnectInfo(GROVE_VERSION, store.block_bytes, plane is not None, plane.name if plane else "",
-                       plane.metadata() if plane else b"", pools, config.max_chunk_bytes, store.config.lease_ttl_s)
+                       plane.metadata() if plane else b"", pools, config.max_chunk_bytes, store.config.lease_ttl_s,
+                       store.store_id)
 
 
 def _write_port_file(path: str, port: int) -> None:

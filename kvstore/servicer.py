@@ -60,12 +60,12 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
     @_unary
     async def Match(self, request: pb.MatchRequest, context: grpc.aio.ServicerContext) -> pb.MatchResponse:
         result = self.store.match(self._namespace(request.ns), request.tokens, lease=not request.peek)
-        return convert.match_to_pb(result, self.store.config.lease_ttl_s)
+        return convert.match_to_pb(result, self.store.config.lease_ttl_s, self.store.store_id)
 
     @_unary
     async def Allocate(self, request: pb.AllocateRequest, context: grpc.aio.ServicerContext) -> pb.AllocateResponse:
         result = self.store.allocate(self._namespace(request.ns), request.tokens)
-        return convert.allocate_to_pb(result, self.store.config.lease_ttl_s)
+        return convert.allocate_to_pb(result, self.store.config.lease_ttl_s, self.store.store_id)
 
     @_unary
     async def Commit(self, request: pb.CommitRequest, context: grpc.aio.ServicerContext) -> pb.CommitResponse:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 class KVStore:
     def __init__(self, config: StoreConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.store_id = secrets.randbits(63) + 1  # this process's: clients see a restart by it
         self.geometry = config.geometry
         self.block_size = config.geometry.block_size
         self.block_bytes = config.geometry.block_bytes

@@ -42,6 +42,7 @@ class ConnectInfo(NamedTuple):
     pools: tuple[RemotePool, ...]  # one per tier, named by tier; empty without NIXL
     max_chunk_bytes: int
     lease_ttl_s: float
+    store_id: int  # the store process's random id (KVStore.store_id)
 
 
 class TransferReport(NamedTuple):

@@ -16,6 +16,7 @@ from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from kvstore.client import KVStoreClient
 from prefill_worker.service import PrefillService
 from prefill_worker.servicer import PrefillServicer
+from prefill_worker.shared_cache import SharedCache
 from runtime.worker_process import add_worker_args, serve_worker
 from runtime.kv_transfer import POOL_NAME, make_plane
 from runtime.process import configure_logging, run_service, tune_gc
@@ -28,6 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m prefill_worker", description=__doc__)
     p.add_argument("--advertise", default="", help="address others reach this worker at (default: bound address)")
     p.add_argument("--kvstore", default="", help="kvstore gRPC address ('' = no shared prefix cache)")
+    p.add_argument("--kvstore-timeout", type=float, default=5.0,
+                   help="seconds a kvstore call may take before the request computes without it")
     p.add_argument("--lease-ttl", type=float, default=30.0, help="seconds a handed-over KV stays held unclaimed")
     p.add_argument("--max-waiting", type=int, default=64, help="requests in flight before RESOURCE_EXHAUSTED")
     add_worker_args(p, "prefill")
@@ -45,8 +48,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     kvstore = None
     if args.kvstore:
         # one NIXL agent per process: the kvstore client shares the handoff plane's registration
-        kvstore = KVStoreClient(args.kvstore, engine.engine.layout, engine.engine.kv.data, use_nixl=plane is not None,
-                                plane=plane, plane_pool=POOL_NAME)
+        kvstore = SharedCache(KVStoreClient(args.kvstore, engine.engine.layout, engine.engine.kv.data,
+                                            use_nixl=plane is not None, timeout_s=args.kvstore_timeout, plane=plane,
+                                            plane_pool=POOL_NAME))
         await kvstore.start()
     service = PrefillService(engine, args.advertise, kvstore, plane, args.lease_ttl, args.max_waiting)
 
@@ -60,7 +64,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
             await service.reap_expired()
 
     reap = asyncio.create_task(reaper())
-    await serve_worker(args, "prefill", SERVICE, worker_id, engine, add_servicer, stop, grace_s=10.0)
+    await serve_worker(args, "prefill", SERVICE, worker_id, engine, add_servicer, stop, grace_s=10.0,
+                       service_metrics=service.metrics)
     reap.cancel()
     await service.drain_background()
     if kvstore is not None:

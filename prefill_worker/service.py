@@ -3,6 +3,9 @@
     Prefill: match kvstore -> read hit blocks into local blocks -> engine prefill (chunked) of the
              remainder -> first token -> write new full blocks back (background) -> lease the KV
     ReleaseKV / lease expiry: frees the held blocks
+
+The kvstore is a cache: when it fails, the request computes what it would have read
+(prefill_worker.shared_cache).
 """
 from __future__ import annotations
 
@@ -10,12 +13,14 @@ import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import Coroutine
 
 from engine.async_engine import AsyncEngine
 from engine.request import KVHandle, TokenOut, WorkRequest
 from engine.sequence import Sequence
-from kvstore.client import KVStoreClient
 from prefill_worker.kv_leases import KVLeases
+from prefill_worker.shared_cache import SharedCache
+from runtime.engine_metrics import ServiceMetric
 from runtime.kv_transfer import POOL_NAME
 
 logger = logging.getLogger(__name__)
@@ -39,7 +44,7 @@ class PrefillResult:
 
 
 class PrefillService:
-    def __init__(self, engine: AsyncEngine, address: str, kvstore: KVStoreClient | None, plane: object | None,
+    def __init__(self, engine: AsyncEngine, address: str, kvstore: SharedCache | None, plane: object | None,
                  lease_ttl_s: float, max_waiting: int) -> None:
         self.engine = engine
         self.address = address
@@ -68,24 +73,34 @@ class PrefillService:
         usable = (len(prompt) - 1) // bs
         if self.kvstore is None or have >= usable or seq.params.prompt_logprobs is not None:
             return seq.num_cached  # (prompt logprobs: every prompt token is computed here)
-        hit = await self.kvstore.match(prompt, cache_salt=seq.cache_salt)
+        client = self.kvstore.ready()
+        if client is None:
+            return seq.num_cached  # the store is away: compute the rest
+        try:
+            hit = await client.match(prompt, cache_salt=seq.cache_salt)
+        except Exception as exc:  # noqa: BLE001 - a cache miss, not a failed request
+            self.kvstore.failed("match", exc)
+            return seq.num_cached
         try:
             extra = hit.handles[have:usable]
             if not extra:
                 return seq.num_cached
             blocks = await self.engine.call(eng.allocator.allocate, len(extra))
             try:
-                await self.kvstore.read(hit._replace(handles=extra), blocks)
-            except BaseException:
+                await client.read(hit._replace(handles=extra), blocks)
+            except BaseException as exc:
                 await self.engine.call(eng.allocator.free, blocks)
-                raise
+                if not isinstance(exc, Exception):
+                    raise  # cancelled
+                self.kvstore.failed("read", exc)
+                return seq.num_cached
             self.fetched_blocks += len(blocks)
             seq.block_table += blocks
             seq.num_cached = len(seq.block_table) * bs
             return seq.num_cached
         finally:
-            if hit.lease_id:
-                await self.kvstore.release(hit.lease_id)
+            if hit.lease_id:  # in the background: a store gone slow holds no request up
+                self._in_background(self._release(hit.lease_id))
 
     async def prefill(self, req: WorkRequest) -> PrefillResult:
         if self.in_flight >= self.max_waiting:
@@ -151,25 +166,38 @@ class PrefillService:
         """
         full = len(prompt) // self.eng.config.block_size
         mine = blocks[:full]
-        kvstore = self.kvstore
-        if not owned and (kvstore is None or not mine):
+        cache = self.kvstore
+        client = cache.ready() if cache is not None else None  # None: no kvstore, or it is away
+        if not owned and (client is None or not mine):
             return  # nothing to write and nothing to free
 
         async def write() -> None:
             if not owned:
                 await self.engine.call(self.eng.allocator.share, mine)  # the write keeps its own reference
             try:
-                if kvstore is not None and mine:
-                    await asyncio.wait_for(kvstore.write(prompt[: full * self.eng.config.block_size], mine, cache_salt),
-                                           WRITE_TIMEOUT_S)
-            except Exception as exc:  # the cache is an optimisation: log, never fail the request
-                logger.warning("kvstore write-back failed: %s", exc)
+                if cache is not None and client is not None and mine:
+                    try:
+                        await asyncio.wait_for(client.write(prompt[: full * self.eng.config.block_size], mine,
+                                                            cache_salt), WRITE_TIMEOUT_S)
+                    except Exception as exc:  # noqa: BLE001 - the cache is an optimisation: never fail the request
+                        cache.failed("write", exc)
             finally:
                 await self.engine.call(self.eng.allocator.free, blocks[::-1] if owned else mine)
 
-        task = asyncio.create_task(write())
+        self._in_background(write())
+
+    def _in_background(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _release(self, lease_id: int) -> None:
+        """Ends a kvstore read lease (one that cannot be ended expires in the store)."""
+        assert self.kvstore is not None
+        try:
+            await self.kvstore.client.release(lease_id)
+        except Exception as exc:  # noqa: BLE001
+            self.kvstore.failed("release", exc)
 
     async def release(self, lease_id: str) -> bool:
         held = self.leases.pop(lease_id)
@@ -204,4 +232,14 @@ class PrefillService:
             "free_blocks": eng.allocator.num_free, "total_blocks": eng.allocator.num_blocks,
             "held_leases": len(self.leases),
             "local_prefix_blocks": self.local_prefix_blocks, "fetched_blocks": self.fetched_blocks,
+            "kvstore_failures": self.kvstore.failures if self.kvstore is not None else 0,
         }
+
+    def metrics(self) -> list[ServiceMetric]:
+        """The kvstore as this worker sees it (runtime.engine_metrics, at scrape time)."""
+        if self.kvstore is None:
+            return []
+        return [ServiceMetric("counter", "grove:kvstore_failures", "kvstore calls that failed (each a cache miss).",
+                              self.kvstore.failures),
+                ServiceMetric("gauge", "grove:kvstore_connected", "1 while the kvstore is in use, 0 while it is away.",
+                              float(self.kvstore.connected))]

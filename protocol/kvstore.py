@@ -47,19 +47,20 @@ def handles_from_pb(msgs: Iterable[pb.BlockHandle]) -> tuple[BlockHandle, ...]:
 
 
 # ---- results --------------------------------------------------------------------------------
-def match_to_pb(result: MatchResult, lease_ttl_s: float) -> pb.MatchResponse:
+def match_to_pb(result: MatchResult, lease_ttl_s: float, store_id: int) -> pb.MatchResponse:
     return pb.MatchResponse(num_tokens=result.num_tokens, handles=handles_to_pb(result.handles),
-                            lease_id=result.lease_id, lease_ttl_s=lease_ttl_s if result.lease_id else 0.0)
+                            lease_id=result.lease_id, lease_ttl_s=lease_ttl_s if result.lease_id else 0.0,
+                            store_id=store_id)
 
 
 def match_from_pb(msg: pb.MatchResponse) -> MatchResult:
     return MatchResult(msg.num_tokens, handles_from_pb(msg.handles), msg.lease_id)
 
 
-def allocate_to_pb(result: AllocateResult, lease_ttl_s: float) -> pb.AllocateResponse:
+def allocate_to_pb(result: AllocateResult, lease_ttl_s: float, store_id: int) -> pb.AllocateResponse:
     return pb.AllocateResponse(lease_id=result.lease_id, num_cached_blocks=result.num_cached_blocks,
                                handles=handles_to_pb(result.handles),
-                               lease_ttl_s=lease_ttl_s if result.lease_id else 0.0)
+                               lease_ttl_s=lease_ttl_s if result.lease_id else 0.0, store_id=store_id)
 
 
 def allocate_from_pb(msg: pb.AllocateResponse) -> AllocateResult:
@@ -94,7 +95,7 @@ def connect_to_pb(info: ConnectInfo) -> pb.ConnectResponse:
     return pb.ConnectResponse(
         grove_version=info.grove_version, block_bytes=info.block_bytes, nixl_enabled=info.nixl_enabled,
         nixl_agent=info.nixl_agent, nixl_metadata=info.nixl_metadata, max_chunk_bytes=info.max_chunk_bytes,
-        lease_ttl_s=info.lease_ttl_s,
+        lease_ttl_s=info.lease_ttl_s, store_id=info.store_id,
         pools=[pb.PoolInfo(tier=p.name, base_addr=p.base_addr, block_bytes=p.block_bytes, num_blocks=p.num_blocks,
                            mem_type=p.mem_type, device_id=p.device_id) for p in info.pools])
 
@@ -103,7 +104,7 @@ def connect_from_pb(msg: pb.ConnectResponse) -> ConnectInfo:
     pools = tuple(RemotePool(msg.nixl_agent, p.tier, p.base_addr, p.block_bytes, p.num_blocks, p.mem_type,
                              p.device_id) for p in msg.pools)
     return ConnectInfo(msg.grove_version, msg.block_bytes, msg.nixl_enabled, msg.nixl_agent, msg.nixl_metadata,
-                       pools, msg.max_chunk_bytes, msg.lease_ttl_s)
+                       pools, msg.max_chunk_bytes, msg.lease_ttl_s, msg.store_id)
 
 
 def stats_to_pb(stats: StoreStats) -> pb.StatsResponse:

@@ -6,7 +6,7 @@ Counters are CounterMetricFamily: the exposition adds ``_total`` to their names.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator, Literal, NamedTuple, Sequence
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -14,10 +14,21 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from engine.llm_engine import LLMEngine
 
 
+class ServiceMetric(NamedTuple):
+    """One value of a worker's service beside its engine's (the prefill worker's kvstore, say)."""
+
+    kind: Literal["counter", "gauge"]
+    name: str
+    doc: str
+    value: float
+
+
 class EngineCollector:
-    def __init__(self, engine: LLMEngine, role: str, worker_id: str) -> None:
+    def __init__(self, engine: LLMEngine, role: str, worker_id: str,
+                 service: Callable[[], Sequence[ServiceMetric]] | None = None) -> None:
         self.engine = engine
         self.labels = {"role": role, "worker_id": worker_id}
+        self.service = service
 
     def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
         g = GaugeMetricFamily(name, doc, labels=list(self.labels))
@@ -37,6 +48,8 @@ class EngineCollector:
         yield self._gauge("grove:kv_cache_usage_perc", "Fraction of local KV blocks in use.",
                           alloc.num_used / alloc.num_blocks)
         yield self._counter("grove:num_preemptions", "Sequences preempted for lack of KV blocks.", sched.num_preemptions)
+        for m in self.service() if self.service is not None else ():
+            yield (self._counter if m.kind == "counter" else self._gauge)(m.name, m.doc, m.value)
         cache = eng.prefix_cache  # this worker's own prefix cache; None when turned off
         if cache is not None:
             yield self._counter("grove:prefix_cache_queries", "Prompt tokens looked up in the worker's prefix cache.",
@@ -60,9 +73,10 @@ class EngineCollector:
         yield per_pos
 
 
-def serve_metrics(engine: LLMEngine, role: str, worker_id: str, host: str, port: int) -> int:
+def serve_metrics(engine: LLMEngine, role: str, worker_id: str, host: str, port: int,
+                  service: Callable[[], Sequence[ServiceMetric]] | None = None) -> int:
     """Starts /metrics for this worker on its own registry; returns the bound port (0 picks one)."""
     registry = CollectorRegistry()
-    registry.register(EngineCollector(engine, role, worker_id))
+    registry.register(EngineCollector(engine, role, worker_id, service))
     server, _ = start_http_server(port, addr=host, registry=registry)
     return int(server.server_port)

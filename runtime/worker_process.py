@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from typing import Callable
+from typing import Callable, Sequence
 
 import grpc
 
 from engine.async_engine import AsyncEngine
-from runtime.engine_metrics import serve_metrics
+from runtime.engine_metrics import ServiceMetric, serve_metrics
 from runtime.grpc_server import create_server, set_serving
 from runtime.process import write_ready_file
 
@@ -27,18 +27,20 @@ def add_worker_args(p: argparse.ArgumentParser, role: str) -> None:
 
 async def serve_worker(args: argparse.Namespace, role: str, service_name: str, worker_id: str, engine: AsyncEngine,
                        add_servicer: Callable[[grpc.aio.Server, str], None], stop: asyncio.Event,
-                       grace_s: float) -> None:
+                       grace_s: float, service_metrics: Callable[[], Sequence[ServiceMetric]] | None = None) -> None:
     """Serves until ``stop`` is set, then stops taking requests and lets in-flight ones finish.
 
     ``add_servicer(server, address)`` registers the role's servicer; ``address`` is where peers
-    reach this worker (the bound port filled in).
+    reach this worker (the bound port filled in). ``service_metrics``: the role's own metrics
+    beside the engine's.
     """
     server, port, health = create_server(args.address)
     host = args.address.rsplit(":", 1)[0]
     add_servicer(server, f"{host}:{port}")
     await server.start()
     await set_serving(health, [service_name], True)
-    metrics_port = serve_metrics(engine.engine, role, worker_id, host, args.metrics_port) if args.metrics_port >= 0 else None
+    metrics_port = (serve_metrics(engine.engine, role, worker_id, host, args.metrics_port, service_metrics)
+                    if args.metrics_port >= 0 else None)
     write_ready_file(args.ready_file, {"grpc_port": port, "worker_id": worker_id, "metrics_port": metrics_port})
     logger.info("%s worker %s serving on %s:%d", role, worker_id, host, port)
     await stop.wait()

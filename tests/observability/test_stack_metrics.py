@@ -51,6 +51,9 @@ def test_workers_are_labelled_by_role_and_id(stack: Stack, traffic: Traffic) -> 
     m = scrape(f"127.0.0.1:{stack.service('prefill-0').info['metrics_port']}")
     # every prompt was looked up locally (the 6-token one perhaps not: it has no full block)
     assert total(m, "grove:prefix_cache_queries_total") >= traffic.usage("prompt_tokens") - 6
+    # the kvstore as the prefill worker sees it (tests/pipeline/test_failures.py makes it fail)
+    assert m["grove:kvstore_connected"] == [({"role": "prefill", "worker_id": "prefill-0"}, 1.0)]
+    assert m["grove:kvstore_failures_total"] == [({"role": "prefill", "worker_id": "prefill-0"}, 0.0)]
     m = scrape(f"127.0.0.1:{stack.service('decode-0').info['metrics_port']}")
     positions = sorted(int(lab["position"]) for lab, _ in m["grove:spec_decode_num_accepted_tokens_per_pos_total"])
     # every draft position has a series, accepted or not (the decode worker runs the default depth)

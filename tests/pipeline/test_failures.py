@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from launcher.stack import Stack, StackConfig
+from tests.pipeline.stack_probe import worker_stats
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +25,38 @@ def fragile_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                          log_dir=str(tmp_path_factory.mktemp("fragile-stack")), threads_per_worker=1)
     with Stack(config) as s:
         yield s
+
+
+def test_a_dead_or_frozen_kvstore_costs_the_cache_not_the_request(fragile_stack: Stack) -> None:
+    """The kvstore is a cache: stopped (SIGSTOP: calls to it hang) or killed, prompts it would have
+    served are computed instead, within seconds, and give the same text."""
+    s = fragile_stack
+    rng = random.Random(21)
+    url = s.http_url + "/v1/completions"
+
+    def ask(prompt: list[int]) -> tuple[list[int], float]:
+        t0 = time.monotonic()
+        r = httpx.post(url, json={"prompt": prompt, "max_tokens": 4, "temperature": 0, "return_token_ids": True},
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["token_ids"], time.monotonic() - t0
+
+    prompts = [[rng.randrange(1000, 30000) for _ in range(200)] for _ in range(4)]
+    want = [ask(p)[0] for p in prompts]
+    kvstore = s.service("kvstore").proc.pid
+    os.kill(kvstore, signal.SIGSTOP)
+    try:
+        for p in prompts[:2]:  # another prefill worker than the one that computed it would ask the kvstore
+            got, took = ask(p[:150] + [7] * 10 + p[160:])
+            assert len(got) == 4
+            assert took < 10.0, f"a frozen kvstore held a request {took:.1f} s"
+    finally:
+        os.kill(kvstore, signal.SIGCONT)
+    assert sum(w.kvstore_failures for name, w in worker_stats(s).items() if name.startswith("prefill")) >= 1
+    os.kill(kvstore, signal.SIGKILL)
+    for p, w in zip(prompts, want):
+        got, took = ask(p)
+        assert got == w and took < 10.0, (took, got, w)
 
 
 def test_killing_a_prefill_worker_reroutes_to_the_other(fragile_stack: Stack) -> None:
