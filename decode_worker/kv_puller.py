@@ -1,4 +1,10 @@
-"""Pulls a request's prompt KV from the prefill worker that holds it: NIXL READ, else gRPC bytes."""
+"""Pulls a request's prompt KV from the prefill worker that holds it: NIXL READ, else gRPC bytes.
+
+A NIXL READ is one-sided: the holder does not see it, so it cannot refuse a read of blocks whose
+lease has ended (and which may hold another request's KV by now). After one, the holder's answer
+to ReleaseKV confirms that the lease was still held; without that answer the pull has failed.
+Every failure to get the KV is a KVHandoffError: the request's KV is lost, not the decode worker.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -8,14 +14,20 @@ import time
 import grpc
 import torch
 
+from engine.errors import GroveError
 from engine.request import KVHandle
 from grove.internal.v1 import worker_pb2 as pb
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
+from kvstore.errors import NixlTransferError
 from kvstore.nixl_plane import NixlPlane
 from runtime.grpc_server import insecure_channel
 from runtime.kv_transfer import POOL_NAME, TransferTimer, remote_pool, write_block_bytes
 
 logger = logging.getLogger(__name__)
+
+
+class KVHandoffError(GroveError, RuntimeError):
+    """The handed-over KV could not be had: its holder is unreachable or no longer holds it."""
 
 
 class KVPuller:
@@ -35,7 +47,15 @@ class KVPuller:
 
     async def pull(self, kv: KVHandle, local_blocks: list[int], first: int = 0) -> str:
         """Copies the holder's blocks ``kv.block_ids[first:]`` into ``local_blocks`` (same order);
-        returns the data plane used ("" when there was nothing to pull)."""
+        returns the data plane used ("" when there was nothing to pull). After "nixl", the copy
+        holds only once ``release(kv, confirm=True)`` has returned."""
+        try:
+            return await self._pull(kv, local_blocks, first)
+        except (grpc.aio.AioRpcError, NixlTransferError, asyncio.TimeoutError) as e:
+            detail = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else str(e)
+            raise KVHandoffError(f"could not pull the KV from {kv.worker_address}: {detail}") from None
+
+    async def _pull(self, kv: KVHandle, local_blocks: list[int], first: int) -> str:
         remote = list(kv.block_ids[first:])
         if len(local_blocks) != len(remote):
             raise ValueError("one local block per remote block")
@@ -62,12 +82,21 @@ class KVPuller:
         logger.info("kv pull: %d blocks, %d bytes over grpc in %.6f s", len(local_blocks), nbytes, time.perf_counter() - t0)
         return "grpc"
 
-    async def release(self, kv: KVHandle) -> None:
-        """Tells the holder to free the KV; best effort (its lease expires anyway)."""
+    async def release(self, kv: KVHandle, confirm: bool = False) -> None:
+        """Tells the holder to free the KV; best effort (its lease expires anyway). ``confirm``:
+        raises KVHandoffError unless the holder answers that it still held the lease."""
         try:
-            await self._stub(kv.worker_address).ReleaseKV(pb.ReleaseKVRequest(lease_id=kv.lease_id), timeout=15.0)
+            reply = await self._stub(kv.worker_address).ReleaseKV(pb.ReleaseKVRequest(lease_id=kv.lease_id),
+                                                                  timeout=self.timeout_s if confirm else 15.0)
         except grpc.aio.AioRpcError as e:
+            if confirm:
+                raise KVHandoffError(f"{kv.worker_address} did not confirm its KV lease after the NIXL read: "
+                                     f"{e.code().name}: {e.details()}") from None
             logger.warning("ReleaseKV to %s failed (%s); its lease will expire", kv.worker_address, e.code())
+            return
+        if confirm and not reply.released:
+            raise KVHandoffError(f"the KV lease on {kv.worker_address} ended before the NIXL read was confirmed: "
+                                 f"its blocks may hold other KV by now")
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels.values()), return_exceptions=True)

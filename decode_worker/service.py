@@ -48,18 +48,22 @@ class DecodeService:
         seq: Sequence = await self.engine.call(eng.make_sequence, req.request_id, list(req.prompt_ids), req.params,
                                                req.priority, req.cache_salt)
         seq.seed = req.seed
+        released = False
         try:
             have, blocks = await self.engine.call(self._reserve, seq, kv)
-            await self.puller.pull(kv, blocks, first=have)
+            if await self.puller.pull(kv, blocks, first=have) == "nixl":
+                released = True  # asked, whatever the answer
+                await self.puller.release(kv, confirm=True)  # the blocks read were still this request's
         except BaseException:
             # queued after _reserve, so it frees whatever _reserve took even when the request was
             # cancelled while waiting for it; submit, not call: an await in a cancelled task may not run
             self.engine.submit(eng.scheduler.free, seq)
             raise
         finally:
-            task = asyncio.create_task(self.puller.release(kv))
-            self._releases.add(task)
-            task.add_done_callback(self._releases.discard)
+            if not released:  # in the background: the request need not wait for it
+                task = asyncio.create_task(self.puller.release(kv))
+                self._releases.add(task)
+                task.add_done_callback(self._releases.discard)
         self.local_prefix_blocks += have
         self.fetched_blocks += len(blocks)
         seq.num_cached = len(req.prompt_ids)

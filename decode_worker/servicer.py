@@ -5,6 +5,7 @@ from typing import AsyncIterator
 
 import grpc
 
+from decode_worker.kv_puller import KVHandoffError
 from decode_worker.service import DecodeService
 from engine.errors import InvalidRequestError, OutOfBlocksError
 from grove.internal.v1 import worker_pb2 as pb
@@ -28,8 +29,8 @@ class DecodeServicer(pb_grpc.DecodeWorkerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except OutOfBlocksError as e:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-        except grpc.aio.AioRpcError as e:  # the KV holder failed us
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"KV handoff failed: {e.code().name}: {e.details()}")
+        except KVHandoffError as e:  # the request's KV is lost, not this worker: the gateway prefills again
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"KV handoff failed: {e}")
 
     async def Stats(self, request: pb.WorkerStatsRequest, context: grpc.aio.ServicerContext) -> pb.WorkerStats:
         return pb.WorkerStats(worker_id=self.worker_id, role="decode", **self.service.stats())

@@ -24,6 +24,7 @@ from protocol import pipeline as convert
 
 logger = logging.getLogger(__name__)
 PREFILL_TIMEOUT_S = 120.0
+KV_LOSS_RETRIES = 1  # prefills again when a decode worker could not get the KV, before giving up
 T = TypeVar("T")
 
 
@@ -92,13 +93,18 @@ class GatewayCore:
         return WorkRequest(request_id or self.new_request_id(), tuple(prompt_ids), params, seed, priority, cache_salt)
 
     # ---- the pipeline -----------------------------------------------------------------------
-    async def _prefill(self, work: WorkRequest, trace: RequestTrace) -> tuple[Worker, pb.PrefillResponse]:
+    async def _prefill(self, work: WorkRequest, trace: RequestTrace,
+                       avoid: Sequence[Worker] = ()) -> tuple[Worker, pb.PrefillResponse]:
+        """Prefills on a worker (another one while one fails), ``avoid``'s last unless it is all there is."""
         tried: list[Worker] = []
         busy = False
         last_failure = ""
         req = pb.PrefillRequest(request=convert.work_to_pb(work))
         while True:
-            w = self.router.choose_prefill(work.prompt_ids, exclude=tried, cache_salt=work.cache_salt)
+            w = self.router.choose_prefill(work.prompt_ids, exclude=[*tried, *avoid], cache_salt=work.cache_salt)
+            if w is None and avoid:
+                avoid = ()
+                continue
             if w is None:
                 if busy:
                     raise OverloadedError("every prefill worker is at capacity; retry later")
@@ -161,16 +167,29 @@ class GatewayCore:
         handed = False
         try:
             yield GenerationChunk(pre.text, [first], prompt_logprobs=prompt_lps)
-            async for chunk in self._decode(work, pre, first):
-                handed = True
-                usage.completion_tokens += len(chunk.tokens)
-                trace.chunk(len(chunk.tokens))
-                if chunk.finish_reason is not None:
-                    trace.finished(chunk.finish_reason)
-                    if chunk.usage is not None:
-                        usage.draft_tokens, usage.accepted_tokens = chunk.usage.draft_tokens, chunk.usage.accepted_tokens
-                    chunk.usage = usage
-                yield chunk
+            for attempt in range(KV_LOSS_RETRIES + 1):
+                try:
+                    async for chunk in self._decode(work, pre, first):
+                        handed = True
+                        usage.completion_tokens += len(chunk.tokens)
+                        trace.chunk(len(chunk.tokens))
+                        if chunk.finish_reason is not None:
+                            trace.finished(chunk.finish_reason)
+                            if chunk.usage is not None:
+                                usage.draft_tokens, usage.accepted_tokens = chunk.usage.draft_tokens, chunk.usage.accepted_tokens
+                            chunk.usage = usage
+                        yield chunk
+                    return
+                except KVLostError as e:
+                    if attempt == KV_LOSS_RETRIES:
+                        raise UnavailableError(str(e)) from None
+                    # nothing decoded yet: the prompt is prefilled again (elsewhere if it can be);
+                    # the same seed samples the same first token, which the client already has
+                    logger.warning("%s: prefilling %s again", e, work.request_id)
+                    self.metrics.retry("prefill", grpc.StatusCode.FAILED_PRECONDITION.name)
+                    pw, pre = await self._prefill(work, trace, avoid=[pw])
+                    if pre.finish_reason or pre.first_token.token_id != first.token_id:
+                        raise UnavailableError(f"{e}; prefilled again, the first token came out otherwise") from None
         finally:
             if not handed:  # the decode worker may never have taken the KV: free it on the prefill worker now
                 # in a task of its own: when the client leaves, Starlette cancels every await of the
@@ -204,6 +223,8 @@ class GatewayCore:
                     raise InvalidRequestError(*_split_field(e.details())) from None
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not got_any:
                     continue  # another decode worker may have room; the KV is still held
+                if code == grpc.StatusCode.FAILED_PRECONDITION and not got_any:
+                    raise KVLostError(f"decode worker {w.address}: {e.details()}") from None
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     self.router.mark_failed(w)
                 raise UnavailableError(f"decode worker {w.address} failed mid-request: {code.name}: {e.details()}") from None
@@ -213,6 +234,11 @@ class GatewayCore:
 
 
 _DETACHED: set[asyncio.Future[Any]] = set()
+
+
+class KVLostError(Exception):
+    """A decode worker could not get the prompt's KV from its holder (the holder died, is out of
+    reach, or its lease ended); nothing was decoded."""
 
 
 def detach(task: asyncio.Future[T]) -> asyncio.Future[T]:

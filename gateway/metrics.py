@@ -29,8 +29,9 @@ REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.
 # label values that exist from the start, at zero: rate() and dashboards work before the first of each
 FINISH_REASONS = ("stop", "length", "abort")
 ERRORS = ("InvalidRequestError", "OverloadedError", "UnavailableError")
+# prefill FAILED_PRECONDITION: prefilled again because a decode worker could not get the KV
 RETRIES = (("prefill", "UNAVAILABLE"), ("prefill", "DEADLINE_EXCEEDED"), ("prefill", "RESOURCE_EXHAUSTED"),
-           ("decode", "RESOURCE_EXHAUSTED"))
+           ("prefill", "FAILED_PRECONDITION"), ("decode", "RESOURCE_EXHAUSTED"))
 
 
 class GatewayMetrics:

@@ -58,6 +58,7 @@ class StackConfig:
     lease_ttl: float = 30.0
     extra_worker_args: tuple[str, ...] = ()
     extra_decode_args: tuple[str, ...] = ()
+    prefill_args: tuple[tuple[str, ...], ...] = ()  # more arguments of prefill-i, by i
     log_dir: str = ""  # "" = a temp dir; logs go to files there
     threads_per_worker: int = 0
 
@@ -124,7 +125,8 @@ class Stack:
         common += ["--metrics-port", "0"]
         workers = [self._spawn(f"prefill-{i}", "prefill_worker", [
             "--address", f"{host}:0", "--kvstore", f"{host}:{kv.info['grpc_port']}", "--lease-ttl", str(c.lease_ttl),
-            "--worker-id", f"prefill-{i}", *common]) for i in range(c.num_prefill)]
+            "--worker-id", f"prefill-{i}", *common, *(c.prefill_args[i] if i < len(c.prefill_args) else ())])
+            for i in range(c.num_prefill)]
         workers += [self._spawn(f"decode-{i}", "decode_worker", [
             "--address", f"{host}:0", "--worker-id", f"decode-{i}", *common, *c.extra_decode_args])
             for i in range(c.num_decode)]

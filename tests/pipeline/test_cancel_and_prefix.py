@@ -127,6 +127,29 @@ def test_a_cache_salt_keeps_a_prefix_apart_in_every_cache(stack: Stack) -> None:
             assert (reply.usage.cached_tokens, list(reply.token_ids)) == (want, text)
 
 
+def test_a_decode_worker_refuses_kv_whose_lease_ended(stack: Stack) -> None:
+    """A NIXL read is one-sided: it would read a released lease's blocks (perhaps another request's
+    KV by then) without a word. The decode worker asks the holder to confirm the lease after the
+    read, and answers FAILED_PRECONDITION (the KV is lost; the gateway prefills again), freeing
+    what it took."""
+    rng = random.Random(15)
+    prompt = [rng.randrange(1000, 30000) for _ in range(100)]
+    work = WorkRequest(f"lost-{rng.random()}", tuple(prompt), SamplingParams(temperature=0.0, max_tokens=8), seed=1)
+    with grpc.insecure_channel(stack.address("prefill-0")) as ch:
+        stub = wpb_grpc.PrefillWorkerStub(ch)
+        pre = stub.Prefill(wpb.PrefillRequest(request=work_to_pb(work)), timeout=120)
+        assert pre.kv.lease_id and pre.kv.nixl_agent  # the stack hands KV over by NIXL
+        assert stub.ReleaseKV(wpb.ReleaseKVRequest(lease_id=pre.kv.lease_id), timeout=10).released
+    with grpc.insecure_channel(stack.address("decode-0")) as ch:
+        call = wpb_grpc.DecodeWorkerStub(ch).Decode(wpb.DecodeRequest(
+            request=work_to_pb(work), first_token=pre.first_token, kv=pre.kv, first_text=pre.text), timeout=60)
+        with pytest.raises(grpc.RpcError) as e:
+            list(call)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION, e.value.details()
+    assert "KV handoff failed" in e.value.details() and "lease" in e.value.details()
+    assert wait_idle(stack)["decode-0"] == (0, 0, 0)
+
+
 def test_decode_worker_pulls_only_the_blocks_it_lacks(stack: Stack) -> None:
     """The same 200-token prompt three times: two land on one of the two decode workers, whose
     prefix cache still holds the prompt's 12 full blocks, so it pulls only the partial last one."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import random
 import signal
 import time
@@ -96,3 +97,39 @@ def test_killing_decode_mid_stream_errors_within_5s_then_prefill_failover(fragil
     r = httpx.post(s.http_url + "/v1/completions", json={"prompt": "hi", "max_tokens": 4}, timeout=30)
     assert r.status_code == 503 and "decode" in r.json()["error"]["message"]
     assert time.monotonic() - t0 < 5.0
+
+
+def test_kv_a_decode_worker_cannot_get_is_prefilled_again_elsewhere(model_dir: Path, tmp_path: Path) -> None:
+    """prefill-0 hands out KV no decode worker can reach (it advertises an address nothing listens
+    on, as behind a network partition): the decode worker reports the KV lost, not itself broken;
+    the gateway prefills the prompt again on prefill-1 and the client gets the whole answer, the
+    same as from a sound stack."""
+    config = StackConfig(model=str(model_dir), num_prefill=2, num_decode=1, worker_kv_gb=0.25, log_dir=str(tmp_path),
+                         threads_per_worker=1, prefill_args=(("--advertise", "127.0.0.1:9"),))
+    body = {"prompt": "The three primary colours are", "max_tokens": 8, "temperature": 0, "return_token_ids": True}
+    with Stack(config) as s:
+        for stream in (False, True):
+            r = httpx.post(s.http_url + "/v1/completions", json={**body, "stream": stream}, timeout=120)
+            assert r.status_code == 200, r.text
+            if stream:
+                chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+                assert not any("error" in c for c in chunks), chunks
+                ids = [t for c in chunks for t in c["choices"][0].get("token_ids") or []]
+            else:
+                ids = r.json()["choices"][0]["token_ids"]
+            assert ids == want_ids(model_dir, body)
+        m = httpx.get(s.http_url + "/metrics", timeout=10).text
+        assert re.search(r'grove:router_retries_total\{[^}]*code="FAILED_PRECONDITION"[^}]*\} 2\.0', m), m
+        health = httpx.get(s.http_url + "/health", timeout=10)
+        assert health.status_code == 200  # the decode worker was not blamed
+
+
+def want_ids(model_dir: Path, body: dict) -> list[int]:
+    from engine.engine_config import EngineConfig
+    from engine.llm_engine import LLMEngine
+    from engine.sampling_params import SamplingParams
+    from engine.tokenizer import load_tokenizer
+
+    ids = load_tokenizer(model_dir)(body["prompt"])["input_ids"]
+    eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=32, num_threads=1))
+    return eng.generate([ids], SamplingParams(temperature=0.0, max_tokens=body["max_tokens"]))[0].output_ids
