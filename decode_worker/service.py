@@ -96,4 +96,5 @@ class DecodeService:
             "num_running": len(eng.scheduler.running), "num_waiting": len(eng.scheduler.waiting),
             "free_blocks": eng.allocator.num_free, "total_blocks": eng.allocator.num_blocks, "held_leases": 0,
             "local_prefix_blocks": self.local_prefix_blocks, "fetched_blocks": self.fetched_blocks,
+            "max_model_len": eng.max_model_len,
         }

@@ -87,6 +87,13 @@ class LLMEngine:
         num_blocks = config.num_kv_blocks or KVPool.blocks_for_bytes(self.layout, int(config.kv_cache_gb * 2**30))
         self.kv = KVPool(self.layout, num_blocks, config.device)
         self.allocator = BlockAllocator(num_blocks)
+        if num_blocks * config.block_size < self.max_model_len:
+            # a sequence the whole pool cannot hold would wait for blocks forever: contexts are
+            # capped so that any one sequence fits alone (preemption makes room for it)
+            logger.warning("the KV pool holds %d tokens, fewer than the context length %d: contexts are capped at "
+                           "%d tokens (a larger --kv-cache-gb serves longer ones)", num_blocks * config.block_size,
+                           self.max_model_len, num_blocks * config.block_size)
+            self.max_model_len = num_blocks * config.block_size
         self.prefix_cache = PrefixCache(self.allocator, config.block_size) if config.prefix_caching else None
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, config.block_size), self.allocator,

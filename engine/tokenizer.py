@@ -74,7 +74,7 @@ def validate_prompt(prompt_ids: Sequence[int], vocab_size: int, max_model_len: i
         raise InvalidRequestError("prompt", "must not be empty")
     if len(prompt_ids) >= max_model_len:
         raise InvalidRequestError(
-            "prompt", f"has {len(prompt_ids)} tokens; the model's context length is {max_model_len}"
+            "prompt", f"has {len(prompt_ids)} tokens; the context length is {max_model_len}"
         )
     bad = [t for t in prompt_ids if not 0 <= t < vocab_size]
     if bad:

@@ -62,18 +62,25 @@ class GatewayCore:
             return list(prompt)
         raise InvalidRequestError("prompt", "is required")
 
+    @property
+    def max_model_len(self) -> int:
+        """The context this deployment serves: the gateway's limit, or less where a worker's KV
+        pool holds less (each worker reports its own in its stats)."""
+        served = [w.stats.max_model_len for w in self.router.workers() if w.healthy and w.stats.max_model_len]
+        return min([self.config.max_model_len, *served])
+
     def tokenize(self, prompt: str | Sequence[int] | None = None, messages: list[dict[str, Any]] | None = None,
                  template: dict[str, Any] | None = None, truncate: int | None = None) -> list[int]:
         """The prompt's checked token ids; ``truncate``: keep only its last so many (vLLM's
         ``truncate_prompt_tokens``; -1: as many as the context takes beside one output token)."""
         ids = self.token_ids(prompt, messages, template)
         if truncate is not None:
-            limit = self.config.max_model_len - 1
+            limit = self.max_model_len - 1
             if not (truncate == -1 or 1 <= truncate <= limit):
                 raise InvalidRequestError("truncate_prompt_tokens",
                                           f"must be -1 or in [1, {limit}] (the context length less one), got {truncate}")
             ids = ids[-(limit if truncate == -1 else truncate):]
-        validate_prompt(ids, self.model_config.vocab_size, self.config.max_model_len)
+        validate_prompt(ids, self.model_config.vocab_size, self.max_model_len)
         return ids
 
     def detokenize(self, ids: Sequence[int]) -> str:

@@ -72,9 +72,9 @@ class GroveServicer(pb_grpc.GroveServicer):
                 ids = self.core.tokenize(prompt=request.prompt)
         except InvalidRequestError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        return pb.TokenizeResponse(token_ids=ids, max_model_len=self.core.config.max_model_len)
+        return pb.TokenizeResponse(token_ids=ids, max_model_len=self.core.max_model_len)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[pb.Model(id=self.core.config.served_model_name,
-                                                      max_model_len=self.core.config.max_model_len,
+                                                      max_model_len=self.core.max_model_len,
                                                       dtype=self.core.model_config.torch_dtype)])

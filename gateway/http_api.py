@@ -74,7 +74,7 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": core.config.served_model_name, "object": "model", "owned_by": "grove",
-                                           "max_model_len": core.config.max_model_len}]}
+                                           "max_model_len": core.max_model_len}]}
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> Response:
@@ -91,7 +91,7 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
                 raise InvalidRequestError("prompt", "must be a string (or give messages)")
         except InvalidRequestError as e:
             return _error(e)
-        return JSONResponse({"count": len(ids), "max_model_len": core.config.max_model_len, "tokens": ids})
+        return JSONResponse({"count": len(ids), "max_model_len": core.max_model_len, "tokens": ids})
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> Response:

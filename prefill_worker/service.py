@@ -232,6 +232,7 @@ class PrefillService:
             "free_blocks": eng.allocator.num_free, "total_blocks": eng.allocator.num_blocks,
             "held_leases": len(self.leases),
             "local_prefix_blocks": self.local_prefix_blocks, "fetched_blocks": self.fetched_blocks,
+            "max_model_len": eng.max_model_len,
             "kvstore_failures": self.kvstore.failures if self.kvstore is not None else 0,
         }
 

@@ -413,3 +413,20 @@ def test_32_concurrent_requests_on_two_prefill_two_decode(stack: Stack, tokenize
                                                                    "return_token_ids": True}, timeout=120).json()
         assert r["choices"][0]["token_ids"] == alone["choices"][0]["token_ids"]
     assert all(len(r["choices"][0]["token_ids"]) > 0 for r in together)
+
+
+def test_a_prompt_longer_than_a_workers_kv_pool_gets_400_at_once(stack: Stack) -> None:
+    """The workers' KV pools hold fewer tokens than the model's context: a prompt that fits the
+    model's context but not a pool is refused naming the prompt, not left waiting for blocks."""
+    from tests.pipeline.stack_probe import worker_stats
+
+    stats = worker_stats(stack)
+    pool_tokens = min(s.total_blocks for s in stats.values()) * 16
+    assert {s.max_model_len for s in stats.values()} == {pool_tokens}
+    models = httpx.get(stack.http_url + "/v1/models", timeout=10).json()["data"]
+    assert models[0]["max_model_len"] == pool_tokens  # what the deployment serves, learnt from its workers
+    r = httpx.post(stack.http_url + "/v1/completions",
+                   json={"prompt": [1000 + i % 5000 for i in range(pool_tokens + 16)], "max_tokens": 2}, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "prompt" and "context length" in err["message"]
