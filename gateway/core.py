@@ -24,6 +24,7 @@ from protocol import pipeline as convert
 
 logger = logging.getLogger(__name__)
 PREFILL_TIMEOUT_S = 120.0
+MAX_REQUEST_ID = 256  # characters of a client's own request id
 KV_LOSS_RETRIES = 1  # prefills again when a decode worker could not get the KV, before giving up
 T = TypeVar("T")
 
@@ -93,6 +94,17 @@ class GatewayCore:
     @staticmethod
     def new_request_id() -> str:
         return f"req-{uuid.uuid4().hex}"
+
+    def request_ids(self, given: str, field: str = "request_id") -> tuple[str, str]:
+        """(the id the client sees, the pipeline's id). A client's own id (``given``; "" for none)
+        is the one it sees, on the response; the pipeline's begins with it (the workers' logs name
+        it) and ends with a random suffix, so two requests sent with one id never clash in a worker."""
+        if not given:
+            request_id = self.new_request_id()
+            return request_id, request_id
+        if len(given) > MAX_REQUEST_ID or not given.isprintable():
+            raise InvalidRequestError(field, f"must be at most {MAX_REQUEST_ID} printable characters")
+        return given, f"{given}-{secrets.token_hex(4)}"
 
     def work(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "", priority: int = 0,
              cache_salt: str = "") -> WorkRequest:

@@ -7,7 +7,7 @@ from typing import AsyncIterator
 import grpc
 
 from engine.errors import InvalidRequestError
-from engine.request import GenerationChunk
+from engine.request import GenerationChunk, WorkRequest
 from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, grpc_status
 from grove.v1 import api_pb2 as pb
@@ -19,7 +19,8 @@ class GroveServicer(pb_grpc.GroveServicer):
     def __init__(self, core: GatewayCore) -> None:
         self.core = core
 
-    def _work(self, request: pb.GenerateRequest):  # noqa: ANN202
+    def _work(self, request: pb.GenerateRequest) -> tuple[str, WorkRequest]:
+        """(the request id the client sees, the pipeline's request)."""
         self.core.check_model(request.model)
         kind, value = convert.prompt_from_api_pb(request)
         params = convert.sampling_from_pb(request.sampling)
@@ -30,21 +31,22 @@ class GroveServicer(pb_grpc.GroveServicer):
             ids = self.core.tokenize(prompt=value, truncate=truncate)  # type: ignore[arg-type]
         else:
             raise InvalidRequestError("input", "one of prompt, prompt_token_ids or chat is required")
-        return self.core.work(ids, params, request.request_id, request.priority, request.cache_salt)
+        shown, work_id = self.core.request_ids(request.request_id)
+        return shown, self.core.work(ids, params, work_id, request.priority, request.cache_salt)
 
     async def GenerateStream(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateStreamResponse]:
         arrived = time.perf_counter()
         try:
-            work = self._work(request)
+            shown, work = self._work(request)
             async for chunk in self.core.generate(work, arrived):
-                yield convert.stream_response_to_pb(work.request_id, chunk, work.params.logprobs is not None)
+                yield convert.stream_response_to_pb(shown, chunk, work.params.logprobs is not None)
         except (InvalidRequestError, OverloadedError, UnavailableError) as e:
             await context.abort(grpc_status(e), str(e))
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
         arrived = time.perf_counter()
         try:
-            work = self._work(request)
+            shown, work = self._work(request)
             text, tokens, last, prompt_lps = "", [], GenerationChunk(), None
             async for chunk in self.core.generate(work, arrived):
                 text += chunk.text
@@ -53,7 +55,7 @@ class GroveServicer(pb_grpc.GroveServicer):
                 prompt_lps = chunk.prompt_logprobs if chunk.prompt_logprobs is not None else prompt_lps
         except (InvalidRequestError, OverloadedError, UnavailableError) as e:
             await context.abort(grpc_status(e), str(e))
-        resp = pb.GenerateResponse(request_id=work.request_id, text=text, token_ids=[t.token_id for t in tokens],
+        resp = pb.GenerateResponse(request_id=shown, text=text, token_ids=[t.token_id for t in tokens],
                                    finish_reason=last.finish_reason or "")
         if last.usage is not None:
             resp.usage.CopyFrom(convert.usage_to_pb(last.usage))

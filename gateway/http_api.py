@@ -22,7 +22,7 @@ from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
     Echo, ResponseShaper, StreamUsage, chat_messages, chat_template_options, choices_per_prompt, completion_prompts,
-    cache_salt_from_body, error_json, priority_from_body, prompt_logprobs_from_body, reject_unsupported, sampling_from_body,
+    cache_salt_from_body, client_request_id, error_json, priority_from_body, prompt_logprobs_from_body, reject_unsupported, sampling_from_body,
     stream_usage_from_body, truncation_from_body, wants_echo,
 )
 from gateway.responses_api import ResponseObject, as_chat_body, name_responses_error
@@ -55,6 +55,19 @@ class ApiKeyMiddleware:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _request_ids(core: GatewayCore, body: dict[str, Any], request: Request) -> tuple[str, str]:
+    """(the id the client sees, the pipeline's id): vLLM's ``request_id`` or the ``X-Request-Id``
+    header, else one the gateway makes (GatewayCore.request_ids)."""
+    given = client_request_id(body, request.headers.get("x-request-id"))
+    return core.request_ids(*given) if given is not None else core.request_ids("")
+
+
+def _tagged(response: Response, request_id: str) -> Response:
+    """The response with its request's id in ``X-Request-Id`` (as vLLM's request-id headers)."""
+    response.headers["X-Request-Id"] = request_id
+    return response
 
 
 def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
@@ -139,8 +152,8 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
                 params = dataclasses.replace(params, prompt_logprobs=max(asked, params.prompt_logprobs or 0))
             # every choice is a request in flight: no more than the gateway takes at once
             n = choices_per_prompt(body, core.config.max_concurrent // len(prompts))
-            request_id = core.new_request_id()
-            choices = plan_choices(core, prompts, params, n, request_id, priority_from_body(body),
+            request_id, work_id = _request_ids(core, body, request)
+            choices = plan_choices(core, prompts, params, n, work_id, priority_from_body(body),
                                    cache_salt_from_body(body))
         except InvalidRequestError as e:
             return _error(name_structured_error(e, body))
@@ -150,10 +163,11 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
         gen = merged(core, choices, arrived)
         first = await _first(gen, lambda e: name_structured_error(e, body))
         if isinstance(first, Response):
-            return first
+            return _tagged(first, request_id)
         if body.get("stream"):
-            return StreamingResponse(_sse(shaper, choices, first, gen, stream_usage), media_type="text/event-stream")
-        return await _unless_gone(request, _whole(shaper, choices, first, gen))
+            return _tagged(StreamingResponse(_sse(shaper, choices, first, gen, stream_usage),
+                                             media_type="text/event-stream"), request_id)
+        return _tagged(await _unless_gone(request, _whole(shaper, choices, first, gen)), request_id)
 
     @app.post("/v1/responses")
     async def responses(request: Request) -> Response:
@@ -167,19 +181,20 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             params = sampling_from_body(chat, chat=True)
             prompt = core.tokenize(messages=chat_messages(chat), template=chat_template_options(chat),
                                    truncate=truncation_from_body(chat))
-            request_id = core.new_request_id()
-            choices = plan_choices(core, [prompt], params, 1, request_id, priority_from_body(chat),
+            request_id, work_id = _request_ids(core, chat, request)
+            choices = plan_choices(core, [prompt], params, 1, work_id, priority_from_body(chat),
                                    cache_salt_from_body(chat))
         except InvalidRequestError as e:
             return _error(name_responses_error(name_structured_error(e, chat)))
         gen = merged(core, choices, arrived)
         first = await _first(gen, lambda e: name_responses_error(name_structured_error(e, chat)))
         if isinstance(first, Response):
-            return first
+            return _tagged(first, request_id)
         obj = ResponseObject(request_id, core.config.served_model_name, body)
         if body.get("stream"):
-            return StreamingResponse(_response_events(obj, first, gen), media_type="text/event-stream")
-        return await _unless_gone(request, _whole_response(obj, first, gen))
+            return _tagged(StreamingResponse(_response_events(obj, first, gen), media_type="text/event-stream"),
+                           request_id)
+        return _tagged(await _unless_gone(request, _whole_response(obj, first, gen)), request_id)
 
     @app.api_route("/v1/responses/{response_id}", methods=["GET", "DELETE"])
     async def stored_response(response_id: str) -> Response:

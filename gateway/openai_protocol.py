@@ -130,6 +130,17 @@ def cache_salt_from_body(body: dict[str, Any]) -> str:
     return salt
 
 
+def client_request_id(body: dict[str, Any], header: str | None) -> tuple[str, str] | None:
+    """vLLM's ``request_id`` (the body's), else the ``X-Request-Id`` header's, with the field it
+    came from (checked by GatewayCore.request_ids); None when neither."""
+    if body.get("request_id") is not None:
+        given = _typed(body, "request_id", str)
+        if not given:
+            raise InvalidRequestError("request_id", "must not be empty")
+        return given, "request_id"
+    return (header, "X-Request-Id") if header is not None else None
+
+
 def truncation_from_body(body: dict[str, Any]) -> int | None:
     """vLLM's ``truncate_prompt_tokens``: the prompt's last k tokens only (checked by the core)."""
     return None if body.get("truncate_prompt_tokens") is None else _typed(body, "truncate_prompt_tokens", int)

@@ -27,7 +27,7 @@ _UNSUPPORTED = {
 _PASSED = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
            "repetition_penalty", "stop", "stop_token_ids", "ignore_eos", "min_tokens", "logit_bias", "lookahead",
            "bad_words", "allowed_token_ids", "skip_special_tokens", "truncate_prompt_tokens",
-           "chat_template_kwargs", "model", "priority", "cache_salt")
+           "chat_template_kwargs", "model", "priority", "cache_salt", "request_id")
 
 
 def as_chat_body(body: dict[str, Any]) -> dict[str, Any]:

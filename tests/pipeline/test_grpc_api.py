@@ -48,6 +48,9 @@ def test_python_stubs_unary_and_stream(stack: Stack) -> None:
             max_tokens=5, temperature=0.0)), timeout=60)
         assert urgent.text == stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(
             max_tokens=5, temperature=0.0)), timeout=60).text
+        named = [stub.Generate.future(pb.GenerateRequest(prompt=PROMPT, request_id="mine", sampling=pb.SamplingParams(
+            max_tokens=8, temperature=0.0)), timeout=60) for _ in range(2)]  # one id twice at once: no clash
+        assert [f.result().request_id for f in named] == ["mine", "mine"]
         cut = stub.Generate(pb.GenerateRequest(prompt=PROMPT, truncate_prompt_tokens=2, sampling=pb.SamplingParams(
             max_tokens=1, temperature=0.0)), timeout=60)
         assert cut.usage.prompt_tokens == 2 < scored.usage.prompt_tokens

@@ -430,3 +430,32 @@ def test_a_prompt_longer_than_a_workers_kv_pool_gets_400_at_once(stack: Stack) -
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == "prompt" and "context length" in err["message"]
+
+
+def test_a_clients_request_id_names_the_response(stack: Stack) -> None:
+    """vLLM's ``request_id`` (body) or the ``X-Request-Id`` header names the response (its id and
+    its X-Request-Id header); with neither, the header carries the id the gateway made. Two
+    requests sent at once with one id are both served."""
+    url = stack.http_url + "/v1"
+    base = {"max_tokens": 3, "temperature": 0}
+    r = httpx.post(url + "/completions", json={**base, "prompt": "Hi", "request_id": "trace-1"}, timeout=60)
+    assert r.status_code == 200 and r.json()["id"] == "cmpl-trace-1" and r.headers["x-request-id"] == "trace-1"
+    r = httpx.post(url + "/chat/completions", headers={"X-Request-Id": "hdr-7"},
+                   json={**base, "messages": [{"role": "user", "content": "Hi"}]}, timeout=60)
+    assert r.status_code == 200 and r.json()["id"] == "chatcmpl-hdr-7" and r.headers["x-request-id"] == "hdr-7"
+    r = httpx.post(url + "/completions", json={**base, "prompt": "Hi"}, timeout=60)
+    assert r.status_code == 200 and r.json()["id"] == "cmpl-" + r.headers["x-request-id"]
+    with httpx.stream("POST", url + "/completions", json={**base, "prompt": "Hi", "stream": True, "request_id": "s-2"},
+                      timeout=60) as s:
+        assert s.headers["x-request-id"] == "s-2"
+        assert all(json.loads(line[6:])["id"] == "cmpl-s-2" for line in s.iter_lines() if line.startswith("data: {"))
+
+    async def twice() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as c:
+            return await asyncio.gather(*(c.post(url + "/completions", json={**base, "prompt": "Hi", "max_tokens": 16,
+                                                                              "request_id": "same"}) for _ in range(2)))
+    assert [r.status_code for r in asyncio.run(twice())] == [200, 200]
+    for body, headers, field in (({"request_id": ""}, {}, "request_id"), ({"request_id": 5}, {}, "request_id"),
+                                 ({}, {"X-Request-Id": "x" * 300}, "X-Request-Id")):
+        r = httpx.post(url + "/completions", headers=headers, json={**base, "prompt": "Hi", **body}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
