@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.errors import InvalidRequestError
+from engine.kv_layout import GROVE_VERSION
 from engine.request import GenerationChunk, TokenOut, Usage
 from gateway.choices import Choice, merged, plan_choices, total_usage
 from gateway.core import GatewayCore
@@ -76,9 +77,14 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
 
     @app.get("/health")
+    @app.api_route("/ping", methods=["GET", "POST"])  # vLLM's (SageMaker's) name for the same check
     async def health() -> Response:
         ok = any(w.healthy for w in core.router.prefill) and any(w.healthy for w in core.router.decode)
         return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": GROVE_VERSION}
 
     @app.get("/metrics")
     async def metrics() -> Response:

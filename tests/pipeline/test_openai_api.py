@@ -24,6 +24,9 @@ def client(stack: Stack) -> openai.OpenAI:
 def test_models_and_health(stack: Stack, client: openai.OpenAI) -> None:
     assert [m.id for m in client.models.list().data] == ["SmolLM2-135M-Instruct"]
     assert httpx.get(stack.http_url + "/health").status_code == 200
+    assert httpx.get(stack.http_url + "/ping").status_code == httpx.post(stack.http_url + "/ping").status_code == 200
+    from engine.kv_layout import GROVE_VERSION
+    assert httpx.get(stack.http_url + "/version").json() == {"version": GROVE_VERSION}
 
 
 def test_greedy_through_pipeline_equals_transformers_on_10_prompts(client: openai.OpenAI, tokenizer: Any,
