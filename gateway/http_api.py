@@ -22,9 +22,9 @@ from gateway.choices import Choice, merged, plan_choices, total_usage
 from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
-    Echo, ResponseShaper, StreamUsage, chat_messages, chat_template_options, choices_per_prompt, completion_prompts,
-    cache_salt_from_body, client_request_id, error_json, priority_from_body, prompt_logprobs_from_body, reject_unsupported, sampling_from_body,
-    stream_usage_from_body, truncation_from_body, wants_echo,
+    Echo, ResponseShaper, StreamUsage, cache_salt_from_body, chat_messages, chat_template_options, choices_per_prompt,
+    client_request_id, completion_prompts, error_json, flag, priority_from_body, prompt_logprobs_from_body,
+    reject_unsupported, sampling_from_body, stream_usage_from_body, truncation_from_body, wants_echo,
 )
 from gateway.responses_api import ResponseObject, as_chat_body, name_responses_error
 from gateway.structured_request import name_structured_error
@@ -133,6 +133,7 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             core.check_model(body.get("model"))
             reject_unsupported(body, chat)
             stream_usage = stream_usage_from_body(body)
+            return_ids, tokens_as_ids = flag(body, "return_token_ids"), flag(body, "return_tokens_as_token_ids")
             truncate = truncation_from_body(body)
             params = sampling_from_body(body, chat)
             tools = tool_plan(body) if chat else None
@@ -164,8 +165,8 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
         except InvalidRequestError as e:
             return _error(name_structured_error(e, body))
         shaper = ResponseShaper(request_id, core.config.served_model_name, chat, core.tokenizer,
-                                params.logprobs, bool(body.get("return_token_ids")),
-                                {c.index: echo[c.prompt] for c in choices} if echo else None, tools, asked)
+                                params.logprobs, return_ids,
+                                {c.index: echo[c.prompt] for c in choices} if echo else None, tools, asked, tokens_as_ids)
         gen = merged(core, choices, arrived)
         first = await _first(gen, lambda e: name_structured_error(e, body))
         if isinstance(first, Response):

@@ -172,10 +172,15 @@ def stream_usage_from_body(body: dict[str, Any]) -> StreamUsage:
     return StreamUsage(flags["include_usage"], flags["include_usage"] and flags["continuous_usage_stats"])
 
 
+def flag(body: dict[str, Any], key: str) -> bool:
+    """A boolean field (absent or null: false)."""
+    return body.get(key) is not None and _typed(body, key, bool)
+
+
 def wants_echo(body: dict[str, Any]) -> bool:
     """Completions' ``echo``: the prompt's text goes before each of its choices' text (and with
     ``logprobs``, the prompt tokens' logprobs before the output's: what evaluation harnesses read)."""
-    return body.get("echo") is not None and _typed(body, "echo", bool)
+    return flag(body, "echo")
 
 
 class Echo(NamedTuple):
@@ -296,10 +301,12 @@ class ResponseShaper:
 
     def __init__(self, request_id: str, model: str, chat: bool, tokenizer: Any, logprobs: int | None,
                  return_token_ids: bool, echo: dict[int, Echo] | None = None, tools: ToolPlan | None = None,
-                 prompt_logprobs: int | None = None) -> None:
+                 prompt_logprobs: int | None = None, tokens_as_ids: bool = False) -> None:
         """``echo``: the prompt that goes before a choice's own text (completions' ``echo``).
         ``tools``: the answer is a tool call (gateway.tools). ``prompt_logprobs``: vLLM's field, its
-        top-k (a whole response's only: vLLM does not stream them)."""
+        top-k (a whole response's only: vLLM does not stream them). ``tokens_as_ids``: vLLM's
+        ``return_tokens_as_token_ids``, logprobs name tokens "token_id:<id>" (a token that is part
+        of a character has no text of its own)."""
         self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
         self.model = model
         self.chat = chat
@@ -309,6 +316,7 @@ class ResponseShaper:
         self.echo = echo or {}
         self.tools = tools
         self.prompt_logprobs = prompt_logprobs
+        self.tokens_as_ids = tokens_as_ids
         self._decoded: dict[int, str] = {}  # token id -> its text alone (prompt_logprobs' decoded_token)
         self._held: dict[int, str] = {}  # "required" tool-call choices: their text until they finish
         self._calls: dict[int, dict[str, Any]] = {}  # named tool-call choices: their call, once announced
@@ -320,7 +328,7 @@ class ResponseShaper:
         first has none: null, as OpenAI gives it)."""
         if self.logprobs is None:
             return None
-        tok = self.tokenizer.convert_ids_to_tokens
+        tok = self.tokenizer.convert_ids_to_tokens if not self.tokens_as_ids else "token_id:{}".format
         if self.chat:
             return {"content": [
                 {"token": tok(t.token_id), "logprob": t.logprob,

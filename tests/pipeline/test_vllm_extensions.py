@@ -126,3 +126,23 @@ def test_truncate_prompt_tokens_keeps_the_prompts_end(stack: Stack, client: open
     long = [ids[i % len(ids)] for i in range(context + 50)]
     r = client.completions.create(prompt=long, extra_body={"truncate_prompt_tokens": 64}, **kw)
     assert r.usage.prompt_tokens == 64 and r.usage.completion_tokens > 0
+
+
+def test_return_tokens_as_token_ids(stack: Stack) -> None:
+    """vLLM's ``return_tokens_as_token_ids``: logprobs name every token "token_id:<id>", the
+    sampled ones the ids the output has; a non-boolean is a 400."""
+    url = stack.http_url + "/v1"
+    kw = {"max_tokens": 5, "temperature": 0, "logprobs": 2, "return_token_ids": True,
+          "return_tokens_as_token_ids": True}
+    r = httpx.post(url + "/completions", json={"prompt": "The capital of France is", **kw}, timeout=60).json()
+    choice = r["choices"][0]
+    assert choice["logprobs"]["tokens"] == [f"token_id:{i}" for i in choice["token_ids"]]
+    assert all(len(top) == 2 and all(re.fullmatch(r"token_id:\d+", k) for k in top)
+               for top in choice["logprobs"]["top_logprobs"])
+    r = httpx.post(url + "/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
+                                                      **kw, "logprobs": True, "top_logprobs": 2}, timeout=60).json()
+    content = r["choices"][0]["logprobs"]["content"]
+    assert [c["token"] for c in content] == [f"token_id:{i}" for i in r["choices"][0]["token_ids"]]
+    assert all(t["token"].startswith("token_id:") for c in content for t in c["top_logprobs"])
+    bad = httpx.post(url + "/completions", json={"prompt": "Hi", "return_tokens_as_token_ids": "yes"}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "return_tokens_as_token_ids"
