@@ -87,6 +87,8 @@ class LLMEngine:
         num_blocks = config.num_kv_blocks or KVPool.blocks_for_bytes(self.layout, int(config.kv_cache_gb * 2**30))
         self.kv = KVPool(self.layout, num_blocks, config.device)
         self.allocator = BlockAllocator(num_blocks)
+        # calibration's long context: the model's (not the pool's; a pool too small for it prices no key reads)
+        self._calibration_context = min(1024, self.max_model_len - 32)
         if num_blocks * config.block_size < self.max_model_len:
             # a sequence the whole pool cannot hold would wait for blocks forever: contexts are
             # capped so that any one sequence fits alone (preemption makes room for it)
@@ -142,7 +144,7 @@ class LLMEngine:
         no key reads (nor context keys: those need CONTEXT_SEQS long contexts). The result is kept
         on disk by setup (engine.step_cost_cache): a later start with the same setup takes it."""
         bs, cost = self.config.block_size, self.speculator.cost  # type: ignore[union-attr]
-        long_ctx = min(1024, self.max_model_len - 32)  # behind it: 32 query tokens
+        long_ctx = self._calibration_context  # behind it: 32 query tokens
         # the per-token curve, to the widest step a plan may take: past its last point the curve is
         # extrapolated in proportion (engine.lookahead.budget), which on an H200 (a step of 1 or 64
         # tokens: 10-13 ms) priced a 256-token step at 53 ms, most likely why 16 requests drafted little
