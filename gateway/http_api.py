@@ -22,7 +22,7 @@ from gateway.choices import Choice, merged, plan_choices, total_usage
 from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
-    Echo, ResponseShaper, StreamUsage, cache_salt_from_body, chat_messages, chat_template_options, choices_per_prompt,
+    Echo, ResponseShaper, StreamUsage, TokenNames, cache_salt_from_body, chat_messages, chat_template_options, choices_per_prompt,
     client_request_id, completion_prompts, error_json, flag, priority_from_body, prompt_logprobs_from_body,
     reject_unsupported, sampling_from_body, stream_usage_from_body, truncation_from_body, wants_echo,
 )
@@ -197,7 +197,8 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
         first = await _first(gen, lambda e: name_responses_error(name_structured_error(e, chat)))
         if isinstance(first, Response):
             return _tagged(first, request_id)
-        obj = ResponseObject(request_id, core.config.served_model_name, body)
+        names = TokenNames(core.tokenizer) if params.logprobs is not None else None
+        obj = ResponseObject(request_id, core.config.served_model_name, body, names)
         if body.get("stream"):
             return _tagged(StreamingResponse(_response_events(obj, first, gen), media_type="text/event-stream"),
                            request_id)
@@ -298,10 +299,10 @@ async def _whole(shaper: ResponseShaper, choices: list[Choice], first: tuple[int
 
 async def _whole_response(obj: ResponseObject, first: tuple[int, GenerationChunk],
                           gen: AsyncIterator[tuple[int, GenerationChunk]]) -> Response:
-    obj.add(first[1].text, first[1].finish_reason, first[1].usage)
+    obj.add(first[1].text, first[1].finish_reason, first[1].usage, first[1].tokens)
     try:
         async for _, c in gen:
-            obj.add(c.text, c.finish_reason, c.usage)
+            obj.add(c.text, c.finish_reason, c.usage, c.tokens)
     except (OverloadedError, UnavailableError, InvalidRequestError) as e:
         return _error(e)
     finally:
@@ -321,9 +322,9 @@ async def _response_events(obj: ResponseObject, first: tuple[int, GenerationChun
             yield event(e)
         c = first[1]
         while True:
+            obj.add(c.text, c.finish_reason, c.usage, c.tokens)
             if c.text:
                 yield event(obj.delta(c.text))
-            obj.add(c.text, c.finish_reason, c.usage)
             try:
                 _, c = await gen.__anext__()
             except StopAsyncIteration:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from engine.errors import InvalidRequestError
 from engine.request import GenerationChunk, TokenOut, Usage
 from engine.sampling_params import INT32, MAX_LOGPROBS, SamplingParams
 from gateway.structured_request import structured_from_body
+from gateway.token_bytes import TokenBytes
 from gateway.tools import ToolPlan, template_tools, tool_call
 
 _SAMPLING_KEYS = {
@@ -69,7 +70,12 @@ def sampling_from_body(body: dict[str, Any], chat: bool) -> SamplingParams:
             kwargs["logprobs"] = _typed(body, "top_logprobs", int) if body.get("top_logprobs") is not None else 0
     elif body.get("logprobs") is not None:
         kwargs["logprobs"] = _typed(body, "logprobs", int)
-    return SamplingParams(**kwargs)
+    try:
+        return SamplingParams(**kwargs)
+    except InvalidRequestError as e:
+        if chat and e.field == "logprobs":  # chat's count of alternatives is top_logprobs
+            raise InvalidRequestError("top_logprobs", e.message) from None
+        raise
 
 
 # fields of OpenAI's or vLLM's API that Grove does not implement: a request that sets one gets a
@@ -295,6 +301,25 @@ def usage_json(u: Usage) -> dict[str, Any]:
     }
 
 
+class TokenNames:
+    """How logprobs name tokens: the tokenizer's pieces (as vLLM names them), or with vLLM's
+    ``return_tokens_as_token_ids`` "token_id:<id>" (a token that is part of a character has no
+    text of its own); each entry also has the token's bytes, as OpenAI's do."""
+
+    def __init__(self, tokenizer: Any, as_ids: bool = False) -> None:
+        self.name: Callable[[int], str] = tokenizer.convert_ids_to_tokens if not as_ids else "token_id:{}".format
+        self.bytes = TokenBytes(tokenizer)
+
+    def entry(self, token_id: int, logprob: float) -> dict[str, Any]:
+        return {"token": self.name(token_id), "logprob": logprob, "bytes": self.bytes(token_id)}
+
+    def content(self, tokens: Sequence[TokenOut]) -> list[dict[str, Any]]:
+        """Chat's ``logprobs.content`` (and the Responses API's ``logprobs``): per token, itself
+        and its top alternatives."""
+        return [{**self.entry(t.token_id, t.logprob),
+                 "top_logprobs": [self.entry(i, lp) for i, lp in zip(t.top_ids, t.top_logprobs)]} for t in tokens]
+
+
 class ResponseShaper:
     """Builds the JSON objects of one request's response, streamed or whole; its choices are
     numbered from 0 (prompt i's sample j of n: i * n + j)."""
@@ -316,7 +341,7 @@ class ResponseShaper:
         self.echo = echo or {}
         self.tools = tools
         self.prompt_logprobs = prompt_logprobs
-        self.tokens_as_ids = tokens_as_ids
+        self.names = TokenNames(tokenizer, tokens_as_ids)
         self._decoded: dict[int, str] = {}  # token id -> its text alone (prompt_logprobs' decoded_token)
         self._held: dict[int, str] = {}  # "required" tool-call choices: their text until they finish
         self._calls: dict[int, dict[str, Any]] = {}  # named tool-call choices: their call, once announced
@@ -328,12 +353,9 @@ class ResponseShaper:
         first has none: null, as OpenAI gives it)."""
         if self.logprobs is None:
             return None
-        tok = self.tokenizer.convert_ids_to_tokens if not self.tokens_as_ids else "token_id:{}".format
         if self.chat:
-            return {"content": [
-                {"token": tok(t.token_id), "logprob": t.logprob,
-                 "top_logprobs": [{"token": tok(i), "logprob": lp} for i, lp in zip(t.top_ids, t.top_logprobs)]}
-                for t in tokens]}
+            return {"content": self.names.content(tokens)}
+        tok = self.names.name
         names: list[str] = []
         lps: list[float | None] = []
         tops: list[dict[str, float] | None] = []

@@ -9,10 +9,11 @@ pipeline. The answer is shaped as a Response object, or streamed as Responses ev
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from engine.errors import InvalidRequestError
-from engine.request import Usage
+from engine.request import TokenOut, Usage
+from gateway.openai_protocol import TokenNames
 
 # fields of the Responses API that a text-only, storeless server cannot honour: a 400 names them
 _UNSUPPORTED = {
@@ -20,14 +21,13 @@ _UNSUPPORTED = {
     "conversation": "conversation (responses are not stored)",
     "prompt": "prompt templates",
     "tools": "tools in the Responses API (use chat completions)",
-    "include": "include",
-    "top_logprobs": "top_logprobs in the Responses API (use chat completions)",
 }
+OUTPUT_LOGPROBS = "message.output_text.logprobs"  # the one ``include`` a text-only server has
 # sampling fields a Responses request shares with chat completions (vLLM's extras included)
 _PASSED = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
            "repetition_penalty", "stop", "stop_token_ids", "ignore_eos", "min_tokens", "logit_bias", "lookahead",
            "bad_words", "allowed_token_ids", "skip_special_tokens", "truncate_prompt_tokens",
-           "chat_template_kwargs", "model", "priority", "cache_salt", "request_id")
+           "chat_template_kwargs", "model", "priority", "cache_salt", "request_id", "top_logprobs")
 
 
 def as_chat_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +60,17 @@ def as_chat_body(body: dict[str, Any]) -> dict[str, Any]:
     fmt = _text_format(body.get("text"))
     if fmt is not None:
         chat["response_format"] = fmt
+    if wants_logprobs(body):
+        chat["logprobs"] = True
     return chat
+
+
+def wants_logprobs(body: dict[str, Any]) -> bool:
+    """The output's logprobs: ``include`` names them (``top_logprobs`` alone asks for them too)."""
+    include = body.get("include")
+    if include is not None and not (isinstance(include, list) and all(i == OUTPUT_LOGPROBS for i in include)):
+        raise InvalidRequestError("include", f"only {OUTPUT_LOGPROBS!r} can be included here")
+    return bool(include) or body.get("top_logprobs") is not None
 
 
 def _input_messages(value: Any) -> list[dict[str, Any]]:
@@ -113,7 +123,8 @@ def _usage(u: Usage) -> dict[str, Any]:
 class ResponseObject:
     """One request's Response object as it goes from in progress to done; ``events`` streams it."""
 
-    def __init__(self, request_id: str, model: str, body: dict[str, Any]) -> None:
+    def __init__(self, request_id: str, model: str, body: dict[str, Any], names: TokenNames | None = None) -> None:
+        """``names``: how the output's logprobs name tokens; None when they were not asked for."""
         self.id = "resp_" + request_id.removeprefix("req-")
         self.item_id = "msg_" + request_id.removeprefix("req-")
         self.model = model
@@ -123,6 +134,9 @@ class ResponseObject:
         self.finish: str | None = None
         self.usage: Usage | None = None
         self.completed: float | None = None  # when the last chunk came
+        self.names = names
+        self.logprobs: list[dict[str, Any]] = []  # per output token (names given)
+        self._unsent = 0  # of those, the first not yet in a streamed delta
         self._seq = 0
 
     @property
@@ -136,7 +150,7 @@ class ResponseObject:
         return {"type": "message", "id": self.item_id, "status": self.status, "role": "assistant", "content": content}
 
     def _part(self) -> dict[str, Any]:
-        return {"type": "output_text", "text": self.text, "annotations": [], "logprobs": []}
+        return {"type": "output_text", "text": self.text, "annotations": [], "logprobs": self.logprobs}
 
     def json(self) -> dict[str, Any]:
         b = self.body
@@ -148,14 +162,17 @@ class ResponseObject:
             "completed_at": int(self.completed) if self.completed is not None else None,
             "instructions": b.get("instructions"), "max_output_tokens": b.get("max_output_tokens"),
             "metadata": b.get("metadata"), "output": [self._message()] if self.finish is not None else [],
+            "top_logprobs": b.get("top_logprobs"),
             "parallel_tool_calls": True, "temperature": b.get("temperature"), "top_p": b.get("top_p"),
             "tool_choice": b.get("tool_choice") or "auto", "tools": [], "store": False,
             "text": {"format": fmt or {"type": "text"}}, "truncation": "disabled",
             "usage": _usage(self.usage) if self.usage is not None else None,
         }
 
-    def add(self, text: str, finish: str | None, usage: Usage | None) -> None:
+    def add(self, text: str, finish: str | None, usage: Usage | None, tokens: Sequence[TokenOut] = ()) -> None:
         self.text += text
+        if self.names is not None:
+            self.logprobs += self.names.content(tokens)
         if finish is not None:
             self.finish, self.usage, self.completed = finish, usage or Usage(), time.time()
 
@@ -175,15 +192,19 @@ class ResponseObject:
                 self._event("response.content_part.added", **where, part=self._part())]
 
     def delta(self, text: str) -> dict[str, Any]:
+        """The text added since the last delta, with the logprobs of the tokens added since (a
+        token's text may come later than the token: held back by a stop string, or part of a
+        character)."""
+        logprobs, self._unsent = self.logprobs[self._unsent:], len(self.logprobs)
         return self._event("response.output_text.delta", item_id=self.item_id, output_index=0, content_index=0,
-                           delta=text, logprobs=[])
+                           delta=text, logprobs=logprobs)
 
     def closing(self) -> list[dict[str, Any]]:
         """After the last delta (``add`` has the finish): the text, part and item done, then the
         response completed (or incomplete: out of max_output_tokens)."""
         where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
         last = "response.incomplete" if self.status == "incomplete" else "response.completed"
-        return [self._event("response.output_text.done", **where, text=self.text, logprobs=[]),
+        return [self._event("response.output_text.done", **where, text=self.text, logprobs=self.logprobs),
                 self._event("response.content_part.done", **where, part=self._part()),
                 self._event("response.output_item.done", output_index=0, item=self._message()),
                 self._event(last, response=self.json())]
@@ -193,7 +214,7 @@ class ResponseObject:
 
 
 # chat's names for what a Responses request calls otherwise
-_FIELDS = {"max_tokens": "max_output_tokens", "response_format": "text", "messages": "input"}
+_FIELDS = {"max_tokens": "max_output_tokens", "response_format": "text", "messages": "input", "logprobs": "include"}
 
 
 def name_responses_error(exc: InvalidRequestError) -> InvalidRequestError:

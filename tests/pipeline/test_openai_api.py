@@ -390,6 +390,9 @@ def test_malformed_json_and_messages(stack: Stack) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].role"
     r = httpx.post(stack.http_url + "/v1/chat/completions", json={"messages": "hello"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = httpx.post(stack.http_url + "/v1/chat/completions", timeout=30,
+                   json={"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs", r.text
     msgs = [{"role": "user", "content": "x"}]
     r = httpx.post(stack.http_url + "/v1/chat/completions", json={"messages": msgs, "functions": [{"name": "f"}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "functions" and "not supported" in r.text

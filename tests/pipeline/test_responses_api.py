@@ -82,6 +82,28 @@ def test_text_format_json_schema(client: openai.OpenAI) -> None:
     assert set(person) == {"name", "age"} and isinstance(person["age"], int)
 
 
+def test_output_logprobs_are_chats(client: openai.OpenAI) -> None:
+    """``include: ["message.output_text.logprobs"]`` with ``top_logprobs``: each output token's
+    logprob and alternatives, as chat gives them for the same request, whole and streamed (the
+    deltas' together are the done event's); each token's bytes, joined, are the output text."""
+    kw: dict[str, Any] = dict(model=MODEL, input="Name a colour.", max_output_tokens=12, temperature=0)
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Name a colour."}],
+                                          max_tokens=12, temperature=0, logprobs=True, top_logprobs=2)
+    want = [(c.token, [t.token for t in c.top_logprobs]) for c in chat.choices[0].logprobs.content]
+    r = client.responses.create(include=["message.output_text.logprobs"], top_logprobs=2, **kw)
+    got = r.output[0].content[0].logprobs
+    assert [(g.token, [t.token for t in g.top_logprobs]) for g in got] == want
+    # (the same up to float noise: a step's batch need not be the same twice)
+    assert all(abs(g.logprob - c.logprob) < 1e-3 for g, c in zip(got, chat.choices[0].logprobs.content))
+    assert len(got) == r.usage.output_tokens
+    assert bytes(b for g in got for b in g.bytes).decode() == r.output_text
+    assert client.responses.create(**kw).output[0].content[0].logprobs == []  # not asked: none
+    events = list(client.responses.create(stream=True, include=["message.output_text.logprobs"], top_logprobs=2, **kw))
+    deltas = [lp for e in events if e.type == "response.output_text.delta" for lp in e.logprobs]
+    (done,) = [e for e in events if e.type == "response.output_text.done"]
+    assert [d.token for d in deltas] == [d.token for d in done.logprobs] == [w[0] for w in want]
+
+
 def test_responses_are_not_stored(client: openai.OpenAI) -> None:
     r = client.responses.create(model=MODEL, input="Hi", max_output_tokens=2)
     with pytest.raises(openai.NotFoundError, match="does not store responses"):
@@ -101,6 +123,9 @@ def test_responses_are_not_stored(client: openai.OpenAI) -> None:
     ({"input": "hi", "text": {"format": {"type": "yaml"}}}, "text"),
     ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "nope"}}}}, "text"),
     ({"input": "hi", "model": "gpt-4"}, "model"),
+    ({"input": "hi", "include": ["reasoning.encrypted_content"]}, "include"),
+    ({"input": "hi", "include": "message.output_text.logprobs"}, "include"),
+    ({"input": "hi", "top_logprobs": 21}, "top_logprobs"),
 ])
 def test_bad_requests_get_400_naming_the_field(stack: Stack, body: dict, field: str) -> None:
     r = httpx.post(stack.http_url + "/v1/responses", json=body, timeout=30)
