@@ -22,9 +22,10 @@ from gateway.choices import Choice, merged, plan_choices, total_usage
 from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
-    Echo, ResponseShaper, StreamUsage, TokenNames, cache_salt_from_body, chat_messages, chat_template_options, choices_per_prompt,
-    client_request_id, completion_prompts, error_json, flag, priority_from_body, prompt_logprobs_from_body,
-    reject_unsupported, sampling_from_body, stream_usage_from_body, truncation_from_body, wants_echo,
+    Echo, ResponseShaper, StreamUsage, TokenNames, cache_salt_from_body, chat_messages, chat_template_options,
+    choices_per_prompt, client_request_id, completion_prompts, error_json, flag, priority_from_body,
+    prompt_logprobs_from_body, reject_unsupported, sampling_from_body, stream_usage_from_body, truncation_from_body,
+    wants_echo,
 )
 from gateway.responses_api import ResponseObject, as_chat_body, name_responses_error
 from gateway.structured_request import name_structured_error
@@ -165,8 +166,8 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
         except InvalidRequestError as e:
             return _error(name_structured_error(e, body))
         shaper = ResponseShaper(request_id, core.config.served_model_name, chat, core.tokenizer,
-                                params.logprobs, return_ids,
-                                {c.index: echo[c.prompt] for c in choices} if echo else None, tools, asked, tokens_as_ids)
+                                params.logprobs, return_ids, {c.index: echo[c.prompt] for c in choices} if echo else None,
+                                tools, asked, tokens_as_ids)
         gen = merged(core, choices, arrived)
         first = await _first(gen, lambda e: name_structured_error(e, body))
         if isinstance(first, Response):
