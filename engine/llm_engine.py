@@ -13,7 +13,6 @@ from typing import Sequence
 
 import torch
 
-from engine import step_cost_cache
 from engine.attention import get_backend
 from engine.batch import SeqInput, plan_batch
 from engine.block_allocator import BlockAllocator
@@ -25,7 +24,6 @@ from engine.invariance import forward_row_invariant
 from engine.kv_layout import KVLayout, dtype_from_name
 from engine.kv_pool import KVPool
 from engine.layers import ROW_INVARIANT_DTYPES, products_row_invariant, step_tile
-from engine.lookahead.budget import key_reads
 from engine.lookahead.numbering import DigitVocab
 from engine.lookahead.speculator import Speculator, compaction_slots, node_positions
 from engine.lookahead.tree import DraftTree
@@ -37,13 +35,12 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from engine.sequence import Sequence as Seq
 from engine.sequence import SeqStatus
+from engine.step_calibration import calibrate
 from engine.structured import Grammars, all_allowed
 from engine.token_rules import TokenRules
 from engine.tokenizer import load_tokenizer, validate_prompt
 
 logger = logging.getLogger(__name__)
-CALIBRATION_ROUNDS = 3  # timings per step-cost point at engine start (the best is kept)
-CONTEXT_SEQS = 8  # sequences behind the long context that price a context key (8 x 1,024 tokens: ~190 MB of bf16 KV for SmolLM2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +85,7 @@ class LLMEngine:
         self.kv = KVPool(self.layout, num_blocks, config.device)
         self.allocator = BlockAllocator(num_blocks)
         # calibration's long context: the model's (not the pool's; a pool too small for it prices no key reads)
-        self._calibration_context = min(1024, self.max_model_len - 32)
+        self.calibration_context = min(1024, self.max_model_len - 32)
         if num_blocks * config.block_size < self.max_model_len:
             # a sequence the whole pool cannot hold would wait for blocks forever: contexts are
             # capped so that any one sequence fits alone (preemption makes room for it)
@@ -115,7 +112,7 @@ class LLMEngine:
                                          config.lookahead_max_step_tokens,
                                          step_align=step_tile(self.model.weights.layers[0].qkv),
                                          digits=DigitVocab.from_tokenizer(self.tokenizer))
-            self._calibrate()
+            calibrate(self)
         logger.info("engine ready: %d KV blocks of %d tokens (%.1f MiB)", num_blocks, config.block_size, self.kv.nbytes / 2**20)
 
     def _steps_exact(self) -> bool:
@@ -130,107 +127,7 @@ class LLMEngine:
         return products_row_invariant([layer.qkv, layer.o, layer.gate_up, layer.down, w.lm_head]) \
             and forward_row_invariant(self.model, self.kv, self.allocator, self.config.block_size, self.config.device)
 
-    def _calibrate(self) -> None:
-        """The step cost model's start: the cost of a key read, then forwards of 1..W query tokens
-        behind 64 (W: the widest step a plan may take, ``lookahead_max_step_tokens``, at least 64).
-        A key read is priced by a double difference (32 vs 1 query tokens, behind a long
-        vs a short context), which leaves out what a longer context costs once per sequence (the
-        stream of its keys and values): that is priced apart, by CONTEXT_SEQS sequences of one
-        token behind the long context against the short one (their KV more than a cache holds,
-        as in decoding), per cached key (``per_context_key``). A drafting step's extra attention group
-        is priced by two sequences of 1 + 8 tokens (a decode beside a chain: two groups where the
-        backend groups) against 4 + 5 (one group), for a backend that pads groups. Only timings: the KV read is whatever the
-        blocks hold. A pool too small for the long context keeps the per-token curve and prices
-        no key reads (nor context keys: those need CONTEXT_SEQS long contexts). The result is kept
-        on disk by setup (engine.step_cost_cache): a later start with the same setup takes it."""
-        bs, cost = self.config.block_size, self.speculator.cost  # type: ignore[union-attr]
-        long_ctx = self._calibration_context  # behind it: 32 query tokens
-        # the per-token curve, to the widest step a plan may take: past its last point the curve is
-        # extrapolated in proportion (engine.lookahead.budget), which on an H200 (a step of 1 or 64
-        # tokens: 10-13 ms) priced a 256-token step at 53 ms, most likely why 16 requests drafted little
-        widest = max(64, min(1 << (self.speculator.max_step_tokens - 1).bit_length(),  # type: ignore[union-attr]
-                             self.max_model_len - 64, self.allocator.num_free * bs - 64))
-        ns = tuple(1 << i for i in range(widest.bit_length()) if 1 << i <= widest)
-        n_short, n_long = -(-(64 + ns[-1]) // bs), -(-(long_ctx + 32) // bs)
-        price_keys = long_ctx > 64 and self.allocator.num_free >= n_long
-        per_pair = -(-(64 + 8) // bs)  # each sequence of the group pair: 64 cached + up to 8 new
-        # the context stream: each sequence its own blocks (shared ones would stay in the cache)
-        price_stream = price_keys and self.allocator.num_free >= CONTEXT_SEQS * n_long
-        n_blocks = max(n_short, n_long if price_keys else 0, 2 * per_pair, CONTEXT_SEQS * n_long if price_stream else 0)
-        if self.allocator.num_free < n_blocks:
-            return
-        setup = {"model": self.layout.model_id, "dtype": self.layout.dtype, "device": step_cost_cache.device_name(
-                 self.config.device), "threads": torch.get_num_threads(), "backend": type(self.model.backend).__name__,
-                 "block_size": bs, "long_context": long_ctx, "price_keys": price_keys, "price_stream": price_stream,
-                 "cpu_linear": type(self.model.weights.layers[0].qkv).__name__, "widths": ns}
-        if self.kv.data.is_cuda:
-            setup["triton"] = step_cost_cache.triton_digest()
-        key = step_cost_cache.cache_key(setup)
-        if self.config.calibration_cache and step_cost_cache.load(key, cost):
-            self._log_step_cost("kept from an earlier start")
-            return
-        blocks = self.allocator.allocate(n_blocks)
-        ids = list(range(100, 100 + ns[-1]))
-
-        def timed(inputs: list[SeqInput]) -> float:
-            t0 = time.perf_counter()
-            self.model.run(plan_batch(inputs, bs, self.config.device), self.kv)
-            self._sync()
-            return time.perf_counter() - t0
-
-        def one(n: int, ctx: int) -> list[SeqInput]:  # one sequence: n query tokens behind ctx
-            return [SeqInput(ids[:n], ctx, blocks, logits="all")]
-
-        def pair(a: int, b: int) -> list[SeqInput]:  # two sequences of a and b tokens behind 64 each
-            return [SeqInput(ids[:n], 64, blocks[i * per_pair:(i + 1) * per_pair], logits="all")
-                    for i, n in enumerate((a, b))]
-
-        def many(ctx: int) -> list[SeqInput]:  # CONTEXT_SEQS sequences of one token behind ctx each
-            return [SeqInput(ids[:1], ctx, blocks[i * n_long:(i + 1) * n_long], logits="all")
-                    for i in range(CONTEXT_SEQS)]
-
-        try:
-            timed(one(64, 0))  # warm-up
-            # each point is the best of CALIBRATION_ROUNDS timings taken in alternating order: a
-            # worker starts beside others that load their models, and one slowed timing (a 2-token
-            # step at 969 ms beside 8 tokens at 51, seen at a stack's start) made wide steps look
-            # cheaper than narrow ones, so every request drafted as wide as it could
-            runs: dict[tuple[int, int], list[float]] = {}
-            points = [(n, 64) for n in ns] + ([(1, long_ctx), (32, long_ctx)] if price_keys else [])
-            pairs = [(1, 8), (4, 5)] if self.model.backend.pads_groups else []
-            streams = [64, long_ctx] if price_stream else []
-            for r in range(CALIBRATION_ROUNDS):
-                for n, ctx in points if r % 2 == 0 else points[::-1]:
-                    runs.setdefault((n, ctx), []).append(timed(one(n, ctx)))
-                for a, b in pairs if r % 2 == 0 else pairs[::-1]:
-                    runs.setdefault((-a, -b), []).append(timed(pair(a, b)))
-                for ctx in streams if r % 2 == 0 else streams[::-1]:
-                    runs.setdefault((0, ctx), []).append(timed(many(ctx)))
-            best = {key: min(times) for key, times in runs.items()}
-            short = {n: best[n, 64] for n in ns}
-            if price_keys:
-                extra = (best[32, long_ctx] - best[1, long_ctx]) - (best[32, 64] - best[1, 64])
-                cost.per_key_read = max(0.0, extra) / (31 * (long_ctx - 64))
-            if price_stream:  # a sequence's first row reads each key: per_key_read of it is priced already
-                stream = (best[0, long_ctx] - best[0, 64]) / (CONTEXT_SEQS * (long_ctx - 64))
-                cost.per_context_key = max(0.0, stream - cost.per_key_read)
-            cost.group_overhead = max(0.0, best[-1, -8] - best[-4, -5]) if pairs else 0.0
-            for n, seconds in short.items():
-                cost.observe(n, seconds, key_reads=key_reads(64, n))
-            self._log_step_cost("measured")
-            if self.config.calibration_cache:
-                step_cost_cache.store(key, cost, setup)
-        finally:
-            self.allocator.free(blocks)
-
-    def _log_step_cost(self, how: str) -> None:
-        cost = self.speculator.cost  # type: ignore[union-attr]
-        logger.info("step cost (%s): %s ms by query tokens, %.3f us per key read, %.3f us per context key, "
-                    "%.2f ms per extra attention group", how,
-                    {round(x): round(t * 1e3, 1) for x, t in sorted(cost.points.values())},
-                    cost.per_key_read * 1e6, cost.per_context_key * 1e6, cost.group_overhead * 1e3)
-
-    def _sync(self) -> None:
+    def sync(self) -> None:
         """Waits for the device's queued work (CUDA runs asynchronously); a no-op on CPU."""
         if self.kv.data.is_cuda:
             torch.cuda.synchronize(self.kv.data.device)
@@ -306,7 +203,7 @@ class LLMEngine:
         logits = self.forward(scheduled, drafts)
         # (a chunk scoring its prompt computes every row's logits: not a step's usual price)
         if self.speculator is not None and not any(_prompt_rows(s) for s in scheduled):
-            self._sync()  # the cost model prices the forward, not its launches
+            self.sync()  # the cost model prices the forward, not its launches
             seconds = time.perf_counter() - t0
             cost = self.speculator.cost
             tokens = sum(s.num_tokens for s in scheduled)

@@ -332,7 +332,7 @@ def test_a_second_start_with_the_same_setup_takes_the_kept_calibration(model_dir
 
     def start(**kw: object) -> tuple[str, dict]:
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="engine.llm_engine"):
+        with caplog.at_level(logging.INFO, logger="engine.step_calibration"):
             # steps timed to 64 tokens (not 128): five starts, and the test is about what is kept
             eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=16, lookahead_max_step_tokens=64, **kw))
         how = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("step cost"))
@@ -381,7 +381,8 @@ def test_calibration_prices_the_context_stream_where_the_pool_holds_it(model_dir
     """With room for CONTEXT_SEQS sequences behind the long context, the engine times them against
     the short one and prices a cached key (8 x 1,024 keys against 8 x 64: tens of ms apart), then
     gives the blocks back."""
-    from engine.llm_engine import CONTEXT_SEQS, LLMEngine
+    from engine.llm_engine import LLMEngine
+    from engine.step_calibration import CONTEXT_SEQS, calibrate
 
     blocks = CONTEXT_SEQS * -(-(1024 + 32) // 16) + 8
     # bf16, the CPU serving dtype, where the stream stands clear of the key reads (2.3 against 0.6
@@ -394,7 +395,7 @@ def test_calibration_prices_the_context_stream_where_the_pool_holds_it(model_dir
     for _ in range(2):
         if eng.speculator.cost.per_context_key > 0.0:
             break
-        eng._calibrate()
+        calibrate(eng)
     assert eng.speculator.cost.per_context_key > 0.0
     assert eng.allocator.num_free == blocks
     # the token curve reaches the widest step a plan may take: past it, steps would be extrapolated
