@@ -24,6 +24,7 @@ from engine.invariance import forward_row_invariant
 from engine.kv_layout import KVLayout, dtype_from_name
 from engine.kv_pool import KVPool
 from engine.layers import ROW_INVARIANT_DTYPES, products_row_invariant, step_tile
+from engine.lookahead.budget import key_reads
 from engine.lookahead.numbering import DigitVocab
 from engine.lookahead.speculator import Speculator, compaction_slots, node_positions
 from engine.lookahead.tree import DraftTree
