@@ -7,12 +7,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Keepalive pings find a peer that stopped answering (SIGSTOP, a dead host) within seconds.
+# Keepalive pings find a peer that stopped answering (SIGSTOP, a dead host) within seconds. A
+# ping's wait for its answer is grpc.http2.ping_timeout_ms in gRPC 1.85 (a minute by default):
+# keepalive_timeout_ms alone left a call to a frozen worker waiting for good.
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 1000),
-    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 3000),
+    ("grpc.http2.ping_timeout_ms", 3000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", 200),

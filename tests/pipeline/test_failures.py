@@ -19,9 +19,10 @@ from tests.pipeline.stack_probe import worker_stats
 
 @pytest.fixture(scope="module")
 def fragile_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack of this module's own: its tests kill its workers, in file order (a stack starts in
-    ~30-50 s on 2 cores, so they share one): prefill-0 first, which leaves prefill-1 serving, then
-    decode-0, the only decode worker. Each test also passes alone on a fresh stack."""
+    """A stack of this module's own: its tests freeze and kill its processes, in file order (a
+    stack starts in ~30-50 s on 2 cores, so they share one): the kvstore, then prefill-0 (frozen,
+    then killed, which leaves prefill-1 serving), then decode-0, the only decode worker (frozen and
+    woken, then killed). Each test also passes alone on a fresh stack."""
     config = StackConfig(model=str(model_dir), num_prefill=2, num_decode=1, worker_kv_gb=0.25,
                          log_dir=str(tmp_path_factory.mktemp("fragile-stack")), threads_per_worker=1)
     with Stack(config) as s:
@@ -60,6 +61,26 @@ def test_a_dead_or_frozen_kvstore_costs_the_cache_not_the_request(fragile_stack:
         assert got == w and took < 10.0, (took, got, w)
 
 
+def test_a_frozen_prefill_worker_costs_seconds_then_the_other_serves(fragile_stack: Stack) -> None:
+    """A prefill worker that stops answering (SIGSTOP: its sockets stay open) is found out by the
+    channel's keepalive within seconds, not by a call's timeout: every request is served."""
+    s = fragile_stack
+    url = s.http_url + "/v1/completions"
+    body = {"prompt": "The capital of Spain is", "max_tokens": 4, "temperature": 0, "return_token_ids": True}
+    before = httpx.post(url, json=body, timeout=60).json()["choices"][0]["token_ids"]
+    pid = s.service("prefill-0").proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(3):
+            t0 = time.monotonic()
+            r = httpx.post(url, json=body, timeout=60)
+            took = time.monotonic() - t0
+            assert r.status_code == 200 and r.json()["choices"][0]["token_ids"] == before, r.text
+            assert took < 10.0, f"a frozen prefill worker held a request {took:.1f} s"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def test_killing_a_prefill_worker_reroutes_to_the_other(fragile_stack: Stack) -> None:
     s = fragile_stack
     url = s.http_url + "/v1/completions"
@@ -70,6 +91,38 @@ def test_killing_a_prefill_worker_reroutes_to_the_other(fragile_stack: Stack) ->
         r = httpx.post(url, json=body, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["token_ids"] == before["choices"][0]["token_ids"]
+
+
+def test_a_frozen_decode_worker_ends_its_streams_within_seconds(fragile_stack: Stack) -> None:
+    """The only decode worker stops answering mid-stream (SIGSTOP): the stream ends with an error
+    within seconds, not never; woken again, it serves the next request."""
+    s = fragile_stack
+    pid = s.service("decode-0").proc.pid
+    body = {"prompt": "Count slowly: one, two, three,", "max_tokens": 400, "temperature": 0, "stream": True,
+            "ignore_eos": True}
+    try:
+        with httpx.Client(base_url=s.http_url, timeout=60) as c:
+            with c.stream("POST", "/v1/completions", json=body) as r:
+                assert r.status_code == 200
+                lines = r.iter_lines()
+                for seen, line in enumerate(x for x in lines if x.startswith("data: {")):
+                    if seen == 2:
+                        break
+                os.kill(pid, signal.SIGSTOP)
+                t0 = time.monotonic()
+                tail = [line for line in lines if line.startswith("data: ")]
+                elapsed = time.monotonic() - t0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert elapsed < 10.0, f"client waited {elapsed:.1f} s"
+    assert "error" in json.loads(tail[-1][6:]), tail[-3:]
+    deadline = time.monotonic() + 20  # the gateway's health checks find it answering again
+    while True:
+        r = httpx.post(s.http_url + "/v1/completions", json={"prompt": "hi", "max_tokens": 4}, timeout=30)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert r.status_code == 200, r.text
 
 
 def test_killing_decode_mid_stream_errors_within_5s_then_prefill_failover(fragile_stack: Stack) -> None:
