@@ -125,24 +125,27 @@ def priority_from_body(body: dict[str, Any]) -> int:
     return priority
 
 
+def _text(body: dict[str, Any], key: str) -> str | None:
+    """A string field that, when given, is not empty (absent or null: None)."""
+    if body.get(key) is None:
+        return None
+    value = _typed(body, key, str)
+    if not value:
+        raise InvalidRequestError(key, "must be a non-empty string if given")
+    return value
+
+
 def cache_salt_from_body(body: dict[str, Any]) -> str:
     """vLLM's ``cache_salt``: the request shares cached prefixes (and lookahead drafts) only with
     requests of the same salt, so cache hits and timings tell nothing about other tenants' prompts."""
-    if body.get("cache_salt") is None:
-        return ""
-    salt = _typed(body, "cache_salt", str)
-    if not salt:
-        raise InvalidRequestError("cache_salt", "must be a non-empty string if given")
-    return salt
+    return _text(body, "cache_salt") or ""
 
 
 def client_request_id(body: dict[str, Any], header: str | None) -> tuple[str, str] | None:
     """vLLM's ``request_id`` (the body's), else the ``X-Request-Id`` header's, with the field it
     came from (checked by GatewayCore.request_ids); None when neither."""
-    if body.get("request_id") is not None:
-        given = _typed(body, "request_id", str)
-        if not given:
-            raise InvalidRequestError("request_id", "must not be empty")
+    given = _text(body, "request_id")
+    if given is not None:
         return given, "request_id"
     return (header, "X-Request-Id") if header is not None else None
 

@@ -11,7 +11,6 @@ Eviction considers only unpinned nodes (refcount 1) and works tier by tier, leas
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import time
@@ -22,6 +21,7 @@ from typing import Callable, Iterator, Literal, Sequence
 import torch
 
 from engine.kv_layout import GROVE_VERSION, KVLayout
+from engine.prefix_cache import hash_root
 from kvstore.config import StoreConfig
 from kvstore.errors import InvalidRequestError, LeaseNotFoundError, StoreFullError
 from kvstore.leases import Lease, LeaseTable
@@ -70,7 +70,7 @@ class KVStore:
                 "ns.compat_key", f"{compat_key!r} is not this layout's key under Grove {GROVE_VERSION} "
                 f"({key!r}): the client runs another Grove version or sent another layout")
         if cache_salt:
-            key += "/salt/" + hashlib.blake2b(cache_salt.encode(), digest_size=16).hexdigest()
+            key += "/salt/" + hash_root(cache_salt).hex()  # the salt's root in the workers' own caches
         return key
 
     # ---- read path --------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import grpc
+import httpx
 
 from grove.internal.v1 import kvstore_pb2, kvstore_pb2_grpc
 from grove.internal.v1 import worker_pb2 as wpb
@@ -42,3 +43,10 @@ def wait_idle(stack: Stack, timeout_s: float = 20.0) -> dict[str, tuple[int, int
         if all(v == (0, 0, 0) for v in snap.values()) or time.monotonic() > deadline:
             return snap
         time.sleep(0.2)
+
+
+def gateway_retries(stack: Stack) -> float:
+    """The gateway's calls tried again on another worker, all reasons together."""
+    text = httpx.get(stack.http_url + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("grove:router_retries_total{"))

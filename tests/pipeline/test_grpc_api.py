@@ -13,6 +13,7 @@ import pytest
 from grove.v1 import api_pb2 as pb
 from grove.v1 import api_pb2_grpc as pb_grpc
 from launcher.stack import Stack
+from tests.pipeline.stack_probe import gateway_retries
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "def is_even(n):"
@@ -48,9 +49,11 @@ def test_python_stubs_unary_and_stream(stack: Stack) -> None:
             max_tokens=5, temperature=0.0)), timeout=60)
         assert urgent.text == stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(
             max_tokens=5, temperature=0.0)), timeout=60).text
+        retries = gateway_retries(stack)
         named = [stub.Generate.future(pb.GenerateRequest(prompt=PROMPT, request_id="mine", sampling=pb.SamplingParams(
-            max_tokens=8, temperature=0.0)), timeout=60) for _ in range(2)]  # one id twice at once: no clash
-        assert [f.result().request_id for f in named] == ["mine", "mine"]
+            max_tokens=8, temperature=0.0)), timeout=60) for _ in range(6)]  # one id six times at once: no clash
+        assert [f.result().request_id for f in named] == ["mine"] * 6
+        assert gateway_retries(stack) == retries  # no worker refused a clashing id
         cut = stub.Generate(pb.GenerateRequest(prompt=PROMPT, truncate_prompt_tokens=2, sampling=pb.SamplingParams(
             max_tokens=1, temperature=0.0)), timeout=60)
         assert cut.usage.prompt_tokens == 2 < scored.usage.prompt_tokens

@@ -13,6 +13,7 @@ import torch
 
 from engine.reference import ReferenceOutput, compare_greedy
 from launcher.stack import Stack
+from tests.pipeline.stack_probe import gateway_retries
 from tests.prompts import engine_prompts
 
 
@@ -440,8 +441,9 @@ def test_a_prompt_longer_than_a_workers_kv_pool_gets_400_at_once(stack: Stack) -
 
 def test_a_clients_request_id_names_the_response(stack: Stack) -> None:
     """vLLM's ``request_id`` (body) or the ``X-Request-Id`` header names the response (its id and
-    its X-Request-Id header); with neither, the header carries the id the gateway made. Two
-    requests sent at once with one id are both served."""
+    its X-Request-Id header); with neither, the header carries the id the gateway made. Six
+    requests sent at once with one id (more than the stack has workers of a role) are all served
+    where they went."""
     url = stack.http_url + "/v1"
     base = {"max_tokens": 3, "temperature": 0}
     r = httpx.post(url + "/completions", json={**base, "prompt": "Hi", "request_id": "trace-1"}, timeout=60)
@@ -456,11 +458,13 @@ def test_a_clients_request_id_names_the_response(stack: Stack) -> None:
         assert s.headers["x-request-id"] == "s-2"
         assert all(json.loads(line[6:])["id"] == "cmpl-s-2" for line in s.iter_lines() if line.startswith("data: {"))
 
-    async def twice() -> list[httpx.Response]:
+    async def at_once() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as c:
             return await asyncio.gather(*(c.post(url + "/completions", json={**base, "prompt": "Hi", "max_tokens": 16,
-                                                                              "request_id": "same"}) for _ in range(2)))
-    assert [r.status_code for r in asyncio.run(twice())] == [200, 200]
+                                                                              "request_id": "same"}) for _ in range(6)))
+    retries = gateway_retries(stack)
+    assert [r.status_code for r in asyncio.run(at_once())] == [200] * 6
+    assert gateway_retries(stack) == retries  # served where they went: no worker refused a clashing id
     for body, headers, field in (({"request_id": ""}, {}, "request_id"), ({"request_id": 5}, {}, "request_id"),
                                  ({}, {"X-Request-Id": "x" * 300}, "X-Request-Id")):
         r = httpx.post(url + "/completions", headers=headers, json={**base, "prompt": "Hi", **body}, timeout=60)
