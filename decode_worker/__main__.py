@@ -43,7 +43,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     def add_servicer(server: grpc.aio.Server, address: str) -> None:
         pb_grpc.add_DecodeWorkerServicer_to_server(DecodeServicer(service, worker_id), server)
 
-    await serve_worker(args, "decode", SERVICE, worker_id, engine, add_servicer, stop, grace_s=30.0)
+    await serve_worker(args, "decode", SERVICE, worker_id, engine, add_servicer, stop, service)
     await puller.close()
     await engine.close()
 

@@ -10,6 +10,7 @@ from engine.errors import InvalidRequestError, OutOfBlocksError
 from engine.request import GenerationChunk, KVHandle, TokenOut, Usage, WorkRequest
 from engine.sequence import Sequence
 from decode_worker.kv_puller import KVPuller
+from runtime.worker_process import ShuttingDownError
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ class DecodeService:
         self.puller = puller
         self.max_requests = max_requests
         self.in_flight = 0
+        self.draining = False  # runtime.worker_process.Drainable
         self.local_prefix_blocks = 0
         self.fetched_blocks = 0
         self._releases: set[asyncio.Task[None]] = set()
@@ -72,7 +74,12 @@ class DecodeService:
         seq.detok.emitted = len(first_text)  # the gateway already streamed the first token's text
         return seq
 
+    def pending(self) -> int:
+        return self.in_flight
+
     async def decode(self, req: WorkRequest, first: TokenOut, first_text: str, kv: KVHandle) -> AsyncIterator[GenerationChunk]:
+        if self.draining:
+            raise ShuttingDownError("decode worker is shutting down")
         if self.in_flight >= self.max_requests:
             raise OutOfBlocksError(f"decode worker has {self.in_flight} requests (limit {self.max_requests})")
         self.in_flight += 1

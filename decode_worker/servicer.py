@@ -11,6 +11,7 @@ from engine.errors import InvalidRequestError, OutOfBlocksError
 from grove.internal.v1 import worker_pb2 as pb
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from protocol import pipeline as convert
+from runtime.worker_process import ShuttingDownError
 
 
 class DecodeServicer(pb_grpc.DecodeWorkerServicer):
@@ -29,6 +30,8 @@ class DecodeServicer(pb_grpc.DecodeWorkerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except OutOfBlocksError as e:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except ShuttingDownError as e:  # nothing decoded: the gateway sends it to another decode worker
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         except KVHandoffError as e:  # the request's KV is lost, not this worker: the gateway prefills again
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"KV handoff failed: {e}")
 

@@ -220,13 +220,16 @@ class GatewayCore:
         req = pb.DecodeRequest(request=convert.work_to_pb(work), first_token=pre.first_token, kv=pre.kv,
                                first_text=pre.text)
         tried: list[Worker] = []
+        busy = False
+        last_failure = ""
         while True:
             w = self.router.choose_decode(exclude=tried)
             if w is None:
-                raise UnavailableError("no healthy decode worker") if not tried else OverloadedError(
-                    "every decode worker is at capacity; retry later")
-            if tried:  # only RESOURCE_EXHAUSTED before any output is retried
-                self.metrics.retry("decode", grpc.StatusCode.RESOURCE_EXHAUSTED.name)
+                if busy:
+                    raise OverloadedError("every decode worker is at capacity; retry later")
+                raise UnavailableError("no healthy decode worker" + (" left after failures" if tried else ""))
+            if tried:  # a call that failed before any output is retried: the KV is still held
+                self.metrics.retry("decode", last_failure)
             tried.append(w)
             w.in_flight += 1
             call = w.decode.Decode(req)
@@ -240,12 +243,20 @@ class GatewayCore:
                 code = e.code()
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     raise InvalidRequestError(*_split_field(e.details())) from None
-                if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not got_any:
-                    continue  # another decode worker may have room; the KV is still held
                 if code == grpc.StatusCode.FAILED_PRECONDITION and not got_any:
                     raise KVLostError(f"decode worker {w.address}: {e.details()}") from None
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     self.router.mark_failed(w)
+                if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE) and not got_any:
+                    # full, shutting down or gone before it sent anything: another decode worker
+                    # takes the KV, still held (if this one took it after all, the next reports
+                    # the KV lost and the prompt is prefilled again)
+                    busy |= code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    last_failure = code.name
+                    if code == grpc.StatusCode.UNAVAILABLE:
+                        logger.warning("decode on %s failed before any output (%s): trying another", w.address,
+                                       e.details())
+                    continue
                 raise UnavailableError(f"decode worker {w.address} failed mid-request: {code.name}: {e.details()}") from None
             finally:
                 call.cancel()  # no-op when finished; frees the request everywhere when we leave early

@@ -31,7 +31,7 @@ FINISH_REASONS = ("stop", "length", "abort")
 ERRORS = ("InvalidRequestError", "OverloadedError", "UnavailableError")
 # prefill FAILED_PRECONDITION: prefilled again because a decode worker could not get the KV
 RETRIES = (("prefill", "UNAVAILABLE"), ("prefill", "DEADLINE_EXCEEDED"), ("prefill", "RESOURCE_EXHAUSTED"),
-           ("prefill", "FAILED_PRECONDITION"), ("decode", "RESOURCE_EXHAUSTED"))
+           ("prefill", "FAILED_PRECONDITION"), ("decode", "RESOURCE_EXHAUSTED"), ("decode", "UNAVAILABLE"))
 
 
 class GatewayMetrics:

@@ -64,7 +64,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
             await service.reap_expired()
 
     reap = asyncio.create_task(reaper())
-    await serve_worker(args, "prefill", SERVICE, worker_id, engine, add_servicer, stop, grace_s=10.0,
+    await serve_worker(args, "prefill", SERVICE, worker_id, engine, add_servicer, stop, service,
                        service_metrics=service.metrics)
     reap.cancel()
     await service.drain_background()

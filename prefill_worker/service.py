@@ -22,6 +22,7 @@ from prefill_worker.kv_leases import KVLeases
 from prefill_worker.shared_cache import SharedCache
 from runtime.engine_metrics import ServiceMetric
 from runtime.kv_transfer import POOL_NAME
+from runtime.worker_process import ShuttingDownError
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class PrefillService:
         self.leases = KVLeases(lease_ttl_s)
         self.max_waiting = max_waiting
         self.in_flight = 0
+        self.draining = False  # runtime.worker_process.Drainable
         self.local_prefix_blocks = 0
         self.fetched_blocks = 0
         self._background: set[asyncio.Task[None]] = set()
@@ -102,7 +104,13 @@ class PrefillService:
             if hit.lease_id:  # in the background: a store gone slow holds no request up
                 self._in_background(self._release(hit.lease_id))
 
+    def pending(self) -> int:
+        """Prefills in flight and KV no decode worker has taken yet: a drain waits for both."""
+        return self.in_flight + len(self.leases)
+
     async def prefill(self, req: WorkRequest) -> PrefillResult:
+        if self.draining:
+            raise ShuttingDownError("prefill worker is shutting down")
         if self.in_flight >= self.max_waiting:
             raise OverloadedError(f"prefill worker has {self.in_flight} requests in flight (limit {self.max_waiting})")
         self.in_flight += 1

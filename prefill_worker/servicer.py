@@ -12,6 +12,7 @@ from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from prefill_worker.service import OverloadedError, PrefillService
 from protocol import pipeline as convert
 from runtime.kv_transfer import read_block_bytes
+from runtime.worker_process import ShuttingDownError
 
 logger = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20  # gRPC fallback chunks, well under the message limit
@@ -30,6 +31,8 @@ class PrefillServicer(pb_grpc.PrefillWorkerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except (OverloadedError, OutOfBlocksError) as e:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except ShuttingDownError as e:  # the gateway prefills it on another worker
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         resp = pb.PrefillResponse(first_token=convert.token_to_pb(res.first), cached_tokens=res.cached_tokens,
                                   finish_reason=res.finish_reason or "", text=res.text)
         if res.kv is not None:

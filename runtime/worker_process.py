@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import grpc
 
@@ -14,6 +14,22 @@ from runtime.grpc_server import create_server, set_serving
 from runtime.process import write_ready_file
 
 logger = logging.getLogger(__name__)
+DRAIN_POLL_S = 0.05
+
+
+class ShuttingDownError(Exception):
+    """The worker is draining (SIGTERM): new work belongs on another worker. Answered UNAVAILABLE,
+    which the gateway retries elsewhere."""
+
+
+class Drainable(Protocol):
+    """A worker's service as its shutdown sees it."""
+
+    draining: bool  # set on SIGTERM: new work raises ShuttingDownError from then on
+
+    def pending(self) -> int:
+        """Work that would be lost if the process went now (requests in flight, KV not yet taken)."""
+        ...
 
 
 def add_worker_args(p: argparse.ArgumentParser, role: str) -> None:
@@ -22,13 +38,18 @@ def add_worker_args(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--worker-id", default="", help=f"label in metrics and stats (default: {role}-<pid>)")
     p.add_argument("--metrics-port", type=int, default=-1, help="Prometheus /metrics port (0 picks one, -1 off)")
     p.add_argument("--ready-file", default="", help="write bound ports here as JSON once serving")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="on SIGTERM, seconds in-flight work gets to finish before the worker exits")
     p.add_argument("--log-level", default="INFO")
 
 
 async def serve_worker(args: argparse.Namespace, role: str, service_name: str, worker_id: str, engine: AsyncEngine,
                        add_servicer: Callable[[grpc.aio.Server, str], None], stop: asyncio.Event,
-                       grace_s: float, service_metrics: Callable[[], Sequence[ServiceMetric]] | None = None) -> None:
-    """Serves until ``stop`` is set, then stops taking requests and lets in-flight ones finish.
+                       service: Drainable,
+                       service_metrics: Callable[[], Sequence[ServiceMetric]] | None = None) -> None:
+    """Serves until ``stop`` is set (SIGTERM), then drains: health turns NOT_SERVING, new work is
+    refused (the gateway sends it elsewhere) while the server keeps answering for the work in
+    flight, until ``service.pending()`` is 0 or ``--drain-timeout`` has passed; then it stops.
 
     ``add_servicer(server, address)`` registers the role's servicer; ``address`` is where peers
     reach this worker (the bound port filled in). ``service_metrics``: the role's own metrics
@@ -44,6 +65,13 @@ async def serve_worker(args: argparse.Namespace, role: str, service_name: str, w
     write_ready_file(args.ready_file, {"grpc_port": port, "worker_id": worker_id, "metrics_port": metrics_port})
     logger.info("%s worker %s serving on %s:%d", role, worker_id, host, port)
     await stop.wait()
-    logger.info("draining")
     await set_serving(health, [service_name], False)
-    await server.stop(grace=grace_s)
+    service.draining = True
+    logger.info("draining: %d in flight, up to %.0f s", service.pending(), args.drain_timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.drain_timeout
+    while service.pending() and loop.time() < deadline:
+        await asyncio.sleep(DRAIN_POLL_S)
+    if service.pending():
+        logger.warning("drain timeout: %d still in flight are cut off", service.pending())
+    await server.stop(grace=1.0)

@@ -1,6 +1,7 @@
 """Reads each process's KV accounting from the real stack (workers' Stats, the kvstore's Stats)."""
 from __future__ import annotations
 
+import re
 import time
 
 import grpc
@@ -45,8 +46,17 @@ def wait_idle(stack: Stack, timeout_s: float = 20.0) -> dict[str, tuple[int, int
         time.sleep(0.2)
 
 
+def gateway_retry_counts(stack: Stack) -> dict[tuple[str, str], float]:
+    """The gateway's calls tried again on another worker, by (worker role, failed status)."""
+    text = httpx.get(stack.http_url + "/metrics", timeout=10).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("grove:router_retries_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            out[(labels["worker_role"], labels["code"])] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def gateway_retries(stack: Stack) -> float:
     """The gateway's calls tried again on another worker, all reasons together."""
-    text = httpx.get(stack.http_url + "/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("grove:router_retries_total{"))
+    return sum(gateway_retry_counts(stack).values())

@@ -1,32 +1,115 @@
 """Dead workers give clear errors within seconds, or the request is served by another worker."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import random
 import signal
+import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
 
+from gateway.errors import UnavailableError
+from engine.sampling_params import SamplingParams
+from gateway.core import GatewayConfig, GatewayCore
+from gateway.metrics import GatewayMetrics
+from gateway.router import Router
 from launcher.stack import Stack, StackConfig
-from tests.pipeline.stack_probe import worker_stats
+from tests.pipeline.stack_probe import gateway_retry_counts, wait_idle, worker_stats
 
 
 @pytest.fixture(scope="module")
 def fragile_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack of this module's own: its tests freeze and kill its processes, in file order (a
-    stack starts in ~30-50 s on 2 cores, so they share one): the kvstore, then prefill-0 (frozen,
-    then killed, which leaves prefill-1 serving), then decode-0, the only decode worker (frozen and
-    woken, then killed). Each test also passes alone on a fresh stack."""
-    config = StackConfig(model=str(model_dir), num_prefill=2, num_decode=1, worker_kv_gb=0.25,
+    """A stack of this module's own: its tests stop, freeze and kill its processes, in file order
+    (a stack starts in ~30-50 s on 2 cores, so they share one): decode-1 and prefill-2 are shut
+    down (SIGTERM), then the kvstore is frozen and killed, then prefill-0 (frozen, then killed,
+    which leaves prefill-1 serving), then decode-0, the only decode worker left (frozen and woken,
+    then killed). Each test also passes alone on a fresh stack."""
+    config = StackConfig(model=str(model_dir), num_prefill=3, num_decode=2, worker_kv_gb=0.25,
                          log_dir=str(tmp_path_factory.mktemp("fragile-stack")), threads_per_worker=1)
     with Stack(config) as s:
         yield s
+
+
+def _drained(s: Stack, name: str, timeout_s: float = 30.0) -> int:
+    """Waits for a SIGTERMed worker to exit; returns what it had in flight when the drain began."""
+    assert s.service(name).proc.wait(timeout_s) == 0, s.tail(name)
+    found = re.findall(r"draining: (\d+) in flight", s.tail(name, 400))
+    assert found, s.tail(name)
+    return int(found[-1])
+
+
+def _stream(s: Stack, body: dict[str, object], started: threading.Event | None = None) -> list[int]:
+    """A streamed completion's token ids; ``started`` is set once its first text arrived."""
+    ids: list[int] = []
+    with httpx.Client(base_url=s.http_url, timeout=60) as c:
+        with c.stream("POST", "/v1/completions", json={**body, "stream": True, "return_token_ids": True}) as r:
+            assert r.status_code == 200, r.read()
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    chunk = json.loads(line[6:])
+                    assert "error" not in chunk, chunk
+                    ids += chunk["choices"][0].get("token_ids") or []
+                    if started is not None:
+                        started.set()
+    return ids
+
+
+def test_a_decode_worker_shut_down_finishes_its_streams_and_takes_no_new_ones(fragile_stack: Stack) -> None:
+    """SIGTERM to a decode worker (a rolling restart): the streams it is decoding run to their end,
+    with the same tokens as from a worker left alone; requests sent meanwhile are decoded by the
+    other decode worker; then it exits 0."""
+    s = fragile_stack
+    bodies = [{"prompt": f"Tell a story about the number {k}.", "max_tokens": 48, "temperature": 0,
+               "ignore_eos": True} for k in range(4)]
+    with ThreadPoolExecutor(8) as pool:
+        want = list(pool.map(lambda b: _stream(s, b), bodies))
+        started = [threading.Event() for _ in bodies]
+        # four at once: the router spreads them two and two over the decode workers
+        running = [pool.submit(_stream, s, b, e) for b, e in zip(bodies, started)]
+        assert all(e.wait(60) for e in started)
+        s.service("decode-1").proc.send_signal(signal.SIGTERM)
+        during = [pool.submit(_stream, s, b) for b in bodies[:2]]
+        assert [f.result() for f in running] == want
+        assert [f.result() for f in during] == want[:2]
+    assert _drained(s, "decode-1") >= 1  # it had streams of its own to finish
+
+
+def test_a_prefill_worker_shut_down_hands_over_the_kv_it_computed(fragile_stack: Stack) -> None:
+    """SIGTERM to a prefill worker in the middle of long prefills: they finish, the decode workers
+    take their KV from it (no prompt is prefilled twice), new prompts go to the other prefill
+    workers, and it exits 0 once its KV is taken. It used to stop answering at once, so its KV was
+    never taken and every such prompt was prefilled again (or failed, with no other worker)."""
+    s = fragile_stack
+    rng = random.Random(5)
+    prompts = [[rng.randrange(1000, 30000) for _ in range(1200)] for _ in range(6)]
+
+    def ask(prompt: list[int]) -> list[int]:
+        r = httpx.post(s.http_url + "/v1/completions", json={"prompt": prompt, "max_tokens": 4, "temperature": 0,
+                                                             "return_token_ids": True}, timeout=120)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["token_ids"]
+
+    retries = gateway_retry_counts(s)
+    with ThreadPoolExecutor(8) as pool:
+        answers = [pool.submit(ask, p) for p in prompts]  # six at once: two on each prefill worker
+        time.sleep(0.5)
+        s.service("prefill-2").proc.send_signal(signal.SIGTERM)
+        got = [f.result() for f in answers]
+    assert _drained(s, "prefill-2") >= 1
+    again = gateway_retry_counts(s)
+    assert again.get(("prefill", "FAILED_PRECONDITION"), 0) == retries.get(("prefill", "FAILED_PRECONDITION"), 0), \
+        "a prompt was prefilled again: its KV was lost on the worker shutting down"
+    assert all(len(g) == 4 for g in got)
+    assert [ask(p) for p in prompts[:2]] == got[:2]  # the same answers from the workers left
 
 
 def test_a_dead_or_frozen_kvstore_costs_the_cache_not_the_request(fragile_stack: Stack) -> None:
@@ -186,3 +269,44 @@ def want_ids(model_dir: Path, body: dict) -> list[int]:
     ids = load_tokenizer(model_dir)(body["prompt"])["input_ids"]
     eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=32, num_threads=1))
     return eng.generate([ids], SamplingParams(temperature=0.0, max_tokens=body["max_tokens"]))[0].output_ids
+
+
+def test_a_decode_worker_gone_since_the_last_health_check_costs_a_retry_not_the_request(stack: Stack) -> None:
+    """A gateway whose router still counts a dead decode worker healthy (it died, or began shutting
+    down, after the last health check) and picks it first: the call fails before any output, and
+    the request is decoded by the other decode worker, from the KV the prefill worker still holds.
+    A gateway whose every decode worker is gone says so (503), not "at capacity" (429). The real
+    gateway core and router over real channels to the shared stack's workers."""
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    prompt = "The three primary colors are"
+    want = httpx.post(stack.http_url + "/v1/completions", json={"prompt": prompt, "max_tokens": 8, "temperature": 0,
+                                                                "return_token_ids": True}, timeout=60)
+    want_ids = want.json()["choices"][0]["token_ids"]
+
+    async def run(decode: list[str]) -> tuple[list[int], GatewayCore]:
+        router = Router([stack.address("prefill-0")], decode, block_size=16)
+        core = GatewayCore(GatewayConfig(stack.model_dir, "m", 2048), router, GatewayMetrics("m", "gw-test", router))
+        try:
+            await router.refresh()
+            gone = next(w for w in router.decode if w.address == dead)
+            assert not gone.healthy
+            gone.healthy = True  # as the last health check saw it
+            gone.stats.free_blocks = 10**6  # the router's first choice
+            work = core.work(core.token_ids(prompt), SamplingParams(max_tokens=8, temperature=0))
+            ids = [t.token_id async for chunk in core.generate(work) for t in chunk.tokens]
+            assert not gone.healthy  # marked failed by the call
+            return ids, core
+        finally:
+            await router.close()
+
+    ids, core = asyncio.run(run([dead, stack.address("decode-0")]))
+    assert ids == want_ids
+    retried = [line for line in core.metrics.exposition().decode().splitlines()
+               if line.startswith("grove:router_retries_total{") and 'code="UNAVAILABLE"' in line
+               and 'worker_role="decode"' in line]
+    assert len(retried) == 1 and retried[0].endswith(" 1.0"), retried
+    with pytest.raises(UnavailableError, match="no healthy decode worker left after failures"):
+        asyncio.run(run([dead]))
+    assert wait_idle(stack)["prefill-0"] == (0, 0, 0)  # the KV no decode worker took was freed
