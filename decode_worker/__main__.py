@@ -15,6 +15,7 @@ from engine.async_engine import AsyncEngine
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
+from kvstore.shared_cache import open_shared_cache
 from runtime.worker_process import add_worker_args, serve_worker
 from runtime.kv_transfer import make_plane
 from runtime.process import configure_logging, run_service, tune_gc
@@ -38,12 +39,17 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     tune_gc()  # the model is loaded: its objects are frozen
     plane = make_plane("decode", engine.engine.kv.data, args.nixl == "on", passive=False)
     puller = KVPuller(engine.engine.kv.data, plane)
-    service = DecodeService(engine, puller, args.max_requests)
+    kvstore = await open_shared_cache(args.kvstore, args.kvstore_timeout, engine, plane)
+    service = DecodeService(engine, puller, args.max_requests, kvstore)
 
     def add_servicer(server: grpc.aio.Server, address: str) -> None:
         pb_grpc.add_DecodeWorkerServicer_to_server(DecodeServicer(service, worker_id), server)
 
-    await serve_worker(args, "decode", SERVICE, worker_id, engine, add_servicer, stop, service)
+    await serve_worker(args, "decode", SERVICE, worker_id, engine, add_servicer, stop, service,
+                       service_metrics=service.metrics)
+    if kvstore is not None:
+        await kvstore.drain()
+        await kvstore.close()
     await puller.close()
     await engine.close()
 

@@ -1,4 +1,5 @@
-"""The decode worker's logic: take a handoff, pull its KV, join the batch, stream the output."""
+"""The decode worker's logic: take a handoff, pull its KV, join the batch, stream the output, then
+share the blocks it generated with the kvstore (a chat's next turn holds this answer in its prompt)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,15 +11,19 @@ from engine.errors import InvalidRequestError, OutOfBlocksError
 from engine.request import GenerationChunk, KVHandle, TokenOut, Usage, WorkRequest
 from engine.sequence import Sequence
 from decode_worker.kv_puller import KVPuller
+from kvstore.shared_cache import SharedCache
+from runtime.engine_metrics import ServiceMetric
 from runtime.worker_process import ShuttingDownError
 
 logger = logging.getLogger(__name__)
 
 
 class DecodeService:
-    def __init__(self, engine: AsyncEngine, puller: KVPuller, max_requests: int) -> None:
+    def __init__(self, engine: AsyncEngine, puller: KVPuller, max_requests: int,
+                 kvstore: SharedCache | None = None) -> None:
         self.engine = engine
         self.puller = puller
+        self.kvstore = kvstore  # gets what this worker generated: a chat's next turn finds its answer
         self.max_requests = max_requests
         self.in_flight = 0
         self.draining = False  # runtime.worker_process.Drainable
@@ -74,6 +79,14 @@ class DecodeService:
         seq.detok.emitted = len(first_text)  # the gateway already streamed the first token's text
         return seq
 
+    def _kept_blocks(self, seq: Sequence) -> list[int]:
+        """On the engine thread, once ``seq`` has finished: the blocks still holding its KV, from
+        its first on (its full blocks stay in the prefix cache until recycled), a reference each
+        for the caller. Every hashed block was computed: the hashes stop at the last full block
+        of the tokens whose KV was written."""
+        cache = self.eng.scheduler.prefix_cache
+        return cache.match(seq.block_hashes, 0) if cache is not None else []
+
     def pending(self) -> int:
         return self.in_flight
 
@@ -94,6 +107,9 @@ class DecodeService:
                 ]
                 usage = Usage(draft_tokens=seq.num_draft_tokens, accepted_tokens=seq.num_accepted_tokens) if out.finished else None
                 yield GenerationChunk(out.delta_text, tokens, seq.finish_reason if out.finished else None, usage)
+            if self.kvstore is not None and self.kvstore.ready() is not None:
+                blocks = await self.engine.call(self._kept_blocks, seq)
+                self.kvstore.write_back(self.engine, seq.all_ids, blocks, seq.cache_salt, owned=True)
         finally:
             self.in_flight -= 1
 
@@ -104,4 +120,8 @@ class DecodeService:
             "free_blocks": eng.allocator.num_free, "total_blocks": eng.allocator.num_blocks, "held_leases": 0,
             "local_prefix_blocks": self.local_prefix_blocks, "fetched_blocks": self.fetched_blocks,
             "max_model_len": eng.max_model_len,
+            "kvstore_failures": self.kvstore.failures if self.kvstore is not None else 0,
         }
+
+    def metrics(self) -> list[ServiceMetric]:
+        return self.kvstore.metrics() if self.kvstore is not None else []

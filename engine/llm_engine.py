@@ -338,7 +338,6 @@ class LLMEngine:
                 if moves is not None:
                     self.model.backend.copy_slots(self.kv.data, *moves)
                 seq.num_cached += len(path)
-            self.scheduler.register(seq)
             row += len(tree) + 1 if tree is not None else 1
             appended: list[int] = []
             reason = None
@@ -349,6 +348,9 @@ class LLMEngine:
                 reason = seq.append_token(token)
                 if reason is not None:
                     break
+            # after the append: accepted drafts' KV was computed this step but their tokens join
+            # all_ids only now, and a finishing sequence gets no later step to register them
+            self.scheduler.register(seq)
             if seq.hold_kv:  # prefill-only: stop here (finished or not), hand the blocks to the caller
                 seq.status, seq.finish_reason = SeqStatus.FINISHED, reason
                 self.scheduler.detach(seq)

@@ -17,4 +17,5 @@ Who owns what (one concept per module):
     server.py      create_server(address) -> (server, port), health, graceful shutdown
     cli.py         flags of ``python -m kvstore``
     client.py      KVStoreClient, used by prefill and decode workers
+    shared_cache.py SharedCache: the store as a worker leans on it (a miss when away; writes in the background)
 """

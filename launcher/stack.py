@@ -128,7 +128,8 @@ class Stack:
             "--worker-id", f"prefill-{i}", *common, *(c.prefill_args[i] if i < len(c.prefill_args) else ())])
             for i in range(c.num_prefill)]
         workers += [self._spawn(f"decode-{i}", "decode_worker", [
-            "--address", f"{host}:0", "--worker-id", f"decode-{i}", *common, *c.extra_decode_args])
+            "--address", f"{host}:0", "--kvstore", f"{host}:{kv.info['grpc_port']}", "--worker-id", f"decode-{i}",
+            *common, *c.extra_decode_args])
             for i in range(c.num_decode)]
         self._wait_ready(workers)
         gw_args = ["--host", host, "--http-port", str(c.http_port), "--grpc-port", str(c.grpc_port),

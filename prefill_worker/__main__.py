@@ -13,12 +13,11 @@ from engine.async_engine import AsyncEngine
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
-from kvstore.client import KVStoreClient
 from prefill_worker.service import PrefillService
 from prefill_worker.servicer import PrefillServicer
-from prefill_worker.shared_cache import SharedCache
+from kvstore.shared_cache import open_shared_cache
 from runtime.worker_process import add_worker_args, serve_worker
-from runtime.kv_transfer import POOL_NAME, make_plane
+from runtime.kv_transfer import make_plane
 from runtime.process import configure_logging, run_service, tune_gc
 
 logger = logging.getLogger("prefill_worker")
@@ -28,9 +27,6 @@ SERVICE = "grove.internal.v1.PrefillWorker"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m prefill_worker", description=__doc__)
     p.add_argument("--advertise", default="", help="address others reach this worker at (default: bound address)")
-    p.add_argument("--kvstore", default="", help="kvstore gRPC address ('' = no shared prefix cache)")
-    p.add_argument("--kvstore-timeout", type=float, default=5.0,
-                   help="seconds a kvstore call may take before the request computes without it")
     p.add_argument("--lease-ttl", type=float, default=30.0, help="seconds a handed-over KV stays held unclaimed")
     p.add_argument("--max-waiting", type=int, default=64, help="requests in flight before RESOURCE_EXHAUSTED")
     add_worker_args(p, "prefill")
@@ -45,13 +41,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     engine = await AsyncEngine.create(lambda: LLMEngine(config))
     tune_gc()  # the model is loaded: its objects are frozen
     plane = make_plane("prefill", engine.engine.kv.data, args.nixl == "on", passive=True)
-    kvstore = None
-    if args.kvstore:
-        # one NIXL agent per process: the kvstore client shares the handoff plane's registration
-        kvstore = SharedCache(KVStoreClient(args.kvstore, engine.engine.layout, engine.engine.kv.data,
-                                            use_nixl=plane is not None, timeout_s=args.kvstore_timeout, plane=plane,
-                                            plane_pool=POOL_NAME))
-        await kvstore.start()
+    kvstore = await open_shared_cache(args.kvstore, args.kvstore_timeout, engine, plane)
     service = PrefillService(engine, args.advertise, kvstore, plane, args.lease_ttl, args.max_waiting)
 
     def add_servicer(server: grpc.aio.Server, address: str) -> None:
@@ -67,8 +57,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     await serve_worker(args, "prefill", SERVICE, worker_id, engine, add_servicer, stop, service,
                        service_metrics=service.metrics)
     reap.cancel()
-    await service.drain_background()
     if kvstore is not None:
+        await kvstore.drain()
         await kvstore.close()
     await engine.close()
 

@@ -5,29 +5,24 @@
     ReleaseKV / lease expiry: frees the held blocks
 
 The kvstore is a cache: when it fails, the request computes what it would have read
-(prefill_worker.shared_cache).
+(kvstore.shared_cache).
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Coroutine
 
 from engine.async_engine import AsyncEngine
 from engine.request import KVHandle, TokenOut, WorkRequest
 from engine.sequence import Sequence
+from kvstore.shared_cache import SharedCache
 from prefill_worker.kv_leases import KVLeases
-from prefill_worker.shared_cache import SharedCache
 from runtime.engine_metrics import ServiceMetric
 from runtime.kv_transfer import POOL_NAME
 from runtime.worker_process import ShuttingDownError
 
 logger = logging.getLogger(__name__)
-
-
-WRITE_TIMEOUT_S = 10.0
 
 
 class OverloadedError(RuntimeError):
@@ -57,7 +52,6 @@ class PrefillService:
         self.draining = False  # runtime.worker_process.Drainable
         self.local_prefix_blocks = 0
         self.fetched_blocks = 0
-        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def eng(self):  # noqa: ANN201 - the LLMEngine, touched only through self.engine.call
@@ -102,7 +96,7 @@ class PrefillService:
             return seq.num_cached
         finally:
             if hit.lease_id:  # in the background: a store gone slow holds no request up
-                self._in_background(self._release(hit.lease_id))
+                self.kvstore.release(hit.lease_id)
 
     def pending(self) -> int:
         """Prefills in flight and KV no decode worker has taken yet: a drain waits for both."""
@@ -140,9 +134,9 @@ class PrefillService:
                            for t, (lp, rank, ids, lps) in zip(prompt[1:], seq.prompt_logprobs))
         held = list(seq.block_table)
         if seq.finish_reason is not None:  # finished on its first token: the write-back frees the blocks
-            self._write_back(prompt, held, req.cache_salt, owned=True)
+            await self._write_back(prompt, held, req.cache_salt, owned=True)
             return PrefillResult(first, out.delta_text, seq.finish_reason, cached, None, prompt_lps)
-        self._write_back(prompt, held, req.cache_salt)
+        await self._write_back(prompt, held, req.cache_salt)
         lease_id = self.leases.hold(held)
         return PrefillResult(first, out.delta_text, None, cached, self._handle(lease_id, held, len(prompt)), prompt_lps)
 
@@ -166,46 +160,13 @@ class PrefillService:
         return dataclasses.replace(h, nixl_agent=info.agent, pool_name=info.name, base_addr=info.base_addr,
                                    num_blocks=info.num_blocks, mem_type=info.mem_type, device_id=info.device_id)
 
-    def _write_back(self, prompt: list[int], blocks: list[int], cache_salt: str, owned: bool = False) -> None:
-        """Shares the prompt's full blocks with the kvstore, under the request's salt, in the
-        background (does not delay TTFT).
-
-        ``owned``: the caller hands over its reference on ``blocks``: they are freed once written.
-        """
-        full = len(prompt) // self.eng.config.block_size
-        mine = blocks[:full]
-        cache = self.kvstore
-        client = cache.ready() if cache is not None else None  # None: no kvstore, or it is away
-        if not owned and (client is None or not mine):
-            return  # nothing to write and nothing to free
-
-        async def write() -> None:
-            if not owned:
-                await self.engine.call(self.eng.allocator.share, mine)  # the write keeps its own reference
-            try:
-                if cache is not None and client is not None and mine:
-                    try:
-                        await asyncio.wait_for(client.write(prompt[: full * self.eng.config.block_size], mine,
-                                                            cache_salt), WRITE_TIMEOUT_S)
-                    except Exception as exc:  # noqa: BLE001 - the cache is an optimisation: never fail the request
-                        cache.failed("write", exc)
-            finally:
-                await self.engine.call(self.eng.allocator.free, blocks[::-1] if owned else mine)
-
-        self._in_background(write())
-
-    def _in_background(self, work: Coroutine[object, object, None]) -> None:
-        task = asyncio.create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _release(self, lease_id: int) -> None:
-        """Ends a kvstore read lease (one that cannot be ended expires in the store)."""
-        assert self.kvstore is not None
-        try:
-            await self.kvstore.client.release(lease_id)
-        except Exception as exc:  # noqa: BLE001
-            self.kvstore.failed("release", exc)
+    async def _write_back(self, prompt: list[int], blocks: list[int], cache_salt: str, owned: bool = False) -> None:
+        """Shares the prompt's full blocks with the kvstore in the background (does not delay TTFT).
+        ``owned``: the caller hands over its reference on ``blocks`` (freed once written)."""
+        if self.kvstore is not None:
+            self.kvstore.write_back(self.engine, prompt, blocks, cache_salt, owned)
+        elif owned:
+            await self.engine.call(self.eng.allocator.free, blocks[::-1])
 
     async def release(self, lease_id: str) -> bool:
         held = self.leases.pop(lease_id)
@@ -220,10 +181,6 @@ class PrefillService:
             logger.warning("KV lease expired unclaimed: freeing %d blocks", len(held.blocks))
             await self.engine.call(self.eng.allocator.free, held.blocks)
         return len(expired)
-
-    async def drain_background(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
 
     def check_blocks(self, lease_id: str, block_ids: list[int]) -> list[int]:
         held = self.leases.get(lease_id)
@@ -245,10 +202,4 @@ class PrefillService:
         }
 
     def metrics(self) -> list[ServiceMetric]:
-        """The kvstore as this worker sees it (runtime.engine_metrics, at scrape time)."""
-        if self.kvstore is None:
-            return []
-        return [ServiceMetric("counter", "grove:kvstore_failures", "kvstore calls that failed (each a cache miss).",
-                              self.kvstore.failures),
-                ServiceMetric("gauge", "grove:kvstore_connected", "1 while the kvstore is in use, 0 while it is away.",
-                              float(self.kvstore.connected))]
+        return self.kvstore.metrics() if self.kvstore is not None else []

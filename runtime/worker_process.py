@@ -38,6 +38,10 @@ def add_worker_args(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--worker-id", default="", help=f"label in metrics and stats (default: {role}-<pid>)")
     p.add_argument("--metrics-port", type=int, default=-1, help="Prometheus /metrics port (0 picks one, -1 off)")
     p.add_argument("--ready-file", default="", help="write bound ports here as JSON once serving")
+    p.add_argument("--kvstore", default="", help="kvstore gRPC address ('' = no shared cache): prefill workers "
+                   "read prefixes from it and write their prompts' blocks, decode workers what they generate")
+    p.add_argument("--kvstore-timeout", type=float, default=5.0,
+                   help="seconds a kvstore call may take before the request goes on without it")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on SIGTERM, seconds in-flight work gets to finish before the worker exits")
     p.add_argument("--log-level", default="INFO")

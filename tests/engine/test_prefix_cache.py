@@ -162,3 +162,20 @@ def test_requests_arriving_together_compute_a_shared_prefix_once(cached_engine: 
     assert eng.allocator.num_used == 0
     eng.allocator.check_integrity()
     eng.prefix_cache.check_integrity()
+
+
+def test_a_finished_sequence_leaves_every_computed_block_cached(model_dir: Path) -> None:
+    """With lookahead, a step computes the KV of several accepted drafts at once; their blocks are
+    registered in that step, not one step later, so a sequence that finishes there leaves them
+    cached too (a chat's next turn, or the decode worker's write to the kvstore, finds them)."""
+    eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=128))
+    assert eng.speculator is not None
+    text = "one two three four five six seven eight nine ten " * 6  # copied: drafts are accepted
+    prompt = eng.tokenizer.encode(text)
+    for max_tokens in range(24, 40):
+        out = eng.generate([prompt], SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))[0]
+        tokens = list(out.prompt_ids) + list(out.output_ids)
+        computed = len(tokens) - 1  # the last token's KV is never computed
+        hashes = block_hashes(tokens[:computed], 16)
+        assert eng.scheduler.prefix_cache.num_cached(hashes) == computed // 16, max_tokens
+    assert eng.speculator.stats.num_accepted_tokens > 100  # the steps did take several tokens

@@ -1,4 +1,4 @@
-"""The prefill worker's view of the kvstore (prefill_worker.shared_cache) over real gRPC servers:
+"""A worker's view of the kvstore (kvstore.shared_cache) over real gRPC servers:
 a store that is down at startup, or restarts under the worker, costs cache hits, never requests,
 and is used again once it is back."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ from kvstore.errors import StoreRestartedError
 from kvstore.server import connect_info, create_server
 from kvstore.servicer import KVStoreServicer
 from kvstore.store import KVStore
-from prefill_worker.shared_cache import SharedCache
+from kvstore.shared_cache import SharedCache
 
 LAYOUT = KVLayout("test-model", "float32", 4, 2, 1, 4)  # matches conftest.GEOMETRY
 MakeStore = Callable[..., KVStore]

@@ -75,6 +75,36 @@ def test_prefix_prefilled_on_one_worker_is_fetched_from_the_kvstore_by_the_other
     assert worker_stats(stack)["prefill-1"].fetched_blocks - fetched_before == 20
 
 
+def test_a_chats_next_turn_reuses_the_answer_the_decode_worker_wrote(stack: Stack) -> None:
+    """The decode worker writes the blocks it generated to the kvstore: a chat's next turn, whose
+    prompt holds the previous answer, reads that answer's KV instead of computing it again, and
+    answers as a cold computation does. Without the decode worker's write only the first turn's
+    prompt would be cached (its prefill worker wrote that)."""
+    url = stack.http_url + "/v1/chat/completions"
+    salt = f"turns-{random.random()}"  # a namespace of this test's own: nothing in it is cached yet
+
+    def chat(messages: list[dict[str, str]], max_tokens: int, cache_salt: str) -> dict[str, Any]:
+        r = httpx.post(url, json={"messages": messages, "max_tokens": max_tokens, "temperature": 0,
+                                  "cache_salt": cache_salt, "return_token_ids": True}, timeout=300)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    turn1 = [{"role": "user", "content": "Write a short poem about the sea and its ships."}]
+    first = chat(turn1, 80, salt)
+    prompt1, answer = first["usage"]["prompt_tokens"], first["choices"][0]["token_ids"]
+    assert len(answer) >= 40, answer
+    wait_idle(stack)  # the write-backs run in the background
+    turn2 = turn1 + [{"role": "assistant", "content": first["choices"][0]["message"]["content"]},
+                     {"role": "user", "content": "Now give it a title."}]
+    second = chat(turn2, 12, salt)
+    # every full block of the first turn's tokens whose KV was computed (not the last answer token's)
+    assert second["usage"]["prompt_tokens_details"]["cached_tokens"] >= (prompt1 + len(answer) - 1) // 16 * 16, \
+        (second["usage"], prompt1, len(answer))
+    cold = chat(turn2, 12, salt + "-cold")
+    assert cold["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert second["choices"][0]["token_ids"] == cold["choices"][0]["token_ids"]
+
+
 def test_a_cache_salt_keeps_a_prefix_apart_in_every_cache(stack: Stack) -> None:
     """vLLM's cache_salt: a prefix computed under one salt is found, by either prefill worker (its
     own cache, or the kvstore), only under that salt; the HTTP and gRPC APIs carry the salt."""
