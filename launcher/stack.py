@@ -59,6 +59,7 @@ class StackConfig:
     extra_worker_args: tuple[str, ...] = ()
     extra_decode_args: tuple[str, ...] = ()
     prefill_args: tuple[tuple[str, ...], ...] = ()  # more arguments of prefill-i, by i
+    decode_kvstore: bool = True  # decode workers write what they generate to the kvstore
     log_dir: str = ""  # "" = a temp dir; logs go to files there
     threads_per_worker: int = 0
 
@@ -128,8 +129,8 @@ class Stack:
             "--worker-id", f"prefill-{i}", *common, *(c.prefill_args[i] if i < len(c.prefill_args) else ())])
             for i in range(c.num_prefill)]
         workers += [self._spawn(f"decode-{i}", "decode_worker", [
-            "--address", f"{host}:0", "--kvstore", f"{host}:{kv.info['grpc_port']}", "--worker-id", f"decode-{i}",
-            *common, *c.extra_decode_args])
+            "--address", f"{host}:0", "--worker-id", f"decode-{i}", *common, *c.extra_decode_args,
+            *(["--kvstore", f"{host}:{kv.info['grpc_port']}"] if c.decode_kvstore else [])])
             for i in range(c.num_decode)]
         self._wait_ready(workers)
         gw_args = ["--host", host, "--http-port", str(c.http_port), "--grpc-port", str(c.grpc_port),
