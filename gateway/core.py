@@ -84,6 +84,14 @@ class GatewayCore:
         validate_prompt(ids, self.model_config.vocab_size, self.max_model_len)
         return ids
 
+    def check_room(self, prompt_tokens: int, max_tokens: int, field: str = "max_tokens") -> None:
+        """A 400 when a limit the client set cannot fit beside its prompt (as vLLM and OpenAI answer;
+        a default limit is cut to the context instead: generation stops there, "length")."""
+        limit = self.max_model_len
+        if prompt_tokens + max_tokens > limit:
+            raise InvalidRequestError(field, f"is too large: {max_tokens}. The context length is {limit} tokens and "
+                                             f"the prompt has {prompt_tokens}, which leaves {limit - prompt_tokens}")
+
     def detokenize(self, ids: Sequence[int]) -> str:
         vocab = self.model_config.vocab_size
         bad = [t for t in ids if not 0 <= t < vocab]

@@ -31,6 +31,8 @@ class GroveServicer(pb_grpc.GroveServicer):
             ids = self.core.tokenize(prompt=value, truncate=truncate)  # type: ignore[arg-type]
         else:
             raise InvalidRequestError("input", "one of prompt, prompt_token_ids or chat is required")
+        if request.sampling.HasField("max_tokens"):
+            self.core.check_room(len(ids), params.max_tokens)
         shown, work_id = self.core.request_ids(request.request_id)
         return shown, self.core.work(ids, params, work_id, request.priority, request.cache_salt)
 

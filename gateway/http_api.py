@@ -22,10 +22,10 @@ from gateway.choices import Choice, merged, plan_choices, total_usage
 from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
-    Echo, ResponseShaper, StreamUsage, TokenNames, cache_salt_from_body, chat_messages, chat_template_options,
-    choices_per_prompt, client_request_id, completion_prompts, error_json, flag, priority_from_body,
-    prompt_logprobs_from_body, reject_unsupported, sampling_from_body, stream_usage_from_body, truncation_from_body,
-    wants_echo,
+    Echo, ResponseShaper, StreamUsage, TokenNames, asked_max_tokens, cache_salt_from_body, chat_messages,
+    chat_template_options, choices_per_prompt, client_request_id, completion_prompts, error_json, flag,
+    priority_from_body, prompt_logprobs_from_body, reject_unsupported, sampling_from_body, stream_usage_from_body,
+    truncation_from_body, wants_echo,
 )
 from gateway.responses_api import ResponseObject, as_chat_body, name_responses_error
 from gateway.structured_request import name_structured_error
@@ -155,6 +155,9 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
                             for p, ids in zip(given, prompts)]
                     if params.logprobs is not None:  # the prompt tokens' logprobs go first
                         params = dataclasses.replace(params, prompt_logprobs=params.logprobs)
+            max_key = asked_max_tokens(body, chat)
+            for ids in prompts if max_key is not None else ():
+                core.check_room(len(ids), params.max_tokens, max_key)
             asked = prompt_logprobs_from_body(body)  # vLLM's field: beside the choices
             if asked is not None:
                 params = dataclasses.replace(params, prompt_logprobs=max(asked, params.prompt_logprobs or 0))
@@ -189,6 +192,8 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             params = sampling_from_body(chat, chat=True)
             prompt = core.tokenize(messages=chat_messages(chat), template=chat_template_options(chat),
                                    truncate=truncation_from_body(chat))
+            if asked_max_tokens(chat, chat=True) is not None:  # (named max_output_tokens in the error)
+                core.check_room(len(prompt), params.max_tokens)
             request_id, work_id = _request_ids(core, chat, request)
             choices = plan_choices(core, [prompt], params, 1, work_id, priority_from_body(chat),
                                    cache_salt_from_body(chat))

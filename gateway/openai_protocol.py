@@ -37,12 +37,20 @@ def _list_of(body: dict[str, Any], key: str, kind: type, what: str, non_empty: b
     return tuple(value)
 
 
+def asked_max_tokens(body: dict[str, Any], chat: bool) -> str | None:
+    """The field that sets the request's output limit, if the client set one (chat's
+    ``max_completion_tokens`` before its ``max_tokens``); None: the default applies."""
+    if chat and body.get("max_completion_tokens") is not None:
+        return "max_completion_tokens"
+    return "max_tokens" if body.get("max_tokens") is not None else None
+
+
 def sampling_from_body(body: dict[str, Any], chat: bool) -> SamplingParams:
     if not isinstance(body, dict):
         raise InvalidRequestError("body", "must be a JSON object")
     kwargs: dict[str, Any] = {k: _typed(body, k, t) for k, t in _SAMPLING_KEYS.items() if body.get(k) is not None}
-    max_key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
-    if body.get(max_key) is not None:
+    max_key = asked_max_tokens(body, chat)
+    if max_key is not None:
         kwargs["max_tokens"] = _typed(body, max_key, int)
     elif chat:
         kwargs["max_tokens"] = 4096  # chat default: until the context limit or a stop

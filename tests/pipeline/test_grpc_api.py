@@ -63,6 +63,11 @@ def test_python_stubs_unary_and_stream(stack: Stack) -> None:
         with pytest.raises(grpc.RpcError) as e:
             stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(top_p=2.0)), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_p" in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:  # no room for so many beside the prompt
+            stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(
+                max_tokens=models.models[0].max_model_len)), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_tokens" in e.value.details()
+        assert "context length" in e.value.details()
     text = _http_text(stack)
     assert unary.text == text == "".join(m.text for m in streamed)
     assert streamed[-1].finish_reason == unary.finish_reason and streamed[-1].usage.completion_tokens == len(unary.token_ids)

@@ -439,6 +439,32 @@ def test_a_prompt_longer_than_a_workers_kv_pool_gets_400_at_once(stack: Stack) -
     assert err["param"] == "prompt" and "context length" in err["message"]
 
 
+def test_a_max_tokens_the_context_cannot_hold_beside_the_prompt_is_400(stack: Stack) -> None:
+    """As vLLM and OpenAI answer: an output limit the client set that does not fit beside the
+    prompt is a 400 naming the field and the context; one that just fits is served; with no limit
+    set, generation stops at the context instead."""
+    context = httpx.get(stack.http_url + "/v1/models", timeout=10).json()["data"][0]["max_model_len"]
+    messages = [{"role": "user", "content": "Hi"}]
+    chat_len = httpx.post(stack.http_url + "/tokenize", json={"messages": messages}, timeout=10).json()["count"]
+    prompt = [1000 + i for i in range(10)]
+    cases = [("/v1/completions", {"prompt": prompt, "max_tokens": context - 9}, "max_tokens"),
+             ("/v1/chat/completions", {"messages": messages, "max_tokens": context}, "max_tokens"),
+             ("/v1/chat/completions", {"messages": messages, "max_tokens": 4, "max_completion_tokens": context},
+              "max_completion_tokens"),
+             ("/v1/responses", {"input": "Hi", "max_output_tokens": context}, "max_output_tokens")]
+    for path, body, param in cases:
+        r = httpx.post(stack.http_url + path, json=body, timeout=60)
+        assert r.status_code == 400, (path, r.text)
+        err = r.json()["error"]
+        assert err["param"] == param and f"context length is {context} tokens" in err["message"], err
+    fits = [("/v1/completions", {"prompt": prompt, "max_tokens": context - 10}),
+            ("/v1/chat/completions", {"messages": messages, "max_completion_tokens": context - chat_len}),
+            ("/v1/chat/completions", {"messages": messages})]  # the default: up to the context
+    for path, body in fits:
+        with httpx.stream("POST", stack.http_url + path, json={**body, "stream": True}, timeout=60) as r:
+            assert r.status_code == 200, (path, r.read())  # left at once: the request is cancelled
+
+
 def test_a_clients_request_id_names_the_response(stack: Stack) -> None:
     """vLLM's ``request_id`` (body) or the ``X-Request-Id`` header names the response (its id and
     its X-Request-Id header); with neither, the header carries the id the gateway made. Six
