@@ -87,6 +87,12 @@ class DecodeService:
         cache = self.eng.scheduler.prefix_cache
         return cache.match(seq.block_hashes, 0) if cache is not None else []
 
+    async def _write_generated(self, seq: Sequence, kvstore: SharedCache) -> None:
+        if kvstore.ready() is None:
+            return  # the store is away
+        blocks = await self.engine.call(self._kept_blocks, seq)
+        kvstore.write_back(self.engine, seq.all_ids, blocks, seq.cache_salt, owned=True)
+
     def pending(self) -> int:
         return self.in_flight
 
@@ -107,9 +113,8 @@ class DecodeService:
                 ]
                 usage = Usage(draft_tokens=seq.num_draft_tokens, accepted_tokens=seq.num_accepted_tokens) if out.finished else None
                 yield GenerationChunk(out.delta_text, tokens, seq.finish_reason if out.finished else None, usage)
-            if self.kvstore is not None and self.kvstore.ready() is not None:
-                blocks = await self.engine.call(self._kept_blocks, seq)
-                self.kvstore.write_back(self.engine, seq.all_ids, blocks, seq.cache_salt, owned=True)
+            if self.kvstore is not None:  # a task of its own: the stream's end may cancel this one
+                self.kvstore.in_background(self._write_generated(seq, self.kvstore))
         finally:
             self.in_flight -= 1
 
