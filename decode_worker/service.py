@@ -50,10 +50,11 @@ class DecodeService:
         eng = self.eng
         if kv.compat_key != eng.layout.compat_key():
             raise InvalidRequestError("kv.compat_key", "KV layout differs from this worker's (model/dtype/block size)")
-        if kv.num_tokens != len(req.prompt_ids):
-            raise InvalidRequestError("kv.num_tokens", f"{kv.num_tokens} != prompt length {len(req.prompt_ids)}")
+        known = len(req.prompt_ids) + len(req.resume_ids)  # the tokens whose KV the prefill computed
+        if kv.num_tokens != known:
+            raise InvalidRequestError("kv.num_tokens", f"{kv.num_tokens} != prompt length {known}")
         seq: Sequence = await self.engine.call(eng.make_sequence, req.request_id, list(req.prompt_ids), req.params,
-                                               req.priority, req.cache_salt)
+                                               req.priority, req.cache_salt, req.resume_ids)
         seq.seed = req.seed
         released = False
         try:
@@ -73,10 +74,10 @@ class DecodeService:
                 task.add_done_callback(self._releases.discard)
         self.local_prefix_blocks += have
         self.fetched_blocks += len(blocks)
-        seq.num_cached = len(req.prompt_ids)
+        seq.num_cached = known
         reason = seq.append_token(first.token_id)  # same detokenizer state as the prefill side
         assert reason is None, "a request finished by its first token never reaches decode"
-        seq.detok.emitted = len(first_text)  # the gateway already streamed the first token's text
+        seq.detok.emitted += len(first_text)  # the gateway already streamed the first token's text
         return seq
 
     def _kept_blocks(self, seq: Sequence) -> list[int]:

@@ -135,9 +135,11 @@ class LLMEngine:
 
     # ---- requests -------------------------------------------------------------------------
     def make_sequence(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
-                      priority: int = 0, cache_salt: str = "") -> Seq:
+                      priority: int = 0, cache_salt: str = "", resume_ids: Sequence[int] = ()) -> Seq:
         """Validates and builds a sequence (not yet scheduled). ``priority``: vLLM's, lower first;
-        ``cache_salt``: vLLM's, the request shares cached KV and drafts only with its salt."""
+        ``cache_salt``: vLLM's, the request shares cached KV and drafts only with its salt;
+        ``resume_ids``: the output a resumed request already has (its text already streamed): the
+        sequence goes on from there as if it had generated them (stop strings, grammar, lengths)."""
         validate_prompt(prompt_ids, self.model.config.vocab_size, self.max_model_len)
         params.check_vocab(self.model.config.vocab_size)
         if request_id in self.seqs:
@@ -158,6 +160,12 @@ class LLMEngine:
         if params.min_tokens and params.allowed_token_ids and set(params.allowed_token_ids) <= set(seq.detok.stop_ids):
             raise InvalidRequestError("allowed_token_ids", "every allowed token ends the output, which min_tokens "
                                                            "forbids at first: nothing could be sampled")
+        if resume_ids:
+            validate_prompt([*prompt_ids, *resume_ids], self.model.config.vocab_size, self.max_model_len)
+            for token in resume_ids:
+                if seq.append_token(token) is not None:
+                    raise InvalidRequestError("resume_token_ids", "the output had ended already")
+            seq.detok.take_delta(False)  # the client has this text
         return seq
 
     def add_request(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,

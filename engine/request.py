@@ -14,6 +14,8 @@ class WorkRequest:
     seed: int  # resolved once by the gateway: every stage samples the same stream
     priority: int = 0  # vLLM's: lower is scheduled first and preempted last (engine.scheduler)
     cache_salt: str = ""  # vLLM's: cached prefixes and drafts are shared only among requests of one salt
+    # a request resumed after its decode worker was lost: the output tokens it already has
+    resume_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

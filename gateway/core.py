@@ -3,6 +3,7 @@ streamed), hand the KV to a decode worker, relay its stream. Both APIs (HTTP, gR
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import uuid
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 PREFILL_TIMEOUT_S = 120.0
 MAX_REQUEST_ID = 256  # characters of a client's own request id
 KV_LOSS_RETRIES = 1  # prefills again when a decode worker could not get the KV, before giving up
+DECODE_MIGRATIONS = 2  # a request whose decode worker is lost mid-stream goes on elsewhere, this often
 T = TypeVar("T")
 
 
@@ -183,14 +185,46 @@ class GatewayCore:
     async def _generate(self, work: WorkRequest, trace: RequestTrace) -> AsyncIterator[GenerationChunk]:
         pw, pre = await self._prefill(work, trace)
         trace.first_token(len(work.prompt_ids), pre.cached_tokens)
-        usage = Usage(prompt_tokens=len(work.prompt_ids), completion_tokens=1, cached_tokens=pre.cached_tokens)
-        first = convert.token_from_pb(pre.first_token)
+        usage = Usage(prompt_tokens=len(work.prompt_ids), completion_tokens=0, cached_tokens=pre.cached_tokens)
         prompt_lps = [convert.token_from_pb(t) for t in pre.prompt_logprobs] if work.params.prompt_logprobs is not None \
             else None
-        if pre.finish_reason:
-            trace.finished(pre.finish_reason)
-            yield GenerationChunk(pre.text, [first], pre.finish_reason, usage, prompt_lps)
-            return
+        output: list[int] = []  # every token the client has been sent
+        for migration in range(DECODE_MIGRATIONS + 1):
+            if pre.finish_reason:
+                first = convert.token_from_pb(pre.first_token)
+                usage.completion_tokens += 1
+                trace.finished(pre.finish_reason)
+                yield GenerationChunk(pre.text, [first], pre.finish_reason, usage, prompt_lps)
+                return
+            try:
+                async for chunk in self._handed_over(work, pw, pre, prompt_lps, trace):
+                    output.extend(t.token_id for t in chunk.tokens)
+                    usage.completion_tokens += len(chunk.tokens)
+                    if chunk.finish_reason is not None:
+                        trace.finished(chunk.finish_reason)
+                        if chunk.usage is not None:
+                            usage.draft_tokens, usage.accepted_tokens = chunk.usage.draft_tokens, chunk.usage.accepted_tokens
+                        chunk.usage = usage
+                    yield chunk
+                return
+            except DecodeLostError as e:
+                if migration == DECODE_MIGRATIONS:
+                    raise UnavailableError(str(e)) from None
+                # the request goes on elsewhere from the tokens the client has: prefilled with them
+                # (their KV computed, the next token sampled at its position from the same seed,
+                # so the output is what it would have been), then decoded by another worker
+                logger.warning("%s: resuming %s after %d tokens", e, work.request_id, len(output))
+                self.metrics.retry("decode", e.code)
+                work = dataclasses.replace(work, params=dataclasses.replace(work.params, prompt_logprobs=None),
+                                           resume_ids=tuple(output))
+                prompt_lps = None
+                pw, pre = await self._prefill(work, trace)
+
+    async def _handed_over(self, work: WorkRequest, pw: Worker, pre: pb.PrefillResponse,
+                           prompt_lps: list[TokenOut] | None, trace: RequestTrace) -> AsyncIterator[GenerationChunk]:
+        """The prefill's token, then the decode worker's stream from the KV ``pw`` holds (prefilled
+        again, if a decode worker could not get it); the KV is released if no decode worker took it."""
+        first = convert.token_from_pb(pre.first_token)
         handed = False
         try:
             yield GenerationChunk(pre.text, [first], prompt_logprobs=prompt_lps)
@@ -198,13 +232,7 @@ class GatewayCore:
                 try:
                     async for chunk in self._decode(work, pre, first):
                         handed = True
-                        usage.completion_tokens += len(chunk.tokens)
                         trace.chunk(len(chunk.tokens))
-                        if chunk.finish_reason is not None:
-                            trace.finished(chunk.finish_reason)
-                            if chunk.usage is not None:
-                                usage.draft_tokens, usage.accepted_tokens = chunk.usage.draft_tokens, chunk.usage.accepted_tokens
-                            chunk.usage = usage
                         yield chunk
                     return
                 except KVLostError as e:
@@ -265,6 +293,10 @@ class GatewayCore:
                         logger.warning("decode on %s failed before any output (%s): trying another", w.address,
                                        e.details())
                     continue
+                if got_any and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                        grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                    raise DecodeLostError(f"decode worker {w.address} failed mid-request: {code.name}: {e.details()}",
+                                          code.name) from None
                 raise UnavailableError(f"decode worker {w.address} failed mid-request: {code.name}: {e.details()}") from None
             finally:
                 call.cancel()  # no-op when finished; frees the request everywhere when we leave early
@@ -272,6 +304,15 @@ class GatewayCore:
 
 
 _DETACHED: set[asyncio.Future[Any]] = set()
+
+
+class DecodeLostError(UnavailableError):
+    """The decode worker failed after it had streamed some output (died, stopped answering, cut
+    off by its shutdown); ``code``: how the call ended."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class KVLostError(Exception):

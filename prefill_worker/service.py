@@ -60,7 +60,7 @@ class PrefillService:
     async def _reuse_prefix(self, seq: Sequence) -> int:
         """Starts ``seq`` on its longest cached prefix: this worker's own cache first, then the
         kvstore for the blocks beyond it. Returns the prompt tokens reused."""
-        eng, prompt = self.eng, seq.prompt_ids
+        eng, prompt = self.eng, seq.all_ids  # the prompt (and a resumed request's output so far)
         bs = eng.config.block_size
         await self.engine.call(eng.scheduler.reuse_prefix, seq)
         have = len(seq.block_table)
@@ -114,9 +114,9 @@ class PrefillService:
             self.in_flight -= 1
 
     async def _prefill(self, req: WorkRequest) -> PrefillResult:
-        prompt = list(req.prompt_ids)
-        seq: Sequence = await self.engine.call(self.eng.make_sequence, req.request_id, prompt, req.params,
-                                               req.priority, req.cache_salt)
+        seq: Sequence = await self.engine.call(self.eng.make_sequence, req.request_id, list(req.prompt_ids),
+                                               req.params, req.priority, req.cache_salt, req.resume_ids)
+        prompt = list(seq.all_ids)  # every token whose KV this prefill computes
         seq.seed = req.seed
         seq.hold_kv = True
         out = None

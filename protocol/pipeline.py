@@ -62,12 +62,12 @@ def sampling_to_pb(p: SamplingParams) -> apb.SamplingParams:
 def work_to_pb(w: WorkRequest) -> wpb.WorkRequest:
     return wpb.WorkRequest(request_id=w.request_id, prompt_token_ids=list(w.prompt_ids),
                            sampling=sampling_to_pb(w.params), seed=w.seed, priority=w.priority,
-                           cache_salt=w.cache_salt)
+                           cache_salt=w.cache_salt, resume_token_ids=list(w.resume_ids))
 
 
 def work_from_pb(pb: wpb.WorkRequest) -> WorkRequest:
     return WorkRequest(pb.request_id, tuple(pb.prompt_token_ids), sampling_from_pb(pb.sampling), pb.seed, pb.priority,
-                       pb.cache_salt)
+                       pb.cache_salt, tuple(pb.resume_token_ids))
 
 
 def token_to_pb(t: TokenOut) -> wpb.TokenOut:

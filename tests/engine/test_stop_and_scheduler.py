@@ -156,3 +156,31 @@ def test_special_tokens_in_text_unless_skipped(tokenizer: Any) -> None:
     skipped = Detokenizer(tokenizer, SamplingParams(max_tokens=100), eos_ids=())
     assert _run(kept, ids)[0] == "<|im_start|>user"
     assert _run(skipped, ids)[0] == "user"
+
+
+def test_a_resumed_sequence_goes_on_as_the_whole_one_did(model_dir: Any) -> None:
+    """``make_sequence(resume_ids=...)``, what a prefill worker does for a request whose decode
+    worker was lost: from any point, the rest of the output (tokens and streamed text) is what the
+    uninterrupted run gave, with sampling (seeded) and a stop string alike; the text the client
+    already has is not sent again."""
+    eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=128, lookahead=False))
+    prompt = eng.tokenizer("Once upon a time, in a small village,")["input_ids"]
+    for params in (SamplingParams(max_tokens=24, temperature=0.0, stop=(" the end",)),
+                   SamplingParams(max_tokens=24, temperature=0.9, seed=3, stop=("zzz",))):
+        whole = eng.add_request("whole", prompt, params)
+        text, streamed = "", {0: ""}  # the text streamed once so many tokens were out
+        while eng.has_work:
+            text += "".join(o.delta_text for o in eng.step())
+            streamed[len(whole.output_ids)] = text
+        assert whole.finish_reason == "length"
+        for k in (1, 7, 23):
+            seq = eng.make_sequence(f"resumed-{k}", prompt, params, resume_ids=whole.output_ids[:k])
+            seq.seed = whole.seed
+            sent = seq.detok.text[: seq.detok.emitted]
+            eng.add_sequence(seq)
+            rest = ""
+            while eng.has_work:
+                rest += "".join(o.delta_text for o in eng.step())
+            assert sent == streamed[k], k  # what the client has: not sent again
+            assert seq.output_ids == whole.output_ids and seq.finish_reason == "length", k
+            assert sent + rest == text, k

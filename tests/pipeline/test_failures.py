@@ -29,11 +29,11 @@ from tests.pipeline.stack_probe import gateway_retry_counts, wait_idle, worker_s
 @pytest.fixture(scope="module")
 def fragile_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack of this module's own: its tests stop, freeze and kill its processes, in file order
-    (a stack starts in ~30-50 s on 2 cores, so they share one): decode-1 and prefill-2 are shut
-    down (SIGTERM), then the kvstore is frozen and killed, then prefill-0 (frozen, then killed,
-    which leaves prefill-1 serving), then decode-0, the only decode worker left (frozen and woken,
-    then killed). Each test also passes alone on a fresh stack."""
-    config = StackConfig(model=str(model_dir), num_prefill=3, num_decode=2, worker_kv_gb=0.25,
+    (a stack starts in ~30-50 s on 2 cores, so they share one): decode-2 is killed mid-stream,
+    decode-1 and prefill-2 are shut down (SIGTERM), then the kvstore is frozen and killed, then
+    prefill-0 (frozen, then killed, which leaves prefill-1 serving), then decode-0, the only decode
+    worker left (frozen and woken, then killed). Each test also passes alone on a fresh stack."""
+    config = StackConfig(model=str(model_dir), num_prefill=3, num_decode=3, worker_kv_gb=0.25,
                          log_dir=str(tmp_path_factory.mktemp("fragile-stack")), threads_per_worker=1)
     with Stack(config) as s:
         yield s
@@ -47,9 +47,11 @@ def _drained(s: Stack, name: str, timeout_s: float = 30.0) -> int:
     return int(found[-1])
 
 
-def _stream(s: Stack, body: dict[str, object], started: threading.Event | None = None) -> list[int]:
-    """A streamed completion's token ids; ``started`` is set once its first text arrived."""
+def _stream(s: Stack, body: dict[str, object], started: threading.Event | None = None, after: int = 1) -> list[int]:
+    """A streamed completion's token ids; ``started`` is set once ``after`` chunks arrived (the
+    first is the prefill worker's token, the rest the decode worker's)."""
     ids: list[int] = []
+    chunks = 0
     with httpx.Client(base_url=s.http_url, timeout=60) as c:
         with c.stream("POST", "/v1/completions", json={**body, "stream": True, "return_token_ids": True}) as r:
             assert r.status_code == 200, r.read()
@@ -58,9 +60,35 @@ def _stream(s: Stack, body: dict[str, object], started: threading.Event | None =
                     chunk = json.loads(line[6:])
                     assert "error" not in chunk, chunk
                     ids += chunk["choices"][0].get("token_ids") or []
-                    if started is not None:
+                    chunks += 1
+                    if started is not None and chunks >= after:
                         started.set()
     return ids
+
+
+def test_a_decode_worker_lost_mid_stream_hands_its_streams_to_another(fragile_stack: Stack) -> None:
+    """decode-2 dies (SIGKILL) while it streams: each of its requests goes on from the tokens its
+    client has, prefilled with them and decoded by another worker, and every stream ends as it
+    would have without the loss, token for token: greedy, and sampled with a seed (each position
+    draws from the seed, so the resumed draws are the ones the lost worker would have made)."""
+    s = fragile_stack
+    bodies: list[dict[str, object]] = [{"prompt": f"Write about the number {k}.", "max_tokens": 64, "ignore_eos": True,
+                                        **({"temperature": 0} if k % 2 else {"temperature": 0.8, "seed": 100 + k})}
+                                       for k in range(6)]
+    with ThreadPoolExecutor(8) as pool:
+        want = list(pool.map(lambda b: _stream(s, b), bodies))
+        retries = gateway_retry_counts(s)
+        started = [threading.Event() for _ in bodies]
+        # two on each decode worker, each killed or not once it is decoding
+        running = [pool.submit(_stream, s, b, e, 4) for b, e in zip(bodies, started)]
+        assert all(e.wait(60) for e in started)
+        assert worker_stats(s)["decode-2"].num_running >= 1
+        os.kill(s.service("decode-2").proc.pid, signal.SIGKILL)
+        got = [f.result() for f in running]
+    assert got == want
+    moved = gateway_retry_counts(s)
+    assert moved[("decode", "UNAVAILABLE")] > retries[("decode", "UNAVAILABLE")], "no stream was resumed elsewhere"
+    assert moved[("prefill", "FAILED_PRECONDITION")] == retries[("prefill", "FAILED_PRECONDITION")]
 
 
 def test_a_decode_worker_shut_down_finishes_its_streams_and_takes_no_new_ones(fragile_stack: Stack) -> None:
