@@ -1,5 +1,7 @@
 """One request through the pipeline: prefill (retried on another worker while nothing was
-streamed), hand the KV to a decode worker, relay its stream. Both APIs (HTTP, gRPC) call this."""
+streamed), hand the KV to a decode worker (another one if a call fails before any output), relay
+its stream; a stream whose decode worker is lost goes on from the tokens the client has (prefilled
+with them, then decoded elsewhere). Both APIs (HTTP, gRPC) call this."""
 from __future__ import annotations
 
 import asyncio
