@@ -217,6 +217,7 @@ class GatewayCore:
                 # so the output is what it would have been), then decoded by another worker
                 logger.warning("%s: resuming %s after %d tokens", e, work.request_id, len(output))
                 self.metrics.retry("decode", e.code)
+                self.metrics.migrations.inc()
                 work = dataclasses.replace(work, params=dataclasses.replace(work.params, prompt_logprobs=None),
                                            resume_ids=tuple(output))
                 prompt_lps = None

@@ -57,6 +57,8 @@ class GatewayMetrics:
         self.generation_tokens = counter("grove:generation_tokens", "Tokens streamed to clients.")
         self.prefix_queries = counter("grove:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.")
         self.prefix_hits = counter("grove:prefix_cache_hits", "Prompt tokens found in the prefix cache.")
+        self.migrations = counter("grove:request_migrations",
+                                  "Streams resumed on another decode worker after theirs was lost mid-stream.")
         self._success = Counter("grove:request_success", "Finished requests by finish reason.",
                                 [*names, "finished_reason"], registry=self.registry)
         self._errors = Counter("grove:request_errors", "Requests that failed, by error.", [*names, "error"],

@@ -88,6 +88,9 @@ def test_a_decode_worker_lost_mid_stream_hands_its_streams_to_another(fragile_st
     assert got == want
     moved = gateway_retry_counts(s)
     assert moved[("decode", "UNAVAILABLE")] > retries[("decode", "UNAVAILABLE")], "no stream was resumed elsewhere"
+    resumed = [line for line in httpx.get(s.http_url + "/metrics", timeout=10).text.splitlines()
+               if line.startswith("grove:request_migrations_total")]
+    assert len(resumed) == 1 and float(resumed[0].rsplit(" ", 1)[1]) >= 1, resumed
     assert moved[("prefill", "FAILED_PRECONDITION")] == retries[("prefill", "FAILED_PRECONDITION")]
 
 
