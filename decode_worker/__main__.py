@@ -48,7 +48,6 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     await serve_worker(args, "decode", SERVICE, worker_id, engine, add_servicer, stop, service,
                        service_metrics=service.metrics)
     if kvstore is not None:
-        await kvstore.drain()
         await kvstore.close()
     await puller.close()
     await engine.close()

@@ -52,7 +52,8 @@ class DecodeService:
             raise InvalidRequestError("kv.compat_key", "KV layout differs from this worker's (model/dtype/block size)")
         known = len(req.prompt_ids) + len(req.resume_ids)  # the tokens whose KV the prefill computed
         if kv.num_tokens != known:
-            raise InvalidRequestError("kv.num_tokens", f"{kv.num_tokens} != prompt length {known}")
+            raise InvalidRequestError("kv.num_tokens", f"{kv.num_tokens} != the {known} tokens of the prompt "
+                                                       "(and of the output a resumed request has)")
         seq: Sequence = await self.engine.call(eng.make_sequence, req.request_id, list(req.prompt_ids), req.params,
                                                req.priority, req.cache_salt, req.resume_ids)
         seq.seed = req.seed

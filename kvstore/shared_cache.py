@@ -120,11 +120,6 @@ class SharedCache:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def drain(self) -> None:
-        """Waits for the writes and releases under way (a worker shutting down)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-
     def metrics(self) -> list[ServiceMetric]:
         """The kvstore as this worker sees it (runtime.engine_metrics, at scrape time)."""
         return [ServiceMetric("counter", "grove:kvstore_failures", "kvstore calls that failed (each a cache miss).",
@@ -151,8 +146,11 @@ class SharedCache:
         self.connected = True
 
     async def close(self) -> None:
+        """Lets the writes and releases under way finish (a worker shutting down), then disconnects."""
         if self._reconnecting is not None:
             self._reconnecting.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self.client.close()
 
 

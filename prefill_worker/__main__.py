@@ -58,7 +58,6 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
                        service_metrics=service.metrics)
     reap.cancel()
     if kvstore is not None:
-        await kvstore.drain()
         await kvstore.close()
     await engine.close()
 
