@@ -9,7 +9,7 @@ import os
 import grpc
 
 from decode_worker.kv_puller import KVPuller
-from decode_worker.service import DecodeService
+from decode_worker.service import ADMIT_WAIT_S, DecodeService
 from decode_worker.servicer import DecodeServicer
 from engine.async_engine import AsyncEngine
 from engine.engine_config import EngineConfig
@@ -27,6 +27,9 @@ SERVICE = "grove.internal.v1.DecodeWorker"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m decode_worker", description=__doc__)
     p.add_argument("--max-requests", type=int, default=256, help="requests in flight before RESOURCE_EXHAUSTED")
+    p.add_argument("--admit-wait", type=float, default=ADMIT_WAIT_S,
+                   help="seconds a handed-over request waits for room in the batch (KV blocks) before "
+                        "RESOURCE_EXHAUSTED; its KV's lease on the prefill worker is renewed meanwhile")
     add_worker_args(p, "decode")
     EngineConfig.add_cli_args(p)
     return p.parse_args(argv)
@@ -40,7 +43,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     plane = make_plane("decode", engine.engine.kv.data, args.nixl == "on", passive=False)
     puller = KVPuller(engine.engine.kv.data, plane)
     kvstore = await open_shared_cache(args.kvstore, args.kvstore_timeout, engine, plane)
-    service = DecodeService(engine, puller, args.max_requests, kvstore)
+    service = DecodeService(engine, puller, args.max_requests, kvstore, args.admit_wait)
 
     def add_servicer(server: grpc.aio.Server, address: str) -> None:
         pb_grpc.add_DecodeWorkerServicer_to_server(DecodeServicer(service, worker_id), server)

@@ -82,6 +82,18 @@ class KVPuller:
         logger.info("kv pull: %d blocks, %d bytes over grpc in %.6f s", len(local_blocks), nbytes, time.perf_counter() - t0)
         return "grpc"
 
+    async def renew(self, kv: KVHandle) -> float:
+        """Keeps the holder's lease on ``kv`` from ending while this worker waits for room; returns
+        the seconds it now lasts. KVHandoffError when it has ended or the holder does not answer."""
+        try:
+            reply = await self._stub(kv.worker_address).RenewKV(pb.RenewKVRequest(lease_id=kv.lease_id),
+                                                                timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise KVHandoffError(f"{kv.worker_address} did not renew the KV lease: {e.code().name}: {e.details()}") from None
+        if not reply.held:
+            raise KVHandoffError(f"the KV lease on {kv.worker_address} ended while this worker waited for room")
+        return reply.ttl_s
+
     async def release(self, kv: KVHandle, confirm: bool = False) -> None:
         """Tells the holder to free the KV; best effort (its lease expires anyway). ``confirm``:
         raises KVHandoffError unless the holder answers that it still held the lease."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import AsyncIterator
 
 from engine.async_engine import AsyncEngine
@@ -17,14 +18,20 @@ from runtime.worker_process import ShuttingDownError
 
 logger = logging.getLogger(__name__)
 
+ADMIT_WAIT_S = 120.0  # how long a handoff waits for room in the batch (its KV's lease renewed meanwhile)
+ADMIT_POLL_S = 0.01
+
 
 class DecodeService:
     def __init__(self, engine: AsyncEngine, puller: KVPuller, max_requests: int,
-                 kvstore: SharedCache | None = None) -> None:
+                 kvstore: SharedCache | None = None, admit_wait_s: float = ADMIT_WAIT_S) -> None:
         self.engine = engine
         self.puller = puller
         self.kvstore = kvstore  # gets what this worker generated: a chat's next turn finds its answer
         self.max_requests = max_requests
+        self.admit_wait_s = admit_wait_s
+        self._queue: deque[object] = deque()  # handoffs waiting for blocks, in arrival order
+        self.block_waits = 0  # handoffs that found too few free blocks and waited
         self.in_flight = 0
         self.draining = False  # runtime.worker_process.Drainable
         self.local_prefix_blocks = 0
@@ -35,16 +42,60 @@ class DecodeService:
     def eng(self):  # noqa: ANN201 - the LLMEngine, touched only through self.engine.call
         return self.engine.engine
 
-    def _reserve(self, seq: Sequence, kv: KVHandle) -> tuple[int, list[int]]:
+    def _reserve(self, seq: Sequence, kv: KVHandle) -> tuple[int, list[int]] | None:
         """On the engine thread: the prompt's blocks this worker still caches from earlier requests
         (not pulled again), then new blocks for the rest, all in ``seq.block_table`` at once, so
-        freeing the sequence gives back both. Returns (blocks reused, the new blocks)."""
+        freeing the sequence gives back both. Returns (blocks reused, the new blocks), or None
+        (holding nothing) while the batch has no room: fewer blocks free than the rest needs plus
+        a margin (vLLM's watermark: admitted with none, the next step preempts someone), or a
+        preempted sequence of this worker waiting for blocks (it goes first)."""
         eng = self.eng
-        eng.scheduler.reuse_prefix(seq, kv.num_tokens)
+        sched, alloc = eng.scheduler, eng.allocator
+        if sched.waiting:
+            return None
+        sched.reuse_prefix(seq, kv.num_tokens)
         have = len(seq.block_table)
-        blocks = eng.allocator.allocate(len(kv.block_ids) - have)
+        need = len(kv.block_ids) - have
+        margin = max(1, alloc.num_blocks // 100) if sched.running else 0
+        if need + margin > alloc.num_free:
+            sched.free(seq)  # its cached prefix stays cached
+            return None
+        blocks = alloc.allocate(need)
         seq.block_table = seq.block_table + blocks
         return have, blocks
+
+    async def _reserve_waiting(self, seq: Sequence, kv: KVHandle) -> tuple[int, list[int]]:
+        """``_reserve``, waiting for the batch to make room (a running request to finish) behind
+        the handoffs that came first, up to ``admit_wait_s``; then RESOURCE_EXHAUSTED, and the
+        gateway tries another decode worker. The prefill worker holds the KV meanwhile: the wait
+        renews its lease every third of its time."""
+        if not self._queue:
+            got = await self.engine.call(self._reserve, seq, kv)
+            if got is not None:
+                return got
+        ticket = object()
+        self._queue.append(ticket)
+        self.block_waits += 1
+        loop = asyncio.get_running_loop()
+        start = renewed = loop.time()
+        renew_every = (await self.puller.renew(kv)) / 3
+        try:
+            while True:
+                await asyncio.sleep(ADMIT_POLL_S)
+                if self._queue[0] is ticket:  # each try also waits for the step under way
+                    got = await self.engine.call(self._reserve, seq, kv)
+                    if got is not None:
+                        return got
+                now = loop.time()
+                if now - start >= self.admit_wait_s:
+                    break
+                if now - renewed >= renew_every:
+                    renew_every, renewed = (await self.puller.renew(kv)) / 3, now
+        finally:
+            self._queue.remove(ticket)
+        free, total = self.eng.allocator.num_free, self.eng.allocator.num_blocks
+        raise OutOfBlocksError(f"decode worker has no room for {len(kv.block_ids)} KV blocks ({free} of {total} free) "
+                               f"after waiting {self.admit_wait_s:g} s")
 
     async def _admit(self, req: WorkRequest, first: TokenOut, first_text: str, kv: KVHandle) -> Sequence:
         eng = self.eng
@@ -59,7 +110,7 @@ class DecodeService:
         seq.seed = req.seed
         released = False
         try:
-            have, blocks = await self.engine.call(self._reserve, seq, kv)
+            have, blocks = await self._reserve_waiting(seq, kv)
             if await self.puller.pull(kv, blocks, first=have) == "nixl":
                 released = True  # asked, whatever the answer
                 await self.puller.release(kv, confirm=True)  # the blocks read were still this request's
@@ -123,7 +174,7 @@ class DecodeService:
     def stats(self) -> dict[str, int]:
         eng = self.eng
         return {
-            "num_running": len(eng.scheduler.running), "num_waiting": len(eng.scheduler.waiting),
+            "num_running": len(eng.scheduler.running), "num_waiting": len(eng.scheduler.waiting) + len(self._queue),
             "free_blocks": eng.allocator.num_free, "total_blocks": eng.allocator.num_blocks, "held_leases": 0,
             "local_prefix_blocks": self.local_prefix_blocks, "fetched_blocks": self.fetched_blocks,
             "max_model_len": eng.max_model_len,
@@ -131,4 +182,9 @@ class DecodeService:
         }
 
     def metrics(self) -> list[ServiceMetric]:
-        return self.kvstore.metrics() if self.kvstore is not None else []
+        own = [ServiceMetric("gauge", "grove:handoffs_waiting_for_blocks",
+                             "Handed-over requests waiting for KV blocks before their KV is pulled.",
+                             len(self._queue)),
+               ServiceMetric("counter", "grove:handoff_block_waits",
+                             "Handed-over requests that found too few free KV blocks and waited.", self.block_waits)]
+        return own + (self.kvstore.metrics() if self.kvstore is not None else [])

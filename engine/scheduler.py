@@ -107,7 +107,6 @@ class Scheduler:
         seq.prefix_looked_up = True
         seq.block_table = blocks
         seq.num_cached, seq.num_registered = len(blocks) * bs, len(blocks)
-        seq.num_cached_prompt = max(seq.num_cached_prompt, min(seq.num_cached, seq.num_prompt))
         return seq.num_cached
 
     def _hash_blocks(self, seq: Sequence, limit: int) -> None:
@@ -154,6 +153,18 @@ class Scheduler:
         if end > first:
             self._hash_blocks(seq, end)
             computing.update(seq.block_hashes[first:end])
+
+    def _release_waiting(self) -> bool:
+        """Gives back the blocks waiting sequences hold, their full ones into the prefix cache first;
+        True if there were any. A sequence can wait holding blocks: its cached prefix, taken when
+        it was new, or what a prefill worker read from the kvstore before handing it over. It must
+        not hold them while a sequence they could serve waits for blocks: each would wait for the
+        other. Its prefix is found in the cache again when it runs, unless recycled meanwhile."""
+        held = [s for s in self.waiting if s.block_table]
+        for seq in held:
+            self.register(seq)
+            self.free(seq)
+        return bool(held)
 
     def _preempt(self, seq: Sequence) -> None:
         logger.info("preempting %s (out of KV blocks)", seq.request_id)
@@ -204,6 +215,8 @@ class Scheduler:
                 continue
             n = 1 + (extra_tokens or {}).get(seq.request_id, 0)
             while not self._grow(seq, n):
+                if self._release_waiting():
+                    continue  # blocks a waiting sequence held: cheaper than a preemption
                 victim = self._victim()
                 self._preempt(victim)
                 if victim is seq:
@@ -223,16 +236,18 @@ class Scheduler:
                 break
             if is_new and self._mostly_computed_by_others(seq, computing):
                 continue  # next step its prefix is cached: compute it once, not once per request
-            reused = self.reuse_prefix(seq) if is_new and seq.num_cached == 0 else 0
+            if is_new and seq.num_cached == 0:
+                self.reuse_prefix(seq)
             n = min(seq.num_tokens - seq.num_cached, budget)
             if not self._grow(seq, n):
-                if reused:  # a waiting sequence holds no blocks: they go back (and stay cached)
-                    self.free(seq)
+                self._release_waiting()  # (this one too, when it is new)
                 break  # wait for blocks; never preempt running work for a newcomer
             self._note_computing(seq, n, computing)
             if is_new:
                 self.waiting.remove(seq)
                 seq.status = SeqStatus.RUNNING
+                # prompt tokens not computed: reused from the cache, or read from the kvstore
+                seq.num_cached_prompt = max(seq.num_cached_prompt, min(seq.num_cached, seq.num_prompt))
                 self.running.append(seq)
             out.append(ScheduledSeq.of(seq, n))
             budget -= n

@@ -25,6 +25,14 @@ class KVLeases:
     def get(self, lease_id: str) -> HeldKV | None:
         return self._held.get(lease_id)
 
+    def renew(self, lease_id: str) -> bool:
+        """The lease ends ``ttl_s`` from now; False if it has ended already."""
+        held = self._held.get(lease_id)
+        if held is None or held.expires_at <= time.monotonic():
+            return False
+        held.expires_at = time.monotonic() + self.ttl_s
+        return True
+
     def pop(self, lease_id: str) -> HeldKV | None:
         return self._held.pop(lease_id, None)
 

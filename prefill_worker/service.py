@@ -2,7 +2,7 @@
 
     Prefill: match kvstore -> read hit blocks into local blocks -> engine prefill (chunked) of the
              remainder -> first token -> write new full blocks back (background) -> lease the KV
-    ReleaseKV / lease expiry: frees the held blocks
+    ReleaseKV / lease expiry: frees the held blocks (RenewKV: a decode worker waiting for room keeps them)
 
 The kvstore is a cache: when it fails, the request computes what it would have read
 (kvstore.shared_cache).
@@ -57,9 +57,9 @@ class PrefillService:
     def eng(self):  # noqa: ANN201 - the LLMEngine, touched only through self.engine.call
         return self.engine.engine
 
-    async def _reuse_prefix(self, seq: Sequence) -> int:
+    async def _reuse_prefix(self, seq: Sequence) -> None:
         """Starts ``seq`` on its longest cached prefix: this worker's own cache first, then the
-        kvstore for the blocks beyond it. Returns the prompt tokens reused."""
+        kvstore for the blocks beyond it (as many as there are free blocks for)."""
         eng, prompt = self.eng, seq.all_ids  # the prompt (and a resumed request's output so far)
         bs = eng.config.block_size
         await self.engine.call(eng.scheduler.reuse_prefix, seq)
@@ -68,20 +68,22 @@ class PrefillService:
         # at least the last prompt token must be computed here to sample the first token
         usable = (len(prompt) - 1) // bs
         if self.kvstore is None or have >= usable or seq.params.prompt_logprobs is not None:
-            return seq.num_cached  # (prompt logprobs: every prompt token is computed here)
+            return  # (prompt logprobs: every prompt token is computed here)
         client = self.kvstore.ready()
         if client is None:
-            return seq.num_cached  # the store is away: compute the rest
+            return  # the store is away: compute the rest
         try:
             hit = await client.match(prompt, cache_salt=seq.cache_salt)
         except Exception as exc:  # noqa: BLE001 - a cache miss, not a failed request
             self.kvstore.failed("match", exc)
-            return seq.num_cached
+            return
         try:
-            extra = hit.handles[have:usable]
-            if not extra:
-                return seq.num_cached
-            blocks = await self.engine.call(eng.allocator.allocate, len(extra))
+            # as many as are free: the rest is computed (the pool may be full of KV that decode
+            # workers have yet to take, which the scheduler waits for)
+            blocks = await self.engine.call(self._take_free, len(hit.handles[have:usable]))
+            if not blocks:
+                return
+            extra = hit.handles[have:have + len(blocks)]
             try:
                 await client.read(hit._replace(handles=extra), blocks)
             except BaseException as exc:
@@ -89,14 +91,18 @@ class PrefillService:
                 if not isinstance(exc, Exception):
                     raise  # cancelled
                 self.kvstore.failed("read", exc)
-                return seq.num_cached
+                return
             self.fetched_blocks += len(blocks)
             seq.block_table += blocks
             seq.num_cached = len(seq.block_table) * bs
-            return seq.num_cached
         finally:
             if hit.lease_id:  # in the background: a store gone slow holds no request up
                 self.kvstore.release(hit.lease_id)
+
+    def _take_free(self, n: int) -> list[int]:
+        """On the engine thread: up to ``n`` free blocks, for KV read from the kvstore."""
+        alloc = self.eng.allocator
+        return alloc.allocate(min(n, alloc.num_free))
 
     def pending(self) -> int:
         """Prefills in flight and KV no decode worker has taken yet: a drain waits for both."""
@@ -121,7 +127,7 @@ class PrefillService:
         seq.hold_kv = True
         out = None
         try:
-            cached = await self._reuse_prefix(seq)
+            await self._reuse_prefix(seq)
             async for out in self.engine.run(seq):
                 pass
         except BaseException:
@@ -129,6 +135,7 @@ class PrefillService:
             await self.engine.call(self._free_if_detached, seq)
             raise
         assert out is not None and out.new_tokens
+        cached = seq.num_cached_prompt  # what the batch did not compute (a prefix it took and gave back is)
         first = TokenOut(out.new_tokens[0], *self._logprob_fields(seq))
         prompt_lps = tuple(TokenOut(t, lp, tuple(ids), tuple(lps), rank)
                            for t, (lp, rank, ids, lps) in zip(prompt[1:], seq.prompt_logprobs))
@@ -174,6 +181,10 @@ class PrefillService:
             return False
         await self.engine.call(self.eng.allocator.free, held.blocks)
         return True
+
+    def renew(self, lease_id: str) -> bool:
+        """A decode worker waits for room before it pulls: the KV stays held ``lease_ttl`` more."""
+        return self.leases.renew(lease_id)
 
     async def reap_expired(self) -> int:
         expired = self.leases.pop_expired()

@@ -43,6 +43,9 @@ class PrefillServicer(pb_grpc.PrefillWorkerServicer):
     async def ReleaseKV(self, request: pb.ReleaseKVRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseKVResponse:
         return pb.ReleaseKVResponse(released=await self.service.release(request.lease_id))
 
+    async def RenewKV(self, request: pb.RenewKVRequest, context: grpc.aio.ServicerContext) -> pb.RenewKVResponse:
+        return pb.RenewKVResponse(held=self.service.renew(request.lease_id), ttl_s=self.service.leases.ttl_s)
+
     async def ReadKV(self, request: pb.ReadKVRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.KVChunk]:
         try:
             blocks = self.service.check_blocks(request.lease_id, list(request.block_ids))

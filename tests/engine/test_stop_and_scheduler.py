@@ -78,6 +78,36 @@ def test_preemption_under_block_pressure_keeps_outputs_exact(model_dir: Any) -> 
     assert tight.allocator.num_used == 0
 
 
+def test_a_waiting_sequence_gives_back_the_blocks_it_holds_when_a_prefill_needs_them(model_dir: Any) -> None:
+    """A prefill worker's request waits holding blocks it took before the scheduler saw it (its
+    locally cached prefix, blocks read from the kvstore), while a prompt part-way through its
+    chunked prefill needs more blocks than are free. The waiting one gives its blocks back (they
+    stay in the prefix cache) instead of both waiting for ever; outputs unchanged."""
+    rng = random.Random(3)
+    a = [rng.randrange(1000, 20000) for _ in range(300)]  # 19 blocks
+    c = [rng.randrange(1000, 20000) for _ in range(500)]  # 32 blocks
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    roomy = LLMEngine(EngineConfig(model=str(model_dir), dtype="bfloat16", num_kv_blocks=128, lookahead=False))
+    want = [o.output_ids for o in roomy.generate([a, c], params)]
+    tight = LLMEngine(EngineConfig(model=str(model_dir), dtype="bfloat16", num_kv_blocks=40,
+                                   max_num_batched_tokens=128, lookahead=False))
+    tight.generate([a], params)  # a's prefix now in the local cache
+    seq_c = tight.add_request("c", c, params)
+    tight.step()  # c: 128 of 500 prompt tokens, 8 blocks
+    seq_a = tight.make_sequence("a", a, params)
+    tight.scheduler.reuse_prefix(seq_a)  # as the prefill worker does before it hands a sequence over
+    assert len(seq_a.block_table) == 18 and tight.allocator.num_free == 14  # c needs 24 more
+    tight.add_sequence(seq_a)
+    for _ in range(100):
+        if not tight.has_work:
+            break
+        tight.step()
+    assert not tight.has_work, "the two wait for each other's blocks"
+    assert [seq_a.output_ids, seq_c.output_ids] == want
+    tight.allocator.check_integrity()
+    assert tight.allocator.num_used == 0
+
+
 def test_priority_orders_admission_and_ties_keep_arrival(model_dir: Any) -> None:
     """vLLM's priority: with room for one sequence at a time, the waiting ones start lowest value
     first, equal ones in the order they came."""
