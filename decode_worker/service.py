@@ -78,8 +78,8 @@ class DecodeService:
         self.block_waits += 1
         loop = asyncio.get_running_loop()
         start = renewed = loop.time()
-        renew_every = (await self.puller.renew(kv)) / 3
-        try:
+        try:  # (the ticket leaves the queue however the wait ends: a lease gone, a cancel)
+            renew_every = (await self.puller.renew(kv)) / 3
             while True:
                 await asyncio.sleep(ADMIT_POLL_S)
                 if self._queue[0] is ticket:  # each try also waits for the step under way

@@ -40,6 +40,18 @@ def _complete(stack: Stack, ids: list[int], max_tokens: int, lookahead: bool = T
                             "lookahead": lookahead})
 
 
+def _decoding(stream: httpx.Response) -> Iterator[str]:
+    """The stream's lines, from the third chunk of text on: its request is in the decode worker's
+    batch (the first chunk comes from the prefill worker, before the handoff)."""
+    lines = stream.iter_lines()
+    seen = 0
+    for line in lines:
+        seen += line.startswith("data:") and '"text"' in line
+        if seen == 3:
+            return lines
+    raise AssertionError("the stream ended before it decoded")
+
+
 def _alone(ids: list[int], max_tokens: int) -> list[int]:
     """The engine alone, with no cache and nothing beside it, plain decoding: the reference (of
     requests sent without lookahead: in fp32 a draft tree's products may round otherwise)."""
@@ -82,10 +94,7 @@ def test_a_request_waiting_for_room_longer_than_its_kv_lease_keeps_its_kv(tight:
     body = {"prompt": long_ids, "max_tokens": 200, "temperature": 0, "ignore_eos": True, "stream": True,
             "lookahead": False}
     with httpx.stream("POST", tight.http_url + "/v1/completions", json=body, timeout=300) as stream:
-        chunks = stream.iter_lines()
-        for line in chunks:  # the long one decodes: its KV is in the decode worker's pool
-            if line.startswith("data:") and '"text"' in line:
-                break
+        chunks = _decoding(stream)
         t0 = time.monotonic()
         r = _complete(tight, short_ids, 16, lookahead=False)
         waited = time.monotonic() - t0
@@ -97,6 +106,40 @@ def test_a_request_waiting_for_room_longer_than_its_kv_lease_keeps_its_kv(tight:
     assert total(m, "grove:handoff_block_waits_total") == waits_before + 1
     assert gateway_retries(tight) == retries_before  # the KV lease held: nothing prefilled again
     assert r.json()["choices"][0]["token_ids"] == _alone(short_ids, 16)
+    assert set(wait_idle(tight).values()) == {(0, 0, 0)}
+
+
+def test_a_waiting_handoff_whose_kv_is_gone_leaves_the_queue(tight: Stack) -> None:
+    """A handoff waits for room behind a long request; its KV's lease has ended on the prefill
+    worker, so its first renewal fails: the decode worker answers FAILED_PRECONDITION (the gateway
+    would prefill it again) and takes it out of the queue, and the next handoff is served when
+    room comes rather than waiting behind it for ever."""
+    rng = random.Random(23)
+    long_ids = [rng.randrange(1000, 30000) for _ in range(420)]
+    gone_ids = [rng.randrange(1000, 30000) for _ in range(200)]
+    next_ids = [rng.randrange(1000, 30000) for _ in range(200)]
+    work = WorkRequest(f"gone-{rng.random()}", tuple(gone_ids), SamplingParams(temperature=0.0, max_tokens=8), seed=1)
+    with grpc.insecure_channel(tight.address("prefill-0")) as ch:
+        stub = wpb_grpc.PrefillWorkerStub(ch)
+        pre = stub.Prefill(wpb.PrefillRequest(request=work_to_pb(work)), timeout=120)
+        assert stub.ReleaseKV(wpb.ReleaseKVRequest(lease_id=pre.kv.lease_id), timeout=10).released
+    body = {"prompt": long_ids, "max_tokens": 200, "temperature": 0, "ignore_eos": True, "stream": True,
+            "lookahead": False}
+    with httpx.stream("POST", tight.http_url + "/v1/completions", json=body, timeout=300) as stream:
+        chunks = _decoding(stream)
+        with grpc.insecure_channel(tight.address("decode-0")) as ch:
+            call = wpb_grpc.DecodeWorkerStub(ch).Decode(
+                wpb.DecodeRequest(request=work_to_pb(work), first_token=pre.first_token, kv=pre.kv, first_text=pre.text),
+                timeout=60)
+            with pytest.raises(grpc.RpcError) as err:
+                list(call)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value
+        assert "lease" in err.value.details()
+        r = _complete(tight, next_ids, 8, lookahead=False)
+        rest = [line for line in chunks if line]
+    assert rest[-1] == "data: [DONE]"
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["token_ids"] == _alone(next_ids, 8)
     assert set(wait_idle(tight).values()) == {(0, 0, 0)}
 
 
