@@ -3,6 +3,7 @@ share the blocks it generated with the kvstore (a chat's next turn holds this an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from typing import AsyncIterator
@@ -30,7 +31,7 @@ class DecodeService:
         self.kvstore = kvstore  # gets what this worker generated: a chat's next turn finds its answer
         self.max_requests = max_requests
         self.admit_wait_s = admit_wait_s
-        self._queue: deque[object] = deque()  # handoffs waiting for blocks, in arrival order
+        self._queue: deque[asyncio.Event] = deque()  # handoffs waiting for blocks, in arrival order
         self.block_waits = 0  # handoffs that found too few free blocks and waited
         self.in_flight = 0
         self.draining = False  # runtime.worker_process.Drainable
@@ -68,31 +69,38 @@ class DecodeService:
         """``_reserve``, waiting for the batch to make room (a running request to finish) behind
         the handoffs that came first, up to ``admit_wait_s``; then RESOURCE_EXHAUSTED, and the
         gateway tries another decode worker. The prefill worker holds the KV meanwhile: the wait
-        renews its lease every third of its time."""
+        renews its lease every third of its time. Only the queue's head tries for room, once a
+        step; the others sleep until they are the head (or a renewal is due)."""
         if not self._queue:
             got = await self.engine.call(self._reserve, seq, kv)
             if got is not None:
                 return got
-        ticket = object()
-        self._queue.append(ticket)
+        head = asyncio.Event()  # set when this handoff is first in the queue
+        self._queue.append(head)
+        if self._queue[0] is head:
+            head.set()
         self.block_waits += 1
         loop = asyncio.get_running_loop()
         start = renewed = loop.time()
-        try:  # (the ticket leaves the queue however the wait ends: a lease gone, a cancel)
+        try:  # (the handoff leaves the queue however the wait ends: a lease gone, a cancel)
             renew_every = (await self.puller.renew(kv)) / 3
-            while True:
-                await asyncio.sleep(ADMIT_POLL_S)
-                if self._queue[0] is ticket:  # each try also waits for the step under way
+            while (now := loop.time()) - start < self.admit_wait_s:
+                if now - renewed >= renew_every:
+                    renew_every, renewed = (await self.puller.renew(kv)) / 3, now
+                if head.is_set():  # each try also waits for the step under way
                     got = await self.engine.call(self._reserve, seq, kv)
                     if got is not None:
                         return got
-                now = loop.time()
-                if now - start >= self.admit_wait_s:
-                    break
-                if now - renewed >= renew_every:
-                    renew_every, renewed = (await self.puller.renew(kv)) / 3, now
+                    await asyncio.sleep(ADMIT_POLL_S)
+                    continue
+                wake = min(renewed + renew_every, start + self.admit_wait_s) - now
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(head.wait(), max(wake, 0.0))
         finally:
-            self._queue.remove(ticket)
+            first = self._queue[0] is head
+            self._queue.remove(head)
+            if first and self._queue:
+                self._queue[0].set()
         free, total = self.eng.allocator.num_free, self.eng.allocator.num_blocks
         raise OutOfBlocksError(f"decode worker has no room for {len(kv.block_ids)} KV blocks ({free} of {total} free) "
                                f"after waiting {self.admit_wait_s:g} s")
