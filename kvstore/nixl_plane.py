@@ -19,12 +19,14 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any, Callable, Literal, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 import torch
 
 from kvstore.errors import NixlTransferError
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +144,10 @@ class NixlPlane:
 
     def add_peer(self, metadata: bytes) -> str:
         """Load a peer's metadata; returns its agent name (what RemotePool.agent holds)."""
-        name = self._agent.add_remote_agent(metadata)
+        try:
+            name = self._agent.add_remote_agent(metadata)
+        except Exception as e:  # nixl's native error types
+            raise NixlTransferError(f"NIXL could not load a peer's metadata: {e!r}") from e
         name = name.decode() if isinstance(name, bytes) else name
         self._peers.add(name)
         return name
@@ -186,13 +191,11 @@ class NixlPlane:
         remote_descs = np.stack([remote.block_addrs(r_start), lengths, np.full_like(lengths, remote.device_id)], 1)
         agent = self._agent
         start = time.perf_counter()
+        handle = self._native(op, len(local_ids), remote, lambda: agent.initialize_xfer(
+            op, agent.get_xfer_descs(local_descs, mine.mem_type), agent.get_xfer_descs(remote_descs, remote.mem_type),
+            remote.agent, notif))
         try:
-            handle = agent.initialize_xfer(op, agent.get_xfer_descs(local_descs, mine.mem_type),
-                                           agent.get_xfer_descs(remote_descs, remote.mem_type), remote.agent, notif)
-        except Exception as e:  # nixl raises its own native error types
-            raise NixlTransferError(f"NIXL {op} of {len(local_ids)} blocks from {remote.agent}: {e!r}") from e
-        try:
-            state = agent.transfer(handle)
+            state = self._native(op, len(local_ids), remote, agent.transfer, handle)
             polls = 0
             while state == "PROC":
                 if time.perf_counter() - start > timeout_s:
@@ -201,7 +204,7 @@ class NixlPlane:
                 # without a progress thread our polls drive the transfer: keep polling (yielding to
                 # the loop each time); with one, spin briefly, then back off
                 await asyncio.sleep(0 if polls < 64 or not self._progress_thread else self._poll_s)
-                state = agent.check_xfer_state(handle)
+                state = self._native(op, len(local_ids), remote, agent.check_xfer_state, handle)
             if state != "DONE":
                 raise NixlTransferError(f"NIXL {op} of {len(local_ids)} blocks with {remote.agent} failed ({state})")
         finally:
@@ -210,6 +213,14 @@ class NixlPlane:
             except Exception:  # an aborted transfer may refuse release; the agent frees it on close
                 logger.exception("releasing a NIXL transfer handle failed")
         return TransferStats(int(lengths.sum()), time.perf_counter() - start, len(lengths))
+
+    @staticmethod
+    def _native(op: str, num_blocks: int, remote: RemotePool, call: Callable[..., T], *args: object) -> T:
+        """A NIXL call whose native errors (a peer that disconnected, say) become NixlTransferError."""
+        try:
+            return call(*args)
+        except Exception as e:  # nixl raises its own native error types
+            raise NixlTransferError(f"NIXL {op} of {num_blocks} blocks with {remote.agent}: {e!r}") from e
 
     # ---- notifications ----------------------------------------------------------------------
     def send_notif(self, agent: str, message: bytes) -> None:
