@@ -154,6 +154,13 @@ class Scheduler:
             self._hash_blocks(seq, end)
             computing.update(seq.block_hashes[first:end])
 
+    def blocks_promised(self) -> int:
+        """Blocks the prompts already queued or part-way through still need: what a caller taking
+        blocks outside the scheduler (a prefill worker reading a prefix from the kvstore) leaves
+        them, so it does not jump the queue."""
+        return sum(self._blocks_needed(s, s.num_prompt - s.num_cached)
+                   for s in (*self.running, *self.waiting) if s.num_cached < s.num_prompt)
+
     def _release_waiting(self) -> bool:
         """Gives back the blocks waiting sequences hold, their full ones into the prefix cache first;
         True if there were any. A sequence can wait holding blocks: its cached prefix, taken when

@@ -155,6 +155,12 @@ class GatewayCore:
                     raise
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     busy = True
+                elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    # queued past the deadline behind other prompts: busy, not broken (a frozen or
+                    # dead worker is found by the channel's keepalive and the health checks)
+                    busy = True
+                    logger.warning("prefill on %s took longer than %.0f s: trying another worker", w.address,
+                                   PREFILL_TIMEOUT_S)
                 else:  # died or stopped answering: nothing streamed yet, so try another worker
                     self.router.mark_failed(w)
                     logger.warning("prefill on %s failed (%s): retrying elsewhere", w.address, code.name)

@@ -80,29 +80,35 @@ class PrefillService:
         try:
             # as many as are free: the rest is computed (the pool may be full of KV that decode
             # workers have yet to take, which the scheduler waits for)
-            blocks = await self.engine.call(self._take_free, len(hit.handles[have:usable]))
+            blocks = await self.engine.call(self._take_free, seq, len(hit.handles[have:usable]))
             if not blocks:
                 return
             extra = hit.handles[have:have + len(blocks)]
             try:
                 await client.read(hit._replace(handles=extra), blocks)
-            except BaseException as exc:
-                await self.engine.call(eng.allocator.free, blocks)
-                if not isinstance(exc, Exception):
-                    raise  # cancelled
+            except Exception as exc:  # (cancelled: the caller frees the sequence's blocks, these too)
+                await self.engine.call(self._drop_tail, seq, len(blocks))
                 self.kvstore.failed("read", exc)
                 return
             self.fetched_blocks += len(blocks)
-            seq.block_table += blocks
             seq.num_cached = len(seq.block_table) * bs
         finally:
             if hit.lease_id:  # in the background: a store gone slow holds no request up
                 self.kvstore.release(hit.lease_id)
 
-    def _take_free(self, n: int) -> list[int]:
-        """On the engine thread: up to ``n`` free blocks, for KV read from the kvstore."""
+    def _take_free(self, seq: Sequence, n: int) -> list[int]:
+        """On the engine thread: up to ``n`` blocks for KV read from the kvstore, of those free
+        beyond what the prompts ahead of it still need, appended to ``seq.block_table`` (so they
+        are freed with it whatever happens to the awaiting request)."""
         alloc = self.eng.allocator
-        return alloc.allocate(min(n, alloc.num_free))
+        blocks = alloc.allocate(max(0, min(n, alloc.num_free - self.eng.scheduler.blocks_promised())))
+        seq.block_table += blocks
+        return blocks
+
+    def _drop_tail(self, seq: Sequence, n: int) -> None:
+        """On the engine thread: frees the last ``n`` blocks of ``seq.block_table`` (a failed read)."""
+        self.eng.allocator.free(seq.block_table[-n:])
+        del seq.block_table[-n:]
 
     def pending(self) -> int:
         """Prefills in flight and KV no decode worker has taken yet: a drain waits for both."""
@@ -131,8 +137,9 @@ class PrefillService:
             async for out in self.engine.run(seq):
                 pass
         except BaseException:
-            # runs after AsyncEngine.run's abort on the engine thread; frees what abort could not
-            await self.engine.call(self._free_if_detached, seq)
+            # runs after AsyncEngine.run's abort on the engine thread; frees what abort could not;
+            # submit, not call: an await in a cancelled task may not run
+            self.engine.submit(self._free_if_detached, seq)
             raise
         assert out is not None and out.new_tokens
         cached = seq.num_cached_prompt  # what the batch did not compute (a prefix it took and gave back is)
@@ -141,9 +148,9 @@ class PrefillService:
                            for t, (lp, rank, ids, lps) in zip(prompt[1:], seq.prompt_logprobs))
         held = list(seq.block_table)
         if seq.finish_reason is not None:  # finished on its first token: the write-back frees the blocks
-            await self._write_back(prompt, held, req.cache_salt, owned=True)
+            self._write_back(prompt, held, req.cache_salt, owned=True)
             return PrefillResult(first, out.delta_text, seq.finish_reason, cached, None, prompt_lps)
-        await self._write_back(prompt, held, req.cache_salt)
+        self._write_back(prompt, held, req.cache_salt)
         lease_id = self.leases.hold(held)
         return PrefillResult(first, out.delta_text, None, cached, self._handle(lease_id, held, len(prompt)), prompt_lps)
 
@@ -167,13 +174,13 @@ class PrefillService:
         return dataclasses.replace(h, nixl_agent=info.agent, pool_name=info.name, base_addr=info.base_addr,
                                    num_blocks=info.num_blocks, mem_type=info.mem_type, device_id=info.device_id)
 
-    async def _write_back(self, prompt: list[int], blocks: list[int], cache_salt: str, owned: bool = False) -> None:
+    def _write_back(self, prompt: list[int], blocks: list[int], cache_salt: str, owned: bool = False) -> None:
         """Shares the prompt's full blocks with the kvstore in the background (does not delay TTFT).
         ``owned``: the caller hands over its reference on ``blocks`` (freed once written)."""
         if self.kvstore is not None:
             self.kvstore.write_back(self.engine, prompt, blocks, cache_salt, owned)
         elif owned:
-            await self.engine.call(self.eng.allocator.free, blocks[::-1])
+            self.engine.submit(self.eng.allocator.free, blocks[::-1])
 
     async def release(self, lease_id: str) -> bool:
         held = self.leases.pop(lease_id)

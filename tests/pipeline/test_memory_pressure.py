@@ -2,6 +2,7 @@
 served, rather than refused with a 429 or lost; every block comes back."""
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -16,6 +17,11 @@ import pytest
 from engine.reference import ReferenceOutput, compare_greedy
 from engine.request import WorkRequest
 from engine.sampling_params import SamplingParams
+from gateway import core as gateway_core
+from gateway.core import GatewayConfig, GatewayCore
+from gateway.errors import OverloadedError
+from gateway.metrics import GatewayMetrics
+from gateway.router import Router
 from grove.internal.v1 import worker_pb2 as wpb
 from grove.internal.v1 import worker_pb2_grpc as wpb_grpc
 from launcher.stack import Stack, StackConfig
@@ -181,4 +187,56 @@ def test_a_prefix_read_from_the_kvstore_into_a_full_pool_waits_for_room(tight: S
             releaser.join()
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["token_ids"] == _alone(prefix + [10, 11], 8)
+    assert set(wait_idle(tight).values()) == {(0, 0, 0)}
+
+
+def test_a_prefill_queued_past_the_gateways_deadline_is_busy_not_broken(tight: Stack,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt queued behind KV held for decode workers outlasts the gateway's prefill deadline
+    (120 s; 1 s here). The worker is busy, not broken: the gateway answers 429 and keeps routing to
+    it. It used to mark it failed, and every request in the next second got a 503 "no healthy
+    prefill worker" (a probe of the stack: 92 of them). The real gateway core and router over real
+    channels to the tight stack's workers."""
+    monkeypatch.setattr(gateway_core, "PREFILL_TIMEOUT_S", 1.0)
+    rng = random.Random(24)
+    leases: list[str] = []
+    with grpc.insecure_channel(tight.address("prefill-0")) as ch:
+        stub = wpb_grpc.PrefillWorkerStub(ch)
+        try:
+            for i in range(2):  # 38 of the 40 blocks held for a decode worker that does not come
+                ids = [rng.randrange(1000, 30000) for _ in range(300)]
+                work = WorkRequest(f"holder-{i}-{rng.random()}", tuple(ids),
+                                   SamplingParams(temperature=0.0, max_tokens=8), seed=1)
+                leases.append(stub.Prefill(wpb.PrefillRequest(request=work_to_pb(work)), timeout=120).kv.lease_id)
+            done = threading.Event()
+
+            def renew() -> None:  # (as a decode worker waiting for room does: the leases last 1.5 s)
+                while not done.wait(0.3):
+                    for lease in leases:
+                        assert stub.RenewKV(wpb.RenewKVRequest(lease_id=lease), timeout=10).held
+            renewer = threading.Thread(target=renew)
+            renewer.start()
+
+            async def run() -> None:
+                router = Router([tight.address("prefill-0")], [tight.address("decode-0")], block_size=16)
+                core = GatewayCore(GatewayConfig(tight.model_dir, "m", 640), router, GatewayMetrics("m", "gw-test", router))
+                try:
+                    await router.refresh()
+                    work = core.work([rng.randrange(1000, 30000) for _ in range(300)],
+                                     SamplingParams(max_tokens=4, temperature=0))
+                    with pytest.raises(OverloadedError, match="every prefill worker is at capacity"):
+                        async for _ in core.generate(work):
+                            pass
+                    assert all(w.healthy for w in router.prefill)  # still routed to
+                finally:
+                    await router.close()
+
+            try:
+                asyncio.run(run())
+            finally:
+                done.set()
+                renewer.join()
+        finally:
+            for lease in leases:
+                stub.ReleaseKV(wpb.ReleaseKVRequest(lease_id=lease), timeout=10)
     assert set(wait_idle(tight).values()) == {(0, 0, 0)}
