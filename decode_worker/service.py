@@ -83,10 +83,10 @@ class DecodeService:
         loop = asyncio.get_running_loop()
         start = renewed = loop.time()
         try:  # (the handoff leaves the queue however the wait ends: a lease gone, a cancel)
-            renew_every = (await self.puller.renew(kv)) / 3
+            renew_every = max((await self.puller.renew(kv)) / 3, ADMIT_POLL_S)
             while (now := loop.time()) - start < self.admit_wait_s:
                 if now - renewed >= renew_every:
-                    renew_every, renewed = (await self.puller.renew(kv)) / 3, now
+                    renew_every, renewed = max((await self.puller.renew(kv)) / 3, ADMIT_POLL_S), now
                 if head.is_set():  # each try also waits for the step under way
                     got = await self.engine.call(self._reserve, seq, kv)
                     if got is not None:
