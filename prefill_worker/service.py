@@ -78,8 +78,8 @@ class PrefillService:
             self.kvstore.failed("match", exc)
             return
         try:
-            # as many as are free: the rest is computed (the pool may be full of KV that decode
-            # workers have yet to take, which the scheduler waits for)
+            # into as many blocks as the prompts queued before it leave free (the pool may be full
+            # of KV that decode workers have yet to take): the rest is computed once there is room
             blocks = await self.engine.call(self._take_free, seq, len(hit.handles[have:usable]))
             if not blocks:
                 return
@@ -142,7 +142,7 @@ class PrefillService:
             self.engine.submit(self._free_if_detached, seq)
             raise
         assert out is not None and out.new_tokens
-        cached = seq.num_cached_prompt  # what the batch did not compute (a prefix it took and gave back is)
+        cached = seq.num_cached_prompt  # prompt tokens reused or read, not computed, when the batch took it
         first = TokenOut(out.new_tokens[0], *self._logprob_fields(seq))
         prompt_lps = tuple(TokenOut(t, lp, tuple(ids), tuple(lps), rank)
                            for t, (lp, rank, ids, lps) in zip(prompt[1:], seq.prompt_logprobs))
