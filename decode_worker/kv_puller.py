@@ -21,6 +21,7 @@ from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from kvstore.errors import NixlTransferError
 from kvstore.nixl_plane import NixlPlane
 from runtime.grpc_server import insecure_channel
+from runtime.rpc_errors import describe
 from runtime.kv_transfer import POOL_NAME, TransferTimer, remote_pool, write_block_bytes
 
 logger = logging.getLogger(__name__)
@@ -52,8 +53,7 @@ class KVPuller:
         try:
             return await self._pull(kv, local_blocks, first)
         except (grpc.aio.AioRpcError, NixlTransferError, asyncio.TimeoutError) as e:
-            detail = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else str(e)
-            raise KVHandoffError(f"could not pull the KV from {kv.worker_address}: {detail}") from None
+            raise KVHandoffError(f"could not pull the KV from {kv.worker_address}: {describe(e)}") from None
 
     async def _pull(self, kv: KVHandle, local_blocks: list[int], first: int) -> str:
         remote = list(kv.block_ids[first:])
@@ -89,7 +89,7 @@ class KVPuller:
             reply = await self._stub(kv.worker_address).RenewKV(pb.RenewKVRequest(lease_id=kv.lease_id),
                                                                 timeout=self.timeout_s)
         except grpc.aio.AioRpcError as e:
-            raise KVHandoffError(f"{kv.worker_address} did not renew the KV lease: {e.code().name}: {e.details()}") from None
+            raise KVHandoffError(f"{kv.worker_address} did not renew the KV lease: {describe(e)}") from None
         if not reply.held:
             raise KVHandoffError(f"the KV lease on {kv.worker_address} ended while this worker waited for room")
         return reply.ttl_s
@@ -103,8 +103,8 @@ class KVPuller:
         except grpc.aio.AioRpcError as e:
             if confirm:
                 raise KVHandoffError(f"{kv.worker_address} did not confirm its KV lease after the NIXL read: "
-                                     f"{e.code().name}: {e.details()}") from None
-            logger.warning("ReleaseKV to %s failed (%s); its lease will expire", kv.worker_address, e.code())
+                                     f"{describe(e)}") from None
+            logger.warning("ReleaseKV to %s failed (%s); its lease will expire", kv.worker_address, describe(e))
             return
         if confirm and not reply.released:
             raise KVHandoffError(f"the KV lease on {kv.worker_address} ended before the NIXL read was confirmed: "

@@ -172,7 +172,9 @@ class DecodeService:
                     TokenOut(t, *(lps[i][0], tuple(lps[i][1]), tuple(lps[i][2])) if lps else ())
                     for i, t in enumerate(out.new_tokens)
                 ]
-                usage = Usage(draft_tokens=seq.num_draft_tokens, accepted_tokens=seq.num_accepted_tokens) if out.finished else None
+                # this worker's lookahead totals so far, on every chunk: a stream resumed elsewhere
+                # keeps what it drafted here
+                usage = Usage(draft_tokens=seq.num_draft_tokens, accepted_tokens=seq.num_accepted_tokens)
                 yield GenerationChunk(out.delta_text, tokens, seq.finish_reason if out.finished else None, usage)
             if self.kvstore is not None:  # a task of its own: the stream's end may cancel this one
                 self.kvstore.in_background(self._write_generated(seq, self.kvstore))

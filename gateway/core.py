@@ -197,6 +197,7 @@ class GatewayCore:
         prompt_lps = [convert.token_from_pb(t) for t in pre.prompt_logprobs] if work.params.prompt_logprobs is not None \
             else None
         output: list[int] = []  # every token the client has been sent
+        lost = Usage()  # lookahead totals of decode workers lost mid-stream
         for migration in range(DECODE_MIGRATIONS + 1):
             if pre.finish_reason:
                 first = convert.token_from_pb(pre.first_token)
@@ -208,10 +209,12 @@ class GatewayCore:
                 async for chunk in self._handed_over(work, pw, pre, prompt_lps, trace):
                     output.extend(t.token_id for t in chunk.tokens)
                     usage.completion_tokens += len(chunk.tokens)
+                    if chunk.usage is not None:  # the decode worker's lookahead totals so far
+                        usage.draft_tokens = lost.draft_tokens + chunk.usage.draft_tokens
+                        usage.accepted_tokens = lost.accepted_tokens + chunk.usage.accepted_tokens
+                    chunk.usage = None
                     if chunk.finish_reason is not None:
                         trace.finished(chunk.finish_reason)
-                        if chunk.usage is not None:
-                            usage.draft_tokens, usage.accepted_tokens = chunk.usage.draft_tokens, chunk.usage.accepted_tokens
                         chunk.usage = usage
                     yield chunk
                 return
@@ -222,6 +225,7 @@ class GatewayCore:
                 # (their KV computed, the next token sampled at its position from the same seed,
                 # so the output is what it would have been), then decoded by another worker
                 logger.warning("%s: resuming %s after %d tokens", e, work.request_id, len(output))
+                lost.draft_tokens, lost.accepted_tokens = usage.draft_tokens, usage.accepted_tokens
                 self.metrics.retry("decode", e.code)
                 self.metrics.migrations.inc()
                 work = dataclasses.replace(work, params=dataclasses.replace(work.params, prompt_logprobs=None),

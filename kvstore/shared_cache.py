@@ -25,6 +25,7 @@ from kvstore.client import KVStoreClient
 from kvstore.errors import InvalidRequestError, LeaseNotFoundError, StoreFullError
 from kvstore.nixl_plane import NixlPlane
 from runtime.engine_metrics import ServiceMetric
+from runtime.rpc_errors import describe
 from runtime.kv_transfer import POOL_NAME
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,8 @@ class SharedCache:
             logger.warning("kvstore %s refused: %s", what, exc)
             return
         if self.connected:
-            logger.warning("kvstore %s %s failed (%s: %s): serving without the shared cache, reconnecting in %.0f s",
-                           self.client.address, what, type(exc).__name__, exc, self.cooldown_s)
+            logger.warning("kvstore %s %s failed (%s): serving without the shared cache, reconnecting in %.0f s",
+                           self.client.address, what, describe(exc), self.cooldown_s)
         self.connected = False
         self._retry_at = self.clock() + self.cooldown_s
 
@@ -138,8 +139,8 @@ class SharedCache:
             self._retry_at = self.clock() + self.cooldown_s
             # the first failure is worth a warning; the retries every cool-down are not
             (logger.warning if first else logger.debug)(
-                "kvstore %s unreachable (%s: %s): serving without the shared cache, retrying every %.0f s",
-                self.client.address, type(exc).__name__, exc, self.cooldown_s)
+                "kvstore %s unreachable (%s): serving without the shared cache, retrying every %.0f s",
+                self.client.address, describe(exc), self.cooldown_s)
             return
         if not first:
             logger.info("kvstore %s reconnected", self.client.address)

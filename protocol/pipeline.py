@@ -106,7 +106,8 @@ def decode_chunk_to_pb(chunk: GenerationChunk) -> wpb.DecodeChunk:
 
 
 def decode_chunk_from_pb(pb: wpb.DecodeChunk) -> GenerationChunk:
-    usage = Usage(draft_tokens=pb.draft_tokens, accepted_tokens=pb.accepted_tokens) if pb.finish_reason else None
+    """A decode worker's chunk; its usage holds only the worker's lookahead totals so far."""
+    usage = Usage(draft_tokens=pb.draft_tokens, accepted_tokens=pb.accepted_tokens)
     return GenerationChunk(pb.text, [token_from_pb(t) for t in pb.tokens], pb.finish_reason or None, usage)
 
 

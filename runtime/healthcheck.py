@@ -8,6 +8,8 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from runtime.rpc_errors import describe
+
 
 def check(address: str, service: str = "", timeout_s: float = 3.0) -> tuple[bool, str]:
     """(serving, what was seen) for ``service`` at ``address``."""
@@ -16,7 +18,7 @@ def check(address: str, service: str = "", timeout_s: float = 3.0) -> tuple[bool
             resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
                                                              timeout=timeout_s)
         except grpc.RpcError as e:
-            return False, f"{e.code().name}: {e.details()}"
+            return False, describe(e)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     return resp.status == health_pb2.HealthCheckResponse.SERVING, status
 

@@ -23,6 +23,7 @@ from gateway.core import GatewayConfig, GatewayCore
 from gateway.metrics import GatewayMetrics
 from gateway.router import Router
 from launcher.stack import Stack, StackConfig
+from tests.observability.conftest import scrape, total
 from tests.pipeline.stack_probe import gateway_retry_counts, wait_idle, worker_stats
 
 
@@ -47,18 +48,25 @@ def _drained(s: Stack, name: str, timeout_s: float = 30.0) -> int:
     return int(found[-1])
 
 
-def _stream(s: Stack, body: dict[str, object], started: threading.Event | None = None, after: int = 1) -> list[int]:
+def _stream(s: Stack, body: dict[str, object], started: threading.Event | None = None, after: int = 1,
+            usage: list[dict] | None = None) -> list[int]:
     """A streamed completion's token ids; ``started`` is set once ``after`` chunks arrived (the
-    first is the prefill worker's token, the rest the decode worker's)."""
+    first is the prefill worker's token, the rest the decode worker's). ``usage``: gets the
+    stream's usage appended."""
     ids: list[int] = []
     chunks = 0
+    extra = {"stream_options": {"include_usage": True}} if usage is not None else {}
     with httpx.Client(base_url=s.http_url, timeout=60) as c:
-        with c.stream("POST", "/v1/completions", json={**body, "stream": True, "return_token_ids": True}) as r:
+        with c.stream("POST", "/v1/completions", json={**body, "stream": True, "return_token_ids": True, **extra}) as r:
             assert r.status_code == 200, r.read()
             for line in r.iter_lines():
                 if line.startswith("data: {"):
                     chunk = json.loads(line[6:])
                     assert "error" not in chunk, chunk
+                    if chunk.get("usage") and usage is not None:
+                        usage.append(chunk["usage"])
+                    if not chunk["choices"]:
+                        continue  # the usage chunk
                     ids += chunk["choices"][0].get("token_ids") or []
                     chunks += 1
                     if started is not None and chunks >= after:
@@ -66,11 +74,17 @@ def _stream(s: Stack, body: dict[str, object], started: threading.Event | None =
     return ids
 
 
+def _drafted(s: Stack, name: str) -> float:
+    """The lookahead draft tokens a worker has verified (its Prometheus counter)."""
+    return total(scrape(f"127.0.0.1:{s.service(name).info['metrics_port']}"), "grove:spec_decode_num_draft_tokens_total")
+
+
 def test_a_decode_worker_lost_mid_stream_hands_its_streams_to_another(fragile_stack: Stack) -> None:
     """decode-2 dies (SIGKILL) while it streams: each of its requests goes on from the tokens its
     client has, prefilled with them and decoded by another worker, and every stream ends as it
     would have without the loss, token for token: greedy, and sampled with a seed (each position
-    draws from the seed, so the resumed draws are the ones the lost worker would have made)."""
+    draws from the seed, so the resumed draws are the ones the lost worker would have made).
+    The usage counts the lookahead drafts of both workers, the lost one's too."""
     s = fragile_stack
     bodies: list[dict[str, object]] = [{"prompt": f"Write about the number {k}.", "max_tokens": 64, "ignore_eos": True,
                                         **({"temperature": 0} if k % 2 else {"temperature": 0.8, "seed": 100 + k})}
@@ -78,14 +92,28 @@ def test_a_decode_worker_lost_mid_stream_hands_its_streams_to_another(fragile_st
     with ThreadPoolExecutor(8) as pool:
         want = list(pool.map(lambda b: _stream(s, b), bodies))
         retries = gateway_retry_counts(s)
+        survivors = ("decode-0", "decode-1")
+        drafted = sum(_drafted(s, n) for n in survivors)
+        lost_drafted = _drafted(s, "decode-2")
         started = [threading.Event() for _ in bodies]
+        usage: list[dict] = []
         # two on each decode worker, each killed or not once it is decoding
-        running = [pool.submit(_stream, s, b, e, 4) for b, e in zip(bodies, started)]
+        running = [pool.submit(_stream, s, b, e, 4, usage) for b, e in zip(bodies, started)]
         assert all(e.wait(60) for e in started)
         assert worker_stats(s)["decode-2"].num_running >= 1
+        deadline = time.monotonic() + 10  # the prompts ran before: their outputs are in the tries
+        while _drafted(s, "decode-2") == lost_drafted and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _drafted(s, "decode-2") > lost_drafted, "decode-2 drafted nothing before it died"
+        time.sleep(0.2)  # the step that drafted has sent its tokens
         os.kill(s.service("decode-2").proc.pid, signal.SIGKILL)
         got = [f.result() for f in running]
     assert got == want
+    # the usage counts decode-2's drafts too, not only the survivors'
+    reported = sum(u["completion_tokens_details"]["accepted_prediction_tokens"]
+                   + u["completion_tokens_details"]["rejected_prediction_tokens"] for u in usage)
+    assert len(usage) == len(bodies)
+    assert reported > sum(_drafted(s, n) for n in survivors) - drafted
     moved = gateway_retry_counts(s)
     assert moved[("decode", "UNAVAILABLE")] > retries[("decode", "UNAVAILABLE")], "no stream was resumed elsewhere"
     resumed = [line for line in httpx.get(s.http_url + "/metrics", timeout=10).text.splitlines()
