@@ -31,6 +31,7 @@ from kvstore.errors import InvalidRequestError, LeaseNotFoundError, StoreFullErr
 from kvstore.nixl_plane import NixlPlane, RemotePool, nixl_available
 from kvstore.types import BlockHandle, ConnectInfo, MatchResult, StoreStats, TransferReport
 from protocol import kvstore as convert
+from runtime.rpc_errors import describe
 
 logger = logging.getLogger(__name__)
 
@@ -242,8 +243,8 @@ class KVStoreClient:
     async def _release_quietly(self, lease_id: int) -> None:
         try:
             await self._call(self._stub.Release, pb.ReleaseRequest(lease_id=lease_id))
-        except Exception:  # the lease will expire anyway
-            logger.warning("could not release lease %d", lease_id, exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - the lease expires anyway
+            logger.warning("could not release kvstore lease %d (%s); it will expire", lease_id, describe(exc))
 
     async def _call(self, method: Callable[..., Awaitable[Any]], request: Any) -> Any:
         if self._stub is None:
