@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block-size", type=int, default=16, help="KV block size (prefix affinity hashing)")
     p.add_argument("--max-concurrent", type=int, default=256, help="requests in flight before HTTP 429")
     p.add_argument("--api-key", default="", help="require 'Authorization: Bearer KEY' on /v1/*")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="on SIGTERM: seconds the requests in flight get to finish; the rest then end with an error")
     p.add_argument("--worker-id", default="", help="worker_id label of this gateway's metrics (default: gateway-<pid>)")
     p.add_argument("--ready-file", default="", help="write bound ports here as JSON once serving")
     p.add_argument("--log-level", default="INFO")
@@ -58,8 +60,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     pb_grpc.add_GroveServicer_to_server(GroveServicer(core), server)
     await server.start()
     await set_serving(health, [SERVICE], True)
+    # uvicorn's own shutdown timeout is a backstop: core.drain ends the requests first
     config = uvicorn.Config(build_app(core, args.api_key), host=args.host, port=args.http_port, loop="none",
-                            log_level="warning", lifespan="off")
+                            log_level="warning", lifespan="off", timeout_graceful_shutdown=int(args.drain_timeout) + 10)
     http = uvicorn.Server(config)
     http.install_signal_handlers = lambda: None  # type: ignore[method-assign] - we own the signals
     http_task = asyncio.create_task(http.serve())
@@ -72,10 +75,13 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     write_ready_file(args.ready_file, {"http_port": http_port, "grpc_port": grpc_port})
     logger.info("gateway serving HTTP on %s:%d, gRPC on %s:%d (model %s)", args.host, http_port, args.host, grpc_port, name)
     await stop.wait()
-    logger.info("draining")
+    # both servers stop taking requests at once; those in flight get --drain-timeout to finish
+    logger.info("draining: %d requests in flight, up to %.0f s", core.in_flight, args.drain_timeout)
     await set_serving(health, [SERVICE], False)
     http.should_exit = True
-    await asyncio.gather(http_task, server.stop(grace=10.0), return_exceptions=True)
+    grpc_stopped = asyncio.create_task(server.stop(grace=args.drain_timeout + 10.0))
+    await core.drain(args.drain_timeout)
+    await asyncio.gather(http_task, grpc_stopped, return_exceptions=True)
     await router.close()
 
 

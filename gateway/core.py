@@ -49,6 +49,8 @@ class GatewayCore:
         self.tokenizer = load_tokenizer(config.model_dir)
         self.model_config = ModelConfig.from_dir(config.model_dir)
         self.in_flight = 0
+        self._running: set[asyncio.Task[Any]] = set()  # the tasks streaming a request's output
+        self._shut = False  # the drain timed out: what still runs ends with an error
 
     # ---- input ------------------------------------------------------------------------------
     def check_model(self, model: str | None) -> None:
@@ -178,17 +180,48 @@ class GatewayCore:
             self.metrics.error(exc)
             raise exc
         self.in_flight += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
         trace = RequestTrace(self.metrics, arrived)
         error: BaseException | None = None
         try:
             async for chunk in self._generate(work, trace):
                 yield chunk
+        except asyncio.CancelledError as e:
+            if not self._shut:
+                error = e
+                raise
+            task.uncancel()  # cancelled by drain(), not by the client: the client hears why
+            error = UnavailableError("the gateway shut down before this request finished (its drain "
+                                     "timeout ran out); send it again")
+            raise error from None
         except BaseException as e:
             error = e
             raise
         finally:
+            self._running.discard(task)
             self.in_flight -= 1
             trace.ended(error)
+
+    async def drain(self, timeout_s: float) -> None:
+        """On shutdown, once the servers take no new requests: the requests in flight get up to
+        ``timeout_s`` to finish. Those still running then end with UnavailableError (an SSE error
+        event, a 503, gRPC UNAVAILABLE), not a connection cut without a word, and their calls to
+        the workers are cancelled (the workers free their KV)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if not self.in_flight:
+            return
+        logger.warning("drain timeout: %d requests still in flight end with an error", self.in_flight)
+        self._shut = True
+        for task in list(self._running):
+            task.cancel()
+        deadline = loop.time() + 5.0  # for their errors to reach the clients
+        while self.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
 
     async def _generate(self, work: WorkRequest, trace: RequestTrace) -> AsyncIterator[GenerationChunk]:
         pw, pre = await self._prefill(work, trace)
