@@ -4,6 +4,13 @@ A NIXL READ is one-sided: the holder does not see it, so it cannot refuse a read
 lease has ended (and which may hold another request's KV by now). After one, the holder's answer
 to ReleaseKV confirms that the lease was still held; without that answer the pull has failed.
 Every failure to get the KV is a KVHandoffError: the request's KV is lost, not the decode worker.
+
+A NIXL read that fails while the holder still answers over gRPC (its data plane broken, say, a
+port UCX needs blocked between hosts) is read again over gRPC at once, and that holder's KV comes
+over gRPC for ``nixl_retry_s`` (60 s) before NIXL is tried again: slower, but served, and counted
+(``nixl_fallbacks``) and logged. A read that timed out is not read again at once (NIXL may not
+have stopped it writing into the blocks); its request's KV is lost as before, and the next
+request's comes over gRPC.
 """
 from __future__ import annotations
 
@@ -18,13 +25,14 @@ from engine.errors import GroveError
 from engine.request import KVHandle
 from grove.internal.v1 import worker_pb2 as pb
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
-from kvstore.errors import NixlTransferError
+from kvstore.errors import NixlTimeoutError, NixlTransferError
 from kvstore.nixl_plane import NixlPlane
 from runtime.grpc_server import insecure_channel
-from runtime.rpc_errors import describe
 from runtime.kv_transfer import POOL_NAME, TransferTimer, remote_pool, write_block_bytes
+from runtime.rpc_errors import describe
 
 logger = logging.getLogger(__name__)
+NIXL_RETRY_S = 60.0  # a holder whose NIXL read failed sends its KV over gRPC this long
 
 
 class KVHandoffError(GroveError, RuntimeError):
@@ -32,14 +40,18 @@ class KVHandoffError(GroveError, RuntimeError):
 
 
 class KVPuller:
-    def __init__(self, pool: torch.Tensor, plane: NixlPlane | None, timeout_s: float = 10.0) -> None:
+    def __init__(self, pool: torch.Tensor, plane: NixlPlane | None, timeout_s: float = 10.0,
+                 nixl_retry_s: float = NIXL_RETRY_S) -> None:
         self.pool = pool  # [num_blocks, *block_shape]
         self.plane = plane
         self.timeout_s = timeout_s
+        self.nixl_retry_s = nixl_retry_s
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._peers: set[str] = set()
+        self._nixl_off: dict[str, float] = {}  # holder's NIXL agent -> when NIXL is tried again (monotonic)
         self.nixl = TransferTimer()
         self.grpc = TransferTimer()
+        self.nixl_fallbacks = 0  # NIXL reads that failed with the holder still answering
 
     def _stub(self, address: str) -> pb_grpc.PrefillWorkerStub:
         if address not in self._channels:
@@ -63,16 +75,23 @@ class KVPuller:
             return ""
         t0 = time.perf_counter()
         nbytes = len(local_blocks) * kv.block_bytes
-        if self.plane is not None and kv.nixl_agent:
-            if kv.nixl_agent not in self._peers:
-                md = await self._stub(kv.worker_address).NixlMetadata(pb.NixlMetadataRequest(), timeout=self.timeout_s)
-                self.plane.add_peer(md.metadata)
-                self._peers.add(kv.nixl_agent)
-            await self.plane.read(remote_pool(kv), remote, POOL_NAME, local_blocks,
-                                  timeout_s=self.timeout_s)
-            self.nixl.add(nbytes, time.perf_counter() - t0)
-            logger.info("kv pull: %d blocks, %d bytes over nixl in %.6f s", len(local_blocks), nbytes, time.perf_counter() - t0)
-            return "nixl"
+        if self.plane is not None and kv.nixl_agent and time.monotonic() >= self._nixl_off.get(kv.nixl_agent, 0.0):
+            try:
+                await self._read_nixl(kv, remote, local_blocks)
+            except NixlTransferError as e:
+                self.nixl_fallbacks += 1
+                self._nixl_off[kv.nixl_agent] = time.monotonic() + self.nixl_retry_s
+                logger.warning("NIXL read from %s failed (%s): %s, and its KV comes over gRPC for the next %.0f s",
+                               kv.worker_address, e, "the KV is lost" if isinstance(e, NixlTimeoutError)
+                               else "reading it over gRPC", self.nixl_retry_s)
+                if isinstance(e, NixlTimeoutError):
+                    raise
+                t0 = time.perf_counter()
+            else:
+                self.nixl.add(nbytes, time.perf_counter() - t0)
+                logger.info("kv pull: %d blocks, %d bytes over nixl in %.6f s", len(local_blocks), nbytes,
+                            time.perf_counter() - t0)
+                return "nixl"
         stream = self._stub(kv.worker_address).ReadKV(
             pb.ReadKVRequest(lease_id=kv.lease_id, block_ids=remote), timeout=self.timeout_s
         )
@@ -81,6 +100,14 @@ class KVPuller:
         self.grpc.add(nbytes, time.perf_counter() - t0)
         logger.info("kv pull: %d blocks, %d bytes over grpc in %.6f s", len(local_blocks), nbytes, time.perf_counter() - t0)
         return "grpc"
+
+    async def _read_nixl(self, kv: KVHandle, remote: list[int], local_blocks: list[int]) -> None:
+        assert self.plane is not None
+        if kv.nixl_agent not in self._peers:
+            md = await self._stub(kv.worker_address).NixlMetadata(pb.NixlMetadataRequest(), timeout=self.timeout_s)
+            self.plane.add_peer(md.metadata)
+            self._peers.add(kv.nixl_agent)
+        await self.plane.read(remote_pool(kv), remote, POOL_NAME, local_blocks, timeout_s=self.timeout_s)
 
     async def renew(self, kv: KVHandle) -> float:
         """Keeps the holder's lease on ``kv`` from ending while this worker waits for room; returns

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from engine.errors import GroveError, InvalidRequestError, OutOfBlocksError
 
-__all__ = ["InvalidRequestError", "LeaseNotFoundError", "StoreFullError", "NixlTransferError", "StoreRestartedError"]
+__all__ = ["InvalidRequestError", "LeaseNotFoundError", "StoreFullError", "NixlTransferError", "NixlTimeoutError",
+           "StoreRestartedError"]
 
 
 class LeaseNotFoundError(GroveError, LookupError):
@@ -23,6 +24,10 @@ class StoreFullError(OutOfBlocksError):
 
 class NixlTransferError(GroveError, RuntimeError):
     """A NIXL transfer failed or timed out."""
+
+
+class NixlTimeoutError(NixlTransferError):
+    """A NIXL transfer still unfinished at its timeout (aborted, as far as NIXL could)."""
 
 
 class StoreRestartedError(GroveError, RuntimeError):

@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal, NamedTuple, Sequence, TypeVar
 import numpy as np
 import torch
 
-from kvstore.errors import NixlTransferError
+from kvstore.errors import NixlTimeoutError, NixlTransferError
 
 T = TypeVar("T")
 
@@ -199,7 +199,7 @@ class NixlPlane:
             polls = 0
             while state == "PROC":
                 if time.perf_counter() - start > timeout_s:
-                    raise NixlTransferError(f"NIXL {op} of {len(local_ids)} blocks timed out after {timeout_s} s")
+                    raise NixlTimeoutError(f"NIXL {op} of {len(local_ids)} blocks timed out after {timeout_s} s")
                 polls += 1
                 # without a progress thread our polls drive the transfer: keep polling (yielding to
                 # the loop each time); with one, spin briefly, then back off

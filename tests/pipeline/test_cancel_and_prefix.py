@@ -19,6 +19,7 @@ from grove.v1 import api_pb2 as api
 from grove.v1 import api_pb2_grpc as api_grpc
 from launcher.stack import Stack
 from protocol.pipeline import work_to_pb
+from tests.observability.conftest import scrape, total
 from tests.pipeline.stack_probe import kvstore_stats, wait_idle, worker_stats
 
 
@@ -178,6 +179,37 @@ def test_a_decode_worker_refuses_kv_whose_lease_ended(stack: Stack) -> None:
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION, e.value.details()
     assert "KV handoff failed" in e.value.details() and "lease" in e.value.details()
     assert wait_idle(stack)["decode-0"] == (0, 0, 0)
+
+
+def test_kv_whose_nixl_read_fails_comes_over_grpc(stack: Stack) -> None:
+    """A NIXL read that fails with the holder still answering (here: a handle naming an agent the
+    decode worker cannot reach) is read again over gRPC, and the request is served as usual; the
+    next handoff from that agent skips NIXL for a while. Counted and exported."""
+    rng = random.Random(16)
+    prompts = [[rng.randrange(1000, 30000) for _ in range(100)] for _ in range(2)]  # 7 blocks, the last partial
+    params = SamplingParams(temperature=0.0, max_tokens=8)
+    metrics = f"127.0.0.1:{stack.service('decode-0').info['metrics_port']}"
+    before = scrape(metrics)
+    got: list[list[int]] = []
+    for k, prompt in enumerate(prompts):
+        work = WorkRequest(f"nixl-down-{k}-{rng.random()}", tuple(prompt), params, seed=1)
+        with grpc.insecure_channel(stack.address("prefill-0")) as ch:
+            pre = wpb_grpc.PrefillWorkerStub(ch).Prefill(wpb.PrefillRequest(request=work_to_pb(work)), timeout=120)
+        assert pre.kv.nixl_agent  # the stack hands KV over by NIXL
+        pre.kv.nixl_agent = "grove-prefill-unreachable"  # its data plane, as the decode worker sees it
+        with grpc.insecure_channel(stack.address("decode-0")) as ch:
+            chunks = list(wpb_grpc.DecodeWorkerStub(ch).Decode(wpb.DecodeRequest(
+                request=work_to_pb(work), first_token=pre.first_token, kv=pre.kv, first_text=pre.text), timeout=60))
+        got.append([pre.first_token.token_id] + [t.token_id for c in chunks for t in c.tokens])
+        m = scrape(metrics)
+        assert total(m, "grove:kv_handoff_nixl_fallbacks_total") == total(before, "grove:kv_handoff_nixl_fallbacks_total") + 1
+        pulled = total(m, "grove:kv_handoff_grpc_bytes_total") - total(before, "grove:kv_handoff_grpc_bytes_total")
+        assert pulled == (k + 1) * 7 * pre.kv.block_bytes  # every block, over gRPC, each time
+    want = [httpx.post(stack.http_url + "/v1/completions", json={
+        "prompt": p, "max_tokens": 8, "temperature": 0, "return_token_ids": True}, timeout=120).json()
+        for p in prompts]
+    assert got == [w["choices"][0]["token_ids"] for w in want]
+    assert wait_idle(stack)["prefill-0"] == (0, 0, 0)  # the leases were released
 
 
 def test_decode_worker_pulls_only_the_blocks_it_lacks(stack: Stack) -> None:
