@@ -3,7 +3,8 @@
 The worker owns a local pool in the engine's KV layout,
     local_pool: [num_blocks, num_layers, 2, block_size, num_kv_heads, head_dim]  (layout dtype)
 registered once with NIXL; reads and writes move whole blocks between that pool and the store:
-NIXL READ/WRITE when both sides have NIXL, gRPC byte streams otherwise.
+NIXL READ/WRITE when both sides have NIXL, gRPC byte streams otherwise, and for a while after a
+NIXL transfer fails with the store still answering (the call is redone over gRPC).
 
     async with KVStoreClient(address, layout, pool) as kv:
         hit = await kv.match(prompt)                 # leases the cached prefix
@@ -27,13 +28,15 @@ from engine.kv_layout import KVLayout
 from grove.internal.v1 import kvstore_pb2 as pb
 from grove.internal.v1 import kvstore_pb2_grpc as pb_grpc
 from kvstore.byte_stream import BlockSink, iter_chunks
-from kvstore.errors import InvalidRequestError, LeaseNotFoundError, StoreFullError, StoreRestartedError
+from kvstore.errors import (InvalidRequestError, LeaseNotFoundError, NixlTimeoutError, NixlTransferError, StoreFullError,
+                            StoreRestartedError)
 from kvstore.nixl_plane import NixlPlane, RemotePool, nixl_available
 from kvstore.types import BlockHandle, ConnectInfo, MatchResult, StoreStats, TransferReport
 from protocol import kvstore as convert
 from runtime.rpc_errors import describe
 
 logger = logging.getLogger(__name__)
+NIXL_RETRY_S = 60.0  # after a NIXL transfer fails, the data goes over gRPC this long
 
 _ERRORS = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
@@ -76,6 +79,8 @@ class KVStoreClient:
         self._plane: NixlPlane | None = None
         self._pools: dict[str, RemotePool] = {}
         self._reports: dict[int, TransferReport] = {}  # NIXL reads to report at release
+        self._nixl_off_until = 0.0  # monotonic; a failed NIXL transfer sets it NIXL_RETRY_S ahead
+        self.nixl_fallbacks = 0  # NIXL transfers that failed with the store answering over gRPC
         self.info: ConnectInfo | None = None
 
     @property
@@ -152,12 +157,18 @@ class KVStoreClient:
         handles = match.handles[:len(local_block_ids)]
         if not handles:
             return 0
-        if self._plane is not None:
-            report = await self._nixl("read", handles, local_block_ids)
-            prev = self._reports.get(match.lease_id)
-            self._reports[match.lease_id] = report if prev is None else TransferReport(
-                "nixl", prev.bytes + report.bytes, prev.seconds + report.seconds)
-            return report.bytes
+        if self._use_nixl():
+            try:
+                report = await self._nixl("read", handles, local_block_ids)
+            except NixlTransferError as e:
+                self._nixl_failed("read", e)
+                if isinstance(e, NixlTimeoutError):
+                    raise
+            else:
+                prev = self._reports.get(match.lease_id)
+                self._reports[match.lease_id] = report if prev is None else TransferReport(
+                    "nixl", prev.bytes + report.bytes, prev.seconds + report.seconds)
+                return report.bytes
         sink = BlockSink([self._local_bytes[i] for i in local_block_ids])
         req = pb.ReadRequest(lease_id=match.lease_id, handles=convert.handles_to_pb(handles))
         try:
@@ -189,9 +200,14 @@ class KVStoreClient:
         src = local_block_ids[alloc.num_cached_blocks:alloc.num_cached_blocks + len(alloc.handles)]
         try:
             report = None
-            if self._plane is not None:
-                report = await self._nixl("write", alloc.handles, src)
-            else:
+            if self._use_nixl():
+                try:
+                    report = await self._nixl("write", alloc.handles, src)
+                except NixlTransferError as e:
+                    self._nixl_failed("write", e)
+                    if isinstance(e, NixlTimeoutError):
+                        raise
+            if report is None:
                 await self._stream_write(alloc.lease_id, alloc.handles, src)
             req = pb.CommitRequest(lease_id=alloc.lease_id, transfer=convert.report_to_pb(report))
             return convert.commit_from_pb(await self._call(self._stub.Commit, req)).num_new_blocks
@@ -213,8 +229,24 @@ class KVStoreClient:
         start = time.perf_counter()
         done = await asyncio.gather(*(
             move(self._pools[tier], remote, self._plane_pool, local, timeout_s=self.timeout_s)
-            for tier, (remote, local) in by_tier.items()))
+            for tier, (remote, local) in by_tier.items()), return_exceptions=True)
+        # raised once every tier's transfer has ended (a timed-out one first: it may not have)
+        failed = sorted((e for e in done if isinstance(e, BaseException)), key=lambda e: not isinstance(e, NixlTimeoutError))
+        if failed:
+            raise failed[0]
         return TransferReport("nixl", sum(s.bytes for s in done), time.perf_counter() - start)
+
+    def _use_nixl(self) -> bool:
+        return self._plane is not None and time.monotonic() >= self._nixl_off_until
+
+    def _nixl_failed(self, op: str, exc: NixlTransferError) -> None:
+        """A NIXL transfer failed with the store answering over gRPC: this call and the next ones
+        for ``NIXL_RETRY_S`` go over gRPC (a timed-out one is not redone: it may still be writing)."""
+        self.nixl_fallbacks += 1
+        self._nixl_off_until = time.monotonic() + NIXL_RETRY_S
+        logger.warning("NIXL %s with kvstore %s failed (%s): %s, and gRPC carries the data for the next %.0f s",
+                       op, self.address, exc, "a cache miss" if isinstance(exc, NixlTimeoutError)
+                       else "done over gRPC", NIXL_RETRY_S)
 
     async def _stream_write(self, lease_id: int, handles: Sequence[BlockHandle],
                             local_block_ids: Sequence[int]) -> None:

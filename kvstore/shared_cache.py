@@ -126,7 +126,10 @@ class SharedCache:
         return [ServiceMetric("counter", "grove:kvstore_failures", "kvstore calls that failed (each a cache miss).",
                               self.failures),
                 ServiceMetric("gauge", "grove:kvstore_connected", "1 while the kvstore is in use, 0 while it is away.",
-                              float(self.connected))]
+                              float(self.connected)),
+                ServiceMetric("counter", "grove:kvstore_nixl_fallbacks",
+                              "NIXL transfers with the kvstore that failed with the store answering (redone over gRPC).",
+                              self.client.nixl_fallbacks)]
 
     async def _connect(self, first: bool = False) -> None:
         try:

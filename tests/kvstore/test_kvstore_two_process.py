@@ -3,6 +3,7 @@ gRPC fallback; bytes are checked on both ends (the writer's source blocks agains
 process reads, and against what the other data plane reads back)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -159,3 +160,28 @@ def test_client_shares_a_workers_nixl_agent(store_address: str) -> None:
         assert plane.export("engine-kv").num_blocks == 8  # still registered, still usable
     finally:
         plane.close()
+
+
+def test_a_failed_nixl_transfer_is_redone_over_grpc(store_address: str) -> None:
+    """NIXL failing with the store still answering over gRPC (here: the store's pools as this
+    client sees them point at memory the store never registered, so NIXL refuses the transfer):
+    the write and the read are done over gRPC instead, with the same bytes, and the client keeps
+    to gRPC for a while without trying NIXL again."""
+    pool = torch.randn(8, *LAYOUT.block_shape)
+    tokens = list(range(9500, 9500 + 3 * 16))
+
+    async def main() -> None:
+        async with KVStoreClient(store_address, LAYOUT, pool, use_nixl=True) as kv:
+            assert kv.data_plane == "nixl"
+            kv._pools = {tier: dataclasses.replace(p, base_addr=p.base_addr + (1 << 40))  # nobody's memory
+                         for tier, p in kv._pools.items()}
+            assert await kv.write(tokens, [0, 1, 2]) == 3
+            assert kv.nixl_fallbacks == 1
+            hit = await kv.match(tokens)
+            assert hit.num_tokens == len(tokens)
+            assert await kv.read(hit, [5, 6, 7]) == 3 * LAYOUT.block_bytes
+            await kv.release(hit.lease_id)
+            assert kv.nixl_fallbacks == 1  # gRPC straight away: NIXL not tried again yet
+
+    uvloop.run(main())
+    assert pool[5:8].equal(pool[:3])
