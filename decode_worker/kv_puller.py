@@ -51,7 +51,7 @@ class KVPuller:
         self._nixl_off: dict[str, float] = {}  # holder's NIXL agent -> when NIXL is tried again (monotonic)
         self.nixl = TransferTimer()
         self.grpc = TransferTimer()
-        self.nixl_fallbacks = 0  # NIXL reads that failed with the holder still answering
+        self.nixl_fallbacks = 0  # NIXL reads that failed (redone over gRPC unless they timed out)
 
     def _stub(self, address: str) -> pb_grpc.PrefillWorkerStub:
         if address not in self._channels:

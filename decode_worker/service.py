@@ -198,8 +198,8 @@ class DecodeService:
                ServiceMetric("counter", "grove:handoff_block_waits",
                              "Handed-over requests that found too few free KV blocks and waited.", self.block_waits),
                ServiceMetric("counter", "grove:kv_handoff_nixl_fallbacks",
-                             "NIXL reads of handed-over KV that failed with the holder still answering (its KV "
-                             "then comes over gRPC for a while).", self.puller.nixl_fallbacks),
+                             "NIXL reads of handed-over KV that failed (redone over gRPC unless timed out; that "
+                             "holder's KV then comes over gRPC for a while).", self.puller.nixl_fallbacks),
                ServiceMetric("counter", "grove:kv_handoff_grpc_bytes",
                              "Bytes of handed-over KV pulled over gRPC (the fallback data plane).",
                              self.puller.grpc.bytes)]

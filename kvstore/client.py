@@ -80,7 +80,7 @@ class KVStoreClient:
         self._pools: dict[str, RemotePool] = {}
         self._reports: dict[int, TransferReport] = {}  # NIXL reads to report at release
         self._nixl_off_until = 0.0  # monotonic; a failed NIXL transfer sets it NIXL_RETRY_S ahead
-        self.nixl_fallbacks = 0  # NIXL transfers that failed with the store answering over gRPC
+        self.nixl_fallbacks = 0  # NIXL transfers that failed (redone over gRPC unless they timed out)
         self.info: ConnectInfo | None = None
 
     @property
@@ -240,8 +240,8 @@ class KVStoreClient:
         return self._plane is not None and time.monotonic() >= self._nixl_off_until
 
     def _nixl_failed(self, op: str, exc: NixlTransferError) -> None:
-        """A NIXL transfer failed with the store answering over gRPC: this call and the next ones
-        for ``NIXL_RETRY_S`` go over gRPC (a timed-out one is not redone: it may still be writing)."""
+        """A NIXL transfer failed: this call (unless it timed out: NIXL may still be writing) and
+        the next ones for ``NIXL_RETRY_S`` go over gRPC. A store that is gone fails there too."""
         self.nixl_fallbacks += 1
         self._nixl_off_until = time.monotonic() + NIXL_RETRY_S
         logger.warning("NIXL %s with kvstore %s failed (%s): %s, and gRPC carries the data for the next %.0f s",

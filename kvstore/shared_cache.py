@@ -128,7 +128,8 @@ class SharedCache:
                 ServiceMetric("gauge", "grove:kvstore_connected", "1 while the kvstore is in use, 0 while it is away.",
                               float(self.connected)),
                 ServiceMetric("counter", "grove:kvstore_nixl_fallbacks",
-                              "NIXL transfers with the kvstore that failed with the store answering (redone over gRPC).",
+                              "NIXL transfers with the kvstore that failed (redone over gRPC unless timed out; gRPC "
+                              "then carries the data for a while).",
                               self.client.nixl_fallbacks)]
 
     async def _connect(self, first: bool = False) -> None:
