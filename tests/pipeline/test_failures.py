@@ -86,7 +86,7 @@ def test_a_decode_worker_lost_mid_stream_hands_its_streams_to_another(fragile_st
     draws from the seed, so the resumed draws are the ones the lost worker would have made).
     The usage counts the lookahead drafts of both workers, the lost one's too."""
     s = fragile_stack
-    bodies: list[dict[str, object]] = [{"prompt": f"Write about the number {k}.", "max_tokens": 64, "ignore_eos": True,
+    bodies: list[dict[str, object]] = [{"prompt": f"Write about the number {k}.", "max_tokens": 96, "ignore_eos": True,
                                         **({"temperature": 0} if k % 2 else {"temperature": 0.8, "seed": 100 + k})}
                                        for k in range(6)]
     with ThreadPoolExecutor(8) as pool:
@@ -106,6 +106,7 @@ def test_a_decode_worker_lost_mid_stream_hands_its_streams_to_another(fragile_st
             time.sleep(0.02)
         assert _drafted(s, "decode-2") > lost_drafted, "decode-2 drafted nothing before it died"
         time.sleep(0.2)  # the step that drafted has sent its tokens
+        assert worker_stats(s)["decode-2"].num_running >= 1, "decode-2 finished before it could be killed"
         os.kill(s.service("decode-2").proc.pid, signal.SIGKILL)
         got = [f.result() for f in running]
     assert got == want
