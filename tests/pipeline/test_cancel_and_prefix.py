@@ -18,9 +18,9 @@ from grove.internal.v1 import worker_pb2_grpc as wpb_grpc
 from grove.v1 import api_pb2 as api
 from grove.v1 import api_pb2_grpc as api_grpc
 from launcher.stack import Stack
+from launcher.stack_probe import kvstore_stats, wait_idle, worker_stats
 from protocol.pipeline import work_to_pb
 from tests.observability.conftest import scrape, total
-from tests.pipeline.stack_probe import kvstore_stats, wait_idle, worker_stats
 
 
 def test_shared_1000_token_prefix_is_reused_and_gives_the_same_text(stack: Stack, tokenizer: Any) -> None:

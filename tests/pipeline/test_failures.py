@@ -23,8 +23,8 @@ from gateway.core import GatewayConfig, GatewayCore
 from gateway.metrics import GatewayMetrics
 from gateway.router import Router
 from launcher.stack import Stack, StackConfig
+from launcher.stack_probe import gateway_retry_counts, wait_idle, worker_stats
 from tests.observability.conftest import scrape, total
-from tests.pipeline.stack_probe import gateway_retry_counts, wait_idle, worker_stats
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from grove.v1 import api_pb2 as pb
 from grove.v1 import api_pb2_grpc as pb_grpc
 from launcher.stack import Stack, service_env
-from tests.pipeline.stack_probe import wait_idle
+from launcher.stack_probe import wait_idle
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ import pytest
 from grove.v1 import api_pb2 as pb
 from grove.v1 import api_pb2_grpc as pb_grpc
 from launcher.stack import Stack
-from tests.pipeline.stack_probe import gateway_retries
+from launcher.stack_probe import gateway_retries
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "def is_even(n):"

@@ -25,9 +25,9 @@ from gateway.router import Router
 from grove.internal.v1 import worker_pb2 as wpb
 from grove.internal.v1 import worker_pb2_grpc as wpb_grpc
 from launcher.stack import Stack, StackConfig
+from launcher.stack_probe import gateway_retries, kvstore_stats, wait_idle, worker_stats
 from protocol.pipeline import work_to_pb
 from tests.observability.conftest import scrape, total
-from tests.pipeline.stack_probe import gateway_retries, kvstore_stats, wait_idle, worker_stats
 from tests.prompts import engine_prompts
 
 

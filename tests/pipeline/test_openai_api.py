@@ -13,7 +13,7 @@ import torch
 
 from engine.reference import ReferenceOutput, compare_greedy
 from launcher.stack import Stack
-from tests.pipeline.stack_probe import gateway_retries
+from launcher.stack_probe import gateway_retries
 from tests.prompts import engine_prompts
 
 
@@ -425,7 +425,7 @@ def test_32_concurrent_requests_on_two_prefill_two_decode(stack: Stack, tokenize
 def test_a_prompt_longer_than_a_workers_kv_pool_gets_400_at_once(stack: Stack) -> None:
     """The workers' KV pools hold fewer tokens than the model's context: a prompt that fits the
     model's context but not a pool is refused naming the prompt, not left waiting for blocks."""
-    from tests.pipeline.stack_probe import worker_stats
+    from launcher.stack_probe import worker_stats
 
     stats = worker_stats(stack)
     pool_tokens = min(s.total_blocks for s in stats.values()) * 16
