@@ -30,7 +30,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 import httpx
@@ -235,7 +235,7 @@ async def _grpc(stub: pb_grpc.GroveStub, p: Probe) -> Outcome:
         return Outcome(p, e.code().name, (e.details() or "")[:300])
 
 
-async def _enumerate(call: Any) -> Any:
+async def _enumerate(call: AsyncIterator[pb.GenerateStreamResponse]) -> AsyncIterator[tuple[int, pb.GenerateStreamResponse]]:
     i = 0
     async for msg in call:
         yield i, msg
