@@ -38,7 +38,6 @@ import httpx
 from bench.datasets.humaneval import completion_prompts
 from bench.datasets.shakespeare import quote_prompts
 from bench.datasets.sharegpt import first_turn_prompts
-from engine.config import ModelConfig
 from grove.v1 import api_pb2 as pb
 from grove.v1 import api_pb2_grpc as pb_grpc
 from launcher.stack import Stack, StackConfig
@@ -305,14 +304,7 @@ async def _restart_kvstore(stack: Stack) -> None:
     _signal(stack, "kvstore", signal.SIGKILL)
     await asyncio.sleep(8)
     stack.services.remove(old)
-    mc = ModelConfig.from_dir(stack.model_dir)
-    c = stack.config
-    dtype = mc.torch_dtype if c.dtype == "auto" else c.dtype
-    new = stack._spawn("kvstore", "kvstore", [
-        "--address", f"{c.host}:{old.info['grpc_port']}", "--dtype", dtype, "--block-size", "16",
-        "--num-layers", str(mc.num_layers), "--num-kv-heads", str(mc.num_kv_heads), "--head-dim", str(mc.head_dim),
-        "--cpu-capacity", c.kvstore_capacity, "--nixl" if c.nixl else "--no-nixl", "--metrics-port", "0"])
-    await asyncio.to_thread(stack._wait_ready, [new])
+    await asyncio.to_thread(stack.start_kvstore, old.info["grpc_port"])
     logger.info("kvstore started again on port %d", old.info["grpc_port"])
 
 

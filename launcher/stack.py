@@ -110,15 +110,8 @@ class Stack:
 
     def start(self) -> "Stack":
         c = self.config
-        mc = ModelConfig.from_dir(self.model_dir)
-        dtype = mc.torch_dtype if c.dtype == "auto" else c.dtype
         host = c.host
-        kv = self._spawn("kvstore", "kvstore", [
-            "--address", f"{host}:0", "--dtype", dtype, "--block-size", "16", "--num-layers", str(mc.num_layers),
-            "--num-kv-heads", str(mc.num_kv_heads), "--head-dim", str(mc.head_dim),
-            "--cpu-capacity", c.kvstore_capacity, "--nixl" if c.nixl else "--no-nixl", "--metrics-port", "0",
-        ])
-        self._wait_ready([kv])
+        kv = self.start_kvstore()
         common = ["--model", self.model_dir, "--dtype", c.dtype, "--kv-cache-gb", str(c.worker_kv_gb),
                   "--nixl", "on" if c.nixl else "off", *c.extra_worker_args]
         if c.threads_per_worker:
@@ -133,14 +126,31 @@ class Stack:
             *(["--kvstore", f"{host}:{kv.info['grpc_port']}"] if c.decode_kvstore else [])])
             for i in range(c.num_decode)]
         self._wait_ready(workers)
-        gw_args = ["--host", host, "--http-port", str(c.http_port), "--grpc-port", str(c.grpc_port),
-                   "--model", self.model_dir,
-                   "--prefill", ",".join(self.address(w.name) for w in workers if w.name.startswith("prefill")),
-                   "--decode", ",".join(self.address(w.name) for w in workers if w.name.startswith("decode"))]
-        if c.api_key:
-            gw_args += ["--api-key", c.api_key]
-        self._wait_ready([self._spawn("gateway", "gateway", gw_args)])
+        self._wait_ready([self._spawn("gateway", "gateway", self.gateway_args(c.http_port, c.grpc_port))])
         return self
+
+    def gateway_args(self, http_port: int = 0, grpc_port: int = 0) -> list[str]:
+        """The arguments of a gateway in front of this stack's workers (a test may start another)."""
+        c = self.config
+        names = [s.name for s in self.services]
+        args = ["--host", c.host, "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--model", self.model_dir,
+                "--prefill", ",".join(self.address(n) for n in names if n.startswith("prefill")),
+                "--decode", ",".join(self.address(n) for n in names if n.startswith("decode"))]
+        return args + (["--api-key", c.api_key] if c.api_key else [])
+
+    def start_kvstore(self, port: int = 0) -> Service:
+        """Starts the kvstore (``port``: its gRPC port; 0 picks one) and waits until it serves. Also
+        a new one in place of a kvstore that died (launcher.chaos): the workers reconnect to it."""
+        c = self.config
+        mc = ModelConfig.from_dir(self.model_dir)
+        dtype = mc.torch_dtype if c.dtype == "auto" else c.dtype
+        kv = self._spawn("kvstore", "kvstore", [
+            "--address", f"{c.host}:{port}", "--dtype", dtype, "--block-size", "16", "--num-layers", str(mc.num_layers),
+            "--num-kv-heads", str(mc.num_kv_heads), "--head-dim", str(mc.head_dim),
+            "--cpu-capacity", c.kvstore_capacity, "--nixl" if c.nixl else "--no-nixl", "--metrics-port", "0",
+        ])
+        self._wait_ready([kv])
+        return kv
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM everyone (they drain), SIGKILL what is left after ``timeout_s``."""

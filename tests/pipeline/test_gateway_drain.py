@@ -30,13 +30,10 @@ class Gateway:
     def __init__(self, stack: Stack, tmp: Path, drain_timeout: float) -> None:
         ready = tmp / "gateway.ready"
         self.log = tmp / "gateway.log"
-        workers = [s.name for s in stack.services if s.name.startswith(("prefill", "decode"))]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
-                 "--model", stack.model_dir, "--drain-timeout", str(drain_timeout), "--ready-file", str(ready),
-                 "--prefill", ",".join(stack.address(n) for n in workers if n.startswith("prefill")),
-                 "--decode", ",".join(stack.address(n) for n in workers if n.startswith("decode"))],
+                [sys.executable, "-m", "gateway", *stack.gateway_args(), "--drain-timeout", str(drain_timeout),
+                 "--ready-file", str(ready)],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=service_env())
         deadline = time.monotonic() + 120
         while not ready.exists():
