@@ -30,7 +30,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import grpc
 import httpx
@@ -220,11 +220,11 @@ async def _grpc(stub: pb_grpc.GroveStub, p: Probe) -> Outcome:
             return Outcome(p, "200", token_ids=[list(resp.token_ids)])
         call = stub.GenerateStream(p.body, timeout=300)
         ids: list[int] = []
-        finished = False
-        async for i, msg in _enumerate(call):
+        finished, messages = False, 0
+        async for msg in call:
             ids.extend(msg.token_ids)
-            finished = bool(msg.finish_reason)
-            if p.leave_after is not None and i + 1 >= p.leave_after:
+            finished, messages = bool(msg.finish_reason), messages + 1
+            if p.leave_after is not None and messages >= p.leave_after:
                 call.cancel()
                 return Outcome(p, "left")
         if not finished:
@@ -233,12 +233,6 @@ async def _grpc(stub: pb_grpc.GroveStub, p: Probe) -> Outcome:
     except grpc.aio.AioRpcError as e:
         return Outcome(p, e.code().name, (e.details() or "")[:300])
 
-
-async def _enumerate(call: AsyncIterator[pb.GenerateStreamResponse]) -> AsyncIterator[tuple[int, pb.GenerateStreamResponse]]:
-    i = 0
-    async for msg in call:
-        yield i, msg
-        i += 1
 
 
 # ---- the checks --------------------------------------------------------------------------------
@@ -303,7 +297,6 @@ async def _restart_kvstore(stack: Stack) -> None:
     old = stack.service("kvstore")
     _signal(stack, "kvstore", signal.SIGKILL)
     await asyncio.sleep(8)
-    stack.services.remove(old)
     await asyncio.to_thread(stack.start_kvstore, old.info["grpc_port"])
     logger.info("kvstore started again on port %d", old.info["grpc_port"])
 

@@ -141,6 +141,10 @@ class Stack:
     def start_kvstore(self, port: int = 0) -> Service:
         """Starts the kvstore (``port``: its gRPC port; 0 picks one) and waits until it serves. Also
         a new one in place of a kvstore that died (launcher.chaos): the workers reconnect to it."""
+        for dead in [s for s in self.services if s.name == "kvstore" and s.proc.poll() is not None]:
+            self.services.remove(dead)  # the one this replaces
+            if dead.log:
+                dead.log.close()
         c = self.config
         mc = ModelConfig.from_dir(self.model_dir)
         dtype = mc.torch_dtype if c.dtype == "auto" else c.dtype
