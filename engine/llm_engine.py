@@ -205,9 +205,9 @@ class LLMEngine:
         scheduled = self.scheduler.schedule({rid: len(t) for rid, t in drafts.items()})
         if not scheduled:
             return []
-        # a draft survives only if its sequence was scheduled to decode with it
-        drafts = {s.seq.request_id: drafts[s.seq.request_id] for s in scheduled
-                  if s.seq.request_id in drafts and s.num_tokens == 1 + len(drafts[s.seq.request_id])}
+        # a draft survives only if its sequence was scheduled to decode with it (not preempted, nor
+        # preempted and scheduled again in the same step to compute its tokens once more)
+        drafts = {s.seq.request_id: drafts[s.seq.request_id] for s in scheduled if s.num_draft_tokens}
         t0 = time.perf_counter()
         logits = self.forward(scheduled, drafts)
         # (a chunk scoring its prompt computes every row's logits: not a step's usual price)

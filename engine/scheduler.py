@@ -36,10 +36,14 @@ class ScheduledSeq:
     seq: Sequence
     num_tokens: int  # new tokens computed this step: all_ids[num_cached : num_cached + num_tokens]
     samples: bool  # the step reaches the sequence's last known token, so it samples the next one
+    # of num_tokens, the draft tokens granted to a decoding sequence (its lookahead tree: the step's
+    # input is then its last token and the tree, not all_ids); 0 for a prompt chunk or a recompute,
+    # even one whose length happens to equal its dropped draft's
+    num_draft_tokens: int = 0
 
     @classmethod
-    def of(cls, seq: Sequence, num_tokens: int) -> "ScheduledSeq":
-        return cls(seq, num_tokens, seq.num_cached + num_tokens >= seq.num_tokens)
+    def of(cls, seq: Sequence, num_tokens: int, num_draft_tokens: int = 0) -> "ScheduledSeq":
+        return cls(seq, num_tokens, seq.num_cached + num_tokens >= seq.num_tokens, num_draft_tokens)
 
 
 class Scheduler:
@@ -228,8 +232,13 @@ class Scheduler:
                 self._preempt(victim)
                 if victim is seq:
                     break
+                # a victim of a lower priority may have been scheduled already: its blocks are gone
+                for i, done in enumerate(out):
+                    if done.seq is victim:
+                        budget += out.pop(i).num_tokens
+                        break
             if seq.status is SeqStatus.RUNNING:
-                out.append(ScheduledSeq.of(seq, n))
+                out.append(ScheduledSeq.of(seq, n, n - 1))
                 budget -= n
         # 2. sequences part-way through their prompt, then new ones, by chunks
         prefilling = [s for s in self.running if s.is_prefilling]

@@ -9,6 +9,8 @@ from engine.detokenizer import Detokenizer
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
+from engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
+from engine.sequence import Sequence, SeqStatus
 
 
 def test_incremental_text_equals_full_decode(tokenizer: Any) -> None:
@@ -214,3 +216,55 @@ def test_a_resumed_sequence_goes_on_as_the_whole_one_did(model_dir: Any) -> None
             assert sent == streamed[k], k  # what the client has: not sent again
             assert seq.output_ids == whole.output_ids and seq.finish_reason == "length", k
             assert sent + rest == text, k
+
+
+def _decoding(sched: Scheduler, rid: str, num_tokens: int, priority: int = 0) -> Sequence:
+    """A running sequence whose tokens but the last have their KV in its blocks (it decodes next)."""
+    seq = Sequence(rid, list(range(100, 100 + num_tokens - 1)), SamplingParams(temperature=0.0), seed=0,
+                   detok=None, max_len=1000, priority=priority)  # type: ignore[arg-type]
+    seq.all_ids.append(7)  # its first output token
+    seq.num_cached = num_tokens - 1
+    seq.block_table = sched.allocator.allocate(-(-seq.num_cached // sched.config.block_size))
+    sched.add_running(seq)
+    return seq
+
+
+def _check_owned(sched: Scheduler, scheduled: list[ScheduledSeq]) -> None:
+    """Every scheduled sequence still runs and holds, alone, the blocks its step writes into."""
+    seen: set[int] = set()
+    for s in scheduled:
+        assert s.seq.status is SeqStatus.RUNNING, f"{s.seq.request_id} was scheduled, then preempted"
+        need = -(-(s.seq.num_cached + s.num_tokens) // sched.config.block_size)
+        blocks = s.seq.block_table[:need]
+        assert len(blocks) == need and all(sched.allocator.refcount(b) == 1 for b in blocks)
+        assert not seen & set(blocks), "two sequences write into one block"
+        seen |= set(blocks)
+
+
+def test_a_drafted_sequence_preempted_and_recomputed_in_the_same_step_gets_no_draft() -> None:
+    """B is preempted for A's room, then scheduled again in the same step to compute its 4 tokens
+    once more: a chunk as long as its dropped draft's step (1 + 3 tokens). The chunk is its tokens,
+    not its draft: on a loaded 1 + 1 stack with lookahead, the engine verified the draft's tree in
+    the chunk's place, and the request's greedy output diverged."""
+    sched = Scheduler(SchedulerConfig(block_size=4), BlockAllocator(4))
+    a = _decoding(sched, "a", 7)  # 6 cached: 2 blocks, 3 with a 2-token draft
+    b = _decoding(sched, "b", 4)  # 3 cached: 1 block, 2 with a 3-token draft
+    scheduled = sched.schedule({"a": 2, "b": 3})
+    assert sched.num_preemptions == 1
+    got = {s.seq.request_id: (s.num_tokens, s.num_draft_tokens) for s in scheduled}
+    assert got == {"a": (3, 2), "b": (4, 0)}, got
+    assert b.num_cached == 0 and a.num_cached == 6
+    _check_owned(sched, scheduled)
+
+
+def test_a_victim_scheduled_earlier_in_the_step_leaves_the_step() -> None:
+    """A (priority 5) decodes first; B (priority 0, newer) then needs a block, and A is the victim.
+    A's blocks are gone: its place in the step must go too, or its token would be computed without
+    its KV (and B's new block could be A's old one)."""
+    sched = Scheduler(SchedulerConfig(block_size=4), BlockAllocator(2))
+    a = _decoding(sched, "a", 4, priority=5)  # 3 cached: its next token fits its block
+    _decoding(sched, "b", 4)  # its 1-token draft needs a second block
+    scheduled = sched.schedule({"b": 1})
+    assert sched.num_preemptions == 1 and a.status is SeqStatus.WAITING
+    assert [(s.seq.request_id, s.num_tokens, s.num_draft_tokens) for s in scheduled] == [("b", 2, 1)]
+    _check_owned(sched, scheduled)

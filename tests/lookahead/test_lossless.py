@@ -13,6 +13,7 @@ from scipy.stats import chi2_contingency
 
 import engine.lookahead.speculator as speculator_mod
 from engine.lookahead.budget import StepCostModel
+from engine.lookahead.tree import DraftTree
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
@@ -248,3 +249,34 @@ def test_structured_output_keeps_on_equal_off(drafting_engine: LLMEngine, tokeni
         assert all(fresh.accept(t) for t in o.output_ids), o.text
     finished = [o for o in sampled if o.finish_reason == "stop"]
     assert finished and all(set(json.loads(o.text)) == {"name", "age", "hobbies"} for o in finished)
+
+
+def test_a_sequence_preempted_for_its_own_draft_is_recomputed_without_it(model_dir: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step the sequence gets a draft as long as its tokens less one. Its step would need 3
+    KV blocks of a pool of 2, so it is preempted, and recomputed in the same step (its own blocks
+    free again) in a chunk of exactly its dropped draft's step length. The chunk must be its
+    tokens: a 1 + 1 stack under load once verified the draft's tree there instead, and a greedy
+    output diverged. Outputs equal plain decoding's."""
+    dtype = "bfloat16" if cpu_linear.available() else "auto"  # (row-invariant there: a chunk's bits equal a decode's)
+    prompt = [100 + 37 * i % 30000 for i in range(20)]
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    plain = LLMEngine(EngineConfig(model=str(model_dir), dtype=dtype, num_kv_blocks=8, lookahead=False))
+    want = plain.generate([prompt], params)[0].output_ids
+    eng = LLMEngine(EngineConfig(model=str(model_dir), dtype=dtype, num_kv_blocks=2, prefix_caching=False))
+    seq = eng.add_request("own-draft", prompt, params)
+
+    def propose() -> dict[str, DraftTree]:
+        if seq.is_prefilling or seq.finished:
+            return {}
+        tree = DraftTree()
+        tree.add_branch((prompt * 2)[: seq.num_tokens - 1], budget=seq.num_tokens)  # a chain: one node per token
+        return {seq.request_id: tree}
+
+    monkeypatch.setattr(eng, "_propose", propose)
+    while eng.has_work:
+        eng.step()
+    assert seq.output_ids == want
+    assert eng.scheduler.num_preemptions >= 10  # once per decoding step
+    eng.allocator.check_integrity()
+    assert eng.allocator.num_used == 0
