@@ -288,6 +288,9 @@ class GatewayCore:
                     # the same seed samples the same first token, which the client already has
                     logger.warning("%s: prefilling %s again", e, work.request_id)
                     self.metrics.retry("prefill", grpc.StatusCode.FAILED_PRECONDITION.name)
+                    # the KV no decode worker could get: its holder frees it now (this gateway may
+                    # reach it where the decode workers do not), not when its lease ends
+                    detach(asyncio.ensure_future(_release_kv(pw, pre.kv.lease_id)))
                     pw, pre = await self._prefill(work, trace, avoid=[pw])
                     if pre.finish_reason or pre.first_token.token_id != first.token_id:
                         raise UnavailableError(f"{e}; prefilled again, the first token came out otherwise") from None
