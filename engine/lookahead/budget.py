@@ -127,6 +127,19 @@ class StepCostModel:
         return y0 * tokens / x0  # past the widest step seen: linear from it
 
 
+
+class FreeWideSteps(StepCostModel):
+    """A cost model that calls every step width equally cheap and learns no curve: a speculator
+    given it drafts as wide as its budget allows (tests and launcher.engine_fuzz, which are about
+    verification, not the budget)."""
+
+    def observe(self, tokens: int, seconds: float, key_reads: int = 0, context_keys: int = 0) -> None:
+        pass
+
+    def cost(self, tokens: int, key_reads: int = 0, extra_group: bool = False, context_keys: int = 0) -> float:
+        return 1.0
+
+
 def key_reads(num_cached: int, query_tokens: int) -> int:
     """Keys a sequence's query tokens read in one step: each sees the cached ones and (at most)
     the step's own."""

@@ -33,7 +33,7 @@ from engine.layers import WX_MAX_COLUMNS, linear, linear_residual, pack_weight, 
 from engine.llm_engine import LLMEngine
 from engine.reference import compare_greedy, hf_greedy
 from engine.sampling_params import SamplingParams
-from tests.lookahead.test_lossless import FreeWideSteps
+from engine.lookahead.budget import FreeWideSteps
 from tests.prompts import code_edit_ids, engine_prompts
 
 # (out, in) of SmolLM2-135M's products: qkv, o, gate_up, down, lm_head

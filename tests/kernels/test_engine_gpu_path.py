@@ -32,7 +32,7 @@ from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from kernels.backend import TritonAttentionBackend
 from tests.kernels.paged_data import DEVICE
-from tests.lookahead.test_lossless import FreeWideSteps
+from engine.lookahead.budget import FreeWideSteps
 
 _PROMPT = "the cat sat on the mat. the cat sat on the mat. the cat sat on the mat. the cat"
 

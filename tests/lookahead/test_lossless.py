@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import chi2_contingency
 
 import engine.lookahead.speculator as speculator_mod
-from engine.lookahead.budget import StepCostModel
+from engine.lookahead.budget import FreeWideSteps
 from engine.lookahead.tree import DraftTree
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
@@ -35,16 +35,6 @@ def la_engine(model_dir: Path) -> LLMEngine:
     dtype = "bfloat16" if cpu_linear.available() else "auto"
     return LLMEngine(EngineConfig(model=str(model_dir), dtype=dtype, num_kv_blocks=1024, max_num_seqs=256,
                                   max_num_batched_tokens=2048))
-
-
-class FreeWideSteps(StepCostModel):
-    """A cost model that calls every step width equally cheap (and learns nothing)."""
-
-    def observe(self, tokens: int, seconds: float, key_reads: int = 0, context_keys: int = 0) -> None:
-        pass
-
-    def cost(self, tokens: int, key_reads: int = 0, extra_group: bool = False, context_keys: int = 0) -> float:
-        return 1.0
 
 
 @pytest.fixture()
