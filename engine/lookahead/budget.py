@@ -127,7 +127,6 @@ class StepCostModel:
         return y0 * tokens / x0  # past the widest step seen: linear from it
 
 
-
 class FreeWideSteps(StepCostModel):
     """A cost model that calls every step width equally cheap and learns no curve: a speculator
     given it drafts as wide as its budget allows (tests and launcher.engine_fuzz, which are about
