@@ -2,8 +2,9 @@
 
 Each round builds a bf16 engine with a tight KV pool (4-8 blocks) and a random step budget, its
 lookahead drafting as wide as it may (``FreeWideSteps``), prefix caching on or off, and feeds it
-4-12 greedy requests at random steps: prompts sharing a prefix, prompts that repeat a pattern
-(drafts hit), random ones; random priorities; now and then an abort. It checks, every step, the
+4-12 requests at random steps: prompts sharing a prefix, prompts that repeat a pattern (drafts
+hit), random ones; greedy, or sampled with a seed (a seeded request's tokens do not depend on
+what shares its steps, nor on lookahead); random priorities; now and then an abort. It checks, every step, the
 allocator's integrity, and at the end that every request not aborted gave the tokens it gives alone
 on a roomy engine without lookahead, and that no block is still in use. bf16, where Grove's forward
 is row-invariant on a CPU with AVX512-BF16 (engine.invariance): a token's bits do not depend on
@@ -33,6 +34,7 @@ MAX_STEPS = 5000  # a round that takes more is stuck (two sequences waiting for 
 @dataclass(slots=True)
 class RoundResult:
     requests: int = 0
+    sampled: int = 0  # of the requests, sampled with a seed (the others greedy)
     aborted: int = 0
     preemptions: int = 0
     accepted_drafts: int = 0
@@ -43,12 +45,11 @@ class EngineFuzz:
     def __init__(self, model: str, dtype: str = "bfloat16") -> None:
         self.model, self.dtype = model, dtype
         self.reference = LLMEngine(EngineConfig(model=model, dtype=dtype, num_kv_blocks=256, lookahead=False))
-        self._alone: dict[tuple[tuple[int, ...], int], list[int]] = {}
+        self._alone: dict[tuple[tuple[int, ...], int, float, int | None], list[int]] = {}
 
-    def alone(self, prompt: list[int], max_tokens: int) -> list[int]:
-        key = (tuple(prompt), max_tokens)
+    def alone(self, prompt: list[int], params: SamplingParams) -> list[int]:
+        key = (tuple(prompt), params.max_tokens, params.temperature, params.seed)
         if key not in self._alone:
-            params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
             self._alone[key] = self.reference.generate([prompt], params)[0].output_ids
         return self._alone[key]
 
@@ -76,15 +77,17 @@ class EngineFuzz:
 
         result = RoundResult()
         pending = [request() for _ in range(rng.randrange(4, 13))]
-        live: dict[str, tuple[Sequence, list[int], int]] = {}
+        live: dict[str, tuple[Sequence, list[int], SamplingParams]] = {}
         aborted: set[str] = set()
         steps = 0
         while pending or eng.has_work:
             if pending and (not eng.has_work or rng.random() < 0.3):
                 prompt, n = pending.pop()
                 rid = f"r{len(live)}"
-                params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
-                live[rid] = (eng.add_request(rid, prompt, params, priority=rng.choice([0, 0, 1, 2])), prompt, n)
+                sampled = rng.random() < 0.3
+                params = SamplingParams(temperature=0.8 if sampled else 0.0, top_p=0.95 if sampled else 1.0,
+                                        seed=rng.randrange(1000) if sampled else None, max_tokens=n, ignore_eos=True)
+                live[rid] = (eng.add_request(rid, prompt, params, priority=rng.choice([0, 0, 1, 2])), prompt, params)
             if eng.has_work:
                 eng.step()
                 steps += 1
@@ -96,8 +99,8 @@ class EngineFuzz:
             if steps > MAX_STEPS:
                 result.failures.append(f"seed {seed}: stuck after {steps} steps")
                 break
-        for rid, (seq, prompt, n) in live.items():
-            want = None if rid in aborted else self.alone(prompt, n)
+        for rid, (seq, prompt, params) in live.items():
+            want = None if rid in aborted else self.alone(prompt, params)
             if want is not None and seq.output_ids != want:
                 got = seq.output_ids
                 at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
@@ -105,6 +108,7 @@ class EngineFuzz:
         if eng.allocator.num_used:
             result.failures.append(f"seed {seed}: {eng.allocator.num_used} blocks still in use")
         result.requests, result.aborted = len(live), len(aborted)
+        result.sampled = sum(params.temperature > 0 for _, _, params in live.values())
         result.preemptions = eng.scheduler.num_preemptions
         result.accepted_drafts = eng.speculator.stats.num_accepted_tokens if eng.speculator is not None else 0
         return result
@@ -128,13 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         r = fuzz.round(args.seed + i)
         failures += r.failures
         total.requests += r.requests
+        total.sampled += r.sampled
         total.aborted += r.aborted
         total.preemptions += r.preemptions
         total.accepted_drafts += r.accepted_drafts
         for f in r.failures:
             logger.error("%s", f)
-    logger.info("%d rounds: %d requests (%d aborted), %d preemptions, %d draft tokens accepted, %d failures",
-                args.rounds, total.requests, total.aborted, total.preemptions, total.accepted_drafts, len(failures))
+    logger.info("%d rounds: %d requests (%d sampled, %d aborted), %d preemptions, %d draft tokens accepted, %d failures",
+                args.rounds, total.requests, total.sampled, total.aborted, total.preemptions, total.accepted_drafts,
+                len(failures))
     return 1 if failures else 0
 
 

@@ -1,5 +1,6 @@
 """Random schedules through one engine (launcher.engine_fuzz): tight pools, drafts as wide as they
-may be, priorities, shared prefixes, aborts; every output equals the request's output alone."""
+may be, priorities, shared prefixes, aborts, greedy and seeded sampling; every output equals the
+request's output alone."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,3 +24,4 @@ def test_random_schedules_give_every_request_its_output_alone(model_dir: Path) -
     assert sum(r.preemptions for r in results) >= 10
     assert sum(r.accepted_drafts for r in results) >= 100
     assert sum(r.aborted for r in results) >= 1
+    assert sum(r.sampled for r in results) >= 3
