@@ -234,7 +234,6 @@ async def _grpc(stub: pb_grpc.GroveStub, p: Probe) -> Outcome:
         return Outcome(p, e.code().name, (e.details() or "")[:300])
 
 
-
 # ---- the checks --------------------------------------------------------------------------------
 def unexpected(outcomes: list[Outcome], gateway_stopped: bool = False) -> list[Outcome]:
     """The answers no client should get: anything but 200, left, a 400 for a prompt over the

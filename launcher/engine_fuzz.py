@@ -4,11 +4,12 @@ Each round builds a bf16 engine with a tight KV pool (4-8 blocks) and a random s
 lookahead drafting as wide as it may (``FreeWideSteps``), prefix caching on or off, and feeds it
 4-12 requests at random steps: prompts sharing a prefix, prompts that repeat a pattern (drafts
 hit), random ones; greedy, or sampled with a seed (a seeded request's tokens do not depend on
-what shares its steps, nor on lookahead); random priorities; now and then an abort. It checks, every step, the
-allocator's integrity, and at the end that every request not aborted gave the tokens it gives alone
-on a roomy engine without lookahead, and that no block is still in use. bf16, where Grove's forward
-is row-invariant on a CPU with AVX512-BF16 (engine.invariance): a token's bits do not depend on
-what shares its step, so any difference is a scheduling or verification bug, not rounding.
+what shares its steps, nor on lookahead); random priorities; now and then an abort. It checks the
+allocator's integrity after every step, and at the end that every request not aborted gave the
+tokens it gives alone on a roomy engine without lookahead, and that no block is still in use.
+bf16, where Grove's forward is row-invariant on a CPU with AVX512-BF16 (engine.invariance): a
+token's bits do not depend on what shares its step, so any difference is a scheduling or
+verification bug, not rounding.
 
 It found two (session 34): a drafted sequence preempted and scheduled again in the same step had
 its draft tree verified in place of its recompute chunk, and a victim of a lower priority already
@@ -39,6 +40,15 @@ class RoundResult:
     preemptions: int = 0
     accepted_drafts: int = 0
     failures: list[str] = field(default_factory=list)
+
+    def add(self, other: "RoundResult") -> None:
+        """Adds another round's counts and failures to these."""
+        self.requests += other.requests
+        self.sampled += other.sampled
+        self.aborted += other.aborted
+        self.preemptions += other.preemptions
+        self.accepted_drafts += other.accepted_drafts
+        self.failures += other.failures
 
 
 class EngineFuzz:
@@ -100,9 +110,9 @@ class EngineFuzz:
                 result.failures.append(f"seed {seed}: stuck after {steps} steps")
                 break
         for rid, (seq, prompt, params) in live.items():
-            want = None if rid in aborted else self.alone(prompt, params)
-            if want is not None and seq.output_ids != want:
-                got = seq.output_ids
+            got = seq.output_ids
+            want = got if rid in aborted else self.alone(prompt, params)
+            if got != want:
                 at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
                 result.failures.append(f"seed {seed} {rid} ({blocks} blocks): differs from its output alone at token {at}")
         if eng.allocator.num_used:
@@ -126,22 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("engine").setLevel(logging.ERROR)  # (a tight pool warns that it caps contexts)
     fuzz = EngineFuzz(args.model or str(convert_smollm2()), args.dtype)
-    failures: list[str] = []
     total = RoundResult()
     for i in range(args.rounds):
         r = fuzz.round(args.seed + i)
-        failures += r.failures
-        total.requests += r.requests
-        total.sampled += r.sampled
-        total.aborted += r.aborted
-        total.preemptions += r.preemptions
-        total.accepted_drafts += r.accepted_drafts
+        total.add(r)
         for f in r.failures:
             logger.error("%s", f)
     logger.info("%d rounds: %d requests (%d sampled, %d aborted), %d preemptions, %d draft tokens accepted, %d failures",
                 args.rounds, total.requests, total.sampled, total.aborted, total.preemptions, total.accepted_drafts,
-                len(failures))
-    return 1 if failures else 0
+                len(total.failures))
+    return 1 if total.failures else 0
 
 
 if __name__ == "__main__":
