@@ -27,11 +27,11 @@ from engine.layers import ROW_INVARIANT_DTYPES, products_row_invariant, step_til
 from engine.lookahead.budget import key_reads
 from engine.lookahead.numbering import DigitVocab
 from engine.lookahead.speculator import Speculator, compaction_slots, node_positions
-from engine.lookahead.tree import DraftTree
+from engine.lookahead.tree import DraftTree, node_paths
 from engine.model import Model
 from engine.model_loader import load_model, model_fingerprint
 from engine.prefix_cache import PrefixCache
-from engine.sampling import SamplingBatch, greedy_pick, sample
+from engine.sampling import SamplingBatch, greedy_pick, sample, top_k_lowest_first
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from engine.sequence import Sequence as Seq
@@ -306,7 +306,12 @@ class LLMEngine:
             seeds += [seq.seed] * len(pos)
             positions += pos
             prompts += [seq.prompt_ids] * len(pos)
-            outputs += [seq.output_ids] * len(pos)
+            if step is not None and seq.params.has_penalties:
+                # a tree's row i is penalised as plain decoding would penalise it there: the output,
+                # then the drafts on the path to node i
+                outputs += [seq.output_ids + path for path in node_paths(*step)]
+            else:
+                outputs += [seq.output_ids] * len(pos)
             stops += [seq.detok.stop_ids] * len(pos)
         allowed = (torch.tensor(masked_rows, dtype=torch.long), torch.cat(masks)) if masks else None
         out = sample(logits, SamplingBatch.build(params, seeds, positions, prompts, outputs, stops, allowed,
@@ -411,7 +416,6 @@ def _record_prompt_logprobs(seq: Seq, logits: torch.Tensor) -> None:
     chosen = logp.gather(-1, targets[:, None])  # [m, 1]
     ranks = ((logp > chosen).sum(dim=-1) + 1).tolist()  # 1 + the tokens more likely than the prompt's
     k = seq.params.prompt_logprobs or 0
-    top = logp.topk(k, dim=-1) if k else None
+    top = top_k_lowest_first(logp, k) if k else None
     for i, lp in enumerate(chosen[:, 0].tolist()):
-        seq.prompt_logprobs.append((lp, ranks[i], top.indices[i].tolist() if top else [],
-                                    top.values[i].tolist() if top else []))
+        seq.prompt_logprobs.append((lp, ranks[i], top[1][i].tolist() if top else [], top[0][i].tolist() if top else []))

@@ -227,5 +227,26 @@ def sample(logits: torch.Tensor, s: SamplingBatch) -> SampleOutput:
         return SampleOutput(tokens, None, None, None)
     logp = raw.log_softmax(dim=-1)
     chosen = logp.gather(-1, tokens[:, None])[:, 0]
-    top = logp.topk(s.max_logprobs, dim=-1) if s.max_logprobs > 0 else None
-    return SampleOutput(tokens, chosen, top.indices if top else None, top.values if top else None)
+    top = top_k_lowest_first(logp, s.max_logprobs) if s.max_logprobs > 0 else None
+    return SampleOutput(tokens, chosen, top[1] if top else None, top[0] if top else None)
+
+
+def top_k_lowest_first(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [N, V] -> (values [N, k], ids [N, k]): each row's k largest, equal values in the order of
+    their ids, as greedy_pick takes the first among equals. ``torch.topk`` leaves equals' order to
+    its algorithm, which changes with k and the row count: a row's top logprobs would depend on
+    what shares its step (the largest top-n asked for there; bf16 logits tie often)."""
+    values, ids = x.topk(k, dim=-1)
+    kth = values[:, -1:]  # [N, 1]
+    # rows where more than k values reach the k-th: which of those equal to it topk kept is its
+    # choice; they keep everything above it, then the lowest ids at it
+    over = ((x >= kth).sum(dim=-1) > k).nonzero()[:, 0]
+    if over.numel():
+        xs, ks = x[over], kth[over]
+        above, at = xs > ks, xs == ks
+        keep = above | (at & (at.cumsum(dim=-1) <= k - above.sum(dim=-1, keepdim=True)))  # k per row
+        ids[over] = keep.nonzero()[:, 1].view(-1, k)
+    ids = ids.sort(dim=-1).values
+    values = x.gather(-1, ids)
+    order = values.sort(dim=-1, descending=True, stable=True).indices  # equals keep ascending ids
+    return values.gather(-1, order), ids.gather(-1, order)

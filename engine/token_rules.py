@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
+from engine.lookahead.tree import node_paths
 from engine.sampling_params import SamplingParams
 from engine.structured import words
 from engine.tokenizer import bad_word_ids
@@ -49,11 +50,7 @@ class TokenRules:
         tail = list(output_ids[max(0, len(output_ids) - self.longest + 1):]) if self.longest > 1 else []
         if step is None:
             return [self.banned(tail)]
-        tokens, parents = step
-        paths: list[list[int]] = [[]]
-        for i in range(1, len(tokens)):  # parents come before their children
-            paths.append(paths[parents[i]] + [tokens[i]])
-        return [self.banned(tail + path) for path in paths]
+        return [self.banned(tail + path) for path in node_paths(*step)]
 
 
 def token_bitmask(ids: Sequence[int], vocab_size: int) -> torch.Tensor:

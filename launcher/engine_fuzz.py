@@ -4,9 +4,14 @@ Each round builds a bf16 engine with a tight KV pool (4-8 blocks) and a random s
 lookahead drafting as wide as it may (``FreeWideSteps``), prefix caching on or off, and feeds it
 4-12 requests at random steps: prompts sharing a prefix, prompts that repeat a pattern (drafts
 hit), random ones; greedy, or sampled with a seed (a seeded request's tokens do not depend on
-what shares its steps, nor on lookahead); random priorities; now and then an abort. It checks the
-allocator's integrity after every step, and at the end that every request not aborted gave the
-tokens it gives alone on a roomy engine without lookahead, and that no block is still in use.
+what shares its steps, nor on lookahead); random priorities; now and then an abort. About half
+the requests take options that act inside a draft tree's rows or end the output mid-path, picked
+from the tokens the request gives without them so that they bite: stop tokens and strings,
+penalties, logit bias, min_tokens, bad words, allowed tokens, a regex, logprobs, prompt logprobs;
+some resume from a part of their output (as the gateway resumes a request whose decode worker
+died). It checks the allocator's integrity after every step, and at the end that every request not
+aborted gave what it gives alone on a roomy engine without lookahead (tokens, finish reason, text,
+logprobs), and that no block is still in use.
 bf16, where Grove's forward is row-invariant on a CPU with AVX512-BF16 (engine.invariance): a
 token's bits do not depend on what shares its step, so any difference is a scheduling or
 verification bug, not rounding.
@@ -18,23 +23,57 @@ scheduled in the step kept its place with its blocks gone (the step raised).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.lookahead.budget import FreeWideSteps
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
+from engine.structured import StructuredSpec
 
 logger = logging.getLogger(__name__)
 MAX_STEPS = 5000  # a round that takes more is stuck (two sequences waiting for each other's blocks)
+REGEXES = (r"[0-9, ]{1,60}", r"(the|a|an)( [a-z]{1,8}){1,12}\.")  # outputs a grammar keeps to
+FIELDS = ("output_ids", "finish_reason", "text", "logprobs", "prompt_logprobs")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a request gave: compared field by field with its output alone."""
+
+    output_ids: list[int]
+    finish_reason: str | None
+    text: str
+    logprobs: list[Any]  # per output token past the resumed ones
+    prompt_logprobs: list[Any]
+
+    @classmethod
+    def of(cls, seq: Sequence) -> "Outcome":
+        return cls(seq.output_ids, seq.finish_reason, seq.detok.text, seq.logprobs, seq.prompt_logprobs)
+
+    def differences(self, want: "Outcome") -> list[str]:
+        """Each field that differs from ``want``'s, with where lists first differ."""
+        out = []
+        for name in FIELDS:
+            a, b = getattr(self, name), getattr(want, name)
+            if a != b:
+                at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))) \
+                    if isinstance(a, list) else None
+                where = f" at {at}: {a[at:at + 1]} != {b[at:at + 1]}" if at is not None else f": {a!r} != {b!r}"
+                out.append(name + where)
+        return out
 
 
 @dataclass(slots=True)
 class RoundResult:
     requests: int = 0
+    shaped: int = 0  # of the requests, with options beyond the sampling (stops, penalties, ..)
+    resumed: int = 0  # of the requests, resumed from a part of their output
     sampled: int = 0  # of the requests, sampled with a seed (the others greedy)
     aborted: int = 0
     preemptions: int = 0
@@ -44,6 +83,8 @@ class RoundResult:
     def add(self, other: "RoundResult") -> None:
         """Adds another round's counts and failures to these."""
         self.requests += other.requests
+        self.shaped += other.shaped
+        self.resumed += other.resumed
         self.sampled += other.sampled
         self.aborted += other.aborted
         self.preemptions += other.preemptions
@@ -55,13 +96,52 @@ class EngineFuzz:
     def __init__(self, model: str, dtype: str = "bfloat16") -> None:
         self.model, self.dtype = model, dtype
         self.reference = LLMEngine(EngineConfig(model=model, dtype=dtype, num_kv_blocks=256, lookahead=False))
-        self._alone: dict[tuple[tuple[int, ...], int, float, int | None], list[int]] = {}
+        self._alone: dict[tuple[tuple[int, ...], str, tuple[int, ...]], Outcome] = {}
 
-    def alone(self, prompt: list[int], params: SamplingParams) -> list[int]:
-        key = (tuple(prompt), params.max_tokens, params.temperature, params.seed)
+    def alone(self, prompt: list[int], params: SamplingParams, resume: tuple[int, ...] = ()) -> Outcome:
+        """What the request gives alone on the roomy engine without lookahead."""
+        key = (tuple(prompt), repr(params), resume)
         if key not in self._alone:
-            self._alone[key] = self.reference.generate([prompt], params)[0].output_ids
+            eng = self.reference
+            seq = eng.make_sequence(f"alone-{len(self._alone)}", prompt, params, resume_ids=resume)
+            eng.add_sequence(seq)
+            while eng.has_work:
+                eng.step()
+            self._alone[key] = Outcome.of(seq)
         return self._alone[key]
+
+    def shape(self, rng: random.Random, prompt: list[int], params: SamplingParams) -> SamplingParams:
+        """Options that act inside a tree's rows or end the output mid-path, taken from the tokens
+        the request gives without them (so that a stop is met, a penalty or a ban changes a pick)."""
+        out = self.alone(prompt, params).output_ids
+        k = rng.randrange(len(out))
+        piece = self.reference.tokenizer.decode(out[k : k + 2])
+        opts: dict[str, Any] = {}
+        roll = rng.random
+        if roll() < 0.2:
+            opts["stop_token_ids"] = (out[k],)
+        if roll() < 0.2 and piece.strip():
+            opts["stop"], opts["include_stop_str_in_output"] = (piece,), roll() < 0.5
+        if roll() < 0.25:
+            opts["ignore_eos"] = False
+            if roll() < 0.5:
+                opts["min_tokens"] = rng.randrange(params.max_tokens + 1)
+        if roll() < 0.25:
+            opts.update(rng.choice([{"repetition_penalty": 1.3}, {"frequency_penalty": 1.0},
+                                    {"presence_penalty": 1.5, "repetition_penalty": 0.9}]))
+        if roll() < 0.15:
+            opts["logit_bias"] = ((out[k], rng.choice([-4.0, 3.0])),)
+        if roll() < 0.15 and piece.strip():
+            opts["bad_words"] = (piece.strip(),)
+        if roll() < 0.1:
+            opts["allowed_token_ids"] = tuple(sorted(set(prompt) | set(out[:k])))
+        elif roll() < 0.08 and "min_tokens" not in opts:  # (a grammar refuses both)
+            opts["structured"] = StructuredSpec("regex", rng.choice(REGEXES))
+        if roll() < 0.3:
+            opts["logprobs"] = rng.choice([0, 1, 5])
+        if roll() < 0.1:
+            opts["prompt_logprobs"] = rng.choice([0, 3])
+        return dataclasses.replace(params, **opts)
 
     def round(self, seed: int) -> RoundResult:
         rng = random.Random(seed)
@@ -87,7 +167,7 @@ class EngineFuzz:
 
         result = RoundResult()
         pending = [request() for _ in range(rng.randrange(4, 13))]
-        live: dict[str, tuple[Sequence, list[int], SamplingParams]] = {}
+        live: dict[str, tuple[Sequence, list[int], SamplingParams, tuple[int, ...]]] = {}
         aborted: set[str] = set()
         steps = 0
         while pending or eng.has_work:
@@ -97,7 +177,17 @@ class EngineFuzz:
                 sampled = rng.random() < 0.3
                 params = SamplingParams(temperature=0.8 if sampled else 0.0, top_p=0.95 if sampled else 1.0,
                                         seed=rng.randrange(1000) if sampled else None, max_tokens=n, ignore_eos=True)
-                live[rid] = (eng.add_request(rid, prompt, params, priority=rng.choice([0, 0, 1, 2])), prompt, params)
+                if rng.random() < 0.5:
+                    params = self.shape(rng, prompt, params)
+                    result.shaped += 1
+                resume: tuple[int, ...] = ()
+                whole = self.alone(prompt, params).output_ids
+                if rng.random() < 0.15 and len(whole) > 1:  # it had these tokens when its worker died
+                    resume = tuple(whole[: rng.randrange(1, len(whole))])
+                    result.resumed += 1
+                seq = eng.make_sequence(rid, prompt, params, priority=rng.choice([0, 0, 1, 2]), resume_ids=resume)
+                eng.add_sequence(seq)
+                live[rid] = (seq, prompt, params, resume)
             if eng.has_work:
                 eng.step()
                 steps += 1
@@ -109,16 +199,15 @@ class EngineFuzz:
             if steps > MAX_STEPS:
                 result.failures.append(f"seed {seed}: stuck after {steps} steps")
                 break
-        for rid, (seq, prompt, params) in live.items():
-            got = seq.output_ids
-            want = got if rid in aborted else self.alone(prompt, params)
-            if got != want:
-                at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-                result.failures.append(f"seed {seed} {rid} ({blocks} blocks): differs from its output alone at token {at}")
+        for rid, (seq, prompt, params, resume) in live.items():
+            if rid not in aborted:
+                for diff in Outcome.of(seq).differences(self.alone(prompt, params, resume)):
+                    result.failures.append(f"seed {seed} {rid} ({blocks} blocks, resumed after {len(resume)} tokens, "
+                                           f"{params}): {diff}")
         if eng.allocator.num_used:
             result.failures.append(f"seed {seed}: {eng.allocator.num_used} blocks still in use")
         result.requests, result.aborted = len(live), len(aborted)
-        result.sampled = sum(params.temperature > 0 for _, _, params in live.values())
+        result.sampled = sum(params.temperature > 0 for _, _, params, _ in live.values())
         result.preemptions = eng.scheduler.num_preemptions
         result.accepted_drafts = eng.speculator.stats.num_accepted_tokens if eng.speculator is not None else 0
         return result
@@ -142,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         total.add(r)
         for f in r.failures:
             logger.error("%s", f)
-    logger.info("%d rounds: %d requests (%d sampled, %d aborted), %d preemptions, %d draft tokens accepted, %d failures",
-                args.rounds, total.requests, total.sampled, total.aborted, total.preemptions, total.accepted_drafts,
-                len(total.failures))
+    logger.info("%d rounds: %d requests (%d sampled, %d with more options, %d resumed, %d aborted), %d preemptions, "
+                "%d draft tokens accepted, %d failures", args.rounds, total.requests, total.sampled, total.shaped,
+                total.resumed, total.aborted, total.preemptions, total.accepted_drafts, len(total.failures))
     return 1 if total.failures else 0
 
 

@@ -70,9 +70,8 @@ class Speculator:
     @staticmethod
     def eligible(seq: Seq) -> bool:
         """Lookahead is on for a request unless it turned it off (the server switch removes the speculator)."""
-        on = seq.params.lookahead is not False
-        # penalties depend on the tokens before each node: plain decoding keeps them exact
-        return on and not seq.params.has_penalties and not seq.is_prefilling and not seq.hold_kv
+        # (penalties too: each tree row is penalised for the drafts on its path, LLMEngine._sample)
+        return seq.params.lookahead is not False and not seq.is_prefilling and not seq.hold_kv
 
     def propose(self, seqs: Sequence[Seq], base_tokens: int, base_key_reads: int = 0,
                 context_keys: int = 0) -> dict[str, DraftTree]:

@@ -58,6 +58,15 @@ class DraftTree:
         return [last_token, *self.tokens], [-1, *[p + 1 if p >= 0 else 0 for p in self.parents]]
 
 
+def node_paths(tokens: Sequence[int], parents: Sequence[int]) -> list[list[int]]:
+    """The step input's (``step_input``) node i -> the draft tokens from the root down to it, node 0's
+    empty: what a row that samples after node i has generated beyond the sequence's tokens."""
+    paths: list[list[int]] = [[]]
+    for i in range(1, len(tokens)):  # parents come before their children
+        paths.append(paths[parents[i]] + [tokens[i]])
+    return paths
+
+
 def accept_path(parents: Sequence[int], tokens: Sequence[int], sampled: Sequence[int]) -> tuple[list[int], list[int]]:
     """Walks the tree along the model's own choices.
 

@@ -37,3 +37,24 @@ def test_batched_reference_equals_one_prompt_at_a_time(hf_model: Any, tokenizer:
     for b, a in zip(batched, alone):
         assert len(b.top2_gaps) == len(b.tokens)
         assert max(abs(x - y) for x, y in zip(a.top2_gaps, b.top2_gaps)) < 1e-3
+
+
+def test_repetition_penalty_matches_transformers(engine: Any, tokenizer: Any, hf_model: Any) -> None:
+    """vLLM's repetition_penalty is transformers' (prompt and output tokens, divide a positive logit,
+    multiply a negative one): greedy tokens agree with ``generate(repetition_penalty=...)``, lookahead
+    on, and the penalty changes them."""
+    import torch
+
+    prompts = [engine_prompts(tokenizer)[i] for i in (0, 3)]
+    params = SamplingParams(temperature=0.0, max_tokens=40, repetition_penalty=1.3)
+    outs = [o.output_ids for o in engine.generate(prompts, params)]
+    plain = [o.output_ids for o in engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=40))]
+    refs = []
+    for p in prompts:
+        with torch.inference_mode():
+            ids = hf_model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                    do_sample=False, max_new_tokens=40, repetition_penalty=1.3,
+                                    pad_token_id=tokenizer.eos_token_id)
+        refs.append(ids[0, len(p):].tolist())
+    assert outs == refs
+    assert outs != plain

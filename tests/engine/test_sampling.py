@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import InvalidRequestError
-from engine.sampling import SamplingBatch, sample, uniform_draws
+from engine.sampling import SamplingBatch, sample, top_k_lowest_first, uniform_draws
 from engine.sampling_params import SamplingParams
 
 
@@ -146,3 +146,19 @@ def test_logit_bias_and_min_tokens_are_validated() -> None:
         SamplingParams(logit_bias=((-1, 1.0),))
     with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
         SamplingParams(logit_bias=((5000, 1.0),)).check_vocab(5000)
+
+
+@pytest.mark.parametrize("rows,vocab,k", [(1, 50, 1), (7, 300, 5), (33, 2000, 20), (4, 49152, 8)])
+def test_top_logprobs_put_equal_values_in_id_order_whatever_shares_the_call(rows: int, vocab: int, k: int) -> None:
+    """Top logprobs list equal values by id (lowest first, as greedy picks), so a row gets the same
+    list alone, beside others, or under a larger top-n asked by another row of its step: topk's own
+    order of equals changed with k (the engine fuzz caught a request's top-1 id differ from alone's)."""
+    x = (torch.randn(rows, vocab, generator=torch.Generator().manual_seed(rows)) * 2).round() / 2  # many ties
+    values, ids = top_k_lowest_first(x, k)
+    want = x.sort(dim=-1, descending=True, stable=True)
+    assert torch.equal(values, want.values[:, :k]) and torch.equal(ids, want.indices[:, :k])
+    for r in range(rows):
+        for n in (1, k):
+            alone_values, alone_ids = top_k_lowest_first(x[r : r + 1], n)
+            assert alone_ids[0].tolist() == ids[r, :n].tolist()
+            assert alone_values[0].tolist() == values[r, :n].tolist()

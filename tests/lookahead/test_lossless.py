@@ -171,6 +171,27 @@ def test_logit_bias_and_min_tokens_keep_on_equal_off(drafting_engine: LLMEngine,
     assert on1.output_ids[: len(short.output_ids) - 1] == short.output_ids[:-1]  # the same text up to its EOS
 
 
+def test_penalties_keep_on_equal_off(drafting_engine: LLMEngine, tokenizer: Any) -> None:
+    """A tree row is penalised for the output and the drafts on its own path (repetition, presence,
+    frequency), as plain decoding penalises that position: greedy and seeded sampled outputs with
+    drafts equal plain decoding's, drafts are taken, and the penalties change the output."""
+    eng = drafting_engine
+    prompts = code_edit_ids(tokenizer, 3) + [tokenizer(REPEAT_PROMPT)["input_ids"]]
+    plain = [o.output_ids for o in eng.generate(prompts, SamplingParams(temperature=0.0, max_tokens=48))]
+    # rows penalised for the output alone (not their paths) gave other tokens with the last two
+    # (2 and 1 of the 4 prompts, measured); a repetition penalty only differs on tokens not in the prompt
+    for params in (SamplingParams(temperature=0.0, max_tokens=48, repetition_penalty=1.15, presence_penalty=1.5),
+                   SamplingParams(temperature=0.0, max_tokens=48, frequency_penalty=1.0),
+                   SamplingParams(temperature=0.7, max_tokens=48, frequency_penalty=0.3, repetition_penalty=1.1,
+                                  seed=11)):
+        before = eng.speculator.stats.num_accepted_tokens
+        on = [o.output_ids for o in eng.generate(prompts, params)]
+        assert eng.speculator.stats.num_accepted_tokens > before + 10, params  # drafts were verified
+        off = [o.output_ids for o in eng.generate(prompts, dataclasses.replace(params, lookahead=False))]
+        assert on == off, params
+        assert on != plain, params
+
+
 def _occurs(seq: list[int], word: tuple[int, ...]) -> bool:
     return any(tuple(seq[i : i + len(word)]) == word for i in range(len(seq) - len(word) + 1))
 
