@@ -278,7 +278,7 @@ class LLMEngine:
                for s in scheduled if s.samples):
             # greedy rows need only their argmax (sample()'s rule): no per-row tensors to build
             return greedy_pick(logits).tolist(), [None] * logits.shape[0]
-        params, seeds, positions, prompts, outputs, stops = [], [], [], [], [], []
+        params, seeds, positions, prompts, outputs, stops, paths = [], [], [], [], [], [], []
         masked_rows: list[int] = []  # rows under a grammar or allowed tokens, in order; their masks in ``masks``
         masks: list[torch.Tensor] = []
         bans: list[list[int]] = []  # each row's bad words' last tokens it may not take
@@ -306,16 +306,14 @@ class LLMEngine:
             seeds += [seq.seed] * len(pos)
             positions += pos
             prompts += [seq.prompt_ids] * len(pos)
-            if step is not None and seq.params.has_penalties:
-                # a tree's row i is penalised as plain decoding would penalise it there: the output,
-                # then the drafts on the path to node i
-                outputs += [seq.output_ids + path for path in node_paths(*step)]
-            else:
-                outputs += [seq.output_ids] * len(pos)
+            outputs += [seq.output_ids] * len(pos)  # one object for the sequence's rows (read once)
+            # a tree's row i is penalised as plain decoding would penalise it there: the output,
+            # then the drafts on the path to node i
+            paths += node_paths(*step) if step is not None and seq.params.has_penalties else [()] * len(pos)
             stops += [seq.detok.stop_ids] * len(pos)
         allowed = (torch.tensor(masked_rows, dtype=torch.long), torch.cat(masks)) if masks else None
         out = sample(logits, SamplingBatch.build(params, seeds, positions, prompts, outputs, stops, allowed,
-                                                 bans if any(bans) else None))
+                                                 bans if any(bans) else None, paths))
         lps: list[tuple[float, list[int], list[float]] | None] = [None] * len(params)
         if out.logprobs is not None:
             for i, p in enumerate(params):

@@ -80,6 +80,8 @@ def main() -> int:
     ap.add_argument("--hf-prompt-lookup", action="store_true", help="also time transformers prompt lookup at c=1")
     ap.add_argument("--json-schema", action="store_true",
                     help="structured output: every request under json-extract's schema (both engines)")
+    ap.add_argument("--repetition-penalty", type=float, default=1.0, help="every request's (both engines)")
+    ap.add_argument("--frequency-penalty", type=float, default=0.0, help="every request's (both engines)")
     ap.add_argument("--lookahead-max-depth", type=int, default=EngineConfig().lookahead_max_depth)
     ap.add_argument("--lookahead-width", type=int, default=EngineConfig().lookahead_width)
     args = ap.parse_args()
@@ -106,13 +108,16 @@ def main() -> int:
     if len(records) < firsts[-1]:
         raise SystemExit(f"{args.dataset} has too few prompts for {firsts[-1]} after {args.skip_prompts}")
     prompts = [prompt_token_ids(on.tokenizer, p) for p in records]
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens,
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, repetition_penalty=args.repetition_penalty,
+                            frequency_penalty=args.frequency_penalty,
                             structured=StructuredSpec("json_schema", json.dumps(SCHEMA)) if args.json_schema else None)
     warm = [prompt_token_ids(on.tokenizer, load_prompts(args.dataset)[-1])]  # a prompt no level uses
     decode_batch(off, warm, params, "warm-off")  # first-call costs (kernel compiles) out of the timing
     decode_batch(on, warm, params, "warm-on")
     print(f"{args.dataset}: {args.num_prompts} prompts per concurrency, {args.max_tokens} tokens, {args.device} "
-          f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else ''} dtype {on.model.dtype}")
+          f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else ''} dtype {on.model.dtype}"
+          + (f", repetition penalty {params.repetition_penalty:g}, frequency penalty {params.frequency_penalty:g}"
+             if params.has_penalties else ""))
     c1_on = 0.0
     lossy: list[int] = []  # levels where lookahead changed a greedy output (the run fails; the others still run)
     # by TPOT: mean over batches of seconds a token, off / on (at c=1 a batch is a request: the

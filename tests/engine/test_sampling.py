@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import InvalidRequestError
-from engine.sampling import SamplingBatch, sample, top_k_lowest_first, uniform_draws
+from engine.sampling import SamplingBatch, apply_penalties, sample, top_k_lowest_first, uniform_draws
 from engine.sampling_params import SamplingParams
 
 
@@ -162,3 +162,50 @@ def test_top_logprobs_put_equal_values_in_id_order_whatever_shares_the_call(rows
             alone_values, alone_ids = top_k_lowest_first(x[r : r + 1], n)
             assert alone_ids[0].tolist() == ids[r, :n].tolist()
             assert alone_values[0].tolist() == values[r, :n].tolist()
+
+
+def _dense_penalties(logits: torch.Tensor, params: list[SamplingParams], prompts: list[list[int]],
+                     outputs: list[list[int]]) -> torch.Tensor:
+    """The readable reference: counts over every row's whole vocabulary."""
+    vocab = logits.shape[-1]
+
+    def counts(rows: list[list[int]]) -> torch.Tensor:
+        c = torch.zeros(len(rows), vocab)
+        for i, row in enumerate(rows):
+            c[i].index_add_(0, torch.tensor(row, dtype=torch.long), torch.ones(len(row)))
+        return c
+
+    out_counts = counts(outputs)
+    seen = (out_counts + counts(prompts)) > 0
+    rep = torch.tensor([p.repetition_penalty for p in params])[:, None]
+    logits = torch.where(seen, torch.where(logits > 0, logits / rep, logits * rep), logits)
+    logits = logits - torch.tensor([p.frequency_penalty for p in params])[:, None] * out_counts
+    return logits - torch.tensor([p.presence_penalty for p in params])[:, None] * (out_counts > 0).float()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_penalties_on_each_rows_tokens_equal_the_dense_reference(data: st.DataObject) -> None:
+    """Sequences of several rows (a tree's, sharing their prompt and output objects, each with its
+    own draft path), rows without penalties, banned (-inf) logits, negative penalties: the same bits
+    as counting over the whole vocabulary with each path appended to its row's output."""
+    vocab = data.draw(st.integers(2, 60))
+    token = st.integers(0, vocab - 1)
+    params, prompts, outputs, paths = [], [], [], []
+    for _ in range(data.draw(st.integers(1, 4))):
+        p = SamplingParams(temperature=0.0, repetition_penalty=data.draw(st.sampled_from([1.0, 0.8, 1.3])),
+                           frequency_penalty=data.draw(st.sampled_from([0.0, -0.5, 1.0])),
+                           presence_penalty=data.draw(st.sampled_from([0.0, 1.5, -2.0])))
+        prompt, output = data.draw(st.lists(token, max_size=8)), data.draw(st.lists(token, max_size=8))
+        for _ in range(data.draw(st.integers(1, 4))):
+            params.append(p)
+            prompts.append(prompt)
+            outputs.append(output)
+            paths.append(data.draw(st.lists(token, max_size=3)))
+    n = len(params)
+    logits = torch.randn(n, vocab, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99))))
+    logits[torch.rand(n, vocab, generator=torch.Generator().manual_seed(1)) < 0.1] = float("-inf")
+    got = apply_penalties(logits, SamplingBatch.build(params, [0] * n, [0] * n, prompts, outputs,
+                                                      draft_paths=paths))
+    want = _dense_penalties(logits, params, prompts, [o + p for o, p in zip(outputs, paths)])
+    assert torch.equal(got, want)
