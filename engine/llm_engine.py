@@ -414,6 +414,7 @@ def _record_prompt_logprobs(seq: Seq, logits: torch.Tensor) -> None:
     chosen = logp.gather(-1, targets[:, None])  # [m, 1]
     ranks = ((logp > chosen).sum(dim=-1) + 1).tolist()  # 1 + the tokens more likely than the prompt's
     k = seq.params.prompt_logprobs or 0
-    top = top_k_lowest_first(logp, k) if k else None
+    top_values, top_ids = top_k_lowest_first(logp, k) if k else (None, None)
     for i, lp in enumerate(chosen[:, 0].tolist()):
-        seq.prompt_logprobs.append((lp, ranks[i], top[1][i].tolist() if top else [], top[0][i].tolist() if top else []))
+        seq.prompt_logprobs.append((lp, ranks[i], top_ids[i].tolist() if top_ids is not None else [],
+                                    top_values[i].tolist() if top_values is not None else []))

@@ -268,8 +268,8 @@ def sample(logits: torch.Tensor, s: SamplingBatch) -> SampleOutput:
         return SampleOutput(tokens, None, None, None)
     logp = raw.log_softmax(dim=-1)
     chosen = logp.gather(-1, tokens[:, None])[:, 0]
-    top = top_k_lowest_first(logp, s.max_logprobs) if s.max_logprobs > 0 else None
-    return SampleOutput(tokens, chosen, top[1] if top else None, top[0] if top else None)
+    top_values, top_ids = top_k_lowest_first(logp, s.max_logprobs) if s.max_logprobs > 0 else (None, None)
+    return SampleOutput(tokens, chosen, top_ids, top_values)
 
 
 def top_k_lowest_first(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
+
 from engine.reference import compare_greedy, hf_greedy, hf_greedy_batch
 from engine.sampling_params import SamplingParams
 from tests.prompts import engine_prompts
@@ -43,8 +45,6 @@ def test_repetition_penalty_matches_transformers(engine: Any, tokenizer: Any, hf
     """vLLM's repetition_penalty is transformers' (prompt and output tokens, divide a positive logit,
     multiply a negative one): greedy tokens agree with ``generate(repetition_penalty=...)``, lookahead
     on, and the penalty changes them."""
-    import torch
-
     prompts = [engine_prompts(tokenizer)[i] for i in (0, 3)]
     params = SamplingParams(temperature=0.0, max_tokens=40, repetition_penalty=1.3)
     outs = [o.output_ids for o in engine.generate(prompts, params)]
