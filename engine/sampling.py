@@ -177,7 +177,6 @@ def _penalised_tokens(s: SamplingBatch, vocab: int) -> tuple[torch.Tensor, torch
     on = ((s.repetition_penalty != 1.0) | (s.presence_penalty != 0.0) | (s.frequency_penalty != 0.0)).tolist()
     keys: list[torch.Tensor] = []
     outs: list[torch.Tensor] = []
-    path_keys: list[int] = []
     r, n = 0, len(on)
     while r < n:
         end = r + 1
@@ -190,13 +189,13 @@ def _penalised_tokens(s: SamplingBatch, vocab: int) -> tuple[torch.Tensor, torch
                     k = (torch.as_tensor(ids, dtype=torch.long)[None, :] + rows).flatten()  # [R * len]
                     keys.append(k)
                     outs.append(torch.full(k.shape, out))
-        for i in range(r, end):
-            if on[i] and s.draft_paths is not None:
-                path_keys += [i * vocab + t for t in s.draft_paths[i]]
         r = end
-    if path_keys:
-        keys.append(torch.tensor(path_keys, dtype=torch.long))
-        outs.append(torch.ones(len(path_keys)))
+    if s.draft_paths is not None:  # every row's path tokens at once, as output tokens of their rows
+        lens = torch.tensor([len(p) if on[i] else 0 for i, p in enumerate(s.draft_paths)], dtype=torch.long)
+        tokens = torch.tensor([t for i, p in enumerate(s.draft_paths) if on[i] for t in p], dtype=torch.long)
+        if tokens.numel():
+            keys.append(torch.repeat_interleave(torch.arange(n), lens) * vocab + tokens)
+            outs.append(torch.ones(tokens.shape[0]))
     if not keys:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0)
     seen, where = torch.unique(torch.cat(keys), return_inverse=True)

@@ -16,9 +16,11 @@ bf16, where Grove's forward is row-invariant on a CPU with AVX512-BF16 (engine.i
 token's bits do not depend on what shares its step, so any difference is a scheduling or
 verification bug, not rounding.
 
-It found two (session 34): a drafted sequence preempted and scheduled again in the same step had
-its draft tree verified in place of its recompute chunk, and a victim of a lower priority already
-scheduled in the step kept its place with its blocks gone (the step raised).
+It found two bugs in session 34: a drafted sequence preempted and scheduled again in the same step
+had its draft tree verified in place of its recompute chunk, and a victim of a lower priority
+already scheduled in the step kept its place with its blocks gone (the step raised). And one in
+session 35: a request's top logprobs listed equal values in the order ``torch.topk`` gave them,
+which changed with the largest top-n its step asked for (engine.sampling.top_k_lowest_first).
 """
 from __future__ import annotations
 
