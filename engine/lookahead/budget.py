@@ -70,7 +70,7 @@ class StepCostModel:
         b = 1 << max(0, (tokens - 1).bit_length())  # bucket (b/2, b]: next power of two
         old = self.points.get(b)
         if old is not None:  # a spell of the machine's (a neighbour's burst) moves the point a little
-            seconds = min(seconds, SPIKE * self._token_cost(tokens))
+            seconds = min(seconds, SPIKE * self.token_cost(tokens))
         self._curve = None
         self._memo.clear()
         if old is None:
@@ -97,10 +97,11 @@ class StepCostModel:
             self.draft_factor = max(1.0, self._ratio[True] / self._ratio[False])
 
     def cost(self, tokens: int, key_reads: int = 0, extra_group: bool = False, context_keys: int = 0) -> float:
-        return (self._token_cost(tokens) + self.per_key_read * key_reads + self.per_context_key * context_keys
+        return (self.token_cost(tokens) + self.per_key_read * key_reads + self.per_context_key * context_keys
                 + (self.group_overhead if extra_group else 0.0))
 
-    def _token_cost(self, tokens: int) -> float:
+    def token_cost(self, tokens: int) -> float:
+        """f(tokens): a step's seconds without its key reads, context and group terms."""
         cached = self._memo.get(tokens)
         if cached is None:
             cached = self._memo[tokens] = self._interpolate(tokens)
@@ -136,6 +137,9 @@ class FreeWideSteps(StepCostModel):
         pass
 
     def cost(self, tokens: int, key_reads: int = 0, extra_group: bool = False, context_keys: int = 0) -> float:
+        return 1.0
+
+    def token_cost(self, tokens: int) -> float:
         return 1.0
 
 
@@ -223,11 +227,15 @@ def plan(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: in
     levels = sorted({d for d in DEPTHS if d < max_depth} | {max_depth})  # 0 first; max_depth always a level
 
     plain = cost.cost(base_tokens, base_key_reads, context_keys=context_keys)
+    # a plan's extra price over no drafts, as cost.cost(...) - plain but without its calls (the
+    # greedy search below prices a few hundred plans a step at batch 16): its tokens' cost on the
+    # curve, the keys its nodes read and, where only some decodes draft, the extra group's
+    token_cost, t0 = cost.token_cost, cost.token_cost(base_tokens)
+    per_read, factor, group_cost = cost.per_key_read, cost.draft_factor, cost.group_overhead
 
     def rate(g: float, e: int, r: int, drafting: int, group: bool) -> float:
-        drafted = cost.cost(base_tokens + e, base_key_reads + r, extra_group=group and 0 < drafting < n,
-                            context_keys=context_keys)
-        return g / (plain + cost.draft_factor * (drafted - plain))
+        extra_group = group_cost if group and 0 < drafting < n else 0.0
+        return g / (plain + factor * (token_cost(base_tokens + e) - t0 + per_read * r + extra_group))
 
     # each request's options (nodes, expected tokens, depth, width), by nodes: option 0 drafts nothing
     options: list[list[tuple[int, float, int, int]]] = []
@@ -236,6 +244,8 @@ def plan(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: in
         if rho > 0.0:  # else nothing to expect (no cache continues it): no depth can pay
             opts += sorted((d * w, expected_accepted(rho, d) + y * (w - 1) * d, d, w) for d in levels[1:] for w in ws)
         options.append(opts)
+    room = max_step_tokens - base_tokens  # draft nodes the step may take
+    can_draft = [i for i, opts in enumerate(options) if len(opts) > 1]
 
     def greedy(group: bool) -> tuple[float, list[int]]:
         """Options handed out one raise at a time while the step's rate rises; ``group``: price the
@@ -243,26 +253,26 @@ def plan(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: in
         at = [0] * n  # each request's option
         gain, extra, reads, drafting = float(n), 0, 0, 0
         while True:
-            best = None
-            for i, opts in enumerate(options):
-                k0 = at[i]
+            best_rate, best = rate(gain, extra, reads, drafting, group), None
+            for i in can_draft:
+                opts, k0, kv = options[i], at[i], kv_lens[i]
                 e0, g0 = opts[k0][0], opts[k0][1]
+                now_drafting = drafting + (k0 == 0)
                 for k in range(k0 + 1, len(opts)):  # any bigger option: a jump can pay off where one step does not
                     de = opts[k][0] - e0
-                    if base_tokens + extra + de > max_step_tokens:
+                    if extra + de > room:
                         break
                     dg = opts[k][1] - g0
                     if dg <= 0.0:  # as many nodes or more for no more tokens
                         continue
-                    dr = de * kv_lens[i]
-                    r = rate(gain + dg, extra + de, reads + dr, drafting + (k0 == 0), group)
-                    if best is None or r > best[0]:
-                        best = (r, i, k, dg, de, dr)
-            if best is None or best[0] <= rate(gain, extra, reads, drafting, group):
+                    r = rate(gain + dg, extra + de, reads + de * kv, now_drafting, group)
+                    if r > best_rate:  # the first of the fastest, if faster than the plan so far
+                        best_rate, best = r, (i, k, dg, de)
+            if best is None:
                 return rate(gain, extra, reads, drafting, True), at
-            _, i, k, dg, de, dr = best
+            i, k, dg, de = best
             drafting += at[i] == 0
-            at[i], gain, extra, reads = k, gain + dg, extra + de, reads + dr
+            at[i], gain, extra, reads = k, gain + dg, extra + de, reads + de * kv_lens[i]
 
     best = greedy(True)
     if cost.group_overhead > 0 and n > 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.lookahead.acceptance import CUT, FIRST, WHOLE, Acceptance, AcceptanceModel
-from engine.lookahead.budget import StepCostModel, plan_depths, plan_drafts
+from engine.lookahead.budget import FreeWideSteps, StepCostModel, plan_depths, plan_drafts
 from engine.lookahead.drafter import Drafter, DrafterConfig, Match
 from engine.lookahead.speculator import Speculator
 from engine.lookahead.tree import DraftTree
@@ -173,3 +173,15 @@ def test_trees_ride_along_where_width_is_free_and_chains_win_where_it_is_not() -
     assert widths == [1] * 16 and all(d > 0 for d in chains)
     assert plan_depths(rhos, 16, steep, 8, 2, 256) == [0] * 16
     assert plan_drafts(rhos, 16, steep, 8, 1, 256, branch_yields=[0.5] * 16) == (chains, [1] * 16)  # --lookahead-width 1
+
+
+def test_free_wide_steps_plan_every_draft_as_deep_as_the_step_allows() -> None:
+    """FreeWideSteps (the tests' and launcher.engine_fuzz's cost model) prices every width alike,
+    so the planner gives each request with any acceptance the deepest draft that fits the step's
+    token limit, however weak its rate: the verification paths get exercised at full width."""
+    free = FreeWideSteps()
+    free.observe_step(True, 0.05, 1.0)  # the engine feeds it step times as any cost model
+    free.observe_step(False, 0.01, 1.0)
+    assert plan_depths([0.05] * 16, 16, free, 8, 1, 256) == [8] * 16
+    assert plan_depths([0.5] * 16, 16, free, 8, 1, 16 + 8 * 8) == [8] * 8 + [0] * 8  # the step's limit: first come
+    assert plan_depths([0.5, 0.0], 2, free, 8, 1, 256) == [8, 0]  # nothing continues the second: nothing to expect
