@@ -313,7 +313,7 @@ class LLMEngine:
             stops += [seq.detok.stop_ids] * len(pos)
         allowed = (torch.tensor(masked_rows, dtype=torch.long), torch.cat(masks)) if masks else None
         out = sample(logits, SamplingBatch.build(params, seeds, positions, prompts, outputs, stops, allowed,
-                                                 bans if any(bans) else None, paths))
+                                                 bans if any(bans) else None, paths, logits.device))
         lps: list[tuple[float, list[int], list[float]] | None] = [None] * len(params)
         if out.logprobs is not None:
             for i, p in enumerate(params):

@@ -52,7 +52,8 @@ def uniform_draws(seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True, slots=True)
 class SamplingBatch:
-    """Per-row sampling tensors for one step. A request may own several rows (lookahead tree)."""
+    """Per-row sampling tensors for one step, on the logits' device (``build``'s ``device``: a
+    CUDA op refuses a host tensor beside its own). A request may own several rows (lookahead tree)."""
 
     temperature: torch.Tensor  # [N] fp32, 0 for greedy rows
     top_k: torch.Tensor  # [N] int64, 0 = off
@@ -68,11 +69,12 @@ class SamplingBatch:
     prompt_ids: tuple[Sequence[int], ...] | None
     output_ids: tuple[Sequence[int], ...] | None
     draft_paths: tuple[Sequence[int], ...] | None
+    penalised: tuple[bool, ...]  # each row: has it a penalty (read on the host, no device sync)
     # logit_bias, min_tokens' and bad words' bans as one sparse add (rows, token ids, amounts; -inf
     # bans), None if none
     adjust: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
     # structured output and allowed tokens: (rows [R], bitmask [R, ceil(V / 32)] int32 of the tokens
-    # each may take), None if none
+    # each may take), None if none; on the host (engine.structured.apply_bitmask moves the mask)
     allowed: tuple[torch.Tensor, torch.Tensor] | None
     max_logprobs: int | None  # largest top-n asked for, None if no row wants logprobs
     all_greedy: bool
@@ -90,30 +92,33 @@ class SamplingBatch:
         allowed: tuple[torch.Tensor, torch.Tensor] | None = None,
         bans: Sequence[Sequence[int]] | None = None,
         draft_paths: Sequence[Sequence[int]] | None = None,
+        device: torch.device | str = "cpu",
     ) -> "SamplingBatch":
         """One entry of each per row. ``stop_ids``: the row's EOS and stop tokens, banned while its
         position is within min_tokens of the prompt's end (needs ``prompt_ids``). ``allowed``: the
         masked rows' masks (engine.structured, engine.token_rules). ``bans``: tokens each row may
         not take (bad words'). ``draft_paths``: a tree row's drafts after the output (penalised as
-        output)."""
-        f32 = torch.float32
-        penalties = any(p.has_penalties for p in params)
+        output). ``device``: the logits'."""
+        f32, i64 = torch.float32, torch.long
+        penalised = tuple(p.has_penalties for p in params)
+        penalties = any(penalised)
         lps = [p.logprobs for p in params if p.logprobs is not None]
         top_k = [p.top_k if p.top_k > 0 else 0 for p in params]
         return cls(
-            temperature=torch.tensor([p.temperature for p in params], dtype=f32),
-            top_k=torch.tensor(top_k, dtype=torch.long),
-            top_p=torch.tensor([p.top_p for p in params], dtype=f32),
-            min_p=torch.tensor([p.min_p for p in params], dtype=f32),
-            seeds=torch.tensor([_i64(s) for s in seeds], dtype=torch.long),
-            positions=torch.tensor(list(positions), dtype=torch.long),
-            repetition_penalty=torch.tensor([p.repetition_penalty for p in params], dtype=f32),
-            presence_penalty=torch.tensor([p.presence_penalty for p in params], dtype=f32),
-            frequency_penalty=torch.tensor([p.frequency_penalty for p in params], dtype=f32),
+            temperature=torch.tensor([p.temperature for p in params], dtype=f32, device=device),
+            top_k=torch.tensor(top_k, dtype=i64, device=device),
+            top_p=torch.tensor([p.top_p for p in params], dtype=f32, device=device),
+            min_p=torch.tensor([p.min_p for p in params], dtype=f32, device=device),
+            seeds=torch.tensor([_i64(s) for s in seeds], dtype=i64, device=device),
+            positions=torch.tensor(list(positions), dtype=i64, device=device),
+            repetition_penalty=torch.tensor([p.repetition_penalty for p in params], dtype=f32, device=device),
+            presence_penalty=torch.tensor([p.presence_penalty for p in params], dtype=f32, device=device),
+            frequency_penalty=torch.tensor([p.frequency_penalty for p in params], dtype=f32, device=device),
             prompt_ids=tuple(prompt_ids) if penalties and prompt_ids is not None else None,
             output_ids=tuple(output_ids) if penalties and output_ids is not None else None,
             draft_paths=tuple(draft_paths) if penalties and draft_paths is not None else None,
-            adjust=_adjustments(params, positions, prompt_ids, stop_ids, bans),
+            penalised=penalised,
+            adjust=_adjustments(params, positions, prompt_ids, stop_ids, bans, device),
             allowed=allowed,
             max_logprobs=max(lps) if lps else None,
             all_greedy=all(p.greedy for p in params),
@@ -124,7 +129,8 @@ class SamplingBatch:
 def _adjustments(params: Sequence[SamplingParams], positions: Sequence[int],
                  prompt_ids: Sequence[Sequence[int]] | None,
                  stop_ids: Sequence[Collection[int]] | None,
-                 bans: Sequence[Sequence[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+                 bans: Sequence[Sequence[int]] | None = None,
+                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     rows: list[int] = []
     cols: list[int] = []
     amounts: list[float] = []
@@ -146,8 +152,8 @@ def _adjustments(params: Sequence[SamplingParams], positions: Sequence[int],
             amounts.append(float("-inf"))
     if not rows:
         return None
-    return (torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long),
-            torch.tensor(amounts, dtype=torch.float32))
+    return (torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(cols, dtype=torch.long, device=device),
+            torch.tensor(amounts, dtype=torch.float32, device=device))
 
 
 class SampleOutput(NamedTuple):
@@ -162,8 +168,7 @@ def apply_adjustments(logits: torch.Tensor, s: SamplingBatch) -> torch.Tensor:
     allowed set to -inf (a new tensor; ``logits`` is left alone)."""
     if s.adjust is not None:
         rows, cols, amounts = s.adjust
-        logits = logits.index_put((rows.to(logits.device), cols.to(logits.device)), amounts.to(logits),
-                                  accumulate=True)
+        logits = logits.index_put((rows, cols), amounts, accumulate=True)
     if s.allowed is not None:
         logits = apply_bitmask(logits, s.allowed[1], s.allowed[0])
     return logits
@@ -174,7 +179,7 @@ def _penalised_tokens(s: SamplingBatch, vocab: int) -> tuple[torch.Tensor, torch
     occurs in the row's output (0: prompt only). Rows of one sequence share their prompt and output
     objects (SamplingBatch.build), so a sequence's tokens become a tensor once for all its rows."""
     assert s.prompt_ids is not None and s.output_ids is not None
-    on = ((s.repetition_penalty != 1.0) | (s.presence_penalty != 0.0) | (s.frequency_penalty != 0.0)).tolist()
+    on = s.penalised
     keys: list[torch.Tensor] = []
     outs: list[torch.Tensor] = []
     r, n = 0, len(on)
@@ -212,15 +217,15 @@ def apply_penalties(logits: torch.Tensor, s: SamplingBatch) -> torch.Tensor:
     seen, counts = _penalised_tokens(s, vocab)
     if not seen.numel():
         return logits
-    seen, counts = seen.to(logits.device), counts.to(logits.device)
+    seen, counts = seen.to(logits.device), counts.to(logits.device)  # built on the host from token lists
     rows = seen // vocab
     out = logits.clone()
     flat = out.view(-1)
     v = flat[seen]
-    rep = s.repetition_penalty.to(logits.device)[rows]
+    rep = s.repetition_penalty[rows]
     v = torch.where(v > 0, v / rep, v * rep)
-    v = v - s.frequency_penalty.to(logits.device)[rows] * counts
-    flat[seen] = v - s.presence_penalty.to(logits.device)[rows] * (counts > 0).float()
+    v = v - s.frequency_penalty[rows] * counts
+    flat[seen] = v - s.presence_penalty[rows] * (counts > 0).float()
     return out
 
 
@@ -229,7 +234,7 @@ def filter_logits(logits: torch.Tensor, s: SamplingBatch) -> torch.Tensor:
     if not s.any_top_k_p:
         return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)
-    rank = torch.arange(logits.shape[-1])[None, :]
+    rank = torch.arange(logits.shape[-1], device=logits.device)[None, :]
     drop = (s.top_k[:, None] > 0) & (rank >= s.top_k[:, None])
     probs = sorted_logits.softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs  # mass strictly before each token

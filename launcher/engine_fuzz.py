@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import logging
 import random
 from dataclasses import dataclass, field
@@ -95,9 +96,12 @@ class RoundResult:
 
 
 class EngineFuzz:
-    def __init__(self, model: str, dtype: str = "bfloat16") -> None:
-        self.model, self.dtype = model, dtype
-        self.reference = LLMEngine(EngineConfig(model=model, dtype=dtype, num_kv_blocks=256, lookahead=False))
+    def __init__(self, model: str, dtype: str = "bfloat16", device: str = "cpu") -> None:
+        self.model, self.dtype, self.device = model, dtype, device
+        self.reference = LLMEngine(EngineConfig(model=model, dtype=dtype, device=device, num_kv_blocks=256,
+                                                lookahead=False))
+        # regexes need xgrammar, which a GPU machine may lack (scripts/stage_gpu.sh stages it apart)
+        self.grammars = importlib.util.find_spec("xgrammar") is not None
         self._alone: dict[tuple[tuple[int, ...], str, tuple[int, ...]], Outcome] = {}
 
     def alone(self, prompt: list[int], params: SamplingParams, resume: tuple[int, ...] = ()) -> Outcome:
@@ -137,7 +141,7 @@ class EngineFuzz:
             opts["bad_words"] = (piece.strip(),)
         if roll() < 0.1:
             opts["allowed_token_ids"] = tuple(sorted(set(prompt) | set(out[:k])))
-        elif roll() < 0.08 and "min_tokens" not in opts:  # (a grammar refuses both)
+        elif roll() < 0.08 and "min_tokens" not in opts and self.grammars:  # (a grammar refuses both)
             opts["structured"] = StructuredSpec("regex", rng.choice(REGEXES))
         if roll() < 0.3:
             opts["logprobs"] = rng.choice([0, 1, 5])
@@ -148,7 +152,7 @@ class EngineFuzz:
     def round(self, seed: int) -> RoundResult:
         rng = random.Random(seed)
         blocks = rng.choice([4, 5, 6, 8])
-        eng = LLMEngine(EngineConfig(model=self.model, dtype=self.dtype, num_kv_blocks=blocks,
+        eng = LLMEngine(EngineConfig(model=self.model, dtype=self.dtype, device=self.device, num_kv_blocks=blocks,
                                      max_num_batched_tokens=rng.choice([16, 48, 128, 512]),
                                      prefix_caching=rng.random() < 0.7))
         if eng.speculator is not None and rng.random() < 0.8:
@@ -223,10 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--model", default="", help="a model directory (default: the bundled model)")
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine (scripts/gpu_lookahead.sh)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("engine").setLevel(logging.ERROR)  # (a tight pool warns that it caps contexts)
-    fuzz = EngineFuzz(args.model or str(convert_smollm2()), args.dtype)
+    fuzz = EngineFuzz(args.model or str(convert_smollm2()), args.dtype, args.device)
     total = RoundResult()
     for i in range(args.rounds):
         r = fuzz.round(args.seed + i)

@@ -9,10 +9,11 @@
 # stuck one leaves the others their time; a step stopped at its limit prints every thread's Python
 # stack (faulthandler on SIGABRT), which is how a hang is located without a debugger.
 #
-# Steps, the most telling first (9 minutes at most in all): the engine's start-up probe in bf16 (is
+# Steps, the most telling first (about 10 minutes in all): the engine's start-up probe in bf16 (is
 # lookahead exact on this GPU?); the in-process lookahead A/B (scripts/bench_lookahead_engine.py) in
 # bf16 at c=16, 4 and 1 on code-edit, ShareGPT and Shakespeare (transformers' prompt lookup beside
-# c=1 on the copy-heavy two); the row-invariant kernels' tests compiled. Where a tree's row
+# c=1 on the copy-heavy two); the row-invariant kernels' tests compiled; a few rounds of
+# launcher.engine_fuzz on CUDA (sampling and the options, checked). Where a tree's row
 # departs from plain decoding, scripts/invariance_diag.py says at which op.
 set -u
 MODEL=$1 PROMPTS=$2 OUT=$3
@@ -40,6 +41,10 @@ step code-edit 150 $B --dataset "jsonl:$PROMPTS/code-edit.jsonl" --hf-prompt-loo
 step sharegpt 110 $B --dataset "jsonl:$PROMPTS/sharegpt.jsonl"
 step shakespeare-quote 170 $B --dataset "jsonl:$PROMPTS/shakespeare-quote.jsonl" --hf-prompt-lookup
 step kernels 60 python3 -m pytest -q -x -p no:cacheprovider tests/kernels/test_invariant_kernels.py
+# sampling on CUDA logits (seeds, filters, penalties, bias, bans, logprobs; regexes where xgrammar
+# was staged), scheduled at random beside drafts, each request against its output alone: the
+# benches above are greedy, and until session 36 a sampled request failed on a GPU (host tensors)
+step fuzz 45 python3 -m launcher.engine_fuzz --model "$MODEL" --device cuda --rounds 4 --seed 36000
 # last, and only where xgrammar was staged (scripts/stage_gpu.sh, call 0): structured output's mask
 # on CUDA logits, lookahead on/off under json-extract's schema (greedy outputs compared)
 if [ -f "$PROMPTS/json-extract.jsonl" ] && python3 -c "import xgrammar" 2>/dev/null; then

@@ -209,3 +209,32 @@ def test_penalties_on_each_rows_tokens_equal_the_dense_reference(data: st.DataOb
                                                       draft_paths=paths))
     want = _dense_penalties(logits, params, prompts, [o + p for o, p in zip(outputs, paths)])
     assert torch.equal(got, want)
+
+
+_OFF_HOST = {  # the sampler's paths, each as one row's params (the other row is plain greedy)
+    "greedy": SamplingParams(temperature=0.0),
+    "filters": SamplingParams(temperature=0.8, top_k=20, top_p=0.9, min_p=0.01, seed=1),
+    "penalties on a tree's paths": SamplingParams(temperature=0.7, seed=2, repetition_penalty=1.2,
+                                                  frequency_penalty=0.5, presence_penalty=0.3),
+    "bias, min_tokens": SamplingParams(temperature=0.0, logit_bias=((3, 5.0),), min_tokens=4),
+    # (not logprobs: their ties' order takes data-dependent shapes, which the meta device cannot
+    # run; it reads no batch tensor, only the logits')
+}
+
+
+@pytest.mark.parametrize("case", sorted(_OFF_HOST))
+def test_sampling_keeps_every_tensor_on_the_logits_device(case: str) -> None:
+    """On a GPU the logits stay on the device, and a CUDA op refuses a host tensor beside its own:
+    a batch built for the logits' device must sample there, with no host tensor and no copy back
+    (each a sync). The meta device stands in for a GPU here: it refuses both too. (Before the
+    batch took a device, every sampled request failed on a GPU: host temperatures over CUDA logits.)"""
+    params = [_OFF_HOST[case], SamplingParams(temperature=0.0)] * 2
+    build = (params, [5] * 4, [6, 7, 6, 7], [[1, 2, 3]] * 4, [[4, 5]] * 4, [(0,)] * 4, None, [[9], [], [], []],
+             [(), (6,), (), (8,)])
+    logits = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    host = sample(logits, SamplingBatch.build(*build))
+    out = sample(logits.to("meta"), SamplingBatch.build(*build, device="meta"))
+    for a, b in zip(host, out):
+        assert (a is None) == (b is None)
+        if b is not None:
+            assert b.device.type == "meta" and b.shape == a.shape and b.dtype == a.dtype
