@@ -45,7 +45,8 @@ def write_block_bytes(pool: torch.Tensor, block_id: int, offset: int, data: byte
 
 
 def read_block_bytes(pool: torch.Tensor, block_id: int) -> memoryview:
-    return memoryview(pool[block_id].contiguous().view(-1).view(torch.uint8).numpy())
+    """Local block ``block_id``'s bytes (copied to the host from a GPU pool: numpy reads host memory only)."""
+    return memoryview(pool[block_id].contiguous().view(-1).view(torch.uint8).cpu().numpy())
 
 
 class TransferTimer:
