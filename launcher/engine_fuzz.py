@@ -9,9 +9,10 @@ the requests take options that act inside a draft tree's rows or end the output 
 from the tokens the request gives without them so that they bite: stop tokens and strings,
 penalties, logit bias, min_tokens, bad words, allowed tokens, a regex, logprobs, prompt logprobs;
 some resume from a part of their output (as the gateway resumes a request whose decode worker
-died). It checks the allocator's integrity after every step, and at the end that every request not
-aborted gave what it gives alone on a roomy engine without lookahead (tokens, finish reason, text,
-logprobs), and that no block is still in use.
+died); some carry a ``cache_salt`` (their tenant's prefix cache and drafts only). It checks the
+allocator's integrity after every step, and at the end that every request not aborted gave what it
+gives alone on a roomy engine without lookahead (tokens, finish reason, text, logprobs), and that
+no block is still in use.
 bf16, where Grove's forward is row-invariant on a CPU with AVX512-BF16 (engine.invariance): a
 token's bits do not depend on what shares its step, so any difference is a scheduling or
 verification bug, not rounding.
@@ -78,6 +79,7 @@ class RoundResult:
     shaped: int = 0  # of the requests, with options beyond the sampling (stops, penalties, ..)
     resumed: int = 0  # of the requests, resumed from a part of their output
     sampled: int = 0  # of the requests, sampled with a seed (the others greedy)
+    salted: int = 0  # of the requests, with a cache_salt (vLLM's: prefix cache and drafts of its tenant only)
     aborted: int = 0
     preemptions: int = 0
     accepted_drafts: int = 0
@@ -89,6 +91,7 @@ class RoundResult:
         self.shaped += other.shaped
         self.resumed += other.resumed
         self.sampled += other.sampled
+        self.salted += other.salted
         self.aborted += other.aborted
         self.preemptions += other.preemptions
         self.accepted_drafts += other.accepted_drafts
@@ -151,6 +154,7 @@ class EngineFuzz:
 
     def round(self, seed: int) -> RoundResult:
         rng = random.Random(seed)
+        salts = random.Random(-seed)  # apart, so that a seed's schedule is what it was before salts
         blocks = rng.choice([4, 5, 6, 8])
         eng = LLMEngine(EngineConfig(model=self.model, dtype=self.dtype, device=self.device, num_kv_blocks=blocks,
                                      max_num_batched_tokens=rng.choice([16, 48, 128, 512]),
@@ -191,7 +195,10 @@ class EngineFuzz:
                 if rng.random() < 0.15 and len(whole) > 1:  # it had these tokens when its worker died
                     resume = tuple(whole[: rng.randrange(1, len(whole))])
                     result.resumed += 1
-                seq = eng.make_sequence(rid, prompt, params, priority=rng.choice([0, 0, 1, 2]), resume_ids=resume)
+                salt = salts.choice(["", "", "", "tenant-a", "tenant-b"])  # its own prefix cache and drafts
+                result.salted += bool(salt)
+                seq = eng.make_sequence(rid, prompt, params, priority=rng.choice([0, 0, 1, 2]), cache_salt=salt,
+                                        resume_ids=resume)
                 eng.add_sequence(seq)
                 live[rid] = (seq, prompt, params, resume)
             if eng.has_work:
@@ -238,9 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         total.add(r)
         for f in r.failures:
             logger.error("%s", f)
-    logger.info("%d rounds: %d requests (%d sampled, %d with more options, %d resumed, %d aborted), %d preemptions, "
-                "%d draft tokens accepted, %d failures", args.rounds, total.requests, total.sampled, total.shaped,
-                total.resumed, total.aborted, total.preemptions, total.accepted_drafts, len(total.failures))
+    logger.info("%d rounds: %d requests (%d sampled, %d with more options, %d resumed, %d salted, %d aborted), "
+                "%d preemptions, %d draft tokens accepted, %d failures", args.rounds, total.requests, total.sampled,
+                total.shaped, total.resumed, total.salted, total.aborted, total.preemptions, total.accepted_drafts,
+                len(total.failures))
     return 1 if total.failures else 0
 
 

@@ -1,6 +1,6 @@
 """Random schedules through one engine (launcher.engine_fuzz): tight pools, drafts as wide as they
 may be, priorities, shared prefixes, aborts, greedy and seeded sampling, stops, penalties, bans,
-grammars, logprobs, resumed requests; every output equals the request's output alone."""
+grammars, logprobs, resumed and salted requests; every output equals the request's output alone."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,3 +27,4 @@ def test_random_schedules_give_every_request_its_output_alone(model_dir: Path) -
     assert sum(r.aborted for r in results) >= 1
     assert sum(r.sampled for r in results) >= 3
     assert sum(r.shaped for r in results) >= 5 and sum(r.resumed for r in results) >= 3
+    assert sum(r.salted for r in results) >= 3
