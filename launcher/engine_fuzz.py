@@ -9,7 +9,8 @@ the requests take options that act inside a draft tree's rows or end the output 
 from the tokens the request gives without them so that they bite: stop tokens and strings,
 penalties, logit bias, min_tokens, bad words, allowed tokens, a regex, logprobs, prompt logprobs;
 some resume from a part of their output (as the gateway resumes a request whose decode worker
-died); some carry a ``cache_salt`` (their tenant's prefix cache and drafts only). It checks the
+died); some carry a ``cache_salt`` (their tenant's prefix cache and drafts only); some repeat an
+earlier request's prompt whole (as ``n`` > 1 or a client's retry does). It checks the
 allocator's integrity after every step, and at the end that every request not aborted gave what it
 gives alone on a roomy engine without lookahead (tokens, finish reason, text, logprobs), and that
 no block is still in use.
@@ -80,6 +81,7 @@ class RoundResult:
     resumed: int = 0  # of the requests, resumed from a part of their output
     sampled: int = 0  # of the requests, sampled with a seed (the others greedy)
     salted: int = 0  # of the requests, with a cache_salt (vLLM's: prefix cache and drafts of its tenant only)
+    twins: int = 0  # of the requests, with an earlier one's prompt (its whole prompt may be cached)
     aborted: int = 0
     preemptions: int = 0
     accepted_drafts: int = 0
@@ -92,6 +94,7 @@ class RoundResult:
         self.resumed += other.resumed
         self.sampled += other.sampled
         self.salted += other.salted
+        self.twins += other.twins
         self.aborted += other.aborted
         self.preemptions += other.preemptions
         self.accepted_drafts += other.accepted_drafts
@@ -154,7 +157,8 @@ class EngineFuzz:
 
     def round(self, seed: int) -> RoundResult:
         rng = random.Random(seed)
-        salts = random.Random(-seed)  # apart, so that a seed's schedule is what it was before salts
+        # apart, so that a seed's schedule is what it was before salts and twins
+        salts, twins = random.Random(-seed), random.Random(seed + 1_000_003)
         blocks = rng.choice([4, 5, 6, 8])
         eng = LLMEngine(EngineConfig(model=self.model, dtype=self.dtype, device=self.device, num_kv_blocks=blocks,
                                      max_num_batched_tokens=rng.choice([16, 48, 128, 512]),
@@ -177,6 +181,11 @@ class EngineFuzz:
 
         result = RoundResult()
         pending = [request() for _ in range(rng.randrange(4, 13))]
+        for i in range(1, len(pending)):  # twins: an earlier request's prompt whole (n > 1, retries)
+            if twins.random() < 0.2:
+                prompt = pending[twins.randrange(i)][0]
+                pending[i] = (prompt, max(1, min(pending[i][1], cap - len(prompt))))
+                result.twins += 1
         live: dict[str, tuple[Sequence, list[int], SamplingParams, tuple[int, ...]]] = {}
         aborted: set[str] = set()
         steps = 0
@@ -245,10 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         total.add(r)
         for f in r.failures:
             logger.error("%s", f)
-    logger.info("%d rounds: %d requests (%d sampled, %d with more options, %d resumed, %d salted, %d aborted), "
-                "%d preemptions, %d draft tokens accepted, %d failures", args.rounds, total.requests, total.sampled,
-                total.shaped, total.resumed, total.salted, total.aborted, total.preemptions, total.accepted_drafts,
-                len(total.failures))
+    logger.info("%d rounds: %d requests (%d sampled, %d with more options, %d resumed, %d salted, %d twins, "
+                "%d aborted), %d preemptions, %d draft tokens accepted, %d failures", args.rounds, total.requests,
+                total.sampled, total.shaped, total.resumed, total.salted, total.twins, total.aborted,
+                total.preemptions, total.accepted_drafts, len(total.failures))
     return 1 if total.failures else 0
 
 
