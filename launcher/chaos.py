@@ -2,9 +2,9 @@
 nothing was lost. ``python -m launcher.chaos --help``.
 
 The mix: completions, chat and responses over HTTP, and Generate / GenerateStream over gRPC;
-streamed or not; ``n`` 2-3, logprobs, stop strings, seeds, ``json_object``, lookahead on and off;
-prompts from the bundled datasets, some longer than the context. A quarter of the clients leave
-early (mid-stream, or by a timeout).
+streamed or not; ``n`` 2-3, logprobs, stop strings, seeds, penalties, cache salts, ``json_object``,
+lookahead on and off; prompts from the bundled datasets, some longer than the context. A quarter of
+the clients leave early (mid-stream, or by a timeout).
 
 The checks, after the mix:
 - every answer is one a client may get: 200, left by its client, a 400 for a prompt over the
@@ -119,6 +119,10 @@ def _http_probe(rng: random.Random, code: list[str], chats: list[list[dict[str, 
     else:
         body["input"] = rng.choice(chats)[0]["content"] if rng.random() < 0.8 else rng.choice(code)
         body["max_output_tokens"] = body.pop("max_tokens")
+    if rng.random() < 0.15:  # a tenant's own prefix cache and drafts
+        body["cache_salt"] = rng.choice(["tenant-a", "tenant-b"])
+    if rng.random() < 0.15:  # penalised rows in draft trees
+        body.update(rng.choice([{"repetition_penalty": 1.2}, {"frequency_penalty": 0.8}, {"presence_penalty": 1.0}]))
     stream = rng.random() < 0.6
     body["stream"] = stream
     if stream and api != "/v1/responses" and rng.random() < 0.5:
@@ -139,7 +143,11 @@ def _grpc_probe(rng: random.Random, code: list[str], chats: list[list[dict[str, 
         sampling.stop.extend(rng.choice([["\n\n"], ["def"]]))
     if rng.random() < 0.15:
         sampling.logprobs = 2
+    if rng.random() < 0.15:
+        sampling.repetition_penalty = 1.2
     req = pb.GenerateRequest(sampling=sampling)
+    if rng.random() < 0.15:
+        req.cache_salt = rng.choice(["tenant-a", "tenant-b"])
     if rng.random() < 0.4:
         req.prompt = rng.choice(code + [q[:4000] for q in quotes])
     else:
