@@ -107,7 +107,7 @@ class EngineFuzz:
         self.reference = LLMEngine(EngineConfig(model=model, dtype=dtype, device=device, num_kv_blocks=256,
                                                 lookahead=False))
         # regexes need xgrammar, which a GPU machine may lack (scripts/stage_gpu.sh stages it apart)
-        self.grammars = importlib.util.find_spec("xgrammar") is not None
+        self.has_xgrammar = importlib.util.find_spec("xgrammar") is not None
         self._alone: dict[tuple[tuple[int, ...], str, tuple[int, ...]], Outcome] = {}
 
     def alone(self, prompt: list[int], params: SamplingParams, resume: tuple[int, ...] = ()) -> Outcome:
@@ -147,7 +147,7 @@ class EngineFuzz:
             opts["bad_words"] = (piece.strip(),)
         if roll() < 0.1:
             opts["allowed_token_ids"] = tuple(sorted(set(prompt) | set(out[:k])))
-        elif roll() < 0.08 and "min_tokens" not in opts and self.grammars:  # (a grammar refuses both)
+        elif roll() < 0.08 and "min_tokens" not in opts and self.has_xgrammar:  # (a grammar refuses both)
             opts["structured"] = StructuredSpec("regex", rng.choice(REGEXES))
         if roll() < 0.3:
             opts["logprobs"] = rng.choice([0, 1, 5])
@@ -157,7 +157,8 @@ class EngineFuzz:
 
     def round(self, seed: int) -> RoundResult:
         rng = random.Random(seed)
-        # apart, so that a seed's schedule is what it was before salts and twins
+        # streams of their own: the main stream's draws (prompts, arrivals, options, aborts) stay what
+        # they were before salts and twins, though what the engine makes of them changes
         salts, twins = random.Random(-seed), random.Random(seed + 1_000_003)
         blocks = rng.choice([4, 5, 6, 8])
         eng = LLMEngine(EngineConfig(model=self.model, dtype=self.dtype, device=self.device, num_kv_blocks=blocks,

@@ -229,8 +229,9 @@ def test_sampling_keeps_every_tensor_on_the_logits_device(case: str) -> None:
     (each a sync). The meta device stands in for a GPU here: it refuses both too. (Before the
     batch took a device, every sampled request failed on a GPU: host temperatures over CUDA logits.)"""
     params = [_OFF_HOST[case], SamplingParams(temperature=0.0)] * 2
-    build = (params, [5] * 4, [6, 7, 6, 7], [[1, 2, 3]] * 4, [[4, 5]] * 4, [(0,)] * 4, None, [[9], [], [], []],
-             [(), (6,), (), (8,)])
+    # rows 0 and 2 take the case's params: row 0 is a tree's node after draft 6, row 2 bans token 9
+    build = (params, [5] * 4, [6, 7, 6, 7], [[1, 2, 3]] * 4, [[4, 5]] * 4, [(0,)] * 4, None, [[], [], [9], []],
+             [(6,), (), (), ()])
     logits = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
     host = sample(logits, SamplingBatch.build(*build))
     out = sample(logits.to("meta"), SamplingBatch.build(*build, device="meta"))
