@@ -301,15 +301,17 @@ class LLMEngine:
                     mask = rules.allowed.expand(len(pos), -1)  # type: ignore[union-attr]
                 masked_rows += range(len(params), len(params) + len(pos))
                 masks.append(mask)
-            bans += rules.row_bans(seq.output_ids, step) if rules is not None and rules.bad_words else [[]] * len(pos)
+            # a tree's row i reads the output, then the drafts on the path to node i: its bans and
+            # penalties are what plain decoding would give there (the paths built once for both)
+            banning = rules is not None and bool(rules.bad_words)
+            tree_paths = node_paths(*step) if step is not None and (banning or seq.params.has_penalties) else None
+            bans += rules.row_bans(seq.output_ids, tree_paths) if rules is not None and banning else [[]] * len(pos)
             params += [seq.params] * len(pos)
             seeds += [seq.seed] * len(pos)
             positions += pos
             prompts += [seq.prompt_ids] * len(pos)
             outputs += [seq.output_ids] * len(pos)  # one object for the sequence's rows (read once)
-            # a tree's row i is penalised as plain decoding would penalise it there: the output,
-            # then the drafts on the path to node i
-            paths += node_paths(*step) if step is not None and seq.params.has_penalties else [()] * len(pos)
+            paths += tree_paths if tree_paths is not None and seq.params.has_penalties else [()] * len(pos)
             stops += [seq.detok.stop_ids] * len(pos)
         allowed = (torch.tensor(masked_rows, dtype=torch.long), torch.cat(masks)) if masks else None
         out = sample(logits, SamplingBatch.build(params, seeds, positions, prompts, outputs, stops, allowed,

@@ -11,7 +11,6 @@ from typing import Any, Sequence
 
 import torch
 
-from engine.lookahead.tree import node_paths
 from engine.sampling_params import SamplingParams
 from engine.structured import words
 from engine.tokenizer import bad_word_ids
@@ -43,14 +42,14 @@ class TokenRules:
                 out.append(w[-1])
         return out
 
-    def row_bans(self, output_ids: Sequence[int], step: tuple[list[int], list[int]] | None) -> list[list[int]]:
-        """Each sampling row's banned tokens: a plain decode's one row reads the output; a tree's
-        row i (``step``: its (tokens, parents), node 0 the last token) the output, then the drafts on
-        the path to node i."""
+    def row_bans(self, output_ids: Sequence[int], paths: Sequence[Sequence[int]] | None) -> list[list[int]]:
+        """Each sampling row's banned tokens: a plain decode's one row (``paths`` None) reads the
+        output; a tree's row i the output, then ``paths[i]``, the drafts on the path to node i
+        (engine.lookahead.tree.node_paths)."""
         tail = list(output_ids[max(0, len(output_ids) - self.longest + 1):]) if self.longest > 1 else []
-        if step is None:
+        if paths is None:
             return [self.banned(tail)]
-        return [self.banned(tail + path) for path in node_paths(*step)]
+        return [self.banned(tail + list(path)) for path in paths]
 
 
 def token_bitmask(ids: Sequence[int], vocab_size: int) -> torch.Tensor:

@@ -157,8 +157,8 @@ class EngineFuzz:
 
     def round(self, seed: int) -> RoundResult:
         rng = random.Random(seed)
-        # streams of their own: the main stream's draws (prompts, arrivals, options, aborts) stay what
-        # they were before salts and twins, though what the engine makes of them changes
+        # streams of their own, not drawn from the main one; a round's schedule still changes with
+        # them (a twin's prompt, its output's length that options are drawn from, a salt's drafts)
         salts, twins = random.Random(-seed), random.Random(seed + 1_000_003)
         blocks = rng.choice([4, 5, 6, 8])
         eng = LLMEngine(EngineConfig(model=self.model, dtype=self.dtype, device=self.device, num_kv_blocks=blocks,

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from engine.errors import InvalidRequestError
+from engine.lookahead.tree import node_paths
 from engine.sampling import SamplingBatch, sample
 from engine.sampling_params import SamplingParams
 from engine.structured import StructuredSpec, apply_bitmask_reference
@@ -71,8 +72,8 @@ def test_a_tree_row_reads_the_drafts_on_its_own_path() -> None:
     rules = TokenRules(None, ((5, 6, 7),), 3)
     # node 0: the output's last token; 1: 5 and 2: 8 under it; 3: 6 under node 1
     tokens, parents = [2, 5, 8, 6], [-1, 0, 0, 1]
-    assert rules.row_bans([1, 2], (tokens, parents)) == [[], [], [], [7]]
+    assert rules.row_bans([1, 2], node_paths(tokens, parents)) == [[], [], [], [7]]
     tokens, parents = [5, 6, 8], [-1, 0, 0]  # the output ends with 5: its child 6 completes 5, 6
-    assert rules.row_bans([4, 5], (tokens, parents)) == [[], [7], []]
+    assert rules.row_bans([4, 5], node_paths(tokens, parents)) == [[], [7], []]
     assert rules.row_bans([5, 6], None) == [[7]]
     assert rules.row_bans([6], None) == [[]]
