@@ -3,12 +3,13 @@ may be, priorities, shared prefixes, aborts, greedy and seeded sampling, stops, 
 grammars, logprobs, resumed and salted requests, twins; every output equals the request's output alone."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from kernels import cpu_linear
-from launcher.engine_fuzz import EngineFuzz
+from launcher.engine_fuzz import FP32_LOGPROB_TOL, EngineFuzz, Outcome
 
 # round 3000 is where the fuzz first caught a victim of a lower priority kept in its step after its
 # blocks were freed (the step raised); 40003 where a request's top logprobs listed equal values in
@@ -30,3 +31,20 @@ def test_random_schedules_give_every_request_its_output_alone(model_dir: Path) -
     assert sum(r.sampled for r in results) >= 3
     assert sum(r.shaped for r in results) >= 5 and sum(r.resumed for r in results) >= 3
     assert sum(r.salted for r in results) >= 3 and sum(r.twins for r in results) >= 2
+
+
+def test_fp32_outcomes_compare_logprobs_within_rounding_and_the_rest_exactly() -> None:
+    """fp32's forward rounds a row by what shares its step (engine_fuzz's doc): its logprobs may be
+    ~1e-5 from alone, and nothing else may differ."""
+    alone = Outcome([5, 7], "length", "ab", [(-0.9196187, [261], [-0.9196187]), (-2.0, [], [])],
+                    [(-3.5, 2, [9], [-1.25])])
+    rounded = Outcome([5, 7], "length", "ab", [(-0.9196180, [261], [-0.9196180]), (-2.0, [], [])],
+                      [(-3.500004, 2, [9], [-1.25])])
+    assert rounded.differences(alone, FP32_LOGPROB_TOL) == []
+    assert [d.split(" ")[0] for d in rounded.differences(alone)] == ["logprobs", "prompt_logprobs"]  # bf16: bits
+    for other in (dataclasses.replace(rounded, output_ids=[5, 8]),
+                  dataclasses.replace(rounded, logprobs=[(-0.9196180, [262], [-0.9196180]), (-2.0, [], [])]),
+                  dataclasses.replace(rounded, logprobs=[(-0.92, [261], [-0.92]), (-2.0, [], [])]),
+                  dataclasses.replace(rounded, logprobs=rounded.logprobs[:1]),
+                  dataclasses.replace(rounded, prompt_logprobs=[(-3.5, 3, [9], [-1.25])])):
+        assert len(other.differences(alone, FP32_LOGPROB_TOL)) == 1, other
