@@ -21,7 +21,7 @@ test:
 	@$(MAKE) --no-print-directory -j2 setup tools
 	bash scripts/test.sh
 
-setup: venv model protos cpu-kernel
+setup: venv model protos cpu-kernel fp32-products
 
 venv: $(STAMP)
 
@@ -51,6 +51,12 @@ cpu-kernel: $(STAMP)
 	@$(PY) -m kernels.cpu_linear || echo "cpu-kernel: bf16 products by torch (no AVX512-BF16 or no compiler)"
 	@$(PY) -m kernels.cpu_greedy || echo "cpu-kernel: greedy picks by torch"
 	@$(PY) -m kernels.cpu_rope || echo "cpu-kernel: rotary embedding and K/V writes by torch"
+
+# which layout the bundled model's fp32 products take on this machine, by row count (timed once, ~5 s,
+# kept in $(GROVE_CACHE)/fp32-products: engine.fp32_products). Never fatal: else the first fp32 engine times them
+.PHONY: fp32-products
+fp32-products: $(MODEL_DIR)/config.json
+	@$(PY) -m engine.fp32_products >/dev/null 2>&1 || echo "fp32-products: not timed; the first fp32 engine will time them"
 
 $(PROTO_STAMP): $(PROTOS) scripts/gen_protos.py $(STAMP)
 	$(PY) scripts/gen_protos.py

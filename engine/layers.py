@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from engine import fp32_products
 from kernels import cpu_linear
 from kernels.cpu_linear import PackedLinear
 
@@ -87,7 +88,7 @@ def _wx_layout(x: torch.Tensor) -> bool:
       the same bits as ``F.linear``. ``F.linear`` at T > 1 and the fused ``addmm`` residual do not.
       Lookahead verifies T tokens where plain decoding runs one, so this is what makes it exact.
 
-    fp32 prefers ``F.linear``.
+    fp32 takes ``F.linear`` at one row and wherever it is faster here (engine.fp32_products).
     """
     return x.dtype in ROW_INVARIANT_DTYPES and x.device.type == "cpu"
 
@@ -146,8 +147,8 @@ def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) ->
 
         out = invariant_linear(x.contiguous(), weight)
         return out.add_(bias) if bias is not None else out
-    if _wx_layout(x):
-        out = _wx_mm(weight, x)
+    if _wx_layout(x) or fp32_products.by_wx(x, weight):
+        out = _wx_mm(weight, x) if x.dtype != torch.float32 else fp32_products.product(weight, x)
         return out + bias if bias is not None else out
     return F.linear(x, weight, bias)
 
@@ -170,10 +171,11 @@ def linear_residual(x: torch.Tensor, weight: Weight, residual: torch.Tensor) -> 
         from kernels.invariant_matmul import invariant_linear
 
         return invariant_linear(x.contiguous(), weight, residual=residual)
-    if _wx_layout(x):
+    if _wx_layout(x) or fp32_products.by_wx(x, weight):
         # the product comes transposed ([out, T] memory): adding it into the residual's [T, out] is
         # 2x faster from a contiguous copy than from the strided view (17 rows: 12.5 vs 29 us)
-        return residual.add_(_wx_mm(weight, x).contiguous())
+        out = _wx_mm(weight, x) if x.dtype != torch.float32 else fp32_products.product(weight, x)
+        return residual.add_(out.contiguous())
     return residual.addmm_(x, weight.t())
 
 

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from engine import fp32_products
 from engine.attention import get_backend
 from engine.batch import SeqInput, plan_batch
 from engine.block_allocator import BlockAllocator
@@ -72,6 +73,9 @@ class LLMEngine:
         dtype = None if config.dtype == "auto" else dtype_from_name(config.dtype)
         self.model: Model = load_model(config.model_dir, backend, dtype=dtype, device=config.device)
         mc = self.model.config
+        # fp32 on a CPU: each product's layout by its row count, timed on the model's own weights
+        # (engine.fp32_products; {} elsewhere)
+        self.fp32_layouts = fp32_products.tune(fp32_products.model_kinds(self.model.weights))
         self.tokenizer = load_tokenizer(config.model_dir)
         self.max_model_len = min(config.max_model_len or mc.max_position, mc.max_position)
         self.layout = KVLayout(

@@ -57,7 +57,8 @@ def calibrate(engine: LLMEngine) -> None:
     setup = {"model": engine.layout.model_id, "dtype": engine.layout.dtype, "device": step_cost_cache.device_name(
              engine.config.device), "threads": torch.get_num_threads(), "backend": type(engine.model.backend).__name__,
              "block_size": bs, "long_context": long_ctx, "price_keys": price_keys, "price_stream": price_stream,
-             "cpu_linear": type(engine.model.weights.layers[0].qkv).__name__, "widths": ns}
+             "cpu_linear": type(engine.model.weights.layers[0].qkv).__name__, "widths": ns,
+             "fp32_products": sorted([*shape, *map(int, wx)] for shape, wx in engine.fp32_layouts.items())}
     if engine.kv.data.is_cuda:
         setup["triton"] = step_cost_cache.triton_digest()
     key = step_cost_cache.cache_key(setup)
