@@ -53,11 +53,12 @@ def by_wx(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def product(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """weight: [out, in], x: [t, in] -> [t, out] as ``W @ X.t()``, t <= 128. One row is taken as
+    """weight: [out, in], x: [t, in] -> [t, out] contiguous (as F.linear gives it: the q/k/v split,
+    the logits' views and the kernels take rows) from ``W @ X.t()``, t <= 128. One row is taken as
     two contiguous columns: MKL runs a one-column product, or a stride-0 view of two, ~4x slower."""
     if x.shape[0] == 1:
-        return torch.mm(weight, x.expand(2, -1).contiguous().t())[:, :1].t()
-    return torch.mm(weight, x.t()).t()
+        return torch.mm(weight, x.expand(2, -1).contiguous().t())[:, :1].t().contiguous()
+    return torch.mm(weight, x.t()).t().contiguous()
 
 
 def tune(kinds: Sequence[Sequence[object]]) -> dict[tuple[int, int], tuple[bool, ...]]:

@@ -16,7 +16,9 @@ from engine.layers import linear, linear_residual
 def test_w_at_x_gives_f_linears_values(t: int) -> None:
     g = torch.Generator().manual_seed(t)
     w, x = torch.randn(96, 64, generator=g), torch.randn(t, 64, generator=g)
-    torch.testing.assert_close(fp.product(w, x), F.linear(x, w))
+    out = fp.product(w, x)
+    torch.testing.assert_close(out, F.linear(x, w))
+    assert out.is_contiguous()  # as F.linear's: views of its rows (q/k/v, logits) and the kernels need it
 
 
 def test_linear_takes_the_layout_timed_for_its_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
