@@ -3,8 +3,8 @@
 torch's ``F.linear`` (MKL) streams fp32 weights slowly at a few rows on some machines. On this
 project's AMD EPYC with 2 threads, SmolLM2's whole fp32 forward took 48 ms at 1 token and 85 ms
 at 2 with it, and 23 and 35 ms with the products as ``W @ X`` (``product``: one row taken as two
-contiguous columns), near the time to read its 540 MB of weights once. With 1 thread ``W @ X`` lost
-from 4 rows on, and elsewhere it may lose everywhere. So the engine times both (``tune``) on the
+contiguous columns), near the time to read its 540 MB of weights once. With 1 thread ``W @ X`` won
+at 1 to 4 rows and lost at 8 to 32, and on another machine it may lose everywhere. So the engine times both (``tune``) on the
 model's own weights, every layer's, so that they stream from memory as in a step, for row counts
 1 to 128 in power-of-two buckets; ``by_wx`` then tells ``engine.layers.linear`` which to take.
 Past 128 rows (prefill chunks) products take ``F.linear``.

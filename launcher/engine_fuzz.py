@@ -17,10 +17,11 @@ no block is still in use.
 bf16 by default, where Grove's forward is row-invariant on a CPU with AVX512-BF16
 (engine.invariance): a token's bits do not depend on what shares its step, so any difference is a
 scheduling or verification bug, not rounding. ``--dtype float32`` (the bundled model's own dtype,
-which ``make run`` serves) runs the same schedules on a forward that is not: fp32 products take
-torch's ``F.linear``, whose rounding changes with the rows in the step (engine.llm_engine takes fp32
-lookahead as it is), so there logprobs are compared within ``FP32_LOGPROB_TOL`` and the rest
-exactly, tokens included (a greedy pick that rounding turns needs two logits within ~1e-5).
+which ``make run`` serves) runs the same schedules on a forward that is not: fp32 products (torch's
+``F.linear`` or ``W @ X``, engine.fp32_products) round a row by the rows beside it in the step
+(engine.llm_engine takes fp32 lookahead as it is), so there logprobs are compared within
+``FP32_LOGPROB_TOL`` and the rest exactly, tokens included (a greedy pick that rounding turns needs
+two logits within ~1e-5).
 
 It found two bugs in session 34: a drafted sequence preempted and scheduled again in the same step
 had its draft tree verified in place of its recompute chunk, and a victim of a lower priority
