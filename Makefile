@@ -55,7 +55,7 @@ cpu-kernel: $(STAMP)
 # which layout the bundled model's fp32 products take on this machine, by row count (timed once, ~5 s,
 # kept in $(GROVE_CACHE)/fp32-products: engine.fp32_products). Never fatal: else the first fp32 engine times them
 .PHONY: fp32-products
-fp32-products: $(MODEL_DIR)/config.json
+fp32-products: $(MODEL_DIR)/config.json cpu-kernel  # after the kernels build (timed apart from the compiler)
 	@$(PY) -m engine.fp32_products >/dev/null 2>&1 || echo "fp32-products: not timed; the first fp32 engine will time them"
 
 $(PROTO_STAMP): $(PROTOS) scripts/gen_protos.py $(STAMP)
