@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from engine.paths import cache_dir
+from engine.paths import cache_dir, write_atomic
 from engine.step_cost_cache import device_name
 
 if TYPE_CHECKING:
@@ -111,10 +110,7 @@ def _load(path: Path) -> tuple[bool, ...] | None:
 
 def _store(path: Path, by_wx: tuple[bool, ...]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # atomically: workers may start side by side
-        tmp.write_text(json.dumps({"buckets": BUCKETS, "by_wx": by_wx}) + "\n")
-        tmp.replace(path)
+        write_atomic(path, json.dumps({"buckets": BUCKETS, "by_wx": by_wx}) + "\n")  # workers start side by side
     except OSError as e:  # a read-only cache costs the next start its timing, nothing else
         logger.warning("could not keep the fp32 products' timing in %s: %s", path, e)
 

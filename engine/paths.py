@@ -15,6 +15,15 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` whole or not at all, its folder made if missing (processes may
+    write one cache file side by side, and a reader never sees half of it). Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def converted_model_dir(name: str) -> Path:
     return cache_dir() / "models" / name
 

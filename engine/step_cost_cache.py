@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from engine.lookahead.budget import StepCostModel
-from engine.paths import cache_dir
+from engine.paths import cache_dir, write_atomic
 from kernels import cpu_build
 
 logger = logging.getLogger(__name__)
@@ -106,9 +106,6 @@ def store(key: str, cost: StepCostModel, setup: dict[str, Any]) -> None:
            "per_key_read": cost.per_key_read, "per_context_key": cost.per_context_key,
            "group_overhead": cost.group_overhead}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        tmp.replace(path)
+        write_atomic(path, json.dumps(doc, indent=1) + "\n")
     except OSError as e:  # a read-only cache costs the next start its calibration, nothing else
         logger.warning("could not keep the step-cost calibration in %s: %s", path, e)
