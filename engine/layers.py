@@ -51,12 +51,15 @@ def _gpu_invariant(x: torch.Tensor) -> bool:
 
 def pack_weight(weight: torch.Tensor) -> Weight:
     """The weight laid out for the products at load time: packed for Grove's CPU kernel
-    (kernels.cpu_linear) where it runs (bf16 on a CPU with AVX512-BF16), else as it is.
+    (kernels.cpu_linear) where it runs (bf16 on a CPU with AVX512-BF16, or with AVX2 and FMA),
+    else as it is.
 
     The kernel streams the weights once per step (SmolLM2's products at 1 token: 5 ms against
     26-32 for torch's bf16 matmul on an AMD EPYC without AMX) and is row-invariant by construction.
     On a CPU with AMX it multiplies on AMX tiles (an Intel Xeon: 14-15 ms from 1 to 16 tokens, 18
-    at 32, where its VDPBF16PS path takes 12, 33 and 65: scripts/bench_cpu_linear.py).
+    at 32, where its VDPBF16PS path takes 12, 33 and 65: scripts/bench_cpu_linear.py). On an
+    AVX2-only AMD EPYC (Zen 1) its FMA path takes 16 ms at 1 token and 83 at 16, where torch's bf16
+    products take 32 and 460 and are not row-invariant (lookahead would be off).
     """
     if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and weight.shape[1] % 2 == 0 \
             and cpu_linear.available():

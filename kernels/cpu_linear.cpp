@@ -1,4 +1,4 @@
-// bf16 products on the CPU (AVX512-BF16): Grove's replacement for torch's bf16 matmul in decode.
+// bf16 products on the CPU (AVX512-BF16, or AVX2 + FMA): Grove's replacement for torch's bf16 matmul in decode.
 //
 //   y[t, o] = bf16( sum_i x[t, i] * W[o, i] )            (optionally y = bf16(residual + that))
 //
@@ -31,6 +31,14 @@
 //   37.2, 43.9. A lone token pays ~20% for its padded tile (memory-bound either way; two panels
 //   per pass for more independent tiles measured slower).
 // - VDPBF16PS (AVX512-BF16, below): the path on CPUs without AMX.
+// A third path takes the same packed weights on CPUs with AVX2 and FMA but no AVX512-BF16 (AMD Zen
+// 2/3, older Intel): each loaded pair register gives its even and odd inputs' 8 rows as fp32 (a
+// shift and a mask), and an output element is one lane of one accumulator that takes an FMA for
+// input 0, then 1, 2, ... in order: row-invariant by construction, as the others. There torch's
+// bf16 products are not (they change a row's bits with the step's width), and slow. SmolLM2's
+// products with the lm_head, 2 threads, on an AVX2-only AMD EPYC (Zen 1: family 23, model 1):
+// this path 16 ms at 1 token, 15 at 2, 43 at 8, 83 at 16; torch's bf16 32, 60, 233, 458; fp32
+// (F.linear / W @ X) 55, 43, 111, 102. Tiles of 3 tokens there (MAX_C below), not 14.
 //
 // Tiles: a thread takes a contiguous range of panels (32 rows each), in groups of 6 that stay in L2
 // while every tile of up to 14 tokens passes over them, so the weights come from memory once per
@@ -47,6 +55,8 @@
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #include <omp.h>
+
+#define GROVE_LINEAR_PATH 1  // grove_linear_supported(): VDPBF16PS
 
 namespace {
 
@@ -181,9 +191,212 @@ void rms_norm_row(const uint16_t* x, const uint16_t* w, int64_t n, float eps, ui
   }
 }
 
+// The driver's hooks: the tiles read x's bf16 pairs in place (normalized rows from a scratch)
+using XElem = uint16_t;
+constexpr bool COPY_INPUTS = false;
+inline const XElem* in_place(const uint16_t* x) { return x; }
+
+inline void prepare_row(const uint16_t* x, const uint16_t* norm_w, int64_t in, float eps, uint16_t* out) {
+  rms_norm_row(x, norm_w, in, eps, out);
+}
+
+inline void run_tile(int c, int np, const uint32_t* w, const uint16_t* x, int64_t xs, int64_t kp_n, uint16_t* y,
+                     int64_t ys, int64_t rows, bool add_residual, bool stream) {
+  run_tile(c, np, w, reinterpret_cast<const uint32_t*>(x), xs / 2, kp_n, y, ys, rows, add_residual, stream);
+}
+
 }  // namespace
 
-extern "C" int grove_linear_supported() { return 1; }
+// ---------------------------------------------------------------------------------------------
+// AVX2 + FMA path (no AVX512-BF16): the same packed weights and driver, 8 fp32 lanes a register
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#include <omp.h>
+
+#define GROVE_LINEAR_PATH 2  // grove_linear_supported(): AVX2 + FMA
+
+namespace {
+
+constexpr int PANEL = 32;  // output rows per panel: four registers of 8 fp32
+// tokens per tile: 3 x 4 accumulators of 8 rows (of 16 registers: the 6 broadcast inputs spill to
+// L1 and come back as FMA operands)
+constexpr int MAX_C = 3;
+constexpr int PREFETCH = 48;      // input pairs ahead into L1 (6 KiB of the panel)
+constexpr int PREFETCH_L2 = 192;  // and into L2, for a tile of several tokens streaming its panels
+constexpr int MAX_P = 6;          // panels a thread keeps in L2 while every token tile passes over them
+
+// The tiles take the tokens' inputs as fp32 (converted once per call, so an input is one
+// broadcast load); the weights stay bf16 pairs in memory
+using XElem = float;
+constexpr bool COPY_INPUTS = true;
+inline const XElem* in_place(const uint16_t*) { return nullptr; }  // never: the inputs are always copied
+
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// fp32 -> bf16, rounded to nearest even as torch's .to(torch.bfloat16) does (NaN kept a quiet NaN)
+inline uint16_t float_to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if (std::isnan(f)) return 0x7FC0;
+  return static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+}
+
+inline __m128i to_bf16(__m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+  rounded = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(nan));
+  // 8 x 32 bits (each < 2^16) -> 8 x 16: packus works per 128-bit lane, so gather lanes 0 and 2
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded, rounded), 0b1000);
+  return _mm256_castsi256_si128(packed);
+}
+
+inline __m256 from_bf16(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+
+inline __m128i load8(const uint16_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+
+// 8 output rows of one token: rounded (+ the residual's 8, rounded again) and stored; `rows` < 8
+// stores only the first rows (the panel past `out`)
+inline void store(__m256 acc, uint16_t* y, int64_t rows, bool add_residual) {
+  if (rows <= 0) return;
+  if (rows >= 8) {
+    __m128i h = to_bf16(acc);
+    if (add_residual) h = to_bf16(_mm256_add_ps(from_bf16(h), from_bf16(load8(y))));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y), h);
+    return;
+  }
+  alignas(16) uint16_t part[8] = {};
+  std::memcpy(part, y, static_cast<size_t>(rows) * 2);
+  __m128i h = to_bf16(acc);
+  if (add_residual) h = to_bf16(_mm256_add_ps(from_bf16(h), from_bf16(load8(part))));
+  _mm_store_si128(reinterpret_cast<__m128i*>(part), h);
+  std::memcpy(y, part, static_cast<size_t>(rows) * 2);
+}
+
+// C tokens x P panels, as the VDPBF16PS tile (arguments alike, but x: the first token's inputs as
+// fp32, row stride xs). A word of a packed panel holds one row's input pair (even input low, odd
+// high): per input pair and 8 rows, one load, then its low halves shifted up and its high halves
+// masked are the weights as fp32, exactly, and each token takes two FMAs (input 2 kp, then 2 kp + 1). On an AMD EPYC (Zen 1, where a 256-bit shift is two µops
+// on one pipe) the shift bounds a tile of several tokens at ~2 G FMA/s a core: half-panel tiles of
+// 5 tokens (one shift per 10 FMAs, but a broadcast per 2) measured 1.1-1.5x slower over the
+// model's products, 2-token tiles alike.
+template <int C, int P>
+void tile(const uint32_t* __restrict w, const float* __restrict x, int64_t xs, int64_t kp_n, uint16_t* y,
+          int64_t ys, int64_t rows, bool add_residual, bool stream) {
+  // (every loop over the accumulators unrolled: else GCC keeps the array in memory, a store each)
+  __m256 acc[P][4][C];
+#pragma GCC unroll 3
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j)
+#pragma GCC unroll 3
+      for (int c = 0; c < C; ++c) acc[p][j][c] = _mm256_setzero_ps();
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const int64_t panel_pairs = kp_n * PANEL;
+  for (int64_t kp = 0; kp < kp_n; ++kp) {
+    __m256 xe[C], xo[C];  // the tokens' inputs 2 kp and 2 kp + 1, broadcast
+#pragma GCC unroll 3
+    for (int c = 0; c < C; ++c) {
+      xe[c] = _mm256_broadcast_ss(x + c * xs + 2 * kp);
+      xo[c] = _mm256_broadcast_ss(x + c * xs + 2 * kp + 1);
+    }
+#pragma GCC unroll 3
+    for (int p = 0; p < P; ++p) {
+      const uint32_t* wp = w + p * panel_pairs + kp * PANEL;
+      _mm_prefetch(reinterpret_cast<const char*>(wp + PREFETCH * PANEL), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(wp + PREFETCH * PANEL + 16), _MM_HINT_T0);
+      if (C > 1 && stream) {
+        _mm_prefetch(reinterpret_cast<const char*>(wp + PREFETCH_L2 * PANEL), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(wp + PREFETCH_L2 * PANEL + 16), _MM_HINT_T1);
+      }
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {  // rows 8 j .. 8 j + 7 of the panel: input 2 kp, then 2 kp + 1
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 8 * j));
+        const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+        const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, high));
+#pragma GCC unroll 3
+        for (int c = 0; c < C; ++c) acc[p][j][c] = _mm256_fmadd_ps(wo, xo[c], _mm256_fmadd_ps(we, xe[c], acc[p][j][c]));
+      }
+    }
+  }
+#pragma GCC unroll 3
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 3
+    for (int c = 0; c < C; ++c)
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j)
+        store(acc[p][j][c], y + c * ys + p * PANEL + 8 * j, rows - p * PANEL - 8 * j, add_residual);
+}
+
+// Panels side by side for a tile of c tokens: a lone token streams 3 (12 accumulators)
+constexpr int panels_for(int c) { return c >= 2 ? 1 : 3; }
+
+template <int C, int P>
+void tile_panels(int np, const uint32_t* w, const float* x, int64_t xs, int64_t kp_n, uint16_t* y, int64_t ys,
+                 int64_t rows, bool add_residual, bool stream) {
+  if constexpr (P > 1) {
+    if (np < P) return tile_panels<C, P - 1>(np, w, x, xs, kp_n, y, ys, rows, add_residual, stream);
+  }
+  tile<C, P>(w, x, xs, kp_n, y, ys, rows, add_residual, stream);
+}
+
+// A tile of c tokens over np <= panels_for(c) consecutive panels
+void run_tile(int c, int np, const uint32_t* w, const float* x, int64_t xs, int64_t kp_n, uint16_t* y, int64_t ys,
+              int64_t rows, bool add_residual, bool stream) {
+  switch (c) {
+    case 1: tile_panels<1, panels_for(1)>(np, w, x, xs, kp_n, y, ys, rows, add_residual, stream); break;
+    case 2: tile_panels<2, panels_for(2)>(np, w, x, xs, kp_n, y, ys, rows, add_residual, stream); break;
+    case 3: tile_panels<3, panels_for(3)>(np, w, x, xs, kp_n, y, ys, rows, add_residual, stream); break;
+  }
+}
+
+// A row of the products' inputs as fp32: x's bf16 values, or HF's RMSNorm of them (norm_w not
+// null) as the VDPBF16PS path computes it: 8-lane partial sums of squares in input order (a tail
+// past the last 8 added in order after the lanes), r = 1 / sqrt(mean + eps) in fp32,
+// out = bf16(w bf16(x r))
+void prepare_row(const uint16_t* x, const uint16_t* norm_w, int64_t n, float eps, float* out) {
+  int64_t i = 0;
+  if (norm_w == nullptr) {
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, from_bf16(load8(x + i)));
+    for (; i < n; ++i) out[i] = bf16_to_float(x[i]);
+    return;
+  }
+  __m256 sq = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = from_bf16(load8(x + i));
+    sq = _mm256_fmadd_ps(v, v, sq);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, sq);
+  float sum = 0.0f;
+  for (float l : lanes) sum += l;
+  for (int64_t t = i; t < n; ++t) sum = std::fma(bf16_to_float(x[t]), bf16_to_float(x[t]), sum);
+  const float r = 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
+  const __m256 rv = _mm256_set1_ps(r);
+  for (i = 0; i + 8 <= n; i += 8) {
+    const __m256 normed = from_bf16(to_bf16(_mm256_mul_ps(from_bf16(load8(x + i)), rv)));
+    _mm256_storeu_ps(out + i, from_bf16(to_bf16(_mm256_mul_ps(from_bf16(load8(norm_w + i)), normed))));
+  }
+  for (; i < n; ++i)
+    out[i] = bf16_to_float(float_to_bf16(bf16_to_float(norm_w[i]) * bf16_to_float(float_to_bf16(bf16_to_float(x[i]) * r))));
+}
+
+}  // namespace
+#endif
+
+#ifdef GROVE_LINEAR_PATH  // one driver for both paths: threads, panel groups, token tiles
+
+// 1: VDPBF16PS, 2: AVX2 + FMA
+extern "C" int grove_linear_supported() { return GROVE_LINEAR_PATH; }
+
+// Tokens a tile takes in one pass over a panel group: a step's cost jumps just past each multiple
+extern "C" int grove_linear_tile_tokens() { return MAX_C; }
 
 // x: [T, in] bf16 (row stride xs elements, even); packed: [ceil(out / 32)][in / 2][32][2] bf16;
 // y: [T, out] bf16 (row stride ys). add_residual: y holds the residual and receives residual + x W^T.
@@ -195,18 +408,20 @@ extern "C" int grove_linear_bf16(const uint16_t* x, int64_t T, int64_t in, int64
   if (in % 2 || xs % 2) return 1;
   const int64_t kp_n = in / 2, panels = (out + PANEL - 1) / PANEL;
   const uint32_t* w32 = reinterpret_cast<const uint32_t*>(packed);
-  thread_local std::vector<uint16_t> normed;  // the caller's thread's scratch, shared with its team
-  if (norm_w != nullptr) normed.resize(static_cast<size_t>(T * in));
-  uint16_t* const scratch = normed.data();  // inside the team `normed` names each thread's own
-  // the products' input: x, or its normalized rows (stride in)
-  const uint32_t* x32 = reinterpret_cast<const uint32_t*>(norm_w != nullptr ? scratch : x);
-  const int64_t x32s = (norm_w != nullptr ? in : xs) / 2;
+  // the products' input rows: x itself (VDPBF16PS), or prepare_row's (x normalized, or as fp32 for
+  // the AVX2 path) in the caller's thread's scratch, shared with its team
+  const bool copy = COPY_INPUTS || norm_w != nullptr;
+  thread_local std::vector<XElem> rows_scratch;
+  if (copy) rows_scratch.resize(static_cast<size_t>(T * in));
+  XElem* const scratch = rows_scratch.data();  // inside the team `rows_scratch` names each thread's own
+  const XElem* const xin = copy ? scratch : in_place(x);
+  const int64_t xin_s = copy ? in : xs;
   const int64_t tile_c = MAX_C;
 #pragma omp parallel num_threads(num_threads)
   {
-    if (norm_w != nullptr) {
+    if (copy) {
 #pragma omp for schedule(static)
-      for (int64_t t = 0; t < T; ++t) rms_norm_row(x + t * xs, norm_w, in, eps, scratch + t * in);
+      for (int64_t t = 0; t < T; ++t) prepare_row(x + t * xs, norm_w, in, eps, scratch + t * in);
     }
     // each thread a contiguous range of panels, in groups of MAX_P: a group's panels stay in L2
     // while every token tile passes over them (weights are read from memory once per step)
@@ -221,7 +436,7 @@ extern "C" int grove_linear_bf16(const uint16_t* x, int64_t T, int64_t in, int64
         const int step = T > MAX_C ? panels_for(c) : 1;
         for (int64_t p = g; p < g_end; p += step) {
           const int np = static_cast<int>(g_end - p < step ? g_end - p : step);
-          run_tile(c, np, w32 + p * kp_n * PANEL, x32 + t0 * x32s, x32s, kp_n, y + t0 * ys + p * PANEL, ys,
+          run_tile(c, np, w32 + p * kp_n * PANEL, xin + t0 * xin_s, xin_s, kp_n, y + t0 * ys + p * PANEL, ys,
                    out - p * PANEL, add_residual != 0, t0 == 0);
         }
       }
@@ -230,9 +445,20 @@ extern "C" int grove_linear_bf16(const uint16_t* x, int64_t T, int64_t in, int64
   return 0;
 }
 
+#else  // neither: the engine keeps torch's products
+
+extern "C" int grove_linear_supported() { return 0; }
+extern "C" int grove_linear_tile_tokens() { return 0; }
+extern "C" int grove_linear_bf16(const uint16_t*, int64_t, int64_t, int64_t, const uint16_t*, int64_t, uint16_t*,
+                                 int64_t, int, const uint16_t*, float, int) {
+  return 2;
+}
+
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // AMX path
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
 #include "cpu_amx.h"
 
 namespace {
@@ -354,16 +580,6 @@ extern "C" int grove_linear_amx(const uint16_t* x, int64_t T, int64_t in, int64_
 
 #define GROVE_AMX_PATH 1
 #endif  // AMX
-
-#else  // no AVX512-BF16: the engine keeps torch's products
-
-extern "C" int grove_linear_supported() { return 0; }
-extern "C" int grove_linear_bf16(const uint16_t*, int64_t, int64_t, int64_t, const uint16_t*, int64_t, uint16_t*,
-                                 int64_t, int, const uint16_t*, float, int) {
-  return 2;
-}
-
-#endif
 
 #ifndef GROVE_AMX_PATH  // no AMX: the VDPBF16PS path takes every weight
 extern "C" int grove_linear_amx_supported() { return 0; }

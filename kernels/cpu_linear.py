@@ -1,17 +1,18 @@
-"""bf16 products on the CPU (``cpu_linear.cpp``: AMX tiles, else AVX512-BF16): built once with the
-system C++ compiler, called through ctypes on the tensors' memory.
+"""bf16 products on the CPU (``cpu_linear.cpp``: AMX tiles, else AVX512-BF16, else AVX2 + FMA):
+built once with the system C++ compiler, called through ctypes on the tensors' memory.
 
     packed = pack(weight)                 # once, at load: [out, in] -> PackedLinear
     y = linear(x, packed)                 # [T, in] -> [T, out], bf16
     linear(x, packed, residual=h)         # h += x W^T in place (the product rounded, then added)
 
 Each packed weight takes one of two paths, fixed at packing: AMX tiles where the CPU has them and
-``in`` is a multiple of 32, else VDPBF16PS. Each is row-invariant by construction (see the .cpp): a
+``in`` is a multiple of 32, else the vector path the library was built with (VDPBF16PS on CPUs with
+AVX512-BF16, FMA on 8 fp32 lanes on CPUs with AVX2 only). Each is row-invariant by construction (see the .cpp): a
 token's output has the same bits whatever else shares the step, which is what lookahead needs to
 be exact. ``linear_ref`` is the readable reference (fp32 sums, rounded once): the kernel agrees
 with it to bf16 rounding, not bit for bit, since the order of the sums differs.
 
-Without AVX512-BF16 (or without a compiler) ``available()`` is False and the engine keeps torch's
+Without AVX2 and FMA (or without a compiler) ``available()`` is False and the engine keeps torch's
 products. Threads: the kernel runs in torch's OpenMP pool with ``torch.get_num_threads()`` threads.
 """
 from __future__ import annotations
@@ -30,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_suffix(".cpp")
 PANEL = 32  # output rows per packed panel (cpu_linear.cpp)
-TILE_TOKENS = 14  # VDPBF16PS path: tokens per pass over a panel (MAX_C): a step's cost jumps past each multiple
 AMX_TILE_TOKENS = 16  # AMX path: tokens per A tile (AMX_ROWS)
 AMX_K = 32  # AMX path: the inputs must be a multiple of this (one A tile row)
 
@@ -40,8 +40,9 @@ def _library() -> ctypes.CDLL | None:
     lib = cpu_build.load(SOURCE, "torch computes the products")
     if lib is None:
         return None
+    lib.grove_linear_supported.restype = ctypes.c_int
     if not lib.grove_linear_supported():
-        logger.info("CPU linear kernel: this CPU has no AVX512-BF16, torch computes the products")
+        logger.info("CPU linear kernel: this CPU has neither AVX512-BF16 nor AVX2 with FMA, torch computes the products")
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.grove_linear_bf16.argtypes = [p, i64, i64, i64, p, i64, p, i64, ctypes.c_int, p, ctypes.c_float, ctypes.c_int]
@@ -52,8 +53,26 @@ def _library() -> ctypes.CDLL | None:
 
 
 def available() -> bool:
-    """True when the kernel builds, loads and this CPU runs it (AVX512-BF16)."""
+    """True when the kernel builds, loads and this CPU runs it (AVX512-BF16, or AVX2 with FMA)."""
     return _library() is not None
+
+
+@functools.cache
+def vector_path() -> str:
+    """The library's non-AMX path: "VDPBF16PS" (AVX512-BF16) or "AVX2" (FMA on 8 fp32 lanes)."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the CPU linear kernel is not available (see the log for why)")
+    return {1: "VDPBF16PS", 2: "AVX2"}[lib.grove_linear_supported()]
+
+
+@functools.cache
+def vector_tile_tokens() -> int:
+    """The vector path's tokens per pass over a panel group (MAX_C): a step's cost jumps past each multiple."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the CPU linear kernel is not available (see the log for why)")
+    return int(lib.grove_linear_tile_tokens())
 
 
 @functools.cache
@@ -77,7 +96,7 @@ class PackedLinear:
     @property
     def tile_tokens(self) -> int:
         """Tokens the path takes in one pass over the weights: a step's cost jumps just past each multiple."""
-        return AMX_TILE_TOKENS if self.amx else TILE_TOKENS
+        return AMX_TILE_TOKENS if self.amx else vector_tile_tokens()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -146,7 +165,7 @@ def linear(x: torch.Tensor, weight: PackedLinear, residual: torch.Tensor | None 
     rc = call(x.data_ptr(), T, weight.in_features, weight.in_features, weight.ptr, weight.out_features, y.data_ptr(),
               weight.out_features, residual is not None, norm_ptr, eps, torch.get_num_threads())
     if rc != 0:
-        raise RuntimeError(f"the CPU linear kernel ({'AMX' if weight.amx else 'VDPBF16PS'}) returned {rc}")
+        raise RuntimeError(f"the CPU linear kernel ({'AMX' if weight.amx else vector_path()}) returned {rc}")
     return y
 
 
@@ -167,5 +186,5 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ok = available()
     logger.info("CPU linear kernel: %s%s", cpu_build.library_path(SOURCE) if ok else "not available on this machine",
-                " (AMX tiles)" if ok and amx_available() else "")
+                f" ({vector_path()}{', AMX tiles' if amx_available() else ''})" if ok else "")
     raise SystemExit(0 if ok else 1)

@@ -38,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     if not cpu_linear.available():
-        raise SystemExit("the CPU linear kernel is not available on this machine (no AVX512-BF16 or no compiler)")
+        raise SystemExit("the CPU linear kernel is not available on this machine (no AVX2 or no compiler)")
     libs = [cpu_build.load_aside(cpu_linear, args.old), cpu_build.load_aside(cpu_linear, args.new)]
     gen = torch.Generator().manual_seed(0)
     layers = [[cpu_linear.pack(torch.randn(o, i, generator=gen).bfloat16()) for o, i in SHAPES] for _ in range(LAYERS)]
-    path = "AMX" if layers[0][0].amx else "VDPBF16PS"
+    path = "AMX" if layers[0][0].amx else cpu_linear.vector_path()
     logger.info(f"SmolLM2's products over {LAYERS} distinct layers, {path}, {args.threads} threads, ms a pass")
     logger.info(f"{'tokens':>6} {'old':>8} {'new':>8} {'new/old':>8}  same bits")
     for T in (int(t) for t in args.tokens.split(",")):

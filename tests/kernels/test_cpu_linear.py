@@ -2,10 +2,10 @@
 parametrized shapes: agreement to bf16 rounding, row invariance bit for bit, the fused residual
 add and the rounding itself bit for bit against torch.
 
-Both paths of the kernel run every test here: AMX tiles (where the CPU has them) and VDPBF16PS
-(on every CPU with AVX512-BF16, forced with ``pack(w, amx=False)`` where AMX is the default). The
-kernel needs AVX512-BF16; on a CPU without it the engine keeps torch's products and these tests
-are skipped. The real model runs through it in tests/engine/test_batch_invariance.py (bf16
+Both paths of the kernel run every test here: AMX tiles (where the CPU has them) and the vector
+path (forced with ``pack(w, amx=False)`` where AMX is the default), which is VDPBF16PS on a CPU
+with AVX512-BF16 and FMA on 8 fp32 lanes on one with AVX2 only. The kernel needs one of them; on a
+CPU with neither the engine keeps torch's products and these tests are skipped. The real model runs through it in tests/engine/test_batch_invariance.py (bf16
 lookahead on = off = alone) and every bf16 engine test.
 """
 from __future__ import annotations
@@ -16,22 +16,22 @@ import torch
 from kernels import cpu_linear
 from kernels.cpu_linear import linear, linear_ref, pack
 
-pytestmark = pytest.mark.skipif(not cpu_linear.available(), reason="the CPU has no AVX512-BF16 (or no C++ compiler)")
+pytestmark = pytest.mark.skipif(not cpu_linear.available(), reason="the CPU has neither AVX512-BF16 nor AVX2 (or no C++ compiler)")
 
 # (out, in): panels cut short (1, 31, 33, 100), SmolLM2's products, an untied-head-like width
 SHAPES = [(1, 2), (31, 64), (33, 576), (100, 34), (960, 576), (576, 1536), (4864, 896)]
-# tiles of 14 tokens (VDPBF16PS) and of 16 tokens in pairs (AMX): below, at and past their edges
-TOKENS = [1, 2, 13, 14, 15, 16, 17, 29, 33, 40]
+# tiles of 3 tokens (AVX2), 14 (VDPBF16PS) and 16 in pairs (AMX): below, at and past their edges
+TOKENS = [1, 2, 3, 4, 7, 13, 14, 15, 16, 17, 29, 33, 40]
 AMX_ONLY = pytest.mark.skipif(not cpu_linear.amx_available(), reason="no AMX on this CPU")
-PATHS = [pytest.param(False, id="vdpbf16ps"), pytest.param(True, id="amx", marks=AMX_ONLY)]
+PATHS = [pytest.param(False, id="vector"), pytest.param(True, id="amx", marks=AMX_ONLY)]
 
 
 def _shapes_and_paths(shapes: list[tuple[int, int]]) -> list:
-    """(shape, amx): VDPBF16PS for every shape, AMX for those it takes (inputs a multiple of 32;
-    the others take VDPBF16PS in the engine too)."""
+    """(shape, amx): the vector path for every shape, AMX for those it takes (inputs a multiple
+    of 32; the others take the vector path in the engine too)."""
     out = []
     for o, i in shapes:
-        out.append(pytest.param((o, i), False, id=f"{o}x{i}-vdpbf16ps"))
+        out.append(pytest.param((o, i), False, id=f"{o}x{i}-vector"))
         if i % cpu_linear.AMX_K == 0:
             out.append(pytest.param((o, i), True, id=f"{o}x{i}-amx", marks=AMX_ONLY))
     return out
