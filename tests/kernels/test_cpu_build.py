@@ -16,6 +16,7 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ comp
 
 NO_AMX = ["-mno-amx-tile", "-mno-amx-bf16", "-mno-amx-int8"]
 NO_BF16 = [*NO_AMX, "-mno-avx512bf16"]
+NO_AVX2 = [*NO_BF16, "-mno-avx2"]  # (GCC then drops AVX-512 too: it implies AVX2)
 
 
 def _build(source: Path, extra: list[str], tmp_path: Path) -> ctypes.CDLL:
@@ -25,13 +26,20 @@ def _build(source: Path, extra: list[str], tmp_path: Path) -> ctypes.CDLL:
     return ctypes.CDLL(str(out))
 
 
-@pytest.mark.parametrize("extra", [NO_AMX, NO_BF16], ids=["no-amx", "no-avx512bf16"])
+@pytest.mark.parametrize("extra", [NO_AMX, NO_BF16, NO_AVX2], ids=["no-amx", "no-avx512bf16", "no-avx2"])
 def test_kernels_build_for_other_cpus(extra: list[str], tmp_path: Path) -> None:
+    """The kernels build (and load, and say which path they took) with this CPU's features cut
+    down: the products' path is VDPBF16PS (1) with AVX512-BF16, else FMA on 8 lanes (2) with AVX2
+    and FMA, else none (0: torch's products); the attention's bf16 dot needs AVX512-BF16."""
+    flags = cpu_build.cpu_flags().split()
+    bf16 = "avx512_bf16" in flags and "-mno-avx512bf16" not in extra
+    avx2 = "avx2" in flags and "fma" in flags and "-mno-avx2" not in extra
     linear = _build(cpu_linear.SOURCE, extra, tmp_path)
     assert linear.grove_linear_amx_supported() == 0
-    assert linear.grove_linear_supported() == (0 if "-mno-avx512bf16" in extra else 1)
+    assert linear.grove_linear_supported() == (1 if bf16 else 2 if avx2 else 0)
+    assert linear.grove_linear_tile_tokens() == (14 if bf16 else 3 if avx2 else 0)
     attention = _build(cpu_attention.SOURCE, extra, tmp_path)
-    assert attention.grove_attention_bf16_dot() == (0 if "-mno-avx512bf16" in extra else 1)
+    assert attention.grove_attention_bf16_dot() == (1 if bf16 else 0)
 
 
 def test_load_aside_builds_another_source_and_leaves_the_module_as_it_was(tmp_path: Path, monkeypatch) -> None:

@@ -3,6 +3,7 @@ served, rather than refused with a 429 or lost; every block comes back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -56,6 +57,29 @@ def _decoding(stream: httpx.Response) -> Iterator[str]:
         if seen == 3:
             return lines
     raise AssertionError("the stream ended before it decoded")
+
+
+@contextlib.contextmanager
+def _renewing(stub: wpb_grpc.PrefillWorkerStub, leases: list[str]) -> Iterator[list[str]]:
+    """Renews every lease in ``leases`` (a list the caller may still append to) every 0.3 s, as a
+    decode worker waiting for room does: the tight stack's leases last 1.5 s, less than a 300-token
+    prefill takes on a slow CPU (an AVX2-only AMD EPYC), so a lease taken before the next prefill
+    would end during it. Yields the leases found ended (an assert in the thread would only warn)."""
+    done = threading.Event()
+    lapsed: list[str] = []
+
+    def renew() -> None:
+        while not done.wait(0.3):
+            lapsed.extend(lease for lease in list(leases)
+                          if not stub.RenewKV(wpb.RenewKVRequest(lease_id=lease), timeout=10).held)
+
+    renewer = threading.Thread(target=renew)
+    renewer.start()
+    try:
+        yield lapsed
+    finally:
+        done.set()
+        renewer.join()
 
 
 def _alone(ids: list[int], max_tokens: int) -> list[int]:
@@ -167,12 +191,15 @@ def test_a_prefix_read_from_the_kvstore_into_a_full_pool_waits_for_room(tight: S
     leases: list[str] = []
     with grpc.insecure_channel(tight.address("prefill-0")) as ch:
         stub = wpb_grpc.PrefillWorkerStub(ch)
-        for i in range(2):
-            ids = [rng.randrange(1000, 30000) for _ in range(300)]  # 19 blocks
-            work = WorkRequest(f"holder-{i}-{rng.random()}", tuple(ids), SamplingParams(temperature=0.0, max_tokens=8),
-                               seed=1)
-            leases.append(stub.Prefill(wpb.PrefillRequest(request=work_to_pb(work)), timeout=120).kv.lease_id)
-        assert all(leases) and worker_stats(tight)["prefill-0"].free_blocks <= 2  # the prefix needs 20
+        with _renewing(stub, leases) as lapsed:
+            for i in range(2):
+                ids = [rng.randrange(1000, 30000) for _ in range(300)]  # 19 blocks
+                work = WorkRequest(f"holder-{i}-{rng.random()}", tuple(ids),
+                                   SamplingParams(temperature=0.0, max_tokens=8), seed=1)
+                leases.append(stub.Prefill(wpb.PrefillRequest(request=work_to_pb(work)), timeout=120).kv.lease_id)
+            assert all(leases) and worker_stats(tight)["prefill-0"].free_blocks <= 2  # the prefix needs 20
+        assert not lapsed, "a held lease ended: the pool was not full all along, the test proves nothing"
+        # no more renewals: the leases end at release_later's release (or 1.5 s from here at the latest)
 
         def release_later() -> None:
             time.sleep(1.0)
@@ -203,40 +230,28 @@ def test_a_prefill_queued_past_the_gateways_deadline_is_busy_not_broken(tight: S
     with grpc.insecure_channel(tight.address("prefill-0")) as ch:
         stub = wpb_grpc.PrefillWorkerStub(ch)
         try:
-            for i in range(2):  # 38 of the 40 blocks held for a decode worker that does not come
-                ids = [rng.randrange(1000, 30000) for _ in range(300)]
-                work = WorkRequest(f"holder-{i}-{rng.random()}", tuple(ids),
-                                   SamplingParams(temperature=0.0, max_tokens=8), seed=1)
-                leases.append(stub.Prefill(wpb.PrefillRequest(request=work_to_pb(work)), timeout=120).kv.lease_id)
-            done = threading.Event()
-            lapsed: list[str] = []  # (an assert in the thread would only warn)
+            with _renewing(stub, leases) as lapsed:
+                for i in range(2):  # 38 of the 40 blocks held for a decode worker that does not come
+                    ids = [rng.randrange(1000, 30000) for _ in range(300)]
+                    work = WorkRequest(f"holder-{i}-{rng.random()}", tuple(ids),
+                                       SamplingParams(temperature=0.0, max_tokens=8), seed=1)
+                    leases.append(stub.Prefill(wpb.PrefillRequest(request=work_to_pb(work)), timeout=120).kv.lease_id)
 
-            def renew() -> None:  # (as a decode worker waiting for room does: the leases last 1.5 s)
-                while not done.wait(0.3):
-                    lapsed.extend(lease for lease in leases
-                                  if not stub.RenewKV(wpb.RenewKVRequest(lease_id=lease), timeout=10).held)
-            renewer = threading.Thread(target=renew)
-            renewer.start()
+                async def run() -> None:
+                    router = Router([tight.address("prefill-0")], [tight.address("decode-0")], block_size=16)
+                    core = GatewayCore(GatewayConfig(tight.model_dir, "m", 640), router, GatewayMetrics("m", "gw-test", router))
+                    try:
+                        await router.refresh()
+                        work = core.work([rng.randrange(1000, 30000) for _ in range(300)],
+                                         SamplingParams(max_tokens=4, temperature=0))
+                        with pytest.raises(OverloadedError, match="every prefill worker is at capacity"):
+                            async for _ in core.generate(work):
+                                pass
+                        assert all(w.healthy for w in router.prefill)  # still routed to
+                    finally:
+                        await router.close()
 
-            async def run() -> None:
-                router = Router([tight.address("prefill-0")], [tight.address("decode-0")], block_size=16)
-                core = GatewayCore(GatewayConfig(tight.model_dir, "m", 640), router, GatewayMetrics("m", "gw-test", router))
-                try:
-                    await router.refresh()
-                    work = core.work([rng.randrange(1000, 30000) for _ in range(300)],
-                                     SamplingParams(max_tokens=4, temperature=0))
-                    with pytest.raises(OverloadedError, match="every prefill worker is at capacity"):
-                        async for _ in core.generate(work):
-                            pass
-                    assert all(w.healthy for w in router.prefill)  # still routed to
-                finally:
-                    await router.close()
-
-            try:
                 asyncio.run(run())
-            finally:
-                done.set()
-                renewer.join()
             assert not lapsed, "a held lease ended: the pool was not full all along, the test proves nothing"
         finally:
             for lease in leases:
