@@ -186,7 +186,11 @@ class PrefillService:
         held = self.leases.pop(lease_id)
         if held is None:
             return False
-        await self.engine.call(self.eng.allocator.free, held.blocks)
+        # the answer is known once the lease is gone; the blocks go back at the engine's next turn.
+        # Not awaited: a decode worker's confirmation would wait behind the step under way, and on
+        # a slow CPU (an AVX2-only EPYC, six workers on two cores) a long prefill's step outlasted
+        # its 10 s deadline, so KV it had read was thrown away and the prompt prefilled again
+        self.engine.submit(self.eng.allocator.free, held.blocks)
         return True
 
     def renew(self, lease_id: str) -> bool:

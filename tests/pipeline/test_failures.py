@@ -27,6 +27,9 @@ from launcher.stack_probe import gateway_retry_counts, wait_idle, worker_stats
 from tests.observability.conftest import scrape, total
 
 
+DRAIN_S = 120.0
+
+
 @pytest.fixture(scope="module")
 def fragile_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack of this module's own: its tests stop, freeze and kill its processes, in file order
@@ -34,13 +37,16 @@ def fragile_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     decode-1 and prefill-2 are shut down (SIGTERM), then the kvstore is frozen and killed, then
     prefill-0 (frozen, then killed, which leaves prefill-1 serving), then decode-0, the only decode
     worker left (frozen and woken, then killed). Each test also passes alone on a fresh stack."""
+    # drains of up to 120 s: on a slow CPU (an AVX2-only EPYC, six workers on two cores) the 1,200-token
+    # prefills in flight at the prefill worker's SIGTERM took longer than the default 30 s
     config = StackConfig(model=str(model_dir), num_prefill=3, num_decode=3, worker_kv_gb=0.25,
-                         log_dir=str(tmp_path_factory.mktemp("fragile-stack")), threads_per_worker=1)
+                         log_dir=str(tmp_path_factory.mktemp("fragile-stack")), threads_per_worker=1,
+                         extra_worker_args=("--drain-timeout", str(DRAIN_S)))
     with Stack(config) as s:
         yield s
 
 
-def _drained(s: Stack, name: str, timeout_s: float = 30.0) -> int:
+def _drained(s: Stack, name: str, timeout_s: float = DRAIN_S + 10) -> int:
     """Waits for a SIGTERMed worker to exit; returns what it had in flight when the drain began."""
     assert s.service(name).proc.wait(timeout_s) == 0, s.tail(name)
     found = re.findall(r"draining: (\d+) in flight", s.tail(name, 400))
