@@ -14,7 +14,7 @@ earlier request's prompt whole (as ``n`` > 1 or a client's retry does). It check
 allocator's integrity after every step, and at the end that every request not aborted gave what it
 gives alone on a roomy engine without lookahead (tokens, finish reason, text, logprobs), and that
 no block is still in use.
-bf16 by default, where Grove's forward is row-invariant on a CPU with AVX512-BF16
+bf16 by default, where Grove's forward is row-invariant on a CPU with AVX512-BF16 or AVX2
 (engine.invariance): a token's bits do not depend on what shares its step, so any difference is a
 scheduling or verification bug, not rounding. ``--dtype float32`` (the bundled model's own dtype,
 which ``make run`` serves) runs the same schedules on a forward that is not: fp32 products (torch's

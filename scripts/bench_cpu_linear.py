@@ -8,7 +8,7 @@ path, the VDPBF16PS path and torch's ``W @ X``, at each token count; median of 7
 
 --model: the whole model in two engines that differ only in the path their weights were packed
 for, one step of 1 or 16 sequences behind 300 tokens with 1-16 query tokens each (a tree's
-chain), the engines alternating, median of 6. Without AMX on this CPU only VDPBF16PS and torch run.
+chain), the engines alternating, median of 6. Without AMX on this CPU only the vector path and torch run.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def products(tokens: list[int]) -> None:
     paths: dict[str, list[list[cpu_linear.PackedLinear]]] = {}
     if cpu_linear.amx_available():
         paths["AMX"] = [[cpu_linear.pack(w, amx=True) for w in layer] for layer in weights]
-    paths["VDPBF16PS"] = [[cpu_linear.pack(w, amx=False) for w in layer] for layer in weights]
+    paths[cpu_linear.vector_path()] = [[cpu_linear.pack(w, amx=False) for w in layer] for layer in weights]
     print(f"SmolLM2's products over {LAYERS} distinct layers, bf16, {torch.get_num_threads()} threads, ms")  # noqa: T201
     print(f"{'tokens':>6} " + " ".join(f"{name:>10}" for name in paths) + f" {'torch W@X':>10}")  # noqa: T201
     for T in tokens:
@@ -103,7 +103,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     if not cpu_linear.available():
-        raise SystemExit("the CPU linear kernel is not available on this machine (no AVX512-BF16 or no compiler)")
+        raise SystemExit("the CPU linear kernel is not available on this machine (no AVX2 or no compiler)")
     products([int(t) for t in args.tokens.split(",")])
     if args.model:
         model_steps()
