@@ -57,22 +57,23 @@ def available() -> bool:
     return _library() is not None
 
 
-@functools.cache
-def vector_path() -> str:
-    """The library's non-AMX path: "VDPBF16PS" (AVX512-BF16) or "AVX2" (FMA on 8 fp32 lanes)."""
+def _require() -> ctypes.CDLL:
     lib = _library()
     if lib is None:
         raise RuntimeError("the CPU linear kernel is not available (see the log for why)")
-    return {1: "VDPBF16PS", 2: "AVX2"}[lib.grove_linear_supported()]
+    return lib
+
+
+@functools.cache
+def vector_path() -> str:
+    """The library's non-AMX path: "VDPBF16PS" (AVX512-BF16) or "AVX2" (FMA on 8 fp32 lanes)."""
+    return {1: "VDPBF16PS", 2: "AVX2"}[_require().grove_linear_supported()]
 
 
 @functools.cache
 def vector_tile_tokens() -> int:
     """The vector path's tokens per pass over a panel group (MAX_C): a step's cost jumps past each multiple."""
-    lib = _library()
-    if lib is None:
-        raise RuntimeError("the CPU linear kernel is not available (see the log for why)")
-    return int(lib.grove_linear_tile_tokens())
+    return int(_require().grove_linear_tile_tokens())
 
 
 @functools.cache
@@ -136,9 +137,7 @@ def linear(x: torch.Tensor, weight: PackedLinear, residual: torch.Tensor | None 
     product (rounded to bf16) into it in place and returns it, as ``residual += x @ W.t()`` does.
     With ``norm`` = (weight [in] bf16, eps): the product of HF's RMSNorm of x's rows, normalized in
     the same call (``linear_ref``'s arithmetic; the sum of squares in the kernel's order)."""
-    lib = _library()
-    if lib is None:
-        raise RuntimeError("the CPU linear kernel is not available (see the log for why)")
+    lib = _require()
     # the checks cost ~1 us of a call's ~3 (a decode step makes ~120): cheapest attributes first
     if x.dtype is not torch.bfloat16 or x.dim() != 2 or x.shape[1] != weight.in_features or not x.is_cpu:
         raise ValueError(f"x must be [T, {weight.in_features}] bf16 on the CPU, got {tuple(x.shape)} {x.dtype} on {x.device}")
