@@ -1,17 +1,20 @@
-"""fp32 products on a CPU: ``F.linear`` or ``W @ X``, by row count, measured at start on the model's weights.
+"""fp32 products on a CPU: ``F.linear``, ``W @ X`` or Grove's fp32 kernel, by row count, measured at
+start on the model's weights.
 
 torch's ``F.linear`` (MKL) streams fp32 weights slowly at a few rows on some machines. On this
-project's AMD EPYC with 2 threads, SmolLM2's whole fp32 forward took 48 ms at 1 token and 85 ms
-at 2 with it, and 23 and 35 ms with the products as ``W @ X`` (``product``: one row taken as two
-contiguous columns), near the time to read its 540 MB of weights once. With 1 thread ``W @ X`` won
-at 1 to 4 rows and lost at 8 to 32, and on another machine it may lose everywhere. So the engine times both (``tune``) on the
-model's own weights, every layer's, so that they stream from memory as in a step, for row counts
-1 to 128 in power-of-two buckets; ``by_wx`` then tells ``engine.layers.linear`` which to take.
-Past 128 rows (prefill chunks) products take ``F.linear``.
+project's AMD EPYC (Zen 4) with 2 threads, SmolLM2's whole fp32 forward took 48 ms at 1 token and
+85 ms at 2 with it, and 23 and 35 ms with the products as ``W @ X`` (``product``: one row taken as
+two contiguous columns), near the time to read its 540 MB of weights once. With 1 thread ``W @ X``
+won at 1 to 4 rows and lost at 8 to 32. On an AVX2-only AMD EPYC (Zen 1) both streamed at ~10 GB/s
+(the products with the lm_head: 55 ms at 1 row), where kernels.cpu_linear_fp32 (AVX2 + FMA, the
+weights as they lie) streams at ~16. So the engine times all three (``tune``) on the model's own
+weights, every layer's, so that they stream from memory as in a step, for row counts 1 to 128 in
+power-of-two buckets; ``choice`` then tells ``engine.layers.linear`` which to take. Past 128 rows
+(prefill chunks) products take ``F.linear``.
 
 fp32 is not row-invariant either way (engine.llm_engine takes fp32 lookahead as it is), so the
 choice moves only speed. It is a machine's property, by (torch threads, weight shape), like the CPU
-kernels' builds: timed once (~5 s for SmolLM2 on 2 cores; ``make`` does it at set-up for the
+kernels' builds: timed once (~5-10 s for SmolLM2 on 2 cores; ``make`` does it at set-up for the
 bundled model, ``python -m engine.fp32_products``), kept under ``$GROVE_CACHE/fp32-products/``
 keyed by the CPU, torch, the threads and the shape, and held for the process once read, so two
 engines of one process with the same model take the same paths.
@@ -30,25 +33,29 @@ import torch.nn.functional as F
 
 from engine.paths import cache_dir, write_atomic
 from engine.step_cost_cache import device_name
+from kernels import cpu_linear_fp32
 
 if TYPE_CHECKING:
     from engine.model import ModelWeights  # (engine.model imports engine.layers, which imports this)
 
 logger = logging.getLogger(__name__)
-VERSION = 1  # bump when what is timed changes
+VERSION = 2  # bump when what is timed changes (2: the fp32 kernel joined)
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)  # a product of t rows takes the choice of the first bucket >= t
-# (threads, out, in) -> whether W @ X beats F.linear, per bucket
-_BY_WX: dict[tuple[int, int, int], tuple[bool, ...]] = {}
+LINEAR, WX, KERNEL = 0, 1, 2  # F.linear, W @ X (``product``), kernels.cpu_linear_fp32
+NAMES = ("F.linear", "W @ X", "kernel")
+# (threads, out, in) -> the layout per bucket
+_CHOICE: dict[tuple[int, int, int], tuple[int, ...]] = {}
 
 
-def by_wx(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``x @ weight.t()`` (x: [t, in] fp32 on a CPU) runs faster as ``product`` here."""
+def choice(x: torch.Tensor, weight: torch.Tensor) -> int:
+    """Which layout ``x @ weight.t()`` (x: [t, in] fp32 on a CPU) runs fastest in here: LINEAR
+    (also for anything never timed), WX or KERNEL."""
     t = x.shape[0]
     if not 1 <= t <= BUCKETS[-1] or x.dtype != torch.float32 or x.device.type != "cpu":
-        return False
-    table = _BY_WX.get((torch.get_num_threads(), weight.shape[0], weight.shape[1]))
-    return table is not None and table[(t - 1).bit_length()]
+        return LINEAR
+    table = _CHOICE.get((torch.get_num_threads(), weight.shape[0], weight.shape[1]))
+    return LINEAR if table is None else table[(t - 1).bit_length()]
 
 
 def product(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -60,38 +67,41 @@ def product(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.mm(weight, x.t()).t().contiguous()
 
 
-def tune(kinds: Sequence[Sequence[object]]) -> dict[tuple[int, int], tuple[bool, ...]]:
+def tune(kinds: Sequence[Sequence[object]]) -> dict[tuple[int, int], tuple[int, ...]]:
     """``kinds``: the model's weights of one shape each (a projection's over every layer, the LM
-    head). For each fp32 CPU kind, the choice kept for this machine and thread count, else both
+    head). For each fp32 CPU kind, the choice kept for this machine and thread count, else the
     layouts timed over its weights (best of 3) and the choice kept; returns the choices by shape
     (part of the step calibration's key: they move a step's cost)."""
     threads = torch.get_num_threads()
-    chosen: dict[tuple[int, int], tuple[bool, ...]] = {}
+    chosen: dict[tuple[int, int], tuple[int, ...]] = {}
     for weights in kinds:
         ws = [w for w in weights if isinstance(w, torch.Tensor) and w.dtype == torch.float32 and w.device.type == "cpu"]
         if not ws:
             continue
         shape = (ws[0].shape[0], ws[0].shape[1])
         key = (threads, *shape)
-        if key not in _BY_WX:
+        if key not in _CHOICE:
             path = _path(threads, shape)
             kept = _load(path)
-            _BY_WX[key] = kept if kept is not None else _time(ws)
-            logger.info("fp32 products [%d, %d] on %d threads as W @ X at %s rows (%s)", *shape, threads,
-                        [t for t, wx in zip(BUCKETS, _BY_WX[key]) if wx] or "no", "kept" if kept else "timed")
+            _CHOICE[key] = kept if kept is not None else _time(ws)
+            logger.info("fp32 products [%d, %d] on %d threads by bucket %s: %s (%s)", *shape, threads, BUCKETS,
+                        [NAMES[c] for c in _CHOICE[key]], "kept" if kept else "timed")
             if kept is None:
-                _store(path, _BY_WX[key])
-        chosen[shape] = _BY_WX[key]
+                _store(path, _CHOICE[key])
+        chosen[shape] = _CHOICE[key]
     return chosen
 
 
-def _time(ws: list[torch.Tensor]) -> tuple[bool, ...]:
+def _time(ws: list[torch.Tensor]) -> tuple[int, ...]:
     x = torch.randn(BUCKETS[-1], ws[0].shape[1], generator=torch.Generator().manual_seed(0))
+    layouts: list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = [lambda w, a: F.linear(a, w), product]
+    if all(cpu_linear_fp32.takes(w) for w in ws):
+        layouts.append(lambda w, a: cpu_linear_fp32.linear(a, w))
 
     def over(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t: int) -> float:
         return _best(lambda: [fn(w, x[:t]) for w in ws])
 
-    return tuple(over(product, t) < over(lambda w, a: F.linear(a, w), t) for t in BUCKETS)
+    return tuple(min(range(len(layouts)), key=lambda i: over(layouts[i], t)) for t in BUCKETS)
 
 
 def _path(threads: int, shape: tuple[int, int]) -> Path:
@@ -100,17 +110,22 @@ def _path(threads: int, shape: tuple[int, int]) -> Path:
     return cache_dir() / "fp32-products" / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
 
 
-def _load(path: Path) -> tuple[bool, ...] | None:
+def _load(path: Path) -> tuple[int, ...] | None:
     try:
-        by_wx = json.loads(path.read_text())["by_wx"]
+        kept = json.loads(path.read_text())["choice"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return tuple(bool(b) for b in by_wx) if isinstance(by_wx, list) and len(by_wx) == len(BUCKETS) else None
+    if not (isinstance(kept, list) and len(kept) == len(BUCKETS) and all(c in (LINEAR, WX, KERNEL) for c in kept)):
+        return None
+    if KERNEL in kept and not cpu_linear_fp32.available():  # the kernel no longer builds here: time again
+        return None
+    return tuple(kept)
 
 
-def _store(path: Path, by_wx: tuple[bool, ...]) -> None:
+def _store(path: Path, choices: tuple[int, ...]) -> None:
     try:
-        write_atomic(path, json.dumps({"buckets": BUCKETS, "by_wx": by_wx}) + "\n")  # workers start side by side
+        write_atomic(path, json.dumps({"buckets": BUCKETS, "choice": choices,
+                                       "names": [NAMES[c] for c in choices]}) + "\n")  # workers start side by side
     except OSError as e:  # a read-only cache costs the next start its timing, nothing else
         logger.warning("could not keep the fp32 products' timing in %s: %s", path, e)
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import fp32_products
-from kernels import cpu_linear
+from kernels import cpu_linear, cpu_linear_fp32
 from kernels.cpu_linear import PackedLinear
 
 # A projection's weight as the products take it: [out, in], or packed for Grove's CPU kernel
@@ -91,7 +91,8 @@ def _wx_layout(x: torch.Tensor) -> bool:
       the same bits as ``F.linear``. ``F.linear`` at T > 1 and the fused ``addmm`` residual do not.
       Lookahead verifies T tokens where plain decoding runs one, so this is what makes it exact.
 
-    fp32 takes ``F.linear`` at one row and wherever it is faster here (engine.fp32_products).
+    fp32 takes ``F.linear``, ``W @ X`` or Grove's fp32 kernel, whichever was timed fastest here for
+    the row count (engine.fp32_products).
     """
     return x.dtype in ROW_INVARIANT_DTYPES and x.device.type == "cpu"
 
@@ -150,18 +151,26 @@ def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) ->
 
         out = invariant_linear(x.contiguous(), weight)
         return out.add_(bias) if bias is not None else out
-    if _wx_layout(x) or fp32_products.by_wx(x, weight):
-        out = _wx_mm(weight, x) if x.dtype != torch.float32 else fp32_products.product(weight, x)
+    if _wx_layout(x):
+        out = _wx_mm(weight, x)
         return out + bias if bias is not None else out
-    return F.linear(x, weight, bias)
+    layout = fp32_products.choice(x, weight)
+    if layout == fp32_products.LINEAR:
+        return F.linear(x, weight, bias)
+    out = fp32_products.product(weight, x) if layout == fp32_products.WX else cpu_linear_fp32.linear(x, weight)
+    return out.add_(bias) if bias is not None else out
 
 
 def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: Weight,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """``linear(rms_norm(x, norm_weight, eps), weight, bias)``; one kernel call where the weight is
-    packed (the norm's eight torch ops cost ~1 ms of a 9 ms bf16 decode step over 60 norms)."""
+    packed (the norm's eight torch ops cost ~1 ms of a 9 ms bf16 decode step over 60 norms), or
+    where fp32 products take Grove's fp32 kernel (its six, ~6 ms of a 51 ms fp32 step on a Zen 1)."""
     if isinstance(weight, PackedLinear):
         return _packed_linear(x, weight, bias, norm=(norm_weight, eps))
+    if fp32_products.choice(x, weight) == fp32_products.KERNEL:
+        out = cpu_linear_fp32.linear(x, weight, norm=(norm_weight, eps))
+        return out.add_(bias) if bias is not None else out
     return linear(rms_norm(x, norm_weight, eps), weight, bias)
 
 
@@ -174,11 +183,15 @@ def linear_residual(x: torch.Tensor, weight: Weight, residual: torch.Tensor) -> 
         from kernels.invariant_matmul import invariant_linear
 
         return invariant_linear(x.contiguous(), weight, residual=residual)
-    if _wx_layout(x) or fp32_products.by_wx(x, weight):
+    if _wx_layout(x):
         # the product comes transposed ([out, T] memory): adding it into the residual's [T, out] is
         # 2x faster from a contiguous copy than from the strided view (17 rows: 12.5 vs 29 us)
-        return residual.add_(_wx_mm(weight, x).contiguous() if x.dtype != torch.float32
-                             else fp32_products.product(weight, x))
+        return residual.add_(_wx_mm(weight, x).contiguous())
+    layout = fp32_products.choice(x, weight)
+    if layout == fp32_products.WX:
+        return residual.add_(fp32_products.product(weight, x))
+    if layout == fp32_products.KERNEL:
+        return cpu_linear_fp32.linear(x, weight, residual=residual)
     return residual.addmm_(x, weight.t())
 
 

@@ -38,6 +38,16 @@
 // 0.61-0.62 ms. Decode then read ~27 GB/s there: prefetching further ahead, into L2, or on huge
 // pages changed nothing on that machine. On another Zen 4 (session 22) the same code read ~10 GB/s
 // and prefetching into L2 took it to ~18 (AHEAD); huge pages changed nothing there either.
+//
+// Without AVX-512 (AVX2 + FMA: AMD Zen 1-3, older Intel) a v16f is two 256-bit registers, and two
+// things of the loops above lowered badly (session 39, an AVX2-only AMD EPYC of family 23 model 1):
+// GCC turned the 16 x 16 transpose's two-register shuffles into element moves through the stack,
+// and a pass of value_rows over all 64 dims of a decode group's 3 rows held 24 accumulator
+// registers of 16. There the transpose runs as four 8 x 8 ones on 256-bit halves, and the values
+// take one 16-dim column per pass over the keys (VALUE_COLUMNS). Same bits (the same chains);
+// scripts/ab_cpu_attention.py, 2 threads, ms a layer, before -> after: fp32 one decode behind
+// 900 0.77 -> 0.47, 16 decodes behind 1,500 15.9 -> 8.8, a tree of 14 behind 900 4.5 -> 3.4, a
+// prefill of 1,024 176 -> 125; bf16 0.76 -> 0.42, 15.1 -> 8.4, 4.8 -> 3.2, 184 -> 123.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -45,7 +55,7 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
-#if defined(__AVX512BF16__)
+#if defined(__AVX512BF16__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
@@ -92,7 +102,51 @@ inline void stage(v16f* m) {
     m[i + B] = lower<B>(x, y, idx);
   }
 }
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// Without AVX-512 a v16f is two 256-bit registers, and GCC lowers the butterfly's two-register
+// shuffles to element moves through the stack (~1,400 of ~14,000 instructions of a bf16 work item
+// were such moves). So the 16 x 16 transpose runs as four 8 x 8 ones on 256-bit halves (the
+// unpack / shuffle / permute sequence): the same values moved, no arithmetic.
+inline void transpose8(__m256* r) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
+inline void transpose16(v16f* m) {
+  float* f = reinterpret_cast<float*>(m);  // row i: f[16 i .. 16 i + 15]
+  __m256 a[8], b[8];
+  for (int q = 0; q < 16; q += 8) {  // the diagonal 8 x 8 blocks (rows q.., columns q..) in place
+    for (int i = 0; i < 8; ++i) a[i] = _mm256_loadu_ps(f + 16 * (q + i) + q);
+    transpose8(a);
+    for (int i = 0; i < 8; ++i) _mm256_storeu_ps(f + 16 * (q + i) + q, a[i]);
+  }
+  for (int i = 0; i < 8; ++i) {  // the off-diagonal ones swap places
+    a[i] = _mm256_loadu_ps(f + 16 * i + 8);
+    b[i] = _mm256_loadu_ps(f + 16 * (8 + i));
+  }
+  transpose8(a);
+  transpose8(b);
+  for (int i = 0; i < 8; ++i) {
+    _mm256_storeu_ps(f + 16 * (8 + i), a[i]);
+    _mm256_storeu_ps(f + 16 * i + 8, b[i]);
+  }
+}
+#else
 inline void transpose16(v16f* m) { stage<8>(m); stage<4>(m); stage<2>(m); stage<1>(m); }
+#endif
 
 inline float load(const float* p, int64_t i) { return p[i]; }
 inline float load(const uint16_t* p, int64_t i) {  // bf16: the upper half of an fp32
@@ -245,7 +299,7 @@ inline void split_bf16(const uint16_t* p, v16f& even, v16f& odd) {
 // odd dims (split_bf16) and put back in order at the store: the same chains, the same bits.
 template <typename T, int RB, int DV>
 inline void value_rows(const float* p, int64_t width, const T* vc, const int64_t* offset, int64_t j0, int64_t L,
-                       float* out, float* den) {
+                       float* out, int64_t out_stride, float* den) {
   constexpr bool split = std::is_same_v<T, uint16_t> && DV % 2 == 0;
   v16f acc[RB][DV] = {};
   float sum[RB] = {};
@@ -265,7 +319,7 @@ inline void value_rows(const float* p, int64_t width, const T* vc, const int64_t
     }
   }
   for (int r = 0; r < RB; ++r) {
-    float* o = out + r * DV * TILE;
+    float* o = out + r * out_stride;
     if constexpr (split) {
       for (int c = 0; c < DV; c += 2) {  // interleave even and odd dims back into order
         const v16f e = acc[r][c], d = acc[r][c + 1];
@@ -276,8 +330,27 @@ inline void value_rows(const float* p, int64_t width, const T* vc, const int64_t
     } else {
       for (int c = 0; c < DV; ++c) store16(o + c * TILE, acc[r][c]);
     }
-    den[r] = sum[r];
+    if (den) den[r] = sum[r];
   }
+}
+
+// Head dims per pass over the keys (x 16): all of them with AVX-512 (a v16f is one register). With
+// AVX2 a v16f is two, and a pass over all 64 dims of 3 rows held 24 accumulator registers of 16
+// (spilled every key); there one 16-dim column per pass, the passes over the same keys' other
+// cache lines. An element's chain is the same either way.
+#if defined(__AVX512F__)
+constexpr int VALUE_COLUMNS = 8;
+#else
+constexpr int VALUE_COLUMNS = 1;
+#endif
+
+template <typename T, int RB, int DV>
+inline void value_columns(const float* p, int64_t width, const T* vc, const int64_t* offset, int64_t j0, int64_t L,
+                          float* out, float* den) {
+  constexpr int VC = DV < VALUE_COLUMNS ? DV : VALUE_COLUMNS;
+  for (int c0 = 0; c0 < DV; c0 += VC)
+    value_rows<T, RB, VC>(p, width, vc + c0 * TILE, offset, j0, L, out + c0 * TILE, DV * TILE,
+                          c0 == 0 ? den : nullptr);  // the denominators from the first pass
 }
 
 // All R rows, four per pass over the values and the rest in one more (a decode step's group of
@@ -286,13 +359,13 @@ template <typename T, int DV>
 inline void values(const float* p, int64_t width, const T* vc, const int64_t* offset, int64_t j0, int64_t L,
                    int64_t R, float* out, float* den) {
   int64_t r = 0;
-  for (; r + 4 <= R; r += 4) value_rows<T, 4, DV>(p + r * width, width, vc, offset, j0, L, out + r * DV * TILE, den + r);
+  for (; r + 4 <= R; r += 4) value_columns<T, 4, DV>(p + r * width, width, vc, offset, j0, L, out + r * DV * TILE, den + r);
   const float* pr = p + r * width;
   float* o = out + r * DV * TILE;
   switch (R - r) {
-    case 3: value_rows<T, 3, DV>(pr, width, vc, offset, j0, L, o, den + r); break;
-    case 2: value_rows<T, 2, DV>(pr, width, vc, offset, j0, L, o, den + r); break;
-    case 1: value_rows<T, 1, DV>(pr, width, vc, offset, j0, L, o, den + r); break;
+    case 3: value_columns<T, 3, DV>(pr, width, vc, offset, j0, L, o, den + r); break;
+    case 2: value_columns<T, 2, DV>(pr, width, vc, offset, j0, L, o, den + r); break;
+    case 1: value_columns<T, 1, DV>(pr, width, vc, offset, j0, L, o, den + r); break;
     default: break;
   }
 }
@@ -460,7 +533,12 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
     int64_t r = 0;
     for (; r + 8 <= R; r += 8) score_rows<8>(qs + r * D, kt, D, a.scale, st + r * width, width);
     for (; r + 4 <= R; r += 4) score_rows<4>(qs + r * D, kt, D, a.scale, st + r * width, width);
-    for (; r < R; ++r) score_rows<1>(qs + r * D, kt, D, a.scale, st + r * width, width);
+    switch (R - r) {  // a decode step's group of three rows in one pass over the tile
+      case 3: score_rows<3>(qs + r * D, kt, D, a.scale, st + r * width, width); break;
+      case 2: score_rows<2>(qs + r * D, kt, D, a.scale, st + r * width, width); break;
+      case 1: score_rows<1>(qs + r * D, kt, D, a.scale, st + r * width, width); break;
+      default: break;
+    }
   }
 
   softmax_rows(a, s, width, R, tok0, q_first, cached, L, t_first, pos_of_new);

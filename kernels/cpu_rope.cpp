@@ -1,7 +1,7 @@
 // Rotary embedding of a step's q and k heads and the step's K/V written into the paged cache, in
-// one pass over the step's qkv projection (bf16, on the CPU).
+// one pass over the step's qkv projection (bf16 or fp32, on the CPU).
 //
-//   q, k (in place):  x = bf16( bf16(x * cos) + bf16(roll(x, D/2) * signed_sin) )
+//   q, k (in place):  x = bf16( bf16(x * cos) + bf16(roll(x, D/2) * signed_sin) )   (fp32: no bf16())
 //   k_cache[block[t], offset[t], h] = k[t, h];  v_cache[...] = v[t, h]
 //
 // signed_sin is sin with its first half negated, so roll(x, D/2) * signed_sin is HF's
@@ -12,8 +12,13 @@
 // (kernels/cpu_rope.py). Each element is its own arithmetic, so a row's bits never depend on the
 // rest of the step.
 //
+// In fp32 the products and the sum are torch's fp32 mul_, mul_ and add_, each rounded once: the
+// fp32 rotation is built without contracting them into an FMA (rotate_head's attribute), so its
+// bits are the reference's too.
+//
 // Why: the torch path runs ~8 ops a layer (roll, 2 mul_, add_, split, 2 index_put_) over tensors
-// of a few KiB, ~0.1 ms a layer at 16-48 tokens: 2-4 ms of a 40-80 ms decode step.
+// of a few KiB, ~0.1 ms a layer at 16-48 tokens: 2-4 ms of a 40-80 ms decode step (bf16 on Zen 4;
+// ~5 ms of a 51 ms fp32 decode step of one token on a Zen 1).
 #include <cstdint>
 #include <cstring>
 
@@ -52,6 +57,36 @@ inline void rotate_head(uint16_t* x, const uint16_t* cos, const uint16_t* ssin, 
   std::memcpy(x, tmp, static_cast<size_t>(D) * 2);
 }
 
+// The same in fp32: each product and the sum rounded once, as torch's ops (never an FMA)
+__attribute__((optimize("fp-contract=off")))
+void rotate_head(float* x, const float* cos, const float* ssin, int64_t D, float* tmp) {
+  const int64_t half = D / 2;
+  for (int64_t j = 0; j < half; ++j) tmp[j] = x[j] * cos[j] + x[j + half] * ssin[j];
+  for (int64_t j = half; j < D; ++j) tmp[j] = x[j] * cos[j] + x[j - half] * ssin[j];
+  std::memcpy(x, tmp, static_cast<size_t>(D) * sizeof(float));
+}
+
+template <typename E>
+int rope_write_kv(E* qkv, int64_t T, int64_t qkv_stride, int64_t H, int64_t KVH, int64_t D, const E* cos,
+                  const E* ssin, E* k_cache, E* v_cache, int64_t block_stride, int64_t slot_stride,
+                  int64_t head_stride, const int64_t* write_block, const int64_t* write_offset, int num_threads) {
+  if (D % 2 || D > MAX_HEAD_DIM) return 1;
+#pragma omp parallel for schedule(static) num_threads(T > 4 ? num_threads : 1)
+  for (int64_t t = 0; t < T; ++t) {
+    E tmp[MAX_HEAD_DIM];
+    E* row = qkv + t * qkv_stride;
+    const E* c = cos + t * D;
+    const E* s = ssin + t * D;
+    for (int64_t h = 0; h < H + KVH; ++h) rotate_head(row + h * D, c, s, D, tmp);
+    const int64_t slot = write_block[t] * block_stride + write_offset[t] * slot_stride;
+    for (int64_t h = 0; h < KVH; ++h) {
+      std::memcpy(k_cache + slot + h * head_stride, row + (H + h) * D, static_cast<size_t>(D) * sizeof(E));
+      std::memcpy(v_cache + slot + h * head_stride, row + (H + KVH + h) * D, static_cast<size_t>(D) * sizeof(E));
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 // qkv: [T, H + 2 KVH, D] bf16, token row stride qkv_stride elements (heads contiguous); cos, ssin:
@@ -62,19 +97,15 @@ extern "C" int grove_rope_write_kv(uint16_t* qkv, int64_t T, int64_t qkv_stride,
                                    int64_t D, const uint16_t* cos, const uint16_t* ssin, uint16_t* k_cache,
                                    uint16_t* v_cache, int64_t block_stride, int64_t slot_stride, int64_t head_stride,
                                    const int64_t* write_block, const int64_t* write_offset, int num_threads) {
-  if (D % 2 || D > MAX_HEAD_DIM) return 1;
-#pragma omp parallel for schedule(static) num_threads(T > 4 ? num_threads : 1)
-  for (int64_t t = 0; t < T; ++t) {
-    uint16_t tmp[MAX_HEAD_DIM];
-    uint16_t* row = qkv + t * qkv_stride;
-    const uint16_t* c = cos + t * D;
-    const uint16_t* s = ssin + t * D;
-    for (int64_t h = 0; h < H + KVH; ++h) rotate_head(row + h * D, c, s, D, tmp);
-    const int64_t slot = write_block[t] * block_stride + write_offset[t] * slot_stride;
-    for (int64_t h = 0; h < KVH; ++h) {
-      std::memcpy(k_cache + slot + h * head_stride, row + (H + h) * D, static_cast<size_t>(D) * 2);
-      std::memcpy(v_cache + slot + h * head_stride, row + (H + KVH + h) * D, static_cast<size_t>(D) * 2);
-    }
-  }
-  return 0;
+  return rope_write_kv(qkv, T, qkv_stride, H, KVH, D, cos, ssin, k_cache, v_cache, block_stride, slot_stride,
+                       head_stride, write_block, write_offset, num_threads);
+}
+
+// The same over fp32 tensors
+extern "C" int grove_rope_write_kv_f32(float* qkv, int64_t T, int64_t qkv_stride, int64_t H, int64_t KVH, int64_t D,
+                                       const float* cos, const float* ssin, float* k_cache, float* v_cache,
+                                       int64_t block_stride, int64_t slot_stride, int64_t head_stride,
+                                       const int64_t* write_block, const int64_t* write_offset, int num_threads) {
+  return rope_write_kv(qkv, T, qkv_stride, H, KVH, D, cos, ssin, k_cache, v_cache, block_stride, slot_stride,
+                       head_stride, write_block, write_offset, num_threads);
 }

@@ -1,11 +1,11 @@
-"""Rotary embedding + K/V write on the CPU (``cpu_rope.cpp``), one call per layer, bf16.
+"""Rotary embedding + K/V write on the CPU (``cpu_rope.cpp``), one call per layer, bf16 or fp32.
 
     rope_write_kv(qkv, cos, signed_sin, k_cache, v_cache, write_block, write_offset, num_heads)
     rope_write_kv_ref(...)   # the torch reference: engine.rope.apply_rotary_ and index_put_
 
 qkv [T, H + 2 KVH, D] is rotated in place (its q and k heads) and its k and v heads are stored at
 (write_block[t], write_offset[t]) of the layer's cache views [num_blocks, block_size, KVH, D]. Bit
-for bit the reference's result (each op rounded to bf16 as torch rounds it). Without a C++ compiler
+for bit the reference's result (each op rounded to bf16 as torch rounds it; in fp32 each rounded once). Without a C++ compiler
 ``available()`` is False and the caller keeps the torch path.
 """
 from __future__ import annotations
@@ -24,13 +24,15 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_suffix(".cpp")
 MAX_HEAD_DIM = 512  # cpu_rope.cpp's scratch per head
+_ENTRY = {torch.bfloat16: "grove_rope_write_kv", torch.float32: "grove_rope_write_kv_f32"}  # by qkv's dtype
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     p, i64 = cpu_build.PTR, cpu_build.I64
-    return cpu_build.load_functions(SOURCE, "torch applies the rotary embedding and writes K/V", {
-        "grove_rope_write_kv": [p, i64, i64, i64, i64, i64, p, p, p, p, i64, i64, i64, p, p, cpu_build.INT]})
+    args = [p, i64, i64, i64, i64, i64, p, p, p, p, i64, i64, i64, p, p, cpu_build.INT]
+    return cpu_build.load_functions(SOURCE, "torch applies the rotary embedding and writes K/V",
+                                    {"grove_rope_write_kv": args, "grove_rope_write_kv_f32": args})
 
 
 def available() -> bool:
@@ -40,7 +42,7 @@ def available() -> bool:
 def supports(qkv: torch.Tensor, k_cache: torch.Tensor) -> bool:
     """Whether the kernel takes this step's tensors (else the torch path)."""
     D = qkv.shape[-1]
-    return (qkv.dtype is torch.bfloat16 and k_cache.dtype is torch.bfloat16 and qkv.is_cpu and D % 2 == 0
+    return (qkv.dtype in _ENTRY and k_cache.dtype is qkv.dtype and qkv.is_cpu and D % 2 == 0
             and D <= MAX_HEAD_DIM and available())
 
 
@@ -57,15 +59,15 @@ def check_layout(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     if k_cache.stride() != v_cache.stride() or k_cache.stride(3) != 1:
         raise ValueError("the k and v caches must share strides, head_dim contiguous")
     if not supports(qkv, k_cache):
-        raise ValueError(f"the kernel takes bf16 CPU tensors with an even head_dim <= {MAX_HEAD_DIM}")
+        raise ValueError(f"the kernel takes bf16 or fp32 CPU tensors (cache alike) with an even head_dim <= {MAX_HEAD_DIM}")
 
 
 def rope_write_kv(qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, k_cache: torch.Tensor,
                   v_cache: torch.Tensor, write_block: torch.Tensor, write_offset: torch.Tensor,
                   num_heads: int) -> None:
-    """qkv: [T, H + 2 KVH, D] bf16 (heads and head_dim contiguous); cos, signed_sin: [T, 1, D] bf16
-    (``RotaryEmbedding.lookup``, contiguous); k_cache, v_cache: [num_blocks, block_size, KVH, D]
-    bf16 views (``check_layout``); write_block, write_offset: [T] int64, contiguous.
+    """qkv: [T, H + 2 KVH, D] bf16 or fp32 (heads and head_dim contiguous); cos, signed_sin: [T, 1, D]
+    of its dtype (``RotaryEmbedding.lookup``, contiguous); k_cache, v_cache: [num_blocks, block_size,
+    KVH, D] views of its dtype (``check_layout``); write_block, write_offset: [T] int64, contiguous.
 
     A decode step calls this once a layer (~30 us of Python a call matter at ~1 ms a step), so only
     what differs from step to step is checked here."""
@@ -75,13 +77,15 @@ def rope_write_kv(qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor
     T, _, D = qkv.shape
     if cos.numel() != T * D or signed_sin.numel() != T * D or not (cos.is_contiguous() and signed_sin.is_contiguous()):
         raise ValueError(f"cos and signed_sin must be contiguous [T, 1, {D}] tables for T = {T}")
+    if cos.dtype is not qkv.dtype or signed_sin.dtype is not qkv.dtype:
+        raise ValueError(f"cos and signed_sin must be {qkv.dtype} as qkv is, got {cos.dtype} and {signed_sin.dtype}")
     if write_block.shape != (T,) or write_offset.shape != (T,) or write_block.dtype is not torch.int64 \
             or write_offset.dtype is not torch.int64:
         raise ValueError(f"write_block and write_offset must be int64 [{T}]")
     if T == 0:
         return
     ks = k_cache.stride()
-    rc = lib.grove_rope_write_kv(qkv.data_ptr(), T, qkv.stride(0), num_heads, k_cache.shape[2], D, cos.data_ptr(),
+    rc = getattr(lib, _ENTRY[qkv.dtype])(qkv.data_ptr(), T, qkv.stride(0), num_heads, k_cache.shape[2], D, cos.data_ptr(),
                                  signed_sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), ks[0], ks[1], ks[2],
                                  write_block.contiguous().data_ptr(), write_offset.contiguous().data_ptr(),
                                  torch.get_num_threads())

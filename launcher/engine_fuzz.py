@@ -18,7 +18,8 @@ bf16 by default, where Grove's forward is row-invariant on a CPU with AVX512-BF1
 (engine.invariance): a token's bits do not depend on what shares its step, so any difference is a
 scheduling or verification bug, not rounding. ``--dtype float32`` (the bundled model's own dtype,
 which ``make run`` serves) runs the same schedules on a forward that is not: fp32 products (torch's
-``F.linear`` or ``W @ X``, engine.fp32_products) round a row by the rows beside it in the step
+``F.linear`` or ``W @ X``, or Grove's fp32 kernel, whichever engine.fp32_products timed fastest for
+the step's row count) round a row by the rows beside it in the step
 (engine.llm_engine takes fp32 lookahead as it is), so there logprobs are compared within
 ``FP32_LOGPROB_TOL`` and the rest exactly, tokens included (a greedy pick that rounding turns needs
 two logits within ~1e-5).

@@ -1,6 +1,6 @@
 """The bf16 product kernel's two paths side by side on this CPU (not a test).
 
-    .venv/bin/python scripts/bench_cpu_linear.py [--tokens 1,2,8,16,32,64,128] [--model]
+    .venv/bin/python scripts/bench_cpu_linear.py [--tokens 1,2,8,16,32,64,128] [--model] [--fp32]
 
 Products alone: SmolLM2-135M's four per-layer products (qkv, o, gate_up, down) over 30 distinct
 layers of random bf16 weights (212 MB, more than the L3 holds, as in decoding), through the AMX
@@ -9,6 +9,10 @@ path, the VDPBF16PS path and torch's ``W @ X``, at each token count; median of 7
 --model: the whole model in two engines that differ only in the path their weights were packed
 for, one step of 1 or 16 sequences behind 300 tokens with 1-16 query tokens each (a tree's
 chain), the engines alternating, median of 6. Without AMX on this CPU only the vector path and torch run.
+
+--fp32: the fp32 products instead (the same shapes and the lm_head, 540 MB), by torch's ``F.linear``,
+torch's ``W @ X`` (engine.fp32_products.product) and Grove's fp32 kernel (kernels.cpu_linear_fp32):
+the three layouts engine.fp32_products times at start and chooses between.
 """
 from __future__ import annotations
 
@@ -20,9 +24,11 @@ from collections.abc import Callable
 
 import torch
 
-from kernels import cpu_linear
+from engine import fp32_products
+from kernels import cpu_linear, cpu_linear_fp32
 
 SHAPES = [(576 + 2 * 192, 576), (576, 576), (2 * 1536, 576), (576, 1536)]  # SmolLM2: qkv, o, gate_up, down
+LM_HEAD = (49152, 576)
 LAYERS = 30
 
 
@@ -50,6 +56,23 @@ def products(tokens: list[int]) -> None:
         row = [_median_ms(lambda p=packed: [cpu_linear.linear(x, w) for layer in p for x, w in zip(xs, layer)], 7)
                for packed in paths.values()]
         row.append(_median_ms(lambda: [torch.mm(w, x.t()) for layer in weights for x, w in zip(xs, layer)], 7))
+        print(f"{T:>6} " + " ".join(f"{ms:>10.2f}" for ms in row))  # noqa: T201
+
+
+def fp32(tokens: list[int]) -> None:
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(o, i, generator=gen) for _ in range(LAYERS) for o, i in SHAPES] + [torch.randn(*LM_HEAD, generator=gen)]
+    layouts: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+        "F.linear": lambda x, w: torch.nn.functional.linear(x, w),
+        "W@X": lambda x, w: fp32_products.product(w, x),
+    }
+    if cpu_linear_fp32.available():
+        layouts["kernel"] = cpu_linear_fp32.linear
+    print(f"SmolLM2's products over {LAYERS} distinct layers and the lm_head, fp32, {torch.get_num_threads()} threads, ms")  # noqa: T201
+    print(f"{'tokens':>6} " + " ".join(f"{name:>10}" for name in layouts))  # noqa: T201
+    for T in tokens:
+        xs = {i: torch.randn(T, i, generator=gen) for i in {w.shape[1] for w in weights}}
+        row = [_median_ms(lambda f=f: [f(xs[w.shape[1]], w) for w in weights], 5) for f in layouts.values()]
         print(f"{T:>6} " + " ".join(f"{ms:>10.2f}" for ms in row))  # noqa: T201
 
 
@@ -99,9 +122,13 @@ def main() -> None:
     parser.add_argument("--tokens", default="1,2,8,16,32,64,128")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", action="store_true", help="also the whole model's steps on both paths")
+    parser.add_argument("--fp32", action="store_true", help="the fp32 products' three layouts instead")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
+    if args.fp32:
+        fp32([int(t) for t in args.tokens.split(",")])
+        return
     if not cpu_linear.available():
         raise SystemExit("the CPU linear kernel is not available on this machine (no AVX2 or no compiler)")
     products([int(t) for t in args.tokens.split(",")])

@@ -1,0 +1,143 @@
+// fp32 products at a few rows on the CPU (AVX2 + FMA): the weights streamed once, as they lie.
+//
+//   y[t, o] = sum_i x[t, i] * W[o, i]             (optionally y[t, o] += that: the residual)
+//   optionally x = rms_norm(x) * norm_w first      (the norm before a product, fused into it)
+//
+// Decoding in fp32 reads every weight once per step (SmolLM2: 540 MB) and computes little with
+// it. On an AVX2-only AMD EPYC (Zen 1, 2 threads) torch's products at 1 row took 55 ms for it
+// (F.linear and W @ X alike, ~10 GB/s), where this kernel takes ~35 (~16 GB/s, what the bf16 kernel
+// reaches there). engine.fp32_products times it beside torch's two layouts per row-count bucket
+// and takes the fastest, so on a machine where torch streams faster it is simply not taken.
+//
+// The weight stays [out, in] row-major (no packed copy). A tile is R output rows x C tokens: for
+// each 8 inputs it loads C token vectors and, per row, one weight vector that feeds C FMAs into
+// R x C accumulators (lane j of an accumulator sums inputs j, j + 8, ...); at the end each
+// accumulator is summed across its lanes in a fixed order. An output element's arithmetic is the
+// same whatever the row count, the tile or the thread (row-invariant, though fp32 does not need it).
+//
+// A fused RMSNorm normalizes the step's rows into the calling thread's scratch first (sum of
+// squares in 8 lanes in input order, then across the lanes as below; x * (1 / sqrt(mean + eps))
+// * w, as HF's order of operations): one call where torch runs six ops over a few KiB each (~6 ms
+// of a 51 ms fp32 decode step on the Zen 1, 61 norms).
+//
+// Threads: each takes a contiguous range of output rows (a multiple of 24, the tiles' common row
+// count), so a weight row is read from memory once per step; past C tokens the tile's rows are
+// read again from L1/L2 for each further group of tokens.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+
+namespace {
+
+inline float hsum(__m256 v) {  // lanes summed in a fixed order: (0+4, 1+5, 2+6, 3+7), then pairs
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// R rows (o0 ..) x C tokens, all inputs (in % 8 == 0). x: token t's row at x + t * xs; y likewise at ys.
+template <int R, int C>
+void tile(const float* __restrict w, int64_t in, const float* __restrict x, int64_t xs, float* __restrict y,
+          int64_t ys, bool add) {
+  __m256 acc[R][C];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < in; k += 8) {
+    __m256 xv[C];
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * xs + k);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = _mm256_loadu_ps(w + r * in + k);
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      const float s = hsum(acc[r][c]);
+      y[c * ys + r] = add ? y[c * ys + r] + s : s;
+    }
+}
+
+// Rows [o0, o1) for every token: R rows at a time (a tail of 1-row tiles), C tokens at a time.
+template <int R, int C>
+void rows(const float* w, int64_t in, int64_t o0, int64_t o1, const float* x, int64_t T, int64_t xs, float* y,
+          int64_t ys, bool add) {
+  int64_t o = o0;
+  for (; o + R <= o1; o += R) {
+    int64_t t = 0;
+    for (; t + C <= T; t += C) tile<R, C>(w + o * in, in, x + t * xs, xs, y + t * ys + o, ys, add);
+    for (; t < T; ++t) tile<R, 1>(w + o * in, in, x + t * xs, xs, y + t * ys + o, ys, add);
+  }
+  for (; o < o1; ++o)
+    for (int64_t t = 0; t < T; ++t) tile<1, 1>(w + o * in, in, x + t * xs, xs, y + t * ys + o, ys, add);
+}
+
+// out = x * (1 / sqrt(mean(x^2) + eps)) * w over one row of n (n % 8 == 0)
+void rms_norm_row(const float* x, const float* w, int64_t n, float eps, float* out) {
+  __m256 ss = _mm256_setzero_ps();
+  for (int64_t k = 0; k < n; k += 8) {
+    const __m256 v = _mm256_loadu_ps(x + k);
+    ss = _mm256_fmadd_ps(v, v, ss);
+  }
+  const float inv = 1.0f / std::sqrt(hsum(ss) / static_cast<float>(n) + eps);
+  const __m256 iv = _mm256_set1_ps(inv);
+  for (int64_t k = 0; k < n; k += 8)
+    _mm256_storeu_ps(out + k, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + k), iv), _mm256_loadu_ps(w + k)));
+}
+
+}  // namespace
+
+extern "C" int grove_linear_fp32_supported() { return 1; }
+
+// x: [T, in] fp32 (row stride xs); w: [out, in] fp32 contiguous; y: [T, out] fp32 (row stride ys).
+// add_residual: y holds the residual and receives y + x W^T. norm_w: null, or an RMSNorm weight
+// [in] applied to x's rows first. Returns 0, or 1 when in is not a multiple of 8.
+extern "C" int grove_linear_fp32(const float* x, int64_t T, int64_t in, int64_t xs, const float* w, int64_t out,
+                                 float* y, int64_t ys, int add_residual, const float* norm_w, float eps,
+                                 int num_threads) {
+  if (in % 8) return 1;
+  const bool add = add_residual != 0;
+  if (norm_w != nullptr) {  // the normalized rows in this thread's scratch (a few KiB: not worth the team)
+    thread_local std::vector<float> scratch;
+    scratch.resize(static_cast<size_t>(T * in));
+    for (int64_t t = 0; t < T; ++t) rms_norm_row(x + t * xs, norm_w, in, eps, scratch.data() + t * in);
+    x = scratch.data();
+    xs = in;
+  }
+  constexpr int64_t UNIT = 24;  // rows per thread come in multiples of every tile's R
+  const int64_t units = (out + UNIT - 1) / UNIT;
+#pragma omp parallel num_threads(num_threads)
+  {
+    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t o0 = units * tid / nt * UNIT, o1_units = units * (tid + 1) / nt * UNIT;
+    const int64_t o1 = o1_units < out ? o1_units : out;
+    if (o0 < o1) {
+      if (T == 1) rows<8, 1>(w, in, o0, o1, x, T, xs, y, ys, add);       // 8 weight streams in flight
+      else if (T == 2) rows<6, 2>(w, in, o0, o1, x, T, xs, y, ys, add);  // 12 accumulators
+      else rows<4, 3>(w, in, o0, o1, x, T, xs, y, ys, add);              // 12 accumulators, 3 token vectors
+    }
+  }
+  return 0;
+}
+
+#else  // without AVX2 and FMA the engine keeps torch's fp32 products
+
+extern "C" int grove_linear_fp32_supported() { return 0; }
+extern "C" int grove_linear_fp32(const float*, int64_t, int64_t, int64_t, const float*, int64_t, float*, int64_t, int,
+                                 const float*, float, int) {
+  return 2;
+}
+
+#endif
