@@ -41,14 +41,15 @@ $(MODEL_DIR)/config.json: $(STAMP)
 
 protos: $(PROTO_STAMP)
 
-# the CPU kernels (attention; bf16 products on CPUs with AVX512-BF16; greedy picks; bf16 rotary
-# embedding + K/V writes), built for this machine into $(GROVE_CACHE)/build (~1 s each; also built
+# the CPU kernels (attention; bf16 products on CPUs with AVX512-BF16 or AVX2; fp32 products on CPUs
+# with AVX2, where timed faster than torch's; greedy picks; rotary embedding + K/V writes), built for this machine into $(GROVE_CACHE)/build (~1 s each; also built
 # on first use). Never fatal:
 # without a C++ compiler the engine attends, multiplies, rotates and picks with torch
 .PHONY: cpu-kernel
 cpu-kernel: $(STAMP)
 	@$(PY) -m kernels.cpu_attention || echo "cpu-kernel: not built, the engine will attend with the torch backend"
 	@$(PY) -m kernels.cpu_linear || echo "cpu-kernel: bf16 products by torch (no AVX512-BF16 or no compiler)"
+	@$(PY) -m kernels.cpu_linear_fp32 || echo "cpu-kernel: fp32 products by torch (no AVX2 or no compiler)"
 	@$(PY) -m kernels.cpu_greedy || echo "cpu-kernel: greedy picks by torch"
 	@$(PY) -m kernels.cpu_rope || echo "cpu-kernel: rotary embedding and K/V writes by torch"
 

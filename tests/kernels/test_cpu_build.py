@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels import cpu_attention, cpu_build, cpu_linear
+from kernels import cpu_attention, cpu_build, cpu_linear, cpu_linear_fp32
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")
 
@@ -30,7 +30,8 @@ def _build(source: Path, extra: list[str], tmp_path: Path) -> ctypes.CDLL:
 def test_kernels_build_for_other_cpus(extra: list[str], tmp_path: Path) -> None:
     """The kernels build (and load, and say which path they took) with this CPU's features cut
     down: the products' path is VDPBF16PS (1) with AVX512-BF16, else FMA on 8 lanes (2) with AVX2
-    and FMA, else none (0: torch's products); the attention's bf16 dot needs AVX512-BF16."""
+    and FMA, else none (0: torch's products); the fp32 products' kernel needs AVX2 and FMA; the
+    attention's bf16 dot needs AVX512-BF16."""
     flags = cpu_build.cpu_flags().split()
     bf16 = "avx512_bf16" in flags and "-mno-avx512bf16" not in extra
     avx2 = "avx2" in flags and "fma" in flags and "-mno-avx2" not in extra
@@ -38,6 +39,7 @@ def test_kernels_build_for_other_cpus(extra: list[str], tmp_path: Path) -> None:
     assert linear.grove_linear_amx_supported() == 0
     assert linear.grove_linear_supported() == (1 if bf16 else 2 if avx2 else 0)
     assert linear.grove_linear_tile_tokens() == (14 if bf16 else 3 if avx2 else 0)
+    assert _build(cpu_linear_fp32.SOURCE, extra, tmp_path).grove_linear_fp32_supported() == (1 if avx2 else 0)
     attention = _build(cpu_attention.SOURCE, extra, tmp_path)
     assert attention.grove_attention_bf16_dot() == (1 if bf16 else 0)
 
