@@ -168,7 +168,7 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: 
     where fp32 products take Grove's fp32 kernel (its six, ~6 ms of a 51 ms fp32 step on a Zen 1)."""
     if isinstance(weight, PackedLinear):
         return _packed_linear(x, weight, bias, norm=(norm_weight, eps))
-    if fp32_products.choice(x, weight) == fp32_products.KERNEL:
+    if not _gpu_invariant(x) and fp32_products.choice(x, weight) == fp32_products.KERNEL:  # linear's order
         out = cpu_linear_fp32.linear(x, weight, norm=(norm_weight, eps))
         return out.add_(bias) if bias is not None else out
     return linear(rms_norm(x, norm_weight, eps), weight, bias)
