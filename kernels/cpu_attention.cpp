@@ -315,7 +315,7 @@ inline void value_rows(const float* p, int64_t width, const T* vc, const int64_t
     for (int r = 0; r < RB; ++r) {
       const float w = p[r * width + j];
       for (int c = 0; c < DV; ++c) acc[r][c] = w * v[c] + acc[r][c];
-      sum[r] += w;
+      if (den) sum[r] += w;  // (the other column passes leave the denominators to the first)
     }
   }
   for (int r = 0; r < RB; ++r) {

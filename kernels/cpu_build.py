@@ -18,6 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
+
 from engine.paths import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -105,3 +107,24 @@ def load_aside(module: ModuleType, source: Path) -> ctypes.CDLL:
     if lib is None:
         raise SystemExit(f"{source} did not build (see the log)")
     return lib
+
+
+def product_operands(T: int, out: int, inp: int, dtype: torch.dtype, residual: torch.Tensor | None,
+                     norm: tuple[torch.Tensor, float] | None) -> tuple[torch.Tensor, int | None, float]:
+    """The output and the fused norm of a product kernel's call (cpu_linear, cpu_linear_fp32): a new
+    [T, out] tensor, or ``residual`` checked to be that (contiguous, ``dtype``) to add into; the
+    norm weight checked to be a contiguous [inp] ``dtype`` tensor. Returns (y, norm pointer or
+    None, eps); ValueError naming the operand otherwise."""
+    if residual is None:
+        y = torch.empty(T, out, dtype=dtype)
+    else:
+        if residual.dtype is not dtype or residual.shape != (T, out) or not residual.is_contiguous():
+            raise ValueError(f"residual must be a contiguous [{T}, {out}] {dtype} tensor, "
+                             f"got {tuple(residual.shape)} {residual.dtype}")
+        y = residual
+    if norm is None:
+        return y, None, 0.0
+    norm_w, eps = norm
+    if norm_w.dtype is not dtype or norm_w.shape != (inp,) or not norm_w.is_contiguous():
+        raise ValueError(f"the norm weight must be a contiguous [{inp}] {dtype} tensor, got {tuple(norm_w.shape)} {norm_w.dtype}")
+    return y, norm_w.data_ptr(), eps

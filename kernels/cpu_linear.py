@@ -144,20 +144,7 @@ def linear(x: torch.Tensor, weight: PackedLinear, residual: torch.Tensor | None 
     if not x.is_contiguous():
         x = x.contiguous()
     T = x.shape[0]
-    if residual is None:
-        y = torch.empty(T, weight.out_features, dtype=torch.bfloat16)
-    else:
-        if residual.dtype is not torch.bfloat16 or residual.shape != (T, weight.out_features) or not residual.is_contiguous():
-            raise ValueError(f"residual must be a contiguous [{T}, {weight.out_features}] bf16 tensor, "
-                             f"got {tuple(residual.shape)} {residual.dtype}")
-        y = residual
-    norm_ptr, eps = None, 0.0
-    if norm is not None:
-        norm_w, eps = norm
-        if norm_w.dtype is not torch.bfloat16 or norm_w.shape != (weight.in_features,) or not norm_w.is_contiguous():
-            raise ValueError(f"the norm weight must be a contiguous [{weight.in_features}] bf16 tensor, "
-                             f"got {tuple(norm_w.shape)} {norm_w.dtype}")
-        norm_ptr = norm_w.data_ptr()
+    y, norm_ptr, eps = cpu_build.product_operands(T, weight.out_features, weight.in_features, torch.bfloat16, residual, norm)
     if T == 0:
         return y
     call = lib.grove_linear_amx if weight.amx else lib.grove_linear_bf16

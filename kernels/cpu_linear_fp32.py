@@ -68,20 +68,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None 
     if x.stride(1) != 1:
         x = x.contiguous()
     T = x.shape[0]
-    if residual is None:
-        y = torch.empty(T, out_f, dtype=torch.float32)
-    else:
-        if residual.dtype is not torch.float32 or residual.shape != (T, out_f) or not residual.is_contiguous():
-            raise ValueError(f"residual must be a contiguous [{T}, {out_f}] fp32 tensor, "
-                             f"got {tuple(residual.shape)} {residual.dtype}")
-        y = residual
-    norm_ptr, eps = None, 0.0
-    if norm is not None:
-        norm_w, eps = norm
-        if norm_w.dtype is not torch.float32 or norm_w.shape != (in_f,) or not norm_w.is_contiguous():
-            raise ValueError(f"the norm weight must be a contiguous [{in_f}] fp32 tensor, "
-                             f"got {tuple(norm_w.shape)} {norm_w.dtype}")
-        norm_ptr = norm_w.data_ptr()
+    y, norm_ptr, eps = cpu_build.product_operands(T, out_f, in_f, torch.float32, residual, norm)
     if T == 0:
         return y
     rc = lib.grove_linear_fp32(x.data_ptr(), T, in_f, x.stride(0), weight.data_ptr(), out_f, y.data_ptr(), out_f,
