@@ -13,14 +13,17 @@ from grove.internal.v1 import worker_pb2_grpc as wpb_grpc
 from launcher.stack import Stack
 
 
+def worker_stat(stack: Stack, name: str) -> wpb.WorkerStats:
+    """One worker's Stats (``name``: "prefill-0", "decode-1", ...)."""
+    with grpc.insecure_channel(stack.address(name)) as ch:
+        stub = (wpb_grpc.PrefillWorkerStub if name.startswith("prefill") else wpb_grpc.DecodeWorkerStub)(ch)
+        return stub.Stats(wpb.WorkerStatsRequest(), timeout=5)
+
+
 def worker_stats(stack: Stack) -> dict[str, wpb.WorkerStats]:
-    out = {}
-    for svc in stack.services:
-        if svc.name.startswith(("prefill", "decode")) and svc.proc.poll() is None:
-            with grpc.insecure_channel(stack.address(svc.name)) as ch:
-                stub = (wpb_grpc.PrefillWorkerStub if svc.name.startswith("prefill") else wpb_grpc.DecodeWorkerStub)(ch)
-                out[svc.name] = stub.Stats(wpb.WorkerStatsRequest(), timeout=5)
-    return out
+    """Every live worker's Stats by name."""
+    return {svc.name: worker_stat(stack, svc.name) for svc in stack.services
+            if svc.name.startswith(("prefill", "decode")) and svc.proc.poll() is None}
 
 
 def kvstore_stats(stack: Stack) -> kvstore_pb2.StatsResponse:

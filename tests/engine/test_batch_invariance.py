@@ -87,18 +87,22 @@ def test_products_are_row_invariant(shape: tuple[int, int], dtype: torch.dtype, 
                 return False
         return True
 
-    differ = [f"linear at T={t}" for t in widths if not same(t, False)]
-    differ += [f"residual at T={t}" for t in (1, 2, 7, 64, WX_MAX_COLUMNS, 300) if not same(t, True)]
+    # the first width whose rows differ, if any (where fp16 differs it does at T=2: the widths after
+    # it would only cost minutes of torch's slow fp16 products on an AMD EPYC and not change the answer)
+    checks = [(f"linear at T={t}", t, False) for t in widths]
+    checks += [(f"residual at T={t}", t, True) for t in (1, 2, 7, 64, WX_MAX_COLUMNS, 300)]
+    differ = next((name for name, t, residual in checks if not same(t, residual)), None)
     if dtype == torch.bfloat16:
-        assert differ == []
-    assert products_row_invariant([w]) == (differ == []), differ
+        assert differ is None
+    assert products_row_invariant([w]) == (differ is None), differ
 
 
 def test_lookahead_is_off_where_products_are_not_row_invariant(model_dir: Path) -> None:
     """A 16-bit engine drafts only where its own weights' products pass the probe on this CPU:
     bf16 always (previous test); fp16 as this machine's kernels allow."""
     for dtype in ("bfloat16", "float16"):
-        eng = LLMEngine(EngineConfig(model=str(model_dir), dtype=dtype, num_kv_blocks=64))
+        # steps of up to 64 tokens: the start's step-cost calibration times no wider ones
+        eng = LLMEngine(EngineConfig(model=str(model_dir), dtype=dtype, num_kv_blocks=64, lookahead_max_step_tokens=64))
         w = eng.model.weights
         layer = w.layers[0]
         exact = products_row_invariant([layer.qkv, layer.o, layer.gate_up, layer.down, w.lm_head])

@@ -22,8 +22,9 @@ from engine.sampling_params import SamplingParams
 from gateway.core import GatewayConfig, GatewayCore
 from gateway.metrics import GatewayMetrics
 from gateway.router import Router
+from grove.internal.v1.worker_pb2 import WorkerStats
 from launcher.stack import Stack, StackConfig
-from launcher.stack_probe import gateway_retry_counts, wait_idle, worker_stats
+from launcher.stack_probe import gateway_retry_counts, wait_idle, worker_stat, worker_stats
 from tests.observability.conftest import scrape, total
 
 
@@ -37,13 +38,17 @@ def fragile_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     decode-1 and prefill-2 are shut down (SIGTERM), then the kvstore is frozen and killed, then
     prefill-0 (frozen, then killed, which leaves prefill-1 serving), then decode-0, the only decode
     worker left (frozen and woken, then killed). Each test also passes alone on a fresh stack."""
-    # drains of up to 120 s: on a slow CPU (an AVX2-only EPYC, six workers on two cores) the 1,200-token
+    # drains of up to 120 s: on a slow CPU (an AVX2-only EPYC, six workers on two cores) the long
     # prefills in flight at the prefill worker's SIGTERM took longer than the default 30 s
     config = StackConfig(model=str(model_dir), num_prefill=3, num_decode=3, worker_kv_gb=0.25,
                          log_dir=str(tmp_path_factory.mktemp("fragile-stack")), threads_per_worker=1,
                          extra_worker_args=("--drain-timeout", str(DRAIN_S)))
     with Stack(config) as s:
         yield s
+
+
+def _busy(stats: WorkerStats) -> bool:
+    return stats.num_running + stats.num_waiting > 0
 
 
 def _drained(s: Stack, name: str, timeout_s: float = DRAIN_S + 10) -> int:
@@ -156,18 +161,25 @@ def test_a_prefill_worker_shut_down_hands_over_the_kv_it_computed(fragile_stack:
     never taken and every such prompt was prefilled again (or failed, with no other worker)."""
     s = fragile_stack
     rng = random.Random(5)
-    prompts = [[rng.randrange(1000, 30000) for _ in range(1200)] for _ in range(6)]
+    # 640 tokens: seconds of prefill each on a loaded 2-core machine, so prefill-2 has work when it
+    # is told to stop (1,200 took ~100 s for the test in all)
+    prompts = [[rng.randrange(1000, 30000) for _ in range(640)] for _ in range(6)]
 
     def ask(prompt: list[int]) -> list[int]:
         r = httpx.post(s.http_url + "/v1/completions", json={"prompt": prompt, "max_tokens": 4, "temperature": 0,
-                                                             "return_token_ids": True}, timeout=120)
+                                                             "return_token_ids": True}, timeout=300)
         assert r.status_code == 200, r.text
         return r.json()["choices"][0]["token_ids"]
 
     retries = gateway_retry_counts(s)
     with ThreadPoolExecutor(8) as pool:
         answers = [pool.submit(ask, p) for p in prompts]  # six at once: two on each prefill worker
-        time.sleep(0.5)
+        # SIGTERM once prefill-2 has a prompt (a fixed wait missed them on a loaded machine: the
+        # gateway had sent prefill-2 nothing yet, and the one it sent after the SIGTERM was refused)
+        deadline = time.monotonic() + 60
+        while not _busy(worker_stat(s, "prefill-2")):
+            assert time.monotonic() < deadline, "prefill-2 was sent no prompt"
+            time.sleep(0.05)
         s.service("prefill-2").proc.send_signal(signal.SIGTERM)
         got = [f.result() for f in answers]
     assert _drained(s, "prefill-2") >= 1
