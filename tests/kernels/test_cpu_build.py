@@ -20,8 +20,12 @@ NO_AVX2 = [*NO_BF16, "-mno-avx2"]  # (GCC then drops AVX-512 too: it implies AVX
 
 
 def _build(source: Path, extra: list[str], tmp_path: Path) -> ctypes.CDLL:
+    """``source`` built with the engine's flags and ``extra``, at -O1: the same preprocessing (which
+    path each feature set takes) and the same intrinsics' target checks as -O3, in a third of the
+    time (the attention kernel: 4 s against 15 on an AVX2 EPYC)."""
     out = tmp_path / f"{source.stem}-{len(extra)}.so"
-    proc = subprocess.run(["g++", *cpu_build.FLAGS, *extra, str(source), "-o", str(out)], capture_output=True, text=True)
+    flags = [f for f in cpu_build.FLAGS if not f.startswith("-O")] + ["-O1"]
+    proc = subprocess.run(["g++", *flags, *extra, str(source), "-o", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return ctypes.CDLL(str(out))
 
