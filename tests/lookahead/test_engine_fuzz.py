@@ -16,7 +16,7 @@ from launcher.engine_fuzz import FP32_LOGPROB_TOL, EngineFuzz, Outcome
 # another order than alone (topk's order of equals changed with the top-n its step asked for). Salts
 # and twins (session 36) changed the rounds' schedules: 40003 no longer meets that tie, nor did 15
 # minutes of the seeds after it with the bug put back; tests/engine/test_sampling.py checks the order.
-# The two rounds (~40 and ~50 s alone on 2 cores) exceed every count asserted below by half or more
+# The two rounds (~40 and ~50 s alone on one thread, AVX2 EPYC) exceed every count asserted below by half or more
 # (3002, dropped for make test's time, added 4 requests and 39 accepted drafts; `python -m
 # launcher.engine_fuzz` runs as many rounds as asked).
 SEEDS = (3000, 40003)
