@@ -22,7 +22,6 @@ from engine.sampling_params import SamplingParams
 from gateway.core import GatewayConfig, GatewayCore
 from gateway.metrics import GatewayMetrics
 from gateway.router import Router
-from grove.internal.v1.worker_pb2 import WorkerStats
 from launcher.stack import Stack, StackConfig
 from launcher.stack_probe import gateway_retry_counts, wait_idle, worker_stat, worker_stats
 from tests.observability.conftest import scrape, total
@@ -45,10 +44,6 @@ def fragile_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                          extra_worker_args=("--drain-timeout", str(DRAIN_S)))
     with Stack(config) as s:
         yield s
-
-
-def _busy(stats: WorkerStats) -> bool:
-    return stats.num_running + stats.num_waiting > 0
 
 
 def _drained(s: Stack, name: str, timeout_s: float = DRAIN_S + 10) -> int:
@@ -177,7 +172,7 @@ def test_a_prefill_worker_shut_down_hands_over_the_kv_it_computed(fragile_stack:
         # SIGTERM once prefill-2 has a prompt (a fixed wait missed them on a loaded machine: the
         # gateway had sent prefill-2 nothing yet, and the one it sent after the SIGTERM was refused)
         deadline = time.monotonic() + 60
-        while not _busy(worker_stat(s, "prefill-2")):
+        while (stats := worker_stat(s, "prefill-2")).num_running + stats.num_waiting == 0:
             assert time.monotonic() < deadline, "prefill-2 was sent no prompt"
             time.sleep(0.05)
         s.service("prefill-2").proc.send_signal(signal.SIGTERM)
