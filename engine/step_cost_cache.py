@@ -25,7 +25,8 @@ from engine.paths import cache_dir, write_atomic
 from kernels import cpu_build
 
 logger = logging.getLogger(__name__)
-VERSION = 2  # bump when what calibration measures changes (2: rope and K/V writes in one kernel call)
+VERSION = 3  # bump when what calibration measures changes (2: rope and K/V writes in one kernel call;
+# 3: a step's key reads counted causally, engine.lookahead.budget.key_reads)
 KERNEL_SOURCES = Path(__file__).resolve().parents[1] / "kernels"
 
 

@@ -33,6 +33,7 @@ class Acceptance:
 
     accepted: float = 1.0  # decayed sums, optimistic prior so new classes are probed
     misses: float = 1.0
+    drafts: int = 0  # drafts verified (not decayed): how much the estimate rests on
 
     @property
     def rho(self) -> float:
@@ -41,6 +42,7 @@ class Acceptance:
     def update(self, accepted: int, depth: int, decay: float = 0.9) -> None:
         self.accepted = decay * self.accepted + accepted
         self.misses = decay * self.misses + (1.0 if accepted < depth else 0.0)
+        self.drafts += 1
 
     def idle(self, decay: float = 0.98) -> None:
         """Not drafted this step: drift back towards the prior so the class is probed again later."""
@@ -105,6 +107,11 @@ class AcceptanceModel:
 
     def rho(self, request_id: str, cls: DraftClass) -> float:
         return self._estimate(request_id, cls).rho
+
+    def server_drafts(self, source: str) -> int:
+        """Drafts from matches in ``source`` verified server-wide (all classes): how well the
+        workload's rates for it are known."""
+        return sum(est.drafts for cls, est in self.server.items() if cls[0] == source)
 
     def branch_yield(self, request_id: str) -> float:
         """Tokens a node of the request's trees' other branches is expected to win."""

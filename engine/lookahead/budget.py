@@ -66,11 +66,21 @@ class StepCostModel:
         self._memo: dict[int, float] = {}  # tokens -> f(tokens) on the current curve
 
     def observe(self, tokens: int, seconds: float, key_reads: int = 0, context_keys: int = 0) -> None:
-        seconds = max(seconds - self.per_key_read * key_reads - self.per_context_key * context_keys, 1e-6)
+        keys = self.per_key_read * key_reads + self.per_context_key * context_keys
+        step, seconds = seconds, max(seconds - keys, 1e-6)
         b = 1 << max(0, (tokens - 1).bit_length())  # bucket (b/2, b]: next power of two
         old = self.points.get(b)
-        if old is not None:  # a spell of the machine's (a neighbour's burst) moves the point a little
-            seconds = min(seconds, SPIKE * self.token_cost(tokens))
+        if self.points:
+            f = self.token_cost(tokens)
+            if old is not None:  # a spell of the machine's (a neighbour's burst) moves the point a little
+                seconds = min(seconds, SPIKE * f)
+            # nor does a step the key terms overprice: what is left of it is not its tokens' cost,
+            # and one such point (a 2,048-token prefill chunk left at 0 when its key reads were
+            # counted as q x (cached + q)) priced every narrower step at 0 (the curve never falls)
+            # and stayed there (the clip above): drafts cost only their key reads, and chat at c=16
+            # drafted at 0.92x of off. A point falls at most to 1 / SPIKE of the curve; a new one to
+            # 1 / SPIKE of the step's share the curve would give its tokens.
+            seconds = max(seconds, (f if old is not None else step * f / (f + keys)) / SPIKE)
         self._curve = None
         self._memo.clear()
         if old is None:
@@ -144,9 +154,10 @@ class FreeWideSteps(StepCostModel):
 
 
 def key_reads(num_cached: int, query_tokens: int) -> int:
-    """Keys a sequence's query tokens read in one step: each sees the cached ones and (at most)
-    the step's own."""
-    return query_tokens * (num_cached + query_tokens)
+    """Keys a sequence's query tokens read in one step: each sees the cached ones and the step's
+    own up to itself (a prefill chunk's causal triangle; a tree node's ancestors come before it, and
+    the attention kernels read no key past a row's chunk of the step)."""
+    return query_tokens * num_cached + query_tokens * (query_tokens + 1) // 2
 
 
 def expected_accepted(rho: float, depth: int) -> float:

@@ -8,7 +8,7 @@ import pytest
 
 from engine.engine_config import MAX_DRAFT_DEPTH, EngineConfig
 from engine.lookahead import budget
-from engine.lookahead.budget import StepCostModel, plan_depths
+from engine.lookahead.budget import SPIKE, StepCostModel, key_reads, plan_depths
 from engine.lookahead.drafter import Drafter, DrafterConfig
 from engine.lookahead.ngram_trie import NGramTrie
 from engine.lookahead.position_index import PositionIndex
@@ -398,3 +398,36 @@ def test_a_spell_of_slow_steps_barely_moves_the_cost_model_but_a_lasting_change_
         for n in widths:
             cost.observe(n, 2 * before[n])
     assert all(cost.cost(n) > 1.9 * before[n] for n in widths)
+
+
+def test_key_reads_count_the_causal_triangle() -> None:
+    """A prefill chunk's token i reads the cached keys and the chunk's first i + 1; so does a tree
+    node at most (its ancestors come before it). Counted as q x (cached + q), a 2,048-token chunk
+    from scratch was priced at twice its key reads."""
+    assert key_reads(100, 1) == 101  # a decode: the cache and itself
+    assert key_reads(0, 4) == 1 + 2 + 3 + 4
+    assert key_reads(10, 3) == 11 + 12 + 13
+    assert key_reads(0, 2048) == 2048 * 2049 // 2
+
+
+def test_a_step_its_key_terms_overprice_leaves_the_token_curve_standing() -> None:
+    """Chat at c=16 (bf16, AVX2 CPU): a 2,048-token prefill chunk whose key terms came to more than
+    the whole step left its point at ~0, and the curve, which never falls, priced every narrower
+    step at ~0: a draft node cost only its key reads (~8 of ~13 ms), and lookahead ran at 0.92x of
+    off. Such a step moves the curve by at most 1 / SPIKE; the narrow steps keep their prices."""
+    cost = StepCostModel()
+    cost.per_key_read = 7e-6
+    for n in (1, 16, 64, 256):  # as calibrated: 25 ms + 4.3 ms a token
+        cost.observe(n, 0.025 + 0.0043 * n)
+    before = {n: cost.cost(n) for n in (1, 8, 16, 64)}
+    f = cost.token_cost(2048)
+    reads = 4 * 10**6  # priced at 28 s against a 21 s step
+    cost.observe(2048, 21.0, key_reads=reads)
+    share = 21.0 * f / (f + cost.per_key_read * reads)
+    assert cost.token_cost(2048) == pytest.approx(share / SPIKE)
+    assert {n: cost.cost(n) for n in before} == before
+    for _ in range(5):  # again and again: each time the point falls by at most 1 / SPIKE of it
+        point = cost.token_cost(2048)
+        cost.observe(2048, 21.0, key_reads=reads)
+        assert cost.token_cost(2048) >= point * (1 - cost.alpha + cost.alpha / SPIKE) - 1e-12
+    assert {n: cost.cost(n) for n in before} == before
