@@ -203,4 +203,3 @@ def test_probes_stop_once_the_sources_rates_are_being_learnt() -> None:
     assert spec.acceptance.server_drafts("own") == PROBES_PER_SOURCE
     late = [seq(f"late{i}", [7, 1, 2, 3, 7, 4, 5], [9, 9, 7]) for i in range(4)]
     assert spec.propose(late + batch, base_tokens=20) == {}  # the source's rates are known: no probes
-

@@ -38,17 +38,17 @@ def la_engine(model_dir: Path) -> LLMEngine:
 
 
 @pytest.fixture()
-def drafting_engine(la_engine: LLMEngine) -> Iterator[LLMEngine]:
+def drafting_engine(la_engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> Iterator[LLMEngine]:
     """The same engine told that wide steps are free, so it drafts whatever it can: these tests
     are about verification, not about the budget (at batch 128 the real cost model drafts little).
     Every request the plan leaves out is probed, as if no source's rates were known yet (a step's
     draft nodes are capped, and 256 requests' 3 tokens at temperature 1 leave many out)."""
     spec = la_engine.speculator
-    saved = spec.cost, spec.max_step_tokens, speculator_mod.PROBES_PER_SOURCE
+    saved = spec.cost, spec.max_step_tokens
     spec.cost, spec.max_step_tokens = FreeWideSteps(), 1024
-    speculator_mod.PROBES_PER_SOURCE = 10**9
+    monkeypatch.setattr(speculator_mod, "PROBES_PER_SOURCE", 10**9)
     yield la_engine
-    spec.cost, spec.max_step_tokens, speculator_mod.PROBES_PER_SOURCE = saved
+    spec.cost, spec.max_step_tokens = saved
 
 
 def _first_three(eng: LLMEngine, lookahead: bool, seed0: int, n: int = N_SAMPLES) -> Counter[tuple[int, ...]]:
