@@ -48,6 +48,14 @@
 // scripts/ab_cpu_attention.py, 2 threads, ms a layer, before -> after: fp32 one decode behind
 // 900 0.77 -> 0.47, 16 decodes behind 1,500 15.9 -> 8.8, a tree of 14 behind 900 4.5 -> 3.4, a
 // prefill of 1,024 176 -> 125; bf16 0.76 -> 0.42, 15.1 -> 8.4, 4.8 -> 3.2, 184 -> 123.
+// Session 42, same CPU: GCC still kept every v16f accumulator array of the score and value loops
+// in memory there, each FMA wrapped in ~15 moves through general registers (perf annotate: the
+// two loops ~45% of a tree's time). Now those loops, the key tile's load and transpose, the row
+// max and the exp of wholly visible tiles take 256-bit halves in registers (GROVE_AVX2_LOOPS): the
+// same operations on the same lanes, the same bits. bf16, 2 threads, ms a layer, before -> after:
+// 16 decodes behind 600 3.31 -> 1.27, behind 1,500 8.29 -> 3.31, one decode behind 900 0.41 ->
+// 0.16, 16 trees of 14 behind 600 35.3 -> 9.96, one tree of 14 behind 900 3.13 -> 0.84, a prefill
+// of 1,024 124 -> 31.4; fp32 alike (0.35-0.53x), fp16 0.52-0.70x.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -82,6 +90,31 @@ inline v16f load16(const uint16_t* p) {
 }
 inline v16f load16(const _Float16* p) { v16h h; std::memcpy(&h, p, sizeof h); return __builtin_convertvector(h, v16f); }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// Without AVX-512 GCC keeps a v16f accumulator array in memory and moves it through general
+// registers around each FMA (vmovq / vpinsrq: ~15 instructions a multiply-add; the score and
+// value loops were ~45% of a tree's time on an AMD EPYC of family 23, model 1). So the hot loops
+// take the 16 lanes as two 256-bit halves in registers (GROVE_AVX2_LOOPS): the same FMAs on the same
+// lanes in the same order, the same bits.
+#define GROVE_AVX2_LOOPS 1
+// 16 consecutive elements as fp32, lanes 0-7 and 8-15 (exact conversions, as load16)
+inline void load_halves(const float* p, __m256& lo, __m256& hi) { lo = _mm256_loadu_ps(p), hi = _mm256_loadu_ps(p + 8); }
+inline void load_halves(const uint16_t* p, __m256& lo, __m256& hi) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  lo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)), 16));
+  hi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(h, 1)), 16));
+}
+inline void load_halves(const _Float16* p, __m256& lo, __m256& hi) {
+#if defined(__F16C__)
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h)), hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+#else
+  const v16f x = load16(p);
+  lo = _mm256_loadu_ps(reinterpret_cast<const float*>(&x)), hi = _mm256_loadu_ps(reinterpret_cast<const float*>(&x) + 8);
+#endif
+}
+#endif
+
 // One butterfly stage of a 16x16 transpose: rows i and i + B (i & B == 0) swap their off-diagonal
 // B-wide blocks. After the stages B = 8, 4, 2, 1, row c holds what column c held.
 template <int B, size_t... I>
@@ -105,8 +138,9 @@ inline void stage(v16f* m) {
 #if defined(__AVX2__) && !defined(__AVX512F__)
 // Without AVX-512 a v16f is two 256-bit registers, and GCC lowers the butterfly's two-register
 // shuffles to element moves through the stack (~1,400 of ~14,000 instructions of a bf16 work item
-// were such moves). So the 16 x 16 transpose runs as four 8 x 8 ones on 256-bit halves (the
-// unpack / shuffle / permute sequence): the same values moved, no arithmetic.
+// were such moves). So a key tile's 16 x 16 transpose runs as four 8 x 8 ones on 256-bit halves
+// loaded straight from the keys (the unpack / shuffle / permute sequence): the same values moved,
+// no arithmetic.
 inline void transpose8(__m256* r) {
   __m256 t[8], u[8];
   for (int i = 0; i < 8; i += 2) {
@@ -125,25 +159,6 @@ inline void transpose8(__m256* r) {
   }
 }
 
-inline void transpose16(v16f* m) {
-  float* f = reinterpret_cast<float*>(m);  // row i: f[16 i .. 16 i + 15]
-  __m256 a[8], b[8];
-  for (int q = 0; q < 16; q += 8) {  // the diagonal 8 x 8 blocks (rows q.., columns q..) in place
-    for (int i = 0; i < 8; ++i) a[i] = _mm256_loadu_ps(f + 16 * (q + i) + q);
-    transpose8(a);
-    for (int i = 0; i < 8; ++i) _mm256_storeu_ps(f + 16 * (q + i) + q, a[i]);
-  }
-  for (int i = 0; i < 8; ++i) {  // the off-diagonal ones swap places
-    a[i] = _mm256_loadu_ps(f + 16 * i + 8);
-    b[i] = _mm256_loadu_ps(f + 16 * (8 + i));
-  }
-  transpose8(a);
-  transpose8(b);
-  for (int i = 0; i < 8; ++i) {
-    _mm256_storeu_ps(f + 16 * (8 + i), a[i]);
-    _mm256_storeu_ps(f + 16 * i + 8, b[i]);
-  }
-}
 #else
 inline void transpose16(v16f* m) { stage<8>(m); stage<4>(m); stage<2>(m); stage<1>(m); }
 #endif
@@ -181,6 +196,26 @@ inline float exp_neg(float x) {
   return p * __builtin_bit_cast(float, bits);
 }
 
+#if defined(GROVE_AVX2_LOOPS)
+// exp_neg on 8 lanes, operation for operation (the scalar's multiply-adds are contracted, as here)
+inline __m256 exp_neg8(__m256 x) {
+  const __m256 floor = _mm256_set1_ps(-87.0f), shift = _mm256_set1_ps(12582912.0f);
+  x = _mm256_blendv_ps(x, floor, _mm256_cmp_ps(x, floor, _CMP_LT_OQ));
+  const __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), shift), shift);
+  __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), x);
+  r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.38888889e-3f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.33333333e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.16666667e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.66666667e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+#endif
+
 struct Args {
   const void* q;   // [T, H, D], contiguous: fp32, or the cache's dtype (then so is out)
   const void* k;   // [num_blocks, ...]: block b's [block_size, kvh, D] start at b * block_stride
@@ -209,12 +244,31 @@ struct Scratch {
 // side by side. The same arithmetic for a row whatever RB is (rows never mix).
 template <int RB>
 inline void score_rows(const float* qs, const v16f* kt, int64_t D, float scale, float* s, int64_t width) {
+#if defined(GROVE_AVX2_LOOPS)
+  __m256 lo[RB], hi[RB];  // lanes 0-7 and 8-15 of each row's chain
+  for (int r = 0; r < RB; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
+  const float* k = reinterpret_cast<const float*>(kt);
+  for (int64_t d = 0; d < D; ++d) {
+    const __m256 k0 = _mm256_load_ps(k + TILE * d), k1 = _mm256_load_ps(k + TILE * d + 8);
+    for (int r = 0; r < RB; ++r) {
+      const __m256 q = _mm256_broadcast_ss(qs + r * D + d);
+      lo[r] = _mm256_fmadd_ps(q, k0, lo[r]);
+      hi[r] = _mm256_fmadd_ps(q, k1, hi[r]);
+    }
+  }
+  const __m256 sc = _mm256_set1_ps(scale);
+  for (int r = 0; r < RB; ++r) {
+    _mm256_storeu_ps(s + r * width, _mm256_mul_ps(lo[r], sc));
+    _mm256_storeu_ps(s + r * width + 8, _mm256_mul_ps(hi[r], sc));
+  }
+#else
   v16f acc[RB] = {};
   for (int64_t d = 0; d < D; ++d) {
     const v16f k = kt[d];
     for (int r = 0; r < RB; ++r) acc[r] = qs[r * D + d] * k + acc[r];  // contracted: one FMA
   }
   for (int r = 0; r < RB; ++r) store16(s + r * width, acc[r] * scale);
+#endif
 }
 
 #if defined(__AVX512BF16__)
@@ -300,6 +354,30 @@ inline void split_bf16(const uint16_t* p, v16f& even, v16f& odd) {
 template <typename T, int RB, int DV>
 inline void value_rows(const float* p, int64_t width, const T* vc, const int64_t* offset, int64_t j0, int64_t L,
                        float* out, int64_t out_stride, float* den) {
+#if defined(GROVE_AVX2_LOOPS)
+  if constexpr (DV == 1) {  // one 16-dim column (VALUE_COLUMNS): lanes 0-7 and 8-15 in registers
+    __m256 lo[RB], hi[RB];
+    float sum[RB] = {};
+    for (int r = 0; r < RB; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
+    for (int64_t j = j0; j < L; ++j) {
+      if (j + AHEAD < L) prefetch_l2(vc + offset[j + AHEAD], TILE);
+      __m256 v0, v1;
+      load_halves(vc + offset[j], v0, v1);
+      for (int r = 0; r < RB; ++r) {
+        const __m256 w = _mm256_broadcast_ss(p + r * width + j);
+        lo[r] = _mm256_fmadd_ps(w, v0, lo[r]);
+        hi[r] = _mm256_fmadd_ps(w, v1, hi[r]);
+        if (den) sum[r] += p[r * width + j];
+      }
+    }
+    for (int r = 0; r < RB; ++r) {
+      _mm256_storeu_ps(out + r * out_stride, lo[r]);
+      _mm256_storeu_ps(out + r * out_stride + 8, hi[r]);
+      if (den) den[r] = sum[r];
+    }
+    return;
+  }
+#endif
   constexpr bool split = std::is_same_v<T, uint16_t> && DV % 2 == 0;
   v16f acc[RB][DV] = {};
   float sum[RB] = {};
@@ -395,12 +473,23 @@ void softmax_rows(const Args& a, float* s, int64_t width, int64_t R, int64_t tok
     const int64_t open_hi = (!mrow && a.window <= 0 ? cached + i + 1 : cached) / TILE;
     int64_t open_lo = lo <= 0 ? 0 : (lo + TILE - 1) / TILE;
     if (open_lo > open_hi) open_lo = open_hi;  // none: every key goes through visible()
+#if defined(GROVE_AVX2_LOOPS)
+    __m256 mlo = _mm256_set1_ps(-__builtin_inff()), mhi = mlo;
+    for (int64_t t = open_lo; t < open_hi; ++t) {  // max_ps(x, mv) is x > mv ? x : mv, lane by lane
+      mlo = _mm256_max_ps(_mm256_loadu_ps(sr + t * TILE), mlo);
+      mhi = _mm256_max_ps(_mm256_loadu_ps(sr + t * TILE + 8), mhi);
+    }
+    alignas(32) float mv[TILE];
+    _mm256_store_ps(mv, mlo);
+    _mm256_store_ps(mv + 8, mhi);
+#else
     v16f mv;
     for (int jj = 0; jj < TILE; ++jj) mv[jj] = -__builtin_inff();
     for (int64_t t = open_lo; t < open_hi; ++t) {
       const v16f x = load16(sr + t * TILE);
       mv = x > mv ? x : mv;
     }
+#endif
     float m = -__builtin_inff();
     for (int jj = 0; jj < TILE; ++jj) m = mv[jj] > m ? mv[jj] : m;
     for (int64_t j = j0; j < open_lo * TILE; ++j)
@@ -408,6 +497,14 @@ void softmax_rows(const Args& a, float* s, int64_t width, int64_t R, int64_t tok
     for (int64_t j = open_hi * TILE; j < L; ++j)
       if (visible(j) && sr[j] > m) m = sr[j];
     for (int64_t t = t_first; t < tiles; ++t) {
+#if defined(GROVE_AVX2_LOOPS)
+      if (t >= open_lo && t < open_hi) {  // exp_neg on 8 lanes at a time: the same operations
+        const __m256 mm = _mm256_set1_ps(m);
+        _mm256_storeu_ps(sr + t * TILE, exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(sr + t * TILE), mm)));
+        _mm256_storeu_ps(sr + t * TILE + 8, exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(sr + t * TILE + 8), mm)));
+        continue;
+      }
+#endif
       float e[TILE];
       for (int jj = 0; jj < TILE; ++jj) e[jj] = exp_neg(sr[t * TILE + jj] - m);
       if (t >= open_lo && t < open_hi) {
@@ -514,6 +611,26 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
     }
 #endif
     if (D % TILE == 0) {  // 16 x 16 blocks, transposed in registers
+#if defined(GROVE_AVX2_LOOPS)
+      // as four 8 x 8 blocks straight from the keys' rows (no v16f through memory): keys 0-7 give
+      // lanes 0-7 of kt[d0 + c], keys 8-15 lanes 8-15; a key past L is zeros
+      float* ktf = reinterpret_cast<float*>(kt);
+      for (int64_t d0 = 0; d0 < D; d0 += TILE)
+        for (int half = 0; half < 2; ++half) {
+          __m256 lo[8], hi[8];  // dims d0..d0+7 and d0+8..d0+15 of keys 8 half + i
+          for (int i = 0; i < 8; ++i) {
+            const int64_t j = t * TILE + 8 * half + i;
+            if (j < L) load_halves(key_at(kc, j) + d0, lo[i], hi[i]);
+            else lo[i] = hi[i] = _mm256_setzero_ps();
+          }
+          transpose8(lo);
+          transpose8(hi);
+          for (int c = 0; c < 8; ++c) {
+            _mm256_store_ps(ktf + (d0 + c) * TILE + 8 * half, lo[c]);
+            _mm256_store_ps(ktf + (d0 + 8 + c) * TILE + 8 * half, hi[c]);
+          }
+        }
+#else
       for (int64_t d0 = 0; d0 < D; d0 += TILE) {
         v16f m[TILE];
         for (int jj = 0; jj < TILE; ++jj) {
@@ -523,6 +640,7 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
         transpose16(m);
         for (int c = 0; c < TILE; ++c) kt[d0 + c] = m[c];
       }
+#endif
     } else {
       for (int jj = 0; jj < TILE; ++jj) {
         const int64_t j = t * TILE + jj;
@@ -531,7 +649,9 @@ void attend_item(const Args& a, int64_t seq, int64_t head, int64_t chunk, Scratc
       }
     }
     int64_t r = 0;
+#if !defined(GROVE_AVX2_LOOPS)  // (AVX2: 8 rows' halves are all 16 registers; 4 a pass measured 4% faster)
     for (; r + 8 <= R; r += 8) score_rows<8>(qs + r * D, kt, D, a.scale, st + r * width, width);
+#endif
     for (; r + 4 <= R; r += 4) score_rows<4>(qs + r * D, kt, D, a.scale, st + r * width, width);
     switch (R - r) {  // a decode step's group of three rows in one pass over the tile
       case 3: score_rows<3>(qs + r * D, kt, D, a.scale, st + r * width, width); break;
