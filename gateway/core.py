@@ -41,6 +41,12 @@ class GatewayConfig:
     max_concurrent: int = 256  # requests in flight before 429
 
 
+def _drained() -> UnavailableError:
+    """A request's error where the gateway's drain timeout ran out before it finished."""
+    return UnavailableError("the gateway shut down before this request finished (its drain timeout ran out); "
+                            "send it again")
+
+
 class GatewayCore:
     def __init__(self, config: GatewayConfig, router: Router, metrics: GatewayMetrics) -> None:
         self.config = config
@@ -49,7 +55,9 @@ class GatewayCore:
         self.tokenizer = load_tokenizer(config.model_dir)
         self.model_config = ModelConfig.from_dir(config.model_dir)
         self.in_flight = 0
-        self._running: set[asyncio.Task[Any]] = set()  # the tasks streaming a request's output
+        # the tasks streaming a request's output, while they wait for its next chunk (not while the
+        # client's server sends one: a cancel there lands in the server's own write)
+        self._running: set[asyncio.Task[Any]] = set()
         self._shut = False  # the drain timed out: what still runs ends with an error
 
     # ---- input ------------------------------------------------------------------------------
@@ -182,25 +190,33 @@ class GatewayCore:
         self.in_flight += 1
         task = asyncio.current_task()
         assert task is not None
-        self._running.add(task)
         trace = RequestTrace(self.metrics, arrived)
         error: BaseException | None = None
+        chunks = self._generate(work, trace)
         try:
-            async for chunk in self._generate(work, trace):
+            while True:
+                if self._shut:  # the drain timed out while the client's server was sending a chunk
+                    raise _drained()
+                self._running.add(task)  # drain() cancels it only while it waits here
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    self._running.discard(task)
                 yield chunk
         except asyncio.CancelledError as e:
             if not self._shut:
                 error = e
                 raise
             task.uncancel()  # cancelled by drain(), not by the client: the client hears why
-            error = UnavailableError("the gateway shut down before this request finished (its drain "
-                                     "timeout ran out); send it again")
+            error = _drained()
             raise error from None
         except BaseException as e:
             error = e
             raise
         finally:
-            self._running.discard(task)
+            await chunks.aclose()  # (a client gone mid-stream: the worker calls end and free their KV now)
             self.in_flight -= 1
             trace.ended(error)
 
