@@ -180,18 +180,18 @@ inline void store(_Float16* p, int64_t i, float x) { p[i] = static_cast<_Float16
 
 // exp(x) for x <= 0 (scores minus their max): range reduction by ln 2, degree-6 polynomial,
 // scale by 2^n through the exponent bits. ~2 ulp; pure arithmetic, so it vectorises identically.
+// (exp_neg8 below runs the same steps on 8 lanes: one set of constants for both, as a tree node's
+// key and the same key decoded plainly may take either)
+constexpr float EXP_FLOOR = -87.0f, EXP_LOG2E = 1.44269504088896341f, EXP_SHIFT = 12582912.0f;
+constexpr float EXP_LN2_HI = -0.693359375f, EXP_LN2_LO = 2.12194440e-4f;
+constexpr float EXP_POLY[7] = {1.38888889e-3f, 8.33333333e-3f, 4.16666667e-2f, 1.66666667e-1f, 0.5f, 1.0f, 1.0f};
 inline float exp_neg(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  float r = __builtin_fmaf(n, -0.693359375f, x);
-  r = __builtin_fmaf(n, 2.12194440e-4f, r);
-  float p = 1.38888889e-3f;
-  p = __builtin_fmaf(p, r, 8.33333333e-3f);
-  p = __builtin_fmaf(p, r, 4.16666667e-2f);
-  p = __builtin_fmaf(p, r, 1.66666667e-1f);
-  p = __builtin_fmaf(p, r, 0.5f);
-  p = __builtin_fmaf(p, r, 1.0f);
-  p = __builtin_fmaf(p, r, 1.0f);
+  x = x < EXP_FLOOR ? EXP_FLOOR : x;
+  const float n = (x * EXP_LOG2E + EXP_SHIFT) - EXP_SHIFT;  // round to nearest
+  float r = __builtin_fmaf(n, EXP_LN2_HI, x);
+  r = __builtin_fmaf(n, EXP_LN2_LO, r);
+  float p = EXP_POLY[0];
+  for (int k = 1; k < 7; ++k) p = __builtin_fmaf(p, r, EXP_POLY[k]);
   const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
   return p * __builtin_bit_cast(float, bits);
 }
@@ -199,18 +199,13 @@ inline float exp_neg(float x) {
 #if defined(GROVE_AVX2_LOOPS)
 // exp_neg on 8 lanes, operation for operation (the scalar's multiply-adds are contracted, as here)
 inline __m256 exp_neg8(__m256 x) {
-  const __m256 floor = _mm256_set1_ps(-87.0f), shift = _mm256_set1_ps(12582912.0f);
+  const __m256 floor = _mm256_set1_ps(EXP_FLOOR), shift = _mm256_set1_ps(EXP_SHIFT);
   x = _mm256_blendv_ps(x, floor, _mm256_cmp_ps(x, floor, _CMP_LT_OQ));
-  const __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), shift), shift);
-  __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), x);
-  r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.38888889e-3f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.33333333e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.16666667e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.66666667e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), shift), shift);
+  __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x);
+  r = _mm256_fmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), r);
+  __m256 p = _mm256_set1_ps(EXP_POLY[0]);
+  for (int k = 1; k < 7; ++k) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_POLY[k]));
   const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
