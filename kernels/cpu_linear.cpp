@@ -38,7 +38,8 @@
 // bf16 products are not (they change a row's bits with the step's width), and slow. SmolLM2's
 // products with the lm_head, 2 threads, on an AVX2-only AMD EPYC (Zen 1: family 23, model 1):
 // this path 16 ms at 1 token, 15 at 2, 43 at 8, 83 at 16; torch's bf16 32, 60, 233, 458; fp32
-// (F.linear / W @ X) 55, 43, 111, 102. Tiles of 3 tokens there (MAX_C below), not 14.
+// (F.linear / W @ X) 55, 43, 111, 102. Tiles of 6 tokens there (MAX_C below), not 14: 4-6 tokens
+// take half a panel at a time (12 accumulators), 2-3 a whole one.
 //
 // Tiles: a thread takes a contiguous range of panels (32 rows each), in groups of 6 that stay in L2
 // while every tile of up to 14 tokens passes over them, so the weights come from memory once per
@@ -218,9 +219,9 @@ inline void run_tile(int c, int np, const uint32_t* w, const uint16_t* x, int64_
 namespace {
 
 constexpr int PANEL = 32;  // output rows per panel: four registers of 8 fp32
-// tokens per tile: 3 x 4 accumulators of 8 rows (of 16 registers: the 6 broadcast inputs spill to
-// L1 and come back as FMA operands)
-constexpr int MAX_C = 3;
+// tokens per tile: 6 x 2 accumulators of 8 rows over half a panel (half_tile); 2-3 tokens take a
+// whole panel (3 x 4 accumulators), a lone token 3 panels
+constexpr int MAX_C = 6;
 constexpr int PREFETCH = 48;      // input pairs ahead into L1 (6 KiB of the panel)
 constexpr int PREFETCH_L2 = 192;  // and into L2, for a tile of several tokens streaming its panels
 constexpr int MAX_P = 6;          // panels a thread keeps in L2 while every token tile passes over them
@@ -282,10 +283,11 @@ inline void store(__m256 acc, uint16_t* y, int64_t rows, bool add_residual) {
 // C tokens x P panels, as the VDPBF16PS tile (arguments alike, but x: the first token's inputs as
 // fp32, row stride xs). A word of a packed panel holds one row's input pair (even input low, odd
 // high): per input pair and 8 rows, one load, then its low halves shifted up and its high halves
-// masked are the weights as fp32, exactly, and each token takes two FMAs (input 2 kp, then 2 kp + 1). On an AMD EPYC (Zen 1, where a 256-bit shift is two µops
-// on one pipe) the shift bounds a tile of several tokens at ~2 G FMA/s a core: half-panel tiles of
-// 5 tokens (one shift per 10 FMAs, but a broadcast per 2) measured 1.1-1.5x slower over the
-// model's products, 2-token tiles alike.
+// masked are the weights as fp32, exactly, and each token takes two FMAs (input 2 kp, then 2 kp + 1).
+// On an AMD EPYC (Zen 1: one 256-bit FMA a cycle, 5 cycles' latency, ~44 GFLOPS a core at 2.8 GHz)
+// a wide step runs at ~75% of that here, ~88% in half_tile below (fewer conversions and broadcasts
+// an FMA): SmolLM2's products, 30 layers, 2 threads (scripts/ab_cpu_linear.py, bit-equal):
+// 8 tokens 33.5 -> 30.2 ms, 16 57.2 -> 49.3, 64 233 -> 202.
 template <int C, int P>
 void tile(const uint32_t* __restrict w, const float* __restrict x, int64_t xs, int64_t kp_n, uint16_t* y,
           int64_t ys, int64_t rows, bool add_residual, bool stream) {
@@ -346,6 +348,51 @@ void tile_panels(int np, const uint32_t* w, const float* x, int64_t xs, int64_t 
   tile<C, P>(w, x, xs, kp_n, y, ys, rows, add_residual, stream);
 }
 
+// C tokens (4-6) x half a panel (16 rows, half h): 2 x C accumulators, as the tile above (one lane
+// of one accumulator per output element, input 2 kp then 2 kp + 1, in order), but per input pair 2
+// weight loads, 4 conversions and 4 C FMAs, the broadcasts loaded as they are used: 15 of 16
+// registers. w: the panel's first pair of row 16 h; y, rows: from the half's first row.
+template <int C>
+void half_tile(const uint32_t* __restrict w, int h, const float* __restrict x, int64_t xs, int64_t kp_n,
+               uint16_t* y, int64_t ys, int64_t rows, bool add_residual, bool stream) {
+  __m256 acc[2][C];
+#pragma GCC unroll 2
+  for (int j = 0; j < 2; ++j)
+#pragma GCC unroll 6
+    for (int c = 0; c < C; ++c) acc[j][c] = _mm256_setzero_ps();
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int64_t kp = 0; kp < kp_n; ++kp) {
+    const uint32_t* wp = w + kp * PANEL;
+    _mm_prefetch(reinterpret_cast<const char*>(wp + PREFETCH * PANEL), _MM_HINT_T0);
+    if (stream && h == 0) {  // the whole panel's lines: the second half finds them in L2
+      _mm_prefetch(reinterpret_cast<const char*>(wp + PREFETCH_L2 * PANEL), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(wp + PREFETCH_L2 * PANEL + 16), _MM_HINT_T1);
+    }
+    const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
+    const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 8));
+    const __m256 we0 = _mm256_castsi256_ps(_mm256_slli_epi32(v0, 16));
+    const __m256 we1 = _mm256_castsi256_ps(_mm256_slli_epi32(v1, 16));
+#pragma GCC unroll 6
+    for (int c = 0; c < C; ++c) {
+      const __m256 b = _mm256_broadcast_ss(x + c * xs + 2 * kp);
+      acc[0][c] = _mm256_fmadd_ps(we0, b, acc[0][c]);
+      acc[1][c] = _mm256_fmadd_ps(we1, b, acc[1][c]);
+    }
+    const __m256 wo0 = _mm256_castsi256_ps(_mm256_and_si256(v0, high));
+    const __m256 wo1 = _mm256_castsi256_ps(_mm256_and_si256(v1, high));
+#pragma GCC unroll 6
+    for (int c = 0; c < C; ++c) {
+      const __m256 b = _mm256_broadcast_ss(x + c * xs + 2 * kp + 1);
+      acc[0][c] = _mm256_fmadd_ps(wo0, b, acc[0][c]);
+      acc[1][c] = _mm256_fmadd_ps(wo1, b, acc[1][c]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int c = 0; c < C; ++c)
+#pragma GCC unroll 2
+    for (int j = 0; j < 2; ++j) store(acc[j][c], y + c * ys + 8 * j, rows - 8 * j, add_residual);
+}
+
 // A tile of c tokens over np <= panels_for(c) consecutive panels
 void run_tile(int c, int np, const uint32_t* w, const float* x, int64_t xs, int64_t kp_n, uint16_t* y, int64_t ys,
               int64_t rows, bool add_residual, bool stream) {
@@ -353,6 +400,12 @@ void run_tile(int c, int np, const uint32_t* w, const float* x, int64_t xs, int6
     case 1: tile_panels<1, panels_for(1)>(np, w, x, xs, kp_n, y, ys, rows, add_residual, stream); break;
     case 2: tile_panels<2, panels_for(2)>(np, w, x, xs, kp_n, y, ys, rows, add_residual, stream); break;
     case 3: tile_panels<3, panels_for(3)>(np, w, x, xs, kp_n, y, ys, rows, add_residual, stream); break;
+#define HALF_CASE(n)                                                                                  \
+  case n:                                                                                             \
+    for (int h = 0; h < 2; ++h) half_tile<n>(w + 16 * h, h, x, xs, kp_n, y + 16 * h, ys, rows - 16 * h, add_residual, stream); \
+    break;
+    HALF_CASE(4) HALF_CASE(5) HALF_CASE(6)
+#undef HALF_CASE
   }
 }
 

@@ -30,7 +30,7 @@ PROBE_DEPTH = 2
 # ~12 ms a node, ~2.5% of the batch's decode, and won 6-12 tokens of 23-30 nodes.
 PROBES_PER_SOURCE = 4
 # Matrix products run on tiles of 16 columns (AMX or avx512_bf16 on a CPU, tensor cores on a GPU;
-# Grove's bf16 CPU kernel: 14, 3 on its AVX2 path; engine.layers.step_tile), so a step's cost jumps just past a
+# Grove's bf16 CPU kernel: 14, 6 on its AVX2 path; engine.layers.step_tile), so a step's cost jumps just past a
 # multiple. Intel with AMX, one sequence behind 300 tokens, bf16, 2 threads, 40 alternations: 16
 # tokens 42.7 ms, 17 46.1; 32 tokens 52.8, 33 57.7 (fp32 +3-4%). AMD EPYC (avx512_bf16), torch's
 # products alone: 16 columns 17.9 ms, 17 28.2; 32 19.7, 33 30.6. A width-2 tree of depth 8 or 16

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.skipif(not cpu_linear.available(), reason="the CPU has 
 
 # (out, in): panels cut short (1, 31, 33, 100), SmolLM2's products, an untied-head-like width
 SHAPES = [(1, 2), (31, 64), (33, 576), (100, 34), (960, 576), (576, 1536), (4864, 896)]
-# tiles of 3 tokens (AVX2), 14 (VDPBF16PS) and 16 in pairs (AMX): below, at and past their edges
-TOKENS = [1, 2, 3, 4, 7, 13, 14, 15, 16, 17, 29, 33, 40]
+# tiles of 6 tokens (AVX2: 2-3 on whole panels, 4-6 on halves), 14 (VDPBF16PS) and 16 in pairs
+# (AMX): below, at and past their edges
+TOKENS = [1, 2, 3, 4, 5, 6, 7, 12, 13, 14, 15, 16, 17, 29, 33, 40]
 AMX_ONLY = pytest.mark.skipif(not cpu_linear.amx_available(), reason="no AMX on this CPU")
 PATHS = [pytest.param(False, id="vector"), pytest.param(True, id="amx", marks=AMX_ONLY)]
 
