@@ -42,7 +42,7 @@ $(MODEL_DIR)/config.json: $(STAMP)
 protos: $(PROTO_STAMP)
 
 # the CPU kernels (attention; bf16 products on CPUs with AVX512-BF16 or AVX2; fp32 products on CPUs
-# with AVX2, where timed faster than torch's; greedy picks; rotary embedding + K/V writes), built for this machine into $(GROVE_CACHE)/build (~1 s each; also built
+# with AVX2, where timed faster than torch's; greedy picks; rotary embedding + K/V writes; 16-bit silu * up), built for this machine into $(GROVE_CACHE)/build (~1 s each; also built
 # on first use). Never fatal:
 # without a C++ compiler the engine attends, multiplies, rotates and picks with torch
 .PHONY: cpu-kernel
@@ -52,6 +52,7 @@ cpu-kernel: $(STAMP)
 	@$(PY) -m kernels.cpu_linear_fp32 || echo "cpu-kernel: fp32 products by torch (no AVX2 or no compiler)"
 	@$(PY) -m kernels.cpu_greedy || echo "cpu-kernel: greedy picks by torch"
 	@$(PY) -m kernels.cpu_rope || echo "cpu-kernel: rotary embedding and K/V writes by torch"
+	@$(PY) -m kernels.cpu_silu_mul || echo "cpu-kernel: silu and mul by torch"
 
 # which layout the bundled model's fp32 products take on this machine, by row count (timed once, ~5 s,
 # kept in $(GROVE_CACHE)/fp32-products: engine.fp32_products). Never fatal: else the first fp32 engine times them

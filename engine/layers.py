@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import fp32_products
-from kernels import cpu_linear, cpu_linear_fp32
+from kernels import cpu_linear, cpu_linear_fp32, cpu_silu_mul
 from kernels.cpu_linear import PackedLinear
 
 # A projection's weight as the products take it: [out, in], or packed for Grove's CPU kernel
@@ -196,6 +196,9 @@ def linear_residual(x: torch.Tensor, weight: Weight, residual: torch.Tensor) -> 
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """gate_up: [T, 2 * intermediate] -> [T, intermediate]."""
+    """gate_up: [T, 2 * intermediate] -> [T, intermediate]. 16-bit on the CPU: Grove's kernel, the
+    same bits as torch's two ops (kernels.cpu_silu_mul: 26 us against 100 for 16 of SmolLM2's rows)."""
+    if gate_up.dtype in cpu_silu_mul.DTYPES and gate_up.is_cpu and cpu_silu_mul.available():
+        return cpu_silu_mul.silu_and_mul(gate_up.contiguous())
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate).mul_(up)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels import cpu_attention, cpu_build, cpu_linear, cpu_linear_fp32
+from kernels import cpu_attention, cpu_build, cpu_linear, cpu_linear_fp32, cpu_silu_mul
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")
 
@@ -71,3 +71,25 @@ def test_load_aside_builds_another_source_and_leaves_the_module_as_it_was(tmp_pa
         (tmp_path / "broken.cpp").write_text("not C++")
         cpu_build.load_aside(cpu_greedy, tmp_path / "broken.cpp")
     cpu_greedy._library.cache_clear()  # later tests load it from their own cache again
+
+
+@pytest.mark.parametrize("extra", [NO_BF16, NO_AVX2], ids=["avx2", "no-avx2"])
+def test_silu_mul_scalar_and_vector_builds_agree_with_torch(extra: list[str], tmp_path: Path) -> None:
+    """The SwiGLU kernel built with its 8-lane loop (AVX2) and without it (the scalar loop for
+    every element): both give torch's bits for every bf16 and fp16 gate value."""
+    import torch
+
+    from kernels.cpu_silu_mul import silu_and_mul_ref, silu_table
+
+    lib = _build(cpu_silu_mul.SOURCE, extra, tmp_path)
+    for dtype in (torch.bfloat16, torch.float16):
+        gate = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(dtype)
+        up = (torch.randn(1 << 16, generator=torch.Generator().manual_seed(3)) * 4).to(dtype)
+        gate_up = torch.cat([gate, up]).view(1, -1)
+        out = torch.empty(1, 1 << 16, dtype=dtype)
+        assert lib.grove_silu_and_mul(ctypes.c_void_p(gate_up.data_ptr()), ctypes.c_int64(1), ctypes.c_int64(1 << 16),
+                                      ctypes.c_int64(1 << 17), ctypes.c_void_p(silu_table(dtype).data_ptr()),
+                                      int(dtype == torch.float16), ctypes.c_void_p(out.data_ptr()), 1) == 0
+        ref = silu_and_mul_ref(gate_up)
+        same = (out.view(torch.int16) == ref.view(torch.int16)) | (torch.isnan(out) & torch.isnan(ref))
+        assert same.all(), f"{dtype}: {int((~same).sum())} elements differ"
