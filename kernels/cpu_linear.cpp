@@ -214,6 +214,8 @@ inline void run_tile(int c, int np, const uint32_t* w, const uint16_t* x, int64_
 #include <immintrin.h>
 #include <omp.h>
 
+#include "cpu_bf16.h"
+
 #define GROVE_LINEAR_PATH 2  // grove_linear_supported(): AVX2 + FMA
 
 namespace {
@@ -232,33 +234,10 @@ using XElem = float;
 constexpr bool COPY_INPUTS = true;
 inline const XElem* in_place(const uint16_t*) { return nullptr; }  // never: the inputs are always copied
 
-inline float bf16_to_float(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-// fp32 -> bf16, rounded to nearest even as torch's .to(torch.bfloat16) does (NaN kept a quiet NaN)
-inline uint16_t float_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if (std::isnan(f)) return 0x7FC0;
-  return static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
-}
-
-inline __m128i to_bf16(__m256 v) {
-  const __m256i bits = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
-  const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
-  rounded = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(nan));
-  // 8 x 32 bits (each < 2^16) -> 8 x 16: packus works per 128-bit lane, so gather lanes 0 and 2
-  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded, rounded), 0b1000);
-  return _mm256_castsi256_si128(packed);
-}
-
-inline __m256 from_bf16(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+using grove_bf16::bf16_to_float;
+using grove_bf16::float_to_bf16;
+using grove_bf16::from_bf16;
+using grove_bf16::to_bf16;
 
 inline __m128i load8(const uint16_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 
@@ -402,7 +381,8 @@ void run_tile(int c, int np, const uint32_t* w, const float* x, int64_t xs, int6
     case 3: tile_panels<3, panels_for(3)>(np, w, x, xs, kp_n, y, ys, rows, add_residual, stream); break;
 #define HALF_CASE(n)                                                                                  \
   case n:                                                                                             \
-    for (int h = 0; h < 2; ++h) half_tile<n>(w + 16 * h, h, x, xs, kp_n, y + 16 * h, ys, rows - 16 * h, add_residual, stream); \
+    for (int h = 0; h < 2 && rows > 16 * h; ++h) /* (a last panel's rows past `out`: not computed) */ \
+      half_tile<n>(w + 16 * h, h, x, xs, kp_n, y + 16 * h, ys, rows - 16 * h, add_residual, stream); \
     break;
     HALF_CASE(4) HALF_CASE(5) HALF_CASE(6)
 #undef HALF_CASE

@@ -10,7 +10,6 @@
 // same bits by construction, whatever exp torch's build uses. The product of two 16-bit floats is
 // exact in fp32 (8 or 11 significant bits each), so only its rounding remains, to nearest even as
 // torch's conversions round. Elementwise: a row's bits never depend on the others in its step.
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -19,22 +18,12 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu_bf16.h"
+
 namespace {
 
-inline float bf16_to_float(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-// fp32 -> bf16, rounded to nearest even as torch's .to(torch.bfloat16) does (NaN -> 0x7FC0)
-inline uint16_t float_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if (std::isnan(f)) return 0x7FC0;
-  return static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
-}
+using grove_bf16::bf16_to_float;
+using grove_bf16::float_to_bf16;
 
 inline float fp16_to_float(uint16_t h) {
   _Float16 v;
@@ -51,17 +40,8 @@ inline uint16_t float_to_fp16(float f) {
 }
 
 #if defined(__AVX2__)
-// 8 fp32 -> 8 bf16, as float_to_bf16 lane by lane
-inline __m128i to_bf16(__m256 v) {
-  const __m256i bits = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
-  const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
-  rounded = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(nan));
-  return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(rounded, rounded), 0b1000));
-}
-
-inline __m256 from_bf16(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+using grove_bf16::from_bf16;
+using grove_bf16::to_bf16;
 #endif
 
 template <bool FP16>

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python scripts/ab_cpu_attention.py OLD.cpp NEW.cpp [--reps 9] [--dtype float32]
 
-For a change to kernels/cpu_attention.cpp: copy the old source aside (with cpu_amx.h beside it),
+For a change to kernels/cpu_attention.cpp: copy the old source aside (with the kernels' headers, cpu_*.h, beside it),
 edit, and run this with both. A shared 2-core machine's speed drifts by 10-40% within minutes, so
 two runs of scripts/bench_cpu_attention.py minutes apart cannot tell a 10% change; here the builds
 alternate pass by pass over 30 layers' pools (SmolLM2's heads, bf16 unless --dtype says otherwise,

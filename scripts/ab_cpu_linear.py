@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/ab_cpu_linear.py OLD.cpp NEW.cpp [--tokens 1,8,14,16,28,48,64] [--reps 13]
 
-For a change to kernels/cpu_linear.cpp: copy the old source aside (with cpu_amx.h beside it), edit,
+For a change to kernels/cpu_linear.cpp: copy the old source aside (with the kernels' headers, cpu_*.h, beside it), edit,
 and run this with both. A shared 2-core machine's speed drifts by 10-40% within minutes, so two runs
 of scripts/bench_cpu_linear.py minutes apart cannot tell a 10% change; here the builds alternate
 pass by pass over SmolLM2's four products in 30 distinct layers of random bf16 weights (212 MB, more
