@@ -1,6 +1,7 @@
 // bf16 <-> fp32 conversions shared by Grove's CPU kernels that round as torch's .to(torch.bfloat16)
 // does (cpu_linear.cpp's AVX2 path, cpu_silu_mul.cpp): nearest even, a NaN written as the quiet
-// NaN 0x7FC0. (cpu_rope.cpp writes NaN as torch's vectorized rounding does, 0xFFFF: its own.)
+// NaN 0x7FC0. (cpu_rope.cpp takes bf16_to_float but rounds back its own way: a NaN as torch's
+// vectorized rounding writes it, 0xFFFF.)
 // cpu_build.py keys each built library by this header too.
 #pragma once
 #include <cmath>

@@ -22,16 +22,13 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu_bf16.h"
+
 namespace {
 
 constexpr int64_t MAX_HEAD_DIM = 512;
 
-inline float from_bf16(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
+using grove_bf16::bf16_to_float;  // (the rounding back is this kernel's own: NaN as 0xFFFF)
 
 inline uint16_t to_bf16(float f) {
   uint32_t bits;
@@ -45,13 +42,13 @@ inline uint16_t to_bf16(float f) {
 inline void rotate_head(uint16_t* x, const uint16_t* cos, const uint16_t* ssin, int64_t D, uint16_t* tmp) {
   const int64_t half = D / 2;
   for (int64_t j = 0; j < half; ++j) {
-    const float a = from_bf16(to_bf16(from_bf16(x[j]) * from_bf16(cos[j])));
-    const float b = from_bf16(to_bf16(from_bf16(x[j + half]) * from_bf16(ssin[j])));
+    const float a = bf16_to_float(to_bf16(bf16_to_float(x[j]) * bf16_to_float(cos[j])));
+    const float b = bf16_to_float(to_bf16(bf16_to_float(x[j + half]) * bf16_to_float(ssin[j])));
     tmp[j] = to_bf16(a + b);
   }
   for (int64_t j = half; j < D; ++j) {
-    const float a = from_bf16(to_bf16(from_bf16(x[j]) * from_bf16(cos[j])));
-    const float b = from_bf16(to_bf16(from_bf16(x[j - half]) * from_bf16(ssin[j])));
+    const float a = bf16_to_float(to_bf16(bf16_to_float(x[j]) * bf16_to_float(cos[j])));
+    const float b = bf16_to_float(to_bf16(bf16_to_float(x[j - half]) * bf16_to_float(ssin[j])));
     tmp[j] = to_bf16(a + b);
   }
   std::memcpy(x, tmp, static_cast<size_t>(D) * 2);
