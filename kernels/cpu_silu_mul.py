@@ -3,7 +3,7 @@
     silu_and_mul(gate_up) -> [T, I]: F.silu(gate) * up, bit for bit (``silu_and_mul_ref``)
 
 torch takes ~100 us for 16 rows of SmolLM2's 1,536 in bf16 (silu, then mul_, over a strided view),
-~3 ms of a 16-token step over 30 layers; the kernel ~10. A 16-bit gate has 65,536 values, so its
+~3 ms of a 16-token step over 30 layers; the kernel 26 (one row: 15 against 22; AVX2 EPYC, 2 threads). A 16-bit gate has 65,536 values, so its
 silu is looked up in a table of torch's own F.silu over every bit pattern (``silu_table``): equal
 to torch by construction. Without a C++ compiler ``available()`` is False and torch runs it.
 """
