@@ -384,7 +384,7 @@ class LLMEngine:
         self.scheduler.remove(seq)
         self.seqs.pop(seq.request_id, None)
         if self.speculator is not None:
-            self.speculator.forget(seq.request_id)
+            self.speculator.finish(seq)
 
     # ---- offline --------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams]) -> list[RequestOutput]:

@@ -94,12 +94,17 @@ class Grammar:
         """A draft tree's rows: ``tokens``/``parents`` as the step input (node 0 = the last token,
         already accepted; parents precede children). bitmask[first_row + i] = the tokens allowed
         after the path to node i. A node whose draft token the grammar refuses can never be
-        accepted (its parent's row cannot sample it): its subtree's rows allow everything."""
+        accepted (its parent's row cannot sample it): its subtree's rows allow everything. So do
+        the rows at and under a stop token the grammar takes (its path ends the request: nothing
+        after it is sampled, and the finished matcher has no mask to give; drafts copied from a
+        chat prompt carry "<|im_end|>" and what its template puts after it)."""
         children: list[list[int]] = [[] for _ in tokens]
         for i in range(1, len(tokens)):
             children[parents[i]].append(i)
 
         def visit(i: int) -> None:  # the matcher stands after node i's path
+            if self.terminated:
+                return
             self.fill(bitmask, first_row + i)
             for c in children[i]:
                 if self.accept(tokens[c]):

@@ -15,8 +15,10 @@ output, so a prompt replayed at another concurrency would be drafted whole), cut
 all of a batch added at once; each batch runs on both engines at once, their steps taken in turn
 (so a slow spell of this noisy machine falls on both; ``--sequential``: one engine after the
 other, the order alternating batch by batch). Timed: the decode steps after every sequence of the
-batch has its first token. Reported: decode tokens/s of each engine, their ratio (and the range of
-the per-batch ratios), tokens per step; with --hf-prompt-lookup, transformers ``generate`` with
+batch has its first token (tokens: every one after each sequence's first, equal for both engines;
+bench.inprocess.decode_interleaved). Reported: decode tokens/s of each engine, their ratio (and the
+range of the per-batch ratios), the ratio of whole-batch times (every step, prefills included: the
+unbiased one, diluted by the prefills both compute alike), tokens per step; with --hf-prompt-lookup, transformers ``generate`` with
 ``prompt_lookup_num_tokens`` at c=1 on the same prompts and device. The two engines' greedy outputs
 must be equal (lossless), or the run fails (the level where they part is named and not timed; the
 others still run).
@@ -122,10 +124,11 @@ def main() -> int:
     lossy: list[int] = []  # levels where lookahead changed a greedy output (the run fails; the others still run)
     # by TPOT: mean over batches of seconds a token, off / on (at c=1 a batch is a request: the
     # stack bench's decode ratio, scripts/bench_lookahead.py)
-    print(f"{'c':>3} | {'off tok/s':>9} {'on tok/s':>9} {'on/off':>7} {'range':>13} {'by TPOT':>8} | {'tok/seq-step':>12}")
+    print(f"{'c':>3} | {'off tok/s':>9} {'on tok/s':>9} {'on/off':>7} {'range':>13} {'by TPOT':>8} {'batch':>6} | "
+          f"{'tok/seq-step':>12}")
     for k, c in enumerate(levels):
         level_prompts = prompts[firsts[k]:firsts[k + 1]]
-        totals = {False: [0, 0.0, 0], True: [0, 0.0, 0]}
+        totals = {False: [0, 0.0, 0, 0.0], True: [0, 0.0, 0, 0.0]}
         ratios, tpots = [], {False: [], True: []}
         batches = [level_prompts] if args.steady else [level_prompts[i:i + c] for i in range(0, len(level_prompts), c)]
         for b, batch in enumerate(batches):
@@ -151,6 +154,7 @@ def main() -> int:
                 totals[la][0] += d.tokens
                 totals[la][1] += d.seconds
                 totals[la][2] += d.steps
+                totals[la][3] += d.batch_seconds
                 tpots[la].append(1 / d.tokens_per_second)
             ratios.append(got[True].tokens_per_second / got[False].tokens_per_second)
         if c in lossy:
@@ -162,7 +166,8 @@ def main() -> int:
             c1_on = tps[True]
         by_tpot = sum(tpots[False]) / sum(tpots[True])
         print(f"{c:>3} | {tps[False]:>9.1f} {tps[True]:>9.1f} {tps[True] / tps[False]:>6.2f}x "
-              f"{spread:>13} {by_tpot:>7.2f}x | {totals[True][0] / totals[True][2] / c:>12.2f}",
+              f"{spread:>13} {by_tpot:>7.2f}x {totals[False][3] / totals[True][3]:>5.2f}x | "
+              f"{totals[True][0] / totals[True][2] / c:>12.2f}",
               flush=True)
     st = on.speculator.stats if on.speculator is not None else None
     if st is not None:

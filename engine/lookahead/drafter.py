@@ -151,6 +151,14 @@ class Drafter:
     def forget(self, request_id: str) -> None:
         self.local.pop(request_id, None)
 
+    def retire(self, request_id: str, tokens: Sequence[int], num_prompt: int, cache_salt: str = "") -> None:
+        """A finished request: its output not yet indexed goes to the global trie of its salt (the
+        steps that drafted nothing did not index it, nor did its last step), then its caches go."""
+        cache = self.local.pop(request_id, None)
+        win = cache.shared if cache is not None else Windows(self.shared_trie(cache_salt), fed=num_prompt)
+        if win.fed < len(tokens):
+            self._feed(win, tokens, len(tokens))
+
     def match(self, request_id: str, tokens: Sequence[int]) -> Match | None:
         """The match ``propose`` would start its tree from (its first branch's), or None when no
         cache continues the text: a few dict lookups, no branches built."""

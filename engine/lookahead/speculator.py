@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from engine.lookahead.acceptance import AcceptanceModel
-from engine.lookahead.budget import StepCostModel, plan_drafts
+from engine.lookahead.budget import StepCostModel, drafts_can_pay, plan_drafts
 from engine.lookahead.drafter import Drafter, DrafterConfig
 from engine.lookahead.numbering import DigitVocab
 from engine.lookahead.tree import DraftTree, accept_path, accepted_on_first_branch
@@ -86,6 +86,10 @@ class Speculator:
         without drafts; context_keys: the step's sequences' cached keys)."""
         if not seqs:
             return {}
+        max_nodes = min(self.max_step_tokens - base_tokens, len(seqs) * self.max_depth * self.width)
+        if not drafts_can_pay(len(seqs), base_tokens, self.cost, max_nodes, min(s.num_tokens for s in seqs),
+                              base_key_reads, context_keys):
+            return {}  # no probe either; the tries catch up on the text when drafting can pay, or at finish
         acc = self.acceptance
         classes = []
         for s in seqs:
@@ -96,7 +100,8 @@ class Speculator:
         rhos = [acc.rho(s.request_id, c) if c is not None else 0.0 for s, c in zip(seqs, classes)]
         yields = [acc.branch_yield(s.request_id) for s in seqs]
         depths, widths = plan_drafts(rhos, base_tokens, self.cost, self.max_depth, self.width, self.max_step_tokens,
-                                     [s.num_tokens for s in seqs], base_key_reads, context_keys, yields)
+                                     [s.num_tokens for s in seqs], base_key_reads, context_keys, yields,
+                                     acc.calibration.gain)
         out: dict[str, DraftTree] = {}
         probes: Counter[str] = Counter()  # this step's, by source
         for s, cls, depth, width in zip(seqs, classes, depths, widths):
@@ -139,6 +144,12 @@ class Speculator:
         seq.num_draft_tokens += len(tree)
         seq.num_accepted_tokens += accepted
         return Verified(path, new)
+
+    def finish(self, seq: Seq) -> None:
+        """A request ended with output: the global trie learns the rest of it, then it is forgotten."""
+        if seq.params.lookahead is not False:
+            self.drafter.retire(seq.request_id, seq.all_ids, seq.num_prompt, seq.cache_salt)
+        self.forget(seq.request_id)
 
     def forget(self, request_id: str) -> None:
         self.drafter.forget(request_id)

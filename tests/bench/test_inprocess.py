@@ -40,6 +40,29 @@ def test_two_engines_taking_turns_each_time_their_own_steps(engine: Any, tokeniz
     assert not engine.has_work and not off.has_work and off.allocator.num_used == 0
 
 
+def test_tokens_decoded_beside_another_prefill_count_alike_for_both_engines(tokenizer: Any, model_dir: Path) -> None:
+    """Prefills in chunks of 16 tokens: the short prompt decodes in the untimed steps beside the
+    long one's chunks, and the drafting engine (every draft as wide as it goes: FreeWideSteps)
+    takes more there. Each engine counts every token after each sequence's first, so both count
+    the same tokens for their equal outputs; batch_seconds holds the prefill steps too."""
+    from engine.lookahead.budget import FreeWideSteps
+
+    def make(lookahead: bool) -> LLMEngine:
+        return LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=64, lookahead=lookahead,
+                                      max_num_batched_tokens=16))
+
+    on, off = make(True), make(False)
+    on.speculator.cost = FreeWideSteps()  # type: ignore[union-attr]
+    long = tokenizer("Count with me, one number a line, and do not stop before one hundred: " * 3)["input_ids"]
+    prompts = [tokenizer("1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4,")["input_ids"], long]
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    got_on, got_off = decode_interleaved([on, off], prompts, params, "chunked")
+    assert got_on.outputs == got_off.outputs
+    assert got_on.tokens == got_off.tokens == 2 * 15
+    assert got_on.batch_seconds > got_on.seconds > 0 and got_off.batch_seconds > got_off.seconds > 0
+    assert not on.has_work and on.allocator.num_used == 0 and off.allocator.num_used == 0
+
+
 def test_a_stream_keeps_the_concurrency_and_gives_every_output(engine: Any, tokenizer: Any) -> None:
     """decode_stream: 3 prompts, 2 in flight; every output as the batch gives it, in prompt order."""
     prompts = [tokenizer(t)["input_ids"] for t in TEXTS]

@@ -72,6 +72,30 @@ def test_tree_rows_get_the_mask_of_their_own_path(grammars: Grammars, tokenizer:
     assert torch.equal(again[0], masks[0])
 
 
+def test_a_draft_past_the_grammars_stop_token_leaves_its_rows_unmasked(grammars: Grammars, tokenizer: Any) -> None:
+    """A draft may take the stop token where the grammar is complete and go on (own-text drafts
+    of a chat prompt copy "<|im_end|>" and the template after it): the rows at and under it allow
+    everything (that path ends the request), the rows before are masked, and the grammar's state
+    is unchanged. The finished matcher has no mask to give: asked for one, xgrammar raised."""
+    spec = StructuredSpec("choice", '["yes", "no"]')
+    g = grammars.grammar(spec)
+    yes = tokenizer("yes")["input_ids"]
+    for t in yes[:-1]:
+        assert g.accept(t)
+    eos, after = tokenizer.eos_token_id, tokenizer("\n")["input_ids"][0]
+    last = yes[-2] if len(yes) > 1 else tokenizer("Sure")["input_ids"][0]  # node 0: some accepted token
+    tokens = [last, yes[-1], eos, after]  # node 0, then yes's last token, the stop token, one more
+    parents = [-1, 0, 1, 2]
+    masks = all_allowed(len(tokens), grammars.vocab_size)
+    g.fill_tree(masks, 0, tokens, parents)
+    assert _allowed(masks[1], grammars.vocab_size) <= {eos, *range(3)}  # complete: only a stop token
+    assert (masks[2] == -1).all() and (masks[3] == -1).all()
+    assert not g.terminated
+    again = all_allowed(1, grammars.vocab_size)
+    g.fill(again, 0)
+    assert torch.equal(again[0], masks[0])
+
+
 def test_bad_specs_are_invalid_requests(grammars: Grammars) -> None:
     with pytest.raises(InvalidRequestError, match="does not compile"):
         grammars.grammar(StructuredSpec("regex", "(unclosed"))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.lookahead.acceptance import CUT, FIRST, WHOLE, Acceptance, AcceptanceModel
-from engine.lookahead.budget import FreeWideSteps, StepCostModel, plan_depths, plan_drafts
+from engine.lookahead.acceptance import (CUT, FIRST, WHOLE, Acceptance, AcceptanceModel, RequestAcceptance,
+                                         expected_accepted)
+from engine.lookahead.budget import FreeWideSteps, StepCostModel, drafts_can_pay, plan_depths, plan_drafts
 from engine.lookahead.drafter import Drafter, DrafterConfig, Match
 from engine.lookahead.speculator import PROBE_DEPTH, PROBES_PER_SOURCE, Speculator
 from engine.lookahead.tree import DraftTree
@@ -193,7 +194,7 @@ def test_probes_stop_once_the_sources_rates_are_being_learnt() -> None:
     starting together were 16 probes, ~2.5% of their decode at c=16 on a CPU for 6-12 tokens."""
     spec = Speculator(max_depth=8, width=1, max_step_tokens=256)
     for n in (1, 16, 32, 64):
-        spec.cost.observe(n, 0.040 * n)  # linear: a draft never pays at a rate of 0.5
+        spec.cost.observe(n, 0.040 + 0.002 * n)  # a sure draft pays, one at a rate of 0.5 never does
     batch = [seq(f"r{i}", [7, 1, 2, 3, 7, 4, 5], [9, 9, 7]) for i in range(16)]  # own 1-token matches
     drafts = spec.propose(batch, base_tokens=16)
     assert len(drafts) == PROBES_PER_SOURCE and all(len(t) == PROBE_DEPTH for t in drafts.values())
@@ -203,3 +204,56 @@ def test_probes_stop_once_the_sources_rates_are_being_learnt() -> None:
     assert spec.acceptance.server_drafts("own") == PROBES_PER_SOURCE
     late = [seq(f"late{i}", [7, 1, 2, 3, 7, 4, 5], [9, 9, 7]) for i in range(4)]
     assert spec.propose(late + batch, base_tokens=20) == {}  # the source's rates are known: no probes
+
+
+def test_deep_drafts_that_take_less_than_their_rate_promised_are_priced_lower() -> None:
+    """GainCalibration: drafts of depth 9-16 whose rate (0.98, from whole drafts before) promised
+    ~14 tokens and took 4 bring that depth's factor down, and with it the gain the planner is
+    given, while shallow depths keep theirs. A bucket whose drafts take more than promised stays
+    at 1 (the cost of a draft is sure, its gain is not); a draft planned at a class's untaught
+    prior teaches nothing."""
+    m = AcceptanceModel()
+    cal = m.calibration
+    untaught = m.draft_class("new", "own", 3)
+    m.drafted("new", untaught)
+    m.update("new", 0, 16)  # the server's class had no verified draft: the 0.5 was a guess
+    assert cal.sums == {} and cal.factor(16) == 1.0
+    cls = ("own", 3, WHOLE)
+    m.requests["r"] = RequestAcceptance(by_class={cls: Acceptance(49.0, 1.0, informed=True)}, previous=WHOLE)
+    assert m.rho("r", cls) == pytest.approx(0.98)
+    promised = cal.gain(0.98, 16)
+    for _ in range(4):
+        m.drafted("r", cls)
+        m.update("r", 4, 16)
+        m.requests["r"].by_class[cls] = Acceptance(49.0, 1.0, informed=True)  # hold the rate: the factor alone moves
+    assert cal.factor(16) < 0.5 and cal.factor(12) == cal.factor(16)  # one bucket: depths 9-16
+    assert cal.gain(0.98, 16) < 0.5 * promised
+    assert cal.factor(4) == 1.0 and cal.gain(0.98, 4) == pytest.approx(expected_accepted(0.98, 4))
+    for _ in range(20):  # shallow drafts taken whole at a rate of 0.5: more than promised, still 1
+        m.drafted("r", cls)
+        m.requests["r"].by_class[cls] = Acceptance(1.0, 1.0, informed=True)
+        m.update("r", 2, 2)
+    assert cal.factor(2) == 1.0 and cal.gain(0.5, 2) == pytest.approx(0.75)
+
+
+def test_where_no_draft_can_pay_the_speculator_skips_the_step_and_the_global_trie_still_learns() -> None:
+    """A batch-16 step on a CPU: each draft node costs about what a plain token does, so not even a
+    draft taken whole pays (drafts_can_pay), and the speculator neither matches, plans nor probes.
+    One sequence alone on the same curve could pay. A request that finished in such steps still
+    gives its output to the global trie (Speculator.finish), so a later one drafts from it."""
+    cpu16 = StepCostModel()
+    for n, ms in ((1, 19.4), (2, 20.0), (4, 27.9), (8, 48.2), (16, 84.2), (32, 165.9), (64, 310.4)):
+        cpu16.observe(n, ms / 1000)
+    assert not drafts_can_pay(16, 16, cpu16, 16 * 32, 600)
+    assert drafts_can_pay(1, 1, cpu16, 32, 600)
+    spec = Speculator(max_depth=8, width=1, max_step_tokens=256)
+    spec.cost = cpu16
+    batch = [seq(f"r{i}", [5, 6, 7, 8, 5, 6, 7], [8, 5, 6]) for i in range(16)]
+    assert spec.propose(batch, base_tokens=16) == {}
+    assert spec.drafter.local == {} and spec.stats.num_drafts == 0  # nothing observed, nothing probed
+    done = seq("done", [1, 2], [40, 41, 42, 43, 44, 45])
+    spec.finish(done)
+    later = seq("later", [9, 40, 41], [])
+    spec.drafter.observe("later", later.all_ids, later.num_prompt)
+    assert spec.drafter.propose("later", later.all_ids, 4, 4).tokens[:3] == [42, 43, 44]
+    assert "done" not in spec.drafter.local
