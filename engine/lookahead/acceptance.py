@@ -16,16 +16,6 @@ the server keeps one per class across requests. A request's first draft of a cla
 server's estimate (worth ``prior_weight`` drafts): a new request in a copy-heavy workload drafts
 deep from its first step, and a 1-token match in chat drafts little or nothing, while each request
 still learns its own rates.
-
-The rate rho is fitted as if each next token were taken with the same chance, which drafts of
-a few tokens fit and deep ones do not: a copy runs until the model's answer parts from the text,
-wherever that is, and a request whose last drafts were taken whole ("rho 0.99") drafts 16 tokens
-into the edit. So the server also keeps, per draft depth, the tokens taken over the tokens rho
-expected (``GainCalibration``); the planner scales each draft's expected gain by it. Measured on
-the bundled model (bf16, greedy, first branches): code edits at c=1, depth <= 4 1.11x of the
-expectation, 5-8 0.91x, 9-16 0.81x; the first decoding steps of 16 code edits begun together
-(rates from the server's prior) took 0.62x at depth 6 and 0.7x over all, where at batch 16 on a
-CPU a draft token pays only above ~0.9x (each one costs nearly a plain token).
 """
 from __future__ import annotations
 
@@ -44,7 +34,6 @@ class Acceptance:
     accepted: float = 1.0  # decayed sums, optimistic prior so new classes are probed
     misses: float = 1.0
     drafts: int = 0  # drafts verified (not decayed): how much the estimate rests on
-    informed: bool = False  # rests on some verified draft (its own, or the server's it started from)
 
     @property
     def rho(self) -> float:
@@ -54,56 +43,10 @@ class Acceptance:
         self.accepted = decay * self.accepted + accepted
         self.misses = decay * self.misses + (1.0 if accepted < depth else 0.0)
         self.drafts += 1
-        self.informed = True
 
     def idle(self, decay: float = 0.98) -> None:
         """Not drafted this step: drift back towards the prior so the class is probed again later."""
         self.misses = max(0.5, self.misses * decay)
-
-
-def expected_accepted(rho: float, depth: int) -> float:
-    """Tokens a draft of ``depth`` gains at per-token acceptance ``rho`` (truncated geometric)."""
-    if depth <= 0:
-        return 0.0
-    if rho >= 0.999:
-        return float(depth)
-    return rho * (1 - rho**depth) / (1 - rho)
-
-
-def depth_bucket(depth: int) -> int:
-    """The power of two at or above ``depth``: drafts of depth 5-8 share a calibration."""
-    return 1 << max(0, (depth - 1).bit_length())
-
-
-@dataclass(slots=True)
-class GainCalibration:
-    """Server-wide, per depth bucket: tokens first branches took over what their rho expected,
-    as decayed sums plus a prior worth ``prior`` expected tokens at 1.0, so one draft moves a
-    bucket a little and a batch of them (16 requests drafting in one step) moves it at once.
-
-    Only drafts whose rate rests on a verified draft count (a new class's 0.5 is a guess, and 16
-    code edits copying whole drafts planned at it put depth 4 at 1.8x), and the factor never
-    rises above 1: a draft's cost is certain and its gain is not, and where a draft token pays
-    only near certainty (batch 16 on a CPU) trusting a rate above its fit loses."""
-
-    prior: float = 4.0
-    decay: float = 0.98  # per draft of the bucket: ~50 drafts of memory
-    sums: dict[int, tuple[float, float]] = field(default_factory=dict)  # bucket -> (taken, expected)
-
-    def factor(self, depth: int) -> float:
-        taken, expected = self.sums.get(depth_bucket(depth), (0.0, 0.0))
-        return min(1.0, (taken + self.prior) / (expected + self.prior))
-
-    def gain(self, rho: float, depth: int) -> float:
-        """The tokens a draft of ``depth`` is expected to gain: calibrated, never more than ``depth``."""
-        return min(float(depth), expected_accepted(rho, depth) * self.factor(depth))
-
-    def update(self, depth: int, expected: float, taken: int) -> None:
-        if depth <= 0:
-            return
-        b = depth_bucket(depth)
-        t, e = self.sums.get(b, (0.0, 0.0))
-        self.sums[b] = (self.decay * t + taken, self.decay * e + expected)
 
 
 @dataclass(slots=True)
@@ -145,7 +88,6 @@ class AcceptanceModel:
         self.server_branches = BranchYield()
         self.branch_prior_nodes = branch_prior_nodes  # the server's yield, worth this many nodes
         self.requests: dict[str, RequestAcceptance] = {}
-        self.calibration = GainCalibration()
 
     def draft_class(self, request_id: str, source: str, key_length: int) -> DraftClass:
         req = self.requests.setdefault(request_id, RequestAcceptance())
@@ -159,10 +101,8 @@ class AcceptanceModel:
         req = self.requests.setdefault(request_id, RequestAcceptance())
         est = req.by_class.get(cls)
         if est is None:  # the server's rate for the class, worth prior_weight drafts
-            server = self.server.setdefault(cls, Acceptance())
-            rho = server.rho
-            est = req.by_class[cls] = Acceptance(self.prior_weight * rho, self.prior_weight * (1.0 - rho),
-                                                 informed=server.informed)
+            rho = self.server.setdefault(cls, Acceptance()).rho
+            est = req.by_class[cls] = Acceptance(self.prior_weight * rho, self.prior_weight * (1.0 - rho))
         return est
 
     def rho(self, request_id: str, cls: DraftClass) -> float:
@@ -205,10 +145,7 @@ class AcceptanceModel:
         req = self.requests.setdefault(request_id, RequestAcceptance())
         cls = req.pending
         if cls is not None:
-            est = self._estimate(request_id, cls)
-            if est.informed:  # (a rate no draft taught yet is the prior's guess, not the model's bias)
-                self.calibration.update(depth, expected_accepted(est.rho, depth), accepted)  # rho as planned
-            est.update(accepted, depth)
+            self._estimate(request_id, cls).update(accepted, depth)
             self.server.setdefault(cls, Acceptance()).update(accepted, depth, decay=self.server_decay)
         req.pending = None
         req.verified += 1

@@ -6,17 +6,12 @@ more behind 2,000 tokens than behind 200. Each request's per-token acceptance rh
 engine.lookahead.acceptance (by the kind of match its draft would come from). A draft of depth D
 then gains about rho (1 - rho^D) / (1 - rho) tokens. Depths are handed out greedily while they
 raise the batch's expected tokens per second, so a batch whose drafts miss decodes at plain cost
-and a copy-heavy one drafts deep. A draft's expected tokens are calibrated by depth from what such
-drafts took (acceptance.GainCalibration) and count at (1 - RISK); where not even a draft taken
-whole could pay (``drafts_can_pay``), the speculator does no drafting work at all. Drafts are chains or trees of several branches, whichever plan
+and a copy-heavy one drafts deep. A draft's expected tokens count at (1 - RISK); where not even a
+draft taken whole could pay (``drafts_can_pay``), the speculator does no drafting work at all. Drafts are chains or trees of several branches, whichever plan
 is faster (``plan_drafts``): a tree's other branches are priced at their nodes and the tokens a node
 of them wins (measured).
 """
 from __future__ import annotations
-
-from collections.abc import Callable
-
-from engine.lookahead.acceptance import expected_accepted
 
 
 # An observed step counts for at most SPIKE times what the model expected of it. On a shared
@@ -166,7 +161,13 @@ def key_reads(num_cached: int, query_tokens: int) -> int:
     return query_tokens * num_cached + query_tokens * (query_tokens + 1) // 2
 
 
-Gain = Callable[[float, int], float]  # (rho, depth) -> a first branch's expected tokens
+def expected_accepted(rho: float, depth: int) -> float:
+    if depth <= 0:
+        return 0.0
+    if rho >= 0.999:
+        return float(depth)
+    return rho * (1 - rho**depth) / (1 - rho)
+
 
 DEPTHS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # the depths tried (and max_depth)
 # A step drafts only if its plan lifts the expected rate of the whole step by this share over no
@@ -185,12 +186,12 @@ RISK = 0.1
 
 def plan_depths(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: int,
                 width: int, max_step_tokens: int, kv_lens: list[int] | None = None,
-                base_key_reads: int = 0, context_keys: int = 0, gain: Gain = expected_accepted) -> list[int]:
+                base_key_reads: int = 0, context_keys: int = 0) -> list[int]:
     """Draft depth per request maximizing expected tokens per second of the whole step, each draft
     priced as a tree of depth x width nodes whose gain is its first branch's (``plan``)."""
     n = len(rhos)
     return plan(rhos, base_tokens, cost, max_depth, [[width]] * n, max_step_tokens, kv_lens, base_key_reads,
-                context_keys, gain=gain)[1]
+                context_keys)[1]
 
 
 def drafts_can_pay(num_decodes: int, base_tokens: int, cost: StepCostModel, max_nodes: int, min_kv: int,
@@ -219,7 +220,7 @@ def drafts_can_pay(num_decodes: int, base_tokens: int, cost: StepCostModel, max_
 def plan_drafts(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: int,
                 width: int, max_step_tokens: int, kv_lens: list[int] | None = None,
                 base_key_reads: int = 0, context_keys: int = 0,
-                branch_yields: list[float] | None = None, gain: Gain = expected_accepted) -> tuple[list[int], list[int]]:
+                branch_yields: list[float] | None = None) -> tuple[list[int], list[int]]:
     """(depths, widths) per request: each draft a chain (width 1) or a tree of up to ``width``
     branches, whichever makes the step faster. A tree's other branches add (width - 1) x depth
     nodes and gain ``branch_yields[i]`` tokens a node (measured per request: AcceptanceModel).
@@ -229,7 +230,7 @@ def plan_drafts(rhos: list[float], base_tokens: int, cost: StepCostModel, max_de
     n = len(rhos)
     yields = branch_yields if branch_yields is not None else [0.0] * n
     chains = plan(rhos, base_tokens, cost, max_depth, [[1]] * n, max_step_tokens, kv_lens, base_key_reads,
-                  context_keys, gain=gain)
+                  context_keys)
     if width <= 1 or max(yields, default=0.0) <= 0.0:
         return chains[1], [1] * n
     # a branch node pays only if it wins more than the step's rate times its price: where a node
@@ -245,22 +246,20 @@ def plan_drafts(rhos: list[float], base_tokens: int, cost: StepCostModel, max_de
         return chains[1], [1] * n
     options = [[1, width] if y >= node * chains[0] else [1] for y in yields]
     rate, depths, widths = plan(rhos, base_tokens, cost, max_depth, options, max_step_tokens, kv_lens,
-                                base_key_reads, context_keys, yields, gain)
+                                base_key_reads, context_keys, yields)
     return (depths, widths) if rate > chains[0] else (chains[1], [1] * n)
 
 
 def plan(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: int,
          widths: list[list[int]], max_step_tokens: int, kv_lens: list[int] | None = None,
          base_key_reads: int = 0, context_keys: int = 0,
-         branch_yields: list[float] | None = None,
-         gain: Gain = expected_accepted) -> tuple[float, list[int], list[int]]:
+         branch_yields: list[float] | None = None) -> tuple[float, list[int], list[int]]:
     """(expected tokens per second, depth per request, width per request) of the fastest plan found.
 
     widths[i]: the widths request i may draft at. base_tokens / base_key_reads: the step's tokens
     and key reads without drafts; a draft of depth D and width W adds D * W nodes, each reading its
     sequence's kv_lens[i] keys, and gains its first branch's expected accepted tokens plus
-    ``branch_yields[i]`` for each of the (W - 1) * D other nodes. ``gain(rho, D)``: a first
-    branch's expected tokens (the speculator's is calibrated by depth: GainCalibration). context_keys: the step's
+    ``branch_yields[i]`` for each of the (W - 1) * D other nodes, all counted at (1 - RISK). context_keys: the step's
     sequences' cached keys (each streamed once, drafts or not): part of every plan's price. A plan
     that does not beat no drafts by MIN_GAIN is no drafts.
     """
@@ -285,7 +284,7 @@ def plan(rhos: list[float], base_tokens: int, cost: StepCostModel, max_depth: in
     for rho, ws, y in zip(rhos, widths, yields):
         opts = [(0, 0.0, 0, 1)]
         if rho > 0.0:  # else nothing to expect (no cache continues it): no depth can pay
-            opts += sorted((d * w, (1 - RISK) * (gain(rho, d) + y * (w - 1) * d), d, w) for d in levels[1:] for w in ws)
+            opts += sorted((d * w, (1 - RISK) * (expected_accepted(rho, d) + y * (w - 1) * d), d, w) for d in levels[1:] for w in ws)
         options.append(opts)
     room = max_step_tokens - base_tokens  # draft nodes the step may take
     can_draft = [i for i, opts in enumerate(options) if len(opts) > 1]

@@ -100,8 +100,7 @@ class Speculator:
         rhos = [acc.rho(s.request_id, c) if c is not None else 0.0 for s, c in zip(seqs, classes)]
         yields = [acc.branch_yield(s.request_id) for s in seqs]
         depths, widths = plan_drafts(rhos, base_tokens, self.cost, self.max_depth, self.width, self.max_step_tokens,
-                                     [s.num_tokens for s in seqs], base_key_reads, context_keys, yields,
-                                     acc.calibration.gain)
+                                     [s.num_tokens for s in seqs], base_key_reads, context_keys, yields)
         out: dict[str, DraftTree] = {}
         probes: Counter[str] = Counter()  # this step's, by source
         for s, cls, depth, width in zip(seqs, classes, depths, widths):

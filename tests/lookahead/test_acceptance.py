@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.lookahead.acceptance import (CUT, FIRST, WHOLE, Acceptance, AcceptanceModel, RequestAcceptance,
-                                         expected_accepted)
+from engine.lookahead.acceptance import CUT, FIRST, WHOLE, Acceptance, AcceptanceModel
 from engine.lookahead.budget import FreeWideSteps, StepCostModel, drafts_can_pay, plan_depths, plan_drafts
 from engine.lookahead.drafter import Drafter, DrafterConfig, Match
 from engine.lookahead.speculator import PROBE_DEPTH, PROBES_PER_SOURCE, Speculator
@@ -204,36 +203,6 @@ def test_probes_stop_once_the_sources_rates_are_being_learnt() -> None:
     assert spec.acceptance.server_drafts("own") == PROBES_PER_SOURCE
     late = [seq(f"late{i}", [7, 1, 2, 3, 7, 4, 5], [9, 9, 7]) for i in range(4)]
     assert spec.propose(late + batch, base_tokens=20) == {}  # the source's rates are known: no probes
-
-
-def test_deep_drafts_that_take_less_than_their_rate_promised_are_priced_lower() -> None:
-    """GainCalibration: drafts of depth 9-16 whose rate (0.98, from whole drafts before) promised
-    ~14 tokens and took 4 bring that depth's factor down, and with it the gain the planner is
-    given, while shallow depths keep theirs. A bucket whose drafts take more than promised stays
-    at 1 (the cost of a draft is sure, its gain is not); a draft planned at a class's untaught
-    prior teaches nothing."""
-    m = AcceptanceModel()
-    cal = m.calibration
-    untaught = m.draft_class("new", "own", 3)
-    m.drafted("new", untaught)
-    m.update("new", 0, 16)  # the server's class had no verified draft: the 0.5 was a guess
-    assert cal.sums == {} and cal.factor(16) == 1.0
-    cls = ("own", 3, WHOLE)
-    m.requests["r"] = RequestAcceptance(by_class={cls: Acceptance(49.0, 1.0, informed=True)}, previous=WHOLE)
-    assert m.rho("r", cls) == pytest.approx(0.98)
-    promised = cal.gain(0.98, 16)
-    for _ in range(4):
-        m.drafted("r", cls)
-        m.update("r", 4, 16)
-        m.requests["r"].by_class[cls] = Acceptance(49.0, 1.0, informed=True)  # hold the rate: the factor alone moves
-    assert cal.factor(16) < 0.5 and cal.factor(12) == cal.factor(16)  # one bucket: depths 9-16
-    assert cal.gain(0.98, 16) < 0.5 * promised
-    assert cal.factor(4) == 1.0 and cal.gain(0.98, 4) == pytest.approx(expected_accepted(0.98, 4))
-    for _ in range(20):  # shallow drafts taken whole at a rate of 0.5: more than promised, still 1
-        m.drafted("r", cls)
-        m.requests["r"].by_class[cls] = Acceptance(1.0, 1.0, informed=True)
-        m.update("r", 2, 2)
-    assert cal.factor(2) == 1.0 and cal.gain(0.5, 2) == pytest.approx(0.75)
 
 
 def test_where_no_draft_can_pay_the_speculator_skips_the_step_and_the_global_trie_still_learns() -> None:
