@@ -45,7 +45,7 @@ def decode_interleaved(engines: Sequence[LLMEngine], prompts: Sequence[Sequence[
     decodes beside the others' prefill chunks, and a drafting engine takes more tokens there (a
     count of the tokens after the last prefill alone gave it fewer tokens for as many timed steps
     as an engine that does not draft, the batch's longest answer setting both: code edits at c=16
-    read 0.97x where the drafting engine finished 2% sooner). What those drafts cost in the
+    read 0.98x where the drafting engine finished 2% sooner). What those drafts cost in the
     prefill steps is in ``batch_seconds``, every step's time, whose ratio is the unbiased one
     (diluted by the prefills both engines compute alike)."""
     seqs = [[e.add_request(f"{tag}-{k}-{time.monotonic_ns()}-{i}", ids, params) for i, ids in enumerate(prompts)]

@@ -18,8 +18,9 @@ other, the order alternating batch by batch). Timed: the decode steps after ever
 batch has its first token (tokens: every one after each sequence's first, equal for both engines;
 bench.inprocess.decode_interleaved). Reported: decode tokens/s of each engine, their ratio (and the
 range of the per-batch ratios), the ratio of whole-batch times (every step, prefills included: the
-unbiased one, diluted by the prefills both compute alike), tokens per step; with --hf-prompt-lookup, transformers ``generate`` with
-``prompt_lookup_num_tokens`` at c=1 on the same prompts and device. The two engines' greedy outputs
+unbiased one, diluted by the prefills both compute alike), tokens per step; with
+--hf-prompt-lookup, transformers ``generate`` with ``prompt_lookup_num_tokens`` at c=1 on the same
+prompts and device. The two engines' greedy outputs
 must be equal (lossless), or the run fails (the level where they part is named and not timed; the
 others still run).
 """
