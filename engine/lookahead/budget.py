@@ -177,7 +177,7 @@ DEPTHS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # the depths tried (and max_dept
 MIN_GAIN = 0.03
 # Each draft's expected tokens count at (1 - RISK) of their estimate: the planner picks the
 # requests whose rates look best, and those look better than they are (seen: 16 code edits at
-# c=16, bf16, 2 cores, rates 0.94-0.99 took 0.66-0.87 of their expected tokens over the first
+# c=16, bf16, 2 cores, rates 0.91-0.99 took 0.66-0.87 of their expected tokens over the first
 # decoding steps). Where a draft token costs nearly a plain one (batch 16 on a CPU: ~5.7 ms a node
 # against 6.1 a plain token, so only a >93% rate pays), this keeps drafts out; where drafts are
 # nearly free (batch 1, a GPU) it shortens few.
@@ -199,8 +199,8 @@ def drafts_can_pay(num_decodes: int, base_tokens: int, cost: StepCostModel, max_
     """Whether any plan of up to ``max_nodes`` draft nodes could beat no drafts, were every node
     taken (a plan of e nodes gains at most (1 - RISK) e tokens and pays its tokens' cost plus at
     least ``min_kv`` key reads a node): when none could (a CPU at batch 16, where a node costs
-    nearly a plain token), the speculator skips matching and planning altogether (~1 ms of a
-    ~75 ms step there; with its trie feeding, ~2% of lookahead-off's rate). Chat at c=16 in bf16
+    nearly a plain token), the speculator skips matching and planning altogether (1.2-1.5 ms of
+    a 75-100 ms step there, its trie feeding included: ~2% of lookahead-off's rate). Chat at c=16 in bf16
     on 2 AVX2 cores (contexts of 100-170 tokens): 58 of 63 steps skipped. Behind longer contexts
     a plain token costs more (each sequence's context stream), a sure draft would pay a little,
     and the plan decides (code edits at c=16, 200-270 tokens: no step skipped). The bound is a

@@ -153,7 +153,7 @@ class Drafter:
 
     def retire(self, request_id: str, tokens: Sequence[int], num_prompt: int, cache_salt: str = "") -> None:
         """A finished request: its output not yet indexed goes to the global trie of its salt (the
-        steps that drafted nothing did not index it, nor did its last step), then its caches go."""
+        steps the speculator skipped did not index it, nor did its last step), then its caches go."""
         cache = self.local.pop(request_id, None)
         win = cache.shared if cache is not None else Windows(self.shared_trie(cache_salt), fed=num_prompt)
         if win.fed < len(tokens):
