@@ -23,7 +23,7 @@ step() {  # step NAME SECONDS CMD...: run with a limit, keep the log, print its 
     local name=$1 limit=$2; shift 2
     timeout -s ABRT "$limit" "$@" >"$OUT/$name.log" 2>&1
     echo "== $name: rc $?"
-    # (the fuzz's summary is an INFO line of its own module: kept)
+    # drops the engine's INFO lines (" INFO engine.…"), keeps the fuzz's summary (" INFO __main__: …")
     grep -v -e ' INFO [a-z]' -e 'Loading weights' -e 'clean_up_tokenization' "$OUT/$name.log" | tail -14
 }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
