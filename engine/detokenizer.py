@@ -6,13 +6,34 @@ back from streaming until they cannot start a stop string.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from engine.sampling_params import SamplingParams
+
+try:
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+except ImportError:  # another transformers layout: every tokenizer goes through its own decode
+    TokenizersBackend = None
 
 FinishReason = Literal["stop", "length", "abort", "error"]
 
 _WINDOW = 6  # tokens of left context used to decode the next piece correctly
+
+
+def text_decoder(tokenizer: Any, skip_special_tokens: bool) -> Callable[[Sequence[int]], str]:
+    """ids -> text, as ``tokenizer.decode(ids, skip_special_tokens=..., clean_up_tokenization_spaces=False)``.
+
+    For a transformers tokenizer backed by the Rust ``tokenizers`` library whose class keeps the
+    backend's own ``_decode``, that is the Rust tokenizer's ``decode`` alone: called directly, it
+    skips transformers' argument handling, ~11 -> ~4.5 us a call for the bundled tokenizer (two
+    calls a generated token, every sequence of every step). Any other tokenizer goes through its
+    ``decode``.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if TokenizersBackend is not None and backend is not None and type(tokenizer)._decode is TokenizersBackend._decode:
+        rust_decode = backend.decode
+        return lambda ids: rust_decode(ids, skip_special_tokens=skip_special_tokens)
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
 
 
 class Detokenizer:
@@ -27,10 +48,7 @@ class Detokenizer:
         # the tokens that end the sequence (the sampler bans them within min_tokens)
         self.stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else frozenset(eos_ids))
         self._hold = max((len(s) for s in params.stop), default=1) - 1
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.params.skip_special_tokens,
-                                     clean_up_tokenization_spaces=False)
+        self._decode = text_decoder(tokenizer, params.skip_special_tokens)
 
     def append(self, token: int) -> FinishReason | None:
         """Adds one generated token; returns why the sequence finished, if it did."""

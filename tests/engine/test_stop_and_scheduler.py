@@ -5,7 +5,7 @@ import random
 from typing import Any
 
 from engine.block_allocator import BlockAllocator
-from engine.detokenizer import Detokenizer
+from engine.detokenizer import Detokenizer, text_decoder
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
@@ -23,6 +23,33 @@ def test_incremental_text_equals_full_decode(tokenizer: Any) -> None:
         streamed += d.take_delta(False)
     streamed += d.take_delta(True)
     assert streamed == tokenizer.decode(ids) == d.text
+
+
+def test_the_rust_decode_gives_transformers_text(tokenizer: Any, monkeypatch: Any) -> None:
+    """The detokenizer's decode calls the Rust tokenizer directly for the bundled model's tokenizer
+    (it works with transformers' ``decode`` broken) and gives its text for any ids: special tokens
+    kept or skipped, cut multi-byte characters; another tokenizer goes through its ``decode``."""
+    rng = random.Random(7)
+    text = "<|im_start|>user\nnaïve café — 東京 🌲<|im_end|>\n def f(x):\n    return x ** 2"
+    ids = tokenizer(text)["input_ids"]
+    windows = [ids[i:j] for i in range(len(ids)) for j in range(i, min(i + 8, len(ids)) + 1)]
+    windows += [[rng.randrange(len(tokenizer)) for _ in range(rng.randint(1, 8))] for _ in range(300)]
+    expected = {skip: [tokenizer.decode(w, skip_special_tokens=skip, clean_up_tokenization_spaces=False)
+                       for w in windows] for skip in (False, True)}
+    assert any("\ufffd" in t for t in expected[True]) and expected[True] != expected[False]  # the cases are there
+
+    def broken(*args: Any, **kwargs: Any) -> str:
+        raise AssertionError("transformers' decode was called")
+
+    monkeypatch.setattr(tokenizer, "decode", broken)
+    for skip in (False, True):
+        assert [text_decoder(tokenizer, skip)(w) for w in windows] == expected[skip]
+
+    class Other:
+        def decode(self, ids: list[int], skip_special_tokens: bool, clean_up_tokenization_spaces: bool) -> str:
+            return f"{ids} {skip_special_tokens} {clean_up_tokenization_spaces}"
+
+    assert text_decoder(Other(), True)([1, 2]) == "[1, 2] True False"
 
 
 def _run(d: Detokenizer, ids: list[int]) -> tuple[str, str | None]:
