@@ -184,7 +184,8 @@ inline void store(_Float16* p, int64_t i, float x) { p[i] = static_cast<_Float16
 // key and the same key decoded plainly may take either.) The polynomial is written out, not a
 // loop over EXP_POLY: with the loop GCC no longer vectorised the callers' 16-key loops on AVX-512,
 // and attention took 1.2-2.3x as long a layer (trees and prefills ~2x; session 46, AMD Zen 4,
-// scripts/ab_cpu_attention.py). The AVX2 path takes exp_neg8 and did not show it.
+// scripts/ab_cpu_attention.py). The loop came from a review on an AVX2 machine, where the wholly
+// visible tiles take exp_neg8.
 constexpr float EXP_FLOOR = -87.0f, EXP_LOG2E = 1.44269504088896341f, EXP_SHIFT = 12582912.0f;
 constexpr float EXP_LN2_HI = -0.693359375f, EXP_LN2_LO = 2.12194440e-4f;
 constexpr float EXP_POLY[7] = {1.38888889e-3f, 8.33333333e-3f, 4.16666667e-2f, 1.66666667e-1f, 0.5f, 1.0f, 1.0f};
