@@ -16,7 +16,8 @@ fp32 is not row-invariant either way (engine.llm_engine takes fp32 lookahead as 
 choice moves only speed. It is a machine's property, by (torch threads, weight shape), like the CPU
 kernels' builds: timed once (~5-10 s for SmolLM2 on 2 cores; ``make`` does it at set-up for the
 bundled model, ``python -m engine.fp32_products``), kept under ``$GROVE_CACHE/fp32-products/``
-keyed by the CPU, torch, the threads and the shape, and held for the process once read, so two
+keyed by the CPU, torch, the threads, the shape and the fp32 kernel's build (a change to the kernel
+times them again), and held for the process once read, so two
 engines of one process with the same model take the same paths.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 from engine.paths import cache_dir, write_atomic
 from engine.step_cost_cache import device_name
-from kernels import cpu_linear_fp32
+from kernels import cpu_build, cpu_linear_fp32
 
 if TYPE_CHECKING:
     from engine.model import ModelWeights  # (engine.model imports engine.layers, which imports this)
@@ -106,7 +107,7 @@ def _time(ws: list[torch.Tensor]) -> tuple[int, ...]:
 
 def _path(threads: int, shape: tuple[int, int]) -> Path:
     blob = json.dumps({"version": VERSION, "torch": torch.__version__, "cpu": device_name("cpu"), "threads": threads,
-                       "shape": shape}, sort_keys=True)
+                       "shape": shape, "kernel": cpu_build.library_path(cpu_linear_fp32.SOURCE).stem}, sort_keys=True)
     return cache_dir() / "fp32-products" / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
 
 

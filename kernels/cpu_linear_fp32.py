@@ -1,4 +1,4 @@
-"""fp32 products at a few rows on the CPU (``cpu_linear_fp32.cpp``, AVX2 + FMA): the weights
+"""fp32 products at a few rows on the CPU (``cpu_linear_fp32.cpp``, AVX2 + FMA or AVX-512): the weights
 streamed once as they lie, for decode steps where torch's fp32 products stream slowly.
 
     y = linear(x, weight)                 # [T, in] @ [out, in]^T -> [T, out], fp32

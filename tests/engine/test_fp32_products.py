@@ -47,7 +47,7 @@ def test_linear_takes_the_layout_timed_for_its_bucket(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize("shape", [(960, 576), (576, 1536), (24, 8), (31, 16), (7, 40)], ids=str)
-@pytest.mark.parametrize("t", [1, 2, 3, 4, 5, 16])
+@pytest.mark.parametrize("t", [1, 2, 3, 4, 5, 7, 16, 25])  # tiles of 1, 2, 6 and 4 tokens, with tails
 def test_the_fp32_kernel_gives_f_linears_values(shape: tuple[int, int], t: int) -> None:
     if not cpu_linear_fp32.available():
         pytest.skip("no AVX2 with FMA here: the fp32 kernel is never timed")
@@ -104,3 +104,8 @@ def test_a_timing_is_kept_and_read_back(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setattr(fp, "_CHOICE", {})  # a new process
     monkeypatch.setattr(fp, "_time", lambda ws: pytest.fail("timed again"))
     assert fp.tune(kinds) == first
+    # another build of the fp32 kernel (its source changed) times them again
+    monkeypatch.setattr(fp, "_CHOICE", {})
+    monkeypatch.setattr(fp.cpu_build, "library_path", lambda source: Path(f"grove_{source.stem}-x86_64-another.so"))
+    with pytest.raises(pytest.fail.Exception, match="timed again"):
+        fp.tune(kinds)
