@@ -108,7 +108,7 @@ void tile(const float* __restrict w, int64_t in, const float* __restrict x, int6
     }
 }
 
-// A tile of c < C tokens (a pass's tail) with R rows
+// A tile of c <= C tokens with R rows (a pass: the last one may have fewer than C)
 template <int R, int C>
 void tail_tile(int c, const float* w, int64_t in, const float* x, int64_t xs, float* y, int64_t ys, bool add,
                const char* pf, int64_t pf_lines) {
@@ -118,8 +118,9 @@ void tail_tile(int c, const float* w, int64_t in, const float* x, int64_t xs, fl
   tile<R, C>(w, in, x, xs, y, ys, add, pf, pf_lines);
 }
 
-// Rows [o0, o1) for every token: R rows at a time (a tail of 1-row tiles), C tokens at a time; the
-// passes after a row group's first prefetch the next group's rows into L2 between them.
+// Rows [o0, o1) for every token: R rows at a time (a tail of 1-row tiles), C tokens at a time. The
+// next row group's weights are prefetched into L2 while a group runs: by its one pass, or a slice
+// by each of its later passes (the first streams the group itself from memory).
 template <int R, int C>
 void rows(const float* w, int64_t in, int64_t o0, int64_t o1, const float* x, int64_t T, int64_t xs, float* y,
           int64_t ys, bool add) {
@@ -127,15 +128,15 @@ void rows(const float* w, int64_t in, int64_t o0, int64_t o1, const float* x, in
   const int64_t group_lines = R * in * static_cast<int64_t>(sizeof(float)) / 64;
   int64_t o = o0;
   for (; o + R <= o1; o += R) {
-    const char* next = reinterpret_cast<const char*>(w + (o + R) * in);
     const bool prefetch = o + 2 * R <= o1;  // the next group is this thread's too
+    const char* next = prefetch ? reinterpret_cast<const char*>(w + (o + R) * in) : nullptr;
     for (int64_t p = 0; p < passes; ++p) {
       const int64_t t = p * C, c = T - t < C ? T - t : C;
       int64_t lo = 0, hi = 0;  // this pass's slice of the next group's lines
       if (prefetch && passes == 1) lo = 0, hi = group_lines;  // one pass: the next group's rows ahead of it
       else if (prefetch && p > 0) lo = group_lines * (p - 1) / (passes - 1), hi = group_lines * p / (passes - 1);
-      tail_tile<R, C>(static_cast<int>(c), w + o * in, in, x + t * xs, xs, y + t * ys + o, ys, add, next + lo * 64,
-                      hi - lo);
+      tail_tile<R, C>(static_cast<int>(c), w + o * in, in, x + t * xs, xs, y + t * ys + o, ys, add,
+                      hi > lo ? next + lo * 64 : nullptr, hi - lo);
     }
   }
   for (; o < o1; ++o)
