@@ -50,18 +50,32 @@ inline float hsum(__m256 v) {  // lanes summed in a fixed order: (0+4, 1+5, 2+6,
 }
 
 #if defined(__AVX512F__)
+inline float hsum(__m512 v) {  // the two 256-bit halves added, then as the 8-lane hsum
+  const __m256 lo = _mm512_castps512_ps256(v);
+  const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+  return hsum(_mm256_add_ps(lo, hi));
+}
+#endif
+
+// A tile's R x C accumulators, each summed across its lanes (hsum), into y[c * ys + r] (or added there)
+template <int R, int C, typename V>
+inline void store_sums(V (&acc)[R][C], float* __restrict y, int64_t ys, bool add) {
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      const float s = hsum(acc[r][c]);
+      y[c * ys + r] = add ? y[c * ys + r] + s : s;
+    }
+}
+
+#if defined(__AVX512F__)
 // With AVX-512: 16 lanes and 32 registers. A tile is R rows x C tokens as in the AVX2 tile, lane j of an
 // accumulator summing inputs j, j + 16, ... (an input count of 8 mod 16 ends with a masked load:
 // its upper lanes add exact zeros). Past C tokens a row group is read again for each further group
 // of tokens, now from cache; while it is, the next row group's weights are prefetched into L2 a
 // slice per pass (pf: pf_lines cache lines from there, spread over this tile's k steps), so the
 // next group's first pass does not wait on memory while the later passes compute.
-inline float hsum16(__m512 v) {  // the two 256-bit halves added, then as hsum
-  const __m256 lo = _mm512_castps512_ps256(v);
-  const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-  return hsum(_mm256_add_ps(lo, hi));
-}
-
 template <int R, int C>
 void tile(const float* __restrict w, int64_t in, const float* __restrict x, int64_t xs, float* __restrict y,
           int64_t ys, bool add, const char* pf, int64_t pf_lines) {
@@ -99,13 +113,7 @@ void tile(const float* __restrict w, int64_t in, const float* __restrict x, int6
     }
   }
   for (; pf_done < pf_lines; ++pf_done) _mm_prefetch(pf + pf_done * 64, _MM_HINT_T1);
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) {
-      const float s = hsum16(acc[r][c]);
-      y[c * ys + r] = add ? y[c * ys + r] + s : s;
-    }
+  store_sums(acc, y, ys, add);
 }
 
 // A tile of c <= C tokens with R rows (a pass: the last one may have fewer than C)
@@ -164,13 +172,7 @@ void tile(const float* __restrict w, int64_t in, const float* __restrict x, int6
       for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
     }
   }
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) {
-      const float s = hsum(acc[r][c]);
-      y[c * ys + r] = add ? y[c * ys + r] + s : s;
-    }
+  store_sums(acc, y, ys, add);
 }
 
 // Rows [o0, o1) for every token: R rows at a time (a tail of 1-row tiles), C tokens at a time.
