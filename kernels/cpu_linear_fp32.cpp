@@ -21,16 +21,22 @@
 // of a 51 ms fp32 decode step on the Zen 1, 61 norms).
 //
 // Threads: each takes a contiguous range of output rows (a multiple of 24, the tiles' common row
-// count), so a weight row is read from memory once per step; past C tokens the tile's rows are
-// read again from L1/L2 for each further group of tokens.
+// count), so a weight row is read from memory once per step; past C tokens a group of R rows is
+// read again from L1/L2 for each further group of tokens. While a row group runs, the next one's
+// weights are prefetched into L2 (rows(), below): the first pass over a group then finds them in
+// cache instead of waiting on memory with few tokens' work to hide it.
 //
-// With AVX-512 (session 47, AMD EPYC Zen 4, 2 threads) the tiles below take 16 lanes, up to 24
-// accumulators, and prefetch the next row group into L2 while a group's later passes compute: the
-// first pass over a group then finds its weights in cache instead of waiting on memory with few
-// tokens' work to hide it (without the prefetch a step of 8-16 tokens took 1.5x as long).
-// SmolLM2's products with the lm_head (scripts/ab_cpu_linear.py --fp32, ms, AVX2 tiles -> these):
-// 1 token 19.8 -> 18.4, 4 29.3 -> 17.7, 8 36.5 -> 21.0, 16 50.5 -> 29.3, 32 81.4 -> 54.8, 64 140 -> 111.
-// Up to 6 tokens a step now costs what 1 does (the weights' read from memory).
+// Session 47, AMD EPYC Zen 4, 2 threads, SmolLM2's products with the lm_head, ms
+// (scripts/ab_cpu_linear.py --fp32; the builds alternating in one process):
+//   - With AVX-512 the tiles take 16 lanes and up to 24 accumulators (AVX2's tiles without the
+//     prefetch -> these): 1 token 19.8 -> 18.4, 4 29.3 -> 17.7, 8 36.5 -> 21.0, 16 50.5 -> 29.3,
+//     32 81.4 -> 54.8, 64 140 -> 111; without the prefetch 8-16 tokens took 1.5x as long. Up to 6
+//     tokens a step costs what 1 does there (the weights' read from memory).
+//   - The AVX2 build (-march=haswell, the same loop over ctypes) on this CPU, before -> with the
+//     prefetch: 1 17.1 -> 15.9, 2 24.6 -> 16.6, 8 35.8 -> 19.2, 16 48.9 -> 36.3 (same bits). Not
+//     yet timed on an AVX2-only CPU (Zen 1 computes far slower, so there the gain may be smaller):
+//     A/B it there when one is lent; engine.fp32_products takes torch's layouts wherever they are
+//     faster anyway.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -69,49 +75,64 @@ inline void store_sums(V (&acc)[R][C], float* __restrict y, int64_t ys, bool add
     }
 }
 
+// The vector the tiles take: 8 fp32 lanes with AVX2, 16 with AVX-512 (which also has 32 registers
+// for larger tiles). Lane j of an accumulator sums inputs j, j + N, j + 2N, ... in order; with 16
+// lanes an input count of 8 mod 16 ends with load8, whose upper lanes are zeros (they add exact
+// zeros). Same arithmetic for every tile shape, so an output's bits do not depend on the tile.
 #if defined(__AVX512F__)
-// With AVX-512: 16 lanes and 32 registers. A tile is R rows x C tokens as in the AVX2 tile, lane j of an
-// accumulator summing inputs j, j + 16, ... (an input count of 8 mod 16 ends with a masked load:
-// its upper lanes add exact zeros). Past C tokens a row group is read again for each further group
-// of tokens, now from cache; while it is, the next row group's weights are prefetched into L2 a
-// slice per pass (pf: pf_lines cache lines from there, spread over this tile's k steps), so the
-// next group's first pass does not wait on memory while the later passes compute.
+struct Lanes {
+  using V = __m512;
+  static constexpr int64_t N = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V load8(const float* p) { return _mm512_maskz_loadu_ps(0x00FF, p); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+};
+#else
+struct Lanes {
+  using V = __m256;
+  static constexpr int64_t N = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V load8(const float* p) { return _mm256_loadu_ps(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+};
+#endif
+
+// One k step of a tile: inputs k .. k + N (k .. k + 8 with Short) of C tokens times R rows' weights
+template <int R, int C, bool Short>
+inline void fma_step(Lanes::V (&acc)[R][C], const float* __restrict w, int64_t in, const float* __restrict x,
+                     int64_t xs, int64_t k) {
+  Lanes::V xv[C];
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) xv[c] = Short ? Lanes::load8(x + c * xs + k) : Lanes::load(x + c * xs + k);
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    const Lanes::V wv = Short ? Lanes::load8(w + r * in + k) : Lanes::load(w + r * in + k);
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = Lanes::fma(wv, xv[c], acc[r][c]);
+  }
+}
+
+// R rows x C tokens, all inputs (in % 8 == 0). x: token t's row at x + t * xs; y likewise at ys.
+// pf: pf_lines cache lines of the next row group to prefetch into L2, spread over the k steps.
 template <int R, int C>
 void tile(const float* __restrict w, int64_t in, const float* __restrict x, int64_t xs, float* __restrict y,
           int64_t ys, bool add, const char* pf, int64_t pf_lines) {
-  __m512 acc[R][C];
+  Lanes::V acc[R][C];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-  const int64_t full = in & ~int64_t{15}, steps = (in + 15) / 16;
+    for (int c = 0; c < C; ++c) acc[r][c] = Lanes::zero();
+  const int64_t full = in - in % Lanes::N, steps = (in + Lanes::N - 1) / Lanes::N;
   const int64_t pf_step = pf_lines > 0 ? (pf_lines + steps - 1) / steps : 0;  // lines prefetched a k step
   int64_t pf_done = 0;
-  for (int64_t k = 0; k < full; k += 16) {
-    __m512 xv[C];
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_ps(x + c * xs + k);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      const __m512 wv = _mm512_loadu_ps(w + r * in + k);
-#pragma GCC unroll 8
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
-    }
+  for (int64_t k = 0; k < full; k += Lanes::N) {
+    fma_step<R, C, false>(acc, w, in, x, xs, k);
     for (int64_t i = 0; i < pf_step && pf_done < pf_lines; ++i, ++pf_done)
       _mm_prefetch(pf + pf_done * 64, _MM_HINT_T1);
   }
-  if (full < in) {  // 8 inputs left: the upper lanes load zeros and add them
-    const __mmask16 m = 0x00FF;
-    __m512 xv[C];
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) xv[c] = _mm512_maskz_loadu_ps(m, x + c * xs + full);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      const __m512 wv = _mm512_maskz_loadu_ps(m, w + r * in + full);
-#pragma GCC unroll 8
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
-    }
-  }
+  if (full < in) fma_step<R, C, true>(acc, w, in, x, xs, full);  // 8 inputs left (16 lanes only)
   for (; pf_done < pf_lines; ++pf_done) _mm_prefetch(pf + pf_done * 64, _MM_HINT_T1);
   store_sums(acc, y, ys, add);
 }
@@ -150,46 +171,6 @@ void rows(const float* w, int64_t in, int64_t o0, int64_t o1, const float* x, in
   for (; o < o1; ++o)
     for (int64_t t = 0; t < T; ++t) tile<1, 1>(w + o * in, in, x + t * xs, xs, y + t * ys + o, ys, add, nullptr, 0);
 }
-
-#else
-// R rows (o0 ..) x C tokens, all inputs (in % 8 == 0). x: token t's row at x + t * xs; y likewise at ys.
-template <int R, int C>
-void tile(const float* __restrict w, int64_t in, const float* __restrict x, int64_t xs, float* __restrict y,
-          int64_t ys, bool add) {
-  __m256 acc[R][C];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < in; k += 8) {
-    __m256 xv[C];
-#pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * xs + k);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      const __m256 wv = _mm256_loadu_ps(w + r * in + k);
-#pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
-    }
-  }
-  store_sums(acc, y, ys, add);
-}
-
-// Rows [o0, o1) for every token: R rows at a time (a tail of 1-row tiles), C tokens at a time.
-template <int R, int C>
-void rows(const float* w, int64_t in, int64_t o0, int64_t o1, const float* x, int64_t T, int64_t xs, float* y,
-          int64_t ys, bool add) {
-  int64_t o = o0;
-  for (; o + R <= o1; o += R) {
-    int64_t t = 0;
-    for (; t + C <= T; t += C) tile<R, C>(w + o * in, in, x + t * xs, xs, y + t * ys + o, ys, add);
-    for (; t < T; ++t) tile<R, 1>(w + o * in, in, x + t * xs, xs, y + t * ys + o, ys, add);
-  }
-  for (; o < o1; ++o)
-    for (int64_t t = 0; t < T; ++t) tile<1, 1>(w + o * in, in, x + t * xs, xs, y + t * ys + o, ys, add);
-}
-
-#endif
 
 // out = x * (1 / sqrt(mean(x^2) + eps)) * w over one row of n (n % 8 == 0)
 void rms_norm_row(const float* x, const float* w, int64_t n, float eps, float* out) {
