@@ -5,10 +5,11 @@
 For a change to kernels/cpu_linear.cpp (kernels/cpu_linear_fp32.cpp with --fp32): copy the old
 source aside (with the kernels' headers, cpu_*.h, beside it), edit, and run this with both. A shared
 2-core machine's speed drifts by 10-40% within minutes, so two runs of scripts/bench_cpu_linear.py
-minutes apart cannot tell a 10% change; here the builds alternate pass by pass over SmolLM2's four products in 30 distinct layers of random bf16 weights (212 MB, more
-than the L3 holds, as in decoding), on the path this CPU takes (AMX where it has it, else
-VDPBF16PS). Reported: medians in ms per pass over the 30 layers, NEW / OLD, and whether the two
-builds' outputs are bit-equal (a prefetching or scheduling change must keep them so).
+minutes apart cannot tell a 10% change; here the builds alternate pass by pass over SmolLM2's four
+products in 30 distinct layers of random bf16 weights (212 MB, more than the L3 holds, as in
+decoding), on the path this CPU takes (AMX where it has it, else VDPBF16PS). Reported: medians in ms
+per pass over the 30 layers, NEW / OLD, and whether the two builds' outputs are bit-equal (a
+prefetching or scheduling change must keep them so).
 
 --fp32: the fp32 kernel's builds instead, over the same products in fp32 and the lm_head (540 MB, as
 a fp32 decode step reads them).
