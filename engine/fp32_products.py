@@ -106,8 +106,10 @@ def _time(ws: list[torch.Tensor]) -> tuple[int, ...]:
 
 
 def _path(threads: int, shape: tuple[int, int]) -> Path:
+    # the kernel's build, where it has one (its source may be absent, as in an install without the C++ files)
+    kernel = cpu_build.library_path(cpu_linear_fp32.SOURCE).stem if cpu_linear_fp32.available() else None
     blob = json.dumps({"version": VERSION, "torch": torch.__version__, "cpu": device_name("cpu"), "threads": threads,
-                       "shape": shape, "kernel": cpu_build.library_path(cpu_linear_fp32.SOURCE).stem}, sort_keys=True)
+                       "shape": shape, "kernel": kernel}, sort_keys=True)
     return cache_dir() / "fp32-products" / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
 
 

@@ -109,3 +109,14 @@ def test_a_timing_is_kept_and_read_back(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setattr(fp.cpu_build, "library_path", lambda source: Path(f"grove_{source.stem}-x86_64-another.so"))
     with pytest.raises(pytest.fail.Exception, match="timed again"):
         fp.tune(kinds)
+
+
+def test_a_machine_without_the_kernel_keeps_its_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # no AVX2, no compiler, or an install without the C++ source: the key has no kernel build
+    monkeypatch.setattr(fp, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(fp, "_CHOICE", {})
+    monkeypatch.setattr(cpu_linear_fp32, "available", lambda: False)
+    monkeypatch.setattr(cpu_linear_fp32, "SOURCE", tmp_path / "absent.cpp")
+    monkeypatch.setattr(fp, "_time", lambda ws: (fp.LINEAR,) * len(fp.BUCKETS))
+    assert fp.tune([[torch.randn(48, 32)]]) == {(48, 32): (fp.LINEAR,) * len(fp.BUCKETS)}
+    assert len(list((tmp_path / "fp32-products").glob("*.json"))) == 1
