@@ -10,9 +10,10 @@
 // and takes the fastest, so on a machine where torch streams faster it is simply not taken.
 //
 // The weight stays [out, in] row-major (no packed copy). A tile is R output rows x C tokens: for
-// each 8 inputs it loads C token vectors and, per row, one weight vector that feeds C FMAs into
-// R x C accumulators (lane j of an accumulator sums inputs j, j + 8, ...); at the end each
-// accumulator is summed across its lanes in a fixed order. An output element's arithmetic is the
+// each N inputs (N = 8 lanes with AVX2, 16 with AVX-512: Lanes below) it loads C token vectors and,
+// per row, one weight vector that feeds C FMAs into R x C accumulators (lane j of an accumulator
+// sums inputs j, j + N, ...); at the end each accumulator is summed across its lanes in a fixed
+// order. An output element's arithmetic is the
 // same whatever the row count, the tile or the thread (row-invariant, though fp32 does not need it).
 //
 // A fused RMSNorm normalizes the step's rows into the calling thread's scratch first (sum of
