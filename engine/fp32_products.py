@@ -17,8 +17,8 @@ choice moves only speed. It is a machine's property, by (torch threads, weight s
 kernels' builds: timed once (~5-10 s for SmolLM2 on 2 cores; ``make`` does it at set-up for the
 bundled model, ``python -m engine.fp32_products``), kept under ``$GROVE_CACHE/fp32-products/``
 keyed by the CPU, torch, the threads, the shape and the fp32 kernel's build (a change to the kernel
-times them again), and held for the process once read, so two
-engines of one process with the same model take the same paths.
+times them again), and held for the process once read, so two engines of one process with the same
+model take the same paths.
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,6 +30,19 @@ from bench_cpu_linear import LAYERS, LM_HEAD, SHAPES  # this directory (run as a
 from kernels import cpu_build, cpu_linear, cpu_linear_fp32
 
 logger = logging.getLogger("ab_cpu_linear")
+
+
+def alternate(one_pass: Callable[[int], None], reps: int) -> tuple[float, float]:
+    """Median ms of ``one_pass(0)`` (the old build) and ``one_pass(1)`` (the new), taken in turn
+    ``reps`` times after a warm-up pass of each."""
+    times: list[list[float]] = [[], []]
+    for rep in range(reps + 1):
+        for which in (0, 1):
+            t0 = time.perf_counter()
+            one_pass(which)
+            if rep:  # the first pass warms up
+                times[which].append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,20 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     for T in (int(t) for t in args.tokens.split(",")):
         xs = [torch.randn(T, i, generator=gen).bfloat16() for _, i in SHAPES]
         outs = [[torch.empty(T, o, dtype=torch.bfloat16) for o, _ in SHAPES] for _ in libs]
-        times: list[list[float]] = [[], []]
-        for rep in range(args.reps + 1):
-            for which, lib in enumerate(libs):
-                t0 = time.perf_counter()
-                for layer in layers:
-                    for x, w, y in zip(xs, layer, outs[which]):
-                        call = lib.grove_linear_amx if w.amx else lib.grove_linear_bf16
-                        rc = call(x.data_ptr(), T, w.in_features, w.in_features, w.ptr, w.out_features, y.data_ptr(),
-                                  w.out_features, 0, None, 0.0, args.threads)
-                        if rc != 0:
-                            raise SystemExit(f"{[args.old, args.new][which]} returned {rc}")
-                if rep:  # the first pass warms up
-                    times[which].append((time.perf_counter() - t0) * 1e3)
-        old, new = statistics.median(times[0]), statistics.median(times[1])
+
+        def one_pass(which: int) -> None:
+            lib = libs[which]
+            for layer in layers:
+                for x, w, y in zip(xs, layer, outs[which]):
+                    call = lib.grove_linear_amx if w.amx else lib.grove_linear_bf16
+                    rc = call(x.data_ptr(), T, w.in_features, w.in_features, w.ptr, w.out_features, y.data_ptr(),
+                              w.out_features, 0, None, 0.0, args.threads)
+                    if rc != 0:
+                        raise SystemExit(f"{[args.old, args.new][which]} returned {rc}")
+
+        old, new = alternate(one_pass, args.reps)
         same = all(torch.equal(a.view(torch.int16), b.view(torch.int16)) for a, b in zip(*outs))
         logger.info(f"{T:>6} {old:>8.2f} {new:>8.2f} {new / old:>7.2f}x  {same}")
     return 0
@@ -86,19 +98,16 @@ def fp32(args: argparse.Namespace) -> int:
     for T in (int(t) for t in args.tokens.split(",")):
         xs = {i: torch.randn(T, i, generator=gen) for i in {w.shape[1] for w in weights}}
         outs = [[torch.empty(T, w.shape[0]) for w in weights] for _ in libs]
-        times: list[list[float]] = [[], []]
-        for rep in range(args.reps + 1):
-            for which, lib in enumerate(libs):
-                t0 = time.perf_counter()
-                for w, y in zip(weights, outs[which]):
-                    x = xs[w.shape[1]]
-                    rc = lib.grove_linear_fp32(x.data_ptr(), T, w.shape[1], w.shape[1], w.data_ptr(), w.shape[0],
-                                               y.data_ptr(), w.shape[0], 0, None, 0.0, args.threads)
-                    if rc != 0:
-                        raise SystemExit(f"{[args.old, args.new][which]} returned {rc}")
-                if rep:  # the first pass warms up
-                    times[which].append((time.perf_counter() - t0) * 1e3)
-        old, new = statistics.median(times[0]), statistics.median(times[1])
+
+        def one_pass(which: int) -> None:
+            for w, y in zip(weights, outs[which]):
+                x = xs[w.shape[1]]
+                rc = libs[which].grove_linear_fp32(x.data_ptr(), T, w.shape[1], w.shape[1], w.data_ptr(), w.shape[0],
+                                                   y.data_ptr(), w.shape[0], 0, None, 0.0, args.threads)
+                if rc != 0:
+                    raise SystemExit(f"{[args.old, args.new][which]} returned {rc}")
+
+        old, new = alternate(one_pass, args.reps)
         same = all(torch.equal(a, b) for a, b in zip(*outs))
         logger.info(f"{T:>6} {old:>8.2f} {new:>8.2f} {new / old:>7.2f}x  {same}")
     return 0
