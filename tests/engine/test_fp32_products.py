@@ -47,7 +47,7 @@ def test_linear_takes_the_layout_timed_for_its_bucket(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize("shape", [(960, 576), (576, 1536), (24, 8), (31, 16), (7, 40)], ids=str)
-@pytest.mark.parametrize("t", [1, 2, 3, 4, 5, 7, 16, 25])  # every tile shape of either build, with tails
+@pytest.mark.parametrize("t", [1, 2, 3, 4, 5, 7, 8, 16, 25])  # every tile shape of either build, with tails
 def test_the_fp32_kernel_gives_f_linears_values(shape: tuple[int, int], t: int) -> None:
     if not cpu_linear_fp32.available():
         pytest.skip("no AVX2 with FMA here: the fp32 kernel is never timed")
