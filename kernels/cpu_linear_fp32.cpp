@@ -117,15 +117,16 @@ struct Lanes {
 // x laid out for the tiles: pass p (tokens p * C .. p * C + C) as [steps][C][N] floats (a row's
 // last vector zero-padded), so a k step's C token vectors lie together behind one pointer. With a
 // pointer per token row, a 6 x 4 tile wanted more registers than there are: GCC spilled an
-// accumulator, and loaded each weight vector once per token (22 loads a k step for 24 FMAs).
-inline int64_t packed_floats(int64_t T, int64_t in, int C) {
-  return (T + C - 1) / C * C * ((in + Lanes::N - 1) / Lanes::N) * Lanes::N;
-}
+// accumulator (and folded loads into the FMAs: 22 loads a k step for 24 FMAs).
+inline int64_t pass_floats(int64_t in, int C) { return C * ((in + Lanes::N - 1) / Lanes::N) * Lanes::N; }
+
+// Token t's first vector in the packed x; its next k step's is C * N floats on
+inline int64_t packed_at(int64_t t, int64_t in, int C) { return t / C * pass_floats(in, C) + t % C * Lanes::N; }
 
 void pack_x(const float* x, int64_t T, int64_t in, int64_t xs, int C, float* __restrict xp) {
   const int64_t steps = (in + Lanes::N - 1) / Lanes::N, full = in / Lanes::N;
   for (int64_t t = 0; t < T; ++t) {
-    float* dst = xp + ((t / C) * steps * C + t % C) * Lanes::N;
+    float* dst = xp + packed_at(t, in, C);
     const float* src = x + t * xs;
     for (int64_t s = 0; s < full; ++s, dst += C * Lanes::N) Lanes::store(dst, Lanes::load(src + s * Lanes::N));
     if (full < steps) Lanes::store(dst, Lanes::load8(src + full * Lanes::N));  // 8 inputs and 8 zeros
@@ -136,11 +137,11 @@ void pack_x(const float* x, int64_t T, int64_t in, int64_t xs, int C, float* __r
 // N floats apart) times R rows' weights.
 //
 // In the fuller tiles GCC, short of registers, folds each load into the FMAs that use it: every
-// weight (or token) vector loaded C (or R) times a k step, 28 loads for a 6 x 4 tile's 24 FMAs,
-// which then wait on the loads. Pinning each loaded vector in a register (Lanes::pin) keeps it to
-// R + C loads: SmolLM2's products at 12-64 tokens took 0.75-0.86x the time (session 48, Zen 4).
-// The smaller tiles run where a step streams the weights from memory once (1-4 tokens with AVX-512)
-// and there pinning was 5-10% slower, so they are left to GCC.
+// weight (or token) vector loaded C (or R) times a k step (with x packed: 28 loads for a 6 x 4
+// tile's 24 FMAs), and the FMAs wait on the loads. Pinning each loaded vector in a register
+// (Lanes::pin) keeps it to R + C loads: SmolLM2's products at 12-64 tokens took 0.75-0.84x the
+// time (session 48, Zen 4). The smaller tiles run where a step streams the weights from memory
+// once (1, 3 and 4 tokens with AVX-512), and there pinning was 5-10% slower, so they are left to GCC.
 template <int R, int C, bool Short>
 inline void fma_step(Lanes::V (&acc)[R][C], const float* __restrict w, int64_t in, const float* __restrict x,
                      int64_t k) {
@@ -200,7 +201,7 @@ void tail_tile(int c, const float* w, int64_t in, const float* x, int64_t xstep,
 template <int R, int C>
 void rows(const float* w, int64_t in, int64_t o0, int64_t o1, const float* xp, int64_t T, float* y, int64_t ys,
           bool add) {
-  const int64_t passes = (T + C - 1) / C, pass_floats = C * ((in + Lanes::N - 1) / Lanes::N) * Lanes::N;
+  const int64_t passes = (T + C - 1) / C;
   const int64_t group_lines = R * in * static_cast<int64_t>(sizeof(float)) / 64;
   int64_t o = o0;
   for (; o + R <= o1; o += R) {
@@ -211,14 +212,13 @@ void rows(const float* w, int64_t in, int64_t o0, int64_t o1, const float* xp, i
       int64_t lo = 0, hi = 0;  // this pass's slice of the next group's lines
       if (prefetch && passes == 1) lo = 0, hi = group_lines;  // one pass: the next group's rows ahead of it
       else if (prefetch && p > 0) lo = group_lines * (p - 1) / (passes - 1), hi = group_lines * p / (passes - 1);
-      tail_tile<R, C>(static_cast<int>(c), w + o * in, in, xp + p * pass_floats, C * Lanes::N, y + t * ys + o, ys,
-                      add, hi > lo ? next + lo * 64 : nullptr, hi - lo);
+      tail_tile<R, C>(static_cast<int>(c), w + o * in, in, xp + packed_at(t, in, C), C * Lanes::N, y + t * ys + o,
+                      ys, add, hi > lo ? next + lo * 64 : nullptr, hi - lo);
     }
   }
   for (; o < o1; ++o)
     for (int64_t t = 0; t < T; ++t)
-      tile<1, 1>(w + o * in, in, xp + (t / C) * pass_floats + (t % C) * Lanes::N, C * Lanes::N, y + t * ys + o, ys,
-                 add, nullptr, 0);
+      tile<1, 1>(w + o * in, in, xp + packed_at(t, in, C), C * Lanes::N, y + t * ys + o, ys, add, nullptr, 0);
 }
 
 // The product with R x C tiles: the rows split over the team, each thread packing x (pack_x) into
@@ -236,7 +236,7 @@ void product(const float* x, int64_t T, int64_t in, int64_t xs, const float* w, 
     const int64_t o1 = o1_units < out ? o1_units : out;
     if (o0 < o1) {
       thread_local std::vector<float> packed;
-      packed.resize(static_cast<size_t>(packed_floats(T, in, C) + 16));
+      packed.resize(static_cast<size_t>((T + C - 1) / C * pass_floats(in, C) + 16));
       // 64-byte aligned: no vector load straddles two cache lines
       float* const xp = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(packed.data()) + 63) & ~uintptr_t{63});
       pack_x(x, T, in, xs, C, xp);
