@@ -44,8 +44,8 @@
 // registers (fma_step), and a 3 x 8 tile for 7-8 tokens (one pass over the weights where 6 x 4 took
 // two). Same bits. Session 47's build -> this, ms: 1 token 20.8 -> 20.8, 4 17.4 -> 17.4, 8 23.4 ->
 // 21.6, 12 29.0 -> 24.5, 16 31.8 -> 26.1, 32 69.2 -> 54.7, 64 130 -> 102 (0.75-0.84x from 12
-// tokens). The AVX2 build on this CPU: 1-8 tokens within 3%, 16 38.4 -> 34.3, 32 70.0 -> 60.3, 64
-// 134 -> 109; not timed on an AVX2-only CPU either.
+// tokens). The AVX2 build on this CPU: 0.96-1.03x at 1-8 tokens, 16 38.4 -> 34.3, 32 70.0 -> 60.3,
+// 64 134 -> 109; not timed on an AVX2-only CPU either.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -117,7 +117,7 @@ struct Lanes {
 // x laid out for the tiles: pass p (tokens p * C .. p * C + C) as [steps][C][N] floats (a row's
 // last vector zero-padded), so a k step's C token vectors lie together behind one pointer. With a
 // pointer per token row, a 6 x 4 tile wanted more registers than there are: GCC spilled an
-// accumulator (and folded loads into the FMAs: 22 loads a k step for 24 FMAs).
+// accumulator (and folded loads into the FMAs: 22-28 loads a k step for 24 FMAs).
 inline int64_t pass_floats(int64_t in, int C) { return C * ((in + Lanes::N - 1) / Lanes::N) * Lanes::N; }
 
 // Token t's first vector in the packed x; its next k step's is C * N floats on
