@@ -37,7 +37,7 @@ from bench.baselines import HFModel, make_baseline
 from bench.datasets import load_prompts
 from bench.datasets.json_extract import SCHEMA
 from bench.inprocess import Decode, decode_batch, decode_interleaved, decode_stream
-from bench.jobs import prompt_token_ids
+from bench.jobs import prompt_token_ids, select_jobs
 from bench.records import Job, Prompt
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
@@ -68,6 +68,10 @@ def main() -> int:
     ap.add_argument("--num-prompts", default="16",
                     help="prompts per concurrency (disjoint): one number, or one per --concurrency level")
     ap.add_argument("--skip-prompts", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=None,
+                    help="shuffle the dataset with this seed before --skip-prompts, as `grove bench` does "
+                         "(scripts/bench_lookahead.py uses seed 0: --seed 0 runs its prompts); default: "
+                         "the dataset's order")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--concurrency", default="1,16", help="comma-separated batch sizes")
     ap.add_argument("--device", default="cpu")
@@ -107,10 +111,16 @@ def main() -> int:
 
     off, on = engine(False), engine(True)
     tune_gc()  # as the workers do once their model is loaded
-    records = load_prompts(args.dataset)[args.skip_prompts:args.skip_prompts + firsts[-1]]
+    if args.seed is None:
+        records = load_prompts(args.dataset)[args.skip_prompts:args.skip_prompts + firsts[-1]]
+        prompts = [prompt_token_ids(on.tokenizer, p) for p in records]
+    else:  # the stack bench's pick: shuffled, sessions kept together, prompts over 2,048 tokens left out
+        jobs = select_jobs(load_prompts(args.dataset), on.tokenizer, num=firsts[-1], warmup=0,
+                           max_tokens=args.max_tokens, max_prompt_tokens=2048, seed=args.seed,
+                           skip=args.skip_prompts).jobs
+        records, prompts = [j.prompt for j in jobs], [list(j.prompt_ids) for j in jobs]
     if len(records) < firsts[-1]:
         raise SystemExit(f"{args.dataset} has too few prompts for {firsts[-1]} after {args.skip_prompts}")
-    prompts = [prompt_token_ids(on.tokenizer, p) for p in records]
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, repetition_penalty=args.repetition_penalty,
                             frequency_penalty=args.frequency_penalty,
                             structured=StructuredSpec("json_schema", json.dumps(SCHEMA)) if args.json_schema else None)
