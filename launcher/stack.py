@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 # the requests it held back suffered (code-edit c=16, one prompt set, lookahead on / off 0.64-0.85x
 # in three runs with the default). 10,000 rounds keep the spin inside a step's back-to-back regions
 # and hand the cores over between steps: that prompt set 1.41x, off's tokens/s alike (AMD EPYC, 2
-# cores, README's session 20). OMP_WAIT_POLICY=passive (no spin) also cured it but cost ~20% of
+# cores, docs/performance-history.md, session 20). OMP_WAIT_POLICY=passive (no spin) also cured it but cost ~20% of
 # plain decoding. A GOMP_SPINCOUNT already in the environment is kept.
 GOMP_SPINCOUNT = "10000"
 

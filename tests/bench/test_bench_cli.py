@@ -64,5 +64,5 @@ def test_docs_scenarios_are_valid_runs() -> None:
         used.add(c.dataset)
     # every dataset appears in the docs table but json-extract: it runs under a JSON schema, which
     # transformers' generate (the table's baseline) does not follow; scripts/bench_lookahead_engine.py
-    # --json-schema measures it (README, "Structured output with lookahead")
+    # --json-schema measures it (docs/performance.md, "Structured output with lookahead")
     assert used == set(DATASETS) - {"json-extract"}
