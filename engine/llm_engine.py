@@ -365,6 +365,8 @@ class LLMEngine:
                 reason = seq.append_token(token)
                 if reason is not None:
                     break
+            if tree is not None:  # drafts past a stop or the length limit never reach the output
+                seq.num_accepted_tokens += min(len(path) - 1, len(appended))
             # after the append: accepted drafts' KV was computed this step but their tokens join
             # all_ids only now, and a finishing sequence gets no later step to register them
             self.scheduler.register(seq)

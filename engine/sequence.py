@@ -34,7 +34,9 @@ class Sequence:
     # prompt_logprobs: entry j is prompt token j + 1's (logprob, rank, top ids, top logprobs) given the
     # tokens before it; rank 1 is the most likely token
     prompt_logprobs: list[tuple[float, int, list[int], list[float]]] = field(default_factory=list)
-    # lookahead bookkeeping: drafted and accepted token counts
+    # lookahead bookkeeping: tokens drafted, and drafted tokens that reached the output (OpenAI's
+    # accepted_prediction_tokens: a stop or the length limit inside an accepted path drops the
+    # rest, which the server-wide counters still count as the verifier accepted them, as vLLM's do)
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     hold_kv: bool = False  # prefill-only: stop after the first token (finished or not), keep the blocks

@@ -140,8 +140,7 @@ class Speculator:
         st.num_accepted_tokens += accepted
         for pos in range(accepted):
             st.accepted_per_pos[pos] += 1
-        seq.num_draft_tokens += len(tree)
-        seq.num_accepted_tokens += accepted
+        seq.num_draft_tokens += len(tree)  # its accepted ones are counted by the engine, as they reach the output
         return Verified(path, new)
 
     def finish(self, seq: Seq) -> None:

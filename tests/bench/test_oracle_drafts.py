@@ -41,3 +41,26 @@ def test_the_drafter_replayed_over_a_copy_of_its_prompt_takes_it_in_one_step() -
     assert drafter_steps(drafter, "copy", prompt, output, depth=16, width=2) == 1
     assert drafter_steps(drafter, "short", prompt, output, depth=4, width=1) == 3  # 14 tokens after the first: 5 + 5 + 4
     assert not drafter.local  # each replay forgets its request
+
+
+def test_usage_counts_the_drafts_that_reach_the_output(engine: Any, tokenizer: Any) -> None:
+    """A stop token inside a path the verifier took whole ends the output there: the request's
+    accepted count (OpenAI's accepted_prediction_tokens) holds only the drafts before it, while the
+    server-wide counters keep what the verifier accepted, as vLLM's do."""
+    prompt = tokenizer(TEXTS[1])["input_ids"]
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    answer = decode_batch(engine, [prompt], params, "usage-ref").outputs[0]
+    at = next(i for i in range(3, 9) if answer[i] not in answer[:i])  # the stop: its first occurrence
+    base = engine.speculator
+    try:  # the prefill samples answer[0]; the next step drafts answer[1:9], all taken
+        engine.speculator = oracle = OracleSpeculator(base, {tuple(prompt): answer}, depth=8)
+        seq = engine.add_request("usage-stop", prompt, SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True,
+                                                                        stop_token_ids=(answer[at],)))
+        while engine.has_work:
+            engine.step()
+    finally:
+        engine.speculator = base
+    assert seq.output_ids == answer[: at + 1] and seq.finish_reason == "stop"
+    assert oracle.stats.num_draft_tokens == oracle.stats.num_accepted_tokens == 8
+    assert seq.num_draft_tokens == 8 and seq.num_accepted_tokens == at  # answer[1..at]: drafts in the output
+    assert not engine.has_work and engine.allocator.num_used == 0
