@@ -47,9 +47,7 @@ class EngineConfig:
         return Path(self.model) if self.model else default_model_dir()
 
     @staticmethod
-    def add_cli_args(parser: argparse.ArgumentParser, *, max_num_batched_tokens: int = 512) -> None:
-        """The engine's flags; ``max_num_batched_tokens`` is the entry point's default for a step's
-        tokens (a prefill worker takes more than a decode worker: prefill_worker.__main__)."""
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("engine")
         g.add_argument("--model", default="", help="local Hugging Face model directory (default: bundled SmolLM2)")
         g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -58,8 +56,9 @@ class EngineConfig:
         g.add_argument("--kv-cache-gb", type=float, default=1.0, help="local KV pool size")
         g.add_argument("--num-kv-blocks", type=int, default=0, help="local KV pool size in blocks (overrides --kv-cache-gb)")
         g.add_argument("--max-num-seqs", type=int, default=64)
-        g.add_argument("--max-num-batched-tokens", type=int, default=max_num_batched_tokens,
-                       help="most tokens a step computes: a longer prompt is computed in chunks of it (default %(default)s)")
+        g.add_argument("--max-num-batched-tokens", type=int, default=512,
+                       help="most tokens a step computes: a longer prompt is computed in chunks of it (default "
+                            "%(default)s; scripts/bench_prefill_chunks.py weighs other sizes)")
         g.add_argument("--max-model-len", type=int, default=0)
         g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton", "cpu"])
         g.add_argument("--num-threads", type=int, default=0)

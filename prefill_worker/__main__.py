@@ -30,11 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lease-ttl", type=float, default=30.0, help="seconds a handed-over KV stays held unclaimed")
     p.add_argument("--max-waiting", type=int, default=64, help="requests in flight before RESOURCE_EXHAUSTED")
     add_worker_args(p, "prefill")
-    # A prefill worker computes prompts only, so a step's size bounds no decode's latency here: a
-    # prompt in one chunk instead of several reads the weights fewer times. fp32 on 2 cores (Zen 4),
-    # prompts alone, 2,048 against 512: ~880 tokens 0.89x the time, ~1,750 tokens 0.91x; bf16 alike
-    # (1.02-1.03x, noise). A short prompt queued behind long ones waits for a longer step in turn.
-    EngineConfig.add_cli_args(p, max_num_batched_tokens=2048)
+    EngineConfig.add_cli_args(p)
     return p.parse_args(argv)
 
 

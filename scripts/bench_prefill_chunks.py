@@ -2,11 +2,15 @@
 
     .venv/bin/python scripts/bench_prefill_chunks.py [--dtype float32] [--chunks 512,2048] [--pairs 6]
 
-One engine per step size, loaded in this process; each computes the same prompts alone (prefix
-cache off, one output token), the engines' order alternating prompt by prompt so that the machine's
-drift falls on all of them. Prompts: Shakespeare passages (~880 tokens) and two of them joined
-(~1,750). Prints each engine's times and the median ratio of each size to the first. This is what
-set a prefill worker's default step (prefill_worker.__main__).
+One engine per step size, loaded in this process, prefix cache off, one output token a prompt (a
+prefill worker's work); the engines' order alternates so that the machine's drift falls on all.
+- Alone: Shakespeare passages (~880 tokens) and two of them joined (~1,750), one at a time: each
+  engine's times and the median ratio of each size to the first.
+- Bursts (--burst N): N code-edit (~200 tokens) or ShareGPT prompts added at once, FCFS: mean, median
+  and last time to a prompt's first token. Larger steps pack more prompts into one step, and every
+  prompt of a step waits for the whole of it.
+Session 49 (fp32, 2 cores): 2,048-token steps took a long prompt alone in 0.89-0.95x the time but
+raised a burst's mean time to first token by 15-45%, so both workers keep 512.
 """
 from __future__ import annotations
 
@@ -36,12 +40,26 @@ def prefill_seconds(engine: LLMEngine, prompt: list[int], tag: str) -> float:
     return time.perf_counter() - t0
 
 
+def burst_seconds(engine: LLMEngine, prompts: list[list[int]], tag: str) -> list[float]:
+    """Seconds from adding every prompt at once to each one's first token, sorted."""
+    params = SamplingParams(temperature=0.0, max_tokens=1)
+    t0 = time.perf_counter()
+    seqs = [engine.add_request(f"{tag}-{i}", p, params) for i, p in enumerate(prompts)]
+    done: dict[str, float] = {}
+    while engine.has_work:
+        engine.step()
+        now = time.perf_counter() - t0
+        done.update((s.request_id, now) for s in seqs if s.finished and s.request_id not in done)
+    return sorted(done.values())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--chunks", default="512,2048", help="comma-separated step sizes; the first is the baseline")
     ap.add_argument("--pairs", type=int, default=6, help="prompts of each length (each computed by every engine)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--burst", type=int, default=0, help="also bursts of this many prompts (code-edit, ShareGPT), 3 each")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -65,6 +83,16 @@ def main() -> None:
         for c in chunks:
             ratio = statistics.median(t / b for t, b in zip(times[c], base))
             print(f"  {c:>5}: {' '.join(f'{t * 1e3:.0f}' for t in times[c])}   median ratio to {chunks[0]}: {ratio:.2f}x")
+    for dataset in ("code-edit", "sharegpt") if args.burst else ():
+        prompts = [prompt_token_ids(tokenizer, p) for p in load_prompts(dataset)[: 3 * args.burst]]
+        print(f"bursts of {args.burst} {dataset} prompts, {args.dtype}: mean / median / last time to the first token, s")
+        for r in range(3):
+            batch = prompts[r * args.burst:(r + 1) * args.burst]
+            cells = []
+            for c in chunks if r % 2 == 0 else chunks[::-1]:
+                v = burst_seconds(engines[c], batch, f"{dataset}-{r}-{c}")
+                cells.append(f"{c}: {statistics.mean(v):.2f} / {statistics.median(v):.2f} / {v[-1]:.2f}")
+            print(f"  {sum(map(len, batch))} tokens   " + "   ".join(sorted(cells, key=lambda x: int(x.split(':')[0]))))
 
 
 if __name__ == "__main__":
