@@ -313,13 +313,27 @@ def usage_json(u: Usage) -> dict[str, Any]:
 
 
 class TokenNames:
-    """How logprobs name tokens: the tokenizer's pieces (as vLLM names them), or with vLLM's
-    ``return_tokens_as_token_ids`` "token_id:<id>" (a token that is part of a character has no
-    text of its own); each entry also has the token's bytes, as OpenAI's do."""
+    """How logprobs name tokens: each token's text decoded alone (" sky", not the piece "Ġsky"), as
+    OpenAI and vLLM name them, or with vLLM's ``return_tokens_as_token_ids`` "token_id:<id>" (a
+    token that is part of a character has no text of its own: it decodes to U+FFFD); each entry
+    also has the token's bytes, as OpenAI's do."""
 
     def __init__(self, tokenizer: Any, as_ids: bool = False) -> None:
-        self.name: Callable[[int], str] = tokenizer.convert_ids_to_tokens if not as_ids else "token_id:{}".format
+        self.tokenizer = tokenizer
+        self._texts: dict[int, str] = {}
+        self.name: Callable[[int], str] = self.text if not as_ids else "token_id:{}".format
         self.bytes = TokenBytes(tokenizer)
+
+    def text(self, token_id: int) -> str:
+        """The token decoded alone, with the leading spaces a SentencePiece tokenizer's decode drops
+        from a text's start given back (its piece's "▁" marks: "▁world" is " world"), as vLLM does."""
+        got = self._texts.get(token_id)
+        if got is None:
+            got = self.tokenizer.decode([token_id])
+            piece = self.tokenizer.convert_ids_to_tokens(token_id) or ""
+            missing = (len(piece) - len(piece.lstrip("\u2581"))) - (len(got) - len(got.lstrip(" ")))
+            got = self._texts[token_id] = " " * missing + got if missing > 0 else got
+        return got
 
     def entry(self, token_id: int, logprob: float) -> dict[str, Any]:
         return {"token": self.name(token_id), "logprob": logprob, "bytes": self.bytes(token_id)}
@@ -353,7 +367,6 @@ class ResponseShaper:
         self.tools = tools
         self.prompt_logprobs = prompt_logprobs
         self.names = TokenNames(tokenizer, tokens_as_ids)
-        self._decoded: dict[int, str] = {}  # token id -> its text alone (prompt_logprobs' decoded_token)
         self._held: dict[int, str] = {}  # "required" tool-call choices: their text until they finish
         self._calls: dict[int, dict[str, Any]] = {}  # named tool-call choices: their call, once announced
         self.created = int(time.time())
@@ -394,10 +407,7 @@ class ResponseShaper:
         return out
 
     def _ranked(self, token_id: int, logprob: float, rank: int) -> dict[str, Any]:
-        text = self._decoded.get(token_id)
-        if text is None:
-            text = self._decoded[token_id] = self.tokenizer.decode([token_id])
-        return {"logprob": logprob, "rank": rank, "decoded_token": text}
+        return {"logprob": logprob, "rank": rank, "decoded_token": self.names.text(token_id)}
 
     def _choice(self, index: int, text: str, tokens: list[TokenOut], finish: str | None,
                 delta: bool, prompt_logprobs: list[TokenOut] | None = None) -> dict[str, Any]:
