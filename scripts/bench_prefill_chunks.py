@@ -9,8 +9,9 @@ prefill worker's work); the engines' order alternates so that the machine's drif
 - Bursts (--burst N): N code-edit (~200 tokens) or ShareGPT prompts added at once, FCFS: mean, median
   and last time to a prompt's first token. Larger steps pack more prompts into one step, and every
   prompt of a step waits for the whole of it.
-Session 49 (fp32, 2 cores): 2,048-token steps took a long prompt alone in 0.89-0.95x the time but
-raised a burst's mean time to first token by 15-45%, so both workers keep 512.
+Session 49 (fp32, 2 cores): 2,048-token steps took a long prompt alone in 0.89-1.00x the time but
+raised a burst's mean time to the first token in 11 of 12 bursts (by 4-61%), so both workers keep
+512 (docs/performance.md).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import time
 import torch
 
 from bench.datasets import load_prompts
+from bench.inprocess import decode_batch
 from bench.jobs import prompt_token_ids
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
@@ -31,13 +33,8 @@ logger = logging.getLogger("bench_prefill_chunks")
 
 
 def prefill_seconds(engine: LLMEngine, prompt: list[int], tag: str) -> float:
-    """Wall time from add_request to the first (and only) output token."""
-    params = SamplingParams(temperature=0.0, max_tokens=1)
-    t0 = time.perf_counter()
-    engine.add_request(tag, prompt, params)
-    while engine.has_work:
-        engine.step()
-    return time.perf_counter() - t0
+    """The steps' time to the first (and only) output token."""
+    return decode_batch(engine, [prompt], SamplingParams(temperature=0.0, max_tokens=1), tag).batch_seconds
 
 
 def burst_seconds(engine: LLMEngine, prompts: list[list[int]], tag: str) -> list[float]:
