@@ -335,6 +335,14 @@ class TokenNames:
             got = self._texts[token_id] = " " * missing + got if missing > 0 else got
         return got
 
+    def top(self, ids: Sequence[int], logprobs: Sequence[float]) -> dict[str, float]:
+        """Completions' top_logprobs, keyed by name, likeliest first: where two tokens share a name
+        (two parts of characters both decode to U+FFFD) the likelier one's logprob is kept."""
+        out: dict[str, float] = {}
+        for i, lp in zip(ids, logprobs):
+            out.setdefault(self.name(i), lp)
+        return out
+
     def entry(self, token_id: int, logprob: float) -> dict[str, Any]:
         return {"token": self.name(token_id), "logprob": logprob, "bytes": self.bytes(token_id)}
 
@@ -389,8 +397,7 @@ class ResponseShaper:
         k = self.logprobs  # a prompt token's top list may be longer (prompt_logprobs asked for more)
         return {"tokens": names + [tok(t.token_id) for t in tokens],
                 "token_logprobs": lps + [t.logprob for t in tokens],
-                "top_logprobs": tops + [{tok(i): lp for i, lp in zip(t.top_ids[:k], t.top_logprobs[:k])}
-                                        for t in tokens]}
+                "top_logprobs": tops + [self.names.top(t.top_ids[:k], t.top_logprobs[:k]) for t in tokens]}
 
     def _prompt_logprobs(self, prompt: list[TokenOut] | None) -> list[dict[str, Any] | None] | None:
         """vLLM's shape: null for the first prompt token, then for each other one its own entry and

@@ -46,3 +46,16 @@ class _SentencePieceLike:
 def test_a_sentencepiece_tokens_leading_space_is_given_back() -> None:
     names = TokenNames(_SentencePieceLike())
     assert [names.name(i) for i in (1, 2, 3)] == [" world", "x", "\n"]
+
+
+def test_top_logprobs_keep_the_likelier_of_two_tokens_with_one_name(model_dir: Path) -> None:
+    """Two parts of characters both decode to U+FFFD: completions' top_logprobs, a dict by name,
+    keeps the likelier one's logprob (the list comes likeliest first)."""
+    tok = load_tokenizer(model_dir)
+    partial = [i for i in tok(" 😀 😎")["input_ids"] if tok.decode([i]) == "\ufffd"]
+    names = TokenNames(tok)
+    assert len(set(partial)) >= 2
+    a, b = sorted(set(partial))[:2]
+    assert names.top([a, b], [-1.0, -2.0]) == {"\ufffd": -1.0}
+    ids = tok(" Paris café")["input_ids"]
+    assert names.top(ids, [-0.5, -3.0]) == {" Paris": -0.5, " café": -3.0}
