@@ -22,12 +22,13 @@ from gateway.choices import Choice, merged, plan_choices, total_usage
 from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
-    Echo, ResponseShaper, StreamUsage, TokenNames, asked_max_tokens, cache_salt_from_body, chat_messages,
+    Echo, ResponseShaper, StreamUsage, asked_max_tokens, cache_salt_from_body, chat_messages,
     chat_template_options, choices_per_prompt, client_request_id, completion_prompts, error_json, flag,
     priority_from_body, prompt_logprobs_from_body, reject_unsupported, sampling_from_body, stream_usage_from_body,
     truncation_from_body, wants_echo,
 )
 from gateway.responses_api import ResponseObject, as_chat_body, name_responses_error
+from gateway.token_names import TokenNames
 from gateway.structured_request import name_structured_error
 from gateway.tools import tool_plan
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from engine.errors import InvalidRequestError
 from engine.request import TokenOut, Usage
-from gateway.openai_protocol import TokenNames
+from gateway.token_names import TokenNames
 
 # fields of the Responses API that a text-only, storeless server cannot honour: a 400 names them
 _UNSUPPORTED = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.tokenizer import load_tokenizer
-from gateway.openai_protocol import TokenNames
+from gateway.token_names import TokenNames
 from gateway.token_bytes import TokenBytes
 
 
