@@ -29,8 +29,6 @@ from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 
-logger = logging.getLogger("bench_prefill_chunks")
-
 
 def prefill_seconds(engine: LLMEngine, prompt: list[int], tag: str) -> float:
     """The steps' time to the first (and only) output token."""
@@ -85,11 +83,10 @@ def main() -> None:
         print(f"bursts of {args.burst} {dataset} prompts, {args.dtype}: mean / median / last time to the first token, s")
         for r in range(3):
             batch = prompts[r * args.burst:(r + 1) * args.burst]
-            cells = []
-            for c in chunks if r % 2 == 0 else chunks[::-1]:
-                v = burst_seconds(engines[c], batch, f"{dataset}-{r}-{c}")
-                cells.append(f"{c}: {statistics.mean(v):.2f} / {statistics.median(v):.2f} / {v[-1]:.2f}")
-            print(f"  {sum(map(len, batch))} tokens   " + "   ".join(sorted(cells, key=lambda x: int(x.split(':')[0]))))
+            got = {c: burst_seconds(engines[c], batch, f"{dataset}-{r}-{c}")
+                   for c in (chunks if r % 2 == 0 else chunks[::-1])}
+            print(f"  {sum(map(len, batch))} tokens   " + "   ".join(
+                f"{c}: {statistics.mean(got[c]):.2f} / {statistics.median(got[c]):.2f} / {got[c][-1]:.2f}" for c in chunks))
 
 
 if __name__ == "__main__":
