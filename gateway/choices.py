@@ -4,10 +4,16 @@ pipeline request per choice, their streams merged into one.
 A prompt's first sample goes alone; its other samples start once it has its first token, so their
 prefills find the prompt's KV in the prefix caches (vLLM prefills a prompt once for its n samples)
 rather than computing it n times side by side.
+
+A request's choices may be more than its prefill workers take at once (``n`` up to the gateway's
+limit, 256; a prefill worker takes 64): a choice that every worker refuses while others of its
+request are in their prefills waits for one of them to end and tries again, rather than failing
+the request with a 429 that its own choices caused.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 from dataclasses import dataclass
 from typing import AsyncIterator, Sequence
@@ -43,6 +49,40 @@ def plan_choices(core: GatewayCore, prompts: Sequence[list[int]], params: Sampli
     return choices
 
 
+class PrefillTurns:
+    """A request's choices in their prefills. ``room`` is the ``GatewayCore.generate`` argument of
+    each: a choice refused for lack of room waits for another to leave its prefill (the worker
+    answers it, which frees its place there); where every other one is waiting too, none will.
+    Each choice that leaves wakes the longest waiting one only: one place for one try."""
+
+    def __init__(self) -> None:
+        self.prefilling = 0  # choices started whose first token has not come, the waiting ones too
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def started(self) -> None:
+        self.prefilling += 1
+
+    def left(self) -> None:
+        self.prefilling -= 1
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():  # (a cancelled one is passed over)
+                turn.set_result(None)
+                return
+
+    async def room(self) -> bool:
+        if self.prefilling - len(self._waiting) <= 1:  # no other choice is in a worker's prefill
+            return False
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await turn
+        finally:
+            if turn in self._waiting:
+                self._waiting.remove(turn)
+        return True
+
+
 def total_usage(choices: Sequence[Choice], usages: dict[int, Usage]) -> Usage:
     """Each prompt's tokens once (as its first sample read them; the others hit its cache), every
     choice's output."""
@@ -74,14 +114,23 @@ async def merged(core: GatewayCore, choices: Sequence[Choice], arrived: float | 
             await gen.aclose()
         return
     queue: asyncio.Queue[tuple[Choice, GenerationChunk | None, Exception | None]] = asyncio.Queue()
+    turns = PrefillTurns()
 
     async def pump(choice: Choice) -> None:
+        turns.started()
+        prefilling = True
         try:
-            async for c in core.generate(choice.work, arrived):
+            async for c in core.generate(choice.work, arrived, turns.room):
+                if prefilling:
+                    prefilling = False
+                    turns.left()
                 await queue.put((choice, c, None))
         except Exception as e:  # noqa: BLE001 - handed to the consumer, which raises it
             await queue.put((choice, None, e))
             return
+        finally:
+            if prefilling:
+                turns.left()
         await queue.put((choice, None, None))  # finished
 
     waiting: dict[int, list[Choice]] = {}  # prompt -> its samples after the first, until it has a token

@@ -10,7 +10,7 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import grpc
 
@@ -31,6 +31,9 @@ MAX_REQUEST_ID = 256  # characters of a client's own request id
 KV_LOSS_RETRIES = 1  # prefills again when a decode worker could not get the KV, before giving up
 DECODE_MIGRATIONS = 2  # a request whose decode worker is lost mid-stream goes on elsewhere, this often
 T = TypeVar("T")
+# waits for room that the caller's own requests will make in the prefill workers: True once there
+# is some, False where none will come (GatewayCore._prefill)
+Room = Callable[[], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +137,11 @@ class GatewayCore:
         return WorkRequest(request_id or self.new_request_id(), tuple(prompt_ids), params, seed, priority, cache_salt)
 
     # ---- the pipeline -----------------------------------------------------------------------
-    async def _prefill(self, work: WorkRequest, trace: RequestTrace,
-                       avoid: Sequence[Worker] = ()) -> tuple[Worker, pb.PrefillResponse]:
-        """Prefills on a worker (another one while one fails), ``avoid``'s last unless it is all there is."""
+    async def _prefill(self, work: WorkRequest, trace: RequestTrace, avoid: Sequence[Worker] = (),
+                       room: Room | None = None) -> tuple[Worker, pb.PrefillResponse]:
+        """Prefills on a worker (another one while one fails), ``avoid``'s last unless it is all there is.
+        Every worker at capacity: ``room()`` (the request's other choices, gateway.choices) waits for
+        one of its own prefills to end and says True, to try again, or says False: a 429."""
         tried: list[Worker] = []
         busy = False
         last_failure = ""
@@ -145,6 +150,10 @@ class GatewayCore:
             w = self.router.choose_prefill(work.prompt_ids, exclude=[*tried, *avoid], cache_salt=work.cache_salt)
             if w is None and avoid:
                 avoid = ()
+                continue
+            if w is None and busy and room is not None and await room():
+                self.metrics.retry("prefill", last_failure)
+                tried, busy = [], False
                 continue
             if w is None:
                 if busy:
@@ -178,10 +187,13 @@ class GatewayCore:
             finally:
                 w.in_flight -= 1
 
-    async def generate(self, work: WorkRequest, arrived: float | None = None) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, work: WorkRequest, arrived: float | None = None,
+                       room: Room | None = None) -> AsyncIterator[GenerationChunk]:
         """Streams the request's output; the last chunk has finish_reason and usage.
 
         ``arrived``: when the request reached the gateway (``time.perf_counter()``; default: now).
+        ``room``: waits, when every prefill worker is at capacity, for room that the caller's own
+        requests will make (see ``_prefill``).
         """
         if self.in_flight >= self.config.max_concurrent:
             exc = OverloadedError(f"{self.in_flight} requests in flight (limit {self.config.max_concurrent})")
@@ -192,7 +204,7 @@ class GatewayCore:
         assert task is not None
         trace = RequestTrace(self.metrics, arrived)
         error: BaseException | None = None
-        chunks = self._generate(work, trace)
+        chunks = self._generate(work, trace, room)
         try:
             while True:
                 if self._shut:  # the drain timed out while the client's server was sending a chunk
@@ -239,8 +251,9 @@ class GatewayCore:
         while self.in_flight and loop.time() < deadline:
             await asyncio.sleep(0.05)
 
-    async def _generate(self, work: WorkRequest, trace: RequestTrace) -> AsyncIterator[GenerationChunk]:
-        pw, pre = await self._prefill(work, trace)
+    async def _generate(self, work: WorkRequest, trace: RequestTrace,
+                        room: Room | None) -> AsyncIterator[GenerationChunk]:
+        pw, pre = await self._prefill(work, trace, room=room)
         trace.first_token(len(work.prompt_ids), pre.cached_tokens)
         usage = Usage(prompt_tokens=len(work.prompt_ids), completion_tokens=0, cached_tokens=pre.cached_tokens)
         prompt_lps = [convert.token_from_pb(t) for t in pre.prompt_logprobs] if work.params.prompt_logprobs is not None \
