@@ -92,10 +92,24 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
     async def metrics() -> Response:
         return Response(core.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    started = int(time.time())
+
+    def model_card() -> dict[str, Any]:
+        """OpenAI's model object, with vLLM's ``root`` (the checkpoint) and ``max_model_len``."""
+        return {"id": core.config.served_model_name, "object": "model", "created": started, "owned_by": "grove",
+                "root": core.config.model_dir, "max_model_len": core.max_model_len}
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": core.config.served_model_name, "object": "model", "owned_by": "grove",
-                                           "max_model_len": core.max_model_len}]}
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str) -> Response:
+        """OpenAI's "retrieve model" (``client.models.retrieve``); a name not served is a 404."""
+        if model != core.config.served_model_name:
+            return _error(InvalidRequestError("model", f"model {model!r} is not served here "
+                                                       f"(try {core.config.served_model_name!r})"), 404)
+        return JSONResponse(model_card())
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> Response:
