@@ -32,11 +32,12 @@ def _tokenizer_class(model_dir: Path) -> str | None:
 
 def apply_chat_template(tokenizer: Any, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
                         continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None,
-                        tools: list[dict[str, Any]] | None = None) -> list[int]:
+                        tools: list[dict[str, Any]] | None = None, add_special_tokens: bool = False) -> list[int]:
     """OpenAI-style messages -> prompt token ids, with the generation prompt appended (vLLM's
     options: ``continue_final_message`` leaves the last (assistant) message open for the model to
     go on with; ``template_kwargs`` are handed to the template, e.g. a model's thinking switch;
-    ``tools``: OpenAI's tool list, for a template that renders them)."""
+    ``tools``: OpenAI's tool list, for a template that renders them; ``add_special_tokens``: the
+    tokenizer's own (a BOS) added to the rendered text too, as vLLM does; the template has its own)."""
     if add_generation_prompt and continue_final_message:
         raise InvalidRequestError("continue_final_message", "cannot be combined with add_generation_prompt")
     if continue_final_message and messages and messages[-1].get("role") != "assistant":
@@ -49,8 +50,10 @@ def apply_chat_template(tokenizer: Any, messages: Sequence[dict[str, Any]], add_
         if not isinstance(m.get("content"), str):
             raise InvalidRequestError(f"messages[{i}].content", "must be a string")
     out = tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt,
-                                        continue_final_message=continue_final_message, tokenize=True, tools=tools,
-                                        **(template_kwargs or {}))
+                                        continue_final_message=continue_final_message, tokenize=not add_special_tokens,
+                                        tools=tools, **(template_kwargs or {}))
+    if add_special_tokens:  # (tokenize=True encodes the rendered text without them)
+        out = tokenizer(out, add_special_tokens=True)["input_ids"]
     if isinstance(out, dict) or hasattr(out, "input_ids"):
         out = out["input_ids"]
     return list(out)

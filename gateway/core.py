@@ -69,13 +69,14 @@ class GatewayCore:
             raise InvalidRequestError("model", f"model {model!r} is not served here (try {self.config.served_model_name!r})")
 
     def token_ids(self, prompt: str | Sequence[int] | None = None, messages: list[dict[str, Any]] | None = None,
-                  template: dict[str, Any] | None = None) -> list[int]:
+                  template: dict[str, Any] | None = None, add_special_tokens: bool = True) -> list[int]:
         """The prompt's token ids as a request would have them (chat template applied, with
-        ``template``'s options), unchecked."""
+        ``template``'s options; prompt text with the tokenizer's special tokens unless
+        ``add_special_tokens`` is false), unchecked."""
         if messages is not None:
             return apply_chat_template(self.tokenizer, messages, **(template or {}))
         if isinstance(prompt, str):
-            return list(self.tokenizer(prompt)["input_ids"])
+            return list(self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
         if prompt is not None:
             return list(prompt)
         raise InvalidRequestError("prompt", "is required")
@@ -88,10 +89,11 @@ class GatewayCore:
         return min([self.config.max_model_len, *served])
 
     def tokenize(self, prompt: str | Sequence[int] | None = None, messages: list[dict[str, Any]] | None = None,
-                 template: dict[str, Any] | None = None, truncate: int | None = None) -> list[int]:
+                 template: dict[str, Any] | None = None, truncate: int | None = None,
+                 add_special_tokens: bool = True) -> list[int]:
         """The prompt's checked token ids; ``truncate``: keep only its last so many (vLLM's
         ``truncate_prompt_tokens``; -1: as many as the context takes beside one output token)."""
-        ids = self.token_ids(prompt, messages, template)
+        ids = self.token_ids(prompt, messages, template, add_special_tokens)
         if truncate is not None:
             limit = self.max_model_len - 1
             if not (truncate == -1 or 1 <= truncate <= limit):

@@ -24,8 +24,8 @@ from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
     Echo, ResponseShaper, StreamUsage, asked_max_tokens, cache_salt_from_body, chat_messages,
     chat_template_options, choices_per_prompt, client_request_id, completion_prompts, error_json, flag,
-    priority_from_body, prompt_logprobs_from_body, reject_unsupported, sampling_from_body, stream_usage_from_body,
-    truncation_from_body, wants_echo,
+    priority_from_body, prompt_logprobs_from_body, reject_unsupported, sampling_from_body, special_tokens_from_body,
+    stream_usage_from_body, truncation_from_body, wants_echo,
 )
 from gateway.responses_api import ResponseObject, as_chat_body, name_responses_error
 from gateway.token_names import TokenNames
@@ -121,12 +121,16 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             if body.get("messages") is not None:
                 ids = core.token_ids(messages=chat_messages(body), template=chat_template_options(body))
             elif isinstance(body.get("prompt"), str):
-                ids = core.token_ids(prompt=body["prompt"])
+                ids = core.token_ids(prompt=body["prompt"], add_special_tokens=special_tokens_from_body(body))
             else:
                 raise InvalidRequestError("prompt", "must be a string (or give messages)")
+            strs = flag(body, "return_token_strs")
         except InvalidRequestError as e:
             return _error(e)
-        return JSONResponse({"count": len(ids), "max_model_len": core.max_model_len, "tokens": ids})
+        out: dict[str, Any] = {"count": len(ids), "max_model_len": core.max_model_len, "tokens": ids}
+        if strs:  # the tokenizer's pieces, as vLLM gives them
+            out["token_strs"] = core.tokenizer.convert_ids_to_tokens(ids)
+        return JSONResponse(out)
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> Response:
@@ -164,7 +168,8 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
                                          truncate=truncate)]
             else:
                 given = completion_prompts(body, core.config.max_concurrent)
-                prompts = [core.tokenize(prompt=p, truncate=truncate) for p in given]
+                special = special_tokens_from_body(body)
+                prompts = [core.tokenize(prompt=p, truncate=truncate, add_special_tokens=special) for p in given]
                 if wants_echo(body):  # the prompt as the model read it (truncated: its text again)
                     echo = [Echo(p if isinstance(p, str) and truncate is None else core.detokenize(ids), ids)
                             for p, ids in zip(given, prompts)]

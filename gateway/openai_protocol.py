@@ -275,10 +275,17 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def special_tokens_from_body(body: dict[str, Any]) -> bool:
+    """vLLM's ``add_special_tokens`` of a completion's prompt text: the tokenizer's own (a BOS) are
+    added unless it is false. (A chat's is among its template options, false by default: the
+    template writes its own.)"""
+    return True if body.get("add_special_tokens") is None else _typed(body, "add_special_tokens", bool)
+
+
 def chat_template_options(body: dict[str, Any]) -> dict[str, Any]:
     """vLLM's chat-template fields: apply_chat_template's keyword arguments."""
     options: dict[str, Any] = {}
-    for key in ("add_generation_prompt", "continue_final_message"):
+    for key in ("add_generation_prompt", "continue_final_message", "add_special_tokens"):
         if body.get(key) is not None:
             options[key] = _typed(body, key, bool)
     if options.get("continue_final_message") and "add_generation_prompt" not in options:

@@ -29,7 +29,7 @@ def core(model_dir: Path) -> GatewayCore:
 
 def _endless(closed: list[bool], gap_s: float):
     """A chunk source: a chunk every ``gap_s`` seconds, forever; ``closed`` records its cleanup."""
-    async def chunks(work: Any, trace: Any) -> AsyncIterator[GenerationChunk]:
+    async def chunks(work: Any, trace: Any, room: Any) -> AsyncIterator[GenerationChunk]:
         try:
             while True:
                 await asyncio.sleep(gap_s)
