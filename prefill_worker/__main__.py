@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m prefill_worker", description=__doc__)
     p.add_argument("--advertise", default="", help="address others reach this worker at (default: bound address)")
     p.add_argument("--lease-ttl", type=float, default=30.0, help="seconds a handed-over KV stays held unclaimed")
-    p.add_argument("--max-waiting", type=int, default=64, help="requests in flight before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-waiting", type=int, default=256,
+                   help="requests in flight before RESOURCE_EXHAUSTED (default: %(default)s, the gateway's --max-concurrent)")
     add_worker_args(p, "prefill")
     EngineConfig.add_cli_args(p)
     return p.parse_args(argv)

@@ -1,6 +1,7 @@
 """A request with more choices than its prefill workers take at once (``n``, a list of prompts) is
 served, not refused with a 429 that its own choices caused. A real stack whose one prefill worker
-takes 2 requests at a time (``--max-waiting 2``; 64 by default, where ``n`` may be 256)."""
+takes 2 requests at a time (``--max-waiting 2``; 256 by default, as many choices as a request may
+have, but other requests may hold places too)."""
 from __future__ import annotations
 
 import concurrent.futures
