@@ -5,6 +5,7 @@ have, but other requests may hold places too)."""
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from launcher.stack import Stack, StackConfig
-from launcher.stack_probe import gateway_retry_counts, wait_idle
+from launcher.stack_probe import gateway_retry_counts, wait_idle, worker_stat
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +64,24 @@ def test_a_list_of_prompts_beyond_the_prefill_workers_room_is_served(narrow: Sta
 
 def test_a_worker_full_of_others_requests_still_answers_429(narrow: Stack) -> None:
     """The wait is for room the request's own choices make: n = 3 against a worker that two other
-    requests fill refuses at once (no choice of its own is in a prefill to wait for)."""
-    long_prompt = "word " * 1500
-    with httpx.Client(timeout=300) as client:
-        with concurrent.futures.ThreadPoolExecutor(2) as ex:
-            fillers = [ex.submit(client.post, narrow.http_url + "/v1/completions",
-                                 json={"prompt": long_prompt + str(i), "max_tokens": 1}) for i in range(2)]
-            statuses = []
-            for _ in range(50):  # until the fillers are in the worker's prefill
-                r = client.post(narrow.http_url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2, "n": 3})
-                statuses.append(r.status_code)
-                if r.status_code == 429:
-                    break
-            assert all(f.result().status_code == 200 for f in fillers)
+    requests fill is refused at once (no choice of its own is in a prefill to wait for). The
+    fillers are long prompts sent first; the probe goes once the worker has both in its batch."""
+    url = narrow.http_url + "/v1/completions"
+    statuses: list[int] = []
+    with httpx.Client(timeout=300) as client, concurrent.futures.ThreadPoolExecutor(2) as ex:
+        for attempt in range(5):  # (a probe that comes after a filler is done is served: try again)
+            fillers = [ex.submit(client.post, url, json={"prompt": f"{attempt} {i} " + "word " * 2000, "max_tokens": 1})
+                       for i in range(2)]
+            deadline = time.monotonic() + 60
+            while (s := worker_stat(narrow, "prefill-0")).num_running + s.num_waiting < 2:
+                assert time.monotonic() < deadline and not any(f.done() for f in fillers), \
+                    [f.result().text for f in fillers if f.done()]
+                time.sleep(0.01)
+            r = client.post(url, json={"prompt": "hi", "max_tokens": 2, "n": 3})
+            statuses.append(r.status_code)
+            assert [f.result().status_code for f in fillers] == [200, 200]
+            if r.status_code == 429:
+                break
     assert statuses[-1] == 429, statuses
+    assert "every prefill worker is at capacity" in r.json()["error"]["message"]
     assert set(wait_idle(narrow).values()) == {(0, 0, 0)}
