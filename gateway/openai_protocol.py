@@ -9,7 +9,7 @@ from engine.request import GenerationChunk, TokenOut, Usage
 from engine.sampling_params import INT32, MAX_LOGPROBS, SamplingParams
 from gateway.structured_request import structured_from_body
 from gateway.token_names import TokenNames
-from gateway.tools import ToolPlan, template_tools, tool_call
+from gateway.tools import RequiredCalls, ToolPlan, template_tools, tool_call
 
 _SAMPLING_KEYS = {
     "temperature": float, "top_p": float, "top_k": int, "min_p": float, "seed": int,
@@ -341,7 +341,8 @@ class ResponseShaper:
         self.tools = tools
         self.prompt_logprobs = prompt_logprobs
         self.names = TokenNames(tokenizer, tokens_as_ids)
-        self._held: dict[int, str] = {}  # "required" tool-call choices: their text until they finish
+        self._held: dict[int, str] = {}  # "required" tool-call choices: their text so far
+        self._required: dict[int, RequiredCalls] = {}  # and their calls as they stream
         self._calls: dict[int, dict[str, Any]] = {}  # named tool-call choices: their call, once announced
         self.created = int(time.time())
         self._started: set[int] = set()  # choices whose first delta (with the role, the echo) went out
@@ -415,9 +416,9 @@ class ResponseShaper:
         return choice
 
     def _tool_delta(self, index: int, text: str, finish: str | None, choice: dict[str, Any]) -> dict[str, Any]:
-        """A streamed tool call: a named function's call (id, name) first, then its arguments as
-        they come, as vLLM streams them; "required"'s list whole with the last chunk (which calls
-        it holds is known once its JSON is)."""
+        """A streamed tool call, as vLLM and OpenAI stream them: each call's id and name once known,
+        then its arguments as they come. A "required" answer cut before any call was named goes out
+        as text with the last chunk."""
         tools = self.tools
         assert tools is not None
         if tools.mode == "named":
@@ -427,11 +428,22 @@ class ResponseShaper:
             call = self._calls[index] = tool_call(tools.name or "", text)
             return {"tool_calls": [{"index": 0, **call}]}
         held = self._held[index] = self._held.get(index, "") + text
-        calls = tools.calls(held) if finish is not None else None
-        if calls is None:
-            return {"content": held} if finish is not None and held else {}
-        choice["finish_reason"] = tools.finish_reason(finish)
-        return {"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]}
+        calls = self._required.setdefault(index, RequiredCalls())
+        k = calls.count - 1  # the call being written
+        entries: list[dict[str, Any]] = []
+        for kind, s in calls.feed(text):
+            if kind == "call":
+                k += 1
+                entries.append({"index": k, **tool_call(s, "")})
+            elif entries and entries[-1]["index"] == k:
+                entries[-1]["function"]["arguments"] += s
+            else:
+                entries.append({"index": k, "function": {"arguments": s}})
+        if finish is not None:
+            if not calls.count:
+                return {"content": held} if held else {}
+            choice["finish_reason"] = tools.finish_reason(finish)
+        return {"tool_calls": entries} if entries else {}
 
     def chunk(self, index: int, c: GenerationChunk) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",

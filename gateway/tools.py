@@ -34,12 +34,104 @@ class ToolPlan:
             return None
         if self.mode == "named":
             return [tool_call(self.name or "", text)]
-        return [tool_call(item["name"], json.dumps(item["parameters"], ensure_ascii=False)) for item in value]
+        calls: list[dict[str, Any]] = []
+        for kind, s in RequiredCalls().feed(text):  # each call's parameters as written, as they stream
+            if kind == "call":
+                calls.append(tool_call(s, ""))
+            else:
+                calls[-1]["function"]["arguments"] += s
+        assert [c["function"]["name"] for c in calls] == [item["name"] for item in value]
+        return calls
 
     def finish_reason(self, finish: str | None) -> str | None:
         """vLLM's: a call that ended by its grammar finishes with "tool_calls" for required and
         "stop" for a named function (as OpenAI's forced call); "length" stays."""
         return "tool_calls" if finish == "stop" and self.mode == "required" else finish
+
+
+class RequiredCalls:
+    """"required"'s answer read as it streams: ``[{"name": ..., "parameters": ...}, ...]``, the
+    shape and key order its grammar fixes (whitespace may come anywhere between tokens). ``feed``
+    gives, in order, ("call", name) once a call's name is whole and ("args", text) for its
+    parameters' text as it comes, so a stream can send each call as vLLM and OpenAI stream them."""
+
+    def __init__(self) -> None:
+        self.depth = 0  # brackets open: 1 in the list, 2 in a call's object
+        self.in_string = False
+        self.escaped = False
+        self.expect_key = False  # in a call's object: the next string is a key
+        self.key = ""
+        self.chars: list[str] = []  # a string of the call's object being read (a key, the name)
+        self.capturing = False  # in the parameters' value
+        self.started = False  # its first character came
+        self.nested = 0  # brackets open within it
+        self.primitive = False  # a number or literal: it ends at "," "}" or whitespace
+        self.count = 0  # calls named so far
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        events: list[tuple[str, str]] = []
+        args: list[str] = []
+
+        def flush() -> None:
+            if args:
+                events.append(("args", "".join(args)))
+                args.clear()
+
+        for ch in text:
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif ch == "\\":
+                    self.escaped = True
+                elif ch == '"':
+                    self.in_string = False
+                if self.capturing:
+                    args.append(ch)
+                    self.capturing = self.in_string or self.nested > 0  # a string value ends with its quote
+                elif self.depth == 2:
+                    if self.in_string:
+                        self.chars.append(ch)
+                    elif self.expect_key:
+                        self.key = json.loads('"' + "".join(self.chars) + '"')
+                    elif self.key == "name":
+                        flush()
+                        events.append(("call", json.loads('"' + "".join(self.chars) + '"')))
+                        self.count += 1
+                continue
+            if self.capturing:
+                if not self.started:
+                    if ch.isspace():
+                        continue
+                    self.started = True
+                    self.primitive = ch not in '{["'
+                if self.primitive and (ch in ",}" or ch.isspace()):
+                    self.capturing = False  # and the character is read below as the object's
+                else:
+                    args.append(ch)
+                    if ch == '"':
+                        self.in_string = True
+                    elif ch in "{[":
+                        self.nested += 1
+                    elif ch in "}]":
+                        self.nested -= 1
+                        self.capturing = self.nested > 0
+                    continue
+            if ch == '"':
+                self.in_string = True
+                self.chars = []
+            elif ch in "{[":
+                self.depth += 1
+                self.expect_key = self.depth == 2
+            elif ch in "}]":
+                self.depth -= 1
+            elif self.depth == 2 and ch == ",":
+                self.expect_key = True
+            elif self.depth == 2 and ch == ":":
+                self.expect_key = False
+                if self.key == "parameters":
+                    self.capturing, self.started, self.nested = True, False, 0
+        flush()
+        return events
 
 
 def tool_call(name: str, arguments: str) -> dict[str, Any]:

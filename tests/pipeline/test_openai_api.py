@@ -189,8 +189,7 @@ def test_tool_calls_named_and_required(stack: Stack, client: openai.OpenAI) -> N
     assert required.choices[0].finish_reason == "tool_calls" and calls
     assert all(c.function.name in ("get_weather", "get_time") and isinstance(json.loads(c.function.arguments), dict)
                for c in calls)
-    # streamed: a named call's id and name first, then its arguments as they come (as vLLM streams
-    # them); "required"'s calls whole in the last chunk
+    # streamed: each call's id and name first, then its arguments as they come (as vLLM streams them)
     chunks = [c.choices[0] for c in client.chat.completions.create(
         messages=msgs, tool_choice={"type": "function", "function": {"name": "get_weather"}}, stream=True, **kw) if c.choices]
     streamed = [tc for c in chunks for tc in (c.delta.tool_calls or [])]
@@ -201,8 +200,13 @@ def test_tool_calls_named_and_required(stack: Stack, client: openai.OpenAI) -> N
     assert not any(c.delta.content for c in chunks) and chunks[-1].finish_reason == "stop"
     chunks = [c.choices[0] for c in client.chat.completions.create(
         messages=msgs, tool_choice="required", stream=True, **kw) if c.choices]
-    assert [tc.function.name for c in chunks for tc in (c.delta.tool_calls or [])] == [c.function.name for c in calls]
-    assert chunks[-1].delta.tool_calls and chunks[-1].finish_reason == "tool_calls"
+    streamed = [tc for c in chunks for tc in (c.delta.tool_calls or [])]
+    assert [(tc.index, tc.function.name) for tc in streamed if tc.id] == [(k, c.function.name) for k, c in enumerate(calls)]
+    arguments = [""] * len(calls)
+    for tc in streamed:
+        arguments[tc.index] += tc.function.arguments or ""
+    assert arguments == [c.function.arguments for c in calls]  # the whole answer's, as written
+    assert not any(c.delta.content for c in chunks) and chunks[-1].finish_reason == "tool_calls"
 
     turn2 = msgs + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
                     {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 18}'}]
