@@ -374,10 +374,11 @@ async def _sse(shaper: ResponseShaper, choices: list[Choice], first: tuple[int, 
         i, c = first
         while True:
             chunk = shaper.chunk(i, c)
-            if usage.continuous:
-                produced[i] += len(c.tokens)
-                chunk["usage"] = shaper.running_usage(len(choices[i].work.prompt_ids), produced[i])
-            yield event(chunk)
+            produced[i] += len(c.tokens)
+            if not shaper.says_nothing(chunk):
+                if usage.continuous:
+                    chunk["usage"] = shaper.running_usage(len(choices[i].work.prompt_ids), produced[i])
+                yield event(chunk)
             if c.finish_reason is not None:
                 usages[i] = c.usage or Usage()
             try:

@@ -452,6 +452,13 @@ class ResponseShaper:
                                          prompt_logprobs=c.prompt_logprobs)]}
 
     @staticmethod
+    def says_nothing(chunk: dict[str, Any]) -> bool:
+        """A chat chunk whose delta is empty and which carries nothing else (a "required" tool
+        call's tokens before its first name is whole): not sent, as vLLM sends none."""
+        c = chunk["choices"][0]
+        return c.get("delta") == {} and c["finish_reason"] is None and c["logprobs"] is None and "token_ids" not in c
+
+    @staticmethod
     def running_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
         """A streamed chunk's usage (vLLM's ``continuous_usage_stats``): its choice's so far."""
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,

@@ -207,6 +207,7 @@ def test_tool_calls_named_and_required(stack: Stack, client: openai.OpenAI) -> N
         arguments[tc.index] += tc.function.arguments or ""
     assert arguments == [c.function.arguments for c in calls]  # the whole answer's, as written
     assert not any(c.delta.content for c in chunks) and chunks[-1].finish_reason == "tool_calls"
+    assert all(c.delta.role or c.delta.tool_calls or c.finish_reason for c in chunks)  # none says nothing
 
     turn2 = msgs + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
                     {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 18}'}]
