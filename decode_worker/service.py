@@ -166,12 +166,7 @@ class DecodeService:
         try:
             seq = await self._admit(req, first, first_text, kv)
             async for out in self.engine.run(seq, running=True):
-                n = len(out.new_tokens)
-                lps = seq.logprobs[-n:] if seq.params.logprobs is not None else []
-                tokens = [
-                    TokenOut(t, *(lps[i][0], tuple(lps[i][1]), tuple(lps[i][2])) if lps else ())
-                    for i, t in enumerate(out.new_tokens)
-                ]
+                tokens = out.token_outs()  # (the step's own: seq.logprobs may have grown since)
                 # this worker's lookahead totals so far, on every chunk: a stream resumed elsewhere
                 # keeps what it drafted here
                 usage = Usage(draft_tokens=seq.num_draft_tokens, accepted_tokens=seq.num_accepted_tokens)

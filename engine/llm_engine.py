@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -32,6 +32,7 @@ from engine.lookahead.tree import DraftTree, node_paths
 from engine.model import Model
 from engine.model_loader import load_model, model_fingerprint
 from engine.prefix_cache import PrefixCache
+from engine.request import TokenOut
 from engine.sampling import SamplingBatch, greedy_pick, sample, top_k_lowest_first
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
@@ -56,10 +57,19 @@ class RequestOutput:
 
 @dataclass(frozen=True, slots=True)
 class StepOutput:
+    """What one step gave a sequence, taken on the engine thread: a reader on another thread
+    (AsyncEngine's callers) must read these, not ``seq``, which the next step goes on changing."""
     seq: Seq
     new_tokens: list[int]
     delta_text: str
     finished: bool
+    logprobs: list[tuple[float, list[int], list[float]]] = field(default_factory=list)  # new_tokens' (if asked)
+
+    def token_outs(self) -> list[TokenOut]:
+        """``new_tokens`` with their logprobs and top alternatives where the request asked for them."""
+        if not self.logprobs:
+            return [TokenOut(t) for t in self.new_tokens]
+        return [TokenOut(t, lp, tuple(ids), tuple(lps)) for t, (lp, ids, lps) in zip(self.new_tokens, self.logprobs)]
 
 
 class LLMEngine:
@@ -357,10 +367,12 @@ class LLMEngine:
                 seq.num_cached += len(path)
             row += len(tree) + 1 if tree is not None else 1
             appended: list[int] = []
+            step_lps: list[tuple[float, list[int], list[float]]] = []
             reason = None
             for r, token in zip(rows, new):
                 if seq.params.logprobs is not None and lps[r] is not None:
                     seq.logprobs.append(lps[r])  # type: ignore[arg-type]
+                    step_lps.append(lps[r])  # type: ignore[arg-type]
                 appended.append(token)
                 reason = seq.append_token(token)
                 if reason is not None:
@@ -378,7 +390,7 @@ class LLMEngine:
                 self.finish(seq, reason)
             elif tree is not None:
                 self.scheduler.trim(seq)  # blocks that only held rejected drafts go back
-            results.append(StepOutput(seq, appended, seq.detok.take_delta(seq.finished), seq.finished))
+            results.append(StepOutput(seq, appended, seq.detok.take_delta(seq.finished), seq.finished, step_lps))
         return results
 
     def finish(self, seq: Seq, reason: FinishReason) -> None:

@@ -143,7 +143,7 @@ class PrefillService:
             raise
         assert out is not None and out.new_tokens
         cached = seq.num_cached_prompt  # prompt tokens reused or read, not computed, when the batch took it
-        first = TokenOut(out.new_tokens[0], *self._logprob_fields(seq))
+        first = out.token_outs()[0]
         prompt_lps = tuple(TokenOut(t, lp, tuple(ids), tuple(lps), rank)
                            for t, (lp, rank, ids, lps) in zip(prompt[1:], seq.prompt_logprobs))
         held = list(seq.block_table)
@@ -157,13 +157,6 @@ class PrefillService:
     def _free_if_detached(self, seq: Sequence) -> None:
         if seq.request_id not in self.eng.seqs and seq.block_table:
             self.eng.scheduler.free(seq)
-
-    @staticmethod
-    def _logprob_fields(seq: Sequence) -> tuple[float, tuple[int, ...], tuple[float, ...]]:
-        if not seq.logprobs:
-            return 0.0, (), ()
-        lp, ids, lps = seq.logprobs[-1]
-        return lp, tuple(ids), tuple(lps)
 
     def _handle(self, lease_id: str, blocks: list[int], num_tokens: int) -> KVHandle:
         layout = self.eng.layout

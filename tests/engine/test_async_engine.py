@@ -168,3 +168,35 @@ def _gomp() -> Any:
     import ctypes
 
     return ctypes.CDLL("libgomp.so.1")  # torch's, already loaded
+
+
+def test_a_reader_that_lags_gets_each_steps_own_logprobs(model_dir: Path) -> None:
+    """The engine thread steps on while its reader lags (a decode worker's stream under load, as
+    in make test): each output carries its own tokens' logprobs. The decode worker used to read
+    ``seq.logprobs[-n:]`` when it got an output, by then the next steps' entries: a chat's top
+    logprobs came out one position ahead of their tokens."""
+    eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=64, lookahead=True))
+    ids = eng.tokenizer.encode("1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,")
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True, logprobs=2)
+
+    async def go() -> tuple[Any, list[Any], int]:
+        ae = AsyncEngine(eng)
+        ae.start()
+        try:
+            seq = await ae.call(eng.make_sequence, "lagging", ids, params)
+            outs, got, ahead = [], 0, 0
+            async for out in ae.run(seq):
+                await asyncio.sleep(0.05)  # the engine steps on meanwhile
+                got += len(out.new_tokens)
+                ahead = max(ahead, len(seq.logprobs) - got)
+                outs.append(out)
+            return seq, outs, ahead
+        finally:
+            await ae.close()
+
+    seq, outs, ahead = asyncio.run(go())
+    assert ahead > 0, "the engine never ran ahead of its reader: the test proves nothing"
+    tokens = [t for out in outs for t in out.token_outs()]
+    assert [t.token_id for t in tokens] == seq.output_ids
+    assert [(t.logprob, list(t.top_ids), list(t.top_logprobs)) for t in tokens] == seq.logprobs
+    assert all(t.top_ids[0] == t.token_id or t.top_logprobs[0] == t.logprob for t in tokens)  # greedy: its row's first
