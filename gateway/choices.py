@@ -6,9 +6,10 @@ prefills find the prompt's KV in the prefix caches (vLLM prefills a prompt once 
 rather than computing it n times side by side.
 
 A request's choices may be more than its prefill workers take at once (``n`` up to the gateway's
-limit, 256; a prefill worker takes 64): a choice that every worker refuses while others of its
-request are in their prefills waits for one of them to end and tries again, rather than failing
-the request with a 429 that its own choices caused.
+limit, 256; a prefill worker takes ``--max-waiting``, 256 by default, other requests' included): a
+choice that every worker refuses while others of its request are in their prefills waits for one
+of them to end and tries again, rather than failing the request with a 429 that its own choices
+caused.
 """
 from __future__ import annotations
 
