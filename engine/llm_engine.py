@@ -64,6 +64,8 @@ class StepOutput:
     delta_text: str
     finished: bool
     logprobs: list[tuple[float, list[int], list[float]]] = field(default_factory=list)  # new_tokens' (if asked)
+    draft_tokens: int = 0  # the sequence's lookahead totals after this step
+    accepted_tokens: int = 0
 
     def token_outs(self) -> list[TokenOut]:
         """``new_tokens`` with their logprobs and top alternatives where the request asked for them."""
@@ -390,7 +392,8 @@ class LLMEngine:
                 self.finish(seq, reason)
             elif tree is not None:
                 self.scheduler.trim(seq)  # blocks that only held rejected drafts go back
-            results.append(StepOutput(seq, appended, seq.detok.take_delta(seq.finished), seq.finished, step_lps))
+            results.append(StepOutput(seq, appended, seq.detok.take_delta(seq.finished), seq.finished, step_lps,
+                                      seq.num_draft_tokens, seq.num_accepted_tokens))
         return results
 
     def finish(self, seq: Seq, reason: FinishReason) -> None:

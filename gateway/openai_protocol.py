@@ -429,16 +429,7 @@ class ResponseShaper:
             return {"tool_calls": [{"index": 0, **call}]}
         held = self._held[index] = self._held.get(index, "") + text
         calls = self._required.setdefault(index, RequiredCalls())
-        k = calls.count - 1  # the call being written
-        entries: list[dict[str, Any]] = []
-        for kind, s in calls.feed(text):
-            if kind == "call":
-                k += 1
-                entries.append({"index": k, **tool_call(s, "")})
-            elif entries and entries[-1]["index"] == k:
-                entries[-1]["function"]["arguments"] += s
-            else:
-                entries.append({"index": k, "function": {"arguments": s}})
+        entries = calls.deltas(text)
         if finish is not None:
             if not calls.count:
                 return {"content": held} if held else {}

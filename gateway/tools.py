@@ -34,12 +34,8 @@ class ToolPlan:
             return None
         if self.mode == "named":
             return [tool_call(self.name or "", text)]
-        calls: list[dict[str, Any]] = []
-        for kind, s in RequiredCalls().feed(text):  # each call's parameters as written, as they stream
-            if kind == "call":
-                calls.append(tool_call(s, ""))
-            else:
-                calls[-1]["function"]["arguments"] += s
+        # the whole text at once: one entry per call, its parameters as written (as they stream)
+        calls = [{k: v for k, v in e.items() if k != "index"} for e in RequiredCalls().deltas(text)]
         assert [c["function"]["name"] for c in calls] == [item["name"] for item in value]
         return calls
 
@@ -132,6 +128,21 @@ class RequiredCalls:
                     self.capturing, self.started, self.nested = True, False, 0
         flush()
         return events
+
+    def deltas(self, text: str) -> list[dict[str, Any]]:
+        """``feed``'s events as OpenAI's streamed tool-call entries: a call's first has its index,
+        id, type and name (and the arguments that came with it); the next ones its arguments."""
+        k = self.count - 1  # the call being written
+        entries: list[dict[str, Any]] = []
+        for kind, s in self.feed(text):
+            if kind == "call":
+                k += 1
+                entries.append({"index": k, **tool_call(s, "")})
+            elif entries and entries[-1]["index"] == k:
+                entries[-1]["function"]["arguments"] += s
+            else:
+                entries.append({"index": k, "function": {"arguments": s}})
+        return entries
 
 
 def tool_call(name: str, arguments: str) -> dict[str, Any]:

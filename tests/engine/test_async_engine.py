@@ -172,9 +172,9 @@ def _gomp() -> Any:
 
 def test_a_reader_that_lags_gets_each_steps_own_logprobs(model_dir: Path) -> None:
     """The engine thread steps on while its reader lags (a decode worker's stream under load, as
-    in make test): each output carries its own tokens' logprobs. The decode worker used to read
-    ``seq.logprobs[-n:]`` when it got an output, by then the next steps' entries: a chat's top
-    logprobs came out one position ahead of their tokens."""
+    in make test): each output carries its own tokens' logprobs and lookahead totals. The decode
+    worker used to read ``seq.logprobs[-n:]`` when it got an output, by then the next steps'
+    entries: a chat's top logprobs came out one position ahead of their tokens."""
     eng = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=64, lookahead=True))
     ids = eng.tokenizer.encode("1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,")
     params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True, logprobs=2)
@@ -200,3 +200,11 @@ def test_a_reader_that_lags_gets_each_steps_own_logprobs(model_dir: Path) -> Non
     assert [t.token_id for t in tokens] == seq.output_ids
     assert [(t.logprob, list(t.top_ids), list(t.top_logprobs)) for t in tokens] == seq.logprobs
     assert all(t.top_ids[0] == t.token_id or t.top_logprobs[0] == t.logprob for t in tokens)  # greedy: its row's first
+    # each output's totals are its step's: drafts accepted so far all in the tokens out so far
+    # (the first came from the prefill), the last output's the sequence's own
+    out_so_far = 0
+    for out in outs:
+        out_so_far += len(out.new_tokens)
+        assert out.accepted_tokens <= out_so_far - 1 and out.accepted_tokens <= out.draft_tokens
+    assert (outs[-1].draft_tokens, outs[-1].accepted_tokens) == (seq.num_draft_tokens, seq.num_accepted_tokens)
+    assert seq.num_accepted_tokens > 0  # lookahead drafted and was taken: the totals were exercised

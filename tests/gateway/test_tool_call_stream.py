@@ -18,6 +18,8 @@ ANSWERS = [
     '[{"name":"a","parameters":{}},{"name":"b","parameters":{"x":[1,{"y":"}]{"}],"q":"say \\"hi\\" \\\\"}}]',
     '[ {"name": "caf\\u00e9", "parameters": {"n": -1.5e3, "ok": true, "none": null}} , '
     '{"name": "b", "parameters": {"s": "[,:{"}} ]',
+    # parameters that are not objects (a tool's schema may be any JSON schema)
+    '[{"name": "n", "parameters": 42}, {"name": "s", "parameters": "a, b}"}, {"name": "t", "parameters": true} ]',
     # an escaped quote alone, then what reads like a call inside the string
     '[{"name":"a","parameters":{"q":"1\\" }, {\\"name\\": \\"x"}},{"name":"b","parameters":{"n":2}}]',
 ]
