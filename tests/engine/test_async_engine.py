@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -186,8 +187,12 @@ def test_a_reader_that_lags_gets_each_steps_own_logprobs(model_dir: Path) -> Non
             seq = await ae.call(eng.make_sequence, "lagging", ids, params)
             outs, got, ahead = [], 0, 0
             async for out in ae.run(seq):
-                await asyncio.sleep(0.05)  # the engine steps on meanwhile
                 got += len(out.new_tokens)
+                # the reader lags: it reads on once the engine has stepped past this output (a
+                # fixed sleep was shorter than a step under make test's load)
+                deadline = time.monotonic() + 60
+                while len(seq.logprobs) <= got and not seq.finished and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
                 ahead = max(ahead, len(seq.logprobs) - got)
                 outs.append(out)
             return seq, outs, ahead
