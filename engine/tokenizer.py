@@ -1,9 +1,12 @@
 """Tokenizer loading, chat templates and prompt validation (shared by the gateway and the engine)."""
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 from typing import Any, Sequence
+
+import jinja2
 
 from engine.errors import InvalidRequestError
 
@@ -32,12 +35,14 @@ def _tokenizer_class(model_dir: Path) -> str | None:
 
 def apply_chat_template(tokenizer: Any, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
                         continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None,
-                        tools: list[dict[str, Any]] | None = None, add_special_tokens: bool = False) -> list[int]:
+                        tools: list[dict[str, Any]] | None = None, add_special_tokens: bool = False,
+                        chat_template: str | None = None) -> list[int]:
     """OpenAI-style messages -> prompt token ids, with the generation prompt appended (vLLM's
     options: ``continue_final_message`` leaves the last (assistant) message open for the model to
     go on with; ``template_kwargs`` are handed to the template, e.g. a model's thinking switch;
     ``tools``: OpenAI's tool list, for a template that renders them; ``add_special_tokens``: the
-    tokenizer's own (a BOS) added to the rendered text too, as vLLM does; the template has its own)."""
+    tokenizer's own (a BOS) added to the rendered text too, as vLLM does; the template has its own;
+    ``chat_template``: a template of the caller's instead of the tokenizer's)."""
     if add_generation_prompt and continue_final_message:
         raise InvalidRequestError("continue_final_message", "cannot be combined with add_generation_prompt")
     if continue_final_message and messages and messages[-1].get("role") != "assistant":
@@ -49,14 +54,40 @@ def apply_chat_template(tokenizer: Any, messages: Sequence[dict[str, Any]], add_
             raise InvalidRequestError(f"messages[{i}].role", "must be one of system, user, assistant, tool")
         if not isinstance(m.get("content"), str):
             raise InvalidRequestError(f"messages[{i}].content", "must be a string")
-    out = tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt,
-                                        continue_final_message=continue_final_message, tokenize=not add_special_tokens,
-                                        tools=tools, **(template_kwargs or {}))
+    try:
+        out = tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt,
+                                            continue_final_message=continue_final_message,
+                                            tokenize=not add_special_tokens, tools=tools, chat_template=chat_template,
+                                            **(template_kwargs or {}))
+    except Exception as e:  # a template that does not parse, or one that raises on these messages
+        if chat_template is None and not isinstance(e, jinja2.TemplateError):
+            raise  # the server's own template broke: not the request's fault
+        raise InvalidRequestError("chat_template" if chat_template is not None else "messages",
+                                  f"the chat template failed: {type(e).__name__}: {e}") from None
     if add_special_tokens:  # (tokenize=True encodes the rendered text without them)
         out = tokenizer(out, add_special_tokens=True)["input_ids"]
     if isinstance(out, dict) or hasattr(out, "input_ids"):
         out = out["input_ids"]
     return list(out)
+
+
+def read_chat_template(value: str) -> str:
+    """A ``--chat-template`` as vLLM reads it: a file's text, else the value itself if it looks like a
+    template (it has one of ``{}`` or a newline; backslash escapes such as ``\\n`` are read). Raises
+    ValueError for a path that cannot be read or a template that does not parse."""
+    try:
+        text = Path(value).read_text(encoding="utf-8")
+    except OSError as e:
+        if not any(c in value for c in "{}\n"):
+            raise ValueError(f"chat template {value!r} looks like a file path, but it cannot be read: {e}") from None
+        text = codecs.decode(value.encode("latin-1", "backslashreplace"), "unicode_escape") if "\\" in value else value
+    from transformers.utils.chat_template_utils import _compile_jinja_template  # what renders it, pinned
+
+    try:
+        _compile_jinja_template(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise ValueError(f"chat template {value!r} does not parse: {e}") from None
+    return text
 
 
 def bad_word_ids(tokenizer: Any, words: Sequence[str]) -> tuple[tuple[int, ...], ...]:

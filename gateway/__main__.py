@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 
@@ -10,10 +11,12 @@ import uvicorn
 from prometheus_client import disable_created_metrics
 
 from engine.config import ModelConfig
+from engine.generation_defaults import load_generation_defaults
 from engine.paths import default_model_dir
+from engine.tokenizer import read_chat_template
 from gateway.core import GatewayConfig, GatewayCore
 from gateway.grpc_api import GroveServicer
-from gateway.http_api import build_app
+from gateway.http_api import Cors, build_app
 from gateway.metrics import GatewayMetrics
 from gateway.router import Router
 from grove.v1 import api_pb2_grpc as pb_grpc
@@ -43,11 +46,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker-id", default="", help="worker_id label of this gateway's metrics (default: gateway-<pid>)")
     p.add_argument("--ready-file", default="", help="write bound ports here as JSON once serving")
     p.add_argument("--log-level", default="INFO")
-    return p.parse_args(argv)
+    g = p.add_argument_group("requests' defaults (as vLLM's flags)")
+    g.add_argument("--generation-config", default="auto",
+                   help="default sampling parameters: 'auto' (the model's generation_config.json), 'vllm' (none) "
+                        "or a folder holding a generation_config.json")
+    g.add_argument("--override-generation-config", default="",
+                   help='JSON object laid over the generation config, e.g. \'{"temperature": 0.5}\'')
+    g.add_argument("--chat-template", default="", help="chat template: a file, or the template itself")
+    g.add_argument("--trust-request-chat-template", action="store_true",
+                   help="let a request bring its own chat_template (else it gets a 400)")
+    c = p.add_argument_group("CORS (as vLLM's flags: JSON lists, or comma-separated)")
+    c.add_argument("--allowed-origins", type=_json_list, default=["*"])
+    c.add_argument("--allowed-methods", type=_json_list, default=["*"])
+    c.add_argument("--allowed-headers", type=_json_list, default=["*"])
+    c.add_argument("--allow-credentials", action="store_true")
+    args = p.parse_args(argv)
+    args.model = args.model or str(default_model_dir())
+    try:  # a bad default or template stops the gateway at start, not each request
+        args.sampling_defaults = load_generation_defaults(args.model, args.generation_config,
+                                                          args.override_generation_config)
+        args.chat_template = read_chat_template(args.chat_template) if args.chat_template else ""
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+def _json_list(text: str) -> list[str]:
+    """A JSON list of strings, as vLLM's flags take, or the same items comma-separated."""
+    if not text.lstrip().startswith("["):
+        return [v.strip() for v in text.split(",") if v.strip()]
+    value = json.loads(text)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(text)
+    return value
 
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
-    model_dir = args.model or str(default_model_dir())
+    model_dir = args.model
     mc = ModelConfig.from_dir(model_dir)
     max_len = min(args.max_model_len or mc.max_position, mc.max_position)
     name = args.served_model_name or model_dir.rstrip("/").rsplit("/", 1)[-1]
@@ -55,13 +90,15 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     await router.refresh()
     router.start()
     metrics = GatewayMetrics(name, args.worker_id or f"gateway-{os.getpid()}", router)
-    core = GatewayCore(GatewayConfig(model_dir, name, max_len, args.max_concurrent), router, metrics)
+    core = GatewayCore(GatewayConfig(model_dir, name, max_len, args.max_concurrent, args.sampling_defaults,
+                                     args.chat_template, args.trust_request_chat_template), router, metrics)
     server, grpc_port, health = create_server(f"{args.host}:{args.grpc_port}")
     pb_grpc.add_GroveServicer_to_server(GroveServicer(core), server)
     await server.start()
     await set_serving(health, [SERVICE], True)
     # uvicorn's own shutdown timeout is a backstop: core.drain ends the requests first
-    config = uvicorn.Config(build_app(core, args.api_key), host=args.host, port=args.http_port, loop="none",
+    cors = Cors(args.allowed_origins, args.allowed_methods, args.allowed_headers, args.allow_credentials)
+    config = uvicorn.Config(build_app(core, args.api_key, cors), host=args.host, port=args.http_port, loop="none",
                             log_level="warning", lifespan="off", timeout_graceful_shutdown=int(args.drain_timeout) + 10)
     http = uvicorn.Server(config)
     http.install_signal_handlers = lambda: None  # type: ignore[method-assign] - we own the signals

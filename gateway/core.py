@@ -9,8 +9,8 @@ import dataclasses
 import logging
 import secrets
 import uuid
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence, TypeVar
 
 import grpc
 
@@ -42,6 +42,10 @@ class GatewayConfig:
     served_model_name: str
     max_model_len: int
     max_concurrent: int = 256  # requests in flight before 429
+    # what a request leaves unset takes these (engine.generation_defaults: the model's generation config)
+    sampling_defaults: Mapping[str, Any] = field(default_factory=dict)
+    chat_template: str = ""  # the server's own chat template ("": the tokenizer's)
+    trust_request_chat_template: bool = False  # a request may bring its own (vLLM's flag; else a 400)
 
 
 def _drained() -> UnavailableError:
@@ -56,6 +60,8 @@ class GatewayCore:
         self.router = router
         self.metrics = metrics
         self.tokenizer = load_tokenizer(config.model_dir)
+        if config.chat_template:
+            self.tokenizer.chat_template = config.chat_template
         self.model_config = ModelConfig.from_dir(config.model_dir)
         self.in_flight = 0
         # the tasks streaming a request's output, while they wait for its next chunk (not while the
@@ -74,6 +80,9 @@ class GatewayCore:
         ``template``'s options; prompt text with the tokenizer's special tokens unless
         ``add_special_tokens`` is false), unchecked."""
         if messages is not None:
+            if template and "chat_template" in template and not self.config.trust_request_chat_template:
+                raise InvalidRequestError("chat_template", "a request's own chat template is refused here: "
+                                                           "the server was not started with --trust-request-chat-template")
             return apply_chat_template(self.tokenizer, messages, **(template or {}))
         if isinstance(prompt, str):
             return list(self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])

@@ -23,7 +23,7 @@ class GroveServicer(pb_grpc.GroveServicer):
         """(the request id the client sees, the pipeline's request)."""
         self.core.check_model(request.model)
         kind, value = convert.prompt_from_api_pb(request)
-        params = convert.sampling_from_pb(request.sampling)
+        params = convert.sampling_from_pb(request.sampling, self.core.config.sampling_defaults)
         truncate = request.truncate_prompt_tokens if request.HasField("truncate_prompt_tokens") else None
         if kind == "chat":
             ids = self.core.tokenize(messages=value, truncate=truncate)  # type: ignore[arg-type]

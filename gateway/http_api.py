@@ -8,9 +8,10 @@ import hmac
 import json
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -73,10 +74,23 @@ def _tagged(response: Response, request_id: str) -> Response:
     return response
 
 
-def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cors:
+    """Which web pages' scripts may call the API (vLLM's flags and defaults: any origin)."""
+    origins: Sequence[str] = ("*",)
+    methods: Sequence[str] = ("*",)
+    headers: Sequence[str] = ("*",)
+    credentials: bool = False
+
+
+def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors()) -> FastAPI:
+    """``cors`` None: no CORS headers (a browser then refuses other origins' calls)."""
     app = FastAPI(title="Grove", docs_url=None, redoc_url=None)
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    if cors is not None:  # added last, so outermost: a 401's answer carries the headers a browser needs to read it
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors.origins), allow_methods=list(cors.methods),
+                           allow_headers=list(cors.headers), allow_credentials=cors.credentials)
 
     @app.get("/health")
     @app.api_route("/ping", methods=["GET", "POST"])  # vLLM's (SageMaker's) name for the same check
@@ -155,7 +169,7 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             stream_usage = stream_usage_from_body(body)
             return_ids, tokens_as_ids = flag(body, "return_token_ids"), flag(body, "return_tokens_as_token_ids")
             truncate = truncation_from_body(body)
-            params = sampling_from_body(body, chat)
+            params = sampling_from_body(body, chat, core.config.sampling_defaults)
             tools = tool_plan(body) if chat else None
             if tools is not None:
                 if params.structured is not None:
@@ -209,7 +223,7 @@ def build_app(core: GatewayCore, api_key: str = "") -> FastAPI:
             body = await _json_object(request)
             chat = as_chat_body(body)
             core.check_model(chat.get("model"))
-            params = sampling_from_body(chat, chat=True)
+            params = sampling_from_body(chat, chat=True, defaults=core.config.sampling_defaults)
             prompt = core.tokenize(messages=chat_messages(chat), template=chat_template_options(chat),
                                    truncate=truncation_from_body(chat))
             if asked_max_tokens(chat, chat=True) is not None:  # (named max_output_tokens in the error)

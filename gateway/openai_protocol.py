@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from engine.errors import InvalidRequestError
+from engine.generation_defaults import API_MAX_TOKENS, with_defaults
 from engine.request import GenerationChunk, TokenOut, Usage
 from engine.sampling_params import INT32, MAX_LOGPROBS, SamplingParams
 from gateway.structured_request import structured_from_body
 from gateway.token_names import TokenNames
 from gateway.tools import RequiredCalls, ToolPlan, template_tools, tool_call
 
+CHAT_MAX_TOKENS = 4096  # a chat's output limit when none is given: until the context's end or a stop
 _SAMPLING_KEYS = {
     "temperature": float, "top_p": float, "top_k": int, "min_p": float, "seed": int,
     "presence_penalty": float, "frequency_penalty": float, "repetition_penalty": float,
@@ -45,15 +47,15 @@ def asked_max_tokens(body: dict[str, Any], chat: bool) -> str | None:
     return "max_tokens" if body.get("max_tokens") is not None else None
 
 
-def sampling_from_body(body: dict[str, Any], chat: bool) -> SamplingParams:
+def sampling_from_body(body: dict[str, Any], chat: bool, defaults: Mapping[str, Any] | None = None) -> SamplingParams:
+    """The request's sampling parameters: its own fields over ``defaults`` (the served model's,
+    engine.generation_defaults)."""
     if not isinstance(body, dict):
         raise InvalidRequestError("body", "must be a JSON object")
     kwargs: dict[str, Any] = {k: _typed(body, k, t) for k, t in _SAMPLING_KEYS.items() if body.get(k) is not None}
     max_key = asked_max_tokens(body, chat)
     if max_key is not None:
         kwargs["max_tokens"] = _typed(body, max_key, int)
-    elif chat:
-        kwargs["max_tokens"] = 4096  # chat default: until the context limit or a stop
     stop = body.get("stop")
     if stop is not None:
         kwargs["stop"] = (stop,) if isinstance(stop, str) else _list_of(body, "stop", str, "a string or a list of strings")
@@ -79,7 +81,7 @@ def sampling_from_body(body: dict[str, Any], chat: bool) -> SamplingParams:
     elif body.get("logprobs") is not None:
         kwargs["logprobs"] = _typed(body, "logprobs", int)
     try:
-        return SamplingParams(**kwargs)
+        return SamplingParams(**with_defaults(kwargs, defaults or {}, CHAT_MAX_TOKENS if chat else API_MAX_TOKENS))
     except InvalidRequestError as e:
         if chat and e.field == "logprobs":  # chat's count of alternatives is top_logprobs
             raise InvalidRequestError("top_logprobs", e.message) from None
@@ -288,6 +290,8 @@ def chat_template_options(body: dict[str, Any]) -> dict[str, Any]:
     for key in ("add_generation_prompt", "continue_final_message", "add_special_tokens"):
         if body.get(key) is not None:
             options[key] = _typed(body, key, bool)
+    if body.get("chat_template") is not None:  # the request's own (GatewayCore.token_ids: if trusted)
+        options["chat_template"] = _typed(body, "chat_template", str)
     if options.get("continue_final_message") and "add_generation_prompt" not in options:
         options["add_generation_prompt"] = False  # vLLM's clients set only the one
     extra = body.get("chat_template_kwargs")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import signal
 import sys
 import time
@@ -25,12 +26,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kvstore-capacity", default="1GiB")
     p.add_argument("--api-key", default="")
     p.add_argument("--log-dir", default="", help="service logs (default: a temp dir)")
+    s = p.add_argument_group("serving (vLLM's names; each goes to the services that take it)")
+    s.add_argument("--served-model-name", default="", help="the model id clients use (default: the folder's name)")
+    s.add_argument("--max-model-len", type=int, default=0, help="context length (default: the model's)")
+    s.add_argument("--kv-cache-gb", type=float, default=0.5, help="each worker's KV pool")
+    s.add_argument("--max-num-seqs", type=int, default=0, help="sequences a worker batches (default: its own)")
+    s.add_argument("--lookahead", choices=["on", "off"], default="on", help="the decode workers' lookahead")
+    s.add_argument("--generation-config", default="auto",
+                   help="default sampling parameters: auto (the model's), vllm (none) or a folder")
+    s.add_argument("--chat-template", default="", help="chat template: a file, or the template itself")
+    x = p.add_argument_group("any other flag of a service, as one string each "
+                             "(e.g. --gateway-args '--allowed-origins https://ui.example --allow-credentials')")
+    for who in ("gateway", "prefill", "decode", "worker"):
+        x.add_argument(f"--{who}-args", default="", help=f"more arguments of {'both workers' if who == 'worker' else who}")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = StackConfig(model=args.model, num_prefill=args.prefill, num_decode=args.decode, host=args.host,
                          http_port=args.http_port, grpc_port=args.grpc_port, nixl=not args.no_nixl,
                          dtype=args.dtype, kvstore_capacity=args.kvstore_capacity, api_key=args.api_key,
-                         log_dir=args.log_dir)
+                         log_dir=args.log_dir, worker_kv_gb=args.kv_cache_gb, **_service_args(args))
     stack = Stack(config)
     logger.info("starting kvstore, %d prefill, %d decode workers and the gateway (logs in %s)",
                 args.prefill, args.decode, stack.dir)
@@ -69,6 +83,22 @@ Ctrl-C stops everything.""", flush=True)  # noqa: T201
         logger.info("stopping the stack")
         stack.stop()
     return 0
+
+
+def _service_args(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """StackConfig's per-service arguments from the launcher's flags."""
+    worker = [*(["--max-model-len", str(args.max_model_len)] if args.max_model_len else []),
+              *(["--max-num-seqs", str(args.max_num_seqs)] if args.max_num_seqs else []),
+              *shlex.split(args.worker_args)]
+    gateway = [*(["--served-model-name", args.served_model_name] if args.served_model_name else []),
+               *(["--max-model-len", str(args.max_model_len)] if args.max_model_len else []),
+               "--generation-config", args.generation_config,
+               *(["--chat-template", args.chat_template] if args.chat_template else []),
+               *shlex.split(args.gateway_args)]
+    prefill = tuple(shlex.split(args.prefill_args))
+    return {"extra_worker_args": tuple(worker), "extra_gateway_args": tuple(gateway),
+            "extra_decode_args": ("--lookahead", args.lookahead, *shlex.split(args.decode_args)),
+            "prefill_args": tuple(prefill for _ in range(args.prefill))}
 
 
 if __name__ == "__main__":

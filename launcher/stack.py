@@ -58,6 +58,7 @@ class StackConfig:
     lease_ttl: float = 30.0
     extra_worker_args: tuple[str, ...] = ()
     extra_decode_args: tuple[str, ...] = ()
+    extra_gateway_args: tuple[str, ...] = ()
     prefill_args: tuple[tuple[str, ...], ...] = ()  # more arguments of prefill-i, by i
     decode_kvstore: bool = True  # decode workers write what they generate to the kvstore
     log_dir: str = ""  # "" = a temp dir; logs go to files there
@@ -136,7 +137,7 @@ class Stack:
         args = ["--host", c.host, "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--model", self.model_dir,
                 "--prefill", ",".join(self.address(n) for n in names if n.startswith("prefill")),
                 "--decode", ",".join(self.address(n) for n in names if n.startswith("decode"))]
-        return args + (["--api-key", c.api_key] if c.api_key else [])
+        return args + (["--api-key", c.api_key] if c.api_key else []) + list(c.extra_gateway_args)
 
     def start_kvstore(self, port: int = 0) -> Service:
         """Starts the kvstore (``port``: its gRPC port; 0 picks one) and waits until it serves. Also

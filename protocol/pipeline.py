@@ -4,8 +4,9 @@ Nothing else in the pipeline touches *_pb2 types except the servicers that call 
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
+from engine.generation_defaults import with_defaults
 from engine.request import GenerationChunk, KVHandle, TokenOut, Usage, WorkRequest
 from engine.sampling_params import SamplingParams
 from engine.structured import StructuredSpec
@@ -18,8 +19,9 @@ _OPTIONAL_SAMPLING = (
 )
 
 
-def sampling_from_pb(pb: apb.SamplingParams) -> SamplingParams:
-    """Unset fields keep SamplingParams' defaults; validation errors name the field."""
+def sampling_from_pb(pb: apb.SamplingParams, defaults: Mapping[str, object] | None = None) -> SamplingParams:
+    """Unset fields take ``defaults`` (the served model's, engine.generation_defaults), else
+    SamplingParams'; validation errors name the field."""
     kwargs: dict[str, object] = {name: getattr(pb, name) for name in _OPTIONAL_SAMPLING if pb.HasField(name)}
     for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
         if name in kwargs:
@@ -34,7 +36,7 @@ def sampling_from_pb(pb: apb.SamplingParams) -> SamplingParams:
     if pb.HasField("structured"):
         kwargs["structured"] = StructuredSpec(pb.structured.kind, pb.structured.spec)  # type: ignore[arg-type]
     kwargs["logit_bias"] = tuple(sorted((t, round(float(b), 6)) for t, b in pb.logit_bias.items()))
-    return SamplingParams(**kwargs)  # type: ignore[arg-type]
+    return SamplingParams(**with_defaults(kwargs, defaults or {}))  # type: ignore[arg-type]
 
 
 def sampling_to_pb(p: SamplingParams) -> apb.SamplingParams:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,35 +16,9 @@ import pytest
 
 from grove.v1 import api_pb2 as pb
 from grove.v1 import api_pb2_grpc as pb_grpc
-from launcher.stack import Stack, service_env
+from launcher.stack import Stack
 from launcher.stack_probe import wait_idle
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class Gateway:
-    """A gateway process of the test's own in front of the stack's workers."""
-
-    def __init__(self, stack: Stack, tmp: Path, drain_timeout: float) -> None:
-        ready = tmp / "gateway.ready"
-        self.log = tmp / "gateway.log"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", *stack.gateway_args(), "--drain-timeout", str(drain_timeout),
-                 "--ready-file", str(ready)],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=service_env())
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.05)
-        info = json.loads(ready.read_text())
-        self.http_url = f"http://127.0.0.1:{info['http_port']}"
-        self.grpc_address = f"127.0.0.1:{info['grpc_port']}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+from tests.pipeline.gateway_process import Gateway
 
 
 @pytest.fixture
@@ -56,7 +28,7 @@ def gateway_factory(stack: Stack, tmp_path: Path) -> Iterator[Any]:
     def make(drain_timeout: float) -> Gateway:
         home = tmp_path / str(len(made))
         home.mkdir()
-        made.append(Gateway(stack, home, drain_timeout))
+        made.append(Gateway(stack, home, "--drain-timeout", str(drain_timeout)))
         return made[-1]
 
     yield make

@@ -1,0 +1,115 @@
+"""``make run``'s launcher (``python -m launcher``) as a user runs it: vLLM's serving flags reach
+the services that take them, Ctrl-C stops every process, and a service that dies stops the stack
+with its last log lines instead of leaving a half-stack serving errors."""
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from launcher.stack import Stack, service_env
+from tests.pipeline.gateway_process import ROOT
+
+COPY = "Copy this line twice: the quick brown fox jumps over the lazy dog. " * 3
+
+
+class Launcher:
+    def __init__(self, logs: Path, *args: str) -> None:
+        self.logs = logs
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "launcher", "--http-port", "0", "--grpc-port", "0", "--kv-cache-gb", "0.25",
+             "--worker-args", "--num-threads 1", "--log-dir", str(logs), *args],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=service_env())
+        self.output: list[str] = []
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # the banner names the URL (port 0: one the gateway picked)
+            self.output.append(line)
+            found = re.search(r"OpenAI HTTP : (http://\S+)/v1", line)
+            if found:
+                self.url = found.group(1)
+                return
+        raise AssertionError("the launcher exited before serving:\n" + "".join(self.output))
+
+    def services(self) -> list[int]:
+        """The pids of the stack's processes still running (their command lines name the log dir)."""
+        pids = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and str(self.logs) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+        return pids
+
+    def wait(self, timeout: float) -> int:
+        code = self.proc.wait(timeout=timeout)
+        assert self.proc.stdout is not None
+        self.output.extend(self.proc.stdout.read().splitlines(keepends=True))
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pid in self.services():
+            subprocess.run(["kill", "-9", str(pid)], check=False)
+
+
+@pytest.fixture
+def launched(tmp_path: Path) -> Iterator[Launcher]:
+    launcher = Launcher(tmp_path / "logs", "--served-model-name", "grove-test", "--max-model-len", "512",
+                        "--lookahead", "off", "--gateway-args", "--allowed-origins https://ui.example")
+    yield launcher
+    launcher.kill()
+
+
+def _usage(url: str, body: dict[str, object]) -> dict[str, object]:
+    r = httpx.post(url + "/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()["usage"]
+
+
+def test_serving_flags_reach_the_services_and_ctrl_c_stops_them_all(launched: Launcher, stack: Stack) -> None:
+    card = httpx.get(launched.url + "/v1/models", timeout=10).json()["data"][0]
+    assert (card["id"], card["max_model_len"]) == ("grove-test", 512)
+    body = {"model": "grove-test", "prompt": COPY, "max_tokens": 24, "temperature": 0}
+    # lookahead off: no drafts, where the package's stack (on) drafts for the same request
+    assert _usage(stack.http_url, {**body, "model": None})["completion_tokens_details"]["accepted_prediction_tokens"] > 0
+    details = _usage(launched.url, body)["completion_tokens_details"]
+    assert details == {"accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+    r = httpx.post(launched.url + "/v1/completions", json={**body, "prompt": "word " * 600}, timeout=30)
+    assert r.status_code == 400 and "512" in r.json()["error"]["message"]
+    r = httpx.options(launched.url + "/v1/completions", timeout=10, headers={
+        "origin": "https://ui.example", "access-control-request-method": "POST"})
+    assert r.headers["access-control-allow-origin"] == "https://ui.example"
+    assert len(launched.services()) == 5  # kvstore, prefill, decode, gateway and the launcher
+    launched.proc.send_signal(signal.SIGINT)
+    assert launched.wait(60) == 0
+    deadline = time.monotonic() + 10
+    while launched.services() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert launched.services() == []
+
+
+def test_a_service_that_dies_stops_the_stack_and_says_which(tmp_path: Path) -> None:
+    launcher = Launcher(tmp_path / "logs")
+    try:
+        decode = [pid for pid in launcher.services()
+                  if "decode-0.ready" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+        assert len(decode) == 1
+        subprocess.run(["kill", "-9", str(decode[0])], check=True)
+        assert launcher.wait(60) == 1
+        assert "['decode-0'] exited; stopping the stack" in "".join(launcher.output)
+        deadline = time.monotonic() + 10
+        while launcher.services() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert launcher.services() == []
+    finally:
+        launcher.kill()
