@@ -270,7 +270,8 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             content = "".join(p["text"] for p in content)
         if content is None and m.get("tool_calls"):
             content = ""  # an assistant turn that only called tools
-        msg = {"role": m.get("role"), "content": content}
+        role = "system" if m.get("role") == "developer" else m.get("role")  # OpenAI's newer name for it
+        msg = {"role": role, "content": content}
         # a tool-calling turn and a tool's answer keep what the chat template may render
         msg.update({k: m[k] for k in ("tool_calls", "tool_call_id", "name") if m.get(k) is not None})
         out.append(msg)

@@ -111,3 +111,9 @@ def test_a_requests_own_template_needs_the_servers_trust(model_dir: Path, core: 
 def test_a_bad_server_template_is_refused_at_start(value: str, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         read_chat_template(value)
+
+
+def test_openais_developer_role_is_the_system_role(core: GatewayCore) -> None:
+    developer = [{"role": "developer", "content": "Be brief."}, MESSAGES[1]]
+    r = _tokenize(core, messages=developer)
+    assert r.status_code == 200 and r.json()["tokens"] == _tokenize(core).json()["tokens"]
