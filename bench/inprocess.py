@@ -26,13 +26,20 @@ class Decode:
         return self.tokens / self.seconds
 
 
-def decode_batch(engine: LLMEngine, prompts: Sequence[Sequence[int]], params: SamplingParams, tag: str) -> Decode:
+Params = SamplingParams | Sequence[SamplingParams]  # every prompt's, or each prompt's own
+
+
+def _nth(params: Params, i: int) -> SamplingParams:
+    return params if isinstance(params, SamplingParams) else params[i]
+
+
+def decode_batch(engine: LLMEngine, prompts: Sequence[Sequence[int]], params: Params, tag: str) -> Decode:
     """Adds every prompt at once, steps untimed until each has its first token (the prefill), then
     times the steps until all finish."""
     return decode_interleaved([engine], prompts, params, tag)[0]
 
 
-def decode_interleaved(engines: Sequence[LLMEngine], prompts: Sequence[Sequence[int]], params: SamplingParams,
+def decode_interleaved(engines: Sequence[LLMEngine], prompts: Sequence[Sequence[int]], params: Params,
                        tag: str) -> list[Decode]:
     """``decode_batch`` on several engines at once, their steps taken in turn (one step of each,
     then again), each engine's own steps timed: a slow spell of the machine (seen here: 2-3x for
@@ -48,7 +55,7 @@ def decode_interleaved(engines: Sequence[LLMEngine], prompts: Sequence[Sequence[
     read 0.98x where the drafting engine finished 2% sooner). What those drafts cost in the
     prefill steps is in ``batch_seconds``, every step's time, whose ratio is the unbiased one
     (diluted by the prefills both engines compute alike)."""
-    seqs = [[e.add_request(f"{tag}-{k}-{time.monotonic_ns()}-{i}", ids, params) for i, ids in enumerate(prompts)]
+    seqs = [[e.add_request(f"{tag}-{k}-{time.monotonic_ns()}-{i}", ids, _nth(params, i)) for i, ids in enumerate(prompts)]
             for k, e in enumerate(engines)]
 
     def prefilling(k: int) -> bool:
@@ -75,7 +82,7 @@ def decode_interleaved(engines: Sequence[LLMEngine], prompts: Sequence[Sequence[
             for ss, sec, n, m, b in zip(seqs, seconds, steps, seq_steps, batch)]
 
 
-def decode_stream(engine: LLMEngine, prompts: Sequence[Sequence[int]], params: SamplingParams, concurrency: int,
+def decode_stream(engine: LLMEngine, prompts: Sequence[Sequence[int]], params: Params, concurrency: int,
                   tag: str) -> Decode:
     """Keeps ``concurrency`` requests in flight, adding the next prompt as one finishes (vLLM's
     ``--max-concurrency``), so the batch holds its size but for the last ``concurrency - 1``
@@ -88,7 +95,7 @@ def decode_stream(engine: LLMEngine, prompts: Sequence[Sequence[int]], params: S
     while pending or running:
         while pending and len(running) < concurrency:
             i, ids = pending.pop(0)
-            running.append((i, engine.add_request(f"{tag}-{time.monotonic_ns()}-{i}", ids, params)))
+            running.append((i, engine.add_request(f"{tag}-{time.monotonic_ns()}-{i}", ids, _nth(params, i))))
         engine.step()
         steps += 1
         for i, seq in [r for r in running if r[1].finished]:

@@ -18,6 +18,7 @@ class Prompt:
     session: str | None = None  # turns of one session share a prefix and are sent in turn order
     turn: int = 0
     max_tokens: int | None = None  # the record's own output budget (jsonl); else the run's --max-tokens
+    prediction: str | None = None  # OpenAI's Predicted Outputs: text the answer is expected to repeat (code-edit: the code)
 
     def __post_init__(self) -> None:
         if (self.text is None) == (self.messages is None):

@@ -35,6 +35,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # top-n logprobs of each prompt token (0: only its own); no prefix reuse
     allowed_token_ids: tuple[int, ...] = ()  # vLLM's: only these tokens may be sampled (empty: any)
     bad_words: tuple[str, ...] = ()  # vLLM's: words the output never ends with (engine.tokenizer.bad_word_ids)
+    # OpenAI's Predicted Outputs: token ids the output is expected to repeat; lookahead drafts from
+    # them too (engine.lookahead.drafter), the output is the model's either way
+    prediction: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         def bad(name: str, msg: str) -> None:
@@ -65,7 +68,7 @@ class SamplingParams:
         if any(not s for s in self.stop):
             bad("stop", "stop strings must be non-empty")
         for name, ids in (("stop_token_ids", self.stop_token_ids), ("logit_bias", [t for t, _ in self.logit_bias]),
-                          ("allowed_token_ids", self.allowed_token_ids)):
+                          ("allowed_token_ids", self.allowed_token_ids), ("prediction", self.prediction)):
             if any(not 0 <= t < INT32 for t in ids):
                 bad(name, f"token ids must be in [0, {INT32})")
         if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
@@ -82,7 +85,8 @@ class SamplingParams:
 
     def check_vocab(self, vocab_size: int) -> None:
         """Token ids that index the logits must lie in the model's vocabulary."""
-        for name, ids in (("logit_bias", [t for t, _ in self.logit_bias]), ("allowed_token_ids", self.allowed_token_ids)):
+        for name, ids in (("logit_bias", [t for t, _ in self.logit_bias]), ("allowed_token_ids", self.allowed_token_ids),
+                          ("prediction", self.prediction)):
             bad = [t for t in ids if t >= vocab_size]
             if bad:
                 raise InvalidRequestError(name, f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")

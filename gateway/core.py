@@ -112,6 +112,14 @@ class GatewayCore:
         validate_prompt(ids, self.model_config.vocab_size, self.max_model_len)
         return ids
 
+    def prediction(self, text: str) -> tuple[int, ...]:
+        """A predicted output's token ids (OpenAI's Predicted Outputs), at most the context long."""
+        ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if len(ids) > self.max_model_len:
+            raise InvalidRequestError("prediction", f"has {len(ids)} tokens, more than the context length "
+                                                    f"({self.max_model_len})")
+        return ids
+
     def check_room(self, prompt_tokens: int, max_tokens: int, field: str = "max_tokens") -> None:
         """A 400 when a limit the client set cannot fit beside its prompt (as vLLM and OpenAI answer;
         a default limit is cut to the context instead: generation stops there, "length")."""

@@ -25,9 +25,10 @@ from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
     Echo, ResponseShaper, StreamUsage, asked_max_tokens, cache_salt_from_body, chat_messages,
     chat_template_options, choices_per_prompt, client_request_id, completion_prompts, error_json, flag,
-    priority_from_body, prompt_logprobs_from_body, reject_unsupported, sampling_from_body, special_tokens_from_body,
-    stream_usage_from_body, truncation_from_body, wants_echo,
+    priority_from_body, prompt_logprobs_from_body, reject_unsupported, sampling_from_body,
+    special_tokens_from_body, stream_usage_from_body, truncation_from_body, wants_echo,
 )
+from gateway.prediction import prediction_from_body
 from gateway.responses_api import ResponseObject, as_chat_body, name_responses_error
 from gateway.token_names import TokenNames
 from gateway.structured_request import name_structured_error
@@ -170,6 +171,9 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors()) 
             return_ids, tokens_as_ids = flag(body, "return_token_ids"), flag(body, "return_tokens_as_token_ids")
             truncate = truncation_from_body(body)
             params = sampling_from_body(body, chat, core.config.sampling_defaults)
+            predicted = prediction_from_body(body)
+            if predicted:
+                params = dataclasses.replace(params, prediction=core.prediction(predicted))
             tools = tool_plan(body) if chat else None
             if tools is not None:
                 if params.structured is not None:

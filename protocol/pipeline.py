@@ -33,6 +33,7 @@ def sampling_from_pb(pb: apb.SamplingParams, defaults: Mapping[str, object] | No
     kwargs["include_stop_str_in_output"] = pb.include_stop_str_in_output
     kwargs["allowed_token_ids"] = tuple(pb.allowed_token_ids)
     kwargs["bad_words"] = tuple(pb.bad_words)
+    kwargs["prediction"] = tuple(pb.prediction)
     if pb.HasField("structured"):
         kwargs["structured"] = StructuredSpec(pb.structured.kind, pb.structured.spec)  # type: ignore[arg-type]
     kwargs["logit_bias"] = tuple(sorted((t, round(float(b), 6)) for t, b in pb.logit_bias.items()))
@@ -46,7 +47,7 @@ def sampling_to_pb(p: SamplingParams) -> apb.SamplingParams:
         frequency_penalty=p.frequency_penalty, stop=list(p.stop), stop_token_ids=list(p.stop_token_ids),
         ignore_eos=p.ignore_eos, min_tokens=p.min_tokens, logit_bias=dict(p.logit_bias),
         include_stop_str_in_output=p.include_stop_str_in_output, skip_special_tokens=p.skip_special_tokens,
-        allowed_token_ids=list(p.allowed_token_ids), bad_words=list(p.bad_words),
+        allowed_token_ids=list(p.allowed_token_ids), bad_words=list(p.bad_words), prediction=list(p.prediction),
     )
     if p.seed is not None:
         pb.seed = p.seed

@@ -1,7 +1,8 @@
 """Lookahead on vs off inside one process, on any device (not a test).
 
     .venv/bin/python scripts/bench_lookahead_engine.py --dataset code-edit --concurrency 1,16 \\
-        [--device cuda] [--dtype bfloat16] [--num-prompts 16 | 16,8] [--max-tokens 128] [--hf-prompt-lookup]
+        [--device cuda] [--dtype bfloat16] [--num-prompts 16 | 16,8] [--max-tokens 128] [--hf-prompt-lookup] \\
+        [--prediction dataset|answer]
 
 ``scripts/bench_lookahead.py`` measures lookahead through the whole stack (gateway, gRPC, NIXL);
 this one measures the engine alone, which is how it runs on a GPU machine where the stack's
@@ -27,6 +28,7 @@ others still run).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -89,6 +91,10 @@ def main() -> int:
                     help="structured output: every request under json-extract's schema (both engines)")
     ap.add_argument("--repetition-penalty", type=float, default=1.0, help="every request's (both engines)")
     ap.add_argument("--frequency-penalty", type=float, default=0.0, help="every request's (both engines)")
+    ap.add_argument("--prediction", choices=["dataset", "answer"], default=None,
+                    help="each request carries a prediction (OpenAI's Predicted Outputs), which the drafting engine "
+                         "drafts from: the dataset's (code-edit: the code to edit), or the answer itself (the "
+                         "ceiling: the engine that does not draft decodes it first, untimed)")
     ap.add_argument("--lookahead-max-depth", type=int, default=EngineConfig().lookahead_max_depth)
     ap.add_argument("--lookahead-width", type=int, default=EngineConfig().lookahead_width)
     args = ap.parse_args()
@@ -124,10 +130,20 @@ def main() -> int:
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, repetition_penalty=args.repetition_penalty,
                             frequency_penalty=args.frequency_penalty,
                             structured=StructuredSpec("json_schema", json.dumps(SCHEMA)) if args.json_schema else None)
+    # each prompt's own: with --prediction, its prediction's token ids (the engine that does not draft ignores them)
+    if args.prediction == "answer":
+        predicted = [tuple(ids) for ids in decode_batch(off, prompts, params, "answers").outputs]
+    else:
+        predicted = [tuple(on.tokenizer(r.prediction, add_special_tokens=False)["input_ids"]) if r.prediction else ()
+                     for r in records]
+    own = [dataclasses.replace(params, prediction=ids) if args.prediction and ids else params for ids in predicted]
+    if args.prediction and all(p is params for p in own):
+        raise SystemExit(f"--prediction: {args.dataset}'s prompts have none")
     warm = [prompt_token_ids(on.tokenizer, load_prompts(args.dataset)[-1])]  # a prompt no level uses
     decode_batch(off, warm, params, "warm-off")  # first-call costs (kernel compiles) out of the timing
     decode_batch(on, warm, params, "warm-on")
-    print(f"{args.dataset}: {args.num_prompts} prompts per concurrency, {args.max_tokens} tokens, {args.device} "
+    print(f"{args.dataset}{f', predictions: {args.prediction}' if args.prediction else ''}: {args.num_prompts} prompts per "
+          f"concurrency, {args.max_tokens} tokens, {args.device} "
           f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else ''} dtype {on.model.dtype}"
           + (f", repetition penalty {params.repetition_penalty:g}, frequency penalty {params.frequency_penalty:g}"
              if params.has_penalties else ""))
@@ -138,21 +154,23 @@ def main() -> int:
     print(f"{'c':>3} | {'off tok/s':>9} {'on tok/s':>9} {'on/off':>7} {'range':>13} {'by TPOT':>8} {'batch':>6} | "
           f"{'tok/seq-step':>12}")
     for k, c in enumerate(levels):
-        level_prompts = prompts[firsts[k]:firsts[k + 1]]
+        level_prompts, level_params = prompts[firsts[k]:firsts[k + 1]], own[firsts[k]:firsts[k + 1]]
         totals = {False: [0, 0.0, 0, 0.0], True: [0, 0.0, 0, 0.0]}
         ratios, tpots = [], {False: [], True: []}
-        batches = [level_prompts] if args.steady else [level_prompts[i:i + c] for i in range(0, len(level_prompts), c)]
-        for b, batch in enumerate(batches):
+        spans = [(0, len(level_prompts))] if args.steady else [(i, i + c) for i in range(0, len(level_prompts), c)]
+        for b, (lo, hi) in enumerate(spans):
+            batch, batch_params = level_prompts[lo:hi], level_params[lo:hi]
             order = (False, True) if b % 2 == 0 else (True, False)
 
             def run(la: bool) -> Decode:
                 engine, tag = (on if la else off), f"c{c}-b{b}-{la}"
-                return decode_stream(engine, batch, params, c, tag) if args.steady else decode_batch(engine, batch, params, tag)
+                return (decode_stream(engine, batch, batch_params, c, tag) if args.steady
+                        else decode_batch(engine, batch, batch_params, tag))
 
             if args.steady or args.sequential:
                 got = {la: run(la) for la in order}
             else:
-                got = dict(zip(order, decode_interleaved([on if la else off for la in order], batch, params,
+                got = dict(zip(order, decode_interleaved([on if la else off for la in order], batch, batch_params,
                                                          f"c{c}-b{b}")))
             if got[True].outputs != got[False].outputs:
                 i, (a, z) = next((i, o) for i, o in enumerate(zip(got[False].outputs, got[True].outputs)) if o[0] != o[1])

@@ -64,8 +64,9 @@ def edit_prompt(task_id: str, entry_point: str, code: str, edit: str) -> Prompt:
                "function. Keep everything else exactly as it is.")
     else:
         raise ValueError(f"unknown edit {edit!r}; expected one of {EDITS}")
-    content = f"{ask} {_REPLY}\n\n```python\n{code.rstrip()}\n```"
-    return Prompt(id=f"code-edit/{task_id}/{edit}", messages=(("user", content),))
+    block = f"```python\n{code.rstrip()}\n```"
+    # the prediction, as OpenAI's Predicted Outputs documents it for edits: the code as it was
+    return Prompt(id=f"code-edit/{task_id}/{edit}", messages=(("user", f"{ask} {_REPLY}\n\n{block}"),), prediction=block)
 
 
 def code_edit_prompts(path: Path | None = None) -> list[Prompt]:

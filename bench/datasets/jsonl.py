@@ -2,7 +2,8 @@
 
 Each line holds ``prompt`` (a string: a completion request) or ``messages`` (OpenAI chat
 messages), and optionally ``id``, ``max_tokens``, ``session`` and ``turn`` (turns of a session
-are sent in order, each after the previous one finished).
+are sent in order, each after the previous one finished) and ``prediction`` (the text the answer
+is expected to repeat: OpenAI's Predicted Outputs).
 
 ``python -m bench.datasets.jsonl DATASET COUNT OUT`` writes a dataset's first COUNT prompts in this
 form, for a machine without the dataset packages (a lent GPU: scripts/gpu_lookahead.sh).
@@ -26,6 +27,7 @@ def _parse(obj: object, where: str) -> Prompt:
         session=None if obj.get("session") is None else str(obj["session"]),
         turn=int(obj.get("turn", 0)),
         max_tokens=None if obj.get("max_tokens") is None else int(obj["max_tokens"]),
+        prediction=None if obj.get("prediction") is None else str(obj["prediction"]),
     )
     if isinstance(obj.get("prompt"), str):
         return Prompt(text=obj["prompt"], **common)  # type: ignore[arg-type]
@@ -65,6 +67,8 @@ def prompt_record(prompt: Prompt) -> dict[str, object]:
         obj["session"], obj["turn"] = prompt.session, prompt.turn
     if prompt.max_tokens is not None:
         obj["max_tokens"] = prompt.max_tokens
+    if prompt.prediction is not None:
+        obj["prediction"] = prompt.prediction
     return obj
 
 

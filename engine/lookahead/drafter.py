@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
-from engine.lookahead.ngram_trie import NGramTrie, TrieNode
+from engine.lookahead.ngram_trie import Key, NGramTrie, TrieNode
 from engine.lookahead.numbering import DigitVocab, NumberRuns
 from engine.lookahead.position_index import PositionIndex
 from engine.lookahead.tree import DraftTree
@@ -53,8 +53,14 @@ class Windows:
 class Match:
     """Where a draft would come from: the first cache and longest key with a continuation."""
 
-    source: str  # "own": the request's prompt and output; "global": every request's outputs; "number": the next number
+    # "prediction": the output the client predicted; "own": the request's prompt and output;
+    # "global": every request's outputs; "number": the next number
+    source: str
     key_length: int
+
+
+# where caches continue keys of the same length, the first of these drafts first
+_PRIORITY = {"prediction": 0, "own": 1, "global": 2}
 
 
 @dataclass(slots=True)
@@ -62,6 +68,10 @@ class RequestCache:
     own: PositionIndex  # the request's prompt and output
     shared: Windows  # in the global trie: output only
     numbers: NumberRuns | None  # its last numbers (None: the tokenizer's digits are not tokens of their own)
+    predicted: PositionIndex | None = None  # the client's predicted output (OpenAI's Predicted Outputs), if any
+
+
+Lookup = Callable[[Key], list[list[int]]]  # a key's continuations in one cache, best first
 
 
 class Drafter:
@@ -132,16 +142,22 @@ class Drafter:
         win.fed = end
         trie.bound()  # a decay here may prune the open windows' nodes: win.epoch now tells _reopen
 
-    def observe(self, request_id: str, tokens: Sequence[int], num_prompt: int, cache_salt: str = "") -> None:
+    def observe(self, request_id: str, tokens: Sequence[int], num_prompt: int, cache_salt: str = "",
+                prediction: Sequence[int] = ()) -> None:
         """Indexes what is new in the request's tokens (prompt + output so far); the output also
-        goes to the global trie of its ``cache_salt`` (see ``shared_trie``)."""
+        goes to the global trie of its ``cache_salt`` (see ``shared_trie``). ``prediction``: the
+        output the client predicted, indexed once, at the request's first observation."""
         cache = self.local.get(request_id)
         if cache is None:
             # outputs (not prompts) also feed the global cache: they are what requests tend to repeat
             numbers = NumberRuns(self.digits) if self.digits is not None else None
+            predicted = None
+            if prediction:
+                predicted = PositionIndex(self.config.key_lengths)
+                predicted.feed(prediction, len(prediction))
             cache = self.local[request_id] = RequestCache(PositionIndex(self.config.key_lengths),
                                                           Windows(self.shared_trie(cache_salt), fed=num_prompt),
-                                                          numbers)
+                                                          numbers, predicted)
         if cache.own.fed < len(tokens):
             cache.own.feed(tokens, len(tokens))
             self._feed(cache.shared, tokens, len(tokens))
@@ -165,21 +181,20 @@ class Drafter:
         cache = self.local.get(request_id)
         if cache is not None and cache.numbers is not None and cache.numbers.counting():
             return Match("number", 0)
-        found = [m for m in (self._own_key(cache, tokens), self._global_key(cache, tokens)) if m is not None]
+        found = self._matches(cache, tokens, 0, 0)
         if found:
-            return max(found, key=lambda m: m.key_length)  # the own text's where they tie (max keeps the first)
+            return found[0][0]
         if cache is not None and cache.numbers is not None and cache.numbers.next_tokens(1):
             return Match("number", 0)
         return None
 
-    def _own_key(self, cache: RequestCache | None, tokens: Sequence[int]) -> Match | None:
-        """The longest key the request's own text continues."""
-        if cache is not None:
-            for k in self.config.key_lengths:
-                # every recorded position of a key has a continuation (the text's last key is not
-                # recorded until the next token comes)
-                if len(tokens) >= k and tuple(tokens[-k:]) in cache.own.starts:
-                    return Match("own", k)
+    def _local_key(self, index: PositionIndex, source: str, tokens: Sequence[int]) -> Match | None:
+        """The longest key a text of the request's own (its prompt and output, or its prediction) continues."""
+        for k in self.config.key_lengths:
+            # every recorded position of a key has a continuation (the text's last key is not
+            # recorded until the next token comes)
+            if len(tokens) >= k and tuple(tokens[-k:]) in index.starts:
+                return Match(source, k)
         return None
 
     def _global(self, cache: RequestCache | None) -> NGramTrie:
@@ -224,25 +239,34 @@ class Drafter:
             after = self._branches(cache, [*tokens, *number], rest, rest)[:1] if rest > 0 else []
             tree.add_branch(numbers.renumber(number + (after[0] if after else [])), budget)
 
-    def _branches(self, cache: RequestCache | None, tokens: Sequence[int], budget: int,
-                  max_depth: int) -> list[list[int]]:
-        """Continuations of ``tokens``, each cache's from its longest key that has any: the own
-        cache's first (unless the global trie continues a longer key), then the other's; up to
-        ``budget`` tokens once merged, best first."""
-        tree = DraftTree()
-        found: list[list[int]] = []
+    def _matches(self, cache: RequestCache | None, tokens: Sequence[int], budget: int,
+                 max_depth: int) -> list[tuple[Match, Lookup, tuple[int, ...]]]:
+        """The caches that continue ``tokens``: (their longest key's match, their lookup, their key
+        lengths), the longest key first; where keys tie, the prediction, then the request's own
+        text, then every request's outputs. (A shorter key loses to a longer one: in the
+        Shakespeare answers a 1-token key of the own text drafted words the prompt had after "in"
+        (" heaven") where an answer before had '" in' -> " the original text".)"""
         trie = self._global(cache)
-        lookups = [(lambda key: trie.branches(key, budget, max_depth), self.config.global_key_lengths)]
+        out: list[tuple[Match | None, Lookup, tuple[int, ...]]] = [
+            (self._global_key(cache, tokens), lambda key: trie.branches(key, budget, max_depth),
+             self.config.global_key_lengths)]
         if cache is not None:
             limit = self.config.local_max_positions
-            own = (lambda key: cache.own.branches(key, budget, max_depth, limit), self.config.key_lengths)
-            # the request's own text first, unless all it has is a shorter key than every request's
-            # outputs: in the Shakespeare answers a 1-token key of the own text drafted words the
-            # prompt had after "in" (" heaven") where an answer before had '" in' -> " the original text"
-            own_key, global_key = self._own_key(cache, tokens), self._global_key(cache, tokens)
-            first = own_key is not None and (global_key is None or own_key.key_length >= global_key.key_length)
-            lookups.insert(0 if first else 1, own)
-        for lookup, key_lengths in lookups:
+            for index, source in ((cache.own, "own"), (cache.predicted, "prediction")):
+                if index is not None:
+                    out.append((self._local_key(index, source, tokens),
+                                lambda key, index=index: index.branches(key, budget, max_depth, limit),
+                                self.config.key_lengths))
+        found = [(m, lookup, keys) for m, lookup, keys in out if m is not None]
+        return sorted(found, key=lambda f: (-f[0].key_length, _PRIORITY[f[0].source]))
+
+    def _branches(self, cache: RequestCache | None, tokens: Sequence[int], budget: int,
+                  max_depth: int) -> list[list[int]]:
+        """Continuations of ``tokens``, each cache's from its longest key that has any, the caches
+        in ``_matches``' order; up to ``budget`` tokens once merged, best first."""
+        tree = DraftTree()
+        found: list[list[int]] = []
+        for _, lookup, key_lengths in self._matches(cache, tokens, budget, max_depth):
             had = len(found)
             # a cache after one that drafted adds only what its longest key continues: in chat at
             # batch 16, the global trie's 2-token keys beside the own text's branches ran at 0.86x

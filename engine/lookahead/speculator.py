@@ -93,7 +93,7 @@ class Speculator:
         acc = self.acceptance
         classes = []
         for s in seqs:
-            self.drafter.observe(s.request_id, s.all_ids, s.num_prompt, s.cache_salt)
+            self.drafter.observe(s.request_id, s.all_ids, s.num_prompt, s.cache_salt, s.params.prediction)
             m = self.drafter.match(s.request_id, s.all_ids)
             classes.append(acc.draft_class(s.request_id, m.source, m.key_length) if m is not None else None)
         # a request no cache continues expects nothing from a draft: the step's budget goes to others

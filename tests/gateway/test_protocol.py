@@ -15,7 +15,7 @@ def test_every_sampling_field_round_trips() -> None:
                        stop_token_ids=(7, 9), ignore_eos=True, logprobs=3, lookahead=False, min_tokens=0,
                        logit_bias=((5, -100.0), (12, 2.5)), include_stop_str_in_output=True,
                        skip_special_tokens=False, structured=StructuredSpec("regex", "[a-z]+"), prompt_logprobs=2,
-                       bad_words=("no", " never"))
+                       bad_words=("no", " never"), prediction=(4, 5, 6))
     # each field but min_tokens and allowed_token_ids (q has them) differs from its default: a field
     # the conversion dropped would show
     defaults = SamplingParams()
