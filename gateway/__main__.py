@@ -30,7 +30,7 @@ SERVICE = "grove.v1.Grove"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
     p.add_argument("--host", default="127.0.0.1", help="bind address for HTTP and gRPC")
-    p.add_argument("--http-port", type=int, default=8000, help="OpenAI-compatible HTTP port (0 picks one)")
+    p.add_argument("--http-port", "--port", type=int, default=8000, help="OpenAI-compatible HTTP port (0 picks one)")
     p.add_argument("--grpc-port", type=int, default=50051, help="grove.v1 gRPC port (0 picks one)")
     p.add_argument("--prefill", required=True, help="comma-separated prefill worker gRPC addresses; "
                    "dns:NAME:PORT stands for every address NAME resolves to (re-resolved every second)")

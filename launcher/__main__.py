@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefill", type=int, default=1, help="number of prefill workers")
     p.add_argument("--decode", type=int, default=1, help="number of decode workers")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--http-port", "--port", type=int, default=8000, help="the OpenAI HTTP port (0 picks one)")
     p.add_argument("--grpc-port", type=int, default=50051)
     p.add_argument("--no-nixl", action="store_true", help="move KV over gRPC bytes instead of NIXL")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])

@@ -24,7 +24,7 @@ class Launcher:
     def __init__(self, logs: Path, *args: str) -> None:
         self.logs = logs
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "launcher", "--http-port", "0", "--grpc-port", "0", "--kv-cache-gb", "0.25",
+            [sys.executable, "-m", "launcher", "--port", "0", "--grpc-port", "0", "--kv-cache-gb", "0.25",
              "--worker-args", "--num-threads 1", "--log-dir", str(logs), *args],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=service_env())
         self.output: list[str] = []
