@@ -36,13 +36,14 @@ def _tokenizer_class(model_dir: Path) -> str | None:
 def apply_chat_template(tokenizer: Any, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
                         continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None,
                         tools: list[dict[str, Any]] | None = None, add_special_tokens: bool = False,
-                        chat_template: str | None = None) -> list[int]:
+                        chat_template: str | None = None, documents: list[dict[str, str]] | None = None) -> list[int]:
     """OpenAI-style messages -> prompt token ids, with the generation prompt appended (vLLM's
     options: ``continue_final_message`` leaves the last (assistant) message open for the model to
     go on with; ``template_kwargs`` are handed to the template, e.g. a model's thinking switch;
     ``tools``: OpenAI's tool list, for a template that renders them; ``add_special_tokens``: the
     tokenizer's own (a BOS) added to the rendered text too, as vLLM does; the template has its own;
-    ``chat_template``: a template of the caller's instead of the tokenizer's)."""
+    ``chat_template``: a template of the caller's instead of the tokenizer's; ``documents``: for a
+    template that renders retrieved documents)."""
     if add_generation_prompt and continue_final_message:
         raise InvalidRequestError("continue_final_message", "cannot be combined with add_generation_prompt")
     if continue_final_message and messages and messages[-1].get("role") != "assistant":
@@ -58,7 +59,7 @@ def apply_chat_template(tokenizer: Any, messages: Sequence[dict[str, Any]], add_
         out = tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt,
                                             continue_final_message=continue_final_message,
                                             tokenize=not add_special_tokens, tools=tools, chat_template=chat_template,
-                                            **(template_kwargs or {}))
+                                            documents=documents, **(template_kwargs or {}))
     except Exception as e:  # a template that does not parse, or one that raises on these messages
         if chat_template is None and not isinstance(e, jinja2.TemplateError):
             raise  # the server's own template broke: not the request's fault

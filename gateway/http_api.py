@@ -23,11 +23,11 @@ from gateway.choices import Choice, merged, plan_choices, total_usage
 from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.openai_protocol import (
-    Echo, ResponseShaper, StreamUsage, asked_max_tokens, cache_salt_from_body, chat_messages,
-    chat_template_options, choices_per_prompt, client_request_id, completion_prompts, error_json, flag,
-    priority_from_body, prompt_logprobs_from_body, reject_unsupported, sampling_from_body,
-    special_tokens_from_body, stream_usage_from_body, truncation_from_body, wants_echo,
+    StreamUsage, asked_max_tokens, cache_salt_from_body, chat_messages, chat_template_options, choices_per_prompt,
+    client_request_id, completion_prompts, flag, priority_from_body, prompt_logprobs_from_body, reject_unsupported,
+    sampling_from_body, special_tokens_from_body, stream_usage_from_body, truncation_from_body, wants_echo,
 )
+from gateway.openai_response import Echo, ResponseShaper, error_json
 from gateway.prediction import prediction_from_body
 from gateway.responses_api import ResponseObject, as_chat_body, name_responses_error
 from gateway.token_names import TokenNames
@@ -182,8 +182,12 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors()) 
                 params = dataclasses.replace(params, structured=tools.structured)
             echo: list[Echo] = []
             if chat:
-                prompts = [core.tokenize(messages=chat_messages(body), template=chat_template_options(body),
-                                         truncate=truncate)]
+                messages = chat_messages(body)
+                prompts = [core.tokenize(messages=messages, template=chat_template_options(body), truncate=truncate)]
+                if wants_echo(body):  # vLLM's: the last message, if the assistant's, before each choice's content
+                    if tools is not None:
+                        raise InvalidRequestError("echo", "cannot be combined with tool calls")
+                    echo = [Echo(messages[-1]["content"] if messages[-1]["role"] == "assistant" else "", ())]
             else:
                 given = completion_prompts(body, core.config.max_concurrent)
                 special = special_tokens_from_body(body)

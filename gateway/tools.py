@@ -187,6 +187,8 @@ def tool_plan(body: dict[str, Any]) -> ToolPlan | None:
                   "required": ["name", "parameters"], "additionalProperties": False}
                  for name, schema in params.items()]
         schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": items}}
+        if body.get("parallel_tool_calls") is False:  # OpenAI's: at most one call
+            schema["maxItems"] = 1
         return ToolPlan("required", None, StructuredSpec("json_schema", json.dumps(schema)))
     name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) and choice.get("type") == "function" \
         else None

@@ -117,3 +117,16 @@ def test_openais_developer_role_is_the_system_role(core: GatewayCore) -> None:
     developer = [{"role": "developer", "content": "Be brief."}, MESSAGES[1]]
     r = _tokenize(core, messages=developer)
     assert r.status_code == 200 and r.json()["tokens"] == _tokenize(core).json()["tokens"]
+
+
+def test_documents_reach_a_template_that_renders_them(model_dir: Path) -> None:
+    """vLLM's ``documents`` (retrieval-augmented chat): handed to the template as ``documents``."""
+    rag = ("{% for d in documents %}[{{ d.title }}] {{ d.text }}\n{% endfor %}"
+           "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
+    core = _core(model_dir, chat_template=rag)
+    docs = [{"title": "Tides", "text": "The moon pulls the sea."}, {"title": "Wind", "text": "Air moves."}]
+    text = "[Tides] The moon pulls the sea.\n[Wind] Air moves.\nsystem: Be brief.\nuser: Hi there\n"
+    assert _tokenize(core, documents=docs).json()["tokens"] == core.tokenizer(text, add_special_tokens=False)["input_ids"]
+    for bad in ("text", [1], [{"title": 2}]):
+        r = _tokenize(core, documents=bad)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "documents"

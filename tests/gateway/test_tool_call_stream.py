@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.openai_protocol import ResponseShaper
+from gateway.openai_response import ResponseShaper
 from gateway.tools import RequiredCalls, tool_plan
 
 ANSWERS = [
@@ -97,3 +97,10 @@ def test_an_answer_cut_before_a_call_is_named_ends_as_text(tokenizer: Any) -> No
     assert shaper._choice(0, '[{"na', [], None, delta=True)["delta"] == {"role": "assistant"}
     last = shaper._choice(0, 'me": "a', [], "length", delta=True)
     assert last["delta"] == {"content": '[{"name": "a'} and last["finish_reason"] == "length"
+
+
+def test_parallel_tool_calls_false_allows_one_call_only() -> None:
+    tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in ("a", "b")]
+    many = json.loads(tool_plan({"tools": tools, "tool_choice": "required"}).structured.spec)
+    one = json.loads(tool_plan({"tools": tools, "tool_choice": "required", "parallel_tool_calls": False}).structured.spec)
+    assert "maxItems" not in many and one["maxItems"] == 1 and one["minItems"] == 1

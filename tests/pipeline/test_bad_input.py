@@ -19,12 +19,14 @@ SAMPLING = ["model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "se
             "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "allowed_token_ids", "bad_words",
             "priority", "truncate_prompt_tokens", "prompt_logprobs", "include_stop_str_in_output",
             "skip_special_tokens", "return_token_ids", "best_of", "suffix", "functions", "function_call", "tools",
-            "tool_choice", "cache_salt", "request_id", "return_tokens_as_token_ids"]
+            "tool_choice", "cache_salt", "request_id", "return_tokens_as_token_ids", "prediction", "use_beam_search",
+            "prompt_embeds", "logits_processors", "guided_whitespace_pattern", "structural_tag"]
 ENDPOINTS = {
     "/v1/completions": ({"prompt": "Hi", "max_tokens": 2}, [*SAMPLING, "prompt", "echo"]),
     "/v1/chat/completions": ({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
                              [*SAMPLING, "messages", "top_logprobs", "max_completion_tokens", "chat_template_kwargs",
-                              "add_generation_prompt", "continue_final_message"]),
+                              "add_generation_prompt", "continue_final_message", "echo", "documents", "chat_template",
+                              "parallel_tool_calls"]),
     "/v1/responses": ({"input": "Hi", "max_output_tokens": 2},
                       ["input", "instructions", "max_output_tokens", "text", "temperature", "top_p", "stream", "tools",
                        "tool_choice", "previous_response_id", "background", "priority", "bad_words", "model",

@@ -77,3 +77,11 @@ def test_tool_calls_named_and_required(stack: Stack, client: openai.OpenAI) -> N
     assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
     r = httpx.post(stack.http_url + "/v1/completions", json={"prompt": "x", "tools": [WEATHER]}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+
+
+def test_parallel_tool_calls_false_gives_one_call(client: openai.OpenAI) -> None:
+    msgs = [{"role": "user", "content": "What are the weather and the time in Paris, Tokyo and Lima?"}]
+    one = client.chat.completions.create(model="", messages=msgs, max_tokens=120, temperature=0, tools=[WEATHER, CLOCK],
+                                         tool_choice="required", parallel_tool_calls=False)
+    calls = one.choices[0].message.tool_calls
+    assert one.choices[0].finish_reason == "tool_calls" and len(calls) == 1

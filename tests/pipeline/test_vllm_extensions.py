@@ -1,5 +1,6 @@
 """vLLM's extensions to the OpenAI API through the stack: prompt_logprobs, allowed_token_ids and
-bad_words, truncate_prompt_tokens, stream_options.continuous_usage_stats."""
+bad_words, truncate_prompt_tokens, stream_options.continuous_usage_stats, chat's echo; the fields
+of vLLM's that Grove does not implement get a 400 naming them."""
 from __future__ import annotations
 
 import re
@@ -146,3 +147,34 @@ def test_return_tokens_as_token_ids(stack: Stack) -> None:
     assert all(t["token"].startswith("token_id:") for c in content for t in c["top_logprobs"])
     bad = httpx.post(url + "/completions", json={"prompt": "Hi", "return_tokens_as_token_ids": "yes"}, timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "return_tokens_as_token_ids"
+
+
+def test_chat_echo_puts_the_assistants_last_message_first(client: openai.OpenAI) -> None:
+    """vLLM's chat ``echo``: an answer to go on with (continue_final_message) comes back whole."""
+    start = "The three primary colors are"
+    msgs = [{"role": "user", "content": "Name the primary colors."}, {"role": "assistant", "content": start}]
+    kw: dict[str, Any] = dict(model="", messages=msgs, max_tokens=12, temperature=0)
+    go_on = {"continue_final_message": True, "add_generation_prompt": False}
+    rest = client.chat.completions.create(**kw, extra_body=go_on).choices[0].message.content
+    assert rest and not rest.startswith(start)
+    echoed = client.chat.completions.create(**kw, extra_body={**go_on, "echo": True})
+    assert echoed.choices[0].message.content == start + rest
+    stream = client.chat.completions.create(**kw, stream=True, extra_body={**go_on, "echo": True})
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == start + rest
+    # the last message is the user's: nothing goes before the answer
+    plain = dict(model="", messages=msgs[:1], max_tokens=8, temperature=0)
+    assert client.chat.completions.create(**plain, extra_body={"echo": True}).choices[0].message.content == \
+        client.chat.completions.create(**plain).choices[0].message.content
+
+
+@pytest.mark.parametrize("field, value", [("use_beam_search", True), ("prompt_embeds", "AAAA"),
+                                          ("logits_processors", ["m.f"]), ("guided_whitespace_pattern", " *"),
+                                          ("structural_tag", "{}")])
+def test_vllm_fields_grove_does_not_implement_are_refused(stack: Stack, field: str, value: Any) -> None:
+    for path, body in (("/v1/completions", {"prompt": "Hi"}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})):
+        r = httpx.post(stack.http_url + path, json={**body, "max_tokens": 2, field: value}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+    r = httpx.post(stack.http_url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "use_beam_search": False},
+                   timeout=30)
+    assert r.status_code == 200
