@@ -19,6 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine.errors import InvalidRequestError
 from engine.kv_layout import GROVE_VERSION
 from engine.request import GenerationChunk, TokenOut, Usage
+from engine.sampling_params import SamplingParams
+from gateway import beam_search
 from gateway.choices import Choice, merged, plan_choices, total_usage
 from gateway.core import GatewayCore
 from gateway.errors import OverloadedError, UnavailableError, http_status
@@ -206,13 +208,19 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors()) 
             # every choice is a request in flight: no more than the gateway takes at once
             n = choices_per_prompt(body, core.config.max_concurrent // len(prompts))
             request_id, work_id = _request_ids(core, body, request)
-            choices = plan_choices(core, prompts, params, n, work_id, priority_from_body(body),
-                                   cache_salt_from_body(body))
+            beams = beam_search.beam_width(body, n)
+            if beams is not None:
+                beam_search.check_params(params)
+            choices = [] if beams is not None else plan_choices(core, prompts, params, n, work_id,
+                                                                priority_from_body(body), cache_salt_from_body(body))
         except InvalidRequestError as e:
             return _error(name_structured_error(e, body))
         shaper = ResponseShaper(request_id, core.config.served_model_name, chat, core.tokenizer,
                                 params.logprobs, return_ids, {c.index: echo[c.prompt] for c in choices} if echo else None,
                                 tools, asked, tokens_as_ids)
+        if beams is not None:
+            return _tagged(await _unless_gone(request, _beam_response(core, shaper, prompts, params, *beams, work_id,
+                                                                      arrived)), request_id)
         gen = merged(core, choices, arrived)
         first = await _first(gen, lambda e: name_structured_error(e, body))
         if isinstance(first, Response):
@@ -316,6 +324,20 @@ async def _unless_gone(request: Request, whole: Awaitable[Response]) -> Response
         logger.info("client gone before its response: request cancelled")
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
     return work.result()
+
+
+async def _beam_response(core: GatewayCore, shaper: ResponseShaper, prompts: list[list[int]], params: SamplingParams,
+                         width: int, length_penalty: float, work_id: str, arrived: float) -> Response:
+    """Every prompt's ``width`` best beams (gateway.beam_search), as its choices."""
+    try:
+        found = await asyncio.gather(*(beam_search.beam_search(core, ids, params, width, length_penalty,
+                                                               f"{work_id}-p{i}", arrived)
+                                       for i, ids in enumerate(prompts)))
+    except (OverloadedError, UnavailableError, InvalidRequestError) as e:
+        return _error(e)
+    chunks = [c for beams, _ in found for c in beam_search.as_chunks(core, beams, params.skip_special_tokens)]
+    usage = Usage(*(sum(getattr(u, f) for _, u in found) for f in ("prompt_tokens", "completion_tokens", "cached_tokens")))
+    return JSONResponse(shaper.whole([(c.text, c.tokens, c.finish_reason, None) for c in chunks], usage))
 
 
 async def _whole(shaper: ResponseShaper, choices: list[Choice], first: tuple[int, GenerationChunk],

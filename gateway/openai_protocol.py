@@ -108,8 +108,6 @@ def reject_unsupported(body: dict[str, Any], chat: bool) -> None:
         raise InvalidRequestError("tools", "tools are for chat completions")
     if body.get("function_call") not in (None, "none"):
         raise InvalidRequestError("function_call", "function calling is not supported by this server")
-    if body.get("use_beam_search"):
-        raise InvalidRequestError("use_beam_search", "beam search is not supported by this server")
     best_of = body.get("best_of")
     if best_of is not None and best_of != (body.get("n") or 1):
         raise InvalidRequestError("best_of", "must equal n if given (ranking samples by likelihood is not supported)")

@@ -19,7 +19,7 @@ SAMPLING = ["model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "se
             "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "allowed_token_ids", "bad_words",
             "priority", "truncate_prompt_tokens", "prompt_logprobs", "include_stop_str_in_output",
             "skip_special_tokens", "return_token_ids", "best_of", "suffix", "functions", "function_call", "tools",
-            "tool_choice", "cache_salt", "request_id", "return_tokens_as_token_ids", "prediction", "use_beam_search",
+            "tool_choice", "cache_salt", "request_id", "return_tokens_as_token_ids", "prediction", "use_beam_search", "length_penalty",
             "prompt_embeds", "logits_processors", "guided_whitespace_pattern", "structural_tag"]
 ENDPOINTS = {
     "/v1/completions": ({"prompt": "Hi", "max_tokens": 2}, [*SAMPLING, "prompt", "echo"]),

@@ -167,7 +167,7 @@ def test_chat_echo_puts_the_assistants_last_message_first(client: openai.OpenAI)
         client.chat.completions.create(**plain).choices[0].message.content
 
 
-@pytest.mark.parametrize("field, value", [("use_beam_search", True), ("prompt_embeds", "AAAA"),
+@pytest.mark.parametrize("field, value", [("prompt_embeds", "AAAA"),
                                           ("logits_processors", ["m.f"]), ("guided_whitespace_pattern", " *"),
                                           ("structural_tag", "{}")])
 def test_vllm_fields_grove_does_not_implement_are_refused(stack: Stack, field: str, value: Any) -> None:
@@ -175,6 +175,3 @@ def test_vllm_fields_grove_does_not_implement_are_refused(stack: Stack, field: s
                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})):
         r = httpx.post(stack.http_url + path, json={**body, "max_tokens": 2, field: value}, timeout=30)
         assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
-    r = httpx.post(stack.http_url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "use_beam_search": False},
-                   timeout=30)
-    assert r.status_code == 200
