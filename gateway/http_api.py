@@ -1,5 +1,5 @@
 """OpenAI-compatible HTTP API (FastAPI): /v1/completions, /v1/chat/completions, /v1/responses,
-/v1/models, /health, and vLLM's /tokenize and /detokenize."""
+/v1/models, /health, and vLLM's /tokenize, /detokenize, /ping and /invocations (SageMaker's)."""
 from __future__ import annotations
 
 import asyncio
@@ -47,7 +47,7 @@ def _error(exc: BaseException, status: int | None = None) -> JSONResponse:
 
 
 class ApiKeyMiddleware:
-    """``Authorization: Bearer <key>`` on /v1/. A plain ASGI middleware: Starlette's
+    """``Authorization: Bearer <key>`` on /v1/ and /invocations. A plain ASGI middleware: Starlette's
     ``BaseHTTPMiddleware`` would relay every streamed chunk through an extra task and memory stream."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
@@ -55,7 +55,7 @@ class ApiKeyMiddleware:
         self.expected = f"Bearer {api_key}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"] == "/invocations"):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 response = _error(InvalidRequestError("authorization", "missing or wrong API key"), 401)
@@ -273,6 +273,17 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors()) 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await handle(request, chat=True)
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> Response:
+        """SageMaker's one endpoint, as vLLM serves it: a chat (``messages``) or a completion (``prompt``)."""
+        try:
+            body = await _json_object(request)
+        except InvalidRequestError as e:
+            return _error(e)
+        if "messages" in body or "prompt" in body:
+            return await handle(request, chat="messages" in body)
+        return _error(InvalidRequestError("body", "needs messages (a chat) or prompt (a completion)"))
 
     return app
 

@@ -55,3 +55,12 @@ def test_v1_with_the_key_and_open_paths_without_it(core: GatewayCore) -> None:
 
 def test_no_key_configured_means_open(core: GatewayCore) -> None:
     assert call(build_app(core), "GET", "/v1/models", None).status_code == 200
+
+
+def test_sagemakers_invocations_needs_the_key_too(core: GatewayCore) -> None:
+    app = build_app(core, api_key="s3cret")
+    assert call(app, "POST", "/invocations", None, {"prompt": "Hello"}).status_code == 401
+    r = call(app, "POST", "/invocations", "s3cret", {"prompt": "Hello", "max_tokens": 2})
+    assert r.status_code == 503  # past the key: a completion, and no prefill worker
+    r = call(app, "POST", "/invocations", "s3cret", {"input": "Hello"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "body"

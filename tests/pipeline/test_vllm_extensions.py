@@ -175,3 +175,13 @@ def test_vllm_fields_grove_does_not_implement_are_refused(stack: Stack, field: s
                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})):
         r = httpx.post(stack.http_url + path, json={**body, "max_tokens": 2, field: value}, timeout=30)
         assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+
+
+def test_sagemakers_invocations_answers_as_chat_or_completions(stack: Stack) -> None:
+    """vLLM's /invocations: a body with messages is a chat, one with a prompt a completion."""
+    for path, body in (("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}),
+                       ("/v1/completions", {"prompt": "The sky is"})):
+        body = {**body, "max_tokens": 8, "temperature": 0}
+        want = httpx.post(stack.http_url + path, json=body, timeout=60).json()
+        got = httpx.post(stack.http_url + "/invocations", json=body, timeout=60).json()
+        assert got["object"] == want["object"] and got["choices"] == want["choices"]
