@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "dns:NAME:PORT stands for every address NAME resolves to (re-resolved every second)")
     p.add_argument("--decode", required=True, help="comma-separated decode worker gRPC addresses (dns:NAME:PORT too)")
     p.add_argument("--model", default="", help="model directory (tokenizer, config); default: bundled SmolLM2")
-    p.add_argument("--served-model-name", default="", help="model id clients use (default: directory name)")
+    p.add_argument("--served-model-name", nargs="+", default=[],
+                   help="model ids clients use, the first in responses (default: directory name)")
     p.add_argument("--max-model-len", type=int, default=0)
     p.add_argument("--block-size", type=int, default=16, help="KV block size (prefix affinity hashing)")
     p.add_argument("--max-concurrent", type=int, default=256, help="requests in flight before HTTP 429")
@@ -85,13 +86,14 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     model_dir = args.model
     mc = ModelConfig.from_dir(model_dir)
     max_len = min(args.max_model_len or mc.max_position, mc.max_position)
-    name = args.served_model_name or model_dir.rstrip("/").rsplit("/", 1)[-1]
+    name, *aliases = args.served_model_name or [model_dir.rstrip("/").rsplit("/", 1)[-1]]
     router = Router([a for a in args.prefill.split(",") if a], [a for a in args.decode.split(",") if a], args.block_size)
     await router.refresh()
     router.start()
     metrics = GatewayMetrics(name, args.worker_id or f"gateway-{os.getpid()}", router)
     core = GatewayCore(GatewayConfig(model_dir, name, max_len, args.max_concurrent, args.sampling_defaults,
-                                     args.chat_template, args.trust_request_chat_template), router, metrics)
+                                     args.chat_template, args.trust_request_chat_template, tuple(aliases)),
+                       router, metrics)
     server, grpc_port, health = create_server(f"{args.host}:{args.grpc_port}")
     pb_grpc.add_GroveServicer_to_server(GroveServicer(core), server)
     await server.start()

@@ -39,13 +39,18 @@ Room = Callable[[], Awaitable[bool]]
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     model_dir: str
-    served_model_name: str
+    served_model_name: str  # the model's id in responses (vLLM's first --served-model-name)
     max_model_len: int
     max_concurrent: int = 256  # requests in flight before 429
     # what a request leaves unset takes these (engine.generation_defaults: the model's generation config)
     sampling_defaults: Mapping[str, Any] = field(default_factory=dict)
     chat_template: str = ""  # the server's own chat template ("": the tokenizer's)
     trust_request_chat_template: bool = False  # a request may bring its own (vLLM's flag; else a 400)
+    aliases: tuple[str, ...] = ()  # other names requests may give the model (vLLM's further --served-model-name)
+
+    @property
+    def served_names(self) -> tuple[str, ...]:
+        return (self.served_model_name, *self.aliases)
 
 
 def _drained() -> UnavailableError:
@@ -71,7 +76,7 @@ class GatewayCore:
 
     # ---- input ------------------------------------------------------------------------------
     def check_model(self, model: str | None) -> None:
-        if model and model != self.config.served_model_name:
+        if model and model not in self.config.served_names:
             raise InvalidRequestError("model", f"model {model!r} is not served here (try {self.config.served_model_name!r})")
 
     def token_ids(self, prompt: str | Sequence[int] | None = None, messages: list[dict[str, Any]] | None = None,

@@ -79,6 +79,6 @@ class GroveServicer(pb_grpc.GroveServicer):
         return pb.TokenizeResponse(token_ids=ids, max_model_len=self.core.max_model_len)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[pb.Model(id=self.core.config.served_model_name,
-                                                      max_model_len=self.core.max_model_len,
-                                                      dtype=self.core.model_config.torch_dtype)])
+        return pb.ListModelsResponse(models=[pb.Model(id=name, max_model_len=self.core.max_model_len,
+                                                      dtype=self.core.model_config.torch_dtype)
+                                             for name in self.core.config.served_names])

@@ -111,22 +111,23 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors()) 
 
     started = int(time.time())
 
-    def model_card() -> dict[str, Any]:
+    def model_card(name: str) -> dict[str, Any]:
         """OpenAI's model object, with vLLM's ``root`` (the checkpoint) and ``max_model_len``."""
-        return {"id": core.config.served_model_name, "object": "model", "created": started, "owned_by": "grove",
+        return {"id": name, "object": "model", "created": started, "owned_by": "grove",
                 "root": core.config.model_dir, "max_model_len": core.max_model_len}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card()]}
+        """A card per name the model is served under (vLLM's --served-model-name may give several)."""
+        return {"object": "list", "data": [model_card(name) for name in core.config.served_names]}
 
     @app.get("/v1/models/{model:path}")
     async def model(model: str) -> Response:
         """OpenAI's "retrieve model" (``client.models.retrieve``); a name not served is a 404."""
-        if model != core.config.served_model_name:
+        if model not in core.config.served_names:
             return _error(InvalidRequestError("model", f"model {model!r} is not served here "
                                                        f"(try {core.config.served_model_name!r})"), 404)
-        return JSONResponse(model_card())
+        return JSONResponse(model_card(model))
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> Response:

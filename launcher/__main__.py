@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-key", default="")
     p.add_argument("--log-dir", default="", help="service logs (default: a temp dir)")
     s = p.add_argument_group("serving (vLLM's names; each goes to the services that take it)")
-    s.add_argument("--served-model-name", default="", help="the model id clients use (default: the folder's name)")
+    s.add_argument("--served-model-name", nargs="+", default=[],
+                   help="the model ids clients use, the first in responses (default: the folder's name)")
     s.add_argument("--max-model-len", type=int, default=0, help="context length (default: the model's)")
     s.add_argument("--kv-cache-gb", type=float, default=0.5, help="each worker's KV pool")
     s.add_argument("--max-num-seqs", type=int, default=0, help="sequences a worker batches (default: its own)")
@@ -90,7 +91,7 @@ def _service_args(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
     worker = [*(["--max-model-len", str(args.max_model_len)] if args.max_model_len else []),
               *(["--max-num-seqs", str(args.max_num_seqs)] if args.max_num_seqs else []),
               *shlex.split(args.worker_args)]
-    gateway = [*(["--served-model-name", args.served_model_name] if args.served_model_name else []),
+    gateway = [*(["--served-model-name", *args.served_model_name] if args.served_model_name else []),
                *(["--max-model-len", str(args.max_model_len)] if args.max_model_len else []),
                "--generation-config", args.generation_config,
                *(["--chat-template", args.chat_template] if args.chat_template else []),

@@ -50,3 +50,25 @@ def test_retrieving_a_model_not_served_is_404_with_a_message(core: GatewayCore) 
     err = e.value.body
     assert err["type"] == "not_found_error" and err["param"] == "model"
     assert "'other-model' is not served here" in err["message"] and NAME in err["message"]
+
+
+def test_every_served_name_is_listed_and_answers(model_dir: Path) -> None:
+    """vLLM's --served-model-name a b: requests may name either; responses and the first card use a."""
+    router = Router([], [], block_size=16)
+    core = GatewayCore(GatewayConfig(str(model_dir), "main", 2048, aliases=("alias",)), router,
+                       GatewayMetrics("main", "gateway-test", router))
+
+    async def go(client: openai.AsyncOpenAI) -> Any:
+        listed = await client.models.list()
+        card = await client.models.retrieve("alias")
+        try:  # past the model check, to the router: no prefill worker here
+            await client.completions.create(model="alias", prompt="Hi", max_tokens=2)
+        except openai.APIStatusError as e:
+            status = e.status_code
+        try:
+            await client.completions.create(model="other", prompt="Hi", max_tokens=2)
+        except openai.BadRequestError as e:
+            other = e.body["param"]
+        return [m.id for m in listed.data], card.id, status, other
+
+    assert _with_client(core, go) == (["main", "alias"], "alias", 503, "model")

@@ -64,7 +64,7 @@ class Launcher:
 
 @pytest.fixture
 def launched(tmp_path: Path) -> Iterator[Launcher]:
-    launcher = Launcher(tmp_path / "logs", "--served-model-name", "grove-test", "--max-model-len", "512",
+    launcher = Launcher(tmp_path / "logs", "--served-model-name", "grove-test", "grove-alias", "--max-model-len", "512",
                         "--lookahead", "off", "--gateway-args", "--allowed-origins https://ui.example")
     yield launcher
     launcher.kill()
@@ -77,8 +77,8 @@ def _usage(url: str, body: dict[str, object]) -> dict[str, object]:
 
 
 def test_serving_flags_reach_the_services_and_ctrl_c_stops_them_all(launched: Launcher, stack: Stack) -> None:
-    card = httpx.get(launched.url + "/v1/models", timeout=10).json()["data"][0]
-    assert (card["id"], card["max_model_len"]) == ("grove-test", 512)
+    cards = httpx.get(launched.url + "/v1/models", timeout=10).json()["data"]
+    assert [(c["id"], c["max_model_len"]) for c in cards] == [("grove-test", 512), ("grove-alias", 512)]
     body = {"model": "grove-test", "prompt": COPY, "max_tokens": 24, "temperature": 0}
     # lookahead off: no drafts, where the package's stack (on) drafts for the same request
     assert _usage(stack.http_url, {**body, "model": None})["completion_tokens_details"]["accepted_prediction_tokens"] > 0
