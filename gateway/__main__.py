@@ -17,6 +17,7 @@ from engine.tokenizer import read_chat_template
 from gateway.core import GatewayConfig, GatewayCore
 from gateway.grpc_api import GroveServicer
 from gateway.http_api import Cors, build_app
+from gateway.response_store import DEFAULT_SIZE
 from gateway.metrics import GatewayMetrics
 from gateway.router import Router
 from grove.v1 import api_pb2_grpc as pb_grpc
@@ -56,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--chat-template", default="", help="chat template: a file, or the template itself")
     g.add_argument("--trust-request-chat-template", action="store_true",
                    help="let a request bring its own chat_template (else it gets a 400)")
+    g.add_argument("--responses-store-size", type=int, default=DEFAULT_SIZE,
+                   help="Responses API responses kept for GET and previous_response_id (0: none)")
     c = p.add_argument_group("CORS (as vLLM's flags: JSON lists, or comma-separated)")
     c.add_argument("--allowed-origins", type=_json_list, default=["*"])
     c.add_argument("--allowed-methods", type=_json_list, default=["*"])
@@ -100,7 +103,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     await set_serving(health, [SERVICE], True)
     # uvicorn's own shutdown timeout is a backstop: core.drain ends the requests first
     cors = Cors(args.allowed_origins, args.allowed_methods, args.allowed_headers, args.allow_credentials)
-    config = uvicorn.Config(build_app(core, args.api_key, cors), host=args.host, port=args.http_port, loop="none",
+    config = uvicorn.Config(build_app(core, args.api_key, cors, args.responses_store_size), host=args.host, port=args.http_port, loop="none",
                             log_level="warning", lifespan="off", timeout_graceful_shutdown=int(args.drain_timeout) + 10)
     http = uvicorn.Server(config)
     http.install_signal_handlers = lambda: None  # type: ignore[method-assign] - we own the signals

@@ -31,6 +31,7 @@ from gateway.openai_protocol import (
 )
 from gateway.openai_response import Echo, ResponseShaper, error_json
 from gateway.prediction import prediction_from_body
+from gateway.response_store import DEFAULT_SIZE, ResponseNotFound, ResponseStore, wants_store
 from gateway.responses_api import ResponseObject, as_chat_body, name_responses_error
 from gateway.token_names import TokenNames
 from gateway.structured_request import name_structured_error
@@ -86,8 +87,11 @@ class Cors:
     credentials: bool = False
 
 
-def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors()) -> FastAPI:
-    """``cors`` None: no CORS headers (a browser then refuses other origins' calls)."""
+def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
+              responses_kept: int = DEFAULT_SIZE) -> FastAPI:
+    """``cors`` None: no CORS headers (a browser then refuses other origins' calls);
+    ``responses_kept``: how many Responses API responses are stored (gateway.response_store)."""
+    store = ResponseStore(responses_kept)
     app = FastAPI(title="Grove", docs_url=None, redoc_url=None)
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
@@ -238,7 +242,8 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors()) 
         chat: dict[str, Any] = {}
         try:
             body = await _json_object(request)
-            chat = as_chat_body(body)
+            chat = as_chat_body(body, store.history(body))
+            keep = wants_store(body)
             core.check_model(chat.get("model"))
             params = sampling_from_body(chat, chat=True, defaults=core.config.sampling_defaults)
             prompt = core.tokenize(messages=chat_messages(chat), template=chat_template_options(chat),
@@ -248,8 +253,13 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors()) 
             request_id, work_id = _request_ids(core, chat, request)
             choices = plan_choices(core, [prompt], params, 1, work_id, priority_from_body(chat),
                                    cache_salt_from_body(chat))
+        except ResponseNotFound as e:
+            return _error(e, 404)
         except InvalidRequestError as e:
             return _error(name_responses_error(name_structured_error(e, chat)))
+        # the turns so far, the instructions left out: what a response continuing this one goes on from
+        turns = chat["messages"][1:] if body.get("instructions") is not None else chat["messages"]
+        done = (lambda o: store.keep(o.json(), turns, o.text)) if keep else None
         gen = merged(core, choices, arrived)
         first = await _first(gen, lambda e: name_responses_error(name_structured_error(e, chat)))
         if isinstance(first, Response):
@@ -257,15 +267,24 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors()) 
         names = TokenNames(core.tokenizer) if params.logprobs is not None else None
         obj = ResponseObject(request_id, core.config.served_model_name, body, names)
         if body.get("stream"):
-            return _tagged(StreamingResponse(_response_events(obj, first, gen), media_type="text/event-stream"),
+            return _tagged(StreamingResponse(_response_events(obj, first, gen, done), media_type="text/event-stream"),
                            request_id)
-        return _tagged(await _unless_gone(request, _whole_response(obj, first, gen)), request_id)
+        return _tagged(await _unless_gone(request, _whole_response(obj, first, gen, done)), request_id)
 
-    @app.api_route("/v1/responses/{response_id}", methods=["GET", "DELETE"])
+    @app.get("/v1/responses/{response_id}")
     async def stored_response(response_id: str) -> Response:
-        """Retrieving or deleting a response: none is kept (a 404 that says so, not FastAPI's bare one)."""
-        return _error(InvalidRequestError("response_id", f"no response {response_id!r}: this server does not "
-                                                         "store responses"), 404)
+        try:
+            return JSONResponse(store.get(response_id).response)
+        except ResponseNotFound as e:
+            return _error(e, 404)
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(response_id: str) -> Response:
+        try:
+            store.delete(response_id)
+        except ResponseNotFound as e:
+            return _error(e, 404)
+        return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -379,8 +398,11 @@ async def _whole(shaper: ResponseShaper, choices: list[Choice], first: tuple[int
     return JSONResponse(shaper.whole(list(zip(texts, tokens, finish, prompt_lps)), total_usage(choices, usages)))
 
 
+Done = Callable[[ResponseObject], None] | None  # called with a response that finished (to store it)
+
+
 async def _whole_response(obj: ResponseObject, first: tuple[int, GenerationChunk],
-                          gen: AsyncIterator[tuple[int, GenerationChunk]]) -> Response:
+                          gen: AsyncIterator[tuple[int, GenerationChunk]], done: Done = None) -> Response:
     obj.add(first[1].text, first[1].finish_reason, first[1].usage, first[1].tokens)
     try:
         async for _, c in gen:
@@ -389,11 +411,13 @@ async def _whole_response(obj: ResponseObject, first: tuple[int, GenerationChunk
         return _error(e)
     finally:
         await gen.aclose()
+    if done is not None:
+        done(obj)
     return JSONResponse(obj.json())
 
 
 async def _response_events(obj: ResponseObject, first: tuple[int, GenerationChunk],
-                           gen: AsyncIterator[tuple[int, GenerationChunk]]) -> AsyncIterator[bytes]:
+                           gen: AsyncIterator[tuple[int, GenerationChunk]], done: Done = None) -> AsyncIterator[bytes]:
     """Responses events as SSE (``event:`` names each, as OpenAI sends them); an error mid-way is
     an ``error`` event, then the stream ends."""
     def event(payload: dict[str, Any]) -> bytes:
@@ -411,6 +435,8 @@ async def _response_events(obj: ResponseObject, first: tuple[int, GenerationChun
                 _, c = await gen.__anext__()
             except StopAsyncIteration:
                 break
+        if done is not None:
+            done(obj)
         for e in obj.closing():
             yield event(e)
     except (OverloadedError, UnavailableError, InvalidRequestError) as e:

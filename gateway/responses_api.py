@@ -4,7 +4,8 @@ A Responses request is read as the chat request it amounts to (``as_chat_body``)
 become a system message, ``input`` the conversation, ``max_output_tokens`` max_tokens,
 ``text.format`` the response format; from there it is a chat completion through the same
 pipeline. The answer is shaped as a Response object, or streamed as Responses events
-(``ResponseEvents``). Nothing is stored: ``previous_response_id`` and the like get a 400.
+(``ResponseEvents``). Responses are stored, and continued by ``previous_response_id``, by
+gateway.response_store.
 """
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ from engine.errors import InvalidRequestError
 from engine.request import TokenOut, Usage
 from gateway.token_names import TokenNames
 
-# fields of the Responses API that a text-only, storeless server cannot honour: a 400 names them
+# fields of the Responses API that a text-only server cannot honour: a 400 names them
 _UNSUPPORTED = {
-    "previous_response_id": "previous_response_id (responses are not stored)",
-    "conversation": "conversation (responses are not stored)",
+    "conversation": "conversation objects (continue a response with previous_response_id)",
     "prompt": "prompt templates",
     "tools": "tools in the Responses API (use chat completions)",
 }
@@ -30,8 +30,9 @@ _PASSED = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
            "chat_template_kwargs", "model", "priority", "cache_salt", "request_id", "top_logprobs")
 
 
-def as_chat_body(body: dict[str, Any]) -> dict[str, Any]:
-    """The chat-completions body a Responses request amounts to (checked: a 400 names the field)."""
+def as_chat_body(body: dict[str, Any], history: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The chat-completions body a Responses request amounts to (checked: a 400 names the field);
+    ``history``: the turns of the response it continues (``previous_response_id``), before its input."""
     for key, what in _UNSUPPORTED.items():
         if body.get(key) not in (None, [], ""):
             raise InvalidRequestError(key, f"{what} is not supported by this server")
@@ -52,7 +53,7 @@ def as_chat_body(body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(instructions, str):
             raise InvalidRequestError("instructions", "must be a string")
         messages.append({"role": "system", "content": instructions})
-    chat["messages"] = messages + _input_messages(body.get("input"))
+    chat["messages"] = messages + list(history) + _input_messages(body.get("input"))
     if body.get("max_output_tokens") is not None:
         chat["max_tokens"] = body["max_output_tokens"]
         if isinstance(chat["max_tokens"], bool) or not isinstance(chat["max_tokens"], int):
@@ -164,7 +165,8 @@ class ResponseObject:
             "metadata": b.get("metadata"), "output": [self._message()] if self.finish is not None else [],
             "top_logprobs": b.get("top_logprobs"),
             "parallel_tool_calls": True, "temperature": b.get("temperature"), "top_p": b.get("top_p"),
-            "tool_choice": b.get("tool_choice") or "auto", "tools": [], "store": False,
+            "tool_choice": b.get("tool_choice") or "auto", "tools": [], "store": b.get("store", True) is not False,
+            "previous_response_id": b.get("previous_response_id"),
             "text": {"format": fmt or {"type": "text"}}, "truncation": "disabled",
             "usage": _usage(self.usage) if self.usage is not None else None,
         }

@@ -1,6 +1,7 @@
 """Bad input never breaks the gateway: every field a request may set, given values of every JSON
-type and out-of-range numbers, gets a 200 or a 400 naming a field, never a 5xx or a dropped
-connection (found so: 2**40 as max_tokens overflowed the int32 on the wire, a 500)."""
+type and out-of-range numbers, gets a 200 or a 400 (404: a response id not stored) naming a
+field, never a 5xx or a dropped connection (found so: 2**40 as max_tokens overflowed the int32 on
+the wire, a 500)."""
 from __future__ import annotations
 
 import json
@@ -30,7 +31,7 @@ ENDPOINTS = {
     "/v1/responses": ({"input": "Hi", "max_output_tokens": 2},
                       ["input", "instructions", "max_output_tokens", "text", "temperature", "top_p", "stream", "tools",
                        "tool_choice", "previous_response_id", "background", "priority", "bad_words", "model",
-                       "metadata", "include", "cache_salt"]),
+                       "metadata", "include", "cache_salt", "store", "conversation"]),
 }
 
 
@@ -46,8 +47,8 @@ def test_every_field_with_every_kind_of_value(stack: Stack, path: str) -> None:
                 raw = r.read()
         except httpx.HTTPError as e:  # a dropped connection: the server failed mid-way
             return field, value, repr(e)
-        if r.status_code == 400:
-            return None if json.loads(raw)["error"].get("param") else (field, value, "a 400 naming no field")
+        if r.status_code in (400, 404):  # 404: a previous_response_id not stored
+            return None if json.loads(raw)["error"].get("param") else (field, value, f"a {r.status_code} naming no field")
         return None if r.status_code == 200 else (field, value, r.status_code, raw[:200])
 
     # eight at a time over one client (the requests served share the workers' steps)

@@ -1,6 +1,6 @@
 """OpenAI's Responses API through the stack, read by the openai SDK: the same answer as the chat
-completion it amounts to, whole and streamed as Responses events; its errors as 400s naming the
-field."""
+completion it amounts to, whole and streamed as Responses events; stored responses retrieved,
+continued and deleted; its errors as 400s naming the field."""
 from __future__ import annotations
 
 import json
@@ -104,16 +104,45 @@ def test_output_logprobs_are_chats(client: openai.OpenAI) -> None:
     assert [d.token for d in deltas] == [d.token for d in done.logprobs] == [w[0] for w in want]
 
 
-def test_responses_are_not_stored(client: openai.OpenAI) -> None:
-    r = client.responses.create(model=MODEL, input="Hi", max_output_tokens=2)
-    with pytest.raises(openai.NotFoundError, match="does not store responses"):
-        client.responses.retrieve(r.id)
+def test_a_stored_response_is_retrieved_continued_and_deleted(client: openai.OpenAI) -> None:
+    """``store`` (on by default): GET returns the response; ``previous_response_id`` continues its
+    conversation (its input and answer, not its instructions), the answer equal to the chat
+    completion of the whole conversation; DELETE drops it; ``store: false`` keeps nothing."""
+    first = client.responses.create(model=MODEL, instructions="Answer in one short sentence.",
+                                    input="What colour is the sky?", max_output_tokens=16, temperature=0)
+    got = client.responses.retrieve(first.id)
+    assert first.store and got.id == first.id and got.output_text == first.output_text
+    second = client.responses.create(model=MODEL, previous_response_id=first.id, input="And the grass?",
+                                     max_output_tokens=16, temperature=0)
+    assert second.previous_response_id == first.id
+    chat = client.chat.completions.create(model=MODEL, max_tokens=16, temperature=0, messages=[
+        {"role": "user", "content": "What colour is the sky?"}, {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": "And the grass?"}])
+    assert second.output_text == chat.choices[0].message.content and second.output_text
+    assert second.usage.input_tokens == chat.usage.prompt_tokens
+    # a chain: the third turn carries both earlier ones, streamed the same as whole
+    third = dict(model=MODEL, previous_response_id=second.id, input="And snow?", max_output_tokens=12, temperature=0)
+    whole = client.responses.create(**third)
+    events = list(client.responses.create(stream=True, **third))
+    assert events[-1].response.output_text == whole.output_text
+    assert whole.usage.input_tokens > second.usage.input_tokens > first.usage.input_tokens
+    assert client.responses.retrieve(events[-1].response.id).output_text == whole.output_text  # streamed: stored too
+    deleted = client.responses.delete(first.id)
+    assert deleted is None or getattr(deleted, "deleted", True)
+    for call in (lambda: client.responses.retrieve(first.id), lambda: client.responses.delete(first.id),
+                 lambda: client.responses.create(model=MODEL, previous_response_id=first.id, input="Hi")):
+        with pytest.raises(openai.NotFoundError, match="is stored here"):
+            call()
+    unkept = client.responses.create(model=MODEL, input="Hi", max_output_tokens=2, store=False)
+    assert not unkept.store
     with pytest.raises(openai.NotFoundError):
-        client.responses.delete(r.id)
+        client.responses.retrieve(unkept.id)
 
 
 @pytest.mark.parametrize("body, field", [
-    ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"input": "hi", "previous_response_id": 5}, "previous_response_id"),
+    ({"input": "hi", "store": "yes"}, "store"),
+    ({"input": "hi", "conversation": "conv_1"}, "conversation"),
     ({"input": "hi", "tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
     ({"input": "hi", "background": True}, "background"),
     ({"input": []}, "input"),
