@@ -62,10 +62,11 @@ def test_open_loop_cap_limits_requests_in_flight(echo, tokenizer) -> None:
 def test_duration_cycles_prompts_until_the_deadline(echo, tokenizer) -> None:
     url, _ = echo
     jobs = _jobs(tokenizer, n=3, max_tokens=3)  # ~30 ms each
-    out = asyncio.run(_run(url, jobs, LoadSpec(concurrency=2), duration_s=0.6))
+    out = asyncio.run(_run(url, jobs, LoadSpec(concurrency=2), duration_s=1.0))
     indices = sorted(r.job_index for r in out.records)
-    assert len(indices) > 6 and indices == list(range(len(indices)))  # several passes, unique indices
-    assert max(r.send_time for r in out.records) - out.start < 0.6
+    # past the prompts' first pass (make test's load has left room for only 6 in 0.6 s), unique indices
+    assert len(indices) > len(jobs) and indices == list(range(len(indices)))
+    assert max(r.send_time for r in out.records) - out.start < 1.0
 
 
 def test_session_turns_wait_for_the_previous_turn(echo, tokenizer) -> None:
