@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.errors import InvalidRequestError
 from engine.request import GenerationChunk, TokenOut, Usage
@@ -21,6 +21,16 @@ from engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from gateway.core import GatewayCore
 
 MAX_WIDTH = MAX_LOGPROBS // 2  # each step asks for 2 x width alternatives
+
+
+class Placement(NamedTuple):
+    """What every request of a search shares: the pipeline id its own begin with, when it arrived,
+    its priority and cache salt (a tenant's beams share prefixes only with its own requests)."""
+
+    request_id: str
+    arrived: float
+    priority: int = 0
+    cache_salt: str = ""
 
 
 @dataclass(slots=True)
@@ -62,7 +72,7 @@ def check_params(params: SamplingParams) -> None:
 
 
 async def beam_search(core: GatewayCore, prompt: list[int], params: SamplingParams, width: int, length_penalty: float,
-                      request_id: str, arrived: float) -> tuple[list[Beam], Usage]:
+                      where: Placement) -> tuple[list[Beam], Usage]:
     """The ``width`` best beams of ``prompt``, best first, and the answer's usage: its beams'
     tokens, and the prompt tokens the first step's prefill found in the prefix cache."""
     check_params(params)
@@ -74,7 +84,8 @@ async def beam_search(core: GatewayCore, prompt: list[int], params: SamplingPara
     cached = 0
     for step in range(steps):
         outs = await asyncio.gather(*(_one_token(core, [*prompt, *(t.token_id for t in b.tokens)], step_params,
-                                                 f"{request_id}-s{step}b{i}", arrived) for i, b in enumerate(live)))
+                                                 where._replace(request_id=f"{where.request_id}-s{step}b{i}"))
+                                      for i, b in enumerate(live)))
         grown: list[Beam] = []
         for beam, (token, hit) in zip(live, outs):
             cached = hit if step == 0 else cached
@@ -93,12 +104,13 @@ async def beam_search(core: GatewayCore, prompt: list[int], params: SamplingPara
     return best, Usage(len(prompt), sum(len(b.tokens) for b in best), cached)
 
 
-async def _one_token(core: GatewayCore, ids: list[int], params: SamplingParams, request_id: str,
-                     arrived: float) -> tuple[TokenOut, int]:
+async def _one_token(core: GatewayCore, ids: list[int], params: SamplingParams,
+                     where: Placement) -> tuple[TokenOut, int]:
     """One greedy token of ``ids`` with its alternatives, and the prompt tokens the cache served."""
     token: TokenOut | None = None
     cached = 0
-    async for chunk in core.generate(core.work(ids, params, request_id), arrived):
+    work = core.work(ids, params, where.request_id, where.priority, where.cache_salt)
+    async for chunk in core.generate(work, where.arrived):
         token = chunk.tokens[0] if chunk.tokens else token
         cached = chunk.usage.cached_tokens if chunk.usage is not None else cached
     assert token is not None, "a request of one token ended without it"

@@ -224,8 +224,9 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
                                 params.logprobs, return_ids, {c.index: echo[c.prompt] for c in choices} if echo else None,
                                 tools, asked, tokens_as_ids)
         if beams is not None:
-            return _tagged(await _unless_gone(request, _beam_response(core, shaper, prompts, params, *beams, work_id,
-                                                                      arrived)), request_id)
+            where = beam_search.Placement(work_id, arrived, priority_from_body(body), cache_salt_from_body(body))
+            return _tagged(await _unless_gone(request, _beam_response(core, shaper, prompts, params, *beams, where)),
+                           request_id)
         gen = merged(core, choices, arrived)
         first = await _first(gen, lambda e: name_structured_error(e, body))
         if isinstance(first, Response):
@@ -358,16 +359,18 @@ async def _unless_gone(request: Request, whole: Awaitable[Response]) -> Response
 
 
 async def _beam_response(core: GatewayCore, shaper: ResponseShaper, prompts: list[list[int]], params: SamplingParams,
-                         width: int, length_penalty: float, work_id: str, arrived: float) -> Response:
+                         width: int, length_penalty: float, where: beam_search.Placement) -> Response:
     """Every prompt's ``width`` best beams (gateway.beam_search), as its choices."""
     try:
         found = await asyncio.gather(*(beam_search.beam_search(core, ids, params, width, length_penalty,
-                                                               f"{work_id}-p{i}", arrived)
+                                                               where._replace(request_id=f"{where.request_id}-p{i}"))
                                        for i, ids in enumerate(prompts)))
     except (OverloadedError, UnavailableError, InvalidRequestError) as e:
         return _error(e)
     chunks = [c for beams, _ in found for c in beam_search.as_chunks(core, beams, params.skip_special_tokens)]
-    usage = Usage(*(sum(getattr(u, f) for _, u in found) for f in ("prompt_tokens", "completion_tokens", "cached_tokens")))
+    usage = Usage(prompt_tokens=sum(u.prompt_tokens for _, u in found),
+                  completion_tokens=sum(u.completion_tokens for _, u in found),
+                  cached_tokens=sum(u.cached_tokens for _, u in found))
     return JSONResponse(shaper.whole([(c.text, c.tokens, c.finish_reason, None) for c in chunks], usage))
 
 

@@ -102,3 +102,13 @@ def test_a_length_penalty_without_beam_search_is_a_400(stack: Stack) -> None:
     r = httpx.post(stack.http_url + "/v1/completions", timeout=30, json={"prompt": "Hi", "max_tokens": 2,
                                                                          "length_penalty": 0.5})
     assert r.status_code == 400 and r.json()["error"]["param"] == "length_penalty"
+
+
+def test_a_salted_search_shares_no_cached_prefix_with_other_tenants(stack: Stack) -> None:
+    body = {"prompt": "Repeat after me: " + "the quick brown fox jumps over the lazy dog, " * 4, "max_tokens": 2,
+            "n": 2, "use_beam_search": True}
+    for _ in range(2):  # the second finds the first's prompt blocks
+        cached = httpx.post(stack.http_url + "/v1/completions", json=body, timeout=120).json()["usage"]
+    assert cached["prompt_tokens_details"]["cached_tokens"] >= 32
+    salted = httpx.post(stack.http_url + "/v1/completions", json={**body, "cache_salt": "tenant-b"}, timeout=120)
+    assert salted.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
