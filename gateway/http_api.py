@@ -32,7 +32,7 @@ from gateway.openai_protocol import (
 from gateway.openai_response import Echo, ResponseShaper, error_json
 from gateway.prediction import prediction_from_body
 from gateway.response_store import DEFAULT_SIZE, ResponseNotFound, ResponseStore, wants_store
-from gateway.responses_api import ResponseObject, as_chat_body, name_responses_error
+from gateway.responses_api import ResponseObject, as_chat_body, name_responses_error, truncation
 from gateway.token_names import TokenNames
 from gateway.structured_request import name_structured_error
 from gateway.tools import tool_plan
@@ -248,7 +248,7 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
             core.check_model(chat.get("model"))
             params = sampling_from_body(chat, chat=True, defaults=core.config.sampling_defaults)
             prompt = core.tokenize(messages=chat_messages(chat), template=chat_template_options(chat),
-                                   truncate=truncation_from_body(chat))
+                                   truncate=truncation(body, truncation_from_body(chat), core.max_model_len))
             if asked_max_tokens(chat, chat=True) is not None:  # (named max_output_tokens in the error)
                 core.check_room(len(prompt), params.max_tokens)
             request_id, work_id = _request_ids(core, chat, request)

@@ -61,9 +61,20 @@ def as_chat_body(body: dict[str, Any], history: Sequence[dict[str, Any]] = ()) -
     fmt = _text_format(body.get("text"))
     if fmt is not None:
         chat["response_format"] = fmt
+    if body.get("truncation") not in (None, "auto", "disabled"):
+        raise InvalidRequestError("truncation", 'must be "auto" or "disabled"')
     if wants_logprobs(body):
         chat["logprobs"] = True
     return chat
+
+
+def truncation(body: dict[str, Any], kept: int | None, context: int) -> int | None:
+    """The prompt tokens kept: ``kept`` (vLLM's ``truncate_prompt_tokens``), else with
+    ``truncation: "auto"`` a conversation longer than the context loses its start, leaving room
+    for ``max_output_tokens`` (or one token), instead of failing the request."""
+    if kept is None and body.get("truncation") == "auto":
+        return max(1, context - (body.get("max_output_tokens") or 1))
+    return kept
 
 
 def wants_logprobs(body: dict[str, Any]) -> bool:
@@ -167,7 +178,7 @@ class ResponseObject:
             "parallel_tool_calls": True, "temperature": b.get("temperature"), "top_p": b.get("top_p"),
             "tool_choice": b.get("tool_choice") or "auto", "tools": [], "store": b.get("store", True) is not False,
             "previous_response_id": b.get("previous_response_id"),
-            "text": {"format": fmt or {"type": "text"}}, "truncation": "disabled",
+            "text": {"format": fmt or {"type": "text"}}, "truncation": b.get("truncation") or "disabled",
             "usage": _usage(self.usage) if self.usage is not None else None,
         }
 

@@ -160,3 +160,15 @@ def test_bad_requests_get_400_naming_the_field(stack: Stack, body: dict, field: 
     r = httpx.post(stack.http_url + "/v1/responses", json=body, timeout=30)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == field, r.text
+
+
+def test_truncation_auto_keeps_the_end_of_a_conversation_too_long_for_the_context(stack: Stack,
+                                                                                  client: openai.OpenAI) -> None:
+    context = httpx.get(stack.http_url + "/v1/models", timeout=10).json()["data"][0]["max_model_len"]
+    long = "word " * (context + 100)
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model=MODEL, input=long, max_output_tokens=2)
+    r = client.responses.create(model=MODEL, input=long, max_output_tokens=2, truncation="auto")
+    assert r.truncation == "auto" and r.usage.input_tokens == context - 2
+    with pytest.raises(openai.BadRequestError, match="truncation"):
+        client.responses.create(model=MODEL, input="Hi", truncation="middle")  # type: ignore[arg-type]
