@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from engine.errors import InvalidRequestError
-from engine.request import GenerationChunk, TokenOut, Usage
+from engine.request import TokenOut, Usage
 from engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from gateway.core import GatewayCore
 
@@ -46,7 +46,7 @@ def score(beam: Beam, prompt_len: int, length_penalty: float) -> float:
     return beam.cum_logprob / (length ** length_penalty)
 
 
-def beam_width(body: dict[str, Any], n: int) -> tuple[int, float] | None:
+def beam_width(body: dict[str, Any], n: int, params: SamplingParams) -> tuple[int, float] | None:
     """(width, length_penalty) of a request with ``use_beam_search`` (the width is ``n``, as in
     vLLM), or None; what beam search cannot give is a 400."""
     if not body.get("use_beam_search"):
@@ -63,19 +63,15 @@ def beam_width(body: dict[str, Any], n: int) -> tuple[int, float] | None:
     for key in ("stream", "logprobs", "top_logprobs", "prompt_logprobs", "echo", "prediction"):
         if body.get(key) not in (None, False):
             raise InvalidRequestError(key, "is not available with use_beam_search")
-    return n, float(penalty)
-
-
-def check_params(params: SamplingParams) -> None:
     if params.structured is not None:
         raise InvalidRequestError("use_beam_search", "cannot be combined with structured output or tool calls")
+    return n, float(penalty)
 
 
 async def beam_search(core: GatewayCore, prompt: list[int], params: SamplingParams, width: int, length_penalty: float,
                       where: Placement) -> tuple[list[Beam], Usage]:
     """The ``width`` best beams of ``prompt``, best first, and the answer's usage: its beams'
     tokens, and the prompt tokens the first step's prefill found in the prefix cache."""
-    check_params(params)
     eos = set(core.model_config.eos_token_ids)
     steps = min(params.max_tokens, core.max_model_len - len(prompt))
     step_params = dataclasses.replace(params, temperature=0.0, max_tokens=1, logprobs=2 * width, min_tokens=0,
@@ -117,7 +113,8 @@ async def _one_token(core: GatewayCore, ids: list[int], params: SamplingParams,
     return token, cached
 
 
-def as_chunks(core: GatewayCore, beams: list[Beam], skip_special_tokens: bool) -> list[GenerationChunk]:
-    """The beams as each choice's whole output."""
-    return [GenerationChunk(core.tokenizer.decode([t.token_id for t in b.tokens], skip_special_tokens=skip_special_tokens),
-                            b.tokens, b.finish or "length") for b in beams]
+def as_choices(core: GatewayCore, beams: list[Beam],
+               skip_special_tokens: bool) -> list[tuple[str, list[TokenOut], str, None]]:
+    """The beams as each choice's whole output: (text, tokens, finish reason, no prompt logprobs)."""
+    return [(core.tokenizer.decode([t.token_id for t in b.tokens], skip_special_tokens=skip_special_tokens),
+             b.tokens, b.finish or "length", None) for b in beams]

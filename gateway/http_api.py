@@ -213,9 +213,7 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
             # every choice is a request in flight: no more than the gateway takes at once
             n = choices_per_prompt(body, core.config.max_concurrent // len(prompts))
             request_id, work_id = _request_ids(core, body, request)
-            beams = beam_search.beam_width(body, n)
-            if beams is not None:
-                beam_search.check_params(params)
+            beams = beam_search.beam_width(body, n, params)
             choices = [] if beams is not None else plan_choices(core, prompts, params, n, work_id,
                                                                 priority_from_body(body), cache_salt_from_body(body))
         except InvalidRequestError as e:
@@ -367,11 +365,11 @@ async def _beam_response(core: GatewayCore, shaper: ResponseShaper, prompts: lis
                                        for i, ids in enumerate(prompts)))
     except (OverloadedError, UnavailableError, InvalidRequestError) as e:
         return _error(e)
-    chunks = [c for beams, _ in found for c in beam_search.as_chunks(core, beams, params.skip_special_tokens)]
+    outputs = [c for beams, _ in found for c in beam_search.as_choices(core, beams, params.skip_special_tokens)]
     usage = Usage(prompt_tokens=sum(u.prompt_tokens for _, u in found),
                   completion_tokens=sum(u.completion_tokens for _, u in found),
                   cached_tokens=sum(u.cached_tokens for _, u in found))
-    return JSONResponse(shaper.whole([(c.text, c.tokens, c.finish_reason, None) for c in chunks], usage))
+    return JSONResponse(shaper.whole(outputs, usage))
 
 
 async def _whole(shaper: ResponseShaper, choices: list[Choice], first: tuple[int, GenerationChunk],

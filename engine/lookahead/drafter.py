@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
-from engine.lookahead.ngram_trie import Key, NGramTrie, TrieNode
+from engine.lookahead.ngram_trie import NGramTrie, TrieNode
 from engine.lookahead.numbering import DigitVocab, NumberRuns
 from engine.lookahead.position_index import PositionIndex
 from engine.lookahead.tree import DraftTree
@@ -71,7 +71,7 @@ class RequestCache:
     predicted: PositionIndex | None = None  # the client's predicted output (OpenAI's Predicted Outputs), if any
 
 
-Lookup = Callable[[Key], list[list[int]]]  # a key's continuations in one cache, best first
+Source = PositionIndex | NGramTrie  # a request's own text or prediction; every request's outputs
 
 
 class Drafter:
@@ -181,7 +181,7 @@ class Drafter:
         cache = self.local.get(request_id)
         if cache is not None and cache.numbers is not None and cache.numbers.counting():
             return Match("number", 0)
-        found = self._matches(cache, tokens, 0, 0)
+        found = self._matches(cache, tokens)
         if found:
             return found[0][0]
         if cache is not None and cache.numbers is not None and cache.numbers.next_tokens(1):
@@ -239,25 +239,21 @@ class Drafter:
             after = self._branches(cache, [*tokens, *number], rest, rest)[:1] if rest > 0 else []
             tree.add_branch(numbers.renumber(number + (after[0] if after else [])), budget)
 
-    def _matches(self, cache: RequestCache | None, tokens: Sequence[int], budget: int,
-                 max_depth: int) -> list[tuple[Match, Lookup, tuple[int, ...]]]:
-        """The caches that continue ``tokens``: (their longest key's match, their lookup, their key
-        lengths), the longest key first; where keys tie, the prediction, then the request's own
-        text, then every request's outputs. (A shorter key loses to a longer one: in the
-        Shakespeare answers a 1-token key of the own text drafted words the prompt had after "in"
-        (" heaven") where an answer before had '" in' -> " the original text".)"""
-        trie = self._global(cache)
-        out: list[tuple[Match | None, Lookup, tuple[int, ...]]] = [
-            (self._global_key(cache, tokens), lambda key: trie.branches(key, budget, max_depth),
-             self.config.global_key_lengths)]
+    def _matches(self, cache: RequestCache | None, tokens: Sequence[int]) -> list[tuple[Match, Source]]:
+        """The caches that continue ``tokens``, each with its longest key's match: the longest key
+        first; where keys tie, the prediction, then the request's own text, then every request's
+        outputs. (A shorter key loses to a longer one: in the Shakespeare answers a 1-token key of
+        the own text drafted words the prompt had after "in" (" heaven") where an answer before had
+        '" in' -> " the original text".)"""
+        found: list[tuple[Match, Source]] = []
+        m = self._global_key(cache, tokens)
+        if m is not None:
+            found.append((m, self._global(cache)))
         if cache is not None:
-            limit = self.config.local_max_positions
             for index, source in ((cache.own, "own"), (cache.predicted, "prediction")):
-                if index is not None:
-                    out.append((self._local_key(index, source, tokens),
-                                lambda key, index=index: index.branches(key, budget, max_depth, limit),
-                                self.config.key_lengths))
-        found = [(m, lookup, keys) for m, lookup, keys in out if m is not None]
+                m = self._local_key(index, source, tokens) if index is not None else None
+                if m is not None:
+                    found.append((m, index))
         return sorted(found, key=lambda f: (-f[0].key_length, _PRIORITY[f[0].source]))
 
     def _branches(self, cache: RequestCache | None, tokens: Sequence[int], budget: int,
@@ -266,15 +262,19 @@ class Drafter:
         in ``_matches``' order; up to ``budget`` tokens once merged, best first."""
         tree = DraftTree()
         found: list[list[int]] = []
-        for _, lookup, key_lengths in self._matches(cache, tokens, budget, max_depth):
+        for m, source in self._matches(cache, tokens):
             had = len(found)
+            key_lengths = self.config.global_key_lengths if m.source == "global" else self.config.key_lengths
             # a cache after one that drafted adds only what its longest key continues: in chat at
             # batch 16, the global trie's 2-token keys beside the own text's branches ran at 0.86x
             # of lookahead off in one round (1.07x over two)
             for k in key_lengths[:1] if found else key_lengths:
                 if len(tokens) < k:
                     continue
-                for path in lookup(tuple(tokens[-k:])):
+                key = tuple(tokens[-k:])
+                paths = (source.branches(key, budget, max_depth) if isinstance(source, NGramTrie)
+                         else source.branches(key, budget, max_depth, self.config.local_max_positions))
+                for path in paths:
                     tree.add_branch(path, budget)
                     found.append(path)
                 if len(tree) >= budget:
