@@ -18,6 +18,7 @@ from gateway.core import GatewayConfig, GatewayCore
 from gateway.grpc_api import GroveServicer
 from gateway.http_api import Cors, build_app
 from gateway.response_store import DEFAULT_SIZE
+from gateway.tool_parsers import PARSERS
 from gateway.metrics import GatewayMetrics
 from gateway.router import Router
 from grove.v1 import api_pb2_grpc as pb_grpc
@@ -59,6 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="let a request bring its own chat_template (else it gets a 400)")
     g.add_argument("--responses-store-size", type=int, default=DEFAULT_SIZE,
                    help="Responses API responses kept for GET and previous_response_id (0: none)")
+    g.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help='tool_choice "auto": the model may call tools in its own format (needs --tool-call-parser)')
+    g.add_argument("--tool-call-parser", choices=sorted(PARSERS), default=None,
+                   help="the model's tool-call format: hermes (Qwen2.5, Hermes 2/3)")
     c = p.add_argument_group("CORS (as vLLM's flags: JSON lists, or comma-separated)")
     c.add_argument("--allowed-origins", type=_json_list, default=["*"])
     c.add_argument("--allowed-methods", type=_json_list, default=["*"])
@@ -72,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.chat_template = read_chat_template(args.chat_template) if args.chat_template else ""
     except ValueError as e:
         p.error(str(e))
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        p.error("--enable-auto-tool-choice needs --tool-call-parser")
     return args
 
 
@@ -95,7 +102,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     router.start()
     metrics = GatewayMetrics(name, args.worker_id or f"gateway-{os.getpid()}", router)
     core = GatewayCore(GatewayConfig(model_dir, name, max_len, args.max_concurrent, args.sampling_defaults,
-                                     args.chat_template, args.trust_request_chat_template, tuple(aliases)),
+                                     args.chat_template, args.trust_request_chat_template, tuple(aliases),
+                                     args.tool_call_parser if args.enable_auto_tool_choice else None),
                        router, metrics)
     server, grpc_port, health = create_server(f"{args.host}:{args.grpc_port}")
     pb_grpc.add_GroveServicer_to_server(GroveServicer(core), server)

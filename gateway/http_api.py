@@ -181,8 +181,8 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
             predicted = prediction_from_body(body)
             if predicted:
                 params = dataclasses.replace(params, prediction=core.prediction(predicted))
-            tools = tool_plan(body) if chat else None
-            if tools is not None:
+            tools = tool_plan(body, core.config.tool_parser) if chat else None
+            if tools is not None and tools.structured is not None:  # a named or required call
                 if params.structured is not None:
                     raise InvalidRequestError("tool_choice", "a tool call is structured output already: "
                                                              "drop response_format / guided_*")

@@ -2,6 +2,7 @@
 gateway.openai_response."""
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping, NamedTuple
 
 from engine.errors import InvalidRequestError
@@ -270,8 +271,29 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         role = "system" if m.get("role") == "developer" else m.get("role")  # OpenAI's newer name for it
         msg = {"role": role, "content": content}
         # a tool-calling turn and a tool's answer keep what the chat template may render
-        msg.update({k: m[k] for k in ("tool_calls", "tool_call_id", "name") if m.get(k) is not None})
+        msg.update({k: m[k] for k in ("tool_call_id", "name") if m.get(k) is not None})
+        if m.get("tool_calls"):
+            msg["tool_calls"] = _template_calls(m["tool_calls"], i)
         out.append(msg)
+    return out
+
+
+def _template_calls(calls: Any, i: int) -> list[Any]:
+    """An assistant turn's tool calls as chat templates read them: OpenAI's API carries a call's
+    arguments as a JSON string, templates (Qwen's, Llama's) write them with ``tojson``, so they get
+    the object (as vLLM and transformers give them)."""
+    if not isinstance(calls, list):
+        raise InvalidRequestError(f"messages[{i}].tool_calls", "must be a list")
+    out = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+            try:
+                arguments = json.loads(fn["arguments"])
+            except json.JSONDecodeError:
+                raise InvalidRequestError(f"messages[{i}].tool_calls", "a call's arguments must be JSON") from None
+            call = {**call, "function": {**fn, "arguments": arguments}}
+        out.append(call)
     return out
 
 

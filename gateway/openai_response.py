@@ -8,7 +8,7 @@ from typing import Any, NamedTuple, Sequence
 from engine.errors import InvalidRequestError
 from engine.request import GenerationChunk, TokenOut, Usage
 from gateway.token_names import TokenNames
-from gateway.tools import RequiredCalls, ToolPlan, tool_call
+from gateway.tools import AutoCalls, RequiredCalls, ToolPlan, tool_call
 
 
 class Echo(NamedTuple):
@@ -57,6 +57,7 @@ class ResponseShaper:
         self._held: dict[int, str] = {}  # "required" tool-call choices: their text so far
         self._required: dict[int, RequiredCalls] = {}  # and their calls as they stream
         self._calls: dict[int, dict[str, Any]] = {}  # named tool-call choices: their call, once announced
+        self._auto: dict[int, AutoCalls] = {}  # "auto" tool-call choices: their answer as it streams
         self.created = int(time.time())
         self._started: set[int] = set()  # choices whose first delta (with the role, the echo) went out
 
@@ -115,12 +116,12 @@ class ResponseShaper:
                     d["content"] = text
                 choice["delta"] = d
             else:
-                calls = self.tools.calls(text) if self.tools is not None else None
+                content, calls = self.tools.answer(text) if self.tools is not None else (text, None)
+                choice["message"] = {"role": "assistant", "content": content}
                 if calls is not None:
-                    choice["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
+                    assert self.tools is not None
+                    choice["message"]["tool_calls"] = calls
                     choice["finish_reason"] = self.tools.finish_reason(finish)
-                else:
-                    choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
             if self.prompt_logprobs is not None and not delta:
@@ -131,10 +132,17 @@ class ResponseShaper:
 
     def _tool_delta(self, index: int, text: str, finish: str | None, choice: dict[str, Any]) -> dict[str, Any]:
         """A streamed tool call, as vLLM and OpenAI stream them: each call's id and name once known,
-        then its arguments as they come. A "required" answer cut before any call was named goes out
-        as text with the last chunk."""
+        then its arguments as they come ("auto": each call whole once its parser has it, and the
+        text around the calls as content). A "required" answer cut before any call was named goes
+        out as text with the last chunk."""
         tools = self.tools
         assert tools is not None
+        if tools.mode == "auto":
+            auto = self._auto.setdefault(index, tools.auto_calls())
+            content, entries = auto.feed(text, final=finish is not None)
+            if finish is not None and auto.count:
+                choice["finish_reason"] = tools.finish_reason(finish)
+            return {**({"content": content} if content else {}), **({"tool_calls": entries} if entries else {})}
         if tools.mode == "named":
             choice["finish_reason"] = tools.finish_reason(finish)
             if index in self._calls:

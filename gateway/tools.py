@@ -3,9 +3,11 @@
 ``tool_choice`` naming a function constrains the answer to that function's parameters schema; the
 answer becomes the call's arguments. ``"required"`` constrains it to a JSON list of
 ``{"name", "parameters"}`` objects, one schema per tool, which becomes one call each. ``"auto"``
-would need a parser of the model's own tool-call format (vLLM's ``--tool-call-parser``): it gets a
-400, as vLLM gives without ``--enable-auto-tool-choice``. ``"none"`` (the default, as in vLLM)
-answers in text; the tools still reach the chat template either way.
+leaves the answer free and reads calls out of it with a parser of the model's own tool-call format
+(gateway.tool_parsers), as vLLM's ``--enable-auto-tool-choice --tool-call-parser NAME``: without
+one it gets a 400, as in vLLM. A request with tools and no ``tool_choice`` is ``"auto"`` where the
+server has a parser (vLLM's default), else ``"none"``. ``"none"`` answers in text; the tools still
+reach the chat template either way.
 """
 from __future__ import annotations
 
@@ -16,33 +18,71 @@ from typing import Any, Literal
 
 from engine.errors import InvalidRequestError
 from engine.structured import StructuredSpec
+from gateway.tool_parsers import PARSERS
 
 _NO_PARAMETERS = {"type": "object", "properties": {}}
 
 
 @dataclass(frozen=True, slots=True)
 class ToolPlan:
-    mode: Literal["named", "required"]
-    name: str | None  # the named function; None for "required"
-    structured: StructuredSpec  # what the answer must follow
+    mode: Literal["named", "required", "auto"]
+    name: str | None  # the named function; None for "required" and "auto"
+    structured: StructuredSpec | None  # what the answer must follow; None for "auto" (free text)
+    parser: str | None = None  # "auto"'s: the model's format (gateway.tool_parsers.PARSERS)
+    single: bool = False  # "auto" with parallel_tool_calls false: the first call only
 
-    def calls(self, text: str) -> list[dict[str, Any]] | None:
-        """The answer as OpenAI tool calls; None if it is not complete JSON (cut by max_tokens)."""
+    def answer(self, text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
+        """A whole answer as a message's content and tool calls (None where it has none). A named
+        or "required" answer that is not complete JSON (cut by max_tokens) stays text."""
+        if self.mode == "auto":
+            content, calls = self.auto_calls().feed(text, final=True)
+            return (content or None, [_entry(c) for c in calls]) if calls else (content, None)
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
-            return None
+            return text, None
         if self.mode == "named":
-            return [tool_call(self.name or "", text)]
+            return None, [tool_call(self.name or "", text)]
         # the whole text at once: one entry per call, its parameters as written (as they stream)
-        calls = [{k: v for k, v in e.items() if k != "index"} for e in RequiredCalls().deltas(text)]
+        calls = [_entry(e) for e in RequiredCalls().deltas(text)]
         assert [c["function"]["name"] for c in calls] == [item["name"] for item in value]
-        return calls
+        return None, calls
+
+    def auto_calls(self) -> AutoCalls:
+        assert self.parser is not None
+        return AutoCalls(self.parser, self.single)
 
     def finish_reason(self, finish: str | None) -> str | None:
-        """vLLM's: a call that ended by its grammar finishes with "tool_calls" for required and
-        "stop" for a named function (as OpenAI's forced call); "length" stays."""
-        return "tool_calls" if finish == "stop" and self.mode == "required" else finish
+        """vLLM's, for an answer that made calls: "tool_calls" for required and auto, and "stop"
+        for a named function (as OpenAI's forced call); "length" stays."""
+        return "tool_calls" if finish == "stop" and self.mode != "named" else finish
+
+
+def _entry(streamed: dict[str, Any]) -> dict[str, Any]:
+    """A streamed call's entry as a whole message's: no index."""
+    return {k: v for k, v in streamed.items() if k != "index"}
+
+
+class AutoCalls:
+    """"auto"'s answer read as it streams, by the model's parser: text, and OpenAI's tool-call
+    entries (each whole: index, id, type, name and arguments at once), numbered from 0."""
+
+    def __init__(self, parser: str, single: bool) -> None:
+        self.parser = PARSERS[parser]()
+        self.single = single
+        self.count = 0  # calls given out
+
+    def feed(self, text: str, final: bool) -> tuple[str, list[dict[str, Any]]]:
+        got = self.parser.feed(text)
+        content, calls = got.content, list(got.calls)
+        if final:
+            last = self.parser.finish()
+            content, calls = content + last.content, calls + last.calls
+        if self.single:  # OpenAI's parallel_tool_calls false: at most one call
+            calls = calls[:max(0, 1 - self.count)]
+        entries = [{"index": self.count + k, **tool_call(c.name, c.arguments)} for k, c in enumerate(calls)]
+        self.count += len(entries)
+        return content, entries
 
 
 class RequiredCalls:
@@ -170,17 +210,23 @@ def template_tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     return tools
 
 
-def tool_plan(body: dict[str, Any]) -> ToolPlan | None:
-    """What ``tool_choice`` asks of the answer; None for a text answer."""
+def tool_plan(body: dict[str, Any], parser: str | None = None) -> ToolPlan | None:
+    """What ``tool_choice`` asks of the answer; None for a text answer. ``parser``: the server's
+    parser of the model's tool-call format, for "auto" (None: the server has none)."""
     tools = template_tools(body) or []
     choice = body.get("tool_choice")
+    if choice is None and tools and parser is not None:
+        choice = "auto"  # vLLM's default where tools are given
     if choice is None or choice == "none":
         return None
-    if choice == "auto":
-        raise InvalidRequestError("tool_choice", '"auto" needs a parser of the model\'s tool-call format, which '
-                                                 'this server does not have: name the function, or use "required"')
+    if choice == "auto" and parser is None:
+        raise InvalidRequestError("tool_choice", '"auto" needs a parser of the model\'s tool-call format: start the '
+                                                 'server with --enable-auto-tool-choice --tool-call-parser NAME, '
+                                                 'or name the function, or use "required"')
     if not tools:
         raise InvalidRequestError("tool_choice", "needs tools")
+    if choice == "auto":
+        return ToolPlan("auto", None, None, parser, single=body.get("parallel_tool_calls") is False)
     params = {t["function"]["name"]: t["function"].get("parameters") or _NO_PARAMETERS for t in tools}
     if choice == "required":
         items = [{"type": "object", "properties": {"name": {"const": name}, "parameters": schema},

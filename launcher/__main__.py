@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--generation-config", default="auto",
                    help="default sampling parameters: auto (the model's), vllm (none) or a folder")
     s.add_argument("--chat-template", default="", help="chat template: a file, or the template itself")
+    s.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help='tool_choice "auto": the model calls tools in its own format (needs --tool-call-parser)')
+    s.add_argument("--tool-call-parser", default="", help="the model's tool-call format: hermes (Qwen2.5, Hermes 2/3)")
     x = p.add_argument_group("any other flag of a service, as one string each "
                              "(e.g. --gateway-args '--allowed-origins https://ui.example --allow-credentials')")
     for who in ("gateway", "prefill", "decode", "worker"):
@@ -95,6 +98,8 @@ def _service_args(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
                *(["--max-model-len", str(args.max_model_len)] if args.max_model_len else []),
                "--generation-config", args.generation_config,
                *(["--chat-template", args.chat_template] if args.chat_template else []),
+               *(["--enable-auto-tool-choice"] if args.enable_auto_tool_choice else []),
+               *(["--tool-call-parser", args.tool_call_parser] if args.tool_call_parser else []),
                *shlex.split(args.gateway_args)]
     prefill = tuple(shlex.split(args.prefill_args))
     return {"extra_worker_args": tuple(worker), "extra_gateway_args": tuple(gateway),

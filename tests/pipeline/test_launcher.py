@@ -65,7 +65,8 @@ class Launcher:
 @pytest.fixture
 def launched(tmp_path: Path) -> Iterator[Launcher]:
     launcher = Launcher(tmp_path / "logs", "--served-model-name", "grove-test", "grove-alias", "--max-model-len", "512",
-                        "--lookahead", "off", "--gateway-args", "--allowed-origins https://ui.example")
+                        "--lookahead", "off", "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+                        "--gateway-args", "--allowed-origins https://ui.example")
     yield launcher
     launcher.kill()
 
@@ -89,6 +90,10 @@ def test_serving_flags_reach_the_services_and_ctrl_c_stops_them_all(launched: La
     r = httpx.options(launched.url + "/v1/completions", timeout=10, headers={
         "origin": "https://ui.example", "access-control-request-method": "POST"})
     assert r.headers["access-control-allow-origin"] == "https://ui.example"
+    tool = {"type": "function", "function": {"name": "f"}}  # "auto" takes the parser (else a 400)
+    r = httpx.post(launched.url + "/v1/chat/completions", timeout=60, json={
+        "messages": [{"role": "user", "content": "hi"}], "tools": [tool], "tool_choice": "auto", "max_tokens": 2})
+    assert r.status_code == 200, r.text
     assert len(launched.services()) == 5  # kvstore, prefill, decode, gateway and the launcher
     launched.proc.send_signal(signal.SIGINT)
     assert launched.wait(60) == 0

@@ -1,0 +1,118 @@
+"""Parsers of a model's own tool-call format, for ``tool_choice: "auto"`` (vLLM's
+``--enable-auto-tool-choice --tool-call-parser NAME``): the model answers in text, calls or both,
+and the parser tells them apart, streamed or whole.
+
+A parser is fed the answer's text as it comes and gives what can go out now: text, and each call
+once it is whole. ``finish`` gives the rest. Fed the whole answer at once, it gives what the
+stream gave in pieces, so a streamed answer and a whole one agree however the text was cut.
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable, NamedTuple
+
+
+class Call(NamedTuple):
+    name: str
+    arguments: str  # JSON, as OpenAI's API carries it
+
+
+class Parsed(NamedTuple):
+    content: str  # text that can go out now
+    calls: list[Call]  # calls that became whole
+
+
+class HermesParser:
+    """Hermes's format (Qwen2.5 and Qwen2.5-Coder, Hermes 2 and 3, and the templates written after
+    them): each call is ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, the JSON
+    usually on its own line, with or without text before it.
+
+    The text outside the tags is the content. Whitespace next to a call is not: it is held back
+    until text follows it, dropped when a call follows it, and dropped at the end once a call was
+    made (an answer with no call keeps its text as written). A block whose JSON is not a call stays
+    text, tags and all; so does a block the answer leaves open, unless what it holds is a whole
+    call (vLLM's parser reads an open last block as a call)."""
+
+    START, END = "<tool_call>", "</tool_call>"
+
+    def __init__(self) -> None:
+        self._buf = ""  # text not yet given out: a tag's possible start, or an open block's body
+        self._in_call = False
+        self._space = ""  # whitespace held back
+        self.count = 0  # calls given out
+
+    def feed(self, text: str) -> Parsed:
+        self._buf += text
+        out: list[str] = []
+        calls: list[Call] = []
+        while True:
+            if self._in_call:
+                end = self._buf.find(self.END)
+                if end < 0:
+                    break
+                body, self._buf, self._in_call = self._buf[:end], self._buf[end + len(self.END):], False
+                self._block(body, self.END, out, calls)
+                continue
+            start = self._buf.find(self.START)
+            if start >= 0:
+                self._text(self._buf[:start], out)
+                self._buf, self._in_call = self._buf[start + len(self.START):], True
+                continue
+            keep = _partial_suffix(self._buf, self.START)  # may be a tag's first characters
+            self._text(self._buf[:len(self._buf) - keep], out)
+            self._buf = self._buf[len(self._buf) - keep:]
+            break
+        return Parsed("".join(out), calls)
+
+    def finish(self) -> Parsed:
+        """The end of the answer: what was held back, an open block read as a call if it is one."""
+        out: list[str] = []
+        calls: list[Call] = []
+        if self._in_call:
+            self._block(self._buf, "", out, calls)
+        else:
+            self._text(self._buf, out)
+        self._buf, self._in_call = "", False
+        if not self.count:
+            out.append(self._space)
+        self._space = ""
+        return Parsed("".join(out), calls)
+
+    def _text(self, text: str, out: list[str]) -> None:
+        if not text:
+            return
+        held = self._space + text
+        kept = held.rstrip()
+        self._space = held[len(kept):]
+        out.append(kept)
+
+    def _block(self, body: str, end_tag: str, out: list[str], calls: list[Call]) -> None:
+        call = _hermes_call(body)
+        if call is None:  # not a call: the block stays text, as written
+            self._text(self.START + body + end_tag, out)
+            return
+        self._space = ""  # whitespace before a call is not content
+        self.count += 1
+        calls.append(call)
+
+
+def _hermes_call(body: str) -> Call | None:
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"]:
+        return None
+    arguments = value.get("arguments", value.get("parameters", {}))
+    return Call(value["name"], json.dumps(arguments, ensure_ascii=False))
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """The length of the longest end of ``text`` that begins ``tag`` (0 if none)."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0
+
+
+PARSERS: dict[str, Callable[[], HermesParser]] = {"hermes": HermesParser}

@@ -1,0 +1,140 @@
+"""tool_choice "auto" with Hermes's format: the text and the calls read out of an answer, and a
+streamed answer gives what the whole one gives however its text is cut into chunks."""
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+
+from engine.errors import InvalidRequestError
+from engine.request import GenerationChunk, Usage
+from gateway.openai_protocol import chat_messages
+from gateway.openai_response import ResponseShaper
+from gateway.tool_parsers import Call, HermesParser
+from gateway.tools import ToolPlan, tool_plan
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>'
+
+# (answer, its content, its calls' names and arguments)
+CASES: list[tuple[str, str, list[Call]]] = [
+    ("Hello there.\n", "Hello there.\n", []),  # no call: the text as written
+    (CALL, "", [Call("get_weather", '{"city": "Paris", "unit": "celsius"}')]),
+    ("Let me check.\n" + CALL + "\n" + CALL.replace("Paris", "Rome") + "\n", "Let me check.",
+     [Call("get_weather", '{"city": "Paris", "unit": "celsius"}'), Call("get_weather", '{"city": "Rome", "unit": "celsius"}')]),
+    (CALL + "\nIt is sunny.", "\nIt is sunny.", [Call("get_weather", '{"city": "Paris", "unit": "celsius"}')]),
+    # not a call: the block stays text, tags and all
+    ("<tool_call>\nnot json\n</tool_call> ok", "<tool_call>\nnot json\n</tool_call> ok", []),
+    ('<tool_call>{"arguments": {}}</tool_call>', '<tool_call>{"arguments": {}}</tool_call>', []),
+    # an open last block that holds a whole call is a call (cut before its end tag); one that does not is text
+    ('<tool_call>\n{"name": "a", "arguments": {"x": "<tool_call>"}}', "", [Call("a", '{"x": "<tool_call>"}')]),
+    ('<tool_call>\n{"name": "a", "argum', '<tool_call>\n{"name": "a", "argum', []),
+    ("x <tool_c", "x <tool_c", []),  # a tag's first characters, never finished
+    # "parameters" (Llama's word) for the arguments; non-ASCII kept as it is
+    ('<tool_call>{"name": "b", "parameters": {"q": "café"}}</tool_call>', "", [Call("b", '{"q": "café"}')]),
+    ('<tool_call>{"name": "c"}</tool_call>', "", [Call("c", "{}")]),
+]
+
+
+def _pieces(text: str, rng: random.Random) -> list[str]:
+    if len(text) < 2:
+        return [text]
+    cuts = sorted(rng.sample(range(1, len(text)), k=min(len(text) - 1, rng.randint(1, 10))))
+    return [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
+
+
+@pytest.mark.parametrize("answer,content,calls", CASES)
+def test_hermes_parser_streamed_or_whole(answer: str, content: str, calls: list[Call]) -> None:
+    rng = random.Random(0)
+    for cut in [[answer], list(answer), *(_pieces(answer, rng) for _ in range(30))]:
+        parser, text, got = HermesParser(), [], []
+        for piece in cut:
+            out = parser.feed(piece)
+            text.append(out.content)
+            got += out.calls
+        last = parser.finish()
+        assert ("".join(text) + last.content, got + last.calls) == (content, calls), cut
+
+
+def test_text_goes_out_before_the_answer_ends() -> None:
+    """Text streams as it comes; only a tag's possible start and trailing whitespace wait."""
+    parser = HermesParser()
+    assert parser.feed("Sure, ").content == "Sure,"
+    assert parser.feed("I will check.\n<tool").content == " I will check."
+    assert parser.feed("_call>\n{").content == ""
+    out = parser.feed('"name": "f", "arguments": {}}\n</tool_call>')
+    assert out.calls == [Call("f", "{}")] and out.content == ""
+    assert parser.finish() == ("", [])
+
+
+def test_plan_of_tool_choice() -> None:
+    """ "auto" needs the server's parser (vLLM's 400 without it); with one, tools and no
+    tool_choice mean "auto" (vLLM's default); without one they mean "none"."""
+    body: dict[str, Any] = {"tools": [WEATHER]}
+    assert tool_plan(body, None) is None
+    plan = tool_plan(body, "hermes")
+    assert plan is not None and plan.mode == "auto" and plan.structured is None and not plan.single
+    with pytest.raises(InvalidRequestError, match="--enable-auto-tool-choice") as e:
+        tool_plan({**body, "tool_choice": "auto"}, None)
+    assert e.value.field == "tool_choice"
+    with pytest.raises(InvalidRequestError, match="needs tools"):
+        tool_plan({"tool_choice": "auto"}, "hermes")
+    assert tool_plan({**body, "tool_choice": "none"}, "hermes") is None
+    assert tool_plan({**body, "parallel_tool_calls": False}, "hermes").single  # type: ignore[union-attr]
+    named = tool_plan({**body, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, "hermes")
+    assert named is not None and named.mode == "named"
+
+
+def _stream(plan: ToolPlan, pieces: list[str], finish: str) -> list[dict[str, Any]]:
+    shaper = ResponseShaper("r", "m", True, None, None, False, tools=plan)
+    return [shaper.chunk(0, GenerationChunk(p, [], finish if k == len(pieces) - 1 else None))["choices"][0]
+            for k, p in enumerate(pieces)]
+
+
+@pytest.mark.parametrize("answer,content,calls", CASES)
+def test_a_streamed_answer_says_what_the_whole_one_says(answer: str, content: str, calls: list[Call]) -> None:
+    plan = ToolPlan("auto", None, None, "hermes")
+    shaper = ResponseShaper("r", "m", True, None, None, False, tools=plan)
+    whole = shaper.whole([(answer, [], "stop", None)], Usage(1, 1))["choices"][0]
+    message = whole["message"]
+    assert message["content"] == (content or None if calls else content)
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls") or []] == calls
+    assert whole["finish_reason"] == ("tool_calls" if calls else "stop")
+    for cut in (_pieces(answer, random.Random(seed)) for seed in range(10)):
+        chunks = _stream(plan, cut, "stop")
+        deltas = [c["delta"] for c in chunks]
+        streamed = [tc for d in deltas for tc in d.get("tool_calls", [])]
+        assert "".join(d.get("content", "") for d in deltas) == (message["content"] or "")
+        assert [(tc["index"], tc["function"]["name"], tc["function"]["arguments"]) for tc in streamed] == \
+               [(k, *c) for k, c in enumerate(calls)]
+        assert all(tc["id"].startswith("chatcmpl-tool-") and tc["type"] == "function" for tc in streamed)
+        assert [c["finish_reason"] for c in chunks] == [None] * (len(cut) - 1) + [whole["finish_reason"]]
+
+
+def test_a_cut_answer_and_parallel_calls_off() -> None:
+    """A call that made it before max_tokens cut the answer keeps "length"; with
+    parallel_tool_calls false only the first call goes out, streamed or whole."""
+    plan = ToolPlan("auto", None, None, "hermes")
+    chunks = _stream(plan, [CALL, "\n<tool_call>\n{"], "length")
+    assert chunks[-1]["finish_reason"] == "length" and chunks[-1]["delta"]["content"] == "\n<tool_call>\n{"
+    single = ToolPlan("auto", None, None, "hermes", single=True)
+    two = CALL + "\n" + CALL.replace("Paris", "Rome")
+    content, calls = single.answer(two)
+    assert content is None and calls is not None and [json.loads(c["function"]["arguments"])["city"] for c in calls] == ["Paris"]
+    streamed = [tc for c in _stream(single, [CALL, "\n" + CALL.replace("Paris", "Rome")], "stop")
+                for tc in c["delta"].get("tool_calls", [])]
+    assert [tc["index"] for tc in streamed] == [0]
+
+
+def test_a_tool_calling_turn_reaches_the_template_with_its_arguments_as_an_object() -> None:
+    """OpenAI's API carries a call's arguments as a JSON string; templates write them with tojson."""
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    msgs = chat_messages({"messages": [{"role": "assistant", "content": None, "tool_calls": [call]}]})
+    assert msgs[0]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+    assert call["function"]["arguments"] == '{"city": "Paris"}'  # the request's own is left as it was
+    bad = {**call, "function": {"name": "f", "arguments": "{nope"}}
+    with pytest.raises(InvalidRequestError) as e:
+        chat_messages({"messages": [{"role": "assistant", "content": None, "tool_calls": [bad]}]})
+    assert e.value.field == "messages[0].tool_calls"
