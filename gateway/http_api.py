@@ -32,10 +32,11 @@ from gateway.openai_protocol import (
 from gateway.openai_response import Echo, ResponseShaper, error_json
 from gateway.prediction import prediction_from_body
 from gateway.response_store import DEFAULT_SIZE, ResponseNotFound, ResponseStore, wants_store
-from gateway.responses_api import ResponseObject, as_chat_body, name_responses_error, truncation
+from gateway.responses_api import as_chat_body, name_responses_error, truncation
+from gateway.responses_output import ResponseObject
 from gateway.token_names import TokenNames
 from gateway.structured_request import name_structured_error
-from gateway.tools import tool_plan
+from gateway.tools import ToolPlan, tool_plan
 
 logger = logging.getLogger(__name__)
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
@@ -181,12 +182,7 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
             predicted = prediction_from_body(body)
             if predicted:
                 params = dataclasses.replace(params, prediction=core.prediction(predicted))
-            tools = tool_plan(body, core.config.tool_parser) if chat else None
-            if tools is not None and tools.structured is not None:  # a named or required call
-                if params.structured is not None:
-                    raise InvalidRequestError("tool_choice", "a tool call is structured output already: "
-                                                             "drop response_format / guided_*")
-                params = dataclasses.replace(params, structured=tools.structured)
+            params, tools = _with_tools(core, body, params) if chat else (params, None)
             echo: list[Echo] = []
             if chat:
                 messages = chat_messages(body)
@@ -247,6 +243,9 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
             params = sampling_from_body(chat, chat=True, defaults=core.config.sampling_defaults)
             prompt = core.tokenize(messages=chat_messages(chat), template=chat_template_options(chat),
                                    truncate=truncation(body, truncation_from_body(chat), core.max_model_len))
+            params, tools = _with_tools(core, chat, params)
+            if tools is not None and params.logprobs is not None:
+                raise InvalidRequestError("include", "output logprobs cannot be combined with tool calls here")
             if asked_max_tokens(chat, chat=True) is not None:  # (named max_output_tokens in the error)
                 core.check_room(len(prompt), params.max_tokens)
             request_id, work_id = _request_ids(core, chat, request)
@@ -258,13 +257,13 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
             return _error(name_responses_error(name_structured_error(e, chat)))
         # the turns so far, the instructions left out: what a response continuing this one goes on from
         turns = chat["messages"][1:] if body.get("instructions") is not None else chat["messages"]
-        done = (lambda o: store.keep(o.json(), turns, o.text)) if keep else None
+        done = (lambda o: store.keep(o.json(), turns, o.answer())) if keep else None
         gen = merged(core, choices, arrived)
         first = await _first(gen, lambda e: name_responses_error(name_structured_error(e, chat)))
         if isinstance(first, Response):
             return _tagged(first, request_id)
         names = TokenNames(core.tokenizer) if params.logprobs is not None else None
-        obj = ResponseObject(request_id, core.config.served_model_name, body, names)
+        obj = ResponseObject(request_id, core.config.served_model_name, body, names, tools)
         if body.get("stream"):
             return _tagged(StreamingResponse(_response_events(obj, first, gen, done), media_type="text/event-stream"),
                            request_id)
@@ -305,6 +304,18 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
         return _error(InvalidRequestError("body", "needs messages (a chat) or prompt (a completion)"))
 
     return app
+
+
+def _with_tools(core: GatewayCore, chat: dict[str, Any], params: SamplingParams) -> tuple[SamplingParams, ToolPlan | None]:
+    """A chat request's tool plan (gateway.tools), and its sampling under the plan's grammar: a
+    named or required call is structured output (of its own: not with another grammar)."""
+    tools = tool_plan(chat, core.config.tool_parser)
+    if tools is not None and tools.structured is not None:
+        if params.structured is not None:
+            raise InvalidRequestError("tool_choice", "a tool call is structured output already: "
+                                                     "drop response_format / guided_*")
+        params = dataclasses.replace(params, structured=tools.structured)
+    return params, tools
 
 
 async def _first(gen: AsyncIterator[tuple[int, GenerationChunk]],
@@ -429,9 +440,8 @@ async def _response_events(obj: ResponseObject, first: tuple[int, GenerationChun
             yield event(e)
         c = first[1]
         while True:
-            obj.add(c.text, c.finish_reason, c.usage, c.tokens)
-            if c.text:
-                yield event(obj.delta(c.text))
+            for e in obj.add(c.text, c.finish_reason, c.usage, c.tokens):
+                yield event(e)
             try:
                 _, c = await gen.__anext__()
             except StopAsyncIteration:

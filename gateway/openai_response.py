@@ -8,7 +8,7 @@ from typing import Any, NamedTuple, Sequence
 from engine.errors import InvalidRequestError
 from engine.request import GenerationChunk, TokenOut, Usage
 from gateway.token_names import TokenNames
-from gateway.tools import AutoCalls, RequiredCalls, ToolPlan, tool_call
+from gateway.tools import ToolPlan, ToolStream, split
 
 
 class Echo(NamedTuple):
@@ -54,10 +54,7 @@ class ResponseShaper:
         self.tools = tools
         self.prompt_logprobs = prompt_logprobs
         self.names = TokenNames(tokenizer, tokens_as_ids)
-        self._held: dict[int, str] = {}  # "required" tool-call choices: their text so far
-        self._required: dict[int, RequiredCalls] = {}  # and their calls as they stream
-        self._calls: dict[int, dict[str, Any]] = {}  # named tool-call choices: their call, once announced
-        self._auto: dict[int, AutoCalls] = {}  # "auto" tool-call choices: their answer as it streams
+        self._tool_streams: dict[int, ToolStream] = {}  # tool-call choices: their calls as they stream
         self.created = int(time.time())
         self._started: set[int] = set()  # choices whose first delta (with the role, the echo) went out
 
@@ -131,32 +128,15 @@ class ResponseShaper:
         return choice
 
     def _tool_delta(self, index: int, text: str, finish: str | None, choice: dict[str, Any]) -> dict[str, Any]:
-        """A streamed tool call, as vLLM and OpenAI stream them: each call's id and name once known,
-        then its arguments as they come ("auto": each call whole once its parser has it, and the
-        text around the calls as content). A "required" answer cut before any call was named goes
-        out as text with the last chunk."""
-        tools = self.tools
-        assert tools is not None
-        if tools.mode == "auto":
-            auto = self._auto.setdefault(index, tools.auto_calls())
-            content, entries = auto.feed(text, final=finish is not None)
-            if finish is not None and auto.count:
-                choice["finish_reason"] = tools.finish_reason(finish)
-            return {**({"content": content} if content else {}), **({"tool_calls": entries} if entries else {})}
-        if tools.mode == "named":
-            choice["finish_reason"] = tools.finish_reason(finish)
-            if index in self._calls:
-                return {"tool_calls": [{"index": 0, "function": {"arguments": text}}]} if text else {}
-            call = self._calls[index] = tool_call(tools.name or "", text)
-            return {"tool_calls": [{"index": 0, **call}]}
-        held = self._held[index] = self._held.get(index, "") + text
-        calls = self._required.setdefault(index, RequiredCalls())
-        entries = calls.deltas(text)
+        """A streamed tool call, as vLLM and OpenAI stream them (gateway.tools.ToolStream): each
+        call's id and name once known, then its arguments as they come ("auto": each call whole
+        once its parser has it, the text around the calls as content)."""
+        assert self.tools is not None
+        stream = self._tool_streams.setdefault(index, ToolStream(self.tools))
+        content, entries = split(stream.feed(text, final=finish is not None))
         if finish is not None:
-            if not calls.count:
-                return {"content": held} if held else {}
-            choice["finish_reason"] = tools.finish_reason(finish)
-        return {"tool_calls": entries} if entries else {}
+            choice["finish_reason"] = stream.finish_reason(finish)
+        return {**({"content": content} if content else {}), **({"tool_calls": entries} if entries else {})}
 
     def chunk(self, index: int, c: GenerationChunk) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",

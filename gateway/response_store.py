@@ -48,10 +48,11 @@ class ResponseStore:
             raise InvalidRequestError("previous_response_id", "must be a string")
         return list(self.get(previous, "previous_response_id").conversation)
 
-    def keep(self, response: dict[str, Any], conversation: list[dict[str, Any]], answer: str) -> None:
+    def keep(self, response: dict[str, Any], conversation: list[dict[str, Any]], answer: dict[str, Any]) -> None:
+        """``answer``: the response's as a chat turn (its text, and its function calls)."""
         if self.size <= 0:
             return
-        self._kept[response["id"]] = Stored(response, (*conversation, {"role": "assistant", "content": answer}))
+        self._kept[response["id"]] = Stored(response, (*conversation, answer))
         self._kept.move_to_end(response["id"])
         while len(self._kept) > self.size:
             self._kept.popitem(last=False)

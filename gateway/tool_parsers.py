@@ -2,9 +2,10 @@
 ``--enable-auto-tool-choice --tool-call-parser NAME``): the model answers in text, calls or both,
 and the parser tells them apart, streamed or whole.
 
-A parser is fed the answer's text as it comes and gives what can go out now: text, and each call
-once it is whole. ``finish`` gives the rest. Fed the whole answer at once, it gives what the
-stream gave in pieces, so a streamed answer and a whole one agree however the text was cut.
+A parser is fed the answer's text as it comes and gives what can go out now, in the answer's
+order: text, and each call once it is whole. ``finish`` gives the rest. Fed the whole answer at
+once, it gives what the stream gave in pieces, so a streamed answer and a whole one agree however
+the text was cut.
 """
 from __future__ import annotations
 
@@ -17,9 +18,7 @@ class Call(NamedTuple):
     arguments: str  # JSON, as OpenAI's API carries it
 
 
-class Parsed(NamedTuple):
-    content: str  # text that can go out now
-    calls: list[Call]  # calls that became whole
+Piece = str | Call  # text, or a call made whole
 
 
 class HermesParser:
@@ -41,17 +40,16 @@ class HermesParser:
         self._space = ""  # whitespace held back
         self.count = 0  # calls given out
 
-    def feed(self, text: str) -> Parsed:
+    def feed(self, text: str) -> list[Piece]:
         self._buf += text
-        out: list[str] = []
-        calls: list[Call] = []
+        out: list[Piece] = []
         while True:
             if self._in_call:
                 end = self._buf.find(self.END)
                 if end < 0:
                     break
                 body, self._buf, self._in_call = self._buf[:end], self._buf[end + len(self.END):], False
-                self._block(body, self.END, out, calls)
+                self._block(body, self.END, out)
                 continue
             start = self._buf.find(self.START)
             if start >= 0:
@@ -62,38 +60,36 @@ class HermesParser:
             self._text(self._buf[:len(self._buf) - keep], out)
             self._buf = self._buf[len(self._buf) - keep:]
             break
-        return Parsed("".join(out), calls)
+        return out
 
-    def finish(self) -> Parsed:
+    def finish(self) -> list[Piece]:
         """The end of the answer: what was held back, an open block read as a call if it is one."""
-        out: list[str] = []
-        calls: list[Call] = []
+        out: list[Piece] = []
         if self._in_call:
-            self._block(self._buf, "", out, calls)
+            self._block(self._buf, "", out)
         else:
             self._text(self._buf, out)
         self._buf, self._in_call = "", False
-        if not self.count:
+        if not self.count and self._space:
             out.append(self._space)
         self._space = ""
-        return Parsed("".join(out), calls)
+        return out
 
-    def _text(self, text: str, out: list[str]) -> None:
-        if not text:
-            return
+    def _text(self, text: str, out: list[Piece]) -> None:
         held = self._space + text
         kept = held.rstrip()
         self._space = held[len(kept):]
-        out.append(kept)
+        if kept:
+            out.append(kept)
 
-    def _block(self, body: str, end_tag: str, out: list[str], calls: list[Call]) -> None:
+    def _block(self, body: str, end_tag: str, out: list[Piece]) -> None:
         call = _hermes_call(body)
         if call is None:  # not a call: the block stays text, as written
             self._text(self.START + body + end_tag, out)
             return
         self._space = ""  # whitespace before a call is not content
         self.count += 1
-        calls.append(call)
+        out.append(call)
 
 
 def _hermes_call(body: str) -> Call | None:

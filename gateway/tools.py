@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from engine.errors import InvalidRequestError
 from engine.structured import StructuredSpec
-from gateway.tool_parsers import PARSERS
+from gateway.tool_parsers import PARSERS, Call
 
 _NO_PARAMETERS = {"type": "object", "properties": {}}
 
@@ -35,8 +35,8 @@ class ToolPlan:
         """A whole answer as a message's content and tool calls (None where it has none). A named
         or "required" answer that is not complete JSON (cut by max_tokens) stays text."""
         if self.mode == "auto":
-            content, calls = self.auto_calls().feed(text, final=True)
-            return (content or None, [_entry(c) for c in calls]) if calls else (content, None)
+            content, entries = split(ToolStream(self).feed(text, final=True))
+            return (content or None, [_entry(e) for e in entries]) if entries else (content, None)
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
@@ -48,41 +48,65 @@ class ToolPlan:
         assert [c["function"]["name"] for c in calls] == [item["name"] for item in value]
         return None, calls
 
-    def auto_calls(self) -> AutoCalls:
-        assert self.parser is not None
-        return AutoCalls(self.parser, self.single)
-
     def finish_reason(self, finish: str | None) -> str | None:
         """vLLM's, for an answer that made calls: "tool_calls" for required and auto, and "stop"
         for a named function (as OpenAI's forced call); "length" stays."""
         return "tool_calls" if finish == "stop" and self.mode != "named" else finish
 
 
+Piece = str | dict[str, Any]  # text that goes out as content, or a streamed tool-call entry
+
+
+class ToolStream:
+    """One answer's tool calls as its text streams, whatever the plan: for each piece of text, what
+    goes out, in the answer's order: text (content) and OpenAI's streamed tool-call entries (a
+    call's first entry has its index, id, type and name, and the arguments written so far; the next
+    ones more of its arguments). "auto" gives each call whole once the model's parser has it
+    (gateway.tool_parsers; with parallel_tool_calls false, the first only). A "required" answer cut
+    before any call was named goes out as text with the last piece."""
+
+    def __init__(self, plan: ToolPlan) -> None:
+        self.plan = plan
+        self.count = 0  # calls begun
+        self._held = ""  # "required": the text so far
+        self._required = RequiredCalls() if plan.mode == "required" else None
+        self._parser = PARSERS[plan.parser]() if plan.mode == "auto" and plan.parser is not None else None
+
+    def feed(self, text: str, final: bool) -> list[Piece]:
+        if self._parser is not None:
+            return self._auto(self._parser.feed(text) + (self._parser.finish() if final else []))
+        if self._required is not None:
+            self._held += text
+            entries: list[Piece] = list(self._required.deltas(text))
+            self.count = self._required.count
+            return [self._held] if final and not self.count and self._held else entries
+        if self.count:  # named: its one call, announced with the first piece
+            return [{"index": 0, "function": {"arguments": text}}] if text else []
+        self.count = 1
+        return [{"index": 0, **tool_call(self.plan.name or "", text)}]
+
+    def _auto(self, parsed: list[str | Call]) -> list[Piece]:
+        out: list[Piece] = []
+        for p in parsed:
+            if isinstance(p, str):
+                out.append(p)
+            elif not (self.plan.single and self.count):  # OpenAI's parallel_tool_calls false: one call
+                out.append({"index": self.count, **tool_call(p.name, p.arguments)})
+                self.count += 1
+        return out
+
+    def finish_reason(self, finish: str | None) -> str | None:
+        return self.plan.finish_reason(finish) if self.count else finish
+
+
+def split(pieces: list[Piece]) -> tuple[str, list[dict[str, Any]]]:
+    """Pieces as chat's delta has them: the text joined, the entries."""
+    return "".join(p for p in pieces if isinstance(p, str)), [p for p in pieces if not isinstance(p, str)]
+
+
 def _entry(streamed: dict[str, Any]) -> dict[str, Any]:
     """A streamed call's entry as a whole message's: no index."""
     return {k: v for k, v in streamed.items() if k != "index"}
-
-
-class AutoCalls:
-    """"auto"'s answer read as it streams, by the model's parser: text, and OpenAI's tool-call
-    entries (each whole: index, id, type, name and arguments at once), numbered from 0."""
-
-    def __init__(self, parser: str, single: bool) -> None:
-        self.parser = PARSERS[parser]()
-        self.single = single
-        self.count = 0  # calls given out
-
-    def feed(self, text: str, final: bool) -> tuple[str, list[dict[str, Any]]]:
-        got = self.parser.feed(text)
-        content, calls = got.content, list(got.calls)
-        if final:
-            last = self.parser.finish()
-            content, calls = content + last.content, calls + last.calls
-        if self.single:  # OpenAI's parallel_tool_calls false: at most one call
-            calls = calls[:max(0, 1 - self.count)]
-        entries = [{"index": self.count + k, **tool_call(c.name, c.arguments)} for k, c in enumerate(calls)]
-        self.count += len(entries)
-        return content, entries
 
 
 class RequiredCalls:

@@ -17,6 +17,7 @@ from gateway.tools import ToolPlan, tool_plan
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>'
+CALLED = Call("get_weather", '{"city": "Paris", "unit": "celsius"}')
 
 # (answer, its content, its calls' names and arguments)
 CASES: list[tuple[str, str, list[Call]]] = [
@@ -45,28 +46,30 @@ def _pieces(text: str, rng: random.Random) -> list[str]:
     return [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
 
 
+def _joined(pieces: list[str | Call]) -> tuple[str, list[Call]]:
+    return "".join(p for p in pieces if isinstance(p, str)), [p for p in pieces if isinstance(p, Call)]
+
+
 @pytest.mark.parametrize("answer,content,calls", CASES)
 def test_hermes_parser_streamed_or_whole(answer: str, content: str, calls: list[Call]) -> None:
     rng = random.Random(0)
     for cut in [[answer], list(answer), *(_pieces(answer, rng) for _ in range(30))]:
-        parser, text, got = HermesParser(), [], []
-        for piece in cut:
-            out = parser.feed(piece)
-            text.append(out.content)
-            got += out.calls
-        last = parser.finish()
-        assert ("".join(text) + last.content, got + last.calls) == (content, calls), cut
+        parser = HermesParser()
+        pieces = [p for piece in cut for p in parser.feed(piece)] + parser.finish()
+        assert _joined(pieces) == (content, calls), cut
 
 
-def test_text_goes_out_before_the_answer_ends() -> None:
-    """Text streams as it comes; only a tag's possible start and trailing whitespace wait."""
+def test_text_goes_out_before_the_answer_ends_and_in_order() -> None:
+    """Text streams as it comes; only a tag's possible start and trailing whitespace wait; text
+    and calls keep the answer's order."""
     parser = HermesParser()
-    assert parser.feed("Sure, ").content == "Sure,"
-    assert parser.feed("I will check.\n<tool").content == " I will check."
-    assert parser.feed("_call>\n{").content == ""
-    out = parser.feed('"name": "f", "arguments": {}}\n</tool_call>')
-    assert out.calls == [Call("f", "{}")] and out.content == ""
-    assert parser.finish() == ("", [])
+    assert parser.feed("Sure, ") == ["Sure,"]
+    assert parser.feed("I will check.\n<tool") == [" I will check."]
+    assert parser.feed("_call>\n{") == []
+    assert parser.feed('"name": "f", "arguments": {}}\n</tool_call>\nDone') == [Call("f", "{}"), "\nDone"]
+    assert parser.finish() == []
+    whole = HermesParser()
+    assert whole.feed("A" + CALL + "B" + CALL) + whole.finish() == ["A", CALLED, "B", CALLED]
 
 
 def test_plan_of_tool_choice() -> None:

@@ -141,3 +141,63 @@ def test_auto_without_a_parser_is_a_400_naming_the_flags(stack: Stack) -> None:
 def test_the_flag_needs_a_parser(stack: Stack, tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="needs --tool-call-parser"):
         Gateway(stack, tmp_path, "--enable-auto-tool-choice")
+
+
+# ---- the Responses API: function tools, calls as output items, their outputs as input items ----
+RESPONSES_WEATHER = {"type": "function", **WEATHER["function"]}  # flat here
+
+
+def test_responses_function_calls_whole_and_streamed(client: openai.OpenAI) -> None:
+    """A required call through the Responses API is a function_call item with chat's arguments;
+    streamed, its events build the same response (the SDK's own accumulator reads them)."""
+    kw: dict[str, Any] = dict(model="SmolLM2-135M-Instruct", input=ASK[0]["content"], tools=[RESPONSES_WEATHER],
+                              tool_choice="required", max_output_tokens=120, temperature=0)
+    chat = client.chat.completions.create(**{**_kw(None), "tool_choice": "required"}).choices[0].message
+    r = client.responses.create(**kw)
+    calls = [it for it in r.output if it.type == "function_call"]
+    assert r.status == "completed" and len(calls) == len(chat.tool_calls or []) >= 1
+    assert [(c.name, c.arguments) for c in calls] == [(c.function.name, c.function.arguments) for c in chat.tool_calls or []]
+    assert all(c.status == "completed" and c.call_id.startswith("chatcmpl-tool-") for c in calls)
+    assert r.tools[0].name == "get_weather" and r.tool_choice == "required"
+    events = list(client.responses.create(stream=True, **kw))
+    kinds = [e.type for e in events]
+    assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert kinds[-3:] == ["response.function_call_arguments.done", "response.output_item.done", "response.completed"]
+    assert "response.function_call_arguments.delta" in kinds and "response.output_text.delta" not in kinds
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    final = events[-1].response
+    assert [(c.name, c.arguments) for c in final.output] == [(c.name, c.arguments) for c in calls]
+    with client.responses.stream(**kw) as stream:
+        assert [(c.name, c.arguments) for c in stream.get_final_response().output] == [(c.name, c.arguments) for c in calls]
+
+
+def test_responses_a_function_calls_output_goes_back_to_the_model(client: openai.OpenAI) -> None:
+    """The call's output, sent after the response that made it (``previous_response_id``) or with
+    the call in ``input``, is the tool's answer in chat's terms: the same answer as the chat
+    completion of that conversation."""
+    named = {"type": "function", "name": "get_weather"}
+    first = client.responses.create(model="SmolLM2-135M-Instruct", input=ASK[0]["content"], tools=[RESPONSES_WEATHER],
+                                    tool_choice=named, max_output_tokens=60, temperature=0)
+    (call,) = first.output
+    assert call.type == "function_call" and call.name == "get_weather" and json.loads(call.arguments)
+    output = {"type": "function_call_output", "call_id": call.call_id, "output": '{"temperature": 18}'}
+    kw: dict[str, Any] = dict(model="SmolLM2-135M-Instruct", tools=[RESPONSES_WEATHER], max_output_tokens=24,
+                              temperature=0, tool_choice="none")
+    continued = client.responses.create(previous_response_id=first.id, input=[output], **kw)
+    given = client.responses.create(input=[{"role": "user", "content": ASK[0]["content"]},
+                                           {"type": "function_call", "call_id": call.call_id, "name": call.name,
+                                            "arguments": call.arguments}, output], **kw)
+    chat = client.chat.completions.create(model="SmolLM2-135M-Instruct", tools=[WEATHER], max_tokens=24, temperature=0,
+                                          messages=ASK + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call.call_id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}]},
+        {"role": "tool", "tool_call_id": call.call_id, "content": '{"temperature": 18}'}])
+    assert continued.output_text == given.output_text == chat.choices[0].message.content and continued.output_text
+    assert continued.usage.input_tokens == given.usage.input_tokens == chat.usage.prompt_tokens
+    for bad, field in (({"tools": [{"type": "web_search"}]}, "tools[0]"),
+                       ({"input": [{"type": "function_call", "name": "f"}]}, "input[0].call_id"),
+                       ({"tool_choice": {"type": "mcp"}}, "tool_choice"),
+                       ({"tool_choice": "required", "include": ["message.output_text.logprobs"]}, "include")):
+        body = {"model": "SmolLM2-135M-Instruct", "input": "hi", "tools": [RESPONSES_WEATHER], **bad}
+        r = httpx.post(str(client.base_url) + "responses", json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text

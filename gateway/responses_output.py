@@ -1,0 +1,208 @@
+"""A Responses API answer (gateway.responses_api reads the request): the Response object as it
+goes from in progress to done, and the Responses events that stream it.
+
+Without tools the output is one message, opened before the first token. With tools
+(gateway.tools) it is the items the answer makes, in order: a message for text, a
+``function_call`` for each call, each opened when its first text or call comes and done when the
+next one opens or the answer ends.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from engine.request import TokenOut, Usage
+from gateway.token_names import TokenNames
+from gateway.tools import Piece, ToolPlan, ToolStream
+
+
+def _usage(u: Usage) -> dict[str, Any]:
+    return {"input_tokens": u.prompt_tokens, "input_tokens_details": {"cached_tokens": u.cached_tokens},
+            "output_tokens": u.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": u.prompt_tokens + u.completion_tokens}
+
+
+class ResponseObject:
+    """One request's Response object; ``opening``, ``add`` and ``closing`` give its events."""
+
+    def __init__(self, request_id: str, model: str, body: dict[str, Any], names: TokenNames | None = None,
+                 tools: ToolPlan | None = None) -> None:
+        """``names``: how the output's logprobs name tokens; None when they were not asked for.
+        ``tools``: the answer may call functions (not with logprobs)."""
+        self.suffix = request_id.removeprefix("req-")
+        self.id = "resp_" + self.suffix
+        self.item_id = "msg_" + self.suffix
+        self.model = model
+        self.body = body
+        self.created = time.time()
+        self.text = ""
+        self.finish: str | None = None
+        self.usage: Usage | None = None
+        self.completed: float | None = None  # when the last chunk came
+        self.names = names
+        self.logprobs: list[dict[str, Any]] = []  # per output token (names given)
+        self._unsent = 0  # of those, the first not yet in a streamed delta
+        self._seq = 0
+        self.tools = ToolStream(tools) if tools is not None else None
+        self.items: list[dict[str, Any]] = []  # with tools: the output items so far
+        self._open: int | None = None  # the item being written
+        self._last: list[dict[str, Any]] = []  # with tools: the events that close the last item
+
+    @property
+    def status(self) -> str:
+        if self.finish is None:
+            return "in_progress"
+        return "incomplete" if self.finish == "length" else "completed"
+
+    def _message(self) -> dict[str, Any]:
+        content = [self._part()] if self.finish is not None else []
+        return {"type": "message", "id": self.item_id, "status": self.status, "role": "assistant", "content": content}
+
+    def _part(self, text: str | None = None) -> dict[str, Any]:
+        return {"type": "output_text", "text": self.text if text is None else text, "annotations": [],
+                "logprobs": self.logprobs if text is None else []}
+
+    def _output(self) -> list[dict[str, Any]]:
+        if self.tools is None:
+            return [self._message()] if self.finish is not None else []
+        return [self._item(it) for it in self.items]
+
+    def json(self) -> dict[str, Any]:
+        b = self.body
+        fmt = (b.get("text") or {}).get("format") if isinstance(b.get("text"), dict) else None
+        return {
+            "id": self.id, "object": "response", "created_at": int(self.created), "model": self.model,
+            "status": self.status, "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if self.status == "incomplete" else None,
+            "completed_at": int(self.completed) if self.completed is not None else None,
+            "instructions": b.get("instructions"), "max_output_tokens": b.get("max_output_tokens"),
+            "metadata": b.get("metadata"), "output": self._output(), "top_logprobs": b.get("top_logprobs"),
+            "parallel_tool_calls": b.get("parallel_tool_calls") is not False, "temperature": b.get("temperature"),
+            "top_p": b.get("top_p"), "tool_choice": b.get("tool_choice") or "auto", "tools": b.get("tools") or [],
+            "store": b.get("store", True) is not False, "previous_response_id": b.get("previous_response_id"),
+            "text": {"format": fmt or {"type": "text"}}, "truncation": b.get("truncation") or "disabled",
+            "usage": _usage(self.usage) if self.usage is not None else None,
+        }
+
+    def answer(self) -> dict[str, Any]:
+        """The answer as a chat turn (what a response continuing this one goes on from)."""
+        if self.tools is None:
+            return {"role": "assistant", "content": self.text}
+        content = "".join(it["text"] for it in self.items if it["type"] == "message")
+        calls = [{"id": it["call_id"], "type": "function", "function": {"name": it["name"], "arguments": it["arguments"]}}
+                 for it in self.items if it["type"] == "function_call"]
+        return {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
+
+    def add(self, text: str, finish: str | None, usage: Usage | None, tokens: Sequence[TokenOut] = ()) -> list[dict[str, Any]]:
+        """A chunk of the answer; its events (a streamed response sends them)."""
+        self.text += text
+        if self.names is not None:
+            self.logprobs += self.names.content(tokens)
+        if finish is not None:
+            self.finish, self.usage, self.completed = finish, usage or Usage(), time.time()
+        if self.tools is None:
+            return [self._delta(text)] if text else []
+        events = self._tool_events(self.tools.feed(text, final=finish is not None))
+        if finish is not None:
+            self._last = self._close(at_end=True)
+        return events
+
+    # ---- streamed: Responses events, numbered ------------------------------------------
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        event = {"type": kind, "sequence_number": self._seq, **fields}
+        self._seq += 1
+        return event
+
+    def opening(self) -> list[dict[str, Any]]:
+        """What goes out before the first delta: the response created and in progress (without
+        tools: its one message item and that item's text part, empty)."""
+        events = [self._event("response.created", response=self.json()),
+                  self._event("response.in_progress", response=self.json())]
+        if self.tools is None:
+            where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+            events += [self._event("response.output_item.added", output_index=0, item=self._message()),
+                       self._event("response.content_part.added", **where, part=self._part())]
+        return events
+
+    def _delta(self, text: str) -> dict[str, Any]:
+        """The text added since the last delta, with the logprobs of the tokens added since (a
+        token's text may come later than the token: held back by a stop string, or part of a
+        character)."""
+        logprobs, self._unsent = self.logprobs[self._unsent:], len(self.logprobs)
+        return self._event("response.output_text.delta", item_id=self.item_id, output_index=0, content_index=0,
+                           delta=text, logprobs=logprobs)
+
+    def closing(self) -> list[dict[str, Any]]:
+        """After the last chunk: the last item done (without tools: its text, part and item), then
+        the response completed (or incomplete: out of max_output_tokens)."""
+        last = "response.incomplete" if self.status == "incomplete" else "response.completed"
+        if self.tools is not None:
+            return [*self._last, self._event(last, response=self.json())]
+        where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        return [self._event("response.output_text.done", **where, text=self.text, logprobs=self.logprobs),
+                self._event("response.content_part.done", **where, part=self._part()),
+                self._event("response.output_item.done", output_index=0, item=self._message()),
+                self._event(last, response=self.json())]
+
+    def error(self, exc: BaseException) -> dict[str, Any]:
+        return self._event("error", code=type(exc).__name__, message=str(exc), param=None)
+
+    # ---- with tools: items opened and done as the answer makes them ----------------------
+    def _item(self, it: dict[str, Any]) -> dict[str, Any]:
+        if it["type"] == "message":
+            return {"type": "message", "id": it["id"], "status": it["status"], "role": "assistant",
+                    "content": [self._part(it["text"])] if it["status"] != "in_progress" else []}
+        return {"type": "function_call", "id": it["id"], "call_id": it["call_id"], "name": it["name"],
+                "arguments": it["arguments"], "status": it["status"]}
+
+    def _tool_events(self, pieces: list[Piece]) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        for p in pieces:
+            if isinstance(p, str):  # text: into the open message, or a new one
+                if self._open is None or self.items[self._open]["type"] != "message":
+                    n = sum(it["type"] == "message" for it in self.items)
+                    events += self._open_item({"type": "message", "id": self.item_id + (f"_{n}" if n else ""),
+                                               "text": ""})
+                it, k = self.items[self._open], self._open  # type: ignore[index]
+                it["text"] += p
+                events.append(self._event("response.output_text.delta", item_id=it["id"], output_index=k,
+                                          content_index=0, delta=p, logprobs=[]))
+                continue
+            fn = p["function"]
+            if "id" in p:  # a new call
+                events += self._open_item({"type": "function_call", "id": f"fc_{self.suffix}_{p['index']}",
+                                           "call_id": p["id"], "name": fn["name"], "arguments": ""})
+            it, k = self.items[self._open], self._open  # type: ignore[index]
+            if fn.get("arguments"):
+                it["arguments"] += fn["arguments"]
+                events.append(self._event("response.function_call_arguments.delta", item_id=it["id"], output_index=k,
+                                          delta=fn["arguments"]))
+        return events
+
+    def _open_item(self, it: dict[str, Any]) -> list[dict[str, Any]]:
+        events = self._close()
+        it["status"] = "in_progress"
+        self.items.append(it)
+        self._open = k = len(self.items) - 1
+        events.append(self._event("response.output_item.added", output_index=k, item=self._item(it)))
+        if it["type"] == "message":
+            events.append(self._event("response.content_part.added", item_id=it["id"], output_index=k,
+                                      content_index=0, part=self._part("")))
+        return events
+
+    def _close(self, at_end: bool = False) -> list[dict[str, Any]]:
+        """The item being written, done: complete, or incomplete where the answer ran out of tokens
+        in it."""
+        if self._open is None:
+            return []
+        it, k = self.items[self._open], self._open
+        self._open = None
+        it["status"] = "incomplete" if at_end and self.finish == "length" else "completed"
+        if it["type"] == "message":
+            where = {"item_id": it["id"], "output_index": k, "content_index": 0}
+            events = [self._event("response.output_text.done", **where, text=it["text"], logprobs=[]),
+                      self._event("response.content_part.done", **where, part=self._part(it["text"]))]
+        else:
+            events = [self._event("response.function_call_arguments.done", item_id=it["id"], output_index=k,
+                                  arguments=it["arguments"])]
+        return events + [self._event("response.output_item.done", output_index=k, item=self._item(it))]
