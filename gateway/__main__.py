@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--enable-auto-tool-choice", action="store_true",
                    help='tool_choice "auto": the model may call tools in its own format (needs --tool-call-parser)')
     g.add_argument("--tool-call-parser", choices=sorted(PARSERS), default=None,
-                   help="the model's tool-call format: hermes (Qwen2.5, Hermes 2/3)")
+                   help="the model's tool-call format: hermes (Qwen2.5, Hermes 2/3) or llama3_json (Llama 3.1/3.2)")
     c = p.add_argument_group("CORS (as vLLM's flags: JSON lists, or comma-separated)")
     c.add_argument("--allowed-origins", type=_json_list, default=["*"])
     c.add_argument("--allowed-methods", type=_json_list, default=["*"])

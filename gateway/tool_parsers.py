@@ -10,7 +10,7 @@ the text was cut.
 from __future__ import annotations
 
 import json
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Protocol
 
 
 class Call(NamedTuple):
@@ -92,11 +92,71 @@ class HermesParser:
         out.append(call)
 
 
+class Llama3JsonParser:
+    """Llama 3.1 and 3.2's JSON calls (vLLM's ``llama3_json``): an answer that calls is nothing but
+    calls, ``{"name": ..., "parameters": {...}}``, several separated by ``;``, perhaps after
+    ``<|python_tag|>``. An answer whose first character (past whitespace) is not ``{`` is text,
+    streamed as it comes. In a calling answer each call goes out once its JSON is whole; what
+    follows the last whole call and is not one (a JSON that is not a call, or is never closed)
+    is text, as written."""
+
+    TAG = "<|python_tag|>"
+
+    def __init__(self) -> None:
+        self._buf = ""
+        self._mode: str | None = None  # "text" or "calls" once the answer's start tells
+        self.count = 0
+
+    def feed(self, text: str) -> list[Piece]:
+        self._buf += text
+        if self._mode is None:
+            start = self._buf.lstrip()
+            if start.startswith(self.TAG):
+                start = start[len(self.TAG):].lstrip()
+            if not start or self.TAG.startswith(start):  # nothing yet, or the tag's first characters
+                return []
+            self._mode = "calls" if start.startswith("{") else "text"
+            if self._mode == "calls":
+                self._buf = start
+        if self._mode == "text":
+            out, self._buf = self._buf, ""
+            return [out] if out else []
+        out: list[Piece] = []
+        decoder = json.JSONDecoder()
+        while True:
+            rest = self._buf.lstrip().lstrip(";").lstrip()
+            if not rest:
+                break
+            try:
+                value, end = decoder.raw_decode(rest)
+            except json.JSONDecodeError:
+                break  # not whole yet (or never: finish gives it back as text)
+            call = _call(value)
+            if call is None:  # JSON, but not a call: the rest of the answer is text
+                self._mode = "text"
+                self._buf = ""
+                out.append(rest)
+                break
+            self.count += 1
+            out.append(call)
+            self._buf = rest[end:]
+        return out
+
+    def finish(self) -> list[Piece]:
+        rest, self._buf = self._buf.strip() if self.count else self._buf, ""
+        return [rest] if rest else []
+
+
 def _hermes_call(body: str) -> Call | None:
     try:
         value = json.loads(body)
     except json.JSONDecodeError:
         return None
+    return _call(value)
+
+
+def _call(value: object) -> Call | None:
+    """A parsed JSON value as a call: ``{"name", "arguments"}`` (or Llama's ``"parameters"``)."""
     if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"]:
         return None
     arguments = value.get("arguments", value.get("parameters", {}))
@@ -111,4 +171,12 @@ def _partial_suffix(text: str, tag: str) -> int:
     return 0
 
 
-PARSERS: dict[str, Callable[[], HermesParser]] = {"hermes": HermesParser}
+class ToolParser(Protocol):
+    count: int  # calls given out
+
+    def feed(self, text: str) -> list[Piece]: ...
+
+    def finish(self) -> list[Piece]: ...
+
+
+PARSERS: dict[str, Callable[[], ToolParser]] = {"hermes": HermesParser, "llama3_json": Llama3JsonParser}

@@ -12,7 +12,7 @@ from engine.errors import InvalidRequestError
 from engine.request import GenerationChunk, Usage
 from gateway.openai_protocol import chat_messages
 from gateway.openai_response import ResponseShaper
-from gateway.tool_parsers import Call, HermesParser
+from gateway.tool_parsers import PARSERS, Call, HermesParser
 from gateway.tools import ToolPlan, tool_plan
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
@@ -50,13 +50,34 @@ def _joined(pieces: list[str | Call]) -> tuple[str, list[Call]]:
     return "".join(p for p in pieces if isinstance(p, str)), [p for p in pieces if isinstance(p, Call)]
 
 
-@pytest.mark.parametrize("answer,content,calls", CASES)
-def test_hermes_parser_streamed_or_whole(answer: str, content: str, calls: list[Call]) -> None:
+F = Call("f", '{"x": 1}')
+LLAMA3_CASES: list[tuple[str, str, list[Call]]] = [
+    ('{"name": "f", "parameters": {"x": 1}}', "", [F]),
+    ('<|python_tag|>{"name": "f", "parameters": {"x": 1}}; {"name": "g", "arguments": {}}', "", [F, Call("g", "{}")]),
+    ('\n {"name": "f", "parameters": {"x": 1}}\n', "", [F]),
+    ("Hello {x}\n", "Hello {x}\n", []),  # text: the answer does not begin with a call
+    ("\n\nIt is {sunny}.", "\n\nIt is {sunny}.", []),
+    ('{"a": 1} tail', '{"a": 1} tail', []),  # JSON that is not a call
+    ('{"name": "f", "parameters": {"x": 1}}; {"b": 2}', '{"b": 2}', [F]),
+    ('{"name": "f", "parameters": {"x"', '{"name": "f", "parameters": {"x"', []),  # never closed
+]
+
+
+@pytest.mark.parametrize("name,answer,content,calls", [("hermes", *c) for c in CASES] +
+                         [("llama3_json", *c) for c in LLAMA3_CASES])
+def test_parser_streamed_or_whole(name: str, answer: str, content: str, calls: list[Call]) -> None:
     rng = random.Random(0)
     for cut in [[answer], list(answer), *(_pieces(answer, rng) for _ in range(30))]:
-        parser = HermesParser()
+        parser = PARSERS[name]()
         pieces = [p for piece in cut for p in parser.feed(piece)] + parser.finish()
         assert _joined(pieces) == (content, calls), cut
+
+
+def test_llama3_text_streams_as_it_comes() -> None:
+    parser = PARSERS["llama3_json"]()
+    assert parser.feed("  ") == [] and parser.feed("The") == ["  The"] and parser.feed(" sky") == [" sky"]
+    calls = PARSERS["llama3_json"]()
+    assert calls.feed('<|python_tag|>{"name": "f", ') == [] and calls.feed('"parameters": {"x": 1}};') == [F]
 
 
 def test_text_goes_out_before_the_answer_ends_and_in_order() -> None:
