@@ -18,6 +18,7 @@ from gateway.core import GatewayConfig, GatewayCore
 from gateway.grpc_api import GroveServicer
 from gateway.http_api import Cors, build_app
 from gateway.response_store import DEFAULT_SIZE
+from gateway.reasoning_parsers import REASONING_PARSERS
 from gateway.tool_parsers import PARSERS
 from gateway.metrics import GatewayMetrics
 from gateway.router import Router
@@ -64,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help='tool_choice "auto": the model may call tools in its own format (needs --tool-call-parser)')
     g.add_argument("--tool-call-parser", choices=sorted(PARSERS), default=None,
                    help="the model's tool-call format: hermes (Qwen2.5, Hermes 2/3) or llama3_json (Llama 3.1/3.2)")
+    g.add_argument("--reasoning-parser", choices=sorted(REASONING_PARSERS), default=None,
+                   help="a reasoning model's thinking (<think>...</think>) goes to the message's reasoning field: "
+                        "deepseek_r1 (DeepSeek-R1, Qwen3 thinking-only models) or qwen3")
     c = p.add_argument_group("CORS (as vLLM's flags: JSON lists, or comma-separated)")
     c.add_argument("--allowed-origins", type=_json_list, default=["*"])
     c.add_argument("--allowed-methods", type=_json_list, default=["*"])
@@ -103,7 +107,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     metrics = GatewayMetrics(name, args.worker_id or f"gateway-{os.getpid()}", router)
     core = GatewayCore(GatewayConfig(model_dir, name, max_len, args.max_concurrent, args.sampling_defaults,
                                      args.chat_template, args.trust_request_chat_template, tuple(aliases),
-                                     args.tool_call_parser if args.enable_auto_tool_choice else None),
+                                     args.tool_call_parser if args.enable_auto_tool_choice else None,
+                                     args.reasoning_parser),
                        router, metrics)
     server, grpc_port, health = create_server(f"{args.host}:{args.grpc_port}")
     pb_grpc.add_GroveServicer_to_server(GroveServicer(core), server)

@@ -48,6 +48,7 @@ class GatewayConfig:
     trust_request_chat_template: bool = False  # a request may bring its own (vLLM's flag; else a 400)
     aliases: tuple[str, ...] = ()  # other names requests may give the model (vLLM's further --served-model-name)
     tool_parser: str | None = None  # the model's tool-call format, for tool_choice "auto" (gateway.tool_parsers)
+    reasoning_parser: str | None = None  # how the model's thinking is told from its answer (gateway.reasoning_parsers)
 
     @property
     def served_names(self) -> tuple[str, ...]:

@@ -216,7 +216,7 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
             return _error(name_structured_error(e, body))
         shaper = ResponseShaper(request_id, core.config.served_model_name, chat, core.tokenizer,
                                 params.logprobs, return_ids, {c.index: echo[c.prompt] for c in choices} if echo else None,
-                                tools, asked, tokens_as_ids)
+                                tools, asked, tokens_as_ids, _reasoning(core, params))
         if beams is not None:
             where = beam_search.Placement(work_id, arrived, priority_from_body(body), cache_salt_from_body(body))
             return _tagged(await _unless_gone(request, _beam_response(core, shaper, prompts, params, *beams, where)),
@@ -244,8 +244,10 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
             prompt = core.tokenize(messages=chat_messages(chat), template=chat_template_options(chat),
                                    truncate=truncation(body, truncation_from_body(chat), core.max_model_len))
             params, tools = _with_tools(core, chat, params)
-            if tools is not None and params.logprobs is not None:
-                raise InvalidRequestError("include", "output logprobs cannot be combined with tool calls here")
+            reasoning = _reasoning(core, params)
+            if (tools is not None or reasoning is not None) and params.logprobs is not None:
+                raise InvalidRequestError("include", "output logprobs cannot be combined with tool calls or a "
+                                                     "reasoning parser here")
             if asked_max_tokens(chat, chat=True) is not None:  # (named max_output_tokens in the error)
                 core.check_room(len(prompt), params.max_tokens)
             request_id, work_id = _request_ids(core, chat, request)
@@ -263,7 +265,7 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
         if isinstance(first, Response):
             return _tagged(first, request_id)
         names = TokenNames(core.tokenizer) if params.logprobs is not None else None
-        obj = ResponseObject(request_id, core.config.served_model_name, body, names, tools)
+        obj = ResponseObject(request_id, core.config.served_model_name, body, names, tools, reasoning)
         if body.get("stream"):
             return _tagged(StreamingResponse(_response_events(obj, first, gen, done), media_type="text/event-stream"),
                            request_id)
@@ -316,6 +318,12 @@ def _with_tools(core: GatewayCore, chat: dict[str, Any], params: SamplingParams)
                                                      "drop response_format / guided_*")
         params = dataclasses.replace(params, structured=tools.structured)
     return params, tools
+
+
+def _reasoning(core: GatewayCore, params: SamplingParams) -> str | None:
+    """The server's reasoning parser, for an answer free to think: a grammar (structured output, a
+    named or required call) shapes the whole answer, so it is all content."""
+    return core.config.reasoning_parser if params.structured is None else None
 
 
 async def _first(gen: AsyncIterator[tuple[int, GenerationChunk]],

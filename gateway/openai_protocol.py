@@ -272,6 +272,9 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         msg = {"role": role, "content": content}
         # a tool-calling turn and a tool's answer keep what the chat template may render
         msg.update({k: m[k] for k in ("tool_call_id", "name") if m.get(k) is not None})
+        thought = m.get("reasoning_content", m.get("reasoning"))  # an earlier answer's thinking, for templates
+        if isinstance(thought, str):  # that render it (Qwen3's, interleaved thinking)
+            msg["reasoning_content"] = thought
         if m.get("tool_calls"):
             msg["tool_calls"] = _template_calls(m["tool_calls"], i)
         out.append(msg)

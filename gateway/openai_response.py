@@ -7,6 +7,7 @@ from typing import Any, NamedTuple, Sequence
 
 from engine.errors import InvalidRequestError
 from engine.request import GenerationChunk, TokenOut, Usage
+from gateway.reasoning_parsers import ThinkParser, reasoning_parser
 from gateway.token_names import TokenNames
 from gateway.tools import ToolPlan, ToolStream, split
 
@@ -38,12 +39,13 @@ class ResponseShaper:
 
     def __init__(self, request_id: str, model: str, chat: bool, tokenizer: Any, logprobs: int | None,
                  return_token_ids: bool, echo: dict[int, Echo] | None = None, tools: ToolPlan | None = None,
-                 prompt_logprobs: int | None = None, tokens_as_ids: bool = False) -> None:
+                 prompt_logprobs: int | None = None, tokens_as_ids: bool = False, reasoning: str | None = None) -> None:
         """``echo``: what goes before a choice's own text (``Echo``).
         ``tools``: the answer is a tool call (gateway.tools). ``prompt_logprobs``: vLLM's field, its
         top-k (a whole response's only: vLLM does not stream them). ``tokens_as_ids``: vLLM's
         ``return_tokens_as_token_ids``, logprobs name tokens "token_id:<id>" (a token that is part
-        of a character has no text of its own)."""
+        of a character has no text of its own). ``reasoning``: a chat answer's reasoning parser
+        (gateway.reasoning_parsers), or None."""
         self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
         self.model = model
         self.chat = chat
@@ -55,6 +57,8 @@ class ResponseShaper:
         self.prompt_logprobs = prompt_logprobs
         self.names = TokenNames(tokenizer, tokens_as_ids)
         self._tool_streams: dict[int, ToolStream] = {}  # tool-call choices: their calls as they stream
+        self.reasoning = reasoning
+        self._thinking: dict[int, ThinkParser] = {}  # each choice's reasoning parser
         self.created = int(time.time())
         self._started: set[int] = set()  # choices whose first delta (with the role, the echo) went out
 
@@ -102,11 +106,17 @@ class ResponseShaper:
         echo_lps = (echo.prompt_ids[0], prompt_logprobs) \
             if echo is not None and echo.prompt_ids and prompt_logprobs is not None and not self.chat else None
         choice: dict[str, Any] = {"index": index, "logprobs": self._logprobs(tokens, echo_lps), "finish_reason": finish}
+        thought = ""
+        if self.chat and self.reasoning is not None:  # the thinking, then the answer (as content, or calls)
+            parser = self._thinking.setdefault(index, reasoning_parser(self.reasoning))
+            thought, text = parser.feed(text, final=not delta or finish is not None)
         if echo is not None:
             text = echo.text + text
         if self.chat:
             if delta:
                 d: dict[str, Any] = {"role": "assistant"} if first else {}
+                if thought:  # vLLM's name, and DeepSeek's that many clients read
+                    d["reasoning"] = d["reasoning_content"] = thought
                 if self.tools is not None:
                     d.update(self._tool_delta(index, text, finish, choice))
                 elif text:
@@ -115,6 +125,10 @@ class ResponseShaper:
             else:
                 content, calls = self.tools.answer(text) if self.tools is not None else (text, None)
                 choice["message"] = {"role": "assistant", "content": content}
+                if self.reasoning is not None:
+                    choice["message"]["reasoning"] = choice["message"]["reasoning_content"] = thought or None
+                    if thought and not content:  # all thinking (cut before it ended): no answer
+                        choice["message"]["content"] = None
                 if calls is not None:
                     assert self.tools is not None
                     choice["message"]["tool_calls"] = calls

@@ -111,20 +111,28 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
     """``input``: a string (one user message) or a list of items: messages {role, content} with
     content a string or text parts (input_text, output_text), "developer" as the system role;
     ``function_call`` items (the model's calls, as a response gave them) as an assistant turn's
-    tool calls, and ``function_call_output`` items as the tools' answers."""
+    tool calls, ``function_call_output`` items as the tools' answers, and ``reasoning`` items as the
+    next assistant turn's thinking."""
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list) or not value:
         raise InvalidRequestError("input", "must be a string or a non-empty list of messages")
     out: list[dict[str, Any]] = []
+    thought: str | None = None  # a reasoning item's text, for the assistant turn it goes before
     for i, item in enumerate(value):
         kind = item.get("type", "message") if isinstance(item, dict) else None
+        if kind == "reasoning":  # an earlier answer's thinking, as a response gave it
+            thought = (thought or "") + "".join(
+                p.get("text", "") for p in item.get("content") or [] if isinstance(p, dict))
+            continue
         if kind == "function_call":
             call = _function_call(item, i)
-            if out and out[-1]["role"] == "assistant":  # the turn's text, or its earlier calls
+            if out and out[-1]["role"] == "assistant" and not thought:  # the turn's text, or its earlier calls
                 out[-1].setdefault("tool_calls", []).append(call)
             else:
                 out.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            if thought:  # the thinking before the turn, for templates that render it
+                out[-1]["reasoning_content"], thought = thought, None
             continue
         if kind == "function_call_output":
             if not isinstance(item.get("call_id"), str):
@@ -133,13 +141,15 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
                         "content": _text(item.get("output"), f"input[{i}].output", ("input_text", "output_text"))})
             continue
         if kind != "message":
-            raise InvalidRequestError(f"input[{i}]", "only message, function_call and function_call_output items "
-                                                     "are supported")
+            raise InvalidRequestError(f"input[{i}]", "only message, reasoning, function_call and "
+                                                     "function_call_output items are supported")
         role = item.get("role")
         if role not in ("user", "assistant", "system", "developer"):
             raise InvalidRequestError(f"input[{i}].role", "must be one of user, assistant, system, developer")
         content = _text(item.get("content"), f"input[{i}].content", ("input_text", "output_text"))
         out.append({"role": "system" if role == "developer" else role, "content": content})
+        if role == "assistant" and thought:
+            out[-1]["reasoning_content"], thought = thought, None
     return out
 
 

@@ -1,19 +1,25 @@
 """A Responses API answer (gateway.responses_api reads the request): the Response object as it
 goes from in progress to done, and the Responses events that stream it.
 
-Without tools the output is one message, opened before the first token. With tools
-(gateway.tools) it is the items the answer makes, in order: a message for text, a
-``function_call`` for each call, each opened when its first text or call comes and done when the
-next one opens or the answer ends.
+Without tools or a reasoning parser the output is one message, opened before the first token.
+With them (gateway.tools, gateway.reasoning_parsers) it is the items the answer makes, in order: a
+``reasoning`` item for the model's thinking, a message for text, a ``function_call`` for each
+call, each opened when its first text or call comes and done when the next one opens or the
+answer ends.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from engine.request import TokenOut, Usage
+from gateway.reasoning_parsers import reasoning_parser
 from gateway.token_names import TokenNames
 from gateway.tools import Piece, ToolPlan, ToolStream
+
+
+class Thought(NamedTuple):
+    text: str  # the model's thinking (a reasoning item's)
 
 
 def _usage(u: Usage) -> dict[str, Any]:
@@ -26,9 +32,10 @@ class ResponseObject:
     """One request's Response object; ``opening``, ``add`` and ``closing`` give its events."""
 
     def __init__(self, request_id: str, model: str, body: dict[str, Any], names: TokenNames | None = None,
-                 tools: ToolPlan | None = None) -> None:
+                 tools: ToolPlan | None = None, reasoning: str | None = None) -> None:
         """``names``: how the output's logprobs name tokens; None when they were not asked for.
-        ``tools``: the answer may call functions (not with logprobs)."""
+        ``tools``: the answer may call functions; ``reasoning``: the reasoning parser that tells
+        the model's thinking from its answer (neither with logprobs)."""
         self.suffix = request_id.removeprefix("req-")
         self.id = "resp_" + self.suffix
         self.item_id = "msg_" + self.suffix
@@ -44,9 +51,11 @@ class ResponseObject:
         self._unsent = 0  # of those, the first not yet in a streamed delta
         self._seq = 0
         self.tools = ToolStream(tools) if tools is not None else None
-        self.items: list[dict[str, Any]] = []  # with tools: the output items so far
+        self.thinking = reasoning_parser(reasoning) if reasoning is not None else None
+        self.itemized = tools is not None or reasoning is not None
+        self.items: list[dict[str, Any]] = []  # itemized: the output items so far
         self._open: int | None = None  # the item being written
-        self._last: list[dict[str, Any]] = []  # with tools: the events that close the last item
+        self._last: list[dict[str, Any]] = []  # itemized: the events that close the last item
 
     @property
     def status(self) -> str:
@@ -63,7 +72,7 @@ class ResponseObject:
                 "logprobs": self.logprobs if text is None else []}
 
     def _output(self) -> list[dict[str, Any]]:
-        if self.tools is None:
+        if not self.itemized:
             return [self._message()] if self.finish is not None else []
         return [self._item(it) for it in self.items]
 
@@ -86,12 +95,14 @@ class ResponseObject:
 
     def answer(self) -> dict[str, Any]:
         """The answer as a chat turn (what a response continuing this one goes on from)."""
-        if self.tools is None:
+        if not self.itemized:
             return {"role": "assistant", "content": self.text}
         content = "".join(it["text"] for it in self.items if it["type"] == "message")
         calls = [{"id": it["call_id"], "type": "function", "function": {"name": it["name"], "arguments": it["arguments"]}}
                  for it in self.items if it["type"] == "function_call"]
-        return {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
+        thought = "".join(it["text"] for it in self.items if it["type"] == "reasoning")
+        return {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {}),
+                **({"reasoning_content": thought} if thought else {})}
 
     def add(self, text: str, finish: str | None, usage: Usage | None, tokens: Sequence[TokenOut] = ()) -> list[dict[str, Any]]:
         """A chunk of the answer; its events (a streamed response sends them)."""
@@ -100,9 +111,13 @@ class ResponseObject:
             self.logprobs += self.names.content(tokens)
         if finish is not None:
             self.finish, self.usage, self.completed = finish, usage or Usage(), time.time()
-        if self.tools is None:
+        if not self.itemized:
             return [self._delta(text)] if text else []
-        events = self._tool_events(self.tools.feed(text, final=finish is not None))
+        final = finish is not None
+        thought, text = self.thinking.feed(text, final) if self.thinking is not None else ("", text)
+        pieces: list[Piece | Thought] = [Thought(thought)] if thought else []
+        pieces += self.tools.feed(text, final) if self.tools is not None else [text] if text else []
+        events = self._item_events(pieces)
         if finish is not None:
             self._last = self._close(at_end=True)
         return events
@@ -118,7 +133,7 @@ class ResponseObject:
         tools: its one message item and that item's text part, empty)."""
         events = [self._event("response.created", response=self.json()),
                   self._event("response.in_progress", response=self.json())]
-        if self.tools is None:
+        if not self.itemized:
             where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
             events += [self._event("response.output_item.added", output_index=0, item=self._message()),
                        self._event("response.content_part.added", **where, part=self._part())]
@@ -136,7 +151,7 @@ class ResponseObject:
         """After the last chunk: the last item done (without tools: its text, part and item), then
         the response completed (or incomplete: out of max_output_tokens)."""
         last = "response.incomplete" if self.status == "incomplete" else "response.completed"
-        if self.tools is not None:
+        if self.itemized:
             return [*self._last, self._event(last, response=self.json())]
         where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
         return [self._event("response.output_text.done", **where, text=self.text, logprobs=self.logprobs),
@@ -147,17 +162,31 @@ class ResponseObject:
     def error(self, exc: BaseException) -> dict[str, Any]:
         return self._event("error", code=type(exc).__name__, message=str(exc), param=None)
 
-    # ---- with tools: items opened and done as the answer makes them ----------------------
+    # ---- itemized: items opened and done as the answer makes them ----------------------
     def _item(self, it: dict[str, Any]) -> dict[str, Any]:
+        done = it["status"] != "in_progress"
         if it["type"] == "message":
             return {"type": "message", "id": it["id"], "status": it["status"], "role": "assistant",
-                    "content": [self._part(it["text"])] if it["status"] != "in_progress" else []}
+                    "content": [self._part(it["text"])] if done else []}
+        if it["type"] == "reasoning":
+            return {"type": "reasoning", "id": it["id"], "status": it["status"], "summary": [],
+                    "content": [{"type": "reasoning_text", "text": it["text"]}] if done else []}
         return {"type": "function_call", "id": it["id"], "call_id": it["call_id"], "name": it["name"],
                 "arguments": it["arguments"], "status": it["status"]}
 
-    def _tool_events(self, pieces: list[Piece]) -> list[dict[str, Any]]:
+    def _item_events(self, pieces: list[Piece | Thought]) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         for p in pieces:
+            if isinstance(p, Thought):  # thinking: into the open reasoning item, or a new one
+                if self._open is None or self.items[self._open]["type"] != "reasoning":
+                    n = sum(it["type"] == "reasoning" for it in self.items)
+                    events += self._open_item({"type": "reasoning", "id": f"rs_{self.suffix}" + (f"_{n}" if n else ""),
+                                               "text": ""})
+                it, k = self.items[self._open], self._open  # type: ignore[index]
+                it["text"] += p.text
+                events.append(self._event("response.reasoning_text.delta", item_id=it["id"], output_index=k,
+                                          content_index=0, delta=p.text))
+                continue
             if isinstance(p, str):  # text: into the open message, or a new one
                 if self._open is None or self.items[self._open]["type"] != "message":
                     n = sum(it["type"] == "message" for it in self.items)
@@ -202,6 +231,9 @@ class ResponseObject:
             where = {"item_id": it["id"], "output_index": k, "content_index": 0}
             events = [self._event("response.output_text.done", **where, text=it["text"], logprobs=[]),
                       self._event("response.content_part.done", **where, part=self._part(it["text"]))]
+        elif it["type"] == "reasoning":
+            events = [self._event("response.reasoning_text.done", item_id=it["id"], output_index=k, content_index=0,
+                                  text=it["text"])]
         else:
             events = [self._event("response.function_call_arguments.done", item_id=it["id"], output_index=k,
                                   arguments=it["arguments"])]

@@ -56,7 +56,7 @@ class HermesParser:
                 self._text(self._buf[:start], out)
                 self._buf, self._in_call = self._buf[start + len(self.START):], True
                 continue
-            keep = _partial_suffix(self._buf, self.START)  # may be a tag's first characters
+            keep = partial_suffix(self._buf, self.START)  # may be a tag's first characters
             self._text(self._buf[:len(self._buf) - keep], out)
             self._buf = self._buf[len(self._buf) - keep:]
             break
@@ -163,7 +163,7 @@ def _call(value: object) -> Call | None:
     return Call(value["name"], json.dumps(arguments, ensure_ascii=False))
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """The length of the longest end of ``text`` that begins ``tag`` (0 if none)."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:n]):

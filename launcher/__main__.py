@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--enable-auto-tool-choice", action="store_true",
                    help='tool_choice "auto": the model calls tools in its own format (needs --tool-call-parser)')
     s.add_argument("--tool-call-parser", default="", help="the model's tool-call format: hermes (Qwen2.5, Hermes 2/3) or llama3_json (Llama 3.1/3.2)")
+    s.add_argument("--reasoning-parser", default="", help="a reasoning model's thinking to the reasoning field: "
+                                                          "deepseek_r1 or qwen3")
     x = p.add_argument_group("any other flag of a service, as one string each "
                              "(e.g. --gateway-args '--allowed-origins https://ui.example --allow-credentials')")
     for who in ("gateway", "prefill", "decode", "worker"):
@@ -100,6 +102,7 @@ def _service_args(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
                *(["--chat-template", args.chat_template] if args.chat_template else []),
                *(["--enable-auto-tool-choice"] if args.enable_auto_tool_choice else []),
                *(["--tool-call-parser", args.tool_call_parser] if args.tool_call_parser else []),
+               *(["--reasoning-parser", args.reasoning_parser] if args.reasoning_parser else []),
                *shlex.split(args.gateway_args)]
     prefill = tuple(shlex.split(args.prefill_args))
     return {"extra_worker_args": tuple(worker), "extra_gateway_args": tuple(gateway),

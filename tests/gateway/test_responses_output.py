@@ -76,3 +76,27 @@ def test_the_answer_as_a_chat_turn_and_a_cut_call() -> None:
     out = cut.json()
     assert out["status"] == "incomplete" and [it["status"] for it in out["output"]] == ["incomplete"]
     assert out["output"][0]["arguments"] == '{"ci' and events[-1]["type"] == "response.incomplete"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_thinking_is_a_reasoning_item_before_the_answers_items(seed: int) -> None:
+    answer = "I need the weather.</think>" + ANSWER
+    obj = ResponseObject("req-abc", "m", {"input": "x"}, tools=ToolPlan("auto", None, None, "hermes"),
+                         reasoning="deepseek_r1")
+    events = obj.opening()
+    cut = _pieces(answer, random.Random(seed))
+    for k, p in enumerate(cut):
+        events += obj.add(p, "stop" if k == len(cut) - 1 else None, Usage(3, 9) if k == len(cut) - 1 else None)
+    events += obj.closing()
+    out = obj.json()["output"]
+    assert [it["type"] for it in out] == ["reasoning", "message", "function_call", "function_call", "message"]
+    assert out[0]["content"] == [{"type": "reasoning_text", "text": "I need the weather."}] and out[0]["id"] == "rs_abc"
+    deltas = [e["delta"] for e in events if e["type"] == "response.reasoning_text.delta"]
+    assert "".join(deltas) == "I need the weather." and all(e["output_index"] == 0 for e in events
+                                                             if e["type"].startswith("response.reasoning_text."))
+    state: ResponseStreamState[Any] = ResponseStreamState(input_tools=omit, text_format=omit)
+    handled = [h for e in events for h in state.handle_event(construct_type(type_=ResponseStreamEvent, value=e))]
+    final = handled[-1].response  # type: ignore[union-attr]
+    assert final.output[0].type == "reasoning" and final.output[0].content[0].text == "I need the weather."
+    assert final.output_text == "Let me check.\nDone."
+    assert obj.answer()["reasoning_content"] == "I need the weather."

@@ -66,6 +66,7 @@ class Launcher:
 def launched(tmp_path: Path) -> Iterator[Launcher]:
     launcher = Launcher(tmp_path / "logs", "--served-model-name", "grove-test", "grove-alias", "--max-model-len", "512",
                         "--lookahead", "off", "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+                        "--reasoning-parser", "qwen3",
                         "--gateway-args", "--allowed-origins https://ui.example")
     yield launcher
     launcher.kill()
@@ -94,6 +95,7 @@ def test_serving_flags_reach_the_services_and_ctrl_c_stops_them_all(launched: La
     r = httpx.post(launched.url + "/v1/chat/completions", timeout=60, json={
         "messages": [{"role": "user", "content": "hi"}], "tools": [tool], "tool_choice": "auto", "max_tokens": 2})
     assert r.status_code == 200, r.text
+    assert "reasoning" in r.json()["choices"][0]["message"]  # the reasoning parser's field (null: no thinking)
     assert len(launched.services()) == 5  # kvstore, prefill, decode, gateway and the launcher
     launched.proc.send_signal(signal.SIGINT)
     assert launched.wait(60) == 0
