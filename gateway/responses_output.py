@@ -10,16 +10,12 @@ answer ends.
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 from engine.request import TokenOut, Usage
-from gateway.reasoning_parsers import reasoning_parser
+from gateway.answer_items import AnswerItems, Change
 from gateway.token_names import TokenNames
-from gateway.tools import Piece, ToolPlan, ToolStream
-
-
-class Thought(NamedTuple):
-    text: str  # the model's thinking (a reasoning item's)
+from gateway.tools import ToolPlan
 
 
 def _usage(u: Usage) -> dict[str, Any]:
@@ -50,12 +46,11 @@ class ResponseObject:
         self.logprobs: list[dict[str, Any]] = []  # per output token (names given)
         self._unsent = 0  # of those, the first not yet in a streamed delta
         self._seq = 0
-        self.tools = ToolStream(tools) if tools is not None else None
-        self.thinking = reasoning_parser(reasoning) if reasoning is not None else None
         self.itemized = tools is not None or reasoning is not None
-        self.items: list[dict[str, Any]] = []  # itemized: the output items so far
-        self._open: int | None = None  # the item being written
-        self._last: list[dict[str, Any]] = []  # itemized: the events that close the last item
+        self.answer_items = AnswerItems(tools, reasoning)  # itemized: the output items so far
+        self._ids: list[str] = []  # each item's id
+        self._status: dict[int, str] = {}  # each done item's status
+        self._last: list[dict[str, Any]] = []  # itemized: the events of the answer's last chunk
 
     @property
     def status(self) -> str:
@@ -74,7 +69,7 @@ class ResponseObject:
     def _output(self) -> list[dict[str, Any]]:
         if not self.itemized:
             return [self._message()] if self.finish is not None else []
-        return [self._item(it) for it in self.items]
+        return [self._item(k) for k in range(len(self.answer_items.items))]
 
     def json(self) -> dict[str, Any]:
         b = self.body
@@ -97,11 +92,11 @@ class ResponseObject:
         """The answer as a chat turn (what a response continuing this one goes on from)."""
         if not self.itemized:
             return {"role": "assistant", "content": self.text}
-        content = "".join(it["text"] for it in self.items if it["type"] == "message")
-        calls = [{"id": it["call_id"], "type": "function", "function": {"name": it["name"], "arguments": it["arguments"]}}
-                 for it in self.items if it["type"] == "function_call"]
-        thought = "".join(it["text"] for it in self.items if it["type"] == "reasoning")
-        return {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {}),
+        items = self.answer_items
+        calls = [{"id": it.call_id, "type": "function", "function": {"name": it.name, "arguments": it.text}}
+                 for it in items.calls()]
+        thought = items.joined("thinking")
+        return {"role": "assistant", "content": items.joined("text"), **({"tool_calls": calls} if calls else {}),
                 **({"reasoning_content": thought} if thought else {})}
 
     def add(self, text: str, finish: str | None, usage: Usage | None, tokens: Sequence[TokenOut] = ()) -> list[dict[str, Any]]:
@@ -113,13 +108,9 @@ class ResponseObject:
             self.finish, self.usage, self.completed = finish, usage or Usage(), time.time()
         if not self.itemized:
             return [self._delta(text)] if text else []
-        final = finish is not None
-        thought, text = self.thinking.feed(text, final) if self.thinking is not None else ("", text)
-        pieces: list[Piece | Thought] = [Thought(thought)] if thought else []
-        pieces += self.tools.feed(text, final) if self.tools is not None else [text] if text else []
-        events = self._item_events(pieces)
-        if finish is not None:
-            self._last = self._close(at_end=True)
+        events = self._item_events(self.answer_items.feed(text, final=finish is not None))
+        if finish is not None:  # (its last item's done events go out with closing's)
+            events, self._last = [], events
         return events
 
     # ---- streamed: Responses events, numbered ------------------------------------------
@@ -162,79 +153,61 @@ class ResponseObject:
     def error(self, exc: BaseException) -> dict[str, Any]:
         return self._event("error", code=type(exc).__name__, message=str(exc), param=None)
 
-    # ---- itemized: items opened and done as the answer makes them ----------------------
-    def _item(self, it: dict[str, Any]) -> dict[str, Any]:
-        done = it["status"] != "in_progress"
-        if it["type"] == "message":
-            return {"type": "message", "id": it["id"], "status": it["status"], "role": "assistant",
-                    "content": [self._part(it["text"])] if done else []}
-        if it["type"] == "reasoning":
-            return {"type": "reasoning", "id": it["id"], "status": it["status"], "summary": [],
-                    "content": [{"type": "reasoning_text", "text": it["text"]}] if done else []}
-        return {"type": "function_call", "id": it["id"], "call_id": it["call_id"], "name": it["name"],
-                "arguments": it["arguments"], "status": it["status"]}
+    # ---- itemized: items opened and done as the answer makes them (gateway.answer_items) ----
+    def _item(self, k: int) -> dict[str, Any]:
+        it, item_id = self.answer_items.items[k], self._ids[k]
+        status = self._status.get(k, "in_progress")
+        if it.kind == "text":
+            return {"type": "message", "id": item_id, "status": status, "role": "assistant",
+                    "content": [self._part(it.text)] if it.done else []}
+        if it.kind == "thinking":
+            return {"type": "reasoning", "id": item_id, "status": status, "summary": [],
+                    "content": [{"type": "reasoning_text", "text": it.text}] if it.done else []}
+        return {"type": "function_call", "id": item_id, "call_id": it.call_id, "name": it.name,
+                "arguments": it.text, "status": status}
 
-    def _item_events(self, pieces: list[Piece | Thought]) -> list[dict[str, Any]]:
+    def _item_events(self, changes: list[Change]) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
-        for p in pieces:
-            if isinstance(p, Thought):  # thinking: into the open reasoning item, or a new one
-                if self._open is None or self.items[self._open]["type"] != "reasoning":
-                    n = sum(it["type"] == "reasoning" for it in self.items)
-                    events += self._open_item({"type": "reasoning", "id": f"rs_{self.suffix}" + (f"_{n}" if n else ""),
-                                               "text": ""})
-                it, k = self.items[self._open], self._open  # type: ignore[index]
-                it["text"] += p.text
-                events.append(self._event("response.reasoning_text.delta", item_id=it["id"], output_index=k,
-                                          content_index=0, delta=p.text))
+        last = len(self.answer_items.items) - 1
+        for what, k, delta in changes:
+            it = self.answer_items.items[k]
+            if what == "open":
+                self._ids.append(self._new_id(k))
+                events.append(self._event("response.output_item.added", output_index=k, item=self._item(k)))
+                if it.kind == "text":
+                    events.append(self._event("response.content_part.added", item_id=self._ids[k], output_index=k,
+                                              content_index=0, part=self._part("")))
                 continue
-            if isinstance(p, str):  # text: into the open message, or a new one
-                if self._open is None or self.items[self._open]["type"] != "message":
-                    n = sum(it["type"] == "message" for it in self.items)
-                    events += self._open_item({"type": "message", "id": self.item_id + (f"_{n}" if n else ""),
-                                               "text": ""})
-                it, k = self.items[self._open], self._open  # type: ignore[index]
-                it["text"] += p
-                events.append(self._event("response.output_text.delta", item_id=it["id"], output_index=k,
-                                          content_index=0, delta=p, logprobs=[]))
+            where = {"item_id": self._ids[k], "output_index": k}
+            if what == "delta":
+                kind, extra = _DELTAS[it.kind]
+                events.append(self._event(kind, **where, **extra, delta=delta))
                 continue
-            fn = p["function"]
-            if "id" in p:  # a new call
-                events += self._open_item({"type": "function_call", "id": f"fc_{self.suffix}_{p['index']}",
-                                           "call_id": p["id"], "name": fn["name"], "arguments": ""})
-            it, k = self.items[self._open], self._open  # type: ignore[index]
-            if fn.get("arguments"):
-                it["arguments"] += fn["arguments"]
-                events.append(self._event("response.function_call_arguments.delta", item_id=it["id"], output_index=k,
-                                          delta=fn["arguments"]))
+            # done: complete, or incomplete where the answer ran out of tokens in it
+            self._status[k] = "incomplete" if k == last and self.finish == "length" else "completed"
+            if it.kind == "text":
+                events += [self._event("response.output_text.done", **where, content_index=0, text=it.text, logprobs=[]),
+                           self._event("response.content_part.done", **where, content_index=0, part=self._part(it.text))]
+            elif it.kind == "thinking":
+                events.append(self._event("response.reasoning_text.done", **where, content_index=0, text=it.text))
+            else:
+                events.append(self._event("response.function_call_arguments.done", **where, arguments=it.text))
+            events.append(self._event("response.output_item.done", output_index=k, item=self._item(k)))
         return events
 
-    def _open_item(self, it: dict[str, Any]) -> list[dict[str, Any]]:
-        events = self._close()
-        it["status"] = "in_progress"
-        self.items.append(it)
-        self._open = k = len(self.items) - 1
-        events.append(self._event("response.output_item.added", output_index=k, item=self._item(it)))
-        if it["type"] == "message":
-            events.append(self._event("response.content_part.added", item_id=it["id"], output_index=k,
-                                      content_index=0, part=self._part("")))
-        return events
+    def _new_id(self, k: int) -> str:
+        """Item k's: msg_<id> for the first message (rs_<id> for the first reasoning), then _1,
+        _2...; fc_<id>_<n> for the n-th call."""
+        items = self.answer_items.items
+        it = items[k]
+        prefix = {"text": "msg_", "thinking": "rs_", "call": "fc_"}[it.kind]
+        n = sum(i.kind == it.kind for i in items[:k])
+        return prefix + self.suffix + (f"_{n}" if n or it.kind == "call" else "")
 
-    def _close(self, at_end: bool = False) -> list[dict[str, Any]]:
-        """The item being written, done: complete, or incomplete where the answer ran out of tokens
-        in it."""
-        if self._open is None:
-            return []
-        it, k = self.items[self._open], self._open
-        self._open = None
-        it["status"] = "incomplete" if at_end and self.finish == "length" else "completed"
-        if it["type"] == "message":
-            where = {"item_id": it["id"], "output_index": k, "content_index": 0}
-            events = [self._event("response.output_text.done", **where, text=it["text"], logprobs=[]),
-                      self._event("response.content_part.done", **where, part=self._part(it["text"]))]
-        elif it["type"] == "reasoning":
-            events = [self._event("response.reasoning_text.done", item_id=it["id"], output_index=k, content_index=0,
-                                  text=it["text"])]
-        else:
-            events = [self._event("response.function_call_arguments.done", item_id=it["id"], output_index=k,
-                                  arguments=it["arguments"])]
-        return events + [self._event("response.output_item.done", output_index=k, item=self._item(it))]
+
+# the delta event of each kind of item, and its fields beside the delta
+_DELTAS: dict[str, tuple[str, dict[str, Any]]] = {
+    "text": ("response.output_text.delta", {"content_index": 0, "logprobs": []}),
+    "thinking": ("response.reasoning_text.delta", {"content_index": 0}),
+    "call": ("response.function_call_arguments.delta", {}),
+}
