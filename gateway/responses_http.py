@@ -1,0 +1,85 @@
+"""OpenAI's Responses API over HTTP: ``POST /v1/responses`` (the chat request it amounts to,
+gateway.responses_api; its answer, gateway.responses_output), and its stored responses'
+``GET`` and ``DELETE`` (gateway.response_store)."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from engine.errors import InvalidRequestError
+from gateway.choices import merged, plan_choices
+from gateway.core import GatewayCore
+from gateway.http_common import (
+    error_response, first_chunk, json_object, object_events, reasoning_parser_for, request_ids, tagged, unless_gone,
+    whole_object, with_tools,
+)
+from gateway.openai_protocol import (
+    asked_max_tokens, cache_salt_from_body, chat_messages, chat_template_options, priority_from_body,
+    sampling_from_body, truncation_from_body,
+)
+from gateway.response_store import ResponseNotFound, ResponseStore, wants_store
+from gateway.responses_api import as_chat_body, name_responses_error, truncation
+from gateway.responses_output import ResponseObject
+from gateway.structured_request import name_structured_error
+from gateway.token_names import TokenNames
+
+
+def add_responses_routes(app: FastAPI, core: GatewayCore, store: ResponseStore) -> None:
+    @app.post("/v1/responses")
+    async def responses(request: Request) -> Response:
+        """OpenAI's Responses API: the chat request it amounts to (gateway.responses_api)."""
+        arrived = time.perf_counter()
+        chat: dict[str, Any] = {}
+        try:
+            body = await json_object(request)
+            chat = as_chat_body(body, store.history(body))
+            keep = wants_store(body)
+            core.check_model(chat.get("model"))
+            params = sampling_from_body(chat, chat=True, defaults=core.config.sampling_defaults)
+            prompt = core.tokenize(messages=chat_messages(chat), template=chat_template_options(chat),
+                                   truncate=truncation(body, truncation_from_body(chat), core.max_model_len))
+            params, tools = with_tools(core, chat, params)
+            reasoning = reasoning_parser_for(core, params)
+            if (tools is not None or reasoning is not None) and params.logprobs is not None:
+                raise InvalidRequestError("include", "output logprobs cannot be combined with tool calls or a "
+                                                     "reasoning parser here")
+            if asked_max_tokens(chat, chat=True) is not None:  # (named max_output_tokens in the error)
+                core.check_room(len(prompt), params.max_tokens)
+            request_id, work_id = request_ids(core, chat, request)
+            choices = plan_choices(core, [prompt], params, 1, work_id, priority_from_body(chat),
+                                   cache_salt_from_body(chat))
+        except ResponseNotFound as e:
+            return error_response(e, 404)
+        except InvalidRequestError as e:
+            return error_response(name_responses_error(name_structured_error(e, chat)))
+        # the turns so far, the instructions left out: what a response continuing this one goes on from
+        turns = chat["messages"][1:] if body.get("instructions") is not None else chat["messages"]
+        done = (lambda o: store.keep(o.json(), turns, o.answer())) if keep else None
+        gen = merged(core, choices, arrived)
+        first = await first_chunk(gen, lambda e: name_responses_error(name_structured_error(e, chat)))
+        if isinstance(first, Response):
+            return tagged(first, request_id)
+        names = TokenNames(core.tokenizer) if params.logprobs is not None else None
+        obj = ResponseObject(request_id, core.config.served_model_name, body, names, tools, reasoning)
+        if body.get("stream"):
+            return tagged(StreamingResponse(object_events(obj, first, gen, done), media_type="text/event-stream"),
+                           request_id)
+        return tagged(await unless_gone(request, whole_object(obj, first, gen, done)), request_id)
+
+    @app.get("/v1/responses/{response_id}")
+    async def stored_response(response_id: str) -> Response:
+        try:
+            return JSONResponse(store.get(response_id).response)
+        except ResponseNotFound as e:
+            return error_response(e, 404)
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(response_id: str) -> Response:
+        try:
+            store.delete(response_id)
+        except ResponseNotFound as e:
+            return error_response(e, 404)
+        return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
