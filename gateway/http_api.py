@@ -47,7 +47,7 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: 
 
 
 class ApiKeyMiddleware:
-    """``Authorization: Bearer <key>`` on /v1/ and /invocations. A plain ASGI middleware: Starlette's
+    """``Authorization: Bearer <key>`` (or Anthropic's ``x-api-key: <key>``) on /v1/ and /invocations. A plain ASGI middleware: Starlette's
     ``BaseHTTPMiddleware`` would relay every streamed chunk through an extra task and memory stream."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
@@ -56,7 +56,10 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"] == "/invocations"):
-            given = dict(scope["headers"]).get(b"authorization", b"")
+            headers = dict(scope["headers"])
+            given = headers.get(b"authorization", b"")
+            if not given and b"x-api-key" in headers:  # Anthropic's clients' header (the Messages API)
+                given = b"Bearer " + headers[b"x-api-key"]
             if not hmac.compare_digest(given, self.expected):
                 response = error_response(InvalidRequestError("authorization", "missing or wrong API key"), 401)
                 await response(scope, receive, send)

@@ -63,17 +63,21 @@ def reasoning_parser_for(core: GatewayCore, params: SamplingParams) -> str | Non
     return core.config.reasoning_parser if params.structured is None else None
 
 
+Respond = Callable[[BaseException], Response]  # an error as an API's response (OpenAI's shape: error_response)
+
+
 async def first_chunk(gen: AsyncIterator[tuple[int, GenerationChunk]],
-                 rename: Callable[[InvalidRequestError], InvalidRequestError]) -> tuple[int, GenerationChunk] | Response:
+                      rename: Callable[[InvalidRequestError], InvalidRequestError],
+                      respond: Respond = error_response) -> tuple[int, GenerationChunk] | Response:
     """The first chunk, or the error response for what went wrong before it: a request fails fast
     (a 4xx/5xx status) on what happens before its first token. ``rename``: a worker's field name
     (its grammar's "structured") as the client's request names it."""
     try:
         return await gen.__anext__()
     except InvalidRequestError as e:
-        return error_response(rename(e))
+        return respond(rename(e))
     except (OverloadedError, UnavailableError) as e:
-        return error_response(e)
+        return respond(e)
 
 
 def _not_json(constant: str) -> None:
@@ -132,13 +136,14 @@ Done = Callable[[Any], None] | None  # called with an answer that finished (to s
 
 
 async def whole_object(obj: AnswerObject, first: tuple[int, GenerationChunk],
-                          gen: AsyncIterator[tuple[int, GenerationChunk]], done: Done = None) -> Response:
+                       gen: AsyncIterator[tuple[int, GenerationChunk]], done: Done = None,
+                       respond: Respond = error_response) -> Response:
     obj.add(first[1].text, first[1].finish_reason, first[1].usage, first[1].tokens)
     try:
         async for _, c in gen:
             obj.add(c.text, c.finish_reason, c.usage, c.tokens)
     except (OverloadedError, UnavailableError, InvalidRequestError) as e:
-        return error_response(e)
+        return respond(e)
     finally:
         await gen.aclose()
     if done is not None:
@@ -147,7 +152,7 @@ async def whole_object(obj: AnswerObject, first: tuple[int, GenerationChunk],
 
 
 async def object_events(obj: AnswerObject, first: tuple[int, GenerationChunk],
-                           gen: AsyncIterator[tuple[int, GenerationChunk]], done: Done = None) -> AsyncIterator[bytes]:
+                        gen: AsyncIterator[tuple[int, GenerationChunk]], done: Done = None) -> AsyncIterator[bytes]:
     """The answer's events as SSE (``event:`` names each, as OpenAI and Anthropic send them); an
     error mid-way is an ``error`` event, then the stream ends."""
     def event(payload: dict[str, Any]) -> bytes:
