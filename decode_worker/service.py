@@ -170,7 +170,8 @@ class DecodeService:
                 # this worker's lookahead totals so far, on every chunk: a stream resumed elsewhere
                 # keeps what it drafted here
                 usage = Usage(draft_tokens=out.draft_tokens, accepted_tokens=out.accepted_tokens)
-                yield GenerationChunk(out.delta_text, tokens, seq.finish_reason if out.finished else None, usage)
+                yield GenerationChunk(out.delta_text, tokens, seq.finish_reason if out.finished else None, usage,
+                                      stop_reason=seq.detok.stop_reason if out.finished else None)
             if self.kvstore is not None:  # a task of its own: the stream's end may cancel this one
                 self.kvstore.in_background(self._write_generated(seq, self.kvstore))
         finally:

@@ -42,6 +42,9 @@ class Detokenizer:
         self.params = params
         self.ids: list[int] = []
         self.text = ""  # full output text (after stop-string truncation once finished)
+        # vLLM's stop_reason, once "stop" finished it: the stop string matched, or the stop_token_ids
+        # token; None for the model's own end-of-sequence token
+        self.stop_reason: str | int | None = None
         self.emitted = 0  # characters of text already handed out
         self._prefix = 0  # window start
         self._read = 0  # tokens already turned into text
@@ -54,6 +57,7 @@ class Detokenizer:
         """Adds one generated token; returns why the sequence finished, if it did."""
         self.ids.append(token)
         if token in self.stop_ids and len(self.ids) > self.params.min_tokens:
+            self.stop_reason = token if token in self.params.stop_token_ids else None
             return "stop"
         prefix_text = self._decode(self.ids[self._prefix : self._read])
         new_text = self._decode(self.ids[self._prefix :])
@@ -65,9 +69,9 @@ class Detokenizer:
             if self.params.stop and len(self.ids) >= self.params.min_tokens:  # vLLM's rule for strings
                 start = max(len(self.text) - len(delta) - self._hold, 0)
                 # (where it starts, where it ends) of each stop string found; the first to start wins
-                hits = [(i, i + len(s)) for s in self.params.stop if (i := self.text.find(s, start)) >= 0]
+                hits = [(i, i + len(s), s) for s in self.params.stop if (i := self.text.find(s, start)) >= 0]
                 if hits:
-                    begin, end = min(hits)
+                    begin, end, self.stop_reason = min(hits)
                     self.text = self.text[: end if self.params.include_stop_str_in_output else begin]
                     return "stop"
         if len(self.ids) >= self.params.max_tokens:

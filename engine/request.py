@@ -64,3 +64,4 @@ class GenerationChunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     prompt_logprobs: list[TokenOut] | None = None  # the first chunk's, when asked: prompt tokens 1..
+    stop_reason: str | int | None = None  # the last chunk's, when "stop": vLLM's (engine.detokenizer)

@@ -291,7 +291,8 @@ class GatewayCore:
                 first = convert.token_from_pb(pre.first_token)
                 usage.completion_tokens += 1
                 trace.finished(pre.finish_reason)
-                yield GenerationChunk(pre.text, [first], pre.finish_reason, usage, prompt_lps)
+                yield GenerationChunk(pre.text, [first], pre.finish_reason, usage, prompt_lps,
+                                      convert.stop_reason_from_pb(pre.stop_reason))
                 return
             try:
                 async for chunk in self._handed_over(work, pw, pre, prompt_lps, trace):

@@ -59,6 +59,7 @@ class GroveServicer(pb_grpc.GroveServicer):
             await context.abort(grpc_status(e), str(e))
         resp = pb.GenerateResponse(request_id=shown, text=text, token_ids=[t.token_id for t in tokens],
                                    finish_reason=last.finish_reason or "")
+        convert.stop_reason_to_pb(last.stop_reason, resp.stop_reason)
         if last.usage is not None:
             resp.usage.CopyFrom(convert.usage_to_pb(last.usage))
         if work.params.logprobs is not None:

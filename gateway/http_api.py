@@ -264,6 +264,7 @@ async def _whole(shaper: ResponseShaper, choices: list[Choice], first: tuple[int
     tokens: list[list[TokenOut]] = [[] for _ in choices]
     finish: list[str | None] = [None] * len(choices)
     prompt_lps: list[list[TokenOut] | None] = [None] * len(choices)
+    stops: list[str | int | None] = [None] * len(choices)
     usages: dict[int, Usage] = {}
 
     def add(i: int, c: GenerationChunk) -> None:
@@ -272,7 +273,7 @@ async def _whole(shaper: ResponseShaper, choices: list[Choice], first: tuple[int
         if c.prompt_logprobs is not None:
             prompt_lps[i] = c.prompt_logprobs
         if c.finish_reason is not None:
-            finish[i], usages[i] = c.finish_reason, c.usage or Usage()
+            finish[i], usages[i], stops[i] = c.finish_reason, c.usage or Usage(), c.stop_reason
 
     add(*first)
     try:
@@ -282,7 +283,7 @@ async def _whole(shaper: ResponseShaper, choices: list[Choice], first: tuple[int
         return error_response(e)
     finally:
         await gen.aclose()  # the client gone mid-way: every choice's request is cancelled
-    return JSONResponse(shaper.whole(list(zip(texts, tokens, finish, prompt_lps)), total_usage(choices, usages)))
+    return JSONResponse(shaper.whole(list(zip(texts, tokens, finish, prompt_lps)), total_usage(choices, usages), stops))
 
 
 async def _sse(shaper: ResponseShaper, choices: list[Choice], first: tuple[int, GenerationChunk],

@@ -120,8 +120,8 @@ class AnswerObject(Protocol):
     """A Responses or Messages answer being built (gateway.responses_output, gateway.messages_output):
     each chunk's events, the events before and after them, the whole object."""
 
-    def add(self, text: str, finish: str | None, usage: Usage | None,
-            tokens: Sequence[TokenOut] = ()) -> list[dict[str, Any]]: ...
+    def add(self, text: str, finish: str | None, usage: Usage | None, tokens: Sequence[TokenOut] = (),
+            stop_reason: str | int | None = None) -> list[dict[str, Any]]: ...
 
     def opening(self) -> list[dict[str, Any]]: ...
 
@@ -138,10 +138,10 @@ Done = Callable[[Any], None] | None  # called with an answer that finished (to s
 async def whole_object(obj: AnswerObject, first: tuple[int, GenerationChunk],
                        gen: AsyncIterator[tuple[int, GenerationChunk]], done: Done = None,
                        respond: Respond = error_response) -> Response:
-    obj.add(first[1].text, first[1].finish_reason, first[1].usage, first[1].tokens)
+    obj.add(first[1].text, first[1].finish_reason, first[1].usage, first[1].tokens, first[1].stop_reason)
     try:
         async for _, c in gen:
-            obj.add(c.text, c.finish_reason, c.usage, c.tokens)
+            obj.add(c.text, c.finish_reason, c.usage, c.tokens, c.stop_reason)
     except (OverloadedError, UnavailableError, InvalidRequestError) as e:
         return respond(e)
     finally:
@@ -163,7 +163,7 @@ async def object_events(obj: AnswerObject, first: tuple[int, GenerationChunk],
             yield event(e)
         c = first[1]
         while True:
-            for e in obj.add(c.text, c.finish_reason, c.usage, c.tokens):
+            for e in obj.add(c.text, c.finish_reason, c.usage, c.tokens, c.stop_reason):
                 yield event(e)
             try:
                 _, c = await gen.__anext__()

@@ -45,6 +45,7 @@ class MessageObject:
         self.items = AnswerItems(tools, reasoning)
         self.finish: str | None = None
         self.usage: Usage | None = None
+        self.stop_sequence: str | None = None  # the stop sequence that ended the answer
 
     @property
     def stop_reason(self) -> str | None:
@@ -52,7 +53,9 @@ class MessageObject:
             return None
         if self.finish == "length":
             return "max_tokens"
-        return "tool_use" if self.items.calls() else "end_turn"
+        if self.items.calls():
+            return "tool_use"
+        return "stop_sequence" if self.stop_sequence is not None else "end_turn"
 
     def _usage(self) -> dict[str, Any]:
         """Anthropic's counts: input_tokens are those not read from the cache."""
@@ -63,7 +66,7 @@ class MessageObject:
     def json(self) -> dict[str, Any]:
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.model,
                 "content": [self._block(it) for it in self.items.items], "stop_reason": self.stop_reason,
-                "stop_sequence": None, "usage": self._usage()}
+                "stop_sequence": self.stop_sequence, "usage": self._usage()}
 
     def _block(self, it: Item, start: bool = False) -> dict[str, Any]:
         """The item as a content block (``start``: as content_block_start gives it, empty)."""
@@ -74,10 +77,13 @@ class MessageObject:
         return {"type": "tool_use", "id": tool_use_id(it.call_id), "name": it.name,
                 "input": {} if start else _arguments(it.text)}
 
-    def add(self, text: str, finish: str | None, usage: Usage | None, tokens: Sequence[TokenOut] = ()) -> list[dict[str, Any]]:
-        """A chunk of the answer; its events (a streamed message sends them)."""
+    def add(self, text: str, finish: str | None, usage: Usage | None, tokens: Sequence[TokenOut] = (),
+            stop_reason: str | int | None = None) -> list[dict[str, Any]]:
+        """A chunk of the answer; its events (a streamed message sends them). ``stop_reason``: the
+        stop sequence (or stop token) that ended it (engine.detokenizer)."""
         if finish is not None:
             self.finish, self.usage = finish, usage or Usage(prompt_tokens=self.prompt_tokens)
+            self.stop_sequence = stop_reason if isinstance(stop_reason, str) else None
         return [e for c in self.items.feed(text, final=finish is not None) for e in self._events(c)]
 
     def _events(self, change: Change) -> list[dict[str, Any]]:
@@ -96,7 +102,7 @@ class MessageObject:
         return [{"type": "message_start", "message": start}]
 
     def closing(self) -> list[dict[str, Any]]:
-        return [{"type": "message_delta", "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
+        return [{"type": "message_delta", "delta": {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence},
                  "usage": self._usage()},
                 {"type": "message_stop"}]
 

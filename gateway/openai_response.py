@@ -99,13 +99,16 @@ class ResponseShaper:
         return {"logprob": logprob, "rank": rank, "decoded_token": self.names.text(token_id)}
 
     def _choice(self, index: int, text: str, tokens: list[TokenOut], finish: str | None,
-                delta: bool, prompt_logprobs: list[TokenOut] | None = None) -> dict[str, Any]:
+                delta: bool, prompt_logprobs: list[TokenOut] | None = None,
+                stop_reason: str | int | None = None) -> dict[str, Any]:
         first = index not in self._started
         self._started.add(index)
         echo = self.echo.get(index) if first else None
         echo_lps = (echo.prompt_ids[0], prompt_logprobs) \
             if echo is not None and echo.prompt_ids and prompt_logprobs is not None and not self.chat else None
-        choice: dict[str, Any] = {"index": index, "logprobs": self._logprobs(tokens, echo_lps), "finish_reason": finish}
+        # vLLM's stop_reason: the stop string or stop token that ended it (null for the model's own end)
+        choice: dict[str, Any] = {"index": index, "logprobs": self._logprobs(tokens, echo_lps), "finish_reason": finish,
+                                  "stop_reason": stop_reason}
         thought = ""
         if self.chat and self.reasoning is not None:  # the thinking, then the answer (as content, or calls)
             parser = self._thinking.setdefault(index, reasoning_parser(self.reasoning))
@@ -156,7 +159,7 @@ class ResponseShaper:
         return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
                 "created": self.created, "model": self.model,
                 "choices": [self._choice(index, c.text, c.tokens, c.finish_reason, delta=True,
-                                         prompt_logprobs=c.prompt_logprobs)]}
+                                         prompt_logprobs=c.prompt_logprobs, stop_reason=c.stop_reason)]}
 
     @staticmethod
     def says_nothing(chunk: dict[str, Any]) -> bool:
@@ -176,13 +179,14 @@ class ResponseShaper:
                 "created": self.created, "model": self.model, "choices": [], "usage": usage_json(u)}
 
     def whole(self, choices: list[tuple[str, list[TokenOut], str | None, list[TokenOut] | None]],
-              usage: Usage) -> dict[str, Any]:
+              usage: Usage, stop_reasons: list[str | int | None] | None = None) -> dict[str, Any]:
         """``choices``: (text, tokens, finish reason, prompt logprobs or None) of each, by index.
         A chat response's prompt logprobs (vLLM's field) are the conversation's: one list beside the
         choices, as vLLM gives them."""
         out = {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
                "created": self.created, "model": self.model,
-               "choices": [self._choice(i, text, tokens, finish, delta=False, prompt_logprobs=plp)
+               "choices": [self._choice(i, text, tokens, finish, delta=False, prompt_logprobs=plp,
+                                        stop_reason=stop_reasons[i] if stop_reasons else None)
                            for i, (text, tokens, finish, plp) in enumerate(choices)],
                "usage": usage_json(usage)}
         if self.chat and self.prompt_logprobs is not None:

@@ -99,8 +99,10 @@ class ResponseObject:
         return {"role": "assistant", "content": items.joined("text"), **({"tool_calls": calls} if calls else {}),
                 **({"reasoning_content": thought} if thought else {})}
 
-    def add(self, text: str, finish: str | None, usage: Usage | None, tokens: Sequence[TokenOut] = ()) -> list[dict[str, Any]]:
-        """A chunk of the answer; its events (a streamed response sends them)."""
+    def add(self, text: str, finish: str | None, usage: Usage | None, tokens: Sequence[TokenOut] = (),
+            stop_reason: str | int | None = None) -> list[dict[str, Any]]:
+        """A chunk of the answer; its events (a streamed response sends them). (A Response has no
+        field for ``stop_reason``.)"""
         self.text += text
         if self.names is not None:
             self.logprobs += self.names.content(tokens)

@@ -37,6 +37,7 @@ class PrefillResult:
     cached_tokens: int
     kv: KVHandle | None  # None when the request already finished
     prompt_logprobs: tuple[TokenOut, ...] = ()  # prompt tokens 1.., when the request asked
+    stop_reason: str | int | None = None  # what stopped it on its first token (engine.detokenizer)
 
 
 class PrefillService:
@@ -149,7 +150,8 @@ class PrefillService:
         held = list(seq.block_table)
         if seq.finish_reason is not None:  # finished on its first token: the write-back frees the blocks
             self._write_back(prompt, held, req.cache_salt, owned=True)
-            return PrefillResult(first, out.delta_text, seq.finish_reason, cached, None, prompt_lps)
+            return PrefillResult(first, out.delta_text, seq.finish_reason, cached, None, prompt_lps,
+                                 seq.detok.stop_reason)
         self._write_back(prompt, held, req.cache_salt)
         lease_id = self.leases.hold(held)
         return PrefillResult(first, out.delta_text, None, cached, self._handle(lease_id, held, len(prompt)), prompt_lps)

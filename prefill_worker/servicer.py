@@ -38,6 +38,7 @@ class PrefillServicer(pb_grpc.PrefillWorkerServicer):
         if res.kv is not None:
             resp.kv.CopyFrom(convert.kv_handle_to_pb(res.kv))
         resp.prompt_logprobs.extend(convert.token_to_pb(t) for t in res.prompt_logprobs)
+        convert.stop_reason_to_pb(res.stop_reason, resp.stop_reason)
         return resp
 
     async def ReleaseKV(self, request: pb.ReleaseKVRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseKVResponse:

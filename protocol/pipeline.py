@@ -99,9 +99,23 @@ def kv_handle_from_pb(pb: wpb.KVHandle) -> KVHandle:
     )
 
 
+def stop_reason_to_pb(reason: str | int | None, pb: apb.StopReason) -> None:
+    """Sets ``pb`` (a message's stop_reason field) to ``reason``; None leaves it unset."""
+    if isinstance(reason, str):
+        pb.text = reason
+    elif reason is not None:
+        pb.token_id = reason
+
+
+def stop_reason_from_pb(pb: apb.StopReason) -> str | int | None:
+    which = pb.WhichOneof("reason")
+    return None if which is None else getattr(pb, which)
+
+
 def decode_chunk_to_pb(chunk: GenerationChunk) -> wpb.DecodeChunk:
     pb = wpb.DecodeChunk(tokens=[token_to_pb(t) for t in chunk.tokens], text=chunk.text,
                          finish_reason=chunk.finish_reason or "")
+    stop_reason_to_pb(chunk.stop_reason, pb.stop_reason)
     if chunk.usage is not None:
         pb.draft_tokens = chunk.usage.draft_tokens
         pb.accepted_tokens = chunk.usage.accepted_tokens
@@ -111,7 +125,8 @@ def decode_chunk_to_pb(chunk: GenerationChunk) -> wpb.DecodeChunk:
 def decode_chunk_from_pb(pb: wpb.DecodeChunk) -> GenerationChunk:
     """A decode worker's chunk; its usage holds only the worker's lookahead totals so far."""
     usage = Usage(draft_tokens=pb.draft_tokens, accepted_tokens=pb.accepted_tokens)
-    return GenerationChunk(pb.text, [token_from_pb(t) for t in pb.tokens], pb.finish_reason or None, usage)
+    return GenerationChunk(pb.text, [token_from_pb(t) for t in pb.tokens], pb.finish_reason or None, usage,
+                           stop_reason=stop_reason_from_pb(pb.stop_reason))
 
 
 def usage_to_pb(u: Usage) -> apb.Usage:
@@ -128,6 +143,7 @@ def stream_response_to_pb(request_id: str, chunk: GenerationChunk, with_logprobs
     pb = apb.GenerateStreamResponse(request_id=request_id, text=chunk.text,
                                     token_ids=[t.token_id for t in chunk.tokens],
                                     finish_reason=chunk.finish_reason or "")
+    stop_reason_to_pb(chunk.stop_reason, pb.stop_reason)
     if with_logprobs:
         pb.logprobs.extend(logprobs_to_pb(chunk.tokens))
     if chunk.prompt_logprobs is not None:

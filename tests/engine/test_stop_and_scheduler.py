@@ -189,6 +189,21 @@ def test_allocator_refcounts() -> None:
     assert a.num_free == 4
 
 
+def test_stop_reason_names_what_stopped_it(tokenizer: Any) -> None:
+    """vLLM's stop_reason: the stop string matched (the earliest-starting of several), the
+    stop_token_ids token, or None for the model's own end-of-sequence token."""
+    ids = tokenizer("alpha beta STOP gamma")["input_ids"]
+    d = Detokenizer(tokenizer, SamplingParams(max_tokens=100, stop=("gamma", "STOP", "beta STOP")), eos_ids=())
+    assert _run(d, ids) == ("alpha ", "stop") and d.stop_reason == "beta STOP"
+    eos = tokenizer.eos_token_id
+    d = Detokenizer(tokenizer, SamplingParams(max_tokens=100, stop_token_ids=(ids[1],)), eos_ids=(eos,))
+    assert _run(d, ids) == ("alpha", "stop") and d.stop_reason == ids[1]
+    d = Detokenizer(tokenizer, SamplingParams(max_tokens=100, stop_token_ids=(ids[1],)), eos_ids=(eos,))
+    assert _run(d, [ids[0], eos]) == ("alpha", "stop") and d.stop_reason is None
+    d = Detokenizer(tokenizer, SamplingParams(max_tokens=2), eos_ids=(eos,))
+    assert _run(d, ids) == ("alpha beta", "length") and d.stop_reason is None
+
+
 def test_stop_string_kept_with_include_stop_str_in_output(tokenizer: Any) -> None:
     ids = tokenizer("alpha beta STOP gamma")["input_ids"]
     d = Detokenizer(tokenizer, SamplingParams(max_tokens=100, stop=("STOP",), include_stop_str_in_output=True), eos_ids=())

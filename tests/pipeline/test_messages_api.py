@@ -53,6 +53,11 @@ def test_a_message_is_the_chat_answer_whole_and_streamed(client: anthropic.Anthr
     assert raw[:2] == ["message_start", "content_block_start"] and raw[-3:] == ["content_block_stop", "message_delta",
                                                                                  "message_stop"]
     assert set(raw[2:-3]) == {"content_block_delta"}
+    stop = m.content[0].text[2:5]  # a stop sequence the answer meets
+    stopped = client.messages.create(system=SYSTEM, messages=[{"role": "user", "content": ASK}],
+                                     stop_sequences=[stop], **kw)
+    assert (stopped.stop_reason, stopped.stop_sequence) == ("stop_sequence", stop)
+    assert stopped.content[0].text == m.content[0].text[:2]
     # system as text blocks, a conversation of blocks: the same prompt
     blocks = client.messages.create(system=[{"type": "text", "text": SYSTEM}],
                                     messages=[{"role": "user", "content": [{"type": "text", "text": ASK}]}], **kw)

@@ -6,12 +6,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import grpc
 import httpx
 import openai
 import pytest
 import torch
 
 from engine.tokenizer import bad_word_ids
+from grove.v1 import api_pb2 as pb
+from grove.v1 import api_pb2_grpc as pb_grpc
 from launcher.stack import Stack
 
 
@@ -39,6 +42,35 @@ def test_allowed_token_ids_and_bad_words(client: openai.OpenAI, tokenizer: Any) 
     for seq in bad_word_ids(tokenizer, words):
         assert not any(tuple(out[i : i + len(seq)]) == seq for i in range(len(out))), (seq, banned.text)
     assert out != ids and len(out) == len(ids)
+
+
+def test_stop_reason_names_the_stop_that_ended_each_choice(stack: Stack, client: openai.OpenAI) -> None:
+    """vLLM's stop_reason: the stop string matched or the stop_token_ids token, null for the model's
+    own end or a length cut; whole and streamed, completions and chat, and over gRPC."""
+    kw: dict[str, Any] = dict(model="SmolLM2-135M-Instruct", prompt="The capital of France is", max_tokens=12,
+                              temperature=0)
+    plain = client.completions.create(extra_body={"return_token_ids": True}, **kw).choices[0]
+    assert plain.model_extra["stop_reason"] is None
+    ids, stop = plain.model_extra["token_ids"], plain.text[3:6]
+    assert len(stop) == 3 and stop in plain.text
+    by_string = client.completions.create(stop=[stop, "zzz"], **kw).choices[0]
+    assert (by_string.finish_reason, by_string.model_extra["stop_reason"]) == ("stop", stop)
+    by_token = client.completions.create(extra_body={"stop_token_ids": [ids[2]]}, **kw).choices[0]
+    assert (by_token.finish_reason, by_token.model_extra["stop_reason"]) == ("stop", ids[2])
+    streamed = [c.choices[0] for c in client.completions.create(stop=[stop], stream=True, **kw)]
+    assert [c.model_extra["stop_reason"] for c in streamed] == [None] * (len(streamed) - 1) + [stop]
+    msgs = [{"role": "user", "content": "Name a colour."}]
+    said = client.chat.completions.create(model=kw["model"], messages=msgs, max_tokens=12, temperature=0).choices[0]
+    cut = (said.message.content or "")[2:5]
+    chat = client.chat.completions.create(model=kw["model"], messages=msgs, max_tokens=12, temperature=0,
+                                          stop=[cut]).choices[0]
+    assert (chat.finish_reason, chat.model_extra["stop_reason"]) == ("stop", cut)
+
+    with grpc.insecure_channel(stack.grpc_address) as channel:
+        request = pb.GenerateRequest(prompt=kw["prompt"], sampling=pb.SamplingParams(max_tokens=12, temperature=0,
+                                                                                     stop=[stop]))
+        got = pb_grpc.GroveStub(channel).Generate(request, timeout=60)
+    assert got.finish_reason == "stop" and got.stop_reason.text == stop
 
 
 def test_vllm_prompt_logprobs_field(stack: Stack, tokenizer: Any, hf_model: Any) -> None:
