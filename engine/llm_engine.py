@@ -74,9 +74,18 @@ class StepOutput:
         return [TokenOut(t, lp, tuple(ids), tuple(lps)) for t, (lp, ids, lps) in zip(self.new_tokens, self.logprobs)]
 
 
+@dataclass(slots=True)
+class TokenCounts:
+    """Tokens the engine has computed, since it started (the workers' stats log reads them)."""
+
+    prompt_tokens: int = 0  # prompt chunks computed (prefix-cache hits are not computed; recomputes are)
+    generation_tokens: int = 0  # tokens sampled into outputs (drafts accepted among them)
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
+        self.counts = TokenCounts()
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
         model_config = ModelConfig.from_dir(config.model_dir)
@@ -224,6 +233,7 @@ class LLMEngine:
         # a draft survives only if its sequence was scheduled to decode with it (not preempted, nor
         # preempted and scheduled again in the same step to compute its tokens once more)
         drafts = {s.seq.request_id: drafts[s.seq.request_id] for s in scheduled if s.num_draft_tokens}
+        self.counts.prompt_tokens += sum(s.num_tokens for s in scheduled if s.seq.is_prefilling)
         t0 = time.perf_counter()
         logits = self.forward(scheduled, drafts)
         # (a chunk scoring its prompt computes every row's logits: not a step's usual price)
@@ -239,7 +249,9 @@ class LLMEngine:
                 cost.observe_step(bool(drafts), seconds,
                                   cost.cost(tokens, reads, extra_group=extra_group, context_keys=context))
             cost.observe(tokens, seconds, key_reads=reads, context_keys=context)
-        return self.postprocess(scheduled, self._take_prompt_logprobs(scheduled, drafts, logits), drafts)
+        outputs = self.postprocess(scheduled, self._take_prompt_logprobs(scheduled, drafts, logits), drafts)
+        self.counts.generation_tokens += sum(len(o.new_tokens) for o in outputs)
+        return outputs
 
     def _propose(self) -> dict[str, DraftTree]:
         if self.speculator is None:

@@ -12,6 +12,7 @@ from engine.async_engine import AsyncEngine
 from runtime.engine_metrics import ServiceMetric, serve_metrics
 from runtime.grpc_server import create_server, set_serving
 from runtime.process import write_ready_file
+from runtime.stats_log import log_stats
 
 logger = logging.getLogger(__name__)
 DRAIN_POLL_S = 0.05
@@ -45,6 +46,9 @@ def add_worker_args(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on SIGTERM, seconds in-flight work gets to finish before the worker exits")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--disable-log-stats", action="store_true", help="no periodic stats line in the log (vLLM's flag)")
+    p.add_argument("--log-stats-interval", type=float, default=10.0,
+                   help="seconds between stats lines: throughput, requests, KV cache, prefix hits, lookahead")
 
 
 async def serve_worker(args: argparse.Namespace, role: str, service_name: str, worker_id: str, engine: AsyncEngine,
@@ -68,7 +72,10 @@ async def serve_worker(args: argparse.Namespace, role: str, service_name: str, w
                     if args.metrics_port >= 0 else None)
     write_ready_file(args.ready_file, {"grpc_port": port, "worker_id": worker_id, "metrics_port": metrics_port})
     logger.info("%s worker %s serving on %s:%d", role, worker_id, host, port)
+    stats = None if args.disable_log_stats else asyncio.create_task(log_stats(engine.engine, args.log_stats_interval, stop))
     await stop.wait()
+    if stats is not None:
+        await stats
     await set_serving(health, [service_name], False)
     service.draining = True
     logger.info("draining: %d in flight, up to %.0f s", service.pending(), args.drain_timeout)
