@@ -11,6 +11,7 @@ from engine.sampling_params import INT32, MAX_LOGPROBS, SamplingParams
 from gateway.structured_request import structured_from_body
 from gateway.tools import template_tools
 
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 CHAT_MAX_TOKENS = 4096  # a chat's output limit when none is given: until the context's end or a stop
 _SAMPLING_KEYS = {
     "temperature": float, "top_p": float, "top_k": int, "min_p": float, "seed": int,
@@ -327,6 +328,11 @@ def chat_template_options(body: dict[str, Any]) -> dict[str, Any]:
         if clash:
             raise InvalidRequestError("chat_template_kwargs", f"{clash[0]!r} is set by the server")
         options["template_kwargs"] = extra
+    effort = body.get("reasoning_effort")
+    if effort is not None:  # OpenAI's field, handed to templates that read it (gpt-oss's, as vLLM does)
+        if effort not in REASONING_EFFORTS:
+            raise InvalidRequestError("reasoning_effort", f"must be one of {', '.join(REASONING_EFFORTS)}")
+        options["template_kwargs"] = {"reasoning_effort": effort, **options.get("template_kwargs", {})}
     tools = template_tools(body)
     if tools is not None:
         options["tools"] = tools

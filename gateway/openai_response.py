@@ -39,13 +39,15 @@ class ResponseShaper:
 
     def __init__(self, request_id: str, model: str, chat: bool, tokenizer: Any, logprobs: int | None,
                  return_token_ids: bool, echo: dict[int, Echo] | None = None, tools: ToolPlan | None = None,
-                 prompt_logprobs: int | None = None, tokens_as_ids: bool = False, reasoning: str | None = None) -> None:
+                 prompt_logprobs: int | None = None, tokens_as_ids: bool = False, reasoning: str | None = None,
+                 show_reasoning: bool = True) -> None:
         """``echo``: what goes before a choice's own text (``Echo``).
         ``tools``: the answer is a tool call (gateway.tools). ``prompt_logprobs``: vLLM's field, its
         top-k (a whole response's only: vLLM does not stream them). ``tokens_as_ids``: vLLM's
         ``return_tokens_as_token_ids``, logprobs name tokens "token_id:<id>" (a token that is part
         of a character has no text of its own). ``reasoning``: a chat answer's reasoning parser
-        (gateway.reasoning_parsers), or None."""
+        (gateway.reasoning_parsers), or None; ``show_reasoning`` false (vLLM's include_reasoning):
+        the thinking is told from the answer but not returned."""
         self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
         self.model = model
         self.chat = chat
@@ -58,6 +60,7 @@ class ResponseShaper:
         self.names = TokenNames(tokenizer, tokens_as_ids)
         self._tool_streams: dict[int, ToolStream] = {}  # tool-call choices: their calls as they stream
         self.reasoning = reasoning
+        self.show_reasoning = show_reasoning
         self._thinking: dict[int, ThinkParser] = {}  # each choice's reasoning parser
         self.created = int(time.time())
         self._started: set[int] = set()  # choices whose first delta (with the role, the echo) went out
@@ -118,7 +121,7 @@ class ResponseShaper:
         if self.chat:
             if delta:
                 d: dict[str, Any] = {"role": "assistant"} if first else {}
-                if thought:  # vLLM's name, and DeepSeek's that many clients read
+                if thought and self.show_reasoning:  # vLLM's name, and DeepSeek's that many clients read
                     d["reasoning"] = d["reasoning_content"] = thought
                 if self.tools is not None:
                     d.update(self._tool_delta(index, text, finish, choice))
@@ -128,7 +131,7 @@ class ResponseShaper:
             else:
                 content, calls = self.tools.answer(text) if self.tools is not None else (text, None)
                 choice["message"] = {"role": "assistant", "content": content}
-                if self.reasoning is not None:
+                if self.reasoning is not None and self.show_reasoning:
                     choice["message"]["reasoning"] = choice["message"]["reasoning_content"] = thought or None
                     if thought and not content:  # all thinking (cut before it ended): no answer
                         choice["message"]["content"] = None

@@ -62,6 +62,12 @@ def as_chat_body(body: dict[str, Any], history: Sequence[dict[str, Any]] = ()) -
     if wants_logprobs(body):
         chat["logprobs"] = True
     chat.update(_chat_tools(body))
+    reasoning = body.get("reasoning")
+    if reasoning is not None:  # {"effort": ...}: chat's reasoning_effort (a summary is not made here)
+        if not isinstance(reasoning, dict):
+            raise InvalidRequestError("reasoning", 'must be an object, e.g. {"effort": "low"}')
+        if reasoning.get("effort") is not None:
+            chat["reasoning_effort"] = reasoning["effort"]
     return chat
 
 
@@ -188,7 +194,8 @@ def _text_format(text: Any) -> dict[str, Any] | None:
 
 
 # chat's names for what a Responses request calls otherwise
-_FIELDS = {"max_tokens": "max_output_tokens", "response_format": "text", "messages": "input", "logprobs": "include"}
+_FIELDS = {"max_tokens": "max_output_tokens", "response_format": "text", "messages": "input", "logprobs": "include",
+           "reasoning_effort": "reasoning"}
 
 
 def name_responses_error(exc: InvalidRequestError) -> InvalidRequestError:

@@ -6,9 +6,12 @@ import random
 
 import pytest
 
+from engine.errors import InvalidRequestError
 from engine.request import GenerationChunk, Usage
+from gateway.openai_protocol import chat_template_options
 from gateway.openai_response import ResponseShaper
 from gateway.reasoning_parsers import reasoning_parser
+from gateway.responses_api import as_chat_body
 from gateway.tools import ToolPlan
 
 # (parser, answer, thinking, content)
@@ -75,3 +78,23 @@ def test_calls_are_read_from_the_answer_after_the_thinking() -> None:
     message = choice["message"]
     assert message["reasoning"] == "I need f." and message["content"] is None
     assert [c["function"]["name"] for c in message["tool_calls"]] == ["f"] and choice["finish_reason"] == "tool_calls"
+
+
+def test_include_reasoning_false_tells_the_thinking_apart_but_leaves_it_out() -> None:
+    shaper = ResponseShaper("r", "m", True, None, None, False, reasoning="deepseek_r1", show_reasoning=False)
+    message = shaper.whole([("hmm</think>Yes", [], "stop", None)], Usage(1, 1))["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": "Yes"}
+    stream = ResponseShaper("r", "m", True, None, None, False, reasoning="deepseek_r1", show_reasoning=False)
+    deltas = [stream.chunk(0, GenerationChunk(p, [], f))["choices"][0]["delta"]
+              for p, f in (("hm", None), ("m</think>Y", None), ("es", "stop"))]
+    assert [d.get("content") for d in deltas] == [None, "Y", "es"] and not any("reasoning" in d for d in deltas)
+
+
+def test_reasoning_effort_reaches_the_template() -> None:
+    body = {"messages": [], "reasoning_effort": "low", "chat_template_kwargs": {"x": 1}}
+    assert chat_template_options(body)["template_kwargs"] == {"reasoning_effort": "low", "x": 1}
+    with pytest.raises(InvalidRequestError) as e:
+        chat_template_options({"reasoning_effort": "extreme"})
+    assert e.value.field == "reasoning_effort"
+    chat = as_chat_body({"input": "hi", "reasoning": {"effort": "high"}})  # the Responses API's
+    assert chat_template_options(chat)["template_kwargs"] == {"reasoning_effort": "high"}

@@ -55,6 +55,9 @@ def test_thinking_is_reasoning_whole_and_streamed(stack: Stack, client: openai.O
         model=MODEL, messages=ASK, max_tokens=40, temperature=0, stream=True) if c.choices]
     assert "".join((d.model_extra or {}).get("reasoning") or "" for d in chunks) == thought
     assert "".join(d.content or "" for d in chunks) == answer
+    hidden = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=40, temperature=0,
+                                            extra_body={"include_reasoning": False}).choices[0].message
+    assert hidden.content == answer and "reasoning" not in (hidden.model_extra or {})  # vLLM's include_reasoning
     # DeepSeek-R1's template opens <think> in the prompt: the answer is thinking until </think>
     opened = ASK + [{"role": "assistant", "content": "<think>"}]
     cont = {"extra_body": {"continue_final_message": True, "add_generation_prompt": False}}
