@@ -97,6 +97,11 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
     async def version() -> dict[str, str]:
         return {"version": GROVE_VERSION}
 
+    @app.get("/load")
+    async def load() -> dict[str, int]:
+        """vLLM's server load: the requests this gateway has in flight (for a load balancer)."""
+        return {"server_load": core.in_flight}
+
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(core.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from typing import Any
 
 import httpx
@@ -28,6 +29,27 @@ def test_models_and_health(stack: Stack, client: openai.OpenAI) -> None:
     assert httpx.get(stack.http_url + "/ping").status_code == httpx.post(stack.http_url + "/ping").status_code == 200
     from engine.kv_layout import GROVE_VERSION
     assert httpx.get(stack.http_url + "/version").json() == {"version": GROVE_VERSION}
+
+
+def test_load_counts_the_requests_in_flight(stack: Stack, client: openai.OpenAI) -> None:
+    """vLLM's /load: a streamed request counts while it runs, and not once it is done."""
+    def load() -> int:
+        return int(httpx.get(stack.http_url + "/load").json()["server_load"])
+
+    def settles_at_zero() -> bool:  # (a finished stream's count drops just after its last bytes)
+        deadline = time.monotonic() + 10
+        while load() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return load() == 0
+
+    assert settles_at_zero()
+    stream = client.completions.create(model="SmolLM2-135M-Instruct", prompt="Once upon a time", max_tokens=64,
+                                       temperature=0, stream=True, extra_body={"ignore_eos": True})
+    next(iter(stream))
+    assert load() == 1
+    for _ in stream:
+        pass
+    assert settles_at_zero()
 
 
 def test_greedy_through_pipeline_equals_transformers_on_10_prompts(client: openai.OpenAI, tokenizer: Any,
