@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker-id", default="", help="worker_id label of this gateway's metrics (default: gateway-<pid>)")
     p.add_argument("--ready-file", default="", help="write bound ports here as JSON once serving")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--enable-log-requests", action="store_true",
+                   help="log each request's arrival (prompt token ids, sampling parameters) and end (vLLM's flag)")
+    p.add_argument("--max-log-len", type=int, default=None, help="prompt token ids a logged request shows (default: all)")
     g = p.add_argument_group("requests' defaults (as vLLM's flags)")
     g.add_argument("--generation-config", default="auto",
                    help="default sampling parameters: 'auto' (the model's generation_config.json), 'vllm' (none) "
@@ -108,7 +111,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     core = GatewayCore(GatewayConfig(model_dir, name, max_len, args.max_concurrent, args.sampling_defaults,
                                      args.chat_template, args.trust_request_chat_template, tuple(aliases),
                                      args.tool_call_parser if args.enable_auto_tool_choice else None,
-                                     args.reasoning_parser),
+                                     args.reasoning_parser, args.enable_log_requests, args.max_log_len),
                        router, metrics)
     server, grpc_port, health = create_server(f"{args.host}:{args.grpc_port}")
     pb_grpc.add_GroveServicer_to_server(GroveServicer(core), server)

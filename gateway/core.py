@@ -49,6 +49,8 @@ class GatewayConfig:
     aliases: tuple[str, ...] = ()  # other names requests may give the model (vLLM's further --served-model-name)
     tool_parser: str | None = None  # the model's tool-call format, for tool_choice "auto" (gateway.tool_parsers)
     reasoning_parser: str | None = None  # how the model's thinking is told from its answer (gateway.reasoning_parsers)
+    log_requests: bool = False  # vLLM's --enable-log-requests: each request's arrival and end in the log
+    max_log_len: int | None = None  # prompt token ids a logged request shows (None: all)
 
     @property
     def served_names(self) -> tuple[str, ...]:
@@ -230,6 +232,11 @@ class GatewayCore:
         assert task is not None
         trace = RequestTrace(self.metrics, arrived)
         error: BaseException | None = None
+        if self.config.log_requests:
+            ids = work.prompt_ids[:self.config.max_log_len]
+            logger.info("Received request %s: prompt_token_ids: %s%s (%d), params: %s, priority: %d", work.request_id,
+                        list(ids), "..." if len(ids) < len(work.prompt_ids) else "", len(work.prompt_ids),
+                        work.params, work.priority)
         chunks = self._generate(work, trace, room)
         try:
             while True:
@@ -257,6 +264,8 @@ class GatewayCore:
             await chunks.aclose()  # (a client gone mid-stream: the worker calls end and free their KV now)
             self.in_flight -= 1
             trace.ended(error)
+            if self.config.log_requests:
+                logger.info("Finished request %s: %s", work.request_id, trace.outcome(error))
 
     async def drain(self, timeout_s: float) -> None:
         """On shutdown, once the servers take no new requests: the requests in flight get up to

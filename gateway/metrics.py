@@ -89,13 +89,15 @@ class GatewayMetrics:
 class RequestTrace:
     """One request's timestamps (``time.perf_counter``), observed into the metrics as they happen."""
 
-    __slots__ = ("metrics", "arrived", "sent", "first", "last", "done")
+    __slots__ = ("metrics", "arrived", "sent", "first", "last", "done", "reason", "tokens")
 
     def __init__(self, metrics: GatewayMetrics, arrived: float | None = None) -> None:
         self.metrics = metrics
         self.arrived = time.perf_counter() if arrived is None else arrived
         self.sent = self.first = self.last = 0.0
         self.done = False
+        self.reason = ""  # the finish reason, once finished
+        self.tokens = 0  # output tokens so far
 
     def prefill_sent(self) -> None:
         self.sent = time.perf_counter()
@@ -110,9 +112,11 @@ class RequestTrace:
         m.prefix_queries.inc(prompt_tokens)
         m.prefix_hits.inc(cached_tokens)
         m.generation_tokens.inc(1)
+        self.tokens = 1
 
     def chunk(self, num_tokens: int) -> None:
         now = time.perf_counter()
+        self.tokens += num_tokens
         self.metrics.itl.observe(now - self.last)
         self.metrics.generation_tokens.inc(num_tokens)
         self.last = now
@@ -122,7 +126,16 @@ class RequestTrace:
         m.e2e.observe(self.last - self.arrived)
         m.decode.observe(self.last - self.first)
         m.success(reason)
-        self.done = True
+        self.done, self.reason = True, reason
+
+    def outcome(self, exc: BaseException | None) -> str:
+        """How the request ended, for the request log."""
+        if self.done:
+            ttft = self.first - self.arrived
+            return f"{self.reason}, {self.tokens} output tokens, TTFT {ttft:.3f} s, e2e {self.last - self.arrived:.3f} s"
+        if exc is None or isinstance(exc, (GeneratorExit, asyncio.CancelledError)):
+            return f"aborted after {self.tokens} output tokens"
+        return f"failed after {self.tokens} output tokens: {type(exc).__name__}: {exc}"
 
     def ended(self, exc: BaseException | None) -> None:
         """The request's generator is gone: count it as aborted or failed unless it finished."""
