@@ -10,7 +10,8 @@ the text was cut.
 from __future__ import annotations
 
 import json
-from typing import Callable, NamedTuple, Protocol
+import re
+from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
 
 class Call(NamedTuple):
@@ -19,22 +20,23 @@ class Call(NamedTuple):
 
 
 Piece = str | Call  # text, or a call made whole
+Schemas = Mapping[str, Mapping[str, Any]]  # each tool's parameters schema, by name (a parser may type values by it)
 
 
-class HermesParser:
-    """Hermes's format (Qwen2.5 and Qwen2.5-Coder, Hermes 2 and 3, and the templates written after
-    them): each call is ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, the JSON
-    usually on its own line, with or without text before it.
+class TaggedCallsParser:
+    """Calls in ``<tool_call>...</tool_call>`` blocks, with or without text before them; what a
+    block holds is the format's (``_call``).
 
     The text outside the tags is the content. Whitespace next to a call is not: it is held back
     until text follows it, dropped when a call follows it, and dropped at the end once a call was
-    made (an answer with no call keeps its text as written). A block whose JSON is not a call stays
+    made (an answer with no call keeps its text as written). A block that is not a call stays
     text, tags and all; so does a block the answer leaves open, unless what it holds is a whole
-    call (vLLM's parser reads an open last block as a call)."""
+    call (vLLM's parsers read an open last block as a call)."""
 
     START, END = "<tool_call>", "</tool_call>"
 
-    def __init__(self) -> None:
+    def __init__(self, schemas: Schemas) -> None:
+        self.schemas = schemas
         self._buf = ""  # text not yet given out: a tag's possible start, or an open block's body
         self._in_call = False
         self._space = ""  # whitespace held back
@@ -82,14 +84,75 @@ class HermesParser:
         if kept:
             out.append(kept)
 
+    def _call(self, body: str) -> Call | None:
+        raise NotImplementedError
+
     def _block(self, body: str, end_tag: str, out: list[Piece]) -> None:
-        call = _hermes_call(body)
+        call = self._call(body)
         if call is None:  # not a call: the block stays text, as written
             self._text(self.START + body + end_tag, out)
             return
         self._space = ""  # whitespace before a call is not content
         self.count += 1
         out.append(call)
+
+
+class HermesParser(TaggedCallsParser):
+    """Hermes's format (Qwen2.5 and Qwen2.5-Coder, Hermes 2 and 3, and the templates written after
+    them): ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, the JSON usually on its own
+    line."""
+
+    def _call(self, body: str) -> Call | None:
+        try:
+            value = json.loads(body)
+        except json.JSONDecodeError:
+            return None
+        return _call(value)
+
+
+class Qwen3CoderParser(TaggedCallsParser):
+    """Qwen3-Coder's XML format (vLLM's ``qwen3_coder``): ``<tool_call><function=NAME>`` then each
+    argument as ``<parameter=KEY>value</parameter>``, each tag on its own line, then
+    ``</function></tool_call>``. A value is text; the tool's schema gives its type (a string stays
+    text, an integer or number is read as one, a boolean from true/false, an object or array as
+    JSON; ``null`` is null); a value the schema does not type, or that does not read as its type,
+    stays text."""
+
+    FUNCTION = re.compile(r"\s*<function=([^>\n]+)>(.*?)(?:</function>\s*)?$", re.DOTALL)
+    PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|$)", re.DOTALL)
+
+    def _call(self, body: str) -> Call | None:
+        m = self.FUNCTION.fullmatch(body)
+        if m is None:
+            return None
+        name = m.group(1).strip()
+        properties = (self.schemas.get(name) or {}).get("properties") or {}
+        arguments: dict[str, object] = {}
+        for key, raw in self.PARAMETER.findall(m.group(2)):
+            key = key.strip()
+            arguments[key] = _typed_value(raw.removeprefix("\n").removesuffix("\n"), properties.get(key))
+        return Call(name, json.dumps(arguments, ensure_ascii=False))
+
+
+def _typed_value(text: str, schema: object) -> object:
+    """A parameter's text as its schema's type (text where it does not read as one)."""
+    if text.strip().lower() == "null":
+        return None
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    kind = next((k for k in kind if k != "null"), None) if isinstance(kind, list) else kind
+    try:
+        if kind == "integer":
+            return int(text.strip())
+        if kind == "number":
+            number = float(text.strip())
+            return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+        if kind == "boolean":
+            return {"true": True, "false": False}[text.strip().lower()]
+        if kind in ("object", "array"):
+            return json.loads(text)
+    except (ValueError, KeyError):
+        pass
+    return text
 
 
 class Llama3JsonParser:
@@ -102,7 +165,7 @@ class Llama3JsonParser:
 
     TAG = "<|python_tag|>"
 
-    def __init__(self) -> None:
+    def __init__(self, schemas: Schemas) -> None:
         self._buf = ""
         self._mode: str | None = None  # "text" or "calls" once the answer's start tells
         self.count = 0
@@ -147,14 +210,6 @@ class Llama3JsonParser:
         return [rest] if rest else []
 
 
-def _hermes_call(body: str) -> Call | None:
-    try:
-        value = json.loads(body)
-    except json.JSONDecodeError:
-        return None
-    return _call(value)
-
-
 def _call(value: object) -> Call | None:
     """A parsed JSON value as a call: ``{"name", "arguments"}`` (or Llama's ``"parameters"``)."""
     if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"]:
@@ -179,4 +234,5 @@ class ToolParser(Protocol):
     def finish(self) -> list[Piece]: ...
 
 
-PARSERS: dict[str, Callable[[], ToolParser]] = {"hermes": HermesParser, "llama3_json": Llama3JsonParser}
+PARSERS: dict[str, Callable[[Schemas], ToolParser]] = {
+    "hermes": HermesParser, "qwen3_coder": Qwen3CoderParser, "llama3_json": Llama3JsonParser}

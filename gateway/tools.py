@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
 
 from engine.errors import InvalidRequestError
 from engine.structured import StructuredSpec
@@ -30,6 +30,7 @@ class ToolPlan:
     structured: StructuredSpec | None  # what the answer must follow; None for "auto" (free text)
     parser: str | None = None  # "auto"'s: the model's format (gateway.tool_parsers.PARSERS)
     single: bool = False  # "auto" with parallel_tool_calls false: the first call only
+    schemas: Mapping[str, Any] = field(default_factory=dict)  # "auto": each tool's parameters, by name
 
     def answer(self, text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
         """A whole answer as a message's content and tool calls (None where it has none). A named
@@ -70,7 +71,7 @@ class ToolStream:
         self.count = 0  # calls begun
         self._held = ""  # "required": the text so far
         self._required = RequiredCalls() if plan.mode == "required" else None
-        self._parser = PARSERS[plan.parser]() if plan.mode == "auto" and plan.parser is not None else None
+        self._parser = PARSERS[plan.parser](plan.schemas) if plan.mode == "auto" and plan.parser is not None else None
 
     def feed(self, text: str, final: bool) -> list[Piece]:
         if self._parser is not None:
@@ -249,9 +250,9 @@ def tool_plan(body: dict[str, Any], parser: str | None = None) -> ToolPlan | Non
                                                  'or name the function, or use "required"')
     if not tools:
         raise InvalidRequestError("tool_choice", "needs tools")
-    if choice == "auto":
-        return ToolPlan("auto", None, None, parser, single=body.get("parallel_tool_calls") is False)
     params = {t["function"]["name"]: t["function"].get("parameters") or _NO_PARAMETERS for t in tools}
+    if choice == "auto":
+        return ToolPlan("auto", None, None, parser, single=body.get("parallel_tool_calls") is False, schemas=params)
     if choice == "required":
         items = [{"type": "object", "properties": {"name": {"const": name}, "parameters": schema},
                   "required": ["name", "parameters"], "additionalProperties": False}

@@ -63,33 +63,59 @@ LLAMA3_CASES: list[tuple[str, str, list[Call]]] = [
 ]
 
 
+SCHEMAS = {"get_weather": {"type": "object", "properties": {
+    "city": {"type": "string"}, "days": {"type": "integer"}, "hot": {"type": "boolean"}, "scale": {"type": "number"},
+    "where": {"type": "object"}, "tags": {"type": ["array", "null"]}}}}
+QCALL = "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"
+QWEN3_CODER_CASES: list[tuple[str, str, list[Call]]] = [
+    (QCALL, "", [Call("get_weather", '{"city": "Paris"}')]),
+    ("Checking.\n" + QCALL + "\n" + QCALL.replace("Paris", "San Francisco, CA"), "Checking.",
+     [Call("get_weather", '{"city": "Paris"}'), Call("get_weather", '{"city": "San Francisco, CA"}')]),
+    # values typed by the tool's schema; text where they do not read as their type
+    ("<tool_call>\n<function=get_weather>\n<parameter=days>\n3\n</parameter>\n<parameter=hot>\nTrue\n</parameter>\n"
+     "<parameter=scale>\n1.5\n</parameter>\n<parameter=where>\n{\"lat\": 1}\n</parameter>\n"
+     "<parameter=tags>\nnull\n</parameter>\n<parameter=city>\n42\n</parameter>\n<parameter=other>\nx\n</parameter>\n"
+     "</function>\n</tool_call>", "",
+     [Call("get_weather", '{"days": 3, "hot": true, "scale": 1.5, "where": {"lat": 1}, "tags": null, "city": "42", '
+                          '"other": "x"}')]),
+    ("<tool_call>\n<function=get_weather>\n<parameter=days>\nthree\n</parameter>\n</function>\n</tool_call>", "",
+     [Call("get_weather", '{"days": "three"}')]),
+    # a value over several lines keeps its inner newlines; an open last block holding a call is one
+    ("<tool_call>\n<function=f>\n<parameter=code>\ndef f():\n    return 1\n</parameter>\n</function>", "",
+     [Call("f", '{"code": "def f():\\n    return 1"}')]),
+    ("<tool_call>\nnot a function\n</tool_call>", "<tool_call>\nnot a function\n</tool_call>", []),
+    ("plain text only\n", "plain text only\n", []),
+]
+
+
 @pytest.mark.parametrize("name,answer,content,calls", [("hermes", *c) for c in CASES] +
-                         [("llama3_json", *c) for c in LLAMA3_CASES])
+                         [("llama3_json", *c) for c in LLAMA3_CASES] +
+                         [("qwen3_coder", *c) for c in QWEN3_CODER_CASES])
 def test_parser_streamed_or_whole(name: str, answer: str, content: str, calls: list[Call]) -> None:
     rng = random.Random(0)
     for cut in [[answer], list(answer), *(_pieces(answer, rng) for _ in range(30))]:
-        parser = PARSERS[name]()
+        parser = PARSERS[name](SCHEMAS)
         pieces = [p for piece in cut for p in parser.feed(piece)] + parser.finish()
         assert _joined(pieces) == (content, calls), cut
 
 
 def test_llama3_text_streams_as_it_comes() -> None:
-    parser = PARSERS["llama3_json"]()
+    parser = PARSERS["llama3_json"]({})
     assert parser.feed("  ") == [] and parser.feed("The") == ["  The"] and parser.feed(" sky") == [" sky"]
-    calls = PARSERS["llama3_json"]()
+    calls = PARSERS["llama3_json"]({})
     assert calls.feed('<|python_tag|>{"name": "f", ') == [] and calls.feed('"parameters": {"x": 1}};') == [F]
 
 
 def test_text_goes_out_before_the_answer_ends_and_in_order() -> None:
     """Text streams as it comes; only a tag's possible start and trailing whitespace wait; text
     and calls keep the answer's order."""
-    parser = HermesParser()
+    parser = HermesParser({})
     assert parser.feed("Sure, ") == ["Sure,"]
     assert parser.feed("I will check.\n<tool") == [" I will check."]
     assert parser.feed("_call>\n{") == []
     assert parser.feed('"name": "f", "arguments": {}}\n</tool_call>\nDone') == [Call("f", "{}"), "\nDone"]
     assert parser.finish() == []
-    whole = HermesParser()
+    whole = HermesParser({})
     assert whole.feed("A" + CALL + "B" + CALL) + whole.finish() == ["A", CALLED, "B", CALLED]
 
 
@@ -100,6 +126,7 @@ def test_plan_of_tool_choice() -> None:
     assert tool_plan(body, None) is None
     plan = tool_plan(body, "hermes")
     assert plan is not None and plan.mode == "auto" and plan.structured is None and not plan.single
+    assert plan.schemas == {"get_weather": {"type": "object"}}  # (a parser may type values by them)
     with pytest.raises(InvalidRequestError, match="--enable-auto-tool-choice") as e:
         tool_plan({**body, "tool_choice": "auto"}, None)
     assert e.value.field == "tool_choice"
