@@ -5,7 +5,6 @@ mid-way, and an answer object whole or streamed as events."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence
@@ -46,15 +45,9 @@ def tagged(response: Response, request_id: str) -> Response:
 
 
 def with_tools(core: GatewayCore, chat: dict[str, Any], params: SamplingParams) -> tuple[SamplingParams, ToolPlan | None]:
-    """A chat request's tool plan (gateway.tools), and its sampling under the plan's grammar: a
-    named or required call is structured output (of its own: not with another grammar)."""
+    """A chat request's tool plan (gateway.tools), and its sampling under the plan (ToolPlan.sampling)."""
     tools = tool_plan(chat, core.config.tool_parser)
-    if tools is not None and tools.structured is not None:
-        if params.structured is not None:
-            raise InvalidRequestError("tool_choice", "a tool call is structured output already: "
-                                                     "drop response_format / guided_*")
-        params = dataclasses.replace(params, structured=tools.structured)
-    return params, tools
+    return (params, None) if tools is None else (tools.sampling(params), tools)
 
 
 def reasoning_parser_for(core: GatewayCore, params: SamplingParams) -> str | None:

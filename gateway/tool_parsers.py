@@ -210,6 +210,77 @@ class Llama3JsonParser:
         return [rest] if rest else []
 
 
+class MistralParser:
+    """Mistral's calls, after its ``[TOOL_CALLS]`` token (vLLM's ``mistral``); the text before it is
+    the content. Two shapes follow it: a JSON list of calls, ``[{"name": ..., "arguments": {...}}]``
+    (tokenizers up to v7: Mistral 7B v0.3, Mixtral 8x22B, Mistral Nemo and Small up to 3.1), or
+    ``NAME[ARGS]{...}``, each call after a ``[TOOL_CALLS]`` of its own (v11 on: Mistral Small 3.2,
+    Devstral, Magistral). Each call goes out once its JSON is whole; what follows them and is not
+    one is text, as written. The token is a special one: a request that may call keeps special
+    tokens in its text (``SPECIAL_TOKENS``), as vLLM makes it."""
+
+    TAG, ARGS = "[TOOL_CALLS]", "[ARGS]"
+
+    def __init__(self, schemas: Schemas) -> None:
+        self._buf = ""
+        self._calling = False  # past the first [TOOL_CALLS]
+        self._space = ""  # the content's trailing whitespace, held back
+        self.count = 0
+
+    def feed(self, text: str) -> list[Piece]:
+        self._buf += text
+        out: list[Piece] = []
+        if not self._calling:
+            tag = self._buf.find(self.TAG)
+            end = tag if tag >= 0 else len(self._buf) - partial_suffix(self._buf, self.TAG)
+            held = self._space + self._buf[:end]
+            kept = held.rstrip()  # whitespace before the token is not content
+            self._space = "" if tag >= 0 else held[len(kept):]
+            if kept:
+                out.append(kept)
+            if tag < 0:
+                self._buf = self._buf[end:]
+                return out
+            self._calling, self._buf = True, self._buf[tag + len(self.TAG):]
+        decoder = json.JSONDecoder()
+        while True:
+            rest = self._buf.lstrip()
+            if rest.startswith(self.TAG):
+                rest = rest[len(self.TAG):].lstrip()
+            if not rest:
+                break
+            try:
+                if rest.startswith("["):  # a list of calls
+                    value, end = decoder.raw_decode(rest)
+                    calls = [_call(v) for v in value] if isinstance(value, list) else [None]
+                else:  # NAME[ARGS]{...}
+                    name, sep, args = rest.partition(self.ARGS)
+                    if not sep:
+                        break
+                    arguments, used = decoder.raw_decode(args.lstrip())
+                    end = len(rest) - len(args.lstrip()) + used
+                    calls = [_call({"name": name.strip(), "arguments": arguments})]
+            except json.JSONDecodeError:
+                break  # not whole yet (or never: finish gives it back as text)
+            if any(c is None for c in calls):
+                break
+            out += [c for c in calls if c is not None]
+            self.count += len(calls)
+            self._buf = rest[end:]
+        return out
+
+    def finish(self) -> list[Piece]:
+        rest, self._buf = self._buf, ""
+        if not self._calling:  # no call: the text as written
+            tail = self._space + rest
+        elif self.count:
+            tail = rest.strip()
+        else:  # nothing after the token was a call
+            tail = self.TAG + rest
+        self._space = ""
+        return [tail] if tail else []
+
+
 def _call(value: object) -> Call | None:
     """A parsed JSON value as a call: ``{"name", "arguments"}`` (or Llama's ``"parameters"``)."""
     if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"]:
@@ -235,4 +306,5 @@ class ToolParser(Protocol):
 
 
 PARSERS: dict[str, Callable[[Schemas], ToolParser]] = {
-    "hermes": HermesParser, "qwen3_coder": Qwen3CoderParser, "llama3_json": Llama3JsonParser}
+    "hermes": HermesParser, "qwen3_coder": Qwen3CoderParser, "llama3_json": Llama3JsonParser, "mistral": MistralParser}
+SPECIAL_TOKENS = {"mistral"}  # parsers whose tag is a special token: a request that may call keeps them in its text

@@ -11,14 +11,16 @@ reach the chat template either way.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 from engine.errors import InvalidRequestError
+from engine.sampling_params import SamplingParams
 from engine.structured import StructuredSpec
-from gateway.tool_parsers import PARSERS, Call
+from gateway.tool_parsers import PARSERS, SPECIAL_TOKENS, Call
 
 _NO_PARAMETERS = {"type": "object", "properties": {}}
 
@@ -48,6 +50,19 @@ class ToolPlan:
         calls = [_entry(e) for e in RequiredCalls().deltas(text)]
         assert [c["function"]["name"] for c in calls] == [item["name"] for item in value]
         return None, calls
+
+    def sampling(self, params: SamplingParams) -> SamplingParams:
+        """The request's sampling under the plan: a named or required call is structured output (of
+        its own: not with another grammar); "auto" with a parser whose tag is a special token keeps
+        special tokens in the text (as vLLM does)."""
+        if self.structured is not None:
+            if params.structured is not None:
+                raise InvalidRequestError("tool_choice", "a tool call is structured output already: "
+                                                         "drop response_format / guided_*")
+            return dataclasses.replace(params, structured=self.structured)
+        if self.parser in SPECIAL_TOKENS:
+            return dataclasses.replace(params, skip_special_tokens=False)
+        return params
 
     def finish_reason(self, finish: str | None) -> str | None:
         """vLLM's, for an answer that made calls: "tool_calls" for required and auto, and "stop"

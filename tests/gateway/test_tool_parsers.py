@@ -10,6 +10,7 @@ import pytest
 
 from engine.errors import InvalidRequestError
 from engine.request import GenerationChunk, Usage
+from engine.sampling_params import SamplingParams
 from gateway.openai_protocol import chat_messages
 from gateway.openai_response import ResponseShaper
 from gateway.tool_parsers import PARSERS, Call, HermesParser
@@ -88,7 +89,19 @@ QWEN3_CODER_CASES: list[tuple[str, str, list[Call]]] = [
 ]
 
 
+MISTRAL_CASES: list[tuple[str, str, list[Call]]] = [
+    ('[TOOL_CALLS] [{"name": "f", "arguments": {"x": 1}}, {"name": "g", "arguments": {}}]', "", [F, Call("g", "{}")]),
+    ('Let me call it.\n[TOOL_CALLS][{"name": "f", "arguments": {"x": 1}}]', "Let me call it.", [F]),
+    ('[TOOL_CALLS]f[ARGS]{"x": 1}[TOOL_CALLS]g[ARGS]{}', "", [F, Call("g", "{}")]),  # tokenizers v11 on
+    ("Just text, [no calls].\n", "Just text, [no calls].\n", []),
+    ('[TOOL_CALLS] [{"nope": 1}]', '[TOOL_CALLS] [{"nope": 1}]', []),  # not calls: as written
+    ('[TOOL_CALLS]f[ARGS]{"x": 1} and then some', "and then some", [F]),
+    ('[TOOL_CALLS] [{"name": "f", "arguments": {"x"', '[TOOL_CALLS] [{"name": "f", "arguments": {"x"', []),  # cut
+]
+
+
 @pytest.mark.parametrize("name,answer,content,calls", [("hermes", *c) for c in CASES] +
+                         [("mistral", *c) for c in MISTRAL_CASES] +
                          [("llama3_json", *c) for c in LLAMA3_CASES] +
                          [("qwen3_coder", *c) for c in QWEN3_CODER_CASES])
 def test_parser_streamed_or_whole(name: str, answer: str, content: str, calls: list[Call]) -> None:
@@ -117,6 +130,19 @@ def test_text_goes_out_before_the_answer_ends_and_in_order() -> None:
     assert parser.finish() == []
     whole = HermesParser({})
     assert whole.feed("A" + CALL + "B" + CALL) + whole.finish() == ["A", CALLED, "B", CALLED]
+
+
+def test_mistrals_tag_is_a_special_token_kept_in_the_text() -> None:
+    """A request that may call keeps special tokens in its text for the parser (vLLM's rule), and
+    only then; a named call is structured output, and not beside another grammar."""
+    body: dict[str, Any] = {"tools": [WEATHER]}
+    params = SamplingParams(max_tokens=8)
+    assert tool_plan(body, "mistral").sampling(params).skip_special_tokens is False  # type: ignore[union-attr]
+    assert tool_plan(body, "hermes").sampling(params).skip_special_tokens is True  # type: ignore[union-attr]
+    named = tool_plan({**body, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, "mistral")
+    assert named is not None and named.sampling(params).structured == named.structured
+    with pytest.raises(InvalidRequestError, match="structured output already"):
+        named.sampling(SamplingParams(max_tokens=8, structured=named.structured))
 
 
 def test_plan_of_tool_choice() -> None:
