@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--enable-auto-tool-choice", action="store_true",
                    help='tool_choice "auto": the model may call tools in its own format (needs --tool-call-parser)')
     g.add_argument("--tool-call-parser", choices=sorted(PARSERS), default=None,
-                   help="the model's tool-call format: hermes (Qwen2.5, Hermes 2/3), qwen3_coder (Qwen3-Coder's XML), llama3_json (Llama 3.1/3.2) or mistral")
+                   help="the model's tool-call format: hermes (Qwen2.5, Hermes 2/3), qwen3_coder (Qwen3-Coder's XML), llama3_json (Llama 3.1/3.2), pythonic (Llama 3.2/4) or mistral")
     g.add_argument("--reasoning-parser", choices=sorted(REASONING_PARSERS), default=None,
                    help="a reasoning model's thinking (<think>...</think>) goes to the message's reasoning field: "
                         "deepseek_r1 (DeepSeek-R1, Qwen3 thinking-only models) or qwen3")

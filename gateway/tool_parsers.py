@@ -9,6 +9,7 @@ the text was cut.
 """
 from __future__ import annotations
 
+import ast
 import json
 import re
 from typing import Any, Callable, Mapping, NamedTuple, Protocol
@@ -281,6 +282,62 @@ class MistralParser:
         return [tail] if tail else []
 
 
+class PythonicParser:
+    """Calls written as a Python list (vLLM's ``pythonic``: Llama 3.2 and 4, ToolACE):
+    ``[get_weather(city="Paris"), get_time()]``, the arguments Python literals, perhaps inside
+    ``<|python_start|>`` ... ``<|python_end|>``. An answer whose first character (past whitespace
+    and the tag) is not ``[`` is text, streamed as it comes; a calling answer is read whole at its
+    end (a list is only known to be whole, and nothing after it, when the answer ends), and stays
+    text, as written, if it is not a list of calls."""
+
+    START, END = "<|python_start|>", "<|python_end|>"
+
+    def __init__(self, schemas: Schemas) -> None:
+        self._buf = ""
+        self._calls: bool | None = None  # whether the answer reads as calls, once its start tells
+        self.count = 0
+
+    def feed(self, text: str) -> list[Piece]:
+        self._buf += text
+        if self._calls is None:
+            head = self._buf.lstrip().removeprefix(self.START).lstrip()
+            if not head or self.START.startswith(self._buf.lstrip()):
+                return []  # nothing yet, or the tag's first characters
+            self._calls = head.startswith("[")
+        if self._calls:
+            return []
+        out, self._buf = self._buf, ""
+        return [out] if out else []
+
+    def finish(self) -> list[Piece]:
+        text, self._buf = self._buf, ""
+        if self._calls:
+            calls = _python_calls(text.strip().removeprefix(self.START).removesuffix(self.END).strip())
+            if calls is not None:
+                self.count = len(calls)
+                return list(calls)
+        return [text] if text else []
+
+
+def _python_calls(text: str) -> list[Call] | None:
+    """``[f(a=1), g()]`` as calls; None if it is not a list of calls with literal keyword arguments."""
+    try:
+        tree = ast.parse(text, mode="eval").body
+        if not isinstance(tree, ast.List):
+            return None
+        calls = []
+        for node in tree.elts:
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.args:
+                return None
+            arguments = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg is not None}
+            if len(arguments) != len(node.keywords):
+                return None  # **kwargs
+            calls.append(Call(node.func.id, json.dumps(arguments, ensure_ascii=False)))
+        return calls
+    except (SyntaxError, ValueError, TypeError):
+        return None
+
+
 def _call(value: object) -> Call | None:
     """A parsed JSON value as a call: ``{"name", "arguments"}`` (or Llama's ``"parameters"``)."""
     if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"]:
@@ -306,5 +363,6 @@ class ToolParser(Protocol):
 
 
 PARSERS: dict[str, Callable[[Schemas], ToolParser]] = {
-    "hermes": HermesParser, "qwen3_coder": Qwen3CoderParser, "llama3_json": Llama3JsonParser, "mistral": MistralParser}
+    "hermes": HermesParser, "qwen3_coder": Qwen3CoderParser, "llama3_json": Llama3JsonParser, "mistral": MistralParser,
+    "pythonic": PythonicParser}
 SPECIAL_TOKENS = {"mistral"}  # parsers whose tag is a special token: a request that may call keeps them in its text

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--chat-template", default="", help="chat template: a file, or the template itself")
     s.add_argument("--enable-auto-tool-choice", action="store_true",
                    help='tool_choice "auto": the model calls tools in its own format (needs --tool-call-parser)')
-    s.add_argument("--tool-call-parser", default="", help="the model's tool-call format: hermes (Qwen2.5, Hermes 2/3), qwen3_coder (Qwen3-Coder's XML), llama3_json (Llama 3.1/3.2) or mistral")
+    s.add_argument("--tool-call-parser", default="", help="the model's tool-call format: hermes (Qwen2.5, Hermes 2/3), qwen3_coder (Qwen3-Coder's XML), llama3_json (Llama 3.1/3.2), pythonic (Llama 3.2/4) or mistral")
     s.add_argument("--reasoning-parser", default="", help="a reasoning model's thinking to the reasoning field: "
                                                           "deepseek_r1 or qwen3")
     x = p.add_argument_group("any other flag of a service, as one string each "

@@ -100,7 +100,21 @@ MISTRAL_CASES: list[tuple[str, str, list[Call]]] = [
 ]
 
 
+PYTHONIC_CASES: list[tuple[str, str, list[Call]]] = [
+    ('[f(x=1), g()]', "", [F, Call("g", "{}")]),
+    ('<|python_start|>[get_weather(city="Paris", days=[1, 2], hot=True, none=None)]<|python_end|>', "",
+     [Call("get_weather", '{"city": "Paris", "days": [1, 2], "hot": true, "none": null}')]),
+    ("It is [sunny] today.", "It is [sunny] today.", []),  # text: the answer does not begin with a list
+    ("[1, 2, 3]", "[1, 2, 3]", []),  # a list, but not of calls
+    ("[f(x=open('/etc/passwd'))]", "[f(x=open('/etc/passwd'))]", []),  # not a literal: never evaluated
+    ("[f(1)]", "[f(1)]", []),  # positional arguments have no names
+    ("[f(x=1)] and more", "[f(x=1)] and more", []),  # something after the list
+    ("[f(x=1", "[f(x=1", []),  # cut
+]
+
+
 @pytest.mark.parametrize("name,answer,content,calls", [("hermes", *c) for c in CASES] +
+                         [("pythonic", *c) for c in PYTHONIC_CASES] +
                          [("mistral", *c) for c in MISTRAL_CASES] +
                          [("llama3_json", *c) for c in LLAMA3_CASES] +
                          [("qwen3_coder", *c) for c in QWEN3_CODER_CASES])
