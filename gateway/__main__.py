@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--override-generation-config", default="",
                    help='JSON object laid over the generation config, e.g. \'{"temperature": 0.5}\'')
     g.add_argument("--chat-template", default="", help="chat template: a file, or the template itself")
+    g.add_argument("--default-chat-template-kwargs", type=json.loads, default={},
+                   help='JSON object of chat template variables every chat gets unless it sets its own, '
+                        'e.g. \'{"enable_thinking": false}\'')
     g.add_argument("--trust-request-chat-template", action="store_true",
                    help="let a request bring its own chat_template (else it gets a 400)")
     g.add_argument("--responses-store-size", type=int, default=DEFAULT_SIZE,
@@ -84,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.chat_template = read_chat_template(args.chat_template) if args.chat_template else ""
     except ValueError as e:
         p.error(str(e))
+    if not isinstance(args.default_chat_template_kwargs, dict):
+        p.error("--default-chat-template-kwargs must be a JSON object")
     if args.enable_auto_tool_choice and args.tool_call_parser is None:
         p.error("--enable-auto-tool-choice needs --tool-call-parser")
     return args
@@ -111,7 +116,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     core = GatewayCore(GatewayConfig(model_dir, name, max_len, args.max_concurrent, args.sampling_defaults,
                                      args.chat_template, args.trust_request_chat_template, tuple(aliases),
                                      args.tool_call_parser if args.enable_auto_tool_choice else None,
-                                     args.reasoning_parser, args.enable_log_requests, args.max_log_len),
+                                     args.reasoning_parser, args.default_chat_template_kwargs, args.enable_log_requests,
+                                     args.max_log_len),
                        router, metrics)
     server, grpc_port, health = create_server(f"{args.host}:{args.grpc_port}")
     pb_grpc.add_GroveServicer_to_server(GroveServicer(core), server)

@@ -49,6 +49,8 @@ class GatewayConfig:
     aliases: tuple[str, ...] = ()  # other names requests may give the model (vLLM's further --served-model-name)
     tool_parser: str | None = None  # the model's tool-call format, for tool_choice "auto" (gateway.tool_parsers)
     reasoning_parser: str | None = None  # how the model's thinking is told from its answer (gateway.reasoning_parsers)
+    # vLLM's --default-chat-template-kwargs: template variables every chat gets unless it sets its own
+    default_template_kwargs: Mapping[str, Any] = field(default_factory=dict)
     log_requests: bool = False  # vLLM's --enable-log-requests: each request's arrival and end in the log
     max_log_len: int | None = None  # prompt token ids a logged request shows (None: all)
 
@@ -92,7 +94,10 @@ class GatewayCore:
             if template and "chat_template" in template and not self.config.trust_request_chat_template:
                 raise InvalidRequestError("chat_template", "a request's own chat template is refused here: "
                                                            "the server was not started with --trust-request-chat-template")
-            return apply_chat_template(self.tokenizer, messages, **(template or {}))
+            options = dict(template or {})
+            if self.config.default_template_kwargs:  # the server's defaults, under the request's own
+                options["template_kwargs"] = {**self.config.default_template_kwargs, **options.get("template_kwargs", {})}
+            return apply_chat_template(self.tokenizer, messages, **options)
         if isinstance(prompt, str):
             return list(self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
         if prompt is not None:

@@ -130,3 +130,22 @@ def test_documents_reach_a_template_that_renders_them(model_dir: Path) -> None:
     for bad in ("text", [1], [{"title": 2}]):
         r = _tokenize(core, documents=bad)
         assert r.status_code == 400 and r.json()["error"]["param"] == "documents"
+
+
+def test_the_servers_default_template_kwargs_yield_to_the_requests(model_dir: Path) -> None:
+    """vLLM's --default-chat-template-kwargs: every chat gets them; a request's own
+    chat_template_kwargs (and its reasoning_effort) win where they set the same variable."""
+    template = "{{ mode }}/{{ reasoning_effort }}|{% for m in messages %}{{ m.content }}{% endfor %}"
+    core = _core(model_dir, chat_template=template,
+                 default_template_kwargs={"mode": "think", "reasoning_effort": "low"})
+
+    def rendered(**body: Any) -> str:
+        r = _tokenize(core, **body)
+        assert r.status_code == 200, r.text
+        return core.tokenizer.decode(r.json()["tokens"])
+
+    assert rendered().startswith("think/low|")
+    assert rendered(chat_template_kwargs={"mode": "fast"}).startswith("fast/low|")
+    assert rendered(reasoning_effort="high").startswith("think/high|")
+    assert _core(model_dir, chat_template=template).token_ids(
+        messages=[{"role": "user", "content": "x"}]) != core.token_ids(messages=[{"role": "user", "content": "x"}])
