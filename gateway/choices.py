@@ -32,21 +32,23 @@ class Choice:
     prompt: int  # i
     first: bool  # j == 0: started at once; its prompt's other samples after its first token
     work: WorkRequest
+    thinks: bool = False  # a reasoning model thinks before its grammar applies (gateway.reasoned)
 
 
 def plan_choices(core: GatewayCore, prompts: Sequence[list[int]], params: SamplingParams, n: int,
-                 request_id: str, priority: int = 0, cache_salt: str = "") -> list[Choice]:
+                 request_id: str, priority: int = 0, cache_salt: str = "", chat: bool = False) -> list[Choice]:
     """One request per sample; with a seed, sample j samples with seed + j (as vLLM's n does), so
     the first equals the same request with n = 1. Request ids: ``request_id`` for the only choice,
     with ``-index`` appended where there are several. Every choice has the request's priority and
-    cache salt."""
+    cache salt. ``chat``: a chat's answer may think before its grammar (GatewayCore.thinks_first)."""
     choices = []
     for i, ids in enumerate(prompts):
         for j in range(n):
             index = i * n + j
             p = params if params.seed is None or j == 0 else dataclasses.replace(params, seed=(params.seed + j) & _SEED_MASK)
             rid = request_id if len(prompts) * n == 1 else f"{request_id}-{index}"
-            choices.append(Choice(index, i, j == 0, core.work(ids, p, rid, priority, cache_salt)))
+            choices.append(Choice(index, i, j == 0, core.work(ids, p, rid, priority, cache_salt),
+                                  chat and core.thinks_first(ids, p)))
     return choices
 
 
@@ -107,7 +109,7 @@ async def merged(core: GatewayCore, choices: Sequence[Choice], arrived: float | 
     reason and usage. The first error of any choice is raised; an error or leaving early cancels
     every choice still running (their pipeline requests free their KV)."""
     if len(choices) == 1:  # the common case streams straight through, no task between
-        gen = core.generate(choices[0].work, arrived)
+        gen = core.generate(choices[0].work, arrived, thinks=choices[0].thinks)
         try:
             async for c in gen:
                 yield choices[0].index, c
@@ -121,7 +123,7 @@ async def merged(core: GatewayCore, choices: Sequence[Choice], arrived: float | 
         turns.started()
         prefilling = True
         try:
-            async for c in core.generate(choice.work, arrived, turns.room):
+            async for c in core.generate(choice.work, arrived, turns.room, choice.thinks):
                 if prefilling:
                     prefilling = False
                     turns.left()

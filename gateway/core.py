@@ -21,6 +21,7 @@ from engine.sampling_params import SamplingParams
 from engine.tokenizer import apply_chat_template, load_tokenizer, validate_prompt
 from gateway.errors import OverloadedError, UnavailableError
 from gateway.metrics import GatewayMetrics, RequestTrace
+from gateway.reasoned import think_then_answer, thinks_first
 from gateway.router import Router, Worker
 from grove.internal.v1 import worker_pb2 as pb
 from protocol import pipeline as convert
@@ -142,6 +143,12 @@ class GatewayCore:
             raise InvalidRequestError(field, f"is too large: {max_tokens}. The context length is {limit} tokens and "
                                              f"the prompt has {prompt_tokens}, which leaves {limit - prompt_tokens}")
 
+    def thinks_first(self, prompt_ids: Sequence[int], params: SamplingParams) -> bool:
+        """Whether a request thinks freely before its grammar applies (gateway.reasoned): under a
+        grammar, with a reasoning parser, where the prompt leaves the thinking open."""
+        return self.config.reasoning_parser is not None and params.structured is not None \
+            and thinks_first(prompt_ids, self.detokenize)
+
     def detokenize(self, ids: Sequence[int]) -> str:
         vocab = self.model_config.vocab_size
         bad = [t for t in ids if not 0 <= t < vocab]
@@ -221,12 +228,13 @@ class GatewayCore:
                 w.in_flight -= 1
 
     async def generate(self, work: WorkRequest, arrived: float | None = None,
-                       room: Room | None = None) -> AsyncIterator[GenerationChunk]:
+                       room: Room | None = None, thinks: bool = False) -> AsyncIterator[GenerationChunk]:
         """Streams the request's output; the last chunk has finish_reason and usage.
 
         ``arrived``: when the request reached the gateway (``time.perf_counter()``; default: now).
         ``room``: waits, when every prefill worker is at capacity, for room that the caller's own
-        requests will make (see ``_prefill``).
+        requests will make (see ``_prefill``). ``thinks``: a reasoning model's request under a
+        grammar thinks freely first (gateway.reasoned).
         """
         if self.in_flight >= self.config.max_concurrent:
             exc = OverloadedError(f"{self.in_flight} requests in flight (limit {self.config.max_concurrent})")
@@ -242,7 +250,8 @@ class GatewayCore:
             logger.info("Received request %s: prompt_token_ids: %s%s (%d), params: %s, priority: %d", work.request_id,
                         list(ids), "..." if len(ids) < len(work.prompt_ids) else "", len(work.prompt_ids),
                         work.params, work.priority)
-        chunks = self._generate(work, trace, room)
+        chunks = think_then_answer(lambda w, t: self._generate(w, t, room), work, trace) if thinks \
+            else self._generate(work, trace, room)
         try:
             while True:
                 if self._shut:  # the drain timed out while the client's server was sending a chunk

@@ -203,12 +203,14 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
             request_id, work_id = request_ids(core, body, request)
             beams = beam_search.beam_width(body, n, params)
             choices = [] if beams is not None else plan_choices(core, prompts, params, n, work_id,
-                                                                priority_from_body(body), cache_salt_from_body(body))
+                                                                priority_from_body(body), cache_salt_from_body(body),
+                                                                chat=chat)
         except InvalidRequestError as e:
             return error_response(name_structured_error(e, body))
         shaper = ResponseShaper(request_id, core.config.served_model_name, chat, core.tokenizer,
                                 params.logprobs, return_ids, {c.index: echo[c.prompt] for c in choices} if echo else None,
-                                tools, asked, tokens_as_ids, reasoning_parser_for(core, params),
+                                tools, asked, tokens_as_ids,
+                                reasoning_parser_for(core, params, any(c.thinks for c in choices)),
                                 show_reasoning=body.get("include_reasoning") is None or flag(body, "include_reasoning"))
         if beams is not None:
             where = beam_search.Placement(work_id, arrived, priority_from_body(body), cache_salt_from_body(body))

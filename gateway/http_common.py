@@ -50,10 +50,11 @@ def with_tools(core: GatewayCore, chat: dict[str, Any], params: SamplingParams) 
     return (params, None) if tools is None else (tools.sampling(params), tools)
 
 
-def reasoning_parser_for(core: GatewayCore, params: SamplingParams) -> str | None:
-    """The server's reasoning parser, for an answer free to think: a grammar (structured output, a
-    named or required call) shapes the whole answer, so it is all content."""
-    return core.config.reasoning_parser if params.structured is None else None
+def reasoning_parser_for(core: GatewayCore, params: SamplingParams, thinks: bool = False) -> str | None:
+    """The server's reasoning parser, for an answer free to think: where a grammar (structured
+    output, a named or required call) shapes the whole answer, it is all content; where the answer
+    thinks before its grammar applies (``thinks``: gateway.reasoned), the parser splits it."""
+    return core.config.reasoning_parser if params.structured is None or thinks else None
 
 
 Respond = Callable[[BaseException], Response]  # an error as an API's response (OpenAI's shape: error_response)

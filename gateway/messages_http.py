@@ -48,7 +48,7 @@ def add_messages_routes(app: FastAPI, core: GatewayCore) -> None:
             core.check_room(len(prompt), params.max_tokens)
             request_id, work_id = request_ids(core, chat, request)
             choices = plan_choices(core, [prompt], params, 1, work_id, priority_from_body(chat),
-                                   cache_salt_from_body(chat))
+                                   cache_salt_from_body(chat), chat=True)
         except InvalidRequestError as e:
             return messages_error(name_messages_error(name_structured_error(e, chat)))
         gen = merged(core, choices, arrived)
@@ -56,7 +56,7 @@ def add_messages_routes(app: FastAPI, core: GatewayCore) -> None:
         if isinstance(first, Response):
             return tagged(first, request_id)
         obj = MessageObject(request_id, core.config.served_model_name, len(prompt), tools,
-                            reasoning_parser_for(core, params))
+                            reasoning_parser_for(core, params, choices[0].thinks))
         if body.get("stream"):
             return tagged(StreamingResponse(object_events(obj, first, gen), media_type="text/event-stream"), request_id)
         return tagged(await unless_gone(request, whole_object(obj, first, gen, respond=messages_error)), request_id)

@@ -42,15 +42,15 @@ def add_responses_routes(app: FastAPI, core: GatewayCore, store: ResponseStore) 
             prompt = core.tokenize(messages=chat_messages(chat), template=chat_template_options(chat),
                                    truncate=truncation(body, truncation_from_body(chat), core.max_model_len))
             params, tools = with_tools(core, chat, params)
-            reasoning = reasoning_parser_for(core, params)
-            if (tools is not None or reasoning is not None) and params.logprobs is not None:
-                raise InvalidRequestError("include", "output logprobs cannot be combined with tool calls or a "
-                                                     "reasoning parser here")
             if asked_max_tokens(chat, chat=True) is not None:  # (named max_output_tokens in the error)
                 core.check_room(len(prompt), params.max_tokens)
             request_id, work_id = request_ids(core, chat, request)
             choices = plan_choices(core, [prompt], params, 1, work_id, priority_from_body(chat),
-                                   cache_salt_from_body(chat))
+                                   cache_salt_from_body(chat), chat=True)
+            reasoning = reasoning_parser_for(core, params, choices[0].thinks)
+            if (tools is not None or reasoning is not None) and params.logprobs is not None:
+                raise InvalidRequestError("include", "output logprobs cannot be combined with tool calls or a "
+                                                     "reasoning parser here")
         except ResponseNotFound as e:
             return error_response(e, 404)
         except InvalidRequestError as e:

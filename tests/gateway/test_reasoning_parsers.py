@@ -3,6 +3,7 @@ text is cut, and as chat's message and deltas carry them."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -98,3 +99,17 @@ def test_reasoning_effort_reaches_the_template() -> None:
     assert e.value.field == "reasoning_effort"
     chat = as_chat_body({"input": "hi", "reasoning": {"effort": "high"}})  # the Responses API's
     assert chat_template_options(chat)["template_kwargs"] == {"reasoning_effort": "high"}
+
+
+def test_an_answer_thinks_first_unless_the_prompt_closed_the_thinking(tokenizer: Any) -> None:
+    """gateway.reasoned: R1's template opens <think>; Qwen3's with thinking off ends with an empty
+    <think></think>; earlier turns' closed thinking does not count."""
+    from gateway.reasoned import thinks_first
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    assert thinks_first(ids("<|im_start|>assistant\n<think>\n"), tokenizer.decode)
+    assert thinks_first(ids("<think>a</think>7<|im_end|>\n<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n"),
+                        tokenizer.decode)
+    assert not thinks_first(ids("<|im_start|>assistant\n<think>\n\n</think>\n\n"), tokenizer.decode)

@@ -8,6 +8,7 @@ gives the raw text the split must account for exactly.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Iterator
 
 import openai
@@ -68,13 +69,6 @@ def test_thinking_is_reasoning_whole_and_streamed(stack: Stack, client: openai.O
     assert ((msg.model_extra or {})["reasoning"], msg.content) == (thought, answer)
 
 
-def test_a_grammar_shapes_the_whole_answer(client: openai.OpenAI) -> None:
-    """Structured output leaves no room to think: its answer is all content."""
-    msg = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, temperature=0,
-                                         extra_body={"guided_choice": ["6", "7"]}).choices[0].message
-    assert msg.content in ("6", "7") and (msg.model_extra or {}).get("reasoning") is None
-
-
 def test_responses_give_a_reasoning_item_then_the_message(stack: Stack, client: openai.OpenAI) -> None:
     raw = _raw(stack, ASK)
     thought, answer = raw.removeprefix("<think>").split("</think>", 1)
@@ -94,3 +88,41 @@ def test_responses_give_a_reasoning_item_then_the_message(stack: Stack, client: 
     chained = client.responses.create(model=MODEL, previous_response_id=r.id, input="And 4+4?",
                                       max_output_tokens=40, temperature=0)
     assert after.usage.input_tokens == chained.usage.input_tokens and after.output_text == chained.output_text
+
+
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
+          "additionalProperties": False}
+
+
+def test_a_grammar_applies_once_the_thinking_ends(stack: Stack, client: openai.OpenAI) -> None:
+    """Structured output for a reasoning model (vLLM's reasoning-aware grammars): the model thinks
+    as it would without the grammar, then answers under it; streamed as one answer, one usage. A
+    prompt whose template closed the thinking already is under the grammar from the first token."""
+    raw = _raw(stack, ASK)
+    thought = raw.removeprefix("<think>").split("</think>", 1)[0]
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}
+    got = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=40, temperature=0, response_format=fmt)
+    msg = got.choices[0].message
+    assert (msg.model_extra or {})["reasoning"] == thought
+    assert isinstance(json.loads(msg.content or "")["answer"], int) and got.choices[0].finish_reason == "stop"
+    thinking_tokens = len(client.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=40, temperature=0, stop=["</think>"],
+        extra_body={"include_stop_str_in_output": True, "return_token_ids": True}).choices[0].model_extra["token_ids"])
+    assert thinking_tokens < got.usage.completion_tokens <= 40
+    chunks = [c for c in client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=40, temperature=0,
+                                                         response_format=fmt, stream=True,
+                                                         stream_options={"include_usage": True})]
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join((d.model_extra or {}).get("reasoning") or "" for d in deltas) == thought
+    assert "".join(d.content or "" for d in deltas) == msg.content
+    assert chunks[-1].usage.completion_tokens == got.usage.completion_tokens
+    # no room left after the thinking: out of tokens, no answer
+    short = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=thinking_tokens, temperature=0,
+                                           response_format=fmt).choices[0]
+    assert short.finish_reason == "length" and (short.message.model_extra or {})["reasoning"] == thought
+    # the template closed the thinking: the grammar from the first token, no reasoning
+    closed = ASK + [{"role": "assistant", "content": "<think>3 plus 3 is 6.</think>"}]
+    done = client.chat.completions.create(
+        model=MODEL, messages=closed, max_tokens=20, temperature=0, response_format=fmt,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False}).choices[0].message
+    assert isinstance(json.loads(done.content or "")["answer"], int) and (done.model_extra or {}).get("reasoning") is None
