@@ -63,12 +63,16 @@ async def think_then_answer(generate: Generate, work: WorkRequest, trace: Reques
     thinking = dataclasses.replace(params, structured=None, stop=(*params.stop, END), include_stop_str_in_output=True)
     output: list[int] = []
     last: GenerationChunk | None = None
-    async for chunk in generate(dataclasses.replace(work, params=thinking), trace):
-        output += [t.token_id for t in chunk.tokens]
-        if chunk.finish_reason is None:
-            yield chunk
-        else:
-            last = chunk
+    first = generate(dataclasses.replace(work, params=thinking), trace)
+    try:
+        async for chunk in first:
+            output += [t.token_id for t in chunk.tokens]
+            if chunk.finish_reason is None:
+                yield chunk
+            else:
+                last = chunk
+    finally:
+        await first.aclose()  # (a client gone mid-way: the pipeline request ends and frees its KV now)
     assert last is not None
     if last.finish_reason != "stop" or last.stop_reason != END:  # the thinking was the whole answer
         if isinstance(last.stop_reason, str) and not params.include_stop_str_in_output:
@@ -83,10 +87,14 @@ async def think_then_answer(generate: Generate, work: WorkRequest, trace: Reques
         return
     answer = dataclasses.replace(work, request_id=f"{work.request_id}-answer", prompt_ids=work.prompt_ids + tuple(output),
                                  params=dataclasses.replace(params, max_tokens=left, prompt_logprobs=None))
-    async for chunk in generate(answer, _Continued(trace)):  # type: ignore[arg-type]
-        if chunk.finish_reason is not None:
-            u = chunk.usage or Usage()
-            chunk.usage = Usage(first_usage.prompt_tokens, first_usage.completion_tokens + u.completion_tokens,
-                                first_usage.cached_tokens, first_usage.draft_tokens + u.draft_tokens,
-                                first_usage.accepted_tokens + u.accepted_tokens)
-        yield chunk
+    second = generate(answer, _Continued(trace))  # type: ignore[arg-type]
+    try:
+        async for chunk in second:
+            if chunk.finish_reason is not None:
+                u = chunk.usage or Usage()
+                chunk.usage = Usage(first_usage.prompt_tokens, first_usage.completion_tokens + u.completion_tokens,
+                                    first_usage.cached_tokens, first_usage.draft_tokens + u.draft_tokens,
+                                    first_usage.accepted_tokens + u.accepted_tokens)
+            yield chunk
+    finally:
+        await second.aclose()

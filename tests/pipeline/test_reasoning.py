@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
+import httpx
 import openai
 import pytest
 
 from launcher.stack import Stack
+from launcher.stack_probe import wait_idle
 from tests.pipeline.gateway_process import Gateway
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -126,3 +128,12 @@ def test_a_grammar_applies_once_the_thinking_ends(stack: Stack, client: openai.O
         model=MODEL, messages=closed, max_tokens=20, temperature=0, response_format=fmt,
         extra_body={"continue_final_message": True, "add_generation_prompt": False}).choices[0].message
     assert isinstance(json.loads(done.content or "")["answer"], int) and (done.model_extra or {}).get("reasoning") is None
+
+
+def test_a_client_gone_while_it_thinks_frees_everything(stack: Stack, gateway: Gateway) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 200, "temperature": 0, "response_format": fmt,
+            "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", gateway.http_url + "/v1/chat/completions", json=body, timeout=60) as s:
+        next(s.iter_lines())  # the first chunk, then the client leaves
+    assert all(v == (0, 0, 0) for v in wait_idle(stack).values())
