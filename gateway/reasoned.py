@@ -16,7 +16,7 @@ with an empty ``<think></think>``), the answer is under the grammar from its fir
 from __future__ import annotations
 
 import dataclasses
-from typing import AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from engine.request import GenerationChunk, Usage, WorkRequest
 from gateway.metrics import RequestTrace
@@ -34,27 +34,34 @@ def thinks_first(prompt_ids: Sequence[int], detokenize: Callable[[Sequence[int]]
     return not detokenize(prompt_ids[-TAIL_TOKENS:]).rstrip().endswith(END)
 
 
-class _Continued:
-    """The trace of the answer's second request: its first token is one more output token (the
-    request's queue, prefill and first-token times were the first request's)."""
+class _Phase:
+    """The request's trace as one of its two pipeline requests sees it. The thinking's end is not
+    the request's (``finished`` is kept back: the caller finishes the trace); the answer's first
+    token is one more output token (the queue, prefill and first-token times were the thinking's)."""
 
-    def __init__(self, trace: RequestTrace) -> None:
+    def __init__(self, trace: RequestTrace, answer: bool) -> None:
         self._trace = trace
+        self._answer = answer
 
     def prefill_sent(self) -> None:
-        pass
+        if not self._answer:
+            self._trace.prefill_sent()
 
     def first_token(self, prompt_tokens: int, cached_tokens: int) -> None:
-        self._trace.chunk(1)
+        if self._answer:
+            self._trace.chunk(1)
+        else:
+            self._trace.first_token(prompt_tokens, cached_tokens)
 
     def chunk(self, num_tokens: int) -> None:
         self._trace.chunk(num_tokens)
 
     def finished(self, reason: str) -> None:
-        self._trace.finished(reason)
+        if self._answer:
+            self._trace.finished(reason)
 
 
-Generate = Callable[[WorkRequest, RequestTrace], AsyncIterator[GenerationChunk]]
+Generate = Callable[[WorkRequest, Any], AsyncIterator[GenerationChunk]]  # (a RequestTrace, or a _Phase of one)
 
 
 async def think_then_answer(generate: Generate, work: WorkRequest, trace: RequestTrace) -> AsyncIterator[GenerationChunk]:
@@ -63,7 +70,7 @@ async def think_then_answer(generate: Generate, work: WorkRequest, trace: Reques
     thinking = dataclasses.replace(params, structured=None, stop=(*params.stop, END), include_stop_str_in_output=True)
     output: list[int] = []
     last: GenerationChunk | None = None
-    first = generate(dataclasses.replace(work, params=thinking), trace)
+    first = generate(dataclasses.replace(work, params=thinking), _Phase(trace, answer=False))
     try:
         async for chunk in first:
             output += [t.token_id for t in chunk.tokens]
@@ -77,17 +84,21 @@ async def think_then_answer(generate: Generate, work: WorkRequest, trace: Reques
     if last.finish_reason != "stop" or last.stop_reason != END:  # the thinking was the whole answer
         if isinstance(last.stop_reason, str) and not params.include_stop_str_in_output:
             last.text = last.text.removesuffix(last.stop_reason)  # (kept only for the end tag)
+        trace.finished(last.finish_reason or "")
         yield last
         return
     left = params.max_tokens - len(output)
     first_usage = last.usage or Usage()
-    last.finish_reason, last.usage, last.stop_reason = (None, None, None) if left > 0 else ("length", first_usage, None)
-    yield last
-    if left <= 0:
+    if left <= 0:  # no room left to answer
+        last.finish_reason, last.stop_reason = "length", None
+        trace.finished("length")
+        yield last
         return
+    last.finish_reason, last.usage, last.stop_reason = None, None, None
+    yield last
     answer = dataclasses.replace(work, request_id=f"{work.request_id}-answer", prompt_ids=work.prompt_ids + tuple(output),
                                  params=dataclasses.replace(params, max_tokens=left, prompt_logprobs=None))
-    second = generate(answer, _Continued(trace))  # type: ignore[arg-type]
+    second = generate(answer, _Phase(trace, answer=True))
     try:
         async for chunk in second:
             if chunk.finish_reason is not None:

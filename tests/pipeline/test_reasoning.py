@@ -96,14 +96,22 @@ SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}}, "requ
           "additionalProperties": False}
 
 
-def test_a_grammar_applies_once_the_thinking_ends(stack: Stack, client: openai.OpenAI) -> None:
+def _finished(gateway: Gateway) -> float:
+    """The gateway's finished requests, every finish reason."""
+    text = httpx.get(gateway.http_url + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("grove:request_success_total"))
+
+
+def test_a_grammar_applies_once_the_thinking_ends(stack: Stack, client: openai.OpenAI, gateway: Gateway) -> None:
     """Structured output for a reasoning model (vLLM's reasoning-aware grammars): the model thinks
     as it would without the grammar, then answers under it; streamed as one answer, one usage. A
     prompt whose template closed the thinking already is under the grammar from the first token."""
     raw = _raw(stack, ASK)
     thought = raw.removeprefix("<think>").split("</think>", 1)[0]
     fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}
+    before = _finished(gateway)
     got = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=40, temperature=0, response_format=fmt)
+    assert _finished(gateway) == before + 1  # two pipeline requests, one request in the metrics
     msg = got.choices[0].message
     assert (msg.model_extra or {})["reasoning"] == thought
     assert isinstance(json.loads(msg.content or "")["answer"], int) and got.choices[0].finish_reason == "stop"
