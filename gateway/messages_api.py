@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from engine.errors import InvalidRequestError
+from gateway.openai_protocol import joined_text
 
 _UNSUPPORTED = {"container": "containers", "mcp_servers": "MCP servers", "context_management": "context management"}
 # fields a Messages request shares with chat completions (vLLM's extras among them)
@@ -43,7 +44,7 @@ def as_chat_body(body: dict[str, Any]) -> dict[str, Any]:
     chat: dict[str, Any] = {k: body[k] for k in _PASSED if body.get(k) is not None}
     chat["max_tokens"] = max_tokens
     system = body.get("system")
-    messages = [] if system is None else [{"role": "system", "content": _text(system, "system")}]
+    messages = [] if system is None else [{"role": "system", "content": joined_text(system, "system")}]
     chat["messages"] = messages + _messages(body.get("messages"))
     stops = body.get("stop_sequences")
     if stops is not None:
@@ -63,16 +64,6 @@ def as_chat_body(body: dict[str, Any]) -> dict[str, Any]:
             raise InvalidRequestError("thinking", 'type must be "enabled", "adaptive" or "disabled"')
         chat["chat_template_kwargs"] = {**chat.get("chat_template_kwargs", {}), "enable_thinking": kind != "disabled"}
     return chat
-
-
-def _text(value: Any, field: str) -> str:
-    """A string, or text blocks joined."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
-                                       for b in value):
-        return "".join(b["text"] for b in value)
-    raise InvalidRequestError(field, "must be a string or a list of text blocks")
 
 
 def _messages(value: Any) -> list[dict[str, Any]]:
@@ -102,7 +93,7 @@ def _user_turn(blocks: list[Any], i: int) -> list[dict[str, Any]]:
             text.append(b["text"])
         elif kind == "tool_result" and isinstance(b.get("tool_use_id"), str):
             content = b.get("content", "")
-            answer = _text(content, f"messages[{i}].content[{j}].content") if content else ""
+            answer = joined_text(content, f"messages[{i}].content[{j}].content") if content else ""
             results.append({"role": "tool", "tool_call_id": b["tool_use_id"],
                             "content": f"Error: {answer}" if b.get("is_error") else answer})
         else:

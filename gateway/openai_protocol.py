@@ -252,6 +252,19 @@ def completion_prompts(body: dict[str, Any], limit: int) -> list[str | list[int]
     raise InvalidRequestError("prompt", "must be a string, a list of token ids, or a non-empty list of either")
 
 
+def joined_text(value: Any, field: str, kinds: tuple[str, ...] = ("text",)) -> str:
+    """A string, or a list of text parts (``{"type": kind, "text": ...}``, one of ``kinds``)
+    joined: chat's content parts, the Responses API's input_text and output_text, the Messages
+    API's text blocks."""
+    if isinstance(value, list):
+        if not all(isinstance(p, dict) and p.get("type") in kinds and isinstance(p.get("text"), str) for p in value):
+            raise InvalidRequestError(field, f"only {' and '.join(kinds)} parts are supported")
+        value = "".join(p["text"] for p in value)
+    if not isinstance(value, str):
+        raise InvalidRequestError(field, "must be a string or a list of text parts")
+    return value
+
+
 def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
@@ -262,11 +275,7 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             raise InvalidRequestError(f"messages[{i}]", "must be an object")
         content = m.get("content")
         if isinstance(content, list):  # [{"type": "text", "text": ...}]
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise InvalidRequestError(f"messages[{i}].content", "only text parts ({type: text, text: string}) "
-                                                                    "are supported")
-            content = "".join(p["text"] for p in content)
+            content = joined_text(content, f"messages[{i}].content")
         if content is None and m.get("tool_calls"):
             content = ""  # an assistant turn that only called tools
         role = "system" if m.get("role") == "developer" else m.get("role")  # OpenAI's newer name for it

@@ -13,12 +13,14 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from engine.errors import InvalidRequestError
+from gateway.openai_protocol import joined_text
 
 # fields of the Responses API that a text-only server cannot honour: a 400 names them
 _UNSUPPORTED = {
     "conversation": "conversation objects (continue a response with previous_response_id)",
     "prompt": "prompt templates",
 }
+_PARTS = ("input_text", "output_text")  # the text parts of an input item's content
 OUTPUT_LOGPROBS = "message.output_text.logprobs"  # the one ``include`` a text-only server has
 # sampling fields a Responses request shares with chat completions (vLLM's extras included)
 _PASSED = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
@@ -144,7 +146,7 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
             if not isinstance(item.get("call_id"), str):
                 raise InvalidRequestError(f"input[{i}].call_id", "must be a string")
             out.append({"role": "tool", "tool_call_id": item["call_id"],
-                        "content": _text(item.get("output"), f"input[{i}].output", ("input_text", "output_text"))})
+                        "content": joined_text(item.get("output"), f"input[{i}].output", _PARTS)})
             continue
         if kind != "message":
             raise InvalidRequestError(f"input[{i}]", "only message, reasoning, function_call and "
@@ -152,22 +154,11 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
         role = item.get("role")
         if role not in ("user", "assistant", "system", "developer"):
             raise InvalidRequestError(f"input[{i}].role", "must be one of user, assistant, system, developer")
-        content = _text(item.get("content"), f"input[{i}].content", ("input_text", "output_text"))
+        content = joined_text(item.get("content"), f"input[{i}].content", _PARTS)
         out.append({"role": "system" if role == "developer" else role, "content": content})
         if role == "assistant" and thought:
             out[-1]["reasoning_content"], thought = thought, None
     return out
-
-
-def _text(content: Any, field: str, kinds: tuple[str, ...]) -> str:
-    """A string, or text parts joined."""
-    if isinstance(content, list):
-        if not all(isinstance(p, dict) and p.get("type") in kinds and isinstance(p.get("text"), str) for p in content):
-            raise InvalidRequestError(field, f"only {' and '.join(kinds)} parts are supported")
-        content = "".join(p["text"] for p in content)
-    if not isinstance(content, str):
-        raise InvalidRequestError(field, "must be a string or a list of text parts")
-    return content
 
 
 def _function_call(item: dict[str, Any], i: int) -> dict[str, Any]:

@@ -50,7 +50,6 @@ class ResponseObject:
         self.answer_items = AnswerItems(tools, reasoning)  # itemized: the output items so far
         self._ids: list[str] = []  # each item's id
         self._status: dict[int, str] = {}  # each done item's status
-        self._last: list[dict[str, Any]] = []  # itemized: the events of the answer's last chunk
 
     @property
     def status(self) -> str:
@@ -110,10 +109,7 @@ class ResponseObject:
             self.finish, self.usage, self.completed = finish, usage or Usage(), time.time()
         if not self.itemized:
             return [self._delta(text)] if text else []
-        events = self._item_events(self.answer_items.feed(text, final=finish is not None))
-        if finish is not None:  # (its last item's done events go out with closing's)
-            events, self._last = [], events
-        return events
+        return self._item_events(self.answer_items.feed(text, final=finish is not None))
 
     # ---- streamed: Responses events, numbered ------------------------------------------
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
@@ -141,11 +137,12 @@ class ResponseObject:
                            delta=text, logprobs=logprobs)
 
     def closing(self) -> list[dict[str, Any]]:
-        """After the last chunk: the last item done (without tools: its text, part and item), then
-        the response completed (or incomplete: out of max_output_tokens)."""
+        """After the last chunk: without tools, its one item's text, part and item done (an
+        itemized answer's last chunk closed its last item), then the response completed (or
+        incomplete: out of max_output_tokens)."""
         last = "response.incomplete" if self.status == "incomplete" else "response.completed"
         if self.itemized:
-            return [*self._last, self._event(last, response=self.json())]
+            return [self._event(last, response=self.json())]
         where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
         return [self._event("response.output_text.done", **where, text=self.text, logprobs=self.logprobs),
                 self._event("response.content_part.done", **where, part=self._part()),
