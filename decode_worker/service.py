@@ -114,7 +114,7 @@ class DecodeService:
             raise InvalidRequestError("kv.num_tokens", f"{kv.num_tokens} != the {known} tokens of the prompt "
                                                        "(and of the output a resumed request has)")
         seq: Sequence = await self.engine.call(eng.make_sequence, req.request_id, list(req.prompt_ids), req.params,
-                                               req.priority, req.cache_salt, req.resume_ids)
+                                               req.priority, req.cache_salt, req.resume_ids, req.lora)
         seq.seed = req.seed
         released = False
         try:

@@ -15,6 +15,7 @@ into flat tensors. Tokens of all sequences are laid out one sequence after anoth
     logits_indices: [N]            rows of the hidden states whose logits the step needs
     sliding_window: W or None      a query at position p sees only keys at positions > p - W
                                    (Mistral); None: full attention
+    lora:           LoraBatch or None  the rows of sequences with a LoRA adapter, by adapter
 
 Invariant: the new tokens of a sequence occupy logical KV indices num_cached .. seq_len - 1 of its
 block table in input order, whatever their tree shape; a tree token's *position* is by depth.
@@ -27,6 +28,9 @@ from typing import Literal, Sequence
 
 import torch
 
+from engine.lora.adapter import LoraAdapter
+from engine.lora.batch import LoraBatch
+
 
 @dataclass(frozen=True, slots=True)
 class SeqInput:
@@ -36,6 +40,7 @@ class SeqInput:
     # parent of each new token among the new tokens (-1: the last cached token). None: a chain.
     parents: Sequence[int] | None = None
     logits: Literal["last", "all", "none"] = "last"
+    lora: LoraAdapter | None = None  # the adapter the sequence runs with
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +112,7 @@ class Batch:
     logits_indices: torch.Tensor  # [N]
     # for each sequence, the slice of logits_indices that belongs to it
     logits_start: tuple[int, ...]
+    lora: LoraBatch | None = None  # rows with an adapter (None: the base model for every row)
 
 
 def tree_depths(parents: Sequence[int]) -> list[int]:
@@ -193,4 +199,6 @@ def plan_batch(seqs: Sequence[SeqInput], block_size: int, device: torch.device |
         seq_lens_host=seq_lens,
         sliding_window=sliding_window,
     )
-    return Batch(input_ids=t(ids), attn=attn, logits_indices=t(logits_idx), logits_start=tuple(logits_start))
+    lora = LoraBatch.build([(start, q, s.lora) for start, q, s in zip(query_start, q_lens, seqs)], device)
+    return Batch(input_ids=t(ids), attn=attn, logits_indices=t(logits_idx), logits_start=tuple(logits_start),
+                 lora=lora)

@@ -31,6 +31,8 @@ class EngineConfig:
     lookahead_width: int = 2  # most branches per draft: each request drafts a chain or a tree of this width, whichever pays
     lookahead_max_step_tokens: int = 256  # cap on a step's tokens with drafts
     calibration_cache: bool = True  # reuse the step-cost calibration of an earlier start with the same setup
+    max_lora_rank: int = 16  # vLLM's: the highest LoRA rank an adapter may have
+    max_cpu_loras: int = 8  # vLLM's: adapters a worker keeps loaded (the least recently used go past it)
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -39,6 +41,8 @@ class EngineConfig:
             raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be >= 1")
         if not 1 <= self.lookahead_max_depth <= MAX_DRAFT_DEPTH:
             raise ValueError(f"lookahead_max_depth must be between 1 and {MAX_DRAFT_DEPTH}, got {self.lookahead_max_depth}")
+        if self.max_lora_rank < 1 or self.max_cpu_loras < 1:
+            raise ValueError("max_lora_rank and max_cpu_loras must be >= 1")
         if self.kv_cache_gb <= 0 and self.num_kv_blocks <= 0:
             raise ValueError("kv_cache_gb or num_kv_blocks must be positive")
 
@@ -72,6 +76,9 @@ class EngineConfig:
         g.add_argument("--calibration-cache", choices=["on", "off"], default="on",
                        help="reuse the lookahead step-cost calibration of an earlier start on this machine and "
                             "setup (kept under $GROVE_CACHE/step-cost); off: time the steps at every start")
+        g.add_argument("--max-lora-rank", type=int, default=16, help="highest rank of a LoRA adapter (vLLM's)")
+        g.add_argument("--max-cpu-loras", type=int, default=8,
+                       help="LoRA adapters kept loaded; the least recently used is dropped past it (vLLM's)")
 
     @classmethod
     def from_cli(cls, args: argparse.Namespace) -> "EngineConfig":
@@ -82,5 +89,6 @@ class EngineConfig:
             attention_backend=args.attention_backend, num_threads=args.num_threads,
             prefix_caching=args.prefix_caching == "on", lookahead=args.lookahead == "on", lookahead_max_depth=args.lookahead_max_depth,
             lookahead_width=args.lookahead_width, lookahead_max_step_tokens=args.lookahead_max_step_tokens,
-            calibration_cache=args.calibration_cache == "on",
+            calibration_cache=args.calibration_cache == "on", max_lora_rank=args.max_lora_rank,
+            max_cpu_loras=args.max_cpu_loras,
         )

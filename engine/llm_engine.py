@@ -26,13 +26,14 @@ from engine.kv_layout import KVLayout, dtype_from_name
 from engine.kv_pool import KVPool
 from engine.layers import ROW_INVARIANT_DTYPES, products_row_invariant, step_tile
 from engine.lookahead.budget import key_reads
+from engine.lora.registry import LoraRegistry
 from engine.lookahead.numbering import DigitVocab
 from engine.lookahead.speculator import Speculator, compaction_slots, node_positions
 from engine.lookahead.tree import DraftTree, node_paths
 from engine.model import Model
 from engine.model_loader import load_model, model_fingerprint
-from engine.prefix_cache import PrefixCache
-from engine.request import TokenOut
+from engine.prefix_cache import PrefixCache, cache_namespace, check_salt
+from engine.request import LoraRef, TokenOut
 from engine.sampling import SamplingBatch, greedy_pick, sample, top_k_lowest_first
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
@@ -98,6 +99,7 @@ class LLMEngine:
         # (engine.fp32_products; {} elsewhere)
         self.fp32_layouts = fp32_products.tune(fp32_products.model_kinds(self.model.weights))
         self.tokenizer = load_tokenizer(config.model_dir)
+        self.loras = LoraRegistry(mc, self.model.dtype, config.device, config.max_lora_rank, config.max_cpu_loras)
         self.max_model_len = min(config.max_model_len or mc.max_position, mc.max_position)
         self.layout = KVLayout(
             model_id=model_fingerprint(config.model_dir),
@@ -160,16 +162,20 @@ class LLMEngine:
 
     # ---- requests -------------------------------------------------------------------------
     def make_sequence(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
-                      priority: int = 0, cache_salt: str = "", resume_ids: Sequence[int] = ()) -> Seq:
+                      priority: int = 0, cache_salt: str = "", resume_ids: Sequence[int] = (),
+                      lora: LoraRef | None = None) -> Seq:
         """Validates and builds a sequence (not yet scheduled). ``priority``: vLLM's, lower first;
-        ``cache_salt``: vLLM's, the request shares cached KV and drafts only with its salt;
+        ``cache_salt``: vLLM's, the request shares cached KV and drafts only with its salt (and its
+        LoRA adapter: ``lora``, loaded on first use);
         ``resume_ids``: the output a resumed request already has (its text already streamed): the
         sequence goes on from there as if it had generated them (stop strings, grammar, lengths)."""
         validate_prompt(prompt_ids, self.model.config.vocab_size, self.max_model_len)
         params.check_vocab(self.model.config.vocab_size)
+        check_salt(cache_salt)
         if request_id in self.seqs:
             raise ValueError(f"duplicate request id {request_id!r}")
         seed = params.seed if params.seed is not None else secrets.randbits(63)
+        adapter = self.loras.get(lora) if lora is not None else None
         seq = Seq(
             request_id=request_id,
             prompt_ids=list(prompt_ids),
@@ -180,7 +186,8 @@ class LLMEngine:
             grammar=self.grammars.grammar(params.structured) if params.structured is not None else None,
             rules=TokenRules.build(params, self.tokenizer, self.model.config.vocab_size),
             priority=priority,
-            cache_salt=cache_salt,
+            cache_salt=cache_namespace(cache_salt, lora.digest if lora is not None else ""),
+            lora=adapter,
         )
         if params.min_tokens and params.allowed_token_ids and set(params.allowed_token_ids) <= set(seq.detok.stop_ids):
             raise InvalidRequestError("allowed_token_ids", "every allowed token ends the output, which min_tokens "
@@ -272,11 +279,12 @@ class LLMEngine:
             tree = (drafts or {}).get(seq.request_id)
             if tree is not None:
                 tokens, parents = tree.step_input(seq.all_ids[-1])
-                inputs.append(SeqInput(tokens, seq.num_cached, seq.block_table, parents=parents, logits="all"))
+                inputs.append(SeqInput(tokens, seq.num_cached, seq.block_table, parents=parents, logits="all",
+                                       lora=seq.lora))
             else:
                 mode = "all" if _prompt_rows(s) else "last" if s.samples else "none"
                 inputs.append(SeqInput(seq.all_ids[seq.num_cached : seq.num_cached + s.num_tokens], seq.num_cached,
-                                       seq.block_table, logits=mode))
+                                       seq.block_table, logits=mode, lora=seq.lora))
         batch = plan_batch(inputs, self.config.block_size, self.config.device, self.model.config.sliding_window)
         return self.model.run(batch, self.kv)
 

@@ -15,6 +15,7 @@ from engine.batch import Batch
 from engine.config import ModelConfig
 from engine.kv_pool import KVPool
 from engine.layers import Weight, linear, linear_residual, norm_linear, rms_norm, silu_and_mul
+from engine.lora.batch import LoraBatch
 from engine.rope import RotaryEmbedding
 
 
@@ -56,12 +57,18 @@ class Model:
         plan = backend.plan(batch.attn)  # once per step, used by every layer
         cos, sin = self.rope.lookup(batch.attn.positions, self.dtype)  # [T, 1, head_dim]
         h = w.embed.index_select(0, batch.input_ids)  # [T, hidden]: the residual stream, updated in place
-        for lw, cache in zip(w.layers, kv.layers):
-            qkv = norm_linear(h, lw.input_norm, eps, lw.qkv, lw.qkv_bias).view(T, H + 2 * KVH, D)
-            q = backend.rope_write_kv(qkv, cos, sin, cache, plan, H)  # [T, heads, head_dim]; K/V stored
+        lora = batch.lora
+        for i, (lw, cache) in enumerate(zip(w.layers, kv.layers)):
+            qkv = norm_linear(h, lw.input_norm, eps, lw.qkv, lw.qkv_bias)
+            if lora is not None:
+                lora.add(qkv, rms_norm(h.index_select(0, lora.rows), lw.input_norm, eps), i, "qkv")
+            q = backend.rope_write_kv(qkv.view(T, H + 2 * KVH, D), cos, sin, cache, plan, H)  # [T, heads, head_dim]
             attn = backend.attend(q, cache, plan, scale)  # [T, heads, head_dim]
-            h = linear_residual(attn.reshape(T, cfg.q_size), lw.o, h)
-            h = linear_residual(silu_and_mul(norm_linear(h, lw.post_norm, eps, lw.gate_up)), lw.down, h)
+            h = _residual(attn.reshape(T, cfg.q_size), lw.o, h, lora, i, "o")
+            gate_up = norm_linear(h, lw.post_norm, eps, lw.gate_up)
+            if lora is not None:
+                lora.add(gate_up, rms_norm(h.index_select(0, lora.rows), lw.post_norm, eps), i, "gate_up")
+            h = _residual(silu_and_mul(gate_up), lw.down, h, lora, i, "down")
         return rms_norm(h, w.norm, eps)
 
     @torch.inference_mode()
@@ -75,3 +82,13 @@ class Model:
         if batch.logits_indices.shape[0] != hidden.shape[0]:  # equal counts: every row, in order
             hidden = hidden.index_select(0, batch.logits_indices)
         return self.compute_logits(hidden)
+
+
+def _residual(x: torch.Tensor, weight: Weight, h: torch.Tensor, lora: LoraBatch | None, layer: int,
+              projection: str) -> torch.Tensor:
+    """h += x @ weight.t() (in place), plus the adapters' deltas on their rows: HF's and PEFT's
+    order, ``h + (base(x) + delta(x))``, so a step with adapters adds each projection whole."""
+    if lora is None:
+        return linear_residual(x, weight, h)
+    out = lora.add(linear(x, weight), x.index_select(0, lora.rows), layer, projection)
+    return h.add_(out)

@@ -19,8 +19,21 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from engine.block_allocator import BlockAllocator
+from engine.errors import InvalidRequestError
 
 _ROOT = b"grove-prefix-v1"
+
+
+def cache_namespace(cache_salt: str, adapter_digest: str = "") -> str:
+    """The salt a request's chain and caches go by: its client's ``cache_salt``, and its LoRA
+    adapter where it has one (KV computed with an adapter is that adapter's alone). Client salts
+    never hold NUL (``check_salt``), so no client salt names an adapter's namespace."""
+    return f"\0lora:{adapter_digest}\0{cache_salt}" if adapter_digest else cache_salt
+
+
+def check_salt(cache_salt: str) -> None:
+    if "\0" in cache_salt:
+        raise InvalidRequestError("cache_salt", "may not hold NUL characters")
 
 
 def hash_root(cache_salt: str = "") -> bytes:

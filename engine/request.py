@@ -7,6 +7,15 @@ from engine.sampling_params import SamplingParams
 
 
 @dataclass(frozen=True, slots=True)
+class LoraRef:
+    """A LoRA adapter a request runs with (vLLM's LoRARequest): what each worker loads it by."""
+
+    name: str  # as the client names it (the request's "model")
+    path: str  # the PEFT adapter's directory, readable by every worker
+    digest: str  # of its files (engine.lora.adapter.adapter_digest): its KV is keyed by content
+
+
+@dataclass(frozen=True, slots=True)
 class WorkRequest:
     request_id: str
     prompt_ids: tuple[int, ...]
@@ -16,6 +25,7 @@ class WorkRequest:
     cache_salt: str = ""  # vLLM's: cached prefixes and drafts are shared only among requests of one salt
     # a request resumed after its decode worker was lost: the output tokens it already has
     resume_ids: tuple[int, ...] = ()
+    lora: LoraRef | None = None  # the adapter it runs with (None: the base model)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from engine.detokenizer import Detokenizer, FinishReason
+from engine.lora.adapter import LoraAdapter
 from engine.sampling_params import SamplingParams
 from engine.structured import Grammar
 from engine.token_rules import TokenRules
@@ -51,6 +52,7 @@ class Sequence:
     rules: TokenRules | None = None  # allowed tokens and bad words (engine.token_rules)
     priority: int = 0  # vLLM's: lower goes first (waiting order) and is preempted last; ties by arrival
     arrival: int = -1  # the scheduler's count when it first took the sequence (set by Scheduler.add)
+    lora: LoraAdapter | None = None  # the LoRA adapter it runs with (None: the base model)
 
     def __post_init__(self) -> None:
         if not self.all_ids:

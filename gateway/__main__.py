@@ -11,12 +11,14 @@ import uvicorn
 from prometheus_client import disable_created_metrics
 
 from engine.config import ModelConfig
+from engine.errors import InvalidRequestError
 from engine.generation_defaults import load_generation_defaults
 from engine.paths import default_model_dir
 from engine.tokenizer import read_chat_template
 from gateway.core import GatewayConfig, GatewayCore
 from gateway.grpc_api import GroveServicer
 from gateway.http_api import Cors, build_app
+from gateway.lora import parse_lora_modules
 from gateway.response_store import DEFAULT_SIZE
 from gateway.reasoning_parsers import REASONING_PARSERS
 from gateway.tool_parsers import PARSERS
@@ -53,6 +55,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--enable-log-requests", action="store_true",
                    help="log each request's arrival (prompt token ids, sampling parameters) and end (vLLM's flag)")
     p.add_argument("--max-log-len", type=int, default=None, help="prompt token ids a logged request shows (default: all)")
+    g = p.add_argument_group("LoRA adapters (as vLLM's flags; the workers load them from the same paths)")
+    g.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters beside the base model")
+    g.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                   help="adapters served from the start: name=path or '{\"name\": ..., \"path\": ...}'; requests "
+                        "choose one by its name as their model")
+    g.add_argument("--max-lora-rank", type=int, default=16, help="adapters of a higher rank are refused")
+    g.add_argument("--allow-runtime-lora-updating", action="store_true",
+                   default=os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").lower() in ("1", "true"),
+                   help="answer /v1/load_lora_adapter and /v1/unload_lora_adapter (also "
+                        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)")
     g = p.add_argument_group("requests' defaults (as vLLM's flags)")
     g.add_argument("--generation-config", default="auto",
                    help="default sampling parameters: 'auto' (the model's generation_config.json), 'vllm' (none) "
@@ -104,6 +116,16 @@ def _json_list(text: str) -> list[str]:
     return value
 
 
+def lora_modules(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """--lora-modules as (name, path) pairs; they need --enable-lora, as in vLLM."""
+    if args.lora_modules and not args.enable_lora:
+        raise SystemExit("--lora-modules needs --enable-lora")
+    try:
+        return tuple(parse_lora_modules(args.lora_modules))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+
+
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     model_dir = args.model
     mc = ModelConfig.from_dir(model_dir)
@@ -113,12 +135,16 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     await router.refresh()
     router.start()
     metrics = GatewayMetrics(name, args.worker_id or f"gateway-{os.getpid()}", router)
-    core = GatewayCore(GatewayConfig(model_dir, name, max_len, args.max_concurrent, args.sampling_defaults,
-                                     args.chat_template, args.trust_request_chat_template, tuple(aliases),
-                                     args.tool_call_parser if args.enable_auto_tool_choice else None,
-                                     args.reasoning_parser, args.default_chat_template_kwargs, args.enable_log_requests,
-                                     args.max_log_len),
-                       router, metrics)
+    try:
+        core = GatewayCore(GatewayConfig(model_dir, name, max_len, args.max_concurrent, args.sampling_defaults,
+                                         args.chat_template, args.trust_request_chat_template, tuple(aliases),
+                                         args.tool_call_parser if args.enable_auto_tool_choice else None,
+                                         args.reasoning_parser, args.default_chat_template_kwargs, args.enable_log_requests,
+                                         args.max_log_len, lora_modules(args), args.max_lora_rank,
+                                         args.enable_lora and args.allow_runtime_lora_updating),
+                           router, metrics)
+    except InvalidRequestError as e:  # an adapter of --lora-modules that cannot be served
+        raise SystemExit(f"--lora-modules: {e.message}") from None
     server, grpc_port, health = create_server(f"{args.host}:{args.grpc_port}")
     pb_grpc.add_GroveServicer_to_server(GroveServicer(core), server)
     await server.start()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from engine.errors import InvalidRequestError
-from engine.request import TokenOut, Usage
+from engine.request import LoraRef, TokenOut, Usage
 from engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from gateway.core import GatewayCore
 
@@ -25,12 +25,14 @@ MAX_WIDTH = MAX_LOGPROBS // 2  # each step asks for 2 x width alternatives
 
 class Placement(NamedTuple):
     """What every request of a search shares: the pipeline id its own begin with, when it arrived,
-    its priority and cache salt (a tenant's beams share prefixes only with its own requests)."""
+    its priority and cache salt (a tenant's beams share prefixes only with its own requests), and
+    its LoRA adapter."""
 
     request_id: str
     arrived: float
     priority: int = 0
     cache_salt: str = ""
+    lora: LoraRef | None = None
 
 
 @dataclass(slots=True)
@@ -105,7 +107,7 @@ async def _one_token(core: GatewayCore, ids: list[int], params: SamplingParams,
     """One greedy token of ``ids`` with its alternatives, and the prompt tokens the cache served."""
     token: TokenOut | None = None
     cached = 0
-    work = core.work(ids, params, where.request_id, where.priority, where.cache_salt)
+    work = core.work(ids, params, where.request_id, where.priority, where.cache_salt, where.lora)
     async for chunk in core.generate(work, where.arrived):
         token = chunk.tokens[0] if chunk.tokens else token
         cached = chunk.usage.cached_tokens if chunk.usage is not None else cached

@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import AsyncIterator, Sequence
 
-from engine.request import GenerationChunk, Usage, WorkRequest
+from engine.request import GenerationChunk, LoraRef, Usage, WorkRequest
 from engine.sampling_params import SamplingParams
 from gateway.core import GatewayCore, detach
 
@@ -36,18 +36,19 @@ class Choice:
 
 
 def plan_choices(core: GatewayCore, prompts: Sequence[list[int]], params: SamplingParams, n: int,
-                 request_id: str, priority: int = 0, cache_salt: str = "", chat: bool = False) -> list[Choice]:
+                 request_id: str, priority: int = 0, cache_salt: str = "", chat: bool = False,
+                 lora: LoraRef | None = None) -> list[Choice]:
     """One request per sample; with a seed, sample j samples with seed + j (as vLLM's n does), so
     the first equals the same request with n = 1. Request ids: ``request_id`` for the only choice,
-    with ``-index`` appended where there are several. Every choice has the request's priority and
-    cache salt. ``chat``: a chat's answer may think before its grammar (GatewayCore.thinks_first)."""
+    with ``-index`` appended where there are several. Every choice has the request's priority,
+    cache salt and LoRA adapter. ``chat``: a chat's answer may think before its grammar (GatewayCore.thinks_first)."""
     choices = []
     for i, ids in enumerate(prompts):
         for j in range(n):
             index = i * n + j
             p = params if params.seed is None or j == 0 else dataclasses.replace(params, seed=(params.seed + j) & _SEED_MASK)
             rid = request_id if len(prompts) * n == 1 else f"{request_id}-{index}"
-            choices.append(Choice(index, i, j == 0, core.work(ids, p, rid, priority, cache_salt),
+            choices.append(Choice(index, i, j == 0, core.work(ids, p, rid, priority, cache_salt, lora),
                                   chat and core.thinks_first(ids, p)))
     return choices
 

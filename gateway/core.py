@@ -16,10 +16,12 @@ import grpc
 
 from engine.config import ModelConfig
 from engine.errors import InvalidRequestError
-from engine.request import GenerationChunk, TokenOut, Usage, WorkRequest
+from engine.prefix_cache import cache_namespace, check_salt
+from engine.request import GenerationChunk, LoraRef, TokenOut, Usage, WorkRequest
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import apply_chat_template, load_tokenizer, validate_prompt
 from gateway.errors import OverloadedError, UnavailableError
+from gateway.lora import LoraModules, ServedModel
 from gateway.metrics import GatewayMetrics, RequestTrace
 from gateway.reasoned import think_then_answer, thinks_first
 from gateway.router import Router, Worker
@@ -54,6 +56,9 @@ class GatewayConfig:
     default_template_kwargs: Mapping[str, Any] = field(default_factory=dict)
     log_requests: bool = False  # vLLM's --enable-log-requests: each request's arrival and end in the log
     max_log_len: int | None = None  # prompt token ids a logged request shows (None: all)
+    lora_modules: tuple[tuple[str, str], ...] = ()  # vLLM's --lora-modules: (name, path) of each adapter served
+    max_lora_rank: int = 16  # vLLM's: adapters of a higher rank are refused
+    runtime_lora_updating: bool = False  # /v1/load_lora_adapter and /v1/unload_lora_adapter answer (vLLM's switch)
 
     @property
     def served_names(self) -> tuple[str, ...]:
@@ -75,6 +80,9 @@ class GatewayCore:
         if config.chat_template:
             self.tokenizer.chat_template = config.chat_template
         self.model_config = ModelConfig.from_dir(config.model_dir)
+        self.loras = LoraModules(config.served_names, config.max_lora_rank, config.runtime_lora_updating)
+        for name, path in config.lora_modules:
+            self.loras.add(name, path)
         self.in_flight = 0
         # the tasks streaming a request's output, while they wait for its next chunk (not while the
         # client's server sends one: a cancel there lands in the server's own write)
@@ -82,9 +90,10 @@ class GatewayCore:
         self._shut = False  # the drain timed out: what still runs ends with an error
 
     # ---- input ------------------------------------------------------------------------------
-    def check_model(self, model: str | None) -> None:
-        if model and model not in self.config.served_names:
-            raise InvalidRequestError("model", f"model {model!r} is not served here (try {self.config.served_model_name!r})")
+    def served(self, model: str | None) -> ServedModel:
+        """What a request's ``model`` names: the base model (unnamed, or by a served name) or a LoRA
+        adapter; any other name is a 404 (ModelNotFoundError)."""
+        return self.loras.resolve(model)
 
     def token_ids(self, prompt: str | Sequence[int] | None = None, messages: list[dict[str, Any]] | None = None,
                   template: dict[str, Any] | None = None, add_special_tokens: bool = True) -> list[int]:
@@ -172,9 +181,11 @@ class GatewayCore:
         return given, f"{given}-{secrets.token_hex(4)}"
 
     def work(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "", priority: int = 0,
-             cache_salt: str = "") -> WorkRequest:
+             cache_salt: str = "", lora: LoraRef | None = None) -> WorkRequest:
+        check_salt(cache_salt)
         seed = params.seed if params.seed is not None else secrets.randbits(63)
-        return WorkRequest(request_id or self.new_request_id(), tuple(prompt_ids), params, seed, priority, cache_salt)
+        return WorkRequest(request_id or self.new_request_id(), tuple(prompt_ids), params, seed, priority, cache_salt,
+                           lora=lora)
 
     # ---- the pipeline -----------------------------------------------------------------------
     async def _prefill(self, work: WorkRequest, trace: RequestTrace, avoid: Sequence[Worker] = (),
@@ -186,8 +197,10 @@ class GatewayCore:
         busy = False
         last_failure = ""
         req = pb.PrefillRequest(request=convert.work_to_pb(work))
+        # the workers' cache namespace (the salt, and the adapter: its KV is its own)
+        namespace = cache_namespace(work.cache_salt, work.lora.digest if work.lora is not None else "")
         while True:
-            w = self.router.choose_prefill(work.prompt_ids, exclude=[*tried, *avoid], cache_salt=work.cache_salt)
+            w = self.router.choose_prefill(work.prompt_ids, exclude=[*tried, *avoid], cache_salt=namespace)
             if w is None and avoid:
                 avoid = ()
                 continue

@@ -6,6 +6,11 @@ import grpc
 from engine.errors import GroveError, InvalidRequestError
 
 
+class ModelNotFoundError(InvalidRequestError):
+    """A model (or LoRA adapter) name not served here: HTTP 404 as vLLM answers it; gRPC
+    INVALID_ARGUMENT, a field of the request."""
+
+
 class OverloadedError(GroveError):
     """HTTP 429 / RESOURCE_EXHAUSTED."""
 
@@ -15,6 +20,8 @@ class UnavailableError(GroveError):
 
 
 def http_status(exc: BaseException) -> int:
+    if isinstance(exc, ModelNotFoundError):
+        return 404
     if isinstance(exc, InvalidRequestError):
         return 400
     if isinstance(exc, OverloadedError):

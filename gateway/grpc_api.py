@@ -21,7 +21,7 @@ class GroveServicer(pb_grpc.GroveServicer):
 
     def _work(self, request: pb.GenerateRequest) -> tuple[str, WorkRequest]:
         """(the request id the client sees, the pipeline's request)."""
-        self.core.check_model(request.model)
+        served = self.core.served(request.model)
         kind, value = convert.prompt_from_api_pb(request)
         params = convert.sampling_from_pb(request.sampling, self.core.config.sampling_defaults)
         truncate = request.truncate_prompt_tokens if request.HasField("truncate_prompt_tokens") else None
@@ -34,7 +34,7 @@ class GroveServicer(pb_grpc.GroveServicer):
         if request.sampling.HasField("max_tokens"):
             self.core.check_room(len(ids), params.max_tokens)
         shown, work_id = self.core.request_ids(request.request_id)
-        return shown, self.core.work(ids, params, work_id, request.priority, request.cache_salt)
+        return shown, self.core.work(ids, params, work_id, request.priority, request.cache_salt, served.lora)
 
     async def GenerateStream(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateStreamResponse]:
         arrived = time.perf_counter()
@@ -70,7 +70,7 @@ class GroveServicer(pb_grpc.GroveServicer):
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
         try:
-            self.core.check_model(request.model)
+            self.core.served(request.model)
             if request.WhichOneof("input") == "chat":
                 ids = self.core.tokenize(messages=[{"role": m.role, "content": m.content} for m in request.chat.messages])
             else:
@@ -80,6 +80,8 @@ class GroveServicer(pb_grpc.GroveServicer):
         return pb.TokenizeResponse(token_ids=ids, max_model_len=self.core.max_model_len)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[pb.Model(id=name, max_model_len=self.core.max_model_len,
-                                                      dtype=self.core.model_config.torch_dtype)
-                                             for name in self.core.config.served_names])
+        base, dtype, length = self.core.config.served_model_name, self.core.model_config.torch_dtype, self.core.max_model_len
+        return pb.ListModelsResponse(models=[*(pb.Model(id=name, max_model_len=length, dtype=dtype)
+                                               for name in self.core.config.served_names),
+                                             *(pb.Model(id=ref.name, max_model_len=length, dtype=dtype, parent=base)
+                                               for ref in self.core.loras)])

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -29,6 +29,7 @@ from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.http_common import (
     ERROR_TYPES, error_response, first_chunk, json_object, reasoning_parser_for, request_ids, tagged, unless_gone, with_tools,
 )
+from gateway.lora import ServedModel
 from gateway.messages_http import add_messages_routes
 from gateway.openai_protocol import (
     StreamUsage, asked_max_tokens, cache_salt_from_body, chat_messages, chat_template_options, choices_per_prompt,
@@ -108,23 +109,59 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
 
     started = int(time.time())
 
-    def model_card(name: str) -> dict[str, Any]:
-        """OpenAI's model object, with vLLM's ``root`` (the checkpoint) and ``max_model_len``."""
-        return {"id": name, "object": "model", "created": started, "owned_by": "grove",
-                "root": core.config.model_dir, "max_model_len": core.max_model_len}
+    def model_card(served: ServedModel) -> dict[str, Any]:
+        """OpenAI's model object, with vLLM's ``root`` (the checkpoint, or the adapter's directory),
+        ``parent`` (an adapter's base model) and ``max_model_len``."""
+        lora = served.lora
+        return {"id": served.name, "object": "model", "created": started, "owned_by": "grove",
+                "root": lora.path if lora is not None else core.config.model_dir,
+                "parent": core.config.served_model_name if lora is not None else None,
+                "max_model_len": core.max_model_len}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        """A card per name the model is served under (vLLM's --served-model-name may give several)."""
-        return {"object": "list", "data": [model_card(name) for name in core.config.served_names]}
+        """A card per name the model is served under (vLLM's --served-model-name may give several),
+        then one per LoRA adapter."""
+        served = [ServedModel(name) for name in core.config.served_names] + [ServedModel(r.name, r) for r in core.loras]
+        return {"object": "list", "data": [model_card(s) for s in served]}
 
     @app.get("/v1/models/{model:path}")
     async def model(model: str) -> Response:
         """OpenAI's "retrieve model" (``client.models.retrieve``); a name not served is a 404."""
-        if model not in core.config.served_names:
-            return error_response(InvalidRequestError("model", f"model {model!r} is not served here "
-                                                       f"(try {core.config.served_model_name!r})"), 404)
-        return JSONResponse(model_card(model))
+        try:
+            served = core.served(model)  # (an alias's card is its own, where responses name the first)
+            return JSONResponse(model_card(served if served.lora is not None else ServedModel(model)))
+        except InvalidRequestError as e:
+            return error_response(e)
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: Request) -> Response:
+        """vLLM's: serve another adapter (``lora_name``, ``lora_path``), where the gateway allows
+        run-time updates (``--allow-runtime-lora-updating`` or VLLM_ALLOW_RUNTIME_LORA_UPDATING)."""
+        try:
+            body = await json_object(request)
+            core.loras.check_updatable()
+            name, path = body.get("lora_name"), body.get("lora_path")
+            if not isinstance(name, str) or not isinstance(path, str):
+                raise InvalidRequestError("lora_name" if not isinstance(name, str) else "lora_path", "must be a string")
+            core.loras.add(name, path)
+        except InvalidRequestError as e:
+            return error_response(e)
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(request: Request) -> Response:
+        """vLLM's: stop serving an adapter (requests already running finish with it)."""
+        try:
+            body = await json_object(request)
+            core.loras.check_updatable()
+            name = body.get("lora_name")
+            if not isinstance(name, str):
+                raise InvalidRequestError("lora_name", "must be a string")
+            core.loras.remove(name)
+        except InvalidRequestError as e:
+            return error_response(e)
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> Response:
@@ -132,7 +169,7 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
         have, their count and the context length."""
         try:
             body = await json_object(request)
-            core.check_model(body.get("model"))
+            core.served(body.get("model"))
             if body.get("messages") is not None:
                 ids = core.token_ids(messages=chat_messages(body), template=chat_template_options(body))
             elif isinstance(body.get("prompt"), str):
@@ -151,7 +188,7 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
     async def detokenize(request: Request) -> Response:
         try:
             body = await json_object(request)
-            core.check_model(body.get("model"))
+            core.served(body.get("model"))
             tokens = body.get("tokens")
             if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
                 raise InvalidRequestError("tokens", "must be a list of token ids")
@@ -165,7 +202,7 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
         body: dict[str, Any] = {}
         try:
             body = await json_object(request)
-            core.check_model(body.get("model"))
+            served = core.served(body.get("model"))
             reject_unsupported(body, chat)
             stream_usage = stream_usage_from_body(body)
             return_ids, tokens_as_ids = flag(body, "return_token_ids"), flag(body, "return_tokens_as_token_ids")
@@ -204,16 +241,17 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
             beams = beam_search.beam_width(body, n, params)
             choices = [] if beams is not None else plan_choices(core, prompts, params, n, work_id,
                                                                 priority_from_body(body), cache_salt_from_body(body),
-                                                                chat=chat)
+                                                                chat=chat, lora=served.lora)
         except InvalidRequestError as e:
             return error_response(name_structured_error(e, body))
-        shaper = ResponseShaper(request_id, core.config.served_model_name, chat, core.tokenizer,
+        shaper = ResponseShaper(request_id, served.name, chat, core.tokenizer,
                                 params.logprobs, return_ids, {c.index: echo[c.prompt] for c in choices} if echo else None,
                                 tools, asked, tokens_as_ids,
                                 reasoning_parser_for(core, params, any(c.thinks for c in choices)),
                                 show_reasoning=body.get("include_reasoning") is None or flag(body, "include_reasoning"))
         if beams is not None:
-            where = beam_search.Placement(work_id, arrived, priority_from_body(body), cache_salt_from_body(body))
+            where = beam_search.Placement(work_id, arrived, priority_from_body(body), cache_salt_from_body(body),
+                                          served.lora)
             return tagged(await unless_gone(request, _beam_response(core, shaper, prompts, params, *beams, where)),
                            request_id)
         gen = merged(core, choices, arrived)

@@ -32,7 +32,7 @@ def messages_error(exc: BaseException, status: int | None = None) -> JSONRespons
 
 def add_messages_routes(app: FastAPI, core: GatewayCore) -> None:
     def prompt_of(chat: dict[str, Any]) -> list[int]:
-        core.check_model(chat.get("model"))
+        core.served(chat.get("model"))  # a model not served is a 404, here as for a message
         return core.tokenize(messages=chat_messages(chat), template=chat_template_options(chat))
 
     @app.post("/v1/messages")
@@ -43,19 +43,20 @@ def add_messages_routes(app: FastAPI, core: GatewayCore) -> None:
             body = await json_object(request)
             chat = as_chat_body(body)
             prompt = prompt_of(chat)
+            served = core.served(chat.get("model"))
             params = sampling_from_body(chat, chat=True, defaults=core.config.sampling_defaults)
             params, tools = with_tools(core, chat, params)
             core.check_room(len(prompt), params.max_tokens)
             request_id, work_id = request_ids(core, chat, request)
             choices = plan_choices(core, [prompt], params, 1, work_id, priority_from_body(chat),
-                                   cache_salt_from_body(chat), chat=True)
+                                   cache_salt_from_body(chat), chat=True, lora=served.lora)
         except InvalidRequestError as e:
             return messages_error(name_messages_error(name_structured_error(e, chat)))
         gen = merged(core, choices, arrived)
         first = await first_chunk(gen, lambda e: name_messages_error(name_structured_error(e, chat)), messages_error)
         if isinstance(first, Response):
             return tagged(first, request_id)
-        obj = MessageObject(request_id, core.config.served_model_name, len(prompt), tools,
+        obj = MessageObject(request_id, served.name, len(prompt), tools,
                             reasoning_parser_for(core, params, choices[0].thinks))
         if body.get("stream"):
             return tagged(StreamingResponse(object_events(obj, first, gen), media_type="text/event-stream"), request_id)

@@ -37,7 +37,7 @@ def add_responses_routes(app: FastAPI, core: GatewayCore, store: ResponseStore) 
             body = await json_object(request)
             chat = as_chat_body(body, store.history(body))
             keep = wants_store(body)
-            core.check_model(chat.get("model"))
+            served = core.served(chat.get("model"))
             params = sampling_from_body(chat, chat=True, defaults=core.config.sampling_defaults)
             prompt = core.tokenize(messages=chat_messages(chat), template=chat_template_options(chat),
                                    truncate=truncation(body, truncation_from_body(chat), core.max_model_len))
@@ -46,7 +46,7 @@ def add_responses_routes(app: FastAPI, core: GatewayCore, store: ResponseStore) 
                 core.check_room(len(prompt), params.max_tokens)
             request_id, work_id = request_ids(core, chat, request)
             choices = plan_choices(core, [prompt], params, 1, work_id, priority_from_body(chat),
-                                   cache_salt_from_body(chat), chat=True)
+                                   cache_salt_from_body(chat), chat=True, lora=served.lora)
             reasoning = reasoning_parser_for(core, params, choices[0].thinks)
             if (tools is not None or reasoning is not None) and params.logprobs is not None:
                 raise InvalidRequestError("include", "output logprobs cannot be combined with tool calls or a "
@@ -63,7 +63,7 @@ def add_responses_routes(app: FastAPI, core: GatewayCore, store: ResponseStore) 
         if isinstance(first, Response):
             return tagged(first, request_id)
         names = TokenNames(core.tokenizer) if params.logprobs is not None else None
-        obj = ResponseObject(request_id, core.config.served_model_name, body, names, tools, reasoning)
+        obj = ResponseObject(request_id, served.name, body, names, tools, reasoning)
         if body.get("stream"):
             return tagged(StreamingResponse(object_events(obj, first, gen, done), media_type="text/event-stream"),
                            request_id)

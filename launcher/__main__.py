@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--tool-call-parser", default="", help="the model's tool-call format: hermes (Qwen2.5, Hermes 2/3), qwen3_coder (Qwen3-Coder's XML), llama3_json (Llama 3.1/3.2), pythonic (Llama 3.2/4) or mistral")
     s.add_argument("--reasoning-parser", default="", help="a reasoning model's thinking to the reasoning field: "
                                                           "deepseek_r1 or qwen3")
+    s.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters beside the base model")
+    s.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                   help="adapters served (PEFT directories): name=path or vLLM's JSON form; a request names one as "
+                        "its model")
+    s.add_argument("--max-lora-rank", type=int, default=0, help="highest adapter rank (default: the services' 16)")
+    s.add_argument("--max-cpu-loras", type=int, default=0, help="adapters each worker keeps loaded (default: 8)")
     x = p.add_argument_group("any other flag of a service, as one string each "
                              "(e.g. --gateway-args '--allowed-origins https://ui.example --allow-credentials')")
     for who in ("gateway", "prefill", "decode", "worker"):
@@ -95,6 +101,8 @@ def _service_args(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
     """StackConfig's per-service arguments from the launcher's flags."""
     worker = [*(["--max-model-len", str(args.max_model_len)] if args.max_model_len else []),
               *(["--max-num-seqs", str(args.max_num_seqs)] if args.max_num_seqs else []),
+              *(["--max-lora-rank", str(args.max_lora_rank)] if args.max_lora_rank else []),
+              *(["--max-cpu-loras", str(args.max_cpu_loras)] if args.max_cpu_loras else []),
               *shlex.split(args.worker_args)]
     gateway = [*(["--served-model-name", *args.served_model_name] if args.served_model_name else []),
                *(["--max-model-len", str(args.max_model_len)] if args.max_model_len else []),
@@ -103,6 +111,9 @@ def _service_args(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
                *(["--enable-auto-tool-choice"] if args.enable_auto_tool_choice else []),
                *(["--tool-call-parser", args.tool_call_parser] if args.tool_call_parser else []),
                *(["--reasoning-parser", args.reasoning_parser] if args.reasoning_parser else []),
+               *(["--enable-lora"] if args.enable_lora else []),
+               *(["--lora-modules", *args.lora_modules] if args.lora_modules else []),
+               *(["--max-lora-rank", str(args.max_lora_rank)] if args.max_lora_rank else []),
                *shlex.split(args.gateway_args)]
     prefill = tuple(shlex.split(args.prefill_args))
     return {"extra_worker_args": tuple(worker), "extra_gateway_args": tuple(gateway),

@@ -128,7 +128,7 @@ class PrefillService:
 
     async def _prefill(self, req: WorkRequest) -> PrefillResult:
         seq: Sequence = await self.engine.call(self.eng.make_sequence, req.request_id, list(req.prompt_ids),
-                                               req.params, req.priority, req.cache_salt, req.resume_ids)
+                                               req.params, req.priority, req.cache_salt, req.resume_ids, req.lora)
         prompt = list(seq.all_ids)  # every token whose KV this prefill computes
         seq.seed = req.seed
         seq.hold_kv = True
@@ -149,10 +149,10 @@ class PrefillService:
                            for t, (lp, rank, ids, lps) in zip(prompt[1:], seq.prompt_logprobs))
         held = list(seq.block_table)
         if seq.finish_reason is not None:  # finished on its first token: the write-back frees the blocks
-            self._write_back(prompt, held, req.cache_salt, owned=True)
+            self._write_back(prompt, held, seq.cache_salt, owned=True)
             return PrefillResult(first, out.delta_text, seq.finish_reason, cached, None, prompt_lps,
                                  seq.detok.stop_reason)
-        self._write_back(prompt, held, req.cache_salt)
+        self._write_back(prompt, held, seq.cache_salt)
         lease_id = self.leases.hold(held)
         return PrefillResult(first, out.delta_text, None, cached, self._handle(lease_id, held, len(prompt)), prompt_lps)
 

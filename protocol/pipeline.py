@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from engine.generation_defaults import with_defaults
-from engine.request import GenerationChunk, KVHandle, TokenOut, Usage, WorkRequest
+from engine.request import GenerationChunk, KVHandle, LoraRef, TokenOut, Usage, WorkRequest
 from engine.sampling_params import SamplingParams
 from engine.structured import StructuredSpec
 from grove.internal.v1 import worker_pb2 as wpb
@@ -63,14 +63,16 @@ def sampling_to_pb(p: SamplingParams) -> apb.SamplingParams:
 
 
 def work_to_pb(w: WorkRequest) -> wpb.WorkRequest:
+    lora = wpb.LoraAdapter(name=w.lora.name, path=w.lora.path, digest=w.lora.digest) if w.lora is not None else None
     return wpb.WorkRequest(request_id=w.request_id, prompt_token_ids=list(w.prompt_ids),
                            sampling=sampling_to_pb(w.params), seed=w.seed, priority=w.priority,
-                           cache_salt=w.cache_salt, resume_token_ids=list(w.resume_ids))
+                           cache_salt=w.cache_salt, resume_token_ids=list(w.resume_ids), lora=lora)
 
 
 def work_from_pb(pb: wpb.WorkRequest) -> WorkRequest:
+    lora = LoraRef(pb.lora.name, pb.lora.path, pb.lora.digest) if pb.HasField("lora") else None
     return WorkRequest(pb.request_id, tuple(pb.prompt_token_ids), sampling_from_pb(pb.sampling), pb.seed, pb.priority,
-                       pb.cache_salt, tuple(pb.resume_token_ids))
+                       pb.cache_salt, tuple(pb.resume_token_ids), lora)
 
 
 def token_to_pb(t: TokenOut) -> wpb.TokenOut:

@@ -157,3 +157,15 @@ def hf_reference(request: pytest.FixtureRequest, model_dir: Path) -> HFReference
     """transformers loads only where a reference is not yet in this run's files."""
     return HFReference(lambda: request.getfixturevalue("hf_model"), model_dir,
                        Path(os.environ["GROVE_TEST_HF_REFERENCES"]))
+
+
+@pytest.fixture(scope="session")
+def lora_dirs(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two PEFT adapters of the bundled model: "all" on every projection (rank 8), and "qvd" on
+    q, v and down only (rank 4, rsLoRA, its own alpha for down_proj)."""
+    from tests.lora_adapters import make_adapter
+
+    root = tmp_path_factory.mktemp("lora")
+    return {"all": make_adapter(model_dir, root / "all", seed=1),
+            "qvd": make_adapter(model_dir, root / "qvd", seed=2, r=4, alpha=8, targets=("q_proj", "v_proj", "down_proj"),
+                                use_rslora=True, alpha_pattern={"down_proj": 4})}

@@ -78,7 +78,10 @@ class Speculator:
     def eligible(seq: Seq) -> bool:
         """Lookahead is on for a request unless it turned it off (the server switch removes the speculator)."""
         # (penalties too: each tree row is penalised for the drafts on its path, LLMEngine._sample)
-        return seq.params.lookahead is not False and not seq.is_prefilling and not seq.hold_kv
+        # (an adapter whose 16-bit products are not row-invariant here would make a draft's rows
+        # differ from plain decoding's: such a request decodes plainly)
+        return seq.params.lookahead is not False and not seq.is_prefilling and not seq.hold_kv \
+            and (seq.lora is None or seq.lora.row_invariant)
 
     def propose(self, seqs: Sequence[Seq], base_tokens: int, base_key_reads: int = 0,
                 context_keys: int = 0) -> dict[str, DraftTree]:
