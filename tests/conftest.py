@@ -166,6 +166,6 @@ def lora_dirs(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     from tests.lora_adapters import make_adapter
 
     root = tmp_path_factory.mktemp("lora")
-    return {"all": make_adapter(model_dir, root / "all", seed=1),
+    return {"all": make_adapter(model_dir, root / "all", seed=1, b_scale=0.5),
             "qvd": make_adapter(model_dir, root / "qvd", seed=2, r=4, alpha=8, targets=("q_proj", "v_proj", "down_proj"),
                                 use_rslora=True, alpha_pattern={"down_proj": 4})}
