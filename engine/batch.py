@@ -199,6 +199,7 @@ def plan_batch(seqs: Sequence[SeqInput], block_size: int, device: torch.device |
         seq_lens_host=seq_lens,
         sliding_window=sliding_window,
     )
-    lora = LoraBatch.build([(start, q, s.lora) for start, q, s in zip(query_start, q_lens, seqs)], device)
+    lora = LoraBatch.build([(start, q, s.lora) for start, q, s in zip(query_start, q_lens, seqs)], query_start[-1],
+                           device)
     return Batch(input_ids=t(ids), attn=attn, logits_indices=t(logits_idx), logits_start=tuple(logits_start),
                  lora=lora)

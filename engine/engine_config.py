@@ -33,6 +33,7 @@ class EngineConfig:
     calibration_cache: bool = True  # reuse the step-cost calibration of an earlier start with the same setup
     max_lora_rank: int = 16  # vLLM's: the highest LoRA rank an adapter may have
     max_cpu_loras: int = 8  # vLLM's: adapters a worker keeps loaded (the least recently used go past it)
+    max_loras: int = 4  # vLLM's: distinct adapters running at once (each adds its products to every step)
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -41,8 +42,8 @@ class EngineConfig:
             raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be >= 1")
         if not 1 <= self.lookahead_max_depth <= MAX_DRAFT_DEPTH:
             raise ValueError(f"lookahead_max_depth must be between 1 and {MAX_DRAFT_DEPTH}, got {self.lookahead_max_depth}")
-        if self.max_lora_rank < 1 or self.max_cpu_loras < 1:
-            raise ValueError("max_lora_rank and max_cpu_loras must be >= 1")
+        if self.max_lora_rank < 1 or self.max_cpu_loras < 1 or self.max_loras < 1:
+            raise ValueError("max_lora_rank, max_cpu_loras and max_loras must be >= 1")
         if self.kv_cache_gb <= 0 and self.num_kv_blocks <= 0:
             raise ValueError("kv_cache_gb or num_kv_blocks must be positive")
 
@@ -79,6 +80,9 @@ class EngineConfig:
         g.add_argument("--max-lora-rank", type=int, default=16, help="highest rank of a LoRA adapter (vLLM's)")
         g.add_argument("--max-cpu-loras", type=int, default=8,
                        help="LoRA adapters kept loaded; the least recently used is dropped past it (vLLM's)")
+        g.add_argument("--max-loras", type=int, default=4,
+                       help="distinct LoRA adapters running at once; requests of another wait (vLLM's; each "
+                            "running adapter adds its own products to every step)")
 
     @classmethod
     def from_cli(cls, args: argparse.Namespace) -> "EngineConfig":
@@ -90,5 +94,5 @@ class EngineConfig:
             prefix_caching=args.prefix_caching == "on", lookahead=args.lookahead == "on", lookahead_max_depth=args.lookahead_max_depth,
             lookahead_width=args.lookahead_width, lookahead_max_step_tokens=args.lookahead_max_step_tokens,
             calibration_cache=args.calibration_cache == "on", max_lora_rank=args.max_lora_rank,
-            max_cpu_loras=args.max_cpu_loras,
+            max_cpu_loras=args.max_cpu_loras, max_loras=args.max_loras,
         )

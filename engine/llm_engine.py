@@ -123,7 +123,8 @@ class LLMEngine:
             self.max_model_len = num_blocks * config.block_size
         self.prefix_cache = PrefixCache(self.allocator, config.block_size) if config.prefix_caching else None
         self.scheduler = Scheduler(
-            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, config.block_size), self.allocator,
+            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, config.block_size, config.max_loras),
+            self.allocator,
             self.prefix_cache,
         )
         self.eos_ids = tuple(mc.eos_token_ids) or ((self.tokenizer.eos_token_id,) if self.tokenizer.eos_token_id is not None else ())

@@ -59,15 +59,11 @@ class Model:
         h = w.embed.index_select(0, batch.input_ids)  # [T, hidden]: the residual stream, updated in place
         lora = batch.lora
         for i, (lw, cache) in enumerate(zip(w.layers, kv.layers)):
-            qkv = norm_linear(h, lw.input_norm, eps, lw.qkv, lw.qkv_bias)
-            if lora is not None:
-                lora.add(qkv, rms_norm(h.index_select(0, lora.rows), lw.input_norm, eps), i, "qkv")
+            qkv = _normed(h, lw.input_norm, eps, lw.qkv, lw.qkv_bias, lora, i, "qkv")
             q = backend.rope_write_kv(qkv.view(T, H + 2 * KVH, D), cos, sin, cache, plan, H)  # [T, heads, head_dim]
             attn = backend.attend(q, cache, plan, scale)  # [T, heads, head_dim]
             h = _residual(attn.reshape(T, cfg.q_size), lw.o, h, lora, i, "o")
-            gate_up = norm_linear(h, lw.post_norm, eps, lw.gate_up)
-            if lora is not None:
-                lora.add(gate_up, rms_norm(h.index_select(0, lora.rows), lw.post_norm, eps), i, "gate_up")
+            gate_up = _normed(h, lw.post_norm, eps, lw.gate_up, None, lora, i, "gate_up")
             h = _residual(silu_and_mul(gate_up), lw.down, h, lora, i, "down")
         return rms_norm(h, w.norm, eps)
 
@@ -84,11 +80,23 @@ class Model:
         return self.compute_logits(hidden)
 
 
+# A step with LoRA rows takes the unfused forms of the fused products below (the norm, then the
+# product; the product, then the residual add), which give the same bits where the fused ones are
+# Grove's kernels (bf16: kernels.cpu_linear computes them so), so base rows keep theirs.
+
+def _normed(h: torch.Tensor, norm: torch.Tensor, eps: float, weight: Weight, bias: torch.Tensor | None,
+            lora: LoraBatch | None, layer: int, projection: str) -> torch.Tensor:
+    """linear(rms_norm(h)) [T, out], plus the adapters' deltas of the normed rows on their rows."""
+    if lora is None:
+        return norm_linear(h, norm, eps, weight, bias)
+    x = rms_norm(h, norm, eps)
+    return lora.add(linear(x, weight, bias), x, layer, projection)
+
+
 def _residual(x: torch.Tensor, weight: Weight, h: torch.Tensor, lora: LoraBatch | None, layer: int,
               projection: str) -> torch.Tensor:
     """h += x @ weight.t() (in place), plus the adapters' deltas on their rows: HF's and PEFT's
     order, ``h + (base(x) + delta(x))``, so a step with adapters adds each projection whole."""
     if lora is None:
         return linear_residual(x, weight, h)
-    out = lora.add(linear(x, weight), x.index_select(0, lora.rows), layer, projection)
-    return h.add_(out)
+    return h.add_(lora.add(linear(x, weight), x, layer, projection))

@@ -25,9 +25,12 @@ class SchedulerConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512  # token budget of one step (prefill chunk size)
     block_size: int = 16
+    # vLLM's --max-loras: distinct LoRA adapters among the running sequences (each adds its own
+    # products to every step); a request of another adapter waits, and those after it go on
+    max_loras: int = 4
 
     def __post_init__(self) -> None:
-        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1:
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1 or self.max_loras < 1:
             raise ValueError(f"invalid scheduler config {self}")
 
 
@@ -244,6 +247,7 @@ class Scheduler:
         prefilling = [s for s in self.running if s.is_prefilling]
         candidates = prefilling + list(self.waiting)
         computing: set[bytes] = set()  # hashes of the full blocks this step's prompt chunks complete
+        adapters = {s.lora.digest for s in self.running if s.lora is not None}
         for seq in candidates:
             if budget <= 0:
                 break
@@ -252,6 +256,9 @@ class Scheduler:
                 break
             if is_new and self._mostly_computed_by_others(seq, computing):
                 continue  # next step its prefix is cached: compute it once, not once per request
+            if is_new and seq.lora is not None and seq.lora.digest not in adapters \
+                    and len(adapters) >= self.config.max_loras:
+                continue  # its adapter waits for one of the running ones to finish
             if is_new and seq.num_cached == 0:
                 self.reuse_prefix(seq)
             n = min(seq.num_tokens - seq.num_cached, budget)
@@ -260,6 +267,8 @@ class Scheduler:
                 break  # wait for blocks; never preempt running work for a newcomer
             self._note_computing(seq, n, computing)
             if is_new:
+                if seq.lora is not None:
+                    adapters.add(seq.lora.digest)
                 self.waiting.remove(seq)
                 seq.status = SeqStatus.RUNNING
                 # prompt tokens not computed: reused from the cache, or read from the kvstore

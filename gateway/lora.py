@@ -89,6 +89,8 @@ class LoraModules:
 
     def resolve(self, model: str | None) -> ServedModel:
         """The model a request names: the base (no name, or one of its names) or an adapter."""
+        if model is not None and not isinstance(model, str):
+            raise InvalidRequestError("model", "must be a string")
         if not model or model in self.base_names:
             return ServedModel(self.base_names[0])
         ref = self._refs.get(model)

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                         "its model")
     s.add_argument("--max-lora-rank", type=int, default=0, help="highest adapter rank (default: the services' 16)")
     s.add_argument("--max-cpu-loras", type=int, default=0, help="adapters each worker keeps loaded (default: 8)")
+    s.add_argument("--max-loras", type=int, default=0, help="adapters each worker runs at once (default: 4)")
     x = p.add_argument_group("any other flag of a service, as one string each "
                              "(e.g. --gateway-args '--allowed-origins https://ui.example --allow-credentials')")
     for who in ("gateway", "prefill", "decode", "worker"):
@@ -103,6 +104,7 @@ def _service_args(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
               *(["--max-num-seqs", str(args.max_num_seqs)] if args.max_num_seqs else []),
               *(["--max-lora-rank", str(args.max_lora_rank)] if args.max_lora_rank else []),
               *(["--max-cpu-loras", str(args.max_cpu_loras)] if args.max_cpu_loras else []),
+              *(["--max-loras", str(args.max_loras)] if args.max_loras else []),
               *shlex.split(args.worker_args)]
     gateway = [*(["--served-model-name", *args.served_model_name] if args.served_model_name else []),
                *(["--max-model-len", str(args.max_model_len)] if args.max_model_len else []),

@@ -58,13 +58,14 @@ class FusedLora:
     a: Weight  # [sum r, in]
     b: Weight  # [out, sum r]
     # [out] fp32: each sub-module's scaling over its output rows (0 where it has none); applied in
-    # fp32 and rounded once, as torch multiplies a 16-bit tensor by PEFT's Python float
-    scale: torch.Tensor
+    # fp32 and rounded once, as torch multiplies a 16-bit tensor by PEFT's Python float. None: the
+    # scalings are powers of two, folded into b (exact: a power of two commutes with rounding)
+    scale: torch.Tensor | None
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """x: [n, in] -> [n, out], the adapter's addition to the projection of these rows."""
         d = linear(linear(x, self.a), self.b)
-        return (d.float() * self.scale).to(d.dtype)
+        return d if self.scale is None else (d.float() * self.scale).to(d.dtype)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -190,16 +191,20 @@ def load_adapter(path: str | Path, config: ModelConfig, dtype: torch.dtype, devi
             if not a_parts:
                 continue
             a_cat = torch.cat(a_parts)  # [sum r, in]
+            scale = torch.cat(scales)
+            fold = all(math.frexp(s)[0] == 0.5 for s in scale.unique().tolist() if s)
             b_cat = torch.zeros(sum(o for o, _ in b_blocks), a_cat.shape[0])
             row, col = 0, 0
             for out, b in b_blocks:
                 if b is not None:
-                    b_cat[row:row + out, col:col + b.shape[1]] = b
+                    b_cat[row:row + out, col:col + b.shape[1]] = b.float()
                     col += b.shape[1]
                 row += out
+            if fold:
+                b_cat.mul_(scale[:, None])
             fused[name] = FusedLora(pack_weight(a_cat.to(device=device, dtype=dtype).contiguous()),
                                     pack_weight(b_cat.to(device=device, dtype=dtype).contiguous()),
-                                    torch.cat(scales).to(device=device))
+                                    None if fold else scale.to(device=device))
         layers.append(fused)
     adapter = LoraAdapter(digest, rank, tuple(layers))
     if dtype != torch.float32:

@@ -19,14 +19,17 @@ from engine.lora.adapter import LoraAdapter
 class LoraBatch:
     rows: torch.Tensor  # [R]: the step's rows that run with an adapter, grouped by adapter
     groups: tuple[tuple[LoraAdapter, int, int], ...]  # (adapter, start, end): its rows are rows[start:end]
+    whole: bool = False  # one adapter for every row of the step, in order (no rows to gather)
 
     @staticmethod
-    def build(row_adapters: Sequence[tuple[int, int, LoraAdapter | None]], device: torch.device | str) -> "LoraBatch | None":
-        """From each sequence's (first row, row count, adapter); None where no row has one."""
-        by_adapter: dict[int, tuple[LoraAdapter, list[int]]] = {}
+    def build(row_adapters: Sequence[tuple[int, int, LoraAdapter | None]], num_rows: int,
+              device: torch.device | str) -> "LoraBatch | None":
+        """From each sequence's (first row, row count, adapter) of a step of ``num_rows`` rows;
+        None where no row has one."""
+        by_adapter: dict[str, tuple[LoraAdapter, list[int]]] = {}  # by digest
         for start, count, adapter in row_adapters:
             if adapter is not None:
-                by_adapter.setdefault(id(adapter), (adapter, []))[1].extend(range(start, start + count))
+                by_adapter.setdefault(adapter.digest, (adapter, []))[1].extend(range(start, start + count))
         if not by_adapter:
             return None
         rows: list[int] = []
@@ -34,13 +37,18 @@ class LoraBatch:
         for adapter, its_rows in by_adapter.values():
             groups.append((adapter, len(rows), len(rows) + len(its_rows)))
             rows += its_rows
-        return LoraBatch(torch.tensor(rows, dtype=torch.long, device=device), tuple(groups))
+        whole = len(groups) == 1 and rows == list(range(num_rows))
+        return LoraBatch(torch.tensor(rows, dtype=torch.long, device=device), tuple(groups), whole)
 
     def add(self, out: torch.Tensor, x: torch.Tensor, layer: int, projection: str) -> torch.Tensor:
-        """out[rows] += each adapter's delta of x, in place. out: [T, out_features] (a projection
-        over the whole step); x: [R, in_features], the projection's input at ``rows``."""
+        """out[rows] += each adapter's delta of x[rows], in place. out: [T, out_features], a
+        projection over the whole step; x: [T, in_features], its input."""
+        if self.whole:
+            pair = self.groups[0][0].layers[layer].get(projection)
+            return out.add_(pair.delta(x)) if pair is not None else out
         for adapter, start, end in self.groups:
             pair = adapter.layers[layer].get(projection)
             if pair is not None:
-                out.index_add_(0, self.rows[start:end], pair.delta(x[start:end]))
+                rows = self.rows[start:end]
+                out.index_add_(0, rows, pair.delta(x.index_select(0, rows)))
         return out

@@ -133,3 +133,25 @@ def test_an_adapter_changed_since_it_was_named_is_refused(model_dir: Path, lora_
     assert len(registry) == 1
     with pytest.raises(InvalidRequestError, match="changed since 'mine' was registered"):
         registry.get(ref)
+
+
+def test_max_loras_holds_back_requests_of_another_adapter() -> None:
+    """vLLM's --max-loras: with one adapter running, a request of another waits (those after it,
+    of the running adapter or the base model, go on) until the running adapter's requests end."""
+    from engine.block_allocator import BlockAllocator
+    from engine.lora.adapter import LoraAdapter
+    from engine.scheduler import Scheduler, SchedulerConfig
+    from engine.sequence import Sequence
+
+    sched = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=256, block_size=16, max_loras=1),
+                      BlockAllocator(64))
+    a, b = LoraAdapter("a" * 64, 8, ()), LoraAdapter("b" * 64, 8, ())
+    seqs = {name: Sequence(name, [100 + i] * 20, SamplingParams(), seed=0, detok=None, max_len=1000,  # type: ignore[arg-type]
+                           lora=lora) for i, (name, lora) in enumerate((("a1", a), ("b1", b), ("base", None), ("a2", a)))}
+    for seq in seqs.values():
+        sched.add(seq)
+    assert [s.seq.request_id for s in sched.schedule()] == ["a1", "base", "a2"]
+    assert [s.request_id for s in sched.waiting] == ["b1"]
+    for name in ("a1", "a2"):
+        sched.remove(seqs[name])
+    assert "b1" in [s.seq.request_id for s in sched.schedule()] and not sched.waiting

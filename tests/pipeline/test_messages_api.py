@@ -111,7 +111,6 @@ def test_tool_use_and_its_result(client: anthropic.Anthropic, chat: openai.OpenA
     ({"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], "tool_choice": {"type": "auto"},
       "tools": [WEATHER]}, "tool_choice"),  # the stack's gateway has no tool-call parser
     ({"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], "stop_sequences": [""]}, "stop_sequences"),
-    ({"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], "model": "claude-x"}, "model"),
     ({"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),  # not a Messages field
 ])
 def test_bad_requests_get_anthropics_400(stack: Stack, client: anthropic.Anthropic, body: dict, field: str) -> None:
@@ -124,3 +123,11 @@ def test_bad_requests_get_anthropics_400(stack: Stack, client: anthropic.Anthrop
         given = {"model": MODEL, **{k: v for k, v in body.items() if k != "n"}}
         with pytest.raises(anthropic.BadRequestError):
             client.messages.create(**given, extra_body={"n": 2} if "n" in body else None)
+
+
+def test_a_model_not_served_is_anthropics_404(stack: Stack, client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError) as e:
+        client.messages.create(model="claude-x", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    error = e.value.body
+    assert error["type"] == "error" and error["error"]["type"] == "not_found_error"
+    assert "'claude-x' is not served here" in error["error"]["message"]
