@@ -189,6 +189,7 @@ class LLMEngine:
             priority=priority,
             cache_salt=cache_namespace(cache_salt, lora.digest if lora is not None else ""),
             lora=adapter,
+            lora_name=lora.name if lora is not None else "",
         )
         if params.min_tokens and params.allowed_token_ids and set(params.allowed_token_ids) <= set(seq.detok.stop_ids):
             raise InvalidRequestError("allowed_token_ids", "every allowed token ends the output, which min_tokens "

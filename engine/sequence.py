@@ -53,6 +53,7 @@ class Sequence:
     priority: int = 0  # vLLM's: lower goes first (waiting order) and is preempted last; ties by arrival
     arrival: int = -1  # the scheduler's count when it first took the sequence (set by Scheduler.add)
     lora: LoraAdapter | None = None  # the LoRA adapter it runs with (None: the base model)
+    lora_name: str = ""  # the adapter's name as the request gave it (the metrics name adapters by it)
 
     def __post_init__(self) -> None:
         if not self.all_ids:

@@ -6,12 +6,14 @@ Counters are CounterMetricFamily: the exposition adds ``_total`` to their names.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterator, Literal, NamedTuple, Sequence
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from engine.llm_engine import LLMEngine
+from engine.sequence import Sequence as Seq
 
 
 class ServiceMetric(NamedTuple):
@@ -40,6 +42,22 @@ class EngineCollector:
         c.add_metric(list(self.labels.values()), value)
         return c
 
+    def _lora_info(self) -> GaugeMetricFamily:
+        """vLLM's ``lora_requests_info``: the adapters of the running and the waiting requests (by
+        name, comma-separated, as vLLM labels them) and the most that run at once; its value is the
+        time of the scrape."""
+        sched = self.engine.scheduler
+
+        def names(seqs: Sequence[Seq]) -> str:
+            return ",".join(sorted({s.lora_name for s in seqs if s.lora_name}))
+
+        extra = {"max_lora": str(sched.config.max_loras), "running_lora_adapters": names(list(sched.running)),
+                 "waiting_lora_adapters": names(list(sched.waiting))}
+        g = GaugeMetricFamily("grove:lora_requests_info", "Running and waiting LoRA adapters.",
+                              labels=[*self.labels, *extra])
+        g.add_metric([*self.labels.values(), *extra.values()], time.time())
+        return g
+
     def collect(self) -> Iterator[Metric]:
         eng = self.engine
         sched, alloc = eng.scheduler, eng.allocator
@@ -48,6 +66,7 @@ class EngineCollector:
         yield self._gauge("grove:kv_cache_usage_perc", "Fraction of local KV blocks in use.",
                           alloc.num_used / alloc.num_blocks)
         yield self._counter("grove:num_preemptions", "Sequences preempted for lack of KV blocks.", sched.num_preemptions)
+        yield self._lora_info()
         for m in self.service() if self.service is not None else ():
             yield (self._counter if m.kind == "counter" else self._gauge)(m.name, m.doc, m.value)
         cache = eng.prefix_cache  # this worker's own prefix cache; None when turned off

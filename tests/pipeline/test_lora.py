@@ -5,6 +5,7 @@ model; its greedy output equals transformers + PEFT's, token for token, over HTT
 KV is its own in the workers' caches and the kvstore; adapters are listed, loaded and unloaded."""
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -13,6 +14,7 @@ import grpc
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from grove.v1 import api_pb2 as pb
 from grove.v1 import api_pb2_grpc as pb_grpc
@@ -120,4 +122,32 @@ def test_adapters_load_and_unload_at_run_time(stack: Stack, gateway: Gateway, mo
     # the stack's own gateway was not started to allow it: vLLM's switch is off by default
     refused = httpx.post(stack.http_url + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/x"})
     assert refused.status_code == 400 and "--allow-runtime-lora-updating" in refused.json()["error"]["message"]
+    wait_idle(stack)
+
+
+def _lora_info(stack: Stack) -> list[dict[str, str]]:
+    """grove:lora_requests_info's labels on each decode worker's /metrics."""
+    out = []
+    for name in ("decode-0", "decode-1"):
+        text = httpx.get(f"http://127.0.0.1:{stack.service(name).info['metrics_port']}/metrics", timeout=10).text
+        (family,) = [f for f in text_string_to_metric_families(text) if f.name == "grove:lora_requests_info"]
+        (sample,) = family.samples
+        out.append(sample.labels)
+    return out
+
+
+def test_the_workers_metrics_name_the_running_adapters(stack: Stack, gateway: Gateway) -> None:
+    """vLLM's lora_requests_info: while a request of "all" decodes, its worker names it running."""
+    body = {"model": "all", "prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", gateway.http_url + "/v1/completions", json=body, timeout=120) as r:
+        chunks = (line for line in r.iter_lines() if line.startswith("data:"))
+        for _ in range(3):  # past the prefill worker's first token: the decode worker streams now
+            next(chunks)
+        during = _lora_info(stack)
+    assert sorted(info["running_lora_adapters"] for info in during) == ["", "all"], during
+    assert all(info["max_lora"] == "4" and info["waiting_lora_adapters"] == "" for info in during)
+    deadline = time.monotonic() + 20  # the stream's end reaches the worker as a cancel
+    while any(info["running_lora_adapters"] for info in _lora_info(stack)):
+        assert time.monotonic() < deadline, "the cancelled request still runs"
+        time.sleep(0.1)
     wait_idle(stack)
