@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
                    help="adapters served (PEFT directories): name=path or vLLM's JSON form; a request names one as "
                         "its model")
+    s.add_argument("--allow-runtime-lora-updating", action="store_true",
+                   help="the gateway answers /v1/load_lora_adapter and /v1/unload_lora_adapter")
     s.add_argument("--max-lora-rank", type=int, default=0, help="highest adapter rank (default: the services' 16)")
     s.add_argument("--max-cpu-loras", type=int, default=0, help="adapters each worker keeps loaded (default: 8)")
     s.add_argument("--max-loras", type=int, default=0, help="adapters each worker runs at once (default: 4)")
@@ -115,6 +117,7 @@ def _service_args(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
                *(["--reasoning-parser", args.reasoning_parser] if args.reasoning_parser else []),
                *(["--enable-lora"] if args.enable_lora else []),
                *(["--lora-modules", *args.lora_modules] if args.lora_modules else []),
+               *(["--allow-runtime-lora-updating"] if args.allow_runtime_lora_updating else []),
                *(["--max-lora-rank", str(args.max_lora_rank)] if args.max_lora_rank else []),
                *shlex.split(args.gateway_args)]
     prefill = tuple(shlex.split(args.prefill_args))

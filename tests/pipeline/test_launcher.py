@@ -63,10 +63,11 @@ class Launcher:
 
 
 @pytest.fixture
-def launched(tmp_path: Path) -> Iterator[Launcher]:
+def launched(tmp_path: Path, lora_dirs: dict[str, Path]) -> Iterator[Launcher]:
     launcher = Launcher(tmp_path / "logs", "--served-model-name", "grove-test", "grove-alias", "--max-model-len", "512",
                         "--lookahead", "off", "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
-                        "--reasoning-parser", "qwen3",
+                        "--reasoning-parser", "qwen3", "--enable-lora", "--lora-modules", f"all={lora_dirs['all']}",
+                        "--allow-runtime-lora-updating", "--max-lora-rank", "8",
                         "--gateway-args", "--allowed-origins https://ui.example")
     yield launcher
     launcher.kill()
@@ -78,9 +79,16 @@ def _usage(url: str, body: dict[str, object]) -> dict[str, object]:
     return r.json()["usage"]
 
 
-def test_serving_flags_reach_the_services_and_ctrl_c_stops_them_all(launched: Launcher, stack: Stack) -> None:
+def test_serving_flags_reach_the_services_and_ctrl_c_stops_them_all(launched: Launcher, stack: Stack,
+                                                                    lora_dirs: dict[str, Path]) -> None:
     cards = httpx.get(launched.url + "/v1/models", timeout=10).json()["data"]
-    assert [(c["id"], c["max_model_len"]) for c in cards] == [("grove-test", 512), ("grove-alias", 512)]
+    assert [(c["id"], c["max_model_len"], c["parent"]) for c in cards] == [
+        ("grove-test", 512, None), ("grove-alias", 512, None), ("all", 512, "grove-test")]
+    r = httpx.post(launched.url + "/v1/completions", json={"model": "all", "prompt": "Hi", "max_tokens": 2}, timeout=60)
+    assert r.status_code == 200 and r.json()["model"] == "all", r.text
+    r = httpx.post(launched.url + "/v1/load_lora_adapter", json={"lora_name": "qvd", "lora_path": str(lora_dirs["qvd"])},
+                   timeout=10)
+    assert r.status_code == 200, r.text  # run-time loading allowed, rank 4 within --max-lora-rank 8
     body = {"model": "grove-test", "prompt": COPY, "max_tokens": 24, "temperature": 0}
     # lookahead off: no drafts, where the package's stack (on) drafts for the same request
     assert _usage(stack.http_url, {**body, "model": None})["completion_tokens_details"]["accepted_prediction_tokens"] > 0
