@@ -32,6 +32,7 @@ from engine.lookahead.speculator import Speculator, compaction_slots, node_posit
 from engine.lookahead.tree import DraftTree, node_paths
 from engine.model import Model
 from engine.model_loader import load_model, model_fingerprint
+from engine.pooling import Pooler, PoolingParams
 from engine.prefix_cache import PrefixCache, cache_namespace, check_salt
 from engine.request import LoraRef, TokenOut
 from engine.sampling import SamplingBatch, greedy_pick, sample, top_k_lowest_first
@@ -164,12 +165,13 @@ class LLMEngine:
     # ---- requests -------------------------------------------------------------------------
     def make_sequence(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
                       priority: int = 0, cache_salt: str = "", resume_ids: Sequence[int] = (),
-                      lora: LoraRef | None = None) -> Seq:
+                      lora: LoraRef | None = None, pooling: PoolingParams | None = None) -> Seq:
         """Validates and builds a sequence (not yet scheduled). ``priority``: vLLM's, lower first;
         ``cache_salt``: vLLM's, the request shares cached KV and drafts only with its salt (and its
         LoRA adapter: ``lora``, loaded on first use);
         ``resume_ids``: the output a resumed request already has (its text already streamed): the
-        sequence goes on from there as if it had generated them (stop strings, grammar, lengths)."""
+        sequence goes on from there as if it had generated them (stop strings, grammar, lengths);
+        ``pooling``: an embedding request (engine.pooling), which runs its prompt and samples nothing."""
         validate_prompt(prompt_ids, self.model.config.vocab_size, self.max_model_len)
         params.check_vocab(self.model.config.vocab_size)
         check_salt(cache_salt)
@@ -190,6 +192,7 @@ class LLMEngine:
             cache_salt=cache_namespace(cache_salt, lora.digest if lora is not None else ""),
             lora=adapter,
             lora_name=lora.name if lora is not None else "",
+            pooler=Pooler(pooling, len(prompt_ids)) if pooling is not None else None,
         )
         if params.min_tokens and params.allowed_token_ids and set(params.allowed_token_ids) <= set(seq.detok.stop_ids):
             raise InvalidRequestError("allowed_token_ids", "every allowed token ends the output, which min_tokens "
@@ -288,7 +291,13 @@ class LLMEngine:
                 inputs.append(SeqInput(seq.all_ids[seq.num_cached : seq.num_cached + s.num_tokens], seq.num_cached,
                                        seq.block_table, logits=mode, lora=seq.lora))
         batch = plan_batch(inputs, self.config.block_size, self.config.device, self.model.config.sliding_window)
-        return self.model.run(batch, self.kv)
+        if not any(s.seq.pooler is not None for s in scheduled):
+            return self.model.run(batch, self.kv)
+        logits, hidden = self.model.run_pooled(batch, self.kv)
+        for s, start in zip(scheduled, batch.attn.query_start.tolist()):
+            if s.seq.pooler is not None:  # (never drafted: a pooling sequence holds its KV)
+                s.seq.pooler.add(hidden[start:start + s.num_tokens], s.seq.num_cached)
+        return logits
 
     def _take_prompt_logprobs(self, scheduled: list[ScheduledSeq], drafts: dict[str, DraftTree],
                               logits: torch.Tensor) -> torch.Tensor:
@@ -375,6 +384,8 @@ class LLMEngine:
             if not s.samples:
                 seq.num_cached += s.num_tokens
                 self.scheduler.register(seq)
+                if seq.pooler is not None and seq.num_cached >= seq.num_tokens:
+                    results.append(self._pooled(seq))
                 continue
             tree = drafts.get(seq.request_id)
             if tree is None:
@@ -417,6 +428,18 @@ class LLMEngine:
             results.append(StepOutput(seq, appended, seq.detok.take_delta(seq.finished), seq.finished, step_lps,
                                       seq.num_draft_tokens, seq.num_accepted_tokens))
         return results
+
+    def _pooled(self, seq: Seq) -> StepOutput:
+        """A pooling sequence whose prompt is computed: its vector, and it ends (holding its blocks
+        for the caller where it holds its KV, as a prefill does)."""
+        seq.embedding = seq.pooler.result()  # type: ignore[union-attr]
+        if seq.hold_kv:
+            seq.status, seq.finish_reason = SeqStatus.FINISHED, "stop"
+            self.scheduler.detach(seq)
+            self.seqs.pop(seq.request_id, None)
+        else:
+            self.finish(seq, "stop")
+        return StepOutput(seq, [], "", True)
 
     def finish(self, seq: Seq, reason: FinishReason) -> None:
         seq.status, seq.finish_reason = SeqStatus.FINISHED, reason

@@ -72,6 +72,13 @@ class Model:
         """hidden: [N, hidden] -> fp32 logits [N, vocab]."""
         return linear(hidden, self.weights.lm_head).float()
 
+    def run_pooled(self, batch: Batch, kv: KVPool) -> tuple[torch.Tensor, torch.Tensor]:
+        """run's logits, and every row's final hidden state [T, hidden] (pooling requests read theirs)."""
+        hidden = self.forward(batch, kv)
+        if batch.logits_indices.shape[0] == 0:
+            return torch.empty(0, self.config.vocab_size, device=hidden.device), hidden
+        return self.compute_logits(hidden.index_select(0, batch.logits_indices)), hidden
+
     def run(self, batch: Batch, kv: KVPool) -> torch.Tensor:
         """forward + logits for the rows the batch asks for: [N, vocab]."""
         hidden = self.forward(batch, kv)

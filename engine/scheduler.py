@@ -46,7 +46,8 @@ class ScheduledSeq:
 
     @classmethod
     def of(cls, seq: Sequence, num_tokens: int, num_draft_tokens: int = 0) -> "ScheduledSeq":
-        return cls(seq, num_tokens, seq.num_cached + num_tokens >= seq.num_tokens, num_draft_tokens)
+        samples = seq.num_cached + num_tokens >= seq.num_tokens and seq.pooler is None  # (pooling samples nothing)
+        return cls(seq, num_tokens, samples, num_draft_tokens)
 
 
 class Scheduler:
@@ -105,7 +106,7 @@ class Scheduler:
         At most ``max_tokens`` (default: all but the last token, which must be computed to sample
         the next one). Returns the tokens reused; the blocks join ``seq.block_table``.
         """
-        if self.prefix_cache is None or seq.block_table or seq.params.prompt_logprobs is not None:
+        if self.prefix_cache is None or seq.block_table or seq.computes_whole_prompt:
             return 0  # (prompt logprobs need every prompt token's logits: computed, not reused)
         bs = self.config.block_size
         limit = (seq.num_tokens - 1 if max_tokens is None else min(max_tokens, seq.num_tokens)) // bs

@@ -6,6 +6,7 @@ from enum import Enum
 
 from engine.detokenizer import Detokenizer, FinishReason
 from engine.lora.adapter import LoraAdapter
+from engine.pooling import Pooler
 from engine.sampling_params import SamplingParams
 from engine.structured import Grammar
 from engine.token_rules import TokenRules
@@ -54,6 +55,10 @@ class Sequence:
     arrival: int = -1  # the scheduler's count when it first took the sequence (set by Scheduler.add)
     lora: LoraAdapter | None = None  # the LoRA adapter it runs with (None: the base model)
     lora_name: str = ""  # the adapter's name as the request gave it (the metrics name adapters by it)
+    # an embedding request: pools its prompt's final hidden states, samples nothing; its vector
+    # (``embedding``) once the prompt is computed
+    pooler: Pooler | None = None
+    embedding: list[float] | None = None
 
     def __post_init__(self) -> None:
         if not self.all_ids:
@@ -74,6 +79,12 @@ class Sequence:
     @property
     def is_prefilling(self) -> bool:
         return self.num_cached < self.num_tokens - 1 or self.num_tokens == self.num_prompt
+
+    @property
+    def computes_whole_prompt(self) -> bool:
+        """Whether every prompt row must be computed here (no cached prefix): prompt logprobs, and
+        pooling that reads every row."""
+        return self.params.prompt_logprobs is not None or (self.pooler is not None and self.pooler.params.reads_every_row)
 
     @property
     def finished(self) -> bool:

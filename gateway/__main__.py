@@ -12,6 +12,7 @@ from prometheus_client import disable_created_metrics
 
 from engine.config import ModelConfig
 from engine.errors import InvalidRequestError
+from engine.pooling import PoolingParams, model_pooling, pooling_from_config
 from engine.generation_defaults import load_generation_defaults
 from engine.paths import default_model_dir
 from engine.tokenizer import read_chat_template
@@ -65,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").lower() in ("1", "true"),
                    help="answer /v1/load_lora_adapter and /v1/unload_lora_adapter (also "
                         "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)")
+    p.add_argument("--pooler-config", default="",
+                   help='the embeddings API\'s pooling, as vLLM\'s: \'{"pooling_type": "LAST"|"MEAN"|"CLS", '
+                        '"normalize": true}\' (default: the model\'s sentence-transformers config, else LAST, '
+                        'normalised)')
     g = p.add_argument_group("requests' defaults (as vLLM's flags)")
     g.add_argument("--generation-config", default="auto",
                    help="default sampling parameters: 'auto' (the model's generation_config.json), 'vllm' (none) "
@@ -126,6 +131,15 @@ def lora_modules(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
         raise SystemExit(str(e)) from None
 
 
+def pooling(args: argparse.Namespace, model_dir: str) -> PoolingParams:
+    """The embeddings API's pooling: --pooler-config over the model's own."""
+    own = model_pooling(model_dir)
+    try:
+        return pooling_from_config(args.pooler_config, own) if args.pooler_config else own
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+
+
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     model_dir = args.model
     mc = ModelConfig.from_dir(model_dir)
@@ -141,7 +155,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
                                          args.tool_call_parser if args.enable_auto_tool_choice else None,
                                          args.reasoning_parser, args.default_chat_template_kwargs, args.enable_log_requests,
                                          args.max_log_len, lora_modules(args), args.max_lora_rank,
-                                         args.enable_lora and args.allow_runtime_lora_updating),
+                                         args.enable_lora and args.allow_runtime_lora_updating,
+                                         pooling(args, model_dir)),
                            router, metrics)
     except InvalidRequestError as e:  # an adapter of --lora-modules that cannot be served
         raise SystemExit(f"--lora-modules: {e.message}") from None

@@ -16,6 +16,7 @@ import grpc
 
 from engine.config import ModelConfig
 from engine.errors import InvalidRequestError
+from engine.pooling import PoolingParams
 from engine.prefix_cache import cache_namespace, check_salt
 from engine.request import GenerationChunk, LoraRef, TokenOut, Usage, WorkRequest
 from engine.sampling_params import SamplingParams
@@ -59,6 +60,7 @@ class GatewayConfig:
     lora_modules: tuple[tuple[str, str], ...] = ()  # vLLM's --lora-modules: (name, path) of each adapter served
     max_lora_rank: int = 16  # vLLM's: adapters of a higher rank are refused
     runtime_lora_updating: bool = False  # /v1/load_lora_adapter and /v1/unload_lora_adapter answer (vLLM's switch)
+    pooling: PoolingParams = PoolingParams()  # the embeddings API's (engine.pooling.model_pooling, --pooler-config)
 
     @property
     def served_names(self) -> tuple[str, ...]:
@@ -193,10 +195,18 @@ class GatewayCore:
         """Prefills on a worker (another one while one fails), ``avoid``'s last unless it is all there is.
         Every worker at capacity: ``room()`` (the request's other choices, gateway.choices) waits for
         one of its own prefills to end and says True, to try again, or says False: a 429."""
+        req = pb.PrefillRequest(request=convert.work_to_pb(work))
+        return await self.on_prefill_worker(work, lambda w: w.prefill.Prefill(req, timeout=PREFILL_TIMEOUT_S),
+                                            trace, avoid, room)
+
+    async def on_prefill_worker(self, work: WorkRequest, call: Callable[[Worker], Awaitable[T]],
+                                trace: RequestTrace | None = None, avoid: Sequence[Worker] = (),
+                                room: Room | None = None) -> tuple[Worker, T]:
+        """``call`` on the prefill worker routing picks for ``work`` (another one while one fails;
+        see ``_prefill``): the worker and what the call returned."""
         tried: list[Worker] = []
         busy = False
         last_failure = ""
-        req = pb.PrefillRequest(request=convert.work_to_pb(work))
         # the workers' cache namespace (the salt, and the adapter: its KV is its own)
         namespace = cache_namespace(work.cache_salt, work.lora.digest if work.lora is not None else "")
         while True:
@@ -216,9 +226,10 @@ class GatewayCore:
                 self.metrics.retry("prefill", last_failure)
             tried.append(w)
             w.in_flight += 1
-            trace.prefill_sent()
+            if trace is not None:
+                trace.prefill_sent()
             try:
-                return w, await w.prefill.Prefill(req, timeout=PREFILL_TIMEOUT_S)
+                return w, await call(w)
             except grpc.aio.AioRpcError as e:
                 code = e.code()
                 if code == grpc.StatusCode.INVALID_ARGUMENT:

@@ -7,8 +7,11 @@ from typing import AsyncIterator
 import grpc
 
 from engine.errors import InvalidRequestError
+from engine.pooling import PoolingParams
 from engine.request import GenerationChunk, WorkRequest
+from engine.sampling_params import SamplingParams
 from gateway.core import GatewayCore
+from gateway.embeddings import embed
 from gateway.errors import OverloadedError, UnavailableError, grpc_status
 from grove.v1 import api_pb2 as pb
 from grove.v1 import api_pb2_grpc as pb_grpc
@@ -19,18 +22,20 @@ class GroveServicer(pb_grpc.GroveServicer):
     def __init__(self, core: GatewayCore) -> None:
         self.core = core
 
+    def _prompt(self, request: pb.GenerateRequest | pb.EmbedRequest) -> list[int]:
+        kind, value = convert.prompt_from_api_pb(request)
+        truncate = request.truncate_prompt_tokens if request.HasField("truncate_prompt_tokens") else None
+        if kind == "chat":
+            return self.core.tokenize(messages=value, truncate=truncate)  # type: ignore[arg-type]
+        if kind in ("prompt", "ids"):
+            return self.core.tokenize(prompt=value, truncate=truncate)  # type: ignore[arg-type]
+        raise InvalidRequestError("input", "one of prompt, prompt_token_ids or chat is required")
+
     def _work(self, request: pb.GenerateRequest) -> tuple[str, WorkRequest]:
         """(the request id the client sees, the pipeline's request)."""
         served = self.core.served(request.model)
-        kind, value = convert.prompt_from_api_pb(request)
         params = convert.sampling_from_pb(request.sampling, self.core.config.sampling_defaults)
-        truncate = request.truncate_prompt_tokens if request.HasField("truncate_prompt_tokens") else None
-        if kind == "chat":
-            ids = self.core.tokenize(messages=value, truncate=truncate)  # type: ignore[arg-type]
-        elif kind in ("prompt", "ids"):
-            ids = self.core.tokenize(prompt=value, truncate=truncate)  # type: ignore[arg-type]
-        else:
-            raise InvalidRequestError("input", "one of prompt, prompt_token_ids or chat is required")
+        ids = self._prompt(request)
         if request.sampling.HasField("max_tokens"):
             self.core.check_room(len(ids), params.max_tokens)
         shown, work_id = self.core.request_ids(request.request_id)
@@ -67,6 +72,22 @@ class GroveServicer(pb_grpc.GroveServicer):
         if prompt_lps is not None:
             resp.prompt_logprobs.extend(convert.logprobs_to_pb(prompt_lps))
         return resp
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        try:
+            served = self.core.served(request.model)
+            ids = self._prompt(request)
+            shown, work_id = self.core.request_ids(request.request_id)
+            work = self.core.work(ids, SamplingParams(max_tokens=1), work_id, request.priority, request.cache_salt,
+                                  served.lora)
+            pooling = self.core.config.pooling
+            if request.HasField("normalize"):
+                pooling = PoolingParams(pooling.pooling, request.normalize)
+            vector, cached = await embed(self.core, work, pooling)
+        except (InvalidRequestError, OverloadedError, UnavailableError) as e:
+            await context.abort(grpc_status(e), str(e))
+        return pb.EmbedResponse(request_id=shown, embedding=vector,
+                                usage=pb.Usage(prompt_tokens=len(ids), cached_tokens=cached))
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
         try:

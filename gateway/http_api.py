@@ -25,6 +25,7 @@ from engine.sampling_params import SamplingParams
 from gateway import beam_search
 from gateway.choices import Choice, merged, plan_choices, total_usage
 from gateway.core import GatewayCore
+from gateway.embeddings import add_embeddings_routes
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.http_common import (
     ERROR_TYPES, error_response, first_chunk, json_object, reasoning_parser_for, request_ids, tagged, unless_gone, with_tools,
@@ -265,6 +266,7 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
 
     add_responses_routes(app, core, ResponseStore(responses_kept))
     add_messages_routes(app, core)
+    add_embeddings_routes(app, core)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:

@@ -239,17 +239,18 @@ def _token_ids(prompt: Any) -> bool:
     return isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
 
 
-def completion_prompts(body: dict[str, Any], limit: int) -> list[str | list[int]]:
-    """The prompts of a completion request: a string, a list of token ids, or a list of up to
-    ``limit`` of either (a batch: one choice or ``n`` per prompt, in order)."""
-    prompt = body.get("prompt")
+def completion_prompts(body: dict[str, Any], limit: int, field: str = "prompt") -> list[str | list[int]]:
+    """The prompts of a completion request (an embeddings request's ``input``): a string, a list
+    of token ids, or a list of up to ``limit`` of either (a batch: one choice or ``n`` per prompt,
+    in order)."""
+    prompt = body.get(field)
     if isinstance(prompt, str) or (_token_ids(prompt) and prompt):
         return [prompt]
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) or _token_ids(p) for p in prompt):
         if len(prompt) > limit:
-            raise InvalidRequestError("prompt", f"{len(prompt)} prompts: at most {limit} in one request")
+            raise InvalidRequestError(field, f"{len(prompt)} prompts: at most {limit} in one request")
         return list(prompt)
-    raise InvalidRequestError("prompt", "must be a string, a list of token ids, or a non-empty list of either")
+    raise InvalidRequestError(field, "must be a string, a list of token ids, or a non-empty list of either")
 
 
 def joined_text(value: Any, field: str, kinds: tuple[str, ...] = ("text",)) -> str:

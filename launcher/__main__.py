@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--tool-call-parser", default="", help="the model's tool-call format: hermes (Qwen2.5, Hermes 2/3), qwen3_coder (Qwen3-Coder's XML), llama3_json (Llama 3.1/3.2), pythonic (Llama 3.2/4) or mistral")
     s.add_argument("--reasoning-parser", default="", help="a reasoning model's thinking to the reasoning field: "
                                                           "deepseek_r1 or qwen3")
+    s.add_argument("--pooler-config", default="", help="the embeddings API's pooling (vLLM's JSON: pooling_type, "
+                                                       "normalize; default: the model's, else LAST normalised)")
     s.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters beside the base model")
     s.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
                    help="adapters served (PEFT directories): name=path or vLLM's JSON form; a request names one as "
@@ -115,6 +117,7 @@ def _service_args(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
                *(["--enable-auto-tool-choice"] if args.enable_auto_tool_choice else []),
                *(["--tool-call-parser", args.tool_call_parser] if args.tool_call_parser else []),
                *(["--reasoning-parser", args.reasoning_parser] if args.reasoning_parser else []),
+               *(["--pooler-config", args.pooler_config] if args.pooler_config else []),
                *(["--enable-lora"] if args.enable_lora else []),
                *(["--lora-modules", *args.lora_modules] if args.lora_modules else []),
                *(["--allow-runtime-lora-updating"] if args.allow_runtime_lora_updating else []),

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from engine.async_engine import AsyncEngine
+from engine.pooling import PoolingParams
 from engine.request import KVHandle, TokenOut, WorkRequest
 from engine.sequence import Sequence
 from kvstore.shared_cache import SharedCache
@@ -68,8 +69,8 @@ class PrefillService:
         self.local_prefix_blocks += have
         # at least the last prompt token must be computed here to sample the first token
         usable = (len(prompt) - 1) // bs
-        if self.kvstore is None or have >= usable or seq.params.prompt_logprobs is not None:
-            return  # (prompt logprobs: every prompt token is computed here)
+        if self.kvstore is None or have >= usable or seq.computes_whole_prompt:
+            return  # (prompt logprobs, some pooling: every prompt token is computed here)
         client = self.kvstore.ready()
         if client is None:
             return  # the store is away: compute the rest
@@ -115,14 +116,39 @@ class PrefillService:
         """Prefills in flight and KV no decode worker has taken yet: a drain waits for both."""
         return self.in_flight + len(self.leases)
 
-    async def prefill(self, req: WorkRequest) -> PrefillResult:
+    def _admit(self) -> None:
         if self.draining:
             raise ShuttingDownError("prefill worker is shutting down")
         if self.in_flight >= self.max_waiting:
             raise OverloadedError(f"prefill worker has {self.in_flight} requests in flight (limit {self.max_waiting})")
+
+    async def prefill(self, req: WorkRequest) -> PrefillResult:
+        self._admit()
         self.in_flight += 1
         try:
             return await self._prefill(req)
+        finally:
+            self.in_flight -= 1
+
+    async def embed(self, req: WorkRequest, pooling: PoolingParams) -> tuple[list[float], int]:
+        """The embeddings API: the prompt's pooled vector (engine.pooling) and the prompt tokens read
+        from a prefix cache. Its KV is shared with the kvstore like a prefill's, then freed."""
+        self._admit()
+        self.in_flight += 1
+        try:
+            seq: Sequence = await self.engine.call(self.eng.make_sequence, req.request_id, list(req.prompt_ids),
+                                                   req.params, req.priority, req.cache_salt, (), req.lora, pooling)
+            seq.hold_kv = True  # its blocks come back here, for the write-back
+            try:
+                await self._reuse_prefix(seq)
+                async for _ in self.engine.run(seq):
+                    pass
+            except BaseException:
+                self.engine.submit(self._free_if_detached, seq)
+                raise
+            self._write_back(list(seq.all_ids), list(seq.block_table), seq.cache_salt, owned=True)
+            assert seq.embedding is not None
+            return seq.embedding, seq.num_cached_prompt
         finally:
             self.in_flight -= 1
 

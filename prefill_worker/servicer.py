@@ -1,6 +1,7 @@
 """gRPC face of the prefill worker: thin, maps typed errors to status codes."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import AsyncIterator
 
@@ -18,21 +19,27 @@ logger = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20  # gRPC fallback chunks, well under the message limit
 
 
+@contextlib.asynccontextmanager
+async def _statuses(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """A request's typed errors as their status codes."""
+    try:
+        yield
+    except InvalidRequestError as e:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    except (OverloadedError, OutOfBlocksError) as e:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+    except ShuttingDownError as e:  # the gateway sends it to another worker
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+
+
 class PrefillServicer(pb_grpc.PrefillWorkerServicer):
     def __init__(self, service: PrefillService, worker_id: str) -> None:
         self.service = service
         self.worker_id = worker_id
 
     async def Prefill(self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext) -> pb.PrefillResponse:
-        try:
-            work = convert.work_from_pb(request.request)
-            res = await self.service.prefill(work)
-        except InvalidRequestError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except (OverloadedError, OutOfBlocksError) as e:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-        except ShuttingDownError as e:  # the gateway prefills it on another worker
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        async with _statuses(context):
+            res = await self.service.prefill(convert.work_from_pb(request.request))
         resp = pb.PrefillResponse(first_token=convert.token_to_pb(res.first), cached_tokens=res.cached_tokens,
                                   finish_reason=res.finish_reason or "", text=res.text)
         if res.kv is not None:
@@ -40,6 +47,12 @@ class PrefillServicer(pb_grpc.PrefillWorkerServicer):
         resp.prompt_logprobs.extend(convert.token_to_pb(t) for t in res.prompt_logprobs)
         convert.stop_reason_to_pb(res.stop_reason, resp.stop_reason)
         return resp
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        async with _statuses(context):
+            vector, cached = await self.service.embed(convert.work_from_pb(request.request),
+                                                      convert.pooling_from_pb(request.pooling))
+        return pb.EmbedResponse(embedding=vector, cached_tokens=cached)
 
     async def ReleaseKV(self, request: pb.ReleaseKVRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseKVResponse:
         return pb.ReleaseKVResponse(released=await self.service.release(request.lease_id))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from engine.generation_defaults import with_defaults
+from engine.pooling import PoolingParams
 from engine.request import GenerationChunk, KVHandle, LoraRef, TokenOut, Usage, WorkRequest
 from engine.sampling_params import SamplingParams
 from engine.structured import StructuredSpec
@@ -73,6 +74,14 @@ def work_from_pb(pb: wpb.WorkRequest) -> WorkRequest:
     lora = LoraRef(pb.lora.name, pb.lora.path, pb.lora.digest) if pb.HasField("lora") else None
     return WorkRequest(pb.request_id, tuple(pb.prompt_token_ids), sampling_from_pb(pb.sampling), pb.seed, pb.priority,
                        pb.cache_salt, tuple(pb.resume_token_ids), lora)
+
+
+def pooling_to_pb(p: PoolingParams) -> wpb.Pooling:
+    return wpb.Pooling(type=p.pooling, normalize=p.normalize)
+
+
+def pooling_from_pb(pb: wpb.Pooling) -> PoolingParams:
+    return PoolingParams(pb.type, pb.normalize)
 
 
 def token_to_pb(t: TokenOut) -> wpb.TokenOut:
@@ -155,7 +164,7 @@ def stream_response_to_pb(request_id: str, chunk: GenerationChunk, with_logprobs
     return pb
 
 
-def prompt_from_api_pb(pb: apb.GenerateRequest) -> tuple[str, object]:
+def prompt_from_api_pb(pb: apb.GenerateRequest | apb.EmbedRequest) -> tuple[str, object]:
     """Which input the request carries: ("prompt", str) | ("ids", list) | ("chat", messages)."""
     kind = pb.WhichOneof("input")
     if kind == "prompt":

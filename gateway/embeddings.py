@@ -1,0 +1,112 @@
+"""OpenAI's embeddings API (``/v1/embeddings``), as vLLM serves it: each input's final hidden
+states pooled into one vector on a prefill worker (engine.pooling), by the model's pooling (its
+sentence-transformers config, else the last token, normalised) or the gateway's ``--pooler-config``.
+
+An input is text, token ids, a list of either, or (vLLM's) chat ``messages`` through the chat
+template; each is one request to a prefill worker, routed by prefix affinity like a prompt, all
+of them at once. Vectors come as floats or (``encoding_format: "base64"``) as little-endian fp32.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from engine.errors import InvalidRequestError
+from engine.pooling import PoolingParams
+from engine.request import WorkRequest
+from engine.sampling_params import SamplingParams
+from gateway.core import PREFILL_TIMEOUT_S, GatewayCore
+from gateway.errors import OverloadedError, UnavailableError
+from gateway.http_common import error_response, json_object, request_ids, tagged, unless_gone
+from gateway.openai_protocol import (
+    cache_salt_from_body, chat_messages, chat_template_options, completion_prompts, priority_from_body,
+    special_tokens_from_body, truncation_from_body,
+)
+from grove.internal.v1 import worker_pb2 as pb
+from protocol import pipeline as convert
+
+ENCODINGS = ("float", "base64")
+
+
+async def embed(core: GatewayCore, work: WorkRequest, pooling: PoolingParams) -> tuple[list[float], int]:
+    """One input's vector and the prompt tokens a prefix cache served (a 429 past the gateway's
+    requests in flight, as a generation's)."""
+    if core.in_flight >= core.config.max_concurrent:
+        raise OverloadedError(f"{core.in_flight} requests in flight (limit {core.config.max_concurrent})")
+    core.in_flight += 1
+    try:
+        req = pb.EmbedRequest(request=convert.work_to_pb(work), pooling=convert.pooling_to_pb(pooling))
+        _, resp = await core.on_prefill_worker(work, lambda w: w.prefill.Embed(req, timeout=PREFILL_TIMEOUT_S))
+        return list(resp.embedding), resp.cached_tokens
+    finally:
+        core.in_flight -= 1
+
+
+def pooling_of(body: dict[str, Any], server: PoolingParams) -> PoolingParams:
+    """The server's pooling, with vLLM's per-request ``normalize``; OpenAI's ``dimensions`` is
+    refused (a model trained for shortened vectors, Matryoshka, would be needed)."""
+    if body.get("dimensions") is not None:
+        raise InvalidRequestError("dimensions", "is not supported by this model (it was not trained for shortened "
+                                                "embeddings)")
+    normalize = body.get("normalize")
+    if normalize is not None and not isinstance(normalize, bool):
+        raise InvalidRequestError("normalize", "must be a boolean")
+    return server if normalize is None else PoolingParams(server.pooling, normalize)
+
+
+def encoded(vector: list[float], encoding: str) -> list[float] | str:
+    return vector if encoding == "float" else base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+
+
+async def _answer(core: GatewayCore, request_id: str, model: str, prompts: list[list[int]], works: list[WorkRequest],
+                  pooling: PoolingParams, encoding: str) -> Response:
+    tasks = [asyncio.ensure_future(embed(core, w, pooling)) for w in works]
+    try:
+        results = await asyncio.gather(*tasks)
+    except (InvalidRequestError, OverloadedError, UnavailableError) as e:
+        return error_response(e)
+    finally:
+        for task in tasks:  # one failed (or the client left): the others stop too
+            task.cancel()
+    tokens = sum(len(ids) for ids in prompts)
+    return JSONResponse({
+        "id": f"embd-{request_id}", "object": "list", "created": int(time.time()), "model": model,
+        "data": [{"index": i, "object": "embedding", "embedding": encoded(vector, encoding)}
+                 for i, (vector, _) in enumerate(results)],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens,
+                  "prompt_tokens_details": {"cached_tokens": sum(cached for _, cached in results)}},
+    })
+
+
+def add_embeddings_routes(app: FastAPI, core: GatewayCore) -> None:
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        try:
+            body = await json_object(request)
+            served = core.served(body.get("model"))
+            encoding = body.get("encoding_format") or "float"
+            if encoding not in ENCODINGS:
+                raise InvalidRequestError("encoding_format", f"must be one of {', '.join(ENCODINGS)}")
+            params = pooling_of(body, core.config.pooling)
+            truncate = truncation_from_body(body)
+            if body.get("messages") is not None:  # vLLM's chat form: one input, through the chat template
+                prompts = [core.tokenize(messages=chat_messages(body), template=chat_template_options(body),
+                                         truncate=truncate)]
+            else:
+                special = special_tokens_from_body(body)
+                prompts = [core.tokenize(prompt=p, truncate=truncate, add_special_tokens=special)
+                           for p in completion_prompts(body, core.config.max_concurrent, "input")]
+            request_id, work_id = request_ids(core, body, request)
+            priority, salt = priority_from_body(body), cache_salt_from_body(body)
+            works = [core.work(ids, SamplingParams(max_tokens=1), work_id if len(prompts) == 1 else f"{work_id}-{i}",
+                               priority, salt, served.lora) for i, ids in enumerate(prompts)]
+        except InvalidRequestError as e:
+            return error_response(e)
+        return tagged(await unless_gone(request, _answer(core, request_id, served.name, prompts, works, params, encoding)),
+                      request_id)
