@@ -45,3 +45,17 @@ def peft_greedy(model_dir: Path, adapter: Path | None, prompts: Sequence[Sequenc
                                  attention_mask=torch.ones(1, len(ids), dtype=torch.long))
             outs.append(out[0, len(ids):].tolist())
     return outs
+
+
+def peft_last_hidden(model_dir: Path, adapter: Path | None, ids: Sequence[int]) -> torch.Tensor:
+    """The final-norm hidden state of the last token through PEFT with ``adapter``, normalised
+    (the embeddings API's default pooling)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter).eval().base_model.model
+    with torch.no_grad():
+        last = model.model(torch.tensor([list(ids)])).last_hidden_state[0, -1]
+    return torch.nn.functional.normalize(last, dim=0)

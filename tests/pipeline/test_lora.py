@@ -14,13 +14,14 @@ import grpc
 import httpx
 import openai
 import pytest
+import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from grove.v1 import api_pb2 as pb
 from grove.v1 import api_pb2_grpc as pb_grpc
 from launcher.stack import Stack
 from launcher.stack_probe import wait_idle
-from tests.lora_adapters import peft_greedy
+from tests.lora_adapters import peft_greedy, peft_last_hidden
 from tests.pipeline.gateway_process import Gateway
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -151,3 +152,14 @@ def test_the_workers_metrics_name_the_running_adapters(stack: Stack, gateway: Ga
         assert time.monotonic() < deadline, "the cancelled request still runs"
         time.sleep(0.1)
     wait_idle(stack)
+
+
+def test_an_adapters_embeddings_are_pefts(gateway: Gateway, model_dir: Path, tokenizer: Any,
+                                          lora_dirs: dict[str, Path]) -> None:
+    ids = tokenizer("A haiku about trees.")["input_ids"]
+    r = httpx.post(gateway.http_url + "/v1/embeddings", json={"model": "all", "input": ids, "encoding_format": "float"},
+                   timeout=60)
+    assert r.status_code == 200 and r.json()["model"] == "all", r.text
+    got = torch.tensor(r.json()["data"][0]["embedding"])
+    assert (got - peft_last_hidden(model_dir, lora_dirs["all"], ids)).abs().max() < 1e-4
+    assert (got - peft_last_hidden(model_dir, None, ids)).abs().max() > 1e-2  # the adapter changed it
