@@ -12,9 +12,9 @@ from prometheus_client import disable_created_metrics
 
 from engine.config import ModelConfig
 from engine.errors import InvalidRequestError
-from engine.pooling import PoolingParams, model_pooling, pooling_from_config
 from engine.generation_defaults import load_generation_defaults
 from engine.paths import default_model_dir
+from engine.pooling import PoolingParams, model_pooling, pooling_from_config
 from engine.tokenizer import read_chat_template
 from gateway.core import GatewayConfig, GatewayCore
 from gateway.grpc_api import GroveServicer

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from engine.errors import InvalidRequestError
 from engine.lora.adapter import adapter_digest, read_config
@@ -84,7 +84,7 @@ class LoraModules:
     def get(self, name: str) -> LoraRef | None:
         return self._refs.get(name)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[LoraRef]:
         return iter(list(self._refs.values()))
 
     def resolve(self, model: str | None) -> ServedModel:

@@ -136,24 +136,53 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return torch.load(folder / WEIGHT_FILES[1], map_location="cpu", weights_only=True)
 
 
+def _read_pairs(folder: Path, config: ModelConfig) -> dict[tuple[int, str], dict[str, torch.Tensor]]:
+    """The adapter's weights by (layer, module): {"A": lora_A, "B": lora_B}."""
+    pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, tensor in _read_tensors(folder).items():
+        m = _KEY.match(key)
+        if m is None or m.group(3) not in MODULE_PARENT or MODULE_PARENT[m.group(3)] != m.group(2):
+            raise LoraError(folder, f"weight {key!r} is not on an attention or MLP projection "
+                                    "(q/k/v/o_proj, gate/up/down_proj), the modules Grove applies LoRA to")
+        layer = int(m.group(1))
+        if layer >= config.num_layers:
+            raise LoraError(folder, f"weight {key!r} names layer {layer}; the model has {config.num_layers}")
+        pairs.setdefault((layer, m.group(3)), {})[m.group(4)] = tensor
+    if not pairs:
+        raise LoraError(folder, "holds no LoRA weights")
+    return pairs
+
+
+def _fuse(parts: list[tuple[int, torch.Tensor | None, torch.Tensor | None, float]], dtype: torch.dtype,
+          device: str | torch.device) -> FusedLora | None:
+    """One fused projection's pair from its sub-modules' (out, A, B, scaling), in row order; None
+    where no sub-module has an adapter."""
+    a_parts = [a for _, a, _, _ in parts if a is not None]
+    if not a_parts:
+        return None
+    a_cat = torch.cat(a_parts)  # [sum r, in]
+    scale = torch.cat([torch.full((out,), scaling) for out, _, _, scaling in parts])  # [out]
+    fold = all(math.frexp(s)[0] == 0.5 for s in scale.unique().tolist() if s)
+    b_cat = torch.zeros(scale.shape[0], a_cat.shape[0])  # block-diagonal
+    row, col = 0, 0
+    for out, _, b, _ in parts:
+        if b is not None:
+            b_cat[row:row + out, col:col + b.shape[1]] = b.float()
+            col += b.shape[1]
+        row += out
+    if fold:
+        b_cat.mul_(scale[:, None])
+    return FusedLora(pack_weight(a_cat.to(device=device, dtype=dtype).contiguous()),
+                     pack_weight(b_cat.to(device=device, dtype=dtype).contiguous()),
+                     None if fold else scale.to(device=device))
+
+
 def load_adapter(path: str | Path, config: ModelConfig, dtype: torch.dtype, device: str | torch.device,
                  max_rank: int) -> LoraAdapter:
     """Reads a PEFT LoRA adapter for a model of ``config`` into fused pairs of ``dtype``."""
     folder = Path(path)
     cfg = read_config(folder, max_rank)
-    digest = adapter_digest(folder)
-    pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    for key, tensor in _read_tensors(folder).items():
-        m = _KEY.match(key)
-        if m is None or m.group(3) not in MODULE_PARENT or MODULE_PARENT[m.group(3)] != m.group(2):
-            raise LoraError(path, f"weight {key!r} is not on an attention or MLP projection "
-                                  "(q/k/v/o_proj, gate/up/down_proj), the modules Grove applies LoRA to")
-        layer = int(m.group(1))
-        if layer >= config.num_layers:
-            raise LoraError(path, f"weight {key!r} names layer {layer}; the model has {config.num_layers}")
-        pairs.setdefault((layer, m.group(3)), {})[m.group(4)] = tensor
-    if not pairs:
-        raise LoraError(path, "holds no LoRA weights")
+    pairs = _read_pairs(folder, config)
     out_sizes = {"q_proj": config.q_size, "k_proj": config.kv_size, "v_proj": config.kv_size,
                  "o_proj": config.hidden_size, "gate_proj": config.intermediate_size,
                  "up_proj": config.intermediate_size, "down_proj": config.hidden_size}
@@ -164,13 +193,11 @@ def load_adapter(path: str | Path, config: ModelConfig, dtype: torch.dtype, devi
     for layer in range(config.num_layers):
         fused: dict[str, FusedLora] = {}
         for name, modules in FUSED.items():
-            a_parts, b_blocks, scales = [], [], []
+            parts: list[tuple[int, torch.Tensor | None, torch.Tensor | None, float]] = []
             for module in modules:
-                pair = pairs.get((layer, module))
-                out = out_sizes[module]
+                pair, out = pairs.get((layer, module)), out_sizes[module]
                 if pair is None:
-                    b_blocks.append((out, None))
-                    scales.append(torch.zeros(out))
+                    parts.append((out, None, None, 0.0))
                     continue
                 if set(pair) != {"A", "B"}:
                     raise LoraError(path, f"layer {layer}'s {module} lacks lora_{'B' if 'A' in pair else 'A'}")
@@ -183,31 +210,14 @@ def load_adapter(path: str | Path, config: ModelConfig, dtype: torch.dtype, devi
                     raise LoraError(path, f"rank {r} is above the server's --max-lora-rank {max_rank}")
                 full_name = f"model.layers.{layer}.{MODULE_PARENT[module]}.{module}"
                 m_alpha = float(_pattern_value(cfg.get("alpha_pattern") or {}, full_name, alpha))
-                scaling = m_alpha / math.sqrt(r) if rslora else m_alpha / r
-                a_parts.append(a)
-                b_blocks.append((out, b))
-                scales.append(torch.full((out,), scaling))
+                parts.append((out, a, b, m_alpha / math.sqrt(r) if rslora else m_alpha / r))
                 rank = max(rank, r)
-            if not a_parts:
-                continue
-            a_cat = torch.cat(a_parts)  # [sum r, in]
-            scale = torch.cat(scales)
-            fold = all(math.frexp(s)[0] == 0.5 for s in scale.unique().tolist() if s)
-            b_cat = torch.zeros(sum(o for o, _ in b_blocks), a_cat.shape[0])
-            row, col = 0, 0
-            for out, b in b_blocks:
-                if b is not None:
-                    b_cat[row:row + out, col:col + b.shape[1]] = b.float()
-                    col += b.shape[1]
-                row += out
-            if fold:
-                b_cat.mul_(scale[:, None])
-            fused[name] = FusedLora(pack_weight(a_cat.to(device=device, dtype=dtype).contiguous()),
-                                    pack_weight(b_cat.to(device=device, dtype=dtype).contiguous()),
-                                    None if fold else scale.to(device=device))
+            pair_of = _fuse(parts, dtype, device)
+            if pair_of is not None:
+                fused[name] = pair_of
         layers.append(fused)
-    adapter = LoraAdapter(digest, rank, tuple(layers))
-    if dtype != torch.float32:
-        weights = [p for f in adapter.layers[0].values() for p in (f.a, f.b)]
-        adapter = LoraAdapter(digest, rank, tuple(layers), row_invariant=products_row_invariant(weights))
-    return adapter
+    invariant = True
+    if dtype != torch.float32:  # its products checked as the engine checks the base model's
+        first = next(f for f in layers if f)
+        invariant = products_row_invariant([w for pair in first.values() for w in (pair.a, pair.b)])
+    return LoraAdapter(adapter_digest(folder), rank, tuple(layers), row_invariant=invariant)
