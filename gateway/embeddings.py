@@ -64,16 +64,22 @@ def encoded(vector: list[float], encoding: str) -> list[float] | str:
     return vector if encoding == "float" else base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
 
 
-async def _answer(core: GatewayCore, request_id: str, model: str, prompts: list[list[int]], works: list[WorkRequest],
-                  pooling: PoolingParams, encoding: str) -> Response:
+async def embed_all(core: GatewayCore, works: list[WorkRequest], pooling: PoolingParams) -> list[tuple[list[float], int]]:
+    """Each request's ``embed``, all at once; one failing (or the client leaving) stops the others."""
     tasks = [asyncio.ensure_future(embed(core, w, pooling)) for w in works]
     try:
-        results = await asyncio.gather(*tasks)
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _answer(core: GatewayCore, request_id: str, model: str, prompts: list[list[int]], works: list[WorkRequest],
+                  pooling: PoolingParams, encoding: str) -> Response:
+    try:
+        results = await embed_all(core, works, pooling)
     except (InvalidRequestError, OverloadedError, UnavailableError) as e:
         return error_response(e)
-    finally:
-        for task in tasks:  # one failed (or the client left): the others stop too
-            task.cancel()
     tokens = sum(len(ids) for ids in prompts)
     return JSONResponse({
         "id": f"embd-{request_id}", "object": "list", "created": int(time.time()), "model": model,

@@ -41,6 +41,7 @@ from gateway.openai_response import Echo, ResponseShaper, error_json
 from gateway.prediction import prediction_from_body
 from gateway.response_store import DEFAULT_SIZE, ResponseStore
 from gateway.responses_http import add_responses_routes
+from gateway.scoring import add_scoring_routes
 from gateway.structured_request import name_structured_error
 
 logger = logging.getLogger(__name__)
@@ -267,6 +268,7 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
     add_responses_routes(app, core, ResponseStore(responses_kept))
     add_messages_routes(app, core)
     add_embeddings_routes(app, core)
+    add_scoring_routes(app, core)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
