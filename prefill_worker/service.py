@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from engine.async_engine import AsyncEngine
+from engine.llm_engine import StepOutput
 from engine.pooling import PoolingParams
 from engine.request import KVHandle, TokenOut, WorkRequest
 from engine.sequence import Sequence
@@ -136,26 +137,18 @@ class PrefillService:
         self._admit()
         self.in_flight += 1
         try:
-            seq: Sequence = await self.engine.call(self.eng.make_sequence, req.request_id, list(req.prompt_ids),
-                                                   req.params, req.priority, req.cache_salt, (), req.lora, pooling)
-            seq.hold_kv = True  # its blocks come back here, for the write-back
-            try:
-                await self._reuse_prefix(seq)
-                async for _ in self.engine.run(seq):
-                    pass
-            except BaseException:
-                self.engine.submit(self._free_if_detached, seq)
-                raise
+            seq, _ = await self._compute(req, pooling)
             self._write_back(list(seq.all_ids), list(seq.block_table), seq.cache_salt, owned=True)
             assert seq.embedding is not None
             return seq.embedding, seq.num_cached_prompt
         finally:
             self.in_flight -= 1
 
-    async def _prefill(self, req: WorkRequest) -> PrefillResult:
-        seq: Sequence = await self.engine.call(self.eng.make_sequence, req.request_id, list(req.prompt_ids),
-                                               req.params, req.priority, req.cache_salt, req.resume_ids, req.lora)
-        prompt = list(seq.all_ids)  # every token whose KV this prefill computes
+    async def _compute(self, req: WorkRequest, pooling: PoolingParams | None = None) -> tuple[Sequence, StepOutput | None]:
+        """Runs the request's prompt, from its longest cached prefix, to its first token (or, with
+        ``pooling``, to its vector); its blocks stay held for the caller."""
+        seq: Sequence = await self.engine.call(self.eng.make_sequence, req.request_id, list(req.prompt_ids), req.params,
+                                               req.priority, req.cache_salt, req.resume_ids, req.lora, pooling)
         seq.seed = req.seed
         seq.hold_kv = True
         out = None
@@ -168,6 +161,11 @@ class PrefillService:
             # submit, not call: an await in a cancelled task may not run
             self.engine.submit(self._free_if_detached, seq)
             raise
+        return seq, out
+
+    async def _prefill(self, req: WorkRequest) -> PrefillResult:
+        seq, out = await self._compute(req)
+        prompt = [*req.prompt_ids, *req.resume_ids]  # every token whose KV this prefill computed
         assert out is not None and out.new_tokens
         cached = seq.num_cached_prompt  # prompt tokens reused or read, not computed, when the batch took it
         first = out.token_outs()[0]
