@@ -6,7 +6,9 @@ import asyncio
 import json
 import logging
 import os
+from pathlib import Path
 
+import grpc
 import uvicorn
 from prometheus_client import disable_created_metrics
 
@@ -48,6 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block-size", type=int, default=16, help="KV block size (prefix affinity hashing)")
     p.add_argument("--max-concurrent", type=int, default=256, help="requests in flight before HTTP 429")
     p.add_argument("--api-key", default="", help="require 'Authorization: Bearer KEY' on /v1/*")
+    t = p.add_argument_group("TLS for HTTP and the public gRPC API (vLLM's flags; the workers' own calls stay "
+                             "on the deployment's network)")
+    t.add_argument("--ssl-keyfile", default="", help="the server's private key (PEM)")
+    t.add_argument("--ssl-certfile", default="", help="the server's certificate chain (PEM)")
+    t.add_argument("--ssl-ca-certs", default="", help="CA certificates that sign clients' certificates (PEM)")
+    t.add_argument("--ssl-cert-reqs", type=int, default=0, choices=[0, 1, 2],
+                   help="clients' certificates: 0 not asked, 1 checked if given, 2 required (Python's ssl.CERT_*)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on SIGTERM: seconds the requests in flight get to finish; the rest then end with an error")
     p.add_argument("--worker-id", default="", help="worker_id label of this gateway's metrics (default: gateway-<pid>)")
@@ -131,6 +140,24 @@ def lora_modules(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
         raise SystemExit(str(e)) from None
 
 
+def grpc_credentials(args: argparse.Namespace) -> grpc.ServerCredentials | None:
+    """The public gRPC API's TLS, from the HTTP server's files (None: in the clear)."""
+    if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
+        raise SystemExit("--ssl-keyfile and --ssl-certfile go together")
+    if not args.ssl_certfile:
+        if args.ssl_ca_certs or args.ssl_cert_reqs:
+            raise SystemExit("--ssl-ca-certs and --ssl-cert-reqs need --ssl-keyfile and --ssl-certfile")
+        return None
+    try:
+        key, chain = Path(args.ssl_keyfile).read_bytes(), Path(args.ssl_certfile).read_bytes()
+        roots = Path(args.ssl_ca_certs).read_bytes() if args.ssl_ca_certs else None
+    except OSError as e:
+        raise SystemExit(f"TLS: {e}") from None
+    if args.ssl_cert_reqs and roots is None:
+        raise SystemExit("--ssl-cert-reqs checks clients' certificates against --ssl-ca-certs: give it")
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=roots, require_client_auth=args.ssl_cert_reqs == 2)
+
+
 def pooling(args: argparse.Namespace, model_dir: str) -> PoolingParams:
     """The embeddings API's pooling: --pooler-config over the model's own."""
     own = model_pooling(model_dir)
@@ -160,13 +187,15 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
                            router, metrics)
     except InvalidRequestError as e:  # an adapter of --lora-modules that cannot be served
         raise SystemExit(f"--lora-modules: {e.message}") from None
-    server, grpc_port, health = create_server(f"{args.host}:{args.grpc_port}")
+    server, grpc_port, health = create_server(f"{args.host}:{args.grpc_port}", grpc_credentials(args))
     pb_grpc.add_GroveServicer_to_server(GroveServicer(core), server)
     await server.start()
     await set_serving(health, [SERVICE], True)
     # uvicorn's own shutdown timeout is a backstop: core.drain ends the requests first
     cors = Cors(args.allowed_origins, args.allowed_methods, args.allowed_headers, args.allow_credentials)
-    config = uvicorn.Config(build_app(core, args.api_key, cors, args.responses_store_size), host=args.host, port=args.http_port, loop="none",
+    tls = {"ssl_keyfile": args.ssl_keyfile, "ssl_certfile": args.ssl_certfile, "ssl_ca_certs": args.ssl_ca_certs or None,
+           "ssl_cert_reqs": args.ssl_cert_reqs} if args.ssl_certfile else {}
+    config = uvicorn.Config(build_app(core, args.api_key, cors, args.responses_store_size), host=args.host, port=args.http_port, loop="none", **tls,
                             log_level="warning", lifespan="off", timeout_graceful_shutdown=int(args.drain_timeout) + 10)
     http = uvicorn.Server(config)
     http.install_signal_handlers = lambda: None  # type: ignore[method-assign] - we own the signals

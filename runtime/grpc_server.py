@@ -31,15 +31,18 @@ SERVER_OPTIONS = [
 ]
 
 
-def create_server(address: str) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Builds an aio server on ``address`` (port 0 picks one) with the health service.
+def create_server(address: str, credentials: grpc.ServerCredentials | None = None,
+                  ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Builds an aio server on ``address`` (port 0 picks one) with the health service; over TLS
+    where ``credentials`` are given (the gateway's public API), else in the clear (the internal
+    services, on the deployment's own network).
 
     Not started: add the servicers, then ``await server.start()``.
     """
     server = grpc.aio.server(options=SERVER_OPTIONS)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, credentials) if credentials is not None else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
     return server, port, health_servicer
