@@ -75,8 +75,6 @@ class Model:
     def run_pooled(self, batch: Batch, kv: KVPool) -> tuple[torch.Tensor, torch.Tensor]:
         """run's logits, and every row's final hidden state [T, hidden] (pooling requests read theirs)."""
         hidden = self.forward(batch, kv)
-        if batch.logits_indices.shape[0] == 0:
-            return torch.empty(0, self.config.vocab_size, device=hidden.device), hidden
         return self.compute_logits(hidden.index_select(0, batch.logits_indices)), hidden
 
     def run(self, batch: Batch, kv: KVPool) -> torch.Tensor:
