@@ -81,9 +81,6 @@ class LoraModules:
                                                    "start the gateway with --allow-runtime-lora-updating (or "
                                                    "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)")
 
-    def get(self, name: str) -> LoraRef | None:
-        return self._refs.get(name)
-
     def __iter__(self) -> Iterator[LoraRef]:
         return iter(list(self._refs.values()))
 

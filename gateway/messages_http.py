@@ -17,6 +17,7 @@ from gateway.http_common import (
     first_chunk, json_object, object_events, reasoning_parser_for, request_ids, tagged, unless_gone, whole_object,
     with_tools,
 )
+from gateway.lora import ServedModel
 from gateway.messages_api import as_chat_body, name_messages_error
 from gateway.messages_output import MessageObject, error_json
 from gateway.openai_protocol import (
@@ -31,9 +32,11 @@ def messages_error(exc: BaseException, status: int | None = None) -> JSONRespons
 
 
 def add_messages_routes(app: FastAPI, core: GatewayCore) -> None:
-    def prompt_of(chat: dict[str, Any]) -> list[int]:
-        core.served(chat.get("model"))  # a model not served is a 404, here as for a message
-        return core.tokenize(messages=chat_messages(chat), template=chat_template_options(chat))
+    def prompt_of(chat: dict[str, Any]) -> tuple[ServedModel, list[int]]:
+        """The model the request names (one not served: a 404, for a count as for a message) and
+        its prompt."""
+        return core.served(chat.get("model")), core.tokenize(messages=chat_messages(chat),
+                                                             template=chat_template_options(chat))
 
     @app.post("/v1/messages")
     async def messages(request: Request) -> Response:
@@ -42,8 +45,7 @@ def add_messages_routes(app: FastAPI, core: GatewayCore) -> None:
         try:
             body = await json_object(request)
             chat = as_chat_body(body)
-            prompt = prompt_of(chat)
-            served = core.served(chat.get("model"))
+            served, prompt = prompt_of(chat)
             params = sampling_from_body(chat, chat=True, defaults=core.config.sampling_defaults)
             params, tools = with_tools(core, chat, params)
             core.check_room(len(prompt), params.max_tokens)
@@ -67,6 +69,6 @@ def add_messages_routes(app: FastAPI, core: GatewayCore) -> None:
         """The prompt's length, tools and system included (no max_tokens needed)."""
         try:
             body = await json_object(request)
-            return JSONResponse({"input_tokens": len(prompt_of(as_chat_body({"max_tokens": 1, **body})))})
+            return JSONResponse({"input_tokens": len(prompt_of(as_chat_body({"max_tokens": 1, **body}))[1])})
         except InvalidRequestError as e:
             return messages_error(name_messages_error(e))
