@@ -260,10 +260,7 @@ class GatewayCore:
         requests will make (see ``_prefill``). ``thinks``: a reasoning model's request under a
         grammar thinks freely first (gateway.reasoned).
         """
-        if self.in_flight >= self.config.max_concurrent:
-            exc = OverloadedError(f"{self.in_flight} requests in flight (limit {self.config.max_concurrent})")
-            self.metrics.error(exc)
-            raise exc
+        self.check_capacity()
         self.in_flight += 1
         task = asyncio.current_task()
         assert task is not None
@@ -304,6 +301,13 @@ class GatewayCore:
             trace.ended(error)
             if self.config.log_requests:
                 logger.info("Finished request %s: %s", work.request_id, trace.outcome(error))
+
+    def check_capacity(self) -> None:
+        """OverloadedError when ``max_concurrent`` requests are in flight (a 429)."""
+        if self.in_flight >= self.config.max_concurrent:
+            exc = OverloadedError(f"{self.in_flight} requests in flight (limit {self.config.max_concurrent})")
+            self.metrics.error(exc)
+            raise exc
 
     async def drain(self, timeout_s: float) -> None:
         """On shutdown, once the servers take no new requests: the requests in flight get up to

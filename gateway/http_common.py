@@ -145,20 +145,22 @@ async def whole_object(obj: AnswerObject, first: tuple[int, GenerationChunk],
     return JSONResponse(obj.json())
 
 
+def event_sse(payload: dict[str, Any]) -> bytes:
+    """A Responses or Messages event as SSE, named by its type."""
+    return f"event: {payload['type']}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+
 async def object_events(obj: AnswerObject, first: tuple[int, GenerationChunk],
                         gen: AsyncIterator[tuple[int, GenerationChunk]], done: Done = None) -> AsyncIterator[bytes]:
     """The answer's events as SSE (``event:`` names each, as OpenAI and Anthropic send them); an
     error mid-way is an ``error`` event, then the stream ends."""
-    def event(payload: dict[str, Any]) -> bytes:
-        return f"event: {payload['type']}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
-
     try:
         for e in obj.opening():
-            yield event(e)
+            yield event_sse(e)
         c = first[1]
         while True:
             for e in obj.add(c.text, c.finish_reason, c.usage, c.tokens, c.stop_reason):
-                yield event(e)
+                yield event_sse(e)
             try:
                 _, c = await gen.__anext__()
             except StopAsyncIteration:
@@ -166,9 +168,9 @@ async def object_events(obj: AnswerObject, first: tuple[int, GenerationChunk],
         if done is not None:
             done(obj)
         for e in obj.closing():
-            yield event(e)
+            yield event_sse(e)
     except (OverloadedError, UnavailableError, InvalidRequestError) as e:
-        yield event(obj.error(e))
+        yield event_sse(obj.error(e))
     finally:
         await gen.aclose()
 

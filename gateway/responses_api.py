@@ -36,8 +36,6 @@ def as_chat_body(body: dict[str, Any], history: Sequence[dict[str, Any]] = ()) -
     for key, what in _UNSUPPORTED.items():
         if body.get(key) not in (None, [], ""):
             raise InvalidRequestError(key, f"{what} is not supported by this server")
-    if body.get("background"):
-        raise InvalidRequestError("background", "background responses are not supported by this server")
     metadata = body.get("metadata")
     if metadata is not None and not (isinstance(metadata, dict)
                                      and all(isinstance(v, str) for v in metadata.values())):

@@ -1,19 +1,22 @@
 """OpenAI's Responses API over HTTP: ``POST /v1/responses`` (the chat request it amounts to,
-gateway.responses_api; its answer, gateway.responses_output), and its stored responses'
-``GET`` and ``DELETE`` (gateway.response_store)."""
+gateway.responses_api; its answer, gateway.responses_output), its stored responses' ``GET`` and
+``DELETE`` (gateway.response_store), and background responses' ``GET`` (streamed again too) and
+``POST /v1/responses/{id}/cancel`` (gateway.background)."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from engine.errors import InvalidRequestError
+from gateway.errors import OverloadedError
+from gateway.background import BackgroundRuns
 from gateway.choices import merged, plan_choices
 from gateway.core import GatewayCore
 from gateway.http_common import (
-    error_response, first_chunk, json_object, object_events, reasoning_parser_for, request_ids, tagged, unless_gone,
+    error_response, event_sse, first_chunk, json_object, object_events, reasoning_parser_for, request_ids, tagged, unless_gone,
     whole_object, with_tools,
 )
 from gateway.openai_protocol import (
@@ -28,6 +31,8 @@ from gateway.token_names import TokenNames
 
 
 def add_responses_routes(app: FastAPI, core: GatewayCore, store: ResponseStore) -> None:
+    runs = BackgroundRuns(store.size)
+
     @app.post("/v1/responses")
     async def responses(request: Request) -> Response:
         """OpenAI's Responses API: the chat request it amounts to (gateway.responses_api)."""
@@ -35,8 +40,10 @@ def add_responses_routes(app: FastAPI, core: GatewayCore, store: ResponseStore) 
         chat: dict[str, Any] = {}
         try:
             body = await json_object(request)
+            runs.check_finished(body.get("previous_response_id"))
             chat = as_chat_body(body, store.history(body))
             keep = wants_store(body)
+            background = _background(body, keep)
             served = core.served(chat.get("model"))
             params = sampling_from_body(chat, chat=True, defaults=core.config.sampling_defaults)
             prompt = core.tokenize(messages=chat_messages(chat), template=chat_template_options(chat),
@@ -58,28 +65,95 @@ def add_responses_routes(app: FastAPI, core: GatewayCore, store: ResponseStore) 
         # the turns so far, the instructions left out: what a response continuing this one goes on from
         turns = chat["messages"][1:] if body.get("instructions") is not None else chat["messages"]
         done = (lambda o: store.keep(o.json(), turns, o.answer())) if keep else None
-        gen = merged(core, choices, arrived)
-        first = await first_chunk(gen, lambda e: name_responses_error(name_structured_error(e, chat)))
-        if isinstance(first, Response):
-            return tagged(first, request_id)
         names = TokenNames(core.tokenizer) if params.logprobs is not None else None
         obj = ResponseObject(request_id, served.name, body, names, tools, reasoning)
+        rename = lambda e: name_responses_error(name_structured_error(e, chat))  # noqa: E731
+        if background:  # answered now, queued; the gateway's own task makes the answer
+            try:
+                core.check_capacity()
+            except OverloadedError as e:
+                return tagged(error_response(e), request_id)
+            run = runs.start(obj, merged(core, choices, arrived), done, rename)
+            if body.get("stream"):
+                return tagged(StreamingResponse(_replay(run.follow()), media_type="text/event-stream"), request_id)
+            return tagged(JSONResponse(obj.json()), request_id)
+        gen = merged(core, choices, arrived)
+        first = await first_chunk(gen, rename)
+        if isinstance(first, Response):
+            return tagged(first, request_id)
         if body.get("stream"):
             return tagged(StreamingResponse(object_events(obj, first, gen, done), media_type="text/event-stream"),
                            request_id)
         return tagged(await unless_gone(request, whole_object(obj, first, gen, done)), request_id)
 
     @app.get("/v1/responses/{response_id}")
-    async def stored_response(response_id: str) -> Response:
+    async def stored_response(response_id: str, request: Request) -> Response:
+        """A stored response, or a background one as it goes; ``stream=true`` (a background
+        response's): its events after ``starting_after``, then the rest as they come."""
+        run = runs.get(response_id)
         try:
-            return JSONResponse(store.get(response_id).response)
+            stream, after = _stream_query(request)
+            if stream and run is None:
+                store.get(response_id)  # (a 404 where there is none)
+                raise InvalidRequestError("stream", "only a background response's events can be streamed again")
+            if run is None:
+                return JSONResponse(store.get(response_id).response)
         except ResponseNotFound as e:
             return error_response(e, 404)
+        except InvalidRequestError as e:
+            return error_response(e)
+        if stream:
+            return StreamingResponse(_replay(run.follow(after)), media_type="text/event-stream")
+        return JSONResponse(run.obj.json())
+
+    @app.post("/v1/responses/{response_id}/cancel")
+    async def cancel_response(response_id: str) -> Response:
+        """Stops a background response (idempotent: a finished one is returned as it ended)."""
+        run = runs.get(response_id)
+        if run is None:
+            try:
+                store.get(response_id)
+            except ResponseNotFound as e:
+                return error_response(e, 404)
+            return error_response(InvalidRequestError("response_id", "cannot cancel a synchronous response: only "
+                                                                     "one created with background true"))
+        run.cancel()
+        await run.wait()
+        return JSONResponse(run.obj.json())
 
     @app.delete("/v1/responses/{response_id}")
     async def delete_response(response_id: str) -> Response:
+        dropped = runs.drop(response_id)  # (a running one is cancelled)
         try:
             store.delete(response_id)
         except ResponseNotFound as e:
-            return error_response(e, 404)
+            if not dropped:
+                return error_response(e, 404)
         return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+def _background(body: dict[str, Any], keep: bool) -> bool:
+    background = body.get("background", False)
+    if not isinstance(background, bool):
+        raise InvalidRequestError("background", "must be a boolean")
+    if background and not keep:
+        raise InvalidRequestError("background", "a background response is stored: it cannot have store false")
+    return background
+
+
+def _stream_query(request: Request) -> tuple[bool, int]:
+    """``GET``'s ``stream`` and ``starting_after`` (-1: from the first event)."""
+    q = request.query_params
+    stream = q.get("stream", "false").lower()
+    if stream not in ("true", "false"):
+        raise InvalidRequestError("stream", "must be true or false")
+    after = q.get("starting_after")
+    if after is not None and not after.lstrip("-").isdigit():
+        raise InvalidRequestError("starting_after", "must be an integer (an event's sequence number)")
+    return stream == "true", int(after) if after is not None else -1
+
+
+async def _replay(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """A background response's events as SSE. The client leaving stops the stream, not the response."""
+    async for e in events:
+        yield event_sse(e)

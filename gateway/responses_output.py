@@ -50,11 +50,16 @@ class ResponseObject:
         self.answer_items = AnswerItems(tools, reasoning)  # itemized: the output items so far
         self._ids: list[str] = []  # each item's id
         self._status: dict[int, str] = {}  # each done item's status
+        self.queued = False  # a background response not yet started (gateway.background)
+        self.ended: str | None = None  # "failed" or "cancelled": a background response that did not finish
+        self.failure: dict[str, str] | None = None  # a failed one's error
 
     @property
     def status(self) -> str:
+        if self.ended is not None:
+            return self.ended
         if self.finish is None:
-            return "in_progress"
+            return "queued" if self.queued else "in_progress"
         return "incomplete" if self.finish == "length" else "completed"
 
     def _message(self) -> dict[str, Any]:
@@ -75,7 +80,7 @@ class ResponseObject:
         fmt = (b.get("text") or {}).get("format") if isinstance(b.get("text"), dict) else None
         return {
             "id": self.id, "object": "response", "created_at": int(self.created), "model": self.model,
-            "status": self.status, "error": None,
+            "status": self.status, "error": self.failure, "background": b.get("background") is True,
             "incomplete_details": {"reason": "max_output_tokens"} if self.status == "incomplete" else None,
             "completed_at": int(self.completed) if self.completed is not None else None,
             "instructions": b.get("instructions"), "max_output_tokens": b.get("max_output_tokens"),
@@ -120,8 +125,17 @@ class ResponseObject:
     def opening(self) -> list[dict[str, Any]]:
         """What goes out before the first delta: the response created and in progress (without
         tools: its one message item and that item's text part, empty)."""
-        events = [self._event("response.created", response=self.json()),
-                  self._event("response.in_progress", response=self.json())]
+        return self.announced() + self.started()
+
+    def announced(self) -> list[dict[str, Any]]:
+        """The response created (and queued, a background response until its first token)."""
+        events = [self._event("response.created", response=self.json())]
+        return events + [self._event("response.queued", response=self.json())] if self.queued else events
+
+    def started(self) -> list[dict[str, Any]]:
+        """The response in progress (without tools: its message item and text part, empty)."""
+        self.queued = False
+        events = [self._event("response.in_progress", response=self.json())]
         if not self.itemized:
             where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
             events += [self._event("response.output_item.added", output_index=0, item=self._message()),
@@ -151,6 +165,16 @@ class ResponseObject:
 
     def error(self, exc: BaseException) -> dict[str, Any]:
         return self._event("error", code=type(exc).__name__, message=str(exc), param=None)
+
+    def failed(self, exc: BaseException, code: str) -> list[dict[str, Any]]:
+        """A background response's end on an error: the error, then the response failed.
+        ``code``: the Responses API's name for what went wrong."""
+        self.ended, self.failure = "failed", {"code": code, "message": str(exc)}
+        return [self.error(exc), self._event("response.failed", response=self.json())]
+
+    def cancelled(self) -> None:
+        """A background response cancelled by its client before it finished."""
+        self.ended = "cancelled"
 
     # ---- itemized: items opened and done as the answer makes them (gateway.answer_items) ----
     def _item(self, k: int) -> dict[str, Any]:

@@ -147,7 +147,8 @@ def test_a_stored_response_is_retrieved_continued_and_deleted(client: openai.Ope
     ({"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["v"]}]}, "tools[0]"),
     # the stack's gateway has no tool-call parser: "auto" is vLLM's 400
     ({"input": "hi", "tools": [{"type": "function", "name": "f"}], "tool_choice": "auto"}, "tool_choice"),
-    ({"input": "hi", "background": True}, "background"),
+    ({"input": "hi", "background": "yes"}, "background"),
+    ({"input": "hi", "background": True, "store": False}, "background"),  # (a background response is stored)
     ({"input": []}, "input"),
     ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
     ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0]"),
