@@ -21,6 +21,7 @@ from engine.prefix_cache import cache_namespace, check_salt
 from engine.request import GenerationChunk, LoraRef, TokenOut, Usage, WorkRequest
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import apply_chat_template, load_tokenizer, validate_prompt
+from gateway import request_log
 from gateway.errors import OverloadedError, UnavailableError
 from gateway.lora import LoraModules, ServedModel
 from gateway.metrics import GatewayMetrics, RequestTrace
@@ -267,10 +268,7 @@ class GatewayCore:
         trace = RequestTrace(self.metrics, arrived)
         error: BaseException | None = None
         if self.config.log_requests:
-            ids = work.prompt_ids[:self.config.max_log_len]
-            logger.info("Received request %s: prompt_token_ids: %s%s (%d), params: %s, priority: %d", work.request_id,
-                        list(ids), "..." if len(ids) < len(work.prompt_ids) else "", len(work.prompt_ids),
-                        work.params, work.priority)
+            request_log.received(work, self.config.max_log_len, work.params)
         chunks = think_then_answer(lambda w, t: self._generate(w, t, room), work, trace) if thinks \
             else self._generate(work, trace, room)
         try:
@@ -300,7 +298,7 @@ class GatewayCore:
             self.in_flight -= 1
             trace.ended(error)
             if self.config.log_requests:
-                logger.info("Finished request %s: %s", work.request_id, trace.outcome(error))
+                request_log.finished(work.request_id, trace.outcome(error))
 
     def check_capacity(self) -> None:
         """OverloadedError when ``max_concurrent`` requests are in flight (a 429)."""

@@ -21,9 +21,11 @@ from engine.errors import InvalidRequestError
 from engine.pooling import PoolingParams
 from engine.request import WorkRequest
 from engine.sampling_params import SamplingParams
+from gateway import request_log
 from gateway.core import PREFILL_TIMEOUT_S, GatewayCore
 from gateway.errors import OverloadedError, UnavailableError
 from gateway.http_common import error_response, json_object, request_ids, tagged, unless_gone
+from gateway.metrics import RequestTrace
 from gateway.openai_protocol import (
     cache_salt_from_body, chat_messages, chat_template_options, completion_prompts, priority_from_body,
     special_tokens_from_body, truncation_from_body,
@@ -34,18 +36,30 @@ from protocol import pipeline as convert
 ENCODINGS = ("float", "base64")
 
 
-async def embed(core: GatewayCore, work: WorkRequest, pooling: PoolingParams) -> tuple[list[float], int]:
+async def embed(core: GatewayCore, work: WorkRequest, pooling: PoolingParams,
+                arrived: float | None = None) -> tuple[list[float], int]:
     """One input's vector and the prompt tokens a prefix cache served (a 429 past the gateway's
-    requests in flight, as a generation's)."""
-    if core.in_flight >= core.config.max_concurrent:
-        raise OverloadedError(f"{core.in_flight} requests in flight (limit {core.config.max_concurrent})")
+    requests in flight, as a generation's). In the gateway's request metrics and log as a request
+    of its own. ``arrived``: when its HTTP or gRPC request came (``time.perf_counter()``)."""
+    core.check_capacity()
     core.in_flight += 1
+    trace = RequestTrace(core.metrics, arrived)
+    if core.config.log_requests:
+        request_log.received(work, core.config.max_log_len, pooling)
+    error: BaseException | None = None
     try:
         req = pb.EmbedRequest(request=convert.work_to_pb(work), pooling=convert.pooling_to_pb(pooling))
-        _, resp = await core.on_prefill_worker(work, lambda w: w.prefill.Embed(req, timeout=PREFILL_TIMEOUT_S))
+        _, resp = await core.on_prefill_worker(work, lambda w: w.prefill.Embed(req, timeout=PREFILL_TIMEOUT_S), trace)
+        trace.pooled(len(work.prompt_ids), resp.cached_tokens)
         return list(resp.embedding), resp.cached_tokens
+    except BaseException as e:
+        error = e
+        raise
     finally:
         core.in_flight -= 1
+        trace.ended(error)
+        if core.config.log_requests:
+            request_log.finished(work.request_id, trace.outcome(error))
 
 
 def pooling_of(body: dict[str, Any], server: PoolingParams) -> PoolingParams:
@@ -64,9 +78,10 @@ def encoded(vector: list[float], encoding: str) -> list[float] | str:
     return vector if encoding == "float" else base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
 
 
-async def embed_all(core: GatewayCore, works: list[WorkRequest], pooling: PoolingParams) -> list[tuple[list[float], int]]:
+async def embed_all(core: GatewayCore, works: list[WorkRequest], pooling: PoolingParams,
+                    arrived: float | None = None) -> list[tuple[list[float], int]]:
     """Each request's ``embed``, all at once; one failing (or the client leaving) stops the others."""
-    tasks = [asyncio.ensure_future(embed(core, w, pooling)) for w in works]
+    tasks = [asyncio.ensure_future(embed(core, w, pooling, arrived)) for w in works]
     try:
         return await asyncio.gather(*tasks)
     finally:
@@ -75,9 +90,9 @@ async def embed_all(core: GatewayCore, works: list[WorkRequest], pooling: Poolin
 
 
 async def _answer(core: GatewayCore, request_id: str, model: str, prompts: list[list[int]], works: list[WorkRequest],
-                  pooling: PoolingParams, encoding: str) -> Response:
+                  pooling: PoolingParams, encoding: str, arrived: float) -> Response:
     try:
-        results = await embed_all(core, works, pooling)
+        results = await embed_all(core, works, pooling, arrived)
     except (InvalidRequestError, OverloadedError, UnavailableError) as e:
         return error_response(e)
     tokens = sum(len(ids) for ids in prompts)
@@ -93,6 +108,7 @@ async def _answer(core: GatewayCore, request_id: str, model: str, prompts: list[
 def add_embeddings_routes(app: FastAPI, core: GatewayCore) -> None:
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
+        arrived = time.perf_counter()
         try:
             body = await json_object(request)
             served = core.served(body.get("model"))
@@ -114,5 +130,6 @@ def add_embeddings_routes(app: FastAPI, core: GatewayCore) -> None:
                                priority, salt, served.lora) for i, ids in enumerate(prompts)]
         except InvalidRequestError as e:
             return error_response(e)
-        return tagged(await unless_gone(request, _answer(core, request_id, served.name, prompts, works, params, encoding)),
+        return tagged(await unless_gone(request, _answer(core, request_id, served.name, prompts, works, params, encoding,
+                                                      arrived)),
                       request_id)

@@ -102,17 +102,30 @@ class RequestTrace:
     def prefill_sent(self) -> None:
         self.sent = time.perf_counter()
 
-    def first_token(self, prompt_tokens: int, cached_tokens: int) -> None:
+    def _prefilled(self, prompt_tokens: int, cached_tokens: int) -> float:
+        """The prompt through a prefill worker: its queue and prefill times and its tokens; now."""
         m, now = self.metrics, time.perf_counter()
         self.first = self.last = now
         m.queue.observe(self.sent - self.arrived)
         m.prefill.observe(now - self.sent)
-        m.ttft.observe(now - self.arrived)
         m.prompt_tokens.inc(prompt_tokens)
         m.prefix_queries.inc(prompt_tokens)
         m.prefix_hits.inc(cached_tokens)
-        m.generation_tokens.inc(1)
+        return now
+
+    def first_token(self, prompt_tokens: int, cached_tokens: int) -> None:
+        now = self._prefilled(prompt_tokens, cached_tokens)
+        self.metrics.ttft.observe(now - self.arrived)
+        self.metrics.generation_tokens.inc(1)
         self.tokens = 1
+
+    def pooled(self, prompt_tokens: int, cached_tokens: int) -> None:
+        """A pooling request's end (an embedding): its prompt prefilled, no token generated; it
+        finished as vLLM's pooling requests do, with "stop"."""
+        now = self._prefilled(prompt_tokens, cached_tokens)
+        self.metrics.e2e.observe(now - self.arrived)
+        self.metrics.success("stop")
+        self.done, self.reason = True, "pooled"
 
     def chunk(self, num_tokens: int) -> None:
         now = time.perf_counter()
@@ -130,6 +143,8 @@ class RequestTrace:
 
     def outcome(self, exc: BaseException | None) -> str:
         """How the request ended, for the request log."""
+        if self.done and self.reason == "pooled":
+            return f"pooled, e2e {self.last - self.arrived:.3f} s"
         if self.done:
             ttft = self.first - self.arrived
             return f"{self.reason}, {self.tokens} output tokens, TTFT {ttft:.3f} s, e2e {self.last - self.arrived:.3f} s"

@@ -16,6 +16,7 @@ import torch
 
 from launcher.stack import Stack
 from launcher.stack_probe import wait_idle
+from tests.observability.conftest import scrape, total
 
 MODEL = "SmolLM2-135M-Instruct"
 TEXTS = ["A haiku about trees.", "The river runs to the sea; " * 40]
@@ -44,6 +45,27 @@ def test_the_sdk_gets_transformers_vectors_in_input_order(stack: Stack, hf_model
         assert len(d.embedding) == 576 and _close(d.embedding, _hf(hf_model, prompt))
     assert out.usage.prompt_tokens == out.usage.total_tokens == sum(map(len, ids))
     wait_idle(stack)
+
+
+def test_each_input_is_a_request_in_the_gateways_metrics(stack: Stack) -> None:
+    """Each input counts as a request of its own: its prompt tokens and cache lookups, an
+    end-to-end latency, a success ("stop", as vLLM's pooling requests finish); no generated token,
+    no time to first token."""
+    wait_idle(stack)
+    address = stack.http_url.removeprefix("http://")
+    before = scrape(address)
+    r = _post(stack, input=TEXTS)
+    assert r.status_code == 200, r.text
+    after = scrape(address)
+
+    def grew(name: str, **match: str) -> float:
+        return total(after, name, **match) - total(before, name, **match)
+
+    assert grew("grove:prompt_tokens_total") == r.json()["usage"]["prompt_tokens"] > 0
+    assert grew("grove:prefix_cache_queries_total") == r.json()["usage"]["prompt_tokens"]
+    assert grew("grove:request_success_total", finished_reason="stop") == 2
+    assert grew("grove:e2e_request_latency_seconds_count") == grew("grove:request_prefill_time_seconds_count") == 2
+    assert grew("grove:generation_tokens_total") == grew("grove:time_to_first_token_seconds_count") == 0
 
 
 def test_every_input_form_gives_the_same_vectors(stack: Stack, tokenizer: Any) -> None:

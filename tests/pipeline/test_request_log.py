@@ -1,6 +1,6 @@
 """vLLM's --enable-log-requests on a gateway in front of the stack's workers: each request's
 arrival (its first --max-log-len prompt token ids, its sampling parameters) and its end (finished,
-or aborted by a client gone) in the gateway's log."""
+or aborted by a client gone) in the gateway's log; an embedding's too."""
 from __future__ import annotations
 
 import re
@@ -22,8 +22,12 @@ def test_requests_are_logged_from_arrival_to_end(stack: Stack, tmp_path: Path) -
         with httpx.stream("POST", gw.http_url + "/v1/completions", headers={"X-Request-Id": "logged-2"}, timeout=60,
                           json={**body, "max_tokens": 400, "stream": True}) as s:
             next(s.iter_lines())  # one chunk, then the client leaves
+        r = httpx.post(gw.http_url + "/v1/embeddings", json={"input": "The capital of France is"},
+                       headers={"X-Request-Id": "logged-3"}, timeout=60)
+        assert r.status_code == 200, r.text
         deadline = time.monotonic() + 10
-        while "Finished request logged-2" not in gw.log.read_text() and time.monotonic() < deadline:
+        while (not all(f"Finished request logged-{k}" in gw.log.read_text() for k in (2, 3))
+               and time.monotonic() < deadline):
             time.sleep(0.05)
         log = gw.log.read_text()
     finally:
@@ -34,3 +38,7 @@ def test_requests_are_logged_from_arrival_to_end(stack: Stack, tmp_path: Path) -
     assert int(received.group(6)) > 4  # the prompt is longer than the 4 ids shown
     assert re.search(r"Finished request \S*logged-1\S*: length, 5 output tokens, TTFT [\d.]+ s, e2e [\d.]+ s", log), log
     assert re.search(r"Finished request \S*logged-2\S*: aborted after \d+ output tokens", log), log
+    # an embedding: its pooling parameters, and its end
+    assert re.search(r"Received request \S*logged-3\S*: prompt_token_ids: \[\d+, \d+, \d+, \d+\]\.\.\. \(\d+\), "
+                     r"params: PoolingParams\(", log), log
+    assert re.search(r"Finished request \S*logged-3\S*: pooled, e2e [\d.]+ s", log), log
