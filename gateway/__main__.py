@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--enable-log-requests", action="store_true",
                    help="log each request's arrival (prompt token ids, sampling parameters) and end (vLLM's flag)")
+    p.add_argument("--enable-force-include-usage", action="store_true",
+                   help="end every stream with a chunk of its usage, as if it asked with stream_options (vLLM's flag)")
     p.add_argument("--max-log-len", type=int, default=None, help="prompt token ids a logged request shows (default: all)")
     g = p.add_argument_group("LoRA adapters (as vLLM's flags; the workers load them from the same paths)")
     g.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters beside the base model")
@@ -183,7 +185,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
                                          args.reasoning_parser, args.default_chat_template_kwargs, args.enable_log_requests,
                                          args.max_log_len, lora_modules(args), args.max_lora_rank,
                                          args.enable_lora and args.allow_runtime_lora_updating,
-                                         pooling(args, model_dir)),
+                                         pooling(args, model_dir),
+                                         force_include_usage=args.enable_force_include_usage),
                            router, metrics)
     except InvalidRequestError as e:  # an adapter of --lora-modules that cannot be served
         raise SystemExit(f"--lora-modules: {e.message}") from None

@@ -62,6 +62,7 @@ class GatewayConfig:
     max_lora_rank: int = 16  # vLLM's: adapters of a higher rank are refused
     runtime_lora_updating: bool = False  # /v1/load_lora_adapter and /v1/unload_lora_adapter answer (vLLM's switch)
     pooling: PoolingParams = PoolingParams()  # the embeddings API's (engine.pooling.model_pooling, --pooler-config)
+    force_include_usage: bool = False  # vLLM's --enable-force-include-usage: every stream ends with its usage
 
     @property
     def served_names(self) -> tuple[str, ...]:

@@ -206,7 +206,7 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
             body = await json_object(request)
             served = core.served(body.get("model"))
             reject_unsupported(body, chat)
-            stream_usage = stream_usage_from_body(body)
+            stream_usage = stream_usage_from_body(body, core.config.force_include_usage)
             return_ids, tokens_as_ids = flag(body, "return_token_ids"), flag(body, "return_tokens_as_token_ids")
             truncate = truncation_from_body(body)
             params = sampling_from_body(body, chat, core.config.sampling_defaults)

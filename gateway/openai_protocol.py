@@ -177,10 +177,12 @@ class StreamUsage(NamedTuple):
     continuous: bool
 
 
-def stream_usage_from_body(body: dict[str, Any]) -> StreamUsage:
+def stream_usage_from_body(body: dict[str, Any], force: bool = False) -> StreamUsage:
+    """``force``: a last chunk with the usage whatever the request asks (vLLM's
+    ``--enable-force-include-usage``)."""
     opts = body.get("stream_options")
     if opts is None:
-        return StreamUsage(False, False)
+        return StreamUsage(force and bool(body.get("stream")), False)
     if not body.get("stream"):
         raise InvalidRequestError("stream_options", "only allowed with stream: true")
     if not isinstance(opts, dict):
@@ -192,7 +194,8 @@ def stream_usage_from_body(body: dict[str, Any]) -> StreamUsage:
             raise InvalidRequestError("stream_options", f"{key} must be a boolean")
         flags[key] = bool(value)
     # as in vLLM: the chunks' usage comes with the last chunk's
-    return StreamUsage(flags["include_usage"], flags["include_usage"] and flags["continuous_usage_stats"])
+    last = flags["include_usage"] or force
+    return StreamUsage(last, last and flags["continuous_usage_stats"])
 
 
 def flag(body: dict[str, Any], key: str) -> bool:

@@ -28,7 +28,8 @@ def flagged(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     (home / "generation_config.json").write_text(json.dumps(
         {"do_sample": False, "temperature": 0.0, "repetition_penalty": PENALTY, "max_new_tokens": CAP}))
     (home / "chat.jinja").write_text(TEMPLATE)
-    gw = Gateway(stack, home, "--generation-config", str(home), "--chat-template", str(home / "chat.jinja"))
+    gw = Gateway(stack, home, "--generation-config", str(home), "--chat-template", str(home / "chat.jinja"),
+                 "--enable-force-include-usage")
     yield gw
     gw.stop()
 
@@ -88,6 +89,27 @@ def test_cors_preflight_from_a_browser(flagged: Gateway) -> None:
         "origin": "http://localhost:3000", "access-control-request-method": "POST",
         "access-control-request-headers": "content-type"})
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+
+
+def _stream(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with httpx.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}, timeout=120) as r:
+        assert r.status_code == 200
+        return [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+
+
+def test_every_stream_ends_with_its_usage_under_force_include_usage(stack: Stack, flagged: Gateway) -> None:
+    """vLLM's ``--enable-force-include-usage``: a stream that does not ask (or asks not to) still
+    ends with a usage chunk; ``continuous_usage_stats`` still puts it on every chunk. The stack's
+    gateway, without the flag, sends none unless asked."""
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 5}
+    for options in (None, {"include_usage": False}):
+        chunks = _stream(flagged.http_url, {**body, **({"stream_options": options} if options else {})})
+        *text, last = chunks
+        assert last["choices"] == [] and 0 < last["usage"]["completion_tokens"] <= 5, chunks
+        assert all(c.get("usage") is None for c in text)
+    continuous = _stream(flagged.http_url, {**body, "stream_options": {"continuous_usage_stats": True}})
+    assert all(c.get("usage") is not None for c in continuous)
+    assert all(c.get("usage") is None for c in _stream(stack.http_url, body))
 
 
 def test_a_bad_flag_stops_the_gateway_at_start(stack: Stack, tmp_path: Path) -> None:
