@@ -149,8 +149,8 @@ class ResponseShaper:
 
     def _tool_delta(self, index: int, text: str, finish: str | None, choice: dict[str, Any]) -> dict[str, Any]:
         """A streamed tool call, as vLLM and OpenAI stream them (gateway.tools.ToolStream): each
-        call's id and name once known, then its arguments as they come ("auto": each call whole
-        once its parser has it, the text around the calls as content)."""
+        call's id and name once known, then its arguments as they come ("auto": as its parser reads
+        them, the text around the calls as content)."""
         assert self.tools is not None
         stream = self._tool_streams.setdefault(index, ToolStream(self.tools))
         content, entries = split(stream.feed(text, final=finish is not None))

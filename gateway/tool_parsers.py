@@ -3,7 +3,9 @@
 and the parser tells them apart, streamed or whole.
 
 A parser is fed the answer's text as it comes and gives what can go out now, in the answer's
-order: text, and each call once it is whole. ``finish`` gives the rest. Fed the whole answer at
+order: text, and calls (gateway.tool_pieces): as they are written where the format tells a call
+by its start (Hermes's and Qwen3-Coder's blocks, gateway.tagged_tool_parsers), else each once it
+is whole. ``finish`` gives the rest. Fed the whole answer at
 once, it gives what the stream gave in pieces, so a streamed answer and a whole one agree however
 the text was cut.
 """
@@ -11,149 +13,12 @@ from __future__ import annotations
 
 import ast
 import json
-import re
-from typing import Any, Callable, Mapping, NamedTuple, Protocol
+from typing import Callable
 
+from gateway.tagged_tool_parsers import HermesParser, Qwen3CoderParser
+from gateway.tool_pieces import Call, Piece, Schemas, ToolParser, json_call, partial_suffix
 
-class Call(NamedTuple):
-    name: str
-    arguments: str  # JSON, as OpenAI's API carries it
-
-
-Piece = str | Call  # text, or a call made whole
-Schemas = Mapping[str, Mapping[str, Any]]  # each tool's parameters schema, by name (a parser may type values by it)
-
-
-class TaggedCallsParser:
-    """Calls in ``<tool_call>...</tool_call>`` blocks, with or without text before them; what a
-    block holds is the format's (``_call``).
-
-    The text outside the tags is the content. Whitespace next to a call is not: it is held back
-    until text follows it, dropped when a call follows it, and dropped at the end once a call was
-    made (an answer with no call keeps its text as written). A block that is not a call stays
-    text, tags and all; so does a block the answer leaves open, unless what it holds is a whole
-    call (vLLM's parsers read an open last block as a call)."""
-
-    START, END = "<tool_call>", "</tool_call>"
-
-    def __init__(self, schemas: Schemas) -> None:
-        self.schemas = schemas
-        self._buf = ""  # text not yet given out: a tag's possible start, or an open block's body
-        self._in_call = False
-        self._space = ""  # whitespace held back
-        self.count = 0  # calls given out
-
-    def feed(self, text: str) -> list[Piece]:
-        self._buf += text
-        out: list[Piece] = []
-        while True:
-            if self._in_call:
-                end = self._buf.find(self.END)
-                if end < 0:
-                    break
-                body, self._buf, self._in_call = self._buf[:end], self._buf[end + len(self.END):], False
-                self._block(body, self.END, out)
-                continue
-            start = self._buf.find(self.START)
-            if start >= 0:
-                self._text(self._buf[:start], out)
-                self._buf, self._in_call = self._buf[start + len(self.START):], True
-                continue
-            keep = partial_suffix(self._buf, self.START)  # may be a tag's first characters
-            self._text(self._buf[:len(self._buf) - keep], out)
-            self._buf = self._buf[len(self._buf) - keep:]
-            break
-        return out
-
-    def finish(self) -> list[Piece]:
-        """The end of the answer: what was held back, an open block read as a call if it is one."""
-        out: list[Piece] = []
-        if self._in_call:
-            self._block(self._buf, "", out)
-        else:
-            self._text(self._buf, out)
-        self._buf, self._in_call = "", False
-        if not self.count and self._space:
-            out.append(self._space)
-        self._space = ""
-        return out
-
-    def _text(self, text: str, out: list[Piece]) -> None:
-        held = self._space + text
-        kept = held.rstrip()
-        self._space = held[len(kept):]
-        if kept:
-            out.append(kept)
-
-    def _call(self, body: str) -> Call | None:
-        raise NotImplementedError
-
-    def _block(self, body: str, end_tag: str, out: list[Piece]) -> None:
-        call = self._call(body)
-        if call is None:  # not a call: the block stays text, as written
-            self._text(self.START + body + end_tag, out)
-            return
-        self._space = ""  # whitespace before a call is not content
-        self.count += 1
-        out.append(call)
-
-
-class HermesParser(TaggedCallsParser):
-    """Hermes's format (Qwen2.5 and Qwen2.5-Coder, Hermes 2 and 3, and the templates written after
-    them): ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, the JSON usually on its own
-    line."""
-
-    def _call(self, body: str) -> Call | None:
-        try:
-            value = json.loads(body)
-        except json.JSONDecodeError:
-            return None
-        return _call(value)
-
-
-class Qwen3CoderParser(TaggedCallsParser):
-    """Qwen3-Coder's XML format (vLLM's ``qwen3_coder``): ``<tool_call><function=NAME>`` then each
-    argument as ``<parameter=KEY>value</parameter>``, each tag on its own line, then
-    ``</function></tool_call>``. A value is text; the tool's schema gives its type (a string stays
-    text, an integer or number is read as one, a boolean from true/false, an object or array as
-    JSON; ``null`` is null); a value the schema does not type, or that does not read as its type,
-    stays text."""
-
-    FUNCTION = re.compile(r"\s*<function=([^>\n]+)>(.*?)(?:</function>\s*)?$", re.DOTALL)
-    PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|$)", re.DOTALL)
-
-    def _call(self, body: str) -> Call | None:
-        m = self.FUNCTION.fullmatch(body)
-        if m is None:
-            return None
-        name = m.group(1).strip()
-        properties = (self.schemas.get(name) or {}).get("properties") or {}
-        arguments: dict[str, object] = {}
-        for key, raw in self.PARAMETER.findall(m.group(2)):
-            key = key.strip()
-            arguments[key] = _typed_value(raw.removeprefix("\n").removesuffix("\n"), properties.get(key))
-        return Call(name, json.dumps(arguments, ensure_ascii=False))
-
-
-def _typed_value(text: str, schema: object) -> object:
-    """A parameter's text as its schema's type (text where it does not read as one)."""
-    if text.strip().lower() == "null":
-        return None
-    kind = schema.get("type") if isinstance(schema, dict) else None
-    kind = next((k for k in kind if k != "null"), None) if isinstance(kind, list) else kind
-    try:
-        if kind == "integer":
-            return int(text.strip())
-        if kind == "number":
-            number = float(text.strip())
-            return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
-        if kind == "boolean":
-            return {"true": True, "false": False}[text.strip().lower()]
-        if kind in ("object", "array"):
-            return json.loads(text)
-    except (ValueError, KeyError):
-        pass
-    return text
+__all__ = ["PARSERS", "SPECIAL_TOKENS", "Call", "HermesParser", "Piece", "partial_suffix"]
 
 
 class Llama3JsonParser:
@@ -195,7 +60,7 @@ class Llama3JsonParser:
                 value, end = decoder.raw_decode(rest)
             except json.JSONDecodeError:
                 break  # not whole yet (or never: finish gives it back as text)
-            call = _call(value)
+            call = json_call(value)
             if call is None:  # JSON, but not a call: the rest of the answer is text
                 self._mode = "text"
                 self._buf = ""
@@ -253,14 +118,14 @@ class MistralParser:
             try:
                 if rest.startswith("["):  # a list of calls
                     value, end = decoder.raw_decode(rest)
-                    calls = [_call(v) for v in value] if isinstance(value, list) else [None]
+                    calls = [json_call(v) for v in value] if isinstance(value, list) else [None]
                 else:  # NAME[ARGS]{...}
                     name, sep, args = rest.partition(self.ARGS)
                     if not sep:
                         break
                     arguments, used = decoder.raw_decode(args.lstrip())
                     end = len(rest) - len(args.lstrip()) + used
-                    calls = [_call({"name": name.strip(), "arguments": arguments})]
+                    calls = [json_call({"name": name.strip(), "arguments": arguments})]
             except json.JSONDecodeError:
                 break  # not whole yet (or never: finish gives it back as text)
             if any(c is None for c in calls):
@@ -336,30 +201,6 @@ def _python_calls(text: str) -> list[Call] | None:
         return calls
     except (SyntaxError, ValueError, TypeError):
         return None
-
-
-def _call(value: object) -> Call | None:
-    """A parsed JSON value as a call: ``{"name", "arguments"}`` (or Llama's ``"parameters"``)."""
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"]:
-        return None
-    arguments = value.get("arguments", value.get("parameters", {}))
-    return Call(value["name"], json.dumps(arguments, ensure_ascii=False))
-
-
-def partial_suffix(text: str, tag: str) -> int:
-    """The length of the longest end of ``text`` that begins ``tag`` (0 if none)."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
-
-
-class ToolParser(Protocol):
-    count: int  # calls given out
-
-    def feed(self, text: str) -> list[Piece]: ...
-
-    def finish(self) -> list[Piece]: ...
 
 
 PARSERS: dict[str, Callable[[Schemas], ToolParser]] = {

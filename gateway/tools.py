@@ -20,7 +20,8 @@ from typing import Any, Literal, Mapping
 from engine.errors import InvalidRequestError
 from engine.sampling_params import SamplingParams
 from engine.structured import StructuredSpec
-from gateway.tool_parsers import PARSERS, SPECIAL_TOKENS, Call
+from gateway.tool_parsers import PARSERS, SPECIAL_TOKENS
+from gateway.tool_pieces import Call, CallArgs, Piece as Parsed
 
 _NO_PARAMETERS = {"type": "object", "properties": {}}
 
@@ -77,8 +78,9 @@ class ToolStream:
     """One answer's tool calls as its text streams, whatever the plan: for each piece of text, what
     goes out, in the answer's order: text (content) and OpenAI's streamed tool-call entries (a
     call's first entry has its index, id, type and name, and the arguments written so far; the next
-    ones more of its arguments). "auto" gives each call whole once the model's parser has it
-    (gateway.tool_parsers; with parallel_tool_calls false, the first only). A "required" answer cut
+    ones more of its arguments). "auto" gives each call as the model's parser reads it
+    (gateway.tool_parsers: as it is written, or whole; with parallel_tool_calls false, the first
+    only). A "required" answer cut
     before any call was named goes out as text with the last piece."""
 
     def __init__(self, plan: ToolPlan) -> None:
@@ -87,6 +89,7 @@ class ToolStream:
         self._held = ""  # "required": the text so far
         self._required = RequiredCalls() if plan.mode == "required" else None
         self._parser = PARSERS[plan.parser](plan.schemas) if plan.mode == "auto" and plan.parser is not None else None
+        self._dropping = False  # "auto", parallel_tool_calls false: the call being read is not the first
 
     def feed(self, text: str, final: bool) -> list[Piece]:
         if self._parser is not None:
@@ -101,13 +104,24 @@ class ToolStream:
         self.count = 1
         return [{"index": 0, **tool_call(self.plan.name or "", text)}]
 
-    def _auto(self, parsed: list[str | Call]) -> list[Piece]:
+    def _auto(self, parsed: list[Parsed]) -> list[Piece]:
+        """The parser's pieces as chat's: a call begun (or whole) is its first entry, more of its
+        arguments go on the entry before where it is this call's, else in one of their own."""
         out: list[Piece] = []
         for p in parsed:
             if isinstance(p, str):
                 out.append(p)
-            elif not (self.plan.single and self.count):  # OpenAI's parallel_tool_calls false: one call
-                out.append({"index": self.count, **tool_call(p.name, p.arguments)})
+            elif isinstance(p, CallArgs):
+                if not self._dropping:
+                    last = out[-1] if out else None
+                    if isinstance(last, dict) and last["index"] == self.count - 1:
+                        last["function"]["arguments"] += p.text
+                    else:
+                        out.append({"index": self.count - 1, "function": {"arguments": p.text}})
+            elif self.plan.single and self.count:  # OpenAI's parallel_tool_calls false: one call
+                self._dropping = True
+            else:
+                out.append({"index": self.count, **tool_call(p.name, p.arguments if isinstance(p, Call) else "")})
                 self.count += 1
         return out
 

@@ -48,9 +48,10 @@ def test_blocks_in_order_whole_and_streamed(seed: int) -> None:
            ["content_block_start", "content_block_stop"] * 3
     assert [e["index"] for e in events if e["type"] == "content_block_start"] == [0, 1, 2]
     snapshot = None
+    bufs: dict[int, bytes] = {}  # (each tool call's input JSON so far, by block: the SDK keeps them for a stream)
     for e in events:  # the SDK's own accumulator, on the events read as the SDK reads a stream
         snapshot = accumulate_event(event=construct_type(type_=RawMessageStreamEvent, value=e), current_snapshot=snapshot,
-                                    json_bufs={})
+                                    json_bufs=bufs)
     assert snapshot is not None and snapshot.stop_reason == "tool_use"
     assert [b.type for b in snapshot.content] == ["thinking", "text", "tool_use"]
     assert snapshot.content[2].input == {"city": "Paris"} and snapshot.content[1].text == "Let me check."

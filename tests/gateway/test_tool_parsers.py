@@ -14,6 +14,8 @@ from engine.sampling_params import SamplingParams
 from gateway.openai_protocol import chat_messages
 from gateway.openai_response import ResponseShaper
 from gateway.tool_parsers import PARSERS, Call, HermesParser
+from gateway.tagged_tool_parsers import Qwen3CoderParser
+from gateway.tool_pieces import CallArgs, CallStart, Piece, calls_of
 from gateway.tools import ToolPlan, tool_plan
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
@@ -47,8 +49,8 @@ def _pieces(text: str, rng: random.Random) -> list[str]:
     return [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
 
 
-def _joined(pieces: list[str | Call]) -> tuple[str, list[Call]]:
-    return "".join(p for p in pieces if isinstance(p, str)), [p for p in pieces if isinstance(p, Call)]
+def _joined(pieces: list[Piece]) -> tuple[str, list[Call]]:
+    return calls_of(pieces)
 
 
 F = Call("f", '{"x": 1}')
@@ -140,10 +142,37 @@ def test_text_goes_out_before_the_answer_ends_and_in_order() -> None:
     assert parser.feed("Sure, ") == ["Sure,"]
     assert parser.feed("I will check.\n<tool") == [" I will check."]
     assert parser.feed("_call>\n{") == []
-    assert parser.feed('"name": "f", "arguments": {}}\n</tool_call>\nDone') == [Call("f", "{}"), "\nDone"]
+    assert parser.feed('"name": "f", "arguments": {}}\n</tool_call>\nDone') == [CallStart("f"), CallArgs("{}"), "\nDone"]
     assert parser.finish() == []
     whole = HermesParser({})
-    assert whole.feed("A" + CALL + "B" + CALL) + whole.finish() == ["A", CALLED, "B", CALLED]
+    assert calls_of(whole.feed("A" + CALL + "B" + CALL) + whole.finish()) == ("AB", [CALLED, CALLED])
+
+
+def _as_fed(parser: Any, pieces: list[str]) -> list[list[Piece]]:
+    return [parser.feed(p) for p in pieces] + [parser.finish()]
+
+
+def test_hermes_streams_a_calls_arguments_as_they_are_written() -> None:
+    """Begun once its name and the arguments' opening brace have come; each piece of the object
+    goes out as it comes, the braces in strings not counted, up to the object's end (the call's
+    closing brace and the end tag are not arguments)."""
+    out = _as_fed(HermesParser({}), ['<tool_call>\n{"name": "write", "argu', 'ments": {"path": "a.py", ',
+                                     '"text": "def f(): {', ' return 1 }\\"}"}', '}\n</tool_', 'call>'])
+    assert out == [[], [CallStart("write"), CallArgs('{"path": "a.py", ')], [CallArgs('"text": "def f(): {')],
+                   [CallArgs(' return 1 }\\"}"}')], [], [], []]
+    args = "".join(p.text for ps in out for p in ps if isinstance(p, CallArgs))
+    assert json.loads(args) == {"path": "a.py", "text": 'def f(): { return 1 }"}'}  # (an escaped quote)
+
+
+def test_qwen3_coder_streams_text_values_and_reads_typed_ones_whole() -> None:
+    """A text value streams as it is written (JSON-escaped; the newline after its tag and the one
+    before its end are not its text); ``null``, or what may still become it, and a typed value
+    wait for their end."""
+    out = _as_fed(Qwen3CoderParser(SCHEMAS), [
+        "<tool_call>\n<function=get_weather>\n<parameter=days>\n3", "\n</parameter>\n<parameter=city>\nNu",
+        'l"l\n', "Paris\n</param", "eter>\n<parameter=tags>\nnull\n</parameter>\n</function>\n</tool_call>"])
+    assert out == [[CallStart("get_weather")], [CallArgs('{"days": 3')], [CallArgs(', "city": "Nul\\"l')],
+                   [CallArgs("\\nParis")], [CallArgs('", "tags": null}')], []]
 
 
 def test_mistrals_tag_is_a_special_token_kept_in_the_text() -> None:
@@ -184,6 +213,21 @@ def _stream(plan: ToolPlan, pieces: list[str], finish: str) -> list[dict[str, An
             for k, p in enumerate(pieces)]
 
 
+def _assembled(streamed: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Streamed entries as calls, as OpenAI's clients join them: a call's first entry (a new index,
+    in order) has its id, type and name; the next ones of its index more of its arguments."""
+    calls: list[tuple[str, str]] = []
+    for tc in streamed:
+        if tc["index"] == len(calls):
+            assert tc["id"].startswith("chatcmpl-tool-") and tc["type"] == "function", tc
+            calls.append((tc["function"]["name"], tc["function"]["arguments"]))
+        else:
+            assert tc["index"] == len(calls) - 1 and set(tc) == {"index", "function"} and set(tc["function"]) == {
+                "arguments"}, tc
+            calls[-1] = (calls[-1][0], calls[-1][1] + tc["function"]["arguments"])
+    return calls
+
+
 @pytest.mark.parametrize("answer,content,calls", CASES)
 def test_a_streamed_answer_says_what_the_whole_one_says(answer: str, content: str, calls: list[Call]) -> None:
     plan = ToolPlan("auto", None, None, "hermes")
@@ -198,9 +242,7 @@ def test_a_streamed_answer_says_what_the_whole_one_says(answer: str, content: st
         deltas = [c["delta"] for c in chunks]
         streamed = [tc for d in deltas for tc in d.get("tool_calls", [])]
         assert "".join(d.get("content", "") for d in deltas) == (message["content"] or "")
-        assert [(tc["index"], tc["function"]["name"], tc["function"]["arguments"]) for tc in streamed] == \
-               [(k, *c) for k, c in enumerate(calls)]
-        assert all(tc["id"].startswith("chatcmpl-tool-") and tc["type"] == "function" for tc in streamed)
+        assert _assembled(streamed) == [tuple(c) for c in calls]
         assert [c["finish_reason"] for c in chunks] == [None] * (len(cut) - 1) + [whole["finish_reason"]]
 
 

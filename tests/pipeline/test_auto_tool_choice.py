@@ -90,13 +90,18 @@ def test_auto_reads_the_models_calls_and_its_text(client: openai.OpenAI) -> None
     calls = got.message.tool_calls or []
     assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == expected
     assert len({c.id for c in calls}) == 2 and all(c.type == "function" for c in calls)
-    # streamed: the text as it comes, each call whole once its end tag is written
+    # streamed: the text as it comes, each call as it is written: its first entry has its id and
+    # name, the next ones more of its arguments
     chunks = [c.choices[0] for c in client.chat.completions.create(tool_choice="auto", stream=True, **_kw(TEXT_AND_CALLS))
               if c.choices]
     assert "".join(c.delta.content or "" for c in chunks) == got.message.content
     streamed = [tc for c in chunks for tc in c.delta.tool_calls or []]
-    assert [(tc.index, tc.function.name, tc.function.arguments) for tc in streamed] == \
-           [(k, c.function.name, c.function.arguments) for k, c in enumerate(calls)]
+    firsts = [tc for tc in streamed if tc.id is not None]
+    assert [(tc.index, tc.function.name) for tc in firsts] == [(k, c.function.name) for k, c in enumerate(calls)]
+    assert all(tc.function.name is None for tc in streamed if tc.id is None)
+    assert ["".join(tc.function.arguments for tc in streamed if tc.index == k) for k in range(len(calls))] == \
+           [c.function.arguments for c in calls]
+    assert len(streamed) > 2 * len(calls)  # (the arguments came in pieces, token by token)
     assert chunks[-1].finish_reason == "tool_calls"
     # parallel_tool_calls false: the first call only
     one = client.chat.completions.create(tool_choice="auto", parallel_tool_calls=False, **_kw(TEXT_AND_CALLS))

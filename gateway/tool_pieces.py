@@ -1,0 +1,71 @@
+"""What a parser of a model's tool-call format (gateway.tool_parsers, gateway.tagged_tool_parsers)
+gives as it reads an answer: text, and calls, whole or as they are written.
+
+A call goes out whole (``Call``) where the format only tells a call once it has read all of it;
+else as it is written: ``CallStart`` once its name is known, then ``CallArgs`` with more of its
+arguments' JSON as the model writes them, so a client sees a long call (a file's content) stream
+as vLLM streams it. The ``CallArgs`` after a ``CallStart`` join to the call's arguments.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, NamedTuple, Protocol
+
+
+class Call(NamedTuple):
+    name: str
+    arguments: str  # JSON, as OpenAI's API carries it
+
+
+class CallStart(NamedTuple):
+    """A call begun: its arguments follow as CallArgs."""
+    name: str
+
+
+class CallArgs(NamedTuple):
+    """More of the arguments (JSON text) of the call begun last."""
+    text: str
+
+
+Piece = str | Call | CallStart | CallArgs  # text, a whole call, a call begun, more of its arguments
+Schemas = Mapping[str, Mapping[str, Any]]  # each tool's parameters schema, by name (a parser may type values by it)
+
+
+class ToolParser(Protocol):
+    count: int  # calls given out (whole or begun)
+
+    def feed(self, text: str) -> list[Piece]: ...
+
+    def finish(self) -> list[Piece]: ...
+
+
+def calls_of(pieces: list[Piece]) -> tuple[str, list[Call]]:
+    """Pieces as the text and the whole calls they make (each begun call with its arguments joined)."""
+    text: list[str] = []
+    calls: list[Call] = []
+    for p in pieces:
+        if isinstance(p, str):
+            text.append(p)
+        elif isinstance(p, Call):
+            calls.append(p)
+        elif isinstance(p, CallStart):
+            calls.append(Call(p.name, ""))
+        else:
+            calls[-1] = Call(calls[-1].name, calls[-1].arguments + p.text)
+    return "".join(text), calls
+
+
+def json_call(value: object) -> Call | None:
+    """A parsed JSON value as a call: ``{"name", "arguments"}`` (or Llama's ``"parameters"``)."""
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"]:
+        return None
+    arguments = value.get("arguments", value.get("parameters", {}))
+    return Call(value["name"], json.dumps(arguments, ensure_ascii=False))
+
+
+def partial_suffix(text: str, tag: str) -> int:
+    """The length of the longest end of ``text`` that begins ``tag`` (0 if none)."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0
