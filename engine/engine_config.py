@@ -30,6 +30,7 @@ class EngineConfig:
     lookahead_max_depth: int = 16  # deepest draft (copy-heavy text at batch 1 gains ~20% tokens per step over 8)
     lookahead_width: int = 2  # most branches per draft: each request drafts a chain or a tree of this width, whichever pays
     lookahead_max_step_tokens: int = 256  # cap on a step's tokens with drafts
+    lookahead_corpus: tuple[str, ...] = ()  # files or folders of text every request drafts from (engine.lookahead.corpus)
     calibration_cache: bool = True  # reuse the step-cost calibration of an earlier start with the same setup
     max_lora_rank: int = 16  # vLLM's: the highest LoRA rank an adapter may have
     max_cpu_loras: int = 8  # vLLM's: adapters a worker keeps loaded (the least recently used go past it)
@@ -74,6 +75,10 @@ class EngineConfig:
         g.add_argument("--lookahead-width", type=int, default=2,
                        help="most branches per draft (the planner picks a chain or a tree per request)")
         g.add_argument("--lookahead-max-step-tokens", type=int, default=256)
+        g.add_argument("--lookahead-corpus", nargs="+", default=[], metavar="PATH",
+                       help="text every request drafts from beside its own and every request's outputs: files "
+                            "(.jsonl: a document a line, a string or {\"text\": ...}; others whole) or folders of "
+                            "text files; indexed at start")
         g.add_argument("--calibration-cache", choices=["on", "off"], default="on",
                        help="reuse the lookahead step-cost calibration of an earlier start on this machine and "
                             "setup (kept under $GROVE_CACHE/step-cost); off: time the steps at every start")
@@ -93,6 +98,7 @@ class EngineConfig:
             attention_backend=args.attention_backend, num_threads=args.num_threads,
             prefix_caching=args.prefix_caching == "on", lookahead=args.lookahead == "on", lookahead_max_depth=args.lookahead_max_depth,
             lookahead_width=args.lookahead_width, lookahead_max_step_tokens=args.lookahead_max_step_tokens,
+            lookahead_corpus=tuple(args.lookahead_corpus),
             calibration_cache=args.calibration_cache == "on", max_lora_rank=args.max_lora_rank,
             max_cpu_loras=args.max_cpu_loras, max_loras=args.max_loras,
         )

@@ -28,6 +28,7 @@ from engine.layers import ROW_INVARIANT_DTYPES, products_row_invariant, step_til
 from engine.lookahead.budget import key_reads
 from engine.lora.registry import LoraRegistry
 from engine.lookahead.numbering import DigitVocab
+from engine.lookahead.corpus import load_corpus
 from engine.lookahead.speculator import Speculator, compaction_slots, node_positions
 from engine.lookahead.tree import DraftTree, node_paths
 from engine.model import Model
@@ -141,7 +142,9 @@ class LLMEngine:
             self.speculator = Speculator(config.lookahead_max_depth, config.lookahead_width,
                                          config.lookahead_max_step_tokens,
                                          step_align=step_tile(self.model.weights.layers[0].qkv),
-                                         digits=DigitVocab.from_tokenizer(self.tokenizer))
+                                         digits=DigitVocab.from_tokenizer(self.tokenizer),
+                                         corpus=load_corpus(config.lookahead_corpus,
+                                                            lambda t: self.tokenizer.encode(t, add_special_tokens=False)))
             calibrate(self)
         logger.info("engine ready: %d KV blocks of %d tokens (%.1f MiB)", num_blocks, config.block_size, self.kv.nbytes / 2**20)
 

@@ -7,13 +7,14 @@ import shlex
 import signal
 import sys
 import time
+from pathlib import Path
 
 from launcher.stack import Stack, StackConfig
 
 logger = logging.getLogger("launcher")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m launcher", description=__doc__)
     p.add_argument("--model", default="", help="local HF model directory (default: bundled SmolLM2)")
     p.add_argument("--prefill", type=int, default=1, help="number of prefill workers")
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--kv-cache-gb", type=float, default=0.5, help="each worker's KV pool")
     s.add_argument("--max-num-seqs", type=int, default=0, help="sequences a worker batches (default: its own)")
     s.add_argument("--lookahead", choices=["on", "off"], default="on", help="the decode workers' lookahead")
+    s.add_argument("--lookahead-corpus", nargs="+", default=[], metavar="PATH",
+                   help="text the decode workers' lookahead drafts from (files or folders; see the README)")
     s.add_argument("--generation-config", default="auto",
                    help="default sampling parameters: auto (the model's), vllm (none) or a folder")
     s.add_argument("--chat-template", default="", help="chat template: a file, or the template itself")
@@ -56,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
                              "(e.g. --gateway-args '--allowed-origins https://ui.example --allow-credentials')")
     for who in ("gateway", "prefill", "decode", "worker"):
         x.add_argument(f"--{who}-args", default="", help=f"more arguments of {'both workers' if who == 'worker' else who}")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = StackConfig(model=args.model, num_prefill=args.prefill, num_decode=args.decode, host=args.host,
                          http_port=args.http_port, grpc_port=args.grpc_port, nixl=not args.no_nixl,
@@ -125,8 +132,16 @@ def _service_args(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
                *shlex.split(args.gateway_args)]
     prefill = tuple(shlex.split(args.prefill_args))
     return {"extra_worker_args": tuple(worker), "extra_gateway_args": tuple(gateway),
-            "extra_decode_args": ("--lookahead", args.lookahead, *shlex.split(args.decode_args)),
+            "extra_decode_args": ("--lookahead", args.lookahead,
+                                  *(["--lookahead-corpus", *map(_absolute, args.lookahead_corpus)]
+                                    if args.lookahead_corpus else []),
+                                  *shlex.split(args.decode_args)),
             "prefill_args": tuple(prefill for _ in range(args.prefill))}
+
+
+def _absolute(path: str) -> str:
+    """A path as the services (started in the repository) find it."""
+    return str(Path(path).resolve())
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ from the key).
 A request with a ``cache_salt`` (vLLM's) reads and feeds its salt's own global trie instead: what
 other tenants' requests wrote is never drafted for it (accepted-token counts and step times would
 tell whether a guess at their text was right), nor what it writes for them.
+
+A server may also give a corpus (engine.lookahead.corpus): read-only text every request drafts
+from, after its own caches (it is the operator's, no tenant's).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from engine.lookahead.corpus import CorpusIndex
 from engine.lookahead.ngram_trie import NGramTrie, TrieNode
 from engine.lookahead.numbering import DigitVocab, NumberRuns
 from engine.lookahead.position_index import PositionIndex
@@ -31,6 +35,7 @@ class DrafterConfig:
     window: int = 8  # continuation length stored per position (the deepest draft)
     global_max_nodes: int = 1 << 20
     local_max_positions: int = 16  # a request's own cache: continuations counted per lookup, latest first
+    corpus_max_positions: int = 32  # the corpus: continuations counted per lookup, spread over it
     # salted requests' global tries: the salts kept (least recently started dropped), each bounded
     # so that together they hold no more nodes than the shared one
     salted_tries: int = 64
@@ -54,13 +59,13 @@ class Match:
     """Where a draft would come from: the first cache and longest key with a continuation."""
 
     # "prediction": the output the client predicted; "own": the request's prompt and output;
-    # "global": every request's outputs; "number": the next number
+    # "global": every request's outputs; "corpus": the server's corpus; "number": the next number
     source: str
     key_length: int
 
 
 # where caches continue keys of the same length, the first of these drafts first
-_PRIORITY = {"prediction": 0, "own": 1, "global": 2}
+_PRIORITY = {"prediction": 0, "own": 1, "global": 2, "corpus": 3}
 
 
 @dataclass(slots=True)
@@ -71,13 +76,16 @@ class RequestCache:
     predicted: PositionIndex | None = None  # the client's predicted output (OpenAI's Predicted Outputs), if any
 
 
-Source = PositionIndex | NGramTrie  # a request's own text or prediction; every request's outputs
+Source = PositionIndex | NGramTrie | CorpusIndex  # a request's own text or prediction; all outputs; the corpus
 
 
 class Drafter:
-    def __init__(self, config: DrafterConfig = DrafterConfig(), digits: DigitVocab | None = None) -> None:
+    def __init__(self, config: DrafterConfig = DrafterConfig(), digits: DigitVocab | None = None,
+                 corpus: CorpusIndex | None = None) -> None:
+        """``corpus``: the server's (engine.lookahead.corpus), drafted from for every request."""
         self.config = config
         self.digits = digits
+        self.corpus = corpus
         self.global_trie = NGramTrie(config.global_max_nodes)
         self.salted: OrderedDict[str, NGramTrie] = OrderedDict()  # cache_salt -> its global trie
         self.local: dict[str, RequestCache] = {}
@@ -242,7 +250,7 @@ class Drafter:
     def _matches(self, cache: RequestCache | None, tokens: Sequence[int]) -> list[tuple[Match, Source]]:
         """The caches that continue ``tokens``, each with its longest key's match: the longest key
         first; where keys tie, the prediction, then the request's own text, then every request's
-        outputs. (A shorter key loses to a longer one: in the Shakespeare answers a 1-token key of
+        outputs, then the corpus. (A shorter key loses to a longer one: in the Shakespeare answers a 1-token key of
         the own text drafted words the prompt had after "in" (" heaven") where an answer before had
         '" in' -> " the original text".)"""
         found: list[tuple[Match, Source]] = []
@@ -254,6 +262,11 @@ class Drafter:
                 m = self._local_key(index, source, tokens) if index is not None else None
                 if m is not None:
                     found.append((m, index))
+        if self.corpus is not None:
+            k = next((k for k in self.config.global_key_lengths
+                      if len(tokens) >= k and self.corpus.has(tuple(tokens[-k:]))), 0)
+            if k:
+                found.append((Match("corpus", k), self.corpus))
         return sorted(found, key=lambda f: (-f[0].key_length, _PRIORITY[f[0].source]))
 
     def _branches(self, cache: RequestCache | None, tokens: Sequence[int], budget: int,
@@ -264,7 +277,7 @@ class Drafter:
         found: list[list[int]] = []
         for m, source in self._matches(cache, tokens):
             had = len(found)
-            key_lengths = self.config.global_key_lengths if m.source == "global" else self.config.key_lengths
+            key_lengths = self.config.global_key_lengths if m.source in ("global", "corpus") else self.config.key_lengths
             # a cache after one that drafted adds only what its longest key continues: in chat at
             # batch 16, the global trie's 2-token keys beside the own text's branches ran at 0.86x
             # of lookahead off in one round (1.07x over two)
@@ -272,8 +285,12 @@ class Drafter:
                 if len(tokens) < k:
                     continue
                 key = tuple(tokens[-k:])
-                paths = (source.branches(key, budget, max_depth) if isinstance(source, NGramTrie)
-                         else source.branches(key, budget, max_depth, self.config.local_max_positions))
+                if isinstance(source, NGramTrie):
+                    paths = source.branches(key, budget, max_depth)
+                elif isinstance(source, CorpusIndex):
+                    paths = source.branches(key, budget, max_depth, self.config.corpus_max_positions)
+                else:
+                    paths = source.branches(key, budget, max_depth, self.config.local_max_positions)
                 for path in paths:
                     tree.add_branch(path, budget)
                     found.append(path)

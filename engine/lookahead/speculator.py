@@ -15,6 +15,7 @@ import torch
 
 from engine.lookahead.acceptance import AcceptanceModel
 from engine.lookahead.budget import StepCostModel, drafts_can_pay, plan_drafts
+from engine.lookahead.corpus import CorpusIndex
 from engine.lookahead.drafter import Drafter, DrafterConfig
 from engine.lookahead.numbering import DigitVocab
 from engine.lookahead.tree import DraftTree, accept_path, accepted_on_first_branch
@@ -62,10 +63,11 @@ class Verified:
 
 class Speculator:
     def __init__(self, max_depth: int, width: int, max_step_tokens: int, step_align: int = STEP_ALIGN,
-                 digits: DigitVocab | None = None) -> None:
+                 digits: DigitVocab | None = None, corpus: CorpusIndex | None = None) -> None:
         # the global trie stores windows of up to GLOBAL_WINDOW tokens (the own cache drafts max_depth);
-        # digits: the tokenizer's, for drafting the next number (engine.lookahead.numbering)
-        self.drafter = Drafter(DrafterConfig(window=min(max_depth, GLOBAL_WINDOW)), digits)
+        # digits: the tokenizer's, for drafting the next number (engine.lookahead.numbering);
+        # corpus: the server's text to draft from (engine.lookahead.corpus)
+        self.drafter = Drafter(DrafterConfig(window=min(max_depth, GLOBAL_WINDOW)), digits, corpus)
         self.cost = StepCostModel()
         self.max_depth = max_depth
         self.width = width
