@@ -11,6 +11,7 @@ from engine.errors import InvalidRequestError, OutOfBlocksError
 from grove.internal.v1 import worker_pb2 as pb
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from protocol import pipeline as convert
+from runtime.prefix_reset import reset_prefix_caches
 from runtime.worker_process import ShuttingDownError
 
 
@@ -37,3 +38,7 @@ class DecodeServicer(pb_grpc.DecodeWorkerServicer):
 
     async def Stats(self, request: pb.WorkerStatsRequest, context: grpc.aio.ServicerContext) -> pb.WorkerStats:
         return pb.WorkerStats(worker_id=self.worker_id, role="decode", **self.service.stats())
+
+    async def ResetPrefixCache(self, request: pb.ResetPrefixCacheRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ResetPrefixCacheResponse:
+        return await reset_prefix_caches(self.service.engine, self.service.kvstore, request, context)

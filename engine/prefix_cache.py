@@ -116,9 +116,13 @@ class PrefixCache:
             self._block_of[h] = b
             self._hash_of[b] = h
 
-    def clear(self) -> None:
+    def clear(self) -> int:
+        """Forgets every cached prefix (vLLM's reset): blocks in use stay with their sequences, free
+        ones are plain free blocks; how many blocks were cached."""
+        n = len(self._block_of)
         self._block_of.clear()
         self._hash_of.clear()
+        return n
 
     def check_integrity(self) -> None:
         assert len(self._block_of) == len(self._hash_of)

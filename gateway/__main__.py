@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--enable-log-requests", action="store_true",
                    help="log each request's arrival (prompt token ids, sampling parameters) and end (vLLM's flag)")
+    p.add_argument("--server-dev-mode", action="store_true",
+                   default=os.environ.get("VLLM_SERVER_DEV_MODE", "").lower() in ("1", "true"),
+                   help="serve vLLM's development endpoints: POST /reset_prefix_cache (also VLLM_SERVER_DEV_MODE=1)")
     p.add_argument("--enable-force-include-usage", action="store_true",
                    help="end every stream with a chunk of its usage, as if it asked with stream_options (vLLM's flag)")
     p.add_argument("--max-log-len", type=int, default=None, help="prompt token ids a logged request shows (default: all)")
@@ -186,7 +189,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
                                          args.max_log_len, lora_modules(args), args.max_lora_rank,
                                          args.enable_lora and args.allow_runtime_lora_updating,
                                          pooling(args, model_dir),
-                                         force_include_usage=args.enable_force_include_usage),
+                                         force_include_usage=args.enable_force_include_usage,
+                                         dev_mode=args.server_dev_mode),
                            router, metrics)
     except InvalidRequestError as e:  # an adapter of --lora-modules that cannot be served
         raise SystemExit(f"--lora-modules: {e.message}") from None

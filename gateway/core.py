@@ -63,6 +63,7 @@ class GatewayConfig:
     runtime_lora_updating: bool = False  # /v1/load_lora_adapter and /v1/unload_lora_adapter answer (vLLM's switch)
     pooling: PoolingParams = PoolingParams()  # the embeddings API's (engine.pooling.model_pooling, --pooler-config)
     force_include_usage: bool = False  # vLLM's --enable-force-include-usage: every stream ends with its usage
+    dev_mode: bool = False  # vLLM's VLLM_SERVER_DEV_MODE: development endpoints (gateway.dev_routes)
 
     @property
     def served_names(self) -> tuple[str, ...]:

@@ -61,6 +61,10 @@ class Router:
         self.decisions: dict[str, int] = {"prefix_affinity": 0, "load": 0}
         self._task: asyncio.Task[None] | None = None
 
+    def forget_affinity(self) -> None:
+        """Forgets which worker computed which prefix (after their caches were reset)."""
+        self._affinity.clear()
+
     # ---- health -----------------------------------------------------------------------------
     def workers(self) -> list[Worker]:
         return self.prefill + self.decode

@@ -218,6 +218,10 @@ class KVStoreClient:
     async def stats(self) -> StoreStats:
         return convert.stats_from_pb(await self._call(self._stub.Stats, pb.StatsRequest()))
 
+    async def clear(self) -> int:
+        """Drops every cached block no lease holds; how many."""
+        return int((await self._call(self._stub.Clear, pb.ClearRequest())).dropped_blocks)
+
     # ---- data planes ------------------------------------------------------------------------
     async def _nixl(self, op: Literal["read", "write"], handles: Sequence[BlockHandle],
                     local_block_ids: Sequence[int]) -> TransferReport:

@@ -87,6 +87,10 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
         return convert.stats_to_pb(self.store.stats())
 
+    @_unary
+    async def Clear(self, request: pb.ClearRequest, context: grpc.aio.ServicerContext) -> pb.ClearResponse:
+        return pb.ClearResponse(dropped_blocks=self.store.clear())
+
     async def Read(self, request: pb.ReadRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DataChunk]:
         start = time.perf_counter()
         try:

@@ -192,6 +192,16 @@ class KVStore:
         self.expired_leases += len(expired)
         return len(expired)
 
+    def clear(self) -> int:
+        """Drops every cached block that no lease or stream pins (vLLM's reset of the prefix
+        cache); a pinned block's ancestors stay with it. How many were dropped."""
+        dropped = 0
+        for node in reversed(list(self.trie.nodes())):  # children before their parents
+            if not node.children and self.tiers[node.tier].allocator.refcount(node.block) == 1:
+                self._drop(node, evicted=False)
+                dropped += 1
+        return dropped
+
     def handle(self, node: TrieNode) -> BlockHandle:
         return BlockHandle(self.tiers[node.tier].name, node.block)
 
@@ -279,12 +289,12 @@ class KVStore:
         node.tier, node.block = node.tier + 1, lower_block
         self.lru.add(node)
 
-    def _drop(self, node: TrieNode) -> None:
+    def _drop(self, node: TrieNode, evicted: bool = True) -> None:
         tier = self.tiers[node.tier]
         self.lru.remove(node)
         self.trie.remove_leaf(node)
         tier.allocator.free([node.block])
-        tier.dropped += 1
+        tier.dropped += evicted
         node.tier, node.block = -1, -1  # detached: owns nothing
 
     # ---- invariants -------------------------------------------------------------------------

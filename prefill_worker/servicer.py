@@ -12,6 +12,7 @@ from grove.internal.v1 import worker_pb2 as pb
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from prefill_worker.service import OverloadedError, PrefillService
 from protocol import pipeline as convert
+from runtime.prefix_reset import reset_prefix_caches
 from runtime.kv_transfer import read_block_bytes
 from runtime.worker_process import ShuttingDownError
 
@@ -81,3 +82,7 @@ class PrefillServicer(pb_grpc.PrefillWorkerServicer):
 
     async def Stats(self, request: pb.WorkerStatsRequest, context: grpc.aio.ServicerContext) -> pb.WorkerStats:
         return pb.WorkerStats(worker_id=self.worker_id, role="prefill", **self.service.stats())
+
+    async def ResetPrefixCache(self, request: pb.ResetPrefixCacheRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ResetPrefixCacheResponse:
+        return await reset_prefix_caches(self.service.engine, self.service.kvstore, request, context)

@@ -179,3 +179,24 @@ def test_check_integrity_catches_a_leaked_reference(make_store: MakeStore) -> No
     with pytest.raises(AssertionError, match="refcount 2, owners \\+ pins 1"):
         store.check_integrity()
     store.tiers[0].allocator.free([0])  # repair, so the fixture's final check passes
+
+
+def test_clear_drops_what_no_lease_holds(make_store: MakeStore) -> None:
+    """vLLM's reset of the prefix cache: every unpinned block goes, in every tier and namespace; a
+    leased block stays with its ancestors (its chain still matches); nothing counts as evicted."""
+    store = make_store(upper=4, cpu=8)
+    insert(store, [1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3])
+    insert(store, [1, 1, 1, 1, 5, 5, 5, 5])
+    insert(store, list(range(8)), ns="other")
+    held = store.match(NS, [1, 1, 1, 1, 2, 2, 2, 2])
+    assert held.num_tokens == 8
+    assert store.clear() == 4  # (3, 3, 3, 3), (5, 5, 5, 5) and "other"'s two blocks
+    store.check_integrity()
+    assert store.match(NS, [1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3], lease=False).num_tokens == 8
+    assert store.match(NS, [1, 1, 1, 1, 5, 5, 5, 5], lease=False).num_tokens == 4
+    assert store.match("other", list(range(8)), lease=False).num_tokens == 0
+    assert sum(t.dropped_blocks for t in store.stats().tiers) == 0
+    store.release(held.lease_id)
+    assert store.clear() == 2 and store.stats().num_namespaces == 0
+    assert sum(t.cached_blocks for t in store.stats().tiers) == 0
+    store.check_integrity()
