@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cpu-capacity", default="1GiB", help="CPU tier (pinned memory when CUDA is present)")
     t.add_argument("--gpu-capacity", default="0", help="GPU tier; 0 = none")
     t.add_argument("--gpu-device", default="cuda", help="device of the GPU tier ('cpu': a stand-in for tests)")
+    p.add_argument("--snapshot", default=None, metavar="PATH",
+                   help="keep the cache across restarts: read from PATH at start (if there), written to it at "
+                        "shutdown (SIGTERM / SIGINT)")
     p.add_argument("--lease-ttl", type=float, default=30.0, help="seconds before an unreleased lease expires")
     p.add_argument("--nixl", action=argparse.BooleanOptionalAction, default=True,
                    help="serve the NIXL data plane (--no-nixl: gRPC streams only)")
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         tiers.append(TierConfig("cpu", "cpu", cpu_blocks, pin_memory=torch.cuda.is_available()))
         store_config = StoreConfig(geometry, tuple(tiers), lease_ttl_s=args.lease_ttl)
         server_config = ServerConfig(args.address, args.port_file, args.nixl, args.metrics_port, args.grace_period,
-                                     args.chunk_bytes, args.check_integrity_on_exit, args.ready_file)
+                                     args.chunk_bytes, args.check_integrity_on_exit, args.ready_file, args.snapshot)
     except ValueError as e:
         parser.error(str(e))  # exits 2 with the usage line
     uvloop.run(serve(store_config, server_config))

@@ -47,6 +47,7 @@ class ServerConfig:
     max_chunk_bytes: int = 2 << 20  # fallback data chunks, under gRPC's 4 MiB message limit
     check_integrity_on_exit: bool = False  # tests: prove the store's invariants at shutdown
     ready_file: str | None = None  # JSON {"grpc_port", "metrics_port"}, like the other services' ready files
+    snapshot: str | None = None  # the cache kept across restarts: read at start, written at shutdown (kvstore.snapshot)
 
     def __post_init__(self) -> None:
         if not 0 < self.max_chunk_bytes <= 3 << 20:

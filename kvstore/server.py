@@ -18,6 +18,7 @@ from kvstore.config import ServerConfig, StoreConfig
 from kvstore.metrics import serve_metrics
 from kvstore.nixl_plane import NixlPlane, nixl_available
 from kvstore.servicer import KVStoreServicer
+from kvstore.snapshot import load_snapshot, save_snapshot
 from kvstore.store import KVStore
 from kvstore.types import ConnectInfo
 from runtime.process import write_ready_file
@@ -77,6 +78,8 @@ async def _expire_leases(store: KVStore) -> None:
 async def serve(store_config: StoreConfig, config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT; then stop accepting, give in-flight RPCs ``grace_s``, and return."""
     store = KVStore(store_config)
+    if config.snapshot:
+        load_snapshot(store, config.snapshot)
     plane = open_nixl(store) if config.use_nixl else None
     servicer = KVStoreServicer(store, connect_info(store, plane, config))
     health = health_aio.HealthServicer()
@@ -104,6 +107,11 @@ async def serve(store_config: StoreConfig, config: ServerConfig) -> None:
         metrics.shutdown()
     if plane is not None:
         plane.close()
+    if config.snapshot:
+        try:
+            save_snapshot(store, config.snapshot)
+        except OSError as e:  # the cache is lost for the next start, not the shutdown
+            logger.error("snapshot not written to %s: %s", config.snapshot, e)
     if config.check_integrity_on_exit:
         store.expire()
         store.check_integrity()  # raises AssertionError: the process exits non-zero

@@ -25,6 +25,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-nixl", action="store_true", help="move KV over gRPC bytes instead of NIXL")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     p.add_argument("--kvstore-capacity", default="1GiB")
+    p.add_argument("--kvstore-snapshot", default="", metavar="PATH",
+                   help="keep the kvstore's cache across restarts: read at start, written when the stack stops")
     p.add_argument("--api-key", default="")
     p.add_argument("--log-dir", default="", help="service logs (default: a temp dir)")
     s = p.add_argument_group("serving (vLLM's names; each goes to the services that take it)")
@@ -67,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = StackConfig(model=args.model, num_prefill=args.prefill, num_decode=args.decode, host=args.host,
                          http_port=args.http_port, grpc_port=args.grpc_port, nixl=not args.no_nixl,
-                         dtype=args.dtype, kvstore_capacity=args.kvstore_capacity, api_key=args.api_key,
+                         dtype=args.dtype, kvstore_capacity=args.kvstore_capacity,
+                         kvstore_snapshot=_absolute(args.kvstore_snapshot) if args.kvstore_snapshot else "",
+                         api_key=args.api_key,
                          log_dir=args.log_dir, worker_kv_gb=args.kv_cache_gb, **_service_args(args))
     stack = Stack(config)
     logger.info("starting kvstore, %d prefill, %d decode workers and the gateway (logs in %s)",

@@ -52,6 +52,7 @@ class StackConfig:
     grpc_port: int = 0
     nixl: bool = True
     kvstore_capacity: str = "1GiB"
+    kvstore_snapshot: str = ""  # the kvstore's cache across restarts (its --snapshot); "": none
     worker_kv_gb: float = 0.5
     dtype: str = "auto"
     api_key: str = ""
@@ -139,9 +140,10 @@ class Stack:
                 "--decode", ",".join(self.address(n) for n in names if n.startswith("decode"))]
         return args + (["--api-key", c.api_key] if c.api_key else []) + list(c.extra_gateway_args)
 
-    def start_kvstore(self, port: int = 0) -> Service:
+    def start_kvstore(self, port: int = 0, snapshot: str | None = None) -> Service:
         """Starts the kvstore (``port``: its gRPC port; 0 picks one) and waits until it serves. Also
-        a new one in place of a kvstore that died (launcher.chaos): the workers reconnect to it."""
+        a new one in place of a kvstore that died (launcher.chaos): the workers reconnect to it.
+        ``snapshot``: its cache across restarts (default: the config's)."""
         for dead in [s for s in self.services if s.name == "kvstore" and s.proc.poll() is not None]:
             self.services.remove(dead)  # the one this replaces
             if dead.log:
@@ -153,6 +155,7 @@ class Stack:
             "--address", f"{c.host}:{port}", "--dtype", dtype, "--block-size", "16", "--num-layers", str(mc.num_layers),
             "--num-kv-heads", str(mc.num_kv_heads), "--head-dim", str(mc.head_dim),
             "--cpu-capacity", c.kvstore_capacity, "--nixl" if c.nixl else "--no-nixl", "--metrics-port", "0",
+            *(["--snapshot", path] if (path := c.kvstore_snapshot if snapshot is None else snapshot) else []),
         ])
         self._wait_ready([kv])
         return kv

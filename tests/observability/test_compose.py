@@ -117,8 +117,13 @@ def test_scalable_workers_and_published_ports(config: dict[str, Any], tmp_path: 
         assert "container_name" not in services[name] and "ports" not in services[name]
     gateway = PARSERS["gateway"](argv_of(services["gateway"], tmp_path)[2:])
     assert gateway.prefill.startswith("dns:prefill:") and gateway.decode.startswith("dns:decode:")
-    mounts = [mount(v) for svc in services.values() if "build" in svc for v in svc["volumes"]]
+    mounts = [mount(v) for name, svc in services.items() if "build" in svc and name != "kvstore"
+              for v in svc["volumes"]]
     assert mounts and all(target == "/models/model" and ro for _, target, ro in mounts), mounts
+    # the kvstore mounts no model, only the volume its cache is kept on across restarts
+    assert [mount(v) for v in services["kvstore"]["volumes"]] == [("kvstore-data", "/data", False)]
+    kvstore = PARSERS["kvstore"](argv_of(services["kvstore"], tmp_path)[2:])
+    assert kvstore.snapshot == "/data/kv.snapshot" and "kvstore-data" in config["volumes"]
 
 
 def test_prometheus_config_passes_promtool_and_scrapes_every_service(config: dict[str, Any], tmp_path: Path) -> None:

@@ -14,16 +14,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
+import grpc
 import httpx
 import pytest
 
 from gateway.errors import UnavailableError
+from engine.request import WorkRequest
 from engine.sampling_params import SamplingParams
 from gateway.core import GatewayConfig, GatewayCore
 from gateway.metrics import GatewayMetrics
 from gateway.router import Router
 from launcher.stack import Stack, StackConfig
-from launcher.stack_probe import gateway_retry_counts, wait_idle, worker_stat, worker_stats
+from grove.internal.v1 import worker_pb2 as wpb
+from grove.internal.v1 import worker_pb2_grpc as wpb_grpc
+from launcher.stack_probe import gateway_retry_counts, kvstore_stats, wait_idle, worker_stat, worker_stats
+from protocol.pipeline import work_to_pb
 from tests.observability.conftest import scrape, total
 
 
@@ -34,7 +39,8 @@ DRAIN_S = 120.0
 def fragile_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack of this module's own: its tests stop, freeze and kill its processes, in file order
     (a stack starts in ~30-50 s on 2 cores, so they share one): decode-2 is killed mid-stream,
-    decode-1 and prefill-2 are shut down (SIGTERM), then the kvstore is frozen and killed, then
+    decode-1 and prefill-2 are shut down (SIGTERM), then the kvstore is frozen and killed (and comes
+    back with a snapshot, is shut down and started again from it), then
     prefill-0 (frozen, then killed, which leaves prefill-1 serving), then decode-0, the only decode
     worker left (frozen and woken, then killed). Each test also passes alone on a fresh stack."""
     # drains of up to 120 s: on a slow CPU (an AVX2-only EPYC, six workers on two cores) the long
@@ -215,6 +221,42 @@ def test_a_dead_or_frozen_kvstore_costs_the_cache_not_the_request(fragile_stack:
     for p, w in zip(prompts, want):
         got, took = ask(p)
         assert got == w and took < 10.0, (took, got, w)
+
+
+def test_a_kvstore_restarted_with_its_snapshot_serves_the_prefixes_it_held(fragile_stack: Stack,
+                                                                           tmp_path: Path) -> None:
+    """The kvstore (dead since the test before) comes back with ``--snapshot``, gets a prompt's
+    blocks from a prefill worker, is shut down (SIGTERM: it writes the snapshot) and started again:
+    the other prefill worker, which never computed the prompt, reads its prefix from the restarted
+    store (its workers reconnect on their own), and the answer is the same."""
+    s = fragile_stack
+    snapshot = tmp_path / "kv.snapshot"
+    port = int(s.address("kvstore").rsplit(":", 1)[1])
+    s.start_kvstore(port, snapshot=str(snapshot))
+    rng = random.Random(33)
+    prompt = [rng.randrange(1000, 30000) for _ in range(320)]  # 20 blocks
+
+    def prefill(worker: str, ids: list[int]) -> int:
+        work = WorkRequest(f"snap-{worker}-{rng.random()}", tuple(ids), SamplingParams(temperature=0.0, max_tokens=1),
+                           seed=1)
+        with grpc.insecure_channel(s.address(worker)) as ch:
+            return wpb_grpc.PrefillWorkerStub(ch).Prefill(wpb.PrefillRequest(request=work_to_pb(work)),
+                                                          timeout=120).cached_tokens
+
+    deadline = time.monotonic() + 60  # the worker reconnects after its cool-down, then writes back
+    while sum(t.cached_blocks for t in kvstore_stats(s).tiers) < 20:
+        assert time.monotonic() < deadline, "prefill-0 never wrote its blocks to the new kvstore"
+        prefill("prefill-0", prompt + [rng.randrange(1000, 30000)])
+        time.sleep(0.5)
+    s.service("kvstore").proc.send_signal(signal.SIGTERM)
+    assert s.service("kvstore").proc.wait(30) == 0, s.tail("kvstore")
+    assert snapshot.exists()
+    s.start_kvstore(port, snapshot=str(snapshot))
+    assert sum(t.cached_blocks for t in kvstore_stats(s).tiers) >= 20  # loaded at start
+    deadline = time.monotonic() + 60
+    while (cached := prefill("prefill-1", prompt + [5, 6])) < 320:
+        assert time.monotonic() < deadline, f"prefill-1 never read the prefix from the restarted kvstore ({cached})"
+        time.sleep(0.5)
 
 
 def test_a_frozen_prefill_worker_costs_seconds_then_the_other_serves(fragile_stack: Stack) -> None:

@@ -1,0 +1,131 @@
+"""The kvstore's cache across restarts (``--snapshot``): a store's blocks, bytes, namespaces and
+recency written and read back into a new store (smaller, or of one tier); a snapshot of another
+geometry or a broken one left unread; and ``python -m kvstore --snapshot`` keeping what a client
+wrote across a SIGTERM and a start."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import uvloop
+
+from kvstore.client import KVStoreClient
+from kvstore.config import BlockGeometry, StoreConfig, TierConfig
+from kvstore.snapshot import load_snapshot, save_snapshot
+from kvstore.store import KVStore
+from tests.kvstore.conftest import GEOMETRY
+from tests.kvstore.test_kvstore_grpc import LAYOUT
+from tests.kvstore.test_kvstore_store import NS, MakeStore, insert
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bytes(store: KVStore, ns: str, tokens: list[int]) -> list[list[float]]:
+    hit = store.match(ns, tokens)
+    try:
+        return [store.block_view(h).flatten().tolist() for h in hit.handles]
+    finally:
+        if hit.lease_id:
+            store.release(hit.lease_id)
+
+
+def test_a_snapshot_brings_back_every_block_its_bytes_and_recency(make_store: MakeStore, tmp_path: Path) -> None:
+    old = make_store(upper=2, cpu=8)  # blocks in both tiers
+    a, b, c = list(range(12)), [0, 1, 2, 3, 9, 9, 9, 9], [5] * 8
+    insert(old, a, 1.0)
+    insert(old, b, 10.0)
+    insert(old, c, 20.0, ns="other")
+    want = {(NS, tuple(a)): _bytes(old, NS, a), (NS, tuple(b)): _bytes(old, NS, b), ("other", tuple(c)): _bytes(old, "other", c)}
+    old.match(NS, a, lease=False)  # a's path is now the most recent; b's own block the least
+    path = tmp_path / "kv.snapshot"
+    assert save_snapshot(old, path) == 3 + 1 + 2
+    new = make_store(cpu=16)  # one tier now
+    assert load_snapshot(new, path) == 6
+    new.check_integrity()
+    # recency kept: b's own block is the least recent, a's first block (the parent of a and b) the most
+    order = new.lru.nodes(0)
+    assert order[0].key == (9, 9, 9, 9) and order[-1].key == tuple(a[:4])
+    for (ns, tokens), blocks in want.items():
+        assert _bytes(new, ns, list(tokens)) == blocks
+
+
+def test_a_smaller_store_loads_what_fits_with_its_ancestors(make_store: MakeStore, tmp_path: Path) -> None:
+    old = make_store(cpu=8)
+    insert(old, list(range(16)))  # 4 blocks, one chain
+    save_snapshot(old, tmp_path / "s")
+    small = make_store(cpu=2)
+    assert load_snapshot(small, tmp_path / "s") == 2
+    small.check_integrity()
+    assert small.match(NS, list(range(16)), lease=False).num_tokens == 8
+
+
+def test_another_geometry_or_a_broken_file_is_left_unread(make_store: MakeStore, tmp_path: Path) -> None:
+    old = make_store(cpu=8)
+    insert(old, list(range(8)))
+    save_snapshot(old, tmp_path / "s")
+    other = KVStore(StoreConfig(BlockGeometry("float32", 4, 3, 1, 4), (TierConfig("cpu", "cpu", 8),)))
+    assert load_snapshot(other, tmp_path / "s") == 0 and other.trie.num_nodes == 0
+    data = (tmp_path / "s").read_bytes()
+    (tmp_path / "cut").write_bytes(data[:-10])  # a block short
+    assert load_snapshot(make_store(cpu=8), tmp_path / "cut") == 0
+    (tmp_path / "junk").write_bytes(b"not a snapshot\n")
+    assert load_snapshot(make_store(cpu=8), tmp_path / "junk") == 0
+    assert load_snapshot(make_store(cpu=8), tmp_path / "absent") == 0
+    assert not (tmp_path / "s.tmp").exists()  # written whole, then renamed
+
+
+def _start(tmp: Path, snapshot: Path) -> tuple[subprocess.Popen[str], str]:
+    port_file = tmp / f"port-{time.monotonic_ns()}"
+    g = GEOMETRY
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvstore", "--address", "127.0.0.1:0", "--port-file", str(port_file), "--no-nixl",
+         "--cpu-capacity", "64blocks", "--dtype", g.dtype, "--block-size", str(g.block_size), "--num-layers",
+         str(g.num_layers), "--num-kv-heads", str(g.num_kv_heads), "--head-dim", str(g.head_dim),
+         "--snapshot", str(snapshot), "--grace-period", "1", "--check-integrity-on-exit"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, "kvstore did not start"
+        time.sleep(0.05)
+    return proc, f"127.0.0.1:{int(port_file.read_text())}"
+
+
+def test_the_store_process_keeps_its_cache_across_a_restart(tmp_path: Path) -> None:
+    """What a client wrote is there after a SIGTERM and a start with the same ``--snapshot``."""
+    pool = torch.randn(8, *LAYOUT.block_shape)
+    tokens = list(range(4 * 3 + 1))  # three full blocks
+    snapshot = tmp_path / "kv.snapshot"
+
+    async def write(address: str) -> None:
+        async with KVStoreClient(address, LAYOUT, pool, use_nixl=False) as kv:
+            assert await kv.write(tokens, [0, 1, 2]) == 3
+
+    async def read(address: str) -> int:
+        async with KVStoreClient(address, LAYOUT, pool, use_nixl=False) as kv:
+            hit = await kv.match(tokens)
+            if hit.num_tokens:
+                await kv.read(hit, [5, 6, 7])
+                await kv.release(hit.lease_id)
+            return hit.num_tokens
+
+    proc, address = _start(tmp_path, snapshot)
+    try:
+        uvloop.run(write(address))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+        assert snapshot.exists()
+        proc, address = _start(tmp_path, snapshot)
+        assert uvloop.run(read(address)) == 12
+        assert pool[5].equal(pool[0]) and pool[6].equal(pool[1]) and pool[7].equal(pool[2])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        proc, address = _start(tmp_path, tmp_path / "elsewhere")  # without it: a cold store
+        assert uvloop.run(read(address)) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
