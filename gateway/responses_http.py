@@ -30,8 +30,13 @@ from gateway.structured_request import name_structured_error
 from gateway.token_names import TokenNames
 
 
+# finished background responses whose events are kept to be streamed again (a long answer's events
+# take hundreds of KB); a completed one stays retrievable whole from the store after
+FINISHED_RUNS_KEPT = 128
+
+
 def add_responses_routes(app: FastAPI, core: GatewayCore, store: ResponseStore) -> None:
-    runs = BackgroundRuns(store.size)
+    runs = BackgroundRuns(min(store.size, FINISHED_RUNS_KEPT))
 
     @app.post("/v1/responses")
     async def responses(request: Request) -> Response:
@@ -95,7 +100,8 @@ def add_responses_routes(app: FastAPI, core: GatewayCore, store: ResponseStore) 
             stream, after = _stream_query(request)
             if stream and run is None:
                 store.get(response_id)  # (a 404 where there is none)
-                raise InvalidRequestError("stream", "only a background response's events can be streamed again")
+                raise InvalidRequestError("stream", "only a background response's events can be streamed again, "
+                                                    f"while the gateway keeps them (the latest {runs.size} finished)")
             if run is None:
                 return JSONResponse(store.get(response_id).response)
         except ResponseNotFound as e:
