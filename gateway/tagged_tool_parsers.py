@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import re
 
-from gateway.tool_pieces import Call, CallArgs, CallStart, Piece, Schemas, json_call, partial_suffix
+from gateway.tool_pieces import (
+    Call, CallArgs, CallStart, JsonExtent, Piece, Schemas, json_call, json_call_start, partial_suffix,
+)
 
 
 class TaggedCallsParser:
@@ -116,38 +118,6 @@ class TaggedCallsParser:
         out.append(call)
 
 
-class _JsonExtent:
-    """Where a JSON object or array ends, read as it streams (strings and escapes skipped)."""
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.in_string = False
-        self.escaped = False
-        self.done = False
-
-    def scan(self, text: str, start: int) -> int:
-        """Reads ``text[start:]`` up to the value's end; the index after what was read."""
-        i = start
-        while i < len(text) and not self.done:
-            ch = text[i]
-            i += 1
-            if self.in_string:
-                if self.escaped:
-                    self.escaped = False
-                elif ch == "\\":
-                    self.escaped = True
-                elif ch == '"':
-                    self.in_string = False
-            elif ch == '"':
-                self.in_string = True
-            elif ch in "{[":
-                self.depth += 1
-            elif ch in "}]":
-                self.depth -= 1
-                self.done = self.depth == 0
-        return i
-
-
 class HermesParser(TaggedCallsParser):
     """Hermes's format (Qwen2.5 and Qwen2.5-Coder, Qwen3, Hermes 2 and 3, and the templates written
     after them): ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, the JSON usually on
@@ -155,17 +125,12 @@ class HermesParser(TaggedCallsParser):
     arguments are the object as the model writes it. Another shape (the name after the
     arguments, none) is read whole at the block's end."""
 
-    START_OF_CALL = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)+)"\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)')
-
     def _begin(self, body: str) -> str | None:
-        m = self.START_OF_CALL.match(body)
-        if m is None:
+        start = json_call_start(body)
+        if start is None:
             return None
-        try:
-            name = json.loads('"' + m.group(1) + '"')
-        except json.JSONDecodeError:
-            return None
-        self._from, self._extent = m.end(), _JsonExtent()
+        name, self._from = start
+        self._extent = JsonExtent()
         return name
 
     def _args(self, body: str, closed: bool) -> str:

@@ -4,8 +4,8 @@ and the parser tells them apart, streamed or whole.
 
 A parser is fed the answer's text as it comes and gives what can go out now, in the answer's
 order: text, and calls (gateway.tool_pieces): as they are written where the format tells a call
-by its start (Hermes's and Qwen3-Coder's blocks, gateway.tagged_tool_parsers), else each once it
-is whole. ``finish`` gives the rest. Fed the whole answer at
+by its start (Hermes's and Qwen3-Coder's blocks, gateway.tagged_tool_parsers; Llama 3's JSON and
+Mistral's calls here), else each once it is whole (a Python list of calls: only its end tells). ``finish`` gives the rest. Fed the whole answer at
 once, it gives what the stream gave in pieces, so a streamed answer and a whole one agree however
 the text was cut.
 """
@@ -16,24 +16,31 @@ import json
 from typing import Callable
 
 from gateway.tagged_tool_parsers import HermesParser, Qwen3CoderParser
-from gateway.tool_pieces import Call, Piece, Schemas, ToolParser, json_call, partial_suffix
+from gateway.tool_pieces import (
+    Call, CallArgs, CallStart, JsonExtent, Piece, Schemas, ToolParser, json_call, json_call_start, partial_suffix,
+)
 
-__all__ = ["PARSERS", "SPECIAL_TOKENS", "Call", "HermesParser", "Piece", "partial_suffix"]
+__all__ = ["PARSERS", "SPECIAL_TOKENS", "Call", "HermesParser", "MistralParser", "Piece", "partial_suffix"]
 
 
 class Llama3JsonParser:
     """Llama 3.1 and 3.2's JSON calls (vLLM's ``llama3_json``): an answer that calls is nothing but
     calls, ``{"name": ..., "parameters": {...}}``, several separated by ``;``, perhaps after
     ``<|python_tag|>``. An answer whose first character (past whitespace) is not ``{`` is text,
-    streamed as it comes. In a calling answer each call goes out once its JSON is whole; what
-    follows the last whole call and is not one (a JSON that is not a call, or is never closed)
-    is text, as written."""
+    streamed as it comes. In a calling answer a call goes out as it is written once
+    ``{"name": "...", "parameters": {`` (or ``"arguments"``) has come, its arguments as the model
+    writes them; a call of another shape (the name after its arguments) once its JSON is whole.
+    What follows the calls and is not one (a JSON that is not a call, or one never closed that did
+    not begin as one) is text, as written."""
 
     TAG = "<|python_tag|>"
 
     def __init__(self, schemas: Schemas) -> None:
-        self._buf = ""
+        self._buf = ""  # the calls' text not yet read; a begun call's from its start
         self._mode: str | None = None  # "text" or "calls" once the answer's start tells
+        self._args: JsonExtent | None = None  # a begun call's arguments, read as they come
+        self._rest: JsonExtent | None = None  # then the rest of its object, to its end
+        self._at = 0  # in _buf: what of the begun call was read
         self.count = 0
 
     def feed(self, text: str) -> list[Piece]:
@@ -51,27 +58,55 @@ class Llama3JsonParser:
             out, self._buf = self._buf, ""
             return [out] if out else []
         out: list[Piece] = []
-        decoder = json.JSONDecoder()
-        while True:
-            rest = self._buf.lstrip().lstrip(";").lstrip()
-            if not rest:
-                break
-            try:
-                value, end = decoder.raw_decode(rest)
-            except json.JSONDecodeError:
-                break  # not whole yet (or never: finish gives it back as text)
-            call = json_call(value)
-            if call is None:  # JSON, but not a call: the rest of the answer is text
-                self._mode = "text"
-                self._buf = ""
-                out.append(rest)
-                break
-            self.count += 1
-            out.append(call)
-            self._buf = rest[end:]
+        while self._more(out):
+            pass
         return out
 
+    def _more(self, out: list[Piece]) -> bool:
+        """Reads on in the calls; whether to go on (a call ended, or one began)."""
+        if self._args is not None:  # a begun call: its arguments, then the rest of its object
+            if not self._args.done:
+                start, self._at = self._at, self._args.scan(self._buf, self._at)
+                if self._at > start:
+                    out.append(CallArgs(self._buf[start:self._at]))
+                if not self._args.done:
+                    return False
+                self._rest = JsonExtent(depth=1)
+            assert self._rest is not None
+            self._at = self._rest.scan(self._buf, self._at)
+            if not self._rest.done:
+                return False
+            self._buf, self._args, self._rest = self._buf[self._at:], None, None
+            return True
+        rest = self._buf.lstrip().lstrip(";").lstrip()
+        if not rest:
+            return False
+        start = json_call_start(rest)
+        if start is not None:
+            name, self._at = start
+            self._buf, self._args = rest, JsonExtent()
+            self.count += 1
+            out.append(CallStart(name))
+            return True
+        try:
+            value, end = json.JSONDecoder().raw_decode(rest)
+        except json.JSONDecodeError:
+            return False  # not whole yet (or never: finish gives it back as text)
+        call = json_call(value)
+        if call is None:  # JSON, but not a call: the rest of the answer is text
+            self._mode = "text"
+            self._buf = ""
+            out.append(rest)
+            return False
+        self.count += 1
+        out.append(call)
+        self._buf = rest[end:]
+        return True
+
     def finish(self) -> list[Piece]:
+        if self._args is not None:  # a call cut before its end: it went out as far as it was written
+            self._buf, self._args, self._rest = "", None, None
+            return []
         rest, self._buf = self._buf.strip() if self.count else self._buf, ""
         return [rest] if rest else []
 
@@ -81,21 +116,31 @@ class MistralParser:
     the content. Two shapes follow it: a JSON list of calls, ``[{"name": ..., "arguments": {...}}]``
     (tokenizers up to v7: Mistral 7B v0.3, Mixtral 8x22B, Mistral Nemo and Small up to 3.1), or
     ``NAME[ARGS]{...}``, each call after a ``[TOOL_CALLS]`` of its own (v11 on: Mistral Small 3.2,
-    Devstral, Magistral). Each call goes out once its JSON is whole; what follows them and is not
-    one is text, as written. The token is a special one: a request that may call keeps special
-    tokens in its text (``SPECIAL_TOKENS``), as vLLM makes it."""
+    Devstral, Magistral). A call goes out as it is written once its name and its arguments' ``{``
+    have come, its arguments as the model writes them (a call of another shape once its JSON is
+    whole); what follows the calls and is not one is text, as written (all of it, the token too,
+    where nothing after the token was a call). The token is a special one: a request that may call
+    keeps special tokens in its text (``SPECIAL_TOKENS``), as vLLM makes it."""
 
     TAG, ARGS = "[TOOL_CALLS]", "[ARGS]"
 
     def __init__(self, schemas: Schemas) -> None:
-        self._buf = ""
+        self._buf = ""  # after the first token: what was not read yet; a begun call's from its arguments
+        self._after = ""  # everything after the first token (given back whole if no call came)
         self._calling = False  # past the first [TOOL_CALLS]
         self._space = ""  # the content's trailing whitespace, held back
+        self._list = False  # in a JSON list of calls
+        self._text = False  # past the calls: the rest is text
+        self._args: JsonExtent | None = None  # a begun call's arguments, read as they come
+        self._rest: JsonExtent | None = None  # then, in a list, the rest of its object
+        self._at = 0  # in _buf: what of the begun call was read
         self.count = 0
 
     def feed(self, text: str) -> list[Piece]:
-        self._buf += text
         out: list[Piece] = []
+        if self._calling:
+            self._after += text
+        self._buf += text
         if not self._calling:
             tag = self._buf.find(self.TAG)
             end = tag if tag >= 0 else len(self._buf) - partial_suffix(self._buf, self.TAG)
@@ -108,42 +153,93 @@ class MistralParser:
                 self._buf = self._buf[end:]
                 return out
             self._calling, self._buf = True, self._buf[tag + len(self.TAG):]
-        decoder = json.JSONDecoder()
-        while True:
-            rest = self._buf.lstrip()
-            if rest.startswith(self.TAG):
-                rest = rest[len(self.TAG):].lstrip()
-            if not rest:
-                break
-            try:
-                if rest.startswith("["):  # a list of calls
-                    value, end = decoder.raw_decode(rest)
-                    calls = [json_call(v) for v in value] if isinstance(value, list) else [None]
-                else:  # NAME[ARGS]{...}
-                    name, sep, args = rest.partition(self.ARGS)
-                    if not sep:
-                        break
-                    arguments, used = decoder.raw_decode(args.lstrip())
-                    end = len(rest) - len(args.lstrip()) + used
-                    calls = [json_call({"name": name.strip(), "arguments": arguments})]
-            except json.JSONDecodeError:
-                break  # not whole yet (or never: finish gives it back as text)
-            if any(c is None for c in calls):
-                break
-            out += [c for c in calls if c is not None]
-            self.count += len(calls)
-            self._buf = rest[end:]
+            self._after = self._buf
+        if self._text:  # past the calls (none came: all of it goes out at the end, as written)
+            if self.count and self._buf:
+                out.append(self._buf)
+            self._buf = ""
+            return out
+        while self._more(out):
+            pass
         return out
+
+    def _more(self, out: list[Piece]) -> bool:
+        """Reads on after the token; whether to go on (a call ended or began, a list opened or closed)."""
+        if self._args is not None:  # a begun call: its arguments, then (in a list) the rest of its object
+            if not self._args.done:
+                start, self._at = self._at, self._args.scan(self._buf, self._at)
+                if self._at > start:
+                    out.append(CallArgs(self._buf[start:self._at]))
+                if not self._args.done:
+                    return False
+                self._rest = JsonExtent(depth=1) if self._list else None
+            if self._rest is not None:
+                self._at = self._rest.scan(self._buf, self._at)
+                if not self._rest.done:
+                    return False
+            self._buf, self._args, self._rest = self._buf[self._at:], None, None
+            return True
+        rest = self._buf.lstrip()
+        if self._list:
+            if rest.startswith((",", "]")):
+                self._buf, self._list = rest[1:], rest.startswith(",")
+                return True
+            start = json_call_start(rest) if rest.startswith("{") else None
+            if start is not None:
+                return self._begin(rest, *start, out)
+            try:
+                value, end = json.JSONDecoder().raw_decode(rest)
+            except json.JSONDecodeError:
+                return False  # not whole yet
+            return self._whole(json_call(value), rest, end, out)
+        if rest.startswith(self.TAG):
+            rest = rest[len(self.TAG):].lstrip()
+        if not rest or self.TAG.startswith(rest):  # nothing yet, or the next token's first characters
+            return False
+        if rest.startswith("["):
+            self._buf, self._list = rest[1:], True
+            return True
+        name, sep, args = rest.partition(self.ARGS)  # NAME[ARGS]{...}
+        if not sep:
+            return False  # not yet (or never: finish gives it back as text)
+        body = args.lstrip()
+        if body.startswith("{"):
+            return self._begin(body, name.strip(), 0, out)
+        try:
+            arguments, used = json.JSONDecoder().raw_decode(body)
+        except json.JSONDecodeError:
+            return False
+        return self._whole(json_call({"name": name.strip(), "arguments": arguments}), body, used, out)
+
+    def _begin(self, text: str, name: str, args_at: int, out: list[Piece]) -> bool:
+        self._buf, self._at, self._args = text, args_at, JsonExtent()
+        self.count += 1
+        out.append(CallStart(name))
+        return True
+
+    def _whole(self, call: Call | None, text: str, end: int, out: list[Piece]) -> bool:
+        if call is None:  # not a call: the rest is text (all of it, with the token, if no call came)
+            self._text = True
+            if self.count:
+                out.append(text)
+            self._buf = "" if self.count else text
+            return False
+        self.count += 1
+        out.append(call)
+        self._buf = text[end:]
+        return True
 
     def finish(self) -> list[Piece]:
         rest, self._buf = self._buf, ""
         if not self._calling:  # no call: the text as written
             tail = self._space + rest
+        elif self._args is not None:  # a call cut before its end: it went out as far as it was written
+            tail = ""
         elif self.count:
-            tail = rest.strip()
+            tail = rest.strip() if not self._text else rest
         else:  # nothing after the token was a call
-            tail = self.TAG + rest
-        self._space = ""
+            tail = self.TAG + self._after
+        self._space, self._args, self._rest = "", None, None
         return [tail] if tail else []
 
 

@@ -9,6 +9,7 @@ as vLLM streams it. The ``CallArgs`` after a ``CallStart`` join to the call's ar
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Mapping, NamedTuple, Protocol
 
 
@@ -61,6 +62,54 @@ def json_call(value: object) -> Call | None:
         return None
     arguments = value.get("arguments", value.get("parameters", {}))
     return Call(value["name"], json.dumps(arguments, ensure_ascii=False))
+
+
+_CALL_START = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)+)"\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)')
+
+
+def json_call_start(text: str) -> tuple[str, int] | None:
+    """Where a JSON call ``{"name": "...", "arguments": {`` (or ``"parameters"``) has begun in
+    ``text``: its name and where its arguments' object starts; None until then (or for another shape)."""
+    m = _CALL_START.match(text)
+    if m is None:
+        return None
+    try:
+        return json.loads('"' + m.group(1) + '"'), m.end()
+    except json.JSONDecodeError:
+        return None
+
+
+class JsonExtent:
+    """Where a JSON object or array ends, read as it streams (strings and escapes skipped)."""
+
+    def __init__(self, depth: int = 0) -> None:
+        """``depth``: brackets already open (1: read from inside an object to its end)."""
+        self.depth = depth
+        self.in_string = False
+        self.escaped = False
+        self.done = False
+
+    def scan(self, text: str, start: int) -> int:
+        """Reads ``text[start:]`` up to the value's end; the index after what was read."""
+        i = start
+        while i < len(text) and not self.done:
+            ch = text[i]
+            i += 1
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif ch == "\\":
+                    self.escaped = True
+                elif ch == '"':
+                    self.in_string = False
+            elif ch == '"':
+                self.in_string = True
+            elif ch in "{[":
+                self.depth += 1
+            elif ch in "}]":
+                self.depth -= 1
+                self.done = self.depth == 0
+        return i
 
 
 def partial_suffix(text: str, tag: str) -> int:

@@ -13,7 +13,7 @@ from engine.request import GenerationChunk, Usage
 from engine.sampling_params import SamplingParams
 from gateway.openai_protocol import chat_messages
 from gateway.openai_response import ResponseShaper
-from gateway.tool_parsers import PARSERS, Call, HermesParser
+from gateway.tool_parsers import PARSERS, Call, HermesParser, MistralParser
 from gateway.tagged_tool_parsers import Qwen3CoderParser
 from gateway.tool_pieces import CallArgs, CallStart, Piece, calls_of
 from gateway.tools import ToolPlan, tool_plan
@@ -62,7 +62,10 @@ LLAMA3_CASES: list[tuple[str, str, list[Call]]] = [
     ("\n\nIt is {sunny}.", "\n\nIt is {sunny}.", []),
     ('{"a": 1} tail', '{"a": 1} tail', []),  # JSON that is not a call
     ('{"name": "f", "parameters": {"x": 1}}; {"b": 2}', '{"b": 2}', [F]),
-    ('{"name": "f", "parameters": {"x"', '{"name": "f", "parameters": {"x"', []),  # never closed
+    ('{"name": "f", "parameters": {"x"', "", [Call("f", '{"x"')]),  # cut: begun, so a call as far as written
+    ('{"parameters": {"x": 1}, "name"', '{"parameters": {"x": 1}, "name"', []),  # cut, of a shape read whole: text
+    ('{"parameters": {"x": 1}, "name": "f"}; {"name": "g", "arguments": {"y": "}"}}', "",
+     [F, Call("g", '{"y": "}"}')]),  # the name after the arguments: whole; then one begun
 ]
 
 
@@ -98,7 +101,10 @@ MISTRAL_CASES: list[tuple[str, str, list[Call]]] = [
     ("Just text, [no calls].\n", "Just text, [no calls].\n", []),
     ('[TOOL_CALLS] [{"nope": 1}]', '[TOOL_CALLS] [{"nope": 1}]', []),  # not calls: as written
     ('[TOOL_CALLS]f[ARGS]{"x": 1} and then some', "and then some", [F]),
-    ('[TOOL_CALLS] [{"name": "f", "arguments": {"x"', '[TOOL_CALLS] [{"name": "f", "arguments": {"x"', []),  # cut
+    ('[TOOL_CALLS] [{"name": "f", "arguments": {"x"', "", [Call("f", '{"x"')]),  # cut: begun, a call as far as written
+    ('[TOOL_CALLS] [{"name": "f", "arguments": {"x": 1}, "id": "a]"}] Done.', "Done.", [F]),
+    ('[TOOL_CALLS] [{"name": "f", "arguments": {"x": 1}}, {"a": 1}] then', '{"a": 1}] then', [F]),  # a non-call: text
+    ('[TOOL_CALLS]f[ARGS]{"x": "[TOOL_CALLS]"}', "", [Call("f", '{"x": "[TOOL_CALLS]"}')]),
 ]
 
 
@@ -132,7 +138,9 @@ def test_llama3_text_streams_as_it_comes() -> None:
     parser = PARSERS["llama3_json"]({})
     assert parser.feed("  ") == [] and parser.feed("The") == ["  The"] and parser.feed(" sky") == [" sky"]
     calls = PARSERS["llama3_json"]({})
-    assert calls.feed('<|python_tag|>{"name": "f", ') == [] and calls.feed('"parameters": {"x": 1}};') == [F]
+    assert calls.feed('<|python_tag|>{"name": "f", ') == []
+    assert calls.feed('"parameters": {"x": ') == [CallStart("f"), CallArgs('{"x": ')]  # a call as it is written
+    assert calls.feed('1}};') == [CallArgs("1}")]
 
 
 def test_text_goes_out_before_the_answer_ends_and_in_order() -> None:
@@ -162,6 +170,16 @@ def test_hermes_streams_a_calls_arguments_as_they_are_written() -> None:
                    [CallArgs(' return 1 }\\"}"}')], [], [], []]
     args = "".join(p.text for ps in out for p in ps if isinstance(p, CallArgs))
     assert json.loads(args) == {"path": "a.py", "text": 'def f(): { return 1 }"}'}  # (an escaped quote)
+
+
+def test_mistral_streams_a_calls_arguments_as_they_are_written() -> None:
+    """Both of Mistral's shapes: begun once the name and the arguments' ``{`` have come."""
+    v11 = _as_fed(MistralParser({}), ["Sure.[TOOL_CALLS]wri", 'te[ARGS]{"text": "ab', 'c"}[TOOL_C', "ALLS]g[ARGS]{}"])
+    assert v11 == [["Sure."], [CallStart("write"), CallArgs('{"text": "ab')], [CallArgs('c"}')],
+                   [CallStart("g"), CallArgs("{}")], []]
+    listed = _as_fed(MistralParser({}), ['[TOOL_CALLS][{"name": "f", "arguments": {"x', '": 1}}, {"name": "g", ',
+                                         '"arguments": {}}]'])
+    assert listed == [[CallStart("f"), CallArgs('{"x')], [CallArgs('": 1}')], [CallStart("g"), CallArgs("{}")], []]
 
 
 def test_qwen3_coder_streams_text_values_and_reads_typed_ones_whole() -> None:
