@@ -14,6 +14,7 @@ from decode_worker.servicer import DecodeServicer
 from engine.async_engine import AsyncEngine
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
+from engine.lookahead.trie_state import save_trie
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from kvstore.shared_cache import open_shared_cache
 from runtime.worker_process import add_worker_args, serve_worker
@@ -50,10 +51,23 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
     await serve_worker(args, "decode", SERVICE, worker_id, engine, add_servicer, stop, service,
                        service_metrics=service.metrics)
+    await _save_lookahead_state(engine, config)
     if kvstore is not None:
         await kvstore.close()
     await puller.close()
     await engine.close()
+
+
+async def _save_lookahead_state(engine: AsyncEngine, config: EngineConfig) -> None:
+    """The global n-gram trie, for the next start (``--lookahead-state``), once the streams are done."""
+    speculator = engine.engine.speculator
+    if not config.lookahead_state or speculator is None:
+        return
+    try:
+        await engine.call(save_trie, speculator.drafter.global_trie, config.lookahead_state,
+                          engine.engine.layout.model_id)
+    except OSError as e:  # lost for the next start, not this shutdown
+        logger.error("lookahead trie not saved to %s: %s", config.lookahead_state, e)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,7 @@ class EngineConfig:
     lookahead_width: int = 2  # most branches per draft: each request drafts a chain or a tree of this width, whichever pays
     lookahead_max_step_tokens: int = 256  # cap on a step's tokens with drafts
     lookahead_corpus: tuple[str, ...] = ()  # files or folders of text every request drafts from (engine.lookahead.corpus)
+    lookahead_state: str = ""  # the global n-gram trie across restarts: loaded at start, saved at shutdown (decode)
     calibration_cache: bool = True  # reuse the step-cost calibration of an earlier start with the same setup
     max_lora_rank: int = 16  # vLLM's: the highest LoRA rank an adapter may have
     max_cpu_loras: int = 8  # vLLM's: adapters a worker keeps loaded (the least recently used go past it)
@@ -79,6 +80,9 @@ class EngineConfig:
                        help="text every request drafts from beside its own and every request's outputs: files "
                             "(.jsonl: a document a line, a string or {\"text\": ...}; others whole) or folders of "
                             "text files; indexed at start")
+        g.add_argument("--lookahead-state", default="", metavar="PATH",
+                       help="keep lookahead's global n-gram trie across restarts: loaded from PATH at start (if "
+                            "there), saved to it when a decode worker shuts down")
         g.add_argument("--calibration-cache", choices=["on", "off"], default="on",
                        help="reuse the lookahead step-cost calibration of an earlier start on this machine and "
                             "setup (kept under $GROVE_CACHE/step-cost); off: time the steps at every start")
@@ -98,7 +102,7 @@ class EngineConfig:
             attention_backend=args.attention_backend, num_threads=args.num_threads,
             prefix_caching=args.prefix_caching == "on", lookahead=args.lookahead == "on", lookahead_max_depth=args.lookahead_max_depth,
             lookahead_width=args.lookahead_width, lookahead_max_step_tokens=args.lookahead_max_step_tokens,
-            lookahead_corpus=tuple(args.lookahead_corpus),
+            lookahead_corpus=tuple(args.lookahead_corpus), lookahead_state=args.lookahead_state,
             calibration_cache=args.calibration_cache == "on", max_lora_rank=args.max_lora_rank,
             max_cpu_loras=args.max_cpu_loras, max_loras=args.max_loras,
         )

@@ -29,6 +29,7 @@ from engine.lookahead.budget import key_reads
 from engine.lora.registry import LoraRegistry
 from engine.lookahead.numbering import DigitVocab
 from engine.lookahead.corpus import load_corpus
+from engine.lookahead.trie_state import load_trie
 from engine.lookahead.speculator import Speculator, compaction_slots, node_positions
 from engine.lookahead.tree import DraftTree, node_paths
 from engine.model import Model
@@ -145,6 +146,9 @@ class LLMEngine:
                                          digits=DigitVocab.from_tokenizer(self.tokenizer),
                                          corpus=load_corpus(config.lookahead_corpus,
                                                             lambda t: self.tokenizer.encode(t, add_special_tokens=False)))
+            drafter = self.speculator.drafter  # its global trie as a restart left it (--lookahead-state)
+            drafter.global_trie = (load_trie(config.lookahead_state, self.layout.model_id, drafter.config.global_max_nodes)
+                                   if config.lookahead_state else None) or drafter.global_trie
             calibrate(self)
         logger.info("engine ready: %d KV blocks of %d tokens (%.1f MiB)", num_blocks, config.block_size, self.kv.nbytes / 2**20)
 

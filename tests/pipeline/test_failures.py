@@ -19,6 +19,8 @@ import httpx
 import pytest
 
 from gateway.errors import UnavailableError
+from engine.lookahead.trie_state import load_trie
+from engine.model_loader import model_fingerprint
 from engine.request import WorkRequest
 from engine.sampling_params import SamplingParams
 from gateway.core import GatewayConfig, GatewayCore
@@ -45,9 +47,11 @@ def fragile_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     worker left (frozen and woken, then killed). Each test also passes alone on a fresh stack."""
     # drains of up to 120 s: on a slow CPU (an AVX2-only EPYC, six workers on two cores) the long
     # prefills in flight at the prefill worker's SIGTERM took longer than the default 30 s
+    logs = tmp_path_factory.mktemp("fragile-stack")
     config = StackConfig(model=str(model_dir), num_prefill=3, num_decode=3, worker_kv_gb=0.25,
-                         log_dir=str(tmp_path_factory.mktemp("fragile-stack")), threads_per_worker=1,
-                         extra_worker_args=("--drain-timeout", str(DRAIN_S)))
+                         log_dir=str(logs), threads_per_worker=1, extra_worker_args=("--drain-timeout", str(DRAIN_S)),
+                         # each decode worker shut down saves its lookahead trie (the last one's stays)
+                         extra_decode_args=("--lookahead-state", str(logs / "lookahead-trie.npz")))
     with Stack(config) as s:
         yield s
 
@@ -153,6 +157,9 @@ def test_a_decode_worker_shut_down_finishes_its_streams_and_takes_no_new_ones(fr
         assert [f.result() for f in running] == want
         assert [f.result() for f in during] == want[:2]
     assert _drained(s, "decode-1") >= 1  # it had streams of its own to finish
+    # its lookahead trie, saved once its streams were done: the next start drafts from what it saw
+    trie = load_trie(Path(s.config.log_dir) / "lookahead-trie.npz", model_fingerprint(s.model_dir), 1 << 20)
+    assert trie is not None and trie.num_nodes > 100
 
 
 def test_a_prefill_worker_shut_down_hands_over_the_kv_it_computed(fragile_stack: Stack) -> None:
