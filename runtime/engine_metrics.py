@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from engine.llm_engine import LLMEngine
+from engine.lookahead.drafter import SOURCES
 from engine.sequence import Sequence as Seq
 
 
@@ -90,6 +91,16 @@ class EngineCollector:
         for pos in range(max(spec.max_depth, max(accepted, default=-1) + 1)):  # zeros too: every position has a series
             per_pos.add_metric([*self.labels.values(), str(pos)], accepted.get(pos, 0))
         yield per_pos
+        for name, doc, counts in (
+                ("grove:spec_decode_num_draft_tokens_by_source", "Lookahead draft tokens verified, by the source of "
+                 "their draft's first branch (own, global, corpus, prediction, number).", st.draft_tokens_by_source),
+                ("grove:spec_decode_num_accepted_tokens_by_source", "Lookahead draft tokens accepted, by the source "
+                 "of their draft's first branch.", st.accepted_by_source)):
+            family = CounterMetricFamily(name, doc, labels=[*self.labels, "source"])
+            by_source = dict(counts)  # (a copy, as above)
+            for source in sorted({*SOURCES, *by_source}):  # every source has a series
+                family.add_metric([*self.labels.values(), source], by_source.get(source, 0))
+            yield family
 
 
 def serve_metrics(engine: LLMEngine, role: str, worker_id: str, host: str, port: int,

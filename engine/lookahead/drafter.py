@@ -66,6 +66,7 @@ class Match:
 
 # where caches continue keys of the same length, the first of these drafts first
 _PRIORITY = {"prediction": 0, "own": 1, "global": 2, "corpus": 3}
+SOURCES = ("own", "global", "corpus", "prediction", "number")  # every Match.source
 
 
 @dataclass(slots=True)

@@ -53,6 +53,10 @@ class SpecStats:
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     accepted_per_pos: Counter[int] = field(default_factory=Counter)
+    # by the source of a draft's first branch (engine.lookahead.drafter.Match: own, global, corpus,
+    # prediction, number): which caches pay
+    draft_tokens_by_source: Counter[str] = field(default_factory=Counter)
+    accepted_by_source: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,7 @@ class Speculator:
         self.step_align = step_align
         self.acceptance = AcceptanceModel()
         self.stats = SpecStats()
+        self._sources: dict[str, str] = {}  # a request's draft in this step: its first branch's source
 
     @staticmethod
     def eligible(seq: Seq) -> bool:
@@ -123,6 +128,7 @@ class Speculator:
             tree = self.drafter.propose(s.request_id, s.all_ids, depth * width, depth) if depth > 0 else DraftTree()
             if len(tree):
                 out[s.request_id] = tree
+                self._sources[s.request_id] = cls[0]
                 acc.drafted(s.request_id, cls)
             else:
                 acc.idle(s.request_id, cls)
@@ -143,6 +149,9 @@ class Speculator:
         st.num_drafts += 1
         st.num_draft_tokens += len(tree)
         st.num_accepted_tokens += accepted
+        source = self._sources.pop(seq.request_id, "own")
+        st.draft_tokens_by_source[source] += len(tree)
+        st.accepted_by_source[source] += accepted
         for pos in range(accepted):
             st.accepted_per_pos[pos] += 1
         seq.num_draft_tokens += len(tree)  # its accepted ones are counted by the engine, as they reach the output
@@ -155,6 +164,7 @@ class Speculator:
         self.forget(seq.request_id)
 
     def forget(self, request_id: str) -> None:
+        self._sources.pop(request_id, None)
         self.drafter.forget(request_id)
         self.acceptance.forget(request_id)
 

@@ -101,6 +101,9 @@ def test_a_fresh_engine_drafts_an_answer_its_corpus_holds(model_dir: Path, tmp_p
     out, accepted = _run(eng, prompt, SamplingParams(**greedy))
     assert out == answer
     assert accepted >= len(answer) // 2 and accepted > unaided + 10, (accepted, unaided)
+    st = eng.speculator.stats if eng.speculator is not None else None
+    assert st is not None and st.accepted_by_source["corpus"] >= accepted // 2, st  # the corpus drafted them
+    assert sum(st.accepted_by_source.values()) == st.num_accepted_tokens
     other = apply_chat_template(eng.tokenizer, [{"role": "user", "content": "Name three rivers."}])
     want, _ = _run(eng, other, SamplingParams(**greedy, lookahead=False))
     assert _run(eng, other, SamplingParams(**greedy))[0] == want  # a request the corpus does not hold: the same

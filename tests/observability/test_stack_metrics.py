@@ -63,6 +63,12 @@ def test_workers_are_labelled_by_role_and_id(stack: Stack, traffic: Traffic) -> 
     assert positions == list(range(EngineConfig().lookahead_max_depth))
     per_pos = total(m, "grove:spec_decode_num_accepted_tokens_per_pos_total")
     assert per_pos == total(m, "grove:spec_decode_num_accepted_tokens_total")
+    # and by the source of each draft's first branch: every source has a series; they add up
+    by_source = {lab["source"]: v for lab, v in m["grove:spec_decode_num_accepted_tokens_by_source_total"]}
+    assert set(by_source) == {"own", "global", "corpus", "prediction", "number"}
+    assert sum(by_source.values()) == per_pos
+    assert total(m, "grove:spec_decode_num_draft_tokens_by_source_total") == \
+        total(m, "grove:spec_decode_num_draft_tokens_total")
 
 
 def test_kvstore_counts_matches_hits_and_transfers(stack: Stack, traffic: Traffic) -> None:
