@@ -17,7 +17,7 @@ from typing import Callable
 
 from gateway.tagged_tool_parsers import HermesParser, Qwen3CoderParser
 from gateway.tool_pieces import (
-    Call, CallArgs, CallStart, JsonExtent, Piece, Schemas, ToolParser, json_call, json_call_start, partial_suffix,
+    BegunCall, Call, CallStart, Piece, Schemas, ToolParser, json_call, json_call_start, partial_suffix,
 )
 
 __all__ = ["PARSERS", "SPECIAL_TOKENS", "Call", "HermesParser", "MistralParser", "Piece", "partial_suffix"]
@@ -38,9 +38,7 @@ class Llama3JsonParser:
     def __init__(self, schemas: Schemas) -> None:
         self._buf = ""  # the calls' text not yet read; a begun call's from its start
         self._mode: str | None = None  # "text" or "calls" once the answer's start tells
-        self._args: JsonExtent | None = None  # a begun call's arguments, read as they come
-        self._rest: JsonExtent | None = None  # then the rest of its object, to its end
-        self._at = 0  # in _buf: what of the begun call was read
+        self._call: BegunCall | None = None
         self.count = 0
 
     def feed(self, text: str) -> list[Piece]:
@@ -64,27 +62,19 @@ class Llama3JsonParser:
 
     def _more(self, out: list[Piece]) -> bool:
         """Reads on in the calls; whether to go on (a call ended, or one began)."""
-        if self._args is not None:  # a begun call: its arguments, then the rest of its object
-            if not self._args.done:
-                start, self._at = self._at, self._args.scan(self._buf, self._at)
-                if self._at > start:
-                    out.append(CallArgs(self._buf[start:self._at]))
-                if not self._args.done:
-                    return False
-                self._rest = JsonExtent(depth=1)
-            assert self._rest is not None
-            self._at = self._rest.scan(self._buf, self._at)
-            if not self._rest.done:
+        if self._call is not None:  # a begun call: its arguments, then the rest of its object
+            end = self._call.read(self._buf, out)
+            if end is None:
                 return False
-            self._buf, self._args, self._rest = self._buf[self._at:], None, None
+            self._buf, self._call = self._buf[end:], None
             return True
         rest = self._buf.lstrip().lstrip(";").lstrip()
         if not rest:
             return False
         start = json_call_start(rest)
         if start is not None:
-            name, self._at = start
-            self._buf, self._args = rest, JsonExtent()
+            name, at = start
+            self._buf, self._call = rest, BegunCall(at, in_object=True)
             self.count += 1
             out.append(CallStart(name))
             return True
@@ -104,8 +94,8 @@ class Llama3JsonParser:
         return True
 
     def finish(self) -> list[Piece]:
-        if self._args is not None:  # a call cut before its end: it went out as far as it was written
-            self._buf, self._args, self._rest = "", None, None
+        if self._call is not None:  # a call cut before its end: it went out as far as it was written
+            self._buf, self._call = "", None
             return []
         rest, self._buf = self._buf.strip() if self.count else self._buf, ""
         return [rest] if rest else []
@@ -131,9 +121,7 @@ class MistralParser:
         self._space = ""  # the content's trailing whitespace, held back
         self._list = False  # in a JSON list of calls
         self._text = False  # past the calls: the rest is text
-        self._args: JsonExtent | None = None  # a begun call's arguments, read as they come
-        self._rest: JsonExtent | None = None  # then, in a list, the rest of its object
-        self._at = 0  # in _buf: what of the begun call was read
+        self._call: BegunCall | None = None
         self.count = 0
 
     def feed(self, text: str) -> list[Piece]:
@@ -165,19 +153,11 @@ class MistralParser:
 
     def _more(self, out: list[Piece]) -> bool:
         """Reads on after the token; whether to go on (a call ended or began, a list opened or closed)."""
-        if self._args is not None:  # a begun call: its arguments, then (in a list) the rest of its object
-            if not self._args.done:
-                start, self._at = self._at, self._args.scan(self._buf, self._at)
-                if self._at > start:
-                    out.append(CallArgs(self._buf[start:self._at]))
-                if not self._args.done:
-                    return False
-                self._rest = JsonExtent(depth=1) if self._list else None
-            if self._rest is not None:
-                self._at = self._rest.scan(self._buf, self._at)
-                if not self._rest.done:
-                    return False
-            self._buf, self._args, self._rest = self._buf[self._at:], None, None
+        if self._call is not None:  # a begun call: its arguments, then (in a list) the rest of its object
+            end = self._call.read(self._buf, out)
+            if end is None:
+                return False
+            self._buf, self._call = self._buf[end:], None
             return True
         rest = self._buf.lstrip()
         if self._list:
@@ -212,7 +192,7 @@ class MistralParser:
         return self._whole(json_call({"name": name.strip(), "arguments": arguments}), body, used, out)
 
     def _begin(self, text: str, name: str, args_at: int, out: list[Piece]) -> bool:
-        self._buf, self._at, self._args = text, args_at, JsonExtent()
+        self._buf, self._call = text, BegunCall(args_at, in_object=self._list)
         self.count += 1
         out.append(CallStart(name))
         return True
@@ -233,13 +213,13 @@ class MistralParser:
         rest, self._buf = self._buf, ""
         if not self._calling:  # no call: the text as written
             tail = self._space + rest
-        elif self._args is not None:  # a call cut before its end: it went out as far as it was written
+        elif self._call is not None:  # a call cut before its end: it went out as far as it was written
             tail = ""
         elif self.count:
             tail = rest.strip() if not self._text else rest
         else:  # nothing after the token was a call
             tail = self.TAG + self._after
-        self._space, self._args, self._rest = "", None, None
+        self._space, self._call = "", None
         return [tail] if tail else []
 
 

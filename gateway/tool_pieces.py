@@ -79,14 +79,28 @@ def json_call_start(text: str) -> tuple[str, int] | None:
         return None
 
 
-class JsonExtent:
+class JsonStrings:
+    """Where a streamed JSON text's strings are, a character at a time (their escapes skipped)."""
+
+    in_string = False
+    escaped = False
+
+    def string_char(self, ch: str) -> None:
+        """``ch``, read inside a string: an escape, the closing quote, or text."""
+        if self.escaped:
+            self.escaped = False
+        elif ch == "\\":
+            self.escaped = True
+        elif ch == '"':
+            self.in_string = False
+
+
+class JsonExtent(JsonStrings):
     """Where a JSON object or array ends, read as it streams (strings and escapes skipped)."""
 
     def __init__(self, depth: int = 0) -> None:
         """``depth``: brackets already open (1: read from inside an object to its end)."""
         self.depth = depth
-        self.in_string = False
-        self.escaped = False
         self.done = False
 
     def scan(self, text: str, start: int) -> int:
@@ -96,12 +110,7 @@ class JsonExtent:
             ch = text[i]
             i += 1
             if self.in_string:
-                if self.escaped:
-                    self.escaped = False
-                elif ch == "\\":
-                    self.escaped = True
-                elif ch == '"':
-                    self.in_string = False
+                self.string_char(ch)
             elif ch == '"':
                 self.in_string = True
             elif ch in "{[":
@@ -110,6 +119,32 @@ class JsonExtent:
                 self.depth -= 1
                 self.done = self.depth == 0
         return i
+
+
+class BegunCall:
+    """A JSON call whose name went out (CallStart): its arguments read as they come (CallArgs),
+    then, where the call is an object of its own, the rest of it to its end."""
+
+    def __init__(self, args_at: int, in_object: bool) -> None:
+        """``args_at``: where the arguments' object starts in the call's text."""
+        self.at = args_at
+        self.args = JsonExtent()
+        self.rest = JsonExtent(depth=1) if in_object else None
+
+    def read(self, text: str, out: list[Piece]) -> int | None:
+        """Reads on in ``text`` (the call's, from its start, as it grows); the index after the
+        call once it ended, else None."""
+        if not self.args.done:
+            start, self.at = self.at, self.args.scan(text, self.at)
+            if self.at > start:
+                out.append(CallArgs(text[start:self.at]))
+            if not self.args.done:
+                return None
+        if self.rest is not None:
+            self.at = self.rest.scan(text, self.at)
+            if not self.rest.done:
+                return None
+        return self.at
 
 
 def partial_suffix(text: str, tag: str) -> int:

@@ -21,7 +21,7 @@ from engine.errors import InvalidRequestError
 from engine.sampling_params import SamplingParams
 from engine.structured import StructuredSpec
 from gateway.tool_parsers import PARSERS, SPECIAL_TOKENS
-from gateway.tool_pieces import Call, CallArgs, Piece as Parsed
+from gateway.tool_pieces import Call, CallArgs, JsonStrings, Piece as Parsed
 
 _NO_PARAMETERS = {"type": "object", "properties": {}}
 
@@ -139,7 +139,7 @@ def _entry(streamed: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in streamed.items() if k != "index"}
 
 
-class RequiredCalls:
+class RequiredCalls(JsonStrings):
     """"required"'s answer read as it streams: ``[{"name": ..., "parameters": ...}, ...]``, the
     shape and key order its grammar fixes (whitespace may come anywhere between tokens). ``feed``
     gives, in order, ("call", name) once a call's name is whole and ("args", text) for its
@@ -147,8 +147,6 @@ class RequiredCalls:
 
     def __init__(self) -> None:
         self.depth = 0  # brackets open: 1 in the list, 2 in a call's object
-        self.in_string = False
-        self.escaped = False
         self.expect_key = False  # in a call's object: the next string is a key
         self.key = ""
         self.chars: list[str] = []  # a string of the call's object being read (a key, the name)
@@ -169,12 +167,7 @@ class RequiredCalls:
 
         for ch in text:
             if self.in_string:
-                if self.escaped:
-                    self.escaped = False
-                elif ch == "\\":
-                    self.escaped = True
-                elif ch == '"':
-                    self.in_string = False
+                self.string_char(ch)
                 if self.capturing:
                     args.append(ch)
                     self.capturing = self.in_string or self.nested > 0  # a string value ends with its quote
