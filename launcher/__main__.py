@@ -67,13 +67,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = StackConfig(model=args.model, num_prefill=args.prefill, num_decode=args.decode, host=args.host,
-                         http_port=args.http_port, grpc_port=args.grpc_port, nixl=not args.no_nixl,
-                         dtype=args.dtype, kvstore_capacity=args.kvstore_capacity,
-                         kvstore_snapshot=_absolute(args.kvstore_snapshot) if args.kvstore_snapshot else "",
-                         api_key=args.api_key,
-                         log_dir=args.log_dir, worker_kv_gb=args.kv_cache_gb, **_service_args(args))
-    stack = Stack(config)
+    stack = Stack(stack_config(args))
     logger.info("starting kvstore, %d prefill, %d decode workers and the gateway (logs in %s)",
                 args.prefill, args.decode, stack.dir)
     try:
@@ -111,6 +105,15 @@ Ctrl-C stops everything.""", flush=True)  # noqa: T201
         logger.info("stopping the stack")
         stack.stop()
     return 0
+
+
+def stack_config(args: argparse.Namespace) -> StackConfig:
+    """The stack the launcher's flags describe."""
+    return StackConfig(model=args.model, num_prefill=args.prefill, num_decode=args.decode, host=args.host,
+                       http_port=args.http_port, grpc_port=args.grpc_port, nixl=not args.no_nixl,
+                       dtype=args.dtype, kvstore_capacity=args.kvstore_capacity,
+                       kvstore_snapshot=_absolute(args.kvstore_snapshot) if args.kvstore_snapshot else "",
+                       api_key=args.api_key, log_dir=args.log_dir, worker_kv_gb=args.kv_cache_gb, **_service_args(args))
 
 
 def _service_args(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:

@@ -16,7 +16,7 @@ from engine.lookahead.corpus import CorpusIndex, corpus_texts
 from engine.lookahead.drafter import Drafter, DrafterConfig
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import apply_chat_template
-from launcher.__main__ import _service_args, parser
+from launcher.__main__ import parser, stack_config
 
 DOCS = [[1, 2, 3, 4, 5, 6], [7, 2, 3, 4, 9], [2, 3, 4, 5, 6, 8]]
 
@@ -70,13 +70,15 @@ def test_corpus_files_folders_and_their_errors(tmp_path: Path) -> None:
         list(corpus_texts([str(tmp_path / "missing")]))
 
 
-def test_the_flag_reaches_the_engine_and_make_runs_decode_workers(tmp_path: Path) -> None:
+def test_the_flags_reach_the_engine_and_make_runs_services(tmp_path: Path) -> None:
     import argparse
     p = argparse.ArgumentParser()
     EngineConfig.add_cli_args(p)
     assert EngineConfig.from_cli(p.parse_args(["--lookahead-corpus", "a", "b"])).lookahead_corpus == ("a", "b")
-    decode = _service_args(parser().parse_args(["--lookahead-corpus", "docs"]))["extra_decode_args"]
+    config = stack_config(parser().parse_args(["--lookahead-corpus", "docs", "--kvstore-snapshot", "kv.snap"]))
+    decode = config.extra_decode_args
     assert decode[decode.index("--lookahead-corpus") + 1] == str(Path("docs").resolve())
+    assert config.kvstore_snapshot == str(Path("kv.snap").resolve())  # (the kvstore's, launcher.stack passes it)
 
 
 def _run(eng: LLMEngine, prompt: list[int], params: SamplingParams) -> tuple[list[int], int]:
