@@ -1,4 +1,4 @@
-"""OpenAI's embeddings API (``/v1/embeddings``), as vLLM serves it: each input's final hidden
+"""OpenAI's embeddings API (``/v1/embeddings``, and vLLM's generic ``/pooling``), as vLLM serves it: each input's final hidden
 states pooled into one vector on a prefill worker (engine.pooling), by the model's pooling (its
 sentence-transformers config, else the last token, normalised) or the gateway's ``--pooler-config``.
 
@@ -89,17 +89,22 @@ async def embed_all(core: GatewayCore, works: list[WorkRequest], pooling: Poolin
             task.cancel()
 
 
+# the answer's shape by route: OpenAI's embeddings, vLLM's generic /pooling (the same vectors):
+# (id prefix, each item's object, the key of its vector)
+_SHAPES = {"/v1/embeddings": ("embd", "embedding", "embedding"), "/pooling": ("pool", "pooling", "data")}
+
+
 async def _answer(core: GatewayCore, request_id: str, model: str, prompts: list[list[int]], works: list[WorkRequest],
-                  pooling: PoolingParams, encoding: str, arrived: float) -> Response:
+                  pooling: PoolingParams, encoding: str, arrived: float, route: str) -> Response:
     try:
         results = await embed_all(core, works, pooling, arrived)
     except (InvalidRequestError, OverloadedError, UnavailableError) as e:
         return error_response(e)
     tokens = sum(len(ids) for ids in prompts)
+    prefix, kind, key = _SHAPES[route]
     return JSONResponse({
-        "id": f"embd-{request_id}", "object": "list", "created": int(time.time()), "model": model,
-        "data": [{"index": i, "object": "embedding", "embedding": encoded(vector, encoding)}
-                 for i, (vector, _) in enumerate(results)],
+        "id": f"{prefix}-{request_id}", "object": "list", "created": int(time.time()), "model": model,
+        "data": [{"index": i, "object": kind, key: encoded(vector, encoding)} for i, (vector, _) in enumerate(results)],
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens,
                   "prompt_tokens_details": {"cached_tokens": sum(cached for _, cached in results)}},
     })
@@ -107,6 +112,7 @@ async def _answer(core: GatewayCore, request_id: str, model: str, prompts: list[
 
 def add_embeddings_routes(app: FastAPI, core: GatewayCore) -> None:
     @app.post("/v1/embeddings")
+    @app.post("/pooling")  # vLLM's generic pooling API: the same vectors as "data"
     async def embeddings(request: Request) -> Response:
         arrived = time.perf_counter()
         try:
@@ -131,5 +137,5 @@ def add_embeddings_routes(app: FastAPI, core: GatewayCore) -> None:
         except InvalidRequestError as e:
             return error_response(e)
         return tagged(await unless_gone(request, _answer(core, request_id, served.name, prompts, works, params, encoding,
-                                                      arrived)),
+                                                      arrived, request.url.path)),
                       request_id)

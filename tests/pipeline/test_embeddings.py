@@ -69,7 +69,7 @@ def test_each_input_is_a_request_in_the_gateways_metrics(stack: Stack) -> None:
 
 
 def test_every_input_form_gives_the_same_vectors(stack: Stack, tokenizer: Any) -> None:
-    """Text, token ids, lists of either, base64 or floats, and vLLM's chat messages."""
+    """Text, token ids, lists of either, base64 or floats, and vLLM's chat messages; vLLM's /pooling."""
     ids = tokenizer(TEXTS[0])["input_ids"]
     floats = _post(stack, input=TEXTS[0], encoding_format="float").json()["data"][0]["embedding"]
     raw = _post(stack, input=TEXTS[0], encoding_format="base64").json()["data"][0]["embedding"]
@@ -83,6 +83,11 @@ def test_every_input_form_gives_the_same_vectors(stack: Stack, tokenizer: Any) -
     chat = _post(stack, messages=messages).json()
     assert _close(chat["data"][0]["embedding"], np.asarray(_post(stack, input=templated).json()["data"][0]["embedding"]))
     assert chat["usage"]["prompt_tokens"] == len(templated)
+    # vLLM's generic /pooling: the same vector, as "data"
+    r = httpx.post(stack.http_url + "/pooling", json={"model": MODEL, "input": TEXTS[0]}, timeout=120)
+    assert r.status_code == 200, r.text
+    (item,) = r.json()["data"]
+    assert item["object"] == "pooling" and r.json()["id"].startswith("pool-") and _close(item["data"], np.asarray(floats))
 
 
 def test_a_prompt_embedded_again_reads_its_prefix_from_the_caches(stack: Stack, tokenizer: Any) -> None:
