@@ -1,4 +1,4 @@
-"""Grove's KV block store: a trie-indexed, two-tier (GPU/CPU) prefix cache served over gRPC.
+"""Grove's KV block store: a trie-indexed, tiered (GPU/CPU/disk) prefix cache served over gRPC.
 
 Who owns what (one concept per module):
 

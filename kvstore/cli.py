@@ -9,7 +9,7 @@ DEFAULTS = dict(dtype="float32", block_size=16, num_layers=30, num_kv_heads=3, h
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kvstore", description="Grove KV block store: a trie-indexed, "
-                                "two-tier (GPU/CPU) prefix cache over gRPC, with NIXL as its data plane.")
+                                "tiered (GPU/CPU/disk) prefix cache over gRPC, with NIXL as its data plane.")
     p.add_argument("--address", default="127.0.0.1:50070", help="host:port to serve gRPC on (port 0: any)")
     p.add_argument("--port-file", help="write the bound port here once serving")
     p.add_argument("--ready-file", help='write {"grpc_port": .., "metrics_port": ..} here as JSON once serving')
@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cpu-capacity", default="1GiB", help="CPU tier (pinned memory when CUDA is present)")
     t.add_argument("--gpu-capacity", default="0", help="GPU tier; 0 = none")
     t.add_argument("--gpu-device", default="cuda", help="device of the GPU tier ('cpu': a stand-in for tests)")
+    t.add_argument("--disk-capacity", default="0", help="disk tier below the CPU tier (a memory-mapped file); 0 = none")
+    t.add_argument("--disk-path", default="", help="the disk tier's file (made anew at start)")
     p.add_argument("--snapshot", default=None, metavar="PATH",
                    help="keep the cache across restarts: read from PATH at start (if there), written to it at "
                         "shutdown (SIGTERM / SIGINT)")
@@ -61,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         if cpu_blocks <= 0:
             raise ValueError(f"--cpu-capacity {args.cpu_capacity} holds no block of {geometry.block_bytes} bytes")
         tiers.append(TierConfig("cpu", "cpu", cpu_blocks, pin_memory=torch.cuda.is_available()))
+        disk_blocks = parse_capacity(args.disk_capacity, geometry.block_bytes)
+        if disk_blocks:
+            if not args.disk_path:
+                raise ValueError("--disk-capacity needs --disk-path (the tier's file)")
+            tiers.append(TierConfig("disk", "cpu", disk_blocks, path=args.disk_path))
         store_config = StoreConfig(geometry, tuple(tiers), lease_ttl_s=args.lease_ttl)
         server_config = ServerConfig(args.address, args.port_file, args.nixl, args.metrics_port, args.grace_period,
                                      args.chunk_bytes, args.check_integrity_on_exit, args.ready_file, args.snapshot)

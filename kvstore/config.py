@@ -6,27 +6,30 @@ from dataclasses import dataclass
 
 from engine.kv_layout import BlockGeometry
 
-TIER_NAMES = ("gpu", "cpu")  # top tier first; eviction moves blocks down this list
+TIER_NAMES = ("gpu", "cpu", "disk")  # top tier first; eviction moves blocks down this list
 
 
 @dataclass(frozen=True, slots=True)
 class TierConfig:
-    name: str  # "gpu" | "cpu": the role; device says where its memory is
+    name: str  # "gpu" | "cpu" | "disk": the role; device says where its memory is
     device: str  # "cuda", "cuda:1", "cpu"; a "gpu" tier on "cpu" is a stand-in (tests, no CUDA)
     capacity_blocks: int
     pin_memory: bool = False  # page-locked host memory (only with CUDA present)
+    path: str = ""  # the "disk" tier's file (memory-mapped: the OS pages blocks in and out)
 
     def __post_init__(self) -> None:
         if self.name not in TIER_NAMES:
             raise ValueError(f"tier name {self.name!r} is not one of {TIER_NAMES}")
         if self.capacity_blocks <= 0:
             raise ValueError(f"tier {self.name}: capacity must be positive, got {self.capacity_blocks}")
+        if (self.name == "disk") != bool(self.path):
+            raise ValueError("the disk tier, and only it, needs a file (--disk-path)")
 
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     geometry: BlockGeometry
-    tiers: tuple[TierConfig, ...]  # top first: ("gpu", "cpu") or ("cpu",)
+    tiers: tuple[TierConfig, ...]  # top first: ("gpu", "cpu", "disk"), any of them but cpu left out
     lease_ttl_s: float = 30.0
 
     def __post_init__(self) -> None:

@@ -25,10 +25,13 @@ class Tier:
         self.name = config.name
         self.device = torch.device(config.device)
         pin = config.pin_memory and self.device.type == "cpu" and torch.cuda.is_available()
-        self.pool = torch.zeros(
-            (config.capacity_blocks, *geometry.block_shape), dtype=geometry.torch_dtype,
-            device=self.device, pin_memory=pin,
-        )
+        if config.path:  # a file mapped into memory: blocks live on disk, the OS caches the hot ones
+            self.pool = _file_pool(config.path, config.capacity_blocks, geometry)
+        else:
+            self.pool = torch.zeros(
+                (config.capacity_blocks, *geometry.block_shape), dtype=geometry.torch_dtype,
+                device=self.device, pin_memory=pin,
+            )
         self.pool_bytes = self.pool.view(torch.uint8).view(config.capacity_blocks, geometry.block_bytes)
         self.allocator = BlockAllocator(config.capacity_blocks)
         self.demoted = 0  # blocks moved down to the next tier
@@ -49,3 +52,14 @@ class Tier:
 
     def __repr__(self) -> str:
         return f"Tier({self.name}, {self.device}, {self.allocator.num_used}/{self.capacity} used)"
+
+
+def _file_pool(path: str, capacity: int, geometry: BlockGeometry) -> torch.Tensor:
+    """[capacity, *block_shape] backed by ``path`` (made anew, sparse: disk is used as blocks are
+    written; what an earlier store left there is not read, a snapshot is: kvstore.snapshot)."""
+    numel = capacity * geometry.block_bytes // geometry.torch_dtype.itemsize
+    with open(path, "wb") as f:
+        f.truncate(capacity * geometry.block_bytes)
+    pool = torch.from_file(path, shared=True, size=numel, dtype=geometry.torch_dtype)
+    logger.info("disk tier: %d blocks (%.1f GiB) in %s", capacity, capacity * geometry.block_bytes / 2**30, path)
+    return pool.view(capacity, *geometry.block_shape)

@@ -1,10 +1,11 @@
-"""Eviction under capacity pressure: GPU -> CPU -> dropped, LRU over unpinned leaves.
+"""Eviction under capacity pressure: GPU -> CPU (-> disk) -> dropped, LRU over unpinned leaves.
 
 No CUDA here: the upper tier is the store's "gpu" tier placed on CPU memory (a stand-in). The
 demotion code path is the same as with a CUDA pool; only the device of the tensor differs.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -109,4 +110,26 @@ def test_hot_prefix_survives_many_cold_ones(make_store: MakeStore) -> None:
     assert_cached_intact(store, hot)  # (in the cpu tier by now: hits do not promote)
     assert store.match(NS, twin, lease=False).num_tokens == 0
     assert store.stats().tiers[1].dropped_blocks > 90
+    store.check_integrity()
+
+
+def test_three_tiers_demote_gpu_to_cpu_to_disk_with_their_bytes(tmp_path: Path) -> None:
+    """A disk tier below the CPU tier (a memory-mapped file): blocks the CPU tier cannot keep move
+    there with their bytes and are read from there; only the disk tier drops."""
+    from kvstore.config import StoreConfig, TierConfig
+    from tests.kvstore.conftest import GEOMETRY
+
+    disk = tmp_path / "kv.disk"
+    store = KVStore(StoreConfig(GEOMETRY, (TierConfig("gpu", "cpu", 2), TierConfig("cpu", "cpu", 2),
+                                           TierConfig("disk", "cpu", 4, path=str(disk)))))
+    assert disk.stat().st_size == 4 * GEOMETRY.block_bytes
+    for tag in range(1, 4):  # 6 blocks through 2 + 2 + 4 rows
+        insert(store, seq(tag, 2))
+    gpu, cpu, on_disk = store.stats().tiers
+    assert (gpu.cached_blocks, cpu.cached_blocks, on_disk.cached_blocks) == (2, 2, 2)
+    assert gpu.demoted_blocks == 4 and cpu.demoted_blocks == 2 and on_disk.dropped_blocks == 0
+    assert assert_cached_intact(store, seq(1, 2)) == ["disk", "disk"]  # the least recent, read from the file
+    for tag in range(4, 7):  # 6 more: the disk tier fills, then drops its least recent leaves
+        insert(store, seq(tag, 2))
+    assert store.stats().tiers[2].dropped_blocks > 0
     store.check_integrity()

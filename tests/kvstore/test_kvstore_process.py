@@ -27,7 +27,7 @@ def test_help_lists_the_flags() -> None:
                          text=True, timeout=60)
     assert out.returncode == 0
     for flag in ("--address", "--port-file", "--cpu-capacity", "--gpu-capacity", "--block-size", "--no-nixl",
-                 "--metrics-port", "--lease-ttl", "--grace-period"):
+                 "--metrics-port", "--lease-ttl", "--grace-period", "--disk-capacity", "--disk-path", "--snapshot"):
         assert flag in out.stdout, flag
 
 
@@ -35,6 +35,12 @@ def test_gpu_tier_without_cuda_is_refused() -> None:
     out = subprocess.run([sys.executable, "-m", "kvstore", "--gpu-capacity", "1GiB"], cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--gpu-capacity needs CUDA" in out.stderr, out.stderr
+
+
+def test_a_disk_tier_without_its_file_is_refused() -> None:
+    out = subprocess.run([sys.executable, "-m", "kvstore", "--disk-capacity", "1GiB"], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--disk-capacity needs --disk-path" in out.stderr, out.stderr
 
 
 def free_port() -> int:

@@ -185,3 +185,34 @@ def test_a_failed_nixl_transfer_is_redone_over_grpc(store_address: str) -> None:
 
     uvloop.run(main())
     assert pool[5:8].equal(pool[:3])
+
+
+def test_nixl_reads_blocks_from_the_disk_tier(tmp_path: Path) -> None:
+    """A store of 8 CPU blocks above a 64-block disk tier (a memory-mapped file): a prompt of 20
+    blocks written over NIXL as it grows (its cached prefix pinned by each write, so the blocks past
+    the CPU tier's 8 go to the file), and one NIXL read gathers from both tiers' registered memory,
+    byte for byte. (Demotion into the file: tests/kvstore/test_kvstore_eviction.py.)"""
+    proc, address = start_store(tmp_path, "--cpu-capacity", "8blocks", "--disk-capacity", "64blocks",
+                                "--disk-path", str(tmp_path / "kv.disk"))
+    pool = torch.randn(40, *LAYOUT.block_shape)
+    tokens = list(range(9000, 9000 + 20 * 16))
+
+    async def main() -> list[str]:
+        async with KVStoreClient(address, LAYOUT, pool, use_nixl=True) as kv:
+            assert kv.data_plane == "nixl"
+            for i in range(0, 20, 4):
+                await kv.write(tokens[:(i + 4) * 16], list(range(i + 4)))
+            hit = await kv.match(tokens)
+            await kv.read(hit, list(range(20, 40)))
+            await kv.release(hit.lease_id)
+            stats = await kv.stats()
+            assert [(t.name, t.cached_blocks) for t in stats.tiers] == [("cpu", 8), ("disk", 12)]
+            return [h.tier for h in hit.handles]
+
+    try:
+        tiers = uvloop.run(main())
+    finally:
+        code = stop_store(proc)
+    assert {"cpu", "disk"} <= set(tiers), tiers
+    assert pool[20:40].equal(pool[:20])
+    assert code == 0 and "integrity checked" in (tmp_path / "store.log").read_text()
