@@ -10,7 +10,7 @@ the KV of its tokens after its parents', so a snapshot never goes stale, however
 namespace no worker asks for any more is evicted like any cold block. It is written to PATH.tmp and
 renamed over PATH: a crash mid-write leaves the last one whole.
 
-At start the blocks go to the bottom (CPU) tier, recency kept; where the store was made smaller,
+At start the blocks go to the bottom tier (CPU, or disk where there is one), recency kept; where the store was made smaller,
 as many as fit (a block only with its ancestors). A file of another geometry, or broken, is left
 unread: the store starts empty and says why.
 """
