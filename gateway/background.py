@@ -19,8 +19,8 @@ from collections import OrderedDict
 from typing import Any, AsyncIterator, Callable
 
 from engine.errors import InvalidRequestError
-from gateway.errors import OverloadedError, UnavailableError
 from engine.request import GenerationChunk
+from gateway.errors import OverloadedError, UnavailableError
 from gateway.responses_output import ResponseObject
 
 logger = logging.getLogger(__name__)

@@ -11,13 +11,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from engine.errors import InvalidRequestError
-from gateway.errors import OverloadedError
 from gateway.background import BackgroundRuns
 from gateway.choices import merged, plan_choices
 from gateway.core import GatewayCore
+from gateway.errors import OverloadedError
 from gateway.http_common import (
-    error_response, event_sse, first_chunk, json_object, object_events, reasoning_parser_for, request_ids, tagged, unless_gone,
-    whole_object, with_tools,
+    error_response, event_sse, first_chunk, json_object, object_events, reasoning_parser_for, request_ids, tagged,
+    unless_gone, whole_object, with_tools,
 )
 from gateway.openai_protocol import (
     asked_max_tokens, cache_salt_from_body, chat_messages, chat_template_options, priority_from_body,
@@ -74,6 +74,7 @@ def add_responses_routes(app: FastAPI, core: GatewayCore, store: ResponseStore) 
         obj = ResponseObject(request_id, served.name, body, names, tools, reasoning)
         rename = lambda e: name_responses_error(name_structured_error(e, chat))  # noqa: E731
         if background:  # answered now, queued; the gateway's own task makes the answer
+            assert done is not None  # (a background response is stored: _background)
             try:
                 core.check_capacity()
             except OverloadedError as e:
@@ -121,8 +122,8 @@ def add_responses_routes(app: FastAPI, core: GatewayCore, store: ResponseStore) 
                 store.get(response_id)
             except ResponseNotFound as e:
                 return error_response(e, 404)
-            return error_response(InvalidRequestError("response_id", "cannot cancel a synchronous response: only "
-                                                                     "one created with background true"))
+            return error_response(InvalidRequestError("response_id", "cannot cancel a synchronous response: only a "
+                                                                     "background one this gateway still keeps"))
         run.cancel()
         await run.wait()
         return JSONResponse(run.obj.json())
