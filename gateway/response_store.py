@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from engine.errors import InvalidRequestError
 
@@ -24,6 +24,7 @@ class ResponseNotFound(InvalidRequestError):
 class Stored:
     response: dict[str, Any]  # the Response object as it was returned
     conversation: tuple[dict[str, Any], ...]  # every turn up to and with its answer, as chat messages
+    input_items: tuple[dict[str, Any], ...] = ()  # its request's input, as GET .../input_items lists it
 
 
 class ResponseStore:
@@ -48,11 +49,12 @@ class ResponseStore:
             raise InvalidRequestError("previous_response_id", "must be a string")
         return list(self.get(previous, "previous_response_id").conversation)
 
-    def keep(self, response: dict[str, Any], conversation: list[dict[str, Any]], answer: dict[str, Any]) -> None:
+    def keep(self, response: dict[str, Any], conversation: list[dict[str, Any]], answer: dict[str, Any],
+             input_items: Sequence[dict[str, Any]] = ()) -> None:
         """``answer``: the response's as a chat turn (its text, and its function calls)."""
         if self.size <= 0:
             return
-        self._kept[response["id"]] = Stored(response, (*conversation, answer))
+        self._kept[response["id"]] = Stored(response, (*conversation, answer), tuple(input_items))
         self._kept.move_to_end(response["id"])
         while len(self._kept) > self.size:
             self._kept.popitem(last=False)

@@ -159,6 +159,26 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
     return out
 
 
+def input_items(body: dict[str, Any], suffix: str) -> list[dict[str, Any]]:
+    """The request's ``input`` as the Responses API lists it back (``GET .../input_items``): each
+    item with an id (its own, or ``msg_<suffix>_in<k>`` and the like) and status; a string or a
+    message's text as text parts (``input_text``; an assistant's ``output_text``). ``input``: as
+    ``as_chat_body`` checked it."""
+    value = body.get("input")
+    items = [{"type": "message", "role": "user", "content": value}] if isinstance(value, str) else value
+    out = []
+    for k, item in enumerate(items):
+        item = {"type": "message", **item}
+        if item["type"] == "message" and isinstance(item.get("content"), str):
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": part, "text": item["content"]}]
+        prefix = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+        item.setdefault("id", f"{prefix.get(item['type'], 'item')}_{suffix}_in{k}")
+        item.setdefault("status", "completed")
+        out.append(item)
+    return out
+
+
 def _function_call(item: dict[str, Any], i: int) -> dict[str, Any]:
     for key in ("call_id", "name", "arguments"):
         if not isinstance(item.get(key), str):

@@ -1,7 +1,7 @@
 """OpenAI's Responses API over HTTP: ``POST /v1/responses`` (the chat request it amounts to,
 gateway.responses_api; its answer, gateway.responses_output), its stored responses' ``GET`` and
-``DELETE`` (gateway.response_store), and background responses' ``GET`` (streamed again too) and
-``POST /v1/responses/{id}/cancel`` (gateway.background)."""
+``DELETE`` (gateway.response_store) and their input items, and background responses' ``GET``
+(streamed again too) and ``POST /v1/responses/{id}/cancel`` (gateway.background)."""
 from __future__ import annotations
 
 import time
@@ -24,7 +24,7 @@ from gateway.openai_protocol import (
     sampling_from_body, truncation_from_body,
 )
 from gateway.response_store import ResponseNotFound, ResponseStore, wants_store
-from gateway.responses_api import as_chat_body, name_responses_error, truncation
+from gateway.responses_api import as_chat_body, input_items, name_responses_error, truncation
 from gateway.responses_output import ResponseObject
 from gateway.structured_request import name_structured_error
 from gateway.token_names import TokenNames
@@ -69,7 +69,7 @@ def add_responses_routes(app: FastAPI, core: GatewayCore, store: ResponseStore) 
             return error_response(name_responses_error(name_structured_error(e, chat)))
         # the turns so far, the instructions left out: what a response continuing this one goes on from
         turns = chat["messages"][1:] if body.get("instructions") is not None else chat["messages"]
-        done = (lambda o: store.keep(o.json(), turns, o.answer())) if keep else None
+        done = (lambda o: store.keep(o.json(), turns, o.answer(), input_items(body, o.suffix))) if keep else None
         names = TokenNames(core.tokenizer) if params.logprobs is not None else None
         obj = ResponseObject(request_id, served.name, body, names, tools, reasoning)
         rename = lambda e: name_responses_error(name_structured_error(e, chat))  # noqa: E731
@@ -112,6 +112,20 @@ def add_responses_routes(app: FastAPI, core: GatewayCore, store: ResponseStore) 
         if stream:
             return StreamingResponse(_replay(run.follow(after)), media_type="text/event-stream")
         return JSONResponse(run.obj.json())
+
+    @app.get("/v1/responses/{response_id}/input_items")
+    async def response_input_items(response_id: str, request: Request) -> Response:
+        """The response's request's input items, a page at a time (OpenAI's ``limit``, ``order``,
+        ``after``), a background response's while it runs too."""
+        run = runs.get(response_id)
+        try:
+            items = input_items(run.obj.body, run.obj.suffix) if run is not None else \
+                list(store.get(response_id).input_items)
+            return JSONResponse(_page(items, request))
+        except ResponseNotFound as e:
+            return error_response(e, 404)
+        except InvalidRequestError as e:
+            return error_response(e)
 
     @app.post("/v1/responses/{response_id}/cancel")
     async def cancel_response(response_id: str) -> Response:
@@ -158,6 +172,28 @@ def _stream_query(request: Request) -> tuple[bool, int]:
     if after is not None and not after.lstrip("-").isdigit():
         raise InvalidRequestError("starting_after", "must be an integer (an event's sequence number)")
     return stream == "true", int(after) if after is not None else -1
+
+
+def _page(items: list[dict[str, Any]], request: Request) -> dict[str, Any]:
+    """A page of ``items`` as OpenAI lists them: ``order`` desc (the default: the last first) or
+    asc, ``limit`` 1-100 (20), ``after`` an item's id (the page starts past it)."""
+    q = request.query_params
+    order = q.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequestError("order", "must be asc or desc")
+    limit = q.get("limit", "20")
+    if not limit.isdigit() or not 1 <= int(limit) <= 100:
+        raise InvalidRequestError("limit", "must be an integer from 1 to 100")
+    ordered = items if order == "asc" else items[::-1]
+    after = q.get("after")
+    if after is not None:
+        ids = [it["id"] for it in ordered]
+        if after not in ids:
+            raise InvalidRequestError("after", f"no input item {after!r} in this response")
+        ordered = ordered[ids.index(after) + 1:]
+    data = ordered[:int(limit)]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": len(ordered) > len(data)}
 
 
 async def _replay(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:

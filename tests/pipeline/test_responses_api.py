@@ -177,3 +177,29 @@ def test_truncation_auto_keeps_the_end_of_a_conversation_too_long_for_the_contex
     assert r.truncation == "auto" and r.usage.input_tokens == context - 2
     with pytest.raises(openai.BadRequestError, match="truncation"):
         client.responses.create(model=MODEL, input="Hi", truncation="middle")  # type: ignore[arg-type]
+
+
+def test_input_items_list_the_requests_input(client: openai.OpenAI) -> None:
+    """``GET /v1/responses/{id}/input_items`` (the SDK's ``responses.input_items.list``): the
+    request's input items, each with an id, the last first by default, a page at a time."""
+    r = client.responses.create(model=MODEL, instructions="Be brief.", max_output_tokens=4, temperature=0, input=[
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Name a colour."}]}])
+    page = client.responses.input_items.list(r.id)
+    assert [it.role for it in page.data] == ["user", "assistant", "user"] and not page.has_more
+    assert page.data[0].content[0].text == "Name a colour." and page.data[2].content[0].text == "Hi"
+    assert page.data[1].content[0].type == "output_text" and len({it.id for it in page.data}) == 3
+    first = client.responses.input_items.list(r.id, order="asc", limit=2)
+    assert [it.id for it in first.data] == [page.data[2].id, page.data[1].id] and first.has_more
+    rest = client.responses.input_items.list(r.id, order="asc", after=first.data[-1].id)
+    assert [it.id for it in rest.data] == [page.data[0].id] and not rest.has_more
+    assert [it.id for it in client.responses.input_items.list(r.id, order="asc", limit=1)] == \
+        [it.id for it in page.data[::-1]]  # the SDK's pages, followed
+    one = client.responses.create(model=MODEL, input="Hello", max_output_tokens=2)
+    (only,) = client.responses.input_items.list(one.id).data
+    assert only.role == "user" and only.content[0].text == "Hello" and only.id.startswith("msg_")
+    for query, field in (("limit=0", "limit"), ("order=up", "order"), ("after=nope", "after")):
+        bad = httpx.get(f"{client.base_url}responses/{r.id}/input_items?{query}", timeout=30)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == field, bad.text
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_items.list("resp_nothing")

@@ -98,6 +98,8 @@ def test_cancelling_a_background_response_stops_it_and_frees_its_kv(stack: Stack
 
     running = client.responses.create(background=True, **LONG)
     assert _until(client, running.id, ("in_progress", *FINISHED)).status == "in_progress"
+    (item,) = client.responses.input_items.list(running.id).data  # (listed while it runs)
+    assert item.content[0].text == LONG["input"]
     with pytest.raises(openai.BadRequestError, match="still in_progress"):  # not yet continued
         client.responses.create(model=MODEL, previous_response_id=running.id, input="Go on.", max_output_tokens=2)
     deleted = httpx.delete(f"{client.base_url}responses/{running.id}", timeout=30)
