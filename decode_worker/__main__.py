@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 
@@ -38,7 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     worker_id = args.worker_id or f"decode-{os.getpid()}"
-    config = EngineConfig.from_cli(args)
+    # "{worker_id}" in --lookahead-state: a file of each worker's own where several share the flag
+    config = dataclasses.replace(EngineConfig.from_cli(args),
+                                 lookahead_state=args.lookahead_state.replace("{worker_id}", worker_id))
     engine = await AsyncEngine.create(lambda: LLMEngine(config))
     tune_gc()  # the model is loaded: its objects are frozen
     plane = make_plane("decode", engine.engine.kv.data, args.nixl == "on", passive=False)

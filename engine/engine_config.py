@@ -82,7 +82,8 @@ class EngineConfig:
                             "text files; indexed at start")
         g.add_argument("--lookahead-state", default="", metavar="PATH",
                        help="keep lookahead's global n-gram trie across restarts: loaded from PATH at start (if "
-                            "there), saved to it when a decode worker shuts down")
+                            "there), saved to it when a decode worker shuts down; {worker_id} in PATH is the "
+                            "worker's id (a file each)")
         g.add_argument("--calibration-cache", choices=["on", "off"], default="on",
                        help="reuse the lookahead step-cost calibration of an earlier start on this machine and "
                             "setup (kept under $GROVE_CACHE/step-cost); off: time the steps at every start")

@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--kv-cache-gb", type=float, default=0.5, help="each worker's KV pool")
     s.add_argument("--max-num-seqs", type=int, default=0, help="sequences a worker batches (default: its own)")
     s.add_argument("--lookahead", choices=["on", "off"], default="on", help="the decode workers' lookahead")
+    s.add_argument("--lookahead-state", default="", metavar="DIR",
+                   help="keep each decode worker's lookahead trie across restarts, in DIR/decode-N.npz")
     s.add_argument("--lookahead-corpus", nargs="+", default=[], metavar="PATH",
                    help="text the decode workers' lookahead drafts from (files or folders; see the README)")
     s.add_argument("--generation-config", default="auto",
@@ -142,6 +144,8 @@ def _service_args(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
             "extra_decode_args": ("--lookahead", args.lookahead,
                                   *(["--lookahead-corpus", *map(_absolute, args.lookahead_corpus)]
                                     if args.lookahead_corpus else []),
+                                  *(["--lookahead-state", _absolute(args.lookahead_state) + "/{worker_id}.npz"]
+                                    if args.lookahead_state else []),
                                   *shlex.split(args.decode_args)),
             "prefill_args": tuple(prefill for _ in range(args.prefill))}
 

@@ -75,9 +75,11 @@ def test_the_flags_reach_the_engine_and_make_runs_services(tmp_path: Path) -> No
     p = argparse.ArgumentParser()
     EngineConfig.add_cli_args(p)
     assert EngineConfig.from_cli(p.parse_args(["--lookahead-corpus", "a", "b"])).lookahead_corpus == ("a", "b")
-    config = stack_config(parser().parse_args(["--lookahead-corpus", "docs", "--kvstore-snapshot", "kv.snap"]))
+    config = stack_config(parser().parse_args(["--lookahead-corpus", "docs", "--kvstore-snapshot", "kv.snap",
+                                               "--lookahead-state", "tries"]))
     decode = config.extra_decode_args
     assert decode[decode.index("--lookahead-corpus") + 1] == str(Path("docs").resolve())
+    assert decode[decode.index("--lookahead-state") + 1] == str(Path("tries").resolve() / "{worker_id}.npz")
     assert config.kvstore_snapshot == str(Path("kv.snap").resolve())  # (the kvstore's, launcher.stack passes it)
 
 

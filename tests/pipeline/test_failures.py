@@ -50,8 +50,8 @@ def fragile_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     logs = tmp_path_factory.mktemp("fragile-stack")
     config = StackConfig(model=str(model_dir), num_prefill=3, num_decode=3, worker_kv_gb=0.25,
                          log_dir=str(logs), threads_per_worker=1, extra_worker_args=("--drain-timeout", str(DRAIN_S)),
-                         # each decode worker shut down saves its lookahead trie (the last one's stays)
-                         extra_decode_args=("--lookahead-state", str(logs / "lookahead-trie.npz")))
+                         # each decode worker shut down saves its lookahead trie, a file each
+                         extra_decode_args=("--lookahead-state", str(logs / "trie-{worker_id}.npz")))
     with Stack(config) as s:
         yield s
 
@@ -158,7 +158,7 @@ def test_a_decode_worker_shut_down_finishes_its_streams_and_takes_no_new_ones(fr
         assert [f.result() for f in during] == want[:2]
     assert _drained(s, "decode-1") >= 1  # it had streams of its own to finish
     # its lookahead trie, saved once its streams were done: the next start drafts from what it saw
-    trie = load_trie(Path(s.config.log_dir) / "lookahead-trie.npz", model_fingerprint(s.model_dir), 1 << 20)
+    trie = load_trie(Path(s.config.log_dir) / "trie-decode-1.npz", model_fingerprint(s.model_dir), 1 << 20)
     assert trie is not None and trie.num_nodes > 100
 
 
