@@ -12,13 +12,15 @@ from grove.internal.v1 import worker_pb2 as pb
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from protocol import pipeline as convert
 from runtime.prefix_reset import reset_prefix_caches
+from runtime.profiling import WorkerProfiler
 from runtime.worker_process import ShuttingDownError
 
 
 class DecodeServicer(pb_grpc.DecodeWorkerServicer):
-    def __init__(self, service: DecodeService, worker_id: str) -> None:
+    def __init__(self, service: DecodeService, worker_id: str, profiler_dir: str = "") -> None:
         self.service = service
         self.worker_id = worker_id
+        self.profiler = WorkerProfiler(profiler_dir, worker_id)
 
     async def Decode(self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DecodeChunk]:
         try:
@@ -42,3 +44,9 @@ class DecodeServicer(pb_grpc.DecodeWorkerServicer):
     async def ResetPrefixCache(self, request: pb.ResetPrefixCacheRequest,
                                context: grpc.aio.ServicerContext) -> pb.ResetPrefixCacheResponse:
         return await reset_prefix_caches(self.service.engine, self.service.kvstore, request, context)
+
+    async def StartProfile(self, request: pb.ProfileRequest, context: grpc.aio.ServicerContext) -> pb.ProfileResponse:
+        return await self.profiler.start(self.service.engine, context)
+
+    async def StopProfile(self, request: pb.ProfileRequest, context: grpc.aio.ServicerContext) -> pb.ProfileResponse:
+        return await self.profiler.stop(self.service.engine, context)

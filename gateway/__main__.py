@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--server-dev-mode", action="store_true",
                    default=os.environ.get("VLLM_SERVER_DEV_MODE", "").lower() in ("1", "true"),
                    help="serve vLLM's development endpoints: POST /reset_prefix_cache (also VLLM_SERVER_DEV_MODE=1)")
+    p.add_argument("--enable-profiler", action="store_true", default=bool(os.environ.get("VLLM_TORCH_PROFILER_DIR")),
+                   help="serve /start_profile and /stop_profile: torch's profiler on every worker, each writing "
+                        "to its --profiler-dir (also VLLM_TORCH_PROFILER_DIR set)")
     p.add_argument("--enable-force-include-usage", action="store_true",
                    help="end every stream with a chunk of its usage, as if it asked with stream_options (vLLM's flag)")
     p.add_argument("--max-log-len", type=int, default=None, help="prompt token ids a logged request shows (default: all)")
@@ -190,7 +193,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
                                          args.enable_lora and args.allow_runtime_lora_updating,
                                          pooling(args, model_dir),
                                          force_include_usage=args.enable_force_include_usage,
-                                         dev_mode=args.server_dev_mode),
+                                         dev_mode=args.server_dev_mode, profiler=args.enable_profiler),
                            router, metrics)
     except InvalidRequestError as e:  # an adapter of --lora-modules that cannot be served
         raise SystemExit(f"--lora-modules: {e.message}") from None

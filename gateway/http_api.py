@@ -39,7 +39,7 @@ from gateway.openai_protocol import (
 )
 from gateway.openai_response import Echo, ResponseShaper, error_json
 from gateway.prediction import prediction_from_body
-from gateway.dev_routes import add_dev_routes
+from gateway.dev_routes import add_dev_routes, add_profiler_routes
 from gateway.response_store import DEFAULT_SIZE, ResponseStore
 from gateway.responses_http import add_responses_routes
 from gateway.scoring import add_scoring_routes
@@ -269,6 +269,8 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
     add_responses_routes(app, core, ResponseStore(responses_kept))
     if core.config.dev_mode:
         add_dev_routes(app, core)
+    if core.config.profiler:
+        add_profiler_routes(app, core)
     add_messages_routes(app, core)
     add_embeddings_routes(app, core)
     add_scoring_routes(app, core)

@@ -13,6 +13,7 @@ from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from prefill_worker.service import OverloadedError, PrefillService
 from protocol import pipeline as convert
 from runtime.prefix_reset import reset_prefix_caches
+from runtime.profiling import WorkerProfiler
 from runtime.kv_transfer import read_block_bytes
 from runtime.worker_process import ShuttingDownError
 
@@ -34,9 +35,10 @@ async def _statuses(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
 
 
 class PrefillServicer(pb_grpc.PrefillWorkerServicer):
-    def __init__(self, service: PrefillService, worker_id: str) -> None:
+    def __init__(self, service: PrefillService, worker_id: str, profiler_dir: str = "") -> None:
         self.service = service
         self.worker_id = worker_id
+        self.profiler = WorkerProfiler(profiler_dir, worker_id)
 
     async def Prefill(self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext) -> pb.PrefillResponse:
         async with _statuses(context):
@@ -86,3 +88,9 @@ class PrefillServicer(pb_grpc.PrefillWorkerServicer):
     async def ResetPrefixCache(self, request: pb.ResetPrefixCacheRequest,
                                context: grpc.aio.ServicerContext) -> pb.ResetPrefixCacheResponse:
         return await reset_prefix_caches(self.service.engine, self.service.kvstore, request, context)
+
+    async def StartProfile(self, request: pb.ProfileRequest, context: grpc.aio.ServicerContext) -> pb.ProfileResponse:
+        return await self.profiler.start(self.service.engine, context)
+
+    async def StopProfile(self, request: pb.ProfileRequest, context: grpc.aio.ServicerContext) -> pb.ProfileResponse:
+        return await self.profiler.stop(self.service.engine, context)

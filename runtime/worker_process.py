@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import logging
 from typing import Callable, Protocol, Sequence
@@ -45,6 +46,9 @@ def add_worker_args(p: argparse.ArgumentParser, role: str) -> None:
                    help="seconds a kvstore call may take before the request goes on without it")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on SIGTERM, seconds in-flight work gets to finish before the worker exits")
+    p.add_argument("--profiler-dir", default=os.environ.get("VLLM_TORCH_PROFILER_DIR", ""),
+                   help="where torch profiler traces go when the gateway's /start_profile and /stop_profile ask "
+                        "(vLLM's VLLM_TORCH_PROFILER_DIR; '' = no profiling)")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--disable-log-stats", action="store_true", help="no periodic stats line in the log (vLLM's flag)")
     p.add_argument("--log-stats-interval", type=float, default=10.0,
