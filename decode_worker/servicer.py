@@ -11,12 +11,12 @@ from engine.errors import InvalidRequestError, OutOfBlocksError
 from grove.internal.v1 import worker_pb2 as pb
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from protocol import pipeline as convert
-from runtime.prefix_reset import reset_prefix_caches
 from runtime.profiling import WorkerProfiler
+from runtime.worker_control import WorkerControl
 from runtime.worker_process import ShuttingDownError
 
 
-class DecodeServicer(pb_grpc.DecodeWorkerServicer):
+class DecodeServicer(WorkerControl, pb_grpc.DecodeWorkerServicer):
     def __init__(self, service: DecodeService, worker_id: str, profiler_dir: str = "") -> None:
         self.service = service
         self.worker_id = worker_id
@@ -40,13 +40,3 @@ class DecodeServicer(pb_grpc.DecodeWorkerServicer):
 
     async def Stats(self, request: pb.WorkerStatsRequest, context: grpc.aio.ServicerContext) -> pb.WorkerStats:
         return pb.WorkerStats(worker_id=self.worker_id, role="decode", **self.service.stats())
-
-    async def ResetPrefixCache(self, request: pb.ResetPrefixCacheRequest,
-                               context: grpc.aio.ServicerContext) -> pb.ResetPrefixCacheResponse:
-        return await reset_prefix_caches(self.service.engine, self.service.kvstore, request, context)
-
-    async def StartProfile(self, request: pb.ProfileRequest, context: grpc.aio.ServicerContext) -> pb.ProfileResponse:
-        return await self.profiler.start(self.service.engine, context)
-
-    async def StopProfile(self, request: pb.ProfileRequest, context: grpc.aio.ServicerContext) -> pb.ProfileResponse:
-        return await self.profiler.stop(self.service.engine, context)

@@ -12,8 +12,8 @@ from grove.internal.v1 import worker_pb2 as pb
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from prefill_worker.service import OverloadedError, PrefillService
 from protocol import pipeline as convert
-from runtime.prefix_reset import reset_prefix_caches
 from runtime.profiling import WorkerProfiler
+from runtime.worker_control import WorkerControl
 from runtime.kv_transfer import read_block_bytes
 from runtime.worker_process import ShuttingDownError
 
@@ -34,7 +34,7 @@ async def _statuses(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
 
 
-class PrefillServicer(pb_grpc.PrefillWorkerServicer):
+class PrefillServicer(WorkerControl, pb_grpc.PrefillWorkerServicer):
     def __init__(self, service: PrefillService, worker_id: str, profiler_dir: str = "") -> None:
         self.service = service
         self.worker_id = worker_id
@@ -84,13 +84,3 @@ class PrefillServicer(pb_grpc.PrefillWorkerServicer):
 
     async def Stats(self, request: pb.WorkerStatsRequest, context: grpc.aio.ServicerContext) -> pb.WorkerStats:
         return pb.WorkerStats(worker_id=self.worker_id, role="prefill", **self.service.stats())
-
-    async def ResetPrefixCache(self, request: pb.ResetPrefixCacheRequest,
-                               context: grpc.aio.ServicerContext) -> pb.ResetPrefixCacheResponse:
-        return await reset_prefix_caches(self.service.engine, self.service.kvstore, request, context)
-
-    async def StartProfile(self, request: pb.ProfileRequest, context: grpc.aio.ServicerContext) -> pb.ProfileResponse:
-        return await self.profiler.start(self.service.engine, context)
-
-    async def StopProfile(self, request: pb.ProfileRequest, context: grpc.aio.ServicerContext) -> pb.ProfileResponse:
-        return await self.profiler.stop(self.service.engine, context)
