@@ -1,6 +1,7 @@
-"""OpenAI's embeddings API (``/v1/embeddings``, and vLLM's generic ``/pooling``), as vLLM serves it: each input's final hidden
-states pooled into one vector on a prefill worker (engine.pooling), by the model's pooling (its
-sentence-transformers config, else the last token, normalised) or the gateway's ``--pooler-config``.
+"""OpenAI's embeddings API (``/v1/embeddings``; vLLM's generic ``/pooling`` the same), as vLLM
+serves it: each input's final hidden states pooled into one vector on a prefill worker
+(engine.pooling), by the model's pooling (its sentence-transformers config, else the last token,
+normalised) or the gateway's ``--pooler-config``.
 
 An input is text, token ids, a list of either, or (vLLM's) chat ``messages`` through the chat
 template; each is one request to a prefill worker, routed by prefix affinity like a prompt, all

@@ -80,8 +80,7 @@ class ToolStream:
     call's first entry has its index, id, type and name, and the arguments written so far; the next
     ones more of its arguments). "auto" gives each call as the model's parser reads it
     (gateway.tool_parsers: as it is written, or whole; with parallel_tool_calls false, the first
-    only). A "required" answer cut
-    before any call was named goes out as text with the last piece."""
+    only). A "required" answer cut before any call was named goes out as text with the last piece."""
 
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan

@@ -10,9 +10,9 @@ the KV of its tokens after its parents', so a snapshot never goes stale, however
 namespace no worker asks for any more is evicted like any cold block. It is written to PATH.tmp and
 renamed over PATH: a crash mid-write leaves the last one whole.
 
-At start the blocks go to the bottom tier (CPU, or disk where there is one), recency kept; where the store was made smaller,
-as many as fit (a block only with its ancestors). A file of another geometry, or broken, is left
-unread: the store starts empty and says why.
+At start the blocks go to the bottom tier (CPU, or disk where there is one), recency kept; where
+the store was made smaller, as many as fit (a block only with its ancestors). A file of another
+geometry, or broken, is left unread: the store starts empty and says why.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from kvstore.trie import TrieNode
 logger = logging.getLogger(__name__)
 
 FORMAT = "grove-kvstore-snapshot/1"
-CHUNK_BLOCKS = 64  # blocks copied between the pools and the file at a time
+CHUNK_BLOCKS = 64  # blocks read from the file into the pool at a time
 
 
 def _geometry(store: KVStore) -> dict[str, object]:
@@ -52,9 +52,8 @@ def save_snapshot(store: KVStore, path: str | Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "wb") as f:
         f.write(json.dumps(header, separators=(",", ":")).encode() + b"\n")
-        for start in range(0, len(nodes), CHUNK_BLOCKS):
-            for n in nodes[start:start + CHUNK_BLOCKS]:
-                f.write(store.tiers[n.tier].pool_bytes[n.block].cpu().numpy().tobytes())
+        for n in nodes:
+            f.write(store.tiers[n.tier].pool_bytes[n.block].cpu().numpy().tobytes())
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
