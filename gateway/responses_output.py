@@ -63,8 +63,14 @@ class ResponseObject:
         return "incomplete" if self.finish == "length" else "completed"
 
     def _message(self) -> dict[str, Any]:
-        content = [self._part()] if self.finish is not None else []
-        return {"type": "message", "id": self.item_id, "status": self.status, "role": "assistant", "content": content}
+        """The answer's one message: its text so far (a background response retrieved as it goes),
+        in progress until the answer ends; incomplete where it ran out of tokens or was stopped."""
+        content = [self._part()] if self.finish is not None or self.text else []
+        if self.finish is None and self.ended is None:
+            status = "in_progress"
+        else:
+            status = "completed" if self.finish not in (None, "length") else "incomplete"
+        return {"type": "message", "id": self.item_id, "status": status, "role": "assistant", "content": content}
 
     def _part(self, text: str | None = None) -> dict[str, Any]:
         return {"type": "output_text", "text": self.text if text is None else text, "annotations": [],
@@ -72,7 +78,7 @@ class ResponseObject:
 
     def _output(self) -> list[dict[str, Any]]:
         if not self.itemized:
-            return [self._message()] if self.finish is not None else []
+            return [self._message()] if self.finish is not None or self.text else []
         return [self._item(k) for k in range(len(self.answer_items.items))]
 
     def json(self) -> dict[str, Any]:

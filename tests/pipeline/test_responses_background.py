@@ -88,8 +88,14 @@ def test_cancelling_a_background_response_stops_it_and_frees_its_kv(stack: Stack
     wait_idle(stack)
     bg = client.responses.create(background=True, **LONG)
     assert _until(client, bg.id, ("in_progress", *FINISHED)).status == "in_progress"
+    deadline = time.monotonic() + 60  # retrieved as it goes: its text so far
+    while not (partial := client.responses.retrieve(bg.id)).output_text:
+        assert time.monotonic() < deadline and partial.status == "in_progress", partial.status
+        time.sleep(0.1)
+    assert partial.status == "in_progress" and partial.output[0].status == "in_progress"
     cancelled = client.responses.cancel(bg.id)
     assert cancelled.id == bg.id and cancelled.status == "cancelled"
+    assert cancelled.output_text.startswith(partial.output_text) and cancelled.output[0].status == "incomplete"
     assert client.responses.cancel(bg.id).status == "cancelled" == client.responses.retrieve(bg.id).status
     snap = wait_idle(stack, timeout_s=10)
     assert all(v == (0, 0, 0) for v in snap.values()), snap
