@@ -12,6 +12,7 @@ from grove.internal.v1 import worker_pb2 as pb
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from protocol import pipeline as convert
 from runtime.profiling import WorkerProfiler
+from runtime.weight_loading import WorkerWeights
 from runtime.worker_control import WorkerControl
 from runtime.worker_process import ShuttingDownError
 
@@ -21,6 +22,7 @@ class DecodeServicer(WorkerControl, pb_grpc.DecodeWorkerServicer):
         self.service = service
         self.worker_id = worker_id
         self.profiler = WorkerProfiler(profiler_dir, worker_id)
+        self.weights = WorkerWeights()
 
     async def Decode(self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DecodeChunk]:
         try:

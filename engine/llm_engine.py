@@ -97,6 +97,7 @@ class LLMEngine:
                               model_config.sliding_window)
         dtype = None if config.dtype == "auto" else dtype_from_name(config.dtype)
         self.model: Model = load_model(config.model_dir, backend, dtype=dtype, device=config.device)
+        self.weights_dir = config.model_dir  # where the served weights came from (engine.weight_update)
         mc = self.model.config
         # fp32 on a CPU: each product's layout by its row count, timed on the model's own weights
         # (engine.fp32_products; {} elsewhere)

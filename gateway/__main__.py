@@ -25,6 +25,7 @@ from gateway.lora import parse_lora_modules
 from gateway.response_store import DEFAULT_SIZE
 from gateway.reasoning_parsers import REASONING_PARSERS
 from gateway.tool_parsers import PARSERS
+from gateway.rl_routes import weight_transfer_backend
 from gateway.metrics import GatewayMetrics
 from gateway.router import Router
 from grove.v1 import api_pb2_grpc as pb_grpc
@@ -66,7 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="log each request's arrival (prompt token ids, sampling parameters) and end (vLLM's flag)")
     p.add_argument("--server-dev-mode", action="store_true",
                    default=os.environ.get("VLLM_SERVER_DEV_MODE", "").lower() in ("1", "true"),
-                   help="serve vLLM's development endpoints: POST /reset_prefix_cache (also VLLM_SERVER_DEV_MODE=1)")
+                   help="serve vLLM's development endpoints: POST /reset_prefix_cache, /pause, /resume, "
+                        "/update_weights (also VLLM_SERVER_DEV_MODE=1)")
+    p.add_argument("--weight-transfer-config", default="",
+                   help="vLLM's: how /update_weights gets new weights; JSON, '{\"backend\": \"disk\"}' (the "
+                        "default and the only backend: a checkpoint directory every worker reads)")
     p.add_argument("--enable-profiler", action="store_true", default=bool(os.environ.get("VLLM_TORCH_PROFILER_DIR")),
                    help="serve /start_profile and /stop_profile: torch's profiler on every worker, each writing "
                         "to its --profiler-dir (also VLLM_TORCH_PROFILER_DIR set)")
@@ -119,6 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sampling_defaults = load_generation_defaults(args.model, args.generation_config,
                                                           args.override_generation_config)
         args.chat_template = read_chat_template(args.chat_template) if args.chat_template else ""
+        weight_transfer_backend(args.weight_transfer_config)
     except ValueError as e:
         p.error(str(e))
     if not isinstance(args.default_chat_template_kwargs, dict):
@@ -220,11 +226,11 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     logger.info("gateway serving HTTP on %s:%d, gRPC on %s:%d (model %s)", args.host, http_port, args.host, grpc_port, name)
     await stop.wait()
     # both servers stop taking requests at once; those in flight get --drain-timeout to finish
-    logger.info("draining: %d requests in flight, up to %.0f s", core.in_flight, args.drain_timeout)
+    logger.info("draining: %d requests in flight, up to %.0f s", core.admission.in_flight, args.drain_timeout)
     await set_serving(health, [SERVICE], False)
     http.should_exit = True
     grpc_stopped = asyncio.create_task(server.stop(grace=args.drain_timeout + 10.0))
-    await core.drain(args.drain_timeout)
+    await core.admission.drain(args.drain_timeout)
     await asyncio.gather(http_task, grpc_stopped, return_exceptions=True)
     await router.close()
 

@@ -22,6 +22,7 @@ from engine.request import GenerationChunk, LoraRef, TokenOut, Usage, WorkReques
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import apply_chat_template, load_tokenizer, validate_prompt
 from gateway import request_log
+from gateway.admission import Aborted, Admission
 from gateway.errors import OverloadedError, UnavailableError
 from gateway.lora import LoraModules, ServedModel
 from gateway.metrics import GatewayMetrics, RequestTrace
@@ -71,12 +72,6 @@ class GatewayConfig:
         return (self.served_model_name, *self.aliases)
 
 
-def _drained() -> UnavailableError:
-    """A request's error where the gateway's drain timeout ran out before it finished."""
-    return UnavailableError("the gateway shut down before this request finished (its drain timeout ran out); "
-                            "send it again")
-
-
 class GatewayCore:
     def __init__(self, config: GatewayConfig, router: Router, metrics: GatewayMetrics) -> None:
         self.config = config
@@ -89,11 +84,7 @@ class GatewayCore:
         self.loras = LoraModules(config.served_names, config.max_lora_rank, config.runtime_lora_updating)
         for name, path in config.lora_modules:
             self.loras.add(name, path)
-        self.in_flight = 0
-        # the tasks streaming a request's output, while they wait for its next chunk (not while the
-        # client's server sends one: a cancel there lands in the server's own write)
-        self._running: set[asyncio.Task[Any]] = set()
-        self._shut = False  # the drain timed out: what still runs ends with an error
+        self.admission = Admission(config.max_concurrent, metrics)  # capacity, pause, drain
 
     # ---- input ------------------------------------------------------------------------------
     def served(self, model: str | None) -> ServedModel:
@@ -264,70 +255,32 @@ class GatewayCore:
         requests will make (see ``_prefill``). ``thinks``: a reasoning model's request under a
         grammar thinks freely first (gateway.reasoned).
         """
-        self.check_capacity()
-        self.in_flight += 1
-        task = asyncio.current_task()
-        assert task is not None
+        await self.admission.enter()
         trace = RequestTrace(self.metrics, arrived)
         error: BaseException | None = None
         if self.config.log_requests:
             request_log.received(work, self.config.max_log_len, work.params)
         chunks = think_then_answer(lambda w, t: self._generate(w, t, room), work, trace) if thinks \
             else self._generate(work, trace, room)
+        sent = 0  # tokens the client has
+        aborted = False
         try:
-            while True:
-                if self._shut:  # the drain timed out while the client's server was sending a chunk
-                    raise _drained()
-                self._running.add(task)  # drain() cancels it only while it waits here
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                finally:
-                    self._running.discard(task)
+            while (chunk := await self.admission.next_chunk(chunks)) is not None:
+                sent += len(chunk.tokens)
                 yield chunk
-        except asyncio.CancelledError as e:
-            if not self._shut:
-                error = e
-                raise
-            task.uncancel()  # cancelled by drain(), not by the client: the client hears why
-            error = _drained()
-            raise error from None
+        except Aborted:  # a pause in mode abort: the request ends with what it had (vLLM's "abort")
+            aborted = True
         except BaseException as e:
             error = e
             raise
         finally:
             await chunks.aclose()  # (a client gone mid-stream: the worker calls end and free their KV now)
-            self.in_flight -= 1
+            self.admission.leave()
             trace.ended(error)
             if self.config.log_requests:
                 request_log.finished(work.request_id, trace.outcome(error))
-
-    def check_capacity(self) -> None:
-        """OverloadedError when ``max_concurrent`` requests are in flight (a 429)."""
-        if self.in_flight >= self.config.max_concurrent:
-            exc = OverloadedError(f"{self.in_flight} requests in flight (limit {self.config.max_concurrent})")
-            self.metrics.error(exc)
-            raise exc
-
-    async def drain(self, timeout_s: float) -> None:
-        """On shutdown, once the servers take no new requests: the requests in flight get up to
-        ``timeout_s`` to finish. Those still running then end with UnavailableError (an SSE error
-        event, a 503, gRPC UNAVAILABLE), not a connection cut without a word, and their calls to
-        the workers are cancelled (the workers free their KV)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.in_flight and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        if not self.in_flight:
-            return
-        logger.warning("drain timeout: %d requests still in flight end with an error", self.in_flight)
-        self._shut = True
-        for task in list(self._running):
-            task.cancel()
-        deadline = loop.time() + 5.0  # for their errors to reach the clients
-        while self.in_flight and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        if aborted:
+            yield GenerationChunk("", [], "abort", Usage(prompt_tokens=len(work.prompt_ids), completion_tokens=sent))
 
     async def _generate(self, work: WorkRequest, trace: RequestTrace,
                         room: Room | None) -> AsyncIterator[GenerationChunk]:

@@ -42,8 +42,7 @@ async def embed(core: GatewayCore, work: WorkRequest, pooling: PoolingParams,
     """One input's vector and the prompt tokens a prefix cache served (a 429 past the gateway's
     requests in flight, as a generation's). In the gateway's request metrics and log as a request
     of its own. ``arrived``: when its HTTP or gRPC request came (``time.perf_counter()``)."""
-    core.check_capacity()
-    core.in_flight += 1
+    await core.admission.enter()
     trace = RequestTrace(core.metrics, arrived)
     if core.config.log_requests:
         request_log.received(work, core.config.max_log_len, pooling)
@@ -57,7 +56,7 @@ async def embed(core: GatewayCore, work: WorkRequest, pooling: PoolingParams,
         error = e
         raise
     finally:
-        core.in_flight -= 1
+        core.admission.leave()
         trace.ended(error)
         if core.config.log_requests:
             request_log.finished(work.request_id, trace.outcome(error))

@@ -26,6 +26,7 @@ from gateway import beam_search
 from gateway.choices import Choice, merged, plan_choices, total_usage
 from gateway.core import GatewayCore
 from gateway.dev_routes import add_dev_routes, add_profiler_routes
+from gateway.rl_routes import add_rl_routes
 from gateway.embeddings import add_embeddings_routes
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.http_common import (
@@ -104,7 +105,7 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
     @app.get("/load")
     async def load() -> dict[str, int]:
         """vLLM's server load: the requests this gateway has in flight (for a load balancer)."""
-        return {"server_load": core.in_flight}
+        return {"server_load": core.admission.in_flight}
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -269,6 +270,7 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
     add_responses_routes(app, core, ResponseStore(responses_kept))
     if core.config.dev_mode:
         add_dev_routes(app, core)
+        add_rl_routes(app, core)
     if core.config.profiler:
         add_profiler_routes(app, core)
     add_messages_routes(app, core)

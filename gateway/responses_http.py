@@ -76,7 +76,7 @@ def add_responses_routes(app: FastAPI, core: GatewayCore, store: ResponseStore) 
         if background:  # answered now, queued; the gateway's own task makes the answer
             assert done is not None  # (a background response is stored: _background)
             try:
-                core.check_capacity()
+                core.admission.check_capacity()
             except OverloadedError as e:
                 return tagged(error_response(e), request_id)
             run = runs.start(obj, merged(core, choices, arrived), done, rename)

@@ -139,6 +139,14 @@ class KVStoreClient:
         await self.close()
 
     # ---- cache operations -------------------------------------------------------------------
+    def use_layout(self, layout: KVLayout) -> None:
+        """Names blocks by ``layout`` from now on: the worker serves other weights (another
+        model id) in the same geometry (engine.weight_update)."""
+        if layout.geometry != self.layout.geometry:
+            raise ValueError(f"{layout} is not this client's geometry ({self.layout})")
+        self.layout = layout
+        self._ns = convert.namespace_to_pb(layout)
+
     def _namespace(self, cache_salt: str) -> pb.Namespace:
         return self._ns if not cache_salt else convert.namespace_to_pb(self.layout, cache_salt)
 

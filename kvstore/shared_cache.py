@@ -121,6 +121,12 @@ class SharedCache:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def settle(self) -> None:
+        """Waits for the writes and releases under way (before the worker's weights change: a
+        write names its blocks by the weights when it is sent)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
     def metrics(self) -> list[ServiceMetric]:
         """The kvstore as this worker sees it (runtime.engine_metrics, at scrape time)."""
         return [ServiceMetric("counter", "grove:kvstore_failures", "kvstore calls that failed (each a cache miss).",

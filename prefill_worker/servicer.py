@@ -13,6 +13,7 @@ from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from prefill_worker.service import OverloadedError, PrefillService
 from protocol import pipeline as convert
 from runtime.profiling import WorkerProfiler
+from runtime.weight_loading import WorkerWeights
 from runtime.worker_control import WorkerControl
 from runtime.kv_transfer import read_block_bytes
 from runtime.worker_process import ShuttingDownError
@@ -39,6 +40,7 @@ class PrefillServicer(WorkerControl, pb_grpc.PrefillWorkerServicer):
         self.service = service
         self.worker_id = worker_id
         self.profiler = WorkerProfiler(profiler_dir, worker_id)
+        self.weights = WorkerWeights()
 
     async def Prefill(self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext) -> pb.PrefillResponse:
         async with _statuses(context):

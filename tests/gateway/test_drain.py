@@ -65,10 +65,10 @@ def test_a_drain_timeout_ends_the_stream_with_an_error_wherever_it_stands(core: 
     async def run() -> tuple[int, BaseException | None]:
         consumer = asyncio.create_task(_consume(core, send))
         await asyncio.sleep(0.2)  # sending: the first chunk is being sent; waiting: the first is awaited
-        await core.drain(0.05)
+        await core.admission.drain(0.05)
         return await asyncio.wait_for(consumer, 5)
 
     got, error = asyncio.run(run())
     assert isinstance(error, UnavailableError) and "drain timeout" in str(error), error
     assert got == (1 if where == "sending" else 0)
-    assert closed == [True] and core.in_flight == 0
+    assert closed == [True] and core.admission.in_flight == 0
