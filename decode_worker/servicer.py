@@ -12,6 +12,7 @@ from grove.internal.v1 import worker_pb2 as pb
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from protocol import pipeline as convert
 from runtime.profiling import WorkerProfiler
+from runtime.sleeping import WorkerSleep
 from runtime.weight_loading import WorkerWeights
 from runtime.worker_control import WorkerControl
 from runtime.worker_process import ShuttingDownError
@@ -23,8 +24,10 @@ class DecodeServicer(WorkerControl, pb_grpc.DecodeWorkerServicer):
         self.worker_id = worker_id
         self.profiler = WorkerProfiler(profiler_dir, worker_id)
         self.weights = WorkerWeights()
+        self.sleep = WorkerSleep()
 
     async def Decode(self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DecodeChunk]:
+        await self.refuse_if_asleep(context)
         try:
             work = convert.work_from_pb(request.request)
             stream = self.service.decode(work, convert.token_from_pb(request.first_token), request.first_text,
@@ -41,4 +44,4 @@ class DecodeServicer(WorkerControl, pb_grpc.DecodeWorkerServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"KV handoff failed: {e}")
 
     async def Stats(self, request: pb.WorkerStatsRequest, context: grpc.aio.ServicerContext) -> pb.WorkerStats:
-        return pb.WorkerStats(worker_id=self.worker_id, role="decode", **self.service.stats())
+        return pb.WorkerStats(worker_id=self.worker_id, role="decode", **self.service.stats(), asleep=self.sleep.asleep)

@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=os.environ.get("VLLM_SERVER_DEV_MODE", "").lower() in ("1", "true"),
                    help="serve vLLM's development endpoints: POST /reset_prefix_cache, /pause, /resume, "
                         "/update_weights (also VLLM_SERVER_DEV_MODE=1)")
+    p.add_argument("--enable-sleep-mode", action="store_true",
+                   help="vLLM's: in development mode, POST /sleep?level=1|2 gives back every worker's KV cache (and "
+                        "at level 2 its weights) while nothing runs, /wake_up takes them back, GET /is_sleeping")
     p.add_argument("--weight-transfer-config", default="",
                    help="vLLM's: how /update_weights gets new weights; JSON, '{\"backend\": \"disk\"}' (the "
                         "default and the only backend: a checkpoint directory every worker reads)")
@@ -199,7 +202,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
                                          args.enable_lora and args.allow_runtime_lora_updating,
                                          pooling(args, model_dir),
                                          force_include_usage=args.enable_force_include_usage,
-                                         dev_mode=args.server_dev_mode, profiler=args.enable_profiler),
+                                         dev_mode=args.server_dev_mode, profiler=args.enable_profiler,
+                                         sleep_mode=args.enable_sleep_mode),
                            router, metrics)
     except InvalidRequestError as e:  # an adapter of --lora-modules that cannot be served
         raise SystemExit(f"--lora-modules: {e.message}") from None

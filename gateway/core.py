@@ -66,6 +66,7 @@ class GatewayConfig:
     force_include_usage: bool = False  # vLLM's --enable-force-include-usage: every stream ends with its usage
     dev_mode: bool = False  # vLLM's VLLM_SERVER_DEV_MODE: development endpoints (gateway.dev_routes)
     profiler: bool = False  # vLLM's VLLM_TORCH_PROFILER_DIR: /start_profile and /stop_profile (gateway.dev_routes)
+    sleep_mode: bool = False  # vLLM's --enable-sleep-mode: /sleep and /wake_up, in dev mode (gateway.rl_routes)
 
     @property
     def served_names(self) -> tuple[str, ...]:

@@ -11,6 +11,11 @@ restart and no request running across two sets of weights.
   loads it beside the weights it serves; once all have, all serve it (if any cannot load it, none
   does, and the error names it). Only while paused. ``POST /init_weight_transfer_engine`` answers
   as vLLM's does (the disk backend needs no rendezvous).
+- Sleep mode (with ``--enable-sleep-mode``): ``POST /sleep?level=1|2&mode=abort|wait`` pauses as
+  ``/pause`` does, then every worker gives back its KV cache (level 1) and its weights (level 2)
+  (engine.sleep_mode); ``POST /wake_up?tags=weights&tags=kv_cache`` takes them back (every tag by
+  default), and generation resumes once nothing sleeps; ``GET /is_sleeping``. An RL trainer's
+  step: ``/sleep?level=2``, ``/wake_up?tags=weights``, ``/update_weights``, ``/wake_up?tags=kv_cache``.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from engine.errors import InvalidRequestError
+from engine.sleep_mode import TAGS as SLEEP_TAGS
 from gateway.admission import PAUSE_MODES, PauseMode
 from gateway.core import GatewayCore
 from gateway.dev_routes import on_every_worker
@@ -59,6 +65,13 @@ def pause_mode(request: Request) -> PauseMode:
     return mode  # type: ignore[return-value]
 
 
+def sleep_level(request: Request) -> int:
+    level = request.query_params.get("level", "1")
+    if level not in ("1", "2"):
+        raise InvalidRequestError("level", f"must be 1 or 2, got {level!r}")
+    return int(level)
+
+
 def add_rl_routes(app: FastAPI, core: GatewayCore) -> None:
     admission = core.admission
 
@@ -79,6 +92,44 @@ def add_rl_routes(app: FastAPI, core: GatewayCore) -> None:
     @app.get("/is_paused")
     async def is_paused() -> Response:
         return JSONResponse({"is_paused": admission.paused})
+
+    @app.post("/sleep")
+    async def sleep(request: Request) -> Response:
+        try:
+            if not core.config.sleep_mode:
+                raise InvalidRequestError("sleep", "sleep mode is off: start the gateway with --enable-sleep-mode")
+            level, mode = sleep_level(request), pause_mode(request)
+        except InvalidRequestError as e:
+            return error_response(e)
+        await admission.pause(mode)
+        slept, failed = await on_every_worker(
+            core, lambda w, stub: stub.Sleep(pb.SleepRequest(level=level), timeout=COMMIT_TIMEOUT_S))
+        if failed is not None:  # all or nothing: those asleep wake, generation goes on
+            await on_every_worker(core, lambda w, stub: stub.WakeUp(pb.WakeUpRequest(), timeout=LOAD_TIMEOUT_S))
+            admission.resume()
+            return failed
+        logger.info("asleep (level %d): %.1f MiB given back by %d workers", level,
+                    sum(r.bytes for r in slept.values()) / 2**20, len(slept))
+        return Response(status_code=200)
+
+    @app.post("/wake_up")
+    async def wake_up(request: Request) -> Response:
+        tags = request.query_params.getlist("tags")
+        if unknown := [t for t in tags if t not in SLEEP_TAGS]:
+            return error_response(InvalidRequestError("tags", f"unknown {unknown}: the tags are {list(SLEEP_TAGS)}"))
+        woken, failed = await on_every_worker(
+            core, lambda w, stub: stub.WakeUp(pb.WakeUpRequest(tags=tags), timeout=LOAD_TIMEOUT_S))
+        if failed is not None:
+            return failed
+        if not any(r.asleep for r in woken.values()):
+            admission.resume()
+        return Response(status_code=200)
+
+    @app.get("/is_sleeping")
+    async def is_sleeping() -> Response:
+        stats, failed = await on_every_worker(
+            core, lambda w, stub: stub.Stats(pb.WorkerStatsRequest(), timeout=COMMIT_TIMEOUT_S))
+        return failed or JSONResponse({"is_sleeping": any(s.asleep for s in stats.values())})
 
     @app.post("/init_weight_transfer_engine")
     async def init_weight_transfer_engine(request: Request) -> Response:

@@ -59,6 +59,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-lora-rank", type=int, default=0, help="highest adapter rank (default: the services' 16)")
     s.add_argument("--max-cpu-loras", type=int, default=0, help="adapters each worker keeps loaded (default: 8)")
     s.add_argument("--max-loras", type=int, default=0, help="adapters each worker runs at once (default: 4)")
+    s.add_argument("--enable-sleep-mode", action="store_true",
+                   help="/sleep, /wake_up and /is_sleeping, in development mode (VLLM_SERVER_DEV_MODE=1)")
+    s.add_argument("--weight-transfer-config", default="", help="how /update_weights gets weights: "
+                   "'{\"backend\": \"disk\"}' (the default, and the only one)")
     x = p.add_argument_group("any other flag of a service, as one string each "
                              "(e.g. --gateway-args '--allowed-origins https://ui.example --allow-credentials')")
     for who in ("gateway", "prefill", "decode", "worker"):
@@ -137,6 +141,8 @@ def _service_args(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
                *(["--enable-lora"] if args.enable_lora else []),
                *(["--lora-modules", *args.lora_modules] if args.lora_modules else []),
                *(["--allow-runtime-lora-updating"] if args.allow_runtime_lora_updating else []),
+               *(["--enable-sleep-mode"] if args.enable_sleep_mode else []),
+               *(["--weight-transfer-config", args.weight_transfer_config] if args.weight_transfer_config else []),
                *(["--max-lora-rank", str(args.max_lora_rank)] if args.max_lora_rank else []),
                *shlex.split(args.gateway_args)]
     prefill = tuple(shlex.split(args.prefill_args))

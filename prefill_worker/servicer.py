@@ -13,6 +13,7 @@ from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from prefill_worker.service import OverloadedError, PrefillService
 from protocol import pipeline as convert
 from runtime.profiling import WorkerProfiler
+from runtime.sleeping import WorkerSleep
 from runtime.weight_loading import WorkerWeights
 from runtime.worker_control import WorkerControl
 from runtime.kv_transfer import read_block_bytes
@@ -41,8 +42,10 @@ class PrefillServicer(WorkerControl, pb_grpc.PrefillWorkerServicer):
         self.worker_id = worker_id
         self.profiler = WorkerProfiler(profiler_dir, worker_id)
         self.weights = WorkerWeights()
+        self.sleep = WorkerSleep()
 
     async def Prefill(self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext) -> pb.PrefillResponse:
+        await self.refuse_if_asleep(context)
         async with _statuses(context):
             res = await self.service.prefill(convert.work_from_pb(request.request))
         resp = pb.PrefillResponse(first_token=convert.token_to_pb(res.first), cached_tokens=res.cached_tokens,
@@ -54,6 +57,7 @@ class PrefillServicer(WorkerControl, pb_grpc.PrefillWorkerServicer):
         return resp
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        await self.refuse_if_asleep(context)
         async with _statuses(context):
             vector, cached = await self.service.embed(convert.work_from_pb(request.request),
                                                       convert.pooling_from_pb(request.pooling))
@@ -85,4 +89,4 @@ class PrefillServicer(WorkerControl, pb_grpc.PrefillWorkerServicer):
         return pb.NixlMetadataResponse(agent=plane.name, metadata=plane.metadata())
 
     async def Stats(self, request: pb.WorkerStatsRequest, context: grpc.aio.ServicerContext) -> pb.WorkerStats:
-        return pb.WorkerStats(worker_id=self.worker_id, role="prefill", **self.service.stats())
+        return pb.WorkerStats(worker_id=self.worker_id, role="prefill", **self.service.stats(), asleep=self.sleep.asleep)

@@ -1,6 +1,6 @@
 """The RPCs both workers answer alike, mixed into their servicers: vLLM's reset of the prefix cache
-(runtime.prefix_reset), its profiler (runtime.profiling) and weight updates from disk
-(runtime.weight_loading)."""
+(runtime.prefix_reset), its profiler (runtime.profiling), weight updates from disk
+(runtime.weight_loading) and sleep mode (runtime.sleeping)."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,6 +10,7 @@ import grpc
 from grove.internal.v1 import worker_pb2 as pb
 from runtime.prefix_reset import reset_prefix_caches
 from runtime.profiling import WorkerProfiler
+from runtime.sleeping import WorkerSleep
 from runtime.weight_loading import WorkerWeights
 
 
@@ -17,6 +18,14 @@ class WorkerControl:
     service: Any  # the worker's service: its engine (AsyncEngine) and kvstore (SharedCache | None)
     profiler: WorkerProfiler
     weights: WorkerWeights
+    sleep: WorkerSleep
+    worker_id: str
+
+    async def refuse_if_asleep(self, context: grpc.aio.ServicerContext) -> None:
+        """New work on a sleeping worker: UNAVAILABLE, naming what it gave back."""
+        if self.sleep.asleep:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.worker_id} is asleep (sleep mode: "
+                                                             f"{self.sleep.asleep} given back): POST /wake_up")
 
     async def ResetPrefixCache(self, request: pb.ResetPrefixCacheRequest,
                                context: grpc.aio.ServicerContext) -> pb.ResetPrefixCacheResponse:
@@ -34,4 +43,13 @@ class WorkerControl:
 
     async def CommitWeights(self, request: pb.CommitWeightsRequest,
                             context: grpc.aio.ServicerContext) -> pb.CommitWeightsResponse:
+        if "weights" in self.sleep.asleep and not request.discard:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.worker_id}'s weights are asleep: wake "
+                                                                     "them first (/wake_up?tags=weights)")
         return await self.weights.commit(self.service.engine, self.service.kvstore, request, context)
+
+    async def Sleep(self, request: pb.SleepRequest, context: grpc.aio.ServicerContext) -> pb.SleepResponse:
+        return await self.sleep.sleep(self.service.engine, self.service.kvstore, request, context)
+
+    async def WakeUp(self, request: pb.WakeUpRequest, context: grpc.aio.ServicerContext) -> pb.WakeUpResponse:
+        return await self.sleep.wake_up(self.service.engine, request, context)

@@ -67,8 +67,9 @@ def launched(tmp_path: Path, lora_dirs: dict[str, Path]) -> Iterator[Launcher]:
     launcher = Launcher(tmp_path / "logs", "--served-model-name", "grove-test", "grove-alias", "--max-model-len", "512",
                         "--lookahead", "off", "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
                         "--reasoning-parser", "qwen3", "--enable-lora", "--lora-modules", f"all={lora_dirs['all']}",
-                        "--allow-runtime-lora-updating", "--max-lora-rank", "8",
-                        "--gateway-args", "--allowed-origins https://ui.example")
+                        "--allow-runtime-lora-updating", "--max-lora-rank", "8", "--enable-sleep-mode",
+                        "--weight-transfer-config", '{"backend": "disk"}',
+                        "--gateway-args", "--allowed-origins https://ui.example --server-dev-mode")
     yield launcher
     launcher.kill()
 
@@ -104,6 +105,9 @@ def test_serving_flags_reach_the_services_and_ctrl_c_stops_them_all(launched: La
         "messages": [{"role": "user", "content": "hi"}], "tools": [tool], "tool_choice": "auto", "max_tokens": 2})
     assert r.status_code == 200, r.text
     assert "reasoning" in r.json()["choices"][0]["message"]  # the reasoning parser's field (null: no thinking)
+    assert httpx.get(launched.url + "/is_sleeping", timeout=10).json() == {"is_sleeping": False}  # sleep mode on
+    r = httpx.post(launched.url + "/sleep", params={"level": "9"}, timeout=10)
+    assert r.status_code == 400 and "level" in r.text, r.text  # (not "sleep mode is off")
     assert len(launched.services()) == 5  # kvstore, prefill, decode, gateway and the launcher
     launched.proc.send_signal(signal.SIGINT)
     assert launched.wait(60) == 0

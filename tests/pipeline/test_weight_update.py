@@ -63,6 +63,8 @@ def test_pause_update_weights_resume(stack: Stack, model_dir: Path, tokenizer: A
         assert r.status_code == 400 and "POST /pause first" in r.text, r.text
         assert httpx.get(url + "/is_paused").json() == {"is_paused": False}
         assert _post(url, "/pause", params={"mode": "keep"}).status_code == 400
+        r = _post(url, "/sleep")
+        assert r.status_code == 400 and "--enable-sleep-mode" in r.text, r.text
 
         async def paused_update() -> dict[str, Any]:
             async with httpx.AsyncClient(base_url=url, timeout=300) as client:
