@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bench.checkpoints import other_architecture, retrained_checkpoint
 from engine import weight_update
 from engine.engine_config import EngineConfig
 from engine.errors import InvalidRequestError
@@ -16,7 +17,6 @@ from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from engine.sleep_mode import SleepMode
 from engine.weight_update import EngineBusyError
-from tests.weights_data import other_architecture, retrained_checkpoint
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12)
 

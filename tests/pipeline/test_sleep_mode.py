@@ -13,12 +13,12 @@ from typing import Any
 
 import httpx
 
+from bench.checkpoints import retrained_checkpoint
 from engine.config import ModelConfig
 from launcher.stack import Stack
 from launcher.stack_probe import worker_stats
 from tests.pipeline.gateway_process import Gateway
 from tests.pipeline.test_weight_update import MAX_TOKENS, PROMPT, _complete, _hf_greedy, _post, _update
-from tests.weights_data import retrained_checkpoint
 
 MiB = 2**20
 

@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import torch
 
+from bench.checkpoints import other_architecture, retrained_checkpoint
 from launcher.stack import Stack
 from launcher.stack_probe import wait_idle
 from tests.pipeline.gateway_process import Gateway
-from tests.weights_data import other_architecture, retrained_checkpoint
 
 PROMPT = ("Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do: "
           "once or twice she had peeped into the book her sister was reading, but it had no pictures or "

@@ -1,5 +1,6 @@
-"""Checkpoints for weight-update tests: the bundled model with other weights, written as a
-training step would leave them (config, tokenizer and safetensors in a directory of their own)."""
+"""Checkpoints for weight updates (the tests, scripts/bench_weight_update.py): the bundled model
+with other weights, as a training step leaves them (config, tokenizer and safetensors in a
+directory of their own)."""
 from __future__ import annotations
 
 import json
