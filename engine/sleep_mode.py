@@ -70,6 +70,8 @@ class SleepMode:
             if level == 2:
                 given += _nbytes(weights)
                 eng.model.weights = None  # type: ignore[assignment]  # never stepped while asleep
+                del weights
+                _trim_heap()
             elif eng.model.device.type != "cpu":
                 self._host_weights = _mapped(weights, lambda t: t.to("cpu"))
                 given += _nbytes(weights)
@@ -115,6 +117,15 @@ def _give_back_pages(t: torch.Tensor) -> int:
         logger.warning("madvise failed (errno %d): the KV pool's memory stays taken", ctypes.get_errno())
         return 0
     return end - start
+
+
+def _trim_heap() -> None:
+    """Hands the heap's free memory back to the OS (glibc keeps freed chunks of the weights that
+    sat below its mmap threshold)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except AttributeError:  # not glibc
+        pass
 
 
 _LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerWeights))
