@@ -53,6 +53,8 @@ class MessageObject:
             return None
         if self.finish == "length":
             return "max_tokens"
+        if self.finish == "abort":  # stopped by a pause (gateway.admission): the turn may be sent back to go on
+            return "pause_turn"
         if self.items.calls():
             return "tool_use"
         return "stop_sequence" if self.stop_sequence is not None else "end_turn"

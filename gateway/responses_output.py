@@ -17,6 +17,10 @@ from gateway.answer_items import AnswerItems, Change
 from gateway.token_names import TokenNames
 from gateway.tools import ToolPlan
 
+# finish reasons that leave the answer incomplete: out of tokens, or stopped by a pause (vLLM's
+# "abort": gateway.admission)
+CUT_SHORT = ("length", "abort")
+
 
 def _usage(u: Usage) -> dict[str, Any]:
     return {"input_tokens": u.prompt_tokens, "input_tokens_details": {"cached_tokens": u.cached_tokens},
@@ -60,7 +64,7 @@ class ResponseObject:
             return self.ended
         if self.finish is None:
             return "queued" if self.queued else "in_progress"
-        return "incomplete" if self.finish == "length" else "completed"
+        return "incomplete" if self.finish in CUT_SHORT else "completed"
 
     def _message(self) -> dict[str, Any]:
         """The answer's one message: its text so far (a background response retrieved as it goes),
@@ -69,7 +73,7 @@ class ResponseObject:
         if self.finish is None and self.ended is None:
             status = "in_progress"
         else:
-            status = "completed" if self.finish not in (None, "length") else "incomplete"
+            status = "completed" if self.finish not in (None, *CUT_SHORT) else "incomplete"
         return {"type": "message", "id": self.item_id, "status": status, "role": "assistant", "content": content}
 
     def _part(self, text: str | None = None) -> dict[str, Any]:
@@ -87,7 +91,8 @@ class ResponseObject:
         return {
             "id": self.id, "object": "response", "created_at": int(self.created), "model": self.model,
             "status": self.status, "error": self.failure, "background": b.get("background") is True,
-            "incomplete_details": {"reason": "max_output_tokens"} if self.status == "incomplete" else None,
+            "incomplete_details": {"reason": "max_output_tokens" if self.finish == "length" else "abort"}
+            if self.status == "incomplete" else None,
             "completed_at": int(self.completed) if self.completed is not None else None,
             "instructions": b.get("instructions"), "max_output_tokens": b.get("max_output_tokens"),
             "metadata": b.get("metadata"), "output": self._output(), "top_logprobs": b.get("top_logprobs"),
@@ -213,7 +218,7 @@ class ResponseObject:
                 events.append(self._event(kind, **where, **extra, delta=delta))
                 continue
             # done: complete, or incomplete where the answer ran out of tokens in it
-            self._status[k] = "incomplete" if k == last and self.finish == "length" else "completed"
+            self._status[k] = "incomplete" if k == last and self.finish in CUT_SHORT else "completed"
             if it.kind == "text":
                 events += [self._event("response.output_text.done", **where, content_index=0, text=it.text, logprobs=[]),
                            self._event("response.content_part.done", **where, content_index=0, part=self._part(it.text))]

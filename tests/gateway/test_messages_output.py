@@ -93,3 +93,12 @@ def test_a_request_as_chat() -> None:
     with pytest.raises(InvalidRequestError) as e:
         as_chat_body({"max_tokens": 1, "messages": [{"role": "user", "content": "x"}], "frequency_penalty": 1})
     assert e.value.field == "frequency_penalty"
+
+
+def test_an_answer_stopped_by_a_pause_is_a_paused_turn() -> None:
+    """A pause in mode abort (gateway.admission) stops the answer: Anthropic's ``pause_turn``, the
+    turn to send back to go on."""
+    obj = MessageObject("req-y", "m", 5)
+    obj.add("Hel", "abort", Usage(5, 1))
+    m = obj.json()
+    assert m["stop_reason"] == "pause_turn" and m["content"] == [{"type": "text", "text": "Hel"}]

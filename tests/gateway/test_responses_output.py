@@ -100,3 +100,15 @@ def test_thinking_is_a_reasoning_item_before_the_answers_items(seed: int) -> Non
     assert final.output[0].type == "reasoning" and final.output[0].content[0].text == "I need the weather."
     assert final.output_text == "Let me check.\nDone."
     assert obj.answer()["reasoning_content"] == "I need the weather."
+
+
+@pytest.mark.parametrize(("finish", "reason"), [("length", "max_output_tokens"), ("abort", "abort")])
+def test_an_answer_cut_short_is_incomplete_and_says_why(finish: str, reason: str) -> None:
+    """Out of tokens, or stopped by a pause in mode abort (gateway.admission): the response, its
+    message and its last event say incomplete, with the reason."""
+    obj = ResponseObject("req-cut", "m", {"input": "x"})
+    events = obj.opening() + obj.add("Hello", finish, Usage(3, 1)) + obj.closing()
+    out = obj.json()
+    assert out["status"] == "incomplete" and out["incomplete_details"] == {"reason": reason}
+    assert out["output"][0]["status"] == "incomplete" and out["output"][0]["content"][0]["text"] == "Hello"
+    assert events[-1]["type"] == "response.incomplete"
