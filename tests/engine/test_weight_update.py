@@ -1,7 +1,7 @@
 """New weights and sleep mode on one engine (engine.weight_update, engine.sleep_mode): what is
 refused while the engine serves, what a commit changes (the weights, the KV namespace, the prefix
 cache), and that waking from either level answers as before. The stack runs them in
-tests/pipeline/test_weight_update.py and tests/pipeline/test_sleep_mode.py."""
+tests/pipeline/test_rl_endpoints.py."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,6 +1,6 @@
 """The gateway's pause (vLLM's ``/pause`` and ``/resume``): where it stops a request and what the
 client gets. The real core with the request's chunk source replaced by a stream that never ends
-(as tests/gateway/test_drain.py does); tests/pipeline/test_weight_update.py runs it over the stack."""
+(as tests/gateway/test_drain.py does); tests/pipeline/test_rl_endpoints.py runs it over the stack."""
 from __future__ import annotations
 
 import asyncio

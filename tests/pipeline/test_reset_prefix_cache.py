@@ -44,6 +44,8 @@ def _prefill(stack: Stack, worker: str, ids: list[int]) -> int:
 def test_a_reset_forgets_every_cached_prefix_and_spares_running_requests(stack: Stack, tmp_path: Path) -> None:
     assert httpx.post(stack.http_url + "/reset_prefix_cache", timeout=10).status_code == 404  # not in dev mode
     gw = Gateway(stack, tmp_path, "--server-dev-mode")
+    r = httpx.post(gw.http_url + "/sleep", timeout=10)  # development mode without sleep mode (vLLM's flag)
+    assert r.status_code == 400 and "--enable-sleep-mode" in r.text, r.text
     prefills = sorted(name for name in worker_stats(stack) if name.startswith("prefill"))
     rng = random.Random(5)
     # a prompt of each prefill worker's own, 20 blocks (each written back to the kvstore too)

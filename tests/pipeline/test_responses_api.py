@@ -4,6 +4,7 @@ continued and deleted; its errors as 400s naming the field."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ import openai
 import pytest
 
 from launcher.stack import Stack
+from tests.pipeline.gateway_process import Gateway
 
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -168,15 +170,23 @@ def test_bad_requests_get_400_naming_the_field(stack: Stack, body: dict, field: 
 
 
 def test_truncation_auto_keeps_the_end_of_a_conversation_too_long_for_the_context(stack: Stack,
-                                                                                  client: openai.OpenAI) -> None:
-    context = httpx.get(stack.http_url + "/v1/models", timeout=10).json()["data"][0]["max_model_len"]
-    long = "word " * (context + 100)
-    with pytest.raises(openai.BadRequestError):
-        client.responses.create(model=MODEL, input=long, max_output_tokens=2)
-    r = client.responses.create(model=MODEL, input=long, max_output_tokens=2, truncation="auto")
-    assert r.truncation == "auto" and r.usage.input_tokens == context - 2
-    with pytest.raises(openai.BadRequestError, match="truncation"):
-        client.responses.create(model=MODEL, input="Hi", truncation="middle")  # type: ignore[arg-type]
+                                                                                  tmp_path: Path) -> None:
+    # a gateway of a 1,024-token context over the stack's workers (the workers' own, ~5,600 tokens,
+    # took half a minute to prefill on one thread)
+    gw = Gateway(stack, tmp_path, "--max-model-len", "1024")
+    try:
+        client = openai.OpenAI(base_url=gw.http_url + "/v1", api_key="none", timeout=120)
+        context = httpx.get(gw.http_url + "/v1/models", timeout=10).json()["data"][0]["max_model_len"]
+        assert context == 1024
+        long = "word " * (context + 100)
+        with pytest.raises(openai.BadRequestError):
+            client.responses.create(model=MODEL, input=long, max_output_tokens=2)
+        r = client.responses.create(model=MODEL, input=long, max_output_tokens=2, truncation="auto")
+        assert r.truncation == "auto" and r.usage.input_tokens == context - 2
+        with pytest.raises(openai.BadRequestError, match="truncation"):
+            client.responses.create(model=MODEL, input="Hi", truncation="middle")  # type: ignore[arg-type]
+    finally:
+        gw.stop()
 
 
 def test_input_items_list_the_requests_input(client: openai.OpenAI) -> None:
