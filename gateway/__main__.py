@@ -30,6 +30,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.router import Router
 from grove.v1 import api_pb2_grpc as pb_grpc
 from runtime.grpc_server import create_server, set_serving
+from runtime.metric_names import add_metrics_names_arg
 from runtime.process import configure_logging, run_service, write_ready_file
 
 logger = logging.getLogger("gateway")
@@ -69,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=os.environ.get("VLLM_SERVER_DEV_MODE", "").lower() in ("1", "true"),
                    help="serve vLLM's development endpoints: POST /reset_prefix_cache, /pause, /resume, "
                         "/update_weights (also VLLM_SERVER_DEV_MODE=1)")
+    add_metrics_names_arg(p)
     p.add_argument("--enable-sleep-mode", action="store_true",
                    help="vLLM's: in development mode, POST /sleep?level=1|2 gives back every worker's KV cache (and "
                         "at level 2 its weights) while nothing runs, /wake_up takes them back, GET /is_sleeping")
@@ -192,7 +194,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     router = Router([a for a in args.prefill.split(",") if a], [a for a in args.decode.split(",") if a], args.block_size)
     await router.refresh()
     router.start()
-    metrics = GatewayMetrics(name, args.worker_id or f"gateway-{os.getpid()}", router)
+    metrics = GatewayMetrics(name, args.worker_id or f"gateway-{os.getpid()}", router, args.metrics_names)
     try:
         core = GatewayCore(GatewayConfig(model_dir, name, max_len, args.max_concurrent, args.sampling_defaults,
                                          args.chat_template, args.trust_request_chat_template, tuple(aliases),

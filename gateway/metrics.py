@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from runtime.metric_names import exposed
+
 if TYPE_CHECKING:
     from gateway.router import Router
 
@@ -35,8 +37,10 @@ RETRIES = (("prefill", "UNAVAILABLE"), ("prefill", "DEADLINE_EXCEEDED"), ("prefi
 
 
 class GatewayMetrics:
-    def __init__(self, model_name: str, worker_id: str, router: "Router") -> None:
+    def __init__(self, model_name: str, worker_id: str, router: "Router", names: str = "grove") -> None:
+        """``names``: the names /metrics shows (runtime.metric_names)."""
         self.registry = CollectorRegistry()
+        self._exposed = exposed(self.registry, names)
         self.labels = {"model_name": model_name, "role": "gateway", "worker_id": worker_id}
         names = list(self.labels)
 
@@ -83,7 +87,7 @@ class GatewayMetrics:
         self._retries.labels(**self.labels, worker_role=role, code=code).inc()
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
 
 
 class RequestTrace:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from runtime.metric_names import add_metrics_names_arg
+
 DEFAULTS = dict(dtype="float32", block_size=16, num_layers=30, num_kv_heads=3, head_dim=64)  # SmolLM2-135M
 
 
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nixl", action=argparse.BooleanOptionalAction, default=True,
                    help="serve the NIXL data plane (--no-nixl: gRPC streams only)")
     p.add_argument("--metrics-port", type=int, default=-1, help="prometheus /metrics port (0: any free one, -1: off)")
+    add_metrics_names_arg(p)
     p.add_argument("--grace-period", type=float, default=5.0, help="seconds in-flight RPCs get on SIGTERM")
     p.add_argument("--chunk-bytes", type=int, default=2 << 20, help="fallback stream chunk size (<= 3 MiB)")
     p.add_argument("--check-integrity-on-exit", action="store_true",
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             tiers.append(TierConfig("disk", "cpu", disk_blocks, path=args.disk_path))
         store_config = StoreConfig(geometry, tuple(tiers), lease_ttl_s=args.lease_ttl)
         server_config = ServerConfig(args.address, args.port_file, args.nixl, args.metrics_port, args.grace_period,
-                                     args.chunk_bytes, args.check_integrity_on_exit, args.ready_file, args.snapshot)
+                                     args.chunk_bytes, args.check_integrity_on_exit, args.ready_file, args.snapshot,
+                                     args.metrics_names)
     except ValueError as e:
         parser.error(str(e))  # exits 2 with the usage line
     uvloop.run(serve(store_config, server_config))

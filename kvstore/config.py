@@ -51,6 +51,7 @@ class ServerConfig:
     check_integrity_on_exit: bool = False  # tests: prove the store's invariants at shutdown
     ready_file: str | None = None  # JSON {"grpc_port", "metrics_port"}, like the other services' ready files
     snapshot: str | None = None  # the cache kept across restarts: read at start, written at shutdown (kvstore.snapshot)
+    metrics_names: str = "grove"  # /metrics under Grove's names, vLLM's or both (runtime.metric_names)
 
     def __post_init__(self) -> None:
         if not 0 < self.max_chunk_bytes <= 3 << 20:

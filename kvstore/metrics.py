@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 from typing import Iterator
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from kvstore.store import KVStore
+from runtime.metric_names import exposed
+from runtime.metrics_http import serve_metrics_http
 
 logger = logging.getLogger(__name__)
 PREFIX = "grove:kvstore_"
@@ -50,11 +52,11 @@ class StoreCollector(Collector):
         yield seconds
 
 
-def serve_metrics(store: KVStore, port: int, addr: str = "0.0.0.0"):
-    """Start the /metrics endpoint on its own thread (port 0: any free one); returns the HTTP server
-    (``.server_port``; call ``.shutdown()``)."""
+def serve_metrics(store: KVStore, port: int, addr: str = "0.0.0.0", names: str = "grove"):
+    """Start the /metrics endpoint on its own thread (port 0: any free one), under ``names``
+    (runtime.metric_names); returns the HTTP server (``.server_port``; call ``.shutdown()``)."""
     registry = CollectorRegistry()
     registry.register(StoreCollector(store))
-    server, _ = start_http_server(port, addr=addr, registry=registry)
+    server = serve_metrics_http(exposed(registry, names), addr, port)
     logger.info("metrics on http://%s:%d/metrics", addr, server.server_port)
     return server

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from launcher.stack import Stack, StackConfig
+from runtime.metric_names import NAMES
 
 logger = logging.getLogger("launcher")
 
@@ -59,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-lora-rank", type=int, default=0, help="highest adapter rank (default: the services' 16)")
     s.add_argument("--max-cpu-loras", type=int, default=0, help="adapters each worker keeps loaded (default: 8)")
     s.add_argument("--max-loras", type=int, default=0, help="adapters each worker runs at once (default: 4)")
+    s.add_argument("--metrics-names", choices=NAMES, default="",
+                   help="every service's /metrics under Grove's names, vLLM's (vllm:...) or both (default: "
+                        "$GROVE_METRICS_NAMES, else grove)")
     s.add_argument("--enable-sleep-mode", action="store_true",
                    help="/sleep, /wake_up and /is_sleeping, in development mode (VLLM_SERVER_DEV_MODE=1)")
     s.add_argument("--weight-transfer-config", default="", help="how /update_weights gets weights: "
@@ -119,12 +123,14 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
                        http_port=args.http_port, grpc_port=args.grpc_port, nixl=not args.no_nixl,
                        dtype=args.dtype, kvstore_capacity=args.kvstore_capacity,
                        kvstore_snapshot=_absolute(args.kvstore_snapshot) if args.kvstore_snapshot else "",
-                       api_key=args.api_key, log_dir=args.log_dir, worker_kv_gb=args.kv_cache_gb, **_service_args(args))
+                       api_key=args.api_key, log_dir=args.log_dir, worker_kv_gb=args.kv_cache_gb,
+                       metrics_names=args.metrics_names, **_service_args(args))
 
 
 def _service_args(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
     """StackConfig's per-service arguments from the launcher's flags."""
-    worker = [*(["--max-model-len", str(args.max_model_len)] if args.max_model_len else []),
+    worker = [*(["--served-model-name", args.served_model_name[0]] if args.served_model_name else []),  # metrics' label
+              *(["--max-model-len", str(args.max_model_len)] if args.max_model_len else []),
               *(["--max-num-seqs", str(args.max_num_seqs)] if args.max_num_seqs else []),
               *(["--max-lora-rank", str(args.max_lora_rank)] if args.max_lora_rank else []),
               *(["--max-cpu-loras", str(args.max_cpu_loras)] if args.max_cpu_loras else []),

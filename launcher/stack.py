@@ -64,6 +64,7 @@ class StackConfig:
     decode_kvstore: bool = True  # decode workers write what they generate to the kvstore
     log_dir: str = ""  # "" = a temp dir; logs go to files there
     threads_per_worker: int = 0
+    metrics_names: str = ""  # every service's --metrics-names (runtime.metric_names); "": their default
 
 
 @dataclass(slots=True)
@@ -88,6 +89,8 @@ class Stack:
         ready = self.dir / f"{name}.ready"
         ready.unlink(missing_ok=True)
         log = open(self.dir / f"{name}.log", "ab")
+        if self.config.metrics_names:
+            args = [*args, "--metrics-names", self.config.metrics_names]
         proc = subprocess.Popen([sys.executable, "-m", module, *args, "--ready-file", str(ready)],
                                 stdout=log, stderr=subprocess.STDOUT, env=service_env(), start_new_session=True)
         svc = Service(name, proc, ready, log)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterator, Literal, NamedTuple, Sequence
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from engine.llm_engine import LLMEngine
 from engine.lookahead.drafter import SOURCES
 from engine.sequence import Sequence as Seq
+from runtime.metric_names import exposed
+from runtime.metrics_http import serve_metrics_http
 
 
 class ServiceMetric(NamedTuple):
@@ -28,9 +30,10 @@ class ServiceMetric(NamedTuple):
 
 class EngineCollector:
     def __init__(self, engine: LLMEngine, role: str, worker_id: str,
-                 service: Callable[[], Sequence[ServiceMetric]] | None = None) -> None:
+                 service: Callable[[], Sequence[ServiceMetric]] | None = None, model_name: str = "") -> None:
         self.engine = engine
-        self.labels = {"role": role, "worker_id": worker_id}
+        # vLLM's model_name (its dashboards select by it) beside the worker's own
+        self.labels = {"model_name": model_name, "role": role, "worker_id": worker_id}
         self.service = service
 
     def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -104,9 +107,11 @@ class EngineCollector:
 
 
 def serve_metrics(engine: LLMEngine, role: str, worker_id: str, host: str, port: int,
-                  service: Callable[[], Sequence[ServiceMetric]] | None = None) -> int:
-    """Starts /metrics for this worker on its own registry; returns the bound port (0 picks one)."""
+                  service: Callable[[], Sequence[ServiceMetric]] | None = None, model_name: str = "",
+                  names: str = "grove") -> int:
+    """Starts /metrics for this worker on its own registry, under ``names`` (runtime.metric_names);
+    returns the bound port (0 picks one)."""
     registry = CollectorRegistry()
-    registry.register(EngineCollector(engine, role, worker_id, service))
-    server, _ = start_http_server(port, addr=host, registry=registry)
+    registry.register(EngineCollector(engine, role, worker_id, service, model_name))
+    server = serve_metrics_http(exposed(registry, names), host, port)
     return int(server.server_port)

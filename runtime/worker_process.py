@@ -5,12 +5,14 @@ import argparse
 import os
 import asyncio
 import logging
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import grpc
 
 from engine.async_engine import AsyncEngine
 from runtime.engine_metrics import ServiceMetric, serve_metrics
+from runtime.metric_names import add_metrics_names_arg
 from runtime.grpc_server import create_server, set_serving
 from runtime.process import write_ready_file
 from runtime.stats_log import log_stats
@@ -49,6 +51,10 @@ def add_worker_args(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--profiler-dir", default=os.environ.get("VLLM_TORCH_PROFILER_DIR", ""),
                    help="where torch profiler traces go when the gateway's /start_profile and /stop_profile ask "
                         "(vLLM's VLLM_TORCH_PROFILER_DIR; '' = no profiling)")
+    p.add_argument("--served-model-name", default="",
+                   help="the model's name in the metrics' model_name label, as the gateway serves it (default: "
+                        "the model directory's name, the gateway's default)")
+    add_metrics_names_arg(p)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--disable-log-stats", action="store_true", help="no periodic stats line in the log (vLLM's flag)")
     p.add_argument("--log-stats-interval", type=float, default=10.0,
@@ -72,7 +78,9 @@ async def serve_worker(args: argparse.Namespace, role: str, service_name: str, w
     add_servicer(server, f"{host}:{port}")
     await server.start()
     await set_serving(health, [service_name], True)
-    metrics_port = (serve_metrics(engine.engine, role, worker_id, host, args.metrics_port, service_metrics)
+    model_name = args.served_model_name or Path(engine.engine.config.model_dir).name
+    metrics_port = (serve_metrics(engine.engine, role, worker_id, host, args.metrics_port, service_metrics,
+                                  model_name, args.metrics_names)
                     if args.metrics_port >= 0 else None)
     write_ready_file(args.ready_file, {"grpc_port": port, "worker_id": worker_id, "metrics_port": metrics_port})
     logger.info("%s worker %s serving on %s:%d", role, worker_id, host, port)

@@ -56,8 +56,9 @@ def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **m
 
 @pytest.fixture(scope="package")
 def stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # every metric under Grove's names and vLLM's (test_vllm_metric_names.py; the rest read Grove's)
     config = StackConfig(model=str(model_dir), num_prefill=1, num_decode=1, worker_kv_gb=0.25,
-                         log_dir=str(tmp_path_factory.mktemp("obs-stack")), threads_per_worker=1)
+                         log_dir=str(tmp_path_factory.mktemp("obs-stack")), threads_per_worker=1, metrics_names="both")
     with Stack(config) as s:
         yield s
 

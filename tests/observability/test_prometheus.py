@@ -28,3 +28,13 @@ def test_prefix_cache_hits_from_prometheus(prometheus: Prometheus, traffic: Traf
     rate = prometheus.scalar('sum(increase(grove:prefix_cache_hits_total{role="gateway"}[5m])) / '
                              'sum(increase(grove:prefix_cache_queries_total{role="gateway"}[5m]))')
     assert rate is not None and 0 < rate < 1
+
+
+def test_the_workers_and_the_kvstores_metrics_reach_prometheus_by_their_names(prometheus: Prometheus,
+                                                                             traffic: Traffic) -> None:
+    """Served in the text format, whose names keep their ':' (prometheus_client's OpenMetrics, which
+    a Prometheus server asks for, wrote them with '_' and the dashboard's queries found nothing)."""
+    for expr in ("grove:num_requests_waiting", "grove:kv_cache_usage_perc", "grove:spec_decode_num_drafts_total"):
+        roles = {r["metric"]["role"] for r in prometheus.query(expr)}
+        assert roles >= {"decode"} if "spec" in expr else roles == {"decode", "prefill"}, (expr, roles)
+    assert prometheus.wait_for("sum(grove:kvstore_blocks_used)", lambda v: v > 0) > 0

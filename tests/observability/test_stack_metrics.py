@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -41,23 +42,25 @@ def test_gateway_counts_what_the_clients_saw(stack: Stack, traffic: Traffic) -> 
 
 
 def test_workers_are_labelled_by_role_and_id(stack: Stack, traffic: Traffic) -> None:
+    model = Path(stack.model_dir).name  # vLLM's model_name: the gateway's served name (its default)
     for name, role in (("prefill-0", "prefill"), ("decode-0", "decode")):
         m = scrape(f"127.0.0.1:{stack.service(name).info['metrics_port']}")
         for metric in ("grove:num_requests_running", "grove:num_requests_waiting", "grove:kv_cache_usage_perc",
                        "grove:prefix_cache_queries_total", "grove:prefix_cache_hits_total"):
             (labels, value), = m[metric]
-            assert labels == {"role": role, "worker_id": name}, (metric, labels)
+            assert labels == {"model_name": model, "role": role, "worker_id": name}, (metric, labels)
             assert 0 <= value <= (1 if metric.endswith("perc") else 10_000)
     m = scrape(f"127.0.0.1:{stack.service('prefill-0').info['metrics_port']}")
     # every prompt was looked up locally (the 6-token one perhaps not: it has no full block)
     assert total(m, "grove:prefix_cache_queries_total") >= traffic.usage("prompt_tokens") - 6
     # the kvstore as the prefill worker sees it (tests/pipeline/test_failures.py makes it fail)
-    assert m["grove:kvstore_connected"] == [({"role": "prefill", "worker_id": "prefill-0"}, 1.0)]
-    assert m["grove:kvstore_failures_total"] == [({"role": "prefill", "worker_id": "prefill-0"}, 0.0)]
+    assert m["grove:kvstore_connected"] == [({"model_name": model, "role": "prefill", "worker_id": "prefill-0"}, 1.0)]
+    assert m["grove:kvstore_failures_total"] == [({"model_name": model, "role": "prefill", "worker_id": "prefill-0"},
+                                                  0.0)]
     m = scrape(f"127.0.0.1:{stack.service('decode-0').info['metrics_port']}")
     # and as the decode worker sees it (it writes what it generated there)
-    assert m["grove:kvstore_connected"] == [({"role": "decode", "worker_id": "decode-0"}, 1.0)]
-    assert m["grove:kvstore_failures_total"] == [({"role": "decode", "worker_id": "decode-0"}, 0.0)]
+    assert m["grove:kvstore_connected"] == [({"model_name": model, "role": "decode", "worker_id": "decode-0"}, 1.0)]
+    assert m["grove:kvstore_failures_total"] == [({"model_name": model, "role": "decode", "worker_id": "decode-0"}, 0.0)]
     positions = sorted(int(lab["position"]) for lab, _ in m["grove:spec_decode_num_accepted_tokens_per_pos_total"])
     # every draft position has a series, accepted or not (the decode worker runs the default depth)
     assert positions == list(range(EngineConfig().lookahead_max_depth))
