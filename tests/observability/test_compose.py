@@ -11,6 +11,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 from typing import Any
 
 import pytest
@@ -88,7 +89,10 @@ def test_every_grove_command_parses_and_starts(config: dict[str, Any], tmp_path:
         assert argv[0] == "-m" and argv[1] in PARSERS, argv
         module, args = argv[1], argv[2:]
         modules[name] = module
-        parsed = PARSERS[module](args)  # unknown flags or bad values exit here
+        env = {k: str(v) for k, v in svc.get("environment", {}).items()}
+        with mock.patch.dict(os.environ, env):  # the flags' defaults read the service's environment
+            parsed = PARSERS[module](args)  # unknown flags or bad values exit here
+        assert parsed.metrics_names == env["GROVE_METRICS_NAMES"] == "grove", name  # every service's names
         assert "c0ffee123456" in str(vars(parsed)) or module == "kvstore", f"{name}: no per-replica id"
         # the health probe asks the port the service binds for the service's own name
         probe = svc["healthcheck"]["test"]
