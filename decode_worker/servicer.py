@@ -44,4 +44,5 @@ class DecodeServicer(WorkerControl, pb_grpc.DecodeWorkerServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"KV handoff failed: {e}")
 
     async def Stats(self, request: pb.WorkerStatsRequest, context: grpc.aio.ServicerContext) -> pb.WorkerStats:
-        return pb.WorkerStats(worker_id=self.worker_id, role="decode", **self.service.stats(), asleep=self.sleep.asleep)
+        return pb.WorkerStats(worker_id=self.worker_id, role="decode", **self.service.stats(),
+                              asleep=self.sleep.asleep)

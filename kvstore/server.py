@@ -85,7 +85,8 @@ async def serve(store_config: StoreConfig, config: ServerConfig) -> None:
     health = health_aio.HealthServicer()
     server, port = await create_server(config.address, servicer, health)
     host = config.address.rsplit(":", 1)[0].strip("[]")  # /metrics listens where gRPC does
-    metrics = serve_metrics(store, config.metrics_port, host, config.metrics_names) if config.metrics_port >= 0 else None
+    metrics = (serve_metrics(store, config.metrics_port, host, config.metrics_names) if config.metrics_port >= 0
+               else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

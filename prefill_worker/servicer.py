@@ -89,4 +89,5 @@ class PrefillServicer(WorkerControl, pb_grpc.PrefillWorkerServicer):
         return pb.NixlMetadataResponse(agent=plane.name, metadata=plane.metadata())
 
     async def Stats(self, request: pb.WorkerStatsRequest, context: grpc.aio.ServicerContext) -> pb.WorkerStats:
-        return pb.WorkerStats(worker_id=self.worker_id, role="prefill", **self.service.stats(), asleep=self.sleep.asleep)
+        return pb.WorkerStats(worker_id=self.worker_id, role="prefill", **self.service.stats(),
+                              asleep=self.sleep.asleep)

@@ -90,7 +90,8 @@ def main() -> None:
                     if answers.setdefault(name, got) != got:
                         raise RuntimeError(f"the {name} weights answered otherwise than before")
                     for i in range(FILL_PROMPTS):  # the pools' pages in use, as serving leaves them
-                        client.post("/v1/completions", json={"prompt": f"{i} " + FILL, "max_tokens": 1}).raise_for_status()
+                        r = client.post("/v1/completions", json={"prompt": f"{i} " + FILL, "max_tokens": 1})
+                        r.raise_for_status()
                     awake = _workers_rss(stack)
                     row["sleep1_s"] = _timed(client, "/sleep", params={"level": "1", "mode": "wait"})
                     row["sleep1_given_mib"] = (awake - _workers_rss(stack)) / MiB

@@ -60,7 +60,8 @@ def test_workers_are_labelled_by_role_and_id(stack: Stack, traffic: Traffic) -> 
     m = scrape(f"127.0.0.1:{stack.service('decode-0').info['metrics_port']}")
     # and as the decode worker sees it (it writes what it generated there)
     assert m["grove:kvstore_connected"] == [({"model_name": model, "role": "decode", "worker_id": "decode-0"}, 1.0)]
-    assert m["grove:kvstore_failures_total"] == [({"model_name": model, "role": "decode", "worker_id": "decode-0"}, 0.0)]
+    assert m["grove:kvstore_failures_total"] == [({"model_name": model, "role": "decode", "worker_id": "decode-0"},
+                                                  0.0)]
     positions = sorted(int(lab["position"]) for lab, _ in m["grove:spec_decode_num_accepted_tokens_per_pos_total"])
     # every draft position has a series, accepted or not (the decode worker runs the default depth)
     assert positions == list(range(EngineConfig().lookahead_max_depth))

@@ -32,7 +32,8 @@ def test_vllm_queries_from_prometheus(stack: Stack, prometheus: Prometheus, traf
                                  lambda v: v == traffic.usage("completion_tokens"))
     assert tokens == prometheus.scalar('sum(grove:generation_tokens_total{role="gateway"})') > 0
     # the workers' load, as an autoscaler or an endpoint picker built for vLLM reads it
-    for expr in (f'vllm:num_requests_waiting{{model_name="{model}"}}', f'vllm:kv_cache_usage_perc{{model_name="{model}"}}'):
+    for name in ("vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"):
+        expr = f'{name}{{model_name="{model}"}}'
         assert sorted(r["metric"]["role"] for r in prometheus.query(expr)) == ["decode", "prefill"], expr
     p50 = prometheus.scalar("histogram_quantile(0.5, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket[5m])))")
     assert p50 is not None and p50 > 0

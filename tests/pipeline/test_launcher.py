@@ -68,6 +68,7 @@ def launched(tmp_path: Path, lora_dirs: dict[str, Path]) -> Iterator[Launcher]:
                         "--lookahead", "off", "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
                         "--reasoning-parser", "qwen3", "--enable-lora", "--lora-modules", f"all={lora_dirs['all']}",
                         "--allow-runtime-lora-updating", "--max-lora-rank", "8", "--enable-sleep-mode",
+                        "--metrics-names", "vllm",
                         "--weight-transfer-config", '{"backend": "disk"}',
                         "--gateway-args", "--allowed-origins https://ui.example --server-dev-mode")
     yield launcher
@@ -108,6 +109,8 @@ def test_serving_flags_reach_the_services_and_ctrl_c_stops_them_all(launched: La
     assert httpx.get(launched.url + "/is_sleeping", timeout=10).json() == {"is_sleeping": False}  # sleep mode on
     r = httpx.post(launched.url + "/sleep", params={"level": "9"}, timeout=10)
     assert r.status_code == 400 and "level" in r.text, r.text  # (not "sleep mode is off")
+    metrics = httpx.get(launched.url + "/metrics", timeout=10).text  # vLLM's names only
+    assert 'vllm:time_to_first_token_seconds_count{model_name="grove-test"' in metrics and "grove:" not in metrics
     assert len(launched.services()) == 5  # kvstore, prefill, decode, gateway and the launcher
     launched.proc.send_signal(signal.SIGINT)
     assert launched.wait(60) == 0

@@ -199,7 +199,8 @@ def test_sleep_gives_memory_back_and_wakes_to_the_same_answers(stack: Stack, dev
     block_bytes = mc.num_layers * 2 * 16 * mc.num_kv_heads * mc.head_dim * 4  # fp32, 16-token blocks
     long_prompt = " ".join(f"Item {i}: a lantern, a rope and a map of the coast." for i in range(40))
     try:
-        _complete(url, long_prompt, max_tokens=64)  # ~600 prompt tokens: ~38 blocks each on a prefill and a decode worker
+        # ~600 prompt tokens: ~38 blocks each on a prefill and a decode worker
+        _complete(url, long_prompt, max_tokens=64)
         assert not _sleeping(url)
         assert _post(url, "/sleep", params={"level": "3"}).status_code == 400
         rss = _worker_rss(stack)
