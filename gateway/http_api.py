@@ -26,7 +26,6 @@ from gateway import beam_search
 from gateway.choices import Choice, merged, plan_choices, total_usage
 from gateway.core import GatewayCore
 from gateway.dev_routes import add_dev_routes, add_profiler_routes
-from gateway.rl_routes import add_rl_routes
 from gateway.embeddings import add_embeddings_routes
 from gateway.errors import OverloadedError, UnavailableError, http_status
 from gateway.http_common import (
@@ -43,6 +42,7 @@ from gateway.openai_response import Echo, ResponseShaper, error_json
 from gateway.prediction import prediction_from_body
 from gateway.response_store import DEFAULT_SIZE, ResponseStore
 from gateway.responses_http import add_responses_routes
+from gateway.rl_routes import add_rl_routes
 from gateway.scoring import add_scoring_routes
 from gateway.structured_request import name_structured_error
 

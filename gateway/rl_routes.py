@@ -159,7 +159,7 @@ def add_rl_routes(app: FastAPI, core: GatewayCore) -> None:
         async def load(w: Worker, stub: Any) -> pb.LoadWeightsResponse:
             return await stub.LoadWeights(pb.LoadWeightsRequest(path=path), timeout=LOAD_TIMEOUT_S)
 
-        loaded, failed = await on_every_worker(core, load)
+        _, failed = await on_every_worker(core, load)
         if failed is not None:  # none serves it: each drops what it loaded
             await on_every_worker(core, lambda w, stub: stub.CommitWeights(pb.CommitWeightsRequest(discard=True),
                                                                            timeout=COMMIT_TIMEOUT_S))

@@ -37,15 +37,20 @@ class WorkerControl:
     async def StopProfile(self, request: pb.ProfileRequest, context: grpc.aio.ServicerContext) -> pb.ProfileResponse:
         return await self.profiler.stop(self.service.engine, context)
 
+    async def _weights_awake(self, context: grpc.aio.ServicerContext) -> None:
+        if "weights" in self.sleep.asleep:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.worker_id}'s weights are asleep: wake "
+                                                                     "them first (/wake_up?tags=weights)")
+
     async def LoadWeights(self, request: pb.LoadWeightsRequest,
                           context: grpc.aio.ServicerContext) -> pb.LoadWeightsResponse:
+        await self._weights_awake(context)
         return await self.weights.load(self.service.engine, request, context)
 
     async def CommitWeights(self, request: pb.CommitWeightsRequest,
                             context: grpc.aio.ServicerContext) -> pb.CommitWeightsResponse:
-        if "weights" in self.sleep.asleep and not request.discard:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.worker_id}'s weights are asleep: wake "
-                                                                     "them first (/wake_up?tags=weights)")
+        if not request.discard:
+            await self._weights_awake(context)
         return await self.weights.commit(self.service.engine, self.service.kvstore, request, context)
 
     async def Sleep(self, request: pb.SleepRequest, context: grpc.aio.ServicerContext) -> pb.SleepResponse:

@@ -236,10 +236,12 @@ def test_sleep_gives_memory_back_and_wakes_to_the_same_answers(stack: Stack, dev
         asleep = _worker_rss(stack)
         assert all(rss[n] - asleep[n] >= 300 * MiB for n in rss), {n: (rss[n] - asleep[n]) / MiB for n in rss}
         # an RL trainer's step: the weights woken, new ones put in, then the KV cache
+        new_dir = retrained_checkpoint(model_dir, tmp_path / "step-2", seed=1)
+        r = _update(url, str(new_dir))
+        assert r.status_code == 400 and "wake them first" in r.text, r.text  # none loaded while asleep
         assert _post(url, "/wake_up", params={"tags": "bogus"}).status_code == 400
         assert _post(url, "/wake_up", params={"tags": "weights"}).status_code == 200
         assert _sleeping(url) and httpx.get(url + "/is_paused").json() == {"is_paused": True}
-        new_dir = retrained_checkpoint(model_dir, tmp_path / "step-2", seed=1)
         r = _update(url, str(new_dir))
         assert r.status_code == 200, r.text
         assert _post(url, "/wake_up", params={"tags": "kv_cache"}).status_code == 200
