@@ -50,7 +50,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     service = DecodeService(engine, puller, args.max_requests, kvstore, args.admit_wait)
 
     def add_servicer(server: grpc.aio.Server, address: str) -> None:
-        pb_grpc.add_DecodeWorkerServicer_to_server(DecodeServicer(service, worker_id, args.profiler_dir), server)
+        servicer = DecodeServicer(service, worker_id, args.profiler_dir)
+        pb_grpc.add_DecodeWorkerServicer_to_server(servicer, server)
+        pb_grpc.add_WorkerControlServicer_to_server(servicer.control, server)
 
     await serve_worker(args, "decode", SERVICE, worker_id, engine, add_servicer, stop, service,
                        service_metrics=service.metrics)

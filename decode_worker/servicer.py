@@ -11,23 +11,18 @@ from engine.errors import InvalidRequestError, OutOfBlocksError
 from grove.internal.v1 import worker_pb2 as pb
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from protocol import pipeline as convert
-from runtime.profiling import WorkerProfiler
-from runtime.sleeping import WorkerSleep
-from runtime.weight_loading import WorkerWeights
-from runtime.worker_control import WorkerControl
+from runtime.worker_control import WorkerControlServicer
 from runtime.worker_process import ShuttingDownError
 
 
-class DecodeServicer(WorkerControl, pb_grpc.DecodeWorkerServicer):
+class DecodeServicer(pb_grpc.DecodeWorkerServicer):
     def __init__(self, service: DecodeService, worker_id: str, profiler_dir: str = "") -> None:
         self.service = service
         self.worker_id = worker_id
-        self.profiler = WorkerProfiler(profiler_dir, worker_id)
-        self.weights = WorkerWeights()
-        self.sleep = WorkerSleep()
+        self.control = WorkerControlServicer(service, worker_id, profiler_dir)  # served beside this one
 
     async def Decode(self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DecodeChunk]:
-        await self.refuse_if_asleep(context)
+        await self.control.refuse_if_asleep(context)
         try:
             work = convert.work_from_pb(request.request)
             stream = self.service.decode(work, convert.token_from_pb(request.first_token), request.first_text,
@@ -45,4 +40,4 @@ class DecodeServicer(WorkerControl, pb_grpc.DecodeWorkerServicer):
 
     async def Stats(self, request: pb.WorkerStatsRequest, context: grpc.aio.ServicerContext) -> pb.WorkerStats:
         return pb.WorkerStats(worker_id=self.worker_id, role="decode", **self.service.stats(),
-                              asleep=self.sleep.asleep)
+                              asleep=self.control.sleep.asleep)

@@ -28,12 +28,11 @@ T = TypeVar("T")
 
 async def on_every_worker(core: GatewayCore, call: Callable[[Worker, Any], Awaitable[T]]
                           ) -> tuple[dict[str, T], Response | None]:
-    """``call(worker, stub)`` on every prefill and decode worker at once: the answers by address,
-    and the error response naming each worker that failed (None if none did): a worker's refusal
-    (FAILED_PRECONDITION) is a 400, one out of reach a 503."""
+    """``call(worker, stub)`` on every prefill and decode worker at once (``stub``: its
+    WorkerControl): the answers by address, and the error response naming each worker that failed
+    (None if none did): a worker's refusal (FAILED_PRECONDITION) is a 400, one out of reach a 503."""
     workers = core.router.workers()
-    results = await asyncio.gather(*(call(w, w.prefill if w.role == "prefill" else w.decode) for w in workers),
-                                   return_exceptions=True)
+    results = await asyncio.gather(*(call(w, w.control) for w in workers), return_exceptions=True)
     done = {w.address: r for w, r in zip(workers, results) if not isinstance(r, BaseException)}
     failed = [(w, r) for w, r in zip(workers, results) if isinstance(r, BaseException)]
     if not failed:

@@ -128,7 +128,7 @@ def add_rl_routes(app: FastAPI, core: GatewayCore) -> None:
     @app.get("/is_sleeping")
     async def is_sleeping() -> Response:
         stats, failed = await on_every_worker(
-            core, lambda w, stub: stub.Stats(pb.WorkerStatsRequest(), timeout=COMMIT_TIMEOUT_S))
+            core, lambda w, _: w.role_stub.Stats(pb.WorkerStatsRequest(), timeout=COMMIT_TIMEOUT_S))
         return failed or JSONResponse({"is_sleeping": any(s.asleep for s in stats.values())})
 
     @app.post("/init_weight_transfer_engine")

@@ -46,6 +46,15 @@ class Worker:
     def decode(self) -> pb_grpc.DecodeWorkerStub:
         return pb_grpc.DecodeWorkerStub(self.channel)
 
+    @property
+    def control(self) -> pb_grpc.WorkerControlStub:
+        """What every worker answers alike (the prefix-cache reset, the profiler, weights, sleep)."""
+        return pb_grpc.WorkerControlStub(self.channel)
+
+    @property
+    def role_stub(self) -> pb_grpc.PrefillWorkerStub | pb_grpc.DecodeWorkerStub:
+        return self.prefill if self.role == "prefill" else self.decode
+
 
 class Router:
     def __init__(self, prefill: Sequence[str], decode: Sequence[str], block_size: int,
@@ -98,8 +107,7 @@ class Router:
             ok = await check_health(w.channel, timeout_s=1.0)
             if ok:
                 try:
-                    stub = w.prefill if w.role == "prefill" else w.decode
-                    w.stats = await stub.Stats(pb.WorkerStatsRequest(), timeout=1.0)
+                    w.stats = await w.role_stub.Stats(pb.WorkerStatsRequest(), timeout=1.0)
                 except grpc.aio.AioRpcError:
                     ok = False
             if ok != w.healthy:

@@ -47,7 +47,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
     def add_servicer(server: grpc.aio.Server, address: str) -> None:
         service.address = args.advertise or address  # KV handles name this worker by it
-        pb_grpc.add_PrefillWorkerServicer_to_server(PrefillServicer(service, worker_id, args.profiler_dir), server)
+        servicer = PrefillServicer(service, worker_id, args.profiler_dir)
+        pb_grpc.add_PrefillWorkerServicer_to_server(servicer, server)
+        pb_grpc.add_WorkerControlServicer_to_server(servicer.control, server)
 
     async def reaper() -> None:
         while True:

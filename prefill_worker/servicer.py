@@ -12,11 +12,8 @@ from grove.internal.v1 import worker_pb2 as pb
 from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from prefill_worker.service import OverloadedError, PrefillService
 from protocol import pipeline as convert
-from runtime.profiling import WorkerProfiler
-from runtime.sleeping import WorkerSleep
-from runtime.weight_loading import WorkerWeights
-from runtime.worker_control import WorkerControl
 from runtime.kv_transfer import read_block_bytes
+from runtime.worker_control import WorkerControlServicer
 from runtime.worker_process import ShuttingDownError
 
 logger = logging.getLogger(__name__)
@@ -36,16 +33,14 @@ async def _statuses(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
 
 
-class PrefillServicer(WorkerControl, pb_grpc.PrefillWorkerServicer):
+class PrefillServicer(pb_grpc.PrefillWorkerServicer):
     def __init__(self, service: PrefillService, worker_id: str, profiler_dir: str = "") -> None:
         self.service = service
         self.worker_id = worker_id
-        self.profiler = WorkerProfiler(profiler_dir, worker_id)
-        self.weights = WorkerWeights()
-        self.sleep = WorkerSleep()
+        self.control = WorkerControlServicer(service, worker_id, profiler_dir)  # served beside this one
 
     async def Prefill(self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext) -> pb.PrefillResponse:
-        await self.refuse_if_asleep(context)
+        await self.control.refuse_if_asleep(context)
         async with _statuses(context):
             res = await self.service.prefill(convert.work_from_pb(request.request))
         resp = pb.PrefillResponse(first_token=convert.token_to_pb(res.first), cached_tokens=res.cached_tokens,
@@ -57,7 +52,7 @@ class PrefillServicer(WorkerControl, pb_grpc.PrefillWorkerServicer):
         return resp
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
-        await self.refuse_if_asleep(context)
+        await self.control.refuse_if_asleep(context)
         async with _statuses(context):
             vector, cached = await self.service.embed(convert.work_from_pb(request.request),
                                                       convert.pooling_from_pb(request.pooling))
@@ -90,4 +85,4 @@ class PrefillServicer(WorkerControl, pb_grpc.PrefillWorkerServicer):
 
     async def Stats(self, request: pb.WorkerStatsRequest, context: grpc.aio.ServicerContext) -> pb.WorkerStats:
         return pb.WorkerStats(worker_id=self.worker_id, role="prefill", **self.service.stats(),
-                              asleep=self.sleep.asleep)
+                              asleep=self.control.sleep.asleep)

@@ -1,6 +1,7 @@
-"""The RPCs both workers answer alike, mixed into their servicers: vLLM's reset of the prefix cache
-(runtime.prefix_reset), its profiler (runtime.profiling), weight updates from disk
-(runtime.weight_loading) and sleep mode (runtime.sleeping)."""
+"""The RPCs every worker answers alike, prefill or decode (grove.internal.v1.WorkerControl, served
+beside the role's own service): vLLM's reset of the prefix cache (runtime.prefix_reset), its
+profiler (runtime.profiling), weight updates from disk (runtime.weight_loading) and sleep mode
+(runtime.sleeping)."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,21 +9,25 @@ from typing import Any
 import grpc
 
 from grove.internal.v1 import worker_pb2 as pb
+from grove.internal.v1 import worker_pb2_grpc as pb_grpc
 from runtime.prefix_reset import reset_prefix_caches
 from runtime.profiling import WorkerProfiler
 from runtime.sleeping import WorkerSleep
 from runtime.weight_loading import WorkerWeights
 
 
-class WorkerControl:
-    service: Any  # the worker's service: its engine (AsyncEngine) and kvstore (SharedCache | None)
-    profiler: WorkerProfiler
-    weights: WorkerWeights
-    sleep: WorkerSleep
-    worker_id: str
+class WorkerControlServicer(pb_grpc.WorkerControlServicer):
+    def __init__(self, service: Any, worker_id: str, profiler_dir: str = "") -> None:
+        """``service``: the worker's service (its engine, an AsyncEngine, and its kvstore, a
+        SharedCache or None)."""
+        self.service = service
+        self.worker_id = worker_id
+        self.profiler = WorkerProfiler(profiler_dir, worker_id)
+        self.weights = WorkerWeights()
+        self.sleep = WorkerSleep()
 
     async def refuse_if_asleep(self, context: grpc.aio.ServicerContext) -> None:
-        """New work on a sleeping worker: UNAVAILABLE, naming what it gave back."""
+        """New work on a sleeping worker (the role's servicer asks): UNAVAILABLE, naming what it gave back."""
         if self.sleep.asleep:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.worker_id} is asleep (sleep mode: "
                                                              f"{self.sleep.asleep} given back): POST /wake_up")
