@@ -45,7 +45,6 @@ class SleepMode:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self.asleep: set[str] = set()  # the tags given back, not yet woken
-        self.level = 0
         self._host_weights: ModelWeights | None = None  # level 1 on a GPU: the weights moved to the host
 
     def sleep(self, level: int) -> int:
@@ -65,20 +64,20 @@ class SleepMode:
         if "kv_cache" not in self.asleep:
             given += _give_back_pages(eng.kv.data)
             self.asleep.add("kv_cache")
-        if "weights" not in self.asleep:
-            weights = eng.model.weights
-            if level == 2:
-                given += _nbytes(weights)
-                eng.model.weights = None  # type: ignore[assignment]  # never stepped while asleep
-                del weights
-                _trim_heap()
-            elif eng.model.device.type != "cpu":
-                self._host_weights = _mapped(weights, lambda t: t.to("cpu"))
-                given += _nbytes(weights)
-                eng.model.weights = None  # type: ignore[assignment]
-                torch.cuda.empty_cache()
-            self.asleep.add("weights")
-        self.level = max(self.level, level)
+        weights = eng.model.weights
+        if level == 2:  # (after a level-1 sleep too: what level 1 kept goes now)
+            dropped = [w for w in (weights, self._host_weights) if w is not None]
+            given += sum(_nbytes(w) for w in dropped)
+            eng.model.weights = self._host_weights = None  # type: ignore[assignment]  # never stepped while asleep
+            del weights, dropped
+            _trim_heap()
+        elif weights is not None and eng.model.device.type != "cpu":
+            self._host_weights = _mapped(weights, lambda t: t.to("cpu"))
+            given += _nbytes(weights)
+            eng.model.weights = None  # type: ignore[assignment]
+            del weights
+            torch.cuda.empty_cache()
+        self.asleep.add("weights")
         logger.info("asleep (level %d): %.1f MiB given back", level, given / 2**20)
         return given
 
@@ -98,8 +97,6 @@ class SleepMode:
                                                device=eng.config.device).weights
         # the KV pool's pages come back as they are written (CPU), or never went (GPU)
         self.asleep.difference_update(wanted)
-        if not self.asleep:
-            self.level = 0
         logger.info("awake: %s%s", wanted, f" ({sorted(self.asleep)} still asleep)" if self.asleep else "")
 
 

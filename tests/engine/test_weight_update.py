@@ -59,20 +59,23 @@ def test_a_commit_serves_the_checkpoint_and_forgets_the_old_weights_kv(engine: L
     assert engine.layout.model_id == old_id and _answer(engine, ids) == before
 
 
-@pytest.mark.parametrize("level", [1, 2])
-def test_an_idle_engine_sleeps_and_wakes_to_the_same_answers(engine: LLMEngine, tokenizer: Any, level: int) -> None:
+@pytest.mark.parametrize("levels", [(1,), (2,), (1, 2)])
+def test_an_idle_engine_sleeps_and_wakes_to_the_same_answers(engine: LLMEngine, tokenizer: Any,
+                                                             levels: tuple[int, ...]) -> None:
     ids = tokenizer("Count the ships in the harbour: one, two,")["input_ids"]
     before = _answer(engine, ids)
     mode = SleepMode(engine)
     held = engine.allocator.allocate(1)  # a handoff's KV not yet taken
     with pytest.raises(EngineBusyError, match="KV blocks are held"):
-        mode.sleep(level)
+        mode.sleep(levels[0])
     engine.allocator.free(held)
     with pytest.raises(InvalidRequestError):
         mode.sleep(3)
-    assert mode.sleep(level) >= engine.kv.nbytes // 2  # the pool's pages (and at level 2 the weights)
+    assert mode.sleep(levels[0]) >= engine.kv.nbytes // 2  # the pool's pages (and at level 2 the weights)
+    if levels[1:]:  # deeper: level 2 after level 1 gives back the weights level 1 kept
+        assert mode.sleep(levels[1]) > 100 * 2**20
     assert mode.asleep == {"kv_cache", "weights"}
-    assert (engine.model.weights is None) == (level == 2)
+    assert (engine.model.weights is None) == (levels[-1] == 2)
     with pytest.raises(InvalidRequestError, match="unknown"):
         mode.wake_up(["gpu"])
     mode.wake_up(["weights"])
