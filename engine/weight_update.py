@@ -58,9 +58,9 @@ def load(engine: LLMEngine, path: str) -> LoadedWeights:
                                                   f"served model's {mine!r}")
         model = load_model(directory, engine.model.backend, dtype=engine.model.dtype, device=engine.config.device)
         model_id = model_fingerprint(directory)
+    except InvalidRequestError:
+        raise
     except (ModelLoadError, OSError, ValueError) as e:
-        if isinstance(e, InvalidRequestError):
-            raise
         raise InvalidRequestError("path", f"{path} could not be loaded: {e}") from None
     logger.info("weights loaded from %s (%s), not yet served", path, model_id)
     return LoadedWeights(str(directory), model.weights, model_id)

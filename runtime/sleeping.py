@@ -21,21 +21,17 @@ HELD_WAIT_S = 5.0
 
 
 class WorkerSleep:
-    def __init__(self) -> None:
-        self._mode: SleepMode | None = None
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.mode = SleepMode(engine.engine)
 
     @property
     def asleep(self) -> list[str]:
-        return sorted(self._mode.asleep) if self._mode is not None else []
+        return sorted(self.mode.asleep)
 
-    def _of(self, engine: AsyncEngine) -> SleepMode:
-        if self._mode is None:
-            self._mode = SleepMode(engine.engine)
-        return self._mode
-
-    async def sleep(self, engine: AsyncEngine, kvstore: SharedCache | None, request: pb.SleepRequest,
+    async def sleep(self, kvstore: SharedCache | None, request: pb.SleepRequest,
                     context: grpc.aio.ServicerContext) -> pb.SleepResponse:
-        mode = self._of(engine)
+        engine, mode = self.engine, self.mode
         deadline = time.monotonic() + HELD_WAIT_S
         while True:
             if kvstore is not None:
@@ -49,11 +45,9 @@ class WorkerSleep:
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
             await asyncio.sleep(0.05)
 
-    async def wake_up(self, engine: AsyncEngine, request: pb.WakeUpRequest,
-                      context: grpc.aio.ServicerContext) -> pb.WakeUpResponse:
-        mode = self._of(engine)
+    async def wake_up(self, request: pb.WakeUpRequest, context: grpc.aio.ServicerContext) -> pb.WakeUpResponse:
         try:
-            await engine.call(mode.wake_up, list(request.tags))
+            await self.engine.call(self.mode.wake_up, list(request.tags))
         except InvalidRequestError as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, e.message)
         return pb.WakeUpResponse(asleep=self.asleep)

@@ -24,7 +24,7 @@ class WorkerControlServicer(pb_grpc.WorkerControlServicer):
         self.worker_id = worker_id
         self.profiler = WorkerProfiler(profiler_dir, worker_id)
         self.weights = WorkerWeights()
-        self.sleep = WorkerSleep()
+        self.sleep = WorkerSleep(service.engine)
 
     async def refuse_if_asleep(self, context: grpc.aio.ServicerContext) -> None:
         """New work on a sleeping worker (the role's servicer asks): UNAVAILABLE, naming what it gave back."""
@@ -59,7 +59,7 @@ class WorkerControlServicer(pb_grpc.WorkerControlServicer):
         return await self.weights.commit(self.service.engine, self.service.kvstore, request, context)
 
     async def Sleep(self, request: pb.SleepRequest, context: grpc.aio.ServicerContext) -> pb.SleepResponse:
-        return await self.sleep.sleep(self.service.engine, self.service.kvstore, request, context)
+        return await self.sleep.sleep(self.service.kvstore, request, context)
 
     async def WakeUp(self, request: pb.WakeUpRequest, context: grpc.aio.ServicerContext) -> pb.WakeUpResponse:
-        return await self.sleep.wake_up(self.service.engine, request, context)
+        return await self.sleep.wake_up(request, context)
