@@ -23,7 +23,7 @@ from engine.sampling_params import SamplingParams
 from engine.tokenizer import apply_chat_template
 from tests.lora_adapters import make_adapter, peft_greedy
 
-MAX_TOKENS = 40
+MAX_TOKENS = 24  # (each adapter changes an answer and the copy prompt drafts within it; 40 cost 40% more)
 COPY = ("Repeat this list exactly: apples, pears, plums, cherries, apricots, peaches, grapes, lemons, limes, "
         "oranges, melons, figs, dates, kiwis, mangoes, papayas.")
 
