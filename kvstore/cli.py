@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot", default=None, metavar="PATH",
                    help="keep the cache across restarts: read from PATH at start (if there), written to it at "
                         "shutdown (SIGTERM / SIGINT)")
+    p.add_argument("--snapshot-interval", type=float, default=300.0, metavar="SECONDS",
+                   help="with --snapshot, also write it this often while serving where the cache changed, so a "
+                        "crash loses only what came after the last one (0: at shutdown only)")
     p.add_argument("--lease-ttl", type=float, default=30.0, help="seconds before an unreleased lease expires")
     p.add_argument("--nixl", action=argparse.BooleanOptionalAction, default=True,
                    help="serve the NIXL data plane (--no-nixl: gRPC streams only)")
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         store_config = StoreConfig(geometry, tuple(tiers), lease_ttl_s=args.lease_ttl)
         server_config = ServerConfig(args.address, args.port_file, args.nixl, args.metrics_port, args.grace_period,
                                      args.chunk_bytes, args.check_integrity_on_exit, args.ready_file, args.snapshot,
-                                     args.metrics_names)
+                                     args.metrics_names, args.snapshot_interval if args.snapshot else 0.0)
     except ValueError as e:
         parser.error(str(e))  # exits 2 with the usage line
     uvloop.run(serve(store_config, server_config))

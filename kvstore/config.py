@@ -52,10 +52,13 @@ class ServerConfig:
     ready_file: str | None = None  # JSON {"grpc_port", "metrics_port"}, like the other services' ready files
     snapshot: str | None = None  # the cache kept across restarts: read at start, written at shutdown (kvstore.snapshot)
     metrics_names: str = "grove"  # /metrics under Grove's names, vLLM's or both (runtime.metric_names)
+    snapshot_interval_s: float = 0.0  # with a snapshot: also written this often while serving, if changed; 0: never
 
     def __post_init__(self) -> None:
         if not 0 < self.max_chunk_bytes <= 3 << 20:
             raise ValueError(f"max_chunk_bytes must be in (0, 3 MiB], got {self.max_chunk_bytes}")
+        if self.snapshot_interval_s < 0:
+            raise ValueError(f"the snapshot interval must be >= 0 seconds, got {self.snapshot_interval_s}")
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

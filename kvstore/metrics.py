@@ -50,6 +50,17 @@ class StoreCollector(Collector):
             (moved if what == "bytes" else seconds).add_metric([plane, direction], value)
         yield moved
         yield seconds
+        snap = s.snapshot_stats  # (--snapshot-interval's; the one at shutdown is not scraped)
+        snapshots = CounterMetricFamily(PREFIX + "snapshots", "Snapshots of the cache written while serving",
+                                        labels=["outcome"])
+        snapshots.add_metric(["written"], snap.written)
+        snapshots.add_metric(["failed"], snap.failed)
+        yield snapshots
+        yield GaugeMetricFamily(PREFIX + "snapshot_blocks", "Blocks in the last snapshot written", value=snap.blocks)
+        yield GaugeMetricFamily(PREFIX + "snapshot_seconds", "How long the last snapshot took to write",
+                                value=snap.seconds)
+        yield GaugeMetricFamily(PREFIX + "snapshot_timestamp_seconds",
+                                "When the last snapshot was written (unix time; 0: none yet)", value=snap.at)
 
 
 def serve_metrics(store: KVStore, port: int, addr: str = "0.0.0.0", names: str = "grove"):

@@ -18,7 +18,7 @@ from kvstore.config import ServerConfig, StoreConfig
 from kvstore.metrics import serve_metrics
 from kvstore.nixl_plane import NixlPlane, nixl_available
 from kvstore.servicer import KVStoreServicer
-from kvstore.snapshot import load_snapshot, save_snapshot
+from kvstore.snapshot import load_snapshot, save_snapshot, snapshot_periodically
 from kvstore.store import KVStore
 from kvstore.types import ConnectInfo
 from runtime.process import write_ready_file
@@ -92,6 +92,8 @@ async def serve(store_config: StoreConfig, config: ServerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     expiry = asyncio.create_task(_expire_leases(store))
+    snapshots = (asyncio.create_task(snapshot_periodically(store, config.snapshot, config.snapshot_interval_s, stop))
+                 if config.snapshot and config.snapshot_interval_s > 0 else None)
     tiers = ", ".join(f"{t.name}: {t.capacity} blocks on {t.device}" for t in store.tiers)
     logger.info("kvstore serving on port %d (%s; %d bytes/block; data plane %s)", port, tiers, store.block_bytes,
                 "nixl + grpc" if plane else "grpc")
@@ -108,6 +110,8 @@ async def serve(store_config: StoreConfig, config: ServerConfig) -> None:
         metrics.shutdown()
     if plane is not None:
         plane.close()
+    if snapshots is not None:
+        await snapshots  # (a snapshot under way is finished first: the one below replaces it)
     if config.snapshot:
         try:
             save_snapshot(store, config.snapshot)

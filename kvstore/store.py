@@ -28,7 +28,8 @@ from kvstore.leases import Lease, LeaseTable
 from kvstore.lru import TierLRU
 from kvstore.tier import Tier
 from kvstore.trie import BlockTrie, TrieNode, split_blocks
-from kvstore.types import AllocateResult, BlockHandle, CommitResult, MatchResult, StoreStats, TierStats, TransferReport
+from kvstore.types import (AllocateResult, BlockHandle, CommitResult, MatchResult, SnapshotStats, StoreStats, TierStats,
+                           TransferReport)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class KVStore:
         self.match_query_tokens = 0
         self.match_hit_tokens = 0
         self.expired_leases = 0
+        self.version = 0  # counts the changes of what the trie caches (a block committed or dropped)
+        self.snapshot_stats = SnapshotStats()
         # (plane, direction, "bytes" | "seconds"); every key exists from the start, so a metrics
         # scrape on another thread never sees the dict change size
         self.transfers: dict[tuple[str, str, str], float] = {
@@ -150,6 +153,7 @@ class KVStore:
             node = child
         self.lru.touch_path(path)
         self._unpin(lease.pinned)
+        self.version += new > 0
         return CommitResult(new, len(lease.keys) * self.block_size)
 
     # ---- fallback data plane ----------------------------------------------------------------
@@ -296,6 +300,7 @@ class KVStore:
         tier.allocator.free([node.block])
         tier.dropped += evicted
         node.tier, node.block = -1, -1  # detached: owns nothing
+        self.version += 1
 
     # ---- invariants -------------------------------------------------------------------------
     def check_integrity(self) -> None:

@@ -1,6 +1,7 @@
 """Small values passed between the store, the servicer, the client and the protocol module."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from kvstore.nixl_plane import RemotePool
@@ -69,3 +70,13 @@ class StoreStats(NamedTuple):
     match_queries: int
     match_query_tokens: int
     match_hit_tokens: int
+
+
+@dataclass
+class SnapshotStats:
+    """The snapshots written while the store served (kvstore.snapshot; its /metrics)."""
+    written: int = 0
+    failed: int = 0
+    blocks: int = 0  # in the last one written
+    seconds: float = 0.0  # the last one's writing time
+    at: float = 0.0  # the last one's end, unix time (0: none yet)
