@@ -1,6 +1,7 @@
 """``make run``'s launcher (``python -m launcher``) as a user runs it: vLLM's serving flags reach
 the services that take them, Ctrl-C stops every process, and a service that dies stops the stack
-with its last log lines instead of leaving a half-stack serving errors."""
+with its last log lines instead of leaving a half-stack serving errors (a stack started by ``grove
+serve``, vLLM's command line)."""
 from __future__ import annotations
 
 import re
@@ -21,10 +22,10 @@ COPY = "Copy this line twice: the quick brown fox jumps over the lazy dog. " * 3
 
 
 class Launcher:
-    def __init__(self, logs: Path, *args: str) -> None:
+    def __init__(self, logs: Path, *args: str, command: tuple[str, ...] = ("-m", "launcher")) -> None:
         self.logs = logs
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "launcher", "--port", "0", "--grpc-port", "0", "--kv-cache-gb", "0.25",
+            [sys.executable, *command, "--port", "0", "--grpc-port", "0", "--kv-cache-gb", "0.25",
              "--worker-args", "--num-threads 1", "--log-dir", str(logs), *args],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=service_env())
         self.output: list[str] = []
@@ -121,12 +122,22 @@ def test_serving_flags_reach_the_services_and_ctrl_c_stops_them_all(launched: La
 
 
 def test_a_service_that_dies_stops_the_stack_and_says_which(tmp_path: Path) -> None:
-    launcher = Launcher(tmp_path / "logs")
+    """Started as a vLLM user would (``grove serve`` with the model's hub id and vLLM's flags: the
+    bundled model served under that id, n-gram speculation as lookahead, a flag Grove does without
+    said so); then its decode worker dies."""
+    launcher = Launcher(tmp_path / "logs", "--trust-remote-code", "--speculative-config",
+                        '{"method": "ngram", "num_speculative_tokens": 5}',
+                        command=("grove_cli.py", "serve", "HuggingFaceTB/SmolLM2-135M-Instruct"))
     try:
-        decode = [pid for pid in launcher.services()
-                  if "decode-0.ready" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
-        assert len(decode) == 1
-        subprocess.run(["kill", "-9", str(decode[0])], check=True)
+        assert [c["id"] for c in httpx.get(launcher.url + "/v1/models", timeout=10).json()["data"]] == [
+            "HuggingFaceTB/SmolLM2-135M-Instruct"]
+        assert any("--trust-remote-code: ignored" in line for line in launcher.output)
+        pids = launcher.services()
+        cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") for pid in pids]
+        [(decode_pid, decode_cmd)] = [(pid, cmd) for pid, cmd in zip(pids, cmdlines)
+                                      if any("decode-0.ready" in a for a in cmd)]
+        assert " ".join(decode_cmd).count("--lookahead-max-depth 5") == 1
+        subprocess.run(["kill", "-9", str(decode_pid)], check=True)
         assert launcher.wait(60) == 1
         assert "['decode-0'] exited; stopping the stack" in "".join(launcher.output)
         deadline = time.monotonic() + 10
