@@ -82,6 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "to its --profiler-dir (also VLLM_TORCH_PROFILER_DIR set)")
     p.add_argument("--enable-force-include-usage", action="store_true",
                    help="end every stream with a chunk of its usage, as if it asked with stream_options (vLLM's flag)")
+    p.add_argument("--return-tokens-as-token-ids", action="store_true",
+                   help='logprobs name their tokens "token_id:<id>" unless a request says otherwise (vLLM\'s flag)')
+    p.add_argument("--root-path", default="",
+                   help="the path prefix a reverse proxy serves the API under (FastAPI's root_path, vLLM's flag)")
     p.add_argument("--max-log-len", type=int, default=None, help="prompt token ids a logged request shows (default: all)")
     g = p.add_argument_group("LoRA adapters (as vLLM's flags; the workers load them from the same paths)")
     g.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters beside the base model")
@@ -204,6 +208,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
                                          args.enable_lora and args.allow_runtime_lora_updating,
                                          pooling(args, model_dir),
                                          force_include_usage=args.enable_force_include_usage,
+                                         tokens_as_ids=args.return_tokens_as_token_ids,
                                          dev_mode=args.server_dev_mode, profiler=args.enable_profiler,
                                          sleep_mode=args.enable_sleep_mode),
                            router, metrics)
@@ -217,7 +222,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     cors = Cors(args.allowed_origins, args.allowed_methods, args.allowed_headers, args.allow_credentials)
     tls = {"ssl_keyfile": args.ssl_keyfile, "ssl_certfile": args.ssl_certfile, "ssl_ca_certs": args.ssl_ca_certs or None,
            "ssl_cert_reqs": args.ssl_cert_reqs} if args.ssl_certfile else {}
-    config = uvicorn.Config(build_app(core, args.api_key, cors, args.responses_store_size), host=args.host, port=args.http_port, loop="none", **tls,
+    app = build_app(core, args.api_key, cors, args.responses_store_size, args.root_path)
+    config = uvicorn.Config(app, host=args.host, port=args.http_port, loop="none", **tls,
                             log_level="warning", lifespan="off", timeout_graceful_shutdown=int(args.drain_timeout) + 10)
     http = uvicorn.Server(config)
     http.install_signal_handlers = lambda: None  # type: ignore[method-assign] - we own the signals

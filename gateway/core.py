@@ -64,6 +64,7 @@ class GatewayConfig:
     runtime_lora_updating: bool = False  # /v1/load_lora_adapter and /v1/unload_lora_adapter answer (vLLM's switch)
     pooling: PoolingParams = PoolingParams()  # the embeddings API's (engine.pooling.model_pooling, --pooler-config)
     force_include_usage: bool = False  # vLLM's --enable-force-include-usage: every stream ends with its usage
+    tokens_as_ids: bool = False  # vLLM's --return-tokens-as-token-ids: logprobs name tokens "token_id:<id>" by default
     dev_mode: bool = False  # vLLM's VLLM_SERVER_DEV_MODE: development endpoints (gateway.dev_routes)
     profiler: bool = False  # vLLM's VLLM_TORCH_PROFILER_DIR: /start_profile and /stop_profile (gateway.dev_routes)
     sleep_mode: bool = False  # vLLM's --enable-sleep-mode: /sleep and /wake_up, in dev mode (gateway.rl_routes)

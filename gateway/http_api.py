@@ -60,7 +60,8 @@ class ApiKeyMiddleware:
         self.expected = f"Bearer {api_key}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"] == "/invocations"):
+        path = _route_path(scope)
+        if scope["type"] == "http" and (path.startswith("/v1/") or path == "/invocations"):
             headers = dict(scope["headers"])
             given = headers.get(b"authorization", b"")
             if not given and b"x-api-key" in headers:  # Anthropic's clients' header (the Messages API)
@@ -70,6 +71,13 @@ class ApiKeyMiddleware:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the routes see: under a ``root_path`` (``--root-path``), a request may come with the
+    prefix (the proxy kept it) or without it (the proxy took it off), as Starlette routes both."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root + "/") else path
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,10 +90,11 @@ class Cors:
 
 
 def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
-              responses_kept: int = DEFAULT_SIZE) -> FastAPI:
+              responses_kept: int = DEFAULT_SIZE, root_path: str = "") -> FastAPI:
     """``cors`` None: no CORS headers (a browser then refuses other origins' calls);
-    ``responses_kept``: how many Responses API responses are stored (gateway.response_store)."""
-    app = FastAPI(title="Grove", docs_url=None, redoc_url=None)
+    ``responses_kept``: how many Responses API responses are stored (gateway.response_store);
+    ``root_path``: the prefix a reverse proxy serves the API under (vLLM's --root-path)."""
+    app = FastAPI(title="Grove", docs_url=None, redoc_url=None, root_path=root_path)
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     if cors is not None:  # added last, so outermost: a 401's answer carries the headers a browser needs to read it
@@ -209,7 +218,8 @@ def build_app(core: GatewayCore, api_key: str = "", cors: Cors | None = Cors(),
             served = core.served(body.get("model"))
             reject_unsupported(body, chat)
             stream_usage = stream_usage_from_body(body, core.config.force_include_usage)
-            return_ids, tokens_as_ids = flag(body, "return_token_ids"), flag(body, "return_tokens_as_token_ids")
+            return_ids = flag(body, "return_token_ids")
+            tokens_as_ids = flag(body, "return_tokens_as_token_ids", core.config.tokens_as_ids)
             truncate = truncation_from_body(body)
             params = sampling_from_body(body, chat, core.config.sampling_defaults)
             predicted = prediction_from_body(body)

@@ -198,9 +198,9 @@ def stream_usage_from_body(body: dict[str, Any], force: bool = False) -> StreamU
     return StreamUsage(last, last and flags["continuous_usage_stats"])
 
 
-def flag(body: dict[str, Any], key: str) -> bool:
-    """A boolean field (absent or null: false)."""
-    return body.get(key) is not None and _typed(body, key, bool)
+def flag(body: dict[str, Any], key: str, default: bool = False) -> bool:
+    """A boolean field (absent or null: ``default``)."""
+    return _typed(body, key, bool) if body.get(key) is not None else default
 
 
 def wants_echo(body: dict[str, Any]) -> bool:

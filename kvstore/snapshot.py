@@ -140,7 +140,8 @@ async def save_snapshot_serving(store: KVStore, path: str | Path) -> int:
         writer.abort()
         raise
     stats = store.snapshot_stats
-    stats.written, stats.blocks, stats.seconds, stats.at = stats.written + 1, n, time.perf_counter() - start, time.time()
+    stats.written += 1
+    stats.blocks, stats.seconds, stats.at = n, time.perf_counter() - start, time.time()
     return n
 
 

@@ -41,6 +41,8 @@ IGNORED: dict[str, tuple[int, str]] = {
     "--swap-space": (1, "a preempted sequence is computed again, not swapped out"),
     "--seed": (1, "a request without a seed samples from fresh randomness: give requests their seed"),
     "--tokenizer-mode": (1, "the model folder's tokenizer is used as it is"),
+    "--enable-prompt-tokens-details": (0, "the usage always gives prompt_tokens_details (cached tokens)"),
+    "--disable-fastapi-docs": (0, "the gateway serves no docs pages"),
 }
 # vLLM's flags Grove cannot honour: (values, the value that asks for nothing, why)
 REFUSED: dict[str, tuple[int, str | None, str]] = {
@@ -66,7 +68,8 @@ SERVICES: dict[str, tuple[int, tuple[str, ...]]] = {
     "--ssl-cert-reqs": (1, ("gateway",)), "--enable-log-requests": (0, ("gateway",)),
     "--max-log-len": (1, ("gateway",)), "--override-generation-config": (1, ("gateway",)),
     "--enable-force-include-usage": (0, ("gateway",)), "--default-chat-template-kwargs": (1, ("gateway",)),
-    "--trust-request-chat-template": (0, ("gateway",)),
+    "--trust-request-chat-template": (0, ("gateway",)), "--return-tokens-as-token-ids": (0, ("gateway",)),
+    "--root-path": (1, ("gateway",)),
     "--max-num-batched-tokens": (1, ("worker",)), "--disable-log-stats": (0, ("worker",)),
     "--block-size": (1, ("worker", "gateway")),
 }

@@ -64,3 +64,12 @@ def test_sagemakers_invocations_needs_the_key_too(core: GatewayCore) -> None:
     assert r.status_code == 503  # past the key: a completion, and no prefill worker
     r = call(app, "POST", "/invocations", "s3cret", {"input": "Hello"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "body"
+
+
+def test_under_a_root_path_the_key_guards_both_forms_of_a_path(core: GatewayCore) -> None:
+    """--root-path: a proxy may forward /grove/v1/models or /v1/models; both need the key."""
+    app = build_app(core, api_key="s3cret", root_path="/grove")
+    for path in ("/grove/v1/models", "/v1/models"):
+        assert call(app, "GET", path, None).status_code == 401, path
+        assert call(app, "GET", path, "s3cret").status_code == 200, path
+    assert call(app, "POST", "/grove/invocations", None, {"prompt": "Hello"}).status_code == 401

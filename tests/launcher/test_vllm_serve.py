@@ -25,7 +25,8 @@ def test_a_vllm_command_line_reaches_the_services_that_take_each_flag() -> None:
     config, notes = _config([
         HUB_ID, "--port", "8123", "--max-model-len", "1024", "--trust-remote-code", "--gpu-memory-utilization", "0.9",
         "--enable-prefix-caching", "--allowed-origins", '["https://ui.example"]', "--enable-log-requests",
-        "--max-num-batched-tokens=256", "--block-size", "32", "--tensor-parallel-size", "1", "--kv-cache-dtype", "auto",
+        "--max-num-batched-tokens=256", "--block-size", "32", "--root-path", "/grove", "--return-tokens-as-token-ids",
+        "--tensor-parallel-size", "1", "--kv-cache-dtype", "auto",
         "--speculative-config", '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}',
         "--gateway-args", "--max-concurrent 9"])
     assert config.model == str(default_model_dir()) and config.http_port == 8123
@@ -36,6 +37,7 @@ def test_a_vllm_command_line_reaches_the_services_that_take_each_flag() -> None:
     text = " ".join(gateway)
     assert "--allowed-origins" in text and "https://ui.example" in text and "--enable-log-requests" in gateway
     assert "--max-concurrent 9" in text and "--max-model-len 1024" in text
+    assert "--root-path /grove --return-tokens-as-token-ids" in text
     assert " ".join(worker).endswith("--max-num-batched-tokens 256 --block-size 32")
     assert "--block-size 32" in text  # the gateway hashes prefixes by the workers' blocks
     assert " ".join(decode).endswith("--lookahead on --lookahead-max-depth 4")

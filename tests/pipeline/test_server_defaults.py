@@ -1,7 +1,9 @@
 """A gateway started with vLLM's serving flags in front of the stack's workers: the model's
 default sampling parameters from ``--generation-config`` (a folder whose generation_config.json
 sets greedy decoding, a repetition penalty and ``max_new_tokens``) and ``--chat-template``, over
-HTTP and gRPC. Each answer must equal the stack's own gateway given the same values in the request."""
+HTTP and gRPC. Each answer must equal the stack's own gateway given the same values in the request.
+Also ``--return-tokens-as-token-ids`` (logprobs' tokens by id unless a request says otherwise) and
+``--root-path`` (the API under a reverse proxy's prefix)."""
 from __future__ import annotations
 
 import json
@@ -29,7 +31,7 @@ def flagged(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         {"do_sample": False, "temperature": 0.0, "repetition_penalty": PENALTY, "max_new_tokens": CAP}))
     (home / "chat.jinja").write_text(TEMPLATE)
     gw = Gateway(stack, home, "--generation-config", str(home), "--chat-template", str(home / "chat.jinja"),
-                 "--enable-force-include-usage")
+                 "--enable-force-include-usage", "--return-tokens-as-token-ids", "--root-path", "/grove")
     yield gw
     gw.stop()
 
@@ -115,3 +117,24 @@ def test_every_stream_ends_with_its_usage_under_force_include_usage(stack: Stack
 def test_a_bad_flag_stops_the_gateway_at_start(stack: Stack, tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="temperature"):
         Gateway(stack, tmp_path, "--override-generation-config", '{"temperature": -2}')
+
+
+def test_logprobs_name_their_tokens_by_id_unless_a_request_says_otherwise(stack: Stack, flagged: Gateway) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 3, "logprobs": 2}
+    got = _post(flagged.http_url, "/v1/completions", body)["choices"][0]
+    assert got["logprobs"]["tokens"] == [f"token_id:{t}" for t in got["token_ids"]]
+    assert all(k.startswith("token_id:") for top in got["logprobs"]["top_logprobs"] for k in top)
+    for url, extra in ((flagged.http_url, {"return_tokens_as_token_ids": False}), (stack.http_url, {})):
+        text = _post(url, "/v1/completions", {**body, **extra})["choices"][0]["logprobs"]["tokens"]
+        assert len(text) == 3 and not any(t.startswith("token_id:") for t in text)
+    chat = _post(flagged.http_url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
+                                                             "max_tokens": 2, "logprobs": True})
+    assert all(t["token"].startswith("token_id:") for t in chat["choices"][0]["logprobs"]["content"])
+
+
+def test_the_api_answers_under_its_root_path(stack: Stack, flagged: Gateway) -> None:
+    """As a reverse proxy forwards it, with the prefix or without it; the stack's gateway has none."""
+    for path in ("/grove/v1/models", "/v1/models"):
+        r = httpx.get(flagged.http_url + path, timeout=10)
+        assert r.status_code == 200 and r.json()["data"], (path, r.text)
+    assert httpx.get(stack.http_url + "/grove/v1/models", timeout=10).status_code == 404
