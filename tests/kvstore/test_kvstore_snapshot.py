@@ -171,37 +171,42 @@ def _start(tmp: Path, snapshot: Path, *extra: str) -> tuple[subprocess.Popen[str
     return proc, f"127.0.0.1:{int(port_file.read_text())}"
 
 
+TOKENS = list(range(4 * 3 + 1))  # three full blocks of 4
+
+
+async def _write(address: str, pool: torch.Tensor) -> None:
+    """Writes TOKENS' three blocks from rows 0-2 of ``pool``."""
+    async with KVStoreClient(address, LAYOUT, pool, use_nixl=False) as kv:
+        assert await kv.write(TOKENS, [0, 1, 2]) == 3
+
+
+async def _read(address: str, pool: torch.Tensor) -> int:
+    """Reads what the store has of TOKENS into rows 5-7 of ``pool``; how many tokens it had."""
+    async with KVStoreClient(address, LAYOUT, pool, use_nixl=False) as kv:
+        hit = await kv.match(TOKENS)
+        if hit.num_tokens:
+            await kv.read(hit, [5, 6, 7])
+            await kv.release(hit.lease_id)
+        return hit.num_tokens
+
+
 def test_the_store_process_keeps_its_cache_across_a_restart(tmp_path: Path) -> None:
     """What a client wrote is there after a SIGTERM and a start with the same ``--snapshot``."""
     pool = torch.randn(8, *LAYOUT.block_shape)
-    tokens = list(range(4 * 3 + 1))  # three full blocks
     snapshot = tmp_path / "kv.snapshot"
-
-    async def write(address: str) -> None:
-        async with KVStoreClient(address, LAYOUT, pool, use_nixl=False) as kv:
-            assert await kv.write(tokens, [0, 1, 2]) == 3
-
-    async def read(address: str) -> int:
-        async with KVStoreClient(address, LAYOUT, pool, use_nixl=False) as kv:
-            hit = await kv.match(tokens)
-            if hit.num_tokens:
-                await kv.read(hit, [5, 6, 7])
-                await kv.release(hit.lease_id)
-            return hit.num_tokens
-
     proc, address = _start(tmp_path, snapshot)
     try:
-        uvloop.run(write(address))
+        uvloop.run(_write(address, pool))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
         assert snapshot.exists()
         proc, address = _start(tmp_path, snapshot)
-        assert uvloop.run(read(address)) == 12
+        assert uvloop.run(_read(address, pool)) == 12
         assert pool[5].equal(pool[0]) and pool[6].equal(pool[1]) and pool[7].equal(pool[2])
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         proc, address = _start(tmp_path, tmp_path / "elsewhere")  # without it: a cold store
-        assert uvloop.run(read(address)) == 0
+        assert uvloop.run(_read(address, pool)) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -211,24 +216,10 @@ def test_a_store_killed_while_serving_comes_back_with_its_last_snapshot(tmp_path
     """With ``--snapshot-interval``, what a client wrote is there after a SIGKILL (no shutdown, so
     no snapshot at exit): the store wrote it while it served."""
     pool = torch.randn(8, *LAYOUT.block_shape)
-    tokens = list(range(4 * 3 + 1))
     snapshot = tmp_path / "kv.snapshot"
-
-    async def write(address: str) -> None:
-        async with KVStoreClient(address, LAYOUT, pool, use_nixl=False) as kv:
-            assert await kv.write(tokens, [0, 1, 2]) == 3
-
-    async def read(address: str) -> int:
-        async with KVStoreClient(address, LAYOUT, pool, use_nixl=False) as kv:
-            hit = await kv.match(tokens)
-            if hit.num_tokens:
-                await kv.read(hit, [5, 6, 7])
-                await kv.release(hit.lease_id)
-            return hit.num_tokens
-
     proc, address = _start(tmp_path, snapshot, "--snapshot-interval", "0.2")
     try:
-        uvloop.run(write(address))
+        uvloop.run(_write(address, pool))
         deadline = time.monotonic() + 30
         while not snapshot.exists():
             assert proc.poll() is None and time.monotonic() < deadline, "no snapshot written while serving"
@@ -236,7 +227,7 @@ def test_a_store_killed_while_serving_comes_back_with_its_last_snapshot(tmp_path
         proc.kill()
         proc.wait(30)
         proc, address = _start(tmp_path, snapshot)
-        assert uvloop.run(read(address)) == 12
+        assert uvloop.run(_read(address, pool)) == 12
         assert pool[5].equal(pool[0]) and pool[6].equal(pool[1]) and pool[7].equal(pool[2])
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
