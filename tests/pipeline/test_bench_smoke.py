@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from bench.smoke import check_result_file, run_smoke
 from launcher.stack import Stack
 
 
-def test_short_bench_run_against_the_stack(stack: Stack, hf_model: Any, tmp_path: Path) -> None:
+def test_short_bench_run_against_the_stack(stack: Stack, tmp_path: Path) -> None:
     # raises SmokeFailure listing every problem (2 prompts: the transformers baselines' time is most of it)
-    doc = run_smoke(stack.http_url, tmp_path, num_prompts=2, hf=hf_model)
+    doc = run_smoke(stack.http_url, tmp_path, num_prompts=2)
     assert doc["greedy_check"]["ok"]
     assert {r["label"] for r in doc["runs"]}
     results = list(tmp_path.glob("*.json"))
