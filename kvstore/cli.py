@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         store_config = StoreConfig(geometry, tuple(tiers), lease_ttl_s=args.lease_ttl)
         server_config = ServerConfig(args.address, args.port_file, args.nixl, args.metrics_port, args.grace_period,
                                      args.chunk_bytes, args.check_integrity_on_exit, args.ready_file, args.snapshot,
-                                     args.metrics_names, args.snapshot_interval if args.snapshot else 0.0)
+                                     args.metrics_names, args.snapshot_interval)
     except ValueError as e:
         parser.error(str(e))  # exits 2 with the usage line
     uvloop.run(serve(store_config, server_config))

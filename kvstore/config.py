@@ -52,7 +52,7 @@ class ServerConfig:
     ready_file: str | None = None  # JSON {"grpc_port", "metrics_port"}, like the other services' ready files
     snapshot: str | None = None  # the cache kept across restarts: read at start, written at shutdown (kvstore.snapshot)
     metrics_names: str = "grove"  # /metrics under Grove's names, vLLM's or both (runtime.metric_names)
-    snapshot_interval_s: float = 0.0  # with a snapshot: also written this often while serving, if changed; 0: never
+    snapshot_interval_s: float = 0.0  # with a snapshot: also written this often while serving if changed; 0: not
 
     def __post_init__(self) -> None:
         if not 0 < self.max_chunk_bytes <= 3 << 20:

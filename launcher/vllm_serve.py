@@ -45,15 +45,12 @@ IGNORED: dict[str, tuple[int, str]] = {
     "--disable-fastapi-docs": (0, "the gateway serves no docs pages"),
 }
 # vLLM's flags Grove cannot honour: (values, the value that asks for nothing, why)
+_WHOLE_MODEL = "a worker holds the whole model: scale out with --prefill N --decode N"
 REFUSED: dict[str, tuple[int, str | None, str]] = {
-    "--tensor-parallel-size": (1, "1", "a worker holds the whole model: scale out with --prefill N --decode N"),
-    "-tp": (1, "1", "a worker holds the whole model: scale out with --prefill N --decode N"),
-    "--pipeline-parallel-size": (1, "1", "a worker holds the whole model: scale out with --prefill N --decode N"),
-    "-pp": (1, "1", "a worker holds the whole model: scale out with --prefill N --decode N"),
+    "--tensor-parallel-size": (1, "1", _WHOLE_MODEL),
+    "--pipeline-parallel-size": (1, "1", _WHOLE_MODEL),
     "--data-parallel-size": (1, "1", "replicas are workers: --prefill N --decode N"),
-    "-dp": (1, "1", "replicas are workers: --prefill N --decode N"),
     "--quantization": (1, None, "Grove serves the checkpoint's weights in --dtype (float32 or bfloat16)"),
-    "-q": (1, None, "Grove serves the checkpoint's weights in --dtype (float32 or bfloat16)"),
     "--kv-cache-dtype": (1, "auto", "the KV cache is kept in the model's --dtype"),
     "--tokenizer": (1, None, "the tokenizer is the model folder's"),
     "--no-enable-prefix-caching": (0, None, "the prefix cache is how prefill and decode share KV; give requests a "
@@ -73,6 +70,8 @@ SERVICES: dict[str, tuple[int, tuple[str, ...]]] = {
     "--max-num-batched-tokens": (1, ("worker",)), "--disable-log-stats": (0, ("worker",)),
     "--block-size": (1, ("worker", "gateway")),
 }
+SHORT = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size", "-dp": "--data-parallel-size",
+         "-q": "--quantization"}  # vLLM's short forms
 SPECULATIVE_METHODS = ("ngram", "suffix")  # drafts from text already seen: what lookahead does
 
 
@@ -95,7 +94,8 @@ def translate(args: list[str]) -> Translation:
     named = False
     i = 0
     while i < len(rest):
-        flag, eq, inline = rest[i].partition("=")
+        given, eq, inline = rest[i].partition("=")
+        flag = SHORT.get(given, given)
         i += 1
 
         def values(n: int, flags_inside: bool = False) -> list[str]:
@@ -120,7 +120,7 @@ def translate(args: list[str]) -> Translation:
             n, harmless, why = REFUSED[flag]
             got = values(n)
             if harmless is None or got != [harmless]:
-                raise ServeError(f"{' '.join([flag, *got])}: Grove cannot, {why}")
+                raise ServeError(f"{' '.join([given, *got])}: Grove cannot, {why}")
         elif flag in SERVICES:
             n, services = SERVICES[flag]
             got = values(n)
